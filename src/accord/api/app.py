@@ -1,0 +1,70 @@
+"""The FastAPI application: routers, problem+json errors, body limit, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+
+from accord import __version__
+from accord.api import problems
+from accord.api.deps import AppState
+from accord.grants import views as grant_views
+from accord.identity import views as identity_views
+from accord.ledger import views as ledger_views
+from accord.policy import views as policy_views
+from accord.requests import views as request_views
+from accord.worker.sweeper import Sweeper
+
+
+def create_app(st: AppState, *, background: bool = False) -> FastAPI:
+    """Build the app around `st`. `background` runs the expiry sweeper in this process."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = Sweeper(st.sessions, now=st.now) if background else None
+        if sweeper:
+            sweeper.start()
+        try:
+            yield
+        finally:
+            if sweeper:
+                sweeper.stop()
+
+    app = FastAPI(
+        title="Accord",
+        version=__version__,
+        description="Self-service access requests with a tamper-evident audit ledger.",
+        lifespan=lifespan,
+    )
+    app.state.accord = st
+    problems.install(app)
+    app.add_middleware(problems.BodyLimit)
+    for module in (request_views, grant_views, identity_views, ledger_views, policy_views):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["ops"], include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], include_in_schema=False)
+    def readyz(request: Request) -> JSONResponse:
+        try:
+            with st.sessions() as s:
+                s.execute(text("SELECT 1"))
+        except Exception as exc:  # the database being down is exactly what this reports
+            return problems.problem(503, f"database unreachable: {type(exc).__name__}")
+        return JSONResponse({"status": "ready", "policy": st.policies.current.version})
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        policy = st.policies.current.version[:12]
+        return PlainTextResponse(
+            f'accord_info{{version="{__version__}",policy="{policy}"}} 1\n',
+            media_type="text/plain; version=0.0.4",
+        )
+
+    return app

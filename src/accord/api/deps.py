@@ -1,0 +1,86 @@
+"""Per-call plumbing: the app's state, the unit of work, and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from accord.config import Settings
+from accord.errors import Forbidden, Unauthorized
+from accord.identity import service as identity
+from accord.ledger.events import Via
+from accord.policy.engine import Policy
+from accord.policy.store import PolicyStore
+from accord.requests.service import Caller
+
+CLIENT_VIAS = {"cli": Via.CLI, "web": Via.WEB, "api": Via.API}
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    policies: PolicyStore
+    now: Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    roles: frozenset[str]
+    via: str
+    policy: Policy
+    token_id: int | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def can_read_all(self) -> bool:
+        return "admin" in self.roles or "auditor" in self.roles
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.user, self.via)
+
+
+def state(request: Request) -> AppState:
+    value: AppState = request.app.state.accord
+    return value
+
+
+def db(request: Request) -> Iterator[Session]:
+    """A session for this call. Handlers that change state commit it themselves."""
+    with state(request).sessions() as session:
+        yield session
+
+
+def principal(request: Request, session: Session = Depends(db)) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("missing bearer token; send 'Authorization: Bearer <token>'")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+    st = state(request)
+    policy = st.policies.current
+    row = identity.authenticate(session, policy=policy, token=token.strip(), now=st.now())
+    via = CLIENT_VIAS.get(request.headers.get("x-accord-client", "api"), Via.API)
+    return Principal(row.user, frozenset(policy.roles_of(row.user)), via, policy, row.id)
+
+
+def require_admin(who: Principal = Depends(principal)) -> Principal:
+    if not who.is_admin:
+        raise Forbidden("this needs the Accord admin role")
+    return who
+
+
+def require_reader(who: Principal = Depends(principal)) -> Principal:
+    if not who.can_read_all:
+        raise Forbidden("this needs the Accord auditor or admin role")
+    return who

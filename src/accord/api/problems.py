@@ -1,0 +1,141 @@
+"""RFC 9457 problem details for every error, and the request body size limit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from accord.errors import AccordError
+
+log = logging.getLogger("accord.api")
+MAX_BODY = 64 * 1024
+PROBLEM = "application/problem+json"
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+           405: "Method not allowed", 409: "Conflict", 413: "Content too large",
+           415: "Unsupported media type", 422: "Invalid request", 500: "Internal error"}
+
+
+def problem(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
+            instance: str | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://accord.dev/problems/{slug or status}",
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    headers = {"WWW-Authenticate": 'Bearer realm="accord"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "is required"
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(AccordError)
+    async def _accord(request: Request, exc: AccordError) -> JSONResponse:
+        extra: dict[str, Any] = {}
+        if exc.field:
+            extra["errors"] = [{"loc": exc.field, "msg": exc.detail}]
+        detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+        return problem(exc.status, detail, slug=exc.slug, title=exc.title,
+                       instance=request.url.path, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": _loc(e.get("loc", ())), "msg": _message(e)} for e in exc.errors()]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            first = next(e for e in exc.errors() if e.get("type") == "json_invalid")
+            ctx = first.get("ctx") or {}
+            return problem(400, f"malformed JSON: {ctx.get('error', 'cannot parse body')}",
+                           slug="malformed-json", instance=request.url.path)
+        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
+        return problem(422, detail, slug="validation", instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such endpoint: {request.method} {request.url.path}"
+        return problem(exc.status_code, detail, instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal error; the operator can find it in the server log",
+                       instance=request.url.path)
+
+
+class BodyLimit:
+    """Refuse bodies over MAX_BODY with 413 before a handler reads them, chunked ones included."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        # Buffer the body (at most `limit` bytes) so chunked uploads are capped as well.
+        chunks: list[bytes] = []
+        seen = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, f"request body is over the {self.limit // 1024} KiB limit",
+                           slug="too-large")
+        await response(scope, receive, send)

@@ -1,0 +1,149 @@
+"""Operator commands that work on the database directly: db, token, policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from accord import migrations
+from accord.bootstrap import build_state
+from accord.config import PolicyError, Settings, load_policy_file, redact_url
+from accord.db import make_engine, transaction
+from accord.durations import DurationError, format_duration, parse_duration
+from accord.errors import AccordError
+from accord.identity import service as identity
+from accord.ledger.events import Actor, Via
+from accord.policy.engine import Policy
+
+out = Console()
+err = Console(stderr=True)
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens (works on the database directly).", no_args_is_help=True)
+policy_app = typer.Typer(help="accord.yaml policy files.", no_args_is_help=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="accord.yaml (default: $ACCORD_CONFIG).")
+]
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema of $ACCORD_DATABASE_URL to the latest version."""
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url.get())
+    before = migrations.current(engine)
+    migrations.upgrade(engine)
+    after = migrations.current(engine)
+    where = redact_url(settings.database_url.get())
+    out.print(f"database {where}: {before or 'empty'} → {after}")
+
+
+@policy_app.command("check")
+def policy_check(path: Annotated[Path, typer.Argument(help="The accord.yaml to check.")]) -> None:
+    """Validate a policy file; print every error with its path and exit 1 if any."""
+    try:
+        loaded = load_policy_file(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(f"{path}: {problem}", markup=False, highlight=False)
+        err.print(f"{len(exc.problems)} error(s)", style="red")
+        raise typer.Exit(1) from None
+    policy = Policy(loaded)
+    out.print(
+        f"{path}: ok: {len(policy.users)} users, {len(policy.groups)} groups, "
+        f"{len(policy.resources)} resources, {len(policy.workflows)} workflows; "
+        f"version {policy.version}",
+        markup=False, highlight=False,
+    )
+
+
+@token_app.command("issue")
+def token_issue(
+    user: Annotated[str, typer.Argument(help="A user from accord.yaml.")],
+    expires: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30d or 12h; default: never expires.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label to recognise the token by.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Issue an API token for USER and print it once; only its hash is stored."""
+    try:
+        lifetime = parse_duration(expires) if expires else None
+    except DurationError as exc:
+        err.print(f"error: --expires: {exc}")
+        raise typer.Exit(1) from None
+    st = _state(config)
+    try:
+        with transaction(st.sessions) as session:
+            row, secret = identity.issue(
+                session, policy=st.policies.current, user=user, now=st.now(),
+                actor=Actor("system", "accord-cli", Via.CLI), expires_in=lifetime, name=name,
+            )
+    except AccordError as exc:
+        err.print(f"error: {exc.detail}")
+        raise typer.Exit(1) from None
+    life = f"expires in {format_duration(lifetime)}" if lifetime else "does not expire"
+    err.print(f"token {row.id} for {user} ({life}); it is shown only this once:")
+    print(secret)
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's tokens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List tokens (never their secrets)."""
+    st = _state(config)
+    with st.sessions() as session:
+        rows = identity.list_tokens(session, user=user)
+    now = st.now()
+    if as_json:
+        print(json.dumps([
+            {"id": t.id, "user": t.user, "name": t.name, "prefix": t.prefix,
+             "created_at": t.created_at.isoformat(),
+             "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}
+            for t in rows
+        ], indent=2))
+        return
+    table = Table("ID", "USER", "NAME", "PREFIX", "CREATED", "STATE")
+    for t in rows:
+        state = ("revoked" if t.revoked_at else
+                 "expired" if t.expires_at and t.expires_at <= now else "live")
+        table.add_row(str(t.id), t.user, t.name, t.prefix + "…",
+                      t.created_at.strftime("%Y-%m-%d %H:%M"), state)
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's ID (see `accord token list`).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a token; calls made with it fail from now on."""
+    st = _state(config)
+    try:
+        with transaction(st.sessions) as session:
+            row = identity.revoke(session, token_id=token_id, now=st.now(), admin=True,
+                                  actor=Actor("system", "accord-cli", Via.CLI))
+    except AccordError as exc:
+        err.print(f"error: {exc.detail}")
+        raise typer.Exit(1) from None
+    out.print(f"token {row.id} of {row.user} revoked")
+
+
+def _state(config: Path | None):  # type: ignore[no-untyped-def]
+    settings = Settings.from_env()
+    try:
+        return build_state(settings, config_path=config, upgrade="if-empty")
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(1) from None

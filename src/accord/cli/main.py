@@ -1,0 +1,25 @@
+"""The `accord` command: one group, one module per area."""
+
+from __future__ import annotations
+
+import typer
+
+from accord.cli import admin, serve
+from accord.cli.request import grant_app, request_app
+
+app = typer.Typer(
+    name="accord",
+    help="Self-service access requests with a tamper-evident audit ledger.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve.serve)
+app.command("worker")(serve.worker)
+app.add_typer(admin.db_app, name="db")
+app.add_typer(admin.token_app, name="token")
+app.add_typer(admin.policy_app, name="policy")
+app.add_typer(request_app, name="request")
+app.add_typer(grant_app, name="grant")
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,125 @@
+"""`accord serve` and `accord worker`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from accord import demo
+from accord.api.app import create_app
+from accord.bootstrap import announce, build_state
+from accord.config import PolicyError, Settings
+from accord.errors import AccordError
+from accord.ledger.events import Actor
+from accord.worker.sweeper import sweep_once
+
+log = logging.getLogger("accord")
+err = Console(stderr=True)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _load(settings: Settings, config: Path | None, upgrade: str) -> Any:
+    try:
+        return build_state(settings, config_path=config, upgrade=upgrade)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="accord.yaml (default: $ACCORD_CONFIG).")
+    ] = None,
+    demo_mode: Annotated[
+        bool, typer.Option("--demo", help="Write a demo policy and data under .accord/demo.")
+    ] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Do not run background jobs in this process.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the API (and, unless --no-worker, the background jobs) in one process."""
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    settings = Settings.from_env()
+    if demo_mode:
+        base = settings.data_dir / "demo"
+        config = demo.write_policy(base)
+        if "ACCORD_DATABASE_URL" not in os.environ:
+            settings = Settings.from_env({**os.environ, "ACCORD_DATA_DIR": str(base)})
+    st = _load(settings, config, "if-empty")
+    url = f"http://{host}:{port}"
+    if demo_mode:
+        demo.seed(st)
+        tokens = demo.issue_tokens(st)
+        _print_demo(url, config, tokens)
+    _install_sighup(st)
+    app = create_app(st, background=not no_worker)
+    err.print(f"Accord listening on {url} (API docs: {url}/docs)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+
+
+def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:
+    roles = {"alice": "engineer", "bob": "lead (approver)", "carol": "dba, admin",
+             "dave": "auditor", "erin": "engineer, dba", "frank": "admin, billing owner"}
+    table = Table("USER", "ROLE", "TOKEN", title="Demo logins")
+    for user, token in tokens.items():
+        table.add_row(user, roles.get(user, ""), token)
+    err.print(table)
+    err.print(f"Policy: {config}")
+    err.print("Try:")
+    err.print(f"  export ACCORD_URL={url} ACCORD_TOKEN={tokens['alice']}", markup=False)
+    err.print("  accord request create orders-db read --duration 1h "
+              "--reason 'INC-1: look at orders'", markup=False)
+    err.print("  accord request list", markup=False)
+
+
+def _install_sighup(st: Any) -> None:
+    def handler(_signum: int, _frame: Any) -> None:
+        def run() -> None:
+            try:
+                result = announce(st, Actor("system", "sighup", "cli"))
+                log.info("reloaded policy %s (changed: %s)", str(result["version"])[:12],
+                         result["changed"])
+            except (AccordError, PolicyError) as exc:
+                log.error("reload refused, running policy unchanged: %s", exc)
+
+        threading.Thread(target=run, name="accord-reload", daemon=True).start()
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, handler)
+
+
+def worker(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="accord.yaml (default: $ACCORD_CONFIG).")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
+) -> None:
+    """Run background jobs (expiry of pending requests and grants) until stopped."""
+    logging.basicConfig(level="INFO", format=LOG_FORMAT)
+    st = _load(Settings.from_env(), config, "never")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.is_set():
+        n = sweep_once(st.sessions, st.now())
+        if n:
+            log.info("recorded %d expiries", n)
+        if once:
+            return
+        stop.wait(interval)
+    time.sleep(0)

@@ -1,0 +1,366 @@
+"""The one reader of environment variables and `accord.yaml`.
+
+`Settings` comes from the environment; `PolicyFile` is the validated shape of
+`accord.yaml`. `load_policy_file` returns every problem at once, each with its
+path (`workflows[1].steps[0].approvers: unknown group "lead"`), so an operator
+fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cel
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from accord.durations import DurationError, parse_duration
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+DEFAULT_MAX_DURATION = timedelta(hours=8)
+DEFAULT_EXPIRE_AFTER = timedelta(hours=24)
+CEL_VARIABLES = frozenset({"request", "resource"})
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced, safe to print."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings read from the environment (ACCORD_*)."""
+
+    database_url: Secret
+    config_path: Path
+    data_dir: Path
+    url: str
+    token: Secret | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("ACCORD_DATA_DIR", ".accord"))
+        default_db = f"sqlite:///{data_dir / 'accord.db'}"
+        token = env.get("ACCORD_TOKEN")
+        return cls(
+            database_url=Secret(env.get("ACCORD_DATABASE_URL", default_db)),
+            config_path=Path(env.get("ACCORD_CONFIG", "accord.yaml")),
+            data_dir=data_dir,
+            url=env.get("ACCORD_URL", "http://127.0.0.1:8000").rstrip("/"),
+            token=Secret(token) if token else None,
+        )
+
+
+# ---------------------------------------------------------------- accord.yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value}s"
+    if not isinstance(value, str):
+        raise ValueError("must be a duration such as 4h or 30m")
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class UserSpec(_Strict):
+    email: str | None = None
+    slack: str | None = None
+    name: str | None = None
+
+
+class AccordRoles(_Strict):
+    admins: list[str] = Field(default_factory=list, description="groups holding Accord admin")
+    auditors: list[str] = Field(default_factory=list, description="groups holding Accord auditor")
+
+
+class ResourceSpec(_Strict):
+    name: str
+    kind: str = "generic"
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    owners: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be lowercase letters, digits, '.', '_' or '-' (max 63)")
+        return v
+
+
+class StepSpec(_Strict):
+    name: str | None = None
+    approvers: list[str] = Field(min_length=1)
+    min_approvals: int = Field(default=1, ge=1)
+
+
+class ElevatedSpec(_Strict):
+    roles: list[str] = Field(min_length=1)
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class EscalationSpec(_Strict):
+    remind_after: timedelta | None = None
+    escalate_after: timedelta | None = None
+    to: list[str] = Field(default_factory=list)
+    expire_after: timedelta | None = None
+
+    _d = field_validator("remind_after", "escalate_after", "expire_after", mode="before")(
+        lambda cls, v: None if v is None else _duration(v)
+    )
+
+
+class WorkflowSpec(_Strict):
+    name: str
+    description: str = ""
+    match: str = "true"
+    max_duration: timedelta = DEFAULT_MAX_DURATION
+    require_reason: bool = True
+    auto_approve: str | None = None
+    auto_deny: str | None = None
+    steps: list[StepSpec] = Field(default_factory=list)
+    elevated: ElevatedSpec | None = None
+    escalation: EscalationSpec | None = None
+    expire_after: timedelta | None = None
+
+    _d = field_validator("max_duration", "expire_after", mode="before")(
+        lambda cls, v: None if v is None else _duration(v)
+    )
+
+    @property
+    def pending_timeout(self) -> timedelta:
+        """How long a request may wait for a decision before it expires."""
+        if self.expire_after is not None:
+            return self.expire_after
+        if self.escalation is not None and self.escalation.expire_after is not None:
+            return self.escalation.expire_after
+        return DEFAULT_EXPIRE_AFTER
+
+
+class PolicyFile(_Strict):
+    accord: AccordRoles = Field(default_factory=AccordRoles)
+    users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    resources: list[ResourceSpec] = Field(default_factory=list)
+    workflows: list[WorkflowSpec] = Field(default_factory=list)
+
+    def user_specs(self) -> dict[str, UserSpec]:
+        """Every known user: those listed under `users` and every group member."""
+        out: dict[str, UserSpec] = {}
+        if isinstance(self.users, list):
+            out.update({u: UserSpec() for u in self.users})
+        else:
+            out.update({u: (s or UserSpec()) for u, s in self.users.items()})
+        for members in self.groups.values():
+            for m in members:
+                out.setdefault(m, UserSpec())
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class PolicyError(Exception):
+    """accord.yaml could not be loaded; `problems` lists every reason."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy file with the sha256 of its exact bytes."""
+
+    spec: PolicyFile
+    version: str
+    text: str
+    source: str
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out
+
+
+def parse_policy_text(text: str, source: str = "<string>") -> LoadedPolicy:
+    """Validate policy text; raise PolicyError listing every problem with its path."""
+    version = hashlib.sha256(text.encode()).hexdigest()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([PolicyProblem(where, f"not valid YAML: {problem}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PolicyError([PolicyProblem("", "the file must be a mapping at the top level")])
+    try:
+        spec = PolicyFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p not in ("function-after[_name(), str]",))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(PolicyProblem(_loc(loc), msg))
+        raise PolicyError(problems) from None
+    problems = check_references(spec)
+    if problems:
+        raise PolicyError(problems)
+    return LoadedPolicy(spec=spec, version=version, text=text, source=source)
+
+
+def load_policy_file(path: Path) -> LoadedPolicy:
+    """Read and validate `accord.yaml`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([PolicyProblem("", f"{path}: no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([PolicyProblem("", f"{path}: cannot read: {exc}")]) from None
+    return parse_policy_text(text, source=str(path))
+
+
+def check_cel(expr: str) -> str | None:
+    """Return why a CEL expression is unusable, or None."""
+    try:
+        program = cel.compile(expr)
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).split("\n")[0]
+        return f"invalid CEL: {first}"
+    unknown = set(program.variables()) - CEL_VARIABLES
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        return f"invalid CEL: unknown variable {names} (use request or resource)"
+    return None
+
+
+def check_references(spec: PolicyFile) -> list[PolicyProblem]:
+    """Cross-reference checks pydantic cannot express: names, uniqueness, CEL syntax."""
+    problems: list[PolicyProblem] = []
+    users = spec.user_specs()
+    groups = spec.groups
+
+    for name in list(users):
+        if not NAME.match(name):
+            problems.append(PolicyProblem(f"users.{name}", "invalid user name"))
+    for g, members in groups.items():
+        if not NAME.match(g):
+            problems.append(PolicyProblem(f"groups.{g}", "invalid group name"))
+        if g in users:
+            problems.append(PolicyProblem(f"groups.{g}", f'"{g}" is both a user and a group'))
+        if g == "owners":
+            problems.append(PolicyProblem(f"groups.{g}", '"owners" is reserved'))
+        if isinstance(spec.users, dict | list) and spec.users:
+            listed = set(spec.users)
+            for i, m in enumerate(members):
+                if m not in listed:
+                    problems.append(PolicyProblem(f"groups.{g}[{i}]", f'unknown user "{m}"'))
+
+    for field_name in ("admins", "auditors"):
+        for i, g in enumerate(getattr(spec.accord, field_name)):
+            if g not in groups:
+                problems.append(PolicyProblem(f"accord.{field_name}[{i}]", f'unknown group "{g}"'))
+
+    def principal(path: str, ref: str, *, allow_owners: bool) -> None:
+        name = ref.split(":", 1)[1] if ref.startswith(("group:", "user:")) else ref
+        if ref == "owners":
+            if not allow_owners:
+                problems.append(PolicyProblem(path, '"owners" is only meaningful in steps'))
+        elif ref.startswith("group:"):
+            if name not in groups:
+                problems.append(PolicyProblem(path, f'unknown group "{name}"'))
+        elif ref.startswith("user:"):
+            if name not in users:
+                problems.append(PolicyProblem(path, f'unknown user "{name}"'))
+        elif name not in groups and name not in users:
+            problems.append(PolicyProblem(path, f'unknown group "{name}"'))
+
+    seen: set[str] = set()
+    for i, r in enumerate(spec.resources):
+        if r.name in seen:
+            problems.append(PolicyProblem(f"resources[{i}].name", f'duplicate resource "{r.name}"'))
+        seen.add(r.name)
+        if len(set(r.roles)) != len(r.roles):
+            problems.append(PolicyProblem(f"resources[{i}].roles", "duplicate role"))
+        for j, role in enumerate(r.roles):
+            if not NAME.match(role):
+                problems.append(PolicyProblem(f"resources[{i}].roles[{j}]", "invalid role name"))
+        for j, o in enumerate(r.owners):
+            principal(f"resources[{i}].owners[{j}]", o, allow_owners=False)
+
+    seen = set()
+    for i, w in enumerate(spec.workflows):
+        base = f"workflows[{i}]"
+        if w.name in seen:
+            problems.append(PolicyProblem(f"{base}.name", f'duplicate workflow "{w.name}"'))
+        seen.add(w.name)
+        for key in ("match", "auto_approve", "auto_deny"):
+            expr = getattr(w, key)
+            if expr is not None and (why := check_cel(expr)):
+                problems.append(PolicyProblem(f"{base}.{key}", why))
+        if not w.steps and w.auto_approve is None:
+            problems.append(
+                PolicyProblem(f"{base}.steps", "a workflow needs approval steps or auto_approve")
+            )
+        for j, s in enumerate(w.steps):
+            for k, a in enumerate(s.approvers):
+                principal(f"{base}.steps[{j}].approvers[{k}]", a, allow_owners=True)
+        if w.elevated:
+            for j, s in enumerate(w.elevated.steps):
+                for k, a in enumerate(s.approvers):
+                    principal(f"{base}.elevated.steps[{j}].approvers[{k}]", a, allow_owners=True)
+        if w.escalation:
+            for k, a in enumerate(w.escalation.to):
+                principal(f"{base}.escalation.to[{k}]", a, allow_owners=True)
+    return problems

@@ -1,0 +1,86 @@
+"""HTTP API for grants."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accord.api.deps import AppState, Principal, db, principal, state
+from accord.errors import Invalid, NotFound
+from accord.grants.models import Grant, GrantStatus
+from accord.requests.schemas import GrantOut
+
+router = APIRouter(prefix="/api/v1/grants", tags=["grants"])
+
+
+class GrantPage(BaseModel):
+    items: list[GrantOut]
+    next_cursor: str | None
+
+
+def _visible(who: Principal) -> object:
+    if who.can_read_all:
+        return True
+    policy = who.policy
+    mine = sorted(r for r in policy.resources if who.user in policy.approvers_of_resource(r))
+    return (Grant.user == who.user) | Grant.resource.in_(mine)
+
+
+@router.get("", response_model=GrantPage)
+def list_grants(
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+    status: GrantStatus | None = None,
+    resource: str | None = None,
+    user: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> GrantPage:
+    """Grants you may see (your own; those of resources you approve; all for admins/auditors)."""
+    now = st.now()
+    q = select(Grant).order_by(Grant.id.desc()).limit(limit + 1)
+    visible = _visible(who)
+    if visible is not True:
+        q = q.where(visible)  # type: ignore[arg-type]
+    if status == GrantStatus.ACTIVE:
+        q = q.where(Grant.status == GrantStatus.ACTIVE, Grant.ends_at > now)
+    elif status == GrantStatus.EXPIRED:
+        q = q.where((Grant.status == GrantStatus.EXPIRED)
+                    | ((Grant.status == GrantStatus.ACTIVE) & (Grant.ends_at <= now)))
+    elif status is not None:
+        q = q.where(Grant.status == status)
+    if resource:
+        q = q.where(Grant.resource == resource)
+    if user:
+        q = q.where(Grant.user == user)
+    if cursor:
+        if not cursor.isdigit():
+            raise Invalid("not a cursor returned by this API", field="cursor")
+        q = q.where(Grant.id < int(cursor))
+    rows = list(session.execute(q).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return GrantPage(items=[GrantOut.of(g, now) for g in rows],
+                     next_cursor=str(rows[-1].id) if more and rows else None)
+
+
+@router.get("/{grant_id}", response_model=GrantOut)
+def get_grant(
+    grant_id: int,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> GrantOut:
+    g = session.get(Grant, grant_id)
+    visible = g is not None and (
+        who.can_read_all or g.user == who.user
+        or who.user in who.policy.approvers_of_resource(g.resource)
+    )
+    if g is None or not visible:
+        raise NotFound(f"grant {grant_id} does not exist or is not visible to you")
+    return GrantOut.of(g, st.now())

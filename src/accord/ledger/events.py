@@ -1,0 +1,101 @@
+"""Typed audit events and their envelope.
+
+The envelope is the contract with auditors: `v`, `type`, `time` (UTC,
+microseconds), `actor` (`kind`, `id`, `via`), `subject`, `resource`, `data`,
+and `policy` (`name`, `version`, `rule`) when an automation decided.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ENVELOPE_VERSION = 1
+
+
+class EventType(enum.StrEnum):
+    POLICY_LOADED = "policy.loaded"
+    REQUEST_CREATED = "request.created"
+    REQUEST_APPROVED = "request.approved"
+    REQUEST_DENIED = "request.denied"
+    REQUEST_CANCELLED = "request.cancelled"
+    REQUEST_EXPIRED = "request.expired"
+    APPROVAL_RECORDED = "approval.recorded"
+    GRANT_ACTIVATED = "grant.activated"
+    GRANT_EXTENDED = "grant.extended"
+    GRANT_EXPIRED = "grant.expired"
+    GRANT_REVOKED = "grant.revoked"
+    GRANT_RELINQUISHED = "grant.relinquished"
+    TOKEN_ISSUED = "token.issued"
+    TOKEN_REVOKED = "token.revoked"
+
+
+class Via(enum.StrEnum):
+    WEB = "web"
+    CLI = "cli"
+    API = "api"
+    SLACK = "slack"
+    GATEWAY = "gateway"
+    WORKER = "worker"
+    POLICY = "policy"
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: str  # user | policy | system
+    id: str
+    via: str
+
+    @classmethod
+    def user(cls, name: str, via: str) -> Actor:
+        return cls("user", name, via)
+
+    @classmethod
+    def system(cls, via: str = Via.WORKER) -> Actor:
+        return cls("system", "accord", via)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "id": self.id, "via": self.via}
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """Which automation decided: workflow name, policy version hash and the rule that fired."""
+
+    name: str
+    version: str
+    rule: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "rule": self.rule}
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with exactly six fractional digits: sortable and lossless."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def envelope(
+    *,
+    type: EventType,
+    time: datetime,
+    actor: Actor,
+    subject: str,
+    resource: dict[str, Any] | None,
+    data: dict[str, Any],
+    policy: PolicyRef | None = None,
+) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "type": str(type),
+        "time": format_time(time),
+        "actor": actor.as_dict(),
+        "subject": subject,
+        "resource": resource,
+        "data": data,
+    }
+    if policy is not None:
+        env["policy"] = policy.as_dict()
+    return env

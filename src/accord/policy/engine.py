@@ -1,0 +1,305 @@
+"""Compiled policy: who is who, which workflow routes a request, and the decision plan.
+
+First matching workflow in file order wins, and the decision names it with the
+policy version and the rule that fired. No match is a denial (default deny).
+CEL errors fail closed: a `match` that errors does not match, an `auto_approve`
+that errors does not approve, an `auto_deny` that errors denies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import cel
+
+from accord.config import LoadedPolicy, ResourceSpec, StepSpec, WorkflowSpec
+from accord.durations import format_duration
+from accord.ledger.events import format_time
+
+
+class PolicyRefusal(Exception):
+    """Input the matched workflow does not accept (over max_duration, missing reason): a 422."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    approvers: tuple[str, ...]
+    min_approvals: int
+    name: str | None = None
+    elevated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "approvers": list(self.approvers),
+            "min_approvals": self.min_approvals,
+            "elevated": self.elevated,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str  # "approve" | "deny" | "steps"
+    workflow: str | None
+    rule: str  # match | auto_approve | auto_deny | default_deny | no_approvers
+    reason: str
+    steps: tuple[PlannedStep, ...] = ()
+    inputs: dict[str, Any] = field(default_factory=dict)
+    pending_timeout: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    spec: WorkflowSpec
+    match: Any
+    auto_approve: Any | None
+    auto_deny: Any | None
+
+
+def _eval_bool(program: Any, ctx: dict[str, Any]) -> tuple[bool | None, str | None]:
+    try:
+        value = program.execute(ctx)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return None, str(exc).split("\n")[0]
+    if not isinstance(value, bool):
+        return None, f"expression returned {type(value).__name__}, not bool"
+    return value, None
+
+
+class Policy:
+    """An immutable, compiled view of one loaded accord.yaml."""
+
+    def __init__(self, loaded: LoadedPolicy) -> None:
+        self.loaded = loaded
+        spec = loaded.spec
+        self.version = loaded.version
+        self.users = spec.user_specs()
+        self.groups: dict[str, frozenset[str]] = {g: frozenset(m) for g, m in spec.groups.items()}
+        groups_of: dict[str, set[str]] = {u: set() for u in self.users}
+        for g, members in spec.groups.items():
+            for m in members:
+                groups_of[m].add(g)
+        self.groups_of = {u: frozenset(gs) for u, gs in groups_of.items()}
+        self.resources: dict[str, ResourceSpec] = {r.name: r for r in spec.resources}
+        self.workflows = [
+            CompiledWorkflow(
+                spec=w,
+                match=cel.compile(w.match),
+                auto_approve=cel.compile(w.auto_approve) if w.auto_approve else None,
+                auto_deny=cel.compile(w.auto_deny) if w.auto_deny else None,
+            )
+            for w in spec.workflows
+        ]
+        self.admins = self._members(spec.accord.admins)
+        self.auditors = self._members(spec.accord.auditors)
+        self._approvers_by_resource = {
+            name: frozenset(self._all_approvers(r)) for name, r in self.resources.items()
+        }
+        self.all_approvers = frozenset().union(*self._approvers_by_resource.values())
+
+    # ---------------------------------------------------------------- identity
+
+    def _members(self, group_names: list[str]) -> frozenset[str]:
+        out: set[str] = set()
+        for g in group_names:
+            out |= self.groups.get(g, frozenset())
+        return frozenset(out)
+
+    def is_user(self, name: str) -> bool:
+        return name in self.users
+
+    def roles_of(self, user: str) -> list[str]:
+        roles = ["requester"]
+        if user in self.all_approvers:
+            roles.append("approver")
+        if user in self.admins:
+            roles.append("admin")
+        if user in self.auditors:
+            roles.append("auditor")
+        return roles
+
+    def resolve(self, ref: str, resource: ResourceSpec | None) -> frozenset[str]:
+        """The users a principal reference stands for: `owners`, `group:x`, `user:x`, or a name."""
+        if ref == "owners":
+            if resource is None:
+                return frozenset()
+            out: set[str] = set()
+            for owner in resource.owners:
+                out |= self.resolve(owner, None)
+            return frozenset(out)
+        if ref.startswith("group:"):
+            return self.groups.get(ref[6:], frozenset())
+        if ref.startswith("user:"):
+            return frozenset({ref[5:]}) if ref[5:] in self.users else frozenset()
+        if ref in self.groups:
+            return self.groups[ref]
+        return frozenset({ref}) if ref in self.users else frozenset()
+
+    def eligible(self, step: dict[str, Any], resource: str) -> frozenset[str]:
+        """Users who may decide a planned step (as stored on a request) of `resource`."""
+        spec = self.resources.get(resource)
+        out: set[str] = set()
+        for ref in step.get("approvers", []):
+            out |= self.resolve(ref, spec)
+        return frozenset(out)
+
+    def _all_approvers(self, resource: ResourceSpec) -> set[str]:
+        out: set[str] = set()
+        for w in self.workflows:
+            steps: list[StepSpec] = list(w.spec.steps)
+            if w.spec.elevated:
+                steps += w.spec.elevated.steps
+            for s in steps:
+                for ref in s.approvers:
+                    out |= self.resolve(ref, resource)
+        return out
+
+    def approvers_of_resource(self, resource: str) -> frozenset[str]:
+        return self._approvers_by_resource.get(resource, frozenset())
+
+    # ---------------------------------------------------------------- routing
+
+    def context(
+        self,
+        *,
+        requester: str,
+        resource: ResourceSpec,
+        role: str,
+        duration: timedelta,
+        reason: str,
+        now: datetime,
+        extension: bool,
+    ) -> dict[str, Any]:
+        spec = self.users.get(requester)
+        return {
+            "request": {
+                "role": role,
+                "duration": duration,
+                "reason": reason,
+                "time": now,
+                "extension": extension,
+                "requester": {
+                    "name": requester,
+                    "email": (spec.email if spec else None) or "",
+                    "groups": sorted(self.groups_of.get(requester, frozenset())),
+                },
+            },
+            "resource": {
+                "name": resource.name,
+                "kind": resource.kind,
+                "labels": dict(resource.labels),
+                "owners": list(resource.owners),
+                "roles": list(resource.roles),
+            },
+        }
+
+    def decide(
+        self,
+        *,
+        requester: str,
+        resource: ResourceSpec,
+        role: str,
+        duration: timedelta,
+        reason: str,
+        now: datetime,
+        extension: bool = False,
+    ) -> Decision:
+        """Route a request. Raises PolicyRefusal for input the matched workflow rejects."""
+        ctx = self.context(
+            requester=requester,
+            resource=resource,
+            role=role,
+            duration=duration,
+            reason=reason,
+            now=now,
+            extension=extension,
+        )
+        inputs = _jsonable(ctx)
+        errors: list[str] = []
+        for w in self.workflows:
+            matched, err = _eval_bool(w.match, ctx)
+            if err:
+                errors.append(f"workflow {w.spec.name!r} match: {err}")
+            if matched:
+                return self._decide_in(w, ctx, inputs, duration, reason, role)
+        why = f"no workflow matches {resource.name}/{role}"
+        if errors:
+            why += " (" + "; ".join(errors) + ")"
+        return Decision("deny", None, "default_deny", why, inputs=inputs)
+
+    def _decide_in(
+        self,
+        w: CompiledWorkflow,
+        ctx: dict[str, Any],
+        inputs: dict[str, Any],
+        duration: timedelta,
+        reason: str,
+        role: str,
+    ) -> Decision:
+        spec = w.spec
+        if duration > spec.max_duration:
+            raise PolicyRefusal(
+                "duration",
+                f"{format_duration(duration)} is over the maximum of "
+                f"{format_duration(spec.max_duration)} for workflow {spec.name!r}; "
+                "ask for a shorter time",
+            )
+        if spec.require_reason and not reason.strip():
+            raise PolicyRefusal("reason", f"workflow {spec.name!r} requires a reason")
+        timeout = spec.pending_timeout
+        if w.auto_deny is not None:
+            denied, err = _eval_bool(w.auto_deny, ctx)
+            if err:
+                return Decision(
+                    "deny", spec.name, "auto_deny",
+                    f"auto_deny could not be evaluated ({err}); denied to be safe",
+                    inputs=inputs,
+                )
+            if denied:
+                return Decision(
+                    "deny", spec.name, "auto_deny",
+                    f"denied by workflow {spec.name!r}: {spec.auto_deny}", inputs=inputs,
+                )
+        if w.auto_approve is not None:
+            approved, _err = _eval_bool(w.auto_approve, ctx)
+            if approved:
+                return Decision(
+                    "approve", spec.name, "auto_approve",
+                    f"approved by workflow {spec.name!r}: {spec.auto_approve}", inputs=inputs,
+                )
+        steps = [
+            PlannedStep(tuple(s.approvers), s.min_approvals, s.name) for s in spec.steps
+        ]
+        if spec.elevated and role in spec.elevated.roles:
+            steps += [
+                PlannedStep(tuple(s.approvers), s.min_approvals, s.name, elevated=True)
+                for s in spec.elevated.steps
+            ]
+        if not steps:
+            return Decision(
+                "deny", spec.name, "no_approvers",
+                f"workflow {spec.name!r} did not auto-approve and has no approval steps",
+                inputs=inputs,
+            )
+        return Decision(
+            "steps", spec.name, "match", f"routed by workflow {spec.name!r}",
+            steps=tuple(steps), inputs=inputs, pending_timeout=timeout,
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, timedelta):
+        return f"{int(value.total_seconds())}s"
+    if isinstance(value, datetime):
+        return format_time(value)
+    return value

@@ -1,0 +1,95 @@
+"""Access requests, the approvals recorded on them, and who may decide each step."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from accord.db import Base, UTCDateTime, utcnow
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    ACTIVE = "active"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    RELINQUISHED = "relinquished"
+
+
+TERMINAL = frozenset(
+    {Status.DENIED, Status.CANCELLED, Status.EXPIRED, Status.REVOKED, Status.RELINQUISHED}
+)
+
+
+class AccessRequest(Base):
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        Index("ix_access_requests_status_pending_until", "status", "pending_until"),
+        Index("ix_access_requests_requester_id", "requester", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requester: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(64))
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_via: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    pending_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The routing decision, frozen at creation: workflow name, policy version, rule, steps.
+    workflow: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    policy_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rule: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    current_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    extends_grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grants.id"), nullable=True, index=True
+    )
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+
+    approvals: Mapped[list[Approval]] = relationship(
+        back_populates="request", order_by="Approval.id", lazy="selectin"
+    )
+
+
+class Approval(Base):
+    """One person's decision on one request; a person decides a request at most once."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    approver: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    via: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    request: Mapped[AccessRequest] = relationship(back_populates="approvals")
+
+
+class RequestApprover(Base):
+    """Who may decide each step of a pending request, resolved from the current policy.
+
+    Kept as rows so the approvals inbox is one indexed query; recomputed for
+    pending requests whenever the policy is reloaded.
+    """
+
+    __tablename__ = "request_approvers"
+
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)

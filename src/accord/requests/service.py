@@ -1,0 +1,584 @@
+"""The access request state machine. Every transition writes its ledger event; nothing commits.
+
+    pending ─approve(last step)─▶ approved ─▶ active ─▶ expired | revoked | relinquished
+    pending ─▶ denied | cancelled | expired (nobody decided within expire_after)
+
+One permission check per command. Approvals count distinct people (`>=`
+min_approvals) and a person decides a request once, so nobody serves on two
+steps and a double click cannot count twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from accord.durations import format_duration
+from accord.errors import Conflict, Forbidden, Invalid, NotFound
+from accord.grants import service as grants
+from accord.grants.models import Grant, GrantStatus
+from accord.ledger import service as ledger
+from accord.ledger.events import Actor, EventType, PolicyRef, format_time
+from accord.policy.engine import Decision, Policy, PolicyRefusal
+from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is acting and through which channel."""
+
+    user: str
+    via: str
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.user(self.user, self.via)
+
+
+def _resource(req: AccessRequest) -> dict[str, Any]:
+    return {"name": req.resource, "role": req.role}
+
+
+def _policy_actor(decision_workflow: str | None) -> Actor:
+    return Actor("policy", decision_workflow or "default-deny", "policy")
+
+
+# ---------------------------------------------------------------- reads
+
+
+def effective_status(req: AccessRequest, grant: Grant | None, now: datetime) -> str:
+    """The status as of `now`: expiry holds on every read, before the sweeper records it."""
+    if req.status == Status.PENDING and req.pending_until is not None and req.pending_until <= now:
+        return Status.EXPIRED
+    if req.status == Status.ACTIVE and grant is not None:
+        g = grants.effective_status(grant, now)
+        if g != GrantStatus.ACTIVE:
+            return g
+    return req.status
+
+
+def can_view(policy: Policy, user: str, req: AccessRequest) -> bool:
+    return (
+        user == req.requester
+        or user in policy.admins
+        or user in policy.auditors
+        or user in policy.approvers_of_resource(req.resource)
+    )
+
+
+def get_request(
+    session: Session, *, policy: Policy, user: str, request_id: int, lock: bool = False
+) -> AccessRequest:
+    """A request the caller may see, else 404 (not 403: ids of others' requests stay private)."""
+    q = select(AccessRequest).where(AccessRequest.id == request_id)
+    if lock:
+        q = q.with_for_update()
+    req = session.execute(q).scalar_one_or_none()
+    if req is None or not can_view(policy, user, req):
+        raise NotFound(f"request {request_id} does not exist or is not visible to you")
+    return req
+
+
+def list_requests(
+    session: Session,
+    *,
+    policy: Policy,
+    user: str,
+    now: datetime,
+    status: str | None = None,
+    resource: str | None = None,
+    requester: str | None = None,
+    role: str | None = None,
+    awaiting_me: bool = False,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[AccessRequest]:
+    """Requests visible to `user`, newest first, keyset-paginated by id."""
+    q = select(AccessRequest).order_by(AccessRequest.id.desc()).limit(limit)
+    if user not in policy.admins and user not in policy.auditors:
+        mine = sorted(r for r in policy.resources if user in policy.approvers_of_resource(r))
+        q = q.where(or_(AccessRequest.requester == user, AccessRequest.resource.in_(mine)))
+    if status:
+        q = q.where(_status_clause(status, now))
+    if resource:
+        q = q.where(AccessRequest.resource == resource)
+    if requester:
+        q = q.where(AccessRequest.requester == requester)
+    if role:
+        q = q.where(AccessRequest.role == role)
+    if before_id is not None:
+        q = q.where(AccessRequest.id < before_id)
+    if awaiting_me:
+        q = q.where(
+            _status_clause(Status.PENDING, now),
+            exists().where(
+                RequestApprover.request_id == AccessRequest.id,
+                RequestApprover.step == AccessRequest.current_step,
+                RequestApprover.username == user,
+            ),
+            ~exists().where(Approval.request_id == AccessRequest.id, Approval.approver == user),
+        )
+    return list(session.execute(q).scalars().all())
+
+
+def _status_clause(status: str, now: datetime) -> Any:
+    """SQL for an effective status, so filters agree with what reads show."""
+    grant_over = exists().where(
+        Grant.id == AccessRequest.grant_id, Grant.status == GrantStatus.ACTIVE, Grant.ends_at <= now
+    )
+    if status == Status.PENDING:
+        return and_(AccessRequest.status == Status.PENDING, AccessRequest.pending_until > now)
+    if status == Status.ACTIVE:
+        return and_(AccessRequest.status == Status.ACTIVE, ~grant_over)
+    if status == Status.EXPIRED:
+        return or_(
+            AccessRequest.status == Status.EXPIRED,
+            and_(AccessRequest.status == Status.PENDING, AccessRequest.pending_until <= now),
+            and_(AccessRequest.status == Status.ACTIVE, grant_over),
+        )
+    return AccessRequest.status == status
+
+
+def step_approvers(session: Session, request_ids: list[int]) -> dict[int, dict[int, list[str]]]:
+    """Eligible users per step for each request: {request_id: {step: [users]}}."""
+    out: dict[int, dict[int, list[str]]] = {rid: {} for rid in request_ids}
+    if not request_ids:
+        return out
+    rows = session.execute(
+        select(RequestApprover).where(RequestApprover.request_id.in_(request_ids))
+    ).scalars()
+    for row in rows:
+        out[row.request_id].setdefault(row.step, []).append(row.username)
+    for steps in out.values():
+        for users in steps.values():
+            users.sort()
+    return out
+
+
+# ---------------------------------------------------------------- create
+
+
+def create(
+    session: Session,
+    *,
+    policy: Policy,
+    caller: Caller,
+    resource: str,
+    role: str,
+    duration: timedelta,
+    reason: str,
+    now: datetime,
+    extends: Grant | None = None,
+) -> AccessRequest:
+    """File a request for oneself and route it through the policy."""
+    spec = policy.resources.get(resource)
+    if spec is None:
+        known = ", ".join(sorted(policy.resources)) or "none"
+        raise Invalid(f'unknown resource "{resource}" (known: {known})', field="resource")
+    if role not in spec.roles:
+        raise Invalid(
+            f'role "{role}" is not offered by {resource} (offered: {", ".join(spec.roles)})',
+            field="role",
+        )
+    try:
+        decision = policy.decide(
+            requester=caller.user,
+            resource=spec,
+            role=role,
+            duration=duration,
+            reason=reason,
+            now=now,
+            extension=extends is not None,
+        )
+    except PolicyRefusal as exc:
+        raise Invalid(str(exc), field=exc.field) from None
+
+    eligible: list[frozenset[str]] = []
+    if decision.outcome == "steps":
+        for i, step in enumerate(decision.steps):
+            people = policy.eligible(step.as_dict(), resource) - {caller.user}
+            if len(people) < step.min_approvals:
+                decision = Decision(
+                    "deny", decision.workflow, "no_approvers",
+                    f"step {i + 1} needs {step.min_approvals} approval(s) but only "
+                    f"{len(people)} eligible approver(s) other than the requester exist",
+                    inputs=decision.inputs,
+                )
+                break
+            eligible.append(people)
+
+    req = AccessRequest(
+        requester=caller.user,
+        resource=resource,
+        role=role,
+        duration_seconds=int(duration.total_seconds()),
+        reason=reason,
+        status=Status.PENDING,
+        created_at=now,
+        created_via=caller.via,
+        workflow=decision.workflow,
+        policy_version=policy.version,
+        rule=decision.rule,
+        plan={"steps": [s.as_dict() for s in decision.steps]},
+        current_step=0 if decision.outcome == "steps" else None,
+        extends_grant_id=extends.id if extends else None,
+        pending_until=now + decision.pending_timeout if decision.pending_timeout else None,
+    )
+    session.add(req)
+    session.flush()
+    ref = PolicyRef(decision.workflow or "", policy.version, decision.rule)
+    ledger.record(
+        session,
+        type=EventType.REQUEST_CREATED,
+        actor=caller.actor,
+        subject=f"request:{req.id}",
+        resource=_resource(req),
+        data={
+            "request_id": req.id,
+            "requester": req.requester,
+            "duration_seconds": req.duration_seconds,
+            "duration": format_duration(duration),
+            "reason": reason,
+            "extends_grant_id": req.extends_grant_id,
+            "routing": {"outcome": decision.outcome, "reason": decision.reason},
+            "steps": req.plan["steps"],
+            "pending_until": format_time(req.pending_until) if req.pending_until else None,
+            "inputs": decision.inputs,
+        },
+        policy=ref,
+        time=now,
+    )
+    if decision.outcome == "deny":
+        req.status = Status.DENIED
+        req.decided_at = now
+        req.decision_reason = decision.reason
+        req.pending_until = None
+        ledger.record(
+            session,
+            type=EventType.REQUEST_DENIED,
+            actor=_policy_actor(decision.workflow),
+            subject=f"request:{req.id}",
+            resource=_resource(req),
+            data={"request_id": req.id, "reason": decision.reason, "inputs": decision.inputs},
+            policy=ref,
+            time=now,
+        )
+    elif decision.outcome == "approve":
+        req.status = Status.APPROVED
+        req.decided_at = now
+        req.decision_reason = decision.reason
+        req.pending_until = None
+        actor = _policy_actor(decision.workflow)
+        ledger.record(
+            session,
+            type=EventType.REQUEST_APPROVED,
+            actor=actor,
+            subject=f"request:{req.id}",
+            resource=_resource(req),
+            data={"request_id": req.id, "reason": decision.reason, "inputs": decision.inputs},
+            policy=ref,
+            time=now,
+        )
+        grants.activate(session, request=req, actor=actor, now=now)
+    else:
+        session.add_all(
+            RequestApprover(request_id=req.id, step=i, username=u)
+            for i, people in enumerate(eligible)
+            for u in people
+        )
+    session.flush()
+    return req
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def _refuse_finished(req: AccessRequest, status: str, verb: str) -> None:
+    if status in TERMINAL:
+        raise Conflict(f"request {req.id} is {status}; it can no longer be {verb}")
+
+
+def _eligible(session: Session, req: AccessRequest, step: int) -> set[str]:
+    rows = session.execute(
+        select(RequestApprover.username).where(
+            RequestApprover.request_id == req.id, RequestApprover.step == step
+        )
+    ).scalars()
+    return set(rows)
+
+
+def _check_decider(
+    session: Session, req: AccessRequest, caller: Caller, status: str, verb: str
+) -> int:
+    """The one permission check for approve/deny; returns the step being decided."""
+    _refuse_finished(req, status, verb)
+    if caller.user == req.requester:
+        raise Forbidden(f"you cannot {verb.removesuffix('d')} your own request")
+    prior = next((a for a in req.approvals if a.approver == caller.user), None)
+    if prior is not None:
+        raise Conflict(
+            f"you already {prior.decision}d request {req.id} (step {prior.step + 1}); "
+            "a person decides a request once"
+        )
+    steps = req.plan.get("steps", [])
+    if status == Status.PENDING:
+        step = req.current_step or 0
+    elif status in (Status.APPROVED, Status.ACTIVE) and verb == "approved" and steps:
+        # A concurrent approver of the final step lost the race: record the approval, no transition.
+        step = len(steps) - 1
+    else:
+        raise Conflict(f"request {req.id} is {status}; it can no longer be {verb}")
+    if caller.user not in _eligible(session, req, step):
+        wanted = ", ".join(steps[step]["approvers"]) if step < len(steps) else "?"
+        raise Forbidden(
+            f"you are not an approver of step {step + 1} of request {req.id} (approvers: {wanted})"
+        )
+    return step
+
+
+def _add_approval(
+    session: Session, req: AccessRequest, caller: Caller, step: int, decision: str,
+    comment: str, now: datetime,
+) -> Approval:
+    approval = Approval(
+        request_id=req.id, step=step, approver=caller.user, decision=decision,
+        comment=comment, via=caller.via, created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(approval)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"you already decided request {req.id}; a person decides a request once"
+        ) from None
+    session.refresh(req, attribute_names=["approvals"])
+    return approval
+
+
+def approve(
+    session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
+    now: datetime,
+) -> AccessRequest:
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
+    status = effective_status(req, _grant(session, req), now)
+    step = _check_decider(session, req, caller, status, "approved")
+    _add_approval(session, req, caller, step, "approve", comment, now)
+    steps = req.plan["steps"]
+    needed = int(steps[step]["min_approvals"])
+    count = len({a.approver for a in req.approvals if a.step == step and a.decision == "approve"})
+    late = status != Status.PENDING
+    complete = not late and count >= needed
+    last = step == len(steps) - 1
+    ledger.record(
+        session,
+        type=EventType.APPROVAL_RECORDED,
+        actor=caller.actor,
+        subject=f"request:{req.id}",
+        resource=_resource(req),
+        data={
+            "request_id": req.id,
+            "decision": "approve",
+            "step": step,
+            "approvals": count,
+            "min_approvals": needed,
+            "step_complete": complete,
+            "late": late,
+            "comment": comment,
+        },
+        time=now,
+    )
+    if complete and not last:
+        req.current_step = step + 1
+    elif complete:
+        req.status = Status.APPROVED
+        req.decided_at = now
+        req.current_step = None
+        req.pending_until = None
+        req.decision_reason = f"approved by {caller.user} (step {step + 1} of {len(steps)})"
+        ledger.record(
+            session,
+            type=EventType.REQUEST_APPROVED,
+            actor=caller.actor,
+            subject=f"request:{req.id}",
+            resource=_resource(req),
+            data={
+                "request_id": req.id,
+                "approvers": [
+                    {"user": a.approver, "step": a.step, "via": a.via}
+                    for a in req.approvals if a.decision == "approve"
+                ],
+            },
+            time=now,
+        )
+        grants.activate(session, request=req, actor=caller.actor, now=now)
+    session.flush()
+    return req
+
+
+def deny(
+    session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
+    now: datetime,
+) -> AccessRequest:
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
+    status = effective_status(req, _grant(session, req), now)
+    step = _check_decider(session, req, caller, status, "denied")
+    _add_approval(session, req, caller, step, "deny", comment, now)
+    ledger.record(
+        session,
+        type=EventType.APPROVAL_RECORDED,
+        actor=caller.actor,
+        subject=f"request:{req.id}",
+        resource=_resource(req),
+        data={"request_id": req.id, "decision": "deny", "step": step, "comment": comment},
+        time=now,
+    )
+    _finish_pending(session, req, Status.DENIED, caller.actor, now,
+                    f"denied by {caller.user}" + (f": {comment}" if comment else ""))
+    return req
+
+
+def _finish_pending(
+    session: Session, req: AccessRequest, status: Status, actor: Actor, now: datetime, why: str
+) -> None:
+    req.status = status
+    req.decided_at = now
+    req.current_step = None
+    req.pending_until = None
+    req.decision_reason = why
+    session.execute(delete(RequestApprover).where(RequestApprover.request_id == req.id))
+    event = {
+        Status.DENIED: EventType.REQUEST_DENIED,
+        Status.CANCELLED: EventType.REQUEST_CANCELLED,
+        Status.EXPIRED: EventType.REQUEST_EXPIRED,
+    }[status]
+    ledger.record(
+        session,
+        type=event,
+        actor=actor,
+        subject=f"request:{req.id}",
+        resource=_resource(req),
+        data={"request_id": req.id, "reason": why},
+        time=now,
+    )
+    session.flush()
+
+
+def cancel(
+    session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
+    now: datetime,
+) -> AccessRequest:
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
+    if caller.user != req.requester:
+        raise Forbidden("only the requester can cancel a request")
+    status = effective_status(req, _grant(session, req), now)
+    if status != Status.PENDING:
+        raise Conflict(f"request {req.id} is {status}; only pending requests can be cancelled")
+    _finish_pending(session, req, Status.CANCELLED, caller.actor, now,
+                    "cancelled by the requester" + (f": {comment}" if comment else ""))
+    return req
+
+
+def _grant(session: Session, req: AccessRequest) -> Grant | None:
+    return session.get(Grant, req.grant_id) if req.grant_id else None
+
+
+def _active_grant(session: Session, req: AccessRequest, now: datetime, verb: str) -> Grant:
+    grant = session.execute(
+        select(Grant).where(Grant.id == req.grant_id).with_for_update()
+    ).scalar_one_or_none() if req.grant_id else None
+    status = effective_status(req, grant, now)
+    if grant is None or status != Status.ACTIVE:
+        raise Conflict(f"request {req.id} is {status}; only active access can be {verb}")
+    return grant
+
+
+def relinquish(
+    session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
+    now: datetime,
+) -> AccessRequest:
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
+    if caller.user != req.requester:
+        raise Forbidden("only the grantee can relinquish access")
+    grant = _active_grant(session, req, now, "relinquished")
+    grants.end(session, grant=grant, status=GrantStatus.RELINQUISHED, actor=caller.actor,
+               now=now, comment=comment)
+    session.refresh(req)
+    return req
+
+
+def revoke(
+    session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
+    now: datetime,
+) -> AccessRequest:
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
+    if caller.user not in policy.admins and caller.user not in policy.approvers_of_resource(
+        req.resource
+    ):
+        raise Forbidden(f"only approvers of {req.resource} and admins can revoke access")
+    grant = _active_grant(session, req, now, "revoked")
+    grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=caller.actor, now=now,
+               comment=comment)
+    session.refresh(req)
+    return req
+
+
+def extend(
+    session: Session, *, policy: Policy, caller: Caller, request_id: int, duration: timedelta,
+    reason: str, now: datetime,
+) -> AccessRequest:
+    """Ask for more time on an active grant: a new request, routed like any other."""
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
+    if caller.user != req.requester:
+        raise Forbidden("only the grantee can ask to extend their access")
+    grant = _active_grant(session, req, now, "extended")
+    return create(
+        session, policy=policy, caller=caller, resource=grant.resource, role=grant.role,
+        duration=duration, reason=reason, now=now, extends=grant,
+    )
+
+
+# ---------------------------------------------------------------- background
+
+
+def expire_pending(session: Session, *, now: datetime, limit: int = 500) -> int:
+    """Record the expiry of pending requests nobody decided in time."""
+    q = (
+        select(AccessRequest)
+        .where(AccessRequest.status == Status.PENDING, AccessRequest.pending_until <= now)
+        .order_by(AccessRequest.pending_until)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    reqs = session.execute(q).scalars().all()
+    for req in reqs:
+        _finish_pending(session, req, Status.EXPIRED, Actor.system(), now,
+                        "nobody decided before the request's time ran out")
+    return len(reqs)
+
+
+def refresh_approvers(session: Session, *, policy: Policy) -> int:
+    """Recompute who may decide each pending request after the policy changed."""
+    pending = session.execute(
+        select(AccessRequest).where(AccessRequest.status == Status.PENDING)
+    ).scalars().all()
+    for req in pending:
+        session.execute(delete(RequestApprover).where(RequestApprover.request_id == req.id))
+        for i, step in enumerate(req.plan.get("steps", [])):
+            people = policy.eligible(step, req.resource) - {req.requester}
+            session.add_all(RequestApprover(request_id=req.id, step=i, username=u) for u in people)
+    session.flush()
+    return len(pending)
+
+
+class Command(Protocol):
+    def __call__(
+        self, session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
+        now: datetime,
+    ) -> AccessRequest: ...

@@ -1,0 +1,159 @@
+"""HTTP API for access requests. Each handler is one unit of work and commits it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accord.api.deps import AppState, Principal, db, principal, state
+from accord.durations import parse_duration
+from accord.errors import Invalid
+from accord.grants.models import Grant
+from accord.requests import service
+from accord.requests.models import AccessRequest, Status
+from accord.requests.schemas import CommentIn, ExtendIn, RequestCreate, RequestOut
+
+router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
+
+
+class RequestPage(BaseModel):
+    items: list[RequestOut]
+    next_cursor: str | None
+
+
+def render(session: Session, reqs: list[AccessRequest], now: datetime) -> list[RequestOut]:
+    grant_ids = {r.grant_id for r in reqs if r.grant_id}
+    grants = (
+        {g.id: g for g in session.execute(select(Grant).where(Grant.id.in_(grant_ids))).scalars()}
+        if grant_ids else {}
+    )
+    pending = [r.id for r in reqs if r.status == Status.PENDING or r.plan.get("steps")]
+    eligible = service.step_approvers(session, pending)
+    out = []
+    for r in reqs:
+        g = grants.get(r.grant_id) if r.grant_id else None
+        out.append(
+            RequestOut.of(r, status=service.effective_status(r, g, now), grant=g,
+                          eligible=eligible.get(r.id, {}), now=now)
+        )
+    return out
+
+
+def _cursor(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise Invalid("cursor: not a cursor returned by this API", field="cursor")
+    return int(value)
+
+
+@router.post("", status_code=201, response_model=RequestOut)
+def create_request(
+    body: RequestCreate,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> RequestOut:
+    """Ask for access for yourself. The response tells whether it is pending, active or denied."""
+    now = st.now()
+    req = service.create(
+        session, policy=who.policy, caller=who.caller, resource=body.resource, role=body.role,
+        duration=body.timedelta, reason=body.reason, now=now,
+    )
+    out = render(session, [req], now)[0]
+    session.commit()
+    return out
+
+
+@router.get("", response_model=RequestPage)
+def list_requests(
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+    status: Annotated[Status | None, Query()] = None,
+    resource: str | None = None,
+    requester: str | None = None,
+    role: str | None = None,
+    awaiting: Annotated[str | None, Query(description="'me': pending on my decision")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> RequestPage:
+    """Requests you may see, newest first."""
+    if awaiting not in (None, "me"):
+        raise Invalid("awaiting: only 'me' is supported", field="awaiting")
+    now = st.now()
+    reqs = service.list_requests(
+        session, policy=who.policy, user=who.user, now=now, status=status, resource=resource,
+        requester=requester, role=role, awaiting_me=awaiting == "me",
+        before_id=_cursor(cursor), limit=limit + 1,
+    )
+    more = len(reqs) > limit
+    reqs = reqs[:limit]
+    return RequestPage(
+        items=render(session, reqs, now),
+        next_cursor=str(reqs[-1].id) if more and reqs else None,
+    )
+
+
+@router.get("/{request_id}", response_model=RequestOut)
+def get_request(
+    request_id: int,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> RequestOut:
+    now = st.now()
+    req = service.get_request(session, policy=who.policy, user=who.user, request_id=request_id)
+    return render(session, [req], now)[0]
+
+
+def _command(name: str, fn: service.Command, summary: str) -> None:
+    def handler(
+        request_id: int,
+        body: Annotated[CommentIn | None, Body()] = None,
+        who: Principal = Depends(principal),
+        session: Session = Depends(db),
+        st: AppState = Depends(state),
+    ) -> RequestOut:
+        now = st.now()
+        req = fn(session, policy=who.policy, caller=who.caller, request_id=request_id,
+                 comment=body.comment if body else "", now=now)
+        out = render(session, [req], now)[0]
+        session.commit()
+        return out
+
+    handler.__name__ = f"{name}_request"
+    handler.__doc__ = summary
+    router.post(f"/{{request_id}}/{name}", response_model=RequestOut)(handler)
+
+
+_command("approve", service.approve,
+         "Approve the current step (eligible approvers only; never your own request).")
+_command("deny", service.deny, "Deny the request (eligible approvers of the current step).")
+_command("cancel", service.cancel, "Withdraw your own pending request.")
+_command("relinquish", service.relinquish, "Give up your active access early.")
+_command("revoke", service.revoke, "End active access (approvers of the resource, admins).")
+
+
+@router.post("/{request_id}/extend", status_code=201, response_model=RequestOut)
+def extend_request(
+    request_id: int,
+    body: ExtendIn,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> RequestOut:
+    """Ask for more time on your active grant: a new request through the same workflows."""
+    now = st.now()
+    req = service.extend(
+        session, policy=who.policy, caller=who.caller, request_id=request_id,
+        duration=parse_duration(body.duration), reason=body.reason, now=now,
+    )
+    out = render(session, [req], now)[0]
+    session.commit()
+    return out
