@@ -20,7 +20,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 install_accord() {
-  local extras="$1" stamp=".venv/.installed$extras"
+  local extras="$1"
+  local stamp=".venv/.installed$extras"
   # Reinstall only when pyproject.toml changed since the last install.
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "installing accord$extras into .venv ..." >&2
