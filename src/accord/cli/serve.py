@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 from rich.console import Console
-from rich.table import Table
 
 from accord import demo
 from accord.api.app import create_app
@@ -53,6 +53,7 @@ def serve(
 ) -> None:
     """Run the API (and, unless --no-worker, the background jobs) in one process."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings.from_env()
     if demo_mode:
         base = settings.data_dir / "demo"
@@ -67,23 +68,31 @@ def serve(
         _print_demo(url, config, tokens)
     _install_sighup(st)
     app = create_app(st, background=not no_worker)
-    err.print(f"Accord listening on {url} (API docs: {url}/docs)")
+    if not demo_mode:
+        err.print(f"Accord listening on {url} (API docs: {url}/docs)")
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
 
 
 def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:
+    # Plain lines, not a table: tokens must survive narrow terminals and copy-paste whole.
     roles = {"alice": "engineer", "bob": "lead (approver)", "carol": "dba, admin",
              "dave": "auditor", "erin": "engineer, dba", "frank": "admin, billing owner"}
-    table = Table("USER", "ROLE", "TOKEN", title="Demo logins")
-    for user, token in tokens.items():
-        table.add_row(user, roles.get(user, ""), token)
-    err.print(table)
-    err.print(f"Policy: {config}")
-    err.print("Try:")
-    err.print(f"  export ACCORD_URL={url} ACCORD_TOKEN={tokens['alice']}", markup=False)
-    err.print("  accord request create orders-db read --duration 1h "
-              "--reason 'INC-1: look at orders'", markup=False)
-    err.print("  accord request list", markup=False)
+    lines = [
+        "",
+        f"Accord demo: {url}   (API docs: {url}/docs)",
+        f"Policy file: {config}",
+        "Demo logins (API tokens, new on every start):",
+        *[f"  {user:<6} {roles.get(user, ''):<21} {token}" for user, token in tokens.items()],
+        "",
+        "Try, in another shell:",
+        "  source .venv/bin/activate",
+        f"  export ACCORD_URL={url} ACCORD_TOKEN={tokens['alice']}",
+        "  accord request create orders-db read --duration 1h --reason 'INC-1: look at orders'",
+        "  accord request list",
+        "",
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
 
 
 def _install_sighup(st: Any) -> None:
