@@ -260,3 +260,41 @@ def fresh_pg(worker_id: str) -> Iterator[Engine]:
     engine.dispose()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class LiveServer:
+    url: str
+    env: Env
+
+
+@pytest.fixture
+def live(env: Env) -> Iterator[LiveServer]:
+    """The `env` app served by a real uvicorn on a free loopback port."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from accord.api.app import create_app as make_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(env.st), log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    started = threading.Event()
+    for _ in range(500):  # bounded: uvicorn sets `started` once it accepts connections
+        if server.started:
+            started.set()
+            break
+        started.wait(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}", env=env)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -243,21 +243,52 @@ def parse_policy_text(text: str, source: str = "<string>") -> LoadedPolicy:
         raw = {}
     if not isinstance(raw, dict):
         raise PolicyError([PolicyProblem("", "the file must be a mapping at the top level")])
-    try:
-        spec = PolicyFile.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if p not in ("function-after[_name(), str]",))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            problems.append(PolicyProblem(_loc(loc), msg))
-        raise PolicyError(problems) from None
-    problems = check_references(spec)
-    if problems:
+    structural: list[PolicyProblem] = []
+    spec = None
+    # Validate; on errors drop the offending optional keys and retry, so cross-reference
+    # problems elsewhere in the file are reported in the same pass. List items are never
+    # dropped: their indices must stay true in the paths we print.
+    for _attempt in range(20):
+        try:
+            spec = PolicyFile.model_validate(raw)
+            break
+        except ValidationError as exc:
+            removed = False
+            for err in exc.errors():
+                problem = PolicyProblem(_loc(tuple(err["loc"])), _pydantic_message(err))
+                if problem not in structural:
+                    structural.append(problem)
+                removed |= _drop(raw, err["loc"])
+            if not removed:
+                break
+    problems = structural + (check_references(spec) if spec is not None else [])
+    if problems or spec is None:
         raise PolicyError(problems)
     return LoadedPolicy(spec=spec, version=version, text=text, source=source)
+
+
+def _pydantic_message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "is required"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _drop(raw: Any, loc: tuple[int | str, ...]) -> bool:
+    """Delete the mapping key at `loc` if it is not required; True if something went."""
+    node = raw
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    key = loc[-1] if loc else None
+    required = {"name", "roles", "approvers"}
+    if isinstance(node, dict) and key in node and key not in required:
+        del node[key]
+        return True
+    return False
 
 
 def load_policy_file(path: Path) -> LoadedPolicy:

@@ -40,6 +40,8 @@ def parse_duration(text: str) -> timedelta:
         raise DurationError(f"{text!r} is not a duration; use a form like 45m, 1h30m or PT1H30M")
     if value <= timedelta(0):
         raise DurationError(f"{text!r} is zero; a duration must be positive")
+    if value.microseconds:
+        raise DurationError(f"{text!r} has a fraction of a second; use whole seconds")
     if value > MAX:
         raise DurationError(f"{text!r} is longer than the longest accepted duration (3650d)")
     return value

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, principal, state
 from accord.errors import Invalid, NotFound
 from accord.grants.models import Grant, GrantStatus
+from accord.requests.models import AccessRequest, RequestApprover
 from accord.requests.schemas import GrantOut
 
 router = APIRouter(prefix="/api/v1/grants", tags=["grants"])
@@ -22,12 +23,19 @@ class GrantPage(BaseModel):
     next_cursor: str | None
 
 
-def _visible(who: Principal) -> object:
+def _visible(who: Principal) -> Any:
+    """Own grants, grants on resources one owns, grants one could approve; all for readers."""
     if who.can_read_all:
-        return True
-    policy = who.policy
-    mine = sorted(r for r in policy.resources if who.user in policy.approvers_of_resource(r))
-    return (Grant.user == who.user) | Grant.resource.in_(mine)
+        return None
+    return or_(
+        Grant.user == who.user,
+        Grant.resource.in_(who.policy.owned_by(who.user)),
+        exists().where(
+            AccessRequest.grant_id == Grant.id,
+            RequestApprover.request_id == AccessRequest.id,
+            RequestApprover.username == who.user,
+        ),
+    )
 
 
 @router.get("", response_model=GrantPage)
@@ -45,8 +53,8 @@ def list_grants(
     now = st.now()
     q = select(Grant).order_by(Grant.id.desc()).limit(limit + 1)
     visible = _visible(who)
-    if visible is not True:
-        q = q.where(visible)  # type: ignore[arg-type]
+    if visible is not None:
+        q = q.where(visible)
     if status == GrantStatus.ACTIVE:
         q = q.where(Grant.status == GrantStatus.ACTIVE, Grant.ends_at > now)
     elif status == GrantStatus.EXPIRED:
@@ -76,11 +84,11 @@ def get_grant(
     session: Session = Depends(db),
     st: AppState = Depends(state),
 ) -> GrantOut:
-    g = session.get(Grant, grant_id)
-    visible = g is not None and (
-        who.can_read_all or g.user == who.user
-        or who.user in who.policy.approvers_of_resource(g.resource)
-    )
-    if g is None or not visible:
+    q = select(Grant).where(Grant.id == grant_id)
+    visible = _visible(who)
+    if visible is not None:
+        q = q.where(visible)
+    g = session.execute(q).scalar_one_or_none()
+    if g is None:
         raise NotFound(f"grant {grant_id} does not exist or is not visible to you")
     return GrantOut.of(g, st.now())

@@ -52,6 +52,9 @@ class Decision:
     steps: tuple[PlannedStep, ...] = ()
     inputs: dict[str, Any] = field(default_factory=dict)
     pending_timeout: timedelta | None = None
+    # The matched workflow's steps even when a rule decided alone: their approvers may
+    # still see and revoke what the automation granted.
+    workflow_steps: tuple[PlannedStep, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class CompiledWorkflow:
 def _eval_bool(program: Any, ctx: dict[str, Any]) -> tuple[bool | None, str | None]:
     try:
         value = program.execute(ctx)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except Exception as exc:  # the binding raises KeyError, IndexError, ZeroDivisionError, ...
+        # Any evaluation failure is a policy outcome (fail closed), never a crash.
         return None, str(exc).split("\n")[0]
     if not isinstance(value, bool):
         return None, f"expression returned {type(value).__name__}, not bool"
@@ -160,8 +164,13 @@ class Policy:
                     out |= self.resolve(ref, resource)
         return out
 
-    def approvers_of_resource(self, resource: str) -> frozenset[str]:
-        return self._approvers_by_resource.get(resource, frozenset())
+    def owners_of(self, resource: str) -> frozenset[str]:
+        """People who own `resource` (its `owners`, groups expanded)."""
+        spec = self.resources.get(resource)
+        return self.resolve("owners", spec) if spec else frozenset()
+
+    def owned_by(self, user: str) -> list[str]:
+        return sorted(r for r in self.resources if user in self.owners_of(r))
 
     # ---------------------------------------------------------------- routing
 
@@ -243,6 +252,15 @@ class Policy:
         role: str,
     ) -> Decision:
         spec = w.spec
+        steps = [
+            PlannedStep(tuple(s.approvers), s.min_approvals, s.name) for s in spec.steps
+        ]
+        if spec.elevated and role in spec.elevated.roles:
+            steps += [
+                PlannedStep(tuple(s.approvers), s.min_approvals, s.name, elevated=True)
+                for s in spec.elevated.steps
+            ]
+        planned = tuple(steps)
         if duration > spec.max_duration:
             raise PolicyRefusal(
                 "duration",
@@ -259,12 +277,13 @@ class Policy:
                 return Decision(
                     "deny", spec.name, "auto_deny",
                     f"auto_deny could not be evaluated ({err}); denied to be safe",
-                    inputs=inputs,
+                    inputs=inputs, workflow_steps=planned,
                 )
             if denied:
                 return Decision(
                     "deny", spec.name, "auto_deny",
                     f"denied by workflow {spec.name!r}: {spec.auto_deny}", inputs=inputs,
+                    workflow_steps=planned,
                 )
         if w.auto_approve is not None:
             approved, _err = _eval_bool(w.auto_approve, ctx)
@@ -272,15 +291,8 @@ class Policy:
                 return Decision(
                     "approve", spec.name, "auto_approve",
                     f"approved by workflow {spec.name!r}: {spec.auto_approve}", inputs=inputs,
+                    workflow_steps=planned,
                 )
-        steps = [
-            PlannedStep(tuple(s.approvers), s.min_approvals, s.name) for s in spec.steps
-        ]
-        if spec.elevated and role in spec.elevated.roles:
-            steps += [
-                PlannedStep(tuple(s.approvers), s.min_approvals, s.name, elevated=True)
-                for s in spec.elevated.steps
-            ]
         if not steps:
             return Decision(
                 "deny", spec.name, "no_approvers",
@@ -289,7 +301,7 @@ class Policy:
             )
         return Decision(
             "steps", spec.name, "match", f"routed by workflow {spec.name!r}",
-            steps=tuple(steps), inputs=inputs, pending_timeout=timeout,
+            steps=planned, inputs=inputs, pending_timeout=timeout, workflow_steps=planned,
         )
 
 

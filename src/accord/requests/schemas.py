@@ -16,6 +16,16 @@ from accord.requests.models import AccessRequest
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _printable(cls, v: Any) -> Any:
+        # PostgreSQL text cannot hold NUL, and control characters only hide things from
+        # whoever reads the audit trail later; tabs and newlines are fine in free text.
+        if isinstance(v, str) and any(ord(c) < 32 and c not in "\t\n\r" or c == "\x7f"
+                                      for c in v):
+            raise ValueError("must not contain control characters")
+        return v
+
 
 def _parse(value: str) -> str:
     try:

@@ -62,12 +62,36 @@ def effective_status(req: AccessRequest, grant: Grant | None, now: datetime) -> 
     return req.status
 
 
-def can_view(policy: Policy, user: str, req: AccessRequest) -> bool:
+def is_request_approver(session: Session, req: AccessRequest, user: str) -> bool:
+    """Eligible for some step of this request (kept after it is decided, for history)."""
+    return session.execute(
+        select(RequestApprover.username).where(
+            RequestApprover.request_id == req.id, RequestApprover.username == user
+        ).limit(1)
+    ).first() is not None
+
+
+def can_view(session: Session, policy: Policy, user: str, req: AccessRequest) -> bool:
+    """Requester, admins, auditors, the resource's owners, and the request's approvers."""
     return (
         user == req.requester
         or user in policy.admins
         or user in policy.auditors
-        or user in policy.approvers_of_resource(req.resource)
+        or user in policy.owners_of(req.resource)
+        or is_request_approver(session, req, user)
+    )
+
+
+def visible_clause(policy: Policy, user: str) -> Any:
+    """SQL twin of can_view for lists (None: everything is visible)."""
+    if user in policy.admins or user in policy.auditors:
+        return None
+    return or_(
+        AccessRequest.requester == user,
+        AccessRequest.resource.in_(policy.owned_by(user)),
+        exists().where(
+            RequestApprover.request_id == AccessRequest.id, RequestApprover.username == user
+        ),
     )
 
 
@@ -79,7 +103,7 @@ def get_request(
     if lock:
         q = q.with_for_update()
     req = session.execute(q).scalar_one_or_none()
-    if req is None or not can_view(policy, user, req):
+    if req is None or not can_view(session, policy, user, req):
         raise NotFound(f"request {request_id} does not exist or is not visible to you")
     return req
 
@@ -100,9 +124,9 @@ def list_requests(
 ) -> list[AccessRequest]:
     """Requests visible to `user`, newest first, keyset-paginated by id."""
     q = select(AccessRequest).order_by(AccessRequest.id.desc()).limit(limit)
-    if user not in policy.admins and user not in policy.auditors:
-        mine = sorted(r for r in policy.resources if user in policy.approvers_of_resource(r))
-        q = q.where(or_(AccessRequest.requester == user, AccessRequest.resource.in_(mine)))
+    visible = visible_clause(policy, user)
+    if visible is not None:
+        q = q.where(visible)
     if status:
         q = q.where(_status_clause(status, now))
     if resource:
@@ -199,6 +223,12 @@ def create(
         raise Invalid(str(exc), field=exc.field) from None
 
     eligible: list[frozenset[str]] = []
+    # Step -1 rows: approvers of the routing workflow when a rule decided without them.
+    overseers: frozenset[str] = frozenset()
+    if decision.outcome != "steps":
+        for step in decision.workflow_steps:
+            overseers |= policy.eligible(step.as_dict(), resource)
+        overseers -= {caller.user}
     if decision.outcome == "steps":
         for i, step in enumerate(decision.steps):
             people = policy.eligible(step.as_dict(), resource) - {caller.user}
@@ -209,6 +239,7 @@ def create(
                     f"{len(people)} eligible approver(s) other than the requester exist",
                     inputs=decision.inputs,
                 )
+                overseers = frozenset().union(*eligible, people)
                 break
             eligible.append(people)
 
@@ -231,6 +262,7 @@ def create(
     )
     session.add(req)
     session.flush()
+    session.add_all(RequestApprover(request_id=req.id, step=-1, username=u) for u in overseers)
     ref = PolicyRef(decision.workflow or "", policy.version, decision.rule)
     ledger.record(
         session,
@@ -451,7 +483,6 @@ def _finish_pending(
     req.current_step = None
     req.pending_until = None
     req.decision_reason = why
-    session.execute(delete(RequestApprover).where(RequestApprover.request_id == req.id))
     event = {
         Status.DENIED: EventType.REQUEST_DENIED,
         Status.CANCELLED: EventType.REQUEST_CANCELLED,
@@ -517,10 +548,14 @@ def revoke(
     now: datetime,
 ) -> AccessRequest:
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
-    if caller.user not in policy.admins and caller.user not in policy.approvers_of_resource(
-        req.resource
+    if not (
+        caller.user in policy.admins
+        or caller.user in policy.owners_of(req.resource)
+        or is_request_approver(session, req, caller.user)
     ):
-        raise Forbidden(f"only approvers of {req.resource} and admins can revoke access")
+        raise Forbidden(
+            f"only admins, owners of {req.resource} and approvers of this request can revoke it"
+        )
     grant = _active_grant(session, req, now, "revoked")
     grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=caller.actor, now=now,
                comment=comment)

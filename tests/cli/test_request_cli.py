@@ -1,0 +1,71 @@
+"""The `accord request` client against a live server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from accord.cli.main import app
+from tests.conftest import LiveServer
+
+runner = CliRunner()
+
+
+def run(live: LiveServer, user: str, *args: str) -> tuple[int, str, str]:
+    env = {"ACCORD_URL": live.url, "ACCORD_TOKEN": live.env.tokens[user]}
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_create_approve_show_round_trip(live: LiveServer) -> None:
+    code, out, _ = run(live, "alice", "request", "create", "orders-db", "read", "-d", "1h30m",
+                       "-r", "INC-42 missing orders", "--json")
+    assert code == 0, out
+    req = json.loads(out)
+    assert (req["status"], req["duration_seconds"], req["created_via"]) == ("pending", 5400, "cli")
+
+    code, out, _ = run(live, "bob", "request", "list", "--awaiting-me", "--json")
+    assert code == 0
+    assert [r["id"] for r in json.loads(out)["items"]] == [req["id"]]
+
+    assert run(live, "bob", "request", "approve", str(req["id"]), "-c", "ok")[0] == 0
+    code, out, _ = run(live, "carol", "request", "approve", str(req["id"]))
+    assert code == 0
+    assert "active" in out
+
+    code, out, _ = run(live, "alice", "request", "show", str(req["id"]))
+    assert code == 0
+    for text in ("orders-db", "bob", "carol", "prod"):
+        assert text in out
+    decisions = json.loads(run(live, "alice", "request", "show", str(req["id"]), "--json")[1])
+    assert [a["via"] for s in decisions["steps"] for a in s["approvals"]] == ["cli", "cli"]
+
+    code, out, _ = run(live, "alice", "grant", "list", "--json")
+    assert code == 0
+    assert json.loads(out)["items"][0]["request_id"] == req["id"]
+
+
+def test_errors_go_to_stderr_with_exit_1(live: LiveServer) -> None:
+    code, out, err = run(live, "alice", "request", "create", "orders-db", "read", "-d", "9h",
+                         "-r", "INC-42 missing orders")
+    assert code == 1
+    assert out == ""
+    assert "over the maximum of 4h" in err
+
+
+@pytest.mark.parametrize("command", ["deny", "cancel"])
+def test_finishing_commands(live: LiveServer, command: str) -> None:
+    rid = live.env.ask("alice")["id"]
+    user = "bob" if command == "deny" else "alice"
+    code, out, err = run(live, user, "request", command, str(rid), "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"] == {"deny": "denied", "cancel": "cancelled"}[command]
+
+
+def test_missing_token_is_explained() -> None:
+    result = runner.invoke(app, ["request", "list"],
+                           env={"ACCORD_URL": "http://127.0.0.1:9", "ACCORD_TOKEN": ""})
+    assert result.exit_code == 1
+    assert "ACCORD_TOKEN" in result.stderr
