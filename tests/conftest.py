@@ -25,10 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord import migrations
 from accord.api.app import create_app
 from accord.api.deps import AppState
+from accord.bootstrap import ledger_config
 from accord.config import Settings, parse_policy_text
 from accord.db import make_engine, transaction
 from accord.identity import service as identity
 from accord.ledger.events import Actor
+from accord.ledger.service import INLINE
 from accord.policy import reload as reloader
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
@@ -146,8 +148,10 @@ def sessions(engine: Engine) -> Iterator[sessionmaker[Session]]:
     """Sessions inside one outer transaction that is rolled back after the test."""
     conn = engine.connect()
     outer = conn.begin()
+    # Integrate ledger events inline on PostgreSQL too: nothing runs the background
+    # integrator inside a rolled-back test transaction. Its own tests use real commits.
     factory = sessionmaker(bind=conn, expire_on_commit=False,
-                           join_transaction_mode="create_savepoint")
+                           join_transaction_mode="create_savepoint", info={INLINE: True})
     try:
         yield factory
     finally:
@@ -223,7 +227,9 @@ def make_env(sessions: sessionmaker[Session], tmp_path: Path, policy_text: str =
     clock = Clock()
     store = PolicyStore(path, Policy(parse_policy_text(policy_text, str(path))))
     settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
-    st = AppState(settings=settings, sessions=sessions, policies=store, now=clock)
+    settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
+    st = AppState(settings=settings, sessions=sessions, policies=store, now=clock,
+                  ledger=ledger_config(settings, store.current))
     with transaction(sessions) as session:
         result = reloader.reload(session, store=store, actor=Actor.system("cli"))
     reloader.install_after_commit(store, result)

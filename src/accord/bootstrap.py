@@ -9,11 +9,15 @@ from accord import migrations
 from accord.api.deps import AppState
 from accord.config import Settings
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
+from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor
+from accord.ledger.note import load_or_create_signer
 from accord.policy import reload as reloader
+from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 
 log = logging.getLogger("accord")
+DEFAULT_ORIGIN = "accord.local/ledger"
 
 
 def build_state(
@@ -33,9 +37,22 @@ def build_state(
         )
     sessions = make_sessionmaker(engine)
     store = PolicyStore.from_file(config_path or settings.config_path)
-    st = AppState(settings=settings, sessions=sessions, policies=store, now=utcnow)
+    st = AppState(settings=settings, sessions=sessions, policies=store, now=utcnow,
+                  ledger=ledger_config(settings, store.current))
     announce(st, Actor("system", "accord", announce_via))
     return st
+
+
+def ledger_config(settings: Settings, policy: Policy) -> LedgerConfig:
+    """The signing key (created on first start), origin, witness and interval."""
+    spec = policy.loaded.spec.ledger
+    origin = spec.origin or DEFAULT_ORIGIN
+    signer = load_or_create_signer(settings.ledger_key_file, origin.replace(" ", "_"))
+    return LedgerConfig(
+        signer=signer, origin=origin, key_path=settings.ledger_key_file,
+        witness_dir=Path(spec.witness_dir) if spec.witness_dir else None,
+        interval=spec.checkpoint_interval,
+    )
 
 
 def announce(st: AppState, actor: Actor) -> dict[str, object]:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cel
 import yaml
@@ -59,6 +59,7 @@ class Settings:
     data_dir: Path
     url: str
     token: Secret | None
+    ledger_key_file: Path
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +74,7 @@ class Settings:
             data_dir=data_dir,
             url=env.get("ACCORD_URL", "http://127.0.0.1:8000").rstrip("/"),
             token=Secret(token) if token else None,
+            ledger_key_file=Path(env.get("ACCORD_LEDGER_KEY_FILE", str(data_dir / "ledger.key"))),
         )
 
 
@@ -172,8 +174,34 @@ class WorkflowSpec(_Strict):
         return DEFAULT_EXPIRE_AFTER
 
 
+class SinkSpec(_Strict):
+    """Where ledger events are also streamed: a JSONL file, syslog, or an HTTP webhook."""
+
+    name: str
+    type: Literal["jsonl", "syslog", "webhook"]
+    path: str | None = None  # jsonl
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # jsonl rotation
+    keep: int = Field(default=10, ge=1)  # jsonl rotated files kept
+    host: str | None = None  # syslog
+    port: int | None = Field(default=None, ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "udp"
+    url: str | None = None  # webhook
+    secret_env: str | None = None  # webhook: env var holding the HMAC secret
+    batch: int = Field(default=100, ge=1, le=10000)
+
+
+class LedgerSpec(_Strict):
+    origin: str | None = None
+    witness_dir: str | None = None
+    checkpoint_interval: timedelta = timedelta(seconds=2)
+    sinks: list[SinkSpec] = Field(default_factory=list)
+
+    _d = field_validator("checkpoint_interval", mode="before")(lambda cls, v: _duration(v))
+
+
 class PolicyFile(_Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
+    ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
     resources: list[ResourceSpec] = Field(default_factory=list)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_SHORT = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_SHORT = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 _NUM = r"(\d+(?:\.\d+)?)"
-_ISO = re.compile(rf"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:{_NUM}H)?(?:{_NUM}M)?(?:{_NUM}S)?)?")
+_ISO = re.compile(
+    rf"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:{_NUM}H)?(?:{_NUM}M)?(?:{_NUM}S)?)?", re.ASCII
+)
 # Longest accepted duration: beyond any sane grant, small enough that arithmetic never overflows.
 MAX = timedelta(days=3650)
 

@@ -17,6 +17,7 @@ from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
 from accord.policy import views as policy_views
 from accord.requests import views as request_views
+from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
 
 
@@ -25,14 +26,16 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = Sweeper(st.sessions, now=st.now) if background else None
-        if sweeper:
-            sweeper.start()
+        jobs: list[Sweeper | LedgerWorker] = []
+        if background:
+            jobs = [Sweeper(st.sessions, now=st.now), LedgerWorker(st.sessions, st.ledger, st.now)]
+        for job in jobs:
+            job.start()
         try:
             yield
         finally:
-            if sweeper:
-                sweeper.stop()
+            for job in reversed(jobs):
+                job.stop()
 
     app = FastAPI(
         title="Accord",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,14 +11,33 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import Settings
-from accord.errors import Forbidden, Unauthorized
+from accord.errors import Forbidden, Invalid, NotFound, Unauthorized
 from accord.identity import service as identity
+from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Via
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.requests.service import Caller
 
 CLIENT_VIAS = {"cli": Via.CLI, "web": Via.WEB, "api": Via.API}
+MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; anything larger names nothing
+_CURSOR = re.compile(r"[0-9]{1,18}")
+
+
+def parse_cursor(value: str | None) -> int | None:
+    """A cursor this API handed out (a non-negative integer), or Invalid."""
+    if value is None or value == "":
+        return None
+    if not _CURSOR.fullmatch(value):
+        raise Invalid("not a cursor returned by this API", field="cursor")
+    return int(value)
+
+
+def known_id(value: int, what: str) -> int:
+    """Ids outside the storable range cannot exist: say so instead of overflowing."""
+    if not 0 < value <= MAX_ID:
+        raise NotFound(f"{what} {value} does not exist")
+    return value
 
 
 @dataclass
@@ -26,6 +46,7 @@ class AppState:
     sessions: sessionmaker[Session]
     policies: PolicyStore
     now: Callable[[], datetime]
+    ledger: LedgerConfig
 
 
 @dataclass(frozen=True)

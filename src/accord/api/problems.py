@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,6 +90,19 @@ def install(app: FastAPI) -> None:
                        instance=request.url.path)
 
 
+def _control_characters(scope: Scope) -> str | None:
+    """Where the URL carries a control character (NUL breaks PostgreSQL text), if anywhere."""
+    path = scope.get("path", "")
+    if any(ord(c) < 32 or c == "\x7f" for c in path):
+        return "the path"
+    query = scope.get("query_string", b"")
+    if query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if any(ord(c) < 32 or c == "\x7f" for c in name + value):
+                return f"query parameter {name!r}"
+    return None
+
+
 class BodyLimit:
     """Refuse bodies over MAX_BODY with 413 before a handler reads them, chunked ones included."""
 
@@ -99,6 +113,11 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        bad = _control_characters(scope)
+        if bad:
+            await problem(422, f"{bad} must not contain control characters",
+                          slug="validation")(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length":

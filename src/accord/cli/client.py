@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -145,6 +145,37 @@ class AccordClient:
                 response.status_code,
                 f"unexpected non-JSON response from {where}; does ACCORD_URL point at Accord?",
             ) from None
+
+    def download(self, path: str, out: IO[bytes], params: Mapping[str, str] | None = None) -> int:
+        """Stream a binary response into `out`; returns the bytes written."""
+        headers = {"Authorization": _bearer(self.settings.token), "Accept": "*/*"}
+        where = redact_url(self.url)
+        written = 0
+        try:
+            with self._http.stream("GET", path, params=params, headers=headers) as response:
+                if not response.is_success:
+                    response.read()
+                    raise ClientError(response.status_code, _error_detail(response))
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise ClientError(None, f"cannot reach Accord at {where}: {_connect_reason(exc)}") \
+                from None
+        return written
+
+    def text(self, path: str, params: Mapping[str, str] | None = None) -> str:
+        """A text/plain response (checkpoints, keys)."""
+        headers = {"Authorization": _bearer(self.settings.token), "Accept": "text/plain"}
+        where = redact_url(self.url)
+        try:
+            response = self._http.get(path, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise ClientError(None, f"cannot reach Accord at {where}: {_connect_reason(exc)}") \
+                from None
+        if not response.is_success:
+            raise ClientError(response.status_code, _error_detail(response))
+        return response.text
 
     def get(self, path: str, params: Mapping[str, str | int | None] | None = None) -> Any:
         return self.call("GET", path, params=params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from accord.cli import admin, serve
+from accord.cli.audit import audit_app
 from accord.cli.request import grant_app, request_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.policy_app, name="policy")
 app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
+app.add_typer(audit_app, name="audit")
 
 if __name__ == "__main__":
     app()

@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +20,7 @@ from accord.bootstrap import announce, build_state
 from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
+from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
 from accord.worker.sweeper import sweep_once
 
 log = logging.getLogger("accord")
@@ -118,17 +118,29 @@ def worker(
     interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
 ) -> None:
-    """Run background jobs (expiry of pending requests and grants) until stopped."""
+    """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
     logging.basicConfig(level="INFO", format=LOG_FORMAT)
     st = _load(Settings.from_env(), config, "never")
+    if once:
+        n = sweep_once(st.sessions, st.now())
+        n_ledger = integrate_all(st.sessions) if _is_postgres(st) else 0
+        sign_if_due(st.sessions, st.ledger, st.now())
+        log.info("recorded %d expiries, integrated %d ledger events", n, n_ledger)
+        return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.is_set():
-        n = sweep_once(st.sessions, st.now())
-        if n:
-            log.info("recorded %d expiries", n)
-        if once:
-            return
-        stop.wait(interval)
-    time.sleep(0)
+    ledger = LedgerWorker(st.sessions, st.ledger, st.now)
+    ledger.start()
+    try:
+        while not stop.is_set():
+            n = sweep_once(st.sessions, st.now())
+            if n:
+                log.info("recorded %d expiries", n)
+            stop.wait(interval)
+    finally:
+        ledger.stop()
+
+
+def _is_postgres(st: Any) -> bool:
+    return bool(st.sessions.kw["bind"].dialect.name == "postgresql")

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, principal, state
-from accord.errors import Invalid, NotFound
+from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
+from accord.errors import NotFound
 from accord.grants.models import Grant, GrantStatus
 from accord.requests.models import AccessRequest, RequestApprover
 from accord.requests.schemas import GrantOut
@@ -66,10 +66,9 @@ def list_grants(
         q = q.where(Grant.resource == resource)
     if user:
         q = q.where(Grant.user == user)
-    if cursor:
-        if not cursor.isdigit():
-            raise Invalid("not a cursor returned by this API", field="cursor")
-        q = q.where(Grant.id < int(cursor))
+    before = parse_cursor(cursor)
+    if before is not None:
+        q = q.where(Grant.id < before)
     rows = list(session.execute(q).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
@@ -84,7 +83,7 @@ def get_grant(
     session: Session = Depends(db),
     st: AppState = Depends(state),
 ) -> GrantOut:
-    q = select(Grant).where(Grant.id == grant_id)
+    q = select(Grant).where(Grant.id == known_id(grant_id, "grant"))
     visible = _visible(who)
     if visible is not None:
         q = q.where(visible)

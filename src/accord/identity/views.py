@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, principal, state
+from accord.api.deps import AppState, Principal, db, known_id, principal, state
 from accord.errors import Forbidden
 from accord.identity import service
 from accord.identity.models import ApiToken
@@ -85,7 +85,8 @@ def revoke_token(
     st: AppState = Depends(state),
 ) -> TokenOut:
     """Revoke a token: your own, or anyone's as an admin."""
-    row = service.revoke(session, token_id=token_id, actor=who.caller.actor, now=st.now(),
+    row = service.revoke(session, token_id=known_id(token_id, "token"), actor=who.caller.actor,
+                         now=st.now(),
                          admin=who.is_admin)
     out = TokenOut.of(row)
     session.commit()

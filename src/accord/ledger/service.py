@@ -1,18 +1,34 @@
-"""Append events to the ledger inside the caller's transaction. The only writer of audit rows."""
+"""The audit ledger: append events with the state change, integrate them into the tree.
+
+`record` is the only way anything writes an audit event. It buffers the event on the
+session; the session's commit writes it in the same transaction as the change it
+describes. Integration (contiguous index, chain value, completed subtrees, head)
+happens inline on SQLite, whose writers are serialized anyway. On PostgreSQL the
+commit leaves a pending row and a NOTIFY; an integrator holding the head row lock
+assigns indices in batches, so concurrent writers never queue on one lock.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import rfc8785
-from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, bindparam, event, insert, select, text, tuple_, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from accord.db import utcnow
+from accord.ledger import merkle
 from accord.ledger.events import Actor, EventType, PolicyRef, envelope
-from accord.ledger.models import LedgerEntry
+from accord.ledger.models import LedgerEntry, LedgerHead, LedgerNode
+
+BUFFER = "accord.ledger.buffer"
+INLINE = "accord.ledger.inline"  # sessionmaker info flag: integrate in the writer's transaction
+NOTIFY_CHANNEL = "accord_ledger"
+ZERO = bytes(32)
 
 
 def encode(env: dict[str, Any]) -> bytes:
@@ -31,28 +47,187 @@ def record(
     data: dict[str, Any] | None = None,
     policy: PolicyRef | None = None,
     time: datetime | None = None,
-) -> LedgerEntry:
-    """Add one event to the session; it commits (or not) with the state change it describes."""
+) -> dict[str, Any]:
+    """Add one event to the session's transaction; it commits (or not) with the change."""
     when = time or utcnow()
     env = envelope(
-        type=type,
-        time=when,
-        actor=actor,
-        subject=subject,
-        resource=resource,
-        data=data or {},
-        policy=policy,
+        type=type, time=when, actor=actor, subject=subject, resource=resource,
+        data=data or {}, policy=policy,
     )
-    entry = LedgerEntry(
-        type=str(type),
-        time=when,
-        actor=actor.id,
-        subject=subject,
-        resource=(resource or {}).get("name"),
-        leaf=encode(env),
+    leaf = encode(env)
+    session.info.setdefault(BUFFER, []).append({
+        "type": str(type),
+        "time": when,
+        "actor": actor.id,
+        "subject": subject,
+        "resource": (resource or {}).get("name"),
+        "leaf": leaf,
+        "leaf_hash": merkle.leaf_hash(leaf),
+    })
+    return env
+
+
+@event.listens_for(Session, "before_commit")
+def _write_buffer(session: Session) -> None:
+    rows = session.info.pop(BUFFER, None)
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite" or session.info.get(INLINE):
+        _integrate(session, rows, pending_ids=None)
+        return
+    session.execute(insert(LedgerEntry), rows)
+    session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_buffer(session: Session, transaction: SessionTransaction) -> None:
+    # A rolled-back unit of work takes its events with it.
+    if transaction.parent is None:
+        session.info.pop(BUFFER, None)
+
+
+# ---------------------------------------------------------------- integration
+
+
+def load_head(session: Session, *, lock: bool) -> LedgerHead:
+    q = select(LedgerHead).where(LedgerHead.id == 1)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    return session.execute(q).scalar_one()
+
+
+def _frontier(head: LedgerHead) -> merkle.CompactRange:
+    f = head.frontier
+    return merkle.CompactRange(head.size, [f[i : i + 32] for i in range(0, len(f), 32)])
+
+
+def _integrate(
+    session: Session, rows: Sequence[dict[str, Any]], pending_ids: Sequence[int] | None
+) -> int:
+    """Give `rows` the next indices under the head lock; insert them (or update pending ones)."""
+    head = load_head(session, lock=True)
+    cr = _frontier(head)
+    chain = head.chain
+    nodes: list[dict[str, Any]] = []
+    for row in rows:
+        row["idx"] = cr.size
+        for level, idx, h in cr.append(row["leaf_hash"]):
+            nodes.append({"level": level, "idx": idx, "hash": h})
+        chain = hashlib.sha256(chain + row["leaf_hash"]).digest()
+        row["chain"] = chain
+    if pending_ids is None:
+        session.execute(insert(LedgerEntry), list(rows))
+    else:
+        session.execute(
+            update(LedgerEntry.__table__)  # type: ignore[arg-type]
+            .where(LedgerEntry.__table__.c.id == bindparam("pid"))
+            .values(idx=bindparam("idx"), chain=bindparam("chain")),
+            [{"pid": pid, "idx": r["idx"], "chain": r["chain"]} for pid, r in zip(
+                pending_ids, rows, strict=True)],
+        )
+    if nodes:
+        session.execute(insert(LedgerNode), nodes)
+    session.execute(
+        update(LedgerHead).where(LedgerHead.id == 1).values(
+            size=cr.size, root=cr.root(), frontier=b"".join(cr.hashes), chain=chain,
+            updated_at=utcnow(),
+        )
     )
-    session.add(entry)
-    return entry
+    session.expire(head)
+    return len(rows)
+
+
+def integrate_pending(session: Session, *, limit: int = 5000) -> int:
+    """Integrate up to `limit` committed pending rows (PostgreSQL). Returns how many."""
+    head = load_head(session, lock=True)  # the coordinator lock, held until commit
+    del head
+    pending = session.execute(
+        select(LedgerEntry.id, LedgerEntry.leaf_hash)
+        .where(LedgerEntry.idx.is_(None))
+        .order_by(LedgerEntry.id)
+        .limit(limit)
+    ).all()
+    if not pending:
+        return 0
+    rows = [{"leaf_hash": lh} for _id, lh in pending]
+    return _integrate(session, rows, pending_ids=[pid for pid, _ in pending])
+
+
+def pending_count(session: Session) -> int:
+    from sqlalchemy import func
+
+    return int(session.execute(
+        select(func.count()).select_from(LedgerEntry).where(LedgerEntry.idx.is_(None))
+    ).scalar_one())
+
+
+# ---------------------------------------------------------------- tree reads
+
+
+def fetch_nodes(session: Session, needed: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]:
+    """Hashes of the perfect subtrees `needed`, in at most two queries."""
+    needed = set(needed)
+    leaves = [i for level, i in needed if level == 0]
+    upper = [(level, i) for level, i in needed if level > 0]
+    out: dict[merkle.Node, bytes] = {}
+    if leaves:
+        for idx, lh in session.execute(
+            select(LedgerEntry.idx, LedgerEntry.leaf_hash).where(LedgerEntry.idx.in_(leaves))
+        ):
+            out[(0, int(idx or 0))] = lh
+    if upper:
+        for level, idx, h in session.execute(
+            select(LedgerNode.level, LedgerNode.idx, LedgerNode.hash).where(
+                tuple_(LedgerNode.level, LedgerNode.idx).in_(upper)
+            )
+        ):
+            out[(level, idx)] = h
+    missing = needed - out.keys()
+    if missing:
+        raise LedgerCorruption(f"stored tree is missing subtrees {sorted(missing)[:5]}")
+    return out
+
+
+class LedgerCorruption(Exception):
+    """The stored tree disagrees with itself or with what was signed: never sign over it."""
+
+
+class ProofRangeError(ValueError):
+    """Proof arguments outside the tree."""
+
+
+def tree_size(session: Session) -> int:
+    return load_head(session, lock=False).size
+
+
+def root_at(session: Session, size: int) -> bytes:
+    if size == 0:
+        return merkle.EMPTY_ROOT
+    return merkle.root_of(size, fetch_nodes(session, merkle.CompactRange.nodes_for(size)))
+
+
+def inclusion_proof(session: Session, index: int, size: int) -> list[bytes]:
+    current = tree_size(session)
+    if not 0 < size <= current:
+        raise ProofRangeError(f"size must be between 1 and the tree size {current}")
+    if not 0 <= index < size:
+        raise ProofRangeError(f"index must be between 0 and size - 1 ({size - 1})")
+    ranges = merkle.inclusion_plan(index, size)
+    return merkle.build(ranges, fetch_nodes(session, merkle.plan(ranges)))
+
+
+def consistency_proof(session: Session, old: int, new: int) -> list[bytes]:
+    current = tree_size(session)
+    if not 0 <= new <= current:
+        raise ProofRangeError(f"to must be between 0 and the tree size {current}")
+    if not 0 <= old <= new:
+        raise ProofRangeError("from must be between 0 and to")
+    ranges = merkle.consistency_plan(old, new)
+    return merkle.build(ranges, fetch_nodes(session, merkle.plan(ranges)))
+
+
+# ---------------------------------------------------------------- event reads
 
 
 def decode(entry: LedgerEntry) -> dict[str, Any]:
@@ -68,10 +243,10 @@ def query_events(
     actor: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    after_id: int | None = None,
+    start: int | None = None,
 ) -> Select[LedgerEntry]:
-    """Events in append order, filtered."""
-    q = select(LedgerEntry).order_by(LedgerEntry.id)
+    """Integrated events in index order, filtered."""
+    q = select(LedgerEntry).where(LedgerEntry.idx.is_not(None)).order_by(LedgerEntry.idx)
     if type:
         q = q.where(LedgerEntry.type == type)
     if subject:
@@ -84,6 +259,6 @@ def query_events(
         q = q.where(LedgerEntry.time >= since)
     if until:
         q = q.where(LedgerEntry.time < until)
-    if after_id is not None:
-        q = q.where(LedgerEntry.id > after_id)
+    if start is not None:
+        q = q.where(LedgerEntry.idx >= start)
     return q

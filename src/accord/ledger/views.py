@@ -1,24 +1,32 @@
-"""HTTP API over audit events (auditors and admins)."""
+"""HTTP API over the ledger: events, checkpoints, proofs, the verifier key, bundles.
+
+Auditors and admins only: the ledger holds every reason and comment ever written.
+"""
 
 from __future__ import annotations
 
 import base64
+import io
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from accord.api.deps import Principal, db, require_reader
-from accord.errors import Invalid
-from accord.ledger import service
+from accord.api.deps import AppState, Principal, db, parse_cursor, require_reader, state
+from accord.db import transaction
+from accord.errors import AccordError, Conflict, Invalid, NotFound
+from accord.ledger import bundle, checkpoints, service
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
 class EventOut(BaseModel):
-    id: int
+    index: int
     event: dict[str, Any]
     leaf: str
 
@@ -26,6 +34,31 @@ class EventOut(BaseModel):
 class EventPage(BaseModel):
     items: list[EventOut]
     next_cursor: str | None
+    size: int
+
+
+class InclusionProof(BaseModel):
+    index: int
+    size: int
+    hashes: list[str]
+
+
+class ConsistencyProof(BaseModel):
+    from_: int
+    to: int
+    hashes: list[str]
+
+    model_config = {"populate_by_name": True}
+
+
+class BadRange(AccordError):
+    status = 400
+    title = "Out of range"
+    slug = "out-of-range"
+
+
+def _b64(values: list[bytes]) -> list[str]:
+    return [base64.b64encode(v).decode() for v in values]
 
 
 @router.get("/events", response_model=EventPage)
@@ -39,25 +72,131 @@ def events(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> EventPage:
-    """Audit events in append order, each with its exact leaf bytes (base64)."""
-    if cursor and not cursor.isdigit():
-        raise Invalid("not a cursor returned by this API", field="cursor")
+    """Integrated events in ledger order, each with its index and exact leaf bytes (base64)."""
+    start = parse_cursor(cursor)
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise Invalid("needs a timezone, e.g. 2026-01-01T00:00:00Z", field=name)
     q = service.query_events(
         type=type, subject=subject, resource=resource, actor=actor, since=since, until=until,
-        after_id=int(cursor) if cursor else None,
+        start=start,
     ).limit(limit + 1)
     rows = list(session.execute(q).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
     return EventPage(
         items=[
-            EventOut(id=r.id, event=service.decode(r), leaf=base64.b64encode(r.leaf).decode())
+            EventOut(index=r.idx or 0, event=service.decode(r),
+                     leaf=base64.b64encode(r.leaf).decode())
             for r in rows
         ],
-        next_cursor=str(rows[-1].id) if more and rows else None,
+        next_cursor=str((rows[-1].idx or 0) + 1) if more and rows else None,
+        size=service.tree_size(session),
     )
+
+
+def _latest_note(st: AppState, *, sign_now: bool) -> str:
+    with transaction(st.sessions) as session:
+        cp = checkpoints.sign(session, st.ledger, now=st.now(), force=sign_now)
+        if cp is None:
+            cp = checkpoints.latest(session)
+    if sign_now:
+        checkpoints.after_commit(st.ledger, cp)
+    if cp is None:
+        raise NotFound("no checkpoint has been signed yet")
+    return cp.note
+
+
+@router.get("/checkpoint", response_class=PlainTextResponse)
+def checkpoint(
+    who: Principal = Depends(require_reader),
+    st: AppState = Depends(state),
+    fresh: Annotated[bool, Query(description="sign the current tree first if it grew")] = False,
+) -> PlainTextResponse:
+    """The latest signed checkpoint (a C2SP signed note)."""
+    try:
+        note = _latest_note(st, sign_now=fresh)
+    except service.LedgerCorruption as exc:
+        raise Conflict(f"refusing to sign: {exc}") from None
+    return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/key", response_class=PlainTextResponse)
+def key(who: Principal = Depends(require_reader), st: AppState = Depends(state)) -> str:
+    """The verifier key for checkpoints: pin it for `accord audit verify --key`."""
+    return st.ledger.signer.verifier.encode() + "\n"
+
+
+@router.get("/proof/inclusion", response_model=InclusionProof)
+def inclusion(
+    index: int,
+    size: int,
+    who: Principal = Depends(require_reader),
+    session: Session = Depends(db),
+) -> InclusionProof:
+    """RFC 9162 inclusion proof of leaf `index` in the tree of `size` leaves."""
+    try:
+        hashes = service.inclusion_proof(session, index, size)
+    except service.ProofRangeError as exc:
+        raise BadRange(str(exc)) from None
+    return InclusionProof(index=index, size=size, hashes=_b64(hashes))
+
+
+@router.get("/proof/consistency")
+def consistency(
+    who: Principal = Depends(require_reader),
+    session: Session = Depends(db),
+    from_: Annotated[int, Query(alias="from")] = 0,
+    to: Annotated[int, Query()] = 0,
+) -> dict[str, Any]:
+    """RFC 9162 consistency proof between the trees of sizes `from` and `to`."""
+    try:
+        hashes = service.consistency_proof(session, from_, to)
+    except service.ProofRangeError as exc:
+        raise BadRange(str(exc)) from None
+    return {"from": from_, "to": to, "hashes": _b64(hashes)}
+
+
+@router.get("/bundle")
+def export_bundle(
+    who: Principal = Depends(require_reader),
+    st: AppState = Depends(state),
+) -> StreamingResponse:
+    """The whole ledger as an export bundle (see `accord audit verify --url`), freshly signed."""
+    try:
+        _latest_note(st, sign_now=True)
+    except service.LedgerCorruption as exc:
+        raise Conflict(f"refusing to sign: {exc}") from None
+    disposition = {"Content-Disposition": 'attachment; filename="ledger.bundle"'}
+    return StreamingResponse(_stream(st), media_type="application/octet-stream",
+                             headers=disposition)
+
+
+def _stream(st: AppState) -> Iterator[bytes]:
+    # Write from a thread into a small bounded pipe so memory stays constant.
+    import queue
+
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+
+    class Pipe(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            data = bytes(b)
+            chunks.put(data)
+            return len(data)
+
+    def produce() -> None:
+        try:
+            with st.sessions() as session:
+                bundle.write(session, Pipe(), origin=st.ledger.origin,  # type: ignore[arg-type]
+                             key=st.ledger.signer.verifier.encode(), exported_at=st.now())
+        finally:
+            chunks.put(None)
+
+    threading.Thread(target=produce, name="accord-bundle", daemon=True).start()
+    while (chunk := chunks.get()) is not None:
+        yield chunk

@@ -21,7 +21,7 @@ class _In(BaseModel):
     def _printable(cls, v: Any) -> Any:
         # PostgreSQL text cannot hold NUL, and control characters only hide things from
         # whoever reads the audit trail later; tabs and newlines are fine in free text.
-        if isinstance(v, str) and any(ord(c) < 32 and c not in "\t\n\r" or c == "\x7f"
+        if isinstance(v, str) and any((ord(c) < 32 and c not in "\t\n\r") or c == "\x7f"
                                       for c in v):
             raise ValueError("must not contain control characters")
         return v

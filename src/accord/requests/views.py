@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, principal, state
+from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
 from accord.durations import parse_duration
 from accord.errors import Invalid
 from accord.grants.models import Grant
@@ -42,14 +42,6 @@ def render(session: Session, reqs: list[AccessRequest], now: datetime) -> list[R
                           eligible=eligible.get(r.id, {}), now=now)
         )
     return out
-
-
-def _cursor(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise Invalid("cursor: not a cursor returned by this API", field="cursor")
-    return int(value)
 
 
 @router.post("", status_code=201, response_model=RequestOut)
@@ -85,12 +77,12 @@ def list_requests(
 ) -> RequestPage:
     """Requests you may see, newest first."""
     if awaiting not in (None, "me"):
-        raise Invalid("awaiting: only 'me' is supported", field="awaiting")
+        raise Invalid("only 'me' is supported", field="awaiting")
     now = st.now()
     reqs = service.list_requests(
         session, policy=who.policy, user=who.user, now=now, status=status, resource=resource,
         requester=requester, role=role, awaiting_me=awaiting == "me",
-        before_id=_cursor(cursor), limit=limit + 1,
+        before_id=parse_cursor(cursor), limit=limit + 1,
     )
     more = len(reqs) > limit
     reqs = reqs[:limit]
@@ -108,7 +100,8 @@ def get_request(
     st: AppState = Depends(state),
 ) -> RequestOut:
     now = st.now()
-    req = service.get_request(session, policy=who.policy, user=who.user, request_id=request_id)
+    req = service.get_request(session, policy=who.policy, user=who.user,
+                              request_id=known_id(request_id, "request"))
     return render(session, [req], now)[0]
 
 
@@ -121,7 +114,8 @@ def _command(name: str, fn: service.Command, summary: str) -> None:
         st: AppState = Depends(state),
     ) -> RequestOut:
         now = st.now()
-        req = fn(session, policy=who.policy, caller=who.caller, request_id=request_id,
+        req = fn(session, policy=who.policy, caller=who.caller,
+                 request_id=known_id(request_id, "request"),
                  comment=body.comment if body else "", now=now)
         out = render(session, [req], now)[0]
         session.commit()
@@ -151,8 +145,9 @@ def extend_request(
     """Ask for more time on your active grant: a new request through the same workflows."""
     now = st.now()
     req = service.extend(
-        session, policy=who.policy, caller=who.caller, request_id=request_id,
-        duration=parse_duration(body.duration), reason=body.reason, now=now,
+        session, policy=who.policy, caller=who.caller,
+        request_id=known_id(request_id, "request"), duration=parse_duration(body.duration),
+        reason=body.reason, now=now,
     )
     out = render(session, [req], now)[0]
     session.commit()

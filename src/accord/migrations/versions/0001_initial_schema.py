@@ -55,23 +55,56 @@ def upgrade() -> None:
         batch_op.create_index('ix_grants_status_ends_at', ['status', 'ends_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_grants_user'), ['user'], unique=False)
 
+    op.create_table('ledger_checkpoints',
+    sa.Column('size', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('root', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('note', sa.Text(), nullable=False),
+    sa.Column('signed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('size', name=op.f('pk_ledger_checkpoints'))
+    )
     op.create_table('ledger_entries',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('idx', sa.BigInteger(), nullable=True),
     sa.Column('type', sa.String(length=48), nullable=False),
     sa.Column('time', sa.DateTime(timezone=True), nullable=False),
     sa.Column('actor', sa.String(length=64), nullable=False),
     sa.Column('subject', sa.String(length=64), nullable=False),
     sa.Column('resource', sa.String(length=64), nullable=True),
     sa.Column('leaf', sa.LargeBinary(), nullable=False),
+    sa.Column('leaf_hash', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('chain', sa.LargeBinary(length=32), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries'))
     )
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
         batch_op.create_index('ix_ledger_entries_actor', ['actor'], unique=False)
+        batch_op.create_index('ix_ledger_entries_pending', ['id'], unique=False, postgresql_where=sa.text('idx IS NULL'), sqlite_where=sa.text('idx IS NULL'))
         batch_op.create_index('ix_ledger_entries_resource', ['resource'], unique=False)
         batch_op.create_index('ix_ledger_entries_subject', ['subject'], unique=False)
         batch_op.create_index(batch_op.f('ix_ledger_entries_time'), ['time'], unique=False)
         batch_op.create_index('ix_ledger_entries_type', ['type'], unique=False)
+        batch_op.create_index('uq_ledger_entries_idx', ['idx'], unique=True)
 
+    op.create_table('ledger_head',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('root', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('frontier', sa.LargeBinary(), nullable=False),
+    sa.Column('chain', sa.LargeBinary(length=32), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_head'))
+    )
+    op.create_table('ledger_nodes',
+    sa.Column('level', sa.SmallInteger(), nullable=False),
+    sa.Column('idx', sa.BigInteger(), nullable=False),
+    sa.Column('hash', sa.LargeBinary(length=32), nullable=False),
+    sa.PrimaryKeyConstraint('level', 'idx', name=op.f('pk_ledger_nodes'))
+    )
+    op.create_table('ledger_sink_cursors',
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('position', sa.BigInteger(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_ledger_sink_cursors'))
+    )
     op.create_table('policy_state',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('version', sa.String(length=64), nullable=False),
@@ -158,14 +191,20 @@ def downgrade() -> None:
     op.drop_table('access_requests')
     op.drop_table('policy_versions')
     op.drop_table('policy_state')
+    op.drop_table('ledger_sink_cursors')
+    op.drop_table('ledger_nodes')
+    op.drop_table('ledger_head')
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.drop_index('uq_ledger_entries_idx')
         batch_op.drop_index('ix_ledger_entries_type')
         batch_op.drop_index(batch_op.f('ix_ledger_entries_time'))
         batch_op.drop_index('ix_ledger_entries_subject')
         batch_op.drop_index('ix_ledger_entries_resource')
+        batch_op.drop_index('ix_ledger_entries_pending', postgresql_where=sa.text('idx IS NULL'), sqlite_where=sa.text('idx IS NULL'))
         batch_op.drop_index('ix_ledger_entries_actor')
 
     op.drop_table('ledger_entries')
+    op.drop_table('ledger_checkpoints')
     with op.batch_alter_table('grants', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_grants_user'))
         batch_op.drop_index('ix_grants_status_ends_at')

@@ -1,0 +1,223 @@
+"""`accord audit`: the ledger's key, checkpoints, export, offline verification and tail."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from accord.bootstrap import build_state
+from accord.cli.client import AccordClient, ClientError
+from accord.config import PolicyError, Settings
+from accord.db import transaction
+from accord.ledger import bundle, checkpoints
+from accord.ledger.note import NoteError, Verifier
+from accord.ledger.service import LedgerCorruption
+from accord.ledger.verify import Report, verify
+
+audit_app = typer.Typer(help="The tamper-evident audit ledger.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="accord.yaml (default: $ACCORD_CONFIG).")
+]
+
+
+def _state(config: Path | None):  # type: ignore[no-untyped-def]
+    try:
+        return build_state(Settings.from_env(), config_path=config, upgrade="never")
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@audit_app.command("key")
+def key(config: ConfigOpt = None) -> None:
+    """Print the verifier key that signs checkpoints (give it to auditors to pin)."""
+    st = _state(config)
+    print(st.ledger.signer.verifier.encode())
+
+
+@audit_app.command("checkpoint")
+def checkpoint(config: ConfigOpt = None) -> None:
+    """Sign the current tree now (if it grew) and print the latest checkpoint."""
+    st = _state(config)
+    try:
+        with transaction(st.sessions) as session:
+            cp = checkpoints.sign(session, st.ledger, now=st.now(), force=True)
+    except LedgerCorruption as exc:
+        err.print(f"error: refusing to sign: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    checkpoints.after_commit(st.ledger, cp)
+    if cp is not None:
+        print(cp.note, end="")
+
+
+@audit_app.command("export")
+def export(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Write the whole ledger (leaves, checkpoints, key) to a bundle, signing the tree first."""
+    st = _state(config)
+    try:
+        with transaction(st.sessions) as session:
+            cp = checkpoints.sign(session, st.ledger, now=st.now(), force=True)
+    except LedgerCorruption as exc:
+        err.print(f"error: refusing to sign: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    checkpoints.after_commit(st.ledger, cp)
+    tmp = out_path.with_name(out_path.name + ".partial")
+    with tmp.open("wb") as f, st.sessions() as session, _progress("exporting") as progress:
+        n = bundle.write(session, f, origin=st.ledger.origin,
+                         key=st.ledger.signer.verifier.encode(), exported_at=st.now(),
+                         progress=progress)
+    tmp.replace(out_path)
+    err.print(f"wrote {n} entries to {out_path}")
+
+
+@audit_app.command("verify")
+def verify_cmd(
+    bundle_path: Annotated[
+        Path | None, typer.Option("--bundle", help="A bundle from `accord audit export`.")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Fetch the bundle from this Accord (uses ACCORD_TOKEN)."),
+    ] = None,
+    key_text: Annotated[
+        str | None,
+        typer.Option("--key", help="The verifier key you pinned (or @FILE holding it)."),
+    ] = None,
+    pin: Annotated[
+        Path | None, typer.Option("--pin", help="A checkpoint you saved earlier (a file).")
+    ] = None,
+    witness: Annotated[
+        Path | None, typer.Option("--witness", help="A witness directory of checkpoints.")
+    ] = None,
+    allow_unsigned_tail: Annotated[
+        bool, typer.Option(help="Accept entries newer than the last signed checkpoint.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Recompute the ledger offline and check every signature; exit 1 on any damage."""
+    if (bundle_path is None) == (url is None):
+        err.print("error: give exactly one of --bundle FILE or --url URL")
+        raise typer.Exit(2)
+    try:
+        pinned_key = _read_key(key_text) if key_text else None
+    except (NoteError, OSError) as exc:
+        err.print(f"error: --key: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    pin_text = pin.read_text(encoding="utf-8") if pin else None
+    with _source(bundle_path, url) as opener, _progress("verifying") as progress:
+        report = verify(opener, key=pinned_key, pin=pin_text, witness=witness,
+                        allow_unsigned_tail=allow_unsigned_tail, progress=progress)
+    _print_report(report, as_json)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _read_key(text: str) -> Verifier:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    return Verifier.decode(text)
+
+
+@contextmanager
+def _source(path: Path | None, url: str | None) -> Iterator[Callable[[], IO[bytes]]]:
+    if path is not None:
+        if not path.exists():
+            err.print(f"error: {path}: no such file")
+            raise typer.Exit(2)
+        yield lambda: path.open("rb")
+        return
+    with tempfile.TemporaryDirectory(prefix="accord-verify-") as tmp:
+        local = Path(tmp) / "ledger.bundle"
+        settings = Settings.from_env()
+        settings = Settings(settings.database_url, settings.config_path, settings.data_dir,
+                            str(url).rstrip("/"), settings.token, settings.ledger_key_file)
+        try:
+            with AccordClient(settings) as client, local.open("wb") as f:
+                client.download("/audit/bundle", f)
+        except ClientError as exc:
+            err.print(f"error: {exc.detail}", markup=False)
+            raise typer.Exit(1) from None
+        yield lambda: local.open("rb")
+
+
+def _print_report(report: Report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({
+            "ok": report.ok, "size": report.size, "origin": report.origin, "key": report.key,
+            "root": report.root.hex(), "checkpoints": report.checkpoints,
+            "witnessed": report.witnessed, "pinned": report.pinned,
+            "first_bad_index": report.first_bad_index, "problems": report.problems,
+            "warnings": report.warnings,
+        }, indent=2))
+        return
+    for w in report.warnings:
+        err.print(f"warning: {w}", markup=False)
+    if report.ok:
+        extra = f", pinned checkpoint of size {report.pinned}" if report.pinned is not None else ""
+        wit = f", {report.witnessed} witness copies" if report.witnessed else ""
+        out.print(f"OK: {report.size} entries of {report.origin} verified against "
+                  f"{report.checkpoints} signed checkpoints{wit}{extra}", markup=False)
+        return
+    where = (f"first bad index: {report.first_bad_index}" if report.first_bad_index is not None
+             else "first bad index: unknown (see below)")
+    err.print(f"FAILED: {where}", markup=False)
+    for p in report.problems:
+        err.print(f"  - {p}", markup=False)
+
+
+@audit_app.command("tail")
+def tail(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for new events.")]
+    = False,
+    type_: Annotated[str | None, typer.Option("--type", help="Only this event type.")] = None,
+    last: Annotated[int, typer.Option("--last", "-n", help="Start with the last N events.")] = 20,
+) -> None:
+    """Print ledger events as JSON lines (talks to ACCORD_URL with ACCORD_TOKEN)."""
+    try:
+        with AccordClient() as client:
+            size = int(client.get("/audit/events", {"limit": 1})["size"])
+            cursor = max(0, size - last)
+            while True:
+                page = client.get("/audit/events", {"cursor": str(cursor), "limit": 500,
+                                                    "type": type_})
+                for item in page["items"]:
+                    print(json.dumps({"index": item["index"], **item["event"]}), flush=True)
+                    cursor = int(item["index"]) + 1
+                if page["next_cursor"]:
+                    continue
+                if not follow:
+                    return
+                time.sleep(1)  # polling an HTTP API: there is nothing to await here
+    except ClientError as exc:
+        err.print(f"error: {exc.detail}", markup=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,166 @@
+"""Signing checkpoints, and the copies kept where the database operator cannot rewrite them.
+
+The signer never signs two roots for one size, and never signs a tree that is not an
+extension of what it signed before: the previous checkpoint in the database, and the
+last one it remembers beside its key (which a database rewrite cannot touch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accord.ledger import merkle
+from accord.ledger.models import LedgerCheckpoint
+from accord.ledger.note import (
+    Checkpoint,
+    NoteError,
+    Signer,
+    Verifier,
+    checkpoint_body,
+    parse_checkpoint,
+)
+from accord.ledger.service import LedgerCorruption, consistency_proof, load_head, root_at
+
+log = logging.getLogger("accord.ledger")
+DEFAULT_INTERVAL = timedelta(seconds=2)
+
+
+@dataclass
+class LedgerConfig:
+    signer: Signer
+    origin: str
+    key_path: Path
+    witness_dir: Path | None = None
+    interval: timedelta = DEFAULT_INTERVAL
+
+    @property
+    def memory_path(self) -> Path:
+        """The last checkpoint this key signed, kept beside the key."""
+        return self.key_path.with_name(self.key_path.name + ".last-checkpoint")
+
+    def remembered(self) -> Checkpoint | None:
+        try:
+            text = self.memory_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        return parse_checkpoint(text, [self.signer.verifier])
+
+    def remember(self, note: str) -> None:
+        tmp = self.memory_path.with_suffix(".tmp")
+        tmp.write_text(note, encoding="utf-8")
+        tmp.replace(self.memory_path)
+
+
+def latest(session: Session) -> LedgerCheckpoint | None:
+    return session.execute(
+        select(LedgerCheckpoint).order_by(LedgerCheckpoint.size.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def _check_extends(session: Session, size: int, root: bytes, old_size: int, old_root: bytes,
+                   what: str) -> None:
+    if old_size > size:
+        raise LedgerCorruption(
+            f"the tree has {size} entries but {what} covers {old_size}: entries were removed"
+        )
+    proof = consistency_proof(session, old_size, size)
+    if not merkle.verify_consistency(old_size, size, proof, old_root, root):
+        raise LedgerCorruption(
+            f"the tree of size {size} does not extend {what} of size {old_size}"
+        )
+
+
+def sign(
+    session: Session, cfg: LedgerConfig, *, now: datetime, force: bool = False
+) -> LedgerCheckpoint | None:
+    """Sign the current tree if it grew (and, unless `force`, the interval has passed).
+
+    Returns the newest checkpoint (possibly an existing one), or None when it is too soon.
+    The caller commits, then calls `after_commit`.
+    """
+    head = load_head(session, lock=True)
+    last = latest(session)
+    if last is not None and last.size == head.size:
+        return last
+    if last is not None and not force and now - last.signed_at < cfg.interval:
+        return None
+    root = root_at(session, head.size)
+    if root != head.root:
+        raise LedgerCorruption(f"stored subtrees give a root that differs from the head at "
+                               f"size {head.size}")
+    if last is not None:
+        _check_extends(session, head.size, root, last.size, last.root, "the latest checkpoint")
+    remembered = cfg.remembered()
+    if remembered is not None:
+        _check_extends(session, head.size, root, remembered.size, remembered.root,
+                       "the checkpoint remembered beside the signing key")
+    existing = session.get(LedgerCheckpoint, head.size)
+    if existing is not None:
+        if existing.root != root:
+            raise LedgerCorruption(f"a checkpoint with another root exists for size {head.size}")
+        return existing
+    note = cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root))
+    cp = LedgerCheckpoint(size=head.size, root=root, note=note, signed_at=now)
+    session.add(cp)
+    session.flush()
+    return cp
+
+
+def after_commit(cfg: LedgerConfig, cp: LedgerCheckpoint | None) -> None:
+    """Once a checkpoint is committed: remember it and publish it to the witness."""
+    if cp is None:
+        return
+    remembered = cfg.remembered()
+    if remembered is None or remembered.size < cp.size:
+        cfg.remember(cp.note)
+    if cfg.witness_dir is not None:
+        publish(cfg.witness_dir, cp.size, cp.note)
+
+
+def publish(directory: Path, size: int, note: str) -> None:
+    """Write `<dir>/<size>` once; an existing copy is never overwritten."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / str(size)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    except FileExistsError:
+        if path.read_text(encoding="utf-8") != note:
+            log.critical("witness %s holds a different checkpoint for size %d", directory, size)
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(note)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def publish_missing(session: Session, cfg: LedgerConfig) -> int:
+    """Catch the witness up with every committed checkpoint it lacks (after a crash)."""
+    if cfg.witness_dir is None:
+        return 0
+    have = {p.name for p in cfg.witness_dir.glob("*")} if cfg.witness_dir.exists() else set()
+    n = 0
+    for cp in session.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.size)).scalars():
+        if str(cp.size) not in have:
+            publish(cfg.witness_dir, cp.size, cp.note)
+            n += 1
+    return n
+
+
+def read_witness(directory: Path, verifiers: list[Verifier]) -> list[Checkpoint]:
+    """Every checkpoint in a witness directory, by size."""
+    out = []
+    for path in sorted(directory.glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else -1):
+        if not path.name.isdigit():
+            continue
+        try:
+            out.append(parse_checkpoint(path.read_text(encoding="utf-8"), verifiers))
+        except NoteError as exc:
+            raise NoteError(f"witness copy {path}: {exc}") from None
+    return out

@@ -1,0 +1,186 @@
+"""C2SP signed notes and tlog checkpoints with Ed25519 keys.
+
+A checkpoint body is `<origin>\\n<size>\\n<base64 root>\\n`; the signed note adds a
+blank line and one `— <key name> <base64(key id || signature)>` line per signature.
+Key ids are the first four bytes of SHA-256(name || 0x0A || 0x01 || public key).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+ALG_ED25519 = 0x01
+SIG_PREFIX = "\u2014 "  # em dash and a space
+_NAME = re.compile(r"^[^\s+]+$")
+
+
+class NoteError(ValueError):
+    """A note, checkpoint or key that cannot be read or does not verify."""
+
+
+def key_id(name: str, public: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public).digest()[:4]
+
+
+@dataclass(frozen=True)
+class Verifier:
+    name: str
+    public: bytes
+
+    @property
+    def id(self) -> bytes:
+        return key_id(self.name, self.public)
+
+    def encode(self) -> str:
+        """`<name>+<hex id>+<base64(0x01 || public key)>`, the verifier key string."""
+        blob = base64.b64encode(bytes([ALG_ED25519]) + self.public).decode()
+        return f"{self.name}+{self.id.hex()}+{blob}"
+
+    @classmethod
+    def decode(cls, text: str) -> Verifier:
+        parts = text.strip().split("+", 2)
+        if len(parts) != 3 or not _NAME.match(parts[0]):
+            raise NoteError("a verifier key looks like <name>+<8 hex digits>+<base64>")
+        name, hexid, blob = parts
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except ValueError:
+            raise NoteError("verifier key: the key part is not base64") from None
+        if len(raw) != 33 or raw[0] != ALG_ED25519:
+            raise NoteError("verifier key: not an Ed25519 key")
+        v = cls(name, raw[1:])
+        if v.id.hex() != hexid.lower():
+            raise NoteError("verifier key: the key id does not match the key")
+        return v
+
+    def verify(self, body: bytes, signature: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, body)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class Signer:
+    def __init__(self, name: str, private: Ed25519PrivateKey) -> None:
+        if not _NAME.match(name):
+            raise NoteError(f"key name {name!r} must have no spaces or '+'")
+        self.name = name
+        self._key = private
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.verifier = Verifier(name, public)
+
+    @classmethod
+    def generate(cls, name: str) -> Signer:
+        return cls(name, Ed25519PrivateKey.generate())
+
+    def encode(self) -> str:
+        """`PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>`: keep it secret."""
+        seed = self._key.private_bytes_raw()
+        blob = base64.b64encode(bytes([ALG_ED25519]) + seed).decode()
+        return f"PRIVATE+KEY+{self.name}+{self.verifier.id.hex()}+{blob}"
+
+    @classmethod
+    def decode(cls, text: str) -> Signer:
+        parts = text.strip().split("+", 4)
+        if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
+            raise NoteError("a signer key looks like PRIVATE+KEY+<name>+<hex id>+<base64>")
+        try:
+            raw = base64.b64decode(parts[4], validate=True)
+        except ValueError:
+            raise NoteError("signer key: the key part is not base64") from None
+        if len(raw) != 33 or raw[0] != ALG_ED25519:
+            raise NoteError("signer key: not an Ed25519 key")
+        signer = cls(parts[2], Ed25519PrivateKey.from_private_bytes(raw[1:]))
+        if signer.verifier.id.hex() != parts[3].lower():
+            raise NoteError("signer key: the key id does not match the key")
+        return signer
+
+    def __repr__(self) -> str:
+        return f"Signer({self.name!r}, id={self.verifier.id.hex()})"
+
+    def sign(self, body: str) -> str:
+        """The signed note: body, blank line, one signature line."""
+        if not body.endswith("\n"):
+            raise NoteError("a note body ends with a newline")
+        sig = self._key.sign(body.encode())
+        line = base64.b64encode(self.verifier.id + sig).decode()
+        return f"{body}\n{SIG_PREFIX}{self.name} {line}\n"
+
+
+def load_or_create_signer(path: Path, name: str) -> Signer:
+    """Read the signing key at `path`, or create it there (mode 0600) on first start."""
+    if path.exists():
+        return Signer.decode(path.read_text(encoding="utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signer = Signer.generate(name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(signer.encode() + "\n")
+    return signer
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+    text: str  # the whole signed note, exactly as signed
+
+    @property
+    def body(self) -> str:
+        return checkpoint_body(self.origin, self.size, self.root)
+
+
+def checkpoint_body(origin: str, size: int, root: bytes) -> str:
+    return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+
+
+def parse_checkpoint(text: str, verifiers: list[Verifier]) -> Checkpoint:
+    """Parse a signed checkpoint; it must carry a valid signature by one of `verifiers`."""
+    body, sep, sigs = text.partition("\n\n")
+    if not sep or not sigs.endswith("\n"):
+        raise NoteError("not a signed note: no blank line before the signatures")
+    body += "\n"
+    lines = body.split("\n")[:-1]
+    if len(lines) < 3:
+        raise NoteError("a checkpoint body has an origin, a size and a root hash")
+    origin, size_text, root_text = lines[:3]
+    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+        raise NoteError(f"checkpoint size {size_text!r} is not a decimal number")
+    try:
+        root = base64.b64decode(root_text, validate=True)
+    except ValueError:
+        raise NoteError("checkpoint root hash is not base64") from None
+    if len(root) != 32:
+        raise NoteError("checkpoint root hash is not 32 bytes")
+    known = {(v.name, v.id): v for v in verifiers}
+    signed = False
+    for line in sigs[:-1].split("\n"):
+        if not line.startswith(SIG_PREFIX):
+            raise NoteError("malformed signature line")
+        name, _, blob = line[len(SIG_PREFIX):].rpartition(" ")
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except ValueError:
+            raise NoteError("signature is not base64") from None
+        if len(raw) < 5:
+            raise NoteError("signature too short")
+        v = known.get((name, raw[:4]))
+        if v is None:
+            continue
+        if not v.verify(body.encode(), raw[4:]):
+            raise NoteError(f"bad signature by {name}")
+        signed = True
+    if not signed:
+        raise NoteError("no signature by a trusted key")
+    return Checkpoint(origin, int(size_text), root, text)

@@ -1,0 +1,215 @@
+"""Offline verification of a ledger bundle: recompute everything, trust only signatures.
+
+The first pass recomputes the Merkle tree from the leaf bytes and compares its root at
+every size that something trusted vouches for: each checkpoint in the bundle (signed
+by the log key, or by the pinned key), an auditor's pinned checkpoint, and every copy
+in a witness directory. When something disagrees, a second pass names the first bad
+index: a gap or repeat in the indices, a leaf that is not canonical JSON, or a leaf
+whose chain value does not follow from the one before (what an edit, swap, deletion or
+forged insertion leaves behind unless the forger also recomputed every later chain
+value, in which case the damage is placed between two checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import rfc8785
+
+from accord.ledger import bundle, merkle
+from accord.ledger.note import Checkpoint, NoteError, Verifier, parse_checkpoint
+
+
+@dataclass
+class Report:
+    size: int = 0
+    origin: str = ""
+    key: str = ""
+    checkpoints: int = 0
+    witnessed: int = 0
+    pinned: int | None = None
+    root: bytes = b""
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    first_bad_index: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fail(self, message: str, index: int | None = None) -> None:
+        self.problems.append(message)
+        if index is not None and (self.first_bad_index is None or index < self.first_bad_index):
+            self.first_bad_index = index
+
+
+@dataclass
+class _Target:
+    size: int
+    root: bytes
+    what: str
+
+
+def verify(
+    open_bundle: Callable[[], IO[bytes]],
+    *,
+    key: Verifier | None = None,
+    pin: str | None = None,
+    witness: Path | None = None,
+    allow_unsigned_tail: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Verify the bundle `open_bundle()` returns (called twice when a diagnosis is needed)."""
+    report = Report()
+    with open_bundle() as f:
+        try:
+            header = bundle.read_header(f)
+        except bundle.BundleError as exc:
+            report.fail(str(exc))
+            return report
+        report.origin, report.key, report.size = header.origin, header.key, header.size
+        targets = _targets(header, report, key=key, pin=pin, witness=witness)
+        if report.problems and not targets:
+            return report
+        _first_pass(f, header, targets, report, allow_unsigned_tail, progress)
+    if not report.ok and report.first_bad_index is None:
+        with open_bundle() as f:
+            bundle.read_header(f)
+            _diagnose(f, report)
+    return report
+
+
+def _targets(header: bundle.Header, report: Report, *, key: Verifier | None, pin: str | None,
+             witness: Path | None) -> list[_Target]:
+    try:
+        log_key = Verifier.decode(header.key)
+    except NoteError as exc:
+        report.fail(f"bundle key: {exc}")
+        return []
+    trusted = key or log_key
+    if key is None:
+        report.warnings.append("no --key given: trusting the key inside the bundle "
+                               f"({log_key.encode()}); pin it for the next audit")
+    elif (key.name, key.public) != (log_key.name, log_key.public):
+        report.fail(f"the log is signed by {log_key.encode()}, not by the pinned key "
+                    f"{key.encode()}: the log was re-signed or replaced")
+    targets: list[_Target] = []
+    for n, note in enumerate(header.checkpoints):
+        try:
+            cp = parse_checkpoint(note, [trusted])
+        except NoteError as exc:
+            report.fail(f"checkpoint {n + 1} of {len(header.checkpoints)}: {exc}")
+            continue
+        if cp.origin != header.origin:
+            report.fail(f"checkpoint of size {cp.size} has origin {cp.origin!r}, "
+                        f"not {header.origin!r}")
+        targets.append(_Target(cp.size, cp.root, f"signed checkpoint of size {cp.size}"))
+        report.checkpoints += 1
+    if pin is not None:
+        try:
+            pinned = parse_checkpoint(pin, [trusted])
+            targets.append(_Target(pinned.size, pinned.root,
+                                   f"pinned checkpoint of size {pinned.size}"))
+            report.pinned = pinned.size
+        except NoteError as exc:
+            report.fail(f"pinned checkpoint: {exc} (was the log re-signed with another key?)")
+    if witness is not None:
+        for path in sorted(witness.glob("*")):
+            if not path.name.isdigit():
+                continue
+            try:
+                cp = parse_checkpoint(path.read_text(encoding="utf-8"), [trusted])
+            except NoteError as exc:
+                report.fail(f"witness copy {path.name}: {exc}")
+                continue
+            targets.append(_Target(cp.size, cp.root, f"witnessed checkpoint of size {cp.size}"))
+            report.witnessed += 1
+    targets.sort(key=lambda t: t.size)
+    return targets
+
+
+def _first_pass(f: IO[bytes], header: bundle.Header, targets: list[_Target], report: Report,
+                allow_unsigned_tail: bool, progress: Callable[[int, int], None] | None) -> None:
+    cr = merkle.CompactRange()
+    t = 0
+    good = [0]  # the largest size a trusted root confirmed
+    while t < len(targets) and targets[t].size == 0:
+        _compare(cr, targets[t], report, good)
+        t += 1
+    sha256 = hashlib.sha256
+    expected = 0
+    try:
+        for idx, leaf, _chain in bundle.records(f):
+            if idx != expected:
+                what = "missing" if idx > expected else "repeated or out of order"
+                report.fail(f"index {expected}: {what} (the next record has index {idx})",
+                            expected)
+                return
+            h = sha256(b"\x00" + leaf).digest()
+            cr.append(h)
+            expected += 1
+            while t < len(targets) and targets[t].size == expected:
+                _compare(cr, targets[t], report, good)
+                t += 1
+            if progress and not expected & 0xFFFF:
+                progress(expected, header.size)
+    except bundle.BundleError as exc:
+        report.fail(f"index {expected}: {exc}", expected)
+        return
+    report.root = cr.root()
+    if expected != header.size:
+        report.fail(f"the bundle header says {header.size} entries but it holds {expected}",
+                    min(expected, header.size))
+    for target in targets[t:]:
+        report.fail(f"the log has {expected} entries but the {target.what} covers "
+                    f"{target.size}: entries were removed from the end", expected)
+    signed = max((tg.size for tg in targets), default=0)
+    if expected > signed:
+        msg = (f"entries {signed}..{expected - 1} are not covered by any signed checkpoint "
+               "(export again to have them signed)")
+        if allow_unsigned_tail:
+            report.warnings.append(msg)
+        else:
+            report.fail(msg, signed)
+    if progress:
+        progress(expected, header.size)
+
+
+def _compare(cr: merkle.CompactRange, target: _Target, report: Report, good: list[int]) -> None:
+    if cr.root() == target.root:
+        if not report.problems:
+            good[0] = target.size
+        return
+    report.fail(f"the first {target.size} entries do not match the {target.what}; "
+                f"the damage lies in indices {good[0]}..{target.size - 1}")
+
+
+def _diagnose(f: IO[bytes], report: Report) -> None:
+    """Name the first index whose bytes or chain value cannot be the original."""
+    chain = bytes(32)
+    for expected, (idx, leaf, stored) in enumerate(bundle.records(f)):
+        if idx != expected:
+            report.fail(f"index {expected}: missing", expected)
+            return
+        try:
+            canonical = rfc8785.dumps(json.loads(leaf)) == leaf
+        except ValueError:
+            canonical = False
+        if not canonical:
+            report.fail(f"index {idx}: the leaf is not canonical JSON (its bytes were edited)",
+                        idx)
+            return
+        chain = hashlib.sha256(chain + merkle.leaf_hash(leaf)).digest()
+        if chain != stored:
+            report.fail(f"index {idx}: the leaf does not follow from the one before it "
+                        "(edited, swapped, inserted or removed here)", idx)
+            return
+
+
+def load_checkpoint(text: str, key: Verifier) -> Checkpoint:
+    return parse_checkpoint(text, [key])

@@ -1,0 +1,117 @@
+"""Background ledger work: integrate pending events (PostgreSQL) and sign checkpoints.
+
+On PostgreSQL a dedicated connection LISTENs on the ledger channel, so an event is
+integrated moments after its transaction commits; a short poll covers missed notices
+and catches up after a restart. Replicas may all run this: the head row lock makes
+them take turns, and no index is assigned twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import select as selectmod
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+import psycopg
+from sqlalchemy.orm import Session, sessionmaker
+
+from accord.db import transaction
+from accord.ledger import checkpoints
+from accord.ledger.checkpoints import LedgerConfig
+from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption, integrate_pending
+
+log = logging.getLogger("accord.ledger")
+POLL_SECONDS = 0.25
+
+
+def integrate_all(sessions: sessionmaker[Session], batch: int = 5000) -> int:
+    """Integrate every pending event, one batch per transaction."""
+    total = 0
+    while True:
+        with transaction(sessions) as session:
+            n = integrate_pending(session, limit=batch)
+        total += n
+        if n < batch:
+            return total
+
+
+def sign_if_due(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetime) -> None:
+    try:
+        with transaction(sessions) as session:
+            cp = checkpoints.sign(session, cfg, now=now)
+        checkpoints.after_commit(cfg, cp)
+    except LedgerCorruption as exc:
+        log.critical("NOT signing the ledger: %s", exc)
+
+
+class LedgerWorker:
+    """A daemon thread: integrate (PostgreSQL) and sign checkpoints until stopped."""
+
+    def __init__(self, sessions: sessionmaker[Session], cfg: LedgerConfig,
+                 now: Callable[[], datetime]) -> None:
+        self.sessions = sessions
+        self.cfg = cfg
+        self.now = now
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="accord-ledger", daemon=True)
+        bind = sessions.kw.get("bind")
+        self.postgres = bind is not None and bind.dialect.name == "postgresql"
+
+    def start(self) -> None:
+        with transaction(self.sessions) as session:
+            checkpoints.publish_missing(session, self.cfg)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        # Leave nothing behind that could have been integrated and signed.
+        try:
+            if self.postgres:
+                integrate_all(self.sessions)
+            with transaction(self.sessions) as session:
+                cp = checkpoints.sign(session, self.cfg, now=self.now(), force=True)
+            checkpoints.after_commit(self.cfg, cp)
+        except Exception:  # shutting down: the next start catches up
+            log.exception("final ledger pass failed")
+
+    def _listen(self) -> psycopg.Connection[tuple[object, ...]] | None:
+        if not self.postgres:
+            return None
+        bind = self.sessions.kw["bind"]
+        url = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            conn = psycopg.connect(url, autocommit=True)
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            return conn
+        except psycopg.Error:
+            log.exception("cannot LISTEN for ledger events; polling instead")
+            return None
+
+    def _run(self) -> None:
+        conn = self._listen()
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.postgres:
+                        integrate_all(self.sessions)
+                    sign_if_due(self.sessions, self.cfg, self.now())
+                except Exception:  # keep going; the next pass retries
+                    log.exception("ledger pass failed")
+                self._wait(conn)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _wait(self, conn: psycopg.Connection[tuple[object, ...]] | None) -> None:
+        if conn is None:
+            # SQLite integrates inline; this loop only signs, so it need not spin fast.
+            wait = POLL_SECONDS if self.postgres else self.cfg.interval.total_seconds()
+            self._stop.wait(max(POLL_SECONDS, wait))
+            return
+        ready, _, _ = selectmod.select([conn.fileno()], [], [], POLL_SECONDS)
+        if ready:
+            for _ in conn.notifies(timeout=0, stop_after=10000):
+                pass
