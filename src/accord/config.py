@@ -385,6 +385,18 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
         elif name not in groups and name not in users:
             problems.append(PolicyProblem(path, f'unknown group "{name}"'))
 
+    needs = {"jsonl": ("path",), "syslog": ("host", "port"), "webhook": ("url", "secret_env")}
+    sink_names: set[str] = set()
+    for i, sink in enumerate(spec.ledger.sinks):
+        if sink.name in sink_names:
+            problems.append(PolicyProblem(f"ledger.sinks[{i}].name",
+                                          f'duplicate sink "{sink.name}"'))
+        sink_names.add(sink.name)
+        for key in needs[sink.type]:
+            if getattr(sink, key) in (None, ""):
+                problems.append(PolicyProblem(f"ledger.sinks[{i}].{key}",
+                                              f"required for a {sink.type} sink"))
+
     seen: set[str] = set()
     for i, r in enumerate(spec.resources):
         if r.name in seen:

@@ -42,6 +42,7 @@ class Tree:
     def __init__(self, entries: Sequence[bytes]) -> None:
         self.entries = list(entries)
         self.hashes = [leaf_hash(e) for e in self.entries]
+        self._overrides: dict[tuple[int, int], bytes] = {}
         self._memo: dict[tuple[int, int], bytes] = {}
 
     def __len__(self) -> int:
@@ -49,7 +50,8 @@ class Tree:
 
     def override(self, lo: int, hi: int, value: bytes) -> None:
         """Pretend MTH(D[lo:hi]) is `value` (to model a rewritten stored subtree)."""
-        self._memo[(lo, hi)] = value
+        self._overrides[(lo, hi)] = value
+        self._memo = dict(self._overrides)  # forget every hash computed from the old value
 
     def mth(self, lo: int, hi: int) -> bytes:
         """MTH(D[lo:hi])."""

@@ -28,7 +28,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs: list[Sweeper | LedgerWorker] = []
         if background:
-            jobs = [Sweeper(st.sessions, now=st.now), LedgerWorker(st.sessions, st.ledger, st.now)]
+            sinks = st.policies.current.loaded.spec.ledger.sinks
+            jobs = [Sweeper(st.sessions, now=st.now),
+                    LedgerWorker(st.sessions, st.ledger, st.now, sinks)]
         for job in jobs:
             job.start()
         try:

@@ -92,7 +92,11 @@ def principal(request: Request, session: Session = Depends(db)) -> Principal:
     policy = st.policies.current
     row = identity.authenticate(session, policy=policy, token=token.strip(), now=st.now())
     via = CLIENT_VIAS.get(request.headers.get("x-accord-client", "api"), Via.API)
-    return Principal(row.user, frozenset(policy.roles_of(row.user)), via, policy, row.id)
+    who = Principal(row.user, frozenset(policy.roles_of(row.user)), via, policy, row.id)
+    # End the read transaction: on SQLite it holds the write lock (BEGIN IMMEDIATE), and a
+    # handler that only reads, or works in another session, must not keep it.
+    session.commit()
+    return who
 
 
 def require_admin(who: Principal = Depends(principal)) -> Principal:

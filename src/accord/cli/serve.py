@@ -130,7 +130,8 @@ def worker(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ledger = LedgerWorker(st.sessions, st.ledger, st.now)
+    ledger = LedgerWorker(st.sessions, st.ledger, st.now,
+                          st.policies.current.loaded.spec.ledger.sinks)
     ledger.start()
     try:
         while not stop.is_set():

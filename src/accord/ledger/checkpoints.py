@@ -87,15 +87,14 @@ def sign(
     """
     head = load_head(session, lock=True)
     last = latest(session)
-    if last is not None and last.size == head.size:
-        return last
-    if last is not None and not force and now - last.signed_at < cfg.interval:
+    if last is not None and last.size != head.size and not force \
+            and now - last.signed_at < cfg.interval:
         return None
     root = root_at(session, head.size)
     if root != head.root:
         raise LedgerCorruption(f"stored subtrees give a root that differs from the head at "
                                f"size {head.size}")
-    if last is not None:
+    if last is not None and last.size != head.size:
         _check_extends(session, head.size, root, last.size, last.root, "the latest checkpoint")
     remembered = cfg.remembered()
     if remembered is not None:
@@ -105,6 +104,12 @@ def sign(
     if existing is not None:
         if existing.root != root:
             raise LedgerCorruption(f"a checkpoint with another root exists for size {head.size}")
+        try:
+            parsed = parse_checkpoint(existing.note, [cfg.signer.verifier])
+        except NoteError as exc:
+            raise LedgerCorruption(f"the stored checkpoint for size {head.size}: {exc}") from None
+        if (parsed.size, parsed.root) != (head.size, root):
+            raise LedgerCorruption(f"the stored checkpoint for size {head.size} says otherwise")
         return existing
     note = cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root))
     cp = LedgerCheckpoint(size=head.size, root=root, note=note, signed_at=now)

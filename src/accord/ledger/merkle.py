@@ -71,6 +71,20 @@ class CompactRange:
         self.size += 1
         return completed
 
+    def append_subtree(self, level: int, h: bytes) -> None:
+        """Add a perfect subtree of 2**level leaves; the size must be a multiple of it."""
+        if self.size & ((1 << level) - 1):
+            raise ValueError(f"size {self.size} is not aligned to a subtree of level {level}")
+        size, lv = self.size, level
+        while size >> lv & 1:
+            h = node_hash(self.hashes.pop(), h)
+            lv += 1
+        self.hashes.append(h)
+        self.size += 1 << level
+
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, list(self.hashes))
+
     def root(self) -> bytes:
         if not self.hashes:
             return EMPTY_ROOT
@@ -81,6 +95,11 @@ class CompactRange:
 
 
 # ---------------------------------------------------------------- ranges
+
+
+def range_nodes(start: int, end: int) -> list[Node]:
+    """Perfect subtrees that concatenate to [start, end) when start is suitably aligned."""
+    return _range_nodes(start, end)
 
 
 def _range_nodes(start: int, end: int) -> list[Node]:

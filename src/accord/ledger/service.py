@@ -13,11 +13,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
-from sqlalchemy import Select, bindparam, event, insert, select, text, tuple_, update
+from sqlalchemy import (
+    Select,
+    Table,
+    and_,
+    bindparam,
+    event,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, SessionTransaction
 
 from accord.db import utcnow
@@ -31,8 +42,39 @@ NOTIFY_CHANNEL = "accord_ledger"
 ZERO = bytes(32)
 
 
+ENTRIES: Table = LedgerEntry.__table__  # type: ignore[assignment]
+NODES: Table = LedgerNode.__table__  # type: ignore[assignment]
+_SQLITE_INSERT = (
+    "INSERT INTO ledger_entries (idx, type, time, actor, subject, resource, leaf, leaf_hash, chain)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SAFE_INT = 2**53  # JCS writes numbers as IEEE doubles: larger ints would not round-trip
+
+
+def _plain(value: Any) -> bool:
+    """Only strings, safe ints, bools, nulls, lists, and dicts with ASCII keys."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return bool(-_SAFE_INT < value < _SAFE_INT)
+    if t is dict:
+        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
+    if t is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
 def encode(env: dict[str, Any]) -> bytes:
-    """The leaf bytes: RFC 8785 canonical JSON of the envelope, stored and hashed verbatim."""
+    """The leaf bytes: RFC 8785 canonical JSON of the envelope, stored and hashed verbatim.
+
+    For plain data (no floats, ASCII keys) the C JSON encoder with sorted keys and no
+    whitespace produces exactly the JCS bytes, twenty times faster than the reference
+    implementation, which handles everything else (tests compare the two).
+    """
+    if _plain(env):
+        return json.dumps(env, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
     data: bytes = rfc8785.dumps(env)
     return data
 
@@ -76,7 +118,7 @@ def _write_buffer(session: Session) -> None:
     if dialect == "sqlite" or session.info.get(INLINE):
         _integrate(session, rows, pending_ids=None)
         return
-    session.execute(insert(LedgerEntry), rows)
+    session.execute(insert(ENTRIES), rows)
     session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
@@ -116,8 +158,16 @@ def _integrate(
             nodes.append({"level": level, "idx": idx, "hash": h})
         chain = hashlib.sha256(chain + row["leaf_hash"]).digest()
         row["chain"] = chain
-    if pending_ids is None:
-        session.execute(insert(LedgerEntry), list(rows))
+    if pending_ids is None and session.get_bind().dialect.name == "sqlite":
+        # The driver's executemany: SQLAlchemy's per-row parameter processing would cost
+        # more than everything else here. Times are stored as SQLite's naive UTC text.
+        session.connection().exec_driver_sql(_SQLITE_INSERT, [
+            (r["idx"], r["type"], r["time"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+             r["actor"], r["subject"], r["resource"], r["leaf"], r["leaf_hash"], r["chain"])
+            for r in rows
+        ])
+    elif pending_ids is None:
+        session.execute(insert(ENTRIES), list(rows))
     else:
         session.execute(
             update(LedgerEntry.__table__)  # type: ignore[arg-type]
@@ -127,7 +177,7 @@ def _integrate(
                 pending_ids, rows, strict=True)],
         )
     if nodes:
-        session.execute(insert(LedgerNode), nodes)
+        session.execute(insert(NODES), nodes)
     session.execute(
         update(LedgerHead).where(LedgerHead.id == 1).values(
             size=cr.size, root=cr.root(), frontier=b"".join(cr.hashes), chain=chain,
@@ -177,10 +227,14 @@ def fetch_nodes(session: Session, needed: Iterable[merkle.Node]) -> dict[merkle.
         ):
             out[(0, int(idx or 0))] = lh
     if upper:
+        # One IN list per level, so both databases walk the (level, idx) primary key.
+        by_level: dict[int, list[int]] = {}
+        for level, i in upper:
+            by_level.setdefault(level, []).append(i)
+        clause = or_(*(and_(LedgerNode.level == level, LedgerNode.idx.in_(ids))
+                       for level, ids in by_level.items()))
         for level, idx, h in session.execute(
-            select(LedgerNode.level, LedgerNode.idx, LedgerNode.hash).where(
-                tuple_(LedgerNode.level, LedgerNode.idx).in_(upper)
-            )
+            select(LedgerNode.level, LedgerNode.idx, LedgerNode.hash).where(clause)
         ):
             out[(level, idx)] = h
     missing = needed - out.keys()

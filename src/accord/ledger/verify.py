@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import rfc8785
 
@@ -63,6 +66,7 @@ def verify(
     witness: Path | None = None,
     allow_unsigned_tail: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> Report:
     """Verify the bundle `open_bundle()` returns (called twice when a diagnosis is needed)."""
     report = Report()
@@ -76,7 +80,8 @@ def verify(
         targets = _targets(header, report, key=key, pin=pin, witness=witness)
         if report.problems and not targets:
             return report
-        _first_pass(f, header, targets, report, allow_unsigned_tail, progress)
+        _first_pass(f, header, targets, report, allow_unsigned_tail, progress,
+                    workers if workers is not None else (os.cpu_count() or 1))
     if not report.ok and report.first_bad_index is None:
         with open_bundle() as f:
             bundle.read_header(f)
@@ -133,35 +138,121 @@ def _targets(header: bundle.Header, report: Report, *, key: Verifier | None, pin
     return targets
 
 
+BLOCK = 1 << 14  # leaves per unit of work (a power of two: blocks are perfect subtrees)
+Subtrees = list[tuple[int, bytes]]
+
+
+def _hash_block(data: bytes, first: int, cuts: tuple[int, ...]
+                ) -> tuple[int, Subtrees, dict[int, Subtrees], str | None]:
+    """Hash one block of records whose first leaf has index `first` (a multiple of BLOCK).
+
+    Returns the number of leaves, the perfect subtrees covering them, the subtrees
+    covering [first, cut) for each cut (a signed size inside the block), and an error
+    naming the first index out of place. Runs in worker processes for large bundles.
+    """
+    unpack = bundle.RECORD.unpack_from
+    overhead = bundle.OVERHEAD
+    head = bundle.RECORD.size
+    spans: list[tuple[int, int]] = []
+    pos, expected, size = 0, first, len(data)
+    while pos < size:
+        idx, n = unpack(data, pos)
+        if idx != expected:
+            what = "missing" if idx > expected else "repeated or out of order"
+            return 0, [], {}, f"index {expected}: {what} (the next record has index {idx})"
+        if data[pos + head] != 0:
+            return 0, [], {}, f"index {idx}: record lacks the 0x00 leaf prefix"
+        spans.append((pos + head, pos + head + 1 + n))
+        pos += overhead + n
+        expected += 1
+    mv = memoryview(data)
+    sha = hashlib.sha256
+    level = [sha(mv[a:b]).digest() for a, b in spans]  # 0x00 || leaf, hashed in place
+    levels = [level]
+    copy = sha(b"\x01").copy
+    while len(level) > 1:
+        up: list[bytes] = []
+        push = up.append
+        it = iter(level)
+        for left, right in zip(it, it, strict=False):
+            h = copy()
+            h.update(left)
+            h.update(right)
+            push(h.digest())
+        levels.append(up)
+        level = up
+    count = len(spans)
+
+    def cover(end: int) -> Subtrees:
+        return [(lv, levels[lv][i - (first >> lv)]) for lv, i in merkle.range_nodes(first, end)]
+
+    return count, cover(first + count), {c: cover(c) for c in cuts if c < first + count}, None
+
+
 def _first_pass(f: IO[bytes], header: bundle.Header, targets: list[_Target], report: Report,
-                allow_unsigned_tail: bool, progress: Callable[[int, int], None] | None) -> None:
+                allow_unsigned_tail: bool, progress: Callable[[int, int], None] | None,
+                workers: int) -> None:
     cr = merkle.CompactRange()
     t = 0
     good = [0]  # the largest size a trusted root confirmed
     while t < len(targets) and targets[t].size == 0:
-        _compare(cr, targets[t], report, good)
+        _compare(cr.root(), targets[t], report, good)
         t += 1
-    sha256 = hashlib.sha256
-    expected = 0
-    try:
-        for idx, leaf, _chain in bundle.records(f):
-            if idx != expected:
-                what = "missing" if idx > expected else "repeated or out of order"
-                report.fail(f"index {expected}: {what} (the next record has index {idx})",
-                            expected)
-                return
-            h = sha256(b"\x00" + leaf).digest()
-            cr.append(h)
-            expected += 1
-            while t < len(targets) and targets[t].size == expected:
-                _compare(cr, targets[t], report, good)
+    done = 0
+
+    def absorb(first: int, result: tuple[int, Subtrees, dict[int, Subtrees], str | None]
+               ) -> bool:
+        nonlocal cr, t, done
+        count, subtrees, cuts, error = result
+        if error:
+            report.fail(error, int(error.split(":")[0].removeprefix("index ")))
+            return False
+        for size, nodes in sorted(cuts.items()):
+            partial = cr.copy()
+            for lv, h in nodes:
+                partial.append_subtree(lv, h)
+            while t < len(targets) and targets[t].size == size:
+                _compare(partial.root(), targets[t], report, good)
                 t += 1
-            if progress and not expected & 0xFFFF:
-                progress(expected, header.size)
+        for lv, h in subtrees:
+            cr.append_subtree(lv, h)
+        done = first + count
+        while t < len(targets) and targets[t].size == done:
+            _compare(cr.root(), targets[t], report, good)
+            t += 1
+        if progress:
+            progress(done, header.size)
+        return True
+
+    sizes = [tg.size for tg in targets]
+
+    def cuts_in(first: int) -> tuple[int, ...]:
+        return tuple(sorted({s for s in sizes if first < s < first + BLOCK}))
+
+    try:
+        if workers <= 1 or header.size < 4 * BLOCK:
+            for n, data in enumerate(bundle.blocks(f, BLOCK)):
+                if not absorb(n * BLOCK, _hash_block(data, n * BLOCK, cuts_in(n * BLOCK))):
+                    return
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                pending: deque[tuple[int, Future[Any]]] = deque()
+                for n, data in enumerate(bundle.blocks(f, BLOCK)):
+                    first = n * BLOCK
+                    pending.append((first, pool.submit(_hash_block, data, first, cuts_in(first))))
+                    while len(pending) > 2 * workers:
+                        at, fut = pending.popleft()
+                        if not absorb(at, fut.result()):
+                            return
+                while pending:
+                    at, fut = pending.popleft()
+                    if not absorb(at, fut.result()):
+                        return
     except bundle.BundleError as exc:
-        report.fail(f"index {expected}: {exc}", expected)
+        report.fail(f"index {done}: {exc}", done)
         return
     report.root = cr.root()
+    expected = done
     if expected != header.size:
         report.fail(f"the bundle header says {header.size} entries but it holds {expected}",
                     min(expected, header.size))
@@ -176,12 +267,10 @@ def _first_pass(f: IO[bytes], header: bundle.Header, targets: list[_Target], rep
             report.warnings.append(msg)
         else:
             report.fail(msg, signed)
-    if progress:
-        progress(expected, header.size)
 
 
-def _compare(cr: merkle.CompactRange, target: _Target, report: Report, good: list[int]) -> None:
-    if cr.root() == target.root:
+def _compare(root: bytes, target: _Target, report: Report, good: list[int]) -> None:
+    if root == target.root:
         if not report.problems:
             good[0] = target.size
         return

@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, parse_cursor, require_reader, state
-from accord.db import transaction
 from accord.errors import AccordError, Conflict, Invalid, NotFound
 from accord.ledger import bundle, checkpoints, service
 
@@ -97,27 +96,28 @@ def events(
     )
 
 
-def _latest_note(st: AppState, *, sign_now: bool) -> str:
-    with transaction(st.sessions) as session:
-        cp = checkpoints.sign(session, st.ledger, now=st.now(), force=sign_now)
-        if cp is None:
-            cp = checkpoints.latest(session)
-    if sign_now:
-        checkpoints.after_commit(st.ledger, cp)
-    if cp is None:
+def _latest_note(session: Session, st: AppState, *, sign_now: bool) -> str:
+    """Sign if due (or asked), commit, remember and publish; return the newest note."""
+    signed = checkpoints.sign(session, st.ledger, now=st.now(), force=sign_now)
+    cp = signed or checkpoints.latest(session)
+    note = cp.note if cp is not None else None
+    session.commit()
+    checkpoints.after_commit(st.ledger, signed)
+    if note is None:
         raise NotFound("no checkpoint has been signed yet")
-    return cp.note
+    return note
 
 
 @router.get("/checkpoint", response_class=PlainTextResponse)
 def checkpoint(
     who: Principal = Depends(require_reader),
+    session: Session = Depends(db),
     st: AppState = Depends(state),
     fresh: Annotated[bool, Query(description="sign the current tree first if it grew")] = False,
 ) -> PlainTextResponse:
     """The latest signed checkpoint (a C2SP signed note)."""
     try:
-        note = _latest_note(st, sign_now=fresh)
+        note = _latest_note(session, st, sign_now=fresh)
     except service.LedgerCorruption as exc:
         raise Conflict(f"refusing to sign: {exc}") from None
     return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
@@ -162,11 +162,12 @@ def consistency(
 @router.get("/bundle")
 def export_bundle(
     who: Principal = Depends(require_reader),
+    session: Session = Depends(db),
     st: AppState = Depends(state),
 ) -> StreamingResponse:
     """The whole ledger as an export bundle (see `accord audit verify --url`), freshly signed."""
     try:
-        _latest_note(st, sign_now=True)
+        _latest_note(session, st, sign_now=True)
     except service.LedgerCorruption as exc:
         raise Conflict(f"refusing to sign: {exc}") from None
     disposition = {"Content-Disposition": 'attachment; filename="ledger.bundle"'}

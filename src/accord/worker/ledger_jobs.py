@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 import select as selectmod
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
+from accord.config import SinkSpec
 from accord.db import transaction
 from accord.ledger import checkpoints
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption, integrate_pending
+from accord.ledger.sinks import SinkState, pump
+from accord.ledger.sinks import build as build_sink
 
 log = logging.getLogger("accord.ledger")
 POLL_SECONDS = 0.25
@@ -50,10 +53,16 @@ class LedgerWorker:
     """A daemon thread: integrate (PostgreSQL) and sign checkpoints until stopped."""
 
     def __init__(self, sessions: sessionmaker[Session], cfg: LedgerConfig,
-                 now: Callable[[], datetime]) -> None:
+                 now: Callable[[], datetime], sinks: Sequence[SinkSpec] = ()) -> None:
         self.sessions = sessions
         self.cfg = cfg
         self.now = now
+        self.sinks: list[SinkState] = []
+        for spec in sinks:
+            try:
+                self.sinks.append(SinkState(build_sink(spec), spec.batch))
+            except ValueError as exc:
+                log.error("sink %s disabled: %s", spec.name, exc)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-ledger", daemon=True)
         bind = sessions.kw.get("bind")
@@ -98,12 +107,16 @@ class LedgerWorker:
                     if self.postgres:
                         integrate_all(self.sessions)
                     sign_if_due(self.sessions, self.cfg, self.now())
+                    for sink in self.sinks:
+                        pump(self.sessions, sink)
                 except Exception:  # keep going; the next pass retries
                     log.exception("ledger pass failed")
                 self._wait(conn)
         finally:
             if conn is not None:
                 conn.close()
+            for sink in self.sinks:
+                sink.sink.close()
 
     def _wait(self, conn: psycopg.Connection[tuple[object, ...]] | None) -> None:
         if conn is None:

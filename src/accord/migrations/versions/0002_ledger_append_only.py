@@ -38,8 +38,11 @@ def upgrade() -> None:
         op.execute(f"""
             CREATE FUNCTION accord_ledger_guard() RETURNS trigger AS $$
             BEGIN
-              IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'ledger_entries' AND {ENTRY_UNCHANGED} THEN
-                RETURN NEW;
+              IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'ledger_entries' THEN
+                -- only here do NEW and OLD have these columns
+                IF {ENTRY_UNCHANGED} THEN
+                  RETURN NEW;
+                END IF;
               END IF;
               RAISE EXCEPTION 'the audit ledger is append-only: % on % refused', TG_OP, TG_TABLE_NAME
                 USING ERRCODE = 'insufficient_privilege';
