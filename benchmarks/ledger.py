@@ -166,7 +166,9 @@ def bench_postgres(events: int, writers: int = 8, per_tx: int = 20) -> dict[str,
 
         def watcher() -> None:
             seen: set[str] = set()
-            while not stop.is_set() or len(seen) < len(commit_times):
+            deadline = time.monotonic() + 300
+            while (not stop.is_set() or len(seen) < len(commit_times)) \
+                    and time.monotonic() < deadline:
                 with sessions() as s:
                     done = s.execute(select(LedgerEntry.subject).where(
                         LedgerEntry.subject.in_(list(set(commit_times) - seen)),
@@ -190,11 +192,15 @@ def bench_postgres(events: int, writers: int = 8, per_tx: int = 20) -> dict[str,
         for t in threads:
             t.join()
         appended = time.perf_counter() - started
-        while True:
+        deadline = time.monotonic() + 120  # bounded: a broken integrator must not hang us
+        while time.monotonic() < deadline:
             with sessions() as s:
                 if tree_size(s) >= (events // writers) * writers:
                     break
             time.sleep(0.005)
+        else:
+            stop.set()
+            raise RuntimeError("events were not integrated within 120 s")
         integrated = time.perf_counter() - started
         stop.set()
         integ.join()

@@ -26,6 +26,7 @@ def build_state(
     config_path: Path | None = None,
     upgrade: str = "if-empty",
     announce_via: str = "cli",
+    announce_policy: bool = True,
 ) -> AppState:
     """Connect, migrate (`always`, `if-empty`, `never`), load and announce the policy."""
     engine = make_engine(settings.database_url.get())
@@ -39,7 +40,8 @@ def build_state(
     store = PolicyStore.from_file(config_path or settings.config_path)
     st = AppState(settings=settings, sessions=sessions, policies=store, now=utcnow,
                   ledger=ledger_config(settings, store.current))
-    announce(st, Actor("system", "accord", announce_via))
+    if announce_policy:
+        announce(st, Actor("system", "accord", announce_via))
     return st
 
 

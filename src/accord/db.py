@@ -73,7 +73,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout; stale connections are recycled instead
+    # and a failed unit of work surfaces as an error the caller retries.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from accord.config import Settings
 from accord.errors import Forbidden, Invalid, NotFound, Unauthorized
 from accord.identity import service as identity
+from accord.identity.service import TokenCache
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Via
 from accord.policy.engine import Policy
@@ -47,6 +49,7 @@ class AppState:
     policies: PolicyStore
     now: Callable[[], datetime]
     ledger: LedgerConfig
+    tokens: TokenCache = field(default_factory=TokenCache)
 
 
 @dataclass(frozen=True)
@@ -70,42 +73,67 @@ class Principal:
         return Caller(self.user, self.via)
 
 
-def state(request: Request) -> AppState:
+# Dependencies that do no I/O are `async def`: FastAPI runs sync ones in its thread pool,
+# and each hop there costs more than the work they do.
+
+
+async def state(request: Request) -> AppState:
     value: AppState = request.app.state.accord
     return value
 
 
-def db(request: Request) -> Iterator[Session]:
-    """A session for this call. Handlers that change state commit it themselves."""
-    with state(request).sessions() as session:
+async def db(request: Request) -> AsyncIterator[Session]:
+    """A session for this call (it connects lazily). Handlers that change state commit it."""
+    session = request.app.state.accord.sessions()
+    try:
         yield session
+    finally:
+        if session.in_transaction():  # a rollback is a round trip: not on the event loop
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def principal(request: Request, session: Session = Depends(db)) -> Principal:
+def _check_token(session: Session, st: AppState, token: str) -> tuple[int, str]:
+    row = identity.authenticate(session, policy=st.policies.current, token=token, now=st.now())
+    # End the read transaction on SQLite: it holds the write lock (BEGIN IMMEDIATE), and a
+    # handler that only reads, or works in another session, must not keep it.
+    if session.get_bind().dialect.name == "sqlite":
+        session.commit()
+    st.tokens.put(identity.hash_token(token), row)
+    return row.id, row.user
+
+
+async def principal(request: Request, session: Session = Depends(db)) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
         raise Unauthorized("missing bearer token; send 'Authorization: Bearer <token>'")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
-    st = state(request)
+    st: AppState = request.app.state.accord
     policy = st.policies.current
-    row = identity.authenticate(session, policy=policy, token=token.strip(), now=st.now())
+    token = token.strip()
+    hit = st.tokens.get(identity.hash_token(token))
+    if hit is not None:
+        if hit.expires_at is not None and hit.expires_at <= st.now():
+            raise Unauthorized("token has expired")
+        if not policy.is_user(hit.user):
+            raise Unauthorized(f'user "{hit.user}" is no longer in accord.yaml')
+        token_id, user = hit.token_id, hit.user
+    else:
+        token_id, user = await run_in_threadpool(_check_token, session, st, token)
     via = CLIENT_VIAS.get(request.headers.get("x-accord-client", "api"), Via.API)
-    who = Principal(row.user, frozenset(policy.roles_of(row.user)), via, policy, row.id)
-    # End the read transaction: on SQLite it holds the write lock (BEGIN IMMEDIATE), and a
-    # handler that only reads, or works in another session, must not keep it.
-    session.commit()
-    return who
+    return Principal(user, frozenset(policy.roles_of(user)), via, policy, token_id)
 
 
-def require_admin(who: Principal = Depends(principal)) -> Principal:
+async def require_admin(who: Principal = Depends(principal)) -> Principal:
     if not who.is_admin:
         raise Forbidden("this needs the Accord admin role")
     return who
 
 
-def require_reader(who: Principal = Depends(principal)) -> Principal:
+async def require_reader(who: Principal = Depends(principal)) -> Principal:
     if not who.can_read_all:
         raise Forbidden("this needs the Accord auditor or admin role")
     return who

@@ -21,7 +21,7 @@ from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
 from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
-from accord.worker.sweeper import sweep_once
+from accord.worker.sweeper import Sweeper, sweep_once
 
 log = logging.getLogger("accord")
 err = Console(stderr=True)
@@ -50,8 +50,12 @@ def serve(
         bool, typer.Option("--no-worker", help="Do not run background jobs in this process.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="HTTP server processes (background jobs run once, "
+                          "in the parent).")
+    ] = 1,
 ) -> None:
-    """Run the API (and, unless --no-worker, the background jobs) in one process."""
+    """Run the API (and, unless --no-worker, the background jobs)."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings.from_env()
@@ -66,11 +70,37 @@ def serve(
         demo.seed(st)
         tokens = demo.issue_tokens(st)
         _print_demo(url, config, tokens)
-    _install_sighup(st)
-    app = create_app(st, background=not no_worker)
     if not demo_mode:
         err.print(f"Accord listening on {url} (API docs: {url}/docs)")
+    if workers > 1:
+        _serve_processes(st, config, host, port, workers, log_level, background=not no_worker)
+        return
+    _install_sighup(st)
+    app = create_app(st, background=not no_worker)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+
+
+def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers: int,
+                     log_level: str, *, background: bool) -> None:
+    """uvicorn's process manager with N HTTP workers; expiry and ledger jobs run here, once."""
+    os.environ["ACCORD_CONFIG"] = str((config or st.settings.config_path).resolve())
+    os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
+    os.environ["ACCORD_DATA_DIR"] = str(st.settings.data_dir)
+    os.environ["ACCORD_BACKGROUND"] = "0"
+    jobs: list[Any] = []
+    if background:
+        sinks = st.policies.current.loaded.spec.ledger.sinks
+        jobs = [Sweeper(st.sessions, now=st.now), LedgerWorker(st.sessions, st.ledger, st.now,
+                                                              sinks)]
+    for job in jobs:
+        job.start()
+    try:
+        # SIGHUP makes uvicorn's manager restart the workers, which re-read accord.yaml.
+        uvicorn.run("accord.api.asgi:create", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level.lower(), access_log=False)
+    finally:
+        for job in reversed(jobs):
+            job.stop()
 
 
 def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -62,6 +65,46 @@ def issue(
         time=now,
     )
     return row, secret
+
+
+@dataclass(frozen=True)
+class Verified:
+    token_id: int
+    user: str
+    expires_at: datetime | None
+    checked: float  # time.monotonic() of the database check
+
+
+class TokenCache:
+    """Tokens verified against the database in the last `ttl` seconds, by hash.
+
+    Saves a query per API call. Expiry and the user's presence in the policy are still
+    checked on every call; a revocation is applied at once in the process that made
+    it and within `ttl` in every other replica.
+    """
+
+    def __init__(self, ttl: float = 1.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._items: dict[str, Verified] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Verified | None:
+        hit = self._items.get(digest)
+        if hit is None or time.monotonic() - hit.checked > self.ttl:
+            return None
+        return hit
+
+    def put(self, digest: str, row: ApiToken) -> None:
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.clear()
+            self._items[digest] = Verified(row.id, row.user, row.expires_at, time.monotonic())
+
+    def forget(self, token_id: int) -> None:
+        with self._lock:
+            for digest in [d for d, v in self._items.items() if v.token_id == token_id]:
+                del self._items[digest]
 
 
 def authenticate(session: Session, *, policy: Policy, token: str, now: datetime) -> ApiToken:

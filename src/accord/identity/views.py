@@ -90,4 +90,5 @@ def revoke_token(
                          admin=who.is_admin)
     out = TokenOut.of(row)
     session.commit()
+    st.tokens.forget(row.id)
     return out

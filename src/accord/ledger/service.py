@@ -21,7 +21,6 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    bindparam,
     event,
     insert,
     or_,
@@ -118,8 +117,7 @@ def _write_buffer(session: Session) -> None:
     if dialect == "sqlite" or session.info.get(INLINE):
         _integrate(session, rows, pending_ids=None)
         return
-    session.execute(insert(ENTRIES), rows)
-    session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    session.execute(insert(ENTRIES), rows)  # a statement trigger NOTIFYs the integrators
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -169,14 +167,23 @@ def _integrate(
     elif pending_ids is None:
         session.execute(insert(ENTRIES), list(rows))
     else:
+        # PostgreSQL: one statement per batch, arrays in, no per-row round trips.
         session.execute(
-            update(LedgerEntry.__table__)  # type: ignore[arg-type]
-            .where(LedgerEntry.__table__.c.id == bindparam("pid"))
-            .values(idx=bindparam("idx"), chain=bindparam("chain")),
-            [{"pid": pid, "idx": r["idx"], "chain": r["chain"]} for pid, r in zip(
-                pending_ids, rows, strict=True)],
+            text("UPDATE ledger_entries AS e SET idx = v.idx, chain = v.chain"
+                 " FROM unnest(CAST(:ids AS bigint[]), CAST(:idxs AS bigint[]),"
+                 " CAST(:chains AS bytea[])) AS v(id, idx, chain) WHERE e.id = v.id"),
+            {"ids": list(pending_ids), "idxs": [r["idx"] for r in rows],
+             "chains": [r["chain"] for r in rows]},
         )
-    if nodes:
+    if nodes and session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("INSERT INTO ledger_nodes (level, idx, hash) SELECT * FROM"
+                 " unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[]),"
+                 " CAST(:hashes AS bytea[]))"),
+            {"levels": [n["level"] for n in nodes], "idxs": [n["idx"] for n in nodes],
+             "hashes": [n["hash"] for n in nodes]},
+        )
+    elif nodes:
         session.execute(insert(NODES), nodes)
     session.execute(
         update(LedgerHead).where(LedgerHead.id == 1).values(

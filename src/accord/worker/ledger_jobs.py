@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import select as selectmod
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -27,6 +28,7 @@ from accord.ledger.sinks import build as build_sink
 
 log = logging.getLogger("accord.ledger")
 POLL_SECONDS = 0.25
+COALESCE_SECONDS = 0.02  # after a wake-up, let a few more commits arrive: bigger, cheaper batches
 
 
 def integrate_all(sessions: sessionmaker[Session], batch: int = 5000) -> int:
@@ -65,6 +67,7 @@ class LedgerWorker:
                 log.error("sink %s disabled: %s", spec.name, exc)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-ledger", daemon=True)
+        self._next_sign = 0.0
         bind = sessions.kw.get("bind")
         self.postgres = bind is not None and bind.dialect.name == "postgresql"
 
@@ -106,7 +109,9 @@ class LedgerWorker:
                 try:
                     if self.postgres:
                         integrate_all(self.sessions)
-                    sign_if_due(self.sessions, self.cfg, self.now())
+                    if time.monotonic() >= self._next_sign:  # no database trip until due
+                        sign_if_due(self.sessions, self.cfg, self.now())
+                        self._next_sign = time.monotonic() + self.cfg.interval.total_seconds()
                     for sink in self.sinks:
                         pump(self.sessions, sink)
                 except Exception:  # keep going; the next pass retries
@@ -126,5 +131,6 @@ class LedgerWorker:
             return
         ready, _, _ = selectmod.select([conn.fileno()], [], [], POLL_SECONDS)
         if ready:
-            for _ in conn.notifies(timeout=0, stop_after=10000):
+            self._stop.wait(COALESCE_SECONDS)
+            for _ in conn.notifies(timeout=0, stop_after=100000):
                 pass

@@ -19,6 +19,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+NOTIFY_CHANNEL = "accord_ledger"  # = accord.ledger.service.NOTIFY_CHANNEL (migrations stay frozen)
 EMPTY_ROOT = hashlib.sha256(b"").digest()  # RFC 9162: the root of an empty tree
 FROZEN = ("ledger_nodes", "ledger_checkpoints")
 ENTRY_UNCHANGED = (
@@ -48,6 +49,16 @@ def upgrade() -> None:
                 USING ERRCODE = 'insufficient_privilege';
             END $$ LANGUAGE plpgsql
         """)
+        # Wake integrators when events commit, without a NOTIFY round trip per transaction.
+        op.execute(f"""
+            CREATE FUNCTION accord_ledger_notify() RETURNS trigger AS $$
+            BEGIN
+              PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
+              RETURN NULL;
+            END $$ LANGUAGE plpgsql
+        """)
+        op.execute("CREATE TRIGGER ledger_entries_notify AFTER INSERT ON ledger_entries"
+                   " FOR EACH STATEMENT EXECUTE FUNCTION accord_ledger_notify()")
         for table in ("ledger_entries", *FROZEN):
             op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
                        " FOR EACH ROW EXECUTE FUNCTION accord_ledger_guard()")
@@ -78,6 +89,8 @@ def downgrade() -> None:
         for table in ("ledger_entries", *FROZEN):
             op.execute(f"DROP TRIGGER {table}_append_only ON {table}")
             op.execute(f"DROP TRIGGER {table}_no_truncate ON {table}")
+        op.execute("DROP TRIGGER ledger_entries_notify ON ledger_entries")
+        op.execute("DROP FUNCTION accord_ledger_notify()")
         op.execute("DROP FUNCTION accord_ledger_guard()")
         return
     op.execute("DROP TRIGGER ledger_entries_no_update")
