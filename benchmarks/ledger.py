@@ -119,20 +119,23 @@ def bench_verify(sessions: Any, tmp: Path) -> dict[str, Any]:
         leaves = [leaf for _i, leaf, _c in bundle.records(f)]
     total_bytes = sum(len(x) for x in leaves)
     sha = hashlib.sha256
-    t = time.perf_counter()
-    for leaf in leaves:
-        sha(leaf).digest()
-    raw = time.perf_counter() - t
+    raw = took = float("inf")
+    for _ in range(3):  # best of three for both, measured alternately in the same run
+        t = time.perf_counter()
+        for leaf in leaves:
+            sha(leaf).digest()
+        raw = min(raw, time.perf_counter() - t)
+        t = time.perf_counter()
+        report = verify(lambda: path.open("rb"), key=signer.verifier, path=path)
+        took = min(took, time.perf_counter() - t)
+        assert report.ok, report.problems
     del leaves
-    t = time.perf_counter()
-    report = verify(lambda: path.open("rb"), key=signer.verifier)
-    took = time.perf_counter() - t
-    assert report.ok, report.problems
     n = report.size
     return {
         "leaves": n, "bundle_mb": round(path.stat().st_size / 1e6, 1),
         "mean_leaf_bytes": round(total_bytes / n),
         "verify_leaves_per_s": round(n / took), "raw_sha256_leaves_per_s": round(n / raw),
+        "verify_processes": os.cpu_count(),
         "ratio": round(raw / took, 3), "target_ratio": 0.5, "met": raw / took >= 0.5,
     }
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,50 +22,10 @@ from accord.ledger.models import LedgerEntry
 from accord.ledger.verify import verify
 from accord.worker.ledger_jobs import integrate_all
 from tests.conftest import POLICY
+from tests.serverproc import Server
 
-ACCORD = str(Path(sys.executable).parent / "accord")
 CLIENTS = 4
 ACKS_BEFORE_KILL = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, env: dict[str, str], config: Path, log: Path) -> None:
-        self.env, self.config, self.log = env, config, log
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [ACCORD, "serve", "--port", str(self.port), "--config", str(self.config),
-                 "--log-level", "warning"], env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # waiting on another process: nothing to await
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("server did not start: " + self.log.read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

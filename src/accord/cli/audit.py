@@ -132,9 +132,9 @@ def verify_cmd(
         err.print(f"error: --key: {exc}", markup=False)
         raise typer.Exit(2) from None
     pin_text = pin.read_text(encoding="utf-8") if pin else None
-    with _source(bundle_path, url) as opener, _progress("verifying") as progress:
+    with _source(bundle_path, url) as (opener, path), _progress("verifying") as progress:
         report = verify(opener, key=pinned_key, pin=pin_text, witness=witness,
-                        allow_unsigned_tail=allow_unsigned_tail, progress=progress)
+                        allow_unsigned_tail=allow_unsigned_tail, progress=progress, path=path)
     _print_report(report, as_json)
     if not report.ok:
         raise typer.Exit(1)
@@ -147,12 +147,13 @@ def _read_key(text: str) -> Verifier:
 
 
 @contextmanager
-def _source(path: Path | None, url: str | None) -> Iterator[Callable[[], IO[bytes]]]:
+def _source(path: Path | None, url: str | None
+            ) -> Iterator[tuple[Callable[[], IO[bytes]], Path]]:
     if path is not None:
         if not path.exists():
             err.print(f"error: {path}: no such file")
             raise typer.Exit(2)
-        yield lambda: path.open("rb")
+        yield (lambda: path.open("rb")), path
         return
     with tempfile.TemporaryDirectory(prefix="accord-verify-") as tmp:
         local = Path(tmp) / "ledger.bundle"
@@ -165,7 +166,7 @@ def _source(path: Path | None, url: str | None) -> Iterator[Callable[[], IO[byte
         except ClientError as exc:
             err.print(f"error: {exc.detail}", markup=False)
             raise typer.Exit(1) from None
-        yield lambda: local.open("rb")
+        yield (lambda: local.open("rb")), local
 
 
 def _print_report(report: Report, as_json: bool) -> None:

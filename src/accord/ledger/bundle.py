@@ -5,6 +5,8 @@ Layout (all integers big-endian):
     one JSON line: {"origin", "key" (verifier key), "size", "checkpoints": [signed notes], ...}
     per leaf: u64 index, u32 length n, 0x00, the n leaf bytes, 32-byte chain value
     end mark: u64 2**64-1, u32 0
+    seek table: b"SEEK\n", u32 block size B, u64 count, count x u64 byte offsets (of
+    records 0, B, 2B, ...), then u64 offset of the table itself
 Binary records keep verification close to the raw speed of SHA-256 (no per-leaf JSON
 or base64 to decode): the 0x00 before each leaf is RFC 9162's leaf prefix, so a
 verifier hashes `0x00 || leaf` where it lies, without copying. The index in each
@@ -31,6 +33,8 @@ RECORD = struct.Struct(">QI")
 END_INDEX = 2**64 - 1
 CHAIN = 32
 OVERHEAD = RECORD.size + 1 + CHAIN  # bytes per record besides the leaf
+SEEK_MAGIC = b"SEEK\n"
+SEEK_BLOCK = 1 << 14  # records per seek-table entry: the verifier's unit of parallel work
 
 
 class BundleError(ValueError):
@@ -61,6 +65,8 @@ def write(
     out.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
     done = 0
     start = 0
+    written = len(MAGIC) + len(json.dumps(header, separators=(",", ":")).encode()) + 1
+    offsets: list[int] = []
     while start < size:
         rows = session.execute(
             select(LedgerEntry.idx, LedgerEntry.leaf, LedgerEntry.chain)
@@ -70,20 +76,44 @@ def write(
         if not rows:
             break
         chunk = bytearray()
-        for idx, leaf, chain in rows:
+        for n, (idx, leaf, chain) in enumerate(rows, start=done):
             if isinstance(leaf, str):  # only a hand edit stores text here; export it as it is
                 leaf = leaf.encode()
+            if n % SEEK_BLOCK == 0:
+                offsets.append(written + len(chunk))
             chunk += RECORD.pack(idx, len(leaf))
             chunk += b"\x00"
             chunk += leaf
             chunk += chain or bytes(CHAIN)
         out.write(chunk)
+        written += len(chunk)
         done += len(rows)
         start = int(rows[-1][0] or 0) + 1
         if progress:
             progress(done, size)
     out.write(RECORD.pack(END_INDEX, 0))
+    table = written + RECORD.size
+    out.write(SEEK_MAGIC + struct.pack(">IQ", SEEK_BLOCK, len(offsets)))
+    out.write(struct.pack(f">{len(offsets)}Q", *offsets))
+    out.write(struct.pack(">Q", table))
     return done
+
+
+def seek_table(f: IO[bytes]) -> tuple[int, list[int]] | None:
+    """(block size, byte offset of each block's first record), if the bundle has one."""
+    try:
+        f.seek(-8, 2)
+        (table,) = struct.unpack(">Q", f.read(8))
+        f.seek(table)
+        if f.read(len(SEEK_MAGIC)) != SEEK_MAGIC:
+            return None
+        block, count = struct.unpack(">IQ", f.read(12))
+        raw = f.read(8 * count)
+        if len(raw) != 8 * count or block <= 0:
+            return None
+        return block, list(struct.unpack(f">{count}Q", raw))
+    except (OSError, struct.error, ValueError):
+        return None
 
 
 @dataclass

@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import rfc8785
 
@@ -67,8 +66,13 @@ def verify(
     allow_unsigned_tail: bool = False,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    path: str | Path | None = None,
 ) -> Report:
-    """Verify the bundle `open_bundle()` returns (called twice when a diagnosis is needed)."""
+    """Verify the bundle `open_bundle()` returns (called twice when a diagnosis is needed).
+
+    Given the bundle's `path`, large bundles are hashed by one process per core, each
+    reading its own blocks through the bundle's seek table.
+    """
     report = Report()
     with open_bundle() as f:
         try:
@@ -81,7 +85,8 @@ def verify(
         if report.problems and not targets:
             return report
         _first_pass(f, header, targets, report, allow_unsigned_tail, progress,
-                    workers if workers is not None else (os.cpu_count() or 1))
+                    workers if workers is not None else (os.cpu_count() or 1),
+                    str(path) if path is not None else None)
     if not report.ok and report.first_bad_index is None:
         with open_bundle() as f:
             bundle.read_header(f)
@@ -189,9 +194,44 @@ def _hash_block(data: bytes, first: int, cuts: tuple[int, ...]
     return count, cover(first + count), {c: cover(c) for c in cuts if c < first + count}, None
 
 
+def _hash_range(path: str, first: int, start: int, end: int, expect: int,
+                cuts: tuple[int, ...]) -> tuple[int, Subtrees, dict[int, Subtrees], str | None]:
+    """A worker reads its own slice of the bundle file (found through the seek table)."""
+    with Path(path).open("rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    result = _hash_block(data, first, cuts)
+    if result[3] is None and result[0] != expect:
+        return 0, [], {}, f"index {first + result[0]}: the bundle's seek table does not match"
+    return result
+
+
+def _plan(f: IO[bytes], header: bundle.Header, records_at: int
+          ) -> list[tuple[int, int, int, int]] | None:
+    """(first index, start, end, count) per block from a seek table that fits, else None."""
+    table = bundle.seek_table(f)
+    f.seek(records_at)
+    if table is None:
+        return None
+    block, offsets = table
+    if block != BLOCK or not offsets or offsets[0] != records_at:
+        return None
+    if len(offsets) != -(-header.size // BLOCK) or offsets != sorted(set(offsets)):
+        return None
+    f.seek(-8, 2)
+    table_at = int.from_bytes(f.read(8), "big")
+    f.seek(records_at)
+    ends = [*offsets[1:], table_at - bundle.RECORD.size]
+    plan = []
+    for n, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+        first = n * BLOCK
+        plan.append((first, start, end, min(BLOCK, header.size - first)))
+    return plan
+
+
 def _first_pass(f: IO[bytes], header: bundle.Header, targets: list[_Target], report: Report,
                 allow_unsigned_tail: bool, progress: Callable[[int, int], None] | None,
-                workers: int) -> None:
+                workers: int, path: str | None) -> None:
     cr = merkle.CompactRange()
     t = 0
     good = [0]  # the largest size a trusted root confirmed
@@ -229,24 +269,24 @@ def _first_pass(f: IO[bytes], header: bundle.Header, targets: list[_Target], rep
     def cuts_in(first: int) -> tuple[int, ...]:
         return tuple(sorted({s for s in sizes if first < s < first + BLOCK}))
 
+    plan = None
+    if path is not None and workers > 1 and header.size >= 4 * BLOCK:
+        plan = _plan(f, header, f.tell())
     try:
-        if workers <= 1 or header.size < 4 * BLOCK:
+        if plan is None:
             for n, data in enumerate(bundle.blocks(f, BLOCK)):
                 if not absorb(n * BLOCK, _hash_block(data, n * BLOCK, cuts_in(n * BLOCK))):
                     return
         else:
+            # Each worker reads and hashes its own blocks; only subtree hashes come back.
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                pending: deque[tuple[int, Future[Any]]] = deque()
-                for n, data in enumerate(bundle.blocks(f, BLOCK)):
-                    first = n * BLOCK
-                    pending.append((first, pool.submit(_hash_block, data, first, cuts_in(first))))
-                    while len(pending) > 2 * workers:
-                        at, fut = pending.popleft()
-                        if not absorb(at, fut.result()):
-                            return
-                while pending:
-                    at, fut = pending.popleft()
-                    if not absorb(at, fut.result()):
+                futures = [(first, pool.submit(_hash_range, str(path), first, start, end, count,
+                                               cuts_in(first)))
+                           for first, start, end, count in plan]
+                for first, fut in futures:
+                    if not absorb(first, fut.result()):
+                        for _, later in futures:
+                            later.cancel()
                         return
     except bundle.BundleError as exc:
         report.fail(f"index {done}: {exc}", done)
