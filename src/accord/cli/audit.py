@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -53,6 +53,18 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+def _sign_now(st: Any) -> Any:
+    """Sign the current tree if it grew; exit 1 if the signer refuses."""
+    try:
+        with transaction(st.sessions) as session:
+            cp = checkpoints.sign(session, st.ledger, now=st.now(), force=True)
+    except LedgerCorruption as exc:
+        err.print(f"error: refusing to sign: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    checkpoints.after_commit(st.ledger, cp)
+    return cp
+
+
 @audit_app.command("key")
 def key(config: ConfigOpt = None) -> None:
     """Print the verifier key that signs checkpoints (give it to auditors to pin)."""
@@ -64,13 +76,7 @@ def key(config: ConfigOpt = None) -> None:
 def checkpoint(config: ConfigOpt = None) -> None:
     """Sign the current tree now (if it grew) and print the latest checkpoint."""
     st = _state(config)
-    try:
-        with transaction(st.sessions) as session:
-            cp = checkpoints.sign(session, st.ledger, now=st.now(), force=True)
-    except LedgerCorruption as exc:
-        err.print(f"error: refusing to sign: {exc}", markup=False)
-        raise typer.Exit(1) from None
-    checkpoints.after_commit(st.ledger, cp)
+    cp = _sign_now(st)
     if cp is not None:
         print(cp.note, end="")
 
@@ -82,13 +88,7 @@ def export(
 ) -> None:
     """Write the whole ledger (leaves, checkpoints, key) to a bundle, signing the tree first."""
     st = _state(config)
-    try:
-        with transaction(st.sessions) as session:
-            cp = checkpoints.sign(session, st.ledger, now=st.now(), force=True)
-    except LedgerCorruption as exc:
-        err.print(f"error: refusing to sign: {exc}", markup=False)
-        raise typer.Exit(1) from None
-    checkpoints.after_commit(st.ledger, cp)
+    _sign_now(st)
     tmp = out_path.with_name(out_path.name + ".partial")
     with tmp.open("wb") as f, st.sessions() as session, _progress("exporting") as progress:
         n = bundle.write(session, f, origin=st.ledger.origin,

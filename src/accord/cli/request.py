@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from accord.cli.client import AccordClient, ClientError
+from accord.grants.models import GrantStatus
+from accord.requests.models import Status
 
 JSON = dict[str, Any]
 
@@ -44,22 +45,7 @@ _STATUS_STYLE = {
 }
 
 
-class RequestStatus(StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    ACTIVE = "active"
-    DENIED = "denied"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-    REVOKED = "revoked"
-    RELINQUISHED = "relinquished"
-
-
-class GrantStatus(StrEnum):
-    ACTIVE = "active"
-    EXPIRED = "expired"
-    REVOKED = "revoked"
-    RELINQUISHED = "relinquished"
+# The statuses come from the server's own enums, so --status choices cannot drift.
 
 
 # ------------------------------------------------------------------ options
@@ -392,7 +378,7 @@ def create(
 @request_app.command("list")
 def list_requests(
     status: Annotated[
-        RequestStatus | None, typer.Option("--status", "-s", help="Only requests in this status.")
+        Status | None, typer.Option("--status", "-s", help="Only requests in this status.")
     ] = None,
     resource: Annotated[
         str | None, typer.Option("--resource", help="Only requests for this resource.")

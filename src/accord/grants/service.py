@@ -66,10 +66,11 @@ def activate(session: Session, *, request: AccessRequest, actor: Actor, now: dat
         starts_at=now,
         ends_at=now + duration,
     )
-    session.add(grant)
-    session.flush()
-    request.grant_id = grant.id
+    # Linked through the relationship, one flush writes the grant and the request's new
+    # status and grant_id in a single UPDATE.
     request.status = Status.ACTIVE
+    request.grant = grant
+    session.flush()
     ledger.record(
         session,
         type=EventType.GRANT_ACTIVATED,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+if TYPE_CHECKING:
+    from accord.grants.models import Grant
 
 from accord.db import Base, UTCDateTime, utcnow
 
@@ -61,6 +64,7 @@ class AccessRequest(Base):
     approvals: Mapped[list[Approval]] = relationship(
         back_populates="request", order_by="Approval.id", lazy="selectin"
     )
+    grant: Mapped[Grant | None] = relationship(foreign_keys=[grant_id])
 
 
 class Approval(Base):

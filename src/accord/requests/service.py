@@ -243,27 +243,34 @@ def create(
                 break
             eligible.append(people)
 
+    # The request is written once with what the policy decided; only activation follows.
+    decided = decision.outcome != "steps"
     req = AccessRequest(
         requester=caller.user,
         resource=resource,
         role=role,
         duration_seconds=int(duration.total_seconds()),
         reason=reason,
-        status=Status.PENDING,
+        status={"deny": Status.DENIED, "approve": Status.APPROVED}.get(
+            decision.outcome, Status.PENDING),
         created_at=now,
         created_via=caller.via,
         workflow=decision.workflow,
         policy_version=policy.version,
         rule=decision.rule,
         plan={"steps": [s.as_dict() for s in decision.steps]},
-        current_step=0 if decision.outcome == "steps" else None,
+        current_step=None if decided else 0,
         extends_grant_id=extends.id if extends else None,
-        pending_until=now + decision.pending_timeout if decision.pending_timeout else None,
+        pending_until=(now + decision.pending_timeout
+                       if decision.pending_timeout and not decided else None),
+        decided_at=now if decided else None,
+        decision_reason=decision.reason if decided else None,
     )
     session.add(req)
     session.flush()
     session.add_all(RequestApprover(request_id=req.id, step=-1, username=u) for u in overseers)
     ref = PolicyRef(decision.workflow or "", policy.version, decision.rule)
+    pending_until = now + decision.pending_timeout if decision.pending_timeout else None
     ledger.record(
         session,
         type=EventType.REQUEST_CREATED,
@@ -279,17 +286,14 @@ def create(
             "extends_grant_id": req.extends_grant_id,
             "routing": {"outcome": decision.outcome, "reason": decision.reason},
             "steps": req.plan["steps"],
-            "pending_until": format_time(req.pending_until) if req.pending_until else None,
+            "pending_until": format_time(pending_until) if pending_until and not decided
+            else None,
             "inputs": decision.inputs,
         },
         policy=ref,
         time=now,
     )
     if decision.outcome == "deny":
-        req.status = Status.DENIED
-        req.decided_at = now
-        req.decision_reason = decision.reason
-        req.pending_until = None
         ledger.record(
             session,
             type=EventType.REQUEST_DENIED,
@@ -301,10 +305,6 @@ def create(
             time=now,
         )
     elif decision.outcome == "approve":
-        req.status = Status.APPROVED
-        req.decided_at = now
-        req.decision_reason = decision.reason
-        req.pending_until = None
         actor = _policy_actor(decision.workflow)
         ledger.record(
             session,
