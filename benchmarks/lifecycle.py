@@ -490,8 +490,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pg-admin-url", default=PG_ADMIN_URL,
                    help=f"where to create the fresh database (default {PG_ADMIN_URL})")
     p.add_argument("--port", type=int, default=0, help="server port (default: a free port)")
-    p.add_argument("--server-workers", type=int, default=1,
-                   help="server processes, if `accord serve` supports --workers (default 1)")
+    p.add_argument("--server-workers", type=int, default=2,
+                   help="server processes (`accord serve --workers`; default 2)")
     p.add_argument("--warmup", type=int, default=100,
                    help="unmeasured auto-approved requests first, then half as many "
                         "lifecycles (default 100)")
