@@ -109,6 +109,43 @@ class AccordRoles(_Strict):
     auditors: list[str] = Field(default_factory=list, description="groups holding Accord auditor")
 
 
+class RolePrivileges(_Strict):
+    """What an Accord role means on a database target: GRANT statements' privilege part."""
+
+    privileges: list[str] = Field(
+        default_factory=list, examples=[["SELECT ON ALL TABLES IN SCHEMA public"]]
+    )
+
+
+class PostgresTarget(_Strict):
+    type: Literal["postgres"]
+    dsn_env: str | None = None  # env var holding the admin DSN (never in this file)
+    dsn_file: str | None = None  # or a file holding it
+    host: str = "127.0.0.1"  # what grantees are told (connection info)
+    port: int = 5432
+    database: str = "postgres"
+    roles: dict[str, RolePrivileges] = Field(default_factory=dict)
+
+
+class MariaDBTarget(_Strict):
+    type: Literal["mariadb", "mysql"]
+    dsn_env: str | None = None
+    dsn_file: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 3306
+    database: str = ""
+    roles: dict[str, RolePrivileges] = Field(default_factory=dict)
+
+
+class WebhookTarget(_Strict):
+    type: Literal["webhook"]
+    url: str
+    secret_env: str  # env var holding the HMAC secret
+    timeout: timedelta = timedelta(seconds=10)
+
+    _d = field_validator("timeout", mode="before")(lambda cls, v: _duration(v))
+
+
 class ResourceSpec(_Strict):
     name: str
     kind: str = "generic"
@@ -116,6 +153,10 @@ class ResourceSpec(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     owners: list[str] = Field(default_factory=list)
     roles: list[str] = Field(min_length=1)
+    # Where access is really granted; without it a grant exists only in Accord.
+    provision: PostgresTarget | MariaDBTarget | WebhookTarget | None = Field(
+        default=None, discriminator="type")
+    reconcile: Literal["off", "report", "enforce"] = "report"
 
     @field_validator("name")
     @classmethod

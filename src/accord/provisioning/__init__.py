@@ -1,0 +1,1 @@
+"""provisioning: connectors that grant and revoke access on real targets."""
