@@ -34,6 +34,7 @@ from accord.ledger.service import INLINE
 from accord.policy import reload as reloader
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
+from accord.provisioning.secrets import SecretBox
 
 PG_ADMIN_URL = os.environ.get(
     "ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -229,7 +230,8 @@ def make_env(sessions: sessionmaker[Session], tmp_path: Path, policy_text: str =
     settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
     settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
     st = AppState(settings=settings, sessions=sessions, policies=store, now=clock,
-                  ledger=ledger_config(settings, store.current))
+                  ledger=ledger_config(settings, store.current),
+                  secrets=SecretBox.load_or_create(settings.secrets_key_file))
     with transaction(sessions) as session:
         result = reloader.reload(session, store=store, actor=Actor.system("cli"))
     reloader.install_after_commit(store, result)

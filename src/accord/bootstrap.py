@@ -15,6 +15,7 @@ from accord.ledger.note import load_or_create_signer
 from accord.policy import reload as reloader
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
+from accord.provisioning.secrets import SecretBox
 
 log = logging.getLogger("accord")
 DEFAULT_ORIGIN = "accord.local/ledger"
@@ -39,7 +40,8 @@ def build_state(
     sessions = make_sessionmaker(engine)
     store = PolicyStore.from_file(config_path or settings.config_path)
     st = AppState(settings=settings, sessions=sessions, policies=store, now=utcnow,
-                  ledger=ledger_config(settings, store.current))
+                  ledger=ledger_config(settings, store.current),
+                  secrets=SecretBox.load_or_create(settings.secrets_key_file))
     if announce_policy:
         announce(st, Actor("system", "accord", announce_via))
     return st

@@ -60,6 +60,7 @@ class Settings:
     url: str
     token: Secret | None
     ledger_key_file: Path
+    secrets_key_file: Path
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -75,6 +76,8 @@ class Settings:
             url=env.get("ACCORD_URL", "http://127.0.0.1:8000").rstrip("/"),
             token=Secret(token) if token else None,
             ledger_key_file=Path(env.get("ACCORD_LEDGER_KEY_FILE", str(data_dir / "ledger.key"))),
+            secrets_key_file=Path(env.get("ACCORD_SECRETS_KEY_FILE",
+                                          str(data_dir / "secrets.key"))),
         )
 
 

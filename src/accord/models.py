@@ -12,6 +12,7 @@ from accord.ledger.models import (
 )
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
+from accord.worker.models import Job
 
 metadata = Base.metadata
 
@@ -20,6 +21,7 @@ __all__ = [
     "ApiToken",
     "Approval",
     "Grant",
+    "Job",
     "LedgerCheckpoint",
     "LedgerEntry",
     "LedgerHead",

@@ -17,6 +17,7 @@ from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
 from accord.policy import views as policy_views
 from accord.requests import views as request_views
+from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
 
@@ -26,11 +27,12 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs: list[Sweeper | LedgerWorker] = []
+        jobs: list[Sweeper | LedgerWorker | JobRunner] = []
         if background:
             sinks = st.policies.current.loaded.spec.ledger.sinks
             jobs = [Sweeper(st.sessions, now=st.now),
-                    LedgerWorker(st.sessions, st.ledger, st.now, sinks)]
+                    LedgerWorker(st.sessions, st.ledger, st.now, sinks),
+                    JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
         for job in jobs:
             job.start()
         try:

@@ -19,6 +19,8 @@ from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Via
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
+from accord.provisioning.registry import Connectors
+from accord.provisioning.secrets import SecretBox
 from accord.requests.service import Caller
 
 CLIENT_VIAS = {"cli": Via.CLI, "web": Via.WEB, "api": Via.API}
@@ -49,7 +51,19 @@ class AppState:
     policies: PolicyStore
     now: Callable[[], datetime]
     ledger: LedgerConfig
+    secrets: SecretBox
     tokens: TokenCache = field(default_factory=TokenCache)
+    _connectors: Connectors | None = None
+
+    def connectors(self) -> Connectors:
+        """Connectors for the current policy (rebuilt when a reload changed the resources)."""
+        resources = self.policies.current.resources
+        if self._connectors is None or self._connectors.resources is not resources:
+            old = self._connectors
+            self._connectors = Connectors(resources)
+            if old is not None:
+                old.close()
+        return self._connectors
 
 
 @dataclass(frozen=True)

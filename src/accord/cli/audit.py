@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -158,8 +159,7 @@ def _source(path: Path | None, url: str | None
     with tempfile.TemporaryDirectory(prefix="accord-verify-") as tmp:
         local = Path(tmp) / "ledger.bundle"
         settings = Settings.from_env()
-        settings = Settings(settings.database_url, settings.config_path, settings.data_dir,
-                            str(url).rstrip("/"), settings.token, settings.ledger_key_file)
+        settings = dataclasses.replace(settings, url=str(url).rstrip("/"))
         try:
             with AccordClient(settings) as client, local.open("wb") as f:
                 client.download("/audit/bundle", f)

@@ -232,6 +232,13 @@ def _grant_fields(g: JSON) -> Table:
             ("ends", _cell(_until(g.get("ends_at"))))]
     if ended:
         rows.append(("ended", _cell(ended)))
+    conn = g.get("connection") or {}
+    if conn:
+        where = f"{conn.get('user', g.get('login'))}@{conn.get('host')}:{conn.get('port')}" \
+                f"/{conn.get('database', '')}"
+        rows.append(("connect", _cell(where)))
+    if g.get("secret_available"):
+        rows.append(("password", _cell(f"run `accord grant reveal {g.get('id')}` (shown once)")))
     return _grid(rows)
 
 
@@ -534,3 +541,23 @@ def list_grants(
         _dump(page)
     else:
         _print_list(page, "grants", _grants_table)
+
+
+@grant_app.command("reveal")
+def reveal(
+    grant_id: Annotated[int, typer.Argument(help="The grant's ID (see `accord grant list`).",
+                                            min=1)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Print your one-time password for a grant's target; it cannot be shown again."""
+    with _api() as client:
+        out = _as_obj(client.post(f"/grants/{grant_id}/reveal"))
+    if as_json:
+        _dump(out)
+        return
+    conn = out.get("connection") or {}
+    print(f"login:    {out.get('login')}")
+    print(f"password: {out.get('password')}")
+    if conn:
+        print(f"connect:  psql 'host={conn.get('host')} port={conn.get('port')} "
+              f"dbname={conn.get('database')} user={conn.get('user')}'")

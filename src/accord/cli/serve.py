@@ -20,6 +20,7 @@ from accord.bootstrap import announce, build_state
 from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
+from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
 from accord.worker.sweeper import Sweeper, sweep_once
 
@@ -90,8 +91,9 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     jobs: list[Any] = []
     if background:
         sinks = st.policies.current.loaded.spec.ledger.sinks
-        jobs = [Sweeper(st.sessions, now=st.now), LedgerWorker(st.sessions, st.ledger, st.now,
-                                                              sinks)]
+        jobs = [Sweeper(st.sessions, now=st.now),
+                LedgerWorker(st.sessions, st.ledger, st.now, sinks),
+                JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
     for job in jobs:
         job.start()
     try:
@@ -162,7 +164,9 @@ def worker(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     ledger = LedgerWorker(st.sessions, st.ledger, st.now,
                           st.policies.current.loaded.spec.ledger.sinks)
+    runner = JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)
     ledger.start()
+    runner.start()
     try:
         while not stop.is_set():
             n = sweep_once(st.sessions, st.now())
@@ -170,6 +174,7 @@ def worker(
                 log.info("recorded %d expiries", n)
             stop.wait(interval)
     finally:
+        runner.stop()
         ledger.stop()
 
 

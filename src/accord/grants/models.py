@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Index, Integer, String
+from sqlalchemy import JSON, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db import Base, UTCDateTime
 
 
 class GrantStatus(enum.StrEnum):
+    PROVISIONING = "provisioning"  # approved; waiting for the target to confirm
+    PROVISION_FAILED = "provision_failed"
     ACTIVE = "active"
     EXPIRED = "expired"
     REVOKED = "revoked"
@@ -33,3 +36,10 @@ class Grant(Base):
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set by provisioning: how to connect (never a secret), and the one-time secret,
+    # encrypted, until the grantee reveals it.
+    login: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    connection: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    secret_box: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deprovisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

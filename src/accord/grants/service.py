@@ -12,6 +12,7 @@ from accord.grants.models import Grant, GrantStatus
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, format_time
 from accord.requests.models import AccessRequest, Status
+from accord.worker import jobs
 
 _END_EVENT = {
     GrantStatus.EXPIRED: EventType.GRANT_EXPIRED,
@@ -31,8 +32,13 @@ def effective_status(grant: Grant, now: datetime) -> str:
     return grant.status
 
 
-def activate(session: Session, *, request: AccessRequest, actor: Actor, now: datetime) -> Grant:
-    """Turn an approved request into access: a new grant, or more time on the one it extends."""
+def activate(session: Session, *, request: AccessRequest, actor: Actor, now: datetime,
+             provisioned: bool = False) -> Grant:
+    """Turn an approved request into access: a new grant, or more time on the one it extends.
+
+    With a provisioning target the grant waits in `provisioning` until the target
+    confirms (a job does that); without one it is active at once.
+    """
     duration = timedelta(seconds=request.duration_seconds)
     base = session.get(Grant, request.extends_grant_id) if request.extends_grant_id else None
     if base is not None and effective_status(base, now) == GrantStatus.ACTIVE:
@@ -40,6 +46,8 @@ def activate(session: Session, *, request: AccessRequest, actor: Actor, now: dat
         base.ends_at = previous_end + duration
         request.grant_id = base.id
         request.status = Status.ACTIVE
+        if provisioned:
+            _schedule(session, base, now)
         ledger.record(
             session,
             type=EventType.GRANT_EXTENDED,
@@ -62,15 +70,29 @@ def activate(session: Session, *, request: AccessRequest, actor: Actor, now: dat
         user=request.requester,
         resource=request.resource,
         role=request.role,
-        status=GrantStatus.ACTIVE,
+        status=GrantStatus.PROVISIONING if provisioned else GrantStatus.ACTIVE,
         starts_at=now,
         ends_at=now + duration,
     )
     # Linked through the relationship, one flush writes the grant and the request's new
     # status and grant_id in a single UPDATE.
-    request.status = Status.ACTIVE
+    request.status = Status.APPROVED if provisioned else Status.ACTIVE
     request.grant = grant
     session.flush()
+    if provisioned:
+        jobs.enqueue(session, kind=PROVISION, key=f"grant:{grant.id}:provision", run_at=now,
+                     now=now, payload={"grant_id": grant.id})
+        ledger.record(
+            session,
+            type=EventType.GRANT_PROVISIONING,
+            actor=actor,
+            subject=f"grant:{grant.id}",
+            resource=resource_ref(grant),
+            data={"grant_id": grant.id, "request_id": request.id, "user": grant.user,
+                  "duration_seconds": request.duration_seconds},
+            time=now,
+        )
+        return grant
     ledger.record(
         session,
         type=EventType.GRANT_ACTIVATED,
@@ -90,6 +112,74 @@ def activate(session: Session, *, request: AccessRequest, actor: Actor, now: dat
     return grant
 
 
+PROVISION = "grant.provision"
+EXPIRE = "grant.expire"
+DEPROVISION = "grant.deprovision"
+
+
+def _schedule(session: Session, grant: Grant, now: datetime) -> None:
+    """Expire exactly at the end: a job due then (a new one each time the end moves)."""
+    key = f"grant:{grant.id}:expire:{format_time(grant.ends_at)}"
+    jobs.enqueue(session, kind=EXPIRE, key=key, run_at=grant.ends_at, now=now,
+                 payload={"grant_id": grant.id})
+
+
+def confirm(session: Session, *, grant: Grant, now: datetime, login: str,
+            connection: dict[str, Any], secret_box: bytes | None) -> None:
+    """The target granted access: the grant and its requests become active from now."""
+    duration = grant.ends_at - grant.starts_at
+    grant.status = GrantStatus.ACTIVE
+    grant.starts_at = now
+    grant.ends_at = now + duration
+    grant.login = login
+    grant.connection = connection
+    grant.secret_box = secret_box
+    grant.provisioned_at = now
+    session.execute(
+        update(AccessRequest)
+        .where(AccessRequest.grant_id == grant.id, AccessRequest.status == Status.APPROVED)
+        .values(status=str(Status.ACTIVE))
+    )
+    _schedule(session, grant, now)
+    ledger.record(
+        session,
+        type=EventType.GRANT_ACTIVATED,
+        actor=Actor.system(),
+        subject=f"grant:{grant.id}",
+        resource=resource_ref(grant),
+        data={
+            "grant_id": grant.id,
+            "request_id": grant.request_id,
+            "user": grant.user,
+            "starts_at": format_time(grant.starts_at),
+            "ends_at": format_time(grant.ends_at),
+            "login": login,
+            "connection": connection,
+        },
+        time=now,
+    )
+
+
+def fail_provisioning(session: Session, *, grant: Grant, now: datetime, error: str) -> None:
+    grant.status = GrantStatus.PROVISION_FAILED
+    grant.ended_at = now
+    grant.ended_by = "accord"
+    session.execute(
+        update(AccessRequest)
+        .where(AccessRequest.grant_id == grant.id, AccessRequest.status == Status.APPROVED)
+        .values(status=str(Status.PROVISION_FAILED))
+    )
+    ledger.record(
+        session,
+        type=EventType.GRANT_PROVISION_FAILED,
+        actor=Actor.system(),
+        subject=f"grant:{grant.id}",
+        resource=resource_ref(grant),
+        data={"grant_id": grant.id, "user": grant.user, "error": error[:1000]},
+        time=now,
+    )
+
+
 def end(
     session: Session,
     *,
@@ -99,13 +189,21 @@ def end(
     now: datetime,
     comment: str = "",
 ) -> None:
-    """End a grant and every request riding on it, with one event."""
+    """End a grant and every request riding on it, with one event.
+
+    Access on a target is taken away by a job, which keeps trying until the target
+    confirms; it is enqueued in this same transaction, so it cannot be lost.
+    """
+    if grant.provisioned_at is not None or grant.status == GrantStatus.PROVISIONING:
+        jobs.enqueue(session, kind=DEPROVISION, key=f"grant:{grant.id}:deprovision",
+                     run_at=now, now=now, payload={"grant_id": grant.id})
     grant.status = status
     grant.ended_at = min(now, grant.ends_at) if status == GrantStatus.EXPIRED else now
     grant.ended_by = actor.id
     riding = session.execute(
         update(AccessRequest)
-        .where(AccessRequest.grant_id == grant.id, AccessRequest.status == Status.ACTIVE)
+        .where(AccessRequest.grant_id == grant.id,
+               AccessRequest.status.in_([Status.ACTIVE, Status.APPROVED]))
         .values(status=str(status))
         .returning(AccessRequest.id)
     ).scalars().all()

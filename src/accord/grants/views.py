@@ -10,8 +10,11 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
-from accord.errors import NotFound
+from accord.errors import Conflict, NotFound
 from accord.grants.models import Grant, GrantStatus
+from accord.grants.service import effective_status
+from accord.ledger import service as ledger
+from accord.ledger.events import EventType
 from accord.requests.models import AccessRequest, RequestApprover
 from accord.requests.schemas import GrantOut
 
@@ -74,6 +77,40 @@ def list_grants(
     rows = rows[:limit]
     return GrantPage(items=[GrantOut.of(g, now) for g in rows],
                      next_cursor=str(rows[-1].id) if more and rows else None)
+
+
+class RevealOut(BaseModel):
+    grant_id: int
+    login: str | None
+    password: str
+    connection: dict[str, Any] | None
+
+
+@router.post("/{grant_id}/reveal", response_model=RevealOut)
+def reveal(
+    grant_id: int,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> RevealOut:
+    """The grantee's one-time password for the target. It is shown once, then erased."""
+    g = session.execute(
+        select(Grant).where(Grant.id == known_id(grant_id, "grant")).with_for_update()
+    ).scalar_one_or_none()
+    if g is None or g.user != who.user:
+        raise NotFound(f"grant {grant_id} does not exist or is not yours")
+    if effective_status(g, st.now()) != GrantStatus.ACTIVE:
+        raise Conflict(f"grant {grant_id} is {effective_status(g, st.now())}")
+    if g.secret_box is None:
+        raise Conflict("the password of this grant was already revealed, or it has none")
+    password = st.secrets.open(g.secret_box)
+    g.secret_box = None
+    ledger.record(session, type=EventType.GRANT_SECRET_REVEALED, actor=who.caller.actor,
+                  subject=f"grant:{g.id}", resource={"name": g.resource, "role": g.role},
+                  data={"grant_id": g.id, "user": g.user, "login": g.login}, time=st.now())
+    out = RevealOut(grant_id=g.id, login=g.login, password=password, connection=g.connection)
+    session.commit()
+    return out
 
 
 @router.get("/{grant_id}", response_model=GrantOut)

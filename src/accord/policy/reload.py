@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.config import PolicyError
+from accord.db import utcnow
 from accord.errors import Invalid
+from accord.grants import service as grants
+from accord.grants.models import Grant, GrantStatus
 from accord.ledger.events import Actor
 from accord.policy import service
 from accord.policy.engine import Policy
@@ -15,7 +20,8 @@ from accord.policy.store import PolicyStore
 from accord.requests import service as requests
 
 
-def reload(session: Session, *, store: PolicyStore, actor: Actor) -> dict[str, Any]:
+def reload(session: Session, *, store: PolicyStore, actor: Actor,
+           now: datetime | None = None) -> dict[str, Any]:
     """Validate and record the file's policy; the caller commits, then installs it."""
     try:
         loaded = store.read()
@@ -28,8 +34,26 @@ def reload(session: Session, *, store: PolicyStore, actor: Actor) -> dict[str, A
     result = service.announce(session, policy=policy, actor=actor)
     if result["changed"]:
         requests.refresh_approvers(session, policy=policy)
+        result["revoked_grants"] = revoke_removed_users(session, policy=policy, actor=actor,
+                                                        now=now or utcnow())
     result["policy"] = policy
     return result
+
+
+def revoke_removed_users(session: Session, *, policy: Policy, actor: Actor,
+                         now: datetime) -> list[int]:
+    """End the live grants of users who are no longer in accord.yaml."""
+    live = session.execute(
+        select(Grant).where(Grant.status.in_([GrantStatus.ACTIVE, GrantStatus.PROVISIONING]))
+        .with_for_update()
+    ).scalars().all()
+    ended = []
+    for grant in live:
+        if not policy.is_user(grant.user):
+            grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=actor,
+                       now=now, comment=f'user "{grant.user}" was removed from accord.yaml')
+            ended.append(grant.id)
+    return ended
 
 
 def install_after_commit(store: PolicyStore, result: dict[str, Any]) -> None:

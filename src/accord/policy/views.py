@@ -20,7 +20,7 @@ def reload(
     st: AppState = Depends(state),
 ) -> dict[str, Any]:
     """Re-read accord.yaml. A broken file is refused with every error; the running policy stays."""
-    result = reloader.reload(session, store=st.policies, actor=who.caller.actor)
+    result = reloader.reload(session, store=st.policies, actor=who.caller.actor, now=st.now())
     session.commit()
     reloader.install_after_commit(st.policies, result)
     return {k: v for k, v in result.items() if k != "policy"}

@@ -24,10 +24,12 @@ class Status(enum.StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     RELINQUISHED = "relinquished"
+    PROVISION_FAILED = "provision_failed"
 
 
 TERMINAL = frozenset(
-    {Status.DENIED, Status.CANCELLED, Status.EXPIRED, Status.REVOKED, Status.RELINQUISHED}
+    {Status.DENIED, Status.CANCELLED, Status.EXPIRED, Status.REVOKED, Status.RELINQUISHED,
+     Status.PROVISION_FAILED}
 )
 
 

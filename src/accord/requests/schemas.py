@@ -95,6 +95,11 @@ class GrantOut(BaseModel):
     ends_at: datetime
     ended_at: datetime | None
     ended_by: str | None
+    login: str | None = None
+    connection: dict[str, Any] | None = Field(
+        default=None, description="how to connect (host, port, database, user); never a secret")
+    secret_available: bool = Field(
+        default=False, description="a one-time password waits for POST /grants/{id}/reveal")
 
     @classmethod
     def of(cls, g: Grant, now: datetime) -> GrantOut:
@@ -102,7 +107,8 @@ class GrantOut(BaseModel):
             id=g.id, request_id=g.request_id, user=g.user, resource=g.resource, role=g.role,
             status=grant_status(g, now), starts_at=g.starts_at, ends_at=g.ends_at,
             ended_at=g.ended_at if g.ended_at else (g.ends_at if g.ends_at <= now else None),
-            ended_by=g.ended_by,
+            ended_by=g.ended_by, login=g.login, connection=g.connection,
+            secret_available=g.secret_box is not None,
         )
 
 

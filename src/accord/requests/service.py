@@ -44,6 +44,11 @@ def _resource(req: AccessRequest) -> dict[str, Any]:
     return {"name": req.resource, "role": req.role}
 
 
+def _provisioned(policy: Policy, req: AccessRequest) -> bool:
+    spec = policy.resources.get(req.resource)
+    return spec is not None and spec.provision is not None
+
+
 def _policy_actor(decision_workflow: str | None) -> Actor:
     return Actor("policy", decision_workflow or "default-deny", "policy")
 
@@ -316,7 +321,8 @@ def create(
             policy=ref,
             time=now,
         )
-        grants.activate(session, request=req, actor=actor, now=now)
+        grants.activate(session, request=req, actor=actor, now=now,
+                        provisioned=_provisioned(policy, req))
     else:
         session.add_all(
             RequestApprover(request_id=req.id, step=i, username=u)
@@ -447,7 +453,8 @@ def approve(
             },
             time=now,
         )
-        grants.activate(session, request=req, actor=caller.actor, now=now)
+        grants.activate(session, request=req, actor=caller.actor, now=now,
+                        provisioned=_provisioned(policy, req))
     session.flush()
     return req
 
@@ -458,6 +465,14 @@ def deny(
 ) -> AccessRequest:
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
+    if status in (Status.APPROVED, Status.ACTIVE) and caller.user in policy.admins:
+        # An admin denying what was already approved takes the access away again.
+        grant = _active_grant(session, req, now, "denied")
+        why = "denied after approval by an admin" + (f": {comment}" if comment else "")
+        grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=caller.actor,
+                   now=now, comment=why)
+        session.refresh(req)
+        return req
     step = _check_decider(session, req, caller, status, "denied")
     _add_approval(session, req, caller, step, "deny", comment, now)
     ledger.record(
@@ -518,12 +533,15 @@ def _grant(session: Session, req: AccessRequest) -> Grant | None:
     return session.get(Grant, req.grant_id) if req.grant_id else None
 
 
-def _active_grant(session: Session, req: AccessRequest, now: datetime, verb: str) -> Grant:
+def _active_grant(session: Session, req: AccessRequest, now: datetime, verb: str,
+                  *, provisioning_too: bool = True) -> Grant:
+    """The live grant of a request: active, or (for ending it) still being provisioned."""
     grant = session.execute(
         select(Grant).where(Grant.id == req.grant_id).with_for_update()
     ).scalar_one_or_none() if req.grant_id else None
     status = effective_status(req, grant, now)
-    if grant is None or status != Status.ACTIVE:
+    live = {Status.ACTIVE, Status.APPROVED} if provisioning_too else {Status.ACTIVE}
+    if grant is None or status not in live:
         raise Conflict(f"request {req.id} is {status}; only active access can be {verb}")
     return grant
 
@@ -570,7 +588,7 @@ def extend(
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     if caller.user != req.requester:
         raise Forbidden("only the grantee can ask to extend their access")
-    grant = _active_grant(session, req, now, "extended")
+    grant = _active_grant(session, req, now, "extended", provisioning_too=False)
     return create(
         session, policy=policy, caller=caller, resource=grant.resource, role=grant.role,
         duration=duration, reason=reason, now=now, extends=grant,

@@ -114,6 +114,10 @@ def next_due(session: Session) -> datetime | None:
 Handler = Callable[[Session, Claimed, datetime], None]
 
 
+class RetryLater(Exception):
+    """Raised by a handler to try again later while keeping what it recorded this time."""
+
+
 def run_due(sessions: sessionmaker[Session], handlers: dict[str, Handler], *, worker: str,
             now: Callable[[], datetime]) -> int:
     """Claim and run due jobs once. Returns how many completed."""
@@ -124,7 +128,11 @@ def run_due(sessions: sessionmaker[Session], handlers: dict[str, Handler], *, wo
             if handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
             with transaction(sessions) as session:
-                handler(session, job, now())
+                try:
+                    handler(session, job, now())
+                except RetryLater as exc:
+                    retry(session, job_id=job.id, worker=worker, now=now(), error=str(exc))
+                    continue
                 if complete(session, job_id=job.id, worker=worker, now=now()):
                     done += 1
         except Exception as exc:  # the job says what went wrong and runs again later

@@ -1,0 +1,38 @@
+"""The one-time secrets of grants, encrypted at rest until the grantee reveals them once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+class SecretBox:
+    """Fernet (AES-128-CBC + HMAC-SHA256) with a key kept in the data directory (mode 0600)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SecretBox:
+        if path.exists():
+            return cls(path.read_bytes().strip())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+        return cls(key)
+
+    def seal(self, secret: str) -> bytes:
+        return self._fernet.encrypt(secret.encode())
+
+    def open(self, box: bytes) -> str:
+        try:
+            return self._fernet.decrypt(box).decode()
+        except InvalidToken:
+            raise ValueError("the stored secret cannot be decrypted with this key") from None
+
+    def __repr__(self) -> str:
+        return "SecretBox(<key hidden>)"

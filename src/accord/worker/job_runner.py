@@ -1,0 +1,84 @@
+"""Runs durable jobs (provisioning, expiry at the exact end, deprovisioning) and reconciliation.
+
+Sleeps until the next job is due, never longer than `POLL` (jobs other processes add
+are seen within that), so a grant ends on time rather than on a coarse sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from accord.db import transaction
+from accord.policy.store import PolicyStore
+from accord.provisioning import service as provisioning
+from accord.provisioning.registry import Connectors
+from accord.provisioning.secrets import SecretBox
+from accord.worker import jobs
+
+log = logging.getLogger("accord.worker")
+POLL = 0.5
+RECONCILE_EVERY = 60.0
+
+
+class JobRunner:
+    def __init__(self, sessions: sessionmaker[Session], policies: PolicyStore,
+                 connectors: Callable[[], Connectors], box: SecretBox,
+                 now: Callable[[], datetime], reconcile_every: float = RECONCILE_EVERY) -> None:
+        self.sessions = sessions
+        self.policies = policies
+        self.connectors = connectors
+        self.box = box
+        self.now = now
+        self.reconcile_every = reconcile_every
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="accord-jobs", daemon=True)
+        self._next_reconcile = time.monotonic() + 5.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def run_once(self) -> int:
+        handlers = provisioning.handlers(self.connectors(), self.box)
+        return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
+
+    def reconcile_all(self) -> None:
+        connectors = self.connectors()
+        for name, spec in self.policies.current.resources.items():
+            if spec.provision is None or spec.reconcile == "off":
+                continue
+            try:
+                with transaction(self.sessions) as session:
+                    provisioning.reconcile(session, connectors=connectors, resource=name,
+                                           now=self.now(), enforce=spec.reconcile == "enforce")
+            except Exception:  # a target that is down is retried next round
+                log.exception("reconciling %s failed", name)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_once()
+                if time.monotonic() >= self._next_reconcile:
+                    self._next_reconcile = time.monotonic() + self.reconcile_every
+                    self.reconcile_all()
+                if ran:
+                    continue
+                with self.sessions() as session:
+                    due = jobs.next_due(session)
+                wait = POLL if due is None else (due - self.now()).total_seconds()
+                self._stop.wait(min(POLL, max(0.0, wait)))
+            except Exception:  # keep the worker alive; the failed job says why
+                log.exception("job pass failed")
+                self._stop.wait(POLL)
