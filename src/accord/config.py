@@ -243,8 +243,15 @@ class LedgerSpec(_Strict):
     _d = field_validator("checkpoint_interval", mode="before")(lambda cls, v: _duration(v))
 
 
+class WorkerSpec(_Strict):
+    reconcile_every: timedelta = timedelta(minutes=1)  # compare targets with grants this often
+
+    _d = field_validator("reconcile_every", mode="before")(lambda cls, v: _duration(v))
+
+
 class PolicyFile(_Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)

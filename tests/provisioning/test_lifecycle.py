@@ -142,11 +142,19 @@ def test_expiry_runs_at_the_end_and_takes_access_away(
         req = _ask(env, target, duration="10m")
         runner.run_once()
         gid = env.get("alice", f"/api/v1/requests/{req['id']}").json()["grant"]["id"]
+        secret = env.post("alice", f"/api/v1/grants/{gid}/reveal").json()
+        conn = _connect(target, secret["login"], secret["password"])
         env.clock.advance(minutes=9, seconds=59)
         assert runner.run_once() == 0  # not yet
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (1,)
         env.clock.advance(seconds=1)
         assert runner.run_once() == 1  # the expiry job, due exactly now
         assert runner.run_once() == 1  # the deprovision job it queued
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")  # the open session was ended with the grant
+        conn.close()
+        with pytest.raises(psycopg.OperationalError):
+            _connect(target, secret["login"], secret["password"])
         types = [e["type"] for e in env.events(subject=f"grant:{gid}")]
         assert types[-2:] == ["grant.expired", "grant.deprovisioned"]
         assert target["resource"] and (target["resource"], "read") not in {

@@ -25,19 +25,17 @@ from accord.worker import jobs
 
 log = logging.getLogger("accord.worker")
 POLL = 0.5
-RECONCILE_EVERY = 60.0
 
 
 class JobRunner:
     def __init__(self, sessions: sessionmaker[Session], policies: PolicyStore,
                  connectors: Callable[[], Connectors], box: SecretBox,
-                 now: Callable[[], datetime], reconcile_every: float = RECONCILE_EVERY) -> None:
+                 now: Callable[[], datetime]) -> None:
         self.sessions = sessions
         self.policies = policies
         self.connectors = connectors
         self.box = box
         self.now = now
-        self.reconcile_every = reconcile_every
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-jobs", daemon=True)
@@ -71,7 +69,8 @@ class JobRunner:
             try:
                 ran = self.run_once()
                 if time.monotonic() >= self._next_reconcile:
-                    self._next_reconcile = time.monotonic() + self.reconcile_every
+                    every = self.policies.current.loaded.spec.worker.reconcile_every
+                    self._next_reconcile = time.monotonic() + every.total_seconds()
                     self.reconcile_all()
                 if ran:
                     continue
