@@ -102,6 +102,8 @@ def reconcile(session: Session, *, connectors: Connectors, resource: str, now: d
     drift = []
     for user, role in sorted(actual - live):
         found = {"user": user, "role": role, "resource": resource, "enforced": enforce}
+        log.warning("DRIFT on %s: %s holds %s without a live grant%s", resource, user, role,
+                    " (revoking)" if enforce else "")
         ledger.record(session, type=EventType.DRIFT_DETECTED, actor=Actor.system(),
                       subject=f"resource:{resource}", resource={"name": resource, "role": role},
                       data=found, time=now)
