@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy import text
 
 from accord import __version__
@@ -52,6 +52,11 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.add_middleware(problems.BodyLimit)
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views):
         app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        # Until the web dashboard exists, the interactive API docs are the front door.
+        return RedirectResponse("/docs")
 
     @app.get("/healthz", tags=["ops"], include_in_schema=False)
     def healthz() -> dict[str, str]:
