@@ -69,3 +69,14 @@ def test_missing_token_is_explained() -> None:
                            env={"ACCORD_URL": "http://127.0.0.1:9", "ACCORD_TOKEN": ""})
     assert result.exit_code == 1
     assert "ACCORD_TOKEN" in result.stderr
+
+
+def test_metrics_and_root(live: LiveServer) -> None:
+    import httpx
+
+    live.env.ask("alice")
+    body = httpx.get(live.url + "/metrics", timeout=5).text
+    assert "accord_requests_pending 1" in body
+    assert "accord_ledger_size" in body
+    r = httpx.get(live.url + "/", timeout=5)
+    assert r.status_code == 307 and r.headers["location"] == "/docs"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from accord import __version__
 from accord.api import problems
@@ -20,6 +24,31 @@ from accord.requests import views as request_views
 from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
+
+log = logging.getLogger("accord.api")
+
+
+def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | float]]:
+    from accord.grants.models import Grant, GrantStatus
+    from accord.ledger.service import pending_count, tree_size
+    from accord.requests.models import AccessRequest, Status
+    from accord.worker.models import Job
+
+    def count(q: Any) -> int:
+        return int(session.execute(q).scalar_one())
+
+    due = count(select(func.count()).select_from(Job)
+                .where(Job.done_at.is_(None), Job.run_at <= now))
+    return {
+        "accord_ledger_size": ("entries integrated into the audit ledger", tree_size(session)),
+        "accord_ledger_pending": ("events waiting for integration", pending_count(session)),
+        "accord_requests_pending": ("requests waiting for a decision", count(
+            select(func.count()).select_from(AccessRequest)
+            .where(AccessRequest.status == Status.PENDING))),
+        "accord_grants_active": ("active grants", count(
+            select(func.count()).select_from(Grant).where(Grant.status == GrantStatus.ACTIVE))),
+        "accord_jobs_due": ("jobs due and not yet done (provisioning, expiry, revocation)", due),
+    }
 
 
 def create_app(st: AppState, *, background: bool = False) -> FastAPI:
@@ -73,10 +102,17 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     def metrics() -> PlainTextResponse:
+        """Prometheus text format, computed at scrape time from the database."""
         policy = st.policies.current.version[:12]
-        return PlainTextResponse(
-            f'accord_info{{version="{__version__}",policy="{policy}"}} 1\n',
-            media_type="text/plain; version=0.0.4",
-        )
+        lines = [f'accord_info{{version="{__version__}",policy="{policy}"}} 1']
+        try:
+            with st.sessions() as s:
+                gauges = gauge_values(s, st.now())
+        except Exception:  # a scrape must not fail because the database is down
+            log.exception("metrics: database unavailable")
+            gauges = {}
+        for name, (help_text, value) in gauges.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app
