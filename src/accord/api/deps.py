@@ -28,13 +28,17 @@ MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; anything larger names nothin
 _CURSOR = re.compile(r"[0-9]{1,18}")
 
 
-def parse_cursor(value: str | None) -> int | None:
-    """A cursor this API handed out (a non-negative integer), or Invalid."""
+def parse_cursor(value: str | None, *, largest: int = MAX_ID) -> int | None:
+    """A cursor this API handed out (a non-negative integer), or Invalid.
+
+    Clamped to `largest`: a larger cursor means "past everything", and must not overflow
+    a 32-bit id column on PostgreSQL.
+    """
     if value is None or value == "":
         return None
     if not _CURSOR.fullmatch(value):
         raise Invalid("not a cursor returned by this API", field="cursor")
-    return int(value)
+    return min(int(value), largest)
 
 
 def known_id(value: int, what: str) -> int:

@@ -74,7 +74,7 @@ def events(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> EventPage:
     """Integrated events in ledger order, each with its index and exact leaf bytes (base64)."""
-    start = parse_cursor(cursor)
+    start = parse_cursor(cursor, largest=2**62)
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise Invalid("needs a timezone, e.g. 2026-01-01T00:00:00Z", field=name)

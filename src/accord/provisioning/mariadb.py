@@ -90,8 +90,15 @@ def _fit(name: str, limit: int, *key: str) -> str:
 
 
 def login_for(user: str) -> str:
-    """The MariaDB login of an Accord user (at most 32 characters, [A-Za-z0-9_])."""
-    return _fit(USER_PREFIX + _UNSAFE.sub("_", user), MAX_LOGIN, user)
+    """The MariaDB login of an Accord user (at most 32 characters, [A-Za-z0-9_]).
+
+    Injective: when sanitizing changed the name ('.' or '-' became '_'), a hash of the
+    exact user name is appended, so `a.b`, `a-b` and `a_b` never share an account.
+    """
+    safe = _UNSAFE.sub("_", user)
+    if safe != user:
+        return (USER_PREFIX + safe)[: MAX_LOGIN - 9] + "_" + _digest(user)
+    return _fit(USER_PREFIX + safe, MAX_LOGIN, user)
 
 
 def personal_role(user: str) -> str:

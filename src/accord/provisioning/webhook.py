@@ -32,6 +32,7 @@ import httpx
 from accord.config import ResourceSpec, WebhookTarget
 from accord.provisioning.base import ConnectorError, GrantResult, GrantSpec, Health
 
+CONNECTION_FIELDS = frozenset({"host", "port", "database", "user", "url"})
 log = logging.getLogger("accord.provisioning.webhook")
 
 SIGNATURE_HEADER = "X-Accord-Signature"
@@ -99,8 +100,11 @@ class WebhookConnector:
         payload = _json(response)
         found = payload.get("connection") if isinstance(payload, dict) else None
         if isinstance(found, dict):
+            # Only fields that say where to connect: whatever else a target returns may be
+            # a secret, and connection info goes into the ledger and to approvers.
             connection = {str(k): v for k, v in found.items()
-                          if isinstance(v, str | int) and not isinstance(v, bool)}
+                          if k in CONNECTION_FIELDS
+                          and isinstance(v, str | int) and not isinstance(v, bool)}
         log.info("webhook %s: granted %s to %s (grant %d)", self._name, spec.role, spec.user,
                  spec.grant_id)
         return GrantResult(login=spec.user, connection=connection, secret=None)
