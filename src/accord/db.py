@@ -92,11 +92,24 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers that only stream (exports) opt out: they must never hold the write lock.
+        readonly = conn.get_execution_options().get(READONLY)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+READONLY = "accord_readonly"
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def readonly_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for long reads: on SQLite a deferred BEGIN, so writers are never blocked."""
+    bind = sessions.kw.get("bind")
+    if isinstance(bind, Engine):
+        return sessionmaker(bind.execution_options(**{READONLY: True}), expire_on_commit=False)
+    return sessions
 
 
 @contextmanager

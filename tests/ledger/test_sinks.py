@@ -176,3 +176,34 @@ def test_a_refusing_target_keeps_its_cursor(env: Env, tmp_path: Path) -> None:
     assert state.failures == 1 and state.retry_at > 0
     ok = SinkState(JsonlSink("down", tmp_path / "x.jsonl", 1 << 20, 2), batch=100)
     assert pump(env.st.sessions, ok) == _size(env)  # same cursor name: starts from 0
+
+
+def test_an_abandoned_bundle_download_lets_go_of_the_database(tmp_path: Path) -> None:
+    """A client that stops reading must not leave the export holding SQLite's write lock."""
+    import threading as th
+
+    from accord.bootstrap import build_state
+    from accord.config import Settings
+    from accord.ledger import views
+
+    config = tmp_path / "accord.yaml"
+    from tests.conftest import POLICY
+
+    config.write_text(POLICY, encoding="utf-8")
+    env = {"ACCORD_DATA_DIR": str(tmp_path), "ACCORD_DATABASE_URL":
+           f"sqlite:///{tmp_path / 'a.db'}"}
+    st = build_state(Settings.from_env(env), config_path=config, upgrade="always")
+    with transaction(st.sessions) as session:
+        for i in range(20_000):
+            record(session, type=EventType.POLICY_LOADED, actor=Actor.system(),
+                   subject=f"bulk:{i}", data={"i": i, "pad": "x" * 300})
+    stream = views._stream(st)
+    next(stream)  # the client reads one chunk ...
+    stream.close()  # ... and goes away
+    with transaction(st.sessions) as session:  # a writer gets the lock at once
+        record(session, type=EventType.POLICY_LOADED, actor=Actor.system(), subject="after")
+    exporters = [t for t in th.enumerate() if t.name == "accord-bundle"]
+    for t in exporters:
+        t.join(timeout=10)
+        assert not t.is_alive()
+    st.sessions.kw["bind"].dispose()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
-from tests.conftest import POLICY, Env
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.conftest import POLICY, Env, make_env
 
 RELOAD = "/api/v1/admin/reload"
 
@@ -204,3 +207,21 @@ def test_a_reload_does_not_reroute_decided_requests(env: Env) -> None:
     assert after["status"] == "denied"
     assert after["workflow"]["version"] == sha(POLICY)
     assert inbox(env, "dave") == set()
+
+
+def test_a_reload_in_one_process_reaches_the_others(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # Two server processes on one database (as with `serve --workers 2` or replicas).
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = make_env(sessions, tmp_path / "a")
+    second = make_env(sessions, tmp_path / "b")
+    with first.client, second.client:
+        assert first.post("frank", "/api/v1/admin/reload").status_code == 200
+        second.write_policy(POLICY.replace("admins: [carol, frank]", "admins: [carol]"))
+        assert second.post("carol", "/api/v1/admin/reload").status_code == 200
+        first.st.policies._checked = 0.0  # as if a second had passed
+        r = first.post("frank", "/api/v1/admin/reload")
+        assert r.status_code == 403, r.text
+        assert first.st.policies.current.version == second.st.policies.current.version

@@ -795,3 +795,38 @@ def test_a_step_that_cannot_reach_its_quorum_is_denied_up_front(
         assert req["workflow"]["rule"] == "no_approvers"
         assert "needs 2 approval(s)" in req["decision_reason"]
         assert _types(env, f"request:{req['id']}") == ["request.created", "request.denied"]
+
+
+def test_ending_a_grant_cancels_its_pending_extensions(env: Env) -> None:
+    req = env.ask("alice")
+    _approve_prod(env, req["id"])
+    r = env.post("alice", f"/api/v1/requests/{req['id']}/extend",
+                 json={"duration": "1h", "reason": "INC-1 still digging"})
+    assert r.status_code == 201, r.text
+    ext = r.json()
+    assert env.act("frank", req["id"], "revoke").status_code == 200
+    assert _get(env, "alice", ext["id"])["status"] == "cancelled"
+    # and nothing can approve it into a fresh grant any more
+    assert env.act("bob", ext["id"], "approve").status_code == 409
+    assert _types(env, f"request:{ext['id']}")[-1] == "request.cancelled"
+
+
+def test_requests_of_a_user_removed_from_the_policy_are_cancelled(env: Env) -> None:
+    req = env.ask("gina", role="read")
+    env.write_policy(POLICY.replace("users: [alice, bob, carol, dave, erin, frank, gina]",
+                                    "users: [alice, bob, carol, dave, erin, frank]")
+                     .replace("engineers: [alice, erin, gina]", "engineers: [alice, erin]")
+                     .replace("leads: [bob, gina]", "leads: [bob]"))
+    assert env.post("carol", "/api/v1/admin/reload").status_code == 200
+    assert _get(env, "carol", req["id"])["status"] == "cancelled"
+    assert env.act("bob", req["id"], "approve").status_code == 409
+
+
+def test_revoke_rights_follow_the_current_policy(env: Env) -> None:
+    req = env.ask("alice")
+    _approve_prod(env, req["id"])  # gina was an eligible lead of step 1
+    env.write_policy(POLICY.replace("leads: [bob, gina]", "leads: [bob]"))
+    assert env.post("carol", "/api/v1/admin/reload").status_code == 200
+    r = env.act("gina", req["id"], "revoke")
+    assert r.status_code == 403, r.text
+    assert env.act("bob", req["id"], "revoke").status_code == 200

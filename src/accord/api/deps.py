@@ -112,6 +112,12 @@ async def db(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
+def _follow_policy(session: Session, st: AppState) -> None:
+    st.policies.follow(session)
+    if session.get_bind().dialect.name == "sqlite":
+        session.commit()  # do not keep SQLite's write lock for a read
+
+
 def _check_token(session: Session, st: AppState, token: str) -> tuple[int, str]:
     row = identity.authenticate(session, policy=st.policies.current, token=token, now=st.now())
     # End the read transaction on SQLite: it holds the write lock (BEGIN IMMEDIATE), and a
@@ -130,6 +136,8 @@ async def principal(request: Request, session: Session = Depends(db)) -> Princip
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
     st: AppState = request.app.state.accord
+    if st.policies.due():
+        await run_in_threadpool(_follow_policy, session, st)
     policy = st.policies.current
     token = token.strip()
     hit = st.tokens.get(identity.hash_token(token))

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from accord.bootstrap import build_state
 from accord.cli.client import AccordClient, ClientError
 from accord.config import PolicyError, Settings
-from accord.db import transaction
+from accord.db import readonly_sessions, transaction
 from accord.ledger import bundle, checkpoints
 from accord.ledger.note import NoteError, Verifier
 from accord.ledger.service import LedgerCorruption
@@ -91,7 +91,8 @@ def export(
     st = _state(config)
     _sign_now(st)
     tmp = out_path.with_name(out_path.name + ".partial")
-    with tmp.open("wb") as f, st.sessions() as session, _progress("exporting") as progress:
+    reader = readonly_sessions(st.sessions)
+    with tmp.open("wb") as f, reader() as session, _progress("exporting") as progress:
         n = bundle.write(session, f, origin=st.ledger.origin,
                          key=st.ledger.signer.verifier.encode(), exported_at=st.now(),
                          progress=progress)

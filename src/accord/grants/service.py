@@ -33,15 +33,25 @@ def effective_status(grant: Grant, now: datetime) -> str:
 
 
 def activate(session: Session, *, request: AccessRequest, actor: Actor, now: datetime,
-             provisioned: bool = False) -> Grant:
+             provisioned: bool = False) -> Grant | None:
     """Turn an approved request into access: a new grant, or more time on the one it extends.
 
     With a provisioning target the grant waits in `provisioning` until the target
     confirms (a job does that); without one it is active at once.
     """
     duration = timedelta(seconds=request.duration_seconds)
-    base = session.get(Grant, request.extends_grant_id) if request.extends_grant_id else None
-    if base is not None and effective_status(base, now) == GrantStatus.ACTIVE:
+    base = (session.get(Grant, request.extends_grant_id, with_for_update=True)
+            if request.extends_grant_id else None)
+    if base is not None and effective_status(base, now) != GrantStatus.ACTIVE:
+        # Never a fresh grant in place of one that ended (revoked, expired) meanwhile.
+        request.status = Status.DENIED
+        request.decision_reason = f"grant {base.id} it would extend is {base.status}"
+        ledger.record(
+            session, type=EventType.REQUEST_DENIED, actor=Actor.system(),
+            subject=f"request:{request.id}", resource=resource_ref(request),
+            data={"request_id": request.id, "reason": request.decision_reason}, time=now)
+        return None
+    if base is not None:
         previous_end = base.ends_at
         base.ends_at = previous_end + duration
         request.grant_id = base.id
@@ -197,6 +207,21 @@ def end(
     if grant.provisioned_at is not None or grant.status == GrantStatus.PROVISIONING:
         jobs.enqueue(session, kind=DEPROVISION, key=f"grant:{grant.id}:deprovision",
                      run_at=now, now=now, payload={"grant_id": grant.id})
+    # Pending extensions of this grant can no longer extend anything.
+    extensions = session.execute(
+        select(AccessRequest).where(AccessRequest.extends_grant_id == grant.id,
+                                    AccessRequest.status == Status.PENDING).with_for_update()
+    ).scalars().all()
+    for ext in extensions:
+        ext.status = Status.CANCELLED
+        ext.decided_at = now
+        ext.current_step = None
+        ext.pending_until = None
+        ext.decision_reason = f"grant {grant.id} it would extend was {status}"
+        ledger.record(
+            session, type=EventType.REQUEST_CANCELLED, actor=Actor.system(),
+            subject=f"request:{ext.id}", resource=resource_ref(ext),
+            data={"request_id": ext.id, "reason": ext.decision_reason}, time=now)
     grant.status = status
     grant.ended_at = min(now, grant.ends_at) if status == GrantStatus.EXPIRED else now
     grant.ended_by = actor.id

@@ -6,6 +6,7 @@ Auditors and admins only: the ledger holds every reason and comment ever written
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, parse_cursor, require_reader, state
+from accord.db import readonly_sessions
 from accord.errors import AccordError, Conflict, Invalid, NotFound
 from accord.ledger import bundle, checkpoints, service
 
@@ -175,11 +177,17 @@ def export_bundle(
                              headers=disposition)
 
 
+class _Abandoned(Exception):
+    """The client went away: stop exporting and let go of the database."""
+
+
 def _stream(st: AppState) -> Iterator[bytes]:
-    # Write from a thread into a small bounded pipe so memory stays constant.
+    # A thread writes into a small bounded pipe, so memory stays constant; if the client
+    # stops reading, the writer gives up instead of holding its session forever.
     import queue
 
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+    gone = threading.Event()
 
     class Pipe(io.RawIOBase):
         def writable(self) -> bool:
@@ -187,17 +195,29 @@ def _stream(st: AppState) -> Iterator[bytes]:
 
         def write(self, b: Any) -> int:
             data = bytes(b)
-            chunks.put(data)
-            return len(data)
+            while True:
+                if gone.is_set():
+                    raise _Abandoned
+                try:
+                    chunks.put(data, timeout=1)
+                    return len(data)
+                except queue.Full:
+                    continue
 
     def produce() -> None:
         try:
-            with st.sessions() as session:
+            with readonly_sessions(st.sessions)() as session:
                 bundle.write(session, Pipe(), origin=st.ledger.origin,  # type: ignore[arg-type]
                              key=st.ledger.signer.verifier.encode(), exported_at=st.now())
+        except _Abandoned:
+            return
         finally:
-            chunks.put(None)
+            with contextlib.suppress(queue.Full):  # nobody is reading any more
+                chunks.put(None, timeout=5)
 
     threading.Thread(target=produce, name="accord-bundle", daemon=True).start()
-    while (chunk := chunks.get()) is not None:
-        yield chunk
+    try:
+        while (chunk := chunks.get()) is not None:
+            yield chunk
+    finally:
+        gone.set()

@@ -18,6 +18,7 @@ from accord.policy import service
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.requests import service as requests
+from accord.requests.models import AccessRequest, Status
 
 
 def reload(session: Session, *, store: PolicyStore, actor: Actor,
@@ -53,6 +54,13 @@ def revoke_removed_users(session: Session, *, policy: Policy, actor: Actor,
             grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=actor,
                        now=now, comment=f'user "{grant.user}" was removed from accord.yaml')
             ended.append(grant.id)
+    # Pending requests of removed users or resources can no longer be decided.
+    pending = session.execute(
+        select(AccessRequest).where(AccessRequest.status == Status.PENDING).with_for_update()
+    ).scalars().all()
+    for req in pending:
+        if not policy.is_user(req.requester) or req.resource not in policy.resources:
+            requests.cancel_orphaned(session, req=req, actor=actor, now=now)
     return ended
 
 

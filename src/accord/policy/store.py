@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
-from accord.config import LoadedPolicy, load_policy_file
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accord.config import LoadedPolicy, PolicyError, load_policy_file, parse_policy_text
 from accord.policy.engine import Policy
+from accord.policy.models import PolicyState, PolicyVersion
 
 
 class PolicyStore:
@@ -16,6 +21,7 @@ class PolicyStore:
         self.path = path
         self._policy = policy
         self.lock = threading.Lock()
+        self._checked = 0.0
 
     @classmethod
     def from_file(cls, path: Path) -> PolicyStore:
@@ -31,3 +37,33 @@ class PolicyStore:
 
     def install(self, policy: Policy) -> None:
         self._policy = policy
+
+    def due(self, every: float = 1.0) -> bool:
+        return time.monotonic() - self._checked >= every
+
+    def follow(self, session: Session) -> bool:
+        """Adopt the version another process announced (server workers, replicas, worker).
+
+        The database's `policy_state` says which version is in force; a reload anywhere
+        reaches every process within a second. Returns True if the policy changed.
+        """
+        self._checked = time.monotonic()
+        version = session.execute(
+            select(PolicyState.version).where(PolicyState.id == 1)
+        ).scalar_one_or_none()
+        if version is None or version == self._policy.version:
+            return False
+        with self.lock:
+            if version == self._policy.version:
+                return False
+            try:
+                loaded = self.read()
+            except PolicyError:
+                loaded = None
+            if loaded is None or loaded.version != version:
+                row = session.get(PolicyVersion, version)
+                if row is None:
+                    return False
+                loaded = parse_policy_text(row.text, row.source)
+            self._policy = Policy(loaded)
+            return True

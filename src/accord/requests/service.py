@@ -87,6 +87,22 @@ def can_view(session: Session, policy: Policy, user: str, req: AccessRequest) ->
     )
 
 
+def current_approvers(policy: Policy, req: AccessRequest) -> frozenset[str]:
+    """Who approves this request under the policy in force now (group changes apply)."""
+    steps: list[dict[str, Any]] = list(req.plan.get("steps", []))
+    if not steps and req.workflow:
+        for w in policy.workflows:
+            if w.spec.name == req.workflow:
+                specs = list(w.spec.steps)
+                if w.spec.elevated and req.role in w.spec.elevated.roles:
+                    specs += w.spec.elevated.steps
+                steps = [{"approvers": s.approvers} for s in specs]
+    out: set[str] = set()
+    for step in steps:
+        out |= policy.eligible(step, req.resource)
+    return frozenset(out)
+
+
 def visible_clause(policy: Policy, user: str) -> Any:
     """SQL twin of can_view for lists (None: everything is visible)."""
     if user in policy.admins or user in policy.auditors:
@@ -405,6 +421,9 @@ def approve(
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
     step = _check_decider(session, req, caller, status, "approved")
+    if not policy.is_user(req.requester) or req.resource not in policy.resources:
+        raise Conflict(f"request {req.id} can no longer be approved: its requester or resource "
+                       "is gone from accord.yaml")
     _add_approval(session, req, caller, step, "approve", comment, now)
     steps = req.plan["steps"]
     needed = int(steps[step]["min_approvals"])
@@ -514,6 +533,12 @@ def _finish_pending(
     session.flush()
 
 
+def cancel_orphaned(session: Session, *, req: AccessRequest, actor: Actor, now: datetime) -> None:
+    """Cancel a pending request whose requester or resource left the policy."""
+    _finish_pending(session, req, Status.CANCELLED, actor, now,
+                    "its requester or resource was removed from accord.yaml")
+
+
 def cancel(
     session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
     now: datetime,
@@ -568,7 +593,8 @@ def revoke(
     if not (
         caller.user in policy.admins
         or caller.user in policy.owners_of(req.resource)
-        or is_request_approver(session, req, caller.user)
+        or (is_request_approver(session, req, caller.user)
+            and caller.user in current_approvers(policy, req))
     ):
         raise Forbidden(
             f"only admins, owners of {req.resource} and approvers of this request can revoke it"

@@ -49,6 +49,9 @@ class JobRunner:
         self._thread.join(timeout=15)
 
     def run_once(self) -> int:
+        if self.policies.due():
+            with self.sessions() as session:
+                self.policies.follow(session)
         handlers = provisioning.handlers(self.connectors(), self.box)
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
 
