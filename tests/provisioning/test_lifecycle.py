@@ -230,3 +230,27 @@ def test_an_admin_denying_after_approval_takes_access_away(
         with transaction(env.st.sessions):
             pass
         assert env.st.connectors().get(target["resource"]).granted() == set()
+
+
+def test_drift_to_a_role_accord_never_made_is_found_and_removed(
+    sessions: sessionmaker[Session], tmp_path: Path, target: dict[str, str]
+) -> None:
+    env, runner = _env(sessions, tmp_path, target, reconcile="enforce")
+    outsider = f"dba_friend_{target['resource']}"
+    with env.client:
+        req = _ask(env, target)
+        runner.run_once()  # creates the group role
+        env.act("bob", req["id"], "revoke")
+        runner.run_once()
+        group = pgconn.group_name(target["resource"], "read")
+        with psycopg.connect(target["dsn"], autocommit=True) as conn:
+            conn.execute(f'CREATE ROLE "{outsider}" LOGIN')
+            conn.execute(f'GRANT "{group}" TO "{outsider}"')
+        try:
+            runner.reconcile_all()
+            assert [d["data"]["user"] for d in env.events(type="drift.detected")] == [outsider]
+            assert len(env.events(type="drift.revoked")) == 1
+            assert env.st.connectors().get(target["resource"]).granted() == set()
+        finally:
+            with psycopg.connect(target["dsn"], autocommit=True) as conn:
+                conn.execute(f'DROP ROLE IF EXISTS "{outsider}"')

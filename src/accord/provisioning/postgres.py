@@ -231,6 +231,11 @@ class PostgresConnector:
 
         def run(conn: Conn) -> None:
             if not self._role_exists(conn, login):
+                # Drift held by a role Accord did not create (reported by its own name).
+                if self._role_exists(conn, spec.user) and self._is_member(conn, group, spec.user):
+                    conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                        sql.Identifier(group), sql.Identifier(spec.user)))
+                    self._terminate(conn, spec.user)
                 return
             if self._is_member(conn, group, login):
                 conn.execute(sql.SQL("REVOKE {} FROM {}").format(
@@ -256,11 +261,13 @@ class PostgresConnector:
             FROM pg_auth_members am
             JOIN pg_roles g ON g.oid = am.roleid
             JOIN pg_roles m ON m.oid = am.member
-            WHERE g.rolname = ANY(%s) AND m.rolname LIKE %s
+            WHERE g.rolname = ANY(%s) AND m.rolname <> current_user
         """
 
+        # Every member counts, not only Accord's logins: a DBA granting the group to any
+        # other role is exactly the drift to report.
         def run(conn: Conn) -> list[TupleRow]:
-            return conn.execute(query, (list(self._groups), _LIKE_LOGIN)).fetchall()
+            return conn.execute(query, (list(self._groups),)).fetchall()
 
         out: set[tuple[str, str]] = set()
         for group, login, comment in self._run("granted", run):

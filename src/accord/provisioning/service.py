@@ -110,9 +110,13 @@ def reconcile(session: Session, *, connectors: Connectors, resource: str, now: d
         if enforce:
             spec = GrantSpec(grant_id=0, user=user, resource=resource, role=role, ends_at=now,
                              idempotency_key=f"drift-{resource}-{user}-{role}")
-            connectors.get(resource).revoke(spec)
-            ledger.record(session, type=EventType.DRIFT_REVOKED, actor=Actor.system(),
-                          subject=f"resource:{resource}",
-                          resource={"name": resource, "role": role}, data=found, time=now)
+            connector = connectors.get(resource)
+            connector.revoke(spec)
+            if (user, role) in connector.granted():  # say "revoked" only when it is gone
+                log.critical("DRIFT on %s: could not revoke %s from %s", resource, role, user)
+            else:
+                ledger.record(session, type=EventType.DRIFT_REVOKED, actor=Actor.system(),
+                              subject=f"resource:{resource}",
+                              resource={"name": resource, "role": role}, data=found, time=now)
         drift.append(found)
     return drift
