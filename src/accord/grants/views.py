@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, false, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
@@ -38,6 +38,9 @@ def _visible(who: Principal) -> Any:
             RequestApprover.request_id == AccessRequest.id,
             RequestApprover.username == who.user,
         ),
+        exists().where(AccessRequest.grant_id == Grant.id,
+                       tuple_(AccessRequest.workflow, AccessRequest.resource).in_(pairs))
+        if (pairs := who.policy.approver_pairs(who.user)) else false(),
     )
 
 

@@ -106,6 +106,21 @@ class Policy:
             name: frozenset(self._all_approvers(r)) for name, r in self.resources.items()
         }
         self.all_approvers = frozenset().union(*self._approvers_by_resource.values())
+        # (workflow, resource) -> who approves steps of that workflow on that resource
+        self._routed: dict[tuple[str, str], frozenset[str]] = {}
+        for w in self.workflows:
+            steps = list(w.spec.steps) + (list(w.spec.elevated.steps) if w.spec.elevated else [])
+            for name, r in self.resources.items():
+                people: set[str] = set()
+                for s in steps:
+                    for ref in s.approvers:
+                        people |= self.resolve(ref, r)
+                if people:
+                    self._routed[(w.spec.name, name)] = frozenset(people)
+        self._pairs: dict[str, list[tuple[str, str]]] = {}
+        for pair, approvers in self._routed.items():
+            for person in approvers:
+                self._pairs.setdefault(person, []).append(pair)
 
     # ---------------------------------------------------------------- identity
 
@@ -163,6 +178,14 @@ class Policy:
                 for ref in s.approvers:
                     out |= self.resolve(ref, resource)
         return out
+
+    def workflow_approvers(self, workflow: str | None, resource: str) -> frozenset[str]:
+        """Who approves the steps of `workflow` on `resource` (under this policy)."""
+        return self._routed.get((workflow or "", resource), frozenset())
+
+    def approver_pairs(self, user: str) -> list[tuple[str, str]]:
+        """The (workflow, resource) pairs whose steps `user` approves."""
+        return sorted(self._pairs.get(user, []))
 
     def owners_of(self, resource: str) -> frozenset[str]:
         """People who own `resource` (its `owners`, groups expanded)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, delete, exists, false, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -77,12 +77,18 @@ def is_request_approver(session: Session, req: AccessRequest, user: str) -> bool
 
 
 def can_view(session: Session, policy: Policy, user: str, req: AccessRequest) -> bool:
-    """Requester, admins, auditors, the resource's owners, and the request's approvers."""
+    """Requester, admins, auditors, the resource's owners, and the request's approvers.
+
+    Approvers are those of its steps (rows kept from when it was routed) and, for
+    requests a rule decided alone, those of the workflow that routed it (from the policy,
+    so nothing needs storing on the hot auto-approve path).
+    """
     return (
         user == req.requester
         or user in policy.admins
         or user in policy.auditors
         or user in policy.owners_of(req.resource)
+        or user in policy.workflow_approvers(req.workflow, req.resource)
         or is_request_approver(session, req, user)
     )
 
@@ -110,10 +116,19 @@ def visible_clause(policy: Policy, user: str) -> Any:
     return or_(
         AccessRequest.requester == user,
         AccessRequest.resource.in_(policy.owned_by(user)),
+        _routed_by_clause(policy, user),
         exists().where(
             RequestApprover.request_id == AccessRequest.id, RequestApprover.username == user
         ),
     )
+
+
+def _routed_by_clause(policy: Policy, user: str) -> Any:
+    """Requests routed by a workflow whose steps `user` approves on that resource."""
+    pairs = policy.approver_pairs(user)
+    if not pairs:
+        return false()
+    return tuple_(AccessRequest.workflow, AccessRequest.resource).in_(pairs)
 
 
 def get_request(
@@ -244,12 +259,6 @@ def create(
         raise Invalid(str(exc), field=exc.field) from None
 
     eligible: list[frozenset[str]] = []
-    # Step -1 rows: approvers of the routing workflow when a rule decided without them.
-    overseers: frozenset[str] = frozenset()
-    if decision.outcome != "steps":
-        for step in decision.workflow_steps:
-            overseers |= policy.eligible(step.as_dict(), resource)
-        overseers -= {caller.user}
     if decision.outcome == "steps":
         for i, step in enumerate(decision.steps):
             people = policy.eligible(step.as_dict(), resource) - {caller.user}
@@ -260,7 +269,6 @@ def create(
                     f"{len(people)} eligible approver(s) other than the requester exist",
                     inputs=decision.inputs,
                 )
-                overseers = frozenset().union(*eligible, people)
                 break
             eligible.append(people)
 
@@ -289,7 +297,6 @@ def create(
     )
     session.add(req)
     session.flush()
-    session.add_all(RequestApprover(request_id=req.id, step=-1, username=u) for u in overseers)
     ref = PolicyRef(decision.workflow or "", policy.version, decision.rule)
     pending_until = now + decision.pending_timeout if decision.pending_timeout else None
     ledger.record(
@@ -593,8 +600,7 @@ def revoke(
     if not (
         caller.user in policy.admins
         or caller.user in policy.owners_of(req.resource)
-        or (is_request_approver(session, req, caller.user)
-            and caller.user in current_approvers(policy, req))
+        or caller.user in current_approvers(policy, req)
     ):
         raise Forbidden(
             f"only admins, owners of {req.resource} and approvers of this request can revoke it"
