@@ -61,6 +61,7 @@ class Settings:
     token: Secret | None
     ledger_key_file: Path
     secrets_key_file: Path
+    slack_signing_secret: Secret | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +79,8 @@ class Settings:
             ledger_key_file=Path(env.get("ACCORD_LEDGER_KEY_FILE", str(data_dir / "ledger.key"))),
             secrets_key_file=Path(env.get("ACCORD_SECRETS_KEY_FILE",
                                           str(data_dir / "secrets.key"))),
+            slack_signing_secret=(Secret(env["ACCORD_SLACK_SIGNING_SECRET"])
+                                  if env.get("ACCORD_SLACK_SIGNING_SECRET") else None),
         )
 
 

@@ -10,6 +10,7 @@ from accord.ledger.models import (
     LedgerNode,
     SinkCursor,
 )
+from accord.notify.models import SlackSeen
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
 from accord.worker.models import Job
@@ -30,5 +31,6 @@ __all__ = [
     "PolicyVersion",
     "RequestApprover",
     "SinkCursor",
+    "SlackSeen",
     "metadata",
 ]

@@ -19,6 +19,7 @@ from accord.api.deps import AppState
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
+from accord.notify import views as slack_views
 from accord.policy import views as policy_views
 from accord.requests import views as request_views
 from accord.worker.job_runner import JobRunner
@@ -79,7 +80,8 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.state.accord = st
     problems.install(app)
     app.add_middleware(problems.BodyLimit)
-    for module in (request_views, grant_views, identity_views, ledger_views, policy_views):
+    for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
+                   slack_views):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
+from accord.notify import views as slack_views
 from accord.policy.store import PolicyStore
 from accord.provisioning import service as provisioning
 from accord.provisioning.registry import Connectors
@@ -53,6 +54,7 @@ class JobRunner:
             with self.sessions() as session:
                 self.policies.follow(session)
         handlers = provisioning.handlers(self.connectors(), self.box)
+        handlers[slack_views.RESPOND] = slack_views.respond_handler
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
 
     def reconcile_all(self) -> None:

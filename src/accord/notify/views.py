@@ -1,0 +1,99 @@
+"""Slack's Approve/Deny buttons: `POST /api/v1/integrations/slack/interactions`.
+
+Slack's v0 request signature is the authentication (no bearer token): a forged,
+stale or replayed request is a 401 and changes nothing. The Slack user is mapped to an
+Accord user through `slack:` in accord.yaml, and the decision goes through exactly the
+same checks as any other, recorded with `via: slack`. The Slack message is then
+updated through its response_url by a durable job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from accord.api.deps import AppState, db, state
+from accord.errors import AccordError, Forbidden, Invalid, Unauthorized
+from accord.ledger.events import Via
+from accord.notify import slack
+from accord.notify.models import SlackSeen
+from accord.requests import service
+from accord.worker import jobs
+
+router = APIRouter(prefix="/api/v1/integrations/slack", tags=["integrations"])
+RESPOND = "slack.respond"
+
+
+@router.post("/interactions")
+async def interactions(request: Request, session: Session = Depends(db),
+                       st: AppState = Depends(state)) -> dict[str, Any]:
+    """An Approve or Deny click from a Slack message, signed by Slack."""
+    body = await request.body()
+    secret = st.settings.slack_signing_secret
+    verdict = slack.verify_request(secret.get() if secret else "", dict(request.headers), body,
+                                   now=st.now().timestamp())
+    if not verdict.ok:
+        raise Unauthorized(f"Slack signature refused: {verdict.reason}")
+    try:
+        click = slack.parse_interaction(body)
+    except ValueError as exc:
+        raise Invalid(f"not a Slack interaction: {exc}") from None
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(_decide, session, st, request.headers, click)
+
+
+def _decide(session: Session, st: AppState, headers: Any, click: slack.Interaction
+            ) -> dict[str, Any]:
+    now = st.now()
+    # One use per signature: within the 5-minute window a replay is refused.
+    digest = hashlib.sha256(headers.get(slack.SIGNATURE_HEADER, "").encode()).hexdigest()
+    session.execute(delete(SlackSeen).where(SlackSeen.seen_at < now - timedelta(minutes=10)))
+    try:
+        with session.begin_nested():
+            session.add(SlackSeen(signature=digest, seen_at=now))
+    except IntegrityError:
+        raise Unauthorized("Slack signature refused: this request was already handled "
+                           "(a replay)") from None
+    session.commit()  # the replay guard holds even if the decision below is refused
+    policy = st.policies.current
+    user = next((u for u, spec in policy.users.items() if spec.slack == click.user_id), None)
+    if user is None:
+        raise Forbidden(f"Slack user {click.user_id} is not mapped to an Accord user "
+                        "(set `slack:` for them in accord.yaml)")
+    command = service.approve if click.action == "approve" else service.deny
+    try:
+        req = command(session, policy=policy, caller=service.Caller(user, Via.SLACK),
+                      request_id=click.request_id, comment="from Slack", now=now)
+    except AccordError as exc:
+        _respond(session, click, f"{user} could not {click.action}: {exc.detail}", now)
+        session.commit()
+        raise
+    text = f"Request #{req.id} ({req.resource}/{req.role} for {req.requester}): " \
+           f"{click.action}d by {user}; now {req.status}"
+    _respond(session, click, text, now)
+    session.commit()
+    return {"ok": True, "request_id": req.id, "status": req.status}
+
+
+def _respond(session: Session, click: slack.Interaction, text: str, now: Any) -> None:
+    if click.response_url:
+        key = f"slack:{click.request_id}:{click.user_id}:{click.action}:{now.isoformat()}"
+        jobs.enqueue(session, kind=RESPOND, key=key[:200], run_at=now, now=now,
+                     payload={"url": click.response_url, "text": text})
+
+
+def respond_handler(session: Session, job: jobs.Claimed, now: Any) -> None:
+    """Update the Slack message (its response_url accepts a replacement)."""
+    import httpx
+
+    r = httpx.post(job.payload["url"], json={"replace_original": True,
+                                             "text": job.payload["text"]}, timeout=10)
+    if r.status_code >= 500 or r.status_code == 429:
+        raise jobs.RetryLater(f"Slack answered {r.status_code}")
