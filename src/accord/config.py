@@ -246,6 +246,33 @@ class LedgerSpec(_Strict):
     _d = field_validator("checkpoint_interval", mode="before")(lambda cls, v: _duration(v))
 
 
+class EmailSpec(_Strict):
+    host: str
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["plain", "starttls", "ssl"] = "plain"
+    sender: str
+    username_env: str | None = None  # env vars, never the credentials themselves
+    password_env: str | None = None
+
+
+class SlackSpec(_Strict):
+    webhook_url_env: str | None = None
+    bot_token_env: str | None = None
+
+
+class HookSpec(_Strict):
+    name: str
+    url: str
+    secret_env: str
+
+
+class NotifySpec(_Strict):
+    base_url: str = "http://127.0.0.1:8000"  # where links in messages point
+    email: EmailSpec | None = None
+    slack: SlackSpec | None = None
+    webhooks: list[HookSpec] = Field(default_factory=list)
+
+
 class WorkerSpec(_Strict):
     reconcile_every: timedelta = timedelta(minutes=1)  # compare targets with grants this often
 
@@ -255,6 +282,7 @@ class WorkerSpec(_Strict):
 class PolicyFile(_Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    notify: NotifySpec = Field(default_factory=NotifySpec)
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)

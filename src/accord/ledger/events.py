@@ -29,6 +29,8 @@ class EventType(enum.StrEnum):
     GRANT_SECRET_REVEALED = "grant.secret_revealed"
     GRANT_DEPROVISIONED = "grant.deprovisioned"
     GRANT_DEPROVISION_FAILING = "grant.deprovision_failing"
+    NOTIFICATION_SENT = "notification.sent"
+    NOTIFICATION_FAILED = "notification.failed"
     DRIFT_DETECTED = "drift.detected"
     DRIFT_REVOKED = "drift.revoked"
     GRANT_EXTENDED = "grant.extended"

@@ -6,6 +6,7 @@ are seen within that), so a grant ends on time rather than on a coarse sweep.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
+from accord.notify import outbox
 from accord.notify import views as slack_views
 from accord.policy.store import PolicyStore
 from accord.provisioning import service as provisioning
@@ -53,8 +55,12 @@ class JobRunner:
         if self.policies.due():
             with self.sessions() as session:
                 self.policies.follow(session)
+        policy = self.policies.current
+        with transaction(self.sessions) as session:
+            outbox.pump(session, policy=policy, now=self.now())
         handlers = provisioning.handlers(self.connectors(), self.box)
         handlers[slack_views.RESPOND] = slack_views.respond_handler
+        handlers[outbox.DELIVER] = functools.partial(outbox.deliver, policy=policy)
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
 
     def reconcile_all(self) -> None:
