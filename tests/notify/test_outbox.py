@@ -115,3 +115,45 @@ def test_a_receiver_failing_three_times_gets_exactly_one_delivery(
                      if e["data"]["channel"] == "email"]
             assert set(mails) == {"alice"}
     assert json  # keep the import for readers of the payloads above
+
+
+def test_reminders_and_escalation_fire_at_their_times(
+    sessions: sessionmaker[Session], tmp_path: Path, hook: Any
+) -> None:
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as port:
+        env, runner = _env(sessions, tmp_path, port, hook.server_address[1])
+        text = env.policy_path.read_text().replace(
+            "    expire_after: 2h\n",
+            "    expire_after: 2h\n    escalation: {remind_after: 15m, escalate_after: 1h, "
+            "to: [admins]}\n")
+        env.write_policy(text)
+        assert env.post("carol", "/api/v1/admin/reload").status_code == 200
+        with env.client:
+            req = env.ask("alice")
+            runner.run_once()
+            mailbox.received.clear()
+            env.clock.advance(minutes=14)
+            runner.run_once()
+            assert not env.events(type="request.reminded")  # not yet
+            env.clock.advance(minutes=1)
+            runner.run_once()
+            runner.run_once()  # the reminder's own deliveries
+            assert len(env.events(type="request.reminded")) == 1
+            assert [r for _f, rcpts, _m in mailbox.received for r in rcpts] == [
+                "bob@example.test"]
+            mailbox.received.clear()
+            # a worker restart: a new runner finds the timers in the database
+            runner = JobRunner(env.st.sessions, env.st.policies, env.st.connectors,
+                               env.st.secrets, env.clock)
+            env.clock.advance(minutes=45)
+            runner.run_once()
+            runner.run_once()
+            escalated = env.events(type="request.escalated")
+            assert len(escalated) == 1 and escalated[0]["data"]["added"] == ["carol", "frank"]
+            assert [r for _f, rcpts, _m in mailbox.received for r in rcpts] == [
+                "carol@example.test"]  # frank has no email
+            # the escalation group may now decide the waiting step
+            assert env.act("frank", req["id"], "approve").status_code == 200
+            runner.run_once()
+            assert len(env.events(type="request.reminded")) == 1  # fired once

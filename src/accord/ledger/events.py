@@ -22,6 +22,8 @@ class EventType(enum.StrEnum):
     REQUEST_DENIED = "request.denied"
     REQUEST_CANCELLED = "request.cancelled"
     REQUEST_EXPIRED = "request.expired"
+    REQUEST_REMINDED = "request.reminded"
+    REQUEST_ESCALATED = "request.escalated"
     APPROVAL_RECORDED = "approval.recorded"
     GRANT_PROVISIONING = "grant.provisioning"
     GRANT_PROVISION_FAILED = "grant.provision_failed"

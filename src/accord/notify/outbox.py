@@ -42,6 +42,8 @@ CURSOR = "notify"
 DELIVER = "notify.deliver"
 MAX_ATTEMPTS = 8
 _ENDINGS = {"grant.expired", "grant.revoked", "grant.relinquished"}
+# Events that ask someone to decide: they are shown the request itself.
+_RESHOW = {"approval.recorded", "request.reminded", "request.escalated"}
 
 
 def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -55,6 +57,11 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
     if kind == "approval.recorded" and data.get("step_complete") and req is not None \
             and req.status == Status.PENDING:
         return [(u, True) for u in _step_approvers(session, req)]
+    if kind == "request.reminded" and req is not None and req.status == Status.PENDING:
+        decided = {a.approver for a in req.approvals}
+        return [(u, True) for u in _step_approvers(session, req) if u not in decided]
+    if kind == "request.escalated" and req is not None and req.status == Status.PENDING:
+        return [(u, True) for u in data.get("added", [])]
     if kind in ("request.approved", "request.denied", "request.expired") and req is not None:
         return [(req.requester, False)]
     if kind == "grant.activated":
@@ -111,8 +118,7 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -
         event = json.loads(leaf)
         if not str(event.get("type", "")).startswith("notification."):
             # A step completed: the next approvers get the request itself to decide on.
-            shown = _created_index(session, event) if event["type"] == "approval.recorded" \
-                else idx
+            shown = _created_index(session, event) if event["type"] in _RESHOW else idx
             for user, approver in recipients(session, policy, event):
                 address = RecipientAddress.from_spec(user, policy.users.get(user))
                 for channel in channels_for(spec, address):

@@ -26,6 +26,7 @@ from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, PolicyRef, format_time
 from accord.policy.engine import Decision, Policy, PolicyRefusal
 from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
+from accord.worker import jobs
 
 
 @dataclass(frozen=True)
@@ -352,8 +353,67 @@ def create(
             for i, people in enumerate(eligible)
             for u in people
         )
+        _schedule_escalation(session, policy, req, now)
     session.flush()
     return req
+
+
+REMIND = "request.remind"
+ESCALATE = "request.escalate"
+
+
+def _schedule_escalation(session: Session, policy: Policy, req: AccessRequest,
+                         now: datetime) -> None:
+    """Timers for a pending request, as durable jobs: they survive restarts, fire once."""
+    spec = next((w.spec for w in policy.workflows if w.spec.name == req.workflow), None)
+    esc = spec.escalation if spec else None
+    if esc is None:
+        return
+    if esc.remind_after:
+        jobs.enqueue(session, kind=REMIND, key=f"request:{req.id}:remind", now=now,
+                     run_at=now + esc.remind_after, payload={"request_id": req.id})
+    if esc.escalate_after and esc.to:
+        jobs.enqueue(session, kind=ESCALATE, key=f"request:{req.id}:escalate", now=now,
+                     run_at=now + esc.escalate_after, payload={"request_id": req.id})
+
+
+def remind(session: Session, *, policy: Policy, request_id: int, now: datetime) -> bool:
+    """Record a reminder for a request still waiting (the outbox re-notifies its approvers)."""
+    req = session.get(AccessRequest, request_id, with_for_update=True)
+    if req is None or effective_status(req, None, now) != Status.PENDING:
+        return False
+    ledger.record(session, type=EventType.REQUEST_REMINDED, actor=Actor.system(),
+                  subject=f"request:{req.id}", resource=_resource(req),
+                  data={"request_id": req.id, "step": req.current_step,
+                        "waiting_seconds": int((now - req.created_at).total_seconds())},
+                  time=now)
+    return True
+
+
+def escalate(session: Session, *, policy: Policy, request_id: int, now: datetime) -> list[str]:
+    """Add the workflow's escalation group as approvers of the current step."""
+    req = session.get(AccessRequest, request_id, with_for_update=True)
+    if req is None or effective_status(req, None, now) != Status.PENDING:
+        return []
+    spec = next((w.spec for w in policy.workflows if w.spec.name == req.workflow), None)
+    if spec is None or spec.escalation is None:
+        return []
+    step = req.current_step or 0
+    have = set(session.execute(
+        select(RequestApprover.username).where(RequestApprover.request_id == req.id,
+                                               RequestApprover.step == step)).scalars())
+    added: set[str] = set()
+    for ref in spec.escalation.to:
+        added |= policy.resolve(ref, policy.resources.get(req.resource))
+    added -= have | {req.requester}
+    session.add_all(RequestApprover(request_id=req.id, step=step, username=u)
+                    for u in sorted(added))
+    ledger.record(session, type=EventType.REQUEST_ESCALATED, actor=Actor.system(),
+                  subject=f"request:{req.id}", resource=_resource(req),
+                  data={"request_id": req.id, "step": step, "added": sorted(added),
+                        "to": list(spec.escalation.to)}, time=now)
+    session.flush()
+    return sorted(added)
 
 
 # ---------------------------------------------------------------- decisions

@@ -24,6 +24,7 @@ from accord.policy.store import PolicyStore
 from accord.provisioning import service as provisioning
 from accord.provisioning.registry import Connectors
 from accord.provisioning.secrets import SecretBox
+from accord.requests import service as requests
 from accord.worker import jobs
 
 log = logging.getLogger("accord.worker")
@@ -61,6 +62,15 @@ class JobRunner:
         handlers = provisioning.handlers(self.connectors(), self.box)
         handlers[slack_views.RESPOND] = slack_views.respond_handler
         handlers[outbox.DELIVER] = functools.partial(outbox.deliver, policy=policy)
+
+        def remind(s: Session, job: jobs.Claimed, now: datetime) -> None:
+            requests.remind(s, policy=policy, request_id=job.payload["request_id"], now=now)
+
+        def escalate(s: Session, job: jobs.Claimed, now: datetime) -> None:
+            requests.escalate(s, policy=policy, request_id=job.payload["request_id"], now=now)
+
+        handlers[requests.REMIND] = remind
+        handlers[requests.ESCALATE] = escalate
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
 
     def reconcile_all(self) -> None:
