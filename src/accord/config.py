@@ -268,6 +268,10 @@ class HookSpec(_Strict):
 
 class NotifySpec(_Strict):
     base_url: str = "http://127.0.0.1:8000"  # where links in messages point
+    expiry_warning: timedelta | None = timedelta(minutes=15)  # tell grantees this long before
+
+    _d = field_validator("expiry_warning", mode="before")(
+        lambda cls, v: None if v is None else _duration(v))
     email: EmailSpec | None = None
     slack: SlackSpec | None = None
     webhooks: list[HookSpec] = Field(default_factory=list)

@@ -157,3 +157,26 @@ def test_reminders_and_escalation_fire_at_their_times(
             assert env.act("frank", req["id"], "approve").status_code == 200
             runner.run_once()
             assert len(env.events(type="request.reminded")) == 1  # fired once
+
+
+def test_grantees_are_warned_before_their_access_ends(
+    sessions: sessionmaker[Session], tmp_path: Path, hook: Any
+) -> None:
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as port:
+        env, runner = _env(sessions, tmp_path, port, hook.server_address[1])
+        with env.client:
+            req = env.ask("alice", resource="staging-db", role="read", reason="", duration="1h")
+            runner.run_once()
+            mailbox.received.clear()
+            env.clock.advance(minutes=44)
+            runner.run_once()
+            assert not env.events(type="grant.expiring")
+            env.clock.advance(minutes=1)
+            runner.run_once()
+            runner.run_once()
+            assert len(env.events(type="grant.expiring")) == 1
+            message = mailbox.received[-1][2]
+            assert message["To"] == "alice@example.test"
+            assert f"accord request extend {req['id']}" in message.get_body(
+                ("plain",)).get_content()

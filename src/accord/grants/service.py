@@ -33,7 +33,7 @@ def effective_status(grant: Grant, now: datetime) -> str:
 
 
 def activate(session: Session, *, request: AccessRequest, actor: Actor, now: datetime,
-             provisioned: bool = False) -> Grant | None:
+             provisioned: bool = False, warn_before: timedelta | None = None) -> Grant | None:
     """Turn an approved request into access: a new grant, or more time on the one it extends.
 
     With a provisioning target the grant waits in `provisioning` until the target
@@ -56,8 +56,8 @@ def activate(session: Session, *, request: AccessRequest, actor: Actor, now: dat
         base.ends_at = previous_end + duration
         request.grant_id = base.id
         request.status = Status.ACTIVE
-        if provisioned:
-            _schedule(session, base, now)
+        if provisioned or warn_before:
+            _schedule(session, base, now, warn_before, expire=provisioned)
         ledger.record(
             session,
             type=EventType.GRANT_EXTENDED,
@@ -119,6 +119,8 @@ def activate(session: Session, *, request: AccessRequest, actor: Actor, now: dat
         },
         time=now,
     )
+    if warn_before:
+        _schedule(session, grant, now, warn_before, expire=False)
     return grant
 
 
@@ -127,15 +129,40 @@ EXPIRE = "grant.expire"
 DEPROVISION = "grant.deprovision"
 
 
-def _schedule(session: Session, grant: Grant, now: datetime) -> None:
-    """Expire exactly at the end: a job due then (a new one each time the end moves)."""
-    key = f"grant:{grant.id}:expire:{format_time(grant.ends_at)}"
-    jobs.enqueue(session, kind=EXPIRE, key=key, run_at=grant.ends_at, now=now,
-                 payload={"grant_id": grant.id})
+WARN = "grant.warn"
+
+
+def _schedule(session: Session, grant: Grant, now: datetime,
+              warn_before: timedelta | None = None, *, expire: bool = True) -> None:
+    """Expire exactly at the end, and warn the grantee before: jobs due then.
+
+    A new pair each time the end moves (an extension); the old ones find nothing to do.
+    """
+    stamp = format_time(grant.ends_at)
+    if expire:
+        jobs.enqueue(session, kind=EXPIRE, key=f"grant:{grant.id}:expire:{stamp}",
+                     run_at=grant.ends_at, now=now, payload={"grant_id": grant.id})
+    if warn_before and grant.ends_at - warn_before > now:
+        jobs.enqueue(session, kind=WARN, key=f"grant:{grant.id}:warn:{stamp}",
+                     run_at=grant.ends_at - warn_before, now=now,
+                     payload={"grant_id": grant.id, "ends_at": stamp})
+
+
+def warn(session: Session, *, grant_id: int, ends_at: str, now: datetime) -> None:
+    """Record that a grant ends soon (the outbox tells the grantee how to extend)."""
+    grant = session.get(Grant, grant_id)
+    if grant is None or effective_status(grant, now) != GrantStatus.ACTIVE \
+            or format_time(grant.ends_at) != ends_at:
+        return  # ended, or extended: a later warning covers the new end
+    ledger.record(session, type=EventType.GRANT_EXPIRING, actor=Actor.system(),
+                  subject=f"grant:{grant.id}", resource=resource_ref(grant),
+                  data={"grant_id": grant.id, "request_id": grant.request_id,
+                        "user": grant.user, "ends_at": ends_at}, time=now)
 
 
 def confirm(session: Session, *, grant: Grant, now: datetime, login: str,
-            connection: dict[str, Any], secret_box: bytes | None) -> None:
+            connection: dict[str, Any], secret_box: bytes | None,
+            warn_before: timedelta | None = None) -> None:
     """The target granted access: the grant and its requests become active from now."""
     duration = grant.ends_at - grant.starts_at
     grant.status = GrantStatus.ACTIVE
@@ -150,7 +177,7 @@ def confirm(session: Session, *, grant: Grant, now: datetime, login: str,
         .where(AccessRequest.grant_id == grant.id, AccessRequest.status == Status.APPROVED)
         .values(status=str(Status.ACTIVE))
     )
-    _schedule(session, grant, now)
+    _schedule(session, grant, now, warn_before)
     ledger.record(
         session,
         type=EventType.GRANT_ACTIVATED,

@@ -36,6 +36,7 @@ class EventType(enum.StrEnum):
     DRIFT_DETECTED = "drift.detected"
     DRIFT_REVOKED = "drift.revoked"
     GRANT_EXTENDED = "grant.extended"
+    GRANT_EXPIRING = "grant.expiring"
     GRANT_EXPIRED = "grant.expired"
     GRANT_REVOKED = "grant.revoked"
     GRANT_RELINQUISHED = "grant.relinquished"

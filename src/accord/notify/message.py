@@ -24,7 +24,7 @@ APPROVER_ACTIONS = ("approve", "deny")
 SUPPORTED = frozenset({
     "request.created", "request.approved", "request.denied", "request.expired",
     "request.cancelled", "grant.activated", "grant.expired", "grant.revoked",
-    "grant.relinquished",
+    "grant.relinquished", "grant.expiring",
 })
 
 
@@ -273,7 +273,18 @@ def _ended(c: _Ctx) -> _Draft:
     return _Draft(f"[Accord] Access {word}: {c.target}", paragraphs, link=_grant_link(c))
 
 
+def _expiring(c: _Ctx) -> _Draft:
+    ends = _when(c.data.get("ends_at"))
+    paragraphs = [f"Your access to {c.target} ends" + (f" at {ends}." if ends else " soon.")]
+    rid = c.data.get("request_id")
+    if rid is not None:
+        paragraphs.append(f"Need more time? accord request extend {rid} --duration 1h "
+                          "--reason '...'")
+    return _Draft(f"[Accord] Access ending soon: {c.target}", paragraphs, link=_grant_link(c))
+
+
 _TEMPLATES = {
+    "grant.expiring": _expiring,
     "request.created": _created,
     "request.approved": _approved,
     "request.denied": _denied,

@@ -72,7 +72,7 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
             out += [(o, False) for o in sorted(policy.owners_of(resource))
                     if o != data.get("user")]
         return out
-    if kind in _ENDINGS:
+    if kind in _ENDINGS or kind == "grant.expiring":
         return [(str(data.get("user")), False)]
     return []
 

@@ -8,7 +8,7 @@ or a failure does no harm.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -35,7 +35,8 @@ def spec_of(grant: Grant, action: str) -> GrantSpec:
                      idempotency_key=f"grant-{grant.id}-{action}")
 
 
-def handlers(connectors: Connectors, box: SecretBox) -> dict[str, jobs.Handler]:
+def handlers(connectors: Connectors, box: SecretBox,
+             warn_before: timedelta | None = None) -> dict[str, jobs.Handler]:
     def provision(session: Session, job: jobs.Claimed, now: datetime) -> None:
         grant = session.get(Grant, job.payload["grant_id"], with_for_update=True)
         if grant is None or grant.status != GrantStatus.PROVISIONING:
@@ -51,7 +52,8 @@ def handlers(connectors: Connectors, box: SecretBox) -> dict[str, jobs.Handler]:
             return
         sealed = box.seal(result.secret) if result.secret else None
         grants.confirm(session, grant=grant, now=now, login=result.login,
-                       connection=dict(result.connection), secret_box=sealed)
+                       connection=dict(result.connection), secret_box=sealed,
+                       warn_before=warn_before)
 
     def expire(session: Session, job: jobs.Claimed, now: datetime) -> None:
         grant = session.get(Grant, job.payload["grant_id"], with_for_update=True)

@@ -50,6 +50,12 @@ def _provisioned(policy: Policy, req: AccessRequest) -> bool:
     return spec is not None and spec.provision is not None
 
 
+def _warn_before(policy: Policy) -> timedelta | None:
+    """How long before its end a grantee is warned, when anyone can be told at all."""
+    spec = policy.loaded.spec.notify
+    return spec.expiry_warning if (spec.email or spec.slack) else None
+
+
 def _policy_actor(decision_workflow: str | None) -> Actor:
     return Actor("policy", decision_workflow or "default-deny", "policy")
 
@@ -346,7 +352,8 @@ def create(
             time=now,
         )
         grants.activate(session, request=req, actor=actor, now=now,
-                        provisioned=_provisioned(policy, req))
+                        provisioned=_provisioned(policy, req),
+                        warn_before=_warn_before(policy))
     else:
         session.add_all(
             RequestApprover(request_id=req.id, step=i, username=u)
@@ -540,7 +547,8 @@ def approve(
             time=now,
         )
         grants.activate(session, request=req, actor=caller.actor, now=now,
-                        provisioned=_provisioned(policy, req))
+                        provisioned=_provisioned(policy, req),
+                        warn_before=_warn_before(policy))
     session.flush()
     return req
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
+from accord.grants import service as grants
 from accord.notify import outbox
 from accord.notify import views as slack_views
 from accord.policy.store import PolicyStore
@@ -59,7 +60,9 @@ class JobRunner:
         policy = self.policies.current
         with transaction(self.sessions) as session:
             outbox.pump(session, policy=policy, now=self.now())
-        handlers = provisioning.handlers(self.connectors(), self.box)
+        notify = policy.loaded.spec.notify
+        warn_before = notify.expiry_warning if (notify.email or notify.slack) else None
+        handlers = provisioning.handlers(self.connectors(), self.box, warn_before)
         handlers[slack_views.RESPOND] = slack_views.respond_handler
         handlers[outbox.DELIVER] = functools.partial(outbox.deliver, policy=policy)
 
@@ -69,6 +72,11 @@ class JobRunner:
         def escalate(s: Session, job: jobs.Claimed, now: datetime) -> None:
             requests.escalate(s, policy=policy, request_id=job.payload["request_id"], now=now)
 
+        def warn(s: Session, job: jobs.Claimed, now: datetime) -> None:
+            grants.warn(s, grant_id=job.payload["grant_id"], ends_at=job.payload["ends_at"],
+                        now=now)
+
+        handlers[grants.WARN] = warn
         handlers[requests.REMIND] = remind
         handlers[requests.ESCALATE] = escalate
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
