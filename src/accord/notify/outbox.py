@@ -42,6 +42,11 @@ CURSOR = "notify"
 DELIVER = "notify.deliver"
 MAX_ATTEMPTS = 8
 _ENDINGS = {"grant.expired", "grant.revoked", "grant.relinquished"}
+ROUTED = frozenset({
+    "request.created", "approval.recorded", "request.approved", "request.denied",
+    "request.expired", "request.reminded", "request.escalated", "grant.activated",
+    "grant.expiring", *_ENDINGS,
+})
 # Events that ask someone to decide: they are shown the request itself.
 _RESHOW = {"approval.recorded", "request.reminded", "request.escalated"}
 
@@ -49,6 +54,8 @@ _RESHOW = {"approval.recorded", "request.reminded", "request.escalated"}
 def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[tuple[str, bool]]:
     """(user, asked to decide) pairs for one event; empty when nobody needs telling."""
     kind = event["type"]
+    if kind not in ROUTED:
+        return []
     data = event.get("data") or {}
     rid = data.get("request_id")
     req = session.get(AccessRequest, rid) if isinstance(rid, int) else None
@@ -103,6 +110,9 @@ def channels_for(spec: NotifySpec, address: RecipientAddress) -> list[str]:
 
 def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -> int:
     """Turn new ledger events into delivery jobs, in the caller's transaction."""
+    spec = policy.loaded.spec.notify
+    if not (spec.email or spec.slack or spec.webhooks):
+        return 0  # nobody can be told anything: leave the ledger alone
     cursor = session.get(SinkCursor, CURSOR, with_for_update=True)
     if cursor is None:
         cursor = SinkCursor(name=CURSOR, position=0, updated_at=now)
@@ -112,7 +122,6 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -
         select(LedgerEntry.idx, LedgerEntry.leaf).where(LedgerEntry.idx >= cursor.position)
         .order_by(LedgerEntry.idx).limit(batch)
     ).all()
-    spec = policy.loaded.spec.notify
     queued = 0
     for idx, leaf in rows:
         event = json.loads(leaf)
