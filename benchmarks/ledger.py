@@ -31,7 +31,6 @@ import psycopg
 from sqlalchemy import select
 
 from accord import migrations
-from accord.config import parse_policy_text
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
 from accord.ledger import bundle, merkle
 from accord.ledger.checkpoints import LedgerConfig, sign
@@ -43,7 +42,6 @@ from accord.ledger.verify import verify
 from accord.worker.ledger_jobs import integrate_all
 
 PG_ADMIN = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-del parse_policy_text
 
 
 def _event(session: Any, i: int) -> None:

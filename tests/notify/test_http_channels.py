@@ -13,7 +13,7 @@ import pytest
 from accord.ledger.events import Actor, EventType
 from accord.notify.channels import DeliveryError, RecipientAddress, SlackChannel, WebhookChannel
 from accord.notify.message import Message, render
-from accord.provisioning.webhook import verify_signature
+from accord.signing import verify as verify_signature
 from tests.notify import samples as s
 
 BOB = RecipientAddress("bob", email="bob@example.com", slack="U0BOB")

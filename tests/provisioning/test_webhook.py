@@ -16,7 +16,9 @@ import pytest
 
 from accord.config import ResourceSpec, WebhookTarget
 from accord.provisioning.base import ConnectorError, GrantSpec
-from accord.provisioning.webhook import WebhookConnector, sign, verify_signature
+from accord.provisioning.webhook import WebhookConnector
+from accord.signing import sign
+from accord.signing import verify as verify_signature
 
 SECRET = b"webhook-s3cret"
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from accord import migrations
-from accord.bootstrap import build_state
+from accord.cli.state import load_state
 from accord.config import PolicyError, Settings, load_policy_file, redact_url
 from accord.db import make_engine, transaction
 from accord.durations import DurationError, format_duration, parse_duration
@@ -78,7 +78,7 @@ def token_issue(
     except DurationError as exc:
         err.print(f"error: --expires: {exc}")
         raise typer.Exit(1) from None
-    st = _state(config)
+    st = load_state(config, upgrade="if-empty")
     try:
         with transaction(st.sessions) as session:
             row, secret = identity.issue(
@@ -100,7 +100,7 @@ def token_list(
     config: ConfigOpt = None,
 ) -> None:
     """List tokens (never their secrets)."""
-    st = _state(config)
+    st = load_state(config, upgrade="if-empty")
     with st.sessions() as session:
         rows = identity.list_tokens(session, user=user)
     now = st.now()
@@ -128,7 +128,7 @@ def token_revoke(
     config: ConfigOpt = None,
 ) -> None:
     """Revoke a token; calls made with it fail from now on."""
-    st = _state(config)
+    st = load_state(config, upgrade="if-empty")
     try:
         with transaction(st.sessions) as session:
             row = identity.revoke(session, token_id=token_id, now=st.now(), admin=True,
@@ -137,13 +137,3 @@ def token_revoke(
         err.print(f"error: {exc.detail}")
         raise typer.Exit(1) from None
     out.print(f"token {row.id} of {row.user} revoked")
-
-
-def _state(config: Path | None):  # type: ignore[no-untyped-def]
-    settings = Settings.from_env()
-    try:
-        return build_state(settings, config_path=config, upgrade="if-empty")
-    except PolicyError as exc:
-        for problem in exc.problems:
-            err.print(f"error: {problem}", markup=False)
-        raise typer.Exit(1) from None

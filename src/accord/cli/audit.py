@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from accord.bootstrap import build_state
 from accord.cli.client import AccordClient, ClientError
-from accord.config import PolicyError, Settings
+from accord.cli.state import load_state
+from accord.config import Settings
 from accord.db import readonly_sessions, transaction
 from accord.ledger import bundle, checkpoints
 from accord.ledger.note import NoteError, Verifier
@@ -31,15 +31,6 @@ err = Console(stderr=True)
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="accord.yaml (default: $ACCORD_CONFIG).")
 ]
-
-
-def _state(config: Path | None):  # type: ignore[no-untyped-def]
-    try:
-        return build_state(Settings.from_env(), config_path=config, upgrade="never")
-    except PolicyError as exc:
-        for problem in exc.problems:
-            err.print(f"error: {problem}", markup=False)
-        raise typer.Exit(1) from None
 
 
 @contextmanager
@@ -69,14 +60,14 @@ def _sign_now(st: Any) -> Any:
 @audit_app.command("key")
 def key(config: ConfigOpt = None) -> None:
     """Print the verifier key that signs checkpoints (give it to auditors to pin)."""
-    st = _state(config)
+    st = load_state(config, upgrade="never")
     print(st.ledger.signer.verifier.encode())
 
 
 @audit_app.command("checkpoint")
 def checkpoint(config: ConfigOpt = None) -> None:
     """Sign the current tree now (if it grew) and print the latest checkpoint."""
-    st = _state(config)
+    st = load_state(config, upgrade="never")
     cp = _sign_now(st)
     if cp is not None:
         print(cp.note, end="")
@@ -88,7 +79,7 @@ def export(
     config: ConfigOpt = None,
 ) -> None:
     """Write the whole ledger (leaves, checkpoints, key) to a bundle, signing the tree first."""
-    st = _state(config)
+    st = load_state(config, upgrade="never")
     _sign_now(st)
     tmp = out_path.with_name(out_path.name + ".partial")
     reader = readonly_sessions(st.sessions)

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from accord import demo
 from accord.api.app import create_app
-from accord.bootstrap import announce, build_state
+from accord.bootstrap import announce
+from accord.cli.state import load_state
 from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
@@ -27,15 +28,6 @@ from accord.worker.sweeper import Sweeper, sweep_once
 log = logging.getLogger("accord")
 err = Console(stderr=True)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def _load(settings: Settings, config: Path | None, upgrade: str) -> Any:
-    try:
-        return build_state(settings, config_path=config, upgrade=upgrade)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            err.print(f"error: {problem}", markup=False)
-        raise typer.Exit(1) from None
 
 
 def serve(
@@ -65,7 +57,7 @@ def serve(
         config = demo.write_policy(base)
         if "ACCORD_DATABASE_URL" not in os.environ:
             settings = Settings.from_env({**os.environ, "ACCORD_DATA_DIR": str(base)})
-    st = _load(settings, config, "if-empty")
+    st = load_state(config, upgrade="if-empty", settings=settings)
     url = f"http://{host}:{port}"
     if demo_mode:
         demo.seed(st)
@@ -152,7 +144,7 @@ def worker(
 ) -> None:
     """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
     logging.basicConfig(level="INFO", format=LOG_FORMAT)
-    st = _load(Settings.from_env(), config, "never")
+    st = load_state(config, upgrade="never")
     if once:
         n = sweep_once(st.sessions, st.now())
         n_ledger = integrate_all(st.sessions) if _is_postgres(st) else 0

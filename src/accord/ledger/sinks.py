@@ -9,8 +9,6 @@ drop what they already have.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -29,10 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.config import SinkSpec
 from accord.db import transaction, utcnow
 from accord.ledger.models import LedgerEntry, SinkCursor
+from accord.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger("accord.ledger.sinks")
-SIGNATURE_HEADER = "X-Accord-Signature"
-TIMESTAMP_HEADER = "X-Accord-Timestamp"
 
 
 @dataclass(frozen=True)
@@ -141,12 +138,6 @@ class SyslogSink:
             self._sock = None
 
 
-def sign_body(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The webhook signature: hex HMAC-SHA256 over `timestamp.body`."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body,
-                                hashlib.sha256).hexdigest()
-
-
 class WebhookSink:
     """POSTs batches as JSON, signed with HMAC-SHA256 (see docs/ledger.md to verify)."""
 
@@ -163,7 +154,7 @@ class WebhookSink:
             "Content-Type": "application/json",
             "Idempotency-Key": f"{self.name}:{items[0].index}-{items[-1].index}",
             TIMESTAMP_HEADER: stamp,
-            SIGNATURE_HEADER: sign_body(self.secret, stamp, body),
+            SIGNATURE_HEADER: sign(self.secret, stamp, body),
         }
         try:
             r = self._http.post(self.url, content=body, headers=headers)

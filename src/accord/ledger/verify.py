@@ -24,7 +24,7 @@ from typing import IO
 import rfc8785
 
 from accord.ledger import bundle, merkle
-from accord.ledger.note import Checkpoint, NoteError, Verifier, parse_checkpoint
+from accord.ledger.note import NoteError, Verifier, parse_checkpoint
 
 
 @dataclass
@@ -338,7 +338,3 @@ def _diagnose(f: IO[bytes], report: Report) -> None:
             report.fail(f"index {idx}: the leaf does not follow from the one before it "
                         "(edited, swapped, inserted or removed here)", idx)
             return
-
-
-def load_checkpoint(text: str, key: Verifier) -> Checkpoint:
-    return parse_checkpoint(text, [key])

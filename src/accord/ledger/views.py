@@ -44,14 +44,6 @@ class InclusionProof(BaseModel):
     hashes: list[str]
 
 
-class ConsistencyProof(BaseModel):
-    from_: int
-    to: int
-    hashes: list[str]
-
-    model_config = {"populate_by_name": True}
-
-
 class BadRange(AccordError):
     status = 400
     title = "Out of range"

@@ -28,8 +28,8 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from accord.config import Secret, UserSpec
-from accord.ledger.sinks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_body
 from accord.notify.message import Message
+from accord.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 log = logging.getLogger("accord.notify")
 
@@ -404,7 +404,7 @@ class WebhookChannel:
     Body: {"type", "request_id", "recipient", "text", "event"} where `recipient` is the
     Accord user name and `event` the ledger envelope the message was rendered from.
     Headers: `X-Accord-Timestamp`, `X-Accord-Signature` (`sha256=` + hex HMAC-SHA256 of
-    `timestamp.body`; check it with `accord.provisioning.webhook.verify_signature`) and
+    `timestamp.body`; check it with `accord.signing.verify`) and
     `Idempotency-Key`.
     """
 
@@ -441,7 +441,7 @@ class WebhookChannel:
             "Content-Type": "application/json",
             IDEMPOTENCY_HEADER: idempotency_key,
             TIMESTAMP_HEADER: stamp,
-            SIGNATURE_HEADER: sign_body(self._secret, stamp, body),
+            SIGNATURE_HEADER: sign(self._secret, stamp, body),
         }
         what = f"webhook notification to {recipient.user}"
         response = _post(self._http, self._url.get(), what, content=body, headers=headers)

@@ -8,7 +8,6 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.config import parse_policy_text
 from accord.db import utcnow
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
@@ -91,8 +90,3 @@ def announce(session: Session, *, policy: Policy, actor: Actor) -> dict[str, Any
     )
     session.flush()
     return {"version": policy.version, "changed": True, "changes": changes}
-
-
-def version_text(session: Session, version: str) -> Policy | None:
-    row = session.get(PolicyVersion, version)
-    return Policy(parse_policy_text(row.text, row.source)) if row else None

@@ -7,8 +7,8 @@ Grant and revoke POST one JSON object to the target URL:
 
 with the headers `Idempotency-Key` (the same key, stable across retries of one action),
 `X-Accord-Timestamp` (unix seconds) and `X-Accord-Signature: sha256=<hex>`, the
-HMAC-SHA256 under the shared secret of `<timestamp>.<body>` — the same scheme as the
-ledger's webhook sink. Receivers check it with `verify_signature`, which also refuses
+HMAC-SHA256 under the shared secret of `<timestamp>.<body>` — Accord's one scheme
+(`accord.signing`). Receivers check it with `accord.signing.verify`, which also refuses
 stale timestamps, and drop repeated idempotency keys: Accord retries blindly.
 
 A 2xx answer means done; its JSON may carry a `connection` object (host, port, ...)
@@ -19,51 +19,21 @@ or 405 cannot list, and then `granted()` reports nothing.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from accord import signing
 from accord.config import ResourceSpec, WebhookTarget
 from accord.provisioning.base import ConnectorError, GrantResult, GrantSpec, Health
 
 CONNECTION_FIELDS = frozenset({"host", "port", "database", "user", "url"})
 log = logging.getLogger("accord.provisioning.webhook")
 
-SIGNATURE_HEADER = "X-Accord-Signature"
-TIMESTAMP_HEADER = "X-Accord-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_AGE = 300  # seconds a signed request stays acceptable to a receiver
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The signature header value: `sha256=` and the hex HMAC-SHA256 of `timestamp.body`."""
-    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def verify_signature(secret: bytes, timestamp: str, body: bytes, header: str,
-                     now: float | None = None, max_age: int = MAX_AGE) -> bool:
-    """For receivers: is `header` Accord's signature of `body`, made within `max_age` s?
-
-    `timestamp` is the X-Accord-Timestamp header as received; `now` defaults to the clock.
-    Timestamps further than `max_age` in the past or the future are refused, so a captured
-    request cannot be replayed later. The comparison takes constant time.
-    """
-    try:
-        stamp = int(timestamp)
-    except (TypeError, ValueError):
-        return False
-    current = time.time() if now is None else now
-    if abs(current - stamp) > max_age:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp, body).encode(),
-                               str(header).strip().encode())
 
 
 def rfc3339(ts: datetime) -> str:
@@ -168,9 +138,8 @@ class WebhookConnector:
     def _send(self, method: str, body: bytes, what: str, *,
               extra: dict[str, str] | None = None,
               accept: range | tuple[int, ...] = ()) -> httpx.Response:
-        stamp = str(int(time.time()))
-        headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(self._secret, stamp, body),
-                   "Accept": "application/json", **(extra or {})}
+        headers = {**signing.headers(self._secret, body), "Accept": "application/json",
+                   **(extra or {})}
         # Messages name the resource, never the URL: it may carry a token.
         try:
             response = self._http.request(method, self.target.url, content=body or None,

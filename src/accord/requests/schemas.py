@@ -171,8 +171,3 @@ class RequestOut(BaseModel):
             steps=steps, grant=GrantOut.of(grant, now) if grant else None,
             extends_grant_id=r.extends_grant_id,
         )
-
-
-class Page(BaseModel):
-    items: list[Any]
-    next_cursor: str | None
