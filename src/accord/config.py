@@ -194,6 +194,15 @@ class EscalationSpec(_Strict):
     )
 
 
+class WorkflowNotifySpec(_Strict):
+    """Which channels carry a workflow's notifications, and who hears of auto-approvals."""
+
+    # People's channels for this workflow's requests; None: every configured one.
+    channels: list[Literal["email", "slack"]] | None = None
+    # requester: only the requester; none: nobody; all: the requester and resource owners.
+    auto_approved: Literal["requester", "none", "all"] = "requester"
+
+
 class WorkflowSpec(_Strict):
     name: str
     description: str = ""
@@ -206,6 +215,7 @@ class WorkflowSpec(_Strict):
     elevated: ElevatedSpec | None = None
     escalation: EscalationSpec | None = None
     expire_after: timedelta | None = None
+    notify: WorkflowNotifySpec = Field(default_factory=WorkflowNotifySpec)
 
     _d = field_validator("max_duration", "expire_after", mode="before")(
         lambda cls, v: None if v is None else _duration(v)
@@ -277,6 +287,29 @@ class NotifySpec(_Strict):
     webhooks: list[HookSpec] = Field(default_factory=list)
 
 
+class OidcSpec(_Strict):
+    """Single sign-on with any OpenID Connect provider (authorization code + PKCE)."""
+
+    issuer: str  # discovery at {issuer}/.well-known/openid-configuration
+    client_id: str
+    client_secret_env: str | None = None  # env var holding it; public clients use PKCE alone
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    username_claim: str = "preferred_username"  # matched against the users in this file
+    groups_claim: str = "groups"  # recorded at login; see allowed_groups
+    allowed_groups: list[str] = Field(default_factory=list)  # if set, one is required
+    label: str = "single sign-on"  # the login button's text
+
+
+class WebSpec(_Strict):
+    session_ttl: timedelta = timedelta(hours=12)
+    # Pick a user without a password: for the embedded demo only, never in production.
+    local_login: bool = False
+    token_login: bool = True  # sign in by pasting an API token
+    oidc: OidcSpec | None = None
+
+    _d = field_validator("session_ttl", mode="before")(lambda cls, v: _duration(v))
+
+
 class WorkerSpec(_Strict):
     reconcile_every: timedelta = timedelta(minutes=1)  # compare targets with grants this often
 
@@ -287,6 +320,7 @@ class PolicyFile(_Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     notify: NotifySpec = Field(default_factory=NotifySpec)
+    web: WebSpec = Field(default_factory=WebSpec)
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
@@ -520,4 +554,11 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
         if w.escalation:
             for k, a in enumerate(w.escalation.to):
                 principal(f"{base}.escalation.to[{k}]", a, allow_owners=True)
+        for k, channel in enumerate(w.notify.channels or []):
+            where = f"{base}.notify.channels[{k}]"
+            if channel in (w.notify.channels or [])[:k]:
+                problems.append(PolicyProblem(where, f"duplicate channel {channel}"))
+            elif getattr(spec.notify, channel) is None:
+                problems.append(PolicyProblem(
+                    where, f"{channel} is not configured (add notify.{channel})"))
     return problems

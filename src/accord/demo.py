@@ -39,6 +39,10 @@ accord:
   admins: [admins]
   auditors: [auditors]
 
+# The demo's sign-in page lets you pick a user. Production uses web.oidc instead.
+web:
+  local_login: true
+
 resources:
   - name: staging-db
     kind: postgres

@@ -13,6 +13,7 @@ from accord.ledger.models import (
 from accord.notify.models import SlackSeen
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
+from accord.web.models import WebSession
 from accord.worker.models import Job
 
 metadata = Base.metadata
@@ -32,5 +33,6 @@ __all__ = [
     "RequestApprover",
     "SinkCursor",
     "SlackSeen",
+    "WebSession",
     "metadata",
 ]

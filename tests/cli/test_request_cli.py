@@ -79,4 +79,4 @@ def test_metrics_and_root(live: LiveServer) -> None:
     assert "accord_requests_pending 1" in body
     assert "accord_ledger_size" in body
     r = httpx.get(live.url + "/", timeout=5)
-    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from accord.ledger import views as ledger_views
 from accord.notify import views as slack_views
 from accord.policy import views as policy_views
 from accord.requests import views as request_views
+from accord.web import pages as web_pages
 from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
@@ -78,16 +79,14 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.accord = st
-    problems.install(app)
+    problems.install(app, html=web_pages.error_page)
     app.add_middleware(problems.BodyLimit)
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
                    slack_views):
         app.include_router(module.router)
+    app.include_router(slack_views.prefs_router)  # notification preferences
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        # Until the web dashboard exists, the interactive API docs are the front door.
-        return RedirectResponse("/docs")
+    web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
 
     @app.get("/healthz", tags=["ops"], include_in_schema=False)
     def healthz() -> dict[str, str]:

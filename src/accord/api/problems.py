@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from accord.errors import AccordError
+
+HtmlErrors = Callable[[Request, int, str, str], Response]
 
 log = logging.getLogger("accord.api")
 MAX_BODY = 64 * 1024
@@ -20,6 +24,16 @@ PROBLEM = "application/problem+json"
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 409: "Conflict", 413: "Content too large",
            415: "Unsupported media type", 422: "Invalid request", 500: "Internal error"}
+
+
+# Paths that only ever answer machines; everything else is a page a browser may ask for.
+_MACHINE = ("/api/", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz", "/metrics")
+
+
+def wants_html(request: Request) -> bool:
+    """A browser navigating the dashboard gets an HTML error page, never JSON."""
+    path = request.url.path
+    return not path.startswith(_MACHINE) and "text/html" in request.headers.get("accept", "")
 
 
 def problem(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
@@ -55,9 +69,18 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
+    """Problem+json for every error; `html` renders the same errors as pages for browsers."""
+
+    async def page(request: Request, status: int, title: str, detail: str) -> Response | None:
+        if html is None or not wants_html(request):
+            return None
+        return await run_in_threadpool(html, request, status, title, detail)
+
     @app.exception_handler(AccordError)
-    async def _accord(request: Request, exc: AccordError) -> JSONResponse:
+    async def _accord(request: Request, exc: AccordError) -> Response:
+        if (shown := await page(request, exc.status, exc.title, exc.detail)) is not None:
+            return shown
         extra: dict[str, Any] = {}
         if exc.field:
             extra["errors"] = [{"loc": exc.field, "msg": exc.detail}]
@@ -66,7 +89,7 @@ def install(app: FastAPI) -> None:
                        instance=request.url.path, **extra)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = [{"loc": _loc(e.get("loc", ())), "msg": _message(e)} for e in exc.errors()]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             first = next(e for e in exc.errors() if e.get("type") == "json_invalid")
@@ -74,18 +97,35 @@ def install(app: FastAPI) -> None:
             return problem(400, f"malformed JSON: {ctx.get('error', 'cannot parse body')}",
                            slug="malformed-json", instance=request.url.path)
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
+        if (shown := await page(request, 422, "Invalid request", detail)) is not None:
+            return shown
         return problem(422, detail, slug="validation", instance=request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}"
+            if (shown := await page(request, 404, "Not found",
+                                    f"There is no page at {request.url.path}.")) is not None:
+                return shown
+        elif (shown := await page(request, exc.status_code,
+                                  _TITLES.get(exc.status_code, "Error"), detail)) is not None:
+            return shown
         return problem(exc.status_code, detail, instance=request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        try:
+            shown = await page(request, 500, "Something went wrong",
+                               "An internal error stopped this page. Nothing was changed by "
+                               "it; the operator can find the details in the server log.")
+        except Exception:  # the error page itself failed: fall back to plain problem+json
+            log.exception("the error page failed too")
+            shown = None
+        if shown is not None:
+            return shown
         return problem(500, "internal error; the operator can find it in the server log",
                        instance=request.url.path)
 

@@ -105,6 +105,7 @@ def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:
         "",
         f"Accord demo: {url}   (API docs: {url}/docs)",
         f"Policy file: {config}",
+        f"Open {url} and pick a demo user to sign in (alice asks, bob approves, dave audits).",
         "Demo logins (API tokens, new on every start):",
         *[f"  {user:<6} {roles.get(user, ''):<21} {token}" for user, token in tokens.items()],
         "",

@@ -33,6 +33,7 @@ class EventType(enum.StrEnum):
     GRANT_DEPROVISION_FAILING = "grant.deprovision_failing"
     NOTIFICATION_SENT = "notification.sent"
     NOTIFICATION_FAILED = "notification.failed"
+    NOTIFICATION_PREFERENCES_CHANGED = "notification.preferences_changed"
     DRIFT_DETECTED = "drift.detected"
     DRIFT_REVOKED = "drift.revoked"
     GRANT_EXTENDED = "grant.extended"
@@ -42,6 +43,9 @@ class EventType(enum.StrEnum):
     GRANT_RELINQUISHED = "grant.relinquished"
     TOKEN_ISSUED = "token.issued"
     TOKEN_REVOKED = "token.revoked"
+    WEB_LOGIN = "web.login"
+    WEB_LOGIN_REFUSED = "web.login_refused"
+    WEB_LOGOUT = "web.logout"
 
 
 class Via(enum.StrEnum):

@@ -28,9 +28,10 @@ class SecretBox:
     def seal(self, secret: str) -> bytes:
         return self._fernet.encrypt(secret.encode())
 
-    def open(self, box: bytes) -> str:
+    def open(self, box: bytes, *, ttl: int | None = None) -> str:
+        """Decrypt; with `ttl`, also refuse a box sealed more than `ttl` seconds ago."""
         try:
-            return self._fernet.decrypt(box).decode()
+            return self._fernet.decrypt(box, ttl=ttl).decode()
         except InvalidToken:
             raise ValueError("the stored secret cannot be decrypted with this key") from None
 

@@ -162,6 +162,9 @@ def list_requests(
     requester: str | None = None,
     role: str | None = None,
     awaiting_me: bool = False,
+    approver: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     before_id: int | None = None,
     limit: int = 50,
 ) -> list[AccessRequest]:
@@ -178,6 +181,13 @@ def list_requests(
         q = q.where(AccessRequest.requester == requester)
     if role:
         q = q.where(AccessRequest.role == role)
+    if approver:  # someone who decided on it (approved or denied)
+        q = q.where(exists().where(Approval.request_id == AccessRequest.id,
+                                   Approval.approver == approver))
+    if since is not None:
+        q = q.where(AccessRequest.created_at >= since)
+    if until is not None:
+        q = q.where(AccessRequest.created_at < until)
     if before_id is not None:
         q = q.where(AccessRequest.id < before_id)
     if awaiting_me:
@@ -230,6 +240,52 @@ def step_approvers(session: Session, request_ids: list[int]) -> dict[int, dict[i
 # ---------------------------------------------------------------- create
 
 
+def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
+          reason: str, now: datetime, extension: bool = False,
+          ) -> tuple[Decision, list[frozenset[str]]]:
+    """What the policy would decide for this request, and who is eligible at each step.
+
+    Pure: it writes nothing, so the web form can show it before anything is filed.
+    """
+    spec = policy.resources.get(resource)
+    if spec is None:
+        known = ", ".join(sorted(policy.resources)) or "none"
+        raise Invalid(f'unknown resource "{resource}" (known: {known})', field="resource")
+    if role not in spec.roles:
+        raise Invalid(
+            f'role "{role}" is not offered by {resource} (offered: {", ".join(spec.roles)})',
+            field="role",
+        )
+    try:
+        decision = policy.decide(
+            requester=requester,
+            resource=spec,
+            role=role,
+            duration=duration,
+            reason=reason,
+            now=now,
+            extension=extension,
+        )
+    except PolicyRefusal as exc:
+        raise Invalid(str(exc), field=exc.field) from None
+
+    eligible: list[frozenset[str]] = []
+    if decision.outcome == "steps":
+        for i, step in enumerate(decision.steps):
+            people = policy.eligible(step.as_dict(), resource) - {requester}
+            if len(people) < step.min_approvals:
+                decision = Decision(
+                    "deny", decision.workflow, "no_approvers",
+                    f"step {i + 1} needs {step.min_approvals} approval(s) but only "
+                    f"{len(people)} eligible approver(s) other than the requester exist",
+                    inputs=decision.inputs,
+                )
+                break
+            eligible.append(people)
+
+    return decision, eligible
+
+
 def create(
     session: Session,
     *,
@@ -243,41 +299,9 @@ def create(
     extends: Grant | None = None,
 ) -> AccessRequest:
     """File a request for oneself and route it through the policy."""
-    spec = policy.resources.get(resource)
-    if spec is None:
-        known = ", ".join(sorted(policy.resources)) or "none"
-        raise Invalid(f'unknown resource "{resource}" (known: {known})', field="resource")
-    if role not in spec.roles:
-        raise Invalid(
-            f'role "{role}" is not offered by {resource} (offered: {", ".join(spec.roles)})',
-            field="role",
-        )
-    try:
-        decision = policy.decide(
-            requester=caller.user,
-            resource=spec,
-            role=role,
-            duration=duration,
-            reason=reason,
-            now=now,
-            extension=extends is not None,
-        )
-    except PolicyRefusal as exc:
-        raise Invalid(str(exc), field=exc.field) from None
-
-    eligible: list[frozenset[str]] = []
-    if decision.outcome == "steps":
-        for i, step in enumerate(decision.steps):
-            people = policy.eligible(step.as_dict(), resource) - {caller.user}
-            if len(people) < step.min_approvals:
-                decision = Decision(
-                    "deny", decision.workflow, "no_approvers",
-                    f"step {i + 1} needs {step.min_approvals} approval(s) but only "
-                    f"{len(people)} eligible approver(s) other than the requester exist",
-                    inputs=decision.inputs,
-                )
-                break
-            eligible.append(people)
+    decision, eligible = route(policy, requester=caller.user, resource=resource, role=role,
+                               duration=duration, reason=reason, now=now,
+                               extension=extends is not None)
 
     # The request is written once with what the policy decided; only activation follows.
     decided = decision.outcome != "steps"

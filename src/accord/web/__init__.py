@@ -1,0 +1,1 @@
+"""The server-rendered web dashboard: login (OIDC, token, demo), pages, live updates."""

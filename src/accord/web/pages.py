@@ -1,0 +1,683 @@
+"""The web dashboard's pages. Each handler is one unit of work, like the API's.
+
+Pages call the same services as the API, so every permission check and every ledger event
+is the same whichever way a person acts; only `via` says "web".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from accord.api.deps import AppState, db, state
+from accord.durations import DurationError, format_duration, parse_duration
+from accord.errors import AccordError, Forbidden, Invalid, NotFound
+from accord.grants.models import Grant, GrantStatus
+from accord.grants.views import _visible as visible_grants
+from accord.identity import service as identity
+from accord.ledger import service as ledger
+from accord.ledger.models import LedgerEntry
+from accord.requests import service as requests
+from accord.requests.models import AccessRequest, Status
+from accord.requests.schemas import GrantOut
+from accord.requests.views import render as render_requests
+from accord.web import charts, evidence, oidc, stats
+from accord.web import service as sessions
+from accord.web.auth import (
+    CACHE,
+    PRE_COOKIE,
+    CsrfRefused,
+    LoginRequired,
+    Viewer,
+    check_csrf,
+    login_url,
+    require_viewer,
+    safe_next,
+    viewer_of,
+)
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals["format_duration_seconds"] = \
+    lambda s: format_duration(timedelta(seconds=int(s)))
+router = APIRouter(include_in_schema=False)
+PAGE = 25
+MESSAGES = {  # what a redirect after a successful form says (never text from the URL)
+    "approve": "Approved.", "deny": "Denied.", "cancel": "Request withdrawn.",
+    "relinquish": "Access given up.", "revoke": "Access revoked.",
+    "extend": "Extension requested.", "created": "Request filed.",
+}
+ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
+
+
+def _ago(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return ""
+    seconds = int((now - value).total_seconds())
+    if seconds < 0:
+        return "in " + format_duration(timedelta(seconds=-seconds))
+    if seconds < 60:
+        return "just now"
+    return format_duration(timedelta(seconds=seconds - seconds % 60)) + " ago"
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 200,
+         **ctx: Any) -> HTMLResponse:
+    st: AppState = request.app.state.accord
+    now = st.now()
+    ctx.update(request=request, viewer=viewer, now=now, ago=lambda v: _ago(v, now),
+               csrf=viewer.csrf if viewer else "",
+               roles=sorted(viewer.principal.roles - {"requester"}) if viewer else [],
+               message=MESSAGES.get(
+                   request.query_params.get("done", "")))
+    response = templates.TemplateResponse(request, name, ctx, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _commit_read(session: Session) -> None:
+    if session.get_bind().dialect.name == "sqlite":
+        session.commit()
+
+
+def _set_session_cookie(response: Response, request: Request, value: str,
+                        ttl: timedelta) -> None:
+    response.set_cookie(sessions.COOKIE, value, max_age=int(ttl.total_seconds()),
+                        httponly=True, secure=_secure(request), samesite="lax", path="/")
+
+
+def _pre_token(request: Request) -> str:
+    return request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(32)
+
+
+# ---------------------------------------------------------------- login
+
+
+def _login_page(request: Request, st: AppState, *, error: str | None = None,
+                status: int = 200) -> HTMLResponse:
+    spec = st.policies.current.loaded.spec.web
+    token = _pre_token(request)
+    users = sorted(st.policies.current.users) if spec.local_login else []
+    response = page(request, "login.html", None, status=status, error=error, pre=token,
+                    users=users, web=spec, next=safe_next(request.query_params.get("next")))
+    response.set_cookie(PRE_COOKIE, token, httponly=True, secure=_secure(request),
+                        samesite="strict", path="/login")
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, st: AppState = Depends(state)) -> HTMLResponse:
+    return _login_page(request, st)
+
+
+def _check_pre(request: Request, sent: str) -> None:
+    check_csrf(request, sent, request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe())
+
+
+def _logged_in(request: Request, session: Session, st: AppState, *, user: str, method: str,
+               next_url: str, details: dict[str, Any] | None = None) -> Response:
+    ttl = st.policies.current.loaded.spec.web.session_ttl
+    started = sessions.start(session, user=user, method=method, now=st.now(), ttl=ttl,
+                             details=details)
+    session.commit()
+    response = RedirectResponse(safe_next(next_url), status_code=303)
+    _set_session_cookie(response, request, started.cookie, ttl)
+    response.delete_cookie(PRE_COOKIE, path="/login")
+    return response
+
+
+@router.post("/login/token")
+def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
+                next: str = Form("/"), session: Session = Depends(db),
+                st: AppState = Depends(state)) -> Response:
+    _check_pre(request, csrf)
+    if not st.policies.current.loaded.spec.web.token_login:
+        raise Forbidden("token login is turned off in accord.yaml (web.token_login)")
+    if not token.strip():
+        return _login_page(request, st, error="Paste an API token to sign in.", status=422)
+    try:
+        row = identity.authenticate(session, policy=st.policies.current, token=token.strip(),
+                                    now=st.now())
+    except AccordError as exc:
+        session.rollback()
+        sessions.refuse(session, user=None, method="token", reason=exc.detail, now=st.now())
+        session.commit()
+        return _login_page(request, st, error=f"That token does not sign you in: {exc.detail}.",
+                           status=401)
+    return _logged_in(request, session, st, user=row.user, method="token", next_url=next,
+                      details={"token": row.prefix})
+
+
+@router.post("/login/demo")
+def login_demo(request: Request, user: str = Form(""), csrf: str = Form(""),
+               next: str = Form("/"), session: Session = Depends(db),
+               st: AppState = Depends(state)) -> Response:
+    _check_pre(request, csrf)
+    if not st.policies.current.loaded.spec.web.local_login:
+        raise Forbidden("demo login is turned off (web.local_login in accord.yaml)")
+    if not st.policies.current.is_user(user):
+        return _login_page(request, st, error="Pick one of the listed users.", status=422)
+    return _logged_in(request, session, st, user=user, method="local", next_url=next)
+
+
+def _provider(request: Request, st: AppState) -> oidc.Provider:
+    spec = st.policies.current.loaded.spec.web.oidc
+    if spec is None:
+        raise NotFound("single sign-on is not configured (web.oidc in accord.yaml)")
+    cached: oidc.Provider | None = getattr(request.app.state, "oidc_provider", None)
+    if cached is None or cached.spec != spec:
+        if cached is not None:
+            cached.close()
+        cached = oidc.Provider(spec)
+        request.app.state.oidc_provider = cached
+    return cached
+
+
+def _callback_url(request: Request) -> str:
+    base = str(request.base_url).rstrip("/")
+    return base + "/login/oidc/callback"
+
+
+@router.get("/login/oidc")
+def login_oidc(request: Request, st: AppState = Depends(state)) -> Response:
+    provider = _provider(request, st)
+    try:
+        url, flow = oidc.begin(provider, box=st.secrets, redirect_uri=_callback_url(request),
+                               next_url=safe_next(request.query_params.get("next")))
+    except oidc.OidcError as exc:
+        return _login_page(request, st, error=str(exc), status=502)
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(oidc.FLOW_COOKIE, flow, max_age=oidc.FLOW_TTL, httponly=True,
+                        secure=_secure(request), samesite="lax", path="/login/oidc")
+    return response
+
+
+@router.get("/login/oidc/callback")
+def login_oidc_callback(request: Request, session: Session = Depends(db),
+                        st: AppState = Depends(state)) -> Response:
+    provider = _provider(request, st)
+    q = request.query_params
+    spec = provider.spec
+    details: dict[str, Any] = {"issuer": spec.issuer}
+    user: str | None = None
+    try:
+        if q.get("error"):
+            raise oidc.OidcError(f"the identity provider said: {q.get('error')}")
+        flow = oidc.open_flow(request.cookies.get(oidc.FLOW_COOKIE), box=st.secrets)
+        secret = os.environ.get(spec.client_secret_env) if spec.client_secret_env else None
+        who = oidc.finish(provider, flow=flow, code=q.get("code", ""), state=q.get("state", ""),
+                          client_secret=secret, now=st.now())
+        user = who.username
+        details.update(subject=who.subject, groups=who.groups)
+        if not st.policies.current.is_user(who.username):
+            raise oidc.OidcError(f'"{who.username}" is not a user in accord.yaml; ask an admin '
+                                 "to add you")
+        if spec.allowed_groups and not set(spec.allowed_groups) & set(who.groups):
+            raise oidc.OidcError("your identity provider groups do not allow you to use Accord")
+    except oidc.OidcError as exc:
+        session.rollback()
+        sessions.refuse(session, user=user, method="oidc", reason=str(exc), now=st.now(),
+                        details=details)
+        session.commit()
+        refused = _login_page(request, st, error=str(exc), status=401)
+        refused.delete_cookie(oidc.FLOW_COOKIE, path="/login/oidc")
+        return refused
+    response = _logged_in(request, session, st, user=who.username, method="oidc",
+                          next_url=flow["next"], details=details)
+    response.delete_cookie(oidc.FLOW_COOKIE, path="/login/oidc")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: str = Form(""), session: Session = Depends(db),
+           st: AppState = Depends(state)) -> Response:
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    cookie = request.cookies.get(sessions.COOKIE, "")
+    row = sessions.lookup(session, cookie=cookie, now=st.now())
+    if row is not None:
+        sessions.end(session, row=row, now=st.now())
+    session.commit()
+    CACHE.forget(sessions.digest(cookie))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/")
+    return response
+
+
+# ---------------------------------------------------------------- overview
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request, session: Session = Depends(db),
+             st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    data = stats.overview(session, policy=viewer.principal.policy, user=viewer.user,
+                          now=st.now())
+    waiting = requests.list_requests(session, policy=viewer.principal.policy, user=viewer.user,
+                                     now=st.now(), awaiting_me=True, limit=100)
+    _commit_read(session)
+    labels = [d.strftime("%d %b") for d in data.days]
+    return page(
+        request, "overview.html", viewer, data=data, waiting=len(waiting),
+        per_day_chart=charts.stacked_bars(labels, data.per_day,
+                                          title="Requests per day by outcome"),
+        decision_chart=charts.hbars(data.decision_buckets,
+                                    title="Time to a human decision"),
+        resources_chart=charts.hbars(data.top_resources, title="Most requested resources"),
+        auto_chart=charts.hbars([("automatic", data.automatic), ("human", data.human)],
+                                title="Automatic and human decisions"),
+        labels=labels,
+    )
+
+
+# ---------------------------------------------------------------- new request
+
+
+def _catalog(viewer: Viewer) -> list[dict[str, Any]]:
+    policy = viewer.principal.policy
+    return [{"name": r.name, "description": r.description, "roles": list(r.roles),
+             "labels": dict(r.labels)} for r in sorted(policy.resources.values(),
+                                                       key=lambda r: r.name)]
+
+
+def _preview(viewer: Viewer, now: datetime, form: dict[str, str]) -> dict[str, Any]:
+    """Which workflow applies and who will approve; an `error` when the input is refused."""
+    if not form.get("resource") or not form.get("role") or not form.get("duration"):
+        return {"incomplete": True}
+    try:
+        duration = parse_duration(form["duration"])
+    except DurationError as exc:
+        return {"error": f"duration: {exc}"}
+    try:
+        decision, eligible = requests.route(
+            viewer.principal.policy, requester=viewer.user, resource=form["resource"],
+            role=form["role"], duration=duration, reason=form.get("reason", ""), now=now)
+    except Invalid as exc:
+        return {"error": f"{exc.field}: {exc.detail}" if exc.field else exc.detail}
+    steps = [{"name": s.name or f"step {i + 1}", "min": s.min_approvals,
+              "elevated": s.elevated, "people": sorted(eligible[i])}
+             for i, s in enumerate(decision.steps) if i < len(eligible)]
+    return {"outcome": decision.outcome, "workflow": decision.workflow, "rule": decision.rule,
+            "reason": decision.reason, "steps": steps}
+
+
+@router.get("/requests/new", response_class=HTMLResponse)
+def new_request(request: Request, session: Session = Depends(db),
+                st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    form = {k: request.query_params.get(k, "") for k in ("resource", "role", "duration",
+                                                           "reason")}
+    form["duration"] = form["duration"] or "1h"
+    return page(request, "request_new.html", viewer, catalog=_catalog(viewer), form=form,
+                preview=_preview(viewer, st.now(), form), errors={})
+
+
+@router.get("/requests/preview", response_class=HTMLResponse)
+def preview(request: Request, session: Session = Depends(db),
+            st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    form = {k: request.query_params.get(k, "") for k in ("resource", "role", "duration",
+                                                           "reason")}
+    return page(request, "_preview.html", viewer, preview=_preview(viewer, st.now(), form))
+
+
+@router.post("/requests/new")
+def create_request(request: Request, resource: str = Form(""), role: str = Form(""),
+                   duration: str = Form(""), reason: str = Form(""), csrf: str = Form(""),
+                   session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    form = {"resource": resource, "role": role, "duration": duration, "reason": reason}
+    errors: dict[str, str] = {}
+    if not resource:
+        errors["resource"] = "Choose a resource."
+    if not role:
+        errors["role"] = "Choose a role."
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in reason) or len(reason) > 2000:
+        errors["reason"] = "Keep the reason under 2000 characters of plain text."
+    try:
+        span = parse_duration(duration)
+    except DurationError as exc:
+        errors["duration"] = f"{exc} (for example 30m, 2h, 1h30m)."
+    if not errors:
+        try:
+            req = requests.create(session, policy=viewer.principal.policy,
+                                  caller=viewer.principal.caller, resource=resource, role=role,
+                                  duration=span, reason=reason, now=st.now())
+            session.commit()
+            return RedirectResponse(f"/requests/{req.id}?done=created", status_code=303)
+        except Invalid as exc:
+            session.rollback()
+            errors[exc.field or "form"] = exc.detail
+    return page(request, "request_new.html", viewer, status=422, catalog=_catalog(viewer),
+                form=form, preview=_preview(viewer, st.now(), form), errors=errors)
+
+
+# ---------------------------------------------------------------- lists
+
+
+def _page_of(session: Session, viewer: Viewer, now: datetime, *, before: int | None,
+             **filters: Any) -> tuple[list[Any], int | None]:
+    reqs = requests.list_requests(session, policy=viewer.principal.policy, user=viewer.user,
+                                  now=now, before_id=before, limit=PAGE + 1, **filters)
+    more = len(reqs) > PAGE
+    reqs = reqs[:PAGE]
+    return render_requests(session, reqs, now), (reqs[-1].id if more and reqs else None)
+
+
+def _cursor(value: str | None) -> int | None:
+    if value and value.isdigit() and len(value) < 12:
+        return int(value)
+    return None
+
+
+def _day(value: str, field: str) -> datetime | None:
+    """A calendar day (UTC midnight) from a date input."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value[:10] + "T00:00:00+00:00")
+    except ValueError:
+        raise Invalid("use a date such as 2026-11-27", field=field) from None
+
+
+def _through(value: str) -> datetime | None:
+    """The end of the day a date input names: `until` includes that day."""
+    day = _day(value, "until")
+    return day + timedelta(days=1) if day else None
+
+
+@router.get("/my", response_class=HTMLResponse)
+def my_requests(request: Request, session: Session = Depends(db),
+                st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    before = _cursor(request.query_params.get("before"))
+    items, more = _page_of(session, viewer, st.now(), before=before, requester=viewer.user)
+    _commit_read(session)
+    return page(request, "my.html", viewer, items=items, more=more)
+
+
+@router.get("/inbox", response_class=HTMLResponse)
+def inbox(request: Request, session: Session = Depends(db),
+          st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    now = st.now()
+    reqs = requests.list_requests(session, policy=viewer.principal.policy, user=viewer.user,
+                                  now=now, awaiting_me=True, limit=200)
+    items = render_requests(session, list(reversed(reqs)), now)  # oldest first: longest wait
+    history: dict[str, list[Any]] = {}
+    for r in items:
+        if r.requester not in history:
+            rows = session.execute(
+                select(AccessRequest).where(AccessRequest.requester == r.requester)
+                .order_by(AccessRequest.id.desc()).limit(6)).scalars().all()
+            history[r.requester] = [h for h in rows]
+    _commit_read(session)
+    return page(request, "inbox.html", viewer, items=items, history=history)
+
+
+@router.get("/requests", response_class=HTMLResponse)
+def all_requests(request: Request, session: Session = Depends(db),
+                 st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    q = request.query_params
+    f = {k: q.get(k, "") for k in ("status", "resource", "requester", "approver", "since",
+                                   "until")}
+    error = None
+    items: list[Any] = []
+    more = None
+    try:
+        if f["status"] and f["status"] not in {s.value for s in Status}:
+            raise Invalid("unknown status", field="status")
+        items, more = _page_of(
+            session, viewer, st.now(), before=_cursor(q.get("before")),
+            status=f["status"] or None, resource=f["resource"] or None,
+            requester=f["requester"] or None, approver=f["approver"] or None,
+            since=_day(f["since"], "since"), until=_through(f["until"]))
+    except Invalid as exc:
+        error = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+    _commit_read(session)
+    keep = {k: v for k, v in f.items() if v}
+    return page(request, "requests.html", viewer, items=items, more=more, filters=f,
+                error=error, statuses=[s.value for s in Status],
+                resources=sorted(viewer.principal.policy.resources),
+                more_url="/requests?" + urlencode({**keep, "before": more}) if more else None,
+                status=422 if error else 200)
+
+
+# ---------------------------------------------------------------- one request
+
+
+def _actions(viewer: Viewer, out: Any, req: AccessRequest, session: Session) -> list[str]:
+    """Buttons worth showing; the service still checks each one when pressed."""
+    me, acts = viewer.user, []
+    if out.status == "pending":
+        if me == out.requester:
+            acts.append("cancel")
+        elif out.current_step is not None:
+            step = out.steps[out.current_step]
+            decided = any(a.approver == me for s in out.steps for a in s.approvals)
+            if me in step.eligible and not decided:
+                acts += ["approve", "deny"]
+    if out.status == "active":
+        if me == out.requester:
+            acts += ["extend", "relinquish"]
+        if viewer.principal.is_admin or me in viewer.principal.policy.owners_of(out.resource) \
+                or requests.is_request_approver(session, req, me):
+            acts.append("revoke")
+    return acts
+
+
+@router.get("/requests/{request_id}", response_class=HTMLResponse)
+def request_detail(request: Request, request_id: str, session: Session = Depends(db),
+                   st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    return _detail(request, session, st, viewer, request_id)
+
+
+def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, request_id: str,
+            *, error: str | None = None, status: int = 200) -> HTMLResponse:
+    if not request_id.isdigit() or not 0 < int(request_id) < 2**31:
+        raise NotFound(f"request {request_id} does not exist")
+    req = requests.get_request(session, policy=viewer.principal.policy, user=viewer.user,
+                               request_id=int(request_id))
+    now = st.now()
+    out = render_requests(session, [req], now)[0]
+    ledger_state = evidence.state(session, st.ledger)
+    subjects = [f"request:{req.id}"] + ([f"grant:{req.grant_id}"] if req.grant_id else [])
+    events = evidence.timeline(session, ledger_state, subjects)
+    acts = _actions(viewer, out, req, session)
+    _commit_read(session)
+    return page(request, "request_detail.html", viewer, r=out, events=events,
+                ledger=ledger_state, actions=acts, error=error, status=status)
+
+
+@router.post("/requests/{request_id}/{action}")
+def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
+        comment: str = Form(""), duration: str = Form(""), reason: str = Form(""),
+        session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    if action not in (*ACTIONS, "extend") or not request_id.isdigit() \
+            or not 0 < int(request_id) < 2**31:
+        raise NotFound(f"no such action: {action}")
+    rid, now = int(request_id), st.now()
+    back = request.headers.get("x-accord-back") or ""
+    try:
+        if action == "extend":
+            try:
+                span = parse_duration(duration)
+            except DurationError as exc:
+                raise Invalid(f"{exc} (for example 30m or 1h)", field="duration") from None
+            new = requests.extend(session, policy=viewer.principal.policy,
+                                  caller=viewer.principal.caller, request_id=rid,
+                                  duration=span, reason=reason, now=now)
+            session.commit()
+            return RedirectResponse(f"/requests/{new.id}?done=extend", status_code=303)
+        fn = getattr(requests, action)
+        fn(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
+           request_id=rid, comment=comment[:2000], now=now)
+        session.commit()
+    except AccordError as exc:
+        session.rollback()
+        detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+        if isinstance(exc, NotFound):
+            raise
+        return _detail(request, session, st, viewer, request_id, error=detail,
+                       status=exc.status)
+    target = back if back.startswith("/") and not back.startswith("//") else \
+        f"/requests/{rid}"
+    sep = "&" if "?" in target else "?"
+    return RedirectResponse(f"{target}{sep}done={action}", status_code=303)
+
+
+# ---------------------------------------------------------------- grants
+
+
+@router.get("/grants", response_class=HTMLResponse)
+def grants_page(request: Request, session: Session = Depends(db),
+                st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    now = st.now()
+    q = (select(Grant).where(Grant.status == GrantStatus.ACTIVE, Grant.ends_at > now)
+         .order_by(Grant.ends_at).limit(200))
+    visible = visible_grants(viewer.principal)
+    if visible is not None:
+        q = q.where(visible)
+    rows = [GrantOut.of(g, now) for g in session.execute(q).scalars()]
+    mine_or_revocable = []
+    for g in rows:
+        can_revoke = (viewer.principal.is_admin
+                      or viewer.user in viewer.principal.policy.owners_of(g.resource))
+        mine_or_revocable.append((g, g.user == viewer.user, can_revoke))
+    _commit_read(session)
+    return page(request, "grants.html", viewer, grants=mine_or_revocable)
+
+
+# ---------------------------------------------------------------- audit
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit(request: Request, session: Session = Depends(db),
+          st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    if not viewer.principal.can_read_all:
+        raise Forbidden("the audit log needs the Accord auditor or admin role")
+    q = request.query_params
+    f = {k: q.get(k, "") for k in ("type", "subject", "actor", "resource")}
+    ledger_state = evidence.state(session, st.ledger)
+    query = ledger.query_events(type=f["type"] or None, subject=f["subject"] or None,
+                                actor=f["actor"] or None, resource=f["resource"] or None)
+    before = _cursor(q.get("before"))
+    query = query.order_by(None).order_by(LedgerEntry.idx.desc())
+    if before is not None:
+        query = query.where(LedgerEntry.idx < before)
+    rows = list(session.execute(query.limit(PAGE + 1)).scalars())
+    more = rows[PAGE - 1].idx if len(rows) > PAGE else None
+    events = [(int(e.idx or 0), ledger.decode(e)) for e in rows[:PAGE]]
+    types = [t for (t,) in session.execute(
+        select(LedgerEntry.type).group_by(LedgerEntry.type).order_by(LedgerEntry.type))]
+    pending = int(session.execute(select(func.count()).select_from(LedgerEntry)
+                                  .where(LedgerEntry.idx.is_(None))).scalar_one())
+    _commit_read(session)
+    keep = {k: v for k, v in f.items() if v}
+    return page(request, "audit.html", viewer, ledger=ledger_state, events=events, filters=f,
+                types=types, pending=pending, key=st.ledger.signer.verifier.encode(),
+                more_url="/audit?" + urlencode({**keep, "before": more}) if more else None)
+
+
+# ---------------------------------------------------------------- live updates
+
+
+@router.get("/live")
+async def live(request: Request) -> Response:
+    """Server-sent events: `change` whenever the ledger grows (every page shows something
+    the ledger records), so open pages refresh their live parts without a reload."""
+    st: AppState = request.app.state.accord
+
+    def check() -> tuple[Viewer | None, int]:
+        with st.sessions() as s:
+            v = viewer_of(request, s, st)
+            size = int(s.execute(select(func.count()).select_from(LedgerEntry)).scalar_one())
+            s.commit()
+            return v, size
+
+    viewer, size = await run_in_threadpool(check)
+    if viewer is None:
+        return Response(status_code=401)
+
+    async def stream() -> AsyncIterator[bytes]:
+        last, quiet = size, 0
+        yield b"retry: 2000\n\n"
+        while not await request.is_disconnected():
+            await asyncio.sleep(1)
+            v, now_size = await run_in_threadpool(check)
+            if v is None:
+                yield b"event: logout\ndata: {}\n\n"
+                return
+            if now_size != last:
+                last, quiet = now_size, 0
+                yield f"event: change\ndata: {now_size}\n\n".encode()
+            else:
+                quiet += 1
+                if quiet >= 15:
+                    quiet = 0
+                    yield b": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
+    st: AppState | None = getattr(request.app.state, "accord", None)
+    viewer = None
+    if st is not None and request.cookies.get(sessions.COOKIE):
+        try:
+            with st.sessions() as s:
+                viewer = viewer_of(request, s, st)
+        except Exception:  # an error page must render even when the database is down
+            viewer = None
+    return page(request, "error.html", viewer, status=status, title=title, detail=detail)
+
+
+def install(app: Any) -> None:
+    """Routes, static files and the two exceptions only pages raise."""
+    from fastapi.staticfiles import StaticFiles
+
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    async def _login(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        if request.headers.get("x-accord-live"):
+            return Response(status_code=401)
+        return RedirectResponse(login_url(exc.next_url), status_code=303)
+
+    async def _csrf(request: Request, exc: Exception) -> Response:
+        return await run_in_threadpool(
+            error_page, request, 403, "Form refused",
+            f"{exc}. Reload the page and try again; if you did not just submit a form "
+            "in Accord, someone else's site may have tried to act for you.")
+
+    app.add_exception_handler(LoginRequired, _login)
+    app.add_exception_handler(CsrfRefused, _csrf)
