@@ -1,4 +1,5 @@
-"""Ledger events shaped exactly as the services record them, and a local HTTP receiver."""
+"""Ledger events shaped exactly as the services record them, accord.yaml variants with
+notifications configured, and a local HTTP receiver."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from accord.ledger.events import Actor, EventType, PolicyRef, Via, envelope
+from tests.conftest import POLICY
 
 NOW = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
 BASE_URL = "https://accord.example.com/"
@@ -71,6 +73,33 @@ def ended(kind: EventType, actor: Actor, comment: str = "") -> dict[str, Any]:
               "ends_at": "2030-05-06T08:08:09.000000Z",
               "ended_at": "2030-05-06T08:08:09.000000Z", "comment": comment},
     )
+
+
+# ---------------------------------------------------------------- accord.yaml
+
+SLACK_ENV = "ACCORD_TEST_SLACK_URL"  # the Slack webhook URL (a local receiver in tests)
+PEOPLE = (
+    "users: {alice: {email: alice@example.test, slack: U0ALICE}, "
+    "bob: {email: bob@example.test, slack: U0BOB}, carol: {email: carol@example.test}, "
+    "dave: {}, erin: {email: erin@example.test}, frank: {slack: U0FRANK}, gina: {}}"
+)
+_MATCH = {"staging": "    match: 'resource.labels.env == \"staging\"'\n",
+          "prod": "    match: 'resource.labels.env == \"prod\"'\n"}
+
+
+def notify_policy(*, smtp_port: int | None = 9, slack: bool = False,
+                  workflows: dict[str, str] | None = None) -> str:
+    """The shared POLICY with addresses for people, email and/or Slack configured, and
+    `workflows` mapping a workflow name to its `notify:` value (YAML flow style)."""
+    text = POLICY.replace("users: [alice, bob, carol, dave, erin, frank, gina]", PEOPLE)
+    for name, value in (workflows or {}).items():
+        text = text.replace(_MATCH[name], f"{_MATCH[name]}    notify: {value}\n")
+    text += "notify:\n  base_url: https://accord.example.test\n"
+    if smtp_port is not None:
+        text += f"  email: {{host: 127.0.0.1, port: {smtp_port}, sender: accord@example.test}}\n"
+    if slack:
+        text += f"  slack: {{webhook_url_env: {SLACK_ENV}}}\n"
+    return text
 
 
 # ---------------------------------------------------------------- HTTP receiver

@@ -7,6 +7,7 @@ import typer
 from accord.cli import admin, serve
 from accord.cli.audit import audit_app
 from accord.cli.request import grant_app, request_app
+from accord.notify.cli import notify_app
 
 app = typer.Typer(
     name="accord",
@@ -22,6 +23,7 @@ app.add_typer(admin.policy_app, name="policy")
 app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
 app.add_typer(audit_app, name="audit")
+app.add_typer(notify_app, name="notify")
 
 if __name__ == "__main__":
     app()

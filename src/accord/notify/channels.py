@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import smtplib
 import ssl
 import time
@@ -27,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from accord.config import Secret, UserSpec
+from accord.config import NotifySpec, Secret, UserSpec
 from accord.notify.message import Message
 from accord.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -383,6 +384,8 @@ def _button(action: str, request_id: int) -> dict[str, Any]:
 def _label(message: Message) -> str:
     if message.request_id is not None:
         return f"Request #{message.request_id}"
+    if not message.resource:  # e.g. a daily digest
+        return "Accord"
     return f"{message.resource}/{message.role}"
 
 
@@ -448,3 +451,51 @@ class WebhookChannel:
         _check_status(response, what)
         log.info("webhook: sent %s for %s to %s", message.event_type, message.request_id,
                  recipient.user)
+
+
+# ---------------------------------------------------------------- from accord.yaml
+
+
+def build_channel(spec: NotifySpec, name: str, env: dict[str, str] | None = None) -> Channel:
+    """The channel `name` ("email", "slack", "webhook.<name>") as `notify:` configures it.
+
+    A channel that cannot be built (an unset environment variable, a bad sender) is a
+    DeliveryError that retrying cannot fix.
+    """
+    try:
+        return _build(spec, name, dict(os.environ if env is None else env))
+    except ValueError as exc:
+        raise DeliveryError(f"{name} is misconfigured: {exc}", retryable=False) from None
+
+
+def _build(spec: NotifySpec, name: str, env: dict[str, str]) -> Channel:
+    if name == "email" and spec.email is not None:
+        e = spec.email
+        return EmailChannel(e.host, e.port, security=e.security, sender=e.sender,
+                            username=env.get(e.username_env) if e.username_env else None,
+                            password=env.get(e.password_env) if e.password_env else None)
+    if name == "slack" and spec.slack is not None:
+        s = spec.slack
+        return SlackChannel(
+            webhook_url=env.get(s.webhook_url_env) if s.webhook_url_env else None,
+            bot_token=env.get(s.bot_token_env) if s.bot_token_env else None)
+    for hook in spec.webhooks:
+        if name == f"webhook.{hook.name}":
+            secret = env.get(hook.secret_env, "")
+            if not secret:
+                raise DeliveryError(f"set {hook.secret_env} for webhook {hook.name}",
+                                    retryable=False)
+            return WebhookChannel(hook.url, secret.encode())
+    raise DeliveryError(f"channel {name} is not configured", retryable=False)
+
+
+def send_once(spec: NotifySpec, name: str, recipient: RecipientAddress, message: Message,
+              idempotency_key: str) -> None:
+    """Build the channel, send one message, and release the channel's connections."""
+    channel = build_channel(spec, name)
+    try:
+        channel.send(recipient, message, idempotency_key=idempotency_key)
+    finally:
+        close = getattr(channel, "close", None)
+        if callable(close):
+            close()

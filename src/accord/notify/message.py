@@ -153,6 +153,49 @@ def render(event: dict[str, Any], *, base_url: str, recipient: str, approver: bo
     )
 
 
+DIGEST = "notification.digest"  # the event_type of a digest message
+
+
+def render_digest(events: Sequence[tuple[dict[str, Any], bool]], *, base_url: str,
+                  recipient: str, day: str) -> Message | None:
+    """One message listing several events for `recipient`, oldest first: a daily digest.
+
+    `events` are (envelope, approver) pairs as `render` takes them; events without a
+    notification are left out. None when nothing is left to tell.
+    """
+    shown: list[Message] = []
+    for event, approver in events:
+        try:
+            shown.append(render(event, base_url=base_url, recipient=recipient,
+                                approver=approver))
+        except ValueError:
+            continue
+    if not shown:
+        return None
+    count = f"{len(shown)} update" + ("" if len(shown) == 1 else "s")
+    link = base_url.rstrip("/") or base_url
+    intro = f"Your Accord digest for {day}: {count} since the last one."
+    lines = [f"- {_one_line(m.headline, 300)}\n  {m.link}" for m in shown]
+    text = "\n\n".join([intro, "\n".join(lines), f"Details: {link}"])
+    items = "".join(f'<li>{escape(_one_line(m.headline, 300))} '
+                    f'(<a href="{escape(m.link, quote=True)}">details</a>)</li>\n'
+                    for m in shown)
+    html = (f'<!DOCTYPE html>\n<html><body style="font-family: sans-serif">\n'
+            f"<p>{escape(intro)}</p>\n<ul>\n{items}</ul>\n</body></html>\n")
+    return Message(
+        event_type=DIGEST,
+        subject=_one_line(f"[Accord] Daily digest for {day}: {count}"),
+        text=text,
+        html=html,
+        request_id=None,
+        resource="",
+        role="",
+        requester=None,
+        link=link,
+        event={"type": DIGEST, "day": day, "events": [m.event for m in shown]},
+    )
+
+
 # ---------------------------------------------------------------- templates
 
 

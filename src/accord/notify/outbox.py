@@ -6,32 +6,33 @@ own cursor, turns each event into delivery jobs (one idempotency key per event,
 channel and recipient) and delivers them with retries and backoff. Each delivery's
 outcome is itself a ledger event (`notification.sent` / `notification.failed`), so
 "who was told what, when" is auditable.
+
+Each person is told on the channels that are configured, that they have an address
+for, that their preferences choose and that the request's workflow allows
+(`notify.channels`). People in digest mode get most events in a daily digest
+(`accord.notify.digest`); what asks them to act (a request to decide, a warning that
+their access ends) still goes out at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.config import NotifySpec
+from accord.config import NotifySpec, WorkflowNotifySpec
 from accord.db import utcnow
+from accord.grants.models import Grant
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry, SinkCursor
-from accord.notify.channels import (
-    Channel,
-    DeliveryError,
-    EmailChannel,
-    RecipientAddress,
-    SlackChannel,
-    WebhookChannel,
-)
+from accord.notify import digest
+from accord.notify import service as prefs
+from accord.notify.channels import DeliveryError, RecipientAddress, send_once
 from accord.notify.message import render
 from accord.policy.engine import Policy
 from accord.requests.models import AccessRequest, RequestApprover, Status
@@ -49,6 +50,44 @@ ROUTED = frozenset({
 })
 # Events that ask someone to decide: they are shown the request itself.
 _RESHOW = {"approval.recorded", "request.reminded", "request.escalated"}
+# Sent at once even to people in digest mode: a digest would come too late to act on.
+URGENT = frozenset({"grant.expiring"})
+
+
+def urgent(event: dict[str, Any], approver: bool) -> bool:
+    """Does this message need acting on soon (so never waits for a digest)?"""
+    return approver or event.get("type") in URGENT
+
+
+def _request_of(session: Session, event: dict[str, Any]) -> AccessRequest | None:
+    """The request an event is about; for grant events, the request that made the grant."""
+    data = event.get("data") or {}
+    rid = data.get("request_id")
+    if isinstance(rid, int):
+        return session.get(AccessRequest, rid)
+    subject = str(event.get("subject") or "")
+    if subject.startswith("grant:") and subject[6:].isdigit():
+        grant = session.get(Grant, int(subject[6:]))
+        return session.get(AccessRequest, grant.request_id) if grant is not None else None
+    return None
+
+
+def workflow_notify(session: Session, policy: Policy, event: dict[str, Any]
+                    ) -> WorkflowNotifySpec | None:
+    """The `notify:` choices of the workflow that routed the event's request, if any."""
+    req = _request_of(session, event)
+    if req is None or req.workflow is None:
+        return None
+    spec = next((w.spec for w in policy.workflows if w.spec.name == req.workflow), None)
+    return spec.notify if spec is not None else None
+
+
+def _auto_approved(req: AccessRequest | None, event: dict[str, Any]) -> bool:
+    """Did a rule approve it? (A provisioned grant is activated by the system, so ask the
+    request which rule decided; the actor is the fallback.)"""
+    if req is not None:
+        return req.rule == "auto_approve"
+    return (event.get("actor") or {}).get("kind") == "policy"
 
 
 def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -57,8 +96,7 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
     if kind not in ROUTED:
         return []
     data = event.get("data") or {}
-    rid = data.get("request_id")
-    req = session.get(AccessRequest, rid) if isinstance(rid, int) else None
+    req = _request_of(session, event)
     if kind == "request.created" and req is not None and req.status == Status.PENDING:
         return [(u, True) for u in _step_approvers(session, req)]
     if kind == "approval.recorded" and data.get("step_complete") and req is not None \
@@ -69,15 +107,22 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
         return [(u, True) for u in _step_approvers(session, req) if u not in decided]
     if kind == "request.escalated" and req is not None and req.status == Status.PENDING:
         return [(u, True) for u in data.get("added", [])]
+    if kind in ("request.approved", "grant.activated") and _auto_approved(req, event):
+        choice = workflow_notify(session, policy, event)
+        audience = choice.auto_approved if choice is not None else "requester"
+        if audience == "none":
+            return []
+        if audience == "requester" or kind == "request.approved":  # "all" adds the owners
+            user = data.get("user") if kind == "grant.activated" else \
+                (req.requester if req is not None else None)
+            return [(str(user), False)] if user else []
     if kind in ("request.approved", "request.denied", "request.expired") and req is not None:
         return [(req.requester, False)]
     if kind == "grant.activated":
         out = [(str(data.get("user")), False)]
-        automatic = (event.get("actor") or {}).get("kind") == "policy"
         resource = (event.get("resource") or {}).get("name", "")
-        if not automatic:  # auto-approved access tells only the requester
-            out += [(o, False) for o in sorted(policy.owners_of(resource))
-                    if o != data.get("user")]
+        out += [(o, False) for o in sorted(policy.owners_of(resource))
+                if o != data.get("user")]
         return out
     if kind in _ENDINGS or kind == "grant.expiring":
         return [(str(data.get("user")), False)]
@@ -100,12 +145,8 @@ def _created_index(session: Session, event: dict[str, Any]) -> int | None:
 
 
 def channels_for(spec: NotifySpec, address: RecipientAddress) -> list[str]:
-    out = []
-    if spec.email is not None and address.email:
-        out.append("email")
-    if spec.slack is not None and address.slack:
-        out.append("slack")
-    return out
+    """Every channel `address` can be reached on (before preferences and workflows)."""
+    return prefs.available_channels(spec, address)
 
 
 def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -> int:
@@ -123,14 +164,29 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -
         .order_by(LedgerEntry.idx).limit(batch)
     ).all()
     queued = 0
+    chosen: dict[str, prefs.Preferences] = {}
     for idx, leaf in rows:
         event = json.loads(leaf)
         if not str(event.get("type", "")).startswith("notification."):
             # A step completed: the next approvers get the request itself to decide on.
             shown = _created_index(session, event) if event["type"] in _RESHOW else idx
-            for user, approver in recipients(session, policy, event):
+            targets = recipients(session, policy, event)
+            workflow = workflow_notify(session, policy, event) if targets else None
+            allowed = workflow.channels if workflow is not None else None
+            for user, approver in targets:
                 address = RecipientAddress.from_spec(user, policy.users.get(user))
-                for channel in channels_for(spec, address):
+                if user not in chosen:
+                    chosen[user] = prefs.get(session, user=user)
+                choice = chosen[user]
+                later = choice.digest and not urgent(event, approver)
+                for channel in prefs.route(spec, address, choice, allowed):
+                    if later and choice.digest_hour is not None:
+                        queued += digest.add(
+                            session, kind=DELIVER, user=user, hour=choice.digest_hour,
+                            event_index=int(idx or 0), show_index=int(shown or idx or 0),
+                            event_type=event["type"], channel=channel, approver=approver,
+                            now=now)
+                        continue
                     queued += jobs.enqueue(
                         session, kind=DELIVER, key=f"notify:{idx}:{channel}:{user}", run_at=now,
                         now=now, payload={"index": idx, "show": shown, "user": user,
@@ -146,32 +202,13 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -
     return queued
 
 
-def build_channel(spec: NotifySpec, name: str, env: dict[str, str] | None = None) -> Channel:
-    env = dict(os.environ if env is None else env)
-    if name == "email" and spec.email is not None:
-        e = spec.email
-        return EmailChannel(e.host, e.port, security=e.security, sender=e.sender,
-                            username=env.get(e.username_env) if e.username_env else None,
-                            password=env.get(e.password_env) if e.password_env else None)
-    if name == "slack" and spec.slack is not None:
-        s = spec.slack
-        return SlackChannel(
-            webhook_url=env.get(s.webhook_url_env) if s.webhook_url_env else None,
-            bot_token=env.get(s.bot_token_env) if s.bot_token_env else None)
-    for hook in spec.webhooks:
-        if name == f"webhook.{hook.name}":
-            secret = env.get(hook.secret_env, "")
-            if not secret:
-                raise DeliveryError(f"set {hook.secret_env} for webhook {hook.name}",
-                                    retryable=False)
-            return WebhookChannel(hook.url, secret.encode())
-    raise DeliveryError(f"channel {name} is not configured", retryable=False)
-
-
 def deliver(session: Session, job: jobs.Claimed, now: datetime, *, policy: Policy) -> None:
-    """Send one notification; its outcome is a ledger event."""
-    spec = policy.loaded.spec.notify
+    """Send one notification (or one user's daily digest); its outcome is a ledger event."""
     payload = job.payload
+    if payload.get("digest"):  # same job kind, so every worker already runs digests
+        digest.send(session, job, now, policy=policy, max_attempts=MAX_ATTEMPTS)
+        return
+    spec = policy.loaded.spec.notify
     shown = payload.get("show", payload["index"])
     row = session.execute(select(LedgerEntry.leaf).where(LedgerEntry.idx == shown)).scalar_one()
     event = json.loads(row)
@@ -183,13 +220,7 @@ def deliver(session: Session, job: jobs.Claimed, now: datetime, *, policy: Polic
     try:
         message = render(event, base_url=spec.base_url, recipient=user,
                          approver=bool(payload["approver"]))
-        channel = build_channel(spec, channel_name)
-        try:
-            channel.send(address, message, idempotency_key=job.key)
-        finally:
-            close = getattr(channel, "close", None)
-            if callable(close):
-                close()
+        send_once(spec, channel_name, address, message, idempotency_key=job.key)
     except DeliveryError as exc:
         if exc.retryable and job.attempts < MAX_ATTEMPTS:
             raise jobs.RetryLater(str(exc)) from None

@@ -1,5 +1,11 @@
-"""Slack's Approve/Deny buttons: `POST /api/v1/integrations/slack/interactions`.
+"""Notifications over HTTP: people's preferences, and Slack's Approve/Deny buttons.
 
+`GET/PUT /api/v1/me/notifications` read and replace the caller's own preference;
+`/api/v1/users/{user}/notifications` does the same for anyone (reading: admins and
+auditors; changing: admins). Each change is a `notification.preferences_changed` event
+committed with it.
+
+`POST /api/v1/integrations/slack/interactions` takes Slack's button clicks.
 Slack's v0 request signature is the authentication (no bearer token): a forged,
 stale or replayed request is a 401 and changes nothing. The Slack user is mapped to an
 Accord user through `slack:` in accord.yaml, and the decision goes through exactly the
@@ -18,16 +24,87 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, db, state
-from accord.errors import AccordError, Forbidden, Invalid, Unauthorized
+from accord.api.deps import AppState, Principal, db, principal, state
+from accord.errors import AccordError, Forbidden, Invalid, NotFound, Unauthorized
 from accord.ledger.events import Via
+from accord.notify import service as prefs
 from accord.notify import slack
+from accord.notify.channels import RecipientAddress
 from accord.notify.models import SlackSeen
+from accord.notify.schemas import PreferencesIn, PreferencesOut
+from accord.policy.engine import Policy
 from accord.requests import service
 from accord.worker import jobs
 
 router = APIRouter(prefix="/api/v1/integrations/slack", tags=["integrations"])
+prefs_router = APIRouter(prefix="/api/v1", tags=["notifications"])
 RESPOND = "slack.respond"
+
+
+# ---------------------------------------------------------------- preferences
+
+
+def _out(policy: Policy, found: prefs.Preferences) -> PreferencesOut:
+    address = RecipientAddress.from_spec(found.user, policy.users.get(found.user))
+    return PreferencesOut(**prefs.describe(found, policy.loaded.spec.notify, address))
+
+
+def _other(who: Principal, user: str, *, change: bool) -> str:
+    """`user`, if the caller may read (or change) their preference."""
+    if user != who.user:
+        if change and not who.is_admin:
+            raise Forbidden("only admins change other users' notification preferences")
+        if not change and not who.can_read_all:
+            raise Forbidden("only admins and auditors read other users' notification "
+                            "preferences")
+    if not who.policy.is_user(user):
+        raise NotFound(f'unknown user "{user}"; users come from accord.yaml')
+    return user
+
+
+def _put(session: Session, st: AppState, who: Principal, user: str,
+         body: PreferencesIn) -> PreferencesOut:
+    found = prefs.set_preferences(session, policy=who.policy, user=user,
+                                  channels=body.channels, mode=body.mode,
+                                  digest_hour=body.digest_hour, actor=who.caller.actor,
+                                  now=st.now())
+    out = _out(who.policy, found)
+    session.commit()
+    return out
+
+
+@prefs_router.get("/me/notifications", response_model=PreferencesOut)
+def my_preferences(who: Principal = Depends(principal),
+                   session: Session = Depends(db)) -> PreferencesOut:
+    """Your notification channels and delivery mode (immediate or a daily digest)."""
+    return _out(who.policy, prefs.get(session, user=who.user))
+
+
+@prefs_router.put("/me/notifications", response_model=PreferencesOut)
+def set_my_preferences(body: PreferencesIn, who: Principal = Depends(principal),
+                       session: Session = Depends(db),
+                       st: AppState = Depends(state)) -> PreferencesOut:
+    """Replace your notification preference; the change is recorded in the audit ledger."""
+    return _put(session, st, who, who.user, body)
+
+
+@prefs_router.get("/users/{user}/notifications", response_model=PreferencesOut)
+def user_preferences(user: str, who: Principal = Depends(principal),
+                     session: Session = Depends(db)) -> PreferencesOut:
+    """Anyone's notification preference (admins and auditors; others only their own)."""
+    return _out(who.policy, prefs.get(session, user=_other(who, user, change=False)))
+
+
+@prefs_router.put("/users/{user}/notifications", response_model=PreferencesOut)
+def set_user_preferences(user: str, body: PreferencesIn,
+                         who: Principal = Depends(principal),
+                         session: Session = Depends(db),
+                         st: AppState = Depends(state)) -> PreferencesOut:
+    """Replace anyone's notification preference (admins; others only their own)."""
+    return _put(session, st, who, _other(who, user, change=True), body)
+
+
+# ---------------------------------------------------------------- Slack
 
 
 @router.post("/interactions")
