@@ -29,6 +29,9 @@ log = logging.getLogger("accord")
 err = Console(stderr=True)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
+# Seconds a stopping server lets open calls finish; live pages' event streams reconnect.
+GRACE = 5
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -70,7 +73,8 @@ def serve(
         return
     _install_sighup(st)
     app = create_app(st, background=not no_worker)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=GRACE)
 
 
 def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers: int,
@@ -91,6 +95,7 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     try:
         # SIGHUP makes uvicorn's manager restart the workers, which re-read accord.yaml.
         uvicorn.run("accord.api.asgi:create", factory=True, host=host, port=port,
+                    timeout_graceful_shutdown=GRACE,
                     workers=workers, log_level=log_level.lower(), access_log=False)
     finally:
         for job in reversed(jobs):

@@ -25,7 +25,7 @@ def stacked_bars(labels: Sequence[str], series: Mapping[str, Sequence[int]], *, 
     plot_h = height - pad_b - pad_t
     slot = width / n
     bar_w = max(slot * 0.7, 2)
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+    parts = [f'<svg class="chart bars" viewBox="0 0 {width} {height}" role="img" '
              f'aria-labelledby="c-{id(labels)}"><title id="c-{id(labels)}">{escape(title)}'
              '</title>']
     for i, label in enumerate(labels):

@@ -29,7 +29,7 @@ from accord.grants.models import Grant, GrantStatus
 from accord.grants.views import _visible as visible_grants
 from accord.identity import service as identity
 from accord.ledger import service as ledger
-from accord.ledger.models import LedgerEntry
+from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import GrantOut
@@ -60,6 +60,7 @@ MESSAGES = {  # what a redirect after a successful form says (never text from th
     "relinquish": "Access given up.", "revoke": "Access revoked.",
     "extend": "Extension requested.", "created": "Request filed.",
 }
+STREAM_SECONDS = 60
 ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
 
 
@@ -512,14 +513,14 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
 @router.post("/requests/{request_id}/{action}")
 def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
         comment: str = Form(""), duration: str = Form(""), reason: str = Form(""),
-        session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
+        back: str = Form(""), session: Session = Depends(db),
+        st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
     if action not in (*ACTIONS, "extend") or not request_id.isdigit() \
             or not 0 < int(request_id) < 2**31:
         raise NotFound(f"no such action: {action}")
     rid, now = int(request_id), st.now()
-    back = request.headers.get("x-accord-back") or ""
     try:
         if action == "extend":
             try:
@@ -542,8 +543,7 @@ def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
             raise
         return _detail(request, session, st, viewer, request_id, error=detail,
                        status=exc.status)
-    target = back if back.startswith("/") and not back.startswith("//") else \
-        f"/requests/{rid}"
+    target = safe_next(back) if back else f"/requests/{rid}"  # back to the list it came from
     sep = "&" if "?" in target else "?"
     return RedirectResponse(f"{target}{sep}done={action}", status_code=303)
 
@@ -612,21 +612,32 @@ async def live(request: Request) -> Response:
     the ledger records), so open pages refresh their live parts without a reload."""
     st: AppState = request.app.state.accord
 
-    def check() -> tuple[Viewer | None, int]:
+    def check() -> tuple[Viewer | None, str]:
+        # Entries (pending ones included) and the newest checkpoint: a new signature turns
+        # "awaiting checkpoint" badges into "verified" ones.
         with st.sessions() as s:
             v = viewer_of(request, s, st)
-            size = int(s.execute(select(func.count()).select_from(LedgerEntry)).scalar_one())
+            entries = s.execute(select(func.max(LedgerEntry.id))).scalar_one()  # O(1)
+            signed = s.execute(select(func.max(LedgerCheckpoint.size))).scalar_one()
             s.commit()
-            return v, size
+            return v, f"{entries or 0}.{signed or 0}"
 
     viewer, size = await run_in_threadpool(check)
     if viewer is None:
         return Response(status_code=401)
 
     async def stream() -> AsyncIterator[bytes]:
-        last, quiet = size, 0
-        yield b"retry: 2000\n\n"
-        while not await request.is_disconnected():
+        # A reconnecting browser says what it last saw: report what changed in between.
+        last, quiet = request.headers.get("last-event-id") or size, 0
+        yield f"retry: 2000\nid: {size}\n\n".encode()
+        if last != size:
+            last = size
+            yield f"event: change\nid: {size}\ndata: {size}\n\n".encode()
+        # Streams end after a while and the browser reconnects: no connection outlives a
+        # logout, a deploy or a stopping server by more than that.
+        for _ in range(STREAM_SECONDS):
+            if await request.is_disconnected():
+                return
             await asyncio.sleep(1)
             v, now_size = await run_in_threadpool(check)
             if v is None:
@@ -634,7 +645,7 @@ async def live(request: Request) -> Response:
                 return
             if now_size != last:
                 last, quiet = now_size, 0
-                yield f"event: change\ndata: {now_size}\n\n".encode()
+                yield f"event: change\nid: {now_size}\ndata: {now_size}\n\n".encode()
             else:
                 quiet += 1
                 if quiet >= 15:
