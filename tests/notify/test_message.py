@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from accord.ledger.events import Actor, EventType, Via
-from accord.notify.message import render
+from accord.notify.channels import RecipientAddress, SlackChannel
+from accord.notify.message import render, render_digest
 from tests.notify import samples as s
 
 
@@ -123,3 +124,49 @@ def test_approvers_hear_that_nothing_is_left_to_decide() -> None:
 def test_unrenderable_events_are_refused(event: Any) -> None:
     with pytest.raises(ValueError):
         render(event, base_url=s.BASE_URL, recipient="bob", approver=False)
+
+
+# ---------------------------------------------------------------- digests
+
+
+def test_a_digest_lists_each_event_once_with_user_text_escaped() -> None:
+    events = [(s.created(), False),  # the requester's own: headline carries the reason
+              (s.approved_by_people(), False),
+              (s.finished(EventType.REQUEST_DENIED, Actor.user("bob", Via.CLI), s.EVIL_REASON),
+               False),
+              (s.envelope(type=EventType.TOKEN_ISSUED, time=s.NOW, actor=Actor.system(),
+                          subject="token:1", resource=None, data={}), False),  # no message
+              (s.activated(), False)]
+    message = render_digest(events, base_url=s.BASE_URL, recipient="alice", day="2030-05-06")
+    assert message is not None
+    assert message.event_type == "notification.digest" and message.actions == []
+    assert message.subject == "[Accord] Daily digest for 2030-05-06: 4 updates"
+    lines = [line for line in message.text.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- You asked for orders-db/read for 1h: INC-42 <script>alert('x')</script> & "
+        "<!channel>",
+        "- Request #7 for orders-db/read was approved by bob and gina.",
+        "- Request #7 for orders-db/read was denied by bob.",
+        "- You now have orders-db/read until 2030-05-06 08:08 UTC.",
+    ]
+    assert "https://accord.example.com/api/v1/grants/3" in message.text
+    assert message.html is not None and "<script>" not in message.html
+    assert "INC-42 &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp;" in message.html
+    assert len(message.event["events"]) == 4
+    one = render_digest(events[:1], base_url=s.BASE_URL, recipient="alice", day="d")
+    assert one is not None and one.subject.endswith(": 1 update")
+    assert render_digest(events[3:4], base_url=s.BASE_URL, recipient="alice", day="d") is None
+
+
+def test_a_digest_on_slack_is_labelled_accord() -> None:
+    message = render_digest([(s.activated(), False)], base_url=s.BASE_URL, recipient="alice",
+                            day="2030-05-06")
+    assert message is not None
+    channel = SlackChannel(webhook_url="https://hooks.slack.invalid/x")
+    try:
+        payload = channel.payload(RecipientAddress("alice", slack="U0A"), message, "k")
+    finally:
+        channel.close()
+    assert payload["blocks"][1]["elements"][0]["text"] == (
+        "<https://accord.example.com|Accord> · notification.digest")
+    assert "actions" not in [b["type"] for b in payload["blocks"]]

@@ -1,4 +1,5 @@
-"""Notifications end to end: ledger events → routed deliveries → real SMTP and webhook servers."""
+"""Notifications end to end: ledger events → routed deliveries → real SMTP and webhook servers;
+routing by people's preferences and by workflows' `notify:` choices."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accord.config import PolicyError, parse_policy_text
+from accord.db import transaction
+from accord.ledger.models import LedgerEntry, SinkCursor
+from accord.notify import outbox
+from accord.notify import service as prefs
+from accord.notify.channels import RecipientAddress
+from accord.notify.models import DigestItem
 from accord.worker.job_runner import JobRunner
+from accord.worker.models import Job
 from tests.conftest import POLICY, Env, make_env
+from tests.notify.samples import SLACK_ENV, http_receiver, notify_policy
 from tests.notify.test_email import Mailbox, smtp_server
 
 EMAILS = (
@@ -178,3 +189,206 @@ def test_grantees_are_warned_before_their_access_ends(
             assert message["To"] == "alice@example.test"
             assert f"accord request extend {req['id']}" in message.get_body(
                 ("plain",)).get_content()
+
+
+# ---------------------------------------------------------------- preferences and workflows
+
+
+def _pump(env: Env) -> None:
+    with transaction(env.st.sessions) as s:
+        outbox.pump(s, policy=env.st.policies.current, now=env.clock())
+
+
+def _index(env: Env, kind: str, subject: str, nth: int = 0) -> int:
+    """The ledger index of the `nth` event of `kind` about `subject`."""
+    with env.st.sessions() as s:
+        found = s.execute(select(LedgerEntry.idx).where(LedgerEntry.type == kind,
+                                                        LedgerEntry.subject == subject)
+                          .order_by(LedgerEntry.idx)).scalars().all()
+        return int(found[nth] or 0)
+
+
+def _immediate(env: Env, index: int) -> set[tuple[str, str]]:
+    """(user, channel) of the deliveries queued for one ledger event."""
+    with env.st.sessions() as s:
+        jobs = s.execute(select(Job).where(Job.kind == outbox.DELIVER,
+                                           Job.key.like(f"notify:{index}:%"))).scalars()
+        return {(j.payload["user"], j.payload["channel"]) for j in jobs}
+
+
+def _digested(env: Env, index: int) -> set[tuple[str, str]]:
+    with env.st.sessions() as s:
+        items = s.execute(select(DigestItem).where(DigestItem.event_index == index)).scalars()
+        return {(i.recipient, i.channel) for i in items}
+
+
+def _grant_subject(env: Env, rid: int) -> str:
+    r = env.get("alice", f"/api/v1/requests/{rid}")
+    return f"grant:{r.json()['grant']['id']}"
+
+
+def test_digest_mode_keeps_news_for_later_but_asks_to_decide_at_once(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    env = make_env(sessions, tmp_path, notify_policy())
+    with env.client:
+        for user in ("alice", "bob"):
+            r = env.call("PUT", user, "/api/v1/me/notifications",
+                         json={"mode": "digest", "digest_hour": 6})
+            assert r.status_code == 200, r.text
+        req = env.ask("alice")
+        _pump(env)  # as a running worker would, after each step
+        assert env.act("bob", req["id"], "approve").status_code == 200
+        _pump(env)
+        assert env.act("carol", req["id"], "approve").status_code == 200
+        _pump(env)
+        subject = f"request:{req['id']}"
+        # bob is in digest mode, but being asked to decide cannot wait
+        assert _immediate(env, _index(env, "request.created", subject)) == {("bob", "email")}
+        # step two's approvers (immediate mode) are asked at once as before
+        assert _immediate(env, _index(env, "approval.recorded", subject)) >= {
+            ("carol", "email"), ("erin", "email")}
+        approved = _index(env, "request.approved", subject)
+        assert _immediate(env, approved) == set()
+        assert _digested(env, approved) == {("alice", "email")}
+        activated = _index(env, "grant.activated", _grant_subject(env, req["id"]))
+        assert _immediate(env, activated) == {("carol", "email"), ("erin", "email")}  # owners
+        assert _digested(env, activated) == {("alice", "email")}
+        # routing the same events again (a cursor rewound) stores nothing twice
+        with transaction(env.st.sessions) as s:
+            cursor = s.get(SinkCursor, outbox.CURSOR)
+            assert cursor is not None
+            cursor.position = 0
+        _pump(env)
+        with env.st.sessions() as s:
+            assert len(list(s.execute(select(DigestItem)).scalars())) == 2
+            digests = list(s.execute(select(Job).where(
+                Job.key.like("notify:digest:%"))).scalars())
+        assert [j.payload["user"] for j in digests] == ["alice"]
+        assert digests[0].run_at.hour == 6
+
+
+def test_a_workflows_channels_decide_where_its_requests_are_told(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as port, http_receiver() as slack:
+        monkeypatch.setenv(SLACK_ENV, f"{slack.url}/services/T0/B0/x")
+        env = make_env(sessions, tmp_path, notify_policy(
+            smtp_port=port, slack=True, workflows={"prod": "{channels: [slack]}"}))
+        runner = JobRunner(env.st.sessions, env.st.policies, env.st.connectors,
+                           env.st.secrets, env.clock)
+        with env.client:
+            env.ask("alice")  # prod: the leads hear on Slack only
+            runner.run_once()
+            assert mailbox.received == []
+            assert [p.json()["text"].split(" ")[0] for p in slack.seen] == ["<@U0BOB>"]
+            slack.seen.clear()
+            env.ask("alice", resource="staging-db", role="write", reason="")  # staging: both
+            runner.run_once()
+            assert [r for _f, rcpts, _m in mailbox.received for r in rcpts] == [
+                "bob@example.test"]
+            assert [p.json()["text"].split(" ")[0] for p in slack.seen] == ["<@U0BOB>"]
+            sent = {(e["data"]["recipient"], e["data"]["channel"])
+                    for e in env.events(type="notification.sent")}
+            assert sent == {("bob", "slack"), ("bob", "email")}
+            # a person's choice narrows it further: bob wants email only, prod says Slack
+            assert env.call("PUT", "bob", "/api/v1/me/notifications",
+                            json={"channels": ["email"]}).status_code == 200
+            slack.seen.clear()
+            mailbox.received.clear()
+            env.ask("erin")
+            runner.run_once()
+            assert slack.seen == [] and mailbox.received == []
+
+
+def test_route_takes_what_is_available_chosen_and_allowed() -> None:
+    spec = parse_policy_text(notify_policy(slack=True)).spec.notify
+    both = RecipientAddress("bob", email="bob@x.test", slack="U0BOB")
+    default = prefs.Preferences("bob", None)
+    assert prefs.route(spec, both, default, None) == ["email", "slack"]
+    assert prefs.route(spec, both, default, ["slack"]) == ["slack"]
+    assert prefs.route(spec, both, prefs.Preferences("bob", ("slack",)), None) == ["slack"]
+    assert prefs.route(spec, both, prefs.Preferences("bob", ("email",)), ["slack"]) == []
+    assert prefs.route(spec, both, prefs.Preferences("bob", ()), None) == []
+    assert prefs.route(spec, RecipientAddress("bob", email="bob@x.test"), default,
+                       None) == ["email"]
+    email_only = parse_policy_text(notify_policy()).spec.notify
+    assert prefs.route(email_only, both, prefs.Preferences("bob", ("slack", "email")),
+                       None) == ["email"]  # Slack was turned off since bob chose it
+
+
+@pytest.mark.parametrize(("setting", "approved", "activated"), [
+    (None, {"alice"}, {"alice"}),
+    ("requester", {"alice"}, {"alice"}),
+    ("all", {"alice"}, {"alice", "carol", "erin"}),
+    ("none", set(), set()),
+])
+def test_who_hears_of_an_auto_approval_is_the_workflows_choice(
+    sessions: sessionmaker[Session], tmp_path: Path, setting: str | None,
+    approved: set[str], activated: set[str]
+) -> None:
+    workflows = {"staging": f"{{auto_approved: {setting}}}"} if setting else {}
+    env = make_env(sessions, tmp_path, notify_policy(workflows=workflows))
+    with env.client:
+        req = env.ask("alice", resource="staging-db", role="read", reason="")
+        assert req["status"] == "active"
+        _pump(env)
+        subject = f"request:{req['id']}"
+        users = {u for u, _c in _immediate(env, _index(env, "request.approved", subject))}
+        assert users == approved
+        grant = _grant_subject(env, req["id"])
+        users = {u for u, _c in _immediate(env, _index(env, "grant.activated", grant))}
+        assert users == activated
+        # people approving tells the owners whatever auto_approved says
+        prod = env.ask("alice", resource="staging-db", role="write")
+        assert env.act("bob", prod["id"], "approve").status_code == 200
+        _pump(env)
+        grant = _grant_subject(env, prod["id"])
+        users = {u for u, _c in _immediate(env, _index(env, "grant.activated", grant))}
+        assert users == {"alice", "carol", "erin"}
+
+
+def test_a_provisioned_auto_approval_is_still_an_auto_approval(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A provisioned grant is activated by the system once the target confirms: the
+    request's rule, not the actor, says a policy approved it."""
+    env = make_env(sessions, tmp_path, notify_policy())
+    with env.client:
+        req = env.ask("alice", resource="staging-db", role="read", reason="")
+        [event] = [e for e in env.events(type="grant.activated")
+                   if e["data"]["request_id"] == req["id"]]
+        confirmed = {**event, "actor": {"kind": "system", "id": "accord", "via": "worker"}}
+        with env.st.sessions() as s:
+            policy = env.st.policies.current
+            assert outbox.recipients(s, policy, event) == [("alice", False)]
+            assert outbox.recipients(s, policy, confirmed) == [("alice", False)]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("{channels: [sms]}",
+     "workflows[1].notify.channels[0]: Input should be 'email' or 'slack'"),
+    ("{channels: [slack]}",
+     "workflows[1].notify.channels[0]: slack is not configured (add notify.slack)"),
+    ("{channels: [email, email]}",
+     "workflows[1].notify.channels[1]: duplicate channel email"),
+    ("{auto_approved: everyone}",
+     "workflows[1].notify.auto_approved: Input should be 'requester', 'none' or 'all'"),
+    ("{channel: [email]}", "workflows[1].notify.channel: unknown field"),
+])
+def test_bad_workflow_notify_settings_are_reported_with_their_path(
+    value: str, problem: str
+) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(notify_policy(workflows={"prod": value}))
+    assert [str(p) for p in info.value.problems] == [problem]
+
+
+def test_existing_configs_stay_valid() -> None:
+    for text in (POLICY, notify_policy(), notify_policy(slack=True)):
+        loaded = parse_policy_text(text)
+        assert all(w.notify.channels is None and w.notify.auto_approved == "requester"
+                   for w in loaded.spec.workflows)
+    loaded = parse_policy_text(notify_policy(workflows={"prod": "{channels: []}"}))
+    assert loaded.spec.workflows[1].notify.channels == []
