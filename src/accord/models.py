@@ -1,6 +1,7 @@
 """Imports every domain's models so metadata (and Alembic) sees all tables."""
 
 from accord.db import Base
+from accord.detect.models import Alert, DetectorCursor
 from accord.grants.models import Grant
 from accord.identity.models import ApiToken
 from accord.ledger.models import (
@@ -20,8 +21,10 @@ metadata = Base.metadata
 
 __all__ = [
     "AccessRequest",
+    "Alert",
     "ApiToken",
     "Approval",
+    "DetectorCursor",
     "Grant",
     "Job",
     "LedgerCheckpoint",

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 if TYPE_CHECKING:
@@ -62,6 +62,12 @@ class AccessRequest(Base):
         ForeignKey("grants.id"), nullable=True, index=True
     )
     grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+    # Break-glass: granted at once under `break_glass` in accord.yaml, reviewed afterwards.
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    review_verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    review_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     approvals: Mapped[list[Approval]] = relationship(
         back_populates="request", order_by="Approval.id", lazy="selectin"

@@ -1,0 +1,1 @@
+"""Detectors over the ledger, the alerts they raise, and break-glass oversight."""
