@@ -392,3 +392,19 @@ def test_existing_configs_stay_valid() -> None:
                    for w in loaded.spec.workflows)
     loaded = parse_policy_text(notify_policy(workflows={"prod": "{channels: []}"}))
     assert loaded.spec.workflows[1].notify.channels == []
+
+
+def test_a_channel_that_cannot_be_built_fails_for_good_and_says_why(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SLACK_ENV, raising=False)
+    env = make_env(sessions, tmp_path, notify_policy(smtp_port=None, slack=True))
+    runner = JobRunner(env.st.sessions, env.st.policies, env.st.connectors, env.st.secrets,
+                       env.clock)
+    with env.client:
+        env.ask("alice")
+        runner.run_once()
+        [failed] = [e["data"] for e in env.events(type="notification.failed")]
+        assert (failed["recipient"], failed["channel"], failed["attempts"]) == ("bob", "slack", 1)
+        assert failed["error"] == ("slack is misconfigured: slack: give either webhook_url "
+                                   "or bot_token")
