@@ -152,6 +152,20 @@ class WebhookTarget(_Strict):
     _d = field_validator("timeout", mode="before")(lambda cls, v: _duration(v))
 
 
+GATEWAY_CLASSES = ("read", "write", "ddl", "admin", "transaction", "session", "identity",
+                   "unknown", "all")
+
+
+class ResourceGatewaySpec(_Strict):
+    """How the gateway reaches a resource, and what each Accord role may run there."""
+
+    dsn_env: str | None = None  # upstream DSN (default: the postgres provision target's)
+    dsn_file: str | None = None
+    database: str | None = None  # default: provision.database, else the DSN's
+    set_role: bool | None = None  # SET ROLE accord_<resource>_<role> (default: when provisioned)
+    roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
+
+
 class ResourceSpec(_Strict):
     name: str
     kind: str = "generic"
@@ -163,6 +177,7 @@ class ResourceSpec(_Strict):
     provision: PostgresTarget | MariaDBTarget | WebhookTarget | None = Field(
         default=None, discriminator="type")
     reconcile: Literal["off", "report", "enforce"] = "report"
+    gateway: ResourceGatewaySpec | None = None  # reachable through `accord gateway`
 
     @field_validator("name")
     @classmethod
@@ -310,17 +325,143 @@ class WebSpec(_Strict):
     _d = field_validator("session_ttl", mode="before")(lambda cls, v: _duration(v))
 
 
+Sev = Literal["low", "medium", "high", "critical"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class _Rule(_Strict):
+    enabled: bool = True
+
+
+class CountRule(_Rule):
+    """N events by one person within a window."""
+
+    count: int = Field(default=3, ge=1)
+    window: timedelta = timedelta(minutes=10)
+    severity: Sev = "medium"
+
+    _d = field_validator("window", mode="before")(lambda cls, v: _duration(v))
+
+
+class SimpleRule(_Rule):
+    severity: Sev = "medium"
+
+
+class RubberStampRule(_Rule):
+    within: timedelta = timedelta(seconds=30)  # an approval this soon after the request
+    share: float = Field(default=0.8, gt=0, le=1)  # one approver deciding this share ...
+    min_decisions: int = Field(default=10, ge=2)  # ... of a team's last N decisions
+    severity: Sev = "medium"
+
+    _d = field_validator("within", mode="before")(lambda cls, v: _duration(v))
+
+
+class WorkingHours(_Rule):
+    start: int = Field(default=8, ge=0, le=23)  # hour, in `timezone`
+    end: int = Field(default=19, ge=1, le=24)
+    timezone: str = "UTC"
+    weekdays: list[Weekday] = Field(
+        default_factory=lambda: list[Weekday](["mon", "tue", "wed", "thu", "fri"]))
+    severity: Sev = "low"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
+class DetectSpec(_Strict):
+    """Detectors over the ledger; each raises alerts with its severity."""
+
+    repeated_denials: CountRule = Field(default_factory=CountRule)
+    failed_gateway_logins: CountRule = Field(
+        default_factory=lambda: CountRule(count=5, window=timedelta(minutes=5), severity="high"))
+    self_approval: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
+    rubber_stamp: RubberStampRule = Field(default_factory=RubberStampRule)
+    off_hours: WorkingHours = Field(default_factory=WorkingHours)
+    unused_grant: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="low"))
+    scope_violation: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
+    drift: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
+    break_glass: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
+    policy_change: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="low"))
+    notify: list[str] = Field(default_factory=list)  # groups told of alerts (default: admins)
+
+
+class BreakGlassSpec(_Strict):
+    """Emergency access: granted at once, alerted, and reviewed after the fact."""
+
+    groups: list[str] = Field(min_length=1)  # who may break the glass
+    reviewers: list[str] = Field(min_length=1)  # groups that review each use
+    max_duration: timedelta = timedelta(hours=1)
+    remind_every: timedelta = timedelta(hours=4)  # until reviewed
+
+    _d = field_validator("max_duration", "remind_every", mode="before")(
+        lambda cls, v: _duration(v))
+
+
 class WorkerSpec(_Strict):
     reconcile_every: timedelta = timedelta(minutes=1)  # compare targets with grants this often
 
     _d = field_validator("reconcile_every", mode="before")(lambda cls, v: _duration(v))
 
 
+def _short_duration(value: Any) -> timedelta:
+    """A duration that may also be milliseconds (`100ms`) or seconds as a number (`0.5`)."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and value.strip().endswith("ms") and value.strip()[:-2].isdigit():
+        return timedelta(milliseconds=int(value.strip()[:-2]))
+    return _duration(value)
+
+
+class GatewayTLSSpec(_Strict):
+    cert: str | None = None  # PEM certificate chain
+    key: str | None = None  # PEM private key
+    required: bool = False  # refuse clients that do not ask for TLS
+
+
+class GatewaySpec(_Strict):
+    """`accord gateway`: the PostgreSQL proxy that checks grants and audits statements."""
+
+    listen: str = "127.0.0.1:6432"
+    public_host: str | None = None  # in the DSNs handed out (default: the listen host)
+    public_port: int | None = Field(default=None, ge=1, le=65535)
+    tls: GatewayTLSSpec = Field(default_factory=GatewayTLSSpec)
+    redact_parameters: bool = True
+    token_ttl: timedelta = timedelta(minutes=5)
+    flush_interval: timedelta = timedelta(milliseconds=100)
+    flush_batch: int = Field(default=500, ge=1, le=100_000)
+    max_backlog: int = Field(default=200_000, ge=1000)  # statements queued before refusing
+    max_message: int = Field(default=8 << 20, ge=64 << 10, le=1 << 30)
+    max_statement_bytes: int = Field(default=16384, ge=256)  # statement text kept per event
+    statements_per_event: int = Field(default=1000, ge=1, le=10_000)  # 1: an event each
+    startup_timeout: timedelta = timedelta(seconds=10)
+    message_timeout: timedelta = timedelta(seconds=60)  # to finish a started message
+    watch_interval: timedelta = timedelta(milliseconds=500)
+    spool_dir: str | None = None  # default: $ACCORD_DATA_DIR/gateway-spool
+
+    _d = field_validator("token_ttl", "flush_interval", "startup_timeout", "message_timeout",
+                         "watch_interval", mode="before")(lambda cls, v: _short_duration(v))
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class PolicyFile(_Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
+    gateway: GatewaySpec | None = None
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     notify: NotifySpec = Field(default_factory=NotifySpec)
     web: WebSpec = Field(default_factory=WebSpec)
+    detect: DetectSpec = Field(default_factory=DetectSpec)
+    break_glass: BreakGlassSpec | None = None
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
@@ -505,6 +646,16 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
         elif name not in groups and name not in users:
             problems.append(PolicyProblem(path, f'unknown group "{name}"'))
 
+    if spec.break_glass is not None:
+        for key in ("groups", "reviewers"):
+            for i, g in enumerate(getattr(spec.break_glass, key)):
+                principal(f"break_glass.{key}[{i}]", g, allow_owners=False)
+    for i, g in enumerate(spec.detect.notify):
+        principal(f"detect.notify[{i}]", g, allow_owners=False)
+    hours = spec.detect.off_hours
+    if hours.start >= hours.end:
+        problems.append(PolicyProblem("detect.off_hours.end", "must be after start"))
+
     needs = {"jsonl": ("path",), "syslog": ("host", "port"), "webhook": ("url", "secret_env")}
     sink_names: set[str] = set()
     for i, sink in enumerate(spec.ledger.sinks):
@@ -529,6 +680,11 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
                 problems.append(PolicyProblem(f"resources[{i}].roles[{j}]", "invalid role name"))
         for j, o in enumerate(r.owners):
             principal(f"resources[{i}].owners[{j}]", o, allow_owners=False)
+        if r.gateway is not None:
+            problems += _check_resource_gateway(f"resources[{i}].gateway", r)
+
+    if spec.gateway is not None:
+        problems += _check_gateway(spec.gateway)
 
     seen = set()
     for i, w in enumerate(spec.workflows):
@@ -561,4 +717,37 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             elif getattr(spec.notify, channel) is None:
                 problems.append(PolicyProblem(
                     where, f"{channel} is not configured (add notify.{channel})"))
+    return problems
+
+
+def _check_gateway(g: GatewaySpec) -> list[PolicyProblem]:
+    problems: list[PolicyProblem] = []
+    host, sep, port = g.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        problems.append(PolicyProblem("gateway.listen", "must be HOST:PORT"))
+    if bool(g.tls.cert) != bool(g.tls.key):
+        problems.append(PolicyProblem("gateway.tls", "cert and key go together"))
+    if g.tls.required and not g.tls.cert:
+        problems.append(PolicyProblem("gateway.tls.required", "needs cert and key"))
+    if g.token_ttl.total_seconds() < 10:
+        problems.append(PolicyProblem("gateway.token_ttl", "must be at least 10s"))
+    return problems
+
+
+def _check_resource_gateway(path: str, r: ResourceSpec) -> list[PolicyProblem]:
+    problems: list[PolicyProblem] = []
+    g = r.gateway
+    assert g is not None
+    if not (g.dsn_env or g.dsn_file or (r.provision is not None
+                                         and r.provision.type == "postgres")):
+        problems.append(PolicyProblem(path, "needs dsn_env or dsn_file (or a postgres "
+                                            "provision target whose DSN it uses)"))
+    for role, classes in g.roles.items():
+        if role not in r.roles:
+            problems.append(PolicyProblem(f"{path}.roles.{role}", f'unknown role "{role}"'))
+        for k, name in enumerate(classes):
+            if name not in GATEWAY_CLASSES:
+                problems.append(PolicyProblem(
+                    f"{path}.roles.{role}[{k}]",
+                    f'unknown statement class "{name}" (one of {", ".join(GATEWAY_CLASSES)})'))
     return problems

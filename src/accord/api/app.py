@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 from accord import __version__
 from accord.api import problems
 from accord.api.deps import AppState
+from accord.detect import views as alert_views
+from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
@@ -66,9 +68,17 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
                     JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
         for job in jobs:
             job.start()
+        gateway = None
+        if background and st.policies.current.loaded.spec.gateway is not None:
+            from accord.gateway.proxy import Gateway  # the gateway runs where the jobs run
+
+            gateway = Gateway(st, st.policies.current.loaded.spec.gateway)
+            gateway.start_thread()
         try:
             yield
         finally:
+            if gateway is not None:
+                gateway.stop_thread()
             for job in reversed(jobs):
                 job.stop()
 
@@ -82,7 +92,8 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     problems.install(app, html=web_pages.error_page)
     app.add_middleware(problems.BodyLimit)
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
-                   slack_views):
+                   alert_views,
+                   slack_views, gateway_views):
         app.include_router(module.router)
     app.include_router(slack_views.prefs_router)  # notification preferences
 

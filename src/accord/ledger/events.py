@@ -43,9 +43,21 @@ class EventType(enum.StrEnum):
     GRANT_RELINQUISHED = "grant.relinquished"
     TOKEN_ISSUED = "token.issued"
     TOKEN_REVOKED = "token.revoked"
+    GATEWAY_TOKEN_ISSUED = "gateway.token_issued"
+    GATEWAY_SESSION_OPENED = "gateway.session_opened"
+    GATEWAY_SESSION_CLOSED = "gateway.session_closed"
+    GATEWAY_STATEMENT = "gateway.statement"
+    GATEWAY_VIOLATION = "gateway.violation"
+    APPROVAL_REFUSED = "approval.refused"
+    REQUEST_REVIEWED = "request.reviewed"
+    REQUEST_REVIEW_REMINDED = "request.review_reminded"
+    ALERT_RAISED = "alert.raised"
+    ALERT_ACKNOWLEDGED = "alert.acknowledged"
+    ALERT_RESOLVED = "alert.resolved"
     WEB_LOGIN = "web.login"
     WEB_LOGIN_REFUSED = "web.login_refused"
     WEB_LOGOUT = "web.logout"
+    REPORT_GENERATED = "report.generated"
 
 
 class Via(enum.StrEnum):

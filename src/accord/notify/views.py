@@ -49,6 +49,14 @@ def _out(policy: Policy, found: prefs.Preferences) -> PreferencesOut:
     return PreferencesOut(**prefs.describe(found, policy.loaded.spec.notify, address))
 
 
+def _read(session: Session, policy: Policy, user: str) -> PreferencesOut:
+    out = _out(policy, prefs.get(session, user=user))
+    # End the read now, not when the session is closed after the response: on SQLite it
+    # holds the write lock, and a client's next call (a PUT) must not wait behind it.
+    session.commit()
+    return out
+
+
 def _other(who: Principal, user: str, *, change: bool) -> str:
     """`user`, if the caller may read (or change) their preference."""
     if user != who.user:
@@ -77,7 +85,7 @@ def _put(session: Session, st: AppState, who: Principal, user: str,
 def my_preferences(who: Principal = Depends(principal),
                    session: Session = Depends(db)) -> PreferencesOut:
     """Your notification channels and delivery mode (immediate or a daily digest)."""
-    return _out(who.policy, prefs.get(session, user=who.user))
+    return _read(session, who.policy, who.user)
 
 
 @prefs_router.put("/me/notifications", response_model=PreferencesOut)
@@ -92,7 +100,7 @@ def set_my_preferences(body: PreferencesIn, who: Principal = Depends(principal),
 def user_preferences(user: str, who: Principal = Depends(principal),
                      session: Session = Depends(db)) -> PreferencesOut:
     """Anyone's notification preference (admins and auditors; others only their own)."""
-    return _out(who.policy, prefs.get(session, user=_other(who, user, change=False)))
+    return _read(session, who.policy, _other(who, user, change=False))
 
 
 @prefs_router.put("/users/{user}/notifications", response_model=PreferencesOut)
@@ -149,6 +157,10 @@ def _decide(session: Session, st: AppState, headers: Any, click: slack.Interacti
         req = command(session, policy=policy, caller=service.Caller(user, Via.SLACK),
                       request_id=click.request_id, comment="from Slack", now=now)
     except AccordError as exc:
+        session.rollback()
+        if isinstance(exc, service.SelfDecision):
+            service.record_self_decision(session, exc=exc, caller=service.Caller(user, Via.SLACK),
+                                         now=now)
         _respond(session, click, f"{user} could not {click.action}: {exc.detail}", now)
         session.commit()
         raise

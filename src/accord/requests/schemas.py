@@ -40,6 +40,9 @@ class RequestCreate(_In):
     role: str = Field(min_length=1, max_length=64, examples=["read"])
     duration: str = Field(max_length=32, examples=["1h30m", "45m", "PT1H30M"])
     reason: str = Field(default="", max_length=2000, examples=["INC-42: investigate orders"])
+    emergency: bool = Field(default=False, description=(
+        "break-glass: granted at once to the groups in `break_glass`, alerted, and "
+        "reviewed afterwards"))
 
     _d = field_validator("duration")(lambda cls, v: _parse(v))
 
@@ -50,6 +53,11 @@ class RequestCreate(_In):
 
 class CommentIn(_In):
     comment: str = Field(default="", max_length=2000)
+
+
+class ReviewIn(_In):
+    verdict: str = Field(examples=["justified"], description="justified | unjustified")
+    note: str = Field(min_length=1, max_length=2000, examples=["INC-9 confirmed by on-call"])
 
 
 class ExtendIn(_In):
@@ -131,6 +139,9 @@ class RequestOut(BaseModel):
     steps: list[StepOut]
     grant: GrantOut | None
     extends_grant_id: int | None
+    emergency: bool = False
+    review: dict[str, Any] | None = Field(
+        default=None, description="break-glass review: verdict, by, at, note")
 
     @classmethod
     def of(
@@ -170,4 +181,7 @@ class RequestOut(BaseModel):
             current_step=r.current_step if status == "pending" else None,
             steps=steps, grant=GrantOut.of(grant, now) if grant else None,
             extends_grant_id=r.extends_grant_id,
+            emergency=bool(r.emergency),
+            review={"verdict": r.review_verdict, "by": r.reviewed_by, "at": r.reviewed_at,
+                    "note": r.review_note} if r.reviewed_at else None,
         )

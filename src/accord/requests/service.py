@@ -18,6 +18,7 @@ from sqlalchemy import and_, delete, exists, false, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from accord.config import ResourceSpec
 from accord.durations import format_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
@@ -90,8 +91,10 @@ def can_view(session: Session, policy: Policy, user: str, req: AccessRequest) ->
     requests a rule decided alone, those of the workflow that routed it (from the policy,
     so nothing needs storing on the hot auto-approve path).
     """
+    glass = policy.loaded.spec.break_glass
     return (
         user == req.requester
+        or (req.emergency and glass is not None and user in members(policy, glass.reviewers))
         or user in policy.admins
         or user in policy.auditors
         or user in policy.owners_of(req.resource)
@@ -120,8 +123,11 @@ def visible_clause(policy: Policy, user: str) -> Any:
     """SQL twin of can_view for lists (None: everything is visible)."""
     if user in policy.admins or user in policy.auditors:
         return None
+    glass = policy.loaded.spec.break_glass
+    reviewer = glass is not None and user in members(policy, glass.reviewers)
     return or_(
         AccessRequest.requester == user,
+        AccessRequest.emergency.is_(True) if reviewer else false(),
         AccessRequest.resource.in_(policy.owned_by(user)),
         _routed_by_clause(policy, user),
         exists().where(
@@ -240,13 +246,7 @@ def step_approvers(session: Session, request_ids: list[int]) -> dict[int, dict[i
 # ---------------------------------------------------------------- create
 
 
-def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
-          reason: str, now: datetime, extension: bool = False,
-          ) -> tuple[Decision, list[frozenset[str]]]:
-    """What the policy would decide for this request, and who is eligible at each step.
-
-    Pure: it writes nothing, so the web form can show it before anything is filed.
-    """
+def _offered(policy: Policy, resource: str, role: str) -> ResourceSpec:
     spec = policy.resources.get(resource)
     if spec is None:
         known = ", ".join(sorted(policy.resources)) or "none"
@@ -256,6 +256,54 @@ def route(policy: Policy, *, requester: str, resource: str, role: str, duration:
             f'role "{role}" is not offered by {resource} (offered: {", ".join(spec.roles)})',
             field="role",
         )
+    return spec
+
+
+BREAK_GLASS = "break_glass"  # the rule (and policy actor) of emergency grants
+REVIEW_REMIND = "request.review_remind"
+
+
+def members(policy: Policy, refs: list[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for ref in refs:
+        out |= policy.resolve(ref, None)
+    return frozenset(out)
+
+
+def may_break_glass(policy: Policy, user: str) -> bool:
+    spec = policy.loaded.spec.break_glass
+    return spec is not None and user in members(policy, spec.groups)
+
+
+def break_glass(policy: Policy, *, requester: str, resource: str, role: str,
+                duration: timedelta, reason: str) -> Decision:
+    """An emergency grant: at once, short, for the allowed groups, reviewed afterwards."""
+    _offered(policy, resource, role)
+    spec = policy.loaded.spec.break_glass
+    if spec is None:
+        raise Invalid("break-glass is not configured (break_glass in accord.yaml)",
+                      field="emergency")
+    if requester not in members(policy, spec.groups):
+        raise Forbidden(f"only members of {', '.join(spec.groups)} may break the glass")
+    if duration > spec.max_duration:
+        raise Invalid(f"{format_duration(duration)} is over the break-glass maximum of "
+                      f"{format_duration(spec.max_duration)}", field="duration")
+    if len(reason.strip()) < 10:
+        raise Invalid("break-glass needs a reason of at least 10 characters: it is "
+                      "reviewed afterwards", field="reason")
+    return Decision("approve", None, BREAK_GLASS,
+                    f"break-glass: granted at once; review by {', '.join(spec.reviewers)}",
+                    inputs={"requester": requester, "resource": resource, "role": role})
+
+
+def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
+          reason: str, now: datetime, extension: bool = False,
+          ) -> tuple[Decision, list[frozenset[str]]]:
+    """What the policy would decide for this request, and who is eligible at each step.
+
+    Pure: it writes nothing, so the web form can show it before anything is filed.
+    """
+    spec = _offered(policy, resource, role)
     try:
         decision = policy.decide(
             requester=requester,
@@ -297,11 +345,17 @@ def create(
     reason: str,
     now: datetime,
     extends: Grant | None = None,
+    emergency: bool = False,
 ) -> AccessRequest:
-    """File a request for oneself and route it through the policy."""
-    decision, eligible = route(policy, requester=caller.user, resource=resource, role=role,
-                               duration=duration, reason=reason, now=now,
-                               extension=extends is not None)
+    """File a request for oneself and route it through the policy (or break the glass)."""
+    if emergency:
+        decision = break_glass(policy, requester=caller.user, resource=resource, role=role,
+                               duration=duration, reason=reason)
+        eligible: list[frozenset[str]] = []
+    else:
+        decision, eligible = route(policy, requester=caller.user, resource=resource,
+                                    role=role, duration=duration, reason=reason, now=now,
+                                    extension=extends is not None)
 
     # The request is written once with what the policy decided; only activation follows.
     decided = decision.outcome != "steps"
@@ -325,10 +379,12 @@ def create(
                        if decision.pending_timeout and not decided else None),
         decided_at=now if decided else None,
         decision_reason=decision.reason if decided else None,
+        emergency=emergency,
     )
     session.add(req)
     session.flush()
-    ref = PolicyRef(decision.workflow or "", policy.version, decision.rule)
+    ref = PolicyRef(decision.workflow or (BREAK_GLASS if emergency else ""), policy.version,
+                    decision.rule)
     pending_until = now + decision.pending_timeout if decision.pending_timeout else None
     ledger.record(
         session,
@@ -348,6 +404,7 @@ def create(
             "pending_until": format_time(pending_until) if pending_until and not decided
             else None,
             "inputs": decision.inputs,
+            **({"emergency": True} if emergency else {}),
         },
         policy=ref,
         time=now,
@@ -364,7 +421,7 @@ def create(
             time=now,
         )
     elif decision.outcome == "approve":
-        actor = _policy_actor(decision.workflow)
+        actor = _policy_actor(BREAK_GLASS if emergency else decision.workflow)
         ledger.record(
             session,
             type=EventType.REQUEST_APPROVED,
@@ -378,6 +435,11 @@ def create(
         grants.activate(session, request=req, actor=actor, now=now,
                         provisioned=_provisioned(policy, req),
                         warn_before=_warn_before(policy))
+        glass = policy.loaded.spec.break_glass
+        if emergency and glass is not None:
+            jobs.enqueue(session, kind=REVIEW_REMIND, key=f"request:{req.id}:review:1",
+                         run_at=now + glass.remind_every, now=now,
+                         payload={"request_id": req.id, "round": 1})
     else:
         session.add_all(
             RequestApprover(request_id=req.id, step=i, username=u)
@@ -464,13 +526,32 @@ def _eligible(session: Session, req: AccessRequest, step: int) -> set[str]:
     return set(rows)
 
 
+class SelfDecision(Forbidden):
+    """Someone tried to decide their own request. Refused, and worth recording: the outer
+    layer rolls back, then records the attempt with `record_self_decision`."""
+
+    def __init__(self, req: AccessRequest, verb: str) -> None:
+        super().__init__(f"you cannot {verb} your own request")
+        self.request_id, self.verb = req.id, verb
+        self.resource = _resource(req)
+
+
+def record_self_decision(session: Session, *, exc: SelfDecision, caller: Caller,
+                         now: datetime) -> None:
+    """The refused attempt, as its own ledger event (the detectors raise an alert on it)."""
+    ledger.record(session, type=EventType.APPROVAL_REFUSED, actor=caller.actor,
+                  subject=f"request:{exc.request_id}", resource=exc.resource, time=now,
+                  data={"request_id": exc.request_id, "reason": "self_decision",
+                        "attempted": exc.verb})
+
+
 def _check_decider(
     session: Session, req: AccessRequest, caller: Caller, status: str, verb: str
 ) -> int:
     """The one permission check for approve/deny; returns the step being decided."""
     _refuse_finished(req, status, verb)
     if caller.user == req.requester:
-        raise Forbidden(f"you cannot {verb.removesuffix('d')} your own request")
+        raise SelfDecision(req, verb.removesuffix("d"))
     prior = next((a for a in req.approvals if a.approver == caller.user), None)
     if prior is not None:
         raise Conflict(
@@ -751,6 +832,69 @@ def refresh_approvers(session: Session, *, policy: Policy) -> int:
             session.add_all(RequestApprover(request_id=req.id, step=i, username=u) for u in people)
     session.flush()
     return len(pending)
+
+
+# ---------------------------------------------------------------- break-glass review
+
+VERDICTS = ("justified", "unjustified")
+
+
+def review(session: Session, *, policy: Policy, caller: Caller, request_id: int, verdict: str,
+           note: str, now: datetime) -> AccessRequest:
+    """Record the after-the-fact review of a break-glass request; `unjustified` ends any
+    access still running. The break-glass alert is resolved in the same transaction."""
+    from accord.detect import service as detect  # detect reads requests: import late
+
+    req = get_request(session, policy=policy, user=caller.user, request_id=request_id,
+                      lock=True)
+    glass = policy.loaded.spec.break_glass
+    if not req.emergency:
+        raise Conflict(f"request {req.id} is not a break-glass request; nothing to review")
+    if glass is None or caller.user not in members(policy, glass.reviewers):
+        raise Forbidden("break-glass reviews are for members of "
+                        f"{', '.join(glass.reviewers) if glass else 'the reviewer groups'}")
+    if caller.user == req.requester:
+        raise Forbidden("you cannot review your own break-glass request")
+    if req.reviewed_at is not None:
+        raise Conflict(f"request {req.id} was already reviewed by {req.reviewed_by}")
+    if verdict not in VERDICTS:
+        raise Invalid(f"verdict must be one of {', '.join(VERDICTS)}", field="verdict")
+    if not note.strip():
+        raise Invalid("say what you checked", field="note")
+    req.reviewed_at, req.reviewed_by = now, caller.user
+    req.review_verdict, req.review_note = verdict, note
+    ledger.record(session, type=EventType.REQUEST_REVIEWED, actor=caller.actor,
+                  subject=f"request:{req.id}", resource=_resource(req), time=now,
+                  data={"request_id": req.id, "verdict": verdict, "note": note})
+    detect.resolve_for_subject(session, rule=BREAK_GLASS, subject=f"request:{req.id}",
+                               actor=caller.actor, now=now,
+                               note=f"reviewed: {verdict}")
+    grant = _grant(session, req)
+    if verdict == "unjustified" and grant is not None and \
+            grants.effective_status(grant, now) == GrantStatus.ACTIVE:
+        grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=caller.actor,
+                   now=now, comment=f"break-glass review: unjustified ({note})")
+        session.flush()
+        session.refresh(req)
+    return req
+
+
+def review_remind(session: Session, *, policy: Policy, request_id: int, round: int,
+                  now: datetime) -> bool:
+    """Remind the reviewers of an unreviewed break-glass use, and plan the next reminder."""
+    req = session.get(AccessRequest, request_id)
+    glass = policy.loaded.spec.break_glass
+    if req is None or req.reviewed_at is not None or glass is None:
+        return False
+    ledger.record(session, type=EventType.REQUEST_REVIEW_REMINDED, actor=Actor.system(),
+                  subject=f"request:{req.id}", resource=_resource(req), time=now,
+                  data={"request_id": req.id, "round": round,
+                        "reviewers": sorted(members(policy, glass.reviewers) - {req.requester}),
+                        "waiting_since": format_time(req.created_at)})
+    jobs.enqueue(session, kind=REVIEW_REMIND, key=f"request:{req.id}:review:{round + 1}",
+                 run_at=now + glass.remind_every, now=now,
+                 payload={"request_id": req.id, "round": round + 1})
+    return True
 
 
 class Command(Protocol):

@@ -16,7 +16,7 @@ from accord.errors import Invalid
 from accord.grants.models import Grant
 from accord.requests import service
 from accord.requests.models import AccessRequest, Status
-from accord.requests.schemas import CommentIn, ExtendIn, RequestCreate, RequestOut
+from accord.requests.schemas import CommentIn, ExtendIn, RequestCreate, RequestOut, ReviewIn
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
 
@@ -63,7 +63,7 @@ def create_request(
     now = st.now()
     req = service.create(
         session, policy=who.policy, caller=who.caller, resource=body.resource, role=body.role,
-        duration=body.timedelta, reason=body.reason, now=now,
+        duration=body.timedelta, reason=body.reason, now=now, emergency=body.emergency,
     )
     out = render(session, [req], now)[0]
     session.commit()
@@ -122,9 +122,15 @@ def _command(name: str, fn: service.Command, summary: str) -> None:
         st: AppState = Depends(state),
     ) -> Any:
         now = st.now()
-        req = fn(session, policy=who.policy, caller=who.caller,
-                 request_id=known_id(request_id, "request"),
-                 comment=body.comment if body else "", now=now)
+        try:
+            req = fn(session, policy=who.policy, caller=who.caller,
+                     request_id=known_id(request_id, "request"),
+                     comment=body.comment if body else "", now=now)
+        except service.SelfDecision as exc:
+            session.rollback()
+            service.record_self_decision(session, exc=exc, caller=who.caller, now=now)
+            session.commit()
+            raise
         out = render(session, [req], now)[0]
         session.commit()
         return _json(out)
@@ -160,3 +166,22 @@ def extend_request(
     out = render(session, [req], now)[0]
     session.commit()
     return _json(out, 201)
+
+
+@router.post("/{request_id}/review", response_model=RequestOut)
+def review_request(
+    request_id: int,
+    body: ReviewIn,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> Any:
+    """Review a break-glass request after the fact (the `break_glass.reviewers` groups).
+    `unjustified` ends access still running; either verdict resolves its alert."""
+    now = st.now()
+    req = service.review(session, policy=who.policy, caller=who.caller,
+                         request_id=known_id(request_id, "request"), verdict=body.verdict,
+                         note=body.note, now=now)
+    out = render(session, [req], now)[0]
+    session.commit()
+    return _json(out)

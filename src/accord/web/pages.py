@@ -538,6 +538,10 @@ def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
         session.commit()
     except AccordError as exc:
         session.rollback()
+        if isinstance(exc, requests.SelfDecision):
+            requests.record_self_decision(session, exc=exc, caller=viewer.principal.caller,
+                                          now=now)
+            session.commit()
         detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
         if isinstance(exc, NotFound):
             raise

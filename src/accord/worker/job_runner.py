@@ -18,9 +18,11 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
+from accord.detect import service as detect
 from accord.grants import service as grants
 from accord.notify import outbox
 from accord.notify import views as slack_views
+from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning import service as provisioning
 from accord.provisioning.registry import Connectors
@@ -30,6 +32,19 @@ from accord.worker import jobs
 
 log = logging.getLogger("accord.worker")
 POLL = 0.5
+
+
+def detect_all(sessions: sessionmaker[Session], policy: Policy, now: Callable[[], datetime],
+               budget: float = 0.5) -> int:
+    """Run the detectors over new ledger events, a batch per transaction, for at most
+    `budget` seconds (the rest waits for the next round)."""
+    total, until = 0, time.monotonic() + budget
+    while True:
+        with transaction(sessions) as session:
+            n = detect.pump(session, policy=policy, now=now())
+        total += n
+        if n == 0 or time.monotonic() > until:
+            return total
 
 
 class JobRunner:
@@ -60,6 +75,7 @@ class JobRunner:
         policy = self.policies.current
         with transaction(self.sessions) as session:
             outbox.pump(session, policy=policy, now=self.now())
+        detect_all(self.sessions, policy, self.now)
         notify = policy.loaded.spec.notify
         warn_before = notify.expiry_warning if (notify.email or notify.slack) else None
         handlers = provisioning.handlers(self.connectors(), self.box, warn_before)
@@ -76,6 +92,11 @@ class JobRunner:
             grants.warn(s, grant_id=job.payload["grant_id"], ends_at=job.payload["ends_at"],
                         now=now)
 
+        def review_remind(s: Session, job: jobs.Claimed, now: datetime) -> None:
+            requests.review_remind(s, policy=policy, request_id=job.payload["request_id"],
+                                   round=job.payload["round"], now=now)
+
+        handlers[requests.REVIEW_REMIND] = review_remind
         handlers[grants.WARN] = warn
         handlers[requests.REMIND] = remind
         handlers[requests.ESCALATE] = escalate

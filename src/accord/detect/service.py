@@ -1,0 +1,183 @@
+"""Alerts: raised by the detectors as the ledger grows, then acknowledged and resolved by
+people. Every change to an alert is a ledger event in the same transaction. Never commits.
+
+`pump` reads the ledger from its cursor, runs the detectors and, in the same
+transaction, inserts the alerts, records `alert.raised` for each and moves the cursor:
+a crash replays at most the uncommitted batch, and the dedup key keeps a finding from
+ever being raised twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from accord.detect.models import Alert, AlertStatus, DetectorCursor
+from accord.detect.rules import BY_TYPE, NEEDS_REQUEST, Finding, RequestFacts, Scan
+from accord.errors import Conflict, Invalid, NotFound
+from accord.ledger import service as ledger
+from accord.ledger.events import Actor, EventType
+from accord.ledger.models import LedgerEntry
+from accord.policy.engine import Policy
+from accord.requests.models import AccessRequest
+
+CURSOR = "detectors"
+SKIP = ("alert.", "notification.")  # the detectors' own output, and the outbox's
+
+
+def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 2000) -> int:
+    """Run the detectors over up to `batch` new ledger events. Returns how many were read."""
+    cursor = session.get(DetectorCursor, CURSOR, with_for_update=True)
+    if cursor is None:
+        cursor = DetectorCursor(name=CURSOR, next_index=0, state={})
+        session.add(cursor)
+        session.flush()
+    rows = session.execute(
+        select(LedgerEntry.idx, LedgerEntry.type, LedgerEntry.leaf)
+        .where(LedgerEntry.idx >= cursor.next_index, LedgerEntry.idx.is_not(None))
+        .order_by(LedgerEntry.idx).limit(batch)
+    ).all()
+    if not rows:
+        return 0
+    events = [(int(idx or 0), json.loads(leaf)) for idx, kind, leaf in rows
+              if kind in BY_TYPE and not kind.startswith(SKIP)]
+    wanted = {rid for _, ev in events if ev["type"] in NEEDS_REQUEST
+              and isinstance(rid := (ev.get("data") or {}).get("request_id"), int)}
+    facts = {}
+    if wanted:
+        for rid, requester, created, resource in session.execute(
+                select(AccessRequest.id, AccessRequest.requester, AccessRequest.created_at,
+                       AccessRequest.resource).where(AccessRequest.id.in_(wanted))):
+            facts[rid] = RequestFacts(requester, created, resource)
+    state = json.loads(json.dumps(cursor.state or {}))  # a copy: JSON columns need reassigning
+    scan = Scan(session, policy, policy.loaded.spec.detect, state, facts)
+    for idx, ev in events:
+        for detector in BY_TYPE[ev["type"]]:
+            for finding in detector(scan, idx, ev):
+                raise_alert(session, finding=finding, now=now)
+    cursor.next_index = int(rows[-1][0] or 0) + 1
+    cursor.state = state
+    return len(rows)
+
+
+def raise_alert(session: Session, *, finding: Finding, now: datetime) -> Alert | None:
+    """Open an alert for a finding, once: None when its key was raised before."""
+    if session.execute(select(Alert.id).where(Alert.dedup_key == finding.key)).first():
+        return None
+    alert = Alert(rule=finding.rule, severity=finding.severity, status=AlertStatus.OPEN,
+                  title=finding.title, user=finding.user, resource=finding.resource,
+                  subject=finding.subject, evidence=finding.evidence, data=finding.data,
+                  dedup_key=finding.key, opened_at=now, note="")
+    session.add(alert)
+    session.flush()
+    ledger.record(session, type=EventType.ALERT_RAISED, actor=Actor.system(),
+                  subject=f"alert:{alert.id}", time=now,
+                  resource={"name": finding.resource} if finding.resource else None,
+                  data={"alert_id": alert.id, "rule": alert.rule, "severity": alert.severity,
+                        "title": alert.title, "user": alert.user, "about": alert.subject,
+                        "evidence": alert.evidence})
+    return alert
+
+
+def get(session: Session, *, alert_id: int, lock: bool = False) -> Alert:
+    q = select(Alert).where(Alert.id == alert_id)
+    if lock:
+        q = q.with_for_update()
+    alert = session.execute(q).scalar_one_or_none()
+    if alert is None:
+        raise NotFound(f"alert {alert_id} does not exist")
+    return alert
+
+
+def acknowledge(session: Session, *, alert_id: int, actor: Actor, note: str,
+                now: datetime) -> Alert:
+    """Someone is looking at it."""
+    alert = get(session, alert_id=alert_id, lock=True)
+    if alert.status != AlertStatus.OPEN:
+        raise Conflict(f"alert {alert.id} is {alert.status}; only an open alert is "
+                       "acknowledged")
+    alert.status, alert.acknowledged_at, alert.acknowledged_by = (
+        AlertStatus.ACKNOWLEDGED, now, actor.id)
+    if note:
+        alert.note = note
+    ledger.record(session, type=EventType.ALERT_ACKNOWLEDGED, actor=actor,
+                  subject=f"alert:{alert.id}", time=now,
+                  data={"alert_id": alert.id, "rule": alert.rule, "note": note})
+    return alert
+
+
+def resolve(session: Session, *, alert_id: int, actor: Actor, note: str, now: datetime,
+            policy: Policy | None = None) -> Alert:
+    """Close it, saying why. A break-glass alert closes only through its review."""
+    alert = get(session, alert_id=alert_id, lock=True)
+    if alert.status == AlertStatus.RESOLVED:
+        raise Conflict(f"alert {alert.id} was already resolved by {alert.resolved_by}")
+    if not note.strip():
+        raise Invalid("say how it was resolved", field="note")
+    if alert.rule == "break_glass" and actor.kind == "user":
+        raise Conflict("a break-glass alert is resolved by reviewing the request "
+                       f"({alert.subject}): POST /api/v1/requests/{{id}}/review")
+    _close(session, alert, actor=actor, note=note, now=now)
+    return alert
+
+
+def _close(session: Session, alert: Alert, *, actor: Actor, note: str, now: datetime) -> None:
+    alert.status, alert.resolved_at, alert.resolved_by = AlertStatus.RESOLVED, now, actor.id
+    alert.note = note
+    ledger.record(session, type=EventType.ALERT_RESOLVED, actor=actor,
+                  subject=f"alert:{alert.id}", time=now,
+                  data={"alert_id": alert.id, "rule": alert.rule, "note": note})
+
+
+def resolve_for_subject(session: Session, *, rule: str, subject: str, actor: Actor,
+                        now: datetime, note: str) -> int:
+    """Resolve the open alerts of `rule` about `subject` (a review closes its break-glass
+    alert). The detectors may not have raised it yet: raise it now, then close it, so the
+    record never shows a use of the glass without its alert."""
+    from accord.detect.rules import Finding
+
+    alerts = list(session.execute(
+        select(Alert).where(Alert.rule == rule, Alert.subject == subject,
+                            Alert.status != AlertStatus.RESOLVED).with_for_update()).scalars())
+    if not alerts and not session.execute(
+            select(Alert.id).where(Alert.dedup_key == f"{rule}:{subject}")).first():
+        req_id = int(subject.split(":", 1)[1]) if subject.startswith("request:") else None
+        req = session.get(AccessRequest, req_id) if req_id else None
+        severity = "high"
+        raised = raise_alert(session, finding=Finding(
+            rule, severity, f"{req.requester if req else '?'} broke the glass on "
+            f"{req.resource if req else '?'}", f"{rule}:{subject}", [],
+            user=req.requester if req else None, resource=req.resource if req else None,
+            subject=subject), now=now)
+        alerts = [raised] if raised else []
+    for alert in alerts:
+        _close(session, alert, actor=actor, note=note, now=now)
+    return len(alerts)
+
+
+def list_alerts(session: Session, *, status: str | None = None, severity: str | None = None,
+                rule: str | None = None, user: str | None = None, resource: str | None = None,
+                before_id: int | None = None, limit: int = 50) -> list[Alert]:
+    q = select(Alert).order_by(Alert.id.desc()).limit(limit)
+    for column, value in ((Alert.status, status), (Alert.severity, severity),
+                          (Alert.rule, rule), (Alert.user, user), (Alert.resource, resource)):
+        if value:
+            q = q.where(column == value)
+    if before_id is not None:
+        q = q.where(Alert.id < before_id)
+    return list(session.execute(q).scalars())
+
+
+def as_dict(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id, "rule": alert.rule, "severity": alert.severity, "status": alert.status,
+        "title": alert.title, "user": alert.user, "resource": alert.resource,
+        "subject": alert.subject, "evidence": list(alert.evidence), "data": dict(alert.data),
+        "opened_at": alert.opened_at, "acknowledged_at": alert.acknowledged_at,
+        "acknowledged_by": alert.acknowledged_by, "resolved_at": alert.resolved_at,
+        "resolved_by": alert.resolved_by, "note": alert.note,
+    }

@@ -1,0 +1,150 @@
+"""Detectors over the ledger, driven by scenarios through the API (never rows by hand)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from accord.db import transaction
+from accord.detect import service as detect
+from accord.detect.models import Alert
+from accord.worker.job_runner import detect_all
+from tests.conftest import POLICY, Env
+
+WEDNESDAY_10 = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def run(env: Env) -> int:
+    return detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+
+
+def alerts(env: Env, **params: Any) -> list[dict[str, Any]]:
+    r = env.get("dave", "/api/v1/alerts", params=params)
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def at_work(env: Env) -> None:
+    env.clock.value = WEDNESDAY_10
+
+
+def test_three_denials_in_ten_minutes_raise_one_alert(env: Env) -> None:
+    at_work(env)
+    for _ in range(3):
+        assert env.ask("alice", reason="short")["status"] == "denied"  # auto_deny: reason < 10
+        env.clock.advance(minutes=4)
+    run(env)
+    found = alerts(env, rule="repeated_denials")
+    assert len(found) == 1
+    alert = found[0]
+    assert alert["user"] == "alice" and alert["severity"] == "medium"
+    assert alert["status"] == "open"
+    denied = [e for e in env.events(type="request.denied")]
+    assert len(alert["evidence"]) == 3
+    # the evidence points at the three denials, by ledger index
+    items = env.get("dave", "/api/v1/audit/events", params={"type": "request.denied"}).json()
+    assert sorted(alert["evidence"]) == sorted(i["index"] for i in items["items"])
+    assert len(denied) == 3
+    # nothing more on a re-run; a fourth denial alone does not raise another
+    assert run(env) >= 0
+    env.ask("alice", reason="short")
+    run(env)
+    assert len(alerts(env, rule="repeated_denials")) == 1
+    raised = env.events(type="alert.raised")
+    assert [e["data"]["rule"] for e in raised].count("repeated_denials") == 1
+
+
+def test_denials_spread_over_more_than_the_window_raise_nothing(env: Env) -> None:
+    at_work(env)
+    for _ in range(3):
+        env.ask("alice", reason="short")
+        env.clock.advance(minutes=6)  # 0, 6, 12: never three within ten minutes
+    run(env)
+    assert alerts(env, rule="repeated_denials") == []
+
+
+def test_an_approval_two_seconds_after_the_request_is_flagged(env: Env) -> None:
+    at_work(env)
+    rid = env.ask("alice")["id"]
+    env.clock.advance(seconds=2)
+    assert env.act("bob", rid, "approve").status_code == 200
+    env.clock.advance(minutes=5)
+    assert env.act("carol", rid, "approve").status_code == 200  # slow: not flagged
+    run(env)
+    found = alerts(env, rule="rubber_stamp")
+    assert len(found) == 1
+    assert found[0]["user"] == "bob" and found[0]["subject"] == f"request:{rid}"
+    assert found[0]["data"]["seconds"] == 2
+
+
+def test_a_self_approval_attempt_is_refused_recorded_and_alerted(env: Env) -> None:
+    at_work(env)
+    rid = env.ask("gina")["id"]  # gina leads too: eligible for step 1, but it is her own
+    r = env.act("gina", rid, "approve")
+    assert r.status_code == 403 and "own request" in r.json()["detail"]
+    refused = env.events(type="approval.refused")
+    assert len(refused) == 1 and refused[0]["actor"]["id"] == "gina"
+    assert env.get("gina", f"/api/v1/requests/{rid}").json()["status"] == "pending"
+    run(env)
+    found = alerts(env, rule="self_approval")
+    assert len(found) == 1 and found[0]["severity"] == "high" and found[0]["user"] == "gina"
+
+
+def test_requests_outside_working_hours_are_flagged(env: Env) -> None:
+    env.clock.value = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)  # a Saturday, 03:00
+    env.ask("alice", resource="staging-db")
+    at_work(env)
+    env.ask("alice", resource="staging-db")
+    run(env)
+    found = alerts(env, rule="off_hours")
+    assert len(found) == 1 and "Sat 03:00" in found[0]["title"]
+
+
+def test_a_policy_change_is_an_alert(env: Env) -> None:
+    at_work(env)
+    env.write_policy(POLICY.replace("max_duration: 8h", "max_duration: 6h"))
+    assert env.post("frank", "/api/v1/admin/reload").status_code == 200
+    run(env)
+    found = alerts(env, rule="policy_change")
+    assert len(found) == 1 and found[0]["user"] == "frank"
+
+
+def test_the_cursor_resumes_without_duplicates(env: Env) -> None:
+    at_work(env)
+    for _ in range(6):
+        env.ask("alice", reason="nope")
+    with transaction(env.st.sessions) as s:  # a worker that read only part, then stopped
+        detect.pump(s, policy=env.st.policies.current, now=env.st.now(), batch=5)
+    run(env)  # another worker (or the same after a restart) carries on from the cursor
+    run(env)
+    found = alerts(env, rule="repeated_denials")
+    assert len(found) == 2  # six denials: two alerts of three, never the same one twice
+    assert sorted(len(a["evidence"]) for a in found) == [3, 3]
+    with env.st.sessions() as s:
+        assert s.query(Alert).count() == len(alerts(env))
+
+
+def test_alerts_are_acknowledged_and_resolved_with_who_and_when(env: Env) -> None:
+    at_work(env)
+    for _ in range(3):
+        env.ask("alice", reason="short")
+    run(env)
+    alert = alerts(env)[0]
+    aid = alert["id"]
+    assert env.get("alice", "/api/v1/alerts").status_code == 403
+    assert env.post("dave", f"/api/v1/alerts/{aid}/acknowledge").status_code == 403  # auditor
+    r = env.post("frank", f"/api/v1/alerts/{aid}/acknowledge", json={"comment": "looking"})
+    assert r.status_code == 200 and r.json()["acknowledged_by"] == "frank"
+    assert env.post("frank", f"/api/v1/alerts/{aid}/acknowledge").status_code == 409
+    r = env.post("frank", f"/api/v1/alerts/{aid}/resolve", json={"comment": ""})
+    assert r.status_code == 422
+    r = env.post("carol", f"/api/v1/alerts/{aid}/resolve",
+                 json={"comment": "alice was testing the auto-deny rule"})
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "resolved" and body["resolved_by"] == "carol"
+    types = [e["type"] for e in env.events(subject=f"alert:{aid}")]
+    assert types == ["alert.raised", "alert.acknowledged", "alert.resolved"]
+    assert alerts(env, status="open") == []
+    assert env.get("dave", "/api/v1/alerts/999999").status_code == 404
+    assert env.get("dave", "/api/v1/alerts", params={"status": "bogus"}).status_code == 422
