@@ -97,7 +97,7 @@ def validate(policy: Policy, *, user: str, channels: Sequence[str] | None, mode:
         for i, channel in enumerate(channels):
             where = f"channels[{i}]"
             if channel not in PERSON_CHANNELS:
-                raise Invalid(f'unknown channel "{channel}"; choose from '
+                raise Invalid(f'unknown channel "{channel[:40]}"; choose from '
                               + ", ".join(PERSON_CHANNELS), field=where)
             if channel in channels[:i]:
                 raise Invalid(f"{channel} is listed twice", field=where)
