@@ -7,7 +7,10 @@ import typer
 from accord.cli import admin, serve
 from accord.cli.audit import audit_app
 from accord.cli.request import grant_app, request_app
+from accord.detect.cli import alert_app
+from accord.gateway import cli as gateway_cli
 from accord.notify.cli import notify_app
+from accord.reports.cli import report_app
 
 app = typer.Typer(
     name="accord",
@@ -17,13 +20,17 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
+app.command("gateway")(gateway_cli.gateway)
+app.command("connect")(gateway_cli.connect)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.policy_app, name="policy")
 app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
 app.add_typer(audit_app, name="audit")
+app.add_typer(alert_app, name="alert")
 app.add_typer(notify_app, name="notify")
+app.add_typer(report_app, name="report")
 
 if __name__ == "__main__":
     app()

@@ -370,10 +370,17 @@ def create(
     reason: Annotated[
         str, typer.Option("--reason", "-r", help="Why you need access (most workflows require it).")
     ] = "",
+    emergency: Annotated[
+        bool, typer.Option("--emergency", help=(
+            "Break the glass: granted at once if you are in a `break_glass` group, raises a "
+            "high-severity alert and is reviewed afterwards."))
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask for access to a resource for yourself; prints whether it is pending, active or denied."""
-    body = {"resource": resource, "role": role, "duration": duration, "reason": reason}
+    body: JSON = {"resource": resource, "role": role, "duration": duration, "reason": reason}
+    if emergency:
+        body["emergency"] = True
     with _api() as client:
         req = _as_obj(client.post("/requests", body))
     if as_json:
@@ -513,6 +520,24 @@ def extend(
 
 
 # ------------------------------------------------------------------ grants
+
+
+@request_app.command("review")
+def review(
+    request_id: RequestId,
+    verdict: Annotated[str, typer.Option(
+        "--verdict", help="justified, or unjustified (which also ends access still running).")],
+    note: Annotated[str, typer.Option("--note", help="What you checked.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Review a break-glass request after the fact (reviewer groups only)."""
+    with _api() as client:
+        req = _as_obj(client.post(f"/requests/{request_id}/review",
+                                  {"verdict": verdict, "note": note}))
+    if as_json:
+        _dump(req)
+    else:
+        _say(f"request #{req['id']} reviewed: {verdict}; now {req['status']}")
 
 
 @grant_app.command("list")

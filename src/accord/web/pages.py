@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from accord.api.deps import AppState, db, state
+from accord.detect import service as detect
 from accord.durations import DurationError, format_duration, parse_duration
-from accord.errors import AccordError, Forbidden, Invalid, NotFound
+from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.views import _visible as visible_grants
 from accord.identity import service as identity
@@ -59,6 +60,8 @@ MESSAGES = {  # what a redirect after a successful form says (never text from th
     "approve": "Approved.", "deny": "Denied.", "cancel": "Request withdrawn.",
     "relinquish": "Access given up.", "revoke": "Access revoked.",
     "extend": "Extension requested.", "created": "Request filed.",
+    "acknowledge": "Alert acknowledged.", "resolve": "Alert resolved.",
+    "review": "Review recorded.",
 }
 STREAM_SECONDS = 60
 ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
@@ -306,6 +309,15 @@ def _preview(viewer: Viewer, now: datetime, form: dict[str, str]) -> dict[str, A
         duration = parse_duration(form["duration"])
     except DurationError as exc:
         return {"error": f"duration: {exc}"}
+    if form.get("emergency") == "on":
+        try:
+            decision = requests.break_glass(
+                viewer.principal.policy, requester=viewer.user, resource=form["resource"],
+                role=form["role"], duration=duration, reason=form.get("reason", ""))
+        except (Invalid, Forbidden) as exc:
+            return {"error": f"{exc.field}: {exc.detail}" if exc.field else exc.detail}
+        return {"outcome": "approve", "workflow": "break-glass", "rule": decision.rule,
+                "reason": decision.reason, "steps": [], "emergency": True}
     try:
         decision, eligible = requests.route(
             viewer.principal.policy, requester=viewer.user, resource=form["resource"],
@@ -327,7 +339,8 @@ def new_request(request: Request, session: Session = Depends(db),
                                                            "reason")}
     form["duration"] = form["duration"] or "1h"
     return page(request, "request_new.html", viewer, catalog=_catalog(viewer), form=form,
-                preview=_preview(viewer, st.now(), form), errors={})
+                preview=_preview(viewer, st.now(), form), errors={},
+                glass=requests.may_break_glass(viewer.principal.policy, viewer.user))
 
 
 @router.get("/requests/preview", response_class=HTMLResponse)
@@ -335,17 +348,19 @@ def preview(request: Request, session: Session = Depends(db),
             st: AppState = Depends(state)) -> HTMLResponse:
     viewer = require_viewer(request, session, st)
     form = {k: request.query_params.get(k, "") for k in ("resource", "role", "duration",
-                                                           "reason")}
+                                                           "reason", "emergency")}
     return page(request, "_preview.html", viewer, preview=_preview(viewer, st.now(), form))
 
 
 @router.post("/requests/new")
 def create_request(request: Request, resource: str = Form(""), role: str = Form(""),
                    duration: str = Form(""), reason: str = Form(""), csrf: str = Form(""),
-                   session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
+                   emergency: str = Form(""), session: Session = Depends(db),
+                   st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    form = {"resource": resource, "role": role, "duration": duration, "reason": reason}
+    form = {"resource": resource, "role": role, "duration": duration, "reason": reason,
+            "emergency": emergency}
     errors: dict[str, str] = {}
     if not resource:
         errors["resource"] = "Choose a resource."
@@ -361,14 +376,16 @@ def create_request(request: Request, resource: str = Form(""), role: str = Form(
         try:
             req = requests.create(session, policy=viewer.principal.policy,
                                   caller=viewer.principal.caller, resource=resource, role=role,
-                                  duration=span, reason=reason, now=st.now())
+                                  duration=span, reason=reason, now=st.now(),
+                                  emergency=emergency == "on")
             session.commit()
             return RedirectResponse(f"/requests/{req.id}?done=created", status_code=303)
-        except Invalid as exc:
+        except (Invalid, Forbidden) as exc:
             session.rollback()
             errors[exc.field or "form"] = exc.detail
     return page(request, "request_new.html", viewer, status=422, catalog=_catalog(viewer),
-                form=form, preview=_preview(viewer, st.now(), form), errors=errors)
+                form=form, preview=_preview(viewer, st.now(), form), errors=errors,
+                glass=requests.may_break_glass(viewer.principal.policy, viewer.user))
 
 
 # ---------------------------------------------------------------- lists
@@ -505,9 +522,35 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
     subjects = [f"request:{req.id}"] + ([f"grant:{req.grant_id}"] if req.grant_id else [])
     events = evidence.timeline(session, ledger_state, subjects)
     acts = _actions(viewer, out, req, session)
+    glass = viewer.principal.policy.loaded.spec.break_glass
+    if req.emergency and req.reviewed_at is None and glass is not None \
+            and viewer.user != req.requester \
+            and viewer.user in requests.members(viewer.principal.policy, glass.reviewers):
+        acts.append("review")
     _commit_read(session)
     return page(request, "request_detail.html", viewer, r=out, events=events,
                 ledger=ledger_state, actions=acts, error=error, status=status)
+
+
+@router.post("/requests/{request_id}/review")
+def review(request: Request, request_id: str, csrf: str = Form(""), verdict: str = Form(""),
+           note: str = Form(""), session: Session = Depends(db),
+           st: AppState = Depends(state)) -> Response:
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    if not request_id.isdigit() or not 0 < int(request_id) < 2**31:
+        raise NotFound(f"request {request_id} does not exist")
+    try:
+        requests.review(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
+                        request_id=int(request_id), verdict=verdict, note=note[:2000],
+                        now=st.now())
+        session.commit()
+    except (Invalid, Conflict) as exc:
+        session.rollback()
+        detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+        return _detail(request, session, st, viewer, request_id, error=detail,
+                       status=exc.status)
+    return RedirectResponse(f"/requests/{request_id}?done=review", status_code=303)
 
 
 @router.post("/requests/{request_id}/{action}")
@@ -573,6 +616,46 @@ def grants_page(request: Request, session: Session = Depends(db),
         mine_or_revocable.append((g, g.user == viewer.user, can_revoke))
     _commit_read(session)
     return page(request, "grants.html", viewer, grants=mine_or_revocable)
+
+
+# ---------------------------------------------------------------- alerts
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(request: Request, session: Session = Depends(db),
+                st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    if not viewer.principal.can_read_all:
+        raise Forbidden("alerts need the Accord auditor or admin role")
+    status = request.query_params.get("status", "open")
+    if status not in {"open", "acknowledged", "resolved", "all"}:
+        raise Invalid("status must be open, acknowledged, resolved or all", field="status")
+    before = _cursor(request.query_params.get("before"))
+    rows = detect.list_alerts(session, status=None if status == "all" else status,
+                              before_id=before, limit=PAGE + 1)
+    more = rows[PAGE - 1].id if len(rows) > PAGE else None
+    items = [detect.as_dict(a) for a in rows[:PAGE]]
+    _commit_read(session)
+    return page(request, "alerts.html", viewer, items=items, current=status,
+                more_url=f"/alerts?status={status}&before={more}" if more else None)
+
+
+@router.post("/alerts/{alert_id}/{action}")
+def alert_action(request: Request, alert_id: str, action: str, csrf: str = Form(""),
+                 note: str = Form(""), session: Session = Depends(db),
+                 st: AppState = Depends(state)) -> Response:
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    if action not in ("acknowledge", "resolve") or not alert_id.isdigit() \
+            or not 0 < int(alert_id) < 2**31:
+        raise NotFound(f"no such action: {action}")
+    if not viewer.principal.is_admin:
+        raise Forbidden("acknowledging and resolving alerts needs the Accord admin role")
+    fn = detect.acknowledge if action == "acknowledge" else detect.resolve
+    fn(session, alert_id=int(alert_id), actor=viewer.principal.caller.actor, note=note[:2000],
+       now=st.now())
+    session.commit()
+    return RedirectResponse(f"/alerts?done={action}", status_code=303)
 
 
 # ---------------------------------------------------------------- audit

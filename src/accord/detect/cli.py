@@ -1,0 +1,107 @@
+"""`accord alert ...`: list, show, acknowledge and resolve alerts (talks to ACCORD_URL)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from accord.cli.request import (
+    AllOpt,
+    JsonOpt,
+    LimitOpt,
+    _api,
+    _as_obj,
+    _cell,
+    _dump,
+    _fetch,
+    _grid,
+    _out,
+    _say,
+    _table,
+    _when,
+)
+from accord.detect.models import AlertStatus, Severity
+
+alert_app = typer.Typer(
+    help="Alerts raised by the detectors: list, show, acknowledge, resolve (ACCORD_URL).",
+    no_args_is_help=True,
+)
+AlertId = Annotated[int, typer.Argument(help="ID of the alert.", min=1)]
+_SEVERITY = {"low": "dim", "medium": "yellow", "high": "red", "critical": "bold red"}
+
+
+def _line(a: dict[str, Any]) -> str:
+    return f"alert #{a['id']} [{a['severity']}] {a['status']}: {a['title']}"
+
+
+@alert_app.command("list")
+def list_alerts(
+    status: Annotated[AlertStatus | None, typer.Option("--status", "-s")] = None,
+    severity: Annotated[Severity | None, typer.Option("--severity")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="e.g. repeated_denials")] = None,
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    limit: LimitOpt = 50,
+    every: AllOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Alerts, newest first (auditors and admins)."""
+    params = {k: v for k, v in {"status": status, "severity": severity, "rule": rule,
+                                "user": user, "limit": limit}.items() if v is not None}
+    with _api() as client:
+        page = _fetch(client, "/alerts", params, every)
+    if as_json:
+        _dump(page)
+        return
+    if not page["items"]:
+        _say("no alerts")
+        return
+    table = _table("ID", "Severity", "Status", "Rule", "User", "Opened", "Title")
+    for a in page["items"]:
+        table.add_row(str(a["id"]), f"[{_SEVERITY.get(a['severity'], '')}]{a['severity']}[/]",
+                      a["status"], a["rule"], _cell(a["user"]), _when(a["opened_at"]),
+                      _cell(a["title"]))
+    _out.print(table)
+
+
+@alert_app.command("show")
+def show(alert_id: AlertId, as_json: JsonOpt = False) -> None:
+    """One alert with its evidence (ledger indices) and who handled it."""
+    with _api() as client:
+        a = _as_obj(client.get(f"/alerts/{alert_id}"))
+    if as_json:
+        _dump(a)
+        return
+    _say(_line(a))
+    rows = [("rule", a["rule"]), ("user", a["user"]), ("resource", a["resource"]),
+            ("about", a["subject"]), ("evidence", ", ".join(f"#{i}" for i in a["evidence"])),
+            ("opened", _when(a["opened_at"])),
+            ("acknowledged", f"{_when(a['acknowledged_at'])} by {a['acknowledged_by']}"
+             if a["acknowledged_at"] else None),
+            ("resolved", f"{_when(a['resolved_at'])} by {a['resolved_by']}"
+             if a["resolved_at"] else None), ("note", a["note"] or None)]
+    _out.print(_grid([(k, _cell(v)) for k, v in rows if v]))
+
+
+@alert_app.command("ack")
+def acknowledge(
+    alert_id: AlertId,
+    note: Annotated[str, typer.Option("--note", help="What you are doing about it.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Say you are on it (admins)."""
+    with _api() as client:
+        a = _as_obj(client.post(f"/alerts/{alert_id}/acknowledge", {"comment": note}))
+    _dump(a) if as_json else _say(_line(a))
+
+
+@alert_app.command("resolve")
+def resolve(
+    alert_id: AlertId,
+    note: Annotated[str, typer.Option("--note", help="How it was resolved (required).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Close an alert with a note (admins). Break-glass alerts close by review."""
+    with _api() as client:
+        a = _as_obj(client.post(f"/alerts/{alert_id}/resolve", {"comment": note}))
+    _dump(a) if as_json else _say(_line(a))

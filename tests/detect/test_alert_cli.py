@@ -1,0 +1,46 @@
+"""`accord alert` and `accord request create --emergency` / `review` against a live server."""
+
+from __future__ import annotations
+
+import json
+
+from accord.worker.job_runner import detect_all
+from tests.cli.test_request_cli import run
+from tests.conftest import LiveServer
+from tests.detect.test_detectors import WEDNESDAY_10
+
+
+def test_alert_list_show_ack_resolve(live: LiveServer) -> None:
+    env = live.env
+    env.clock.value = WEDNESDAY_10
+    for _ in range(3):
+        env.ask("alice", reason="short")
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+
+    code, out, _ = run(live, "dave", "alert", "list", "--json")
+    assert code == 0
+    (alert,) = json.loads(out)["items"]
+    aid = str(alert["id"])
+    code, out, _ = run(live, "dave", "alert", "list", "--status", "open")
+    assert code == 0 and "medium" in out and "alice" in out
+    code, out, _ = run(live, "dave", "alert", "show", aid)
+    assert code == 0 and "evidence" in out and "#" in out
+
+    code, _, err = run(live, "alice", "alert", "list")
+    assert code == 1 and "auditor or admin" in err
+    code, _, err = run(live, "frank", "alert", "resolve", aid, "--note", "")
+    assert code == 1 and "note" in err
+    assert run(live, "frank", "alert", "ack", aid, "--note", "looking")[0] == 0
+    code, out, _ = run(live, "frank", "alert", "resolve", aid, "--note", "a test of auto-deny")
+    assert code == 0 and "resolved" in out
+    code, out, _ = run(live, "dave", "alert", "show", aid, "--json")
+    assert json.loads(out)["resolved_by"] == "frank"
+
+
+def test_emergency_flag_needs_break_glass(live: LiveServer) -> None:
+    code, _, err = run(live, "erin", "request", "create", "orders-db", "read", "-d", "30m",
+                       "-r", "SEV1: orders table locked", "--emergency")
+    assert code == 1 and "break-glass is not configured" in err
+    code, _, err = run(live, "frank", "request", "review", "1", "--verdict", "justified",
+                       "--note", "n/a")
+    assert code == 1
