@@ -390,6 +390,7 @@ class DetectSpec(_Strict):
     break_glass: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
     policy_change: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="low"))
     notify: list[str] = Field(default_factory=list)  # groups told of alerts (default: admins)
+    notify_severity: Sev = "high"  # alerts at least this severe are sent; all are listed
 
 
 class BreakGlassSpec(_Strict):

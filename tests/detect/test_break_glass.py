@@ -109,3 +109,36 @@ def test_break_glass_needs_configuring(env: Env) -> None:
         "resource": "orders-db", "role": "read", "duration": "30m",
         "reason": "SEV1: orders table locked", "emergency": True})
     assert r.status_code == 422 and "not configured" in r.json()["detail"]
+
+
+def test_alerts_and_review_reminders_go_out_by_email(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    from tests.notify.test_email import Mailbox, smtp_server
+    from tests.notify.test_outbox import EMAILS
+
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as port:
+        text = GLASS.replace("users: [alice, bob, carol, dave, erin, frank, gina]", EMAILS)
+        text += ("notify: {base_url: 'https://accord.example.test', email: "
+                 f"{{host: 127.0.0.1, port: {port}, sender: accord@example.test}}}}\n")
+        env = make_env(sessions, tmp_path, text)
+        env.clock.value = WEDNESDAY_10
+        runner = JobRunner(env.st.sessions, env.st.policies, env.st.connectors,
+                           env.st.secrets, env.clock)
+        with env.client:
+            rid = emergency(env, "erin").json()["id"]  # type: ignore[attr-defined]
+            for _ in range(3):  # detectors raise; the outbox queues; deliveries go out
+                runner.run_once()
+            alert_mail = [m for _f, rcpts, m in mailbox.received if "HIGH alert" in m["Subject"]]
+            # admins are carol (with an address) and frank (without one)
+            assert [m["To"] for m in alert_mail] == ["carol@example.test"]
+            assert "broke the glass" in alert_mail[0]["Subject"]
+            mailbox.received.clear()
+            env.clock.advance(hours=4, seconds=1)
+            for _ in range(3):
+                runner.run_once()
+            review_mail = [m for _f, _r, m in mailbox.received if "needs a review" in m["Subject"]]
+            assert [m["To"] for m in review_mail] == ["carol@example.test"]
+            body = review_mail[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+            assert f"accord request review {rid}" in body
+            assert f"https://accord.example.test/requests/{rid}" in body

@@ -64,7 +64,7 @@ def test_slack_webhook_posts_blocks_with_buttons(receiver: s.Receiver) -> None:
     assert "<!channel>" not in json.dumps(payload)
     assert payload["text"].startswith("<@U0BOB> alice asks for orders-db/read")
     context = payload["blocks"][1]["elements"][0]["text"]
-    assert context.startswith("<https://accord.example.com/api/v1/requests/7|Request #7>")
+    assert context.startswith("<https://accord.example.com/requests/7|Request #7>")
     assert _buttons(payload) == [
         {"type": "button", "action_id": "accord_approve", "value": "approve:7",
          "text": {"type": "plain_text", "text": "Approve"}, "style": "primary"},

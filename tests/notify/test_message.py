@@ -19,10 +19,10 @@ def test_request_created_for_an_approver() -> None:
     assert m.subject == "[Accord] alice asks for orders-db/read for 1h (request #7)"
     assert m.actions == ["approve", "deny"]
     assert (m.request_id, m.resource, m.role, m.requester) == (7, "orders-db", "read", "alice")
-    assert m.link == "https://accord.example.com/api/v1/requests/7"
+    assert m.link == "https://accord.example.com/requests/7"
     assert "before 2030-05-07 07:08 UTC" in m.text
     assert "accord request approve 7" in m.text
-    assert m.text.endswith("Details: https://accord.example.com/api/v1/requests/7")
+    assert m.text.endswith("Details: https://accord.example.com/requests/7")
     assert m.event["type"] == "request.created"
 
 
@@ -46,7 +46,7 @@ def test_user_text_is_escaped_in_html_only() -> None:
     assert m.html is not None
     assert "<script>" not in m.html
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;!channel&gt;" in m.html
-    assert '<a href="https://accord.example.com/api/v1/requests/7">Details</a>' in m.html
+    assert '<a href="https://accord.example.com/requests/7">Details</a>' in m.html
 
 
 def test_subject_is_one_line() -> None:
@@ -103,7 +103,7 @@ def test_headlines(event: dict[str, Any], recipient: str, headline: str,
 def test_grant_messages_link_the_grant_and_name_its_first_request() -> None:
     m = render(s.ended(EventType.GRANT_EXPIRED, Actor.system()), base_url=s.BASE_URL,
                recipient="alice", approver=False)
-    assert m.link == "https://accord.example.com/api/v1/grants/3"
+    assert m.link == "https://accord.example.com/grants#grant-3"
     assert (m.request_id, m.requester) == (7, "alice")
     assert m.subject == "[Accord] Access expired: orders-db/read"
 
@@ -149,7 +149,7 @@ def test_a_digest_lists_each_event_once_with_user_text_escaped() -> None:
         "- Request #7 for orders-db/read was denied by bob.",
         "- You now have orders-db/read until 2030-05-06 08:08 UTC.",
     ]
-    assert "https://accord.example.com/api/v1/grants/3" in message.text
+    assert "https://accord.example.com/grants#grant-3" in message.text
     assert message.html is not None and "<script>" not in message.html
     assert "INC-42 &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp;" in message.html
     assert len(message.event["events"]) == 4

@@ -24,8 +24,10 @@ APPROVER_ACTIONS = ("approve", "deny")
 SUPPORTED = frozenset({
     "request.created", "request.approved", "request.denied", "request.expired",
     "request.cancelled", "grant.activated", "grant.expired", "grant.revoked",
-    "grant.relinquished", "grant.expiring",
+    "grant.relinquished", "grant.expiring", "alert.raised", "request.review_reminded",
 })
+# Events that need not name a resource and role (an alert may be about a person).
+_RESOURCELESS = frozenset({"alert.raised"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def render(event: dict[str, Any], *, base_url: str, recipient: str, approver: bo
     resource = event.get("resource")
     name = resource.get("name") if isinstance(resource, dict) else None
     role = resource.get("role") if isinstance(resource, dict) else None
+    if etype in _RESOURCELESS:
+        name, role = (name if isinstance(name, str) and name else "-"), (role or "-")
     if not isinstance(name, str) or not isinstance(role, str) or not name or not role:
         raise ValueError(f"{etype} event without a resource name and role")
     data = event.get("data")
@@ -135,7 +139,7 @@ def render(event: dict[str, Any], *, base_url: str, recipient: str, approver: bo
         base_url=base_url.rstrip("/"),
     )
     draft = _TEMPLATES[etype](ctx)
-    link = draft.link or (f"{ctx.base_url}/api/v1/requests/{request_id}"
+    link = draft.link or (f"{ctx.base_url}/requests/{request_id}"
                           if request_id is not None else ctx.base_url)
     text = "\n\n".join([*draft.paragraphs, f"Details: {link}"])
     return Message(
@@ -270,9 +274,29 @@ def _cancelled(c: _Ctx) -> _Draft:
     return _Draft(f"[Accord] Withdrawn: {c.target} ({c.ref})", paragraphs)
 
 
+def _alert(c: _Ctx) -> _Draft:
+    severity = (_str(c.data.get("severity")) or "?").upper()
+    title = _str(c.data.get("title")) or "an alert"
+    evidence = ", ".join(f"#{i}" for i in _list(c.data.get("evidence")))
+    paragraphs = [f"{severity}: {title}",
+                  f"Rule {c.data.get('rule')}; evidence in the ledger: {evidence or 'none'}."]
+    return _Draft(f"[Accord] {severity} alert: {title}", paragraphs,
+                  link=f"{c.base_url}/alerts")
+
+
+def _review_reminded(c: _Ctx) -> _Draft:
+    since = _when(c.data.get("waiting_since")) or "earlier"
+    paragraphs = [f"{c.requester or 'Someone'} broke the glass for {c.target} ({c.ref}) at "
+                  f"{since}; nobody has reviewed it yet (reminder {c.data.get('round', 1)}).",
+                  f"Review it: accord request review {c.request_id} --verdict justified|"
+                  "unjustified --note '...'"]
+    return _Draft(f"[Accord] Break-glass {c.ref} needs a review", paragraphs)
+
+
 def _grant_link(c: _Ctx) -> str | None:
     grant_id = _int(c.data.get("grant_id"))
-    return f"{c.base_url}/api/v1/grants/{grant_id}" if grant_id is not None else None
+    # The dashboard's page of the grant's first request shows the grant and its actions.
+    return f"{c.base_url}/grants#grant-{grant_id}" if grant_id is not None else None
 
 
 def _activated(c: _Ctx) -> _Draft:
@@ -327,6 +351,8 @@ def _expiring(c: _Ctx) -> _Draft:
 
 
 _TEMPLATES = {
+    "alert.raised": _alert,
+    "request.review_reminded": _review_reminded,
     "grant.expiring": _expiring,
     "request.created": _created,
     "request.approved": _approved,

@@ -46,12 +46,13 @@ _ENDINGS = {"grant.expired", "grant.revoked", "grant.relinquished"}
 ROUTED = frozenset({
     "request.created", "approval.recorded", "request.approved", "request.denied",
     "request.expired", "request.reminded", "request.escalated", "grant.activated",
-    "grant.expiring", *_ENDINGS,
+    "grant.expiring", "alert.raised", "request.review_reminded", *_ENDINGS,
 })
 # Events that ask someone to decide: they are shown the request itself.
 _RESHOW = {"approval.recorded", "request.reminded", "request.escalated"}
 # Sent at once even to people in digest mode: a digest would come too late to act on.
-URGENT = frozenset({"grant.expiring"})
+URGENT = frozenset({"grant.expiring", "alert.raised"})
+SEVERITIES = ("low", "medium", "high", "critical")
 
 
 def urgent(event: dict[str, Any], approver: bool) -> bool:
@@ -126,6 +127,17 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
         return out
     if kind in _ENDINGS or kind == "grant.expiring":
         return [(str(data.get("user")), False)]
+    if kind == "alert.raised":  # detect.notify groups, else the admins
+        spec = policy.loaded.spec.detect
+        if SEVERITIES.index(str(data.get("severity", "low"))) < \
+                SEVERITIES.index(spec.notify_severity):
+            return []
+        groups = spec.notify
+        people = set().union(*(policy.resolve(g, None) for g in groups)) if groups \
+            else set(policy.admins)
+        return [(u, False) for u in sorted(people)]
+    if kind == "request.review_reminded":
+        return [(str(u), True) for u in data.get("reviewers", [])]
     return []
 
 

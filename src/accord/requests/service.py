@@ -888,7 +888,7 @@ def review_remind(session: Session, *, policy: Policy, request_id: int, round: i
         return False
     ledger.record(session, type=EventType.REQUEST_REVIEW_REMINDED, actor=Actor.system(),
                   subject=f"request:{req.id}", resource=_resource(req), time=now,
-                  data={"request_id": req.id, "round": round,
+                  data={"request_id": req.id, "round": round, "requester": req.requester,
                         "reviewers": sorted(members(policy, glass.reviewers) - {req.requester}),
                         "waiting_since": format_time(req.created_at)})
     jobs.enqueue(session, kind=REVIEW_REMIND, key=f"request:{req.id}:review:{round + 1}",
