@@ -23,6 +23,7 @@ from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
 from accord.notify import views as slack_views
 from accord.policy import views as policy_views
+from accord.reports import views as report_views
 from accord.requests import views as request_views
 from accord.web import pages as web_pages
 from accord.worker.job_runner import JobRunner
@@ -96,6 +97,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
                    slack_views, gateway_views):
         app.include_router(module.router)
     app.include_router(slack_views.prefs_router)  # notification preferences
+    app.include_router(report_views.router)  # reports (auditors and admins)
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
 

@@ -1,0 +1,187 @@
+"""`accord report` on a real database file, the web download page, Unicode in the PDF, and
+gateway usage in the report."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pypdf import PdfReader
+from typer.testing import CliRunner
+
+from accord.api.app import create_app
+from accord.bootstrap import build_state
+from accord.cli.main import app
+from accord.config import Settings
+from accord.db import transaction
+from accord.identity import service as identity
+from accord.ledger.events import Actor, format_time
+from accord.reports.render_pdf import _fonts
+from accord.web import report_pages
+from tests.conftest import POLICY, Env
+from tests.reports.test_reports import all_events, report, scenario
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], TestClient, dict[str, str]]]:
+    """An Accord on a SQLite file, driven through its API, for operator commands to read."""
+    config = tmp_path / "accord.yaml"
+    config.write_text(POLICY, encoding="utf-8")
+    env = {"ACCORD_DATA_DIR": str(tmp_path / "data"), "ACCORD_CONFIG": str(config),
+           "ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'accord.db'}"}
+    st = build_state(Settings.from_env(env), config_path=config, upgrade="always")
+    tokens = {}
+    with transaction(st.sessions) as session:
+        for user in ("alice", "bob", "carol"):
+            _row, tokens[user] = identity.issue(session, policy=st.policies.current, user=user,
+                                                actor=Actor.system("cli"), now=st.now())
+    with TestClient(create_app(st)) as client:
+        yield env, client, tokens
+    st.sessions.kw["bind"].dispose()
+
+
+def test_cli_reports(served: tuple[dict[str, str], TestClient, dict[str, str]],
+                     tmp_path: Path) -> None:
+    env, client, tokens = served
+
+    def call(user: str, path: str, body: dict[str, str] | None = None) -> int:
+        r = client.post(path, json=body, headers={"Authorization": f"Bearer {tokens[user]}"})
+        assert r.status_code in (200, 201), r.text
+        return int(r.json()["id"])
+
+    rid = call("alice", "/api/v1/requests", {"resource": "orders-db", "role": "read",
+                                             "duration": "1h", "reason": "INC-7 from the cli"})
+    call("bob", f"/api/v1/requests/{rid}/approve")
+    call("carol", f"/api/v1/requests/{rid}/approve")
+    call("alice", "/api/v1/requests", {"resource": "staging-db", "role": "read",
+                                       "duration": "1h", "reason": ""})
+
+    out = tmp_path / "q.json"
+    r = runner.invoke(app, ["report", "access", "--from", "2000-01-01", "--to", "2100-01-01",
+                            "--out", str(out)], env=env)
+    assert r.exit_code == 0, r.output
+    assert "sha256 " + hashlib.sha256(out.read_bytes()).hexdigest() in r.stderr
+    body = json.loads(out.read_text())  # the format follows the file's suffix
+    assert body["totals"]["requests"] == 2 and body["totals"]["human"] == 1
+    assert body["generated_by"].endswith("(cli)")
+    assert all(c["ok"] for c in body["ledger"]["checks"])
+    assert not list(tmp_path.glob("*.partial"))
+
+    pdf = tmp_path / "alice.pdf"
+    r = runner.invoke(app, ["report", "user", "alice", "--out", str(pdf)], env=env)
+    assert r.exit_code == 0, r.output
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(pdf).pages).split())
+    assert "Access report for user alice" in text and "INC-7 from the cli" in text
+    r = runner.invoke(app, ["report", "resource", "staging-db", "--format", "csv", "--out",
+                            "-"], env=env)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("request_id,in_period,resource")
+    assert r.stdout.count("staging-db") == 1
+
+    r = runner.invoke(app, ["report", "access", "--out", str(out)], env=env)
+    assert r.exit_code == 2 and "--from" in r.stderr
+    r = runner.invoke(app, ["report", "access", "--from", "2026-01-01", "--to", "2025-01-01",
+                            "--out", str(out)], env=env)
+    assert r.exit_code == 2 and "--to" in r.stderr
+    r = runner.invoke(app, ["report", "user", "mallory", "--out", str(tmp_path / "m.pdf")],
+                      env=env)
+    assert r.exit_code == 1 and "mallory" in r.stderr
+    assert not (tmp_path / "m.pdf").exists()
+
+    events = client.get("/api/v1/audit/events", params={"type": "report.generated"},
+                        headers={"Authorization": f"Bearer {tokens['carol']}"}).json()["items"]
+    assert [(e["event"]["data"]["kind"], e["event"]["actor"]["via"]) for e in events] == \
+        [("access", "cli"), ("user", "cli"), ("resource", "cli")]
+
+
+def _login(env: Env, user: str) -> str:
+    """Sign in on the dashboard with an API token; returns the page's CSRF token."""
+    env.client.app.include_router(report_pages.router)  # type: ignore[attr-defined]
+    page = env.client.get("/login")
+    pre = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert pre
+    r = env.client.post("/login/token", data={"token": env.tokens[user], "csrf": pre[1],
+                                              "next": "/reports"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return ""
+
+
+def test_web_download(env: Env) -> None:
+    start, end, ids = scenario(env)
+    _login(env, "dave")
+    page = env.client.get("/reports")
+    assert page.status_code == 200, page.text
+    assert "Download a report" in page.text and "No report has been generated yet" in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    form = {"kind": "access", "start": format_time(start), "end": format_time(end),
+            "format": "csv", "csrf": csrf[1]}
+    r = env.client.post("/reports", data=form)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert hashlib.sha256(r.content).hexdigest() == r.headers["x-accord-report-sha256"]
+    assert f"\r\n{ids['approved']},yes,orders-db" in r.text
+    (_i, event), = all_events(env, type="report.generated")
+    assert event["actor"] == {"kind": "user", "id": "dave", "via": "web"}
+    listed = env.client.get("/reports").text
+    assert event["data"]["sha256"][:16] in listed
+
+    refused = env.client.post("/reports", data={**form, "csrf": "forged"})
+    assert refused.status_code == 403
+    bad = env.client.post("/reports", data={**form, "kind": "user"})
+    assert bad.status_code == 422 and "choose a user" in bad.text
+    assert len(all_events(env, type="report.generated")) == 1
+
+
+def test_web_page_is_for_readers(env: Env) -> None:
+    _login(env, "alice")
+    assert env.client.get("/reports").status_code == 403
+
+
+@pytest.mark.skipif(_fonts() is None, reason="DejaVu fonts (fonts-dejavu-core) not installed")
+def test_pdf_keeps_unicode(env: Env) -> None:
+    env.ask("alice", reason="INC-9 — Zürich ✓ réseau Ωμέγα Привет")
+    env.clock.advance(seconds=1)  # user reports run up to now (exclusive)
+    r = report(env, "/api/v1/reports/user/alice", "pdf")
+    text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(r.content)).pages)
+    assert "INC-9 — Zürich ✓ réseau Ωμέγα Привет" in text
+
+
+def test_gateway_usage_is_reported(env: Env) -> None:
+    """Usage comes from the gateway's per-grant table; the gateway itself is tested in its
+    own suite, so its row is written here as the gateway would write it."""
+    try:
+        models = importlib.import_module("accord.gateway.models")
+    except ImportError:
+        pytest.skip("this tree has no gateway")
+    usage = getattr(models, "GatewayUsage", None)
+    if usage is None:
+        pytest.skip("the gateway keeps no usage table")
+    rid = env.ask("gina", "staging-db", "read", "2h", "")["id"]
+    grant_id = env.get("gina", f"/api/v1/requests/{rid}").json()["grant"]["id"]
+    now = env.clock()
+    with transaction(env.st.sessions) as session:
+        session.add(usage(grant_id=grant_id, first_used_at=now + timedelta(minutes=1),
+                          last_used_at=now + timedelta(minutes=9), statement_count=42,
+                          violation_count=0, session_count=2))
+    env.clock.advance(minutes=10)
+    body = report(env, "/api/v1/reports/resource/staging-db", "json").json()
+    assert body["usage_available"] is True
+    (line,) = body["requests"]
+    assert line["grant"]["usage"]["statements"] == 42
+    assert line["grant"]["usage"]["sessions"] == 2
+    assert body["totals"]["statements"] == 42 and body["totals"]["used_grants"] == 1
+    pdf = report(env, "/api/v1/reports/resource/staging-db", "pdf")
+    text = " ".join("".join(p.extract_text() for p in PdfReader(
+        io.BytesIO(pdf.content)).pages).split())
+    assert "42 statements" in text
