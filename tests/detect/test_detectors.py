@@ -9,7 +9,7 @@ from accord.db import transaction
 from accord.detect import service as detect
 from accord.detect.models import Alert
 from accord.worker.job_runner import detect_all
-from tests.conftest import POLICY, Env
+from tests.conftest import POLICY, Env, make_env
 
 WEDNESDAY_10 = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -148,3 +148,29 @@ def test_alerts_are_acknowledged_and_resolved_with_who_and_when(env: Env) -> Non
     assert alerts(env, status="open") == []
     assert env.get("dave", "/api/v1/alerts/999999").status_code == 404
     assert env.get("dave", "/api/v1/alerts", params={"status": "bogus"}).status_code == 422
+
+
+GATEWAY = POLICY.replace(
+    "  - {name: lab, kind: generic, labels: {env: lab}, owners: [frank], roles: [use]}\n",
+    "  - {name: lab, kind: generic, labels: {env: lab}, owners: [frank], roles: [use]}\n"
+    "  - {name: gw-db, kind: postgres, labels: {env: staging}, owners: [dba], roles: [read],\n"
+    "     gateway: {dsn_env: ACCORD_TEST_UNUSED_DSN}}\n")
+
+
+def test_an_unused_grant_is_flagged_when_it_ends(sessions: Any, tmp_path: Any) -> None:
+    from accord.grants import service as grants
+
+    env = make_env(sessions, tmp_path, GATEWAY)
+    at_work(env)
+    with env.client:
+        gw = env.ask("alice", resource="gw-db", role="read", duration="1h")
+        other = env.ask("alice", resource="staging-db", role="read", duration="1h")
+        assert gw["status"] == other["status"] == "active"
+        env.clock.advance(hours=1, seconds=1)
+        with transaction(env.st.sessions) as s:
+            assert grants.expire_due(s, now=env.st.now()) == 2
+        run(env)
+        found = alerts(env, rule="unused_grant")
+        # only the grant on the resource the gateway serves: elsewhere use is invisible
+        assert [a["subject"] for a in found] == [f"grant:{gw['grant']['id']}"]
+        assert found[0]["resource"] == "gw-db" and found[0]["severity"] == "low"

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.config import CountRule, DetectSpec
+from accord.gateway.service import reachable as gateway_reachable
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
 
@@ -186,7 +187,7 @@ def unused_grant(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
     resource = _resource(ev)
     spec = scan.policy.resources.get(resource or "")
     # Only where the gateway is the way in; elsewhere Accord cannot see use.
-    if not rule.enabled or spec is None or getattr(spec, "gateway", None) is None:
+    if not rule.enabled or spec is None or not gateway_reachable(spec):
         return
     subject = str(ev.get("subject"))
     used = scan.session.execute(
