@@ -103,7 +103,8 @@ def test_deny_needs_an_eligible_approver_of_the_current_step(env: Env) -> None:
     assert env.act("carol", req["id"], "deny").status_code == 403
     assert env.act("alice", req["id"], "deny").status_code == 403
     assert _get(env, "alice", req["id"])["status"] == "pending"
-    assert _types(env, f"request:{req['id']}") == ["request.created"]
+    # the requester's attempt is refused and recorded as such; nothing else happened
+    assert _types(env, f"request:{req['id']}") == ["request.created", "approval.refused"]
 
 
 # ---------------------------------------------------------------- cancel
@@ -736,6 +737,7 @@ def _scenario(env: Env) -> Counter[str]:
     want["request.created"] += 1
     # Refused commands write nothing.
     assert env.act("alice", r9["id"], "approve").status_code == 403
+    want["approval.refused"] += 1  # a self-decision attempt is recorded, nothing else
     assert env.act("carol", r9["id"], "approve").status_code == 403
     assert env.act("bob", r2["id"], "approve").status_code == 409
     assert env.act("alice", r1["id"], "relinquish").status_code == 409
