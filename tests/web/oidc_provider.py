@@ -35,6 +35,7 @@ class Provider:
     tamper: dict[str, Any] = field(default_factory=dict)
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    token_auth: list[str | None] = field(default_factory=list)  # Authorization headers seen
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={
         "kid": "test-1", "use": "sig", "alg": "RS256"}))
     other_key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={
@@ -114,6 +115,7 @@ class Provider:
 
     def token(self, form: dict[str, str], authorization: str | None) -> tuple[int, dict[str, Any]]:
         self.token_requests.append(form)
+        self.token_auth.append(authorization)
         grant = self.codes.pop(form.get("code", ""), None)  # single use
         if grant is None or form.get("redirect_uri") != grant["redirect_uri"]:
             return 400, {"error": "invalid_grant"}
