@@ -408,9 +408,6 @@ def test_without_oidc_in_accord_yaml_there_is_no_single_sign_on(
     assert env.events(type="web.login_refused") == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: oidc.finish compares `state` and the ID "
-                   "token's `nonce` with secrets.compare_digest, which raises TypeError for "
-                   "non-ASCII text: the callback answers 500 and records nothing")
 @pytest.mark.parametrize("where", ["state", "nonce"])
 def test_a_non_ascii_state_or_nonce_is_refused_not_a_crash(
         env: Env, provider: Provider, where: str) -> None:

@@ -464,9 +464,6 @@ def test_login_forms_are_refused_without_their_token_or_from_another_site(
     assert r.status_code == 303 and b.session_cookie
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check_csrf (src/accord/web/auth.py) passes the "
-                   "posted token to secrets.compare_digest, which raises TypeError for "
-                   "non-ASCII text: the form answers 500 instead of 403")
 def test_a_non_ascii_csrf_token_is_refused_not_a_crash(env: Env) -> None:
     b = login(env, "alice")
     path, data = _new_request(env)
@@ -620,8 +617,6 @@ def test_approving_and_denying_through_the_forms_records_via_web(env: Env) -> No
     assert denied["actor"]["via"] == "web"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: request_detail.html writes each approval as "
-                   "`{{ a.decision }}d`, so a denial reads 'carol denyd via web'")
 def test_a_denial_reads_denied_on_the_request_page(env: Env) -> None:
     rid = pending(env)
     bob = login(env, "bob")
@@ -738,8 +733,6 @@ def test_someone_elses_request_is_not_found_for_a_plain_requester(env: Env) -> N
     is_html_page(alice.post(f"/requests/{theirs}/explode"), 404)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pages.py checks ids and cursors with "
-                   "str.isdigit(), which accepts '²', then int() raises ValueError: 500")
 def test_an_id_of_unicode_digits_is_not_found_not_a_crash(env: Env) -> None:
     alice = login(env, "alice")
     assert alice.get("/requests?before=²").status_code == 200
@@ -843,9 +836,6 @@ def test_bad_filters_are_refused_with_a_message(env: Env, query: str, message: s
     assert listed(r) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _through (src/accord/web/pages.py) adds a day "
-                   "to `until` without a range check: until=9999-12-31 raises "
-                   "OverflowError, a 500")
 def test_the_last_representable_day_as_until_is_not_a_crash(env: Env) -> None:
     rid = pending(env)
     r = login(env, "dave").get("/requests?until=9999-12-31")

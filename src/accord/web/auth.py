@@ -149,5 +149,5 @@ def same_origin(request: Request) -> bool:
 def check_csrf(request: Request, sent: str | None, expected: str) -> None:
     if not same_origin(request):
         raise CsrfRefused("the form was posted from another site")
-    if not sent or not secrets.compare_digest(sent, expected):
+    if not sent or not secrets.compare_digest(sent.encode(), expected.encode()):
         raise CsrfRefused("the form is missing its security token")

@@ -129,7 +129,7 @@ def open_flow(cookie: str | None, *, box: SecretBox) -> dict[str, str]:
 def finish(provider: Provider, *, flow: dict[str, str], code: str, state: str,
            client_secret: str | None, now: datetime) -> Identity:
     """Exchange the code, check the ID token (signature, iss, aud, exp, nonce), return who."""
-    if not secrets.compare_digest(state, flow["state"]):
+    if not secrets.compare_digest(state.encode(), flow["state"].encode()):
         raise OidcError("the login response does not belong to this browser; start again")
     meta = provider.metadata()
     form = {"grant_type": "authorization_code", "code": code,
@@ -149,7 +149,7 @@ def finish(provider: Provider, *, flow: dict[str, str], code: str, state: str,
     except (ValueError, KeyError, TypeError):
         raise OidcError("the identity provider's answer has no ID token") from None
     claims = _verify(provider, str(id_token), now)
-    if not secrets.compare_digest(str(claims.get("nonce", "")), flow["nonce"]):
+    if not secrets.compare_digest(str(claims.get("nonce", "")).encode(), flow["nonce"].encode()):
         raise OidcError("the ID token was not issued for this login (nonce)")
     username = claims.get(provider.spec.username_claim)
     if not isinstance(username, str) or not username:

@@ -400,8 +400,13 @@ def _page_of(session: Session, viewer: Viewer, now: datetime, *, before: int | N
     return render_requests(session, reqs, now), (reqs[-1].id if more and reqs else None)
 
 
+def _digits(value: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def _cursor(value: str | None) -> int | None:
-    if value and value.isdigit() and len(value) < 12:
+    if value and _digits(value) and len(value) < 12:
         return int(value)
     return None
 
@@ -419,7 +424,10 @@ def _day(value: str, field: str) -> datetime | None:
 def _through(value: str) -> datetime | None:
     """The end of the day a date input names: `until` includes that day."""
     day = _day(value, "until")
-    return day + timedelta(days=1) if day else None
+    try:
+        return day + timedelta(days=1) if day else None
+    except OverflowError:  # 9999-12-31: the end of time is as good as no bound
+        return None
 
 
 @router.get("/my", response_class=HTMLResponse)
@@ -512,7 +520,7 @@ def request_detail(request: Request, request_id: str, session: Session = Depends
 
 def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, request_id: str,
             *, error: str | None = None, status: int = 200) -> HTMLResponse:
-    if not request_id.isdigit() or not 0 < int(request_id) < 2**31:
+    if not _digits(request_id) or not 0 < int(request_id) < 2**31:
         raise NotFound(f"request {request_id} does not exist")
     req = requests.get_request(session, policy=viewer.principal.policy, user=viewer.user,
                                request_id=int(request_id))
@@ -538,7 +546,7 @@ def review(request: Request, request_id: str, csrf: str = Form(""), verdict: str
            st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    if not request_id.isdigit() or not 0 < int(request_id) < 2**31:
+    if not _digits(request_id) or not 0 < int(request_id) < 2**31:
         raise NotFound(f"request {request_id} does not exist")
     try:
         requests.review(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
@@ -560,7 +568,7 @@ def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
         st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    if action not in (*ACTIONS, "extend") or not request_id.isdigit() \
+    if action not in (*ACTIONS, "extend") or not _digits(request_id) \
             or not 0 < int(request_id) < 2**31:
         raise NotFound(f"no such action: {action}")
     rid, now = int(request_id), st.now()
@@ -646,7 +654,7 @@ def alert_action(request: Request, alert_id: str, action: str, csrf: str = Form(
                  st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    if action not in ("acknowledge", "resolve") or not alert_id.isdigit() \
+    if action not in ("acknowledge", "resolve") or not _digits(alert_id) \
             or not 0 < int(alert_id) < 2**31:
         raise NotFound(f"no such action: {action}")
     if not viewer.principal.is_admin:
