@@ -104,8 +104,9 @@ def test_cli_reports(served: tuple[dict[str, str], TestClient, dict[str, str]],
         [("access", "cli"), ("user", "cli"), ("resource", "cli")]
 
 
-def _login(env: Env, user: str) -> str:
-    """Sign in on the dashboard with an API token; returns the page's CSRF token."""
+def _login(env: Env, user: str) -> None:
+    """Sign in on the dashboard with an API token (the reports page's router included as
+    `accord.api.app` will include it)."""
     env.client.app.include_router(report_pages.router)  # type: ignore[attr-defined]
     page = env.client.get("/login")
     pre = re.search(r'name="csrf" value="([^"]+)"', page.text)
@@ -113,7 +114,6 @@ def _login(env: Env, user: str) -> str:
     r = env.client.post("/login/token", data={"token": env.tokens[user], "csrf": pre[1],
                                               "next": "/reports"}, follow_redirects=False)
     assert r.status_code == 303, r.text
-    return ""
 
 
 def test_web_download(env: Env) -> None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from itertools import repeat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fpdf import FPDF
 
 from accord.reports.schemas import (
     OUTCOMES,
     AlertLine,
+    How,
     Report,
     RequestLine,
     Section,
@@ -34,7 +37,10 @@ FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/de
 COLORS = {"approved": (47, 133, 90), "denied": (197, 48, 48), "cancelled": (113, 128, 150),
           "expired": (160, 174, 192), "pending": (183, 121, 31), "bar": (43, 108, 176)}
 MARGIN = 10.0
-LINE = 3.4  # mm per line of 7 pt text
+NB = "{total-pages}"  # wide enough for any page count
+# The fast text path uses two of fpdf2's internals; without them, plain `FPDF.text`.
+FAST = hasattr(FPDF, "_set_font_for_page") and hasattr(FPDF, "current_font_is_set_on_page")
+LINE = 3.0  # mm per line of 6.5 pt table text
 
 
 def _fonts() -> tuple[Path, Path, Path] | None:
@@ -112,19 +118,51 @@ class ReportPDF(FPDF):
         self.body = "body" if self.unicode else "Helvetica"
         self.mono = "mono" if self.unicode else "Courier"
         self.bottom = self.h - MARGIN - 6
+        self._widths: dict[tuple[str, str], dict[str, int]] = {}
         self.y_pos = MARGIN
 
     # ------------------------------------------------------------ text primitives
 
     def clean(self, text: str) -> str:
-        text = " ".join(str(text).split())
-        if self.unicode:
+        if "\n" in text or "  " in text or "\t" in text or "\r" in text:
+            text = " ".join(text.split())
+        if self.unicode or text.isascii():
             return text
         return text.encode("cp1252", "replace").decode("cp1252")
 
     def font(self, size: float = 7, bold: bool = False, mono: bool = False) -> None:
         self.set_font(self.mono if mono else self.body, "B" if bold and not mono else "",
                       size)
+
+    def put(self, x: float, y: float, text: str) -> None:
+        """`FPDF.text` without its per-call analysis (bidirectional text, colours): the
+        same content-stream operators, for text already cleaned. Text is painted black:
+        every fill is followed by `black()`."""
+        if not text:
+            return
+        if not FAST:
+            self.text(x, y, text)
+            return
+        if not self.unicode and not text.isascii():
+            text = text.encode("cp1252", "replace").decode("latin-1")
+        font = self.current_font
+        assert font is not None
+        if not self.current_font_is_set_on_page:
+            self._out(self._set_font_for_page(font, self.font_size_pt))
+        self._out(f"BT {x * self.k:.2f} {(self.h - y) * self.k:.2f} Td "
+                  f"{font.encode_text(text)} ET")
+
+    def box(self, x: float, y: float, w: float, h: float, color: tuple[int, int, int]) -> None:
+        """A filled rectangle; the fill colour goes back to black for the text after it."""
+        if not FAST:
+            self.set_fill_color(*color)
+            self.rect(x, y, w, h, style="F")
+            self.set_fill_color(0, 0, 0)
+            return
+        r, g, b = (c / 255 for c in color)
+        k = self.k
+        self._out(f"{r:.3f} {g:.3f} {b:.3f} rg {x * k:.2f} {(self.h - y) * k:.2f} "
+                  f"{w * k:.2f} {-h * k:.2f} re f 0 g")
 
     def footer(self) -> None:
         self.font(6.5)
@@ -134,7 +172,7 @@ class ReportPDF(FPDF):
             f"{r.title} - {r.period_text} - generated {iso(r.generated_at)}"))
         # `cell`, not `text`: only cells get the page count filled in at the end
         self.set_xy(self.w - MARGIN - 40, self.h - 8.2)
-        self.cell(40, 3, f"page {self.page_no()} of {{nb}}", align="R")
+        self.cell(40, 3, f"page {self.page_no()} of {NB}", align="R")
         self.set_text_color(0, 0, 0)
 
     def new_page(self) -> None:
@@ -149,7 +187,7 @@ class ReportPDF(FPDF):
         self.need(size * 0.6 + 12)
         self.y_pos += 2
         self.font(size, bold=True)
-        self.text(MARGIN, self.y_pos + size * 0.35, self.clean(text))
+        self.put(MARGIN, self.y_pos + size * 0.35, self.clean(text))
         self.y_pos += size * 0.35 + 3
 
     def para(self, text: str, size: float = 8, mono: bool = False) -> None:
@@ -158,7 +196,7 @@ class ReportPDF(FPDF):
         for line in self.wrap(text, width, 200):
             self.need(size * 0.45)
             self.y_pos += size * 0.45
-            self.text(MARGIN, self.y_pos, line)
+            self.put(MARGIN, self.y_pos, line)
         self.y_pos += 1.5
 
     def pre(self, text: str, size: float = 7.5) -> None:
@@ -169,46 +207,105 @@ class ReportPDF(FPDF):
             line = raw if self.unicode else raw.encode("cp1252", "replace").decode("cp1252")
             while True:
                 cut = len(line)
-                while cut > 1 and self.get_string_width(line[:cut]) > width:
+                while cut > 1 and self.width(line[:cut]) > width:
                     cut -= 1
                 self.need(size * 0.45)
                 self.y_pos += size * 0.45
-                self.text(MARGIN, self.y_pos, line[:cut])
+                self.put(MARGIN, self.y_pos, line[:cut])
                 line = line[cut:]
                 if not line:
                     break
         self.y_pos += 1.5
 
+    def _metrics(self) -> tuple[dict[str, int], float]:
+        """The current font's remembered word widths (in font units) and the scale to mm.
+        fpdf2's own `get_string_width` does bidirectional analysis first: too slow per
+        cell, and names and common words repeat on every page."""
+        key = (self.font_family, self.font_style)
+        cache = self._widths.get(key)
+        if cache is None:
+            cache = self._widths[key] = {}
+        elif len(cache) > 200_000:
+            cache.clear()
+        return cache, self.font_size_pt / 1000 / self.k
+
+    def _units(self, text: str, cache: dict[str, int]) -> int:
+        cw: dict[Any, Any] = self.current_font.cw  # type: ignore[union-attr]
+        raw = text
+        if not self.unicode and not text.isascii():
+            raw = text.encode("cp1252", "replace").decode("latin-1")
+        if self.unicode:
+            units = int(sum(cw[ord(c)] for c in raw))
+        else:
+            units = int(sum(map(cw.get, raw, repeat(600))))
+        cache[text] = units
+        return units
+
+    def width(self, text: str) -> float:
+        """The text's width in mm."""
+        cache, scale = self._metrics()
+        units = cache.get(text)
+        if units is None:
+            units = self._units(text, cache)
+        return units * scale
+
     def wrap(self, text: str, width: float, max_lines: int) -> list[str]:
-        """Greedy word wrap to `width`; the last kept line ends in an ellipsis if cut."""
+        """Greedy word wrap to `width`; the last kept line ends in "..." if text was cut."""
         text = self.clean(text)
         if not text:
             return [""]
-        if len(text) * 1.1 < width or self.get_string_width(text) <= width:
+        cache, scale = self._metrics()
+        # No character is wider than 1.02 em: short texts fit without measuring.
+        if len(text) * scale * 1020 <= width:
             return [text]
+        limit = width / scale  # in font units
+        get = cache.get
+        whole = get(text)
+        if whole is None:
+            whole = self._units(text, cache)
+        if whole <= limit:
+            return [text]
+        space = get(" ")
+        if space is None:
+            space = self._units(" ", cache)
         lines: list[str] = []
-        current = ""
+        current: list[str] = []
+        used = 0
+        cut = False
         for word in text.split(" "):
-            candidate = f"{current} {word}" if current else word
-            if self.get_string_width(candidate) <= width:
-                current = candidate
+            w = get(word)
+            if w is None:
+                w = self._units(word, cache)
+            if current and used + space + w <= limit:
+                current.append(word)
+                used += space + w
                 continue
             if current:
-                lines.append(current)
-            while self.get_string_width(word) > width:  # a word longer than the column
-                cut = max(1, int(len(word) * width / self.get_string_width(word)) - 1)
-                lines.append(word[:cut])
-                word = word[cut:]
-            current = word
-            if len(lines) >= max_lines:
+                lines.append(" ".join(current))
+                current, used = [], 0
+                if len(lines) == max_lines:
+                    cut = True
+                    break
+            while w > limit:  # a word longer than the column: break it
+                keep = max(1, int(len(word) * limit / w) - 1)
+                lines.append(word[:keep])
+                word = word[keep:]
+                w = self._units(word, cache)
+                if len(lines) == max_lines:
+                    cut = True
+                    break
+            if cut:
                 break
-        if current and len(lines) < max_lines:
-            lines.append(current)
-        if len(lines) > max_lines or (len(lines) == max_lines and
-                                      " ".join(lines) != text):
+            current, used = [word], w
+        if current and not cut:
+            if len(lines) < max_lines:
+                lines.append(" ".join(current))
+            else:
+                cut = True
+        if cut:
             lines = lines[:max_lines]
             last = lines[-1]
-            while last and self.get_string_width(last + "...") > width:
+            while last and self.width(last + "...") > width:
                 last = last[:-1]
             lines[-1] = last + "..."
         return lines
@@ -217,17 +314,16 @@ class ReportPDF(FPDF):
 
     def table_header(self, cols: Sequence[Col]) -> None:
         self.need(LINE + 4)
-        self.set_fill_color(226, 232, 240)
-        self.rect(MARGIN, self.y_pos, sum(c.width for c in cols), LINE + 1.6, style="F")
+        self.box(MARGIN, self.y_pos, sum(c.width for c in cols), LINE + 1.6, (226, 232, 240))
         self.font(6.8, bold=True)
         x = MARGIN
         for c in cols:
-            self.text(x + 1, self.y_pos + LINE, self.clean(c.title))
+            self.put(x + 1, self.y_pos + LINE, self.clean(c.title))
             x += c.width
         self.y_pos += LINE + 1.6
 
     def table_row(self, cols: Sequence[Col], cells: Sequence[str], *, bold: bool = False,
-                  shade: bool = False, size: float = 6.8) -> None:
+                  shade: bool = False, size: float = 6.5) -> None:
         self.font(size, bold=bold)
         wrapped = [self.wrap(cell, c.width - 2, c.max_lines) for c, cell in zip(cols, cells,
                                                                                  strict=True)]
@@ -237,16 +333,15 @@ class ReportPDF(FPDF):
             self.table_header(cols)
             self.font(size, bold=bold)
         if shade:
-            self.set_fill_color(247, 250, 252)
-            self.rect(MARGIN, self.y_pos, sum(c.width for c in cols), height, style="F")
+            self.box(MARGIN, self.y_pos, sum(c.width for c in cols), height, (247, 250, 252))
         x = MARGIN
         for c, lines in zip(cols, wrapped, strict=True):
             y = self.y_pos + LINE - 0.4
             for text in lines:
                 if c.align == "R":
-                    self.text(x + c.width - 1 - self.get_string_width(text), y, text)
+                    self.put(x + c.width - 1 - self.width(text), y, text)
                 else:
-                    self.text(x + 1, y, text)
+                    self.put(x + 1, y, text)
                 y += LINE
             x += c.width
         self.y_pos += height
@@ -264,10 +359,9 @@ class ReportPDF(FPDF):
     def legend(self, x: float, y: float) -> None:
         self.font(6.5)
         for name in OUTCOMES:
-            self.set_fill_color(*COLORS[name.value])
-            self.rect(x, y - 2.2, 2.6, 2.6, style="F")
-            self.text(x + 3.4, y, name.value)
-            x += 4 + self.get_string_width(name.value) + 4
+            self.box(x, y - 2.2, 2.6, 2.6, COLORS[name.value])
+            self.put(x + 3.4, y, name.value)
+            x += 4 + self.width(name.value) + 4
 
     def hbar_chart(self, title: str, items: Sequence[tuple[str, dict[str, int]]],
                    width: float) -> None:
@@ -276,7 +370,7 @@ class ReportPDF(FPDF):
         row = 4.2
         self.need(10 + row * max(len(items), 1) + 6)
         self.font(9, bold=True)
-        self.text(MARGIN, self.y_pos + 3, self.clean(title))
+        self.put(MARGIN, self.y_pos + 3, self.clean(title))
         self.legend(MARGIN + 95, self.y_pos + 3)
         self.y_pos += 6
         label_w = 38.0
@@ -284,20 +378,19 @@ class ReportPDF(FPDF):
         top = max((sum(c.values()) for _, c in items), default=0) or 1
         for label, counts in items:
             self.font(6.8)
-            self.text(MARGIN, self.y_pos + row * 0.7, self.clean(label)[:28])
+            self.put(MARGIN, self.y_pos + row * 0.7, self.clean(label)[:28])
             x = MARGIN + label_w
             for name in OUTCOMES:
                 v = counts.get(name.value, 0)
                 if v:
                     w = v / top * plot
-                    self.set_fill_color(*COLORS[name.value])
-                    self.rect(x, self.y_pos + 0.6, w, row - 1.2, style="F")
+                    self.box(x, self.y_pos + 0.6, w, row - 1.2, COLORS[name.value])
                     x += w
-            self.text(x + 1.5, self.y_pos + row * 0.7, str(sum(counts.values())))
+            self.put(x + 1.5, self.y_pos + row * 0.7, str(sum(counts.values())))
             self.y_pos += row
         if not items:
             self.font(7)
-            self.text(MARGIN, self.y_pos + 3, "nothing in this period")
+            self.put(MARGIN, self.y_pos + 3, "nothing in this period")
             self.y_pos += row
         self.y_pos += 4
 
@@ -306,7 +399,7 @@ class ReportPDF(FPDF):
         """Vertical bars per label (time buckets), stacked by outcome."""
         self.need(height + 14)
         self.font(9, bold=True)
-        self.text(MARGIN, self.y_pos + 3, self.clean(title))
+        self.put(MARGIN, self.y_pos + 3, self.clean(title))
         self.legend(MARGIN + 95, self.y_pos + 3)
         self.y_pos += 6
         n = max(len(items), 1)
@@ -317,7 +410,7 @@ class ReportPDF(FPDF):
         self.set_draw_color(160, 160, 160)
         self.line(MARGIN, base, MARGIN + width, base)
         self.font(6)
-        self.text(MARGIN - 0.5 + width + 1, self.y_pos + 2, str(top))
+        self.put(MARGIN - 0.5 + width + 1, self.y_pos + 2, str(top))
         every = max(1, n // 16)
         for i, (label, counts) in enumerate(items):
             x = MARGIN + i * slot + (slot - bar) / 2
@@ -327,26 +420,24 @@ class ReportPDF(FPDF):
                 if v:
                     h = v / top * height
                     y -= h
-                    self.set_fill_color(*COLORS[name.value])
-                    self.rect(x, y, bar, h, style="F")
+                    self.box(x, y, bar, h, COLORS[name.value])
             if i % every == 0:
-                self.text(MARGIN + i * slot, base + 3, self.clean(label))
+                self.put(MARGIN + i * slot, base + 3, self.clean(label))
         self.y_pos = base + 7
 
     def simple_bars(self, title: str, items: Sequence[tuple[str, int]], width: float) -> None:
         self.need(10 + 4.2 * max(len(items), 1))
         self.font(9, bold=True)
-        self.text(MARGIN, self.y_pos + 3, self.clean(title))
+        self.put(MARGIN, self.y_pos + 3, self.clean(title))
         self.y_pos += 6
         top = max((v for _, v in items), default=0) or 1
         for label, v in items:
             self.font(6.8)
-            self.text(MARGIN, self.y_pos + 2.9, self.clean(label))
+            self.put(MARGIN, self.y_pos + 2.9, self.clean(label))
             w = v / top * (width - 40)
-            self.set_fill_color(*COLORS["bar"])
             if v:
-                self.rect(MARGIN + 24, self.y_pos + 0.6, w, 3, style="F")
-            self.text(MARGIN + 25 + w, self.y_pos + 2.9, str(v))
+                self.box(MARGIN + 24, self.y_pos + 0.6, w, 3, COLORS["bar"])
+            self.put(MARGIN + 25 + w, self.y_pos + 2.9, str(v))
             self.y_pos += 4.2
         self.y_pos += 4
 
@@ -363,10 +454,11 @@ SUMMARY_COLS = [Col("Resource", 40), Col("Requests", 15, align="R"),
                 Col("Users", 12, align="R"), Col("Access in period", 21, align="R"),
                 Col("Statements", 17, align="R"), Col("Alerts", 12, align="R")]
 
-DETAIL_COLS = [Col("#", 12), Col("Filed (UTC)", 22), Col("Requester", 18), Col("Role", 13),
-               Col("Asked", 11, align="R"), Col("Reason", 52, max_lines=3),
-               Col("Outcome", 16), Col("Decided by", 60, max_lines=4),
-               Col("Access (UTC)", 44, max_lines=2), Col("Usage", 29, max_lines=2)]
+DETAIL_COLS = [Col("#", 11), Col("Filed (UTC)", 23), Col("Requester", 16), Col("Role", 10),
+               Col("Asked", 10, align="R"), Col("Reason", 52, max_lines=2),
+               Col("Outcome", 15), Col("Decided by", 66, max_lines=3),
+               Col("Access (UTC)", 48, max_lines=2), Col("Usage", 26, max_lines=2)]
+DECIDED = {"approve": "approved", "deny": "denied"}
 
 
 def _summary_row(t: Tally, usage: bool) -> list[str]:
@@ -378,15 +470,17 @@ def _summary_row(t: Tally, usage: bool) -> list[str]:
             str(t.statements) if usage else "n/a", str(t.alerts)]
 
 
+def _short(value: datetime | None) -> str:
+    return value.strftime("%m-%d %H:%M") if value is not None else ""
+
+
 def _decided(line: RequestLine) -> str:
-    text = line.decided_by()
-    if line.how.value == "people":
-        text = "; ".join(f"{a.user} {a.decision}d (step {a.step + 1}, {a.via}, "
-                         f"{_day(a.at)})" + (f' "{a.comment}"' if a.comment else "")
+    if line.how is How.PEOPLE:
+        return "; ".join(f"{a.user} {DECIDED.get(a.decision, a.decision)} (step {a.step + 1}, "
+                         f"{a.via}, {_short(a.at)})" + (f' "{a.comment}"' if a.comment else "")
                          for a in line.approvals)
-        if line.workflow:
-            text += f"; route: {line.workflow} {(line.policy_version or '')[:12]} {line.rule}"
-    elif line.how.value == "break_glass" and line.review:
+    text = line.decided_by()
+    if line.how is How.BREAK_GLASS and line.review:
         text += f' ({_day(line.review[2])}: "{line.review[3]}")'
     return text
 
@@ -398,9 +492,9 @@ def _access(line: RequestLine) -> str:
         if line.extends_grant_id and line.access_end_status is None:
             return f"extends grant {line.extends_grant_id}"
         return f"grant {line.grant_id}: {line.access_end_status or ''}"
-    held = span(line.access_seconds)
-    return (f"{_day(line.access_start)} to {_day(line.access_end)} "
-            f"({line.access_end_status}, {held}; {span(line.period_seconds) or '0s'} in period)")
+    return (f"{_short(line.access_start)} to {_short(line.access_end)} "
+            f"{line.access_end_status}, {span(line.access_seconds)} "
+            f"({span(line.period_seconds) or '0s'} in period)")
 
 
 def _usage(line: RequestLine, available: bool) -> str:
@@ -411,14 +505,15 @@ def _usage(line: RequestLine, available: bool) -> str:
     u = line.usage
     if u is None or not u.statements:
         return "not used via gateway"
-    return f"{u.statements} statements, {_day(u.first_used_at)} to {_day(u.last_used_at)}"
+    noun = "statement" if u.statements == 1 else "statements"
+    return f"{u.statements} {noun}, {_short(u.first_used_at)} to {_short(u.last_used_at)}"
 
 
 def _detail_row(line: RequestLine, available: bool) -> list[str]:
     number = str(line.id) + ("" if line.in_period else " *")
     return [number, _day(line.created_at), line.requester, line.role,
             span(line.duration_seconds), line.reason or "(none)",
-            line.outcome.value + (" (break-glass)" if line.emergency else ""),
+            str(line.outcome) + (" (break-glass)" if line.emergency else ""),
             _decided(line), _access(line), _usage(line, available)]
 
 
@@ -519,25 +614,25 @@ def _evidence(pdf: ReportPDF, report: Report) -> None:
     pdf.heading("Verifier key", 10)
     pdf.pre(ev.key)
     pdf.heading("How to verify", 10)
-    pdf.para("1. Save the checkpoint above, exactly as printed (4 lines: origin, size, root, "
-             "a blank line, then the signature line), to checkpoint.txt. "
-             "2. Export the ledger on the Accord server and verify it offline with the key "
-             "above; verify recomputes the whole tree, checks every signature, and checks that "
-             "the tree extends this checkpoint:")
+    pdf.para("1. Save the checkpoint above exactly as printed (origin, size and root lines, "
+             "a blank line, then the signature line) as checkpoint.txt.")
+    pdf.para("2. Export the ledger on the Accord server, then verify it offline with the key "
+             "above: verify recomputes the whole tree, checks every signature, and checks "
+             "that the ledger extends this checkpoint.")
     for cmd in ev.commands():
         pdf.pre(cmd)
-    pdf.para("3. The generation of this report is itself a ledger event (report.generated) "
-             "carrying the sha256 of this file and the parameters above: find it with "
-             "accord audit tail --type report.generated or GET /api/v1/audit/events"
-             "?type=report.generated, and compare the hash with sha256sum of this file.")
+    pdf.para("3. Generating this report is itself a ledger event (report.generated) that "
+             "carries the sha256 of this file and the parameters above: find it with "
+             "accord audit tail --type report.generated, or GET /api/v1/audit/events"
+             "?type=report.generated, and compare its hash with sha256sum of this file.")
 
 
 def render(report: Report, out: BinaryIO, progress: Progress | None = None) -> None:
     pdf = ReportPDF(report)
-    pdf.alias_nb_pages()
+    pdf.alias_nb_pages(NB)
     pdf.new_page()
     pdf.font(18, bold=True)
-    pdf.text(MARGIN, MARGIN + 8, pdf.clean(report.title))
+    pdf.put(MARGIN, MARGIN + 8, pdf.clean(report.title))
     pdf.y_pos = MARGIN + 13
     p = report.params
     scope = [f"Period: {report.period_text}."]

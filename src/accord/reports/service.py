@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import importlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,7 +47,7 @@ from accord.reports.schemas import (
 from accord.requests.models import AccessRequest, Approval, Status
 
 Progress = Callable[[str, int, int], None]  # stage, done, total
-BATCH = 2000
+BATCH = 2000  # rows per fetch from the server-side cursor
 AUTOMATIC_RULES = frozenset({"auto_approve", "auto_deny", "default_deny", "no_approvers"})
 BREAK_GLASS = "break_glass"
 DECISION_BUCKETS = (("< 1 min", 60), ("< 15 min", 900), ("< 1 h", 3600), ("< 4 h", 14400),
@@ -115,6 +115,22 @@ def check_subject(session: Session, *, policy: Policy, p: Params) -> None:
 # ---------------------------------------------------------------- gateway usage
 
 
+def _usage_columns(session: Session) -> list[Any]:
+    """Per-grant gateway usage columns, labelled `u_*`: from the gateway's usage table,
+    or from columns on grants; none when this installation keeps no usage."""
+    on_grants = [getattr(Grant, name, None) for name in
+                 ("first_used_at", "last_used_at", "statement_count")]
+    if all(c is not None for c in on_grants):
+        return [c.label(f"u_{n}") for c, n in zip(  # type: ignore[union-attr]
+            on_grants, ("first_used_at", "last_used_at", "statement_count"), strict=True)]
+    model = _usage_model(session)
+    if model is None:
+        return []
+    names = ("first_used_at", "last_used_at", "statement_count", "session_count",
+             "violation_count")
+    return [getattr(model, n).label(f"u_{n}") for n in names if hasattr(model, n)]
+
+
 def _usage_model(session: Session) -> Any | None:
     """The gateway's per-grant usage table, when this installation has one."""
     try:
@@ -122,29 +138,22 @@ def _usage_model(session: Session) -> Any | None:
     except ImportError:
         return None
     model = getattr(module, "GatewayUsage", None)
-    if model is None:
+    if model is None or not hasattr(model, "grant_id"):
         return None
     if not inspect(session.connection()).has_table(model.__tablename__):
         return None
     return model
 
 
-def _usage_on_grants() -> bool:
-    return getattr(Grant, "statement_count", None) is not None
-
-
-def _usage_of(grant: Grant, row: Any | None) -> Usage | None:
-    if row is not None:
-        return Usage(first_used_at=getattr(row, "first_used_at", None),
-                     last_used_at=getattr(row, "last_used_at", None),
-                     statements=int(getattr(row, "statement_count", 0) or 0),
-                     sessions=getattr(row, "session_count", None),
-                     violations=getattr(row, "violation_count", None))
-    if _usage_on_grants():
-        return Usage(first_used_at=getattr(grant, "first_used_at", None),
-                     last_used_at=getattr(grant, "last_used_at", None),
-                     statements=int(getattr(grant, "statement_count", 0) or 0))
-    return None
+def _usage_of(row: Any) -> Usage | None:
+    statements = getattr(row, "u_statement_count", None)
+    if statements is None:
+        return None
+    return Usage(first_used_at=getattr(row, "u_first_used_at", None),
+                 last_used_at=getattr(row, "u_last_used_at", None),
+                 statements=int(statements),
+                 sessions=getattr(row, "u_session_count", None),
+                 violations=getattr(row, "u_violation_count", None))
 
 
 # ---------------------------------------------------------------- the one pass
@@ -167,7 +176,7 @@ def _in_period(p: Params) -> list[ColumnElement[bool]]:
 
 
 def _carried_over(p: Params) -> list[ColumnElement[bool]] | None:
-    """Requests filed before the period whose grant overlaps it."""
+    """Requests filed before the period whose grant overlaps it (grants joined)."""
     if p.start is None:
         return None
     return [
@@ -178,26 +187,41 @@ def _carried_over(p: Params) -> list[ColumnElement[bool]] | None:
     ]
 
 
-def _batches(session: Session, where: Sequence[ColumnElement[bool]], joined: bool,
-             size: int) -> Iterable[list[Any]]:
-    """Request rows in id order, `size` at a time (keyset: no OFFSET, no long cursor)."""
-    last = 0
-    while True:
-        q: Any = select(*_REQUEST_COLUMNS)
-        if joined:
-            q = q.join(Grant, Grant.id == AccessRequest.grant_id)
-        rows = list(session.execute(
-            q.where(*where, AccessRequest.id > last).order_by(AccessRequest.id).limit(size)))
-        if not rows:
-            return
-        yield rows
-        last = rows[-1].id
+_GRANT_COLUMNS = (
+    Grant.request_id.label("g_request_id"), Grant.status.label("g_status"),
+    Grant.starts_at.label("g_starts_at"), Grant.ends_at.label("g_ends_at"),
+    Grant.ended_at.label("g_ended_at"), Grant.ended_by.label("g_ended_by"),
+)
 
 
-def _count(session: Session, where: Sequence[ColumnElement[bool]], joined: bool) -> int:
-    q = select(func.count()).select_from(AccessRequest)
-    if joined:
-        q = q.join(Grant, Grant.id == AccessRequest.grant_id)
+def _rows(session: Session, where: Sequence[ColumnElement[bool]], usage: list[Any],
+          size: int) -> Iterator[Any]:
+    """The requests in scope with their grant and its usage, in id order, streamed (a
+    server-side cursor on PostgreSQL): one query, whatever the period holds."""
+    q: Any = select(*_REQUEST_COLUMNS, *_GRANT_COLUMNS, *usage).select_from(AccessRequest) \
+        .outerjoin(Grant, Grant.id == AccessRequest.grant_id)
+    if usage and usage[0].element.table is not Grant.__table__:
+        model = usage[0].element.table
+        q = q.outerjoin(model, model.c.grant_id == Grant.id)
+    q = q.where(*where).order_by(AccessRequest.id).execution_options(yield_per=size)
+    yield from session.execute(q)
+
+
+def _approvals(session: Session, where: Sequence[ColumnElement[bool]], size: int
+               ) -> Iterator[Any]:
+    """The approvals on the same requests, ordered by request: merged with `_rows`."""
+    q: Any = (select(Approval.request_id, Approval.approver, Approval.decision, Approval.step,
+                     Approval.via, Approval.created_at, Approval.comment)
+              .join(AccessRequest, AccessRequest.id == Approval.request_id)
+              .outerjoin(Grant, Grant.id == AccessRequest.grant_id)
+              .where(*where).order_by(Approval.request_id, Approval.id)
+              .execution_options(yield_per=size))
+    yield from session.execute(q)
+
+
+def _count(session: Session, where: Sequence[ColumnElement[bool]]) -> int:
+    q = select(func.count()).select_from(AccessRequest).outerjoin(
+        Grant, Grant.id == AccessRequest.grant_id)
     return int(session.execute(q.where(*where)).scalar_one())
 
 
@@ -234,12 +258,12 @@ def _how(row: Any, outcome: Outcome, approvals: Sequence[ApprovalLine]) -> How:
     return How.SYSTEM  # e.g. an approved extension whose grant had ended meanwhile
 
 
-def _status(row: Any, grant: Grant | None, now: datetime) -> str:
+def _status(row: Any, now: datetime) -> str:
     if row.status == Status.PENDING and row.pending_until is not None \
             and row.pending_until <= now:
         return str(Status.EXPIRED)
-    if row.status == Status.ACTIVE and grant is not None \
-            and grant.status == GrantStatus.ACTIVE and grant.ends_at <= now:
+    if row.status == Status.ACTIVE and row.g_status == GrantStatus.ACTIVE \
+            and row.g_ends_at <= now:
         return str(Status.EXPIRED)
     return str(row.status)
 
@@ -251,8 +275,15 @@ class _Builder:
         self.now = now
         self.sections: dict[str, Section] = {}
         self.totals = Tally("all")
-        self.usage_model = _usage_model(session)
-        self.usage_available = self.usage_model is not None or _usage_on_grants()
+        self.usage = _usage_columns(session)
+        self.usage_available = bool(self.usage)
+        # The same names, roles and policy versions recur on every row: keep one copy.
+        self.strings: dict[str, str] = {}
+
+    def same(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return self.strings.setdefault(value, value)
 
     def section(self, name: str) -> Section:
         s = self.sections.get(name)
@@ -260,69 +291,65 @@ class _Builder:
             s = self.sections[name] = Section(Tally(name))
         return s
 
-    def add_batch(self, rows: list[Any], in_period: bool) -> None:
-        ids = [r.id for r in rows]
-        approvals: dict[int, list[ApprovalLine]] = {}
-        for a in self.session.execute(
-                select(Approval.request_id, Approval.approver, Approval.decision, Approval.step,
-                       Approval.via, Approval.created_at, Approval.comment)
-                .where(Approval.request_id.in_(ids)).order_by(Approval.id)):
-            approvals.setdefault(a.request_id, []).append(
-                ApprovalLine(a.approver, a.decision, a.step, a.via, a.created_at, a.comment))
-        grant_ids = {r.grant_id for r in rows if r.grant_id is not None}
-        grants: dict[int, Grant] = {}
-        usage: dict[int, Any] = {}
-        if grant_ids:
-            grants = {g.id: g for g in self.session.execute(
-                select(Grant).where(Grant.id.in_(grant_ids))).scalars()}
-            if self.usage_model is not None:
-                model = self.usage_model
-                usage = {u.grant_id: u for u in self.session.execute(
-                    select(model).where(model.grant_id.in_(grant_ids))).scalars()}
-        for row in rows:
-            grant = grants.get(row.grant_id) if row.grant_id is not None else None
-            self.add(self.line(row, grant, approvals.get(row.id, ()), usage, in_period))
-        self.session.expunge_all()  # keep the identity map small across batches
+    def run(self, where: Sequence[ColumnElement[bool]], in_period: bool, size: int,
+            tick: Callable[[], None]) -> None:
+        approvals = _approvals(self.session, where, size)
+        pending = next(approvals, None)
+        same = self.same
+        for row in _rows(self.session, where, self.usage, size):
+            mine: list[ApprovalLine] = []
+            while pending is not None and pending.request_id <= row.id:
+                if pending.request_id == row.id:
+                    a = pending
+                    mine.append(ApprovalLine(same(a.approver) or "", same(a.decision) or "",
+                                             a.step, same(a.via) or "", a.created_at,
+                                             a.comment))
+                pending = next(approvals, None)
+            self.add(self.line(row, mine, in_period))
+            tick()
 
-    def line(self, row: Any, grant: Grant | None, approvals: Sequence[ApprovalLine],
-             usage: dict[int, Any], in_period: bool) -> RequestLine:
+    def line(self, row: Any, approvals: Sequence[ApprovalLine], in_period: bool
+             ) -> RequestLine:
+        same = self.same
         outcome = _outcome(row, self.now)
         review = ((row.review_verdict or "", row.reviewed_by or "", row.reviewed_at,
                    row.review_note or "") if row.reviewed_at is not None else None)
         line = RequestLine(
-            id=row.id, requester=row.requester, resource=row.resource, role=row.role,
-            created_at=row.created_at, created_via=row.created_via, reason=row.reason or "",
-            duration_seconds=row.duration_seconds, status=_status(row, grant, self.now),
+            id=row.id, requester=same(row.requester) or "", resource=same(row.resource) or "",
+            role=same(row.role) or "", created_at=row.created_at,
+            created_via=same(row.created_via) or "", reason=row.reason or "",
+            duration_seconds=row.duration_seconds, status=same(_status(row, self.now)) or "",
             outcome=outcome, how=_how(row, outcome, approvals), decided_at=row.decided_at,
-            decision_reason=row.decision_reason, workflow=row.workflow,
-            policy_version=row.policy_version, rule=row.rule, approvals=tuple(approvals),
-            emergency=bool(row.emergency), review=review,
+            decision_reason=same(row.decision_reason), workflow=same(row.workflow),
+            policy_version=same(row.policy_version), rule=same(row.rule),
+            approvals=tuple(approvals), emergency=bool(row.emergency), review=review,
             extends_grant_id=row.extends_grant_id, in_period=in_period,
             grant_id=row.grant_id,
         )
         # The access itself is shown on the request that opened the grant; an extension
         # points at it (its time is the same grant's, not more access).
-        if grant is not None and grant.request_id == row.id:
-            self.fill_access(line, grant, usage.get(grant.id))
+        if row.grant_id is not None and row.g_request_id == row.id:
+            self.fill_access(line, row)
         return line
 
-    def fill_access(self, line: RequestLine, grant: Grant, usage_row: Any | None) -> None:
+    def fill_access(self, line: RequestLine, row: Any) -> None:
         now, p = self.now, self.p
-        line.ended_by = grant.ended_by
-        status = str(grant.status)
-        if status == GrantStatus.ACTIVE and grant.ends_at <= now:
+        line.ended_by = self.same(row.g_ended_by)
+        status = str(row.g_status)
+        if status == GrantStatus.ACTIVE and row.g_ends_at <= now:
             status = str(GrantStatus.EXPIRED)
-        line.access_end_status = status
-        line.usage = _usage_of(grant, usage_row)
+        line.access_end_status = self.same(status)
+        line.usage = _usage_of(row)
         if status in _NO_ACCESS:
             return
-        end = grant.ended_at or grant.ends_at
-        line.access_start, line.access_end = grant.starts_at, end
+        starts: datetime = row.g_starts_at
+        end: datetime = row.g_ended_at or row.g_ends_at
+        line.access_start, line.access_end = starts, end
         held_until = min(end, now)
-        line.access_seconds = max(0, int((held_until - grant.starts_at).total_seconds()))
-        line.access_in_period = grant.starts_at < p.end and (p.start is None or end > p.start)
+        line.access_seconds = max(0, int((held_until - starts).total_seconds()))
+        line.access_in_period = starts < p.end and (p.start is None or end > p.start)
         if line.access_in_period:
-            lo = grant.starts_at if p.start is None else max(grant.starts_at, p.start)
+            lo = starts if p.start is None else max(starts, p.start)
             hi = min(held_until, p.end)
             line.period_seconds = max(0, int((hi - lo).total_seconds()))
 
@@ -358,21 +385,24 @@ def build(session: Session, *, p: Params, policy: Policy, now: datetime, generat
             if p.resource is None or name == p.resource:
                 b.section(name)
     carried = _carried_over(p)
-    total = _count(session, _in_period(p), False) \
-        + (_count(session, carried, True) if carried is not None else 0)
+    passes: list[tuple[Sequence[ColumnElement[bool]], bool]] = [(_in_period(p), True)]
+    if carried is not None:
+        passes.append((carried, False))
+    total = sum(_count(session, where) for where, _ in passes)
     done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress and done % batch == 0:
+            progress("requests", done, total)
+
     if progress:
         progress("requests", 0, total)
-    passes: list[tuple[Sequence[ColumnElement[bool]], bool, bool]] = [
-        (_in_period(p), False, True)]
-    if carried is not None:
-        passes.append((carried, True, False))
-    for where, joined, in_period in passes:
-        for rows in _batches(session, where, joined, batch):
-            b.add_batch(rows, in_period)
-            done += len(rows)
-            if progress:
-                progress("requests", done, total)
+    for where, in_period in passes:
+        b.run(where, in_period, batch, tick)
+    if progress:
+        progress("requests", total, total)
     for s in b.sections.values():
         s.lines.sort(key=lambda line: line.id)
     other = _alerts(session, p, b)
