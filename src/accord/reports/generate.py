@@ -23,6 +23,7 @@ from accord.db import readonly_sessions, transaction
 from accord.errors import Conflict
 from accord.ledger import checkpoints
 from accord.ledger.events import Actor
+from accord.ledger.note import NoteError
 from accord.ledger.service import LedgerCorruption
 from accord.reports import render_csv, render_html, render_json, render_pdf, service
 from accord.reports.schemas import Params, Report
@@ -91,6 +92,9 @@ def generate(st: AppState, *, p: Params, fmt: str, out: BinaryIO, actor: Actor,
             report.evidence = service.evidence(session, cfg=st.ledger)
     except LedgerCorruption as exc:
         raise Conflict(f"refusing to sign the report's checkpoint: {exc}") from None
+    except NoteError as exc:  # the newest checkpoint is not this server's key's
+        raise Conflict(f"the newest checkpoint does not verify with this server's key: "
+                       f"{exc}") from None
     checkpoints.after_commit(st.ledger, cp)
     sink = _Hashing(out)
     RENDERERS[fmt](report, cast(BinaryIO, sink), progress)

@@ -8,7 +8,7 @@ from typing import BinaryIO
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from accord.reports import render_pdf
-from accord.reports.schemas import OUTCOMES, Report, RequestLine, hours, iso, span
+from accord.reports.schemas import OUTCOMES, Report, RequestLine, hours, iso, plural, span
 from accord.reports.service import Progress
 from accord.web import charts
 
@@ -16,7 +16,7 @@ HERE = Path(__file__).parent
 _env = Environment(loader=FileSystemLoader(HERE / "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True,
                    lstrip_blocks=True)
-_env.globals.update(iso=iso, hours=hours, span=span, day=render_pdf._day,
+_env.globals.update(iso=iso, hours=hours, span=span, plural=plural, day=render_pdf._day,
                     decided=render_pdf._decided, access=render_pdf._access,
                     usage=render_pdf._usage, outcomes=[o.value for o in OUTCOMES])
 

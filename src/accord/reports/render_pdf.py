@@ -28,6 +28,7 @@ from accord.reports.schemas import (
     Tally,
     hours,
     iso,
+    plural,
     span,
 )
 from accord.reports.service import Progress
@@ -534,12 +535,13 @@ def _section(pdf: ReportPDF, s: Section, report: Report, progress: Progress | No
     pdf.new_page()
     pdf.heading(f"Resource: {t.name}", 13)
     o = t.outcomes
-    pdf.para(f"{t.requests} requests filed in the period: {o['approved']} approved, "
-             f"{o['denied']} denied, {o['cancelled']} cancelled, {o['expired']} expired, "
-             f"{o['pending']} pending; {t.automatic} decided by policy, {t.human} by people, "
-             f"{t.emergency} break-glass. {t.grants} grants overlap the period "
-             f"({t.carried_over} carried over from before it), held by {len(t.users)} "
-             f"users for {hours(t.access_seconds)} inside the period. {t.alerts} alerts.")
+    pdf.para(f"{plural(t.requests, 'request')} filed in the period: {o['approved']} "
+             f"approved, {o['denied']} denied, {o['cancelled']} cancelled, {o['expired']} "
+             f"expired, {o['pending']} pending; {t.automatic} decided by policy, {t.human} by "
+             f"people, {t.emergency} break-glass. {plural(t.grants, 'grant')} overlapping "
+             f"the period ({t.carried_over} carried over from before it), held by "
+             f"{plural(len(t.users), 'user')} for {hours(t.access_seconds)} inside the "
+             f"period. {plural(t.alerts, 'alert')}.")
     holders: dict[str, list[RequestLine]] = {}
     for line in s.lines:
         if line.access_in_period:

@@ -307,6 +307,11 @@ def iso(value: datetime | None) -> str:
     return _iso(value) or ""
 
 
+def plural(n: int, word: str) -> str:
+    """`1 request`, `2 requests`."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
