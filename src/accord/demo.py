@@ -34,10 +34,14 @@ groups:
   dba: [carol, erin]
   admins: [carol, frank]
   auditors: [dave]
+  oncall: [erin]
 
 accord:
   admins: [admins]
   auditors: [auditors]
+
+# Emergency access for the on-call engineer: granted at once, alerted, reviewed by admins.
+break_glass: {groups: [oncall], reviewers: [admins], max_duration: 1h}
 
 # The demo's sign-in page lets you pick a user. Production uses web.oidc instead.
 web:
@@ -126,6 +130,11 @@ def seed(st: AppState) -> None:
         decide(requests.deny, "bob", rid, "ask billing on-call instead")
         rid = ask("alice", "orders-db", "read", 1, "exploring the schema for a report")
         decide(requests.cancel, "alice", rid)
+        requests.create(  # break-glass: active at once, an open alert until an admin reviews
+            session, policy=policy, caller=requests.Caller("erin", Via.CLI),
+            resource="orders-db", role="write", duration=timedelta(minutes=30),
+            reason="SEV2: checkout failing on row locks, lead unreachable", now=now,
+            emergency=True)
 
 
 def issue_tokens(st: AppState) -> dict[str, str]:
