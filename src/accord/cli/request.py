@@ -194,14 +194,31 @@ def _grant_end(g: JSON) -> str:
 
 
 def _grants_table(items: list[JSON]) -> Table:
-    table = _table("ID", "USER", "RESOURCE", "ROLE", "STATUS", "STARTED", "ENDS/ENDED", "REQUEST")
+    table = _table("ID", "USER", "RESOURCE", "ROLE", "STATUS", "STARTED", "ENDS/ENDED", "REQUEST",
+                   "STATEMENTS", "LAST USED")
     for g in items:
+        usage = g.get("usage") or {}
         table.add_row(
             _cell(g.get("id")), _cell(g.get("user")), _cell(g.get("resource")),
             _cell(g.get("role")), _status(g.get("status")), _cell(_when(g.get("starts_at"))),
             _cell(_grant_end(g)), _cell(g.get("request_id")),
+            _cell(usage.get("statement_count", 0)), _cell(_when(usage.get("last_used_at"))),
         )
     return table
+
+
+def _usage_rows(g: JSON) -> list[tuple[str, Text]]:
+    """A grant's use through the gateway, for `grant show`."""
+    usage = g.get("usage")
+    if not usage:
+        return [("used", _cell("never through the gateway"))]
+    return [
+        ("first use", _cell(_when(usage.get("first_used_at")))),
+        ("last use", _cell(_when(usage.get("last_used_at")))),
+        ("statements", _cell(usage.get("statement_count"))),
+        ("refused", _cell(usage.get("violation_count"))),
+        ("sessions", _cell(usage.get("session_count"))),
+    ]
 
 
 def _workflow_line(r: JSON) -> str:
@@ -566,6 +583,26 @@ def list_grants(
         _dump(page)
     else:
         _print_list(page, "grants", _grants_table)
+
+
+@grant_app.command("show")
+def show_grant(
+    grant_id: Annotated[int, typer.Argument(help="The grant's ID (see `accord grant list`).",
+                                            min=1)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one grant: who, what, until when, and its use through the gateway."""
+    with _api() as client:
+        g = _as_obj(client.get(f"/grants/{grant_id}"))
+    if as_json:
+        _dump(g)
+        return
+    _out.print(Text(f"Grant {g.get('id')}", style="bold"))
+    rows = [("user", _cell(g.get("user"))), ("resource", _cell(g.get("resource"))),
+            ("role", _cell(g.get("role"))), ("request", _cell(g.get("request_id")))]
+    _out.print(_grid(rows))
+    _out.print(_grant_fields(g))
+    _out.print(_grid(_usage_rows(g)))
 
 
 @grant_app.command("reveal")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -21,8 +22,38 @@ from accord.requests.schemas import GrantOut
 router = APIRouter(prefix="/api/v1/grants", tags=["grants"])
 
 
+class GrantUsage(BaseModel):
+    """Use through the gateway (null when never used there)."""
+
+    first_used_at: datetime
+    last_used_at: datetime
+    statement_count: int
+    violation_count: int
+    session_count: int
+
+
+class GrantView(GrantOut):
+    usage: GrantUsage | None = None
+
+
+def _with_usage(session: Session, grants: list[Grant], now: datetime) -> list[GrantView]:
+    from accord.gateway.service import usage_for
+
+    usage = usage_for(session, grant_ids=[g.id for g in grants])
+    out = []
+    for g in grants:
+        u = usage.get(g.id)
+        out.append(GrantView(
+            **GrantOut.of(g, now).model_dump(),
+            usage=GrantUsage(first_used_at=u.first_used_at, last_used_at=u.last_used_at,
+                             statement_count=u.statement_count,
+                             violation_count=u.violation_count,
+                             session_count=u.session_count) if u is not None else None))
+    return out
+
+
 class GrantPage(BaseModel):
-    items: list[GrantOut]
+    items: list[GrantView]
     next_cursor: str | None
 
 
@@ -78,7 +109,7 @@ def list_grants(
     rows = list(session.execute(q).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
-    return GrantPage(items=[GrantOut.of(g, now) for g in rows],
+    return GrantPage(items=_with_usage(session, rows, now),
                      next_cursor=str(rows[-1].id) if more and rows else None)
 
 
@@ -116,13 +147,13 @@ def reveal(
     return out
 
 
-@router.get("/{grant_id}", response_model=GrantOut)
+@router.get("/{grant_id}", response_model=GrantView)
 def get_grant(
     grant_id: int,
     who: Principal = Depends(principal),
     session: Session = Depends(db),
     st: AppState = Depends(state),
-) -> GrantOut:
+) -> GrantView:
     q = select(Grant).where(Grant.id == known_id(grant_id, "grant"))
     visible = _visible(who)
     if visible is not None:
@@ -130,4 +161,4 @@ def get_grant(
     g = session.execute(q).scalar_one_or_none()
     if g is None:
         raise NotFound(f"grant {grant_id} does not exist or is not visible to you")
-    return GrantOut.of(g, st.now())
+    return _with_usage(session, [g], st.now())[0]

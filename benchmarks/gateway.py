@@ -1,0 +1,344 @@
+"""pgbench directly, through the Accord gateway (auditing every statement) and through pgbouncer.
+
+One run does everything: creates a target database (`pgbench -i`), an Accord database and
+policy, an active grant and a connection token; starts `accord gateway` (and, unless
+`--no-worker`, `accord worker`, which integrates the ledger as it grows) and a private
+pgbouncer (session mode, trust auth, a temp config on a free port, `-u nobody`); then runs
+pgbench against the three, interleaved (direct, gateway, pgbouncer, direct, ...) so drift
+in the machine's speed hits all three alike, and prints one JSON object with medians.
+
+    .venv/bin/python benchmarks/gateway.py                # 3 runs x 10 s per cell
+    .venv/bin/python benchmarks/gateway.py --runs 5 --seconds 20 --json-only
+
+Workloads, 8 clients each: select-only simple protocol (-S -M simple), select-only
+extended protocol (-S -M extended) and TPC-B-like (-M simple). CPU per transaction of the
+gateway and pgbouncer processes comes from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCORD = str(Path(sys.executable).parent / "accord")
+PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
+PGBOUNCER = "/usr/sbin/pgbouncer"
+MODES = {
+    "select_simple": ["-S", "-M", "simple"],
+    "select_extended": ["-S", "-M", "extended"],
+    "tpcb_simple": ["-M", "simple"],
+}
+TARGETS = {"select_simple": (0.45, None), "select_extended": (0.55, None)}
+
+
+def log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], logfile: Path, timeout: float = 60
+              ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited early:\n{logfile.read_text()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened:\n{logfile.read_text()}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its reaped children, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def policy(resource: str, port: int) -> str:
+    return f"""\
+users: [bench]
+groups: {{benchers: [bench]}}
+gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h}}
+resources:
+  - name: {resource}
+    roles: [admin]
+    gateway: {{dsn_env: BENCH_TARGET_DSN, set_role: false}}
+workflows:
+  - name: bench
+    match: 'true'
+    require_reason: false
+    max_duration: 8h
+    auto_approve: 'true'
+"""
+
+
+@contextmanager
+def databases(admin_url: str, scale: int, quiet: bool) -> Iterator[tuple[str, str]]:
+    suffix = secrets.token_hex(4)
+    accord_db, target_db = f"accord_gwbench_{suffix}", f"accord_gwbench_t_{suffix}"
+    base = admin_url.rsplit("/", 1)[0]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for db in (accord_db, target_db):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    try:
+        log(f"pgbench -i -s {scale} {target_db}", quiet)
+        subprocess.run([PGBENCH, "-i", "-q", "-s", str(scale), f"{base}/{target_db}"],
+                       check=True, capture_output=True)
+        yield f"{base}/{accord_db}", f"{base}/{target_db}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for db in (accord_db, target_db):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(db)))
+
+
+def grant_token(accord_url: str, config: Path, data_dir: Path, resource: str) -> str:
+    """Migrate, load the policy, get `bench` an active admin grant and a connection token."""
+    from accord.bootstrap import build_state
+    from accord.config import Settings
+    from accord.db import transaction
+    from accord.gateway import service as gateway
+    from accord.grants.models import Grant
+    from accord.requests import service as requests
+    from accord.requests.service import Caller
+
+    settings = Settings.from_env({"ACCORD_DATABASE_URL": accord_url,
+                                  "ACCORD_DATA_DIR": str(data_dir),
+                                  "ACCORD_CONFIG": str(config)})
+    st = build_state(settings, config_path=config, upgrade="always")
+    with transaction(st.sessions) as s:
+        req = requests.create(s, policy=st.policies.current, caller=Caller("bench", "cli"),
+                              resource=resource, role="admin", duration=timedelta(hours=8),
+                              reason="benchmark", now=st.now())
+        grant = s.get(Grant, req.grant_id)
+        assert grant is not None and grant.status == "active", req.status
+        _, token = gateway.issue_token(s, grant=grant, actor=Caller("bench", "cli").actor,
+                                       now=st.now(), ttl=timedelta(hours=2))
+    bind = st.sessions.kw["bind"]
+    bind.dispose()
+    return token
+
+
+def start(cmd: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen[bytes]:
+    with logfile.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def pgbouncer_config(tmp: Path, port: int, target_db: str) -> Path:
+    tmp.mkdir(mode=0o755, exist_ok=True)
+    (tmp / "userlist.txt").write_text('"postgres" ""\n')
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text(f"""\
+[databases]
+bench = host=127.0.0.1 port=5432 dbname={target_db} user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {tmp / 'userlist.txt'}
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+logfile = {tmp / 'pgbouncer.log'}
+pidfile = {tmp / 'pgbouncer.pid'}
+""")
+    for path in (tmp, tmp / "userlist.txt", ini):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    return ini
+
+
+_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+_LAT = re.compile(r"latency average = ([0-9.]+) ms")
+_TX = re.compile(r"number of transactions actually processed: (\d+)")
+
+
+def pgbench(args: list[str], env: dict[str, str], seconds: int, clients: int) -> dict[str, float]:
+    cmd = [PGBENCH, "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
+                         timeout=seconds + 120)
+    text = out.stdout + out.stderr
+    tps, lat, tx = _TPS.search(text), _LAT.search(text), _TX.search(text)
+    if out.returncode != 0 or not tps or not lat or not tx:
+        raise SystemExit(f"pgbench failed ({' '.join(cmd)}):\n{text}")
+    return {"tps": float(tps.group(1)), "latency_ms": float(lat.group(1)),
+            "transactions": float(tx.group(1))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--scale", type=int, default=8)
+    ap.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--no-worker", action="store_true",
+                    help="do not run `accord worker` (ledger integration) beside the gateway")
+    ap.add_argument("--no-pgbouncer", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--json-only", action="store_true")
+    args = ap.parse_args()
+    quiet = args.json_only
+    modes = [m for m in args.modes.split(",") if m]
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="accord-gwbench-"))
+    tmp.chmod(0o755)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with databases(args.pg_admin_url, args.scale, quiet) as (accord_url, target_url):
+            resource = "bench"
+            gw_port, bouncer_port = free_port(), free_port()
+            config = tmp / "accord.yaml"
+            config.write_text(policy(resource, gw_port))
+            data_dir = tmp / "data"
+            env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
+                   "ACCORD_DATA_DIR": str(data_dir), "BENCH_TARGET_DSN": target_url}
+            token = grant_token(accord_url, config, data_dir, resource)
+            procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning"], env,
+                                     tmp / "gateway.log")
+            wait_port(gw_port, procs["gateway"], tmp / "gateway.log")
+            if not args.no_worker:
+                procs["worker"] = start([ACCORD, "worker"], env, tmp / "worker.log")
+            if not args.no_pgbouncer:
+                ini = pgbouncer_config(tmp / "bouncer", bouncer_port,
+                                       target_url.rsplit("/", 1)[1])
+                procs["pgbouncer"] = start([PGBOUNCER, "-u", "nobody", str(ini)], env,
+                                           tmp / "pgbouncer.out")
+                wait_port(bouncer_port, procs["pgbouncer"], tmp / "pgbouncer.out")
+            target_db = target_url.rsplit("/", 1)[1]
+            conn_env = {
+                "direct": {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432",
+                           "PGUSER": "postgres", "PGDATABASE": target_db, "PGSSLMODE": "disable"},
+                "gateway": {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(gw_port),
+                            "PGUSER": "bench", "PGDATABASE": resource, "PGPASSWORD": token,
+                            "PGSSLMODE": "disable"},
+            }
+            if not args.no_pgbouncer:
+                conn_env["pgbouncer"] = {**os.environ, "PGHOST": "127.0.0.1",
+                                         "PGPORT": str(bouncer_port), "PGUSER": "postgres",
+                                         "PGDATABASE": "bench", "PGSSLMODE": "disable"}
+            cpu_pid = {"gateway": procs["gateway"].pid}
+            if "pgbouncer" in procs:
+                cpu_pid["pgbouncer"] = procs["pgbouncer"].pid
+            results: dict[str, dict[str, list[dict[str, float]]]] = {
+                m: {t: [] for t in conn_env} for m in modes}
+            for mode in modes:
+                for t in conn_env:  # warm-up, unmeasured
+                    pgbench(MODES[mode], conn_env[t], 2, args.clients)
+                for run in range(args.runs):
+                    for t in conn_env:
+                        before = cpu_seconds(cpu_pid[t]) if t in cpu_pid else None
+                        r = pgbench(MODES[mode], conn_env[t], args.seconds, args.clients)
+                        if before is not None:
+                            used = cpu_seconds(cpu_pid[t]) - before
+                            r["cpu_us_per_tx"] = round(used / r["transactions"] * 1e6, 1)
+                        results[mode][t].append(r)
+                        log(f"{mode:16} run {run + 1} {t:10} tps {r['tps']:9.1f}  latency "
+                            f"{r['latency_ms']:.3f} ms  cpu/tx {r.get('cpu_us_per_tx', '-')}",
+                            quiet)
+            audited = audit_check(accord_url, procs)
+    finally:
+        for name in ("pgbouncer", "worker", "gateway"):
+            stop(procs.get(name))
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(summary(results, args, load_before, audited), indent=2))
+    return 0
+
+
+def audit_check(accord_url: str, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """Stop the gateway (it flushes), then count what the ledger holds."""
+    stop(procs.get("gateway"))
+    with psycopg.connect(accord_url, autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(sum(statement_count), 0), coalesce(sum("
+                           "session_count), 0) FROM gateway_usage").fetchone()
+        events = conn.execute("SELECT count(*) FROM ledger_entries WHERE type = "
+                              "'gateway.statement'").fetchone()
+        pending = conn.execute("SELECT count(*) FROM ledger_entries WHERE idx IS NULL"
+                               ).fetchone()
+    assert row is not None and events is not None and pending is not None
+    return {"statements_recorded": int(row[0]), "sessions_recorded": int(row[1]),
+            "statement_events": int(events[0]), "ledger_pending_integration": int(pending[0])}
+
+
+def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace,
+            load_before: tuple[float, float, float], audited: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()},
+        "config": {"runs": args.runs, "seconds": args.seconds, "clients": args.clients,
+                   "scale": args.scale, "worker": not args.no_worker,
+                   "gateway": "default config: parameters redacted, every statement audited"},
+        "results": {}, "ratios": {}, "targets": {}, "audit": audited,
+    }
+    total_tx = 0.0
+    for mode, per_target in results.items():
+        cell: dict[str, Any] = {}
+        for t, runs in per_target.items():
+            cell[t] = {
+                "tps": round(statistics.median(r["tps"] for r in runs), 1),
+                "latency_ms": round(statistics.median(r["latency_ms"] for r in runs), 3),
+                "tps_runs": [round(r["tps"], 1) for r in runs],
+            }
+            if runs and "cpu_us_per_tx" in runs[0]:
+                cell[t]["cpu_us_per_tx"] = statistics.median(r["cpu_us_per_tx"] for r in runs)
+            if t == "gateway":
+                total_tx += sum(r["transactions"] for r in runs)
+        out["results"][mode] = cell
+        direct = cell["direct"]["tps"]
+        ratios = {"gateway_vs_direct": round(cell["gateway"]["tps"] / direct, 3)}
+        if "pgbouncer" in cell:
+            ratios["pgbouncer_vs_direct"] = round(cell["pgbouncer"]["tps"] / direct, 3)
+            ratios["gateway_vs_pgbouncer"] = round(cell["gateway"]["tps"]
+                                                   / cell["pgbouncer"]["tps"], 3)
+        out["ratios"][mode] = ratios
+        if mode in TARGETS:
+            target = TARGETS[mode][0]
+            out["targets"][mode] = {"gateway_vs_direct_at_least": target,
+                                    "met": ratios["gateway_vs_direct"] >= target}
+    out["audit"]["gateway_transactions_measured"] = int(total_tx)
+    return out
+
+
+if __name__ == "__main__":
+    with suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,495 @@
+"""The data path of one gateway session, sans-IO: bytes in, bytes out, statements noted.
+
+`client(data)` takes what the client sent and returns what to send upstream;
+`server(data)` takes what the server sent and returns what to send the client. Bytes are
+passed on as they arrive: only message headers are read, and the bodies of the few
+messages that matter (Query, Parse, Bind, Execute, Close, Describe, Sync, FunctionCall
+from the client; CommandComplete, ErrorResponse, ReadyForQuery and the extended-protocol
+acknowledgements from the server). DataRow and CopyData stream through, split or not.
+
+Every statement run (a simple-query statement, an Execute, a FunctionCall) becomes a `Run`
+in `started` when it is sent upstream, and a `Finished` in `finished` when its result
+comes back, in order. A statement the role may not run never reaches the server: it is
+replaced by a statement that fails to parse, so the server aborts the transaction and
+discards the rest of the pipeline exactly as for a real error, and that error is
+rewritten into 42501 on its way back. `violations` lists the refusals.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from accord.gateway import protocol as pq
+from accord.gateway.scope import ADMIN, Classifier, Statement, Verdict
+
+REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
+MAX_PARAM_CHARS = 1024
+
+_unpack_i32 = struct.Struct("!i").unpack_from
+
+# Message type bytes, as ints (what indexing bytes gives).
+_Q, _P, _B, _E, _D, _C, _S, _H, _F, _X = b"QPBEDCSHFX"
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = b"dcf"
+_PARSE_OK, _BIND_OK, _CLOSE_OK = b"123"
+_PARAM_DESC, _ROW_DESC, _NO_DATA, _DATA_ROW = b"tTnD"
+_COMPLETE, _EMPTY, _SUSPENDED, _ERROR, _READY = b"CIsEZ"
+_COPY_IN, _COPY_OUT, _COPY_BOTH = b"GHW"
+_FUNC_RESULT, _NOTICE, _NOTIFY, _PARAM_STATUS = b"VNAS"
+_FRONTEND_OK = frozenset(b"QPBEDCSHFXdcf")
+_PASSIVE = frozenset(b"tNASGHWc")  # backend messages the tracker has nothing to do with
+_BACKEND_OK = frozenset(b"123tTnDCIsEZGHWVNASdc")
+
+# Pending-entry kinds (what the server will answer, in order).
+K_QUERY, K_PARSE, K_BIND, K_EXECUTE, K_DESCRIBE, K_CLOSE, K_SYNC, K_CALL = range(8)
+# Backend acknowledgements and the entry kind each one completes (RowDescription also
+# comes inside query results, where the head is no Describe and nothing is popped).
+_ACKS = {_PARSE_OK: K_PARSE, _BIND_OK: K_BIND, _CLOSE_OK: K_CLOSE, _NO_DATA: K_DESCRIBE,
+         _ROW_DESC: K_DESCRIBE}
+
+
+class Run:
+    """One statement sent upstream: its text, parameters and how it ended."""
+
+    __slots__ = ("params", "protocol", "rows", "seq", "t0", "text")
+
+    def __init__(self, seq: int, protocol: str, text: bytes, params: object, t0: int) -> None:
+        self.seq = seq
+        self.protocol = protocol  # simple | extended | function
+        self.text = text
+        self.params = params  # None, a parameter count (redacted), or a list of values
+        self.t0 = t0  # perf_counter_ns when sent
+        self.rows = 0  # DataRows seen (the tag's count wins when it has one)
+
+
+# (run, command tag or None, rows or None, duration ns, (sqlstate, message) or None, outcome)
+Finished = tuple[Run, str | None, int | None, int, tuple[str, str] | None, str]
+
+
+class Violation:
+    __slots__ = ("missing", "protocol", "statement", "t0")
+
+    def __init__(self, statement: Statement, missing: frozenset[str], protocol: str,
+                 t0: int) -> None:
+        self.statement = statement
+        self.missing = missing
+        self.protocol = protocol
+        self.t0 = t0
+
+
+class _Entry:
+    __slots__ = ("error", "index", "kind", "refused", "runs")
+
+    def __init__(self, kind: int, runs: list[Run] | None = None,
+                 refused: Violation | None = None) -> None:
+        self.kind = kind
+        self.runs = runs  # QUERY: one per statement; EXECUTE/CALL: one
+        self.index = 0  # QUERY: the statement whose result comes next
+        self.refused = refused
+        self.error: tuple[str, str] | None = None
+
+
+# Entries that carry no state of their own are shared (the data path allocates less).
+_PARSE_ENTRY = _Entry(K_PARSE)
+_BIND_ENTRY = _Entry(K_BIND)
+_DESCRIBE_ENTRY = _Entry(K_DESCRIBE)
+_CLOSE_ENTRY = _Entry(K_CLOSE)
+_SYNC_ENTRY = _Entry(K_SYNC)
+
+
+def render_params(body: bytes) -> list[str | None]:
+    """A Bind's parameter values for the audit trail: text as text, binary as hex."""
+    bind = pq.parse_bind(body)
+    out: list[str | None] = []
+    for i, value in enumerate(bind.values):
+        if value is None:
+            out.append(None)
+            continue
+        fmt = bind.formats[0] if len(bind.formats) == 1 else (
+            bind.formats[i] if bind.formats else 0)
+        shown = value.decode("utf-8", "replace") if fmt == 0 else "\\x" + value.hex()
+        if len(shown) > MAX_PARAM_CHARS:
+            shown = shown[:MAX_PARAM_CHARS] + "…"
+        out.append(shown)
+    return out
+
+
+def refusal_message(v: Violation, role: str, resource: str) -> bytes:
+    missing = ", ".join(sorted(v.missing))
+    text = v.statement.text.decode("utf-8", "replace")
+    shown = text if len(text) <= 200 else text[:200] + "…"
+    return pq.error_response(
+        "42501",
+        f"Accord gateway: role {role} on {resource} may not run {missing} statements",
+        detail=f"refused statement: {shown}",
+        hint=f"ask for a role that allows {missing}: accord request create {resource} ROLE")
+
+
+class Conversation:
+    """The proxy phase of one session. Not thread-safe; one per connection."""
+
+    def __init__(self, *, allowed: frozenset[str], classifier: Classifier, role: str,
+                 resource: str, redact: bool = True, max_message: int = 8 << 20,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.allowed = allowed
+        self.classify = classifier
+        self.role = role
+        self.resource = resource
+        self.redact = redact
+        self.max_message = max_message
+        self.clock = clock
+        self.seq = 0
+        self.started: list[Run] = []
+        self.finished: list[Finished] = []
+        self.violations: list[Violation] = []
+        self.terminated = False  # the client sent Terminate
+        self.status = b"I"  # the last ReadyForQuery status
+        self._pending: deque[_Entry] = deque()
+        self._statements: dict[bytes, bytes | None] = {}  # prepared name → text (None: refused)
+        self._parsed: dict[bytes, tuple[bytes, bytes]] = {}  # allowed Parse body → (name, text)
+        self._portals: dict[bytes, tuple[bytes, object]] = {}  # portal → (text, params)
+        self._sql_prepared: dict[str, frozenset[str]] = {}  # PREPARE name → classes
+        self._cbuf = b""  # a partial client message we must see whole
+        self._crest = 0  # bytes of a streamed client message (CopyData) still to pass
+        self._sbuf = b""
+        self._srest = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the client's stream ends between messages (safe to add one)."""
+        return self._srest == 0
+
+    @property
+    def partial(self) -> bool:
+        """Whether the client left a message unfinished (a slow or stalled client)."""
+        return bool(self._cbuf)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def _check(self, verdict: Verdict) -> tuple[Statement, frozenset[str]] | None:
+        if verdict.plain and verdict.statements[0].classes <= self.allowed:
+            return None
+        return verdict.refused(self.allowed, self._sql_prepared)
+
+    def _note_prepares(self, verdict: Verdict) -> None:
+        for st in verdict.statements:
+            if st.prepares is not None:
+                self._sql_prepared[st.prepares] = st.classes
+
+    # ------------------------------------------------------------------ client → server
+
+    def client(self, data: bytes) -> bytes:
+        """Bytes from the client; returns the bytes to send upstream (maybe rewritten)."""
+        if self._cbuf:
+            data = self._cbuf + data
+            self._cbuf = b""
+        n = len(data)
+        pos = 0
+        if self._crest:
+            step = min(self._crest, n)
+            self._crest -= step
+            pos = step
+        parts: list[bytes] | None = None
+        last = 0
+        limit = self.max_message
+        while pos < n:
+            if n - pos < 5:
+                break
+            kind = data[pos]
+            length = _unpack_i32(data, pos + 1)[0]
+            end = pos + 1 + length
+            if kind not in _FRONTEND_OK:
+                raise pq.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
+            if length < 4:
+                raise pq.ProtocolError("invalid message length")
+            if kind == _COPY_DATA:
+                if end > n:
+                    self._crest = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if length > limit:
+                raise pq.ProtocolError(f"message of {length} bytes exceeds the gateway's "
+                                       f"limit of {limit}")
+            if end > n:
+                break
+            body = data[pos + 5:end]
+            replacement = self._frontend(kind, body)
+            if replacement is not None:
+                if parts is None:
+                    parts = []
+                parts.append(data[last:pos])
+                parts.append(replacement)
+                last = end
+            pos = end
+        if pos < n:
+            self._cbuf = data[pos:]
+        if parts is None:
+            return data if pos == n else data[:pos]
+        parts.append(data[last:pos])
+        return b"".join(parts)
+
+    def _frontend(self, kind: int, body: bytes) -> bytes | None:
+        """Note one whole client message; return a replacement for it, or None."""
+        pending = self._pending
+        if kind == _B:
+            portal, name, count = pq.bind_header(body)
+            text = self._statements.get(name)
+            params: object = count if self.redact else render_params(body)
+            self._portals[portal] = (text or b"", params)
+            pending.append(_BIND_ENTRY)
+            return None
+        if kind == _E:
+            portal, _max_rows = pq.parse_execute(body)
+            text, params = self._portals.get(portal, (b"", None))
+            self.seq += 1
+            run = Run(self.seq, "extended", text, params, self.clock())
+            self.started.append(run)
+            pending.append(_Entry(K_EXECUTE, [run]))
+            return None
+        if kind == _S:
+            pending.append(_SYNC_ENTRY)
+            return None
+        if kind == _P:
+            known = self._parsed.get(body)
+            if known is not None:  # the same Parse again (unnamed statements, pgbench -M extended)
+                self._statements[known[0]] = known[1]
+                pending.append(_PARSE_ENTRY)
+                return None
+            parsed = pq.parse_parse(body)
+            verdict = self.classify(parsed.query)
+            refused = self._check(verdict)
+            if refused is not None:
+                v = Violation(refused[0], refused[1], "extended", self.clock())
+                self.violations.append(v)
+                self._statements[parsed.name] = None
+                pending.append(_Entry(K_PARSE, refused=v))
+                return pq.parse_message(parsed.name, REFUSED_SQL)
+            self._note_prepares(verdict)
+            self._statements[parsed.name] = parsed.query
+            if not any(st.prepares or st.executes for st in verdict.statements):
+                if len(self._parsed) >= 256:
+                    self._parsed.clear()
+                self._parsed[body] = (parsed.name, parsed.query)
+            pending.append(_PARSE_ENTRY)
+            return None
+        if kind == _Q:
+            sql = pq.parse_query(body)
+            verdict = self.classify(sql)
+            refused = self._check(verdict)
+            t0 = self.clock()
+            if refused is not None:
+                v = Violation(refused[0], refused[1], "simple", t0)
+                self.violations.append(v)
+                pending.append(_Entry(K_QUERY, [], refused=v))
+                return pq.message(b"Q", REFUSED_SQL + b"\0")
+            self._note_prepares(verdict)
+            runs: list[Run] = []
+            for st in verdict.statements or (Statement(b"", frozenset()),):
+                self.seq += 1
+                runs.append(Run(self.seq, "simple", st.text, None, t0))
+            self.started.extend(runs)
+            pending.append(_Entry(K_QUERY, runs))
+            return None
+        if kind == _D:
+            pq.parse_target(body)
+            pending.append(_DESCRIBE_ENTRY)
+            return None
+        if kind == _C:
+            target, name = pq.parse_target(body)
+            if target == 0x53:
+                self._statements.pop(name, None)
+            else:
+                self._portals.pop(name, None)
+            pending.append(_CLOSE_ENTRY)
+            return None
+        if kind == _F:
+            t0 = self.clock()
+            if ADMIN not in self.allowed:
+                st = Statement(b"<fast-path function call>", frozenset({ADMIN}))
+                v = Violation(st, frozenset({ADMIN}), "function", t0)
+                self.violations.append(v)
+                pending.append(_Entry(K_QUERY, [], refused=v))
+                return pq.message(b"Q", REFUSED_SQL + b"\0")
+            self.seq += 1
+            run = Run(self.seq, "function", b"<fast-path function call>", None, t0)
+            self.started.append(run)
+            pending.append(_Entry(K_CALL, [run]))
+            return None
+        if kind == _X:
+            self.terminated = True
+        return None  # H (Flush), CopyDone, CopyFail: nothing to track
+
+    # ------------------------------------------------------------------ server → client
+
+    def server(self, data: bytes) -> bytes:
+        """Bytes from the server; returns the bytes to send the client (maybe rewritten)."""
+        if self._sbuf:
+            data = self._sbuf + data
+            self._sbuf = b""
+        n = len(data)
+        pos = 0
+        if self._srest:
+            step = min(self._srest, n)
+            self._srest -= step
+            pos = step
+        pending = self._pending
+        parts: list[bytes] | None = None
+        last = 0
+        limit = self.max_message
+        unpack = _unpack_i32
+        while n - pos >= 5:
+            kind = data[pos]
+            length = unpack(data, pos + 1)[0]
+            end = pos + 1 + length
+            if kind == _DATA_ROW or kind == _COPY_DATA:  # noqa: SIM109 - the hot path
+                if length < 4:
+                    raise pq.ProtocolError("invalid message length from the server")
+                if pending:
+                    head = pending[0]
+                    runs = head.runs
+                    if runs:
+                        i = head.index if head.kind == K_QUERY else 0
+                        if i < len(runs):
+                            runs[i].rows += 1
+                if end > n:
+                    self._srest = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if end > n:
+                if length < 4 or length > limit or kind not in _BACKEND_OK:
+                    raise pq.ProtocolError(f"unexpected message {chr(kind)!r} ({length} "
+                                           f"bytes) from the server")
+                break
+            expect = _ACKS.get(kind)
+            if expect is not None:  # an acknowledgement: the entry it answers is done
+                if length < 4:
+                    raise pq.ProtocolError("invalid message length from the server")
+                if pending and pending[0].kind == expect:
+                    pending.popleft()
+                pos = end
+                continue
+            if kind in _PASSIVE:  # nothing to note: notices, parameter changes, ...
+                if length < 4:
+                    raise pq.ProtocolError("invalid message length from the server")
+                pos = end
+                continue
+            if kind not in _BACKEND_OK or length < 4 or length > limit:
+                raise pq.ProtocolError(f"unexpected message {chr(kind)!r} ({length} bytes) "
+                                       f"from the server")
+            replacement = self._backend(kind, data, pos + 5, end)
+            if replacement is not None:
+                if parts is None:
+                    parts = []
+                parts.append(data[last:pos])
+                parts.append(replacement)
+                last = end
+            pos = end
+        if pos < n:
+            self._sbuf = data[pos:]
+        if parts is None:
+            return data if pos == n else data[:pos]
+        parts.append(data[last:pos])
+        return b"".join(parts)
+
+    def _finish(self, run: Run, tag: str | None, error: tuple[str, str] | None,
+                outcome: str) -> None:
+        rows = pq.rows_of(tag) if tag else None
+        if rows is None and (run.rows or tag is not None or outcome == "suspended"):
+            rows = run.rows
+        self.finished.append((run, tag, rows, self.clock() - run.t0, error, outcome))
+
+    def _backend(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
+        pending = self._pending
+        head = pending[0] if pending else None
+        if kind == _READY:
+            self.status = data[start:end]
+            while pending:
+                entry = pending.popleft()
+                if entry.kind in (K_SYNC, K_QUERY, K_CALL):
+                    if entry.runs:
+                        for run in entry.runs[entry.index:]:
+                            self._finish(run, None, entry.error, "skipped")
+                    break
+            return None
+        if head is None:
+            return None  # asynchronous: notices, notifications, parameter changes, FATAL
+        hk = head.kind
+        if kind in (_COMPLETE, _EMPTY, _SUSPENDED):
+            if hk == K_QUERY and head.runs is not None:
+                if head.index < len(head.runs):
+                    tag = pq.parse_tag(data[start:end]) if kind == _COMPLETE else ""
+                    self._finish(head.runs[head.index], tag, None, "ok")
+                    head.index += 1
+            elif hk == K_EXECUTE:
+                pending.popleft()
+                assert head.runs is not None
+                if kind == _SUSPENDED:
+                    self._finish(head.runs[0], None, None, "suspended")
+                else:
+                    tag = pq.parse_tag(data[start:end]) if kind == _COMPLETE else ""
+                    self._finish(head.runs[0], tag, None, "ok")
+            return None
+        if kind == _FUNC_RESULT:
+            if hk == K_CALL and head.runs and head.index == 0:
+                self._finish(head.runs[0], "FUNCTION CALL", None, "ok")
+                head.index = 1
+            return None
+        if kind == _ERROR:
+            return self._error(head, pq.parse_fields(data[start:end]))
+        return None  # ParameterDescription, copy responses, notices: nothing to note
+
+    def _error(self, head: _Entry, fields: Mapping[str, str]) -> bytes | None:
+        pending = self._pending
+        error = (fields.get("C", ""), fields.get("M", ""))
+        replacement = (refusal_message(head.refused, self.role, self.resource)
+                       if head.refused is not None else None)
+        hk = head.kind
+        if hk in (K_QUERY, K_CALL):
+            if head.runs and head.index < len(head.runs):
+                self._finish(head.runs[head.index], None, error, "error")
+                head.index += 1
+            head.error = error
+            return replacement
+        if hk == K_SYNC:
+            return None  # e.g. a deferred constraint failing at the implicit commit
+        # Extended protocol: the server discards everything up to the next Sync. The
+        # failing Execute, or the first one a failed Parse/Bind belonged to, carries it.
+        blamed = head.refused is not None
+        while pending and pending[0].kind != K_SYNC:
+            entry = pending.popleft()
+            if entry.kind == K_EXECUTE and not blamed and entry.runs:
+                self._finish(entry.runs[0], None, error, "error")
+                blamed = True
+        return replacement
+
+    # ------------------------------------------------------------------ draining
+
+    def drain(self) -> tuple[list[Run], list[Finished], list[Violation]]:
+        """Take what happened since the last drain (the caller audits it)."""
+        out = (self.started, self.finished, self.violations)
+        if self.started:
+            self.started = []
+        if self.finished:
+            self.finished = []
+        if self.violations:
+            self.violations = []
+        return out
+
+    def in_flight(self) -> list[Run]:
+        """Statements sent upstream and not finished (audited as such if the session dies)."""
+        out: list[Run] = []
+        for entry in self._pending:
+            if entry.runs:
+                start = entry.index if entry.kind in (K_QUERY, K_CALL) else 0
+                out.extend(entry.runs[start:])
+        return out

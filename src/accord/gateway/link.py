@@ -1,0 +1,125 @@
+"""One side of a proxied connection: an asyncio Protocol read by a coroutine during the
+handshake, then handed to a callback for the data path (no copy through streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+from accord.gateway import protocol as pq
+
+
+class Closed(Exception):
+    """The peer went away."""
+
+
+class Link(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: Link | None = None  # whose reading pauses while our writes back up
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.on_data: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        on_data = self.on_data
+        if on_data is not None:
+            on_data(data)
+            return
+        self._buf += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._lost()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.resume_reading()
+
+    # -- handshake reading
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._wake()
+        if self.on_lost is not None:
+            self.on_lost()
+
+    async def _more(self) -> None:
+        if self.closed:
+            raise Closed()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            await self._more()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    async def read_startup(self) -> bytes:
+        head = await self.read_exactly(4)
+        length = pq.startup_length(head)
+        return head + await self.read_exactly(length - 4)
+
+    async def read_message(self, limit: int) -> tuple[int, bytes]:
+        head = await self.read_exactly(5)
+        length = int.from_bytes(head[1:5], "big", signed=True)
+        if length < 4 or length > limit:
+            raise pq.ProtocolError(f"invalid message length {length}")
+        return head[0], await self.read_exactly(length - 4)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    # -- writing and the data path
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def switch(self, on_data: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        """Hand the connection to the data path; bytes already read go first."""
+        self.on_lost = on_lost
+        self.on_data = on_data
+        if self._buf:
+            rest = bytes(self._buf)
+            self._buf.clear()
+            on_data(rest)
+        if self.closed:
+            on_lost()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

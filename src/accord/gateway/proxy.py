@@ -1,0 +1,465 @@
+"""The gateway server: accept, negotiate TLS, authenticate with a connection token, log in
+upstream, then shuttle bytes through a `Conversation` until either side leaves or the
+grant ends.
+
+Everything runs on one event loop (uvloop when installed). Database work (token checks,
+the grant watcher) goes to a small thread pool; audit facts go to the `AuditWriter`,
+which never makes the data path wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from accord.api.deps import AppState
+from accord.config import GatewaySpec
+from accord.db import transaction
+from accord.gateway import protocol as pq
+from accord.gateway import service, upstream
+from accord.gateway.audit import AuditWriter, SessionInfo
+from accord.gateway.conversation import Conversation
+from accord.gateway.link import Closed, Link
+from accord.gateway.scope import Classifier, role_classes
+from accord.grants.models import Grant, GrantStatus
+
+log = logging.getLogger("accord.gateway")
+T = TypeVar("T")
+SWITCH_INTERVAL = 0.0005
+TICK = 0.01  # how often waiting statement outcomes are written to the spool
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency of uvicorn[standard]
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+@dataclass
+class Authorized:
+    grant_id: int
+    user: str
+    resource: str
+    role: str
+    allowed: frozenset[str]
+    target: upstream.Target
+
+
+class ProxySession:
+    """A live session: the conversation between one client and its upstream connection."""
+
+    def __init__(self, gateway: Gateway, client: Link, server: upstream.Upstream,
+                 conversation: Conversation, info: SessionInfo, target: upstream.Target) -> None:
+        self.gateway = gateway
+        self.client = client
+        self.server = server.link
+        self.upstream = server
+        self.conv = conversation
+        self.info = info
+        self.target = target
+        self.key = (secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reason = ""
+        self._slow: asyncio.TimerHandle | None = None
+        client.peer = self.server
+        self.server.peer = client
+
+    # -- data path
+
+    def from_client(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        conv = self.conv
+        try:
+            out = conv.client(data)
+        except pq.ProtocolError as exc:
+            self.end("protocol violation", "08P01", f"Accord gateway: {exc}")
+            return
+        if conv.started or conv.violations:
+            audit = self.gateway.audit
+            if audit.overloaded:
+                self.end("audit backlog full", "53000",
+                         "Accord gateway: the audit ledger is behind; try again shortly")
+                return
+            started, _, violations = conv.drain()
+            audit.note(self.info, started, [], violations)
+        if out:
+            self.server.transport.write(out)  # type: ignore[union-attr]
+        if conv.partial:
+            if self._slow is None:
+                self._slow = asyncio.get_running_loop().call_later(
+                    self.gateway.message_timeout, self._too_slow)
+        elif self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
+
+    def from_server(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        conv = self.conv
+        try:
+            out = conv.server(data)
+        except pq.ProtocolError as exc:
+            log.error("gateway: session %s: upstream broke the protocol: %s", self.info.id, exc)
+            self.end("upstream protocol error", "08P01",
+                     "Accord gateway: the upstream server broke the protocol")
+            return
+        if conv.finished:
+            _, finished, _ = conv.drain()
+            self.gateway.audit.note(self.info, [], finished, [])
+        if out:
+            self.client.transport.write(out)  # type: ignore[union-attr]
+
+    def _too_slow(self) -> None:
+        self._slow = None
+        self.end("slow client", "08P01", "Accord gateway: a message was not completed within "
+                                          f"{self.gateway.message_timeout:.0f}s")
+
+    def client_lost(self) -> None:
+        self.end("client terminated" if self.conv.terminated else "client disconnected")
+
+    def server_lost(self) -> None:
+        self.end("server closed the connection")
+
+    # -- ending
+
+    def end(self, reason: str, code: str | None = None, message: str = "") -> None:
+        """Close both sides once; with `code`, tell the client why (when it can be told)."""
+        if self.done.done():
+            return
+        self.reason = reason
+        if self._slow is not None:
+            self._slow.cancel()
+        if code is not None and not self.client.closed and self.conv.at_boundary:
+            self.client.write(pq.error_response(code, message, severity="FATAL"))
+        if self.conv.busy and not self.server.closed and self.upstream.pid:
+            self.gateway.spawn(upstream.cancel(self.target, self.upstream.pid,
+                                               self.upstream.secret))
+        if not self.server.closed:
+            self.server.write(pq.TERMINATE)
+        self.server.close()
+        self.client.close()
+        self.gateway.audit.closed(self.info, reason, self.conv.in_flight())
+        self.gateway.forget(self)
+        self.done.set_result(None)
+
+
+class Gateway:
+    """The listening server and its live sessions."""
+
+    def __init__(self, st: AppState, spec: GatewaySpec, *, env: dict[str, str] | None = None,
+                 listen: tuple[str, int] | None = None) -> None:
+        self.st = st
+        self.spec = spec
+        self.env = dict(os.environ if env is None else env)
+        self.host, self.port = listen or spec.host_port
+        self.classifier = Classifier()
+        spool = Path(spec.spool_dir) if spec.spool_dir else st.settings.data_dir / "gateway-spool"
+        self.audit = AuditWriter(
+            st.sessions, spool, interval=spec.flush_interval.total_seconds(),
+            batch=spec.flush_batch, max_backlog=spec.max_backlog,
+            statements_per_event=spec.statements_per_event,
+            max_statement_bytes=spec.max_statement_bytes)
+        self.message_timeout = spec.message_timeout.total_seconds()
+        self.sessions: dict[int, ProxySession] = {}
+        self.keys: dict[tuple[int, bytes], ProxySession] = {}
+        self.tls = self._tls_context()
+        self.executor = ThreadPoolExecutor(4, thread_name_prefix="accord-gateway-db")
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        tls = self.spec.tls
+        if not tls.cert or not tls.key:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tls.cert, tls.key)
+        return ctx
+
+    # -- plumbing
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def db(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def forget(self, session: ProxySession) -> None:
+        self.sessions.pop(session.info.number, None)
+        self.keys.pop(session.key, None)
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Replay dead spools, open ours, listen, watch grants."""
+        # The audit flusher is a thread; with the default 5 ms switch interval a flush
+        # would stall the data path for that long each time it wants the GIL back.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        await self.db(self.audit.start)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Accepted(self), self.host, self.port,
+                                                reuse_address=True, backlog=512)
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+        self._watcher = asyncio.ensure_future(self._watch())
+        self._ticker = loop.call_later(TICK, self._tick)
+        log.info("Accord gateway listening on %s:%d (TLS %s)", self.host, self.port,
+                 "required" if self.spec.tls.required else ("offered" if self.tls else "off"))
+
+    def _tick(self) -> None:
+        self.audit.tick()
+        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    async def close(self) -> None:
+        """Stop listening, end every session, flush the audit trail."""
+        if self._server is not None:
+            self._server.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for session in list(self.sessions.values()):
+            session.end("gateway shutting down", "57P01",
+                        "Accord gateway: terminating connection because the gateway is "
+                        "shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.audit.tick()
+        await self.db(self.audit.stop)
+        self.executor.shutdown(wait=True)
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        self.ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    def start_thread(self) -> None:
+        """Run on a thread of its own with its own loop (inside `accord serve`)."""
+
+        def run() -> None:
+            loop = self._loop = new_loop()
+            self._stopped = asyncio.Event()
+            try:
+                loop.run_until_complete(self.serve_forever(self._stopped))
+            except BaseException as exc:
+                self.error = exc
+                log.exception("the gateway stopped")
+                self.ready.set()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="accord-gateway", daemon=True)
+        self._thread.start()
+        self.ready.wait(30)
+        if self.error is not None:
+            raise RuntimeError(f"the gateway did not start: {self.error}")
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    # -- the grant watcher
+
+    async def _watch(self) -> None:
+        interval = self.spec.watch_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.sessions:
+                continue
+            ids = sorted({s.info.grant_id for s in self.sessions.values()})
+            try:
+                states = await self.db(functools.partial(self._grant_states, ids))
+            except Exception:  # the database is briefly unavailable: check again next tick
+                log.exception("gateway: grant check failed")
+                continue
+            now = self.st.now()
+            for session in list(self.sessions.values()):
+                status, ends = states.get(session.info.grant_id, ("missing", now))
+                if status == GrantStatus.ACTIVE and ends > now:
+                    continue
+                why = "expired" if status in (GrantStatus.ACTIVE, GrantStatus.EXPIRED) else status
+                session.end(f"grant {why}", "57P01",
+                            f"Accord gateway: terminating connection because grant "
+                            f"{session.info.grant_id} on {session.info.resource} {why}")
+
+    def _grant_states(self, ids: list[int]) -> dict[int, tuple[str, Any]]:
+        with self.st.sessions() as session:
+            return service.grant_states(session, ids=ids)
+
+    # -- one connection
+
+    async def handle(self, client: Link) -> None:
+        peer = client.transport.get_extra_info("peername") if client.transport else None
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        try:
+            async with asyncio.timeout(self.spec.startup_timeout.total_seconds()):
+                started = await self._startup(client)
+                if started is None:
+                    return
+                startup, tls = started
+                auth = await self._authenticate(client, startup, tls)
+                server = await upstream.connect(auth.target, startup.params)
+        except service.Refusal as exc:
+            log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
+            self._fatal(client, exc.code, exc.message, exc.hint)
+            return
+        except upstream.UpstreamError as exc:
+            self._fatal(client, exc.code, f"Accord gateway: {exc.message}")
+            return
+        except pq.ProtocolError as exc:
+            self._fatal(client, "08P01", f"Accord gateway: {exc}")
+            return
+        except TimeoutError:
+            self._fatal(client, "08P01", "Accord gateway: startup did not finish in time")
+            return
+        except Closed:
+            client.close()
+            return
+        self._count += 1
+        number = self._count
+        info = SessionInfo(
+            id=f"{self.audit.instance}-{number}", number=number, grant_id=auth.grant_id,
+            user=auth.user, resource=auth.resource, role=auth.role, client=where,
+            application=startup.params.get("application_name", "")[:64], tls=tls,
+            upstream_role=auth.target.role)
+        conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
+                            resource=auth.resource, redact=self.spec.redact_parameters,
+                            max_message=self.spec.max_message)
+        session = ProxySession(self, client, server, conv, info, auth.target)
+        hello = [pq.auth_request(pq.AUTH_OK)]
+        hello += [pq.parameter_status(k, v) for k, v in server.params.items()]
+        hello += [pq.backend_key_data(*session.key), pq.ready_for_query(b"I")]
+        self.sessions[number] = session
+        self.keys[session.key] = session
+        self.audit.opened(info, conv.in_flight)
+        client.write(b"".join(hello))
+        client.switch(session.from_client, session.client_lost)
+        server.link.switch(session.from_server, session.server_lost)
+        await session.done
+
+    def _fatal(self, client: Link, code: str, message: str, hint: str = "") -> None:
+        client.write(pq.error_response(code, message, severity="FATAL", hint=hint))
+        client.close()
+
+    async def _startup(self, client: Link) -> tuple[pq.Startup, bool] | None:
+        tls = False
+        while True:
+            packet = pq.parse_startup(await client.read_startup())
+            if isinstance(packet, pq.SSLRequest):
+                if tls:
+                    raise pq.ProtocolError("SSLRequest inside TLS")
+                if self.tls is None:
+                    client.write(b"N")
+                    continue
+                if client.buffered:  # bytes sent before the handshake could be injected
+                    raise pq.ProtocolError("data received before the TLS handshake")
+                client.write(b"S")
+                assert client.transport is not None
+                loop = asyncio.get_running_loop()
+                transport = await loop.start_tls(client.transport, client, self.tls,
+                                                 server_side=True)
+                client.transport = cast(asyncio.Transport, transport)
+                tls = True
+                continue
+            if isinstance(packet, pq.GSSENCRequest):
+                client.write(b"N")
+                continue
+            if isinstance(packet, pq.CancelRequest):
+                target = self.keys.get((packet.pid, packet.secret))
+                if target is not None:
+                    await upstream.cancel(target.target, target.upstream.pid,
+                                          target.upstream.secret)
+                client.close()
+                return None
+            if self.spec.tls.required and not tls:
+                raise service.Refusal("28000", "the Accord gateway requires TLS",
+                                      "connect with sslmode=require")
+            if packet.minor > 0 or packet.unknown_options:
+                client.write(pq.negotiate_protocol_version(0, packet.unknown_options))
+            return packet, tls
+
+    async def _authenticate(self, client: Link, startup: pq.Startup,
+                            tls: bool) -> Authorized:
+        params = startup.params
+        if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
+            raise service.Refusal("28000", "replication connections are not available "
+                                           "through the Accord gateway")
+        user = params["user"]
+        resource = params.get("database") or user
+        client.write(pq.auth_request(pq.AUTH_CLEARTEXT))
+        kind, body = await client.read_message(pq.MAX_AUTH_MESSAGE)
+        if kind != ord("p"):
+            raise pq.ProtocolError("expected a password message")
+        token = pq.text(pq.parse_password(body))
+
+        def check() -> Authorized:
+            st = self.st
+            if st.policies.due():
+                with st.sessions() as s:
+                    st.policies.follow(s)
+            policy = st.policies.current
+            with transaction(st.sessions) as s:
+                grant: Grant = service.authenticate(s, policy=policy, user=user,
+                                                    resource=resource, token=token,
+                                                    now=st.now())
+                gid, role = grant.id, grant.role
+            spec = policy.resources[resource]
+            configured = spec.gateway.roles if spec.gateway is not None else None
+            try:
+                target = upstream.target_for(spec, role, self.env)
+            except upstream.UpstreamError as exc:
+                raise service.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
+            return Authorized(gid, user, resource, role, role_classes(role, configured), target)
+
+        return await self.db(check)
+
+
+class _Accepted(Link):
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.gateway.spawn(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.gateway.handle(self)
+        except Exception:  # one connection's failure must not reach the server
+            log.exception("gateway: session failed")
+            self.close()

@@ -1,0 +1,387 @@
+"""Statement classes: what a statement does, read with PostgreSQL's own parser (pglast).
+
+Each statement gets a set of classes; a role may run it when the role holds every one.
+
+* `read`: SELECT/VALUES/TABLE, SHOW, EXPLAIN (without ANALYZE), COPY ... TO STDOUT,
+  cursors, LISTEN.
+* `write`: INSERT/UPDATE/DELETE/MERGE (anywhere in the tree, CTEs included), COPY ...
+  FROM STDIN, SELECT ... FOR UPDATE/SHARE, LOCK, NOTIFY, CALL, nextval/setval and
+  large-object writes.
+* `ddl`: CREATE/ALTER/DROP of schema objects, GRANT/REVOKE, COMMENT, TRUNCATE, SELECT
+  INTO, CREATE TABLE AS, REFRESH, REINDEX, CLUSTER.
+* `admin`: server-level work (roles, databases, extensions, VACUUM/ANALYZE, DO, COPY to or
+  from files and programs, two-phase commit, ALTER SYSTEM, fast-path function calls,
+  server-side file and process functions) and any statement kind not listed here.
+* `transaction`: BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE, SET TRANSACTION.
+* `session`: SET/RESET/DISCARD of ordinary settings, set_config of ordinary settings.
+* `identity`: anything that changes the session's role: SET/RESET ROLE, SESSION
+  AUTHORIZATION, RESET ALL, DISCARD ALL, set_config('role', ...) or with a computed name.
+* `unknown`: text the parser rejects, or an EXECUTE of a prepared statement the gateway
+  never saw.
+
+EXPLAIN ANALYZE, PREPARE, DECLARE and COPY (query) take the classes of the statement they
+run. The gateway connects upstream with the resource's credentials and `SET ROLE`, so
+`identity` is never granted by default, not even to `admin`: it would undo that role.
+Classification is defence in depth: the database's privileges remain the boundary
+(a SELECT may call any function the role may execute).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from pglast import parser as pgparser
+
+READ = "read"
+WRITE = "write"
+DDL = "ddl"
+ADMIN = "admin"
+TRANSACTION = "transaction"
+SESSION = "session"
+IDENTITY = "identity"
+UNKNOWN = "unknown"
+CLASSES = (READ, WRITE, DDL, ADMIN, TRANSACTION, SESSION, IDENTITY, UNKNOWN)
+ALL = "all"  # in accord.yaml: every class except identity
+
+DEFAULT_ROLES: dict[str, frozenset[str]] = {
+    "read": frozenset({READ, TRANSACTION, SESSION}),
+    "write": frozenset({READ, WRITE, TRANSACTION, SESSION}),
+    "admin": frozenset({READ, WRITE, DDL, ADMIN, TRANSACTION, SESSION, UNKNOWN}),
+}
+FALLBACK = DEFAULT_ROLES["read"]  # roles with another name and no configuration
+
+_READ_TOP = {
+    "SelectStmt", "VariableShowStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt",
+    "UnlistenStmt", "DeallocateStmt",
+}
+_WRITE_TOP = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "LockStmt", "NotifyStmt",
+              "CallStmt"}
+_DDL_TOP = {
+    "CreateStmt", "AlterTableStmt", "DropStmt", "IndexStmt", "ViewStmt", "CreateTableAsStmt",
+    "RefreshMatViewStmt", "TruncateStmt", "CommentStmt", "GrantStmt", "RenameStmt",
+    "CreateSeqStmt", "AlterSeqStmt", "CreateFunctionStmt", "AlterFunctionStmt",
+    "CreateSchemaStmt", "CreateDomainStmt", "AlterDomainStmt", "CompositeTypeStmt",
+    "CreateEnumStmt", "AlterEnumStmt", "CreateRangeStmt", "DefineStmt", "RuleStmt",
+    "CreateTrigStmt", "AlterObjectSchemaStmt", "AlterOwnerStmt", "ReindexStmt", "ClusterStmt",
+    "CreatePolicyStmt", "AlterPolicyStmt", "CreateStatsStmt", "AlterStatsStmt",
+    "AlterDefaultPrivilegesStmt", "CreateCastStmt", "CreateOpClassStmt", "CreateOpFamilyStmt",
+    "AlterOpFamilyStmt", "AlterTypeStmt", "AlterCollationStmt", "CreateConversionStmt",
+    "CreateTransformStmt", "SecLabelStmt", "AlterObjectDependsStmt", "AlterOperatorStmt",
+    "AlterTSConfigurationStmt", "AlterTSDictionaryStmt", "CreatePLangStmt",
+}
+_TRANSACTION_OK = {
+    "TRANS_STMT_BEGIN", "TRANS_STMT_START", "TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK",
+    "TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO",
+}
+_IDENTITY_SETTINGS = {"role", "session_authorization"}
+_NESTED_WRITE = ('"InsertStmt":', '"UpdateStmt":', '"DeleteStmt":', '"MergeStmt":',
+                 '"lockingClause":')  # node types appear only as keys in the JSON
+_WRITE_FUNCTIONS = {
+    "nextval", "setval", "lo_create", "lo_creat", "lo_unlink", "lo_put", "lo_from_bytea",
+    "lowrite", "lo_truncate", "lo_truncate64", "lo_import",
+}
+_ADMIN_FUNCTIONS = {
+    "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_switch_wal",
+    "pg_create_restore_point", "pg_promote", "pg_file_write", "pg_file_unlink",
+    "pg_file_rename", "lo_export", "dblink", "dblink_exec", "dblink_connect",
+    "dblink_connect_u", "dblink_send_query", "pg_logical_emit_message",
+    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
+    "pg_drop_replication_slot", "pg_replication_origin_create", "pg_import_system_collations",
+    "pg_log_backend_memory_contexts", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir", "pg_current_logfile",
+}
+
+
+class Statement(NamedTuple):
+    """One statement of a query string: its text and what it does."""
+
+    text: bytes  # the statement's own bytes, as sent
+    classes: frozenset[str]
+    prepares: str | None = None  # PREPARE name (SQL level)
+    executes: str | None = None  # EXECUTE name (SQL level): the caller supplies its classes
+
+
+class Verdict:
+    """The statements of one query string (plain: a single SELECT/DML, see Classifier)."""
+
+    __slots__ = ("plain", "statements")
+
+    def __init__(self, statements: tuple[Statement, ...], plain: bool = False) -> None:
+        self.statements = statements
+        self.plain = plain
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.statements!r}, plain={self.plain})"
+
+    def refused(self, allowed: frozenset[str],
+                prepared: Mapping[str, frozenset[str]] | None = None
+                ) -> tuple[Statement, frozenset[str]] | None:
+        """The first statement the role may not run, with the classes it lacks."""
+        for st in self.statements:
+            classes = st.classes
+            if st.executes is not None:
+                classes = classes | (prepared or {}).get(st.executes, frozenset({UNKNOWN}))
+            missing = classes - allowed
+            if missing:
+                return st, frozenset(missing)
+        return None
+
+
+def role_classes(role: str, configured: Mapping[str, Iterable[str]] | None = None
+                 ) -> frozenset[str]:
+    """The classes an Accord role may run: accord.yaml's, else the defaults."""
+    if configured and role in configured:
+        out: set[str] = set()
+        for name in configured[role]:
+            if name == ALL:
+                out.update(c for c in CLASSES if c != IDENTITY)
+            else:
+                out.add(name)
+        return frozenset(out)
+    return DEFAULT_ROLES.get(role, FALLBACK)
+
+
+# ------------------------------------------------------------------ classification
+
+
+def _walk(node: Any, kind: str) -> Iterable[dict[str, Any]]:
+    """Every node of type `kind` under `node` (the JSON form of the parse tree)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == kind and isinstance(value, dict):
+                    yield value
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _const_string(node: Any) -> str | None:
+    if isinstance(node, dict) and "A_Const" in node:
+        sval = node["A_Const"].get("sval")
+        if isinstance(sval, dict) and isinstance(sval.get("sval"), str):
+            return str(sval["sval"])
+    return None
+
+
+def _function_classes(call: dict[str, Any]) -> set[str]:
+    names = [n.get("String", {}).get("sval", "") for n in call.get("funcname", [])]
+    name = str(names[-1]).lower() if names else ""
+    if name == "set_config":
+        args = call.get("args") or []
+        setting = _const_string(args[0]) if args else None
+        if setting is None or setting.lower() in _IDENTITY_SETTINGS:
+            return {IDENTITY}
+        return {SESSION}
+    if name in _WRITE_FUNCTIONS:
+        return {WRITE}
+    if name in _ADMIN_FUNCTIONS or name.startswith("dblink"):
+        return {ADMIN}
+    return set()
+
+
+def _truthy_option(elem: dict[str, Any]) -> bool:
+    arg = elem.get("arg")
+    if arg is None:
+        return True
+    if "String" in arg:
+        return str(arg["String"].get("sval", "")).lower() not in ("false", "off", "0", "no")
+    if "Boolean" in arg:
+        return bool(arg["Boolean"].get("boolval", False))
+    if "A_Const" in arg:
+        const = arg["A_Const"]
+        if "boolval" in const:
+            return bool(const["boolval"].get("boolval", False))
+        if "ival" in const:
+            return bool(const["ival"].get("ival", 0))
+        if "sval" in const:
+            return str(const["sval"].get("sval", "")).lower() not in ("false", "off", "0", "no")
+    return True
+
+
+def _classes(top: str, node: dict[str, Any], raw: str) -> tuple[set[str], str | None, str | None]:
+    """(classes, prepared name, executed name) of one statement's tree."""
+    prepares = executes = None
+    inner: Any = None
+    if top in _READ_TOP:
+        out = {READ}
+        if '"intoClause":' in raw:
+            out.add(DDL)
+    elif top in _WRITE_TOP:
+        out = {WRITE}
+        if top == "CallStmt":
+            out |= _function_classes(node.get("funccall") or {})
+    elif top in _DDL_TOP:
+        out = {DDL}
+    elif top == "ExplainStmt":
+        options = [o.get("DefElem", {}) for o in node.get("options") or []]
+        analyze = any(o.get("defname") == "analyze" and _truthy_option(o) for o in options)
+        if not analyze:
+            return {READ}, None, None  # nothing in it runs
+        out = {READ}
+        inner = node.get("query")
+    elif top == "CopyStmt":
+        if node.get("filename") is not None or node.get("is_program"):
+            out = {ADMIN}
+        elif node.get("is_from"):
+            out = {WRITE}
+        else:
+            out = {READ}
+    elif top in ("PrepareStmt", "DeclareCursorStmt"):
+        out = {READ} if top == "DeclareCursorStmt" else set()
+        inner = node.get("query")
+        if top == "PrepareStmt":
+            prepares = str(node.get("name", ""))
+    elif top == "ExecuteStmt":
+        out = set()
+        executes = str(node.get("name", ""))
+    elif top == "TransactionStmt":
+        out = {TRANSACTION} if node.get("kind") in _TRANSACTION_OK else {ADMIN}
+    elif top == "VariableSetStmt":
+        kind = node.get("kind")
+        name = str(node.get("name", "")).lower()
+        if kind == "VAR_RESET_ALL" or name in _IDENTITY_SETTINGS:
+            out = {IDENTITY}
+        elif kind == "VAR_SET_MULTI" and name == "transaction":
+            out = {TRANSACTION}
+        else:
+            out = {SESSION}
+    elif top == "DiscardStmt":
+        out = {IDENTITY} if node.get("target") == "DISCARD_ALL" else {SESSION}
+    else:
+        out = {ADMIN}
+    if inner is not None:
+        sub = next(iter(inner.items()), None) if isinstance(inner, dict) else None
+        if sub is None:
+            out.add(UNKNOWN)
+        else:
+            more, _, _ = _classes(sub[0], sub[1], json.dumps(inner))
+            out |= more
+    if any(marker in raw for marker in _NESTED_WRITE):
+        out.add(WRITE)
+    if '"FuncCall":' in raw:
+        for call in _walk(node, "FuncCall"):
+            out |= _function_classes(call)
+    return out, prepares, executes
+
+
+_FAST_TOP = {"SelectStmt": READ, "InsertStmt": WRITE, "UpdateStmt": WRITE,
+             "DeleteStmt": WRITE, "MergeStmt": WRITE}
+_STMT = '{"stmt":{"'
+
+
+def _fast(tree: str, sql: bytes) -> Verdict | None:
+    """Plain DML and SELECT without function calls, read from the JSON text alone.
+
+    Node types appear in the JSON only as keys (`"DeleteStmt":`); inside string
+    constants quotes are escaped, so a substring test cannot be fooled into missing one.
+    """
+    start = tree.find(_STMT)
+    if start < 0 or tree.find(_STMT, start + 1) >= 0:
+        return None
+    top = tree[start + len(_STMT):tree.find('"', start + len(_STMT))]
+    base = _FAST_TOP.get(top)
+    if base is None or '"FuncCall":' in tree:
+        return None
+    classes = {base}
+    if ('"InsertStmt":' in tree or '"UpdateStmt":' in tree or '"DeleteStmt":' in tree
+            or '"MergeStmt":' in tree or '"lockingClause":' in tree):
+        classes.add(WRITE)
+    if '"intoClause":' in tree:
+        classes.add(DDL)
+    return Verdict((Statement(sql.strip(), _frozen(classes)),), plain=True)
+
+
+_FROZEN: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _frozen(classes: set[str]) -> frozenset[str]:
+    key = tuple(sorted(classes))
+    hit = _FROZEN.get(key)
+    if hit is None:
+        hit = _FROZEN[key] = frozenset(classes)
+    return hit
+
+
+def classify(sql: bytes) -> Verdict:
+    """Split `sql` into statements and classify each (never raises)."""
+    try:
+        text = sql.decode("utf-8")
+        tree = pgparser.parse_sql_json(text)
+    except (UnicodeDecodeError, pgparser.ParseError, ValueError, RecursionError):
+        return Verdict((Statement(sql, frozenset({UNKNOWN})),))
+    fast = _fast(tree, sql)
+    if fast is not None:
+        return fast
+    parsed = json.loads(tree)
+    stmts = parsed.get("stmts") or []
+    if not stmts:
+        return Verdict(())
+    encoded = text.encode("utf-8") if len(stmts) > 1 else sql
+    out: list[Statement] = []
+    for raw_stmt in stmts:
+        body = raw_stmt.get("stmt") or {}
+        if len(stmts) > 1:
+            start = int(raw_stmt.get("stmt_location", 0))
+            length = int(raw_stmt.get("stmt_len", 0))
+            piece = (encoded[start:start + length] if length else encoded[start:]).strip()
+        else:
+            piece = sql.strip()
+        if not body:
+            out.append(Statement(piece, frozenset({UNKNOWN})))
+            continue
+        top, node = next(iter(body.items()))
+        raw = tree if len(stmts) == 1 else json.dumps(body)
+        classes, prepares, executes = _classes(top, node if isinstance(node, dict) else {}, raw)
+        out.append(Statement(piece, frozenset(classes), prepares, executes))
+    return Verdict(tuple(out))
+
+
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_NOT_A_PARAM = re.compile(rb"\$(?![0-9])")
+
+
+class Classifier:
+    """`classify` with two bounded caches.
+
+    * By exact text: prepared statements (the same text parsed again and again) and
+      repeated queries.
+    * By shape, for plain SELECT/DML statements without function calls, whose classes
+      depend only on which node types occur: the text with every digit turned into 0.
+      Changing digits cannot change how such text tokenizes (no dollar quoting, `$tag$`,
+      and no `U&` escapes are allowed in it), only literal values and names, which plain
+      statements' classes never depend on. So `... WHERE aid = 12345` is parsed once.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._exact: dict[bytes, Verdict] = {}
+        self._shape: dict[bytes, frozenset[str]] = {}
+
+    def __call__(self, sql: bytes) -> Verdict:
+        hit = self._exact.get(sql)
+        if hit is not None:
+            return hit
+        key = None
+        if (b"$" not in sql or not _NOT_A_PARAM.search(sql)) and b"&" not in sql \
+                and len(sql) <= 8192:
+            key = sql.translate(_DIGITS)
+            classes = self._shape.get(key)
+            if classes is not None:
+                return Verdict((Statement(sql.strip(), classes),), plain=True)
+        verdict = classify(sql)
+        if verdict.plain and key is not None:
+            if len(self._shape) >= self.size:
+                self._shape.clear()
+            self._shape[key] = verdict.statements[0].classes
+        elif len(sql) <= 8192:
+            if len(self._exact) >= self.size:
+                self._exact.clear()
+            self._exact[sql] = verdict
+        return verdict

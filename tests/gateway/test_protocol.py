@@ -1,0 +1,318 @@
+"""The wire protocol and the data path, driven by hypothesis: arbitrary bytes, arbitrary splits.
+
+No database here: `Conversation` is sans-IO, so these run in milliseconds per example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accord.gateway import protocol as pq
+from accord.gateway.conversation import REFUSED_SQL, Conversation
+from accord.gateway.scope import CLASSES, DEFAULT_ROLES, IDENTITY, Classifier
+
+ADMIN = frozenset(c for c in CLASSES if c != IDENTITY)
+READ = DEFAULT_ROLES["read"]
+FAST = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def conv(allowed: frozenset[str] = ADMIN, *, max_message: int = 1 << 16,
+         redact: bool = True) -> Conversation:
+    return Conversation(allowed=allowed, classifier=Classifier(), role="read", resource="db",
+                        redact=redact, max_message=max_message)
+
+
+def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in points:
+        out.append(data[last:p])
+        last = p
+    out.append(data[last:])
+    return out
+
+
+# ------------------------------------------------------------------ message builders
+
+
+def parse(name: bytes, sql: bytes) -> bytes:
+    return pq.message(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0))
+
+
+def bind(portal: bytes, name: bytes, values: list[bytes | None]) -> bytes:
+    body = portal + b"\0" + name + b"\0" + struct.pack("!hh", 0, len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return pq.message(b"B", body + struct.pack("!h", 0))
+
+
+def execute(portal: bytes = b"") -> bytes:
+    return pq.message(b"E", portal + b"\0" + struct.pack("!i", 0))
+
+
+SYNC = pq.message(b"S")
+FLUSH = pq.message(b"H")
+
+
+def describe(kind: bytes = b"P", name: bytes = b"") -> bytes:
+    return pq.message(b"D", kind + name + b"\0")
+
+
+def complete(tag: str) -> bytes:
+    return pq.message(b"C", tag.encode() + b"\0")
+
+
+def row(*values: bytes) -> bytes:
+    body = struct.pack("!h", len(values)) + b"".join(struct.pack("!i", len(v)) + v
+                                                    for v in values)
+    return pq.message(b"D", body)
+
+
+ROWDESC = pq.message(b"T", struct.pack("!h", 1) + b"x\0" + bytes(18))
+READY = pq.ready_for_query(b"I")
+
+
+def error(code: str, msg: str = "boom") -> bytes:
+    return pq.error_response(code, msg)
+
+
+# ------------------------------------------------------------------ parsers
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_every_parser_raises_only_protocol_errors(data: bytes) -> None:
+    parsers = [pq.parse_startup, pq.parse_query, pq.parse_parse, pq.parse_bind,
+               pq.bind_header, pq.bind_param_count, pq.parse_execute, pq.parse_target,
+               pq.parse_fields, pq.parse_auth, pq.parse_parameter_status,
+               pq.parse_backend_key, pq.sasl_mechanisms, pq.parse_sasl_initial]
+    for fn in parsers:
+        with contextlib.suppress(pq.ProtocolError):
+            fn(data)
+
+
+@FAST
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 4000), max_size=6))
+def test_framer_on_arbitrary_bytes_is_bounded(data: bytes, cuts: list[int]) -> None:
+    framer = pq.Framer(limit=256)
+    try:
+        for piece in chunks(data, cuts):
+            for kind, body in framer.feed(piece):
+                assert 0 <= kind < 256 and len(body) <= 256
+            assert framer.pending <= len(data)
+    except pq.ProtocolError:
+        pass
+
+
+@given(st.dictionaries(st.text(st.characters(min_codepoint=1, max_codepoint=0x2FF),
+                               min_size=1, max_size=10).filter(lambda k: not k.startswith("_")),
+                       st.text(st.characters(min_codepoint=1, max_codepoint=0x2FF),
+                               max_size=20), max_size=5))
+def test_startup_round_trip(params: dict[str, str]) -> None:
+    params = {"user": "alice", **params}
+    packet = pq.startup_message(params)
+    parsed = pq.parse_startup(packet)
+    assert isinstance(parsed, pq.Startup)
+    assert parsed.params == params and (parsed.major, parsed.minor) == (3, 0)
+
+
+def test_startup_requests_and_limits() -> None:
+    assert isinstance(pq.parse_startup(pq.ssl_request()), pq.SSLRequest)
+    cancel = pq.parse_startup(pq.cancel_request(42, b"abcd"))
+    assert cancel == pq.CancelRequest(42, b"abcd")
+    with pytest.raises(pq.ProtocolError):
+        pq.startup_length(struct.pack("!i", pq.MAX_STARTUP + 1))
+    with pytest.raises(pq.ProtocolError):
+        pq.parse_startup(struct.pack("!ii", 8, 2 << 16))  # protocol 2
+    with pytest.raises(pq.ProtocolError, match="no user"):
+        pq.parse_startup(pq.startup_message({"database": "x"}))
+    pq32 = struct.pack("!i", (3 << 16) | 2) + b"user\0a\0_pq_.x\0y\0\0"
+    parsed = pq.parse_startup(struct.pack("!i", len(pq32) + 4) + pq32)
+    assert isinstance(parsed, pq.Startup)
+    assert (parsed.minor, parsed.unknown_options) == (2, ("_pq_.x",))
+
+
+def test_bind_round_trip() -> None:
+    body = bind(b"p", b"s", [b"1", None, b"\x00\x01"])[5:]
+    parsed = pq.parse_bind(body)
+    assert (parsed.portal, parsed.statement, parsed.values) == (b"p", b"s", (b"1", None,
+                                                                              b"\x00\x01"))
+    assert pq.bind_header(body) == (b"p", b"s", 3)
+    assert pq.rows_of("INSERT 0 12") == 12 and pq.rows_of("BEGIN") is None
+
+
+# ------------------------------------------------------------------ the data path
+
+
+@FAST
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 6000), max_size=8))
+def test_client_bytes_never_crash_the_conversation(data: bytes, cuts: list[int]) -> None:
+    c = conv(READ, max_message=512)
+    try:
+        for piece in chunks(data, cuts):
+            out = c.client(piece)
+            assert isinstance(out, bytes)
+            assert len(c._cbuf) <= 512 + 5  # never buffers more than one allowed message
+    except pq.ProtocolError:
+        pass
+
+
+@FAST
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 6000), max_size=8))
+def test_server_bytes_never_crash_the_conversation(data: bytes, cuts: list[int]) -> None:
+    c = conv()
+    c.client(pq.query("select 1; select 2") + parse(b"", b"select $1") + bind(b"", b"", [b"1"])
+             + execute() + SYNC)
+    try:
+        for piece in chunks(data, cuts):
+            assert isinstance(c.server(piece), bytes)
+    except pq.ProtocolError:
+        pass
+
+
+SQL = st.sampled_from([b"select 1", b"select * from t where id = 42", b"insert into t values (1)",
+                       b"select 1; select 2", b"begin", b"commit", b"", b"not sql at all",
+                       b"update t set x = 1", b"show search_path", b"select 'a;b'"])
+
+
+@st.composite
+def frontend_stream(draw: st.DrawFn) -> list[bytes]:
+    """Valid client messages: simple queries and extended-protocol batches."""
+    out: list[bytes] = []
+    for _ in range(draw(st.integers(1, 6))):
+        if draw(st.booleans()):
+            out.append(pq.query(draw(SQL).decode()))
+        else:
+            name = draw(st.sampled_from([b"", b"s1", b"s2"]))
+            out.append(parse(name, draw(SQL)))
+            out.append(bind(b"", name, draw(st.lists(st.one_of(st.none(), st.binary(max_size=8)),
+                                                     max_size=3))))
+            if draw(st.booleans()):
+                out.append(describe())
+            out.append(execute())
+            out.append(draw(st.sampled_from([SYNC, FLUSH + SYNC])))
+        if draw(st.booleans()):
+            out.append(pq.message(b"d", draw(st.binary(max_size=40))))
+    return out
+
+
+@FAST
+@given(frontend_stream(), st.lists(st.integers(0, 10_000), max_size=10))
+def test_allowed_traffic_passes_byte_for_byte_however_split(messages: list[bytes],
+                                                             cuts: list[int]) -> None:
+    data = b"".join(messages)
+    c = conv(ADMIN)
+    sent = b"".join(c.client(piece) for piece in chunks(data, cuts))
+    assert sent == data
+    executes = sum(1 for m in messages if m[:1] == b"E")
+    queries = sum(max(1, len(Classifier()(pq.parse_query(m[5:])).statements))
+                  for m in messages if m[:1] == b"Q")
+    assert len(c.started) == executes + queries
+    assert not c.violations
+
+
+@FAST
+@given(st.lists(st.sampled_from(["select 1", "delete from t", "select 1; drop table t",
+                                 "update t set x = 1", "set role postgres",
+                                 "select set_config('role', 'postgres', false)"]),
+                min_size=1, max_size=5),
+       st.lists(st.integers(0, 2000), max_size=6))
+def test_refused_statements_never_reach_the_server(queries: list[str], cuts: list[int]) -> None:
+    data = b"".join(pq.query(q) for q in queries)
+    c = conv(READ)
+    sent = b"".join(c.client(piece) for piece in chunks(data, cuts))
+    for q in queries:
+        if q != "select 1":
+            assert q.encode() not in sent
+    assert len(c.violations) == sum(1 for q in queries if q != "select 1")
+    assert sent.count(REFUSED_SQL) == len(c.violations)
+
+
+@FAST
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=6),
+       st.lists(st.integers(0, 5000), max_size=10))
+def test_results_are_matched_to_statements_however_split(rows: list[int],
+                                                         cuts: list[int]) -> None:
+    c = conv()
+    client = b""
+    server = b""
+    for i, n in enumerate(rows):
+        if i % 2:
+            client += pq.query(f"select {i}")
+            server += ROWDESC + b"".join(row(b"v" * 300) for _ in range(n))
+            server += complete(f"SELECT {n}") + READY
+        else:
+            client += parse(b"", f"select {i}".encode()) + bind(b"", b"", [b"7"]) + \
+                describe() + execute() + SYNC
+            server += pq.message(b"1") + pq.message(b"2") + ROWDESC
+            server += b"".join(row(b"w" * 300) for _ in range(n)) + complete(f"SELECT {n}")
+            server += READY
+    c.client(client)
+    out = b"".join(c.server(piece) for piece in chunks(server, cuts))
+    assert out == server
+    assert [f[2] for f in c.finished] == rows
+    assert [f[0].text for f in c.finished] == [f"select {i}".encode() for i in range(len(rows))]
+    assert all(f[5] == "ok" for f in c.finished) and not c.busy
+
+
+def test_an_error_in_a_pipeline_blames_its_execute_and_skips_the_rest() -> None:
+    c = conv()
+    c.client(parse(b"", b"select 1/0") + bind(b"", b"", []) + execute()
+             + parse(b"", b"select 2") + bind(b"", b"", []) + execute() + SYNC)
+    c.server(pq.message(b"1") + pq.message(b"2") + error("22012", "division by zero")
+             + READY)
+    assert [(f[0].text, f[4], f[5]) for f in c.finished] == [
+        (b"select 1/0", ("22012", "division by zero"), "error")]
+    assert not c.busy
+
+
+def test_a_refused_parse_gets_42501_in_place_of_the_servers_error() -> None:
+    c = conv(READ)
+    sent = c.client(parse(b"s", b"delete from t") + bind(b"", b"s", []) + execute() + SYNC)
+    assert b"delete" not in sent and REFUSED_SQL in sent
+    out = c.server(error("42601", "syntax error at or near ACCORD") + READY)
+    fields = pq.parse_fields(out[5:out.index(READY)])
+    assert fields["C"] == "42501" and "write" in fields["M"]
+    assert len(c.violations) == 1 and c.finished == []  # the Execute never ran
+
+
+def test_simple_query_statements_each_get_a_result() -> None:
+    c = conv()
+    c.client(pq.query("select 1; select 2; select 3"))
+    c.server(ROWDESC + row(b"1") + complete("SELECT 1") + error("XX000", "oops") + READY)
+    assert [(f[0].text, f[5]) for f in c.finished] == [
+        (b"select 1", "ok"), (b"select 2", "error"), (b"select 3", "skipped")]
+
+
+def test_parameters_are_redacted_or_shown() -> None:
+    for redact, expected in ((True, 2), (False, ["42", None])):
+        c = conv(redact=redact)
+        c.client(parse(b"", b"select $1, $2") + bind(b"", b"", [b"42", None]) + execute()
+                 + SYNC)
+        assert c.started[0].params == expected
+
+
+def test_oversized_and_unexpected_messages_are_protocol_errors() -> None:
+    with pytest.raises(pq.ProtocolError, match="exceeds"):
+        conv(max_message=1024).client(pq.query("select '" + "x" * 2000 + "'"))
+    with pytest.raises(pq.ProtocolError, match="unexpected"):
+        conv().client(pq.message(b"p", b"secret\0"))
+    with pytest.raises(pq.ProtocolError):
+        conv().client(b"Q\x00\x00\x00\x02")  # a length shorter than itself
+    # CopyData streams through whatever its size, a byte at a time if need be.
+    c = conv(max_message=1024)
+    big = pq.message(b"d", b"x" * 5000)
+    assert b"".join(c.client(big[i:i + 1]) for i in range(len(big))) == big
+
+
+def test_a_partial_message_is_held_until_complete() -> None:
+    c = conv()
+    q = pq.query("select 1")
+    assert c.client(q[:7]) == b"" and c.partial
+    assert c.client(q[7:]) == q and not c.partial

@@ -1,0 +1,146 @@
+"""Statement classes from PostgreSQL's own parser, role configuration, SCRAM, and the config."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from accord.config import PolicyError, parse_policy_text
+from accord.gateway.scope import DEFAULT_ROLES, Classifier, classify, role_classes
+from accord.gateway.scram import AuthError, ScramClient, md5_password
+
+
+def classes(sql: str) -> list[list[str]]:
+    return [sorted(s.classes) for s in classify(sql.encode()).statements]
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("SELECT * FROM orders WHERE id = 1", [["read"]]),
+    ("VALUES (1)", [["read"]]),
+    ("SHOW search_path", [["read"]]),
+    ("EXPLAIN DELETE FROM orders", [["read"]]),
+    ("EXPLAIN ANALYZE DELETE FROM orders", [["read", "write"]]),
+    ("EXPLAIN (ANALYZE false) SELECT 1", [["read"]]),
+    ("COPY orders TO STDOUT", [["read"]]),
+    ("COPY orders FROM STDIN", [["write"]]),
+    ("COPY orders TO '/tmp/x'", [["admin"]]),
+    ("COPY orders FROM PROGRAM 'id'", [["admin"]]),
+    ("COPY (DELETE FROM orders RETURNING *) TO STDOUT", [["read", "write"]]),
+    ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", [["read", "write"]]),
+    ("SELECT * FROM orders FOR UPDATE", [["read", "write"]]),
+    ("SELECT 1 INTO t2", [["ddl", "read"]]),
+    ("INSERT INTO orders VALUES (1)", [["write"]]),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", [["write"]]),
+    ("SELECT nextval('s')", [["read", "write"]]),
+    ("SELECT pg_terminate_backend(1)", [["admin", "read"]]),
+    ("CREATE TABLE x (id int)", [["ddl"]]),
+    ("TRUNCATE orders", [["ddl"]]),
+    ("GRANT SELECT ON orders TO public", [["ddl"]]),
+    ("CREATE ROLE x", [["admin"]]),
+    ("VACUUM", [["admin"]]),
+    ("DO $$ BEGIN END $$", [["admin"]]),
+    ("BEGIN", [["transaction"]]),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", [["transaction"]]),
+    ("PREPARE TRANSACTION 'x'", [["admin"]]),
+    ("SET search_path = public", [["session"]]),
+    ("SELECT set_config('search_path', '', false)", [["read", "session"]]),
+    ("SET ROLE postgres", [["identity"]]),
+    ("RESET ROLE", [["identity"]]),
+    ("SET SESSION AUTHORIZATION postgres", [["identity"]]),
+    ("RESET ALL", [["identity"]]),
+    ("DISCARD ALL", [["identity"]]),
+    ("DISCARD PLANS", [["session"]]),
+    ("SELECT set_config('role', 'postgres', false)", [["identity", "read"]]),
+    ("SELECT pg_catalog.set_config(current_user, 'x', false)", [["identity", "read"]]),
+    ('SELECT U&"\\0073et_config"(\'role\', \'x\', false)', [["identity", "read"]]),
+    ("PREPARE p AS DELETE FROM orders", [["write"]]),
+    ("this is not sql", [["unknown"]]),
+    ("SELECT 1; DELETE FROM orders", [["read"], ["write"]]),
+])
+def test_statement_classes(sql: str, expected: list[list[str]]) -> None:
+    assert classes(sql) == expected
+
+
+def test_multi_statement_text_is_split_per_statement() -> None:
+    verdict = classify("select 'é;'; delete from t".encode())
+    assert [s.text for s in verdict.statements] == ["select 'é;'".encode(), b"delete from t"]
+    refused = verdict.refused(DEFAULT_ROLES["read"])
+    assert refused is not None and refused[0].text == b"delete from t"
+
+
+def test_execute_takes_the_classes_of_what_was_prepared() -> None:
+    verdict = classify(b"EXECUTE p(1)")
+    read = DEFAULT_ROLES["read"]
+    assert verdict.refused(read, {"p": frozenset({"read"})}) is None
+    assert verdict.refused(read, {"p": frozenset({"write"})}) is not None
+    assert verdict.refused(read, {}) is not None  # never saw it prepared: unknown
+
+
+def test_the_shape_cache_cannot_be_fooled_by_dollar_quotes() -> None:
+    c = Classifier()
+    first = c(b"select $q1$ $q2$; delete from t; select $q2$ $q1$")  # one string: read
+    assert [sorted(s.classes) for s in first.statements] == [["read"]]
+    sneaky = c(b"select $q2$ $q2$; delete from t; select $q1$ $q1$")  # same digits shape
+    assert ["write"] in [sorted(s.classes) for s in sneaky.statements]
+    a = c(b"select * from t where id = 12345")
+    b = c(b"select * from t where id = 67890")
+    assert b.plain and b.statements[0].text.endswith(b"67890") and a.statements != b.statements
+
+
+def test_role_classes_defaults_and_configuration() -> None:
+    assert role_classes("read") == DEFAULT_ROLES["read"]
+    assert "write" in role_classes("write") and "ddl" not in role_classes("write")
+    assert "identity" not in role_classes("admin")
+    assert role_classes("analyst") == DEFAULT_ROLES["read"]  # unknown names fail closed
+    assert role_classes("analyst", {"analyst": ["read", "ddl"]}) == {"read", "ddl"}
+    assert "identity" not in role_classes("ops", {"ops": ["all"]})
+    assert "identity" in role_classes("ops", {"ops": ["all", "identity"]})
+
+
+def test_scram_sha_256_rfc7677_vector() -> None:
+    client = ScramClient("pencil", user="user", nonce="rOprNGfwEbeRWgbNEkqO")
+    assert client.first() == b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    final = client.final(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                         b"s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+    assert final == (b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                     b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    client.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    with pytest.raises(AuthError):
+        client.verify(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+    with pytest.raises(AuthError, match="nonce"):
+        ScramClient("x", nonce="abc").final(b"r=zzz,s=AAAA,i=4096")
+
+
+def test_md5_password() -> None:
+    # md5(md5("secret" + "alice") + salt), as PostgreSQL computes it.
+    inner = hashlib.md5(b"secretalice").hexdigest().encode()  # noqa: S324 - PostgreSQL's md5
+    expected = b"md5" + hashlib.md5(inner + b"\x01\x02\x03\x04").hexdigest().encode()  # noqa: S324
+    assert md5_password("alice", "secret", b"\x01\x02\x03\x04") == expected
+
+
+BASE = """\
+users: [alice]
+resources:
+  - name: db
+    roles: [read, analyst]
+    gateway: {dsn_env: X, roles: {analyst: [read, session]}}
+workflows: [{name: w, auto_approve: 'true'}]
+"""
+
+
+def test_gateway_config_is_validated_with_paths() -> None:
+    loaded = parse_policy_text(BASE + "gateway: {listen: '0.0.0.0:7432', flush_interval: 250ms}")
+    spec = loaded.spec.gateway
+    assert spec is not None and spec.host_port == ("0.0.0.0", 7432)  # noqa: S104
+    assert spec.flush_interval.total_seconds() == 0.25 and spec.redact_parameters
+    bad = BASE.replace("[read, session]", "[read, sudo]").replace("X}", "X, roles2: 1}")
+    with pytest.raises(PolicyError) as exc:
+        parse_policy_text(bad.replace("roles2: 1", "set_role: true")
+                          + "gateway: {listen: nowhere, tls: {required: true}}")
+    text = str(exc.value)
+    assert 'resources[0].gateway.roles.analyst[1]: unknown statement class "sudo"' in text
+    assert "gateway.listen: must be HOST:PORT" in text
+    assert "gateway.tls.required: needs cert and key" in text
+    with pytest.raises(PolicyError, match="needs dsn_env or dsn_file"):
+        parse_policy_text(BASE.replace("dsn_env: X, ", ""))
