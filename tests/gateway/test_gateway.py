@@ -9,7 +9,8 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,7 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from accord.cli.main import app
+from accord.config import GatewayTLSSpec
 from accord.gateway import protocol as pq
+from accord.gateway.proxy import Gateway
 from tests.gateway.conftest import World
 from tests.gateway.rawclient import Raw, error_of
 
@@ -316,3 +319,51 @@ def test_api_connect_needs_a_single_active_grant(world: World) -> None:
     assert expires.startswith(str((world.env.clock() + timedelta(minutes=5)).date()))
     issued = world.events("gateway.token_issued")
     assert issued and all(body["token"] not in str(e) for e in issued)
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "gw.crt", tmp / "gw.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_is_offered_and_can_be_required(world: World, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    spec = world.env.st.policies.current.loaded.spec.gateway
+    assert spec is not None
+    tls_spec = spec.model_copy(update={
+        "tls": GatewayTLSSpec(cert=str(cert), key=str(key), required=True),
+        "spool_dir": str(tmp_path / "spool")})
+    gateway = Gateway(world.env.st, tls_spec, listen=("127.0.0.1", 0))
+    gateway.start_thread()
+    try:
+        grant = world.grant("erin", "read")
+        token = world.token(grant, "erin")
+        with world.connect(token, port=gateway.port, sslmode="require") as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("select count(*) from orders").fetchone() == (100,)
+        with pytest.raises(psycopg.OperationalError, match="requires TLS"):
+            world.connect(token, port=gateway.port, sslmode="disable")
+        assert gateway.audit.drain(timeout=20)
+        opened = world.events("gateway.session_opened", grant["id"])
+        assert [e["data"]["tls"] for e in opened] == [True]
+    finally:
+        gateway.stop_thread()

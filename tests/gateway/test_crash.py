@@ -1,0 +1,168 @@
+"""A gateway process killed with SIGKILL loses no statement: its spool is replayed, once.
+
+Also: the audit writer's ledger transaction on both databases (usage and marks upserted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from accord.db import transaction
+from accord.gateway import audit, service
+from accord.gateway.conversation import Run
+from accord.gateway.models import GatewaySpoolMark, GatewayUsage
+from accord.ledger.models import LedgerEntry
+from tests.gateway.conftest import DSN_ENV, World, free_port, policy_text
+
+ACCORD = str(Path(sys.executable).parent / "accord")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # another process: nothing to await but its port
+        assert proc.poll() is None, log.read_text()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the gateway did not start: " + log.read_text())
+
+
+@pytest.fixture
+def killed_gateway(world: World, tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes],
+                                                                     Path]]:
+    """`accord gateway` in a process of its own, flushing only every 300 ms."""
+    port = free_port()
+    config = tmp_path / "accord.yaml"
+    config.write_text(policy_text(world.resource, world.database, port=port,
+                                  gateway=", flush_interval: 300ms"), encoding="utf-8")
+    log = tmp_path / "gateway.log"
+    env = {**os.environ, "ACCORD_DATABASE_URL": world.engine.url.render_as_string(False),
+           "ACCORD_DATA_DIR": str(tmp_path / "data"), DSN_ENV: world.target_dsn}
+    env["ACCORD_DATABASE_URL"] = env["ACCORD_DATABASE_URL"].replace("+psycopg", "")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config)], env=env,
+                                stdout=out, stderr=out)
+    try:
+        _wait_port(port, proc, log)
+        yield port, proc, tmp_path / "data" / "gateway-spool"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def _in_ledger(world: World, grant_id: int) -> list[dict[str, Any]]:
+    with world.env.st.sessions() as s:
+        leaves = s.execute(select(LedgerEntry.leaf).where(
+            LedgerEntry.type == "gateway.statement",
+            LedgerEntry.subject == f"grant:{grant_id}").order_by(LedgerEntry.id)).scalars()
+        out: list[dict[str, Any]] = []
+        for leaf in leaves:
+            event = json.loads(leaf)
+            out += [{**st, "session": event["data"]["session"]}
+                    for st in event["data"]["statements"]]
+        return out
+
+
+@pytest.mark.postgres
+def test_sigkill_loses_nothing_and_replay_records_each_statement_once(
+        world: World, killed_gateway: tuple[int, subprocess.Popen[bytes], Path]) -> None:
+    port, proc, spool = killed_gateway
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    with world.connect(token, port=port) as conn:
+        for i in range(10):
+            conn.execute("select %s::int", (i,))
+        deadline = time.monotonic() + 20
+        while len(_in_ledger(world, grant["id"])) < 10:  # the other process's flush
+            assert time.monotonic() < deadline, "the first statements never reached the ledger"
+            time.sleep(0.05)
+        for i in range(10, 20):
+            conn.execute(f"select {i}")
+        sleeper = world.connect(token, port=port)
+        threading.Thread(target=lambda: _ignore(sleeper.execute, "select pg_sleep(3)"),
+                         daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not world.target("select 1 from pg_stat_activity where query = "
+                               "'select pg_sleep(3)' and state = 'active'"):
+            assert time.monotonic() < deadline, "the sleeper never started"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = _in_ledger(world, grant["id"])
+    assert 10 <= len(before) < 21
+
+    recovered = audit.replay_dead(world.env.st.sessions, spool, 1000, 16384)
+    assert recovered > 0 and not any(spool.iterdir())
+    after = _in_ledger(world, grant["id"])
+    keys = [(s["session"], s["seq"]) for s in after]
+    assert len(keys) == len(set(keys)) == 21  # every statement, each once
+    texts = [s["text"] for s in after]
+    assert texts.count("select $1::int") == 10
+    assert [f"select {i}" for i in range(10, 20)] == [t for t in texts if t.startswith("select 1")
+                                                       and t != "select $1::int"]
+    sleeping = [s for s in after if s["text"] == "select pg_sleep(3)"]
+    assert [s["outcome"] for s in sleeping] == ["unknown"]
+    closed = world.events("gateway.session_closed", grant["id"])
+    assert {e["data"]["reason"] for e in closed} == {"gateway stopped (recovered from its spool)"}
+    assert audit.replay_dead(world.env.st.sessions, spool, 1000, 16384) == 0
+    with world.env.st.sessions() as s:
+        usage = s.get(GatewayUsage, grant["id"])
+        assert usage is not None and usage.statement_count == 21 and usage.session_count == 2
+
+
+def _ignore(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(psycopg.Error):  # the gateway is killed under it
+        fn(*args)
+
+
+# ------------------------------------------------------------------ both databases
+
+
+def test_record_facts_writes_events_usage_and_mark(sessions: sessionmaker[Session]) -> None:
+    info = audit.SessionInfo(id="abc-1", number=1, grant_id=7, user="alice", resource="db",
+                             role="read", client="127.0.0.1:5", application="psql", tls=False,
+                             upstream_role=None)
+    base = 1_800_000_000_000_000_000
+    facts: list[audit.Fact] = [(1, "open", info, base, {})]
+    for i in range(5):
+        run = Run(i + 1, "simple", f"select {i}".encode(), None, 0)
+        facts.append((i + 2, audit.STATEMENT, info, base + i * 1000,
+                      (run, "SELECT 1", 1, 500, None, "ok")))
+    facts.append((7, "violation", info, base + 9000, {"statement": "delete from t"}))
+    facts.append((8, "close", info, base + 10_000, {"reason": "client terminated"}))
+    with transaction(sessions) as s:
+        events = service.record_facts(s, facts=facts, instance="abc", per_event=2,
+                                      max_text=100)
+    assert events == 6  # open, 3 statement events (2 + 2 + 1), violation, close
+    with transaction(sessions) as s:  # a second batch adds to the counters
+        service.record_facts(s, facts=facts[1:2], instance="abc", per_event=2, max_text=100)
+    with sessions() as s:
+        usage = s.get(GatewayUsage, 7)
+        assert usage is not None
+        assert (usage.statement_count, usage.violation_count, usage.session_count) == (6, 1, 1)
+        assert usage.first_used_at < usage.last_used_at
+        mark = s.get(GatewaySpoolMark, "abc")
+        assert mark is not None and mark.committed == 2
+        types = s.execute(select(LedgerEntry.type).where(LedgerEntry.subject == "grant:7")
+                          .order_by(LedgerEntry.id)).scalars().all()
+    assert types == ["gateway.session_opened", "gateway.statement", "gateway.statement",
+                     "gateway.statement", "gateway.violation", "gateway.session_closed",
+                     "gateway.statement"]
