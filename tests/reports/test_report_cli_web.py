@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
+from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from accord.api.app import create_app
@@ -26,7 +27,8 @@ from accord.identity import service as identity
 from accord.ledger.events import Actor, format_time
 from accord.reports.render_pdf import _fonts
 from accord.web import report_pages
-from tests.conftest import POLICY, Env
+from accord.worker.job_runner import detect_all
+from tests.conftest import POLICY, Env, make_env
 from tests.reports.test_reports import all_events, report, scenario
 
 runner = CliRunner()
@@ -185,3 +187,51 @@ def test_gateway_usage_is_reported(env: Env) -> None:
     text = " ".join("".join(p.extract_text() for p in PdfReader(
         io.BytesIO(pdf.content)).pages).split())
     assert "42 statements" in text
+
+
+GLASS = POLICY.replace("  auditors: [dave]\n", "  auditors: [dave]\n  oncall: [erin]\n") + \
+    "break_glass: {groups: [oncall], reviewers: [admins], max_duration: 1h, " \
+    "remind_every: 4h}\n"
+
+
+@pytest.fixture
+def glass(sessions: sessionmaker[Session], tmp_path: Path) -> Iterator[Env]:
+    e = make_env(sessions, tmp_path, GLASS)
+    with e.client:
+        yield e
+
+
+def test_break_glass_review_and_its_alert(glass: Env) -> None:
+    start = glass.clock()
+    glass.clock.advance(minutes=1)
+    r = glass.post("erin", "/api/v1/requests", json={
+        "resource": "orders-db", "role": "admin", "duration": "30m", "emergency": True,
+        "reason": "SEV1: orders table locked, paging did not answer"})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    detect_all(glass.st.sessions, glass.st.policies.current, glass.st.now)  # the worker's
+    glass.clock.advance(minutes=20)
+    r = glass.post("frank", f"/api/v1/requests/{rid}/review",
+                   json={"verdict": "justified", "note": "SEV1 confirmed by on-call"})
+    assert r.status_code == 200, r.text
+    end = glass.clock.advance(minutes=1)
+    period = {"from": format_time(start), "to": format_time(end)}
+    body = report(glass, "/api/v1/reports/access", "json", **period).json()
+    (line,) = body["requests"]
+    assert (line["decided_how"], line["emergency"]) == ("break_glass", True)
+    assert line["review"]["verdict"] == "justified" and line["review"]["by"] == "frank"
+    orders = next(t for t in body["resources"] if t["name"] == "orders-db")
+    assert (orders["emergency"], orders["automatic"], orders["human"]) == (1, 0, 0)
+    (alert,) = [a for a in body["alerts"] if a["rule"] == "break_glass"]
+    assert (alert["resource"], alert["subject"]) == ("orders-db", f"request:{rid}")
+    raised = glass.get("dave", "/api/v1/alerts").json()["items"]
+    assert body["totals"]["alerts"] == len(raised)  # every alert of the period, once
+    assert orders["alerts"] == len([a for a in raised if a["resource"] == "orders-db"])
+    created = [i for i, e in all_events(glass, type="request.created")
+               if e["data"]["request_id"] == rid]
+    assert set(created) <= set(alert["evidence"])
+    pdf = report(glass, "/api/v1/reports/access", "pdf", **period)
+    text = " ".join("".join(p.extract_text() for p in PdfReader(
+        io.BytesIO(pdf.content)).pages).split())
+    assert "break-glass, reviewed justified by frank" in text
+    assert "SEV1 confirmed by on-call" in text and "break_glass" in text

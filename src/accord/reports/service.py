@@ -1,4 +1,5 @@
-"""Build a report: stream the period's requests in keyset batches, aggregate in one pass.
+"""Build a report: stream the period's requests (two server-side cursors: requests with
+their grant and usage, and their approvals, merged by id), aggregate in one pass.
 
 Nothing here commits or writes, except `record_generated` (one ledger event, committed
 by the caller). The ledger is read with aggregate queries on its indexed columns (type,
