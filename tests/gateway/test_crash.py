@@ -81,51 +81,85 @@ def _in_ledger(world: World, grant_id: int) -> list[dict[str, Any]]:
         return out
 
 
-@pytest.mark.postgres
-def test_sigkill_loses_nothing_and_replay_records_each_statement_once(
-        world: World, killed_gateway: tuple[int, subprocess.Popen[bytes], Path]) -> None:
-    port, proc, spool = killed_gateway
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid`, whichever of its threads started them."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def _workload_then_kill(world: World, port: int, proc: subprocess.Popen[bytes],
+                        *, shipper_too: bool) -> dict[str, Any]:
+    """20 statements (10 surely in the ledger first), one still running, then SIGKILL."""
     grant = world.grant("alice", "read")
     token = world.token(grant)
     with world.connect(token, port=port) as conn:
         for i in range(10):
             conn.execute("select %s::int", (i,))
         deadline = time.monotonic() + 20
-        while len(_in_ledger(world, grant["id"])) < 10:  # the other process's flush
+        while len(_in_ledger(world, grant["id"])) < 10:  # the other process's round
             assert time.monotonic() < deadline, "the first statements never reached the ledger"
             time.sleep(0.05)
         for i in range(10, 20):
             conn.execute(f"select {i}")
         sleeper = world.connect(token, port=port)
-        threading.Thread(target=lambda: _ignore(sleeper.execute, "select pg_sleep(3)"),
+        threading.Thread(target=_ignore, args=(sleeper.execute, "select pg_sleep(3)"),
                          daemon=True).start()
         deadline = time.monotonic() + 20
         while not world.target("select 1 from pg_stat_activity where query = "
                                "'select pg_sleep(3)' and state = 'active'"):
             assert time.monotonic() < deadline, "the sleeper never started"
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
+        victims = ([*_children(proc.pid), proc.pid] if shipper_too else [proc.pid])
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    before = _in_ledger(world, grant["id"])
-    assert 10 <= len(before) < 21
+    return grant
 
-    recovered = audit.replay_dead(world.env.st.sessions, spool, 1000, 16384)
-    assert recovered > 0 and not any(spool.iterdir())
+
+def _check_recovered(world: World, grant: dict[str, Any]) -> None:
     after = _in_ledger(world, grant["id"])
     keys = [(s["session"], s["seq"]) for s in after]
     assert len(keys) == len(set(keys)) == 21  # every statement, each once
     texts = [s["text"] for s in after]
     assert texts.count("select $1::int") == 10
-    assert [f"select {i}" for i in range(10, 20)] == [t for t in texts if t.startswith("select 1")
-                                                       and t != "select $1::int"]
+    assert [t for t in texts if t.startswith("select 1") and t != "select $1::int"] == [
+        f"select {i}" for i in range(10, 20)]
     sleeping = [s for s in after if s["text"] == "select pg_sleep(3)"]
     assert [s["outcome"] for s in sleeping] == ["unknown"]
     closed = world.events("gateway.session_closed", grant["id"])
-    assert {e["data"]["reason"] for e in closed} == {"gateway stopped (recovered from its spool)"}
-    assert audit.replay_dead(world.env.st.sessions, spool, 1000, 16384) == 0
+    assert {e["data"]["reason"] for e in closed} == {audit.RECOVERED}
     with world.env.st.sessions() as s:
         usage = s.get(GatewayUsage, grant["id"])
         assert usage is not None and usage.statement_count == 21 and usage.session_count == 2
+
+
+@pytest.mark.postgres
+def test_sigkill_of_the_gateway_its_shipper_records_the_rest_once(
+        world: World, killed_gateway: tuple[int, subprocess.Popen[bytes], Path]) -> None:
+    port, proc, spool = killed_gateway
+    grant = _workload_then_kill(world, port, proc, shipper_too=False)
+    deadline = time.monotonic() + 30
+    while any(spool.iterdir()):  # the orphaned shipper finishing, in its own process
+        assert time.monotonic() < deadline, "the shipper did not finish the spool"
+        time.sleep(0.05)
+    _check_recovered(world, grant)
+
+
+@pytest.mark.postgres
+def test_sigkill_of_gateway_and_shipper_the_next_start_records_the_rest_once(
+        world: World, killed_gateway: tuple[int, subprocess.Popen[bytes], Path]) -> None:
+    port, proc, spool = killed_gateway
+    grant = _workload_then_kill(world, port, proc, shipper_too=True)
+    before = _in_ledger(world, grant["id"])
+    assert 10 <= len(before) < 21
+    recovered = audit.replay_dead(world.env.st.sessions, spool, per_event=1000,
+                                  max_text=16384)
+    assert recovered > 0 and not any(spool.iterdir())
+    _check_recovered(world, grant)
+    assert audit.replay_dead(world.env.st.sessions, spool, per_event=1000, max_text=16384) == 0
 
 
 def _ignore(fn: Any, *args: Any) -> None:

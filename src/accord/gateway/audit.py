@@ -1,39 +1,41 @@
-"""Batched, crash-safe auditing of gateway sessions.
+"""Crash-safe auditing of gateway sessions: a local spool, shipped to the ledger in batches.
 
-The data path never waits on the database. For each client or server chunk the proxy
-hands the writer what happened (statements sent, statements finished, refusals); the
-writer appends compact records to a local spool file with one `write` and queues the
-facts in memory, then the proxy forwards the bytes. A flusher thread turns the queue
-into ledger events every `flush_interval` (or sooner when `flush_batch` facts wait), in
-one transaction through `ledger.service.record`, with the grants' usage counters and
-this process's spool mark in that same transaction.
+The data path never waits on the database, and shares no lock with whatever writes to
+it. For each client or server chunk the proxy hands the `AuditWriter` what happened
+(statements sent, statements finished, refusals); the writer appends compact binary
+records to the spool, a directory of segment files of this gateway process, then the
+proxy forwards the bytes. A *shipper*, a child process, tails the spool and turns the
+records into ledger events every `flush_interval`, one transaction per batch through
+`ledger.service.record`, with the grants' usage counters and the spool's mark (the last
+record in the ledger) in that same transaction. It runs in a process of its own so that
+building and encoding events never holds the gateway's GIL.
 
 What holds (see docs/gateway.md):
-* A statement is in the spool before it is sent upstream, and its result before the
-  result reaches the client. A crashed process (SIGKILL, OOM) loses nothing: the
-  kernel keeps the file. The next gateway start replays spools of dead processes:
-  what the mark says is committed is skipped, the rest is recorded; statements that
-  were sent but never answered are recorded with outcome `unknown`.
-* A machine crash can lose what the OS had not yet written: the flusher syncs the spool
-  every cycle, so at most one `flush_interval` of statements.
-* Clean shutdown flushes everything and removes the spool.
+* A statement is written to the spool before it is sent upstream; its outcome (tag,
+  rows, error) within 10 ms after its result came back. A crashed gateway process
+  (SIGKILL, OOM) loses nothing it wrote: the kernel keeps the file. Its shipper sees
+  the parent gone, records what is left (statements sent but never answered as outcome
+  `unknown`, and a close for each open session), and removes the spool. Were the
+  shipper killed too, the next gateway start does the same. The mark makes this
+  idempotent: nothing is recorded twice.
+* A machine crash loses what the OS had not yet written to disk: the spool is synced
+  every `flush_interval`, so at most that much.
+* A clean shutdown ships everything and removes the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import struct
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,19 +50,21 @@ from accord.gateway.conversation import Finished, Run, Violation
 log = logging.getLogger("accord.gateway")
 
 SEGMENT_BYTES = 16 << 20
-DONE = 1 << 62  # a replayed spool's mark: nothing in it is left to record
-MAX_EVENT_BYTES = 512 << 10  # a statement event's statements, roughly
+DONE = 1 << 62  # a finished spool's mark: nothing in it is left to record
 
 # Record kinds in the spool.
 R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT = range(7)
 _HEAD = struct.Struct("<IB")  # record length (after these 5 bytes), kind
-_INTENT = struct.Struct("<IIqI")  # session, seq, t0, text length; text, params json follow
+_INTENT = struct.Struct("<IIqIB")  # session, seq, t0, text length, protocol; text, params json
 _DONE = struct.Struct("<IIQqqB")  # session, seq, rec, duration ns, rows (-1: none), outcome
 _FACT = struct.Struct("<IQ")  # session, rec; a JSON object follows
-_INTENT_REC = struct.Struct("<IBIIqI")  # _HEAD + _INTENT in one pack
+_INTENT_REC = struct.Struct("<IBIIqIB")  # _HEAD + _INTENT in one pack
 _DONE_REC = struct.Struct("<IBIIQqqB")  # _HEAD + _DONE in one pack
 _OUTCOMES = ("ok", "error", "suspended", "skipped", "unknown")
 _OUTCOME_CODE = {name: i for i, name in enumerate(_OUTCOMES)}
+_PROTOCOLS = ("simple", "extended", "function", "unknown")
+_PROTOCOL_CODE = {name: i for i, name in enumerate(_PROTOCOLS)}
+RECOVERED = "gateway stopped (recovered from its spool)"
 
 
 @dataclass
@@ -94,100 +98,38 @@ class SessionInfo:
                                             "upstream_role")})
 
 
-# One thing to record, as a plain tuple (the data path makes one per statement):
-# (rec, kind, session, wall-clock ns, payload). kind is "open", "statement", "violation"
-# or "close"; the payload is a `Finished` for statements, else a dict of event data.
+# One thing to record, as a plain tuple: (rec, kind, session, wall-clock ns, payload).
+# kind is "open", "statement", "violation" or "close"; the payload is a `Finished` for
+# statements, else a dict of event data. `rec` numbers a process's facts in spool order.
 Fact = tuple[int, str, SessionInfo, int, Any]
 STATEMENT = "statement"
-
-
-def _params_json(params: object) -> bytes:
-    if params is None:
-        return b""
-    if type(params) is int:
-        return str(params).encode()
-    return json.dumps(params).encode()
-
-
-def _params_value(raw: bytes) -> object:
-    return json.loads(raw) if raw else None
-
-
-class Spool:
-    """Append-only segment files of one process, under a directory it holds a lock on."""
-
-    def __init__(self, root: Path, instance: str) -> None:
-        self.root = root
-        self.dir = root / instance
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.segment = 0
-        self.fd = -1
-        self.size = 0
-        self.last_rec: dict[int, int] = {}  # segment → highest rec written while current
-        self.dirty = False
-        self._open_next()
-
-    def _open_next(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-        self.segment += 1
-        path = self.dir / f"seg-{self.segment:08d}.log"
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self.size = 0
-        self.last_rec[self.segment] = 0
-
-    def write(self, data: bytes) -> None:
-        os.write(self.fd, data)
-        self.size += len(data)
-        self.dirty = True
-
-    def sync(self) -> None:
-        if self.dirty:
-            self.dirty = False
-            with contextlib.suppress(OSError):
-                os.fdatasync(self.fd)
-
-    def release(self, committed: int) -> None:
-        """Remove the segments whose every fact is committed (never the current one)."""
-        for seg, last in list(self.last_rec.items()):
-            if seg < self.segment and last <= committed:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / f"seg-{seg:08d}.log").unlink()
-                del self.last_rec[seg]
-
-    def remove(self) -> None:
-        os.close(self.fd)
-        self.fd = -1
-        shutil.rmtree(self.dir, ignore_errors=True)
-        os.close(self._lock_fd)
 
 
 def record_bytes(kind: int, payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), kind) + payload
 
 
-def read_records(path: Path) -> Iterable[tuple[int, bytes]]:
-    """The whole records of one segment; a torn tail (the crash itself) is ignored."""
-    data = path.read_bytes()
-    pos = 0
-    while pos + _HEAD.size <= len(data):
-        length, kind = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + length
-        if end > len(data):
-            break
-        yield kind, data[pos + _HEAD.size:end]
-        pos = end
+def _params_json(params: object) -> bytes:
+    if params is None:
+        return b""
+    if type(params) is int:
+        return b"%d" % params
+    return json.dumps(params).encode()
+
+
+def _segment(directory: Path, number: int) -> Path:
+    return directory / f"seg-{number:08d}.log"
+
+
+# ---------------------------------------------------------------------- writing
 
 
 class AuditWriter:
-    """Spool and queue on the event loop's thread; flush to the ledger on its own thread."""
+    """The gateway's side: spool records on the event loop's thread; a shipper ships them."""
 
     def __init__(self, sessions: sessionmaker[Session], spool_root: Path, *,
                  interval: float = 0.1, batch: int = 500, max_backlog: int = 200_000,
-                 statements_per_event: int = 1000, max_statement_bytes: int = 16384,
-                 now: Callable[[], datetime] | None = None) -> None:
+                 statements_per_event: int = 1000, max_statement_bytes: int = 16384) -> None:
         self.sessions = sessions
         self.interval = interval
         self.batch = batch
@@ -196,168 +138,117 @@ class AuditWriter:
         self.max_text = max_statement_bytes
         self.instance = uuid.uuid4().hex[:12]
         self.spool_root = spool_root
-        self.spool: Spool | None = None
-        self._queue: deque[Fact] = deque()
-        self._rec = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._poked = False  # the flusher was woken for a full batch and has not run yet
-        self._flushed = threading.Condition()  # notified after every flush
-        self._deferred: list[bytes] = []  # records not yet written (outcomes wait a little)
-        self._spooled = 0  # every fact up to this rec is in the spool
-        self.committed = 0
-        self.failures = 0
+        self.dir = spool_root / self.instance
+        self.offset = time.time_ns() - time.perf_counter_ns()  # perf_counter_ns → wall ns
         self.live: dict[int, tuple[SessionInfo, Callable[[], list[Run]]]] = {}
-        # perf_counter_ns → wall clock ns
-        self.offset = time.time_ns() - time.perf_counter_ns()
-        self._now = now
+        self._rec = 0
+        self._deferred: list[bytes] = []  # records not yet written (outcomes wait a little)
+        self._fd = -1
+        self._segment = 0
+        self._size = 0
+        ctx = multiprocessing.get_context("spawn")
+        self._ctx = ctx
+        self._shipped = ctx.Value("q", 0, lock=False)  # the last rec in the ledger
+        self._stop = ctx.Event()
+        self._proc: Any = None
+        self.stopping = False
 
-    # ------------------------------------------------------------------ lifecycle
+    # -- lifecycle
 
     def start(self) -> None:
-        """Replay spools of dead processes, then open our own and start flushing."""
+        """Ship what dead gateways left, open our spool and start its shipper."""
         self.spool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        replay_dead(self.sessions, self.spool_root, self.per_event, self.max_text)
-        self.spool = Spool(self.spool_root, self.instance)
-        self.spool.write(record_bytes(R_CLOCK, struct.pack("<q", self.offset)))
-        self._thread = threading.Thread(target=self._run, name="accord-gateway-audit",
-                                        daemon=True)
-        self._thread.start()
+        replay_dead(self.sessions, self.spool_root, per_event=self.per_event,
+                    max_text=self.max_text)
+        self.dir.mkdir(mode=0o700)
+        self._open_next()
+        self._start_shipper()
 
-    def stop(self) -> None:
-        """Flush everything; on success the spool goes away."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-        if self.spool is None:
+    def _start_shipper(self) -> None:
+        ready = self._ctx.Event()
+        bind = self.sessions.kw["bind"]
+        self._proc = self._ctx.Process(
+            target=_shipper_main, name="accord-gateway-shipper", daemon=True,
+            args=(bind.url.render_as_string(hide_password=False), str(self.dir),
+                  self.interval, self.batch, self.per_event, self.max_text, self._shipped,
+                  self._stop, ready, os.getpid()))
+        self._proc.start()
+        if not ready.wait(60):
+            raise RuntimeError("the gateway's audit shipper did not start")
+
+    def ensure_shipper(self) -> None:
+        """Restart the shipper if it died (it resumes from the mark in the database)."""
+        if self.stopping or self._proc is None or self._proc.is_alive():
             return
-        if not self._queue and self.failures == 0:
-            self.spool.remove()
-            with contextlib.suppress(Exception), transaction(self.sessions) as session:
-                service.forget_mark(session, instance=self.instance)
-        else:
-            log.error("gateway audit: %d facts not yet in the ledger; the spool %s keeps "
-                      "them for the next start", len(self._queue), self.spool.dir)
-        self.spool = None
+        log.error("gateway: the audit shipper exited (%s); starting another",
+                  self._proc.exitcode)
+        self._start_shipper()
 
-    @property
-    def backlog(self) -> int:
-        return len(self._queue)
-
-    def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far is in the ledger (True) or `timeout` passes."""
-        target = self._rec
-        deadline = time.monotonic() + timeout
-        with self._flushed:
-            while self._queue and self._queue[0][0] <= target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._wake.set()
-                self._flushed.wait(min(left, self.interval))
+    def stop(self) -> bool:
+        """Write everything and let the shipper put it in the ledger; True when it did."""
+        self.stopping = True
+        self.tick()
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        self._stop.set()
+        if self._proc is None:
+            return True
+        self._proc.join(120)
+        if self._proc.is_alive() or self._proc.exitcode != 0:
+            log.error("gateway: the audit shipper did not finish; %s keeps what is not in "
+                      "the ledger for the next start", self.dir)
+            return False
         return True
 
     @property
+    def shipped(self) -> int:
+        value: int = self._shipped.value
+        return value
+
+    @property
+    def backlog(self) -> int:
+        return self._rec - self.shipped
+
+    @property
     def overloaded(self) -> bool:
-        return len(self._queue) >= self.max_backlog
+        return self.backlog >= self.max_backlog
 
-    # ------------------------------------------------------------------ data path
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every fact so far is in the ledger (outcomes reach the spool within
+        10 ms on the loop, then the shipper's next round takes them)."""
+        target = self._rec
+        deadline = time.monotonic() + timeout
+        while self.shipped < target:  # another process's progress: nothing to await
+            if time.monotonic() > deadline or (self._proc and not self._proc.is_alive()):
+                return False
+            time.sleep(0.01)
+        return True
 
-    def _fact(self, kind: str, info: SessionInfo, at_ns: int, data: dict[str, Any]) -> Fact:
-        self._rec += 1
-        fact: Fact = (self._rec, kind, info, at_ns, data)
-        self._queue.append(fact)
-        return fact
+    # -- the data path (the event loop's thread only)
 
-    def opened(self, info: SessionInfo, conversation_in_flight: Callable[[], list[Run]]) -> None:
-        assert self.spool is not None
-        info.opened_ns = time.perf_counter_ns()
-        self.live[info.number] = (info, conversation_in_flight)
-        rec, _, _, at_ns, _ = self._fact("open", info, info.opened_ns + self.offset, {})
-        payload = json.dumps({"info": info.as_dict(), "at_ns": at_ns}).encode()
-        self._deferred.append(record_bytes(R_OPEN, _FACT.pack(info.number, rec) + payload))
-        self._write()
-        self._poke()
+    def _open_next(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._segment += 1
+        self._fd = os.open(_segment(self.dir, self._segment),
+                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = 0
+        self._write_now(record_bytes(R_CLOCK, struct.pack("<q", self.offset)))
 
-    def closed(self, info: SessionInfo, reason: str, in_flight: list[Run]) -> None:
-        assert self.spool is not None
-        self.live.pop(info.number, None)
-        if in_flight:  # sent, never answered: the session died under them
-            now = time.perf_counter_ns()
-            self.note(info, [], [(run, None, None, now - run.t0, None, "unknown")
-                                 for run in in_flight], [])
-        now = time.perf_counter_ns()
-        data = {"reason": reason, "statements": info.statements,
-                "violations": info.violations, "duration_us": (now - info.opened_ns) // 1000}
-        rec, _, _, at_ns, _ = self._fact("close", info, now + self.offset, data)
-        self._deferred.append(record_bytes(R_CLOSE, _FACT.pack(info.number, rec)
-                                           + json.dumps({"data": data, "at_ns": at_ns}).encode()))
-        self._write()
-        self._poke()
-
-    def note(self, info: SessionInfo, started: list[Run], finished: list[Finished],
-             violations: list[Violation]) -> None:
-        """Spool and queue one step of a conversation (call before forwarding its bytes).
-
-        Statements sent upstream are written to the spool at once; outcomes may wait for
-        the next write (or `tick`): losing an outcome in a crash leaves its statement
-        recorded as `unknown`, never unrecorded. The flusher only takes facts whose
-        records are in the spool.
-        """
-        out = self._deferred
-        number = info.number
-        pack_intent = _INTENT_REC.pack
-        for run in started:
-            text = run.text
-            params = run.params
-            tail = b"" if params is None else (b"%d" % params if type(params) is int
-                                               else json.dumps(params).encode())
-            out.append(pack_intent(_INTENT.size + len(text) + len(tail), R_INTENT, number,
-                                   run.seq, run.t0, len(text)) + text + tail)
-        if finished:
-            rec = self._rec
-            append = self._queue.append
-            offset = self.offset
-            pack_done = _DONE_REC.pack
-            for item in finished:
-                run, tag, rows, duration, error, outcome = item
-                rec += 1
-                append((rec, STATEMENT, info, run.t0 + offset, item))
-                tail = tag.encode() + b"\0" if tag else b"\0"
-                if error is not None:
-                    tail += json.dumps(error).encode()
-                out.append(pack_done(_DONE.size + len(tail), R_DONE, number, run.seq, rec,
-                                     duration, -1 if rows is None else rows,
-                                     _OUTCOME_CODE[outcome]) + tail)
-            self._rec = rec
-            info.statements += len(finished)
-            if not self._poked and len(self._queue) >= self.batch:
-                self._poked = True
-                self._wake.set()
-        for v in violations:
-            data = {"statement": v.statement.text.decode("utf-8", "replace")[:self.max_text],
-                    "missing": sorted(v.missing), "classes": sorted(v.statement.classes),
-                    "protocol": v.protocol}
-            rec, _, _, at_ns, _ = self._fact("violation", info, v.t0 + self.offset, data)
-            out.append(record_bytes(R_VIOLATION, _FACT.pack(number, rec) + json.dumps(
-                {"data": data, "at_ns": at_ns}).encode()))
-            info.violations += 1
-        if started or violations:
-            self._write()
+    def _write_now(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        self._size += len(data)
 
     def _write(self) -> None:
         """Write everything waiting to the spool (one `write`)."""
-        spool = self.spool
         out = self._deferred
-        if spool is None or not out:
+        if not out or self._fd < 0:
             return
-        spool.write(b"".join(out) if len(out) > 1 else out[0])
+        self._write_now(b"".join(out) if len(out) > 1 else out[0])
         out.clear()
-        self._spooled = self._rec
-        spool.last_rec[spool.segment] = self._rec
-        if spool.size > SEGMENT_BYTES:
+        if self._size > SEGMENT_BYTES:
             self._rotate()
 
     def tick(self) -> None:
@@ -366,174 +257,328 @@ class AuditWriter:
             self._write()
 
     def _rotate(self) -> None:
-        """A new segment that carries the live sessions and their unanswered statements."""
-        assert self.spool is not None
-        self.spool._open_next()
-        self.spool.last_rec[self.spool.segment] = self._rec
-        parts = [record_bytes(R_CLOCK, struct.pack("<q", self.offset))]
+        """A new segment carrying the live sessions and their unanswered statements, so the
+        shipper can delete the old one once it is in the ledger."""
+        self._open_next()
+        parts: list[bytes] = []
         for info, in_flight in self.live.values():
             parts.append(record_bytes(R_CONTEXT, _FACT.pack(info.number, 0)
                                       + json.dumps({"info": info.as_dict()}).encode()))
             for run in in_flight():
-                parts.append(record_bytes(R_INTENT, _INTENT.pack(
-                    info.number, run.seq, run.t0, len(run.text)) + run.text
-                    + _params_json(run.params)))
-        self.spool.write(b"".join(parts))
+                parts.append(_INTENT_REC.pack(
+                    _INTENT.size + len(run.text) + len(_params_json(run.params)), R_INTENT,
+                    info.number, run.seq, run.t0, len(run.text),
+                    _PROTOCOL_CODE[run.protocol]) + run.text + _params_json(run.params))
+        if parts:
+            self._write_now(b"".join(parts))
 
-    def _poke(self) -> None:
-        if not self._poked and len(self._queue) >= self.batch:
-            self._poked = True
-            self._wake.set()
+    def _fact_record(self, kind: int, info: SessionInfo, at_ns: int,
+                     data: dict[str, Any]) -> None:
+        self._rec += 1
+        self._deferred.append(record_bytes(kind, _FACT.pack(info.number, self._rec)
+                                           + json.dumps({"data": data, "at_ns": at_ns}).encode()))
 
-    # ------------------------------------------------------------------ flushing
+    def opened(self, info: SessionInfo, in_flight: Callable[[], list[Run]]) -> None:
+        info.opened_ns = time.perf_counter_ns()
+        self.live[info.number] = (info, in_flight)
+        self._rec += 1
+        payload = json.dumps({"info": info.as_dict(), "at_ns": info.opened_ns + self.offset})
+        self._deferred.append(record_bytes(R_OPEN, _FACT.pack(info.number, self._rec)
+                                           + payload.encode()))
+        self._write()
 
-    def _run(self) -> None:
-        backoff = self.interval
-        while True:
-            stopping = self._stop.is_set()
-            self._wake.wait(self.interval if not self.failures else backoff)
-            self._wake.clear()
-            self._poked = False
-            try:
-                while self._queue:
-                    if not self.flush_once():
-                        break  # what waits is not in the spool yet: the next tick writes it
-                    if len(self._queue) < self.batch and not self._stop.is_set():
-                        break
-                self.failures = 0
-                backoff = self.interval
-            except Exception:  # the database is down or refused: keep the facts, retry
-                self.failures += 1
-                backoff = min(backoff * 2, 5.0)
-                log.exception("gateway audit flush failed (%d facts waiting); retrying in "
-                              "%.1fs", len(self._queue), backoff)
-                if stopping and self.failures >= 3:
-                    return
-            if stopping and (not self._queue or self.failures >= 3):
+    def closed(self, info: SessionInfo, reason: str, in_flight: list[Run]) -> None:
+        self.live.pop(info.number, None)
+        now = time.perf_counter_ns()
+        if in_flight:  # sent, never answered: the session died under them
+            self.note(info, [], [(run, None, None, now - run.t0, None, "unknown")
+                                 for run in in_flight], [])
+        data = {"reason": reason, "statements": info.statements,
+                "violations": info.violations, "duration_us": (now - info.opened_ns) // 1000}
+        self._fact_record(R_CLOSE, info, now + self.offset, data)
+        self._write()
+
+    def note(self, info: SessionInfo, started: list[Run], finished: list[Finished],
+             violations: list[Violation]) -> None:
+        """Spool one step of a conversation (call before forwarding its bytes).
+
+        Statements sent upstream are written at once; outcomes may wait for the next
+        write or tick (a crash then leaves the statement recorded as `unknown`, never
+        unrecorded). The hot path: a few struct packs and at most one `write`.
+        """
+        out = self._deferred
+        number = info.number
+        pack_intent = _INTENT_REC.pack
+        protocols = _PROTOCOL_CODE
+        for run in started:
+            text = run.text
+            params = run.params
+            tail = b"" if params is None else (b"%d" % params if type(params) is int
+                                               else json.dumps(params).encode())
+            out.append(pack_intent(_INTENT.size + len(text) + len(tail), R_INTENT, number,
+                                   run.seq, run.t0, len(text), protocols[run.protocol])
+                       + text + tail)
+        if finished:
+            rec = self._rec
+            pack_done = _DONE_REC.pack
+            for run, tag, rows, duration, error, outcome in finished:
+                rec += 1
+                tail = tag.encode() + b"\0" if tag else b"\0"
+                if error is not None:
+                    tail += json.dumps(error).encode()
+                out.append(pack_done(_DONE.size + len(tail), R_DONE, number, run.seq, rec,
+                                     duration, -1 if rows is None else rows,
+                                     _OUTCOME_CODE[outcome]) + tail)
+            self._rec = rec
+            info.statements += len(finished)
+        for v in violations:
+            data = {"statement": v.statement.text.decode("utf-8", "replace")[:self.max_text],
+                    "missing": sorted(v.missing), "classes": sorted(v.statement.classes),
+                    "protocol": v.protocol}
+            self._fact_record(R_VIOLATION, info, v.t0 + self.offset, data)
+            info.violations += 1
+        if started or violations:
+            self._write()
+
+
+# ---------------------------------------------------------------------- reading
+
+
+class Reader:
+    """Turns one spool directory into facts: incrementally (the shipper) or all at once."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.segment: int | None = None
+        self.position = 0
+        self.offset = 0  # the writer's perf_counter → wall clock offset
+        self.infos: dict[int, SessionInfo] = {}
+        self.intents: dict[tuple[int, int], Run] = {}
+        self.closed: set[int] = set()
+        self.ready: list[Fact] = []
+        self.done_segments: list[Path] = []  # read to their end, with a newer one after
+        self.last_ns = 0
+
+    def _segments(self) -> list[int]:
+        return sorted(int(p.name[4:12]) for p in self.dir.glob("seg-*.log"))
+
+    def poll(self) -> None:
+        """Read every whole record written so far."""
+        numbers = self._segments()
+        if self.segment is None:
+            if not numbers:
                 return
+            self.segment = numbers[0]
+        while True:
+            later = [n for n in numbers if n > self.segment]  # looked at before reading:
+            self._read(_segment(self.dir, self.segment))  # then this read sees it all
+            if not later:
+                return
+            self.done_segments.append(_segment(self.dir, self.segment))
+            self.segment, self.position = later[0], 0
+            numbers = self._segments()
 
-    def flush_once(self) -> int:
-        """Record up to 4 * `batch` queued facts in one transaction; returns how many."""
-        spool = self.spool
-        if spool is not None:
-            spool.sync()
-        queue = self._queue
-        spooled = self._spooled
-        facts = [f for f in itertools.islice(queue, self.batch * 4) if f[0] <= spooled]
-        take = len(facts)
-        if not facts:
-            return 0
-        with transaction(self.sessions) as session:
-            service.record_facts(session, facts=facts, instance=self.instance,
-                                 per_event=self.per_event, max_text=self.max_text)
-        for _ in range(take):
-            queue.popleft()
-        self.committed = facts[-1][0]
-        with self._flushed:
-            self._flushed.notify_all()
-        if spool is not None:
-            # Only the loop's thread rotates, so the current segment is never released.
-            spool.release(self.committed)
-        return take
+    def _read(self, path: Path) -> None:
+        try:
+            with path.open("rb") as f:
+                f.seek(self.position)
+                data = f.read()
+                if data:  # bound what a machine crash can take: one round of records
+                    with contextlib.suppress(OSError):
+                        os.fdatasync(f.fileno())
+        except FileNotFoundError:
+            return
+        pos = 0
+        while pos + _HEAD.size <= len(data):
+            length, kind = _HEAD.unpack_from(data, pos)
+            end = pos + _HEAD.size + length
+            if end > len(data):
+                break  # being written, or torn by the crash
+            self._apply(kind, data[pos + _HEAD.size:end])
+            pos = end
+        self.position += pos
 
-
-# ---------------------------------------------------------------------- replay
-
-
-def _load_spool(path: Path) -> tuple[list[Fact], int]:
-    """Facts in a dead process's spool (statements never answered become `unknown`)."""
-    infos: dict[int, SessionInfo] = {}
-    intents: dict[tuple[int, int], Run] = {}
-    done: set[tuple[int, int]] = set()
-    facts: dict[int, Fact] = {}
-    closed: set[int] = set()
-    offset = 0
-    last_ns = 0
-    synthetic = DONE
-    for seg in sorted(path.glob("seg-*.log")):
-        for kind, payload in read_records(seg):
-            if kind == R_CLOCK:
-                offset = struct.unpack("<q", payload)[0]
-            elif kind == R_INTENT:
-                number, seq, t0, length = _INTENT.unpack_from(payload)
-                start = _INTENT.size
-                text = payload[start:start + length]
-                run = Run(seq, "unknown", text, _params_value(payload[start + length:]), t0)
-                intents[(number, seq)] = run
-                last_ns = max(last_ns, t0 + offset)
-            elif kind == R_DONE:
-                number, seq, rec, dur, rows, outcome = _DONE.unpack_from(payload)
-                tag_raw, _, err_raw = payload[_DONE.size:].partition(b"\0")
-                run = intents.get((number, seq)) or Run(seq, "unknown", b"", None, 0)
+    def _apply(self, kind: int, payload: bytes) -> None:
+        if kind == R_INTENT:
+            number, seq, t0, length, protocol = _INTENT.unpack_from(payload)
+            start = _INTENT.size
+            params = payload[start + length:]
+            self.intents[(number, seq)] = Run(seq, _PROTOCOLS[protocol],
+                                              payload[start:start + length],
+                                              json.loads(params) if params else None, t0)
+            self.last_ns = max(self.last_ns, t0 + self.offset)
+        elif kind == R_DONE:
+            number, seq, rec, duration, rows, outcome = _DONE.unpack_from(payload)
+            tag_raw, _, err_raw = payload[_DONE.size:].partition(b"\0")
+            run = self.intents.pop((number, seq), None) or Run(seq, "unknown", b"", None, 0)
+            info = self.infos.get(number)
+            if info is not None:
                 error = tuple(json.loads(err_raw)) if err_raw else None
-                info = infos.get(number)
-                done.add((number, seq))
-                if info is not None:
-                    item: Finished = (run, tag_raw.decode("utf-8", "replace") or None,
-                                      None if rows < 0 else rows, dur,
-                                      error, _OUTCOMES[outcome])
-                    facts[rec] = (rec, STATEMENT, info, run.t0 + offset, item)
-            elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION):
-                number, rec = _FACT.unpack_from(payload)
-                body = json.loads(payload[_FACT.size:])
-                if kind in (R_OPEN, R_CONTEXT):
-                    infos[number] = SessionInfo.of(body["info"])
-                    if kind == R_OPEN:
-                        facts[rec] = (rec, "open", infos[number], int(body["at_ns"]), {})
-                elif number in infos:
-                    if kind == R_CLOSE:
-                        closed.add(number)
-                    facts[rec] = (rec, "close" if kind == R_CLOSE else "violation",
-                                  infos[number], int(body["at_ns"]), body["data"])
-    out = [facts[k] for k in sorted(facts)]
-    for (number, seq), run in sorted(intents.items()):
-        if (number, seq) not in done and number in infos:
-            synthetic += 1
-            out.append((synthetic, STATEMENT, infos[number], run.t0 + offset,
-                        (run, None, None, 0, None, "unknown")))
-    for number, info in infos.items():
-        if number not in closed:
-            synthetic += 1
-            out.append((synthetic, "close", info, last_ns or time.time_ns(),
-                        {"reason": "gateway stopped (recovered from its spool)",
-                         "statements": None, "violations": None, "duration_us": None}))
-    return out, synthetic
+                item = (run, tag_raw.decode("utf-8", "replace") or None,
+                        None if rows < 0 else rows, duration, error, _OUTCOMES[outcome])
+                self.ready.append((rec, STATEMENT, info, run.t0 + self.offset, item))
+        elif kind == R_CLOCK:
+            self.offset = struct.unpack("<q", payload)[0]
+        elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION):
+            number, rec = _FACT.unpack_from(payload)
+            body = json.loads(payload[_FACT.size:])
+            if kind in (R_OPEN, R_CONTEXT):
+                info = self.infos.get(number) or SessionInfo.of(body["info"])
+                self.infos[number] = info
+                if kind == R_OPEN:
+                    self.ready.append((rec, "open", info, int(body["at_ns"]), {}))
+            elif number in self.infos:
+                if kind == R_CLOSE:
+                    self.closed.add(number)
+                self.ready.append((rec, "close" if kind == R_CLOSE else "violation",
+                                   self.infos[number], int(body["at_ns"]), body["data"]))
+
+    def take(self) -> list[Fact]:
+        out, self.ready = self.ready, []
+        return out
+
+    def finish(self) -> list[Fact]:
+        """The writer is gone: unanswered statements and unclosed sessions, recorded as such."""
+        out: list[Fact] = []
+        number = DONE
+        for (session, _seq), run in sorted(self.intents.items()):
+            info = self.infos.get(session)
+            if info is not None and session not in self.closed:
+                number += 1
+                out.append((number, STATEMENT, info, run.t0 + self.offset,
+                            (run, None, None, 0, None, "unknown")))
+        self.intents.clear()
+        for session, info in self.infos.items():
+            if session not in self.closed:
+                number += 1
+                out.append((number, "close", info, self.last_ns or time.time_ns(),
+                            {"reason": RECOVERED, "statements": None, "violations": None,
+                             "duration_us": None}))
+                self.closed.add(session)
+        return out
 
 
-def replay_dead(sessions: sessionmaker[Session], root: Path, per_event: int,
+# ---------------------------------------------------------------------- shipping
+
+
+def _lock(directory: Path) -> int | None:
+    """The spool's lock, held by whoever ships it; None when someone alive holds it."""
+    try:
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, max_text: int,
+         interval: float = 0.1, batch: int = 500, gone: Callable[[], bool] = lambda: True,
+         shipped: Any = None, ready: Any = None, wait: Callable[[float], Any] = time.sleep,
+         ) -> int | None:
+    """Put one spool directory in the ledger; with `gone` false, keep following it.
+
+    Returns how many facts it recorded, or None when another live process ships it.
+    When `gone()` turns true (the writer stopped or died), whatever is left is recorded
+    and the directory removed.
+    """
+    fd = _lock(directory)
+    if fd is None:
+        return None
+    if ready is not None:
+        ready.set()
+    instance = directory.name
+    total = 0
+    try:
+        with sessions() as s:
+            mark = service.spool_mark(s, instance=instance)
+        reader = Reader(directory)
+        pending: list[Fact] = []
+        failures = 0
+        while True:
+            final = gone()
+            if mark < DONE:
+                reader.poll()
+                pending += [f for f in reader.take() if f[0] > mark]
+                if final:
+                    pending += reader.finish()
+            try:
+                while pending:
+                    chunk, rest = pending[:batch * 4], pending[batch * 4:]
+                    last = not rest and final
+                    with transaction(sessions) as s:
+                        service.record_facts(s, facts=chunk, instance=instance,
+                                             per_event=per_event, max_text=max_text,
+                                             mark=DONE if last else chunk[-1][0])
+                    mark = DONE if last else chunk[-1][0]
+                    total += len(chunk)
+                    pending = rest
+                    real = max((f[0] for f in chunk if f[0] < DONE), default=0)
+                    if shipped is not None and real > shipped.value:
+                        shipped.value = real
+                failures = 0
+            except Exception:  # the database is down or refused: keep the facts, retry
+                failures += 1
+                log.exception("gateway audit: shipping %d facts failed (attempt %d)",
+                              len(pending), failures)
+                if final and failures >= 5:
+                    return total  # the directory stays for the next start
+                wait(min(interval * 2 ** failures, 5.0))
+                continue
+            for path in reader.done_segments:  # everything read from it is in the ledger
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            reader.done_segments.clear()
+            if final:
+                shutil.rmtree(directory, ignore_errors=True)
+                with transaction(sessions) as s:
+                    service.forget_mark(s, instance=instance)
+                return total
+            wait(interval)
+    finally:
+        os.close(fd)
+
+
+def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
                 max_text: int) -> int:
-    """Record what dead gateway processes left in their spools; returns facts recorded."""
+    """Ship what dead gateway processes (and their shippers) left; returns facts recorded."""
     total = 0
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
-        lock = path / "lock"
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live gateway holds it
-            instance = path.name
-            facts, _ = _load_spool(path)
-            with transaction(sessions) as session:
-                mark = service.spool_mark(session, instance=instance)
-                todo = [f for f in facts if f[0] > mark] if mark < DONE else []
-                if todo:
-                    service.record_facts(session, facts=todo, instance=instance,
-                                         per_event=per_event, max_text=max_text,
-                                         mark=DONE)
-            if todo:
-                log.warning("gateway: recovered %d audit facts from the spool of stopped "
-                            "gateway %s", len(todo), instance)
-            total += len(todo)
-            shutil.rmtree(path, ignore_errors=True)
-            with transaction(sessions) as session:
-                service.forget_mark(session, instance=instance)
-        finally:
-            os.close(fd)
+        recorded = ship(sessions, path, per_event=per_event, max_text=max_text)
+        if recorded:
+            log.warning("gateway: recovered %d audit facts from the spool of stopped "
+                        "gateway %s", recorded, path.name)
+            total += recorded
     return total
+
+
+def _shipper_main(db_url: str, directory: str, interval: float, batch: int, per_event: int,
+                  max_text: int, shipped: Any, stop: Any, ready: Any, parent: int) -> None:
+    """The shipper process: follow the spool until the gateway stops or dies."""
+    from accord.db import make_engine, make_sessionmaker
+
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    engine = make_engine(db_url, pool_size=1)
+    path = Path(directory)
+
+    def gone() -> bool:
+        return bool(stop.is_set()) or os.getppid() != parent
+
+    def wait(seconds: float) -> None:
+        stop.wait(seconds)
+
+    try:
+        result = ship(make_sessionmaker(engine), path, per_event=per_event, max_text=max_text,
+                      interval=interval, batch=batch, gone=gone, shipped=shipped, ready=ready,
+                      wait=wait)
+    finally:
+        engine.dispose()
+    if result is None or path.exists():
+        raise SystemExit(1)
 
 
 def wall(ns: int) -> datetime:

@@ -298,6 +298,7 @@ class Gateway:
         interval = self.spec.watch_interval.total_seconds()
         while True:
             await asyncio.sleep(interval)
+            self.audit.ensure_shipper()
             if not self.sessions:
                 continue
             ids = sorted({s.info.grant_id for s in self.sessions.values()})
