@@ -75,10 +75,21 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], logfile: Path, timeout: 
     raise SystemExit(f"port {port} never opened:\n{logfile.read_text()}")
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(FileNotFoundError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its reaped children, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    """utime + stime of a process and its children (the gateway's audit shipper), in seconds."""
+    ticks = 0
+    for p in (pid, *_children(pid)):
+        with suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

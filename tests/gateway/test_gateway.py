@@ -39,6 +39,10 @@ def fails(world: World, token: dict[str, Any], sql: str) -> str:
 def test_no_grant_bad_token_unknown_resource_expired_token_are_refused(world: World) -> None:
     stranger = {"user": "alice", "token": "acg_not-a-real-token"}
     assert "not a valid Accord connection token" in fails(world, stranger, "select 1")
+    refused = world.events("gateway.login_refused")[-1]
+    assert refused["subject"] == "user:alice" and refused["data"]["code"] == "28P01"
+    assert refused["actor"] == {"kind": "user", "id": "alice", "via": "gateway"}
+    assert refused["resource"] == {"name": world.resource, "role": None}
     r = world.env.post("dave", "/api/v1/connect", json={"resource": world.resource})
     assert r.status_code == 404 and "no active grant" in r.json()["detail"]
 

@@ -332,7 +332,7 @@ class Gateway:
                 if started is None:
                     return
                 startup, tls = started
-                auth = await self._authenticate(client, startup, tls)
+                auth = await self._authenticate(client, startup, tls, where)
                 server = await upstream.connect(auth.target, startup.params)
         except service.Refusal as exc:
             log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
@@ -413,8 +413,8 @@ class Gateway:
                 client.write(pq.negotiate_protocol_version(0, packet.unknown_options))
             return packet, tls
 
-    async def _authenticate(self, client: Link, startup: pq.Startup,
-                            tls: bool) -> Authorized:
+    async def _authenticate(self, client: Link, startup: pq.Startup, tls: bool,
+                            where: str) -> Authorized:
         params = startup.params
         if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
             raise service.Refusal("28000", "replication connections are not available "
@@ -433,11 +433,17 @@ class Gateway:
                 with st.sessions() as s:
                     st.policies.follow(s)
             policy = st.policies.current
-            with transaction(st.sessions) as s:
-                grant: Grant = service.authenticate(s, policy=policy, user=user,
-                                                    resource=resource, token=token,
-                                                    now=st.now())
-                gid, role = grant.id, grant.role
+            try:
+                with transaction(st.sessions) as s:
+                    grant: Grant = service.authenticate(s, policy=policy, user=user,
+                                                        resource=resource, token=token,
+                                                        now=st.now())
+                    gid, role = grant.id, grant.role
+            except service.Refusal as refusal:
+                with transaction(st.sessions) as s:
+                    service.record_refusal(s, policy=policy, user=user, resource=resource,
+                                           refusal=refusal, client=where, now=st.now())
+                raise
             spec = policy.resources[resource]
             configured = spec.gateway.roles if spec.gateway is not None else None
             try:

@@ -100,6 +100,23 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
     return grant
 
 
+def record_refusal(session: Session, *, policy: Policy, user: str, resource: str,
+                   refusal: Refusal, client: str, now: datetime) -> None:
+    """A refused gateway login, as the ledger's `gateway.login_refused` (for the detectors).
+
+    The user and database are what the client claimed: unauthenticated, so cut short.
+    """
+    user, resource = user[:64], resource[:64]
+    known = policy.is_user(user)
+    ledger.record(session, type=EventType.GATEWAY_LOGIN_REFUSED,
+                  actor=Actor("user" if known else "anonymous", user, _VIA),
+                  subject=f"user:{user}",
+                  resource={"name": resource, "role": None}
+                  if resource in policy.resources else None,
+                  data={"user": user, "database": resource, "code": refusal.code,
+                        "reason": refusal.message[:500], "client": client}, time=now)
+
+
 def grant_states(session: Session, *, ids: Sequence[int]) -> dict[int, tuple[str, datetime]]:
     """Status and end of each grant (one query; the watcher's per-tick read)."""
     if not ids:

@@ -48,6 +48,7 @@ class EventType(enum.StrEnum):
     GATEWAY_SESSION_CLOSED = "gateway.session_closed"
     GATEWAY_STATEMENT = "gateway.statement"
     GATEWAY_VIOLATION = "gateway.violation"
+    GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
     APPROVAL_REFUSED = "approval.refused"
     REQUEST_REVIEWED = "request.reviewed"
     REQUEST_REVIEW_REMINDED = "request.review_reminded"
