@@ -152,6 +152,18 @@ def test_request_approve_and_audit_in_the_browser(
     expect(dave.locator("#ledger-verdict")).to_contain_text("verified")
     shot(dave, "audit")
 
+    # and downloads the period's access report as a PDF
+    dave.get_by_role("link", name="Reports").click()
+    dave.get_by_label("Format").select_option("pdf")
+    with dave.expect_download() as download:
+        dave.get_by_role("button", name="Download").click()
+    saved = ARTIFACTS / "access-report.pdf"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    download.value.save_as(saved)
+    assert saved.read_bytes().startswith(b"%PDF")
+    dave.reload()
+    shot(dave, "reports")
+
     # alice sees her access among the active grants
     alice.get_by_role("link", name="Active access").click()
     expect(alice.locator("tbody tr")).to_have_count(1)

@@ -25,7 +25,9 @@ from accord.notify import views as slack_views
 from accord.policy import views as policy_views
 from accord.reports import views as report_views
 from accord.requests import views as request_views
+from accord.reviews import views as review_views
 from accord.web import pages as web_pages
+from accord.web import report_pages
 from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
@@ -98,8 +100,10 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         app.include_router(module.router)
     app.include_router(slack_views.prefs_router)  # notification preferences
     app.include_router(report_views.router)  # reports (auditors and admins)
+    app.include_router(review_views.router)  # access review campaigns
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
+    app.include_router(report_pages.router)
 
     @app.get("/healthz", tags=["ops"], include_in_schema=False)
     def healthz() -> dict[str, str]:
