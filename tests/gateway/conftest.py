@@ -26,6 +26,7 @@ from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway.models import GatewayToken
 from accord.gateway.proxy import Gateway
+from accord.gateway.service import as_dicts
 from accord.ledger.models import LedgerEntry
 from accord.provisioning import postgres as pgconn
 from accord.worker.job_runner import JobRunner
@@ -139,7 +140,7 @@ class World:
     def statements(self, grant_id: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for event in self.events("gateway.statement", grant_id):
-            out.extend(event["data"]["statements"])
+            out.extend(as_dicts(event["data"]))
         return out
 
     def target(self, query: str, *params: Any) -> list[tuple[Any, ...]]:

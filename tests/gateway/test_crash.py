@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.gateway import audit, service
-from accord.gateway.conversation import Run
 from accord.gateway.models import GatewaySpoolMark, GatewayUsage
 from accord.ledger.models import LedgerEntry
 from tests.gateway.conftest import DSN_ENV, World, free_port, policy_text
@@ -77,7 +76,7 @@ def _in_ledger(world: World, grant_id: int) -> list[dict[str, Any]]:
         for leaf in leaves:
             event = json.loads(leaf)
             out += [{**st, "session": event["data"]["session"]}
-                    for st in event["data"]["statements"]]
+                    for st in service.as_dicts(event["data"])]
         return out
 
 
@@ -177,9 +176,9 @@ def test_record_facts_writes_events_usage_and_mark(sessions: sessionmaker[Sessio
     base = 1_800_000_000_000_000_000
     facts: list[audit.Fact] = [(1, "open", info, base, {})]
     for i in range(5):
-        run = Run(i + 1, "simple", f"select {i}".encode(), None, 0)
-        facts.append((i + 2, audit.STATEMENT, info, base + i * 1000,
-                      (run, "SELECT 1", 1, 500, None, "ok")))
+        row = service.statement_row(i + 1, "simple", f"select {i}", None, "SELECT 1", 1, 500,
+                                    "ok", None)
+        facts.append((i + 2, audit.STATEMENT, info, base + i * 1000, row))
     facts.append((7, "violation", info, base + 9000, {"statement": "delete from t"}))
     facts.append((8, "close", info, base + 10_000, {"reason": "client terminated"}))
     with transaction(sessions) as s:

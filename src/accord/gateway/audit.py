@@ -65,6 +65,7 @@ _OUTCOME_CODE = {name: i for i, name in enumerate(_OUTCOMES)}
 _PROTOCOLS = ("simple", "extended", "function", "unknown")
 _PROTOCOL_CODE = {name: i for i, name in enumerate(_PROTOCOLS)}
 RECOVERED = "gateway stopped (recovered from its spool)"
+_NO_INTENT = ("unknown", "", None, 0)  # an outcome whose statement record was lost
 
 
 @dataclass
@@ -99,8 +100,9 @@ class SessionInfo:
 
 
 # One thing to record, as a plain tuple: (rec, kind, session, wall-clock ns, payload).
-# kind is "open", "statement", "violation" or "close"; the payload is a `Finished` for
-# statements, else a dict of event data. `rec` numbers a process's facts in spool order.
+# kind is "open", "statement", "violation" or "close"; the payload is a statement row
+# (`service.COLUMNS`) for statements, else a dict of event data. `rec` numbers a
+# process's facts in spool order.
 Fact = tuple[int, str, SessionInfo, int, Any]
 STATEMENT = "statement"
 
@@ -152,6 +154,7 @@ class AuditWriter:
         self._stop = ctx.Event()
         self._proc: Any = None
         self.stopping = False
+        self.overloaded = False  # more than max_backlog facts not yet in the ledger
 
     # -- lifecycle
 
@@ -211,9 +214,6 @@ class AuditWriter:
     def backlog(self) -> int:
         return self._rec - self.shipped
 
-    @property
-    def overloaded(self) -> bool:
-        return self.backlog >= self.max_backlog
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every fact so far is in the ledger (outcomes reach the spool within
@@ -252,9 +252,11 @@ class AuditWriter:
             self._rotate()
 
     def tick(self) -> None:
-        """Called every few milliseconds on the loop: write waiting outcomes."""
+        """Called every few milliseconds on the loop: write waiting outcomes, and look
+        whether the shipper keeps up (`overloaded` is read on the data path)."""
         if self._deferred:
             self._write()
+        self.overloaded = self.backlog >= self.max_backlog
 
     def _rotate(self) -> None:
         """A new segment carrying the live sessions and their unanswered statements, so the
@@ -347,13 +349,15 @@ class AuditWriter:
 class Reader:
     """Turns one spool directory into facts: incrementally (the shipper) or all at once."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_text: int = 16384) -> None:
         self.dir = directory
+        self.max_text = max_text
         self.segment: int | None = None
         self.position = 0
         self.offset = 0  # the writer's perf_counter → wall clock offset
         self.infos: dict[int, SessionInfo] = {}
-        self.intents: dict[tuple[int, int], Run] = {}
+        # (session, seq) → (protocol, text, parameters, t0) of statements sent, not answered
+        self.intents: dict[tuple[int, int], tuple[str, str, object, int]] = {}
         self.closed: set[int] = set()
         self.ready: list[Fact] = []
         self.done_segments: list[Path] = []  # read to their end, with a newer one after
@@ -402,21 +406,38 @@ class Reader:
         if kind == R_INTENT:
             number, seq, t0, length, protocol = _INTENT.unpack_from(payload)
             start = _INTENT.size
-            params = payload[start + length:]
-            self.intents[(number, seq)] = Run(seq, _PROTOCOLS[protocol],
-                                              payload[start:start + length],
-                                              json.loads(params) if params else None, t0)
-            self.last_ns = max(self.last_ns, t0 + self.offset)
+            raw = payload[start:start + length]
+            if length > self.max_text:
+                text = raw[:self.max_text].decode("utf-8", "ignore") + \
+                    f"…[{length - self.max_text} bytes cut]"
+            else:
+                text = raw.decode("utf-8", "replace")
+            tail = payload[start + length:]
+            params: object = None  # a count (redacted) is digits; values are a JSON list
+            if tail:
+                params = int(tail) if tail.isdigit() else json.loads(tail)
+            self.intents[(number, seq)] = (_PROTOCOLS[protocol], text, params, t0)
+            if t0 + self.offset > self.last_ns:
+                self.last_ns = t0 + self.offset
         elif kind == R_DONE:
             number, seq, rec, duration, rows, outcome = _DONE.unpack_from(payload)
             tag_raw, _, err_raw = payload[_DONE.size:].partition(b"\0")
-            run = self.intents.pop((number, seq), None) or Run(seq, "unknown", b"", None, 0)
+            protocol, text, params, t0 = self.intents.pop((number, seq), _NO_INTENT)
             info = self.infos.get(number)
-            if info is not None:
-                error = tuple(json.loads(err_raw)) if err_raw else None
-                item = (run, tag_raw.decode("utf-8", "replace") or None,
-                        None if rows < 0 else rows, duration, error, _OUTCOMES[outcome])
-                self.ready.append((rec, STATEMENT, info, run.t0 + self.offset, item))
+            if info is not None:  # a row of service.COLUMNS (offset_us set when shipped)
+                if err_raw:
+                    code, message = json.loads(err_raw)
+                    error: list[str] | None = [code, message[:2000]]
+                else:
+                    error = None
+                values = params if isinstance(params, list) else None
+                row = [seq, 0, protocol, text,
+                       params if type(params) is int else (len(values) if values else 0),
+                       values,
+                       tag_raw.decode("utf-8", "replace") if tag_raw else None,
+                       None if rows < 0 else rows, duration // 1000, _OUTCOMES[outcome],
+                       error]
+                self.ready.append((rec, STATEMENT, info, t0 + self.offset, row))
         elif kind == R_CLOCK:
             self.offset = struct.unpack("<q", payload)[0]
         elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION):
@@ -441,12 +462,12 @@ class Reader:
         """The writer is gone: unanswered statements and unclosed sessions, recorded as such."""
         out: list[Fact] = []
         number = DONE
-        for (session, _seq), run in sorted(self.intents.items()):
+        for (session, seq), (protocol, text, params, t0) in sorted(self.intents.items()):
             info = self.infos.get(session)
             if info is not None and session not in self.closed:
                 number += 1
-                out.append((number, STATEMENT, info, run.t0 + self.offset,
-                            (run, None, None, 0, None, "unknown")))
+                out.append((number, STATEMENT, info, t0 + self.offset, service.statement_row(
+                    seq, protocol, text, params, None, None, 0, "unknown", None)))
         self.intents.clear()
         for session, info in self.infos.items():
             if session not in self.closed:
@@ -495,7 +516,7 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
     try:
         with sessions() as s:
             mark = service.spool_mark(s, instance=instance)
-        reader = Reader(directory)
+        reader = Reader(directory, max_text)
         pending: list[Fact] = []
         failures = 0
         while True:

@@ -29,6 +29,7 @@ REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
 
 _unpack_i32 = struct.Struct("!i").unpack_from
+_now = time.perf_counter_ns
 
 # Message type bytes, as ints (what indexing bytes gives).
 _Q, _P, _B, _E, _D, _C, _S, _H, _F, _X = b"QPBEDCSHFX"
@@ -97,6 +98,7 @@ _BIND_ENTRY = _Entry(K_BIND)
 _DESCRIBE_ENTRY = _Entry(K_DESCRIBE)
 _CLOSE_ENTRY = _Entry(K_CLOSE)
 _SYNC_ENTRY = _Entry(K_SYNC)
+_NO_PORTAL: tuple[bytes, object] = (b"", None)  # Execute of a portal never bound here
 
 
 def render_params(body: bytes) -> list[str | None]:
@@ -198,6 +200,7 @@ class Conversation:
         parts: list[bytes] | None = None
         last = 0
         limit = self.max_message
+        pending = self._pending
         while pos < n:
             if n - pos < 5:
                 break
@@ -220,6 +223,30 @@ class Conversation:
                                        f"limit of {limit}")
             if end > n:
                 break
+            if kind == _S:  # Sync, Describe, Execute: inline, they come with every pipeline
+                if length != 4:
+                    raise pq.ProtocolError("Sync: bad length")
+                pending.append(_SYNC_ENTRY)
+                pos = end
+                continue
+            if kind == _D:
+                if length < 6 or data[pos + 5] not in (0x53, 0x50) or \
+                        data.find(b"\0", pos + 6, end) != end - 1:
+                    raise pq.ProtocolError("Describe: malformed")
+                pending.append(_DESCRIBE_ENTRY)
+                pos = end
+                continue
+            if kind == _E:
+                nul = data.find(b"\0", pos + 5, end)
+                if nul != end - 5:
+                    raise pq.ProtocolError("Execute: bad length")
+                text, params = self._portals.get(data[pos + 5:nul], _NO_PORTAL)
+                self.seq += 1
+                run = Run(self.seq, "extended", text, params, _now())
+                self.started.append(run)
+                pending.append(_Entry(K_EXECUTE, [run]))
+                pos = end
+                continue
             body = data[pos + 5:end]
             replacement = self._frontend(kind, body)
             if replacement is not None:
@@ -239,23 +266,21 @@ class Conversation:
     def _frontend(self, kind: int, body: bytes) -> bytes | None:
         """Note one whole client message; return a replacement for it, or None."""
         pending = self._pending
+        if kind == _Q and body and body[-1] == 0:
+            sql = body[:-1]
+            classes = self.classify.shape(sql)
+            if classes is not None and classes <= self.allowed:  # the common case, fast
+                self.seq += 1
+                run = Run(self.seq, "simple", sql.strip(), None, _now())
+                self.started.append(run)
+                pending.append(_Entry(K_QUERY, [run]))
+                return None
         if kind == _B:
             portal, name, count = pq.bind_header(body)
             text = self._statements.get(name)
             params: object = count if self.redact else render_params(body)
             self._portals[portal] = (text or b"", params)
             pending.append(_BIND_ENTRY)
-            return None
-        if kind == _E:
-            portal, _max_rows = pq.parse_execute(body)
-            text, params = self._portals.get(portal, (b"", None))
-            self.seq += 1
-            run = Run(self.seq, "extended", text, params, self.clock())
-            self.started.append(run)
-            pending.append(_Entry(K_EXECUTE, [run]))
-            return None
-        if kind == _S:
-            pending.append(_SYNC_ENTRY)
             return None
         if kind == _P:
             known = self._parsed.get(body)
@@ -297,10 +322,6 @@ class Conversation:
                 runs.append(Run(self.seq, "simple", st.text, None, t0))
             self.started.extend(runs)
             pending.append(_Entry(K_QUERY, runs))
-            return None
-        if kind == _D:
-            pq.parse_target(body)
-            pending.append(_DESCRIBE_ENTRY)
             return None
         if kind == _C:
             target, name = pq.parse_target(body)
@@ -378,6 +399,35 @@ class Conversation:
                     pending.popleft()
                 pos = end
                 continue
+            if kind == _COMPLETE and pending and length >= 5:
+                head = pending[0]
+                hk = head.kind
+                if hk == K_EXECUTE or (hk == K_QUERY and head.runs
+                                       and head.index < len(head.runs)):
+                    if data[end - 1] != 0:
+                        raise pq.ProtocolError("CommandComplete without terminator")
+                    tag = data[pos + 5:end - 1].decode("utf-8", "replace")
+                    runs = head.runs
+                    assert runs is not None
+                    if hk == K_EXECUTE:
+                        pending.popleft()
+                        run = runs[0]
+                    else:
+                        run = runs[head.index]
+                        head.index += 1
+                    last_word = tag.rpartition(" ")[2]
+                    self.finished.append((run, tag, int(last_word) if last_word.isdigit()
+                                          else run.rows, _now() - run.t0, None, "ok"))
+                    pos = end
+                    continue
+            if kind == _READY and pending and length == 5:
+                head = pending[0]
+                if head.kind == K_SYNC or (head.kind == K_QUERY and head.runs
+                                           and head.index == len(head.runs)):
+                    pending.popleft()
+                    self.status = data[pos + 5:end]
+                    pos = end
+                    continue
             if kind in _PASSIVE:  # nothing to note: notices, parameter changes, ...
                 if length < 4:
                     raise pq.ProtocolError("invalid message length from the server")

@@ -37,6 +37,7 @@ from accord.grants.models import Grant, GrantStatus
 
 log = logging.getLogger("accord.gateway")
 T = TypeVar("T")
+_NONE: list[Any] = []  # nothing (never appended to)
 SWITCH_INTERVAL = 0.0005
 TICK = 0.01  # how often waiting statement outcomes are written to the spool
 
@@ -75,14 +76,19 @@ class ProxySession:
         self.key = (secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason = ""
+        self.ended = False
+        self.audit = gateway.audit
         self._slow: asyncio.TimerHandle | None = None
         client.peer = self.server
         self.server.peer = client
+        assert client.transport is not None and self.server.transport is not None
+        self._to_client = client.transport.write
+        self._to_server = self.server.transport.write
 
     # -- data path
 
     def from_client(self, data: bytes) -> None:
-        if self.done.done():
+        if self.ended:
             return
         conv = self.conv
         try:
@@ -90,16 +96,20 @@ class ProxySession:
         except pq.ProtocolError as exc:
             self.end("protocol violation", "08P01", f"Accord gateway: {exc}")
             return
-        if conv.started or conv.violations:
-            audit = self.gateway.audit
+        started = conv.started
+        if started or conv.violations:
+            audit = self.audit
             if audit.overloaded:
                 self.end("audit backlog full", "53000",
                          "Accord gateway: the audit ledger is behind; try again shortly")
                 return
-            started, _, violations = conv.drain()
-            audit.note(self.info, started, [], violations)
+            conv.started = []
+            violations = conv.violations
+            if violations:
+                conv.violations = []
+            audit.note(self.info, started, _NONE, violations)
         if out:
-            self.server.transport.write(out)  # type: ignore[union-attr]
+            self._to_server(out)
         if conv.partial:
             if self._slow is None:
                 self._slow = asyncio.get_running_loop().call_later(
@@ -109,7 +119,7 @@ class ProxySession:
             self._slow = None
 
     def from_server(self, data: bytes) -> None:
-        if self.done.done():
+        if self.ended:
             return
         conv = self.conv
         try:
@@ -119,11 +129,12 @@ class ProxySession:
             self.end("upstream protocol error", "08P01",
                      "Accord gateway: the upstream server broke the protocol")
             return
-        if conv.finished:
-            _, finished, _ = conv.drain()
-            self.gateway.audit.note(self.info, [], finished, [])
+        finished = conv.finished
+        if finished:
+            conv.finished = []
+            self.audit.note(self.info, _NONE, finished, _NONE)
         if out:
-            self.client.transport.write(out)  # type: ignore[union-attr]
+            self._to_client(out)
 
     def _too_slow(self) -> None:
         self._slow = None
@@ -140,8 +151,9 @@ class ProxySession:
 
     def end(self, reason: str, code: str | None = None, message: str = "") -> None:
         """Close both sides once; with `code`, tell the client why (when it can be told)."""
-        if self.done.done():
+        if self.ended:
             return
+        self.ended = True
         self.reason = reason
         if self._slow is not None:
             self._slow.cancel()

@@ -364,6 +364,13 @@ class Classifier:
         self._exact: dict[bytes, Verdict] = {}
         self._shape: dict[bytes, frozenset[str]] = {}
 
+    def shape(self, sql: bytes) -> frozenset[str] | None:
+        """The classes of a plain statement of a shape seen before, else None (the data
+        path's fast check; `__call__` does the rest)."""
+        if (b"$" in sql and _NOT_A_PARAM.search(sql)) or b"&" in sql:
+            return None
+        return self._shape.get(sql.translate(_DIGITS))
+
     def __call__(self, sql: bytes) -> Verdict:
         hit = self._exact.get(sql)
         if hit is not None:

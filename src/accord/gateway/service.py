@@ -182,28 +182,26 @@ def _upsert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-def _statement(fact: Fact, base_ns: int, max_text: int) -> dict[str, Any]:
-    run, tag, rows, duration, error, outcome = fact[4]
-    raw = run.text
-    if len(raw) > max_text:
-        text = raw[:max_text].decode("utf-8", "ignore") + f"…[{len(raw) - max_text} bytes cut]"
-    else:
-        text = raw.decode("utf-8", "replace")
-    params = run.params
+# A statement in a `gateway.statement` event: one row of these columns (compact, and
+# cheap to encode: no keys to sort per statement).
+COLUMNS = ("seq", "offset_us", "protocol", "text", "param_count", "params", "tag", "rows",
+           "duration_us", "outcome", "error")
+
+
+def statement_row(seq: int, protocol: str, text: str, params: object, tag: str | None,
+                  rows: int | None, duration_ns: int, outcome: str,
+                  error: tuple[str, str] | list[str] | None) -> list[Any]:
+    """A statement's row with `offset_us` still 0 (set when it joins an event)."""
     count = params if type(params) is int else (len(params) if isinstance(params, list) else 0)
-    return {
-        "seq": run.seq,
-        "offset_us": (fact[3] - base_ns) // 1000,
-        "protocol": run.protocol,
-        "text": text,
-        "param_count": count,
-        "params": params if isinstance(params, list) else None,
-        "tag": tag,
-        "rows": rows,
-        "duration_us": duration // 1000,
-        "outcome": outcome,
-        "error": {"code": error[0], "message": error[1][:2000]} if error else None,
-    }
+    return [seq, 0, protocol, text, count, params if isinstance(params, list) else None, tag,
+            rows, duration_ns // 1000, outcome,
+            [error[0], error[1][:2000]] if error else None]
+
+
+def as_dicts(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `gateway.statement` event's statements as dicts, for readers of the ledger."""
+    columns = data["columns"]
+    return [dict(zip(columns, row, strict=True)) for row in data["statements"]]
 
 
 def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_event: int,
@@ -226,7 +224,7 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
         elif at_ns < use[0]:
             use[0] = at_ns
         if kind == "statement":
-            end = at_ns + payload[3]
+            end = at_ns + payload[8] * 1000
             if end > use[1]:
                 use[1] = end
             use[2] += 1
@@ -250,9 +248,14 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             first, members = item
             info = first[2]
             base = first[3]
-            statements = [_statement(f, base, max_text) for f in members]
+            statements = []
+            for f in members:
+                row = f[4][:]
+                row[1] = (f[3] - base) // 1000
+                statements.append(row)
             _emit(session, EventType.GATEWAY_STATEMENT, info, base,
-                  {"grant_id": info.grant_id, "session": info.id, "statements": statements})
+                  {"grant_id": info.grant_id, "session": info.id, "columns": list(COLUMNS),
+                   "statements": statements})
         else:
             _, _, info, at_ns, payload = item
             if kind == "open":
