@@ -405,6 +405,30 @@ class BreakGlassSpec(_Strict):
         lambda cls, v: _duration(v))
 
 
+class ReviewRecurringSpec(_Strict):
+    """Access held again and again counts like standing access: this many grants or more."""
+
+    min_grants: int = Field(default=3, ge=1)
+
+
+class ReviewSpec(_Strict):
+    """An access review campaign, started every `every`: reviewers certify or revoke each
+    standing or recurring (user, resource, role) of the resources it covers."""
+
+    name: str
+    description: str = ""
+    every: timedelta = timedelta(days=90)
+    resources: list[str] = Field(default_factory=list)  # names, or
+    match: str | None = None  # CEL over `resource`
+    reviewers: list[str] = Field(default_factory=lambda: ["owners"])
+    duration: timedelta = timedelta(days=14)  # open this long; undecided entries expire
+    remind_every: timedelta | None = timedelta(days=2)  # null: no reminders
+    recurring: ReviewRecurringSpec | None = Field(default_factory=ReviewRecurringSpec)
+
+    _d = field_validator("every", "duration", "remind_every", mode="before")(
+        lambda cls, v: None if v is None else _duration(v))
+
+
 class WorkerSpec(_Strict):
     reconcile_every: timedelta = timedelta(minutes=1)  # compare targets with grants this often
 
@@ -463,6 +487,7 @@ class PolicyFile(_Strict):
     web: WebSpec = Field(default_factory=WebSpec)
     detect: DetectSpec = Field(default_factory=DetectSpec)
     break_glass: BreakGlassSpec | None = None
+    reviews: list[ReviewSpec] = Field(default_factory=list)
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     users: dict[str, UserSpec | None] | list[str] = Field(default_factory=dict)
     groups: dict[str, list[str]] = Field(default_factory=dict)
@@ -686,6 +711,7 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
 
     if spec.gateway is not None:
         problems += _check_gateway(spec.gateway)
+    problems += _check_reviews(spec, principal)
 
     seen = set()
     for i, w in enumerate(spec.workflows):
@@ -718,6 +744,43 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             elif getattr(spec.notify, channel) is None:
                 problems.append(PolicyProblem(
                     where, f"{channel} is not configured (add notify.{channel})"))
+    return problems
+
+
+def _check_reviews(spec: PolicyFile, principal: Any) -> list[PolicyProblem]:
+    """`reviews`: unique names, known resources, a CEL `match` over `resource`, reviewers."""
+    problems: list[PolicyProblem] = []
+    names: set[str] = set()
+    resources = {r.name for r in spec.resources}
+    for i, r in enumerate(spec.reviews):
+        base = f"reviews[{i}]"
+        if not NAME.match(r.name):
+            problems.append(PolicyProblem(f"{base}.name", "invalid review name"))
+        if r.name in names:
+            problems.append(PolicyProblem(f"{base}.name", f'duplicate review "{r.name}"'))
+        names.add(r.name)
+        if bool(r.resources) == (r.match is not None):
+            problems.append(PolicyProblem(base, "give either resources or match"))
+        for j, name in enumerate(r.resources):
+            if name not in resources:
+                problems.append(PolicyProblem(f"{base}.resources[{j}]",
+                                              f'unknown resource "{name}"'))
+        if r.match is not None and (why := check_cel(r.match)):
+            problems.append(PolicyProblem(f"{base}.match", why))
+        elif r.match is not None and "request" in cel.compile(r.match).variables():
+            problems.append(PolicyProblem(f"{base}.match",
+                                          "invalid CEL: only resource is known here"))
+        if not r.reviewers:
+            problems.append(PolicyProblem(f"{base}.reviewers", "name at least one reviewer"))
+        for k, ref in enumerate(r.reviewers):
+            principal(f"{base}.reviewers[{k}]", ref, allow_owners=True)
+        if r.duration > r.every:
+            problems.append(PolicyProblem(f"{base}.duration",
+                                          "must not be longer than every (campaigns of one "
+                                          "review never overlap)"))
+        if r.remind_every is not None and r.remind_every >= r.duration:
+            problems.append(PolicyProblem(f"{base}.remind_every", "must be shorter than "
+                                          "duration (or null for no reminders)"))
     return problems
 
 

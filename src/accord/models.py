@@ -14,6 +14,7 @@ from accord.ledger.models import (
 from accord.notify.models import SlackSeen
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
+from accord.reviews.models import ReviewCampaign, ReviewEntry, ReviewReviewer
 from accord.web.models import WebSession
 from accord.worker.models import Job
 
@@ -34,6 +35,9 @@ __all__ = [
     "PolicyState",
     "PolicyVersion",
     "RequestApprover",
+    "ReviewCampaign",
+    "ReviewEntry",
+    "ReviewReviewer",
     "SinkCursor",
     "SlackSeen",
     "WebSession",

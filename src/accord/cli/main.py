@@ -11,6 +11,7 @@ from accord.detect.cli import alert_app
 from accord.gateway import cli as gateway_cli
 from accord.notify.cli import notify_app
 from accord.reports.cli import report_app
+from accord.reviews.cli import review_app
 
 app = typer.Typer(
     name="accord",
@@ -31,6 +32,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(alert_app, name="alert")
 app.add_typer(notify_app, name="notify")
 app.add_typer(report_app, name="report")
+app.add_typer(review_app, name="review")
 
 if __name__ == "__main__":
     app()

@@ -59,6 +59,10 @@ class EventType(enum.StrEnum):
     WEB_LOGIN_REFUSED = "web.login_refused"
     WEB_LOGOUT = "web.logout"
     REPORT_GENERATED = "report.generated"
+    REVIEW_STARTED = "review.started"
+    REVIEW_DECIDED = "review.decided"
+    REVIEW_REMINDED = "review.reminded"
+    REVIEW_COMPLETED = "review.completed"
 
 
 class Via(enum.StrEnum):

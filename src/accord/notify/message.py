@@ -25,9 +25,10 @@ SUPPORTED = frozenset({
     "request.created", "request.approved", "request.denied", "request.expired",
     "request.cancelled", "grant.activated", "grant.expired", "grant.revoked",
     "grant.relinquished", "grant.expiring", "alert.raised", "request.review_reminded",
+    "review.started", "review.reminded",
 })
 # Events that need not name a resource and role (an alert may be about a person).
-_RESOURCELESS = frozenset({"alert.raised"})
+_RESOURCELESS = frozenset({"alert.raised", "review.started", "review.reminded"})
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,30 @@ def _review_reminded(c: _Ctx) -> _Draft:
     return _Draft(f"[Accord] Break-glass {c.ref} needs a review", paragraphs)
 
 
+def _access_review(c: _Ctx) -> _Draft:
+    """review.started / review.reminded, for one reviewer: how many entries wait on them."""
+    cid = _int(c.data.get("campaign_id"))
+    name = _str(c.data.get("definition")) or "an access review"
+    found = c.data.get("reviewers")
+    waiting = _int(found.get(c.recipient)) if isinstance(found, dict) else None
+    count = f"{waiting or 0} entr{'y' if waiting == 1 else 'ies'}"
+    wait = "waits" if waiting == 1 else "wait"
+    deadline = _when(c.data.get("deadline")) or "the deadline"
+    if c.type == "review.started":
+        headline = (f"Access review {name} (#{cid}) started: {count} of standing or recurring "
+                    f"access {wait} for your decision by {deadline}.")
+        subject = f"[Accord] Access review {name}: {count} to review by {deadline}"
+    else:
+        headline = (f"Reminder (round {c.data.get('round', 1)}): {count} in access review "
+                    f"{name} (#{cid}) still {wait} for your decision; undecided entries expire "
+                    f"at {deadline}.")
+        subject = f"[Accord] Reminder: {count} to review in {name} by {deadline}"
+    paragraphs = [headline,
+                  f"Certify or revoke each: accord review show {cid} --mine, then "
+                  f"accord review certify|revoke {cid} ENTRY --note '...'"]
+    return _Draft(subject, paragraphs, link=f"{c.base_url}/reviews/{cid}")
+
+
 def _grant_link(c: _Ctx) -> str | None:
     grant_id = _int(c.data.get("grant_id"))
     # The dashboard's page of the grant's first request shows the grant and its actions.
@@ -363,6 +388,8 @@ _TEMPLATES = {
     "grant.expired": _ended,
     "grant.revoked": _ended,
     "grant.relinquished": _ended,
+    "review.started": _access_review,
+    "review.reminded": _access_review,
 }
 
 

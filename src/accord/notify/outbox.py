@@ -47,6 +47,7 @@ ROUTED = frozenset({
     "request.created", "approval.recorded", "request.approved", "request.denied",
     "request.expired", "request.reminded", "request.escalated", "grant.activated",
     "grant.expiring", "alert.raised", "request.review_reminded", *_ENDINGS,
+    "review.started", "review.reminded",  # reviewers with entries to decide
 })
 # Events that ask someone to decide: they are shown the request itself.
 _RESHOW = {"approval.recorded", "request.reminded", "request.escalated"}
@@ -138,6 +139,9 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
         return [(u, False) for u in sorted(people)]
     if kind == "request.review_reminded":
         return [(str(u), True) for u in data.get("reviewers", [])]
+    if kind in ("review.started", "review.reminded"):  # {reviewer: entries waiting on them}
+        waiting = data.get("reviewers") or {}
+        return [(str(u), True) for u in sorted(waiting) if waiting[u]]
     return []
 
 

@@ -13,12 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, db, state
-from accord.errors import Forbidden, Invalid, NotFound
+from accord.errors import AccordError, Forbidden, Invalid, NotFound
 from accord.reviews import report, service
 from accord.reviews.models import CampaignStatus, ReviewCampaign
 from accord.reviews.schemas import CampaignOut
 from accord.reviews.views import detail
-from accord.web.auth import check_csrf, require_viewer
+from accord.web.auth import Viewer, check_csrf, require_viewer
 from accord.web.pages import page
 
 router = APIRouter(include_in_schema=False)
@@ -55,7 +55,7 @@ def reviews_page(request: Request, session: Session = Depends(db),
         before_id=_id(before, "page") if before else None, limit=PAGE + 1)
     more = rows[PAGE - 1].id if len(rows) > PAGE else None
     rows = rows[:PAGE]
-    tally = service.counts(session, [c.id for c in rows], who.user)
+    tally = service.counts(session, campaign_ids=[c.id for c in rows], user=who.user)
     items = [CampaignOut.of(c, tally[c.id]) for c in rows]
     startable = []
     if who.is_admin:
@@ -81,18 +81,29 @@ def start_review(request: Request, definition: str = Form(""), csrf: str = Form(
     return RedirectResponse(f"/reviews/{camp.id}?done=review-start", status_code=303)
 
 
+def _printable(text: str) -> str:
+    """Free text without control characters (PostgreSQL text cannot hold NUL)."""
+    return "".join(ch for ch in text if (ch >= " " or ch in "\t\n\r") and ch != "\x7f")
+
+
+def _campaign_page(request: Request, session: Session, st: AppState, viewer: Viewer,
+                   campaign_id: int, *, error: str | None = None,
+                   status: int = 200) -> HTMLResponse:
+    who = viewer.principal
+    camp = service.get_campaign(session, policy=who.policy, user=who.user,
+                                campaign_id=campaign_id)
+    mine = request.query_params.get("mine") == "1"
+    out = detail(session, who, camp, st.now(), mine=mine)
+    _end_read(session)
+    return page(request, "review.html", viewer, status=status, c=out, mine=mine,
+                error=error, flash=FLASH.get(request.query_params.get("done", "")))
+
+
 @router.get("/reviews/{campaign_id}", response_class=HTMLResponse)
 def review_page(request: Request, campaign_id: str, session: Session = Depends(db),
                 st: AppState = Depends(state)) -> HTMLResponse:
     viewer = require_viewer(request, session, st)
-    who = viewer.principal
-    camp = service.get_campaign(session, policy=who.policy, user=who.user,
-                                campaign_id=_id(campaign_id, "review"))
-    mine = request.query_params.get("mine") == "1"
-    out = detail(session, who, camp, st.now(), mine=mine)
-    _end_read(session)
-    return page(request, "review.html", viewer, c=out, mine=mine,
-                flash=FLASH.get(request.query_params.get("done", "")))
+    return _campaign_page(request, session, st, viewer, _id(campaign_id, "review"))
 
 
 @router.post("/reviews/{campaign_id}/entries/{entry_id}/{action}")
@@ -104,10 +115,19 @@ def decide(request: Request, campaign_id: str, entry_id: str, action: str,
     if action not in service.DECISIONS:
         raise NotFound(f"no such action: {action}")
     cid = _id(campaign_id, "review")
-    service.decide(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
-                   campaign_id=cid, entry_id=_id(entry_id, "entry"), decision=action,
-                   note=note[:2000], now=st.now())
-    session.commit()
+    try:
+        service.decide(session, policy=viewer.principal.policy,
+                       caller=viewer.principal.caller, campaign_id=cid,
+                       entry_id=_id(entry_id, "entry"), decision=action,
+                       note=_printable(note)[:2000], now=st.now())
+        session.commit()
+    except AccordError as exc:  # shown on the campaign's page, which stays as it was
+        session.rollback()
+        if isinstance(exc, NotFound):
+            raise
+        why = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+        return _campaign_page(request, session, st, viewer, cid,
+                              error=f"Entry {entry_id}: {why}", status=exc.status)
     return RedirectResponse(f"/reviews/{cid}?done=review-{action}#entry-{entry_id}",
                             status_code=303)
 

@@ -28,6 +28,7 @@ from accord.provisioning import service as provisioning
 from accord.provisioning.registry import Connectors
 from accord.provisioning.secrets import SecretBox
 from accord.requests import service as requests
+from accord.reviews import scheduled as reviews
 from accord.worker import jobs
 
 log = logging.getLogger("accord.worker")
@@ -60,6 +61,7 @@ class JobRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-jobs", daemon=True)
         self._next_reconcile = time.monotonic() + 5.0
+        self._reviews_planned: str | None = None  # policy version reviews were planned for
 
     def start(self) -> None:
         self._thread.start()
@@ -76,6 +78,10 @@ class JobRunner:
         with transaction(self.sessions) as session:
             outbox.pump(session, policy=policy, now=self.now())
         detect_all(self.sessions, policy, self.now)
+        if self._reviews_planned != policy.version:  # each review's next start, as a job
+            with transaction(self.sessions) as session:
+                reviews.plan(session, policy=policy, now=self.now())
+            self._reviews_planned = policy.version
         notify = policy.loaded.spec.notify
         warn_before = notify.expiry_warning if (notify.email or notify.slack) else None
         handlers = provisioning.handlers(self.connectors(), self.box, warn_before)
@@ -100,6 +106,7 @@ class JobRunner:
         handlers[grants.WARN] = warn
         handlers[requests.REMIND] = remind
         handlers[requests.ESCALATE] = escalate
+        handlers.update(reviews.handlers(policy))  # access review campaigns
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
 
     def reconcile_all(self) -> None:
