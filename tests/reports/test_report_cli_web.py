@@ -26,7 +26,6 @@ from accord.db import transaction
 from accord.identity import service as identity
 from accord.ledger.events import Actor, format_time
 from accord.reports.render_pdf import _fonts
-from accord.web import report_pages
 from accord.worker.job_runner import detect_all
 from tests.conftest import POLICY, Env, make_env
 from tests.reports.test_reports import all_events, report, scenario
@@ -109,7 +108,6 @@ def test_cli_reports(served: tuple[dict[str, str], TestClient, dict[str, str]],
 def _login(env: Env, user: str) -> None:
     """Sign in on the dashboard with an API token (the reports page's router included as
     `accord.api.app` will include it)."""
-    env.client.app.include_router(report_pages.router)  # type: ignore[attr-defined]
     page = env.client.get("/login")
     pre = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert pre

@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-from accord.web import review_pages
 from tests.cli.test_request_cli import run
 from tests.conftest import Env, LiveServer
 from tests.reviews.conftest import entry, scenario
@@ -59,7 +58,6 @@ def test_review_commands(live: LiveServer, tmp_path: Path) -> None:
 
 
 def _login(env: Env, user: str) -> str:
-    env.client.app.include_router(review_pages.router)  # type: ignore[attr-defined]
     page = env.client.get("/login")
     pre = CSRF.search(page.text)
     assert pre

@@ -770,7 +770,10 @@ def install(app: Any) -> None:
     """Routes, static files and the two exceptions only pages raise."""
     from fastapi.staticfiles import StaticFiles
 
+    from accord.web import review_pages  # imports page() from here: import late
+
     app.include_router(router)
+    app.include_router(review_pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     async def _login(request: Request, exc: Exception) -> Response:
