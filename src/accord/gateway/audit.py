@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import multiprocessing
@@ -583,6 +584,8 @@ def _shipper_main(db_url: str, directory: str, interval: float, batch: int, per_
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    gc.freeze()  # rows and tuples by the thousand, none of them cyclic
+    gc.set_threshold(50_000, 20, 20)
     engine = make_engine(db_url, pool_size=1)
     path = Path(directory)
 
