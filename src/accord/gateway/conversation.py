@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from accord.gateway import protocol as pq
 from accord.gateway.scope import ADMIN, Classifier, Statement, Verdict
@@ -133,15 +133,13 @@ class Conversation:
     """The proxy phase of one session. Not thread-safe; one per connection."""
 
     def __init__(self, *, allowed: frozenset[str], classifier: Classifier, role: str,
-                 resource: str, redact: bool = True, max_message: int = 8 << 20,
-                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+                 resource: str, redact: bool = True, max_message: int = 8 << 20) -> None:
         self.allowed = allowed
         self.classify = classifier
         self.role = role
         self.resource = resource
         self.redact = redact
         self.max_message = max_message
-        self.clock = clock
         self.seq = 0
         self.started: list[Run] = []
         self.finished: list[Finished] = []
@@ -292,7 +290,7 @@ class Conversation:
             verdict = self.classify(parsed.query)
             refused = self._check(verdict)
             if refused is not None:
-                v = Violation(refused[0], refused[1], "extended", self.clock())
+                v = Violation(refused[0], refused[1], "extended", _now())
                 self.violations.append(v)
                 self._statements[parsed.name] = None
                 pending.append(_Entry(K_PARSE, refused=v))
@@ -309,7 +307,7 @@ class Conversation:
             sql = pq.parse_query(body)
             verdict = self.classify(sql)
             refused = self._check(verdict)
-            t0 = self.clock()
+            t0 = _now()
             if refused is not None:
                 v = Violation(refused[0], refused[1], "simple", t0)
                 self.violations.append(v)
@@ -332,7 +330,7 @@ class Conversation:
             pending.append(_CLOSE_ENTRY)
             return None
         if kind == _F:
-            t0 = self.clock()
+            t0 = _now()
             if ADMIN not in self.allowed:
                 st = Statement(b"<fast-path function call>", frozenset({ADMIN}))
                 v = Violation(st, frozenset({ADMIN}), "function", t0)
@@ -456,7 +454,7 @@ class Conversation:
         rows = pq.rows_of(tag) if tag else None
         if rows is None and (run.rows or tag is not None or outcome == "suspended"):
             rows = run.rows
-        self.finished.append((run, tag, rows, self.clock() - run.t0, error, outcome))
+        self.finished.append((run, tag, rows, _now() - run.t0, error, outcome))
 
     def _backend(self, kind: int, data: bytes, start: int, end: int) -> bytes | None:
         pending = self._pending
