@@ -36,15 +36,20 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 2000) 
         cursor = DetectorCursor(name=CURSOR, next_index=0, state={})
         session.add(cursor)
         session.flush()
+    # Types first; leaves only for the events some detector reads (statement events from
+    # the gateway are large and read by none).
     rows = session.execute(
-        select(LedgerEntry.idx, LedgerEntry.type, LedgerEntry.leaf)
+        select(LedgerEntry.idx, LedgerEntry.type)
         .where(LedgerEntry.idx >= cursor.next_index, LedgerEntry.idx.is_not(None))
         .order_by(LedgerEntry.idx).limit(batch)
     ).all()
     if not rows:
         return 0
-    events = [(int(idx or 0), json.loads(leaf)) for idx, kind, leaf in rows
-              if kind in BY_TYPE and not kind.startswith(SKIP)]
+    read = [int(idx or 0) for idx, kind in rows
+            if kind in BY_TYPE and not kind.startswith(SKIP)]
+    events = [(int(idx or 0), json.loads(leaf)) for idx, leaf in session.execute(
+        select(LedgerEntry.idx, LedgerEntry.leaf).where(LedgerEntry.idx.in_(read))
+        .order_by(LedgerEntry.idx)).all()] if read else []
     wanted = {rid for _, ev in events if ev["type"] in NEEDS_REQUEST
               and isinstance(rid := (ev.get("data") or {}).get("request_id"), int)}
     facts = {}

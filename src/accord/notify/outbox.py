@@ -175,15 +175,23 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -
         cursor = SinkCursor(name=CURSOR, position=0, updated_at=now)
         session.add(cursor)
         session.flush()
-    rows = session.execute(
-        select(LedgerEntry.idx, LedgerEntry.leaf).where(LedgerEntry.idx >= cursor.position)
+    # Read the types first and the leaves only of events someone is told about: the
+    # gateway's statement events are large and, without webhooks, concern nobody here.
+    kinds = session.execute(
+        select(LedgerEntry.idx, LedgerEntry.type).where(LedgerEntry.idx >= cursor.position)
         .order_by(LedgerEntry.idx).limit(batch)
     ).all()
+    wanted = [int(i or 0) for i, kind in kinds
+              if not kind.startswith("notification.") and (spec.webhooks or kind in ROUTED)]
+    leaves = dict(session.execute(
+        select(LedgerEntry.idx, LedgerEntry.leaf).where(LedgerEntry.idx.in_(wanted))).all()) \
+        if wanted else {}
     queued = 0
     chosen: dict[str, prefs.Preferences] = {}
-    for idx, leaf in rows:
-        event = json.loads(leaf)
-        if not str(event.get("type", "")).startswith("notification."):
+    for idx, _kind in kinds:
+        leaf = leaves.get(idx)
+        event = json.loads(leaf) if leaf is not None else None
+        if event is not None:
             # A step completed: the next approvers get the request itself to decide on.
             shown = _created_index(session, event) if event["type"] in _RESHOW else idx
             targets = recipients(session, policy, event)
