@@ -376,3 +376,21 @@ def test_tls_is_offered_and_can_be_required(world: World, tmp_path: Path) -> Non
         assert [e["data"]["tls"] for e in opened] == [True]
     finally:
         gateway.stop_thread()
+
+
+def test_repeated_refused_logins_raise_one_alert(world: World) -> None:
+    from accord.worker.job_runner import detect_all
+    from accord.worker.ledger_jobs import integrate_all
+
+    stranger = {"user": "alice", "token": "acg_guessing"}
+    for _ in range(5):  # the default threshold: 5 within 5 minutes
+        with pytest.raises(psycopg.OperationalError, match="not a valid"):
+            world.connect(stranger)
+    assert len(world.events("gateway.login_refused")) == 5
+    st = world.env.st
+    integrate_all(st.sessions)  # as the ledger worker does, before the detectors read
+    detect_all(st.sessions, st.policies.current, st.now)
+    r = world.env.get("dave", "/api/v1/alerts", params={"rule": "failed_gateway_logins"})
+    (alert,) = r.json()["items"]
+    assert alert["user"] == "alice" and alert["severity"] == "high"
+    assert len(alert["evidence"]) == 5
