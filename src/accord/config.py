@@ -424,6 +424,9 @@ class ReviewSpec(_Strict):
     duration: timedelta = timedelta(days=14)  # open this long; undecided entries expire
     remind_every: timedelta | None = timedelta(days=2)  # null: no reminders
     recurring: ReviewRecurringSpec | None = Field(default_factory=ReviewRecurringSpec)
+    # What an entry nobody decided by the deadline means: access stays until its own end
+    # (keep), or the access is revoked like a reviewer's revoke (revoke: fail closed).
+    on_expiry: Literal["keep", "revoke"] = "keep"
 
     _d = field_validator("every", "duration", "remind_every", mode="before")(
         lambda cls, v: None if v is None else _duration(v))

@@ -5,6 +5,7 @@ every period. The clock moves; nothing sleeps."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from tests.conftest import Env
 from tests.reviews.conftest import decide, entry, review_events, runner, scenario, start
@@ -128,3 +129,37 @@ def test_scheduled_campaigns_start_every_period_since_the_last_one(env: Env) -> 
     assert second["id"] == manual["id"] and third["trigger"] == "schedule"
     assert third["period_start"] == second["period_end"]  # no gap, no overlap
     assert second["period_start"] == first["period_end"]
+
+
+def test_on_expiry_revoke_takes_away_what_nobody_certified(
+        sessions: Any, tmp_path: Any) -> None:
+    from tests.conftest import make_env
+    from tests.reviews.conftest import REVIEW_POLICY, START
+
+    text = REVIEW_POLICY.replace("    recurring: {min_grants: 3}\n",
+                                 "    recurring: {min_grants: 3}\n    on_expiry: revoke\n")
+    env = make_env(sessions, tmp_path, text)
+    env.clock.value = START
+    with env.client:
+        s = scenario(env)
+        review = start(env)
+        rid = review["id"]
+        assert decide(env, "erin", rid, entry(review, "alice")["id"], "certify").status_code \
+            == 200
+        env.clock.value = _when(review["deadline"]) + timedelta(seconds=1)
+        runner(env).run_once()
+        done = env.get("dave", f"/api/v1/reviews/{rid}").json()
+        assert done["status"] == "completed"
+        # certified access stays; access nobody certified is revoked, through provisioning
+        assert env.get("alice", f"/api/v1/requests/{s.alice['id']}").json()["status"] \
+            == "active"
+        assert env.get("carol", f"/api/v1/requests/{s.carol['id']}").json()["status"] \
+            == "revoked"
+        assert env.get("erin", f"/api/v1/requests/{s.erin['id']}").json()["status"] \
+            == "revoked"
+        completed = review_events(env, rid)[-1]
+        assert completed["data"]["reason"].endswith("and their access was revoked")
+        assert sorted(completed["data"]["revoked_grant_ids"]) == sorted(
+            [s.carol["grant"]["id"], s.erin["grant"]["id"]])
+        revoked = env.events(type="grant.revoked")
+        assert {e["actor"]["kind"] for e in revoked} == {"system"}

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from accord.policy.engine import Policy
 from accord.reviews import service
+from accord.reviews.models import ReviewCampaign
 from accord.worker import jobs
 
 
@@ -22,7 +23,10 @@ def handlers(policy: Policy) -> dict[str, jobs.Handler]:
                        round=int(job.payload["round"]), now=now)
 
     def close(s: Session, job: jobs.Claimed, now: datetime) -> None:
-        service.close(s, campaign_id=int(job.payload["campaign_id"]), now=now)
+        camp = s.get(ReviewCampaign, int(job.payload["campaign_id"]))
+        spec = service.definitions(policy).get(camp.definition) if camp else None
+        service.close(s, campaign_id=int(job.payload["campaign_id"]), now=now,
+                      revoke=spec is not None and spec.on_expiry == "revoke")
 
     return {service.START: start, service.REMIND: remind, service.CLOSE: close}
 

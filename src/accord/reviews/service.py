@@ -414,16 +414,9 @@ def decide(session: Session, *, policy: Policy, caller: Caller, campaign_id: int
 
     revoked: list[int] = []
     if decision == "revoke":
-        live = session.execute(
-            select(Grant).where(Grant.user == entry.user, Grant.resource == entry.resource,
-                                Grant.role == entry.role, Grant.status.in_(_LIVE))
-            .order_by(Grant.id).with_for_update()).scalars().all()
-        why = f"access review {camp.definition} #{camp.id}, entry {entry.id}: {note}"
-        for g in live:
-            if grants.effective_status(g, now) in _LIVE:
-                grants.end(session, grant=g, status=GrantStatus.REVOKED, actor=caller.actor,
-                           now=now, comment=why)
-                revoked.append(g.id)
+        revoked = _revoke_live(session, entry, actor=caller.actor, now=now,
+                               why=f"access review {camp.definition} #{camp.id}, "
+                                   f"entry {entry.id}: {note}")
     entry.status = _OUTCOME[decision]
     entry.decided_by, entry.decided_at, entry.decided_via = caller.user, now, caller.via
     entry.note = note
@@ -443,6 +436,23 @@ def decide(session: Session, *, policy: Policy, caller: Caller, campaign_id: int
     if left == 0:
         _complete(session, camp, actor=caller.actor, now=now, reason="every entry decided")
     return entry
+
+
+def _revoke_live(session: Session, entry: ReviewEntry, *, actor: Actor, now: datetime,
+                 why: str) -> list[int]:
+    """End the entry's user's live grants of that resource and role (provisioning then
+    takes the access away on the target); the ids of the grants ended."""
+    live = session.execute(
+        select(Grant).where(Grant.user == entry.user, Grant.resource == entry.resource,
+                            Grant.role == entry.role, Grant.status.in_(_LIVE))
+        .order_by(Grant.id).with_for_update()).scalars().all()
+    revoked = []
+    for g in live:
+        if grants.effective_status(g, now) in _LIVE:
+            grants.end(session, grant=g, status=GrantStatus.REVOKED, actor=actor, now=now,
+                       comment=why)
+            revoked.append(g.id)
+    return revoked
 
 
 def _complete(session: Session, camp: ReviewCampaign, *, actor: Actor, now: datetime,
@@ -474,19 +484,27 @@ def _complete(session: Session, camp: ReviewCampaign, *, actor: Actor, now: date
 # ---------------------------------------------------------------- background
 
 
-def close(session: Session, *, campaign_id: int, now: datetime) -> bool:
-    """At the deadline: undecided entries expire and the campaign completes."""
+def close(session: Session, *, campaign_id: int, now: datetime, revoke: bool = False) -> bool:
+    """At the deadline: undecided entries expire and the campaign completes. With
+    `revoke` (the definition's `on_expiry: revoke`), expired entries lose their access."""
     camp = session.get(ReviewCampaign, campaign_id, with_for_update=True)
     if camp is None or camp.status != CampaignStatus.OPEN:
         return False
+    system = Actor.system()
     for e in session.execute(
             select(ReviewEntry).where(ReviewEntry.campaign_id == camp.id,
                                       ReviewEntry.status == EntryStatus.PENDING)
             .with_for_update()).scalars():
         e.status = EntryStatus.EXPIRED
+        if revoke:
+            e.revoked_grant_ids = _revoke_live(
+                session, e, actor=system, now=now,
+                why=f"access review {camp.definition} #{camp.id}, entry {e.id}: nobody "
+                    "certified it by the deadline (on_expiry: revoke)")
     session.flush()
-    _complete(session, camp, actor=Actor.system(), now=now,
-              reason="deadline: undecided entries expired")
+    _complete(session, camp, actor=system, now=now,
+              reason="deadline: undecided entries expired"
+              + (" and their access was revoked" if revoke else ""))
     return True
 
 
