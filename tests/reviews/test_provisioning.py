@@ -3,19 +3,15 @@ transaction, and the deprovisioning job takes the access off the real target."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.worker.models import Job
 from tests.conftest import make_env
-from tests.provisioning.test_webhook_lifecycle import Receiver
+from tests.provisioning.test_webhook_lifecycle import receiver  # noqa: F401 (a fixture)
 from tests.reviews.conftest import START, decide, entry, runner, start
 
 POLICY = """\
@@ -35,20 +31,10 @@ reviews:
 """
 
 
-@pytest.fixture
-def target(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("ACCORD_TEST_HOOK_SECRET", "s3cret")
-    server: Any = HTTPServer(("127.0.0.1", 0), Receiver)
-    server.calls, server.fail_revokes = [], 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def test_revoking_in_a_review_deprovisions_the_target(
-        sessions: sessionmaker[Session], tmp_path: Path, target: Any) -> None:
+        sessions: sessionmaker[Session], tmp_path: Path,
+        receiver: Any) -> None:  # noqa: F811
+    target = receiver
     url = f"http://127.0.0.1:{target.server_address[1]}/access"
     env = make_env(sessions, tmp_path, POLICY.format(url=url))
     env.clock.value = START

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.config import CountRule, DetectSpec
+from accord.durations import format_duration
 from accord.gateway.service import reachable as gateway_reachable
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
@@ -98,7 +99,7 @@ def repeated_denials(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Findi
         yield Finding(
             "repeated_denials", rule.severity,
             f"{facts.requester} had {len(hits)} requests denied within "
-            f"{_span(rule.window)}", f"repeated_denials:{facts.requester}:{idx}", hits,
+            f"{format_duration(rule.window)}", f"repeated_denials:{facts.requester}:{idx}", hits,
             user=facts.requester, resource=facts.resource,
             data={"count": len(hits), "window_seconds": rule.window.total_seconds()})
 
@@ -113,7 +114,7 @@ def failed_gateway_logins(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[
     if hits:
         yield Finding(
             "failed_gateway_logins", rule.severity,
-            f"{len(hits)} failed gateway logins as {who} within {_span(rule.window)}",
+            f"{len(hits)} failed gateway logins as {who} within {format_duration(rule.window)}",
             f"failed_gateway_logins:{who}:{idx}", hits, user=who, resource=_resource(ev),
             data={"count": len(hits), "last_reason": data.get("reason")})
 
@@ -264,9 +265,3 @@ BY_TYPE: dict[str, list[Detector]] = {
 }
 # Events whose request the detectors need (requester, creation time): fetched per batch.
 NEEDS_REQUEST = frozenset({"request.denied", "approval.recorded"})
-
-
-def _span(value: timedelta) -> str:
-    from accord.durations import format_duration
-
-    return format_duration(value)

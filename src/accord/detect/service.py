@@ -139,12 +139,10 @@ def _close(session: Session, alert: Alert, *, actor: Actor, note: str, now: date
 
 
 def resolve_for_subject(session: Session, *, rule: str, subject: str, actor: Actor,
-                        now: datetime, note: str) -> int:
+                        now: datetime, note: str, severity: str) -> int:
     """Resolve the open alerts of `rule` about `subject` (a review closes its break-glass
     alert). The detectors may not have raised it yet: raise it now, then close it, so the
     record never shows a use of the glass without its alert."""
-    from accord.detect.rules import Finding
-
     alerts = list(session.execute(
         select(Alert).where(Alert.rule == rule, Alert.subject == subject,
                             Alert.status != AlertStatus.RESOLVED).with_for_update()).scalars())
@@ -152,7 +150,6 @@ def resolve_for_subject(session: Session, *, rule: str, subject: str, actor: Act
             select(Alert.id).where(Alert.dedup_key == f"{rule}:{subject}")).first():
         req_id = int(subject.split(":", 1)[1]) if subject.startswith("request:") else None
         req = session.get(AccessRequest, req_id) if req_id else None
-        severity = "high"
         raised = raise_alert(session, finding=Finding(
             rule, severity, f"{req.requester if req else '?'} broke the glass on "
             f"{req.resource if req else '?'}", f"{rule}:{subject}", [],

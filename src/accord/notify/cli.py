@@ -9,14 +9,12 @@ the options say and puts it back (`PUT /api/v1/me/notifications`). Failures prin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from accord.cli.client import AccordClient, ClientError
+from accord.cli.request import _api, _as_obj
 
 notify_app = typer.Typer(
     help="Your notifications: channels, and one message per event or a daily digest "
@@ -24,18 +22,6 @@ notify_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Tests may replace this to point the command at a stub transport.
-client_factory: Callable[[], AccordClient] = AccordClient
-
-
-@contextmanager
-def _api() -> Iterator[AccordClient]:
-    try:
-        with client_factory() as client:
-            yield client
-    except ClientError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from None
 
 
 def parse_channels(value: str) -> list[str] | None:
@@ -102,9 +88,7 @@ def prefs(
         raise typer.BadParameter("give --digest HOUR or --immediate, not both")
     path = "/me/notifications" if user is None else f"/users/{quote(user, safe='')}/notifications"
     with _api() as client:
-        current = client.get(path)
-        if not isinstance(current, dict):
-            raise ClientError(None, "unexpected response from the server: not a JSON object")
+        current = _as_obj(client.get(path))
         result = current
         if channels is not None or digest is not None or immediate:
             body = {k: current.get(k) for k in ("channels", "mode", "digest_hour")}

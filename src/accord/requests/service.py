@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from accord.config import ResourceSpec
+from accord.detect import service as detect
 from accord.durations import format_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
@@ -180,7 +181,7 @@ def list_requests(
     if visible is not None:
         q = q.where(visible)
     if status:
-        q = q.where(_status_clause(status, now))
+        q = q.where(status_clause(status, now))
     if resource:
         q = q.where(AccessRequest.resource == resource)
     if requester:
@@ -198,7 +199,7 @@ def list_requests(
         q = q.where(AccessRequest.id < before_id)
     if awaiting_me:
         q = q.where(
-            _status_clause(Status.PENDING, now),
+            status_clause(Status.PENDING, now),
             exists().where(
                 RequestApprover.request_id == AccessRequest.id,
                 RequestApprover.step == AccessRequest.current_step,
@@ -209,7 +210,7 @@ def list_requests(
     return list(session.execute(q).scalars().all())
 
 
-def _status_clause(status: str, now: datetime) -> Any:
+def status_clause(status: str, now: datetime) -> Any:
     """SQL for an effective status, so filters agree with what reads show."""
     grant_over = exists().where(
         Grant.id == AccessRequest.grant_id, Grant.status == GrantStatus.ACTIVE, Grant.ends_at <= now
@@ -843,8 +844,6 @@ def review(session: Session, *, policy: Policy, caller: Caller, request_id: int,
            note: str, now: datetime) -> AccessRequest:
     """Record the after-the-fact review of a break-glass request; `unjustified` ends any
     access still running. The break-glass alert is resolved in the same transaction."""
-    from accord.detect import service as detect  # detect reads requests: import late
-
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id,
                       lock=True)
     glass = policy.loaded.spec.break_glass
@@ -867,8 +866,8 @@ def review(session: Session, *, policy: Policy, caller: Caller, request_id: int,
                   subject=f"request:{req.id}", resource=_resource(req), time=now,
                   data={"request_id": req.id, "verdict": verdict, "note": note})
     detect.resolve_for_subject(session, rule=BREAK_GLASS, subject=f"request:{req.id}",
-                               actor=caller.actor, now=now,
-                               note=f"reviewed: {verdict}")
+                               actor=caller.actor, now=now, note=f"reviewed: {verdict}",
+                               severity=policy.loaded.spec.detect.break_glass.severity)
     grant = _grant(session, req)
     if verdict == "unjustified" and grant is not None and \
             grants.effective_status(grant, now) == GrantStatus.ACTIVE:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from accord.policy.engine import Policy
 from accord.requests.models import AccessRequest, Status
-from accord.requests.service import _status_clause, visible_clause
+from accord.requests.service import status_clause, visible_clause
 
 AUTOMATIC_RULES = ("auto_approve", "auto_deny", "default_deny", "no_approvers")
 OUTCOMES = ("approved", "denied", "pending", "other")
@@ -54,7 +54,7 @@ def overview(session: Session, *, policy: Policy, user: str, now: datetime,
 
     counts = {}
     for name in (Status.PENDING, Status.APPROVED, Status.DENIED, Status.ACTIVE):
-        q = select(func.count()).select_from(AccessRequest).where(_status_clause(name, now))
+        q = select(func.count()).select_from(AccessRequest).where(status_clause(name, now))
         counts[str(name)] = int(session.execute(scoped(q)).scalar_one())
 
     start_day = (now - timedelta(days=window_days - 1)).date()
