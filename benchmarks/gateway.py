@@ -174,13 +174,13 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
-def pgbouncer_config(tmp: Path, port: int, target_db: str) -> Path:
+def pgbouncer_config(tmp: Path, port: int, target_db: str, upstream_host: str) -> Path:
     tmp.mkdir(mode=0o755, exist_ok=True)
     (tmp / "userlist.txt").write_text('"postgres" ""\n')
     ini = tmp / "pgbouncer.ini"
     ini.write_text(f"""\
 [databases]
-bench = host=127.0.0.1 port=5432 dbname={target_db} user=postgres
+bench = host={upstream_host} port=5432 dbname={target_db} user=postgres
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -227,6 +227,10 @@ def main() -> int:
                     help="do not run `accord worker` (ledger integration) beside the gateway")
     ap.add_argument("--no-pgbouncer", action="store_true")
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--upstream", choices=("unix", "tcp"), default="unix",
+                    help="how the gateway and pgbouncer reach PostgreSQL: its Unix socket "
+                         "(default: both run beside it) or TCP on 127.0.0.1")
+    ap.add_argument("--unix-socket-dir", default="/var/run/postgresql")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     quiet = args.json_only
@@ -242,8 +246,12 @@ def main() -> int:
             config = tmp / "accord.yaml"
             config.write_text(policy(resource, gw_port))
             data_dir = tmp / "data"
+            target_db = target_url.rsplit("/", 1)[1]
+            upstream_host = (args.unix_socket_dir if args.upstream == "unix" else "127.0.0.1")
+            upstream_dsn = (f"postgresql://postgres@/{target_db}?host={upstream_host}"
+                            if args.upstream == "unix" else target_url)
             env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
-                   "ACCORD_DATA_DIR": str(data_dir), "BENCH_TARGET_DSN": target_url}
+                   "ACCORD_DATA_DIR": str(data_dir), "BENCH_TARGET_DSN": upstream_dsn}
             token = grant_token(accord_url, config, data_dir, resource)
             procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning"], env,
                                      tmp / "gateway.log")
@@ -251,12 +259,10 @@ def main() -> int:
             if not args.no_worker:
                 procs["worker"] = start([ACCORD, "worker"], env, tmp / "worker.log")
             if not args.no_pgbouncer:
-                ini = pgbouncer_config(tmp / "bouncer", bouncer_port,
-                                       target_url.rsplit("/", 1)[1])
+                ini = pgbouncer_config(tmp / "bouncer", bouncer_port, target_db, upstream_host)
                 procs["pgbouncer"] = start([PGBOUNCER, "-u", "nobody", str(ini)], env,
                                            tmp / "pgbouncer.out")
                 wait_port(bouncer_port, procs["pgbouncer"], tmp / "pgbouncer.out")
-            target_db = target_url.rsplit("/", 1)[1]
             conn_env = {
                 "direct": {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432",
                            "PGUSER": "postgres", "PGDATABASE": target_db, "PGSSLMODE": "disable"},
@@ -318,6 +324,7 @@ def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
                     "loadavg_after": os.getloadavg()},
         "config": {"runs": args.runs, "seconds": args.seconds, "clients": args.clients,
                    "scale": args.scale, "worker": not args.no_worker,
+                   "upstream": args.upstream,
                    "gateway": "default config: parameters redacted, every statement audited"},
         "results": {}, "ratios": {}, "targets": {}, "audit": audited,
     }

@@ -232,7 +232,8 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             if group is None or len(group[1]) >= per_event:
                 group = open_groups[info.id] = [fact, []]
                 order.append(("statements", group))
-            group[1].append(fact)
+            payload[1] = (at_ns - group[0][3]) // 1000  # set again on a retry: idempotent
+            group[1].append(payload)
             continue
         if at_ns > use[1]:
             use[1] = at_ns
@@ -245,14 +246,9 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
         order.append((kind, fact))
     for kind, item in order:
         if kind == "statements":
-            first, members = item
+            first, statements = item
             info = first[2]
             base = first[3]
-            statements = []
-            for f in members:
-                row = f[4][:]
-                row[1] = (f[3] - base) // 1000
-                statements.append(row)
             _emit(session, EventType.GATEWAY_STATEMENT, info, base,
                   {"grant_id": info.grant_id, "session": info.id, "columns": list(COLUMNS),
                    "statements": statements})

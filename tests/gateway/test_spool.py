@@ -1,0 +1,150 @@
+"""The audit spool on its own: memory-mapped segments of CRC-checked frames.
+
+No database and no shipper here: a writer fed by a real `Conversation` and a `Reader` of
+the same directory, as the shipper uses it. The crash cases of whole processes are in
+test_crash.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from accord.gateway import audit
+from accord.gateway import protocol as pq
+from accord.gateway.audit import AuditWriter, Reader, SessionInfo
+from accord.gateway.conversation import Conversation
+from accord.gateway.scope import Classifier, role_classes
+
+RESULT = (pq.message(b"T", b"\0\x01n\0" + bytes(18)) + pq.message(b"D", b"\0\x01\0\0\0\x011")
+          + pq.message(b"C", b"SELECT 1\0") + pq.message(b"Z", b"I"))
+
+
+class Session:
+    """One proxied session, driven the way ProxySession drives it."""
+
+    def __init__(self, writer: AuditWriter, number: int = 1) -> None:
+        self.writer = writer
+        self.conv = Conversation(allowed=role_classes("read", None), classifier=Classifier(),
+                                 role="read", resource="db")
+        self.info = SessionInfo(id=f"w-{number}", number=number, grant_id=7, user="alice",
+                                resource="db", role="read", client="127.0.0.1:1",
+                                application="test", tls=False, upstream_role=None)
+        writer.opened(self.info, self.conv.in_flight)
+
+    def send(self, sql: str) -> None:
+        self.conv.client(pq.message(b"Q", sql.encode() + b"\0"))
+        started, _, violations = self.conv.drain()
+        self.writer.note(self.info, started, [], violations)
+
+    def answer(self, reply: bytes = RESULT) -> None:
+        self.conv.server(reply)
+        _, finished, _ = self.conv.drain()
+        self.writer.note(self.info, [], finished, [])
+
+    def query(self, sql: str) -> None:
+        self.send(sql)
+        self.answer()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> AuditWriter:
+    w = AuditWriter(None, tmp_path)  # type: ignore[arg-type]  # no shipper: nothing to open
+    w.dir.mkdir()
+    w._open_next()
+    return w
+
+
+def statements(facts: list[audit.Fact]) -> list[tuple[str, str | None, str]]:
+    return [(f[4][3], f[4][6], f[4][9]) for f in facts if f[1] == audit.STATEMENT]
+
+
+def test_a_session_round_trips(writer: AuditWriter) -> None:
+    s = Session(writer)
+    s.query("SELECT 1")
+    s.send("SELECT 2")
+    s.answer(pq.error_response("22012", "division by zero") + pq.message(b"Z", b"E"))
+    s.send("DELETE FROM orders")  # refused for role read: a violation, never sent
+    s.answer(pq.error_response("42601", "syntax error") + pq.message(b"Z", b"I"))
+    writer.closed(s.info, "client disconnected", [])
+    reader = Reader(writer.dir)
+    reader.poll()
+    facts = reader.take()
+    assert [f[1] for f in facts] == ["open", "statement", "statement", "violation", "close"]
+    assert statements(facts) == [("SELECT 1", "SELECT 1", "ok"), ("SELECT 2", None, "error")]
+    assert facts[2][4][10] == ["22012", "division by zero"]
+    assert facts[3][4]["missing"] == ["write"]
+    assert facts[4][4]["reason"] == "client disconnected"
+    assert [f[0] for f in facts] == sorted(f[0] for f in facts)  # spool order is rec order
+
+
+def test_a_frame_cut_short_is_never_read(writer: AuditWriter) -> None:
+    """A crash in the middle of copying a frame: the CRC fails, the reader stops there, and
+    reads it once it is whole (a reader can also meet a frame still being written)."""
+    s = Session(writer)
+    s.query("SELECT 1")
+    writer.tick()
+    whole = writer._pos
+    s.send("SELECT 2")
+    mm = writer._mm
+    assert mm is not None
+    frame = bytes(mm[whole:writer._pos])
+    mm[writer._pos - 6:writer._pos] = bytes(6)  # the tail of the frame never arrived
+    reader = Reader(writer.dir)
+    reader.poll()
+    assert statements(reader.take()) == [("SELECT 1", "SELECT 1", "ok")]
+    assert reader.position == whole
+    assert reader.intents == {}  # "SELECT 2" is not known: it was never sent upstream
+    mm[whole:writer._pos] = frame
+    reader.poll()
+    assert reader.position == writer._pos and len(reader.intents) == 1
+
+
+def test_a_dead_writer_leaves_unanswered_statements_and_open_sessions(
+        writer: AuditWriter) -> None:
+    s = Session(writer)
+    s.query("SELECT 1")
+    s.send("SELECT pg_sleep(60)")
+    reader = Reader(writer.dir)
+    reader.poll()
+    facts = reader.take() + reader.finish()
+    assert statements(facts) == [("SELECT 1", "SELECT 1", "ok"),
+                                 ("SELECT pg_sleep(60)", None, "unknown")]
+    assert facts[-1][1] == "close" and facts[-1][4]["reason"] == audit.RECOVERED
+
+
+def test_segments_rotate_carrying_live_sessions(writer: AuditWriter,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small segments: rotations while another session's statement is in flight, a
+    statement larger than a segment, and a reader that follows across files and lets the
+    old ones go."""
+    monkeypatch.setattr(audit, "SEGMENT_BYTES", 4096)
+    writer._open_next()
+    slow, busy = Session(writer, 1), Session(writer, 2)
+    reader = Reader(writer.dir)
+    big = "SELECT '" + "x" * 10_000 + "'"
+    expected = []
+    for round_ in range(4):
+        first = writer._segment
+        slow.send("SELECT pg_sleep(1)")
+        for i in range(150):
+            sql = big if (round_, i) == (2, 30) else f"SELECT {i}"
+            busy.query(sql)
+            expected.append((sql, "SELECT 1", "ok"))
+            if i % 7 == 0:
+                reader.poll()
+        assert writer._segment > first + 1  # rotated while the slow one ran
+        slow.answer()
+        expected.append(("SELECT pg_sleep(1)", "SELECT 1", "ok"))
+    writer.tick()
+    for s in (slow, busy):
+        writer.closed(s.info, "client disconnected", [])
+    reader.poll()
+    facts = reader.take()
+    got = [f for f in facts if f[1] == audit.STATEMENT]
+    assert reader.done_segments and len(reader.done_segments) == writer._segment - 1
+    assert sorted(statements(got)) == sorted(expected)
+    assert len({f[0] for f in got}) == len(got)  # each outcome once
+    assert [f[1] for f in facts].count("close") == 2
+    assert reader.finish() == []  # nothing left unanswered or open
