@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
 from accord.api.app import create_app
-from tests.gateway.conftest import World
+from tests.gateway.conftest import DSN_ENV, World, free_port, policy_text
+from tests.gateway.test_crash import ACCORD, _wait_port
 
 pytestmark = pytest.mark.postgres
 
@@ -22,3 +28,34 @@ def test_serve_runs_the_gateway_in_its_lifespan(world: World) -> None:
     assert texts == ["select count(*) from orders"]
     closed = world.events("gateway.session_closed", grant["id"])
     assert [e["data"]["reason"] for e in closed] == ["client terminated"]
+
+
+def test_serve_with_several_http_workers_runs_one_gateway(world: World, tmp_path: Path) -> None:
+    """`accord serve --workers 2`: the HTTP workers are uvicorn's processes; the gateway runs
+    once, in the parent beside the background jobs, and SIGTERM ships what it recorded."""
+    gw_port, http_port = free_port(), free_port()
+    config = tmp_path / "accord.yaml"
+    config.write_text(policy_text(world.resource, world.database, port=gw_port),
+                      encoding="utf-8")
+    env = {**os.environ, "ACCORD_DATA_DIR": str(tmp_path / "data"), DSN_ENV: world.target_dsn,
+           "ACCORD_DATABASE_URL": world.engine.url.render_as_string(False).replace(
+               "+psycopg", "")}
+    log = tmp_path / "serve.log"
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([ACCORD, "serve", "--workers", "2", "--port", str(http_port),
+                                 "--config", str(config), "--log-level", "warning"],
+                                env=env, stdout=out, stderr=out)
+    try:
+        _wait_port(gw_port, proc, log)
+        _wait_port(http_port, proc, log)
+        with world.connect(token, port=gw_port) as conn:
+            assert conn.execute("select count(*) from orders").fetchone() == (100,)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert [s["text"] for s in world.statements(grant["id"])] == ["select count(*) from orders"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -58,32 +58,49 @@ def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | 
     }
 
 
+def start_background(st: AppState) -> Callable[[], None]:
+    """Start the expiry sweeper, ledger worker, job runner and (when configured) the
+    gateway in this process; returns what stops them, in reverse order."""
+    sinks = st.policies.current.loaded.spec.ledger.sinks
+    jobs: list[Sweeper | LedgerWorker | JobRunner] = [
+        Sweeper(st.sessions, now=st.now),
+        LedgerWorker(st.sessions, st.ledger, st.now, sinks),
+        JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
+    for job in jobs:
+        job.start()
+    gateway = None
+    spec = st.policies.current.loaded.spec.gateway
+    if spec is not None:
+        from accord.gateway.proxy import Gateway  # the gateway runs where the jobs run
+
+        gateway = Gateway(st, spec)
+        try:
+            gateway.start_thread()
+        except BaseException:
+            for job in reversed(jobs):
+                job.stop()
+            raise
+
+    def stop() -> None:
+        if gateway is not None:
+            gateway.stop_thread()
+        for job in reversed(jobs):
+            job.stop()
+
+    return stop
+
+
 def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     """Build the app around `st`. `background` runs the expiry sweeper in this process."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs: list[Sweeper | LedgerWorker | JobRunner] = []
-        if background:
-            sinks = st.policies.current.loaded.spec.ledger.sinks
-            jobs = [Sweeper(st.sessions, now=st.now),
-                    LedgerWorker(st.sessions, st.ledger, st.now, sinks),
-                    JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
-        for job in jobs:
-            job.start()
-        gateway = None
-        if background and st.policies.current.loaded.spec.gateway is not None:
-            from accord.gateway.proxy import Gateway  # the gateway runs where the jobs run
-
-            gateway = Gateway(st, st.policies.current.loaded.spec.gateway)
-            gateway.start_thread()
+        stop = start_background(st) if background else None
         try:
             yield
         finally:
-            if gateway is not None:
-                gateway.stop_thread()
-            for job in reversed(jobs):
-                job.stop()
+            if stop is not None:
+                stop()
 
     app = FastAPI(
         title="Accord",

@@ -15,7 +15,7 @@ import uvicorn
 from rich.console import Console
 
 from accord import demo
-from accord.api.app import create_app
+from accord.api.app import create_app, start_background
 from accord.bootstrap import announce
 from accord.cli.state import load_state
 from accord.config import PolicyError, Settings
@@ -23,7 +23,7 @@ from accord.errors import AccordError
 from accord.ledger.events import Actor
 from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
-from accord.worker.sweeper import Sweeper, sweep_once
+from accord.worker.sweeper import sweep_once
 
 log = logging.getLogger("accord")
 err = Console(stderr=True)
@@ -79,27 +79,21 @@ def serve(
 
 def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers: int,
                      log_level: str, *, background: bool) -> None:
-    """uvicorn's process manager with N HTTP workers; expiry and ledger jobs run here, once."""
+    """uvicorn's process manager with N HTTP workers; the background jobs and the gateway
+    run here, once (not in every HTTP worker)."""
     os.environ["ACCORD_CONFIG"] = str((config or st.settings.config_path).resolve())
     os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
     os.environ["ACCORD_DATA_DIR"] = str(st.settings.data_dir)
     os.environ["ACCORD_BACKGROUND"] = "0"
-    jobs: list[Any] = []
-    if background:
-        sinks = st.policies.current.loaded.spec.ledger.sinks
-        jobs = [Sweeper(st.sessions, now=st.now),
-                LedgerWorker(st.sessions, st.ledger, st.now, sinks),
-                JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
-    for job in jobs:
-        job.start()
+    stop = start_background(st) if background else None
     try:
         # SIGHUP makes uvicorn's manager restart the workers, which re-read accord.yaml.
         uvicorn.run("accord.api.asgi:create", factory=True, host=host, port=port,
                     timeout_graceful_shutdown=GRACE,
                     workers=workers, log_level=log_level.lower(), access_log=False)
     finally:
-        for job in reversed(jobs):
-            job.stop()
+        if stop is not None:
+            stop()
 
 
 def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:

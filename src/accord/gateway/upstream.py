@@ -81,7 +81,9 @@ def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = No
     except psycopg.Error:
         raise UpstreamError("08001", f"resource {spec.name}: the upstream DSN is not a valid "
                                      f"connection string") from None
-    host = str(params.get("host") or "/var/run/postgresql").split(",")[0]
+    # libpq connects to hostaddr when given (host then only names the server for TLS).
+    host = str(params.get("hostaddr") or params.get("host")
+               or "/var/run/postgresql").split(",")[0]
     port = int(str(params.get("port") or 5432).split(",")[0])
     user = str(params.get("user") or "postgres")
     database = (g.database if g is not None and g.database else None) \
@@ -164,11 +166,15 @@ async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:
         status: dict[str, str] = {}
         pid, secret = 0, b""
         scram: ScramClient | None = None
+        scram_verified = False
         while True:
             kind, body = await link.read_message(1 << 20)
             if kind == ord("R"):
                 code, rest = pq.parse_auth(body)
                 if code == pq.AUTH_OK:
+                    if scram is not None and not scram_verified:  # never proved it knows us
+                        raise UpstreamError("28000", "upstream ended SCRAM without proving "
+                                                     "the server's signature")
                     continue
                 if code == pq.AUTH_CLEARTEXT:
                     link.write(pq.password_message(target.password.encode()))
@@ -185,6 +191,7 @@ async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:
                     link.write(pq.sasl_response(scram.final(rest)))
                 elif code == pq.AUTH_SASL_FINAL and scram is not None:
                     scram.verify(rest)
+                    scram_verified = True
                 else:
                     raise UpstreamError("28000", f"upstream asks for an authentication "
                                                  f"method the gateway does not support ({code})")
