@@ -298,6 +298,34 @@ def test_parameters_are_redacted_or_shown() -> None:
         assert c.started[0].params == expected
 
 
+@FAST
+@given(values=st.lists(st.none() | st.binary(max_size=8), max_size=5),
+       how=st.sampled_from(["none", "one", "each"]), codes=st.lists(st.sampled_from([0, 1]),
+                                                                    min_size=5, max_size=5),
+       portal=st.sampled_from([b"", b"p1"]), name=st.sampled_from([b"", b"s1"]),
+       redact=st.booleans())
+def test_the_bind_fast_path_agrees_with_the_parser(values: list[bytes | None], how: str,
+                                                  codes: list[int], portal: bytes,
+                                                  name: bytes, redact: bool) -> None:
+    """The inline Bind of an unnamed portal (the common case) and `pq.parse_bind` see the
+    same statement and parameters, whatever the format codes."""
+    formats = {"none": [], "one": codes[:1], "each": codes[:len(values)]}[how]
+    body = portal + b"\0" + name + b"\0" + struct.pack(f"!h{len(formats)}h", len(formats),
+                                                       *formats)
+    body += struct.pack("!h", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    body += struct.pack("!h", 0)
+    c = conv(redact=redact)
+    c.client(parse(name, b"select 1") + pq.message(b"B", body) + execute(portal) + SYNC)
+    run = c.started[0]
+    assert run.text == b"select 1"
+    if redact:
+        assert run.params == len(pq.parse_bind(body).values) == len(values)
+    else:
+        assert isinstance(run.params, list) and len(run.params) == len(values)
+
+
 def test_oversized_and_unexpected_messages_are_protocol_errors() -> None:
     with pytest.raises(pq.ProtocolError, match="exceeds"):
         conv(max_message=1024).client(pq.query("select '" + "x" * 2000 + "'"))

@@ -186,6 +186,19 @@ class Conversation:
 
     def client(self, data: bytes) -> bytes:
         """Bytes from the client; returns the bytes to send upstream (maybe rewritten)."""
+        if data and data[0] == _Q and not self._cbuf and not self._crest:
+            # The common case on its own: one whole simple query, of a shape seen before.
+            n = len(data)
+            if n > 5 and _unpack_i32(data, 1)[0] == n - 1 and data[-1] == 0 \
+                    and n <= self.max_message:
+                sql = data[5:-1]
+                classes = self.classify.shape(sql)
+                if classes is not None and classes <= self.allowed:
+                    self.seq += 1
+                    run = Run(self.seq, "simple", sql.strip(), None, _now())
+                    self.started.append(run)
+                    self._pending.append(_Entry(K_QUERY, [run]))
+                    return data
         if self._cbuf:
             data = self._cbuf + data
             self._cbuf = b""
@@ -199,42 +212,36 @@ class Conversation:
         last = 0
         limit = self.max_message
         pending = self._pending
-        while pos < n:
-            if n - pos < 5:
-                break
+        unpack = _unpack_i32
+        while n - pos >= 5:
             kind = data[pos]
-            length = _unpack_i32(data, pos + 1)[0]
+            length = unpack(data, pos + 1)[0]
             end = pos + 1 + length
-            if kind not in _FRONTEND_OK:
-                raise pq.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
-            if length < 4:
-                raise pq.ProtocolError("invalid message length")
-            if kind == _COPY_DATA:
-                if end > n:
-                    self._crest = end - n
-                    pos = n
-                    break
-                pos = end
-                continue
-            if length > limit:
-                raise pq.ProtocolError(f"message of {length} bytes exceeds the gateway's "
-                                       f"limit of {limit}")
-            if end > n:
-                break
-            if kind == _S:  # Sync, Describe, Execute: inline, they come with every pipeline
+            if end > n or length < 4 or length > limit or kind == _COPY_DATA:
+                # Rare: a message cut by the read, CopyData (streamed whatever its size),
+                # or one that breaks the protocol.
+                if kind not in _FRONTEND_OK:
+                    raise pq.ProtocolError(
+                        f"unexpected message type {chr(kind)!r} from the client")
+                if length < 4:
+                    raise pq.ProtocolError("invalid message length")
+                if kind == _COPY_DATA:
+                    if end > n:
+                        self._crest = end - n
+                        pos = n
+                        break
+                    pos = end
+                    continue
+                if length > limit:
+                    raise pq.ProtocolError(f"message of {length} bytes exceeds the gateway's "
+                                           f"limit of {limit}")
+                break  # the rest of this message comes with the next read
+            # The extended protocol's pipeline, inline: it comes with every statement.
+            if kind == _S:
                 if length != 4:
                     raise pq.ProtocolError("Sync: bad length")
                 pending.append(_SYNC_ENTRY)
-                pos = end
-                continue
-            if kind == _D:
-                if length < 6 or data[pos + 5] not in (0x53, 0x50) or \
-                        data.find(b"\0", pos + 6, end) != end - 1:
-                    raise pq.ProtocolError("Describe: malformed")
-                pending.append(_DESCRIBE_ENTRY)
-                pos = end
-                continue
-            if kind == _E:
+            elif kind == _E:
                 nul = data.find(b"\0", pos + 5, end)
                 if nul != end - 5:
                     raise pq.ProtocolError("Execute: bad length")
@@ -243,16 +250,35 @@ class Conversation:
                 run = Run(self.seq, "extended", text, params, _now())
                 self.started.append(run)
                 pending.append(_Entry(K_EXECUTE, [run]))
-                pos = end
-                continue
-            body = data[pos + 5:end]
-            replacement = self._frontend(kind, body)
-            if replacement is not None:
-                if parts is None:
-                    parts = []
-                parts.append(data[last:pos])
-                parts.append(replacement)
-                last = end
+            elif kind == _D:
+                if length < 6 or data[pos + 5] not in (0x53, 0x50) or \
+                        data.find(b"\0", pos + 6, end) != end - 1:
+                    raise pq.ProtocolError("Describe: malformed")
+                pending.append(_DESCRIBE_ENTRY)
+            elif kind == _P and (known := self._parsed.get(data[pos + 5:end])) is not None:
+                self._statements[known[0]] = known[1]  # the same Parse again (unnamed
+                pending.append(_PARSE_ENTRY)  # statements, pgbench -M extended)
+            elif kind == _B and self.redact and data[pos + 5] == 0 and data[pos + 6] == 0:
+                # Unnamed portal of the unnamed statement, parameters redacted: the count.
+                nfmt = unpack(data, pos + 5)[0] & 0xFFFF  # i16 after the two NULs
+                at = pos + 9 + 2 * nfmt
+                if nfmt > 0x7FFF or at + 2 > end:
+                    raise pq.ProtocolError("Bind: bad format count")
+                count = int.from_bytes(data[at:at + 2], "big", signed=True)
+                if count < 0:
+                    raise pq.ProtocolError("Bind: bad parameter count")
+                self._portals[b""] = (self._statements.get(b"") or b"", count)
+                pending.append(_BIND_ENTRY)
+            elif kind in _FRONTEND_OK:
+                replacement = self._frontend(kind, data[pos + 5:end])
+                if replacement is not None:
+                    if parts is None:
+                        parts = []
+                    parts.append(data[last:pos])
+                    parts.append(replacement)
+                    last = end
+            else:
+                raise pq.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
             pos = end
         if pos < n:
             self._cbuf = data[pos:]
