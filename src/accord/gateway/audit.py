@@ -600,7 +600,10 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
             final = gone()
             if mark < DONE:
                 reader.poll()
-                pending += [f for f in reader.take() if f[0] > mark]
+                taken = reader.take()
+                if taken and taken[0][0] <= mark:  # after a restart: some are in already
+                    taken = [f for f in taken if f[0] > mark]
+                pending += taken
                 if final:
                     pending += reader.finish()
             try:
@@ -614,7 +617,7 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
                     mark = DONE if last else chunk[-1][0]
                     total += len(chunk)
                     pending = rest
-                    real = max((f[0] for f in chunk if f[0] < DONE), default=0)
+                    real = next((f[0] for f in reversed(chunk) if f[0] < DONE), 0)
                     if shipped is not None and real > shipped.value:
                         shipped.value = real
                 failures = 0
