@@ -1,18 +1,22 @@
-"""pgbench directly, through the Accord gateway (auditing every statement) and through pgbouncer.
+"""pgbench directly, through the Accord gateway (auditing every statement), through pgbouncer
+and through a bare Python byte forwarder.
 
 One run does everything: creates a target database (`pgbench -i`), an Accord database and
 policy, an active grant and a connection token; starts `accord gateway` (and, unless
-`--no-worker`, `accord worker`, which integrates the ledger as it grows) and a private
-pgbouncer (session mode, trust auth, a temp config on a free port, `-u nobody`); then runs
-pgbench against the three, interleaved (direct, gateway, pgbouncer, direct, ...) so drift
-in the machine's speed hits all three alike, and prints one JSON object with medians.
+`--no-worker`, `accord worker`, which integrates the ledger as it grows), a private
+pgbouncer (session mode, trust auth, a temp config on a free port, `-u nobody`) and
+`benchmarks/forwarder.py` (uvloop, relays bytes and nothing else: the floor for a proxy in
+Python). The gateway, pgbouncer and the forwarder reach PostgreSQL alike: over its Unix
+socket (default, all of them beside the database) or over TCP (`--upstream tcp`). pgbench
+then runs against each, interleaved (direct, gateway, pgbouncer, forwarder, direct, ...) so
+drift in the machine's speed hits all alike, and one JSON object with medians is printed.
 
     .venv/bin/python benchmarks/gateway.py                # 3 runs x 10 s per cell
     .venv/bin/python benchmarks/gateway.py --runs 5 --seconds 20 --json-only
 
 Workloads, 8 clients each: select-only simple protocol (-S -M simple), select-only
 extended protocol (-S -M extended) and TPC-B-like (-M simple). CPU per transaction of the
-gateway and pgbouncer processes comes from /proc.
+gateway (with its audit shipper), pgbouncer and the forwarder comes from /proc.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCORD = str(Path(sys.executable).parent / "accord")
 PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
 PGBOUNCER = "/usr/sbin/pgbouncer"
+FORWARDER = str(Path(__file__).resolve().parent / "forwarder.py")
 MODES = {
     "select_simple": ["-S", "-M", "simple"],
     "select_extended": ["-S", "-M", "extended"],
@@ -93,11 +98,11 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def policy(resource: str, port: int) -> str:
+def policy(resource: str, port: int, extra: str = "") -> str:
     return f"""\
 users: [bench]
 groups: {{benchers: [bench]}}
-gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h}}
+gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h{extra}}}
 resources:
   - name: {resource}
     roles: [admin]
@@ -226,6 +231,8 @@ def main() -> int:
     ap.add_argument("--no-worker", action="store_true",
                     help="do not run `accord worker` (ledger integration) beside the gateway")
     ap.add_argument("--no-pgbouncer", action="store_true")
+    ap.add_argument("--no-forwarder", action="store_true",
+                    help="leave out the bare uvloop byte forwarder (benchmarks/forwarder.py)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--upstream", choices=("unix", "tcp"), default="unix",
                     help="how the gateway and pgbouncer reach PostgreSQL: its Unix socket "
@@ -242,7 +249,7 @@ def main() -> int:
     try:
         with databases(args.pg_admin_url, args.scale, quiet) as (accord_url, target_url):
             resource = "bench"
-            gw_port, bouncer_port = free_port(), free_port()
+            gw_port, bouncer_port, fw_port = free_port(), free_port(), free_port()
             config = tmp / "accord.yaml"
             config.write_text(policy(resource, gw_port))
             data_dir = tmp / "data"
@@ -263,6 +270,13 @@ def main() -> int:
                 procs["pgbouncer"] = start([PGBOUNCER, "-u", "nobody", str(ini)], env,
                                            tmp / "pgbouncer.out")
                 wait_port(bouncer_port, procs["pgbouncer"], tmp / "pgbouncer.out")
+            if not args.no_forwarder:
+                socket_path = f"{upstream_host}/.s.PGSQL.5432"
+                procs["forwarder"] = start(
+                    [sys.executable, FORWARDER, str(fw_port),
+                     socket_path if args.upstream == "unix" else "127.0.0.1:5432"],
+                    env, tmp / "forwarder.out")
+                wait_port(fw_port, procs["forwarder"], tmp / "forwarder.out")
             conn_env = {
                 "direct": {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432",
                            "PGUSER": "postgres", "PGDATABASE": target_db, "PGSSLMODE": "disable"},
@@ -274,9 +288,12 @@ def main() -> int:
                 conn_env["pgbouncer"] = {**os.environ, "PGHOST": "127.0.0.1",
                                          "PGPORT": str(bouncer_port), "PGUSER": "postgres",
                                          "PGDATABASE": "bench", "PGSSLMODE": "disable"}
-            cpu_pid = {"gateway": procs["gateway"].pid}
-            if "pgbouncer" in procs:
-                cpu_pid["pgbouncer"] = procs["pgbouncer"].pid
+            if not args.no_forwarder:
+                conn_env["forwarder"] = {**os.environ, "PGHOST": "127.0.0.1",
+                                         "PGPORT": str(fw_port), "PGUSER": "postgres",
+                                         "PGDATABASE": target_db, "PGSSLMODE": "disable"}
+            cpu_pid = {t: procs[t].pid for t in ("gateway", "pgbouncer", "forwarder")
+                       if t in procs}
             results: dict[str, dict[str, list[dict[str, float]]]] = {
                 m: {t: [] for t in conn_env} for m in modes}
             for mode in modes:
@@ -295,7 +312,7 @@ def main() -> int:
                             quiet)
             audited = audit_check(accord_url, procs)
     finally:
-        for name in ("pgbouncer", "worker", "gateway"):
+        for name in ("forwarder", "pgbouncer", "worker", "gateway"):
             stop(procs.get(name))
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(summary(results, args, load_before, audited), indent=2))
@@ -348,6 +365,10 @@ def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
             ratios["pgbouncer_vs_direct"] = round(cell["pgbouncer"]["tps"] / direct, 3)
             ratios["gateway_vs_pgbouncer"] = round(cell["gateway"]["tps"]
                                                    / cell["pgbouncer"]["tps"], 3)
+        if "forwarder" in cell:
+            ratios["forwarder_vs_direct"] = round(cell["forwarder"]["tps"] / direct, 3)
+            ratios["gateway_vs_forwarder"] = round(cell["gateway"]["tps"]
+                                                   / cell["forwarder"]["tps"], 3)
         out["ratios"][mode] = ratios
         if mode in TARGETS:
             target = TARGETS[mode][0]
