@@ -6,8 +6,8 @@ policy, an active grant and a connection token; starts `accord gateway` (and, un
 `--no-worker`, `accord worker`, which integrates the ledger as it grows), a private
 pgbouncer (session mode, trust auth, a temp config on a free port, `-u nobody`) and
 `benchmarks/forwarder.py` (uvloop, relays bytes and nothing else: the floor for a proxy in
-Python). The gateway, pgbouncer and the forwarder reach PostgreSQL alike: over its Unix
-socket (default, all of them beside the database) or over TCP (`--upstream tcp`). pgbench
+Python). The gateway, pgbouncer and the forwarder reach PostgreSQL alike: over TCP
+(default) or over its Unix socket (`--upstream unix`). pgbench
 then runs against each, interleaved (direct, gateway, pgbouncer, forwarder, direct, ...) so
 drift in the machine's speed hits all alike, and one JSON object with medians is printed.
 
@@ -234,9 +234,9 @@ def main() -> int:
     ap.add_argument("--no-forwarder", action="store_true",
                     help="leave out the bare uvloop byte forwarder (benchmarks/forwarder.py)")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--upstream", choices=("unix", "tcp"), default="unix",
-                    help="how the gateway and pgbouncer reach PostgreSQL: its Unix socket "
-                         "(default: both run beside it) or TCP on 127.0.0.1")
+    ap.add_argument("--upstream", choices=("tcp", "unix"), default="tcp",
+                    help="how the gateway, pgbouncer and the forwarder reach PostgreSQL: TCP "
+                         "on 127.0.0.1 (default) or its Unix socket")
     ap.add_argument("--unix-socket-dir", default="/var/run/postgresql")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
