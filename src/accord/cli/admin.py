@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from accord import migrations
 from accord.cli.state import load_state
 from accord.config import PolicyError, Settings, load_policy_file, redact_url
 from accord.db import make_engine, transaction
@@ -36,6 +35,8 @@ ConfigOpt = Annotated[
 def db_upgrade() -> None:
     """Create or upgrade the schema of $ACCORD_DATABASE_URL to the latest version."""
     settings = Settings.from_env()
+    from accord import migrations  # alembic: only for this command
+
     engine = make_engine(settings.database_url.get())
     before = migrations.current(engine)
     migrations.upgrade(engine)

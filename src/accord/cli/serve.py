@@ -11,19 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 
-from accord import demo
-from accord.api.app import create_app, start_background
-from accord.bootstrap import announce
 from accord.cli.state import load_state
 from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
-from accord.worker.job_runner import JobRunner
-from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
-from accord.worker.sweeper import sweep_once
+
+# The server's own modules (the web app, reports, workers) are imported inside the
+# commands that run them: every other `accord` command starts a second sooner.
 
 log = logging.getLogger("accord")
 err = Console(stderr=True)
@@ -52,6 +48,11 @@ def serve(
     ] = 1,
 ) -> None:
     """Run the API (and, unless --no-worker, the background jobs)."""
+    import uvicorn
+
+    from accord import demo
+    from accord.api.app import create_app
+
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings.from_env()
@@ -81,6 +82,10 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
                      log_level: str, *, background: bool) -> None:
     """uvicorn's process manager with N HTTP workers; the background jobs and the gateway
     run here, once (not in every HTTP worker)."""
+    import uvicorn
+
+    from accord.api.app import start_background
+
     os.environ["ACCORD_CONFIG"] = str((config or st.settings.config_path).resolve())
     os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
     os.environ["ACCORD_DATA_DIR"] = str(st.settings.data_dir)
@@ -120,6 +125,8 @@ def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:
 
 
 def _install_sighup(st: Any) -> None:
+    from accord.bootstrap import announce
+
     def handler(_signum: int, _frame: Any) -> None:
         def run() -> None:
             try:
@@ -143,6 +150,10 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
 ) -> None:
     """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
+    from accord.worker.job_runner import JobRunner
+    from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
+    from accord.worker.sweeper import sweep_once
+
     logging.basicConfig(level="INFO", format=LOG_FORMAT)
     st = load_state(config, upgrade="never")
     if once:

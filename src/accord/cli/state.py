@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from accord.api.deps import AppState
-from accord.bootstrap import build_state
 from accord.config import PolicyError, Settings
+
+if TYPE_CHECKING:
+    from accord.api.deps import AppState
 
 err = Console(stderr=True)
 
@@ -17,6 +19,10 @@ err = Console(stderr=True)
 def load_state(config: Path | None, *, upgrade: str, settings: Settings | None = None
                ) -> AppState:
     """build_state, exiting 1 with every policy problem listed if accord.yaml is broken."""
+    # Imported here: client commands (most of the CLI) never need the server's modules,
+    # and loading them costs a second at every start.
+    from accord.bootstrap import build_state
+
     try:
         return build_state(settings or Settings.from_env(), config_path=config, upgrade=upgrade)
     except PolicyError as exc:

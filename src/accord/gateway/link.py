@@ -115,7 +115,7 @@ class Link(asyncio.Protocol):
         self.on_data = on_data
         # Straight to the data path: uvloop takes `data_received` when a protocol is set,
         # so shadowing it and setting ourselves again saves a call per read.
-        self.data_received = on_data  # type: ignore[method-assign]
+        self.data_received = on_data  # type: ignore[method-assign,assignment]
         if self.transport is not None:
             self.transport.set_protocol(self)
         if self._buf:

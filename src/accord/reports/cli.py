@@ -18,7 +18,6 @@ from accord.cli.state import load_state
 from accord.errors import AccordError
 from accord.ledger.events import Actor, Via
 from accord.reports import service
-from accord.reports.generate import generate
 from accord.reports.schemas import FORMATS, Kind
 
 report_app = typer.Typer(help="Compliance reports with ledger evidence.", no_args_is_help=True)
@@ -70,6 +69,8 @@ def _format(fmt: str | None, out: Path) -> str:
 
 def _run(kind: Kind, *, out: Path, fmt: str | None, start: str | None, end: str | None,
          config: Path | None, resource: str | None = None, user: str | None = None) -> None:
+    from accord.reports.generate import generate  # fpdf: only when reporting
+
     st = load_state(config, upgrade="never")
     chosen = _format(fmt, out)
     to_stdout = str(out) == "-"
@@ -126,6 +127,7 @@ def access(
     config: ConfigOpt = None,
 ) -> None:
     """Who had access to what in [--from, --to), why, who approved and how, with evidence."""
+
     if not start or not end:
         err.print("error: give the period with --from and --to")
         raise typer.Exit(2)
