@@ -230,8 +230,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Replay dead spools, open ours, listen, watch grants."""
-        # The audit flusher is a thread; with the default 5 ms switch interval a flush
-        # would stall the data path for that long each time it wants the GIL back.
+        # Logins and the grant watcher query the database on threads; with the default
+        # 5 ms switch interval each of them could stall the data path that long.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         await self.db(self.audit.start)
         loop = asyncio.get_running_loop()
