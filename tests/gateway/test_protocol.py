@@ -326,6 +326,39 @@ def test_the_bind_fast_path_agrees_with_the_parser(values: list[bytes | None], h
         assert isinstance(run.params, list) and len(run.params) == len(values)
 
 
+_ANSWER_PARTS = st.sampled_from([
+    ROWDESC, row(b"1"), row(b"22", b"x"), complete("SELECT 1"), complete("SELECT 2"),
+    complete("SHOW"), complete("INSERT 0 3"), READY, pq.ready_for_query(b"T"),
+    error("22012", "division by zero"), pq.message(b"N", b"SNOTICE\0Mhi\0\0"),
+    pq.message(b"S", b"a\0b\0"), pq.message(b"I"), b"C\x00\x00\x00\x05X"])
+
+
+@FAST
+@given(parts=st.lists(_ANSWER_PARTS, max_size=7), cut=st.integers(min_value=0, max_value=80))
+def test_the_one_result_fast_path_agrees_with_the_general_loop(parts: list[bytes],
+                                                              cut: int) -> None:
+    """Whatever the server sends after one simple query, whole or cut, the fast path and
+    the general loop forward the same bytes and note the same outcome."""
+    data = b"".join(parts)
+    chunks = [data[:cut], data[cut:]] if 0 < cut < len(data) else [data]
+    seen = []
+    for fast in (True, False):
+        c = conv()
+        if not fast:
+            c._one_result = lambda head, data: False  # type: ignore[method-assign]
+        c.client(pq.query("select 1"))
+        out = b""
+        try:
+            for chunk in chunks:
+                out += c.server(chunk)
+            got: object = (out, [(f[0].text, f[1], f[2], f[4], f[5]) for f in c.finished],
+                           c.status, c.busy)
+        except pq.ProtocolError as exc:
+            got = ("error", str(exc))
+        seen.append(got)
+    assert seen[0] == seen[1]
+
+
 def test_oversized_and_unexpected_messages_are_protocol_errors() -> None:
     with pytest.raises(pq.ProtocolError, match="exceeds"):
         conv(max_message=1024).client(pq.query("select '" + "x" * 2000 + "'"))

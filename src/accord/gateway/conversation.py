@@ -376,6 +376,10 @@ class Conversation:
 
     def server(self, data: bytes) -> bytes:
         """Bytes from the server; returns the bytes to send the client (maybe rewritten)."""
+        pending = self._pending
+        if len(pending) == 1 and not self._sbuf and not self._srest \
+                and self._one_result(pending[0], data):
+            return data
         if self._sbuf:
             data = self._sbuf + data
             self._sbuf = b""
@@ -474,6 +478,48 @@ class Conversation:
             return data if pos == n else data[:pos]
         parts.append(data[last:pos])
         return b"".join(parts)
+
+    def _one_result(self, head: _Entry, data: bytes) -> bool:
+        """The common case on its own: the whole answer to one simple-query statement
+        (RowDescription, DataRows, CommandComplete, ReadyForQuery) in one read. Returns
+        False, having changed nothing, for anything else."""
+        runs = head.runs
+        if head.kind != K_QUERY or runs is None or len(runs) != 1 or head.index != 0:
+            return False
+        n = len(data)
+        pos = 0
+        rows = 0
+        tag_at = -1
+        unpack = _unpack_i32
+        while n - pos >= 5:
+            kind = data[pos]
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if end > n or end < pos + 5:
+                return False
+            if kind == _DATA_ROW:
+                if tag_at < 0:  # rows after the tag belong to no statement
+                    rows += 1
+            elif kind == _COMPLETE:
+                if tag_at >= 0 or end < pos + 6 or data[end - 1] != 0:
+                    return False
+                tag_at = pos
+            elif kind == _READY:
+                if end != n or end != pos + 6 or tag_at < 0:
+                    return False
+                run = runs[0]
+                run.rows += rows
+                tag_end = 1 + tag_at + unpack(data, tag_at + 1)[0] - 1
+                tag = data[tag_at + 5:tag_end].decode("utf-8", "replace")
+                last_word = tag.rpartition(" ")[2]
+                self.finished.append((run, tag, int(last_word) if last_word.isdigit()
+                                      else run.rows, _now() - run.t0, None, "ok"))
+                self._pending.popleft()
+                self.status = data[pos + 5:end]
+                return True
+            elif kind != _ROW_DESC:
+                return False  # errors, notices, copy, ...: the general loop
+            pos = end
+        return False
 
     def _finish(self, run: Run, tag: str | None, error: tuple[str, str] | None,
                 outcome: str) -> None:
