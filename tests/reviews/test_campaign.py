@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from accord.worker.job_runner import detect_all
 from accord.worker.models import Job
 from tests.conftest import Env
 from tests.reviews.conftest import decide, entry, review_events, scenario, start
@@ -92,6 +93,16 @@ def test_decisions_once_each_by_reviewers_never_on_their_own_access(env: Env) ->
 
     r = decide(env, "carol", rid, carol["id"], "certify")
     assert r.status_code == 403 and "your own access" in r.json()["detail"]
+    # The attempt is a fact of its own, and the self-approval detector raises it.
+    refused = env.events(type="review.refused")
+    assert [(e["actor"]["id"], e["data"]["entry_id"], e["data"]["reason"]) for e in refused] \
+        == [("carol", carol["id"], "self_review")]
+    assert env.get("carol", f"/api/v1/reviews/{rid}").json()["counts"]["pending"] == 4
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+    alerts = env.get("dave", "/api/v1/alerts", params={"rule": "self_approval"}).json()["items"]
+    index = env.get("dave", "/api/v1/audit/events",
+                    params={"type": "review.refused"}).json()["items"][0]["index"]
+    assert [(a["user"], a["evidence"]) for a in alerts] == [("carol", [index])]
     r = decide(env, "frank", rid, alice["id"], "certify")  # an admin, not a reviewer of it
     assert r.status_code == 403 and "carol, erin" in r.json()["detail"]
     assert decide(env, "bob", rid, alice["id"], "certify").status_code == 404
@@ -127,8 +138,8 @@ def test_decisions_once_each_by_reviewers_never_on_their_own_access(env: Env) ->
     assert done["counts"] | {"mine": 0} == {"total": 4, "pending": 0, "certified": 2,
                                             "revoked": 2, "expired": 0, "mine": 0}
     events = review_events(env, rid)
-    assert [e["type"] for e in events] == ["review.started"] + ["review.decided"] * 4 + \
-        ["review.completed"]
+    assert [e["type"] for e in events] == ["review.started", "review.refused"] + \
+        ["review.decided"] * 4 + ["review.completed"]
     decided = [(e["actor"]["id"], e["data"]["entry_id"], e["data"]["decision"])
                for e in events if e["type"] == "review.decided"]
     assert decided == [("erin", alice["id"], "certify"), ("erin", carol["id"], "revoke"),

@@ -102,6 +102,13 @@ def test_review_pages(env: Env) -> None:
     twice = env.client.post(f"/reviews/{rid}/entries/{carol['id']}/certify",
                             data={"csrf": csrf}, headers=HTML)
     assert twice.status_code == 409 and "already revoked" in twice.text
+    own = entry(review, "erin", "write")  # not shown to her, but a form can be forged
+    mine = env.client.post(f"/reviews/{rid}/entries/{own['id']}/certify",
+                           data={"csrf": csrf}, headers=HTML)
+    assert mine.status_code == 403 and "your own access" in mine.text
+    (refused,) = env.events(type="review.refused")
+    assert refused["actor"] == {"kind": "user", "id": "erin", "via": "web"}
+    assert refused["data"]["entry_id"] == own["id"]
     bare = env.client.post(f"/reviews/{rid}/entries/{alice['id']}/revoke",
                            data={"csrf": csrf, "note": " \x00"}, headers=HTML)
     assert bare.status_code == 422 and "say why the access should go" in bare.text

@@ -129,6 +129,14 @@ def self_decision(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]
             f"{who} tried to {data.get('attempted', 'approve')} their own request "
             f"#{data.get('request_id')}", f"self_approval:{idx}", [idx], user=who,
             resource=_resource(ev), subject=ev.get("subject"))
+    elif rule.enabled and data.get("reason") == "self_review":
+        who = ev["actor"]["id"]
+        yield Finding(
+            "self_approval", rule.severity,
+            f"{who} tried to {data.get('attempted', 'certify')} their own access in review "
+            f"#{data.get('campaign_id')} (entry {data.get('entry_id')})",
+            f"self_approval:{idx}", [idx], user=who, resource=_resource(ev),
+            subject=ev.get("subject"))
 
 
 def rubber_stamp(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
@@ -253,6 +261,7 @@ BY_TYPE: dict[str, list[Detector]] = {
     "request.denied": [repeated_denials],
     "gateway.login_refused": [failed_gateway_logins],
     "approval.refused": [self_decision],
+    "review.refused": [self_decision],
     "approval.recorded": [rubber_stamp],
     "request.created": [off_hours, break_glass],
     "gateway.session_opened": [off_hours],

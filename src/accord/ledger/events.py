@@ -61,6 +61,7 @@ class EventType(enum.StrEnum):
     REPORT_GENERATED = "report.generated"
     REVIEW_STARTED = "review.started"
     REVIEW_DECIDED = "review.decided"
+    REVIEW_REFUSED = "review.refused"
     REVIEW_REMINDED = "review.reminded"
     REVIEW_COMPLETED = "review.completed"
 

@@ -382,6 +382,25 @@ def start(session: Session, *, policy: Policy, name: str, actor: Actor, now: dat
 # ---------------------------------------------------------------- decisions
 
 
+class SelfReview(Forbidden):
+    """Someone tried to decide a review of their own access. Refused, and worth recording:
+    the outer layer rolls back, then records the attempt with `record_self_review`."""
+
+    def __init__(self, campaign_id: int, entry: ReviewEntry, decision: str) -> None:
+        super().__init__("you cannot review your own access")
+        self.campaign_id, self.entry_id, self.decision = campaign_id, entry.id, decision
+        self.resource = {"name": entry.resource, "role": entry.role}
+
+
+def record_self_review(session: Session, *, exc: SelfReview, caller: Caller,
+                       now: datetime) -> None:
+    """The refused attempt, as its own ledger event (the self-approval detector reads it)."""
+    ledger.record(session, type=EventType.REVIEW_REFUSED, actor=caller.actor,
+                  subject=subject(exc.campaign_id), resource=exc.resource, time=now,
+                  data={"campaign_id": exc.campaign_id, "entry_id": exc.entry_id,
+                        "reason": "self_review", "attempted": exc.decision})
+
+
 def decide(session: Session, *, policy: Policy, caller: Caller, campaign_id: int,
            entry_id: int, decision: str, note: str, now: datetime) -> ReviewEntry:
     """Certify or revoke one entry (its reviewers only; never one's own access; once).
@@ -397,7 +416,7 @@ def decide(session: Session, *, policy: Policy, caller: Caller, campaign_id: int
     if decision not in DECISIONS:
         raise Invalid(f"must be one of {', '.join(DECISIONS)}", field="decision")
     if caller.user == entry.user:
-        raise Forbidden("you cannot review your own access")
+        raise SelfReview(camp.id, entry, decision)
     people = reviewers_of(session, entry_ids=[entry.id])[entry.id]
     if caller.user not in people:
         raise Forbidden(f"you are not a reviewer of entry {entry.id} "

@@ -141,10 +141,16 @@ def _decision(verb: str) -> None:
         st: AppState = Depends(state),
     ) -> Response:
         now = st.now()
-        entry = service.decide(session, policy=who.policy, caller=who.caller,
-                               campaign_id=known_id(campaign_id, "review"),
-                               entry_id=known_id(entry_id, "entry"), decision=verb,
-                               note=body.note if body else "", now=now)
+        try:
+            entry = service.decide(session, policy=who.policy, caller=who.caller,
+                                   campaign_id=known_id(campaign_id, "review"),
+                                   entry_id=known_id(entry_id, "entry"), decision=verb,
+                                   note=body.note if body else "", now=now)
+        except service.SelfReview as exc:
+            session.rollback()
+            service.record_self_review(session, exc=exc, caller=who.caller, now=now)
+            session.commit()
+            raise
         people = service.reviewers_of(session, entry_ids=[entry.id])[entry.id]
         out = EntryOut.of(entry, people, viewer=who.user, open_=False)
         session.commit()

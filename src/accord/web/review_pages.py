@@ -125,6 +125,10 @@ def decide(request: Request, campaign_id: str, entry_id: str, action: str,
         session.rollback()
         if isinstance(exc, NotFound):
             raise
+        if isinstance(exc, service.SelfReview):
+            service.record_self_review(session, exc=exc, caller=viewer.principal.caller,
+                                       now=st.now())
+            session.commit()
         why = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
         return _campaign_page(request, session, st, viewer, cid,
                               error=f"Entry {entry_id}: {why}", status=exc.status)
