@@ -89,7 +89,7 @@ def error(code: str, msg: str = "boom") -> bytes:
 @given(st.binary(max_size=300))
 def test_every_parser_raises_only_protocol_errors(data: bytes) -> None:
     parsers = [pq.parse_startup, pq.parse_query, pq.parse_parse, pq.parse_bind,
-               pq.bind_header, pq.bind_param_count, pq.parse_execute, pq.parse_target,
+               pq.bind_header, pq.parse_execute, pq.parse_target,
                pq.parse_fields, pq.parse_auth, pq.parse_parameter_status,
                pq.parse_backend_key, pq.sasl_mechanisms, pq.parse_sasl_initial]
     for fn in parsers:

@@ -221,7 +221,6 @@ class AuditWriter:
     def backlog(self) -> int:
         return self._rec - self.shipped
 
-
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every fact so far is in the ledger (outcomes reach the spool within
         10 ms on the loop, then the shipper's next round takes them)."""
@@ -295,10 +294,10 @@ class AuditWriter:
             parts.append(record_bytes(R_CONTEXT, _FACT.pack(info.number, 0)
                                       + json.dumps({"info": info.as_dict()}).encode()))
             for run in in_flight():
+                given = _params_json(run.params)
                 parts.append(_INTENT_REC.pack(
-                    _INTENT.size + len(run.text) + len(_params_json(run.params)), R_INTENT,
-                    info.number, run.seq, run.t0, len(run.text),
-                    _PROTOCOL_CODE[run.protocol]) + run.text + _params_json(run.params))
+                    _INTENT.size + len(run.text) + len(given), R_INTENT, info.number, run.seq,
+                    run.t0, len(run.text), _PROTOCOL_CODE[run.protocol]) + run.text + given)
         context = b"".join(parts)
         self._open_next(need + _FRAME.size + len(context))
         if context:

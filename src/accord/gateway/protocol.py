@@ -278,19 +278,6 @@ def bind_header(body: bytes) -> tuple[bytes, bytes, int]:
     return portal, statement, count
 
 
-def bind_param_count(body: bytes) -> int:
-    """How many parameters a Bind carries, without copying them."""
-    _, pos = cstring(body, 0)
-    _, pos = cstring(body, pos)
-    nfmt = _i16(body, pos)
-    if nfmt < 0:
-        raise ProtocolError("Bind: bad format count")
-    count = _i16(body, pos + 2 + 2 * nfmt)
-    if count < 0:
-        raise ProtocolError("Bind: bad parameter count")
-    return count
-
-
 def parse_execute(body: bytes) -> tuple[bytes, int]:
     portal, pos = cstring(body, 0)
     if pos + 4 != len(body):
