@@ -468,6 +468,9 @@ class GatewaySpec(_Strict):
     max_message: int = Field(default=8 << 20, ge=64 << 10, le=1 << 30)
     max_statement_bytes: int = Field(default=16384, ge=256)  # statement text kept per event
     statements_per_event: int = Field(default=1000, ge=1, le=10_000)  # 1: an event each
+    # Prepare a session's unnamed statement upstream once it was parsed this many times
+    # (as pgjdbc's prepareThreshold; below 2 acts as 2); 0: never. docs/gateway.md says more.
+    auto_prepare: int = Field(default=5, ge=0, le=1000)
     startup_timeout: timedelta = timedelta(seconds=10)
     message_timeout: timedelta = timedelta(seconds=60)  # to finish a started message
     watch_interval: timedelta = timedelta(milliseconds=500)

@@ -131,6 +131,42 @@ def test_prepared_statements_through_psycopg_are_audited_with_their_text(world: 
     assert failed["error"][0] == "42P01"
 
 
+def test_repeated_unnamed_statements_are_prepared_once_upstream(world: World) -> None:
+    """psycopg without its own prepare sends Parse of the unnamed statement every time:
+    from the 5th (`auto_prepare`), the gateway reuses one prepared upstream."""
+    with psycopg.connect(world.target_dsn, autocommit=True) as admin:
+        admin.execute("CREATE TABLE reuse_t (id int PRIMARY KEY, v int)")
+        admin.execute("GRANT SELECT ON reuse_t TO PUBLIC")
+        admin.execute("INSERT INTO reuse_t VALUES (1, 10)")
+    grant = world.grant("erin", "read")
+    token = world.token(grant, "erin")
+    ours = "select name from pg_prepared_statements where name like '\\_accord\\_%%'"
+    with world.connect(token, prepare_threshold=None) as conn:
+        totals = [conn.execute("select total from orders where id = %s", (i,)).fetchone()
+                  for i in range(1, 13)]
+        assert totals == [(i * 10,) for i in range(1, 13)]
+        assert len(conn.execute(ours).fetchall()) == 1
+        conn.execute("deallocate all")  # ours go too: the gateway prepares afresh
+        assert conn.execute(ours).fetchall() == []
+        totals = [conn.execute("select total from orders where id = %s", (i,)).fetchone()
+                  for i in range(1, 13)]
+        assert totals == [(i * 10,) for i in range(1, 13)]
+        assert len(conn.execute(ours).fetchall()) == 1
+        # A table changing under a prepared statement: that execution fails as it would
+        # for the client's own prepared statement, the next is prepared afresh.
+        star = "select * from reuse_t where id = %s"
+        for _ in range(6):
+            assert conn.execute(star, (1,)).fetchone() == (1, 10)
+        with psycopg.connect(world.target_dsn, autocommit=True) as admin:
+            admin.execute("ALTER TABLE reuse_t ADD COLUMN w int DEFAULT 7")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute(star, (1,))
+        assert conn.execute(star, (1,)).fetchone() == (1, 10, 7)
+    texts = [s["text"] for s in world.statements(grant["id"])]
+    assert texts.count("select total from orders where id = $1") == 24
+    assert texts.count("select * from reuse_t where id = $1") == 8
+
+
 def test_copy_in_and_out_are_classified_and_counted(world: World) -> None:
     grant = world.grant("erin", "write")
     token = world.token(grant, "erin")

@@ -13,6 +13,14 @@ comes back, in order. A statement the role may not run never reaches the server:
 replaced by a statement that fails to parse, so the server aborts the transaction and
 discards the rest of the pipeline exactly as for a real error, and that error is
 rewritten into 42501 on its way back. `violations` lists the refusals.
+
+Reuse (`auto_prepare`): a client that sends the same Parse of the unnamed statement again
+and again (pgbench -M extended, psycopg before its own prepare threshold, most ORMs) makes
+the server parse and plan it every time. From the `auto_prepare`-th time in a session, the
+gateway prepares it once upstream under a name of its own; later Parses of it become a
+Parse of an empty string (the server still answers ParseComplete, in order, at no cost)
+and Binds and Describes of the unnamed statement name the prepared one. The client sees
+the same messages; the audit trail records the client's text as always.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ import struct
 import time
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 from accord.gateway import protocol as pq
 from accord.gateway.scope import ADMIN, Classifier, Statement, Verdict
 
 REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
+MAX_AUTO_PREPARED = 256  # statements a session prepares upstream for reuse, at most
+EMPTY_PARSE = b"P\0\0\0\x08\0\0\0\0"  # Parse of the unnamed statement, empty text: cheap
 
 _unpack_i32 = struct.Struct("!i").unpack_from
 _now = time.perf_counter_ns
@@ -81,15 +92,16 @@ class Violation:
 
 
 class _Entry:
-    __slots__ = ("error", "index", "kind", "refused", "runs")
+    __slots__ = ("error", "index", "kind", "prepare", "refused", "runs")
 
     def __init__(self, kind: int, runs: list[Run] | None = None,
-                 refused: Violation | None = None) -> None:
+                 refused: Violation | None = None, prepare: list[Any] | None = None) -> None:
         self.kind = kind
         self.runs = runs  # QUERY: one per statement; EXECUTE/CALL: one
         self.index = 0  # QUERY: the statement whose result comes next
         self.refused = refused
         self.error: tuple[str, str] | None = None
+        self.prepare = prepare  # PARSE that prepares a statement for reuse: its slot
 
 
 # Entries that carry no state of their own are shared (the data path allocates less).
@@ -133,7 +145,8 @@ class Conversation:
     """The proxy phase of one session. Not thread-safe; one per connection."""
 
     def __init__(self, *, allowed: frozenset[str], classifier: Classifier, role: str,
-                 resource: str, redact: bool = True, max_message: int = 8 << 20) -> None:
+                 resource: str, redact: bool = True, max_message: int = 8 << 20,
+                 auto_prepare: int = 0) -> None:
         self.allowed = allowed
         self.classify = classifier
         self.role = role
@@ -155,6 +168,13 @@ class Conversation:
         self._crest = 0  # bytes of a streamed client message (CopyData) still to pass
         self._sbuf = b""
         self._srest = 0
+        self.auto_prepare = auto_prepare  # reuse after this many Parses of a text (0: never)
+        self._auto: dict[bytes, list[Any]] = {}  # Parse body → [uses, name or None, ready]
+        self._auto_made = 0
+        # Dropped after "cached plan must not change result type" (0A000: a table changed
+        # under one) or when one of ours is missing (26000).
+        self._auto_prefix = b"_accord_%08x_" % (id(self) & 0xFFFFFFFF)
+        self._unnamed: bytes | None = None  # the prepared statement standing for the unnamed
 
     # ------------------------------------------------------------------ helpers
 
@@ -181,6 +201,50 @@ class Conversation:
         for st in verdict.statements:
             if st.prepares is not None:
                 self._sql_prepared[st.prepares] = st.classes
+            if st.forgets:  # DEALLOCATE, DISCARD ALL: ours may be gone with the client's
+                self._auto.clear()
+
+    # ------------------------------------------------------------------ reuse
+
+    def _reuse(self, body: bytes) -> tuple[_Entry, bytes | None]:
+        """A Parse of the unnamed statement seen before (`body` starts with its empty
+        name): its pending entry, and what to send instead (None: itself)."""
+        slot = self._auto.get(body)
+        if slot is None:  # counting starts (again, after the reused ones were dropped)
+            self._count_parse(body)
+            self._unnamed = None
+            return _PARSE_ENTRY, None
+        if slot[2]:  # prepared: the server need not parse it again
+            self._unnamed = slot[1]
+            return _PARSE_ENTRY, EMPTY_PARSE
+        slot[0] += 1
+        if slot[1] is not None or slot[0] < self.auto_prepare \
+                or self._auto_made >= MAX_AUTO_PREPARED:
+            self._unnamed = None
+            return _PARSE_ENTRY, None
+        self._auto_made += 1
+        name = self._auto_prefix + b"%d" % self._auto_made
+        slot[1] = name
+        # From here the unnamed statement is this one, prepared or not: should preparing
+        # fail, a Bind of it fails too (never runs an older statement in its place).
+        self._unnamed = name
+        return _Entry(K_PARSE, prepare=slot), pq.message(b"P", name + body)
+
+    def _count_parse(self, body: bytes) -> None:
+        if len(self._auto) < MAX_AUTO_PREPARED:
+            self._auto[body] = [1, None, False]
+
+    def _reuse_failed(self, entry: _Entry) -> None:
+        if entry.prepare is not None:
+            entry.prepare[1] = None  # not prepared; the next Parse of it tries again
+
+    def _forget_reuse(self) -> None:
+        """Prepare afresh: statements prepared for reuse are gone or stale. Until the
+        client parses its unnamed statement again, binding it names a statement that does
+        not exist (an error), never whatever the server's unnamed statement holds."""
+        self._auto.clear()
+        if self._unnamed is not None:
+            self._unnamed = self._auto_prefix + b"gone"
 
     # ------------------------------------------------------------------ client → server
 
@@ -198,6 +262,7 @@ class Conversation:
                     run = Run(self.seq, "simple", sql.strip(), None, _now())
                     self.started.append(run)
                     self._pending.append(_Entry(K_QUERY, [run]))
+                    self._unnamed = None  # a Query destroys the unnamed statement
                     return data
         if self._cbuf:
             data = self._cbuf + data
@@ -255,9 +320,22 @@ class Conversation:
                         data.find(b"\0", pos + 6, end) != end - 1:
                     raise pq.ProtocolError("Describe: malformed")
                 pending.append(_DESCRIBE_ENTRY)
-            elif kind == _P and (known := self._parsed.get(data[pos + 5:end])) is not None:
+                if length == 6 and data[pos + 5] == 0x53 and self._unnamed is not None:
+                    parts = parts or []  # Describe of the unnamed statement: the prepared one
+                    parts += (data[last:pos], pq.message(b"D", b"S" + self._unnamed + b"\0"))
+                    last = end
+            elif kind == _P and (known := self._parsed.get(body := data[pos + 5:end])) \
+                    is not None:
                 self._statements[known[0]] = known[1]  # the same Parse again (unnamed
-                pending.append(_PARSE_ENTRY)  # statements, pgbench -M extended)
+                if self.auto_prepare and data[pos + 5] == 0:  # statements, pgbench -M
+                    entry, replacement = self._reuse(body)  # extended)
+                    pending.append(entry)
+                    if replacement is not None:
+                        parts = parts or []
+                        parts += (data[last:pos], replacement)
+                        last = end
+                else:
+                    pending.append(_PARSE_ENTRY)
             elif kind == _B and self.redact and data[pos + 5] == 0 and data[pos + 6] == 0:
                 # Unnamed portal of the unnamed statement, parameters redacted: the count.
                 nfmt = unpack(data, pos + 5)[0] & 0xFFFF  # i16 after the two NULs
@@ -269,6 +347,11 @@ class Conversation:
                     raise pq.ProtocolError("Bind: bad parameter count")
                 self._portals[b""] = (self._statements.get(b"") or b"", count)
                 pending.append(_BIND_ENTRY)
+                if self._unnamed is not None:  # bind the statement prepared for reuse
+                    parts = parts or []
+                    parts += (data[last:pos], pq.message(
+                        b"B", b"\0" + self._unnamed + data[pos + 6:end]))
+                    last = end
             elif kind in _FRONTEND_OK:
                 replacement = self._frontend(kind, data[pos + 5:end])
                 if replacement is not None:
@@ -305,14 +388,14 @@ class Conversation:
             params: object = count if self.redact else render_params(body)
             self._portals[portal] = (text or b"", params)
             pending.append(_BIND_ENTRY)
+            if not name and self._unnamed is not None:  # the statement prepared for reuse
+                cut = len(portal) + 1
+                return pq.message(b"B", body[:cut] + self._unnamed + body[cut:])
             return None
         if kind == _P:
-            known = self._parsed.get(body)
-            if known is not None:  # the same Parse again (unnamed statements, pgbench -M extended)
-                self._statements[known[0]] = known[1]
-                pending.append(_PARSE_ENTRY)
-                return None
             parsed = pq.parse_parse(body)
+            if not parsed.name:
+                self._unnamed = None  # the client's unnamed statement is the server's again
             verdict = self.classify(parsed.query)
             refused = self._check(verdict)
             if refused is not None:
@@ -327,9 +410,12 @@ class Conversation:
                 if len(self._parsed) >= 256:
                     self._parsed.clear()
                 self._parsed[body] = (parsed.name, parsed.query)
+                if not parsed.name and self.auto_prepare:
+                    self._count_parse(body)
             pending.append(_PARSE_ENTRY)
             return None
         if kind == _Q:
+            self._unnamed = None  # a Query destroys the unnamed statement
             sql = pq.parse_query(body)
             verdict = self.classify(sql)
             refused = self._check(verdict)
@@ -351,6 +437,8 @@ class Conversation:
             target, name = pq.parse_target(body)
             if target == 0x53:
                 self._statements.pop(name, None)
+                if not name:
+                    self._unnamed = None
             else:
                 self._portals.pop(name, None)
             pending.append(_CLOSE_ENTRY)
@@ -362,6 +450,7 @@ class Conversation:
                 v = Violation(st, frozenset({ADMIN}), "function", t0)
                 self.violations.append(v)
                 pending.append(_Entry(K_QUERY, [], refused=v))
+                self._unnamed = None
                 return pq.message(b"Q", REFUSED_SQL + b"\0")
             self.seq += 1
             run = Run(self.seq, "function", b"<fast-path function call>", None, t0)
@@ -424,7 +513,9 @@ class Conversation:
                 if length < 4:
                     raise pq.ProtocolError("invalid message length from the server")
                 if pending and pending[0].kind == expect:
-                    pending.popleft()
+                    prepare = pending.popleft().prepare
+                    if prepare is not None:
+                        prepare[2] = True  # prepared for reuse: later Parses skip parsing
                 pos = end
                 continue
             if kind == _COMPLETE and pending and length >= 5:
@@ -535,6 +626,7 @@ class Conversation:
             self.status = data[start:end]
             while pending:
                 entry = pending.popleft()
+                self._reuse_failed(entry)
                 if entry.kind in (K_SYNC, K_QUERY, K_CALL):
                     if entry.runs:
                         for run in entry.runs[entry.index:]:
@@ -571,6 +663,9 @@ class Conversation:
     def _error(self, head: _Entry, fields: Mapping[str, str]) -> bytes | None:
         pending = self._pending
         error = (fields.get("C", ""), fields.get("M", ""))
+        if self._auto and (error[0] == "0A000" or (
+                error[0] == "26000" and self._auto_prefix.decode() in error[1])):
+            self._forget_reuse()
         replacement = (refusal_message(head.refused, self.role, self.resource)
                        if head.refused is not None else None)
         hk = head.kind
@@ -587,6 +682,7 @@ class Conversation:
         blamed = head.refused is not None
         while pending and pending[0].kind != K_SYNC:
             entry = pending.popleft()
+            self._reuse_failed(entry)
             if entry.kind == K_EXECUTE and not blamed and entry.runs:
                 self._finish(entry.runs[0], None, error, "error")
                 blamed = True

@@ -371,7 +371,8 @@ class Gateway:
             upstream_role=auth.target.role)
         conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
                             resource=auth.resource, redact=self.spec.redact_parameters,
-                            max_message=self.spec.max_message)
+                            max_message=self.spec.max_message,
+                            auto_prepare=self.spec.auto_prepare)
         session = ProxySession(self, client, server, conv, info, auth.target)
         hello = [pq.auth_request(pq.AUTH_OK)]
         hello += [pq.parameter_status(k, v) for k, v in server.params.items()]

@@ -103,6 +103,7 @@ class Statement(NamedTuple):
     classes: frozenset[str]
     prepares: str | None = None  # PREPARE name (SQL level)
     executes: str | None = None  # EXECUTE name (SQL level): the caller supplies its classes
+    forgets: bool = False  # DEALLOCATE or DISCARD ALL: drops the session's prepared statements
 
 
 class Verdict:
@@ -339,7 +340,9 @@ def classify(sql: bytes) -> Verdict:
         top, node = next(iter(body.items()))
         raw = tree if len(stmts) == 1 else json.dumps(body)
         classes, prepares, executes = _classes(top, node if isinstance(node, dict) else {}, raw)
-        out.append(Statement(piece, frozenset(classes), prepares, executes))
+        forgets = top == "DeallocateStmt" or (
+            top == "DiscardStmt" and isinstance(node, dict) and node.get("target") == "DISCARD_ALL")
+        out.append(Statement(piece, frozenset(classes), prepares, executes, forgets))
     return Verdict(tuple(out))
 
 
