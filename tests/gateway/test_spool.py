@@ -148,3 +148,18 @@ def test_segments_rotate_carrying_live_sessions(writer: AuditWriter,
     assert len({f[0] for f in got}) == len(got)  # each outcome once
     assert [f[1] for f in facts].count("close") == 2
     assert reader.finish() == []  # nothing left unanswered or open
+
+
+def test_tags_and_errors_with_odd_bytes_read_back_whole(writer: AuditWriter) -> None:
+    """A command tag is whatever the server sent: a NUL in it must not split the record."""
+    s = Session(writer)
+    s.send("select 1")
+    s.answer(pq.message(b"C", b"SELECT\x001\0") + pq.message(b"Z", b"I"))
+    s.send("select 2")
+    s.answer(pq.error_response("22000", 'bad "\0" byte') + pq.message(b"Z", b"I"))
+    writer.tick()
+    reader = Reader(writer.dir)
+    reader.poll()
+    facts = [f[4] for f in reader.take() if f[1] == audit.STATEMENT]
+    assert [(f[6], f[9], f[10]) for f in facts] == [
+        ("SELECT\x001", "ok", None), (None, "error", ["22000", 'bad "" byte'])]

@@ -451,41 +451,31 @@ class Reader:
         pos = 0
         n = len(body)
         head = _HEAD.unpack_from
-        intent = _INTENT.unpack_from
-        done = _DONE.unpack_from
-        isize, dsize = _HEAD.size + _INTENT.size, _HEAD.size + _DONE.size
+        intent = _INTENT_REC.unpack_from  # header and fields in one call
+        done = _DONE_REC.unpack_from
+        isize, dsize = _INTENT_REC.size, _DONE_REC.size
         intents = self.intents
         infos = self.infos
         ready = self.ready
         max_text = self.max_text
         offset = self.offset
         tags = self._tags
+        last_t0 = 0
+        params: object
         while pos < n:
-            length, kind = head(body, pos)
-            end = pos + _HEAD.size + length
-            if kind == R_INTENT:
-                number, seq, t0, size, protocol = intent(body, pos + _HEAD.size)
-                start = pos + isize
-                if size > max_text:
-                    text = body[start:start + max_text].decode("utf-8", "ignore") + \
-                        f"…[{size - max_text} bytes cut]"
-                else:
-                    text = body[start:start + size].decode("utf-8", "replace")
-                params: object = None  # a count (redacted) is digits; values are a JSON list
-                if start + size < end:
-                    tail = body[start + size:end]
-                    params = int(tail) if tail.isdigit() else json.loads(tail)
-                intents[number << 32 | seq] = (_PROTOCOLS[protocol], text, params, t0)
-                if t0 + offset > self.last_ns:
-                    self.last_ns = t0 + offset
-            elif kind == R_DONE:
-                number, seq, rec, duration, rows, outcome = done(body, pos + _HEAD.size)
-                nul = body.index(b"\0", pos + dsize, end)
+            kind = body[pos + 4]
+            if kind == R_DONE:
+                length, _, number, seq, rec, duration, rows, outcome = done(body, pos)
+                end = pos + 5 + length
                 protocol, text, params, t0 = intents.pop(number << 32 | seq, _NO_INTENT)
                 info = infos.get(number)
                 if info is not None:  # a row of service.COLUMNS (offset_us set when shipped)
+                    # The tail: the tag, a NUL, and the error as JSON when there was one.
                     error: list[str] | None = None
-                    if nul + 1 < end:
+                    if body[end - 1] == 0:
+                        nul = end - 1
+                    else:
+                        nul = body.index(b"\0", pos + dsize, end)
                         code, message = json.loads(body[nul + 1:end])
                         error = [code, message[:2000]]
                     tag: str | None = None
@@ -496,20 +486,43 @@ class Reader:
                             tag = raw.decode("utf-8", "replace")
                             if len(tags) < 1024:
                                 tags[raw] = tag
-                    if type(params) is int:
-                        count, values = params, None
-                    elif params:
-                        count, values = len(params), params  # type: ignore[arg-type]
-                    else:
+                    if params is None:
                         count, values = 0, None
+                    elif type(params) is int:
+                        count, values = params, None
+                    else:
+                        count, values = len(params), params  # type: ignore[arg-type]
                     ready.append((rec, STATEMENT, info, t0 + offset, [
                         seq, 0, protocol, text, count, values, tag,
                         None if rows < 0 else rows, duration // 1000, _OUTCOMES[outcome],
                         error]))
+            elif kind == R_INTENT:
+                length, _, number, seq, t0, size, protocol = intent(body, pos)
+                end = pos + 5 + length
+                start = pos + isize
+                if size > max_text:
+                    text = body[start:start + max_text].decode("utf-8", "ignore") + \
+                        f"…[{size - max_text} bytes cut]"
+                else:
+                    text = body[start:start + size].decode("utf-8", "replace")
+                params = None  # a count (redacted) is digits; values are a JSON list
+                if start + size < end:
+                    tail = body[start + size:end]
+                    params = int(tail) if tail.isdigit() else json.loads(tail)
+                intents[number << 32 | seq] = (_PROTOCOLS[protocol], text, params, t0)
+                if t0 > last_t0:
+                    last_t0 = t0
             else:
+                length = head(body, pos)[0]
+                end = pos + 5 + length
+                if last_t0 and last_t0 + offset > self.last_ns:
+                    self.last_ns = last_t0 + offset  # under the clock these intents had
+                last_t0 = 0
                 self._apply(kind, body[pos + _HEAD.size:end])
                 offset = self.offset
             pos = end
+        if last_t0 and last_t0 + offset > self.last_ns:
+            self.last_ns = last_t0 + offset
 
     def _apply(self, kind: int, payload: bytes) -> None:
         """Records other than statements and outcomes."""
