@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from accord.gateway import protocol as pq
-from accord.gateway.conversation import EMPTY_PARSE, Conversation
+from accord.gateway.conversation import EMPTY_PARSE, PARSE_COMPLETE, Conversation
 from accord.gateway.scope import Classifier
 from tests.gateway.test_protocol import (
     ADMIN,
@@ -11,6 +14,7 @@ from tests.gateway.test_protocol import (
     ROWDESC,
     SYNC,
     bind,
+    chunks,
     complete,
     describe,
     error,
@@ -44,8 +48,15 @@ def messages(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def run(c: Conversation, value: bytes, answer: bytes = ANSWER, sql: bytes = SQL) -> bytes:
     sent = c.client(pipeline(value, sql))
-    assert c.server(answer) == answer  # the client sees the server's answer unchanged
+    # No Parse upstream, no ParseComplete from the server: the gateway supplies it.
+    reply = answer if sent.startswith(b"P") else answer[5:]
+    assert c.server(reply) == answer  # the client sees what the server would have sent
     return sent
+
+
+def reused(sent: bytes) -> bool:
+    """The server was sent no Parse, and a Bind of the gateway's prepared statement."""
+    return sent[:1] == b"B" and sent[6:14] == b"_accord_"
 
 
 def test_the_nth_parse_prepares_and_later_ones_reuse_it() -> None:
@@ -60,7 +71,7 @@ def test_the_nth_parse_prepares_and_later_ones_reuse_it() -> None:
     assert third[1] == (b"B", b"\0" + name + bind(b"", b"", [b"3"])[6:])
     for value in (b"4", b"5", b"6"):
         sent = run(c, value)
-        assert sent == EMPTY_PARSE + pq.message(
+        assert sent == pq.message(
             b"B", b"\0" + name + bind(b"", b"", [value])[6:]) + describe() + execute() + SYNC
     texts = [r.text for r in c.started]
     assert texts == [SQL] * 6  # the audit trail has the client's text every time
@@ -94,34 +105,35 @@ def test_a_failed_prepare_is_tried_again_and_never_binds_an_older_statement() ->
     assert run(c, b"3") == pipeline(b"3")
     second = messages(run(c, b"4"))[0][1].split(b"\0")[0]
     assert second.startswith(b"_accord_") and second != first
-    assert run(c, b"5").startswith(EMPTY_PARSE)
+    assert reused(run(c, b"5"))
 
 
 def test_a_changed_table_drops_prepared_statements() -> None:
     c = conv(2)
     run(c, b"1")
     run(c, b"2")
-    assert run(c, b"3").startswith(EMPTY_PARSE)
+    assert reused(run(c, b"3"))
     c.client(pipeline(b"3"))
-    c.server(b"1\0\0\0\x04" + error("0A000", "cached plan must not change result type") + READY)
+    assert c.server(error("0A000", "cached plan must not change result type") + READY) \
+        == PARSE_COMPLETE + error("0A000", "cached plan must not change result type") + READY
     assert c.finished[-1][5] == "error"
     assert run(c, b"4") == pipeline(b"4")  # parsed by the server again, then reused anew
-    assert not run(c, b"5").startswith(EMPTY_PARSE)
-    assert run(c, b"6").startswith(EMPTY_PARSE)
+    assert not reused(run(c, b"5"))
+    assert reused(run(c, b"6"))
 
 
 def test_a_query_deallocate_or_close_gives_the_unnamed_statement_back() -> None:
     c = conv(1)
     run(c, b"1")
     run(c, b"2")
-    assert run(c, b"3").startswith(EMPTY_PARSE)
+    assert reused(run(c, b"3"))
     q = pq.message(b"Q", b"select 1\0")
     assert c.client(q) == q
     c.server(ROWDESC + row(b"1") + complete("SELECT 1") + READY)
     tail = bind(b"", b"", [b"1"]) + execute() + SYNC
     assert c.client(tail) == tail  # a Query destroyed the unnamed statement: as sent
     c.server(error("26000", "unnamed prepared statement does not exist") + READY)
-    assert run(c, b"4").startswith(EMPTY_PARSE)  # still prepared upstream
+    assert reused(run(c, b"4"))  # still prepared upstream
     close = pq.message(b"C", b"S\0")
     assert c.client(close + SYNC) == close + SYNC
     c.server(b"3\0\0\0\x04" + READY)
@@ -131,8 +143,8 @@ def test_a_query_deallocate_or_close_gives_the_unnamed_statement_back() -> None:
     assert c.client(dealloc) == dealloc
     c.server(complete("DEALLOCATE ALL") + READY)
     assert run(c, b"5") == pipeline(b"5")  # prepared afresh
-    assert not run(c, b"6").startswith(EMPTY_PARSE)
-    assert run(c, b"7").startswith(EMPTY_PARSE)
+    assert not reused(run(c, b"6"))
+    assert reused(run(c, b"7"))
 
 
 def test_named_statements_and_a_threshold_of_zero_pass_unchanged() -> None:
@@ -144,3 +156,79 @@ def test_named_statements_and_a_threshold_of_zero_pass_unchanged() -> None:
     for _ in range(3):
         assert c.client(named) == named
         c.server(ANSWER)
+
+
+def test_behind_outstanding_work_a_reused_parse_is_an_empty_one() -> None:
+    """Pipelined: the ParseComplete must come after the answers still due, so the server
+    gives it, for a Parse of nothing."""
+    c = conv(1)
+    run(c, b"1")
+    run(c, b"2")
+    sent = c.client(pipeline(b"3") + pipeline(b"4"))
+    assert reused(sent)  # the first one: nothing outstanding
+    assert sent.index(EMPTY_PARSE) > sent.index(SYNC)
+    answer = ANSWER[5:] + ANSWER  # no ParseComplete, then one for the empty Parse
+    assert c.server(answer) == ANSWER + ANSWER
+    assert [f[1] for f in c.finished][-2:] == ["SELECT 1", "SELECT 1"]
+    assert not c.busy
+
+
+class FakeServer:
+    """Just enough of PostgreSQL's extended protocol to tell which text each Execute ran."""
+
+    def __init__(self) -> None:
+        self.statements: dict[bytes, bytes] = {}
+        self.portal = b""
+        self.ran: list[bytes] = []
+        self.buf = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self.buf += data
+        out = b""
+        while len(self.buf) >= 5:
+            length = int.from_bytes(self.buf[1:5], "big")
+            if len(self.buf) < 1 + length:
+                break
+            kind, body = self.buf[:1], self.buf[5:1 + length]
+            self.buf = self.buf[1 + length:]
+            if kind == b"P":
+                name, text = body.split(b"\0")[:2]
+                assert name == b"" or name not in self.statements, "prepared twice"
+                self.statements[name] = text
+                out += PARSE_COMPLETE
+            elif kind == b"B":
+                stmt = body.split(b"\0")[1]
+                self.portal = self.statements[stmt]  # a KeyError: a Bind of nothing
+                out += b"2\0\0\0\x04"
+            elif kind == b"D":
+                out += ROWDESC
+            elif kind == b"E":
+                self.ran.append(self.portal)
+                out += row(b"1") + complete("SELECT 1")
+            elif kind == b"S":
+                out += READY
+        return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([SQL, b"select 2 where $1::int > 0", b"select $1::text"]),
+                min_size=1, max_size=25),
+       st.integers(min_value=0, max_value=4), st.lists(st.integers(0, 10_000), max_size=6),
+       st.booleans())
+def test_reuse_runs_what_the_client_asked_and_answers_what_the_server_would(
+        texts: list[bytes], threshold: int, cuts: list[int], pipelined: bool) -> None:
+    c, server = conv(threshold), FakeServer()
+    direct = FakeServer()  # the same client talking to the server itself
+    expected, got = b"", b""
+    stream = [pipeline(str(i).encode(), text) for i, text in enumerate(texts)]
+    batches = [b"".join(stream)] if pipelined else stream
+    for batch in batches:
+        expected += direct.feed(batch)
+        for piece in chunks(batch, cuts):
+            upstream = c.client(piece)
+            if upstream:
+                got += c.server(server.feed(upstream))
+    assert got == expected
+    assert server.ran == direct.ran == texts
+    assert [r.text for r in c.started] == texts
+    assert not c.busy

@@ -17,10 +17,12 @@ rewritten into 42501 on its way back. `violations` lists the refusals.
 Reuse (`auto_prepare`): a client that sends the same Parse of the unnamed statement again
 and again (pgbench -M extended, psycopg before its own prepare threshold, most ORMs) makes
 the server parse and plan it every time. From the `auto_prepare`-th time in a session, the
-gateway prepares it once upstream under a name of its own; later Parses of it become a
-Parse of an empty string (the server still answers ParseComplete, in order, at no cost)
-and Binds and Describes of the unnamed statement name the prepared one. The client sees
-the same messages; the audit trail records the client's text as always.
+gateway prepares it once upstream under a name of its own. Later Parses of it do not
+reach the server: with nothing outstanding and a Bind right behind, the gateway answers
+ParseComplete itself, ahead of the server's answer to the Bind; otherwise it sends a Parse
+of an empty string, which the server answers in order at next to no cost. Binds and
+Describes of the unnamed statement name the prepared one. The client sees the same
+messages; the audit trail records the client's text as always.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
 MAX_AUTO_PREPARED = 256  # statements a session prepares upstream for reuse, at most
 EMPTY_PARSE = b"P\0\0\0\x08\0\0\0\0"  # Parse of the unnamed statement, empty text: cheap
+PARSE_COMPLETE = b"1\0\0\0\x04"
 
 _unpack_i32 = struct.Struct("!i").unpack_from
 _now = time.perf_counter_ns
@@ -175,6 +178,7 @@ class Conversation:
         # under one) or when one of ours is missing (26000).
         self._auto_prefix = b"_accord_%08x_" % (id(self) & 0xFFFFFFFF)
         self._unnamed: bytes | None = None  # the prepared statement standing for the unnamed
+        self._lead = b""  # answers of the gateway's own, due before the server's next bytes
 
     # ------------------------------------------------------------------ helpers
 
@@ -329,7 +333,14 @@ class Conversation:
                 self._statements[known[0]] = known[1]  # the same Parse again (unnamed
                 if self.auto_prepare and data[pos + 5] == 0:  # statements, pgbench -M
                     entry, replacement = self._reuse(body)  # extended)
-                    pending.append(entry)
+                    if replacement is EMPTY_PARSE and not pending and end < n \
+                            and data[end] == _B:
+                        # Nothing outstanding, and the Bind's answer comes next: the
+                        # ParseComplete goes ahead of it; the server sees no Parse.
+                        self._lead += PARSE_COMPLETE
+                        replacement = b""
+                    else:
+                        pending.append(entry)
                     if replacement is not None:
                         parts = parts or []
                         parts += (data[last:pos], replacement)
@@ -465,6 +476,9 @@ class Conversation:
 
     def server(self, data: bytes) -> bytes:
         """Bytes from the server; returns the bytes to send the client (maybe rewritten)."""
+        if self._lead:
+            lead, self._lead = self._lead, b""
+            return lead + self.server(data)
         pending = self._pending
         if len(pending) == 1 and not self._sbuf and not self._srest \
                 and self._one_result(pending[0], data):
