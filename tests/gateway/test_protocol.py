@@ -9,7 +9,7 @@ import contextlib
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from accord.gateway import protocol as pq
@@ -353,6 +353,53 @@ def test_the_one_result_fast_path_agrees_with_the_general_loop(parts: list[bytes
                 out += c.server(chunk)
             got: object = (out, [(f[0].text, f[1], f[2], f[4], f[5]) for f in c.finished],
                            c.status, c.busy)
+        except pq.ProtocolError as exc:
+            got = ("error", str(exc))
+        seen.append(got)
+    assert seen[0] == seen[1]
+
+
+_EXTENDED_PARTS = st.sampled_from([
+    b"1\0\0\0\x04", b"2\0\0\0\x04", ROWDESC, pq.message(b"n"), row(b"1"),
+    row(b"22", b"x"), complete("SELECT 1"), complete("UPDATE 2"), READY,
+    pq.ready_for_query(b"T"), error("22012", "division by zero"), pq.message(b"s"),
+    pq.message(b"N", b"SNOTICE\0Mhi\0\0"), b"C\x00\x00\x00\x05X"])
+
+
+_BOUND = b"2\0\0\0\x04"
+
+
+@FAST
+@given(parts=st.lists(_EXTENDED_PARTS, max_size=8), cut=st.integers(min_value=0, max_value=80),
+       parsed=st.booleans())
+@example(parts=[_BOUND, ROWDESC, row(b"1"), complete("SELECT 1"), READY], cut=0, parsed=False)
+@example(parts=[b"1\0\0\0\x04", _BOUND, ROWDESC, row(b"1"), row(b"2"), complete("SELECT 2"),
+                READY], cut=0, parsed=True)
+@example(parts=[_BOUND, pq.message(b"n"), complete("UPDATE 2"), pq.ready_for_query(b"T")],
+         cut=0, parsed=False)
+def test_the_one_execution_fast_path_agrees_with_the_general_loop(
+        parts: list[bytes], cut: int, parsed: bool) -> None:
+    """Whatever the server sends after (Parse,) Bind, Describe, Execute, Sync, whole or
+    cut, the fast path and the general loop forward the same bytes, note the same."""
+    data = b"".join(parts)
+    chunks = [data[:cut], data[cut:]] if 0 < cut < len(data) else [data]
+    sent = (parse(b"", b"select $1") if parsed else b"") + bind(b"", b"", [b"1"]) + \
+        describe() + execute() + SYNC
+    seen = []
+    for fast in (True, False):
+        c = conv()
+        c.client(parse(b"", b"select $1") + SYNC)  # known: the next Parse takes the inline path
+        c.server(b"1\0\0\0\x04" + READY)
+        c.drain()
+        if not fast:
+            c._one_execution = lambda data: False  # type: ignore[method-assign]
+        c.client(sent)
+        out = b""
+        try:
+            for chunk in chunks:
+                out += c.server(chunk)
+            got: object = (out, [(f[0].text, f[1], f[2], f[4], f[5]) for f in c.finished],
+                           c.status, c.busy, len(c._pending))
         except pq.ProtocolError as exc:
             got = ("error", str(exc))
         seen.append(got)

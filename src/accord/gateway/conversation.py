@@ -114,6 +114,9 @@ _DESCRIBE_ENTRY = _Entry(K_DESCRIBE)
 _CLOSE_ENTRY = _Entry(K_CLOSE)
 _SYNC_ENTRY = _Entry(K_SYNC)
 _NO_PORTAL: tuple[bytes, object] = (b"", None)  # Execute of a portal never bound here
+# What libpq sends after Parse and Bind for a one-off statement: Describe of the unnamed
+# portal, Execute of it without a row limit, Sync.
+_DESCRIBE_EXECUTE_SYNC = b"D\0\0\0\x06P\0" + b"E\0\0\0\x09\0\0\0\0\0" + b"S\0\0\0\x04"
 
 
 def render_params(body: bytes) -> list[str | None]:
@@ -234,6 +237,47 @@ class Conversation:
         self._unnamed = name
         return _Entry(K_PARSE, prepare=slot), pq.message(b"P", name + body)
 
+    def _reused_statement(self, data: bytes) -> bytes | None:
+        """The common case of reuse on its own: Parse of a statement prepared for reuse,
+        Bind (unnamed portal, parameters redacted), Describe, Execute, Sync, with nothing
+        outstanding. None, having changed nothing, for anything else."""
+        n = len(data)
+        unpack = _unpack_i32
+        if n < 10:
+            return None
+        pend: int = 1 + unpack(data, 1)[0]
+        if pend + 9 > n or data[pend] != _B or not self.redact or data[pend + 5] != 0 \
+                or data[pend + 6] != 0:
+            return None
+        body = data[5:pend]
+        slot = self._auto.get(body)
+        known = self._parsed.get(body)
+        if slot is None or not slot[2] or known is None:
+            return None
+        bend: int = pend + 1 + unpack(data, pend + 1)[0]
+        if bend + len(_DESCRIBE_EXECUTE_SYNC) != n or data[bend:] != _DESCRIBE_EXECUTE_SYNC:
+            return None
+        nfmt = unpack(data, pend + 5)[0] & 0xFFFF  # i16 after the two NULs
+        at = pend + 9 + 2 * nfmt
+        if nfmt > 0x7FFF or at + 2 > bend:
+            return None  # the general loop says what is wrong with it
+        count = int.from_bytes(data[at:at + 2], "big", signed=True)
+        if count < 0:
+            return None
+        text = known[1]
+        self._statements[b""] = text
+        self._portals[b""] = (text, count)
+        name: bytes = slot[1]
+        self._unnamed = name
+        self._lead += PARSE_COMPLETE
+        self.seq += 1
+        run = Run(self.seq, "extended", text, count, _now())
+        self.started.append(run)
+        self._pending.extend((_BIND_ENTRY, _DESCRIBE_ENTRY, _Entry(K_EXECUTE, [run]),
+                              _SYNC_ENTRY))
+        return b"B" + (bend - pend - 1 + len(name)).to_bytes(4, "big") + b"\0" + name + \
+            data[pend + 6:]
+
     def _count_parse(self, body: bytes) -> None:
         if len(self._auto) < MAX_AUTO_PREPARED:
             self._auto[body] = [1, None, False]
@@ -268,6 +312,11 @@ class Conversation:
                     self._pending.append(_Entry(K_QUERY, [run]))
                     self._unnamed = None  # a Query destroys the unnamed statement
                     return data
+        elif data and data[0] == _P and self._auto and not self._pending and not self._cbuf \
+                and not self._crest:
+            out = self._reused_statement(data)
+            if out is not None:
+                return out
         if self._cbuf:
             data = self._cbuf + data
             self._cbuf = b""
@@ -483,6 +532,9 @@ class Conversation:
         if len(pending) == 1 and not self._sbuf and not self._srest \
                 and self._one_result(pending[0], data):
             return data
+        if 4 <= len(pending) <= 5 and not self._sbuf and not self._srest \
+                and self._one_execution(data):
+            return data
         if self._sbuf:
             data = self._sbuf + data
             self._sbuf = b""
@@ -623,6 +675,64 @@ class Conversation:
                 return True
             elif kind != _ROW_DESC:
                 return False  # errors, notices, copy, ...: the general loop
+            pos = end
+        return False
+
+    def _one_execution(self, data: bytes) -> bool:
+        """The common case of the extended protocol on its own: the whole answer to (Parse,)
+        Bind, Describe, Execute, Sync (ParseComplete, BindComplete, RowDescription or
+        NoData, DataRows, CommandComplete, ReadyForQuery) in one read. Returns False,
+        having changed nothing, for anything else."""
+        pending = self._pending
+        at = i = 0  # where the answer to Bind starts, in the bytes and among the entries
+        if len(pending) == 5:
+            if pending[0] is not _PARSE_ENTRY or data[:5] != PARSE_COMPLETE:
+                return False
+            at, i = 5, 1
+        if pending[i] is not _BIND_ENTRY or pending[i + 1] is not _DESCRIBE_ENTRY:
+            return False
+        execute = pending[i + 2]
+        runs = execute.runs
+        if execute.kind != K_EXECUTE or pending[i + 3] is not _SYNC_ENTRY or not runs:
+            return False
+        n = len(data)
+        if n < at + 11 or data[at] != _BIND_OK or data[at + 1:at + 5] != b"\0\0\0\x04" or \
+                data[at + 5] not in (_ROW_DESC, _NO_DATA):
+            return False
+        unpack = _unpack_i32
+        pos = at + 6 + unpack(data, at + 6)[0]
+        if pos < at + 10:
+            return False
+        rows = 0
+        tag_at = -1
+        while n - pos >= 5:
+            kind = data[pos]
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if end > n or end < pos + 5:
+                return False
+            if kind == _DATA_ROW:
+                if tag_at >= 0:
+                    return False
+                rows += 1
+            elif kind == _COMPLETE:
+                if tag_at >= 0 or end < pos + 6 or data[end - 1] != 0:
+                    return False
+                tag_at = pos
+            elif kind == _READY:
+                if end != n or end != pos + 6 or tag_at < 0:
+                    return False
+                run = runs[0]
+                run.rows += rows
+                tag_end = tag_at + unpack(data, tag_at + 1)[0]
+                tag = data[tag_at + 5:tag_end].decode("utf-8", "replace")
+                last_word = tag.rpartition(" ")[2]
+                self.finished.append((run, tag, int(last_word) if last_word.isdigit()
+                                      else run.rows, _now() - run.t0, None, "ok"))
+                pending.clear()
+                self.status = data[pos + 5:end]
+                return True
+            else:
+                return False  # errors, notices, a suspended portal, ...: the general loop
             pos = end
         return False
 
