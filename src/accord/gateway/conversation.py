@@ -34,11 +34,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from accord.gateway import protocol as pq
-from accord.gateway.scope import ADMIN, Classifier, Statement, Verdict
+from accord.gateway.scope import ADMIN, DDL, Classifier, Statement, Verdict
 
 REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
 MAX_AUTO_PREPARED = 256  # statements a session prepares upstream for reuse, at most
+MAX_AUTO_BODY = 8192  # longer Parse messages are not counted for reuse
+_REUSABLE = frozenset({"read", "write"})  # statement classes worth preparing for reuse
 EMPTY_PARSE = b"P\0\0\0\x08\0\0\0\0"  # Parse of the unnamed statement, empty text: cheap
 PARSE_COMPLETE = b"1\0\0\0\x04"
 
@@ -111,6 +113,10 @@ class _Entry:
 _PARSE_ENTRY = _Entry(K_PARSE)
 _BIND_ENTRY = _Entry(K_BIND)
 _DESCRIBE_ENTRY = _Entry(K_DESCRIBE)
+# A Bind or Describe rewritten to name a statement prepared for reuse: when PostgreSQL says
+# "cached plan must not change result type" (0A000) to one of these, reuse starts afresh.
+_REUSED_BIND_ENTRY = _Entry(K_BIND)
+_REUSED_DESCRIBE_ENTRY = _Entry(K_DESCRIBE)
 _CLOSE_ENTRY = _Entry(K_CLOSE)
 _SYNC_ENTRY = _Entry(K_SYNC)
 _NO_PORTAL: tuple[bytes, object] = (b"", None)  # Execute of a portal never bound here
@@ -167,7 +173,8 @@ class Conversation:
         self.status = b"I"  # the last ReadyForQuery status
         self._pending: deque[_Entry] = deque()
         self._statements: dict[bytes, bytes | None] = {}  # prepared name → text (None: refused)
-        self._parsed: dict[bytes, tuple[bytes, bytes]] = {}  # allowed Parse body → (name, text)
+        # allowed Parse body → (name, text, whether worth preparing for reuse)
+        self._parsed: dict[bytes, tuple[bytes, bytes, bool]] = {}
         self._portals: dict[bytes, tuple[bytes, object]] = {}  # portal → (text, params)
         self._sql_prepared: dict[str, frozenset[str]] = {}  # PREPARE name → classes
         self._cbuf = b""  # a partial client message we must see whole
@@ -181,7 +188,17 @@ class Conversation:
         # under one) or when one of ours is missing (26000).
         self._auto_prefix = b"_accord_%08x_" % (id(self) & 0xFFFFFFFF)
         self._unnamed: bytes | None = None  # the prepared statement standing for the unnamed
+        self._gone = self._auto_prefix + b"gone"  # a name no statement has
         self._lead = b""  # answers of the gateway's own, due before the server's next bytes
+        # Whether the unnamed statement changed behind a message of the same segment (up to
+        # a Sync) that may fail, so that the server may skip the change; whether something
+        # then failed; whether the current segment parsed it; whether a message that may
+        # fail came since the last Sync; whether the server discards messages until a Sync.
+        self._may_skip = False
+        self._unsure = False
+        self._unsure_failed = False
+        self._segment_parsed = False
+        self._skipping = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -208,18 +225,48 @@ class Conversation:
         for st in verdict.statements:
             if st.prepares is not None:
                 self._sql_prepared[st.prepares] = st.classes
-            if st.forgets:  # DEALLOCATE, DISCARD ALL: ours may be gone with the client's
-                self._auto.clear()
+            if st.forgets or DDL in st.classes:  # DEALLOCATE, DISCARD ALL: ours may be
+                self._auto.clear()  # gone; after DDL, texts may mean other tables
 
     # ------------------------------------------------------------------ reuse
+
+    def _unnamed_to(self, value: bytes | None) -> None:
+        """The client's unnamed statement changed (to a prepared one, or to the server's
+        own). Behind a message of its segment that may fail, the server may skip this."""
+        if self._may_skip and self._auto_made:
+            self._unsure = True
+        self._unnamed = value
+
+    def _unnamed_target(self) -> bytes | None:
+        """What a Bind or Describe of the unnamed statement names upstream (None: the
+        server's unnamed statement). When an earlier change of it may have been skipped
+        and this segment did not parse it, a statement that does not exist: an error,
+        never whatever the server's unnamed statement holds."""
+        if self._unsure and not self._segment_parsed:
+            return self._gone
+        return self._unnamed
+
+    def _settle(self) -> None:
+        """Everything sent was answered: after a failure, which changes of the unnamed
+        statement the server skipped is unknown, so binding it needs a Parse again."""
+        if self._unsure_failed:
+            self._unnamed = self._gone
+        self._unsure = self._unsure_failed = False
 
     def _reuse(self, body: bytes) -> tuple[_Entry, bytes | None]:
         """A Parse of the unnamed statement seen before (`body` starts with its empty
         name): its pending entry, and what to send instead (None: itself)."""
+        self._segment_parsed = True
         slot = self._auto.get(body)
         if slot is None:  # counting starts (again, after the reused ones were dropped)
             self._count_parse(body)
-            self._unnamed = None
+            self._unnamed_to(None)
+            return _PARSE_ENTRY, None
+        if self._pending or self._skipping or self.status == b"E":
+            # Only as the first message after everything was answered, outside a failed
+            # transaction: then nothing before it can make the server skip it, and the
+            # server would not refuse it for the transaction's sake (25P02).
+            self._unnamed_to(None)
             return _PARSE_ENTRY, None
         if slot[2]:  # prepared: the server need not parse it again
             self._unnamed = slot[1]
@@ -243,7 +290,7 @@ class Conversation:
         outstanding. None, having changed nothing, for anything else."""
         n = len(data)
         unpack = _unpack_i32
-        if n < 10:
+        if n < 10 or self._skipping or self.status == b"E":
             return None
         pend: int = 1 + unpack(data, 1)[0]
         if pend + 9 > n or data[pend] != _B or not self.redact or data[pend + 5] != 0 \
@@ -269,18 +316,26 @@ class Conversation:
         self._portals[b""] = (text, count)
         name: bytes = slot[1]
         self._unnamed = name
+        self._segment_parsed = self._may_skip = False  # the Sync at its end
         self._lead += PARSE_COMPLETE
         self.seq += 1
         run = Run(self.seq, "extended", text, count, _now())
         self.started.append(run)
-        self._pending.extend((_BIND_ENTRY, _DESCRIBE_ENTRY, _Entry(K_EXECUTE, [run]),
-                              _SYNC_ENTRY))
+        self._pending.extend((_REUSED_BIND_ENTRY, _DESCRIBE_ENTRY,
+                              _Entry(K_EXECUTE, [run]), _SYNC_ENTRY))
         return b"B" + (bend - pend - 1 + len(name)).to_bytes(4, "big") + b"\0" + name + \
             data[pend + 6:]
 
     def _count_parse(self, body: bytes) -> None:
-        if len(self._auto) < MAX_AUTO_PREPARED:
-            self._auto[body] = [1, None, False]
+        auto = self._auto
+        if len(body) > MAX_AUTO_BODY:
+            return
+        if len(auto) >= MAX_AUTO_PREPARED:  # make room: forget texts not prepared
+            for key in [k for k, slot in auto.items() if slot[1] is None]:
+                del auto[key]
+            if len(auto) >= MAX_AUTO_PREPARED:
+                return
+        auto[body] = [1, None, False]
 
     def _reuse_failed(self, entry: _Entry) -> None:
         if entry.prepare is not None:
@@ -292,7 +347,7 @@ class Conversation:
         not exist (an error), never whatever the server's unnamed statement holds."""
         self._auto.clear()
         if self._unnamed is not None:
-            self._unnamed = self._auto_prefix + b"gone"
+            self._unnamed = self._gone
 
     # ------------------------------------------------------------------ client → server
 
@@ -309,8 +364,10 @@ class Conversation:
                     self.seq += 1
                     run = Run(self.seq, "simple", sql.strip(), None, _now())
                     self.started.append(run)
+                    if self._auto_made:  # a Query destroys the unnamed statement
+                        self._unnamed_to(None)
+                        self._segment_parsed = self._may_skip = False
                     self._pending.append(_Entry(K_QUERY, [run]))
-                    self._unnamed = None  # a Query destroys the unnamed statement
                     return data
         elif data and data[0] == _P and self._auto and not self._pending and not self._cbuf \
                 and not self._crest:
@@ -359,6 +416,7 @@ class Conversation:
                 if length != 4:
                     raise pq.ProtocolError("Sync: bad length")
                 pending.append(_SYNC_ENTRY)
+                self._segment_parsed = self._may_skip = False
             elif kind == _E:
                 nul = data.find(b"\0", pos + 5, end)
                 if nul != end - 5:
@@ -368,20 +426,26 @@ class Conversation:
                 run = Run(self.seq, "extended", text, params, _now())
                 self.started.append(run)
                 pending.append(_Entry(K_EXECUTE, [run]))
+                self._may_skip = True
             elif kind == _D:
                 if length < 6 or data[pos + 5] not in (0x53, 0x50) or \
                         data.find(b"\0", pos + 6, end) != end - 1:
                     raise pq.ProtocolError("Describe: malformed")
-                pending.append(_DESCRIBE_ENTRY)
-                if length == 6 and data[pos + 5] == 0x53 and self._unnamed is not None:
-                    parts = parts or []  # Describe of the unnamed statement: the prepared one
-                    parts += (data[last:pos], pq.message(b"D", b"S" + self._unnamed + b"\0"))
+                if length == 6 and data[pos + 5] == 0x53 and (
+                        target := self._unnamed_target()) is not None:
+                    pending.append(_REUSED_DESCRIBE_ENTRY)  # the unnamed statement: the
+                    parts = parts or []  # statement prepared for reuse
+                    parts += (data[last:pos], pq.message(b"D", b"S" + target + b"\0"))
                     last = end
+                else:
+                    pending.append(_DESCRIBE_ENTRY)
+                self._may_skip = True
             elif kind == _P and (known := self._parsed.get(body := data[pos + 5:end])) \
                     is not None:
                 self._statements[known[0]] = known[1]  # the same Parse again (unnamed
-                if self.auto_prepare and data[pos + 5] == 0:  # statements, pgbench -M
-                    entry, replacement = self._reuse(body)  # extended)
+                if self.auto_prepare and data[pos + 5] == 0 and known[2]:  # statements,
+                    entry, replacement = self._reuse(body)  # pgbench -M extended)
+                    pending = self._pending
                     if replacement is EMPTY_PARSE and not pending and end < n \
                             and data[end] == _B:
                         # Nothing outstanding, and the Bind's answer comes next: the
@@ -395,7 +459,12 @@ class Conversation:
                         parts += (data[last:pos], replacement)
                         last = end
                 else:
+                    if data[pos + 5] == 0:
+                        self._segment_parsed = True
+                        if self._unnamed is not None or self._unsure:
+                            self._unnamed_to(None)
                     pending.append(_PARSE_ENTRY)
+                self._may_skip = True
             elif kind == _B and self.redact and data[pos + 5] == 0 and data[pos + 6] == 0:
                 # Unnamed portal of the unnamed statement, parameters redacted: the count.
                 nfmt = unpack(data, pos + 5)[0] & 0xFFFF  # i16 after the two NULs
@@ -406,14 +475,19 @@ class Conversation:
                 if count < 0:
                     raise pq.ProtocolError("Bind: bad parameter count")
                 self._portals[b""] = (self._statements.get(b"") or b"", count)
-                pending.append(_BIND_ENTRY)
-                if self._unnamed is not None:  # bind the statement prepared for reuse
+                target = self._unnamed if not self._unsure else self._unnamed_target()
+                if target is not None:  # bind the statement prepared for reuse
+                    pending.append(_REUSED_BIND_ENTRY)
                     parts = parts or []
-                    parts += (data[last:pos], pq.message(
-                        b"B", b"\0" + self._unnamed + data[pos + 6:end]))
+                    parts += (data[last:pos], pq.message(b"B", b"\0" + target + data[pos + 6:end]))
                     last = end
+                else:
+                    pending.append(_BIND_ENTRY)
+                self._may_skip = True
             elif kind in _FRONTEND_OK:
                 replacement = self._frontend(kind, data[pos + 5:end])
+                # A Query or a function call ends in ReadyForQuery, failed or not.
+                self._may_skip = kind not in (_Q, _F, _H, _X)
                 if replacement is not None:
                     if parts is None:
                         parts = []
@@ -433,6 +507,10 @@ class Conversation:
     def _frontend(self, kind: int, body: bytes) -> bytes | None:
         """Note one whole client message; return a replacement for it, or None."""
         pending = self._pending
+        if kind == _Q:  # a Query destroys the unnamed statement
+            self._segment_parsed = False
+            if self._unnamed is not None or self._unsure:
+                self._unnamed_to(None)
         if kind == _Q and body and body[-1] == 0:
             sql = body[:-1]
             classes = self.classify.shape(sql)
@@ -447,15 +525,18 @@ class Conversation:
             text = self._statements.get(name)
             params: object = count if self.redact else render_params(body)
             self._portals[portal] = (text or b"", params)
-            pending.append(_BIND_ENTRY)
-            if not name and self._unnamed is not None:  # the statement prepared for reuse
+            reused = self._unnamed_target() if not name else None
+            if reused is not None:  # the statement prepared for reuse
+                pending.append(_REUSED_BIND_ENTRY)
                 cut = len(portal) + 1
-                return pq.message(b"B", body[:cut] + self._unnamed + body[cut:])
+                return pq.message(b"B", body[:cut] + reused + body[cut:])
+            pending.append(_BIND_ENTRY)
             return None
         if kind == _P:
             parsed = pq.parse_parse(body)
-            if not parsed.name:
-                self._unnamed = None  # the client's unnamed statement is the server's again
+            if not parsed.name:  # the client's unnamed statement is the server's again
+                self._segment_parsed = True
+                self._unnamed_to(None)
             verdict = self.classify(parsed.query)
             refused = self._check(verdict)
             if refused is not None:
@@ -466,16 +547,17 @@ class Conversation:
                 return pq.parse_message(parsed.name, REFUSED_SQL)
             self._note_prepares(verdict)
             self._statements[parsed.name] = parsed.query
-            if not any(st.prepares or st.executes for st in verdict.statements):
+            if not any(st.prepares or st.executes or st.forgets for st in verdict.statements):
                 if len(self._parsed) >= 256:
                     self._parsed.clear()
-                self._parsed[body] = (parsed.name, parsed.query)
-                if not parsed.name and self.auto_prepare:
+                reusable = len(verdict.statements) == 1 and \
+                    verdict.statements[0].classes <= _REUSABLE
+                self._parsed[body] = (parsed.name, parsed.query, reusable)
+                if not parsed.name and self.auto_prepare and reusable:
                     self._count_parse(body)
             pending.append(_PARSE_ENTRY)
             return None
         if kind == _Q:
-            self._unnamed = None  # a Query destroys the unnamed statement
             sql = pq.parse_query(body)
             verdict = self.classify(sql)
             refused = self._check(verdict)
@@ -497,8 +579,8 @@ class Conversation:
             target, name = pq.parse_target(body)
             if target == 0x53:
                 self._statements.pop(name, None)
-                if not name:
-                    self._unnamed = None
+                if not name and (self._unnamed is not None or self._unsure):
+                    self._unnamed_to(None)
             else:
                 self._portals.pop(name, None)
             pending.append(_CLOSE_ENTRY)
@@ -510,7 +592,8 @@ class Conversation:
                 v = Violation(st, frozenset({ADMIN}), "function", t0)
                 self.violations.append(v)
                 pending.append(_Entry(K_QUERY, [], refused=v))
-                self._unnamed = None
+                if self._unnamed is not None or self._unsure:
+                    self._unnamed_to(None)
                 return pq.message(b"Q", REFUSED_SQL + b"\0")
             self.seq += 1
             run = Run(self.seq, "function", b"<fast-path function call>", None, t0)
@@ -611,6 +694,9 @@ class Conversation:
                                            and head.index == len(head.runs)):
                     pending.popleft()
                     self.status = data[pos + 5:end]
+                    self._skipping = False
+                    if self._unsure and not pending:
+                        self._settle()
                     pos = end
                     continue
             if kind in _PASSIVE:  # nothing to note: notices, parameter changes, ...
@@ -672,6 +758,8 @@ class Conversation:
                                       else run.rows, _now() - run.t0, None, "ok"))
                 self._pending.popleft()
                 self.status = data[pos + 5:end]
+                if self._unsure and not self._pending:
+                    self._settle()
                 return True
             elif kind != _ROW_DESC:
                 return False  # errors, notices, copy, ...: the general loop
@@ -689,7 +777,7 @@ class Conversation:
             if pending[0] is not _PARSE_ENTRY or data[:5] != PARSE_COMPLETE:
                 return False
             at, i = 5, 1
-        if pending[i] is not _BIND_ENTRY or pending[i + 1] is not _DESCRIBE_ENTRY:
+        if pending[i].kind != K_BIND or pending[i + 1] is not _DESCRIBE_ENTRY:
             return False
         execute = pending[i + 2]
         runs = execute.runs
@@ -730,6 +818,8 @@ class Conversation:
                                       else run.rows, _now() - run.t0, None, "ok"))
                 pending.clear()
                 self.status = data[pos + 5:end]
+                if self._unsure:
+                    self._settle()
                 return True
             else:
                 return False  # errors, notices, a suspended portal, ...: the general loop
@@ -748,6 +838,7 @@ class Conversation:
         head = pending[0] if pending else None
         if kind == _READY:
             self.status = data[start:end]
+            self._skipping = False
             while pending:
                 entry = pending.popleft()
                 self._reuse_failed(entry)
@@ -756,6 +847,8 @@ class Conversation:
                         for run in entry.runs[entry.index:]:
                             self._finish(run, None, entry.error, "skipped")
                     break
+            if self._unsure and not pending:
+                self._settle()
             return None
         if head is None:
             return None  # asynchronous: notices, notifications, parameter changes, FATAL
@@ -787,9 +880,13 @@ class Conversation:
     def _error(self, head: _Entry, fields: Mapping[str, str]) -> bytes | None:
         pending = self._pending
         error = (fields.get("C", ""), fields.get("M", ""))
-        if self._auto and (error[0] == "0A000" or (
-                error[0] == "26000" and self._auto_prefix.decode() in error[1])):
-            self._forget_reuse()
+        if self._unsure:
+            self._unsure_failed = True
+        if self._auto_made and (
+                (error[0] == "0A000" and head in (_REUSED_BIND_ENTRY, _REUSED_DESCRIBE_ENTRY))
+                or (error[0] == "26000" and self._auto_prefix.decode() in error[1]
+                    and self._gone.decode() not in error[1])):
+            self._forget_reuse()  # a table changed under one of ours, or one is gone
         replacement = (refusal_message(head.refused, self.role, self.resource)
                        if head.refused is not None else None)
         hk = head.kind
@@ -801,6 +898,7 @@ class Conversation:
             return replacement
         if hk == K_SYNC:
             return None  # e.g. a deferred constraint failing at the implicit commit
+        self._skipping = True  # the server discards what comes until the next Sync
         # Extended protocol: the server discards everything up to the next Sync. The
         # failing Execute, or the first one a failed Parse/Bind belonged to, carries it.
         blamed = head.refused is not None
