@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import random
 import socket
-import uuid
-from collections.abc import Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from accord.gateway import protocol as pq
 from accord.gateway.conversation import Conversation
 from accord.gateway.scope import Classifier
-from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_reachable
 from tests.gateway.test_protocol import ADMIN, FLUSH, SYNC, bind, describe, execute, parse
 
 A = b"select 'A:' || $1::text as a"
@@ -59,9 +55,11 @@ def shown(data: bytes) -> list[str]:
 class Server:
     """A raw protocol-3 connection to PostgreSQL."""
 
-    def __init__(self, database: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", 5432), timeout=10)
-        self.sock.sendall(pq.startup_message({"user": "postgres", "database": database}))
+    def __init__(self, where: dict[str, str]) -> None:
+        self.sock = socket.create_connection(
+            (where.get("host") or "127.0.0.1", int(where.get("port") or 5432)), timeout=10)
+        self.sock.sendall(pq.startup_message({"user": where.get("user") or "postgres",
+                                              "database": where["dbname"]}))
         self.buf = b""
         self.until(1)
 
@@ -90,8 +88,8 @@ class Server:
 class Through:
     """The same, through the gateway's conversation, cut where the test says."""
 
-    def __init__(self, database: str, threshold: int) -> None:
-        self.server = Server(database)
+    def __init__(self, where: dict[str, str], threshold: int) -> None:
+        self.server = Server(where)
         self.conv = Conversation(allowed=ADMIN, classifier=Classifier(), role="admin",
                                  resource="db", auto_prepare=threshold)
 
@@ -104,24 +102,13 @@ class Through:
         return self.conv.server(self.server.until(readies))
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    if not _pg_reachable():
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL is required but {PG_ADMIN_URL} is unreachable")
-        pytest.skip("PostgreSQL is not reachable")
-    name = f"accord_reuse_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield name
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+@pytest.fixture
+def database(pg_url: str) -> dict[str, str]:
+    """Where to connect: this test process's PostgreSQL database (any would do)."""
+    return {k: str(v) for k, v in conninfo_to_dict(pg_url).items()}
 
 
-def both(database: str, steps: list[tuple[bytes, int]], threshold: int = 1,
+def both(database: dict[str, str], steps: list[tuple[bytes, int]], threshold: int = 1,
          cuts: list[int] | None = None) -> list[tuple[list[str], list[str]]]:
     direct, through = Server(database), Through(database, threshold)
     try:
@@ -137,13 +124,14 @@ def both(database: str, steps: list[tuple[bytes, int]], threshold: int = 1,
         through.server.close()
 
 
-def same(database: str, steps: list[tuple[bytes, int]], threshold: int = 1,
+def same(database: dict[str, str], steps: list[tuple[bytes, int]], threshold: int = 1,
          cuts: list[int] | None = None) -> None:
     for i, (direct, through) in enumerate(both(database, steps, threshold, cuts)):
         assert through == direct, f"step {i}"
 
 
-def never_another(database: str, steps: list[tuple[bytes, int]], threshold: int = 1) -> None:
+def never_another(database: dict[str, str], steps: list[tuple[bytes, int]],
+                  threshold: int = 1) -> None:
     """Where the gateway differs, it is by an error: no row or completion the server
     would not have sent."""
     for i, (direct, through) in enumerate(both(database, steps, threshold)):
@@ -151,11 +139,11 @@ def never_another(database: str, steps: list[tuple[bytes, int]], threshold: int 
         assert not extra, f"step {i}: {through} against {direct}"
 
 
-def test_pgbench_style_reuse_answers_as_the_server(database: str) -> None:
+def test_pgbench_style_reuse_answers_as_the_server(database: dict[str, str]) -> None:
     same(database, [(one(A, b"%d" % i), 1) for i in range(8)], threshold=3)
 
 
-def test_reuse_stops_inside_a_failed_transaction(database: str) -> None:
+def test_reuse_stops_inside_a_failed_transaction(database: dict[str, str]) -> None:
     setup = [(one(A, b"1"), 1), (one(A, b"2"), 1), (one(A, b"3"), 1), (q(b"begin"), 1),
              (q(b"select 1/0"), 1)]
     same(database, [*setup, (one(A, b"4"), 1), (q(b"rollback"), 1)])
@@ -163,20 +151,20 @@ def test_reuse_stops_inside_a_failed_transaction(database: str) -> None:
                     (bind(b"", b"", [b"9"]) + execute() + SYNC, 1)])
 
 
-def test_deallocate_through_the_extended_protocol_twice(database: str) -> None:
+def test_deallocate_through_the_extended_protocol_twice(database: dict[str, str]) -> None:
     dealloc = parse(b"", b"DEALLOCATE ALL") + bind(b"", b"", []) + execute() + SYNC
     same(database, [(one(A, b"1"), 1), (one(A, b"2"), 1), (one(A, b"3"), 1), (dealloc, 1),
                     (one(A, b"4"), 1), (one(A, b"5"), 1), (one(A, b"6"), 1), (dealloc, 1),
                     (one(A, b"7"), 1)], threshold=2)
 
 
-def test_a_query_in_the_same_read_destroys_the_unnamed_statement(database: str) -> None:
+def test_a_query_in_the_same_read_destroys_the_unnamed_statement(database: dict[str, str]) -> None:
     same(database, [(q(b"select 2"), 1), (one(A, b"1"), 1), (one(A, b"2"), 1),
                     (one(A, b"3"), 1),
                     (q(b"select 2") + bind(b"", b"", [b"5"]) + execute() + SYNC, 2)])
 
 
-def test_the_clients_own_0a000_leaves_reuse_alone(database: str) -> None:
+def test_the_clients_own_0a000_leaves_reuse_alone(database: dict[str, str]) -> None:
     bad = parse(b"n", b"select count(*) from pg_class for update") + SYNC
     same(database, [(one(A, b"1"), 1), (one(A, b"2"), 1), (one(A, b"3"), 1),
                     (parse(b"", A) + SYNC, 1), (bad, 1),
@@ -184,14 +172,14 @@ def test_the_clients_own_0a000_leaves_reuse_alone(database: str) -> None:
 
 
 def test_an_error_answered_on_a_flush_is_not_followed_by_our_parse_complete(
-        database: str) -> None:
+        database: dict[str, str]) -> None:
     """The error to a Bind comes on a Flush; the server skips what follows until Sync."""
     same(database, [
         (one(A, b"1"), 1), (one(A, b"2"), 1), (one(A, b"3"), 1),
         (parse(b"", C) + bind(b"", b"", []) + FLUSH, 0), (one(A, b"4"), 1), (one(A, b"5"), 1)])
 
 
-def test_a_parse_the_server_skipped_never_runs_another_statement(database: str) -> None:
+def test_a_parse_the_server_skipped_never_runs_another_statement(database: dict[str, str]) -> None:
     failing = parse(b"", X) + bind(b"", b"", [b"0"]) + execute()
     never_another(database, [
         (one(A, b"1"), 1), (one(A, b"2"), 1), (one(A, b"3"), 1),
@@ -202,7 +190,7 @@ def test_a_parse_the_server_skipped_never_runs_another_statement(database: str) 
         (bind(b"", b"", [b"7"]) + execute() + SYNC, 1)])
 
 
-def test_random_pipelines_of_well_behaved_clients(database: str) -> None:
+def test_random_pipelines_of_well_behaved_clients(database: dict[str, str]) -> None:
     """Segments as libpq sends them, sometimes several per write and cut anywhere; errors
     only at an Execute: the client sees exactly what the server would send."""
     for seed in range(12):

@@ -729,42 +729,7 @@ class Conversation:
         runs = head.runs
         if head.kind != K_QUERY or runs is None or len(runs) != 1 or head.index != 0:
             return False
-        n = len(data)
-        pos = 0
-        rows = 0
-        tag_at = -1
-        unpack = _unpack_i32
-        while n - pos >= 5:
-            kind = data[pos]
-            end = pos + 1 + unpack(data, pos + 1)[0]
-            if end > n or end < pos + 5:
-                return False
-            if kind == _DATA_ROW:
-                if tag_at < 0:  # rows after the tag belong to no statement
-                    rows += 1
-            elif kind == _COMPLETE:
-                if tag_at >= 0 or end < pos + 6 or data[end - 1] != 0:
-                    return False
-                tag_at = pos
-            elif kind == _READY:
-                if end != n or end != pos + 6 or tag_at < 0:
-                    return False
-                run = runs[0]
-                run.rows += rows
-                tag_end = 1 + tag_at + unpack(data, tag_at + 1)[0] - 1
-                tag = data[tag_at + 5:tag_end].decode("utf-8", "replace")
-                last_word = tag.rpartition(" ")[2]
-                self.finished.append((run, tag, int(last_word) if last_word.isdigit()
-                                      else run.rows, _now() - run.t0, None, "ok"))
-                self._pending.popleft()
-                self.status = data[pos + 5:end]
-                if self._unsure and not self._pending:
-                    self._settle()
-                return True
-            elif kind != _ROW_DESC:
-                return False  # errors, notices, copy, ...: the general loop
-            pos = end
-        return False
+        return self._rows_to_ready(data, 0, runs[0])
 
     def _one_execution(self, data: bytes) -> bool:
         """The common case of the extended protocol on its own: the whole answer to (Parse,)
@@ -783,16 +748,20 @@ class Conversation:
         runs = execute.runs
         if execute.kind != K_EXECUTE or pending[i + 3] is not _SYNC_ENTRY or not runs:
             return False
+        if len(data) < at + 11 or data[at] != _BIND_OK or data[at + 1:at + 5] != \
+                b"\0\0\0\x04" or data[at + 5] not in (_ROW_DESC, _NO_DATA):
+            return False
+        pos = at + 6 + _unpack_i32(data, at + 6)[0]
+        return pos >= at + 10 and self._rows_to_ready(data, pos, runs[0])
+
+    def _rows_to_ready(self, data: bytes, pos: int, run: Run) -> bool:
+        """From `pos` to the end of `data`: RowDescription and DataRows, one
+        CommandComplete, ReadyForQuery. Notes `run` finished and every pending entry
+        answered; False, having changed nothing, for anything else (the general loop)."""
         n = len(data)
-        if n < at + 11 or data[at] != _BIND_OK or data[at + 1:at + 5] != b"\0\0\0\x04" or \
-                data[at + 5] not in (_ROW_DESC, _NO_DATA):
-            return False
-        unpack = _unpack_i32
-        pos = at + 6 + unpack(data, at + 6)[0]
-        if pos < at + 10:
-            return False
         rows = 0
         tag_at = -1
+        unpack = _unpack_i32
         while n - pos >= 5:
             kind = data[pos]
             end = pos + 1 + unpack(data, pos + 1)[0]
@@ -809,20 +778,19 @@ class Conversation:
             elif kind == _READY:
                 if end != n or end != pos + 6 or tag_at < 0:
                     return False
-                run = runs[0]
                 run.rows += rows
                 tag_end = tag_at + unpack(data, tag_at + 1)[0]
                 tag = data[tag_at + 5:tag_end].decode("utf-8", "replace")
                 last_word = tag.rpartition(" ")[2]
                 self.finished.append((run, tag, int(last_word) if last_word.isdigit()
                                       else run.rows, _now() - run.t0, None, "ok"))
-                pending.clear()
+                self._pending.clear()
                 self.status = data[pos + 5:end]
                 if self._unsure:
                     self._settle()
                 return True
-            else:
-                return False  # errors, notices, a suspended portal, ...: the general loop
+            elif kind != _ROW_DESC or tag_at >= 0:
+                return False  # errors, notices, copy, a suspended portal, ...
             pos = end
         return False
 
