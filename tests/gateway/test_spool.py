@@ -14,7 +14,7 @@ import pytest
 from accord.gateway import audit
 from accord.gateway import protocol as pq
 from accord.gateway.audit import AuditWriter, Reader, SessionInfo
-from accord.gateway.conversation import Conversation
+from accord.gateway.conversation import Conversation, Run
 from accord.gateway.scope import Classifier, role_classes
 
 RESULT = (pq.message(b"T", b"\0\x01n\0" + bytes(18)) + pq.message(b"D", b"\0\x01\0\0\0\x011")
@@ -163,3 +163,21 @@ def test_tags_and_errors_with_odd_bytes_read_back_whole(writer: AuditWriter) -> 
     facts = [f[4] for f in reader.take() if f[1] == audit.STATEMENT]
     assert [(f[6], f[9], f[10]) for f in facts] == [
         ("SELECT\x001", "ok", None), (None, "error", ["22000", 'bad "" byte'])]
+
+
+def test_rows_hold_only_what_the_ledger_encodes_without_looking(writer: AuditWriter) -> None:
+    """The shipper vouches that statement rows are plain (str, None, ints below 2**53):
+    counts beyond what JSON carries exactly are capped, parameters read back as text."""
+    s = Session(writer)
+    big = Run(1, "extended", b"SELECT $1", ["1", None, "\\x00ff"], 5)
+    odd = Run(2, "extended", b"SELECT $1", [3, 2.5, True], 6)
+    writer.note(s.info, [big, odd], [], [])
+    writer.note(s.info, [], [(big, "SELECT 99", 2**62, 2**63 - 1, None, "ok"),
+                             (odd, None, None, 1000, None, "ok")], [])
+    writer.tick()
+    reader = Reader(writer.dir)
+    reader.poll()
+    rows = [f[4] for f in reader.take() if f[1] == audit.STATEMENT]
+    assert rows[0][5] == ["1", None, "\\x00ff"] and rows[0][7] == 2**53 - 1
+    assert rows[0][8] == 2**53 - 1
+    assert rows[1][5] == ["3", "2.5", "True"] and rows[1][7] is None and rows[1][8] == 1

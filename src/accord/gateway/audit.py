@@ -116,6 +116,17 @@ Fact = tuple[int, str, SessionInfo, int, Any]
 STATEMENT = "statement"
 
 
+_SAFE_INT = 2**53  # the largest int JSON numbers carry exactly is just below
+_SAFE_NS = _SAFE_INT * 1000
+
+
+def _values(params: Any) -> list[str | None]:
+    """Parameter values as the writer spooled them (text or None), whatever the bytes said."""
+    if type(params) is not list:
+        return [] if params is None else [str(params)]
+    return [v if v is None or type(v) is str else str(v) for v in params]
+
+
 def record_bytes(kind: int, payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), kind) + payload
 
@@ -168,11 +179,13 @@ class AuditWriter:
 
     # -- lifecycle
 
-    def start(self) -> None:
-        """Ship what dead gateways left, open our spool and start its shipper."""
+    def start(self, replay: bool = True) -> None:
+        """Ship what dead gateways left (unless `replay` is false), open our spool and
+        start its shipper."""
         self.spool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        replay_dead(self.sessions, self.spool_root, per_event=self.per_event,
-                    max_text=self.max_text)
+        if replay:
+            replay_dead(self.sessions, self.spool_root, per_event=self.per_event,
+                        max_text=self.max_text)
         self.dir.mkdir(mode=0o700)
         self._open_next()
         self._start_shipper()
@@ -477,7 +490,7 @@ class Reader:
                     else:
                         nul = body.index(b"\0", pos + dsize, end)
                         code, message = json.loads(body[nul + 1:end])
-                        error = [code, message[:2000]]
+                        error = [str(code), str(message)[:2000]]
                     tag: str | None = None
                     if nul > pos + dsize:
                         raw = body[pos + dsize:nul]
@@ -492,10 +505,13 @@ class Reader:
                         count, values = params, None
                     else:
                         count, values = len(params), params  # type: ignore[arg-type]
+                    # Ints stay below 2**53, which JSON carries exactly (the ledger encodes
+                    # these rows without looking at each value: service._emit).
                     ready.append((rec, STATEMENT, info, t0 + offset, [
                         seq, 0, protocol, text, count, values, tag,
-                        None if rows < 0 else rows, duration // 1000, _OUTCOMES[outcome],
-                        error]))
+                        None if rows < 0 else rows if rows < _SAFE_INT else _SAFE_INT - 1,
+                        duration // 1000 if duration < _SAFE_NS else _SAFE_INT - 1,
+                        _OUTCOMES[outcome], error]))
             elif kind == R_INTENT:
                 length, _, number, seq, t0, size, protocol = intent(body, pos)
                 end = pos + 5 + length
@@ -508,7 +524,7 @@ class Reader:
                 params = None  # a count (redacted) is digits; values are a JSON list
                 if start + size < end:
                     tail = body[start + size:end]
-                    params = int(tail) if tail.isdigit() else json.loads(tail)
+                    params = int(tail) if tail.isdigit() else _values(json.loads(tail))
                 intents[number << 32 | seq] = (_PROTOCOLS[protocol], text, params, t0)
                 if t0 > last_t0:
                     last_t0 = t0

@@ -251,7 +251,7 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             base = first[3]
             _emit(session, EventType.GATEWAY_STATEMENT, info, base,
                   {"grant_id": info.grant_id, "session": info.id, "columns": list(COLUMNS),
-                   "statements": statements})
+                   "statements": statements}, plain=True)
         else:
             _, _, info, at_ns, payload = item
             if kind == "open":
@@ -294,8 +294,10 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
 
 
 def _emit(session: Session, etype: EventType, info: Any, at_ns: int,
-          data: dict[str, Any]) -> None:
+          data: dict[str, Any], plain: bool = False) -> None:
+    # plain: statement rows hold only str, None and ints below 2**53 (the spool reader
+    # makes sure), so the ledger need not walk every value before encoding.
     ledger.record(session, type=etype, actor=Actor.user(info.user, _VIA),
                   subject=f"grant:{info.grant_id}",
                   resource={"name": info.resource, "role": info.role}, data=data,
-                  time=_wall(at_ns))
+                  time=_wall(at_ns), plain=plain)
