@@ -34,13 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from procstat import Breakdown, cmdline, descendants
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,22 +81,47 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], logfile: Path, timeout: 
     raise SystemExit(f"port {port} never opened:\n{logfile.read_text()}")
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with suppress(FileNotFoundError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (the gateway's audit shipper), in seconds."""
+    """utime + stime of a process and its descendants (the gateway's processes and their
+    audit shippers), in seconds."""
     ticks = 0
-    for p in (pid, *_children(pid)):
+    for p in (pid, *descendants(pid)):
         with suppress(FileNotFoundError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def role_of(procs: dict[str, subprocess.Popen[bytes]], target_db: str, accord_db: str
+            ) -> Callable[[int], str | None]:
+    """Name a process for the CPU breakdown (None: not counted)."""
+    gateway = procs["gateway"].pid
+    worker = {procs["worker"].pid} | descendants(procs["worker"].pid) if "worker" in procs \
+        else set()
+    own: dict[int, str] = {procs[t].pid: t for t in ("pgbouncer", "forwarder") if t in procs}
+
+    def role(pid: int) -> str | None:
+        if pid == gateway:
+            return "gateway"
+        if pid in descendants(gateway):  # prefork children, and each one's audit shipper
+            return "gateway_shipper" if "multiprocessing" in cmdline(pid) else "gateway"
+        if pid in worker:
+            return "accord_worker"
+        if pid in own:
+            return own[pid]
+        cmd = cmdline(pid)
+        if cmd.startswith("postgres:"):
+            words = cmd.split()
+            if target_db in words:
+                return "postgres_target"
+            if accord_db in words:
+                return "postgres_accord"
+            return "postgres_other"
+        if Path(cmd.split(" ", 1)[0]).name == "pgbench":
+            return "pgbench"
+        return "other" if cmd else None
+
+    return role
 
 
 def policy(resource: str, port: int, extra: str = "") -> str:
@@ -233,15 +259,25 @@ def main() -> int:
     ap.add_argument("--no-pgbouncer", action="store_true")
     ap.add_argument("--no-forwarder", action="store_true",
                     help="leave out the bare uvloop byte forwarder (benchmarks/forwarder.py)")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"comma-separated workloads (default: {','.join(MODES)})")
     ap.add_argument("--upstream", choices=("tcp", "unix"), default="tcp",
                     help="how the gateway, pgbouncer and the forwarder reach PostgreSQL: TCP "
                          "on 127.0.0.1 (default) or its Unix socket")
     ap.add_argument("--unix-socket-dir", default="/var/run/postgresql")
     ap.add_argument("--json-only", action="store_true")
+    ap.add_argument("--gateway-processes", type=int, default=1,
+                    help="`accord gateway --processes N` (default 1, as gateway.processes)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also report every process's CPU per transaction by role "
+                         "(benchmarks/procstat.py) and the machine's idle time")
     args = ap.parse_args()
     quiet = args.json_only
     modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        ap.error(f"--modes: unknown {', '.join(unknown) or '(none given)'}; choose from "
+                 f"{', '.join(MODES)}")
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="accord-gwbench-"))
     tmp.chmod(0o755)
@@ -260,7 +296,8 @@ def main() -> int:
             env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
                    "ACCORD_DATA_DIR": str(data_dir), "BENCH_TARGET_DSN": upstream_dsn}
             token = grant_token(accord_url, config, data_dir, resource)
-            procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning"], env,
+            procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning",
+                                      "--processes", str(args.gateway_processes)], env,
                                      tmp / "gateway.log")
             wait_port(gw_port, procs["gateway"], tmp / "gateway.log")
             if not args.no_worker:
@@ -292,17 +329,26 @@ def main() -> int:
                 conn_env["forwarder"] = {**os.environ, "PGHOST": "127.0.0.1",
                                          "PGPORT": str(fw_port), "PGUSER": "postgres",
                                          "PGDATABASE": target_db, "PGSSLMODE": "disable"}
-            cpu_pid = {t: procs[t].pid for t in ("gateway", "pgbouncer", "forwarder")
-                       if t in procs}
+            cpu_pid: dict[str, int] = {t: procs[t].pid for t in
+                                       ("gateway", "pgbouncer", "forwarder") if t in procs}
             results: dict[str, dict[str, list[dict[str, float]]]] = {
                 m: {t: [] for t in conn_env} for m in modes}
+            breakdowns: dict[str, dict[str, list[dict[str, float]]]] = {
+                m: {t: [] for t in conn_env} for m in modes}
+            roles = role_of(procs, target_db, accord_url.rsplit("/", 1)[1])
             for mode in modes:
                 for t in conn_env:  # warm-up, unmeasured
                     pgbench(MODES[mode], conn_env[t], 2, args.clients)
                 for run in range(args.runs):
                     for t in conn_env:
                         before = cpu_seconds(cpu_pid[t]) if t in cpu_pid else None
+                        sampler = Breakdown(roles) if args.breakdown else None
+                        if sampler is not None:
+                            sampler.start()
                         r = pgbench(MODES[mode], conn_env[t], args.seconds, args.clients)
+                        if sampler is not None:
+                            breakdowns[mode][t].append(sampler.stop(r["transactions"]))
+                            log(f"  cpu us/tx: {breakdowns[mode][t][-1]}", quiet)
                         if before is not None:
                             used = cpu_seconds(cpu_pid[t]) - before
                             r["cpu_us_per_tx"] = round(used / r["transactions"] * 1e6, 1)
@@ -315,7 +361,13 @@ def main() -> int:
         for name in ("forwarder", "pgbouncer", "worker", "gateway"):
             stop(procs.get(name))
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(summary(results, args, load_before, audited), indent=2))
+    out = summary(results, args, load_before, audited)
+    if args.breakdown:
+        out["cpu_us_per_tx_by_process"] = {
+            mode: {t: {role: statistics.median(b.get(role, 0.0) for b in runs)
+                       for role in runs[0]} for t, runs in per_target.items() if runs}
+            for mode, per_target in breakdowns.items()}
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -342,7 +394,8 @@ def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
         "config": {"runs": args.runs, "seconds": args.seconds, "clients": args.clients,
                    "scale": args.scale, "worker": not args.no_worker,
                    "upstream": args.upstream,
-                   "gateway": "default config: parameters redacted, every statement audited"},
+                   "gateway": "default config: parameters redacted, every statement audited",
+                   "gateway_processes": args.gateway_processes},
         "results": {}, "ratios": {}, "targets": {}, "audit": audited,
     }
     total_tx = 0.0

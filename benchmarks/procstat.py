@@ -1,0 +1,118 @@
+"""Where a benchmark's CPU goes: every process's CPU time from /proc, by role.
+
+`benchmarks/gateway.py --breakdown` samples all processes while pgbench runs and
+reports microseconds of CPU per transaction for each role (pgbench, the target
+database's backends, the gateway, its shipper, `accord worker`, ...) beside the
+machine's idle time. Processes that start during the window (pgbench and its backends)
+count from zero; one that exits counts up to the last sample before it did, so short
+lives lose at most one sampling interval.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks() -> dict[tuple[int, int], int]:
+    """(pid, start time) → utime + stime, for every process now alive."""
+    out: dict[tuple[int, int], int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[(int(entry.name), int(fields[19]))] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def _machine() -> dict[str, int]:
+    lines = Path("/proc/stat").read_text().splitlines()
+    v = [int(x) for x in lines[0].split()[1:]]
+    ctxt = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
+    return {"idle": v[3] + v[4], "ctxt": ctxt}
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+class Breakdown:
+    """Sample every process from `start()` to `stop()`; `role(pid)` names each (None: skip)."""
+
+    def __init__(self, role: Callable[[int], str | None], interval: float = 0.1) -> None:
+        self.role = role
+        self.interval = interval
+        self._roles: dict[tuple[int, int], str | None] = {}
+        self._first: dict[tuple[int, int], int] = {}
+        self._last: dict[tuple[int, int], int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._machine0: dict[str, int] = {}
+
+    def _sample(self, initial: bool = False) -> None:
+        for key, ticks in _cpu_ticks().items():
+            if key not in self._roles:
+                self._roles[key] = self.role(key[0])
+                self._first[key] = ticks if initial else 0
+            self._last[key] = ticks
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample(initial=True)
+        self._machine0 = _machine()
+        self._thread.start()
+
+    def stop(self, transactions: float) -> dict[str, float]:
+        """Microseconds of CPU per transaction by role (network softirq work is in the
+        figures of whichever process it interrupted), plus the machine's idle time and
+        context switches per transaction."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        machine = _machine()
+        by_role: dict[str, int] = {}
+        for key, role in self._roles.items():
+            if role is not None:
+                by_role[role] = by_role.get(role, 0) + self._last[key] - self._first[key]
+        per_tx = 1e6 / TICK / transactions
+        out = {role: round(ticks * per_tx, 1) for role, ticks in sorted(
+            by_role.items(), key=lambda kv: -kv[1]) if ticks}
+        out["machine_idle"] = round((machine["idle"] - self._machine0["idle"]) * per_tx, 1)
+        out["context_switches"] = round((machine["ctxt"] - self._machine0["ctxt"])
+                                        / transactions, 2)
+        return out
