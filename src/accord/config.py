@@ -475,6 +475,9 @@ class GatewaySpec(_Strict):
     message_timeout: timedelta = timedelta(seconds=60)  # to finish a started message
     watch_interval: timedelta = timedelta(milliseconds=500)
     spool_dir: str | None = None  # default: $ACCORD_DATA_DIR/gateway-spool
+    # `accord gateway` runs this many gateway processes behind one listening socket (a
+    # Python process uses one core); `accord serve` always runs one, in a thread.
+    processes: int = Field(default=1, ge=1, le=64)
 
     _d = field_validator("token_ttl", "flush_interval", "startup_timeout", "message_timeout",
                          "watch_interval", mode="before")(lambda cls, v: _short_duration(v))

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
 import logging
-import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from accord.cli.client import ClientError
+
+if TYPE_CHECKING:
+    from accord.api.deps import AppState
+    from accord.config import GatewaySpec
 
 err = Console(stderr=True, highlight=False)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -26,11 +27,16 @@ def gateway(
     listen: Annotated[
         str | None, typer.Option(help="HOST:PORT to listen on (default: gateway.listen).")
     ] = None,
+    processes: Annotated[
+        int | None, typer.Option(
+            min=1, max=64, help="Gateway processes behind the one port, each on a core of its "
+                                "own (default: gateway.processes, 1).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
     from accord.cli.state import load_state
-    from accord.gateway.proxy import Gateway, new_loop
+    from accord.gateway.proxy import Gateway, run
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     st = load_state(config, upgrade="never")
@@ -38,26 +44,41 @@ def gateway(
     if spec is None:
         err.print("error: accord.yaml has no `gateway:` section", markup=False)
         raise typer.Exit(1)
-    where = None
+    host, port = spec.host_port
     if listen:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
+        host, _, given = listen.rpartition(":")
+        if not host or not given.isdigit():
             err.print("error: --listen must be HOST:PORT", markup=False)
             raise typer.Exit(1)
-        where = (host, int(port))
-    gw = Gateway(st, spec, listen=where)
-    # The data path allocates small short-lived objects; collecting the startup heap over
-    # and over is wasted work in a process that does nothing else.
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    loop = new_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        host, port = host.strip("[]"), int(given)
+    count = processes or spec.processes
+    if count == 1:
+        run(Gateway(st, spec, listen=(host, port)))
+        return
+    raise typer.Exit(_prefork(st, spec, config, host, port, count, log_level))
+
+
+def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, port: int,
+             count: int, log_level: str) -> int:
+    from accord.gateway import prefork
+    from accord.gateway.audit import replay_dead
+    from accord.gateway.proxy import spool_root
+
     try:
-        loop.run_until_complete(gw.serve_forever(stop))
-    finally:
-        loop.close()
+        listener = prefork.listen(host, port)
+    except OSError as exc:
+        err.print(f"error: cannot listen on {host}:{port}: {exc.strerror}", markup=False)
+        return 1
+    root = spool_root(st, spec)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    replay_dead(st.sessions, root, per_event=spec.statements_per_event,
+                max_text=spec.max_statement_bytes)
+    st.sessions.kw["bind"].dispose()  # the children have engines of their own
+    where = listener.getsockname()
+    logging.getLogger("accord.gateway").info(
+        "Accord gateway listening on %s:%d with %d processes", where[0], where[1], count)
+    args = ["--log-level", log_level, *(["--config", str(config)] if config else [])]
+    return prefork.run_parent(listener, count, args)
 
 
 def connect(

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import secrets
+import signal
+import socket
 import ssl
 import sys
 import threading
@@ -27,11 +30,12 @@ from typing import Any, TypeVar, cast
 from accord.api.deps import AppState
 from accord.config import GatewaySpec
 from accord.db import transaction
+from accord.gateway import prefork_msg, service, upstream
 from accord.gateway import protocol as pq
-from accord.gateway import service, upstream
 from accord.gateway.audit import AuditWriter, SessionInfo
 from accord.gateway.conversation import Conversation
 from accord.gateway.link import Closed, Link
+from accord.gateway.prefork_msg import KEY_INDEX_MASK, KEY_INDEX_SHIFT
 from accord.gateway.scope import Classifier, role_classes
 from accord.grants.models import Grant, GrantStatus
 
@@ -49,6 +53,28 @@ def new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+def spool_root(st: AppState, spec: GatewaySpec) -> Path:
+    """Where gateway processes keep their spools, a directory each."""
+    return Path(spec.spool_dir) if spec.spool_dir else st.settings.data_dir / "gateway-spool"
+
+
+def run(gw: Gateway, on_ready: Callable[[], object] | None = None) -> None:
+    """Serve on this thread until SIGTERM or SIGINT (`accord gateway` and each of its
+    prefork children)."""
+    # The data path allocates small short-lived objects; collecting the startup heap over
+    # and over is wasted work in a process that does nothing else.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    loop = new_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        loop.run_until_complete(gw.serve_forever(stop, on_ready))
+    finally:
+        loop.close()
 
 
 @dataclass
@@ -73,7 +99,7 @@ class ProxySession:
         self.conv = conversation
         self.info = info
         self.target = target
-        self.key = (secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
+        self.key = (gateway.new_key_pid(), secrets.token_bytes(4))
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason = ""
         self.ended = False
@@ -175,15 +201,19 @@ class Gateway:
     """The listening server and its live sessions."""
 
     def __init__(self, st: AppState, spec: GatewaySpec, *, env: dict[str, str] | None = None,
-                 listen: tuple[str, int] | None = None) -> None:
+                 listen: tuple[str, int] | None = None, inbox: socket.socket | None = None,
+                 index: int = 0) -> None:
+        """`inbox`: instead of listening, take connections that a parent process accepted
+        (`gateway.prefork`); `index` (1-64) then names this process in its cancel keys."""
         self.st = st
+        self.inbox = inbox
+        self.index = index
         self.spec = spec
         self.env = dict(os.environ if env is None else env)
         self.host, self.port = listen or spec.host_port
         self.classifier = Classifier()
-        spool = Path(spec.spool_dir) if spec.spool_dir else st.settings.data_dir / "gateway-spool"
         self.audit = AuditWriter(
-            st.sessions, spool, interval=spec.flush_interval.total_seconds(),
+            st.sessions, spool_root(st, spec), interval=spec.flush_interval.total_seconds(),
             batch=spec.flush_batch, max_backlog=spec.max_backlog,
             statements_per_event=spec.statements_per_event,
             max_statement_bytes=spec.max_statement_bytes)
@@ -200,6 +230,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
 
@@ -222,6 +253,13 @@ class Gateway:
     async def db(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
+    def new_key_pid(self) -> int:
+        """The process ID in a client's cancel key; in a prefork child its top bits say
+        which child holds the session, so a sibling can pass a cancel on."""
+        if self.index:
+            return self.index << KEY_INDEX_SHIFT | (secrets.randbelow(KEY_INDEX_MASK) + 1)
+        return secrets.randbelow(2**31 - 1) + 1
+
     def forget(self, session: ProxySession) -> None:
         self.sessions.pop(session.info.number, None)
         self.keys.pop(session.key, None)
@@ -233,25 +271,64 @@ class Gateway:
         # Logins and the grant watcher query the database on threads; with the default
         # 5 ms switch interval each of them could stall the data path that long.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-        await self.db(self.audit.start)
+        # A prefork child leaves dead gateways' spools to its parent: a sibling starting at
+        # the same moment has a spool that is not locked yet.
+        await self.db(functools.partial(self.audit.start, replay=self.inbox is None))
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Accepted(self), self.host, self.port,
-                                                reuse_address=True, backlog=512)
-        if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+        if self.inbox is not None:
+            self.inbox.setblocking(False)
+            loop.add_reader(self.inbox.fileno(), self._from_parent)
+        else:
+            self._server = await loop.create_server(lambda: _Accepted(self), self.host,
+                                                    self.port, reuse_address=True, backlog=512)
+            if self.port == 0:
+                self.port = self._server.sockets[0].getsockname()[1]
         self._watcher = asyncio.ensure_future(self._watch())
         self._ticker = loop.call_later(TICK, self._tick)
-        log.info("Accord gateway listening on %s:%d (TLS %s)", self.host, self.port,
-                 "required" if self.spec.tls.required else ("offered" if self.tls else "off"))
+        tls = "required" if self.spec.tls.required else ("offered" if self.tls else "off")
+        if self.inbox is None:
+            log.info("Accord gateway listening on %s:%d (TLS %s)", self.host, self.port, tls)
+        else:
+            log.info("Accord gateway process %d serving its parent's connections (TLS %s)",
+                     self.index, tls)
 
     def _tick(self) -> None:
         self.audit.tick()
         self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
 
+    def _from_parent(self) -> None:
+        """Connections (and cancel requests of siblings' sessions) from the parent."""
+        assert self.inbox is not None
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.inbox, 64, 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg, fds = b"", []
+        if not msg:  # the parent is gone: stop as on SIGTERM
+            asyncio.get_running_loop().remove_reader(self.inbox.fileno())
+            if self._stop is not None:
+                self._stop.set()
+            return
+        if msg[:1] == prefork_msg.CANCEL and len(msg) == prefork_msg.CANCEL_SIZE:
+            pid, secret = prefork_msg.unpack_cancel(msg)
+            target = self.keys.get((pid, secret))
+            if target is not None and target.upstream.pid:
+                self.spawn(upstream.cancel(target.target, target.upstream.pid,
+                                           target.upstream.secret))
+        loop = asyncio.get_running_loop()
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            conn.setblocking(False)
+            self.spawn(loop.connect_accepted_socket(lambda: _Accepted(self), conn))
+
     async def close(self) -> None:
         """Stop listening, end every session, flush the audit trail."""
         if self._server is not None:
             self._server.close()
+        if self.inbox is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.inbox.fileno())
         if self._watcher is not None:
             self._watcher.cancel()
         if self._ticker is not None:
@@ -268,9 +345,13 @@ class Gateway:
         await self.db(self.audit.stop)
         self.executor.shutdown(wait=True)
 
-    async def serve_forever(self, stop: asyncio.Event) -> None:
+    async def serve_forever(self, stop: asyncio.Event,
+                            on_ready: Callable[[], object] | None = None) -> None:
+        self._stop = stop
         await self.start()
         self.ready.set()
+        if on_ready is not None:
+            on_ready()
         try:
             await stop.wait()
         finally:
@@ -417,6 +498,11 @@ class Gateway:
                 if target is not None:
                     await upstream.cancel(target.target, target.upstream.pid,
                                           target.upstream.secret)
+                elif (self.inbox is not None and len(packet.secret) == 4
+                      and packet.pid >> KEY_INDEX_SHIFT != self.index):
+                    # Another child's session: the parent passes it on (no answer either way).
+                    with contextlib.suppress(OSError):
+                        self.inbox.send(prefork_msg.pack_cancel(packet.pid, packet.secret))
                 client.close()
                 return None
             if self.spec.tls.required and not tls:
