@@ -155,3 +155,34 @@ def test_a_killed_child_is_replaced_and_the_other_carries_on(
     assert sorted(r["text"] for r in rows) == [f"select {i}" for i in (1, 1, 3, 4, 5)]
     for conn in (first, second, third, fourth):
         conn.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_children_stop_cleanly_when_the_parent_dies(world: World, prefork: Prefork) -> None:
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    conns = [world.connect(token, port=prefork.port) for _ in range(2)]
+    for i, conn in enumerate(conns):
+        conn.execute(f"select {i}")
+    children = [prefork.child(1), prefork.child(2)]
+    prefork.proc.kill()
+    prefork.proc.wait()
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in children):  # other processes: nothing to await
+        assert time.monotonic() < deadline, "the children kept running without their parent"
+        time.sleep(0.05)
+    for conn in conns:
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+        conn.close()
+    rows = _ledger(world, grant["id"], 2)
+    assert sorted(r["text"] for r in rows) == ["select 0", "select 1"]
+    closed = world.events("gateway.session_closed", grant["id"])
+    assert [e["data"]["reason"] for e in closed] == ["gateway shutting down"] * 2

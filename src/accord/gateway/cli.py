@@ -65,7 +65,7 @@ def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, po
     from accord.gateway.proxy import spool_root
 
     try:
-        listener = prefork.listen(host, port)
+        listeners = prefork.listen(host, port)
     except OSError as exc:
         err.print(f"error: cannot listen on {host}:{port}: {exc.strerror}", markup=False)
         return 1
@@ -74,11 +74,11 @@ def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, po
     replay_dead(st.sessions, root, per_event=spec.statements_per_event,
                 max_text=spec.max_statement_bytes)
     st.sessions.kw["bind"].dispose()  # the children have engines of their own
-    where = listener.getsockname()
+    where = ", ".join("{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     logging.getLogger("accord.gateway").info(
-        "Accord gateway listening on %s:%d with %d processes", where[0], where[1], count)
+        "Accord gateway listening on %s with %d processes", where, count)
     args = ["--log-level", log_level, *(["--config", str(config)] if config else [])]
-    return prefork.run_parent(listener, count, args)
+    return prefork.run_parent(listeners, count, args)
 
 
 def connect(

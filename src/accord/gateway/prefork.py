@@ -26,6 +26,7 @@ ships its spool), wait for them.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import logging
 import selectors
@@ -41,7 +42,6 @@ from types import FrameType
 from accord.gateway import prefork_msg as msg
 
 log = logging.getLogger("accord.gateway")
-READY = b"R"
 START_TIMEOUT = 120.0  # for a child to load the policy and start its shipper
 STOP_TIMEOUT = 180.0  # for a child to end its sessions and ship its spool
 
@@ -52,19 +52,30 @@ class Child:
     proc: subprocess.Popen[bytes]
     ctrl: socket.socket
     started: float = field(default_factory=time.monotonic)
-    ready: bool = False
+    ready: bool = False  # takes connections now
+    was_ready: bool = False  # got ready once (the start timeout no longer applies)
 
 
 class Parent:
-    def __init__(self, listener: socket.socket, processes: int, child_args: list[str]) -> None:
-        self.listener = listener
+    backoff = 0.5  # seconds before restarting a child after one failed start; doubles
+    give_up = 5  # failed starts in a row, of every child: stop with an error
+
+    def __init__(self, listeners: list[socket.socket], processes: int,
+                 child_args: list[str]) -> None:
+        self.listeners = listeners
         self.processes = processes
         self.child_args = child_args
         self.children: dict[int, Child] = {}
+        self.failures = dict.fromkeys(range(1, processes + 1), 0)  # failed starts in a row
+        self.respawn_at: dict[int, float] = {}
         self.selector = selectors.DefaultSelector()
         self.stopping = False
-        self.accepting = False  # only while a child is ready: until then clients wait in
-        self._next = 0          # the listen backlog instead of being turned away
+        self.status = 0
+        # Accept only while a child is ready and nothing waits to be handed over: until
+        # then clients wait in the listen backlog instead of being turned away.
+        self.accepting = False
+        self.waiting: collections.deque[socket.socket] = collections.deque()
+        self._next = 0
 
     # -- children
 
@@ -85,48 +96,78 @@ class Parent:
         child.ctrl.close()
         self.children.pop(child.index, None)
 
+    def _ended(self, child: Child, why: str) -> None:
+        """A child is gone: start another after a pause that grows while starts fail."""
+        self._forget(child)
+        if self.stopping:
+            return
+        failures = self.failures[child.index] = (
+            0 if child.was_ready else self.failures[child.index] + 1)
+        if min(self.failures.values()) >= self.give_up and not self.children:
+            log.error("gateway: every process failed to start %d times in a row; stopping "
+                      "(their errors are above)", self.give_up)
+            self.stopping = True
+            self.status = 1
+            return
+        delay = min(self.backoff * 2 ** (failures - 1), 30.0) if failures else 0.0
+        log.error("gateway process %d %s; starting another%s", child.index, why,
+                  f" in {delay:.0f}s" if delay >= 1 else "")
+        self.respawn_at[child.index] = time.monotonic() + delay
+
     def _check_children(self) -> None:
+        now = time.monotonic()
         for child in list(self.children.values()):
             code = child.proc.poll()
             if code is None:
-                if not child.ready and time.monotonic() - child.started > START_TIMEOUT:
-                    log.error("gateway process %d did not start in %.0fs; starting another",
-                              child.index, START_TIMEOUT)
+                if not child.was_ready and now - child.started > START_TIMEOUT:
                     child.proc.kill()
                     child.proc.wait()
-                    self._forget(child)
-                    self._spawn(child.index)
+                    self._ended(child, f"did not start in {START_TIMEOUT:.0f}s")
                 continue
-            self._forget(child)
-            if not self.stopping:
-                log.error("gateway process %d exited (%s); starting another", child.index, code)
-                self._spawn(child.index)
+            self._ended(child, f"exited ({code})")
+        for index, when in list(self.respawn_at.items()):
+            if now >= when and not self.stopping:
+                del self.respawn_at[index]
+                self._spawn(index)
 
     # -- events
 
-    def _accept(self) -> None:
-        while True:
+    def _accept(self, listener: socket.socket) -> None:
+        while self.accepting:
             try:
-                conn, _ = self.listener.accept()
+                conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            with conn:
-                if conn.family in (socket.AF_INET, socket.AF_INET6):
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._hand_over(conn)
+            except OSError as exc:  # out of descriptors, a connection reset in the queue
+                log.error("gateway: accept failed: %s", exc)
+                return
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.waiting.append(conn)
+            self._hand_over()
 
-    def _hand_over(self, conn: socket.socket) -> None:
-        ready = sorted(i for i, c in self.children.items() if c.ready)
-        for attempt in range(len(ready)):
-            child = self.children[ready[(self._next + attempt) % len(ready)]]
-            try:
-                socket.send_fds(child.ctrl, [msg.ACCEPTED], [conn.fileno()])
-            except OSError:  # it died under us: the next one
-                child.ready = False
-                continue
-            self._next = (self._next + attempt + 1) % len(ready)
-            return
-        log.error("gateway: no gateway process is ready; a connection was closed")
+    def _hand_over(self) -> None:
+        """Give waiting connections to ready children in turn; stop accepting while one
+        cannot be given (every child's queue full, or none ready)."""
+        while self.waiting:
+            conn = self.waiting[0]
+            ready = sorted(i for i, c in self.children.items() if c.ready)
+            for attempt in range(len(ready)):
+                child = self.children[ready[(self._next + attempt) % len(ready)]]
+                try:
+                    socket.send_fds(child.ctrl, [msg.ACCEPTED], [conn.fileno()])
+                except BlockingIOError:  # its queue is full: it is busy, not gone
+                    continue
+                except OSError:  # it died under us
+                    child.ready = False
+                    continue
+                self._next = (self._next + attempt + 1) % len(ready)
+                self.waiting.popleft().close()
+                break
+            else:
+                self._follow_readiness(blocked=True)
+                return
+        self._follow_readiness()
 
     def _from_child(self, child: Child) -> None:
         try:
@@ -140,9 +181,11 @@ class Parent:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(child.ctrl)
             return
-        if data == READY:
-            child.ready = True
+        if data == msg.READY:
+            child.ready = child.was_ready = True
             log.info("gateway process %d (pid %d) is ready", child.index, child.proc.pid)
+        elif data == msg.STOPPING:
+            child.ready = False
         elif data[:1] == msg.CANCEL and len(data) == msg.CANCEL_SIZE:
             pid, _ = msg.unpack_cancel(data)
             target = self.children.get(msg.child_of(pid))
@@ -152,32 +195,44 @@ class Parent:
 
     # -- the loop
 
-    def _follow_readiness(self) -> None:
-        ready = any(c.ready for c in self.children.values())
-        if ready and not self.accepting:
-            self.selector.register(self.listener, selectors.EVENT_READ, None)
-        elif self.accepting and not ready:
-            self.selector.unregister(self.listener)
-        self.accepting = ready
+    def _follow_readiness(self, blocked: bool = False) -> None:
+        want = (not blocked and not self.waiting and not self.stopping
+                and any(c.ready for c in self.children.values()))
+        if want and not self.accepting:
+            for listener in self.listeners:
+                self.selector.register(listener, selectors.EVENT_READ, None)
+        elif self.accepting and not want:
+            for listener in self.listeners:
+                self.selector.unregister(listener)
+        self.accepting = want
+
+    def _timeout(self) -> float:
+        if self.waiting:
+            return 0.02
+        soonest = min(self.respawn_at.values(), default=time.monotonic() + 0.5)
+        return min(0.5, max(0.0, soonest - time.monotonic()))
 
     def run(self) -> int:
         for index in range(1, self.processes + 1):
             self._spawn(index)
-        self.listener.setblocking(False)
+        for listener in self.listeners:
+            listener.setblocking(False)
         while not self.stopping:
-            for key, _ in self.selector.select(0.5):
+            for key, _ in self.selector.select(self._timeout()):
                 if key.data is None:
-                    self._accept()
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._from_child(key.data)
             self._check_children()
-            self._follow_readiness()
+            self._hand_over()
         return self._stop_children()
 
     def _stop_children(self) -> int:
-        if self.accepting:
-            self.selector.unregister(self.listener)
-        self.listener.close()
+        self._follow_readiness()
+        for listener in self.listeners:
+            listener.close()
+        for conn in self.waiting:
+            conn.close()
         for child in self.children.values():
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
@@ -193,24 +248,38 @@ class Parent:
                 code = child.proc.wait()
             failed += code != 0
             child.ctrl.close()
-        return 1 if failed else 0
+        return 1 if failed or self.status else 0
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
 
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    return sock
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` resolves to, as asyncio's create_server
+    makes them (IPv6 sockets IPv6 only)."""
+    out: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(512)
+    except OSError:
+        for sock in out:
+            sock.close()
+        raise
+    return out
 
 
-def run_parent(listener: socket.socket, processes: int, child_args: list[str]) -> int:
+def run_parent(listeners: list[socket.socket], processes: int, child_args: list[str]) -> int:
     """Serve until SIGTERM or SIGINT; the exit status (0: every child stopped cleanly)."""
-    parent = Parent(listener, processes, child_args)
+    parent = Parent(listeners, processes, child_args)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, parent.stop)
     return parent.run()
@@ -235,7 +304,7 @@ def _child_main(argv: list[str]) -> None:
     if spec is None:
         raise SystemExit("accord.yaml has no `gateway:` section")
     gw = Gateway(st, spec, inbox=inbox, index=args.index)
-    run(gw, on_ready=lambda: inbox.send(READY))
+    run(gw, on_ready=lambda: inbox.send(msg.READY))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """What a prefork parent and its gateway children say to each other (`gateway.prefork`).
 
 Over a SOCK_SEQPACKET pair per child: the parent sends ACCEPTED with a client
-connection's file descriptor attached; either side sends CANCEL with a cancel key, which
-the parent passes to the child whose index is in the key's top bits.
+connection's file descriptor attached; a child says READY once it takes connections and
+STOPPING when it stops; either side sends CANCEL with a cancel key, which the parent
+passes to the child whose index is in the key's top bits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import struct
 
 ACCEPTED = b"A"
 CANCEL = b"C"
+READY = b"R"  # child → parent: taking connections
+STOPPING = b"S"  # child → parent: no more connections (it stops on its own)
 _CANCEL = struct.Struct("!cI4s")
 CANCEL_SIZE = _CANCEL.size
 # A child's index (1-64) sits above 24 random bits of each key's process ID: still a

@@ -318,6 +318,7 @@ class Gateway:
                                            target.upstream.secret))
         loop = asyncio.get_running_loop()
         for fd in fds:
+            os.set_inheritable(fd, False)  # recvmsg without MSG_CMSG_CLOEXEC
             conn = socket.socket(fileno=fd)
             conn.setblocking(False)
             self.spawn(loop.connect_accepted_socket(lambda: _Accepted(self), conn))
@@ -329,6 +330,8 @@ class Gateway:
         if self.inbox is not None:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self.inbox.fileno())
+            with contextlib.suppress(OSError):  # the parent may be gone
+                self.inbox.send(prefork_msg.STOPPING)  # no more connections for us
         if self._watcher is not None:
             self._watcher.cancel()
         if self._ticker is not None:
