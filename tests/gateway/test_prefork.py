@@ -7,6 +7,7 @@ killed child is replaced while the other's sessions carry on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -52,11 +53,13 @@ class Prefork:
         raise AssertionError(f"no child {index}")
 
 
-@pytest.fixture
-def prefork(world: World, tmp_path: Path) -> Iterator[Prefork]:
+@contextlib.contextmanager
+def running(world: World, tmp_path: Path, gateway: str = "") -> Iterator[Prefork]:
+    """`accord gateway --processes 2` on a free port, until SIGTERM (or already dead)."""
     port = free_port()
     config = tmp_path / "accord.yaml"
-    config.write_text(policy_text(world.resource, world.database, port=port), encoding="utf-8")
+    config.write_text(policy_text(world.resource, world.database, port=port, gateway=gateway),
+                      encoding="utf-8")
     log = tmp_path / "gateway.log"
     env = {**os.environ, "ACCORD_DATA_DIR": str(tmp_path / "data"), DSN_ENV: world.target_dsn,
            "ACCORD_DATABASE_URL": world.engine.url.render_as_string(False).replace(
@@ -77,6 +80,12 @@ def prefork(world: World, tmp_path: Path) -> Iterator[Prefork]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def prefork(world: World, tmp_path: Path) -> Iterator[Prefork]:
+    with running(world, tmp_path) as gw:
+        yield gw
 
 
 def _ledger(world: World, grant_id: int, count: int) -> list[dict[str, Any]]:
@@ -186,3 +195,22 @@ def test_children_stop_cleanly_when_the_parent_dies(world: World, prefork: Prefo
     assert sorted(r["text"] for r in rows) == ["select 0", "select 1"]
     closed = world.events("gateway.session_closed", grant["id"])
     assert [e["data"]["reason"] for e in closed] == ["gateway shutting down"] * 2
+
+
+def test_every_process_speaks_tls_and_can_require_it(world: World, tmp_path: Path) -> None:
+    from tests.gateway.test_gateway import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    tls = f", tls: {{cert: '{cert}', key: '{key}', required: true}}"
+    with running(world, tmp_path, gateway=tls) as gw:
+        grant = world.grant("erin", "read")
+        token = world.token(grant, "erin")
+        conns = [world.connect(token, port=gw.port, sslmode="require") for _ in range(2)]
+        assert [c.info.backend_pid >> 24 for c in conns] == [1, 2]
+        for conn in conns:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("select count(*) from orders").fetchone() == (100,)
+            conn.close()
+        for _ in range(2):  # refused by both processes
+            with pytest.raises(psycopg.OperationalError, match="requires TLS"):
+                world.connect(token, port=gw.port, sslmode="disable")
