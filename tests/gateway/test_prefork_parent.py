@@ -84,9 +84,7 @@ def test_connections_alternate_between_ready_children(parent: Parent) -> None:
 def test_a_full_queue_keeps_its_child_and_the_connection_waits(parent: Parent) -> None:
     """A busy child is not a dead one: nothing is closed, accepting pauses, and the
     connection goes out once the child reads."""
-    del parent.children  # one child only
-    parent.children = {}
-    one = stand_in(parent, 1)
+    one = stand_in(parent, 1)  # the only child
     parent._follow_readiness()
     clients = []
     while not parent.waiting:

@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.db import transaction
 from accord.gateway import service
 from accord.gateway.conversation import Finished, Run, Violation
+from accord.ledger.service import SAFE_INT
 
 log = logging.getLogger("accord.gateway")
 
@@ -116,8 +117,7 @@ Fact = tuple[int, str, SessionInfo, int, Any]
 STATEMENT = "statement"
 
 
-_SAFE_INT = 2**53  # the largest int JSON numbers carry exactly is just below
-_SAFE_NS = _SAFE_INT * 1000
+_SAFE_NS = SAFE_INT * 1000
 
 
 def _values(params: Any) -> list[str | None]:
@@ -509,8 +509,8 @@ class Reader:
                     # these rows without looking at each value: service._emit).
                     ready.append((rec, STATEMENT, info, t0 + offset, [
                         seq, 0, protocol, text, count, values, tag,
-                        None if rows < 0 else rows if rows < _SAFE_INT else _SAFE_INT - 1,
-                        duration // 1000 if duration < _SAFE_NS else _SAFE_INT - 1,
+                        None if rows < 0 else rows if rows < SAFE_INT else SAFE_INT - 1,
+                        duration // 1000 if duration < _SAFE_NS else SAFE_INT - 1,
                         _OUTCOMES[outcome], error]))
             elif kind == R_INTENT:
                 length, _, number, seq, t0, size, protocol = intent(body, pos)

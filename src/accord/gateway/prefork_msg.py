@@ -8,6 +8,7 @@ passes to the child whose index is in the key's top bits.
 
 from __future__ import annotations
 
+import secrets
 import struct
 
 ACCEPTED = b"A"
@@ -29,6 +30,14 @@ def pack_cancel(pid: int, secret: bytes) -> bytes:
 def unpack_cancel(msg: bytes) -> tuple[int, bytes]:
     _, pid, secret = _CANCEL.unpack(msg)
     return pid, secret
+
+
+def key_pid(index: int) -> int:
+    """A random process ID for a client's cancel key; `index` (1-64) is the prefork child
+    issuing it (0: a gateway on its own, which uses all 31 bits)."""
+    if index:
+        return index << KEY_INDEX_SHIFT | (secrets.randbelow(KEY_INDEX_MASK) + 1)
+    return secrets.randbelow(2**31 - 1) + 1
 
 
 def child_of(pid: int) -> int:

@@ -35,7 +35,6 @@ from accord.gateway import protocol as pq
 from accord.gateway.audit import AuditWriter, SessionInfo
 from accord.gateway.conversation import Conversation
 from accord.gateway.link import Closed, Link
-from accord.gateway.prefork_msg import KEY_INDEX_MASK, KEY_INDEX_SHIFT
 from accord.gateway.scope import Classifier, role_classes
 from accord.grants.models import Grant, GrantStatus
 
@@ -99,7 +98,9 @@ class ProxySession:
         self.conv = conversation
         self.info = info
         self.target = target
-        self.key = (gateway.new_key_pid(), secrets.token_bytes(4))
+        # In a prefork child the key's top bits say which child holds the session, so a
+        # sibling that gets the cancel request can pass it on.
+        self.key = (prefork_msg.key_pid(gateway.index), secrets.token_bytes(4))
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason = ""
         self.ended = False
@@ -229,8 +230,7 @@ class Gateway:
         self._count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None  # set: serve_forever returns
         self.ready = threading.Event()
         self.error: BaseException | None = None
 
@@ -252,13 +252,6 @@ class Gateway:
 
     async def db(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-
-    def new_key_pid(self) -> int:
-        """The process ID in a client's cancel key; in a prefork child its top bits say
-        which child holds the session, so a sibling can pass a cancel on."""
-        if self.index:
-            return self.index << KEY_INDEX_SHIFT | (secrets.randbelow(KEY_INDEX_MASK) + 1)
-        return secrets.randbelow(2**31 - 1) + 1
 
     def forget(self, session: ProxySession) -> None:
         self.sessions.pop(session.info.number, None)
@@ -311,17 +304,22 @@ class Gateway:
                 self._stop.set()
             return
         if msg[:1] == prefork_msg.CANCEL and len(msg) == prefork_msg.CANCEL_SIZE:
-            pid, secret = prefork_msg.unpack_cancel(msg)
-            target = self.keys.get((pid, secret))
-            if target is not None and target.upstream.pid:
-                self.spawn(upstream.cancel(target.target, target.upstream.pid,
-                                           target.upstream.secret))
+            self.spawn(self._cancel(*prefork_msg.unpack_cancel(msg)))
         loop = asyncio.get_running_loop()
         for fd in fds:
             os.set_inheritable(fd, False)  # recvmsg without MSG_CMSG_CLOEXEC
             conn = socket.socket(fileno=fd)
             conn.setblocking(False)
             self.spawn(loop.connect_accepted_socket(lambda: _Accepted(self), conn))
+
+    async def _cancel(self, pid: int, secret: bytes) -> bool:
+        """Cancel what the session with this key runs upstream; False: no such session."""
+        target = self.keys.get((pid, secret))
+        if target is None:
+            return False
+        if target.upstream.pid:
+            await upstream.cancel(target.target, target.upstream.pid, target.upstream.secret)
+        return True
 
     async def close(self) -> None:
         """Stop listening, end every session, flush the audit trail."""
@@ -365,9 +363,9 @@ class Gateway:
 
         def run() -> None:
             loop = self._loop = new_loop()
-            self._stopped = asyncio.Event()
+            stop = asyncio.Event()
             try:
-                loop.run_until_complete(self.serve_forever(self._stopped))
+                loop.run_until_complete(self.serve_forever(stop))
             except BaseException as exc:
                 self.error = exc
                 log.exception("the gateway stopped")
@@ -382,9 +380,9 @@ class Gateway:
             raise RuntimeError(f"the gateway did not start: {self.error}")
 
     def stop_thread(self) -> None:
-        if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stopped.set)
+                self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=60)
 
@@ -497,12 +495,9 @@ class Gateway:
                 client.write(b"N")
                 continue
             if isinstance(packet, pq.CancelRequest):
-                target = self.keys.get((packet.pid, packet.secret))
-                if target is not None:
-                    await upstream.cancel(target.target, target.upstream.pid,
-                                          target.upstream.secret)
-                elif (self.inbox is not None and len(packet.secret) == 4
-                      and packet.pid >> KEY_INDEX_SHIFT != self.index):
+                ours = await self._cancel(packet.pid, packet.secret)
+                if (not ours and self.inbox is not None and len(packet.secret) == 4
+                        and prefork_msg.child_of(packet.pid) != self.index):
                     # Another child's session: the parent passes it on (no answer either way).
                     with contextlib.suppress(OSError):
                         self.inbox.send(prefork_msg.pack_cancel(packet.pid, packet.secret))

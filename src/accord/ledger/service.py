@@ -48,7 +48,7 @@ _SQLITE_INSERT = (
     "INSERT INTO ledger_entries (idx, type, time, actor, subject, resource, leaf, leaf_hash, chain)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_SAFE_INT = 2**53  # JCS writes numbers as IEEE doubles: larger ints would not round-trip
+SAFE_INT = 2**53  # JCS writes numbers as IEEE doubles: larger ints would not round-trip
 
 
 def _plain(value: Any) -> bool:
@@ -57,7 +57,7 @@ def _plain(value: Any) -> bool:
     if t is str or t is bool or value is None:
         return True
     if t is int:
-        return bool(-_SAFE_INT < value < _SAFE_INT)
+        return bool(-SAFE_INT < value < SAFE_INT)
     if t is dict:
         return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
     if t is list:
@@ -67,7 +67,7 @@ def _plain(value: Any) -> bool:
             if tv is str or v is None or tv is bool:
                 continue
             if tv is int:
-                if not -_SAFE_INT < v < _SAFE_INT:
+                if not -SAFE_INT < v < SAFE_INT:
                     return False
             elif not _plain(v):
                 return False
