@@ -145,6 +145,7 @@ def test_bind_round_trip() -> None:
                                                                               b"\x00\x01"))
     assert pq.bind_header(body) == (b"p", b"s", 3)
     assert pq.rows_of("INSERT 0 12") == 12 and pq.rows_of("BEGIN") is None
+    assert pq.rows_of("SELECT \u00b2") is None  # a digit to str.isdigit, not to int()
 
 
 # ------------------------------------------------------------------ the data path
@@ -158,7 +159,7 @@ def test_client_bytes_never_crash_the_conversation(data: bytes, cuts: list[int])
         for piece in chunks(data, cuts):
             out = c.client(piece)
             assert isinstance(out, bytes)
-            assert len(c._cbuf) <= 512 + 5  # never buffers more than one allowed message
+            assert len(c.cbuf) <= 512 + 5  # never buffers more than one allowed message
     except pq.ProtocolError:
         pass
 

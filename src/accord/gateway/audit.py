@@ -75,6 +75,7 @@ _OUTCOME_CODE = {name: i for i, name in enumerate(_OUTCOMES)}
 _PROTOCOLS = ("simple", "extended", "function", "unknown")
 _PROTOCOL_CODE = {name: i for i, name in enumerate(_PROTOCOLS)}
 RECOVERED = "gateway stopped (recovered from its spool)"
+_TAG_TAILS: dict[str, bytes] = {}  # command tag → its bytes in an outcome record
 _NO_INTENT = ("unknown", "", None, 0)  # an outcome whose statement record was lost
 
 
@@ -131,12 +132,14 @@ def record_bytes(kind: int, payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), kind) + payload
 
 
-def _params_json(params: object) -> bytes:
-    if params is None:
-        return b""
-    if type(params) is int:
-        return b"%d" % params
-    return json.dumps(params).encode()
+def _intent(number: int, run: Run) -> bytes:
+    """The record of a statement sent upstream by session `number`."""
+    text = run.text
+    params = run.params
+    tail = b"" if params is None else (b"%d" % params if type(params) is int
+                                       else json.dumps(params).encode())
+    return _INTENT_REC.pack(_INTENT.size + len(text) + len(tail), R_INTENT, number, run.seq,
+                            run.t0, len(text), _PROTOCOL_CODE[run.protocol]) + text + tail
 
 
 def _segment(directory: Path, number: int) -> Path:
@@ -285,12 +288,21 @@ class AuditWriter:
         self._pos = end
 
     def _write(self) -> None:
-        """Put everything waiting in the spool (one frame)."""
+        """Put everything waiting in the spool (one frame; `_frame` inline: this runs for
+        every statement)."""
         out = self._deferred
-        if not out or self._mm is None:
+        mm = self._mm
+        if not out or mm is None:
             return
-        self._frame(b"".join(out) if len(out) > 1 else out[0])
+        body = b"".join(out) if len(out) > 1 else out[0]
         out.clear()
+        pos = self._pos
+        end = pos + _FRAME.size + len(body)
+        if end > self._size:
+            self._frame(body)
+            return
+        mm[pos:end] = _FRAME.pack(len(body), zlib.crc32(body)) + body
+        self._pos = end
 
     def tick(self) -> None:
         """Called every few milliseconds on the loop: write waiting outcomes, and look
@@ -306,11 +318,7 @@ class AuditWriter:
         for info, in_flight in self.live.values():
             parts.append(record_bytes(R_CONTEXT, _FACT.pack(info.number, 0)
                                       + json.dumps({"info": info.as_dict()}).encode()))
-            for run in in_flight():
-                given = _params_json(run.params)
-                parts.append(_INTENT_REC.pack(
-                    _INTENT.size + len(run.text) + len(given), R_INTENT, info.number, run.seq,
-                    run.t0, len(run.text), _PROTOCOL_CODE[run.protocol]) + run.text + given)
+            parts += (_intent(info.number, run) for run in in_flight())
         context = b"".join(parts)
         self._open_next(need + _FRAME.size + len(context))
         if context:
@@ -342,6 +350,38 @@ class AuditWriter:
         self._fact_record(R_CLOSE, info, now + self.offset, data)
         self._write()
 
+    def sent(self, number: int, run: Run) -> None:
+        """`note` of one statement sent upstream and nothing else (the data path's common
+        case): spooled at once."""
+        self._deferred.append(_intent(number, run))
+        self._write()
+
+    def answered(self, info: SessionInfo, finished: list[Finished]) -> None:
+        """`note` of outcomes only (the data path's common case: they wait for the next
+        write or tick)."""
+        out = self._deferred
+        number = info.number
+        rec = self._rec
+        pack_done = _DONE_REC.pack
+        tails = _TAG_TAILS
+        for run, tag, rows, duration, error, outcome in finished:
+            rec += 1
+            if error is None and tag is not None:
+                tail = tails.get(tag)
+                if tail is None:
+                    tail = tag.encode() + b"\0"
+                    if len(tails) < 1024:
+                        tails[tag] = tail
+            else:
+                tail = tag.encode() + b"\0" if tag else b"\0"
+                if error is not None:
+                    tail += json.dumps(error).encode()
+            out.append(pack_done(_DONE.size + len(tail), R_DONE, number, run.seq, rec,
+                                 duration, -1 if rows is None else rows,
+                                 _OUTCOME_CODE[outcome]) + tail)
+        self._rec = rec
+        info.statements += len(finished)
+
     def note(self, info: SessionInfo, started: list[Run], finished: list[Finished],
              violations: list[Violation]) -> None:
         """Spool one step of a conversation (call before forwarding its bytes).
@@ -352,29 +392,10 @@ class AuditWriter:
         """
         out = self._deferred
         number = info.number
-        pack_intent = _INTENT_REC.pack
-        protocols = _PROTOCOL_CODE
         for run in started:
-            text = run.text
-            params = run.params
-            tail = b"" if params is None else (b"%d" % params if type(params) is int
-                                               else json.dumps(params).encode())
-            out.append(pack_intent(_INTENT.size + len(text) + len(tail), R_INTENT, number,
-                                   run.seq, run.t0, len(text), protocols[run.protocol])
-                       + text + tail)
+            out.append(_intent(number, run))
         if finished:
-            rec = self._rec
-            pack_done = _DONE_REC.pack
-            for run, tag, rows, duration, error, outcome in finished:
-                rec += 1
-                tail = tag.encode() + b"\0" if tag else b"\0"
-                if error is not None:
-                    tail += json.dumps(error).encode()
-                out.append(pack_done(_DONE.size + len(tail), R_DONE, number, run.seq, rec,
-                                     duration, -1 if rows is None else rows,
-                                     _OUTCOME_CODE[outcome]) + tail)
-            self._rec = rec
-            info.statements += len(finished)
+            self.answered(info, finished)
         for v in violations:
             data = {"statement": v.statement.text.decode("utf-8", "replace")[:self.max_text],
                     "missing": sorted(v.missing), "classes": sorted(v.statement.classes),

@@ -125,6 +125,20 @@ _NO_PORTAL: tuple[bytes, object] = (b"", None)  # Execute of a portal never boun
 _DESCRIBE_EXECUTE_SYNC = b"D\0\0\0\x06P\0" + b"E\0\0\0\x09\0\0\0\0\0" + b"S\0\0\0\x04"
 
 
+_TAGS: dict[bytes, tuple[str, int | None]] = {}  # command tags repeat: read each once
+
+
+def _tag(raw: bytes) -> tuple[str, int | None]:
+    """A CommandComplete's tag (without its NUL) and the row count it reports, if any."""
+    known = _TAGS.get(raw)
+    if known is None:
+        tag = raw.decode("utf-8", "replace")
+        known = (tag, pq.rows_of(tag))
+        if len(_TAGS) < 4096:
+            _TAGS[raw] = known
+    return known
+
+
 def render_params(body: bytes) -> list[str | None]:
     """A Bind's parameter values for the audit trail: text as text, binary as hex."""
     bind = pq.parse_bind(body)
@@ -177,7 +191,7 @@ class Conversation:
         self._parsed: dict[bytes, tuple[bytes, bytes, bool]] = {}
         self._portals: dict[bytes, tuple[bytes, object]] = {}  # portal → (text, params)
         self._sql_prepared: dict[str, frozenset[str]] = {}  # PREPARE name → classes
-        self._cbuf = b""  # a partial client message we must see whole
+        self.cbuf = b""  # a partial client message we must see whole (a slow client?)
         self._crest = 0  # bytes of a streamed client message (CopyData) still to pass
         self._sbuf = b""
         self._srest = 0
@@ -210,7 +224,7 @@ class Conversation:
     @property
     def partial(self) -> bool:
         """Whether the client left a message unfinished (a slow or stalled client)."""
-        return bool(self._cbuf)
+        return bool(self.cbuf)
 
     @property
     def busy(self) -> bool:
@@ -353,7 +367,7 @@ class Conversation:
 
     def client(self, data: bytes) -> bytes:
         """Bytes from the client; returns the bytes to send upstream (maybe rewritten)."""
-        if data and data[0] == _Q and not self._cbuf and not self._crest:
+        if data and data[0] == _Q and not self.cbuf and not self._crest:
             # The common case on its own: one whole simple query, of a shape seen before.
             n = len(data)
             if n > 5 and _unpack_i32(data, 1)[0] == n - 1 and data[-1] == 0 \
@@ -369,14 +383,14 @@ class Conversation:
                         self._segment_parsed = self._may_skip = False
                     self._pending.append(_Entry(K_QUERY, [run]))
                     return data
-        elif data and data[0] == _P and self._auto and not self._pending and not self._cbuf \
+        elif data and data[0] == _P and self._auto and not self._pending and not self.cbuf \
                 and not self._crest:
             out = self._reused_statement(data)
             if out is not None:
                 return out
-        if self._cbuf:
-            data = self._cbuf + data
-            self._cbuf = b""
+        if self.cbuf:
+            data = self.cbuf + data
+            self.cbuf = b""
         n = len(data)
         pos = 0
         if self._crest:
@@ -498,7 +512,7 @@ class Conversation:
                 raise pq.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
             pos = end
         if pos < n:
-            self._cbuf = data[pos:]
+            self.cbuf = data[pos:]
         if parts is None:
             return data if pos == n else data[:pos]
         parts.append(data[last:pos])
@@ -674,7 +688,7 @@ class Conversation:
                                        and head.index < len(head.runs)):
                     if data[end - 1] != 0:
                         raise pq.ProtocolError("CommandComplete without terminator")
-                    tag = data[pos + 5:end - 1].decode("utf-8", "replace")
+                    tag, count = _tag(data[pos + 5:end - 1])
                     runs = head.runs
                     assert runs is not None
                     if hk == K_EXECUTE:
@@ -683,9 +697,8 @@ class Conversation:
                     else:
                         run = runs[head.index]
                         head.index += 1
-                    last_word = tag.rpartition(" ")[2]
-                    self.finished.append((run, tag, int(last_word) if last_word.isdigit()
-                                          else run.rows, _now() - run.t0, None, "ok"))
+                    self.finished.append((run, tag, run.rows if count is None else count,
+                                          _now() - run.t0, None, "ok"))
                     pos = end
                     continue
             if kind == _READY and pending and length == 5:
@@ -779,11 +792,10 @@ class Conversation:
                 if end != n or end != pos + 6 or tag_at < 0:
                     return False
                 run.rows += rows
-                tag_end = tag_at + unpack(data, tag_at + 1)[0]
-                tag = data[tag_at + 5:tag_end].decode("utf-8", "replace")
-                last_word = tag.rpartition(" ")[2]
-                self.finished.append((run, tag, int(last_word) if last_word.isdigit()
-                                      else run.rows, _now() - run.t0, None, "ok"))
+                raw = data[tag_at + 5:tag_at + unpack(data, tag_at + 1)[0]]
+                tag, count = _TAGS.get(raw) or _tag(raw)
+                self.finished.append((run, tag, run.rows if count is None else count,
+                                      _now() - run.t0, None, "ok"))
                 self._pending.clear()
                 self.status = data[pos + 5:end]
                 if self._unsure:

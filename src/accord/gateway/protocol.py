@@ -337,7 +337,7 @@ def parse_tag(body: bytes) -> str:
 def rows_of(tag: str) -> int | None:
     """The row count a command tag reports (`SELECT 5`, `INSERT 0 5`, `COPY 3`), if any."""
     last = tag.rpartition(" ")[2]
-    return int(last) if last.isdigit() else None
+    return int(last) if last.isascii() and last.isdigit() else None
 
 
 def parse_auth(body: bytes) -> tuple[int, bytes]:

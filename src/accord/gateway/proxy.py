@@ -124,20 +124,24 @@ class ProxySession:
             self.end("protocol violation", "08P01", f"Accord gateway: {exc}")
             return
         started = conv.started
-        if started or conv.violations:
+        violations = conv.violations
+        if started or violations:
             audit = self.audit
             if audit.overloaded:
                 self.end("audit backlog full", "53000",
                          "Accord gateway: the audit ledger is behind; try again shortly")
                 return
             conv.started = []
-            violations = conv.violations
             if violations:
                 conv.violations = []
-            audit.note(self.info, started, _NONE, violations)
+                audit.note(self.info, started, _NONE, violations)
+            elif len(started) == 1:
+                audit.sent(self.info.number, started[0])
+            else:
+                audit.note(self.info, started, _NONE, _NONE)
         if out:
             self._to_server(out)
-        if conv.partial:
+        if conv.cbuf:  # a message left unfinished: a slow or stalled client
             if self._slow is None:
                 self._slow = asyncio.get_running_loop().call_later(
                     self.gateway.message_timeout, self._too_slow)
@@ -159,7 +163,7 @@ class ProxySession:
         finished = conv.finished
         if finished:
             conv.finished = []
-            self.audit.note(self.info, _NONE, finished, _NONE)
+            self.audit.answered(self.info, finished)
         if out:
             self._to_client(out)
 

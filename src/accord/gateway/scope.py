@@ -369,9 +369,12 @@ class Classifier:
 
     def shape(self, sql: bytes) -> frozenset[str] | None:
         """The classes of a plain statement of a shape seen before, else None (the data
-        path's fast check; `__call__` does the rest)."""
-        if (b"$" in sql and _NOT_A_PARAM.search(sql)) or b"&" in sql:
-            return None
+        path's fast check; `__call__` does the rest).
+
+        No need to look for `$tag$` or `U&` first, as `__call__` does before storing a
+        shape: turning digits into 0 keeps every `$`, `&` and whether a digit follows a
+        `$`, and the text's length, so text whose shape was stored passes those checks too.
+        """
         return self._shape.get(sql.translate(_DIGITS))
 
     def __call__(self, sql: bytes) -> Verdict:

@@ -60,7 +60,8 @@ class ScramClient:
         nonce, salt_b64, iterations = attrs.get("r", ""), attrs.get("s", ""), attrs.get("i", "")
         if not nonce.startswith(self.nonce) or len(nonce) <= len(self.nonce):
             raise AuthError("SCRAM server nonce does not extend ours")
-        if not iterations.isdigit() or not 1 <= int(iterations) <= 10_000_000:
+        if not (iterations.isascii() and iterations.isdigit()) \
+                or not 1 <= int(iterations) <= 10_000_000:
             raise AuthError("SCRAM iteration count is invalid")
         try:
             salt = base64.b64decode(salt_b64, validate=True)
