@@ -370,7 +370,7 @@ class AuditWriter:
                 tail = tails.get(tag)
                 if tail is None:
                     tail = tag.encode() + b"\0"
-                    if len(tails) < 1024:
+                    if len(tails) < 1024 and len(tail) <= 64:
                         tails[tag] = tail
             else:
                 tail = tag.encode() + b"\0" if tag else b"\0"

@@ -134,7 +134,7 @@ def _tag(raw: bytes) -> tuple[str, int | None]:
     if known is None:
         tag = raw.decode("utf-8", "replace")
         known = (tag, pq.rows_of(tag))
-        if len(_TAGS) < 4096:
+        if len(_TAGS) < 4096 and len(raw) <= 64:
             _TAGS[raw] = known
     return known
 
