@@ -6,6 +6,7 @@ Also: the audit writer's ledger transaction on both databases (usage and marks u
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -181,10 +182,13 @@ def test_record_facts_writes_events_usage_and_mark(sessions: sessionmaker[Sessio
         facts.append((i + 2, audit.STATEMENT, info, base + i * 1000, row))
     facts.append((7, "violation", info, base + 9000, {"statement": "delete from t"}))
     facts.append((8, "close", info, base + 10_000, {"reason": "client terminated"}))
+    other = dataclasses.replace(info, id="abc-2", number=2, grant_id=8)  # a second grant
+    facts.append((9, audit.STATEMENT, other, base + 11_000, service.statement_row(
+        1, "simple", "select 9", None, "SELECT 1", 1, 500, "ok", None)))
     with transaction(sessions) as s:
         events = service.record_facts(s, facts=facts, instance="abc", per_event=2,
                                       max_text=100)
-    assert events == 6  # open, 3 statement events (2 + 2 + 1), violation, close
+    assert events == 7  # open, 3 statement events (2 + 2 + 1), violation, close; grant 8's
     with transaction(sessions) as s:  # a second batch adds to the counters
         service.record_facts(s, facts=facts[1:2], instance="abc", per_event=2, max_text=100)
     with sessions() as s:
@@ -192,6 +196,8 @@ def test_record_facts_writes_events_usage_and_mark(sessions: sessionmaker[Sessio
         assert usage is not None
         assert (usage.statement_count, usage.violation_count, usage.session_count) == (6, 1, 1)
         assert usage.first_used_at < usage.last_used_at
+        usage8 = s.get(GatewayUsage, 8)
+        assert usage8 is not None and usage8.statement_count == 1
         mark = s.get(GatewaySpoolMark, "abc")
         assert mark is not None and mark.committed == 2
         types = s.execute(select(LedgerEntry.type).where(LedgerEntry.subject == "grant:7")

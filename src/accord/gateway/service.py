@@ -182,6 +182,40 @@ def _upsert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
+# Built once per dialect and run with parameters, so SQLAlchemy compiles each once (with
+# the rows in VALUES it compiled them for every batch the shipper recorded: about 1 ms).
+_UPSERTS: dict[tuple[str, str], Any] = {}
+
+
+def _usage_upsert(session: Session) -> Any:
+    key = ("usage", session.get_bind().dialect.name)
+    stmt = _UPSERTS.get(key)
+    if stmt is None:
+        ins = _upsert(session)(GatewayUsage)
+        ex = ins.excluded
+        table = GatewayUsage
+        stmt = _UPSERTS[key] = ins.on_conflict_do_update(index_elements=["grant_id"], set_={
+            "first_used_at": case((ex.first_used_at < table.first_used_at, ex.first_used_at),
+                                  else_=table.first_used_at),
+            "last_used_at": case((ex.last_used_at > table.last_used_at, ex.last_used_at),
+                                 else_=table.last_used_at),
+            "statement_count": table.statement_count + ex.statement_count,
+            "violation_count": table.violation_count + ex.violation_count,
+            "session_count": table.session_count + ex.session_count,
+        })
+    return stmt
+
+
+def _mark_upsert(session: Session) -> Any:
+    key = ("mark", session.get_bind().dialect.name)
+    stmt = _UPSERTS.get(key)
+    if stmt is None:
+        ins = _upsert(session)(GatewaySpoolMark)
+        stmt = _UPSERTS[key] = ins.on_conflict_do_update(index_elements=["instance"], set_={
+            "committed": ins.excluded.committed, "updated_at": ins.excluded.updated_at})
+    return stmt
+
+
 # A statement in a `gateway.statement` event: one row of these columns (compact, and
 # cheap to encode: no keys to sort per statement).
 COLUMNS = ("seq", "offset_us", "protocol", "text", "param_count", "params", "tag", "rows",
@@ -268,28 +302,13 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             _emit(session, etype, info, at_ns, data)
         events += 1
     if usage:
-        ins = _upsert(session)
-        stmt = ins(GatewayUsage).values([
+        session.execute(_usage_upsert(session), [
             {"grant_id": gid, "first_used_at": _wall(u[0]), "last_used_at": _wall(u[1]),
              "statement_count": u[2], "violation_count": u[3], "session_count": u[4]}
             for gid, u in usage.items()])
-        ex = stmt.excluded
-        table = GatewayUsage
-        session.execute(stmt.on_conflict_do_update(index_elements=["grant_id"], set_={
-            "first_used_at": case((ex.first_used_at < table.first_used_at, ex.first_used_at),
-                                  else_=table.first_used_at),
-            "last_used_at": case((ex.last_used_at > table.last_used_at, ex.last_used_at),
-                                 else_=table.last_used_at),
-            "statement_count": table.statement_count + ex.statement_count,
-            "violation_count": table.violation_count + ex.violation_count,
-            "session_count": table.session_count + ex.session_count,
-        }))
     committed = mark if mark is not None else (facts[-1][0] if facts else 0)
-    ins = _upsert(session)
-    stmt = ins(GatewaySpoolMark).values(instance=instance, committed=committed,
-                                        updated_at=datetime.now(UTC))
-    session.execute(stmt.on_conflict_do_update(index_elements=["instance"], set_={
-        "committed": stmt.excluded.committed, "updated_at": stmt.excluded.updated_at}))
+    session.execute(_mark_upsert(session), {"instance": instance, "committed": committed,
+                                            "updated_at": datetime.now(UTC)})
     return events
 
 

@@ -1,0 +1,144 @@
+"""The gateway's Python per transaction, without sockets: a tight loop over the data path.
+
+pgbench through the real gateway (`benchmarks/gateway.py`) moves by ±10 % from run to run
+on a small machine, far more than one change to the data path makes. This loop runs the
+code every proxied message runs, and only that, so such a change shows:
+
+* `simple`: a ProxySession (a real Conversation and AuditWriter spooling to a real
+  memory-mapped segment; the transports are stand-ins that keep nothing) handed pgbench's
+  select-only transaction in the simple protocol: the Query, then the server's
+  RowDescription, DataRow, CommandComplete and ReadyForQuery.
+* `extended`: the same in the extended protocol (`-M extended`) with statement reuse on:
+  Parse, Bind, Describe, Execute, Sync, and the answer.
+* `spool_read`: the shipper's side, the spool read back into statement rows
+  (`audit.Reader.poll`), per statement.
+
+Garbage collection is tuned as `accord gateway` and its shipper tune it.
+
+    .venv/bin/python benchmarks/gateway_datapath.py [--transactions 200000] [--repeat 3]
+
+Prints JSON: microseconds per transaction (per statement for `spool_read`), the best and
+every one of `--repeat` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from accord.gateway import audit
+from accord.gateway.conversation import Conversation
+from accord.gateway.proxy import ProxySession
+from accord.gateway.scope import DEFAULT_ROLES, Classifier
+
+QUERY = b"SELECT abalance FROM pgbench_accounts WHERE aid = "
+ROW_DESCRIPTION_BODY = b"\0\x01abalance\0" + b"\0" * 6 + b"\0\x17\0\x04\xff\xff\xff\xff\0\0"
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+ANSWER = (message(b"T", ROW_DESCRIPTION_BODY) + message(b"D", b"\0\x01\0\0\0\x041234")
+          + message(b"C", b"SELECT 1\0") + message(b"Z", b"I"))
+
+
+def aid(i: int) -> bytes:
+    return b"%d" % (i * 7919 % 800_000 + 1)
+
+
+def workload(kind: str) -> tuple[list[bytes], list[bytes]]:
+    """What the client sends (1,000 variants) and what the server answers (warm-up first,
+    then the steady state)."""
+    if kind == "simple":
+        return [message(b"Q", QUERY + aid(i) + b";\0") for i in range(1000)], [ANSWER]
+    sql = QUERY + b"$1;"
+    sent = [message(b"P", b"\0" + sql + b"\0\0\0")
+            + message(b"B", b"\0\0\0\0\0\x01" + len(aid(i)).to_bytes(4, "big") + aid(i)
+                      + b"\0\0")
+            + message(b"D", b"P\0") + message(b"E", b"\0\0\0\0\0") + message(b"S", b"")
+            for i in range(1000)]
+    # Before reuse the server answers the Parse too; after, the gateway does.
+    return sent, [b"1\0\0\0\x04" + b"2\0\0\0\x04" + ANSWER, b"2\0\0\0\x04" + ANSWER]
+
+
+class _Gateway:
+    message_timeout = 30.0
+
+
+def session(spool: Path) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
+    conv = Conversation(allowed=DEFAULT_ROLES["admin"], classifier=Classifier(),
+                        role="admin", resource="bench", auto_prepare=5)
+    writer = audit.AuditWriter(None, spool)  # type: ignore[arg-type]  # no shipper here
+    writer.dir.mkdir(parents=True)
+    writer._open_next()
+    info = audit.SessionInfo(id="bench-1", number=1, grant_id=1, user="bench",
+                             resource="bench", role="admin", client="127.0.0.1",
+                             application="pgbench", tls=False, upstream_role=None)
+    writer.opened(info, conv.in_flight)
+    sink: list[bytes] = []
+    s = object.__new__(ProxySession)  # the data path only: no sockets, no gateway
+    s.ended, s.conv, s.audit, s.info, s._slow = False, conv, writer, info, None
+    s._to_server = s._to_client = sink.append
+    s.gateway = _Gateway()  # type: ignore[assignment]
+    return s, writer, sink
+
+
+def run(kind: str, n: int, spool: Path) -> tuple[float, audit.AuditWriter]:
+    s, writer, sink = session(spool)
+    sent, answers = workload(kind)
+    from_client, from_server = s.from_client, s.from_server
+    for i in range(50):  # reuse starts at the 5th Parse
+        from_client(sent[i])
+        from_server(answers[0] if i < 5 else answers[-1])
+    answer = answers[-1]
+    tick = writer.tick
+    start = time.perf_counter()
+    for i in range(n):
+        from_client(sent[i % 1000])
+        from_server(answer)
+        if i % 64 == 0:  # the loop's timer, every few milliseconds at ~30k transactions/s
+            tick()
+            sink.clear()
+    elapsed = time.perf_counter() - start
+    if s.ended:
+        raise SystemExit(f"{kind}: the session ended ({s.reason})")
+    tick()
+    return elapsed / n * 1e6, writer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--transactions", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    gc.freeze()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("simple", "extended"):
+            gc.set_threshold(20_000, 20, 20)  # as accord gateway
+            runs = []
+            for r in range(args.repeat):
+                us, writer = run(kind, args.transactions, Path(tmp) / f"{kind}{r}")
+                runs.append(round(us, 3))
+            results[kind] = {"us_per_transaction": min(runs), "runs": runs}
+            gc.set_threshold(50_000, 20, 20)  # as the shipper
+            reads = []
+            for _ in range(args.repeat):
+                reader = audit.Reader(writer.dir)
+                start = time.perf_counter()
+                reader.poll()
+                facts = reader.take()
+                reads.append(round((time.perf_counter() - start) / len(facts) * 1e6, 3))
+            results[f"spool_read_{kind}"] = {"us_per_statement": min(reads), "runs": reads,
+                                             "statements": len(facts) - 1}
+    print(json.dumps({"transactions": args.transactions, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
