@@ -266,8 +266,9 @@ def main() -> int:
                          "on 127.0.0.1 (default) or its Unix socket")
     ap.add_argument("--unix-socket-dir", default="/var/run/postgresql")
     ap.add_argument("--json-only", action="store_true")
-    ap.add_argument("--gateway-processes", type=int, default=1,
-                    help="`accord gateway --processes N` (default 1, as gateway.processes)")
+    ap.add_argument("--gateway-processes", type=int, default=None,
+                    help="`accord gateway --processes N` (default: gateway.processes, `auto`: "
+                         "one per core, at most 8)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also report every process's CPU per transaction by role "
                          "(benchmarks/procstat.py) and the machine's idle time")
@@ -296,9 +297,10 @@ def main() -> int:
             env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
                    "ACCORD_DATA_DIR": str(data_dir), "BENCH_TARGET_DSN": upstream_dsn}
             token = grant_token(accord_url, config, data_dir, resource)
-            procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning",
-                                      "--processes", str(args.gateway_processes)], env,
-                                     tmp / "gateway.log")
+            count = ["--processes", str(args.gateway_processes)] \
+                if args.gateway_processes else []
+            procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning", *count],
+                                     env, tmp / "gateway.log")
             wait_port(gw_port, procs["gateway"], tmp / "gateway.log")
             if not args.no_worker:
                 procs["worker"] = start([ACCORD, "worker"], env, tmp / "worker.log")
@@ -388,6 +390,8 @@ def audit_check(accord_url: str, procs: dict[str, subprocess.Popen[bytes]]) -> d
 
 def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace,
             load_before: tuple[float, float, float], audited: dict[str, Any]) -> dict[str, Any]:
+    from accord.config import GatewaySpec
+
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg()},
@@ -395,7 +399,8 @@ def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
                    "scale": args.scale, "worker": not args.no_worker,
                    "upstream": args.upstream,
                    "gateway": "default config: parameters redacted, every statement audited",
-                   "gateway_processes": args.gateway_processes},
+                   "gateway_processes": args.gateway_processes
+                   or GatewaySpec().process_count},
         "results": {}, "ratios": {}, "targets": {}, "audit": audited,
     }
     total_tx = 0.0

@@ -57,8 +57,8 @@ def killed_gateway(world: World, tmp_path: Path) -> Iterator[tuple[int, subproce
            "ACCORD_DATA_DIR": str(tmp_path / "data"), DSN_ENV: world.target_dsn}
     env["ACCORD_DATABASE_URL"] = env["ACCORD_DATABASE_URL"].replace("+psycopg", "")
     with log.open("wb") as out:
-        proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config)], env=env,
-                                stdout=out, stderr=out)
+        proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config), "--processes",
+                                 "1"], env=env, stdout=out, stderr=out)  # the one we kill
     try:
         _wait_port(port, proc, log)
         yield port, proc, tmp_path / "data" / "gateway-spool"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -173,3 +174,14 @@ def test_gateway_config_is_validated_with_paths() -> None:
     assert "gateway.tls.required: needs cert and key" in text
     with pytest.raises(PolicyError, match="needs dsn_env or dsn_file"):
         parse_policy_text(BASE.replace("dsn_env: X, ", ""))
+
+
+def test_gateway_processes_default_to_one_per_core_at_most_eight() -> None:
+    spec = parse_policy_text(BASE + "gateway: {}").spec.gateway
+    assert spec is not None and spec.processes == "auto"
+    assert spec.process_count == max(1, min(len(os.sched_getaffinity(0)), 8))
+    spec = parse_policy_text(BASE + "gateway: {processes: 3}").spec.gateway
+    assert spec is not None and spec.process_count == 3
+    for bad in ("0", "65", "many"):
+        with pytest.raises(PolicyError, match=r"gateway\.processes"):
+            parse_policy_text(BASE + f"gateway: {{processes: {bad}}}")

@@ -73,7 +73,7 @@ def start_background(st: AppState) -> Callable[[], None]:
     if spec is not None:
         from accord.gateway.proxy import Gateway  # the gateway runs where the jobs run
 
-        if spec.processes > 1:
+        if spec.processes != "auto" and spec.processes > 1:
             log.warning("gateway.processes is %d, but `accord serve` runs one gateway, in a "
                         "thread; run `accord gateway` for several processes", spec.processes)
         gateway = Gateway(st, spec)

@@ -30,7 +30,8 @@ def gateway(
     processes: Annotated[
         int | None, typer.Option(
             min=1, max=64, help="Gateway processes behind the one port, each on a core of its "
-                                "own (default: gateway.processes, 1).")
+                                "own (default: gateway.processes; `auto`, its default, is one "
+                                "per core, at most 8).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -51,7 +52,7 @@ def gateway(
             err.print("error: --listen must be HOST:PORT", markup=False)
             raise typer.Exit(1)
         host, port = host.strip("[]"), int(given)
-    count = processes or spec.processes
+    count = processes or spec.process_count
     if count == 1:
         run(Gateway(st, spec, listen=(host, port)))
         return
