@@ -390,7 +390,7 @@ def audit_check(accord_url: str, procs: dict[str, subprocess.Popen[bytes]]) -> d
 
 def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace,
             load_before: tuple[float, float, float], audited: dict[str, Any]) -> dict[str, Any]:
-    from accord.config import GatewaySpec
+    from accord.gateway.prefork import auto_count
 
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
@@ -399,8 +399,7 @@ def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
                    "scale": args.scale, "worker": not args.no_worker,
                    "upstream": args.upstream,
                    "gateway": "default config: parameters redacted, every statement audited",
-                   "gateway_processes": args.gateway_processes
-                   or GatewaySpec().process_count},
+                   "gateway_processes": args.gateway_processes or auto_count("postgresql")},
         "results": {}, "ratios": {}, "targets": {}, "audit": audited,
     }
     total_tx = 0.0

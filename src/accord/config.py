@@ -476,7 +476,7 @@ class GatewaySpec(_Strict):
     watch_interval: timedelta = timedelta(milliseconds=500)
     spool_dir: str | None = None  # default: $ACCORD_DATA_DIR/gateway-spool
     # `accord gateway` runs this many gateway processes behind one listening socket (a
-    # Python process uses one core); `auto`: one per core it may use, at most 8.
+    # Python process uses one core); `auto`: gateway.prefork.auto_count says how many.
     # `accord serve` always runs one, in a thread.
     processes: int | Literal["auto"] = "auto"
 
@@ -491,19 +491,11 @@ class GatewaySpec(_Strict):
     @field_validator("processes", mode="before")
     @classmethod
     def _processes(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.isascii() and v.isdigit():
+            v = int(v)
         if v == "auto" or (type(v) is int and 1 <= v <= 64):
             return v
         raise ValueError("must be auto or a number of processes from 1 to 64")
-
-    @property
-    def process_count(self) -> int:
-        """`processes`, with `auto` made a number: the cores this process may run on, at
-        most 8 (each gateway process also has a shipper process and database connections)."""
-        if self.processes != "auto":
-            return self.processes
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
-        return max(1, min(cores, 8))
 
 
 class PolicyFile(_Strict):

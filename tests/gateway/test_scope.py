@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accord.config import PolicyError, parse_policy_text
+from accord.gateway import prefork
 from accord.gateway.scope import (
     _NOT_A_PARAM,
     DEFAULT_ROLES,
@@ -176,12 +177,18 @@ def test_gateway_config_is_validated_with_paths() -> None:
         parse_policy_text(BASE.replace("dsn_env: X, ", ""))
 
 
-def test_gateway_processes_default_to_one_per_core_at_most_eight() -> None:
+def test_gateway_processes_default_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = parse_policy_text(BASE + "gateway: {}").spec.gateway
     assert spec is not None and spec.processes == "auto"
-    assert spec.process_count == max(1, min(len(os.sched_getaffinity(0)), 8))
-    spec = parse_policy_text(BASE + "gateway: {processes: 3}").spec.gateway
-    assert spec is not None and spec.process_count == 3
-    for bad in ("0", "65", "many"):
-        with pytest.raises(PolicyError, match=r"gateway\.processes"):
+    # auto: one per core, at most 4, where several are tested (Linux, PostgreSQL)
+    cores = len(os.sched_getaffinity(0))
+    assert prefork.auto_count("postgresql") == max(1, min(cores, prefork.AUTO_MAX))
+    assert prefork.auto_count("sqlite") == 1
+    monkeypatch.setattr(prefork.sys, "platform", "darwin")
+    assert prefork.auto_count("postgresql") == 1
+    for text, count in (("3", 3), ("'3'", 3), ("auto", "auto")):
+        spec = parse_policy_text(BASE + f"gateway: {{processes: {text}}}").spec.gateway
+        assert spec is not None and spec.processes == count
+    for bad in ("0", "65", "many", "2.5", "true"):
+        with pytest.raises(PolicyError, match=r"gateway\.processes: must be auto or a number"):
             parse_policy_text(BASE + f"gateway: {{processes: {bad}}}")

@@ -31,7 +31,7 @@ def gateway(
         int | None, typer.Option(
             min=1, max=64, help="Gateway processes behind the one port, each on a core of its "
                                 "own (default: gateway.processes; `auto`, its default, is one "
-                                "per core, at most 8).")
+                                "per core, at most 4, on Linux with PostgreSQL; else 1).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -52,7 +52,13 @@ def gateway(
             err.print("error: --listen must be HOST:PORT", markup=False)
             raise typer.Exit(1)
         host, port = host.strip("[]"), int(given)
-    count = processes or spec.process_count
+    wanted = processes or spec.processes
+    if isinstance(wanted, str):  # auto
+        from accord.gateway.prefork import auto_count
+
+        count = auto_count(st.sessions.kw["bind"].dialect.name)
+    else:
+        count = wanted
     if count == 1:
         run(Gateway(st, spec, listen=(host, port)))
         return

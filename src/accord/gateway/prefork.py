@@ -29,6 +29,7 @@ import argparse
 import collections
 import contextlib
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -42,6 +43,7 @@ from types import FrameType
 from accord.gateway import prefork_msg as msg
 
 log = logging.getLogger("accord.gateway")
+AUTO_MAX = 4  # `processes: auto` runs at most this many (each has a shipper, DB connections)
 START_TIMEOUT = 120.0  # for a child to load the policy and start its shipper
 STOP_TIMEOUT = 180.0  # for a child to end its sessions and ship its spool
 
@@ -252,6 +254,16 @@ class Parent:
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
+
+
+def auto_count(dialect: str) -> int:
+    """How many gateway processes `processes: auto` means: one per core this process may
+    run on, at most `AUTO_MAX`, where several are built and tested for: Linux (connections
+    are handed over SOCK_SEQPACKET pairs) with the Accord database on PostgreSQL (each
+    process's shipper writes the ledger at the same time). Anywhere else, one."""
+    if not sys.platform.startswith("linux") or dialect != "postgresql":
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), AUTO_MAX))
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
