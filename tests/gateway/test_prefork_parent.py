@@ -11,12 +11,17 @@ import selectors
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from accord.cli.main import app
+from accord.gateway import cli as gateway_cli
 from accord.gateway import prefork
 from accord.gateway import prefork_msg as msg
 from accord.gateway.prefork import Child, Parent
+from tests.gateway.conftest import DSN_ENV, World, free_port, policy_text
 
 
 @pytest.fixture
@@ -123,3 +128,17 @@ def test_children_that_never_start_make_the_parent_give_up(
             listener.close()
     assert "every process failed to start 2 times in a row" in caplog.text
     assert caplog.text.count("exited (2)") >= 2 * 2 - 1  # the last one stops the parent
+
+
+def test_several_processes_off_linux_are_refused_with_a_clear_error(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "accord.yaml"
+    config.write_text(policy_text(world.resource, world.database, port=free_port()),
+                      encoding="utf-8")
+    env = {"ACCORD_DATABASE_URL": world.engine.url.render_as_string(False),
+           "ACCORD_DATA_DIR": str(tmp_path / "data"), DSN_ENV: world.target_dsn}
+    monkeypatch.setattr(gateway_cli.sys, "platform", "darwin")
+    result = CliRunner().invoke(app, ["gateway", "--config", str(config), "--processes", "2"],
+                                env=env)
+    assert result.exit_code == 1, result.output
+    assert "2 gateway processes need Linux; use --processes 1" in result.output

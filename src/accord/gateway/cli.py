@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -62,6 +63,16 @@ def gateway(
     if count == 1:
         run(Gateway(st, spec, listen=(host, port)))
         return
+    if not sys.platform.startswith("linux"):  # the handover needs SOCK_SEQPACKET pairs
+        err.print(f"error: {count} gateway processes need Linux; use --processes 1",
+                  markup=False)
+        st.sessions.kw["bind"].dispose()
+        raise typer.Exit(1)
+    if st.sessions.kw["bind"].dialect.name != "postgresql":
+        logging.getLogger("accord.gateway").warning(
+            "%d gateway processes on a %s Accord database: each one's shipper writes the "
+            "ledger, one at a time; several processes are tested on PostgreSQL only",
+            count, st.sessions.kw["bind"].dialect.name)
     raise typer.Exit(_prefork(st, spec, config, host, port, count, log_level))
 
 
