@@ -423,5 +423,5 @@ def test_oversized_and_unexpected_messages_are_protocol_errors() -> None:
 def test_a_partial_message_is_held_until_complete() -> None:
     c = conv()
     q = pq.query("select 1")
-    assert c.client(q[:7]) == b"" and c.partial
-    assert c.client(q[7:]) == q and not c.partial
+    assert c.client(q[:7]) == b"" and c.cbuf
+    assert c.client(q[7:]) == q and not c.cbuf

@@ -366,16 +366,16 @@ class AuditWriter:
         tails = _TAG_TAILS
         for run, tag, rows, duration, error, outcome in finished:
             rec += 1
-            if error is None and tag is not None:
+            if tag:  # the tag, a NUL, and the error as JSON when there was one
                 tail = tails.get(tag)
                 if tail is None:
                     tail = tag.encode() + b"\0"
                     if len(tails) < 1024 and len(tail) <= 64:
                         tails[tag] = tail
             else:
-                tail = tag.encode() + b"\0" if tag else b"\0"
-                if error is not None:
-                    tail += json.dumps(error).encode()
+                tail = b"\0"
+            if error is not None:
+                tail += json.dumps(error).encode()
             out.append(pack_done(_DONE.size + len(tail), R_DONE, number, run.seq, rec,
                                  duration, -1 if rows is None else rows,
                                  _OUTCOME_CODE[outcome]) + tail)

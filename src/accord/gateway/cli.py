@@ -38,6 +38,7 @@ def gateway(
 ) -> None:
     """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
     from accord.cli.state import load_state
+    from accord.gateway.prefork import auto_count
     from accord.gateway.proxy import Gateway, run
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
@@ -53,26 +54,22 @@ def gateway(
             err.print("error: --listen must be HOST:PORT", markup=False)
             raise typer.Exit(1)
         host, port = host.strip("[]"), int(given)
+    engine = st.sessions.kw["bind"]
     wanted = processes or spec.processes
-    if isinstance(wanted, str):  # auto
-        from accord.gateway.prefork import auto_count
-
-        count = auto_count(st.sessions.kw["bind"].dialect.name)
-    else:
-        count = wanted
+    count = auto_count(engine.dialect.name) if wanted == "auto" else int(wanted)
     if count == 1:
         run(Gateway(st, spec, listen=(host, port)))
         return
     if not sys.platform.startswith("linux"):  # the handover needs SOCK_SEQPACKET pairs
         err.print(f"error: {count} gateway processes need Linux; use --processes 1",
                   markup=False)
-        st.sessions.kw["bind"].dispose()
+        engine.dispose()
         raise typer.Exit(1)
-    if st.sessions.kw["bind"].dialect.name != "postgresql":
+    if engine.dialect.name != "postgresql":
         logging.getLogger("accord.gateway").warning(
             "%d gateway processes on a %s Accord database: each one's shipper writes the "
             "ledger, one at a time; several processes are tested on PostgreSQL only",
-            count, st.sessions.kw["bind"].dialect.name)
+            count, engine.dialect.name)
     raise typer.Exit(_prefork(st, spec, config, host, port, count, log_level))
 
 

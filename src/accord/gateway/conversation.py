@@ -222,11 +222,6 @@ class Conversation:
         return self._srest == 0
 
     @property
-    def partial(self) -> bool:
-        """Whether the client left a message unfinished (a slow or stalled client)."""
-        return bool(self.cbuf)
-
-    @property
     def busy(self) -> bool:
         return bool(self._pending)
 
