@@ -268,7 +268,7 @@ def main() -> int:
     ap.add_argument("--json-only", action="store_true")
     ap.add_argument("--gateway-processes", type=int, default=None,
                     help="`accord gateway --processes N` (default: gateway.processes, `auto`: "
-                         "one per core, at most 8)")
+                         "one per core, at most 4, on Linux with PostgreSQL)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also report every process's CPU per transaction by role "
                          "(benchmarks/procstat.py) and the machine's idle time")
