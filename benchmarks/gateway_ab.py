@@ -12,6 +12,9 @@ the ratio of the medians and the median of the per-pair ratios (B / A).
     git worktree add /tmp/base HEAD
     .venv/bin/python benchmarks/gateway_ab.py /tmp/base/src src --runs 6 --processes 1
 
+The Accord database is migrated by the code this script runs with (the installed tree),
+so both trees must agree with its schema: compare changes that add no migration.
+
 Two identical trees (an A/A run) show how far the pair ratios stray by chance on the
 machine at hand: a change is only worth believing when it moves the median pair ratio
 further than that.
