@@ -37,7 +37,8 @@ import gateway as bench  # the sibling script's helpers
 
 
 def compare(a_src: str, b_src: str, *, runs: int, seconds: int, processes: str,
-            modes: list[str], clients: int, scale: int, admin_url: str) -> dict[str, Any]:
+            modes: list[str], clients: int, scale: int, admin_url: str,
+            processes_b: str | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="accord-gwab-"))
     tmp.chmod(0o755)
     procs: dict[str, Any] = {}
@@ -49,13 +50,14 @@ def compare(a_src: str, b_src: str, *, runs: int, seconds: int, processes: str,
             env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
                    "ACCORD_DATA_DIR": str(tmp / "data"), "BENCH_TARGET_DSN": target_url}
             token = bench.grant_token(accord_url, config, tmp / "data", "bench")
+            count = {"A": processes, "B": processes_b or processes}
             for side, src in (("A", a_src), ("B", b_src)):
                 side_env = {**env, "PYTHONPATH": str(Path(src).resolve()),
                             "ACCORD_DATA_DIR": str(tmp / f"data-{side}")}
                 log = tmp / f"gateway-{side}.log"
                 procs[side] = bench.start(
                     [bench.ACCORD, "gateway", "--log-level", "warning", "--listen",
-                     f"127.0.0.1:{ports[side]}", "--processes", processes], side_env, log)
+                     f"127.0.0.1:{ports[side]}", "--processes", count[side]], side_env, log)
                 bench.wait_port(ports[side], procs[side], log)
             procs["worker"] = bench.start([bench.ACCORD, "worker"], env, tmp / "worker.log")
             conn = {side: {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port),
@@ -95,6 +97,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=6, help="pairs of runs per workload")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--processes", default="1", help="`accord gateway --processes` for both")
+    ap.add_argument("--processes-b", default=None,
+                    help="another --processes for B (compare configurations: A and B may "
+                         "be the same tree)")
     ap.add_argument("--modes", default="select_simple,select_extended")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--scale", type=int, default=8)
@@ -110,9 +115,11 @@ def main() -> int:
             ap.error(f"{tree}: not a source tree (no accord/gateway in it)")
     result = compare(args.a, args.b, runs=args.runs, seconds=args.seconds,
                      processes=args.processes, modes=modes, clients=args.clients,
-                     scale=args.scale, admin_url=args.pg_admin_url)
+                     scale=args.scale, admin_url=args.pg_admin_url,
+                     processes_b=args.processes_b)
     print(json.dumps({"a": args.a, "b": args.b, "runs": args.runs, "seconds": args.seconds,
-                      "processes": args.processes, "clients": args.clients,
+                      "processes": args.processes,
+                      "processes_b": args.processes_b or args.processes, "clients": args.clients,
                       "results": result}, indent=2))
     return 0
 

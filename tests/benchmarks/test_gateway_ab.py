@@ -1,4 +1,5 @@
-"""`benchmarks/gateway_ab.py` keeps comparing two gateway trees (a smoke run: one pair)."""
+"""`benchmarks/gateway_ab.py` keeps comparing two gateways (a smoke run: one pair, the same
+tree with one process against two)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_one_pair_through_two_gateways(pg_url: str) -> None:  # pg_url: PostgreS
     try:
         spec.loader.exec_module(module)
         src = str(ROOT / "src")
-        out = module.compare(src, src, runs=1, seconds=1, processes="1",
+        out = module.compare(src, src, runs=1, seconds=1, processes="1", processes_b="2",
                              modes=["select_simple"], clients=2, scale=1,
                              admin_url=PG_ADMIN_URL)
     finally:  # the sibling script it imported, and the path it imported it from
