@@ -235,6 +235,16 @@ _LAT = re.compile(r"latency average = ([0-9.]+) ms")
 _TX = re.compile(r"number of transactions actually processed: (\d+)")
 
 
+def pg_env(port: int, user: str, database: str, password: str | None = None
+           ) -> dict[str, str]:
+    """The environment pgbench needs to reach 127.0.0.1:`port` (no TLS)."""
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": user,
+           "PGDATABASE": database, "PGSSLMODE": "disable"}
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
 def pgbench(args: list[str], env: dict[str, str], seconds: int, clients: int) -> dict[str, float]:
     cmd = [PGBENCH, "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), *args]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
@@ -316,21 +326,12 @@ def main() -> int:
                      socket_path if args.upstream == "unix" else "127.0.0.1:5432"],
                     env, tmp / "forwarder.out")
                 wait_port(fw_port, procs["forwarder"], tmp / "forwarder.out")
-            conn_env = {
-                "direct": {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432",
-                           "PGUSER": "postgres", "PGDATABASE": target_db, "PGSSLMODE": "disable"},
-                "gateway": {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(gw_port),
-                            "PGUSER": "bench", "PGDATABASE": resource, "PGPASSWORD": token,
-                            "PGSSLMODE": "disable"},
-            }
+            conn_env = {"direct": pg_env(5432, "postgres", target_db),
+                        "gateway": pg_env(gw_port, "bench", resource, token)}
             if not args.no_pgbouncer:
-                conn_env["pgbouncer"] = {**os.environ, "PGHOST": "127.0.0.1",
-                                         "PGPORT": str(bouncer_port), "PGUSER": "postgres",
-                                         "PGDATABASE": "bench", "PGSSLMODE": "disable"}
+                conn_env["pgbouncer"] = pg_env(bouncer_port, "postgres", "bench")
             if not args.no_forwarder:
-                conn_env["forwarder"] = {**os.environ, "PGHOST": "127.0.0.1",
-                                         "PGPORT": str(fw_port), "PGUSER": "postgres",
-                                         "PGDATABASE": target_db, "PGSSLMODE": "disable"}
+                conn_env["forwarder"] = pg_env(fw_port, "postgres", target_db)
             cpu_pid: dict[str, int] = {t: procs[t].pid for t in
                                        ("gateway", "pgbouncer", "forwarder") if t in procs}
             results: dict[str, dict[str, list[dict[str, float]]]] = {

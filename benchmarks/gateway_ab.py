@@ -60,9 +60,8 @@ def compare(a_src: str, b_src: str, *, runs: int, seconds: int, processes: str,
                      f"127.0.0.1:{ports[side]}", "--processes", count[side]], side_env, log)
                 bench.wait_port(ports[side], procs[side], log)
             procs["worker"] = bench.start([bench.ACCORD, "worker"], env, tmp / "worker.log")
-            conn = {side: {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(port),
-                           "PGUSER": "bench", "PGDATABASE": "bench", "PGPASSWORD": token,
-                           "PGSSLMODE": "disable"} for side, port in ports.items()}
+            conn = {side: bench.pg_env(port, "bench", "bench", token)
+                    for side, port in ports.items()}
             out: dict[str, Any] = {}
             for mode in modes:
                 tps: dict[str, list[float]] = {"A": [], "B": []}
