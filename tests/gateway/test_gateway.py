@@ -432,3 +432,57 @@ def test_repeated_refused_logins_raise_one_alert(world: World) -> None:
                       params={"rule": "failed_gateway_logins", "user": "bob"})
     (alert,) = r.json()["items"]
     assert alert["severity"] == "high" and len(alert["evidence"]) == 5
+
+
+# ------------------------------------------------------------------ the audit backlog
+
+
+def on_loop(world: World, fn: Any) -> Any:
+    """Run `fn` on the gateway's event loop (its thread) and return what it returns."""
+    import asyncio
+
+    async def call() -> Any:
+        return fn()
+
+    loop = world.gateway._loop
+    assert loop is not None
+    return asyncio.run_coroutine_threadsafe(call(), loop).result(5)
+
+
+def test_a_full_audit_backlog_ends_sessions_with_53000_until_it_drains(world: World) -> None:
+    audit = world.gateway.audit
+    grant = world.grant("erin")
+    token = world.token(grant, "erin")
+    with world.connect(token) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        limit = audit.max_backlog
+        on_loop(world, lambda: setattr(audit, "max_backlog", 0))
+        try:
+            assert on_loop(world, audit.check) is True  # what a tick or the watcher sees
+            with pytest.raises(psycopg.OperationalError) as caught:
+                conn.execute("select 2")
+            assert caught.value.sqlstate == "53000"
+            assert "the audit ledger is behind" in str(caught.value)
+        finally:
+            on_loop(world, lambda: setattr(audit, "max_backlog", limit))
+    # The flag is still set (no tick or watcher round since): the data path looks again
+    # rather than refuse a backlog that is no longer there.
+    assert audit.overloaded
+    with world.connect(token) as conn:
+        assert conn.execute("select 3").fetchone() == (3,)
+    assert not audit.overloaded
+    closed = world.events("gateway.session_closed", grant["id"])
+    assert any(e["data"]["reason"] == "audit backlog full" for e in closed)
+
+
+def test_an_idle_gateway_arms_no_timer(world: World) -> None:
+    grant = world.grant("erin")
+    token = world.token(grant, "erin")
+    with world.connect(token) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        # The outcome waits (at most 10 ms) for a timer that writes it to the spool;
+        # once it is in the ledger nothing waits, and nothing wakes the loop up.
+        world.flush()
+        assert on_loop(world, lambda: world.gateway._ticker) is None
+        assert conn.execute("select 2").fetchone() == (2,)
+    assert [s["text"] for s in world.statements(grant["id"])][-2:] == ["select 1", "select 2"]

@@ -305,11 +305,17 @@ class AuditWriter:
         self._pos = end
 
     def tick(self) -> None:
-        """Called every few milliseconds on the loop: write waiting outcomes, and look
+        """Called on the loop within 10 ms of an outcome: write waiting outcomes, and look
         whether the shipper keeps up (`overloaded` is read on the data path)."""
         if self._deferred:
             self._write()
+        self.check()
+
+    def check(self) -> bool:
+        """Whether more than `max_backlog` facts are not yet in the ledger (kept in
+        `overloaded`)."""
         self.overloaded = self.backlog >= self.max_backlog
+        return self.overloaded
 
     def _rotate(self, need: int) -> None:
         """A new segment carrying the live sessions and their unanswered statements, so the

@@ -127,7 +127,7 @@ class ProxySession:
         violations = conv.violations
         if started or violations:
             audit = self.audit
-            if audit.overloaded:
+            if audit.overloaded and audit.check():
                 self.end("audit backlog full", "53000",
                          "Accord gateway: the audit ledger is behind; try again shortly")
                 return
@@ -164,6 +164,8 @@ class ProxySession:
         if finished:
             conv.finished = []
             self.audit.answered(self.info, finished)
+            if self.gateway._ticker is None:  # the outcomes reach the spool within TICK
+                self.gateway.arm_tick()
         if out:
             self._to_client(out)
 
@@ -281,7 +283,6 @@ class Gateway:
             if self.port == 0:
                 self.port = self._server.sockets[0].getsockname()[1]
         self._watcher = asyncio.ensure_future(self._watch())
-        self._ticker = loop.call_later(TICK, self._tick)
         tls = "required" if self.spec.tls.required else ("offered" if self.tls else "off")
         if self.inbox is None:
             log.info("Accord gateway listening on %s:%d (TLS %s)", self.host, self.port, tls)
@@ -289,9 +290,14 @@ class Gateway:
             log.info("Accord gateway process %d serving its parent's connections (TLS %s)",
                      self.index, tls)
 
-    def _tick(self) -> None:
-        self.audit.tick()
+    def arm_tick(self) -> None:
+        """Write waiting outcomes after TICK. Armed only while some wait: an idle gateway
+        does not wake up a hundred times a second."""
         self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        self.audit.tick()
 
     def _from_parent(self) -> None:
         """Connections (and cancel requests of siblings' sessions) from the parent."""
@@ -397,6 +403,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             self.audit.ensure_shipper()
+            self.audit.check()  # the backlog may have drained while no outcome came
             if not self.sessions:
                 continue
             ids = sorted({s.info.grant_id for s in self.sessions.values()})

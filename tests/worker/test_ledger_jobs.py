@@ -1,0 +1,81 @@
+"""The ledger worker on PostgreSQL: integrates on notice, survives losing its LISTEN
+connection, and stops at once however long it would otherwise wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from accord.bootstrap import ledger_config
+from accord.config import Settings, parse_policy_text
+from accord.db import make_sessionmaker, transaction, utcnow
+from accord.ledger.events import Actor, EventType
+from accord.ledger.service import pending_count, record
+from accord.policy.engine import Policy
+from accord.worker import ledger_jobs
+from accord.worker.ledger_jobs import LedgerWorker
+from tests.conftest import POLICY
+
+pytestmark = pytest.mark.postgres
+
+
+def until(what: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether `what` turns true within `timeout` (another thread's work: looked at often)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not what():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.02)
+    return True
+
+
+def listeners(engine: Engine) -> list[int]:
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as c:
+        return [pid for (pid,) in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()").fetchall()]
+
+
+def test_integrates_on_notice_and_after_losing_its_listen_connection(
+        fresh_pg: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_jobs, "RELISTEN_SECONDS", 0.2)
+    sessions = make_sessionmaker(fresh_pg)
+    settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
+    worker = LedgerWorker(sessions, ledger_config(settings, Policy(parse_policy_text(POLICY))),
+                          utcnow)
+    worker.start()
+
+    def add(subject: str) -> None:
+        with transaction(sessions) as s:
+            record(s, type=EventType.POLICY_LOADED, actor=Actor.system(), subject=subject)
+
+    def integrated() -> bool:
+        with sessions() as s:
+            return pending_count(s) == 0
+
+    try:
+        assert until(lambda: len(listeners(fresh_pg)) == 1)
+        add("a")  # the worker's safety poll is 5 s away: the notice wakes it
+        assert until(integrated, timeout=2)
+
+        (pid,) = listeners(fresh_pg)
+        with fresh_pg.connect() as c:  # as a server restart would
+            c.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        add("b")
+        assert until(integrated, timeout=5)  # polled until it listens again
+        assert until(lambda: len(listeners(fresh_pg)) == 1 and listeners(fresh_pg) != [pid])
+        add("c")
+        assert until(integrated, timeout=2)
+    finally:
+        started = time.monotonic()
+        worker.stop()
+        stopped_in = time.monotonic() - started
+    assert stopped_in < ledger_jobs.SAFETY_SECONDS / 2  # a wait for notices ends at once
