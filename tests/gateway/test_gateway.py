@@ -483,6 +483,6 @@ def test_an_idle_gateway_arms_no_timer(world: World) -> None:
         # The outcome waits (at most 10 ms) for a timer that writes it to the spool;
         # once it is in the ledger nothing waits, and nothing wakes the loop up.
         world.flush()
-        assert on_loop(world, lambda: world.gateway._ticker) is None
+        assert on_loop(world, lambda: world.gateway.ticker) is None
         assert conn.execute("select 2").fetchone() == (2,)
     assert [s["text"] for s in world.statements(grant["id"])][-2:] == ["select 1", "select 2"]

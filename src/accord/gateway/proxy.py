@@ -164,7 +164,7 @@ class ProxySession:
         if finished:
             conv.finished = []
             self.audit.answered(self.info, finished)
-            if self.gateway._ticker is None:  # the outcomes reach the spool within TICK
+            if self.gateway.ticker is None:  # the outcomes reach the spool within TICK
                 self.gateway.arm_tick()
         if out:
             self._to_client(out)
@@ -232,7 +232,7 @@ class Gateway:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
-        self._ticker: asyncio.TimerHandle | None = None
+        self.ticker: asyncio.TimerHandle | None = None
         self._count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -293,10 +293,10 @@ class Gateway:
     def arm_tick(self) -> None:
         """Write waiting outcomes after TICK. Armed only while some wait: an idle gateway
         does not wake up a hundred times a second."""
-        self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+        self.ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _tick(self) -> None:
-        self._ticker = None
+        self.ticker = None
         self.audit.tick()
 
     def _from_parent(self) -> None:
@@ -342,8 +342,8 @@ class Gateway:
                 self.inbox.send(prefork_msg.STOPPING)  # no more connections for us
         if self._watcher is not None:
             self._watcher.cancel()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        if self.ticker is not None:
+            self.ticker.cancel()
         for session in list(self.sessions.values()):
             session.end("gateway shutting down", "57P01",
                         "Accord gateway: terminating connection because the gateway is "
