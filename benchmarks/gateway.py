@@ -279,6 +279,9 @@ def main() -> int:
     ap.add_argument("--gateway-processes", type=int, default=None,
                     help="`accord gateway --processes N` (default: gateway.processes, `auto`: "
                          "one per core, at most 4, on Linux with PostgreSQL)")
+    ap.add_argument("--gateway-priority", type=int, default=None,
+                    help="gateway.priority: the data path's nice value (default: unset, the "
+                         "gateway runs at the nice value it was started with)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also report every process's CPU per transaction by role "
                          "(benchmarks/procstat.py) and the machine's idle time")
@@ -298,7 +301,8 @@ def main() -> int:
             resource = "bench"
             gw_port, bouncer_port, fw_port = free_port(), free_port(), free_port()
             config = tmp / "accord.yaml"
-            config.write_text(policy(resource, gw_port))
+            config.write_text(policy(resource, gw_port, "" if args.gateway_priority is None
+                                     else f", priority: {args.gateway_priority}"))
             data_dir = tmp / "data"
             target_db = target_url.rsplit("/", 1)[1]
             upstream_host = (args.unix_socket_dir if args.upstream == "unix" else "127.0.0.1")
@@ -400,7 +404,8 @@ def summary(results: dict[str, dict[str, list[dict[str, float]]]], args: argpars
                    "scale": args.scale, "worker": not args.no_worker,
                    "upstream": args.upstream,
                    "gateway": "default config: parameters redacted, every statement audited",
-                   "gateway_processes": args.gateway_processes or auto_count("postgresql")},
+                   "gateway_processes": args.gateway_processes or auto_count("postgresql"),
+                   "gateway_priority": args.gateway_priority},
         "results": {}, "ratios": {}, "targets": {}, "audit": audited,
     }
     total_tx = 0.0

@@ -479,6 +479,10 @@ class GatewaySpec(_Strict):
     # Python process uses one core); `auto`: gateway.prefork.auto_count says how many.
     # `accord serve` always runs one, in a thread.
     processes: int | Literal["auto"] = "auto"
+    # The nice value of the data path (as nginx's worker_priority, HAProxy's nice): one
+    # process relays every session, so each time a woken backend preempts it, every
+    # session waits. Below 0 needs CAP_SYS_NICE. Unset: left as started.
+    priority: int | None = Field(default=None, ge=-20, le=19)
 
     _d = field_validator("token_ttl", "flush_interval", "startup_timeout", "message_timeout",
                          "watch_interval", mode="before")(lambda cls, v: _short_duration(v))

@@ -486,3 +486,27 @@ def test_an_idle_gateway_arms_no_timer(world: World) -> None:
         assert on_loop(world, lambda: world.gateway.ticker) is None
         assert conn.execute("select 2").fetchone() == (2,)
     assert [s["text"] for s in world.statements(grant["id"])][-2:] == ["select 1", "select 2"]
+
+
+def nice_of(pid: int, tid: int | None = None) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_priority_applies_to_the_data_path_thread_not_to_the_shipper(world: World) -> None:
+    import os
+
+    spec = world.gateway.spec.model_copy(update={"priority": 7, "listen": "127.0.0.1:0"})
+    gateway = Gateway(world.env.st, spec)
+    gateway.start_thread()
+    try:
+        assert gateway._thread is not None and gateway._thread.native_id is not None
+        assert nice_of(os.getpid(), gateway._thread.native_id) == 7
+        assert nice_of(os.getpid()) == 0  # the rest of the process is left alone
+        assert nice_of(gateway.audit._proc.pid) == 0  # the shipper is background work
+        grant = world.grant("erin")
+        with world.connect(world.token(grant, "erin"), port=gateway.port) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        gateway.stop_thread()

@@ -192,3 +192,13 @@ def test_gateway_processes_default_to_auto(monkeypatch: pytest.MonkeyPatch) -> N
     for bad in ("0", "65", "many", "2.5", "true"):
         with pytest.raises(PolicyError, match=r"gateway\.processes: must be auto or a number"):
             parse_policy_text(BASE + f"gateway: {{processes: {bad}}}")
+
+
+def test_gateway_priority_is_a_nice_value_or_unset() -> None:
+    spec = parse_policy_text(BASE + "gateway: {}").spec.gateway
+    assert spec is not None and spec.priority is None
+    spec = parse_policy_text(BASE + "gateway: {priority: -5}").spec.gateway
+    assert spec is not None and spec.priority == -5
+    for bad in ("-21", "20", "high"):
+        with pytest.raises(PolicyError, match=r"gateway\.priority"):
+            parse_policy_text(BASE + f"gateway: {{priority: {bad}}}")

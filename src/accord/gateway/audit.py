@@ -179,6 +179,7 @@ class AuditWriter:
         self._proc: Any = None
         self.stopping = False
         self.overloaded = False  # more than max_backlog facts not yet in the ledger
+        self.shipper_nice: int | None = None  # the shipper's nice value (None: inherited)
 
     # -- lifecycle
 
@@ -200,7 +201,7 @@ class AuditWriter:
             target=_shipper_main, name="accord-gateway-shipper", daemon=True,
             args=(bind.url.render_as_string(hide_password=False), str(self.dir),
                   self.interval, self.batch, self.per_event, self.max_text, self._shipped,
-                  self._stop, ready, os.getpid()))
+                  self._stop, ready, os.getpid(), self.shipper_nice))
         self._proc.start()
         if not ready.wait(60):
             raise RuntimeError("the gateway's audit shipper did not start")
@@ -712,9 +713,14 @@ def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
 
 
 def _shipper_main(db_url: str, directory: str, interval: float, batch: int, per_event: int,
-                  max_text: int, shipped: Any, stop: Any, ready: Any, parent: int) -> None:
+                  max_text: int, shipped: Any, stop: Any, ready: Any, parent: int,
+                  nice: int | None = None) -> None:
     """The shipper process: follow the spool until the gateway stops or dies."""
     from accord.db import make_engine, make_sessionmaker
+
+    if nice is not None:  # background work: not the data path's `gateway.priority`
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

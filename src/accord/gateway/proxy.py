@@ -76,6 +76,25 @@ def run(gw: Gateway, on_ready: Callable[[], object] | None = None) -> None:
         loop.close()
 
 
+def set_priority(nice: int | None) -> int | None:
+    """Give the calling thread (the data path's: Linux keeps a nice value per thread, and
+    threads and processes started from it inherit it) the nice value `nice`; returns the
+    one it had, or None when nothing changed."""
+    if nice is None or not hasattr(os, "setpriority"):
+        return None
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice == before:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        log.warning("gateway.priority %d needs CAP_SYS_NICE (or root); the gateway keeps "
+                    "nice %d", nice, before)
+        return None
+    log.info("gateway: data path at nice %d (was %d)", nice, before)
+    return before
+
+
 @dataclass
 class Authorized:
     grant_id: int
@@ -270,6 +289,7 @@ class Gateway:
         # Logins and the grant watcher query the database on threads; with the default
         # 5 ms switch interval each of them could stall the data path that long.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        self.audit.shipper_nice = set_priority(self.spec.priority)
         # A prefork child leaves dead gateways' spools to its parent: a sibling starting at
         # the same moment has a spool that is not locked yet.
         await self.db(functools.partial(self.audit.start, replay=self.inbox is None))
