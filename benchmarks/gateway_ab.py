@@ -38,7 +38,7 @@ import gateway as bench  # the sibling script's helpers
 
 def compare(a_src: str, b_src: str, *, runs: int, seconds: int, processes: str,
             modes: list[str], clients: int, scale: int, admin_url: str,
-            processes_b: str | None = None, priority_b: int | None = None) -> dict[str, Any]:
+            processes_b: str | None = None, gateway_b: str = "") -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="accord-gwab-"))
     tmp.chmod(0o755)
     procs: dict[str, Any] = {}
@@ -54,10 +54,9 @@ def compare(a_src: str, b_src: str, *, runs: int, seconds: int, processes: str,
             for side, src in (("A", a_src), ("B", b_src)):
                 side_env = {**env, "PYTHONPATH": str(Path(src).resolve()),
                             "ACCORD_DATA_DIR": str(tmp / f"data-{side}")}
-                if side == "B" and priority_b is not None:
+                if side == "B" and gateway_b:
                     config_b = tmp / "accord-b.yaml"
-                    config_b.write_text(bench.policy("bench", ports["A"],
-                                                     f", priority: {priority_b}"))
+                    config_b.write_text(bench.policy("bench", ports["A"], f", {gateway_b}"))
                     side_env["ACCORD_CONFIG"] = str(config_b)
                 log = tmp / f"gateway-{side}.log"
                 procs[side] = bench.start(
@@ -104,8 +103,9 @@ def main() -> int:
     ap.add_argument("--processes-b", default=None,
                     help="another --processes for B (compare configurations: A and B may "
                          "be the same tree)")
-    ap.add_argument("--priority-b", type=int, default=None,
-                    help="gateway.priority for B only (A runs at the nice value it inherits)")
+    ap.add_argument("--gateway-b", default="", metavar="SETTINGS",
+                    help="more `gateway:` settings for B only, in YAML flow style (say "
+                         "'priority: -5' or 'flush_interval: 250ms'); A keeps the defaults")
     ap.add_argument("--modes", default="select_simple,select_extended")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--scale", type=int, default=8)
@@ -122,11 +122,11 @@ def main() -> int:
     result = compare(args.a, args.b, runs=args.runs, seconds=args.seconds,
                      processes=args.processes, modes=modes, clients=args.clients,
                      scale=args.scale, admin_url=args.pg_admin_url,
-                     processes_b=args.processes_b, priority_b=args.priority_b)
+                     processes_b=args.processes_b, gateway_b=args.gateway_b)
     print(json.dumps({"a": args.a, "b": args.b, "runs": args.runs, "seconds": args.seconds,
                       "processes": args.processes,
                       "processes_b": args.processes_b or args.processes,
-                      "priority_b": args.priority_b, "clients": args.clients,
+                      "gateway_b": args.gateway_b, "clients": args.clients,
                       "results": result}, indent=2))
     return 0
 
