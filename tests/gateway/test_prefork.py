@@ -166,6 +166,38 @@ def test_a_killed_child_is_replaced_and_the_other_carries_on(
         conn.close()
 
 
+def test_a_child_killed_with_its_shipper_is_shipped_by_the_parent(
+        world: World, prefork: Prefork) -> None:
+    from accord.gateway import audit
+
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    first, second = (world.connect(token, port=prefork.port) for _ in range(2))
+    assert first.info.backend_pid >> 24 == 1
+    first.execute("select 1")
+    victim = prefork.child(1)
+    (shipper,) = [pid for pid in _children(victim)
+                  if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    # Stopped first, the child cannot start another shipper in between; the shipper goes
+    # before the child, else it would ship on its parent's death.
+    os.kill(victim, signal.SIGSTOP)
+    os.kill(shipper, signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
+    # Nobody is left to ship child 1's spool but the parent, which looks when a child dies.
+    deadline = time.monotonic() + 30
+    while not (closed := [e for e in world.events("gateway.session_closed", grant["id"])
+                          if e["data"]["reason"] == audit.RECOVERED]):
+        assert time.monotonic() < deadline, prefork.log.read_text()  # another process's work
+        time.sleep(0.05)
+    log = prefork.log.read_text()
+    assert [e["data"]["session"].rsplit("-", 1)[1] for e in closed] == ["1"], (closed, log)
+    assert re.search(r"recovered \d+ audit facts from the spool of stopped gateway", log), log
+    assert [r["text"] for r in _ledger(world, grant["id"], 1)] == ["select 1"]
+    assert second.execute("select 2").fetchone() == (2,)
+    for conn in (first, second):
+        conn.close()
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

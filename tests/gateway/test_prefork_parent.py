@@ -10,6 +10,7 @@ import logging
 import selectors
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +143,29 @@ def test_several_processes_off_linux_are_refused_with_a_clear_error(
                                 env=env)
     assert result.exit_code == 1, result.output
     assert "2 gateway processes need Linux; use --processes 1" in result.output
+
+
+def test_a_childs_death_makes_the_parent_ship_orphaned_spools_until_none_is_held(
+        parent: Parent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefork, "RESCUE_RETRY", 0.0)
+    answers = [True, False]  # first a dead child's spool its (dying) shipper still held
+    calls: list[float] = []
+
+    def rescue() -> bool:
+        calls.append(time.monotonic())
+        return answers[len(calls) - 1]
+
+    parent.rescue = rescue
+    stand_in(parent, 1)
+    parent._check_children()
+    assert calls == []  # nothing died: the next look is RESCUE_SECONDS away
+    child = parent.children[1]
+    child.proc.kill()
+    child.proc.wait()
+    parent._ended(child, "was killed")
+    parent.respawn_at.clear()  # no real child is started here
+    for expected in (1, 2, 2):
+        parent._check_children()
+        assert parent._rescuer is not None
+        parent._rescuer.join(5)
+        assert len(calls) == expected

@@ -7,6 +7,7 @@ test_crash.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,40 @@ def test_rows_hold_only_what_the_ledger_encodes_without_looking(writer: AuditWri
     assert rows[0][5] == ["1", None, "\\x00ff"] and rows[0][7] == 2**53 - 1
     assert rows[0][8] == 2**53 - 1
     assert rows[1][5] == ["3", "2.5", "True"] and rows[1][7] is None and rows[1][8] == 1
+
+
+def test_a_spool_is_locked_by_its_writer_from_the_moment_it_appears(tmp_path: Path) -> None:
+    fd = audit._claim(tmp_path, "abc")
+    spool = tmp_path / "abc"
+    assert spool.is_dir() and not (tmp_path / ".abc").exists()
+    assert audit.writer_alive(spool)  # another open file: the lock holds against it
+    os.close(fd)  # as the kernel does when the process dies
+    assert not audit.writer_alive(spool)
+    assert not audit.writer_alive(tmp_path)  # no writer lock at all: an older version's
+
+
+def test_replay_leaves_live_writers_and_young_hidden_spools_alone(tmp_path: Path) -> None:
+    fd = audit._claim(tmp_path, "live")
+    (tmp_path / ".starting").mkdir()  # a writer between mkdir and its lock
+    (tmp_path / ".died").mkdir()
+    os.utime(tmp_path / ".died", (0, 0))  # ... and one that died there long ago
+    try:
+        # No database is touched: nothing here is a dead writer's spool to ship.
+        assert audit.replay_dead(None, tmp_path, per_event=10,  # type: ignore[arg-type]
+                                 max_text=100) == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".starting", "live"]
+    finally:
+        os.close(fd)
+
+
+def test_replay_reports_a_dead_writers_spool_its_shipper_still_holds(tmp_path: Path) -> None:
+    os.close(audit._claim(tmp_path, "dead"))  # its writer died
+    shipper = audit._lock(tmp_path / "dead")  # ... its shipper is still at it
+    assert shipper is not None
+    try:
+        waiting: list[Path] = []
+        assert audit.replay_dead(None, tmp_path, per_event=10,  # type: ignore[arg-type]
+                                 max_text=100, waiting=waiting) == 0
+        assert waiting == [tmp_path / "dead"]
+    finally:
+        os.close(shipper)

@@ -59,6 +59,9 @@ from accord.ledger.service import SAFE_INT
 log = logging.getLogger("accord.gateway")
 
 SEGMENT_BYTES = 16 << 20
+# Held (flock) by the gateway process writing a spool for as long as it lives: a spool whose
+# writer lock is free belongs to a dead process, and whoever holds its `lock` ships it.
+WRITER_LOCK = "writer.lock"
 DONE = 1 << 62  # a finished spool's mark: nothing in it is left to record
 
 # Record kinds in the spool.
@@ -142,6 +145,32 @@ def _intent(number: int, run: Run) -> bytes:
                             run.t0, len(text), _PROTOCOL_CODE[run.protocol]) + text + tail
 
 
+def _claim(root: Path, instance: str) -> int:
+    """Create this process's spool directory holding its writer lock (returned): made
+    under a hidden name and renamed into place, so no one ever sees it unlocked."""
+    hidden = root / f".{instance}"
+    hidden.mkdir(mode=0o700)
+    fd = os.open(hidden / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else can hold it
+    hidden.rename(root / instance)
+    return fd
+
+
+def writer_alive(directory: Path) -> bool:
+    """Whether the process that writes this spool (or one being created) still runs."""
+    try:
+        fd = os.open(directory / WRITER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:  # written by a version without writer locks: long gone
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock just taken
+    return False
+
+
 def _segment(directory: Path, number: int) -> Path:
     return directory / f"seg-{number:08d}.log"
 
@@ -169,6 +198,7 @@ class AuditWriter:
         self._rec = 0
         self._deferred: list[bytes] = []  # records not yet written (outcomes wait a little)
         self._mm: mmap.mmap | None = None
+        self._writer_lock: int | None = None
         self._segment = 0
         self._size = 0
         self._pos = 0
@@ -190,7 +220,7 @@ class AuditWriter:
         if replay:
             replay_dead(self.sessions, self.spool_root, per_event=self.per_event,
                         max_text=self.max_text)
-        self.dir.mkdir(mode=0o700)
+        self._writer_lock = _claim(self.spool_root, self.instance)
         self._open_next()
         self._start_shipper()
 
@@ -227,6 +257,9 @@ class AuditWriter:
             log.error("gateway: the audit shipper did not finish; %s keeps what is not in "
                       "the ledger for the next start", self.dir)
             return False
+        if self._writer_lock is not None:
+            os.close(self._writer_lock)
+            self._writer_lock = None
         return True
 
     @property
@@ -700,11 +733,23 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
 
 
 def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
-                max_text: int) -> int:
-    """Ship what dead gateway processes (and their shippers) left; returns facts recorded."""
+                max_text: int, waiting: list[Path] | None = None) -> int:
+    """Ship what dead gateway processes left when their shippers died too (a live
+    process's spool, or a dead one's that its shipper is shipping, is left alone); returns
+    facts recorded. Safe beside running gateways (the prefork parent runs it now and then).
+    `waiting` gets the dead processes' spools that someone else still held."""
     total = 0
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        if writer_alive(path):
+            continue
+        if path.name.startswith("."):  # being created, or its process died doing so
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > 60:  # the latter: nothing in it
+                    shutil.rmtree(path, ignore_errors=True)
+            continue
         recorded = ship(sessions, path, per_event=per_event, max_text=max_text)
+        if recorded is None and waiting is not None:
+            waiting.append(path)  # its shipper is at it (or dying: a SIGKILL waits for I/O)
         if recorded:
             log.warning("gateway: recovered %d audit facts from the spool of stopped "
                         "gateway %s", recorded, path.name)

@@ -86,14 +86,20 @@ def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, po
         return 1
     root = spool_root(st, spec)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    replay_dead(st.sessions, root, per_event=spec.statements_per_event,
-                max_text=spec.max_statement_bytes)
+    def rescue() -> bool:
+        """Ship the spools of dead processes; whether some were still held."""
+        held: list[Path] = []
+        replay_dead(st.sessions, root, per_event=spec.statements_per_event,
+                    max_text=spec.max_statement_bytes, waiting=held)
+        return bool(held)
+
+    rescue()
     st.sessions.kw["bind"].dispose()  # the children have engines of their own
     where = ", ".join("{}:{}".format(*s.getsockname()[:2]) for s in listeners)
     logging.getLogger("accord.gateway").info(
         "Accord gateway listening on %s with %d processes", where, count)
     args = ["--log-level", log_level, *(["--config", str(config)] if config else [])]
-    return prefork.run_parent(listeners, count, args)
+    return prefork.run_parent(listeners, count, args, rescue)
 
 
 def connect(

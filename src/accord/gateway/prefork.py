@@ -18,7 +18,10 @@ holding the session: a child's cancel keys carry its index in their top bits, an
 child passes a key it does not hold to the parent, which passes it to that child.
 
 A child that dies is started again (its shipper records what it left, as for any
-gateway process); its clients lost their sessions, everyone else keeps theirs. SIGTERM or
+gateway process); its clients lost their sessions, everyone else keeps theirs. Should its
+shipper have died too, the parent ships the spool: after each child's death and every
+`RESCUE_SECONDS`, on a thread, it ships spools whose writer and shipper are both gone
+(their locks say so), as a gateway does on start. SIGTERM or
 SIGINT: stop accepting, send SIGTERM to every child (each ends its sessions with 57P01 and
 ships its spool), wait for them.
 """
@@ -35,7 +38,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -46,6 +51,8 @@ log = logging.getLogger("accord.gateway")
 AUTO_MAX = 4  # `processes: auto` runs at most this many (each has a shipper, DB connections)
 START_TIMEOUT = 120.0  # for a child to load the policy and start its shipper
 STOP_TIMEOUT = 180.0  # for a child to end its sessions and ship its spool
+RESCUE_SECONDS = 30.0  # how often the parent looks for spools nobody ships
+RESCUE_RETRY = 1.0  # sooner while a dead process's spool is still held by its shipper
 
 
 @dataclass
@@ -63,8 +70,13 @@ class Parent:
     give_up = 5  # failed starts in a row, of every child: stop with an error
 
     def __init__(self, listeners: list[socket.socket], processes: int,
-                 child_args: list[str]) -> None:
+                 child_args: list[str], rescue: Callable[[], bool] | None = None) -> None:
+        """`rescue`: ships the spools of gateways whose shippers died with them; true
+        when a dead gateway's spool was still held (by its shipper, maybe dying)."""
         self.listeners = listeners
+        self.rescue = rescue
+        self._rescuer: threading.Thread | None = None
+        self._rescue_at = time.monotonic() + RESCUE_SECONDS
         self.processes = processes
         self.child_args = child_args
         self.children: dict[int, Child] = {}
@@ -111,6 +123,7 @@ class Parent:
             self.stopping = True
             self.status = 1
             return
+        self._rescue_at = time.monotonic()  # should its shipper have died with it
         delay = min(self.backoff * 2 ** (failures - 1), 30.0) if failures else 0.0
         log.error("gateway process %d %s; starting another%s", child.index, why,
                   f" in {delay:.0f}s" if delay >= 1 else "")
@@ -131,6 +144,28 @@ class Parent:
             if now >= when and not self.stopping:
                 del self.respawn_at[index]
                 self._spawn(index)
+        if now >= self._rescue_at and not self.stopping:
+            self._start_rescue()
+
+    def _start_rescue(self) -> None:
+        """Ship orphaned spools on a thread (database work must not hold up accepting)."""
+        if self.rescue is None or (self._rescuer is not None and self._rescuer.is_alive()):
+            return
+        self._rescue_at = time.monotonic() + RESCUE_SECONDS
+        rescue = self.rescue
+
+        def run() -> None:
+            try:
+                held = rescue()
+            except Exception:  # the database is down, say: the next round tries again
+                log.exception("gateway: shipping the spools of dead processes failed")
+                return
+            if held:  # look again soon: if its shipper dies, nobody else will
+                self._rescue_at = time.monotonic() + RESCUE_RETRY
+
+        self._rescuer = threading.Thread(target=run, name="accord-gateway-rescue",
+                                         daemon=True)
+        self._rescuer.start()
 
     # -- events
 
@@ -230,6 +265,8 @@ class Parent:
         return self._stop_children()
 
     def _stop_children(self) -> int:
+        if self._rescuer is not None:  # a round half done would wait for the next start
+            self._rescuer.join(STOP_TIMEOUT)
         self._follow_readiness()
         for listener in self.listeners:
             listener.close()
@@ -289,9 +326,10 @@ def listen(host: str, port: int) -> list[socket.socket]:
     return out
 
 
-def run_parent(listeners: list[socket.socket], processes: int, child_args: list[str]) -> int:
+def run_parent(listeners: list[socket.socket], processes: int, child_args: list[str],
+               rescue: Callable[[], bool] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; the exit status (0: every child stopped cleanly)."""
-    parent = Parent(listeners, processes, child_args)
+    parent = Parent(listeners, processes, child_args, rescue)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, parent.stop)
     return parent.run()
