@@ -86,6 +86,7 @@ def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, po
         return 1
     root = spool_root(st, spec)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
     def rescue() -> bool:
         """Ship the spools of dead processes; whether some were still held."""
         held: list[Path] = []

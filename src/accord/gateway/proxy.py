@@ -290,8 +290,8 @@ class Gateway:
         # 5 ms switch interval each of them could stall the data path that long.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.audit.shipper_nice = set_priority(self.spec.priority)
-        # A prefork child leaves dead gateways' spools to its parent: a sibling starting at
-        # the same moment has a spool that is not locked yet.
+        # A prefork child leaves dead gateways' spools to its parent, which looks for them
+        # whenever a child dies.
         await self.db(functools.partial(self.audit.start, replay=self.inbox is None))
         loop = asyncio.get_running_loop()
         if self.inbox is not None:
