@@ -497,14 +497,18 @@ def nice_of(pid: int, tid: int | None = None) -> int:
 def test_priority_applies_to_the_data_path_thread_not_to_the_shipper(world: World) -> None:
     import os
 
-    spec = world.gateway.spec.model_copy(update={"priority": 7, "listen": "127.0.0.1:0"})
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # whatever the test runs at
+    if base >= 19:
+        pytest.skip("already at the lowest priority")
+    want = min(base + 7, 19)  # a lower priority needs no privilege
+    spec = world.gateway.spec.model_copy(update={"priority": want, "listen": "127.0.0.1:0"})
     gateway = Gateway(world.env.st, spec)
     gateway.start_thread()
     try:
         assert gateway._thread is not None and gateway._thread.native_id is not None
-        assert nice_of(os.getpid(), gateway._thread.native_id) == 7
-        assert nice_of(os.getpid()) == 0  # the rest of the process is left alone
-        assert nice_of(gateway.audit._proc.pid) == 0  # the shipper is background work
+        assert nice_of(os.getpid(), gateway._thread.native_id) == want
+        assert nice_of(os.getpid()) == base  # the rest of the process is left alone
+        assert nice_of(gateway.audit._proc.pid) == base  # the shipper is background work
         grant = world.grant("erin")
         with world.connect(world.token(grant, "erin"), port=gateway.port) as conn:
             assert conn.execute("select 1").fetchone() == (1,)

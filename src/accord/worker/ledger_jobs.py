@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select as selectmod
+import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -64,12 +63,6 @@ def sign_if_due(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetim
         log.critical("NOT signing the ledger: %s", exc)
 
 
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 class LedgerWorker:
     """A daemon thread: integrate (PostgreSQL) and sign checkpoints until stopped."""
 
@@ -85,8 +78,7 @@ class LedgerWorker:
             except ValueError as exc:
                 log.error("sink %s disabled: %s", spec.name, exc)
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()  # stop() ends a wait for notices at once
-        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+        self._wake_r, self._wake_w = socket.socketpair()  # stop() ends a wait for notices
         self._thread = threading.Thread(target=self._run, name="accord-ledger", daemon=True)
         self._next_sign = 0.0
         self._busy = False  # the last pass integrated something
@@ -100,9 +92,11 @@ class LedgerWorker:
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")  # the pipe stays open: the thread may still read it
+        with contextlib.suppress(OSError):  # closed already: stopped before
+            self._wake_w.send(b"x")
         self._thread.join(timeout=10)
+        self._wake_r.close()
+        self._wake_w.close()
         # Leave nothing behind that could have been integrated and signed.
         try:
             if self.postgres:
@@ -168,7 +162,7 @@ class LedgerWorker:
         timeout = POLL_SECONDS if self.sinks else min(
             SAFETY_SECONDS, max(0.0, self._next_sign - time.monotonic()))
         try:
-            ready, _, _ = selectmod.select([conn.fileno(), self._wake_r], [], [], timeout)
+            ready, _, _ = selectmod.select([conn.fileno(), self._wake_r.fileno()], [], [], timeout)
             if conn.fileno() in ready:
                 self._stop.wait(BUSY_SECONDS if self._busy else COALESCE_SECONDS)
                 for _ in conn.notifies(timeout=0, stop_after=100000):
