@@ -205,3 +205,31 @@ def test_record_facts_writes_events_usage_and_mark(sessions: sessionmaker[Sessio
     assert types == ["gateway.session_opened", "gateway.statement", "gateway.statement",
                      "gateway.statement", "gateway.violation", "gateway.session_closed",
                      "gateway.statement"]
+
+
+def test_a_round_goes_in_transactions_of_flush_batch_facts(
+        sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.gateway.test_spool import Session as Proxied
+
+    writer = audit.AuditWriter(None, tmp_path)  # type: ignore[arg-type]  # no shipper
+    writer.dir.mkdir()
+    writer._open_next()
+    proxied = Proxied(writer)
+    for i in range(25):
+        proxied.query(f"select {i}")
+    writer.closed(proxied.info, "client terminated", [])
+    chunks: list[int] = []
+    record = service.record_facts
+
+    def counted(s: Session, **kw: Any) -> int:
+        chunks.append(len(kw["facts"]))
+        return record(s, **kw)
+
+    monkeypatch.setattr(service, "record_facts", counted)
+    shipped = audit.ship(sessions, writer.dir, per_event=1000, max_text=100, batch=10)
+    assert shipped == 27 and chunks == [10, 10, 7]  # open, 25 statements, close
+    assert not writer.dir.exists()  # all in: the spool is gone
+    with sessions() as s:
+        usage = s.get(GatewayUsage, 7)
+        assert usage is not None and usage.statement_count == 25

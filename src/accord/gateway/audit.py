@@ -663,7 +663,7 @@ def _lock(directory: Path) -> int | None:
 
 
 def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, max_text: int,
-         interval: float = 0.1, batch: int = 500, gone: Callable[[], bool] = lambda: True,
+         interval: float = 0.5, batch: int = 10_000, gone: Callable[[], bool] = lambda: True,
          shipped: Any = None, ready: Any = None, wait: Callable[[float], Any] = time.sleep,
          ) -> int | None:
     """Put one spool directory in the ledger; with `gone` false, keep following it.
@@ -697,7 +697,7 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
                     pending += reader.finish()
             try:
                 while pending:
-                    chunk, rest = pending[:batch * 4], pending[batch * 4:]
+                    chunk, rest = pending[:batch], pending[batch:]
                     last = not rest and final
                     with transaction(sessions) as s:
                         service.record_facts(s, facts=chunk, instance=instance,
