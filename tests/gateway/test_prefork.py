@@ -173,29 +173,29 @@ def test_a_child_killed_with_its_shipper_is_shipped_by_the_parent(
     grant = world.grant("alice", "read")
     token = world.token(grant)
     first, second = (world.connect(token, port=prefork.port) for _ in range(2))
-    assert first.info.backend_pid >> 24 == 1
-    first.execute("select 1")
-    victim = prefork.child(1)
-    (shipper,) = [pid for pid in _children(victim)
-                  if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    # Stopped first, the child cannot start another shipper in between; the shipper goes
-    # before the child, else it would ship on its parent's death.
-    os.kill(victim, signal.SIGSTOP)
-    os.kill(shipper, signal.SIGKILL)
-    os.kill(victim, signal.SIGKILL)
-    # Nobody is left to ship child 1's spool but the parent, which looks when a child dies.
-    deadline = time.monotonic() + 30
-    while not (closed := [e for e in world.events("gateway.session_closed", grant["id"])
-                          if e["data"]["reason"] == audit.RECOVERED]):
-        assert time.monotonic() < deadline, prefork.log.read_text()  # another process's work
-        time.sleep(0.05)
-    log = prefork.log.read_text()
-    assert [e["data"]["session"].rsplit("-", 1)[1] for e in closed] == ["1"], (closed, log)
-    assert re.search(r"recovered \d+ audit facts from the spool of stopped gateway", log), log
-    assert [r["text"] for r in _ledger(world, grant["id"], 1)] == ["select 1"]
-    assert second.execute("select 2").fetchone() == (2,)
-    for conn in (first, second):
-        conn.close()
+    with first, second:
+        assert first.info.backend_pid >> 24 == 1
+        first.execute("select 1")
+        victim = prefork.child(1)
+        (shipper,) = [pid for pid in _children(victim)
+                      if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        # Stopped first, the child cannot start another shipper in between; the shipper
+        # goes before the child, else it would ship on its parent's death.
+        os.kill(victim, signal.SIGSTOP)
+        os.kill(shipper, signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
+        # Nobody is left to ship child 1's spool but the parent, which looks when a child
+        # dies. It logs what it shipped after the commit that the events come with.
+        deadline = time.monotonic() + 30
+        recovered = re.compile(r"recovered \d+ audit facts from the spool of stopped gateway")
+        while not (closed := [e for e in world.events("gateway.session_closed", grant["id"])
+                              if e["data"]["reason"] == audit.RECOVERED]) \
+                or not recovered.search(log := prefork.log.read_text()):
+            assert time.monotonic() < deadline, prefork.log.read_text()  # another process
+            time.sleep(0.05)
+        assert [e["data"]["session"].rsplit("-", 1)[1] for e in closed] == ["1"], (closed, log)
+        assert [r["text"] for r in _ledger(world, grant["id"], 1)] == ["select 1"]
+        assert second.execute("select 2").fetchone() == (2,)
 
 
 def _gone(pid: int) -> bool:
