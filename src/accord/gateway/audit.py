@@ -670,7 +670,9 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
 
     Returns how many facts it recorded, or None when another live process ships it.
     When `gone()` turns true (the writer stopped or died), whatever is left is recorded
-    and the directory removed.
+    and the directory removed. Every `interval` it reads what was written since and
+    records it in transactions of at most `batch` facts (`gateway.flush_interval` and
+    `flush_batch`).
     """
     fd = _lock(directory)
     if fd is None:
