@@ -44,6 +44,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie counts: it holds no locks)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
 def policy_text(resource: str, database: str, extra: str = "", gateway: str = "",
                 port: int = 0) -> str:
     return f"""\

@@ -28,7 +28,7 @@ from accord.db import transaction
 from accord.gateway import audit, service
 from accord.gateway.models import GatewaySpoolMark, GatewayUsage
 from accord.ledger.models import LedgerEntry
-from tests.gateway.conftest import DSN_ENV, World, free_port, policy_text
+from tests.gateway.conftest import DSN_ENV, World, free_port, gone, policy_text
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 
@@ -116,6 +116,12 @@ def _workload_then_kill(world: World, port: int, proc: subprocess.Popen[bytes],
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        # A SIGKILLed shipper in an fdatasync lives on until the sync ends, holding its
+        # spool's lock: whoever replays must find it dead, as after a real crash.
+        deadline = time.monotonic() + 30
+        while not all(gone(pid) for pid in victims):  # init reaps the orphan
+            assert time.monotonic() < deadline, "a killed process lived on"
+            time.sleep(0.02)
     return grant
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.gateway.conftest import DSN_ENV, World, free_port, policy_text
+from tests.gateway.conftest import DSN_ENV, World, free_port, gone, policy_text
 from tests.gateway.test_crash import ACCORD, _children, _in_ledger, _wait_port
 
 pytestmark = pytest.mark.postgres
@@ -198,14 +198,6 @@ def test_a_child_killed_with_its_shipper_is_shipped_by_the_parent(
         assert second.execute("select 2").fetchone() == (2,)
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
 def test_children_stop_cleanly_when_the_parent_dies(world: World, prefork: Prefork) -> None:
     grant = world.grant("alice", "read")
     token = world.token(grant)
@@ -216,7 +208,7 @@ def test_children_stop_cleanly_when_the_parent_dies(world: World, prefork: Prefo
     prefork.proc.kill()
     prefork.proc.wait()
     deadline = time.monotonic() + 60
-    while not all(_gone(pid) for pid in children):  # other processes: nothing to await
+    while not all(gone(pid) for pid in children):  # other processes: nothing to await
         assert time.monotonic() < deadline, "the children kept running without their parent"
         time.sleep(0.05)
     for conn in conns:
