@@ -16,6 +16,7 @@ from accord.gateway.scope import (
     DEFAULT_ROLES,
     Classifier,
     classify,
+    escalation,
     role_classes,
 )
 from accord.gateway.scram import AuthError, ScramClient, md5_password
@@ -67,6 +68,36 @@ def classes(sql: str) -> list[list[str]]:
     ("PREPARE p AS DELETE FROM orders", [["write"]]),
     ("this is not sql", [["unknown"]]),
     ("SELECT 1; DELETE FROM orders", [["read"], ["write"]]),
+    # settings that change how the server reads text: pinned
+    ("SET client_encoding = 'SJIS'", [["pinned"]]),
+    ("SET NAMES 'BIG5'", [["pinned"]]),
+    ("RESET client_encoding", [["pinned"]]),
+    ("SET standard_conforming_strings = off", [["pinned"]]),
+    ('SET "BACKSLASH_QUOTE" TO on', [["pinned"]]),
+    ("SET LOCAL escape_string_warning = off", [["pinned"]]),
+    ("SELECT set_config('client_encoding', 'GBK', false)", [["pinned", "read"]]),
+    # functions that run the SQL text they are given take its classes
+    ("SELECT query_to_xml('select set_config(''role'',''none'',false)', true, false, '')",
+     [["identity", "read"]]),
+    ("SELECT query_to_xml_and_xmlschema('delete from t returning 1', true, false, '')",
+     [["read", "write"]]),
+    ("SELECT * FROM ts_stat('select pg_terminate_backend(1)')", [["admin", "read"]]),
+    ("SELECT ts_rewrite('a'::tsquery, 'select set_config($$role$$, $$x$$, false)')",
+     [["identity", "read"]]),
+    ("SELECT ts_rewrite('a'::tsquery, 'b'::tsquery, 'c'::tsquery)", [["read"]]),
+    ("SELECT query_to_xml(q, true, false, '') FROM queries", [["read", "unknown"]]),
+    ("SELECT query_to_xml('select 1; reset role', true, false, '')", [["identity", "read"]]),
+    ("SELECT * FROM crosstab('select 1', 'select 2')", [["read"]]),
+    ("SELECT * FROM connectby('t', 'id', 'parent', '1', 0)", [["read", "unknown"]]),
+    # side effects others see are not `read`
+    ("SELECT pg_notify('ch', 'x')", [["read", "write"]]),
+    ("SELECT pg_advisory_lock(1)", [["read", "write"]]),
+    ("SELECT pg_try_advisory_xact_lock(1, 2)", [["read", "write"]]),
+    ("SELECT txid_current()", [["read", "write"]]),
+    ("SELECT pg_current_xact_id()", [["read", "write"]]),
+    ("SELECT pg_sleep(1)", [["admin", "read"]]),
+    ("SELECT lo_import('/etc/passwd')", [["admin", "read"]]),
+    ("SELECT 1\0; RESET ROLE", [["unknown"]]),
 ])
 def test_statement_classes(sql: str, expected: list[list[str]]) -> None:
     assert classes(sql) == expected
@@ -127,6 +158,38 @@ def test_role_classes_defaults_and_configuration() -> None:
     assert role_classes("analyst", {"analyst": ["read", "ddl"]}) == {"read", "ddl"}
     assert "identity" not in role_classes("ops", {"ops": ["all"]})
     assert "identity" in role_classes("ops", {"ops": ["all", "identity"]})
+    # nobody holds `pinned`, whatever accord.yaml says
+    assert "pinned" not in role_classes("ops", {"ops": ["all", "identity", "pinned"]})
+
+
+def test_text_that_is_not_utf8_is_unknown_never_repaired() -> None:
+    # The probe's bytes: as UTF-8 one SELECT of a string literal (what the server, pinned to
+    # UTF8, reads too); a lone SJIS lead byte is not UTF-8 at all, and never "replaced".
+    probe = b"SELECT E'\xc3\x81\\'; RESET ROLE; SELECT current_user; -- '"
+    assert [sorted(s.classes) for s in classify(probe).statements] == [["read"]]
+    assert [sorted(s.classes) for s in classify(b"SELECT '\x81\\'").statements] == [
+        ["unknown"]]
+
+
+@pytest.mark.parametrize(("sql", "kind"), [
+    ("RESET ROLE", "identity"),
+    ("SELECT query_to_xml('select set_config(''role'',''x'',false)', true, false, '')",
+     "identity"),
+    ("SET client_encoding = 'SJIS'", "encoding"),
+    ("COPY orders TO PROGRAM 'id'", "server"),
+    ("SELECT pg_read_file('/etc/passwd')", "server"),
+    ("SELECT * FROM ts_stat('select pg_terminate_backend(1)')", "server"),
+    ("SELECT query_to_xml('copy t to program ''id''', true, false, '')", "server"),
+    ("LOAD 'plpython3u'", "server"),
+    ("DELETE FROM orders", None),
+    ("VACUUM", None),
+    ("SELECT pg_sleep(1)", None),
+])
+def test_escalation_names_attempts_to_leave_the_grant(sql: str, kind: str | None) -> None:
+    verdict = classify(sql.encode())
+    refused = verdict.refused(DEFAULT_ROLES["read"])
+    assert refused is not None
+    assert escalation(refused[0], refused[1], "simple") == kind
 
 
 def test_scram_sha_256_rfc7677_vector() -> None:

@@ -16,14 +16,24 @@ Each statement gets a set of classes; a role may run it when the role holds ever
 * `session`: SET/RESET/DISCARD of ordinary settings, set_config of ordinary settings.
 * `identity`: anything that changes the session's role: SET/RESET ROLE, SESSION
   AUTHORIZATION, RESET ALL, DISCARD ALL, set_config('role', ...) or with a computed name.
-* `unknown`: text the parser rejects, or an EXECUTE of a prepared statement the gateway
-  never saw.
+* `pinned`: changing a setting that alters how the server reads statement text
+  (`client_encoding`, `standard_conforming_strings`, `backslash_quote`,
+  `escape_string_warning`). The gateway pins them at login so that this parser and the
+  server read the same bytes alike; no role ever holds `pinned`.
+* `unknown`: text the parser rejects (text that is not valid UTF-8 included: it is never
+  "repaired" before checking), or an EXECUTE of a prepared statement the gateway never saw.
 
 EXPLAIN ANALYZE, PREPARE, DECLARE and COPY (query) take the classes of the statement they
-run. The gateway connects upstream with the resource's credentials and `SET ROLE`, so
-`identity` is never granted by default, not even to `admin`: it would undo that role.
-Classification is defence in depth: the database's privileges remain the boundary
-(a SELECT may call any function the role may execute).
+run, and so do functions that run SQL text they are given (`query_to_xml`, `ts_stat`,
+`ts_rewrite`, `crosstab`, ...): their text, when a constant, is classified like any
+statement, and is `unknown` when computed. Functions are classified by what they do:
+NOTIFY's `pg_notify`, advisory locks and functions that assign a transaction id are
+`write`; server file, process and signal functions and `pg_sleep` are `admin`.
+
+Classification is defence in depth. What confines a session is its upstream login: for a
+provisioned role the gateway logs in as a login that holds only that role's group
+(`accord.provisioning.postgres.gateway_login_name`), so even a statement this parser
+misread could not make the session more than its grant.
 """
 
 from __future__ import annotations
@@ -42,9 +52,16 @@ ADMIN = "admin"
 TRANSACTION = "transaction"
 SESSION = "session"
 IDENTITY = "identity"
+PINNED = "pinned"
 UNKNOWN = "unknown"
-CLASSES = (READ, WRITE, DDL, ADMIN, TRANSACTION, SESSION, IDENTITY, UNKNOWN)
-ALL = "all"  # in accord.yaml: every class except identity
+CLASSES = (READ, WRITE, DDL, ADMIN, TRANSACTION, SESSION, IDENTITY, PINNED, UNKNOWN)
+ALL = "all"  # in accord.yaml: every class except identity (and pinned, which none holds)
+# Settings that change how the server tokenizes statement text, and the values the gateway
+# pins them to at login (PostgreSQL's defaults; UTF8 is what the gateway parses).
+PINNED_SETTINGS: dict[str, str] = {
+    "client_encoding": "UTF8", "standard_conforming_strings": "on",
+    "backslash_quote": "safe_encoding", "escape_string_warning": "on",
+}
 
 DEFAULT_ROLES: dict[str, frozenset[str]] = {
     "read": frozenset({READ, TRANSACTION, SESSION}),
@@ -76,14 +93,22 @@ _TRANSACTION_OK = {
     "TRANS_STMT_BEGIN", "TRANS_STMT_START", "TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK",
     "TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO",
 }
-_IDENTITY_SETTINGS = {"role", "session_authorization"}
+_IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 _NESTED_WRITE = ('"InsertStmt":', '"UpdateStmt":', '"DeleteStmt":', '"MergeStmt":',
                  '"lockingClause":')  # node types appear only as keys in the JSON
 _WRITE_FUNCTIONS = {
     "nextval", "setval", "lo_create", "lo_creat", "lo_unlink", "lo_put", "lo_from_bytea",
-    "lowrite", "lo_truncate", "lo_truncate64", "lo_import",
+    "lowrite", "lo_truncate", "lo_truncate64",
+    # Side effects others see: a notification, a lock held, a transaction id assigned.
+    "pg_notify", "pg_advisory_lock", "pg_advisory_lock_shared", "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared", "pg_advisory_unlock",
+    "pg_advisory_unlock_shared", "pg_advisory_unlock_all", "txid_current",
+    "pg_current_xact_id",
 }
-_ADMIN_FUNCTIONS = {
+# Functions that reach the server's files, programs or other backends: `admin`, and an
+# attempt by anyone else is a server-execution attempt (an alert, not only a refusal).
+_SERVER_FUNCTIONS = {
     "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_switch_wal",
     "pg_create_restore_point", "pg_promote", "pg_file_write", "pg_file_unlink",
@@ -92,8 +117,28 @@ _ADMIN_FUNCTIONS = {
     "pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
     "pg_drop_replication_slot", "pg_replication_origin_create", "pg_import_system_collations",
     "pg_log_backend_memory_contexts", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
-    "pg_ls_archive_statusdir", "pg_current_logfile",
+    "pg_ls_archive_statusdir", "pg_current_logfile", "lo_import", "pg_backup_start",
+    "pg_backup_stop", "pg_start_backup", "pg_stop_backup", "pg_wal_replay_pause",
+    "pg_wal_replay_resume", "pg_stat_reset", "pg_stat_reset_shared",
+    "pg_stat_reset_single_table_counters", "pg_stat_reset_single_function_counters",
+    "pg_stat_reset_slru", "pg_stat_reset_replication_slot",
+    "pg_stat_reset_subscription_stats", "pg_replication_slot_advance",
+    "pg_copy_logical_replication_slot", "pg_copy_physical_replication_slot",
+    "pg_replication_origin_drop", "pg_replication_origin_session_setup",
+    "pg_replication_origin_advance",
 }
+# Not server execution, but no business of a read or write role: a session held asleep.
+_ADMIN_FUNCTIONS = _SERVER_FUNCTIONS | {"pg_sleep", "pg_sleep_for", "pg_sleep_until"}
+# Functions that run SQL text they are given, and which arguments hold it (ts_rewrite only
+# in its two-argument form). connectby builds its query from names it is given: unknown.
+_SQL_TEXT_ARGS: dict[str, tuple[int, ...]] = {
+    "query_to_xml": (0,), "query_to_xmlschema": (0,), "query_to_xml_and_xmlschema": (0,),
+    "ts_stat": (0,), "crosstab": (0, 1), "crosstab2": (0,), "crosstab3": (0,),
+    "crosstab4": (0,),
+}
+_MAX_NESTING = 4  # SQL text inside SQL text, this deep at most (deeper: unknown)
+# Statement kinds that load code into the server or run it as the server's OS user.
+_SERVER_TOP = {"LoadStmt", "AlterSystemStmt", "CreateExtensionStmt", "CreatePLangStmt"}
 
 
 class Statement(NamedTuple):
@@ -134,16 +179,69 @@ class Verdict:
 
 def role_classes(role: str, configured: Mapping[str, Iterable[str]] | None = None
                  ) -> frozenset[str]:
-    """The classes an Accord role may run: accord.yaml's, else the defaults."""
+    """The classes an Accord role may run: accord.yaml's, else the defaults (never
+    `pinned`: no configuration can let a session change how the server reads text)."""
     if configured and role in configured:
         out: set[str] = set()
         for name in configured[role]:
             if name == ALL:
-                out.update(c for c in CLASSES if c != IDENTITY)
+                out.update(c for c in CLASSES if c not in (IDENTITY, PINNED))
             else:
                 out.add(name)
+        out.discard(PINNED)
         return frozenset(out)
     return DEFAULT_ROLES.get(role, FALLBACK)
+
+
+def escalation(statement: Statement, missing: frozenset[str], protocol: str) -> str | None:
+    """Whether a refused statement tried to leave its grant, and how: `identity` (become
+    another role), `encoding` (change how the server reads text) or `server` (reach the
+    server's files, programs or other backends). None for an ordinary refusal.
+
+    Only refusals come here (rarely), so re-parsing the text costs the data path nothing.
+    """
+    if IDENTITY in missing:
+        return "identity"
+    if PINNED in missing:
+        return "encoding"
+    if ADMIN not in missing and UNKNOWN not in missing:
+        return None
+    if protocol == "function":
+        return "server"  # a fast-path call names any function by its OID
+    try:
+        text = statement.text.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "server" if _reaches_server(text, 0) else None
+
+
+def _reaches_server(text: str, depth: int) -> bool:
+    try:
+        tree = json.loads(pgparser.parse_sql_json(text))
+    except (pgparser.ParseError, ValueError, RecursionError):
+        return False
+    for raw_stmt in tree.get("stmts") or []:
+        body = raw_stmt.get("stmt") or {}
+        for top, node in body.items():
+            if top in _SERVER_TOP:
+                return True
+            if top == "CopyStmt" and isinstance(node, dict) and (
+                    node.get("filename") is not None or node.get("is_program")):
+                return True
+        for call in _walk(body, "FuncCall"):
+            names = [n.get("String", {}).get("sval", "") for n in call.get("funcname", [])]
+            name = str(names[-1]).lower() if names else ""
+            if name in _SERVER_FUNCTIONS or name.startswith("dblink"):
+                return True
+            args = call.get("args") or []
+            positions = (1,) if name == "ts_rewrite" and len(args) == 2 else \
+                _SQL_TEXT_ARGS.get(name, ())
+            for i in positions:
+                inner = _sql_text(args[i]) if i < len(args) else None
+                if inner is not None and depth < _MAX_NESTING and \
+                        _reaches_server(inner, depth + 1):
+                    return True
+    return False
 
 
 # ------------------------------------------------------------------ classification
@@ -171,20 +269,76 @@ def _const_string(node: Any) -> str | None:
     return None
 
 
-def _function_classes(call: dict[str, Any]) -> set[str]:
+def _setting_class(name: str) -> str:
+    name = name.lower()
+    if name in _IDENTITY_SETTINGS:
+        return IDENTITY
+    return PINNED if name in PINNED_SETTINGS else SESSION
+
+
+def _sql_text(node: Any) -> str | None:
+    """The text of a constant string argument (also cast: `'select 1'::text`)."""
+    if isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return _const_string(node)
+
+
+def _is_non_string_const(node: Any) -> bool:
+    return isinstance(node, dict) and "A_Const" in node and "sval" not in node["A_Const"]
+
+
+def _function_classes(call: dict[str, Any], depth: int = 0) -> set[str]:
     names = [n.get("String", {}).get("sval", "") for n in call.get("funcname", [])]
     name = str(names[-1]).lower() if names else ""
+    args = call.get("args") or []
     if name == "set_config":
-        args = call.get("args") or []
         setting = _const_string(args[0]) if args else None
-        if setting is None or setting.lower() in _IDENTITY_SETTINGS:
-            return {IDENTITY}
-        return {SESSION}
+        return {IDENTITY} if setting is None else {_setting_class(setting)}
     if name in _WRITE_FUNCTIONS:
         return {WRITE}
     if name in _ADMIN_FUNCTIONS or name.startswith("dblink"):
         return {ADMIN}
-    return set()
+    positions = _SQL_TEXT_ARGS.get(name)
+    if name == "ts_rewrite" and len(args) == 2:
+        positions = (1,)
+    elif name == "connectby":
+        return {UNKNOWN}
+    if positions is None:
+        return set()
+    out: set[str] = set()
+    for i in positions:
+        if i >= len(args) or _is_non_string_const(args[i]):
+            continue
+        text = _sql_text(args[i])
+        if text is None or depth >= _MAX_NESTING:
+            out.add(UNKNOWN)  # computed text: nobody can say what it runs
+            continue
+        for st in _classify_text(text, depth + 1):
+            out |= st
+    return out or {READ}
+
+
+def _classify_text(text: str, depth: int) -> list[set[str]]:
+    """The classes of each statement of SQL text run by a function (never raises)."""
+    try:
+        if "\0" in text:
+            raise ValueError("NUL in statement text")
+        parsed = json.loads(pgparser.parse_sql_json(text))
+    except (pgparser.ParseError, ValueError, RecursionError):
+        return [{UNKNOWN}]
+    out: list[set[str]] = []
+    for raw_stmt in parsed.get("stmts") or []:
+        body = raw_stmt.get("stmt") or {}
+        if not body:
+            out.append({UNKNOWN})
+            continue
+        top, node = next(iter(body.items()))
+        classes, _, executes = _classes(top, node if isinstance(node, dict) else {},
+                                        json.dumps(body), depth)
+        if executes is not None:
+            classes.add(UNKNOWN)  # a prepared statement of the session's, out of sight
+        out.append(classes)
+    return out
 
 
 def _truthy_option(elem: dict[str, Any]) -> bool:
@@ -206,7 +360,8 @@ def _truthy_option(elem: dict[str, Any]) -> bool:
     return True
 
 
-def _classes(top: str, node: dict[str, Any], raw: str) -> tuple[set[str], str | None, str | None]:
+def _classes(top: str, node: dict[str, Any], raw: str, depth: int = 0
+             ) -> tuple[set[str], str | None, str | None]:
     """(classes, prepared name, executed name) of one statement's tree."""
     prepares = executes = None
     inner: Any = None
@@ -247,12 +402,12 @@ def _classes(top: str, node: dict[str, Any], raw: str) -> tuple[set[str], str | 
     elif top == "VariableSetStmt":
         kind = node.get("kind")
         name = str(node.get("name", "")).lower()
-        if kind == "VAR_RESET_ALL" or name in _IDENTITY_SETTINGS:
+        if kind == "VAR_RESET_ALL":
             out = {IDENTITY}
         elif kind == "VAR_SET_MULTI" and name == "transaction":
             out = {TRANSACTION}
         else:
-            out = {SESSION}
+            out = {_setting_class(name)}
     elif top == "DiscardStmt":
         out = {IDENTITY} if node.get("target") == "DISCARD_ALL" else {SESSION}
     else:
@@ -262,13 +417,13 @@ def _classes(top: str, node: dict[str, Any], raw: str) -> tuple[set[str], str | 
         if sub is None:
             out.add(UNKNOWN)
         else:
-            more, _, _ = _classes(sub[0], sub[1], json.dumps(inner))
+            more, _, _ = _classes(sub[0], sub[1], json.dumps(inner), depth)
             out |= more
     if any(marker in raw for marker in _NESTED_WRITE):
         out.add(WRITE)
     if '"FuncCall":' in raw:
         for call in _walk(node, "FuncCall"):
-            out |= _function_classes(call)
+            out |= _function_classes(call, depth)
     return out, prepares, executes
 
 
@@ -313,7 +468,9 @@ def _frozen(classes: set[str]) -> frozenset[str]:
 def classify(sql: bytes) -> Verdict:
     """Split `sql` into statements and classify each (never raises)."""
     try:
-        text = sql.decode("utf-8")
+        if b"\0" in sql:  # the server reads up to a NUL, the parser too: refuse the doubt
+            raise ValueError("NUL in statement text")
+        text = sql.decode("utf-8")  # strict: invalid UTF-8 is never "repaired" to check it
         tree = pgparser.parse_sql_json(text)
     except (UnicodeDecodeError, pgparser.ParseError, ValueError, RecursionError):
         return Verdict((Statement(sql, frozenset({UNKNOWN})),))
