@@ -386,6 +386,9 @@ class DetectSpec(_Strict):
     off_hours: WorkingHours = Field(default_factory=WorkingHours)
     unused_grant: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="low"))
     scope_violation: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
+    # A refused attempt to leave the grant through the gateway: change the session's role,
+    # how the server reads text, or reach the server's files, programs or other sessions.
+    gateway_escalation: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
     drift: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
     break_glass: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
     policy_change: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="low"))
@@ -479,6 +482,10 @@ class GatewaySpec(_Strict):
     startup_timeout: timedelta = timedelta(seconds=10)
     message_timeout: timedelta = timedelta(seconds=60)  # to finish a started message
     watch_interval: timedelta = timedelta(milliseconds=500)
+    # Refused logins recorded one by one per client address and minute; past it, counted
+    # into one `gateway.logins_suppressed` event (an unauthenticated flood cannot grow the
+    # ledger).
+    max_refused_logins: int = Field(default=20, ge=1, le=100_000)
     spool_dir: str | None = None  # default: $ACCORD_DATA_DIR/gateway-spool
     # `accord gateway` runs this many gateway processes behind one listening socket (a
     # Python process uses one core); `auto`: gateway.prefork.auto_count says how many.

@@ -93,7 +93,7 @@ def _children(pid: int) -> list[int]:
 def _workload_then_kill(world: World, port: int, proc: subprocess.Popen[bytes],
                         *, shipper_too: bool) -> dict[str, Any]:
     """20 statements (10 surely in the ledger first), one still running, then SIGKILL."""
-    grant = world.grant("alice", "read")
+    grant = world.grant("alice", "admin")  # pg_sleep is admin
     token = world.token(grant)
     with world.connect(token, port=port) as conn:
         for i in range(10):

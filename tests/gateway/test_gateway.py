@@ -22,6 +22,7 @@ from accord.cli.main import app
 from accord.config import GatewayTLSSpec
 from accord.gateway import protocol as pq
 from accord.gateway.proxy import Gateway
+from accord.provisioning import postgres as pgconn
 from tests.gateway.conftest import World
 from tests.gateway.rawclient import Raw, error_of
 
@@ -42,7 +43,9 @@ def test_no_grant_bad_token_unknown_resource_expired_token_are_refused(world: Wo
     assert "not a valid Accord connection token" in fails(world, stranger, "select 1")
     refused = world.events("gateway.login_refused")[-1]
     assert refused["subject"] == "user:alice" and refused["data"]["code"] == "28P01"
-    assert refused["actor"] == {"kind": "user", "id": "alice", "via": "gateway"}
+    # Unauthenticated: never an event in alice's name; the claim is in the data.
+    assert refused["actor"] == {"kind": "anonymous", "id": "unauthenticated", "via": "gateway"}
+    assert refused["data"]["user"] == "alice"
     assert refused["resource"] == {"name": world.resource, "role": None}
     r = world.env.post("dave", "/api/v1/connect", json={"resource": world.resource})
     assert r.status_code == 404 and "no active grant" in r.json()["detail"]
@@ -59,6 +62,9 @@ def test_no_grant_bad_token_unknown_resource_expired_token_are_refused(world: Wo
         assert "connection token expired" in fails(world, token, "select 1")
     finally:
         world.env.clock.advance(minutes=-6)
+    # erin's own (expired) token: she proved who she is, the refusal is hers
+    assert world.events("gateway.login_refused")[-1]["actor"] == {
+        "kind": "user", "id": "erin", "via": "gateway"}
 
     assert world.env.act("erin", grant["request_id"], "relinquish").status_code == 200
     with pytest.raises(psycopg.OperationalError, match="no active grant") as exc:
@@ -81,12 +87,13 @@ def test_read_grant_selects_and_refuses_writes_with_42501(world: World) -> None:
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
             conn.execute("update orders set total = 0")
         assert exc.value.sqlstate == "42501"
-        assert conn.execute("select current_user").fetchone() == (
-            grant["connection"]["user"].replace(grant["connection"]["user"],
-                                                f"accord_{world.resource}_read"),)
+        # the gateway's own login for the read role, which holds only that role's group
+        assert conn.execute("select current_user, session_user").fetchone() == (
+            (pgconn.gateway_login_name(world.resource, "read"),) * 2)
         for sql in ("set role postgres", "reset role",
                     "select set_config('role', 'postgres', false)"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="identity"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="may not change its role"):
                 conn.execute(sql)
     assert world.target("select count(*), sum(total) from orders") == [(100, 50500)]
     violations = world.events("gateway.violation", grant["id"])
@@ -332,7 +339,7 @@ def test_garbage_slow_and_oversized_clients_do_not_hurt_other_sessions(world: Wo
 
 
 def test_cancel_requests_reach_the_server(world: World) -> None:
-    grant = world.grant("erin", "read")
+    grant = world.grant("erin", "admin")  # pg_sleep is admin
     token = world.token(grant, "erin")
     with world.connect(token) as conn:
         timer = threading.Timer(0.5, conn.cancel_safe)  # cancel() would hold the GIL
@@ -428,10 +435,10 @@ def test_repeated_refused_logins_raise_one_alert(world: World) -> None:
     st = world.env.st
     integrate_all(st.sessions)  # as the ledger worker does, before the detectors read
     detect_all(st.sessions, st.policies.current, st.now)
-    r = world.env.get("dave", "/api/v1/alerts",
-                      params={"rule": "failed_gateway_logins", "user": "bob"})
-    (alert,) = r.json()["items"]
+    r = world.env.get("dave", "/api/v1/alerts", params={"rule": "failed_gateway_logins"})
+    (alert,) = [a for a in r.json()["items"] if a["data"]["claimed_user"] == "bob"]
     assert alert["severity"] == "high" and len(alert["evidence"]) == 5
+    assert alert["user"] is None  # an unproven claim: not an alert about bob
 
 
 # ------------------------------------------------------------------ the audit backlog

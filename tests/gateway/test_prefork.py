@@ -108,7 +108,7 @@ def _sleep_then_cancel(conn: psycopg.Connection[Any]) -> None:
 
 def test_connections_alternate_and_every_child_audits_cancels_and_stops(
         world: World, prefork: Prefork) -> None:
-    grant = world.grant("alice", "read")
+    grant = world.grant("alice", "admin")  # pg_sleep is admin
     token = world.token(grant)
     conns = [world.connect(token, port=prefork.port) for _ in range(4)]
     # The key's top bits name the child: connections went to 1, 2, 1, 2.

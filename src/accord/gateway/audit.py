@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.db import transaction
 from accord.gateway import service
 from accord.gateway.conversation import Finished, Run, Violation
+from accord.gateway.scope import escalation
 from accord.ledger.service import SAFE_INT
 
 log = logging.getLogger("accord.gateway")
@@ -440,6 +441,9 @@ class AuditWriter:
             data = {"statement": v.statement.text.decode("utf-8", "replace")[:self.max_text],
                     "missing": sorted(v.missing), "classes": sorted(v.statement.classes),
                     "protocol": v.protocol}
+            attempt = escalation(v.statement, v.missing, v.protocol)
+            if attempt is not None:  # an attempt to leave the grant: the detectors alert
+                data["escalation"] = attempt
             self._fact_record(R_VIOLATION, info, v.t0 + self.offset, data)
             info.violations += 1
         if started or violations:

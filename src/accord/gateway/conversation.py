@@ -34,7 +34,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from accord.gateway import protocol as pq
-from accord.gateway.scope import ADMIN, DDL, Classifier, Statement, Verdict
+from accord.gateway.scope import (
+    ADMIN,
+    DDL,
+    IDENTITY,
+    PINNED,
+    PINNED_SETTINGS,
+    Classifier,
+    Statement,
+    Verdict,
+)
 
 REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
@@ -65,6 +74,16 @@ K_QUERY, K_PARSE, K_BIND, K_EXECUTE, K_DESCRIBE, K_CLOSE, K_SYNC, K_CALL = range
 # comes inside query results, where the head is no Describe and nothing is popped).
 _ACKS = {_PARSE_OK: K_PARSE, _BIND_OK: K_BIND, _CLOSE_OK: K_CLOSE, _NO_DATA: K_DESCRIBE,
          _ROW_DESC: K_DESCRIBE}
+
+
+# Settings the server reports (ParameterStatus) among those the gateway pins.
+_REPORTED_PINS = {name.encode(): value.encode() for name, value in PINNED_SETTINGS.items()
+                  if name in ("client_encoding", "standard_conforming_strings")}
+
+
+class PinnedSettingChanged(pq.ProtocolError):
+    """The server reports a pinned setting changed (by a function the gateway could not
+    see into): the gateway and the server may no longer read text alike."""
 
 
 class Run:
@@ -149,7 +168,10 @@ def render_params(body: bytes) -> list[str | None]:
             continue
         fmt = bind.formats[0] if len(bind.formats) == 1 else (
             bind.formats[i] if bind.formats else 0)
-        shown = value.decode("utf-8", "replace") if fmt == 0 else "\\x" + value.hex()
+        try:
+            shown = value.decode("utf-8") if fmt == 0 else "\\x" + value.hex()
+        except UnicodeDecodeError:  # recorded as sent, never "repaired"
+            shown = "\\x" + value.hex()
         if len(shown) > MAX_PARAM_CHARS:
             shown = shown[:MAX_PARAM_CHARS] + "…"
         out.append(shown)
@@ -160,6 +182,21 @@ def refusal_message(v: Violation, role: str, resource: str) -> bytes:
     missing = ", ".join(sorted(v.missing))
     text = v.statement.text.decode("utf-8", "replace")
     shown = text if len(text) <= 200 else text[:200] + "…"
+    if PINNED in v.missing:
+        pins = ", ".join(f"{k}={v}" for k, v in PINNED_SETTINGS.items())
+        return pq.error_response(
+            "42501", "Accord gateway: the settings that decide how the server reads "
+                     "statement text are pinned and may not be changed",
+            detail=f"refused statement: {shown}",
+            hint=f"the gateway pins {pins} so that it and the server read every statement "
+                 f"alike; send UTF-8")
+    if IDENTITY in v.missing:
+        return pq.error_response(
+            "42501", f"Accord gateway: a session of role {role} on {resource} may not change "
+                     f"its role or session authorization",
+            detail=f"refused statement: {shown}",
+            hint="the session's privileges are its grant's; ask for another role with "
+                 f"accord request create {resource} ROLE")
     return pq.error_response(
         "42501",
         f"Accord gateway: role {role} on {resource} may not run {missing} statements",
@@ -551,7 +588,8 @@ class Conversation:
             if refused is not None:
                 v = Violation(refused[0], refused[1], "extended", _now())
                 self.violations.append(v)
-                self._statements[parsed.name] = None
+                if not parsed.name:  # the server drops its unnamed statement before parsing;
+                    self._statements[b""] = None  # a named one it keeps: Binds run that
                 pending.append(_Entry(K_PARSE, refused=v))
                 return pq.parse_message(parsed.name, REFUSED_SQL)
             self._note_prepares(verdict)
@@ -710,6 +748,8 @@ class Conversation:
             if kind in _PASSIVE:  # nothing to note: notices, parameter changes, ...
                 if length < 4:
                     raise pq.ProtocolError("invalid message length from the server")
+                if kind == _PARAM_STATUS:
+                    self._check_pins(data[pos + 5:end])
                 pos = end
                 continue
             if kind not in _BACKEND_OK or length < 4 or length > limit:
@@ -729,6 +769,17 @@ class Conversation:
             return data if pos == n else data[:pos]
         parts.append(data[last:pos])
         return b"".join(parts)
+
+    @staticmethod
+    def _check_pins(body: bytes) -> None:
+        name, _, rest = body.partition(b"\0")
+        pinned = _REPORTED_PINS.get(name)
+        if pinned is not None:
+            value = rest.partition(b"\0")[0]
+            if value != pinned:
+                raise PinnedSettingChanged(
+                    f"the server reports {name.decode()} {value.decode('utf-8', 'replace')!r}; "
+                    f"the gateway pins it to {pinned.decode()}")
 
     def _one_result(self, head: _Entry, data: bytes) -> bool:
         """The common case on its own: the whole answer to one simple-query statement

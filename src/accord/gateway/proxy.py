@@ -21,9 +21,11 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -33,10 +35,12 @@ from accord.db import transaction
 from accord.gateway import prefork_msg, service, upstream
 from accord.gateway import protocol as pq
 from accord.gateway.audit import AuditWriter, SessionInfo
-from accord.gateway.conversation import Conversation
+from accord.gateway.conversation import Conversation, PinnedSettingChanged
 from accord.gateway.link import Closed, Link
 from accord.gateway.scope import Classifier, role_classes
 from accord.grants.models import Grant, GrantStatus
+from accord.provisioning.base import ConnectorError
+from accord.provisioning.postgres import PostgresConnector
 
 log = logging.getLogger("accord.gateway")
 T = TypeVar("T")
@@ -93,6 +97,53 @@ def set_priority(nice: int | None) -> int | None:
         return None
     log.info("gateway: data path at nice %d (was %d)", nice, before)
     return before
+
+
+class RefusalBudget:
+    """How many refused logins per client address are recorded one by one each minute.
+
+    An unauthenticated client can be refused as fast as it can connect; past the budget its
+    refusals are counted, and each address's count goes into the ledger once its minute is
+    over (`gateway.logins_suppressed`), so a flood cannot grow the ledger or the alerts.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.clock = clock
+        self._seen: dict[str, list[Any]] = {}  # address -> [window start, count, since]
+        self._over: list[tuple[str, int, datetime]] = []  # ended windows past the budget
+
+    def _close(self, address: str, entry: list[Any]) -> None:
+        del self._seen[address]
+        if entry[1] > self.limit:
+            self._over.append((address, entry[1] - self.limit, entry[2]))
+
+    def admit(self, address: str, now: datetime) -> bool:
+        """Whether to record this refusal (False: counted for the summary)."""
+        t = self.clock()
+        entry = self._seen.get(address)
+        if entry is not None and t - entry[0] >= self.WINDOW:
+            self._close(address, entry)
+            entry = None
+        if entry is None:
+            if len(self._seen) >= 10_000:  # bounded memory
+                for old in list(self._seen):
+                    self._close(old, self._seen[old])
+            entry = self._seen[address] = [t, 0, now]
+        entry[1] += 1
+        return bool(entry[1] <= self.limit)
+
+    def due(self) -> list[tuple[str, int, datetime]]:
+        """Windows that ended with refusals past the budget: (address, how many were not
+        recorded, since when)."""
+        t = self.clock()
+        for address, entry in list(self._seen.items()):
+            if t - entry[0] >= self.WINDOW:
+                self._close(address, entry)
+        out, self._over = self._over, []
+        return out
 
 
 @dataclass
@@ -174,6 +225,14 @@ class ProxySession:
         conv = self.conv
         try:
             out = conv.server(data)
+        except PinnedSettingChanged as exc:
+            log.error("gateway: session %s: %s", self.info.id, exc)
+            if conv.finished:  # what completed before the report (the SET itself)
+                self.audit.answered(self.info, conv.finished)
+                conv.finished = []
+            self.end("pinned setting changed upstream", "08P01",
+                     f"Accord gateway: terminating connection: {exc}")
+            return
         except pq.ProtocolError as exc:
             log.error("gateway: session %s: upstream broke the protocol: %s", self.info.id, exc)
             self.end("upstream protocol error", "08P01",
@@ -258,6 +317,8 @@ class Gateway:
         self._stop: asyncio.Event | None = None  # set: serve_forever returns
         self.ready = threading.Event()
         self.error: BaseException | None = None
+        self.refusals = RefusalBudget(spec.max_refused_logins)
+        self._logins: set[tuple[str, str, str]] = set()  # gateway logins made ready here
 
     def _tls_context(self) -> ssl.SSLContext | None:
         tls = self.spec.tls
@@ -424,6 +485,12 @@ class Gateway:
             await asyncio.sleep(interval)
             self.audit.ensure_shipper()
             self.audit.check()  # the backlog may have drained while no outcome came
+            suppressed = self.refusals.due()
+            if suppressed:
+                try:
+                    await self.db(functools.partial(self._record_suppressed, suppressed))
+                except Exception:
+                    log.exception("gateway: recording suppressed refusals failed")
             if not self.sessions:
                 continue
             ids = sorted({s.info.grant_id for s in self.sessions.values()})
@@ -442,6 +509,12 @@ class Gateway:
                             f"Accord gateway: terminating connection because grant "
                             f"{session.info.grant_id} on {session.info.resource} {why}")
 
+    def _record_suppressed(self, suppressed: list[tuple[str, int, datetime]]) -> None:
+        with transaction(self.st.sessions) as s:
+            for address, count, since in suppressed:
+                service.record_suppressed(s, client=address, count=count, since=since,
+                                          now=self.st.now())
+
     def _grant_states(self, ids: list[int]) -> dict[int, tuple[str, Any]]:
         with self.st.sessions() as session:
             return service.grant_states(session, ids=ids)
@@ -458,7 +531,7 @@ class Gateway:
                     return
                 startup, tls = started
                 auth = await self._authenticate(client, startup, tls, where)
-                server = await upstream.connect(auth.target, startup.params)
+                server = await self._connect_upstream(auth, startup)
         except service.Refusal as exc:
             log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
             self._fatal(client, exc.code, exc.message, exc.hint)
@@ -481,7 +554,8 @@ class Gateway:
             id=f"{self.audit.instance}-{number}", number=number, grant_id=auth.grant_id,
             user=auth.user, resource=auth.resource, role=auth.role, client=where,
             application=startup.params.get("application_name", "")[:64], tls=tls,
-            upstream_role=auth.target.role)
+            upstream_role=auth.target.role or (
+                auth.target.user if auth.target.gateway_login else None))
         conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
                             resource=auth.resource, redact=self.spec.redact_parameters,
                             max_message=self.spec.max_message,
@@ -544,9 +618,6 @@ class Gateway:
     async def _authenticate(self, client: Link, startup: pq.Startup, tls: bool,
                             where: str) -> Authorized:
         params = startup.params
-        if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
-            raise service.Refusal("28000", "replication connections are not available "
-                                           "through the Accord gateway")
         user = params["user"]
         resource = params.get("database") or user
         client.write(pq.auth_request(pq.AUTH_CLEARTEXT))
@@ -554,6 +625,7 @@ class Gateway:
         if kind != ord("p"):
             raise pq.ProtocolError("expected a password message")
         token = pq.text(pq.parse_password(body))
+        address = where.rsplit(":", 1)[0] if ":" in where else where
 
         def check() -> Authorized:
             st = self.st
@@ -561,26 +633,70 @@ class Gateway:
                 with st.sessions() as s:
                     st.policies.follow(s)
             policy = st.policies.current
+            grant: Grant | None = None
             try:
                 with transaction(st.sessions) as s:
-                    grant: Grant = service.authenticate(s, policy=policy, user=user,
-                                                        resource=resource, token=token,
-                                                        now=st.now())
+                    grant = service.authenticate(s, policy=policy, user=user,
+                                                 resource=resource, token=token,
+                                                 now=st.now())
                     gid, role = grant.id, grant.role
+                problem = upstream.startup_problem(params)
+                if problem is not None:
+                    code, message, attempt = problem
+                    raise service.Refusal(code, f"Accord gateway: {message}",
+                                          authenticated=True, escalation=attempt)
             except service.Refusal as refusal:
-                with transaction(st.sessions) as s:
-                    service.record_refusal(s, policy=policy, user=user, resource=resource,
-                                           refusal=refusal, client=where, now=st.now())
+                if self.refusals.admit(address, st.now()):
+                    with transaction(st.sessions) as s:
+                        service.record_refusal(s, policy=policy, user=user, resource=resource,
+                                               refusal=refusal, client=where, now=st.now(),
+                                               grant=grant if refusal.escalation else None)
                 raise
             spec = policy.resources[resource]
             configured = spec.gateway.roles if spec.gateway is not None else None
             try:
-                target = upstream.target_for(spec, role, self.env)
+                target = upstream.target_for(spec, role, self.env, st.secrets)
+                if target.gateway_login is not None:
+                    self._ready_login(resource, target)
             except upstream.UpstreamError as exc:
                 raise service.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
             return Authorized(gid, user, resource, role, role_classes(role, configured), target)
 
         return await self.db(check)
+
+    def _ready_login(self, resource: str, target: upstream.Target, *,
+                     again: bool = False) -> None:
+        """Make the gateway's login for the target's role exist (once per process; `again`
+        after the server refused it, e.g. its password was changed by hand)."""
+        assert target.gateway_login is not None
+        key = (resource, target.gateway_login, target.password)
+        if key in self._logins and not again:
+            return
+        try:
+            connector = self.st.connectors().get(resource)
+            if not isinstance(connector, PostgresConnector):
+                raise ConnectorError(f"resource {resource} has no postgres provision target")
+            connector.ensure_gateway_login(target.gateway_login, target.password)
+        except ConnectorError as exc:
+            log.error("gateway: the upstream login for %s on %s is not ready: %s",
+                      target.gateway_login, resource, exc)
+            raise upstream.UpstreamError(
+                "08001", "the gateway cannot prepare its login to the database behind this "
+                         "resource (see the gateway's log)") from None
+        self._logins.add(key)
+
+    async def _connect_upstream(self, auth: Authorized, startup: pq.Startup
+                                ) -> upstream.Upstream:
+        try:
+            return await upstream.connect(auth.target, startup.params)
+        except upstream.UpstreamError as exc:
+            # The gateway's own login refused (its password changed, or it was dropped by
+            # hand since this process made it ready): make it ready again, once.
+            if auth.target.gateway_login is None or exc.server_code not in ("28P01", "28000"):
+                raise
+        await self.db(functools.partial(self._ready_login, auth.resource, auth.target,
+                                        again=True))
+        return await upstream.connect(auth.target, startup.params)
 
 
 class _Accepted(Link):

@@ -33,13 +33,22 @@ KEEP_EXPIRED = timedelta(days=1)  # expired tokens are pruned this long after ex
 
 
 class Refusal(Exception):
-    """Why a client may not connect: a SQLSTATE and a message for its driver to show."""
+    """Why a client may not connect: a SQLSTATE and a message for its driver to show.
 
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
+    `authenticated`: the client proved who it is (its token was issued to that user), so
+    the refusal is recorded as that user's; otherwise as an anonymous client's, the name it
+    claimed kept in the data. `escalation`: what the client tried beyond its grant
+    (`identity`, `encoding`, `server`), for the detectors.
+    """
+
+    def __init__(self, code: str, message: str, hint: str = "", *,
+                 authenticated: bool = False, escalation: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.hint = hint
+        self.authenticated = authenticated
+        self.escalation = escalation
 
 
 def hash_token(token: str) -> str:
@@ -86,36 +95,56 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
         raise Refusal("28P01", f'password authentication failed for user "{user}": not a '
                                f"valid Accord connection token for {resource}",
                       f"get one with `accord connect {resource}` (needs an active grant)")
+    # From here the client holds a token issued to `user`: it is who it says it is.
     if row.expires_at <= now:
         raise Refusal("28P01", f"Accord connection token expired at "
                                f"{format_time(row.expires_at)}",
-                      f"get a new one with `accord connect {resource}`")
+                      f"get a new one with `accord connect {resource}`", authenticated=True)
     if not policy.is_user(user):
-        raise Refusal("28000", f'user "{user}" is no longer in accord.yaml')
+        raise Refusal("28000", f'user "{user}" is no longer in accord.yaml', authenticated=True)
     grant = session.get(Grant, row.grant_id)
     status = effective_status(grant, now) if grant is not None else "missing"
     if grant is None or status != GrantStatus.ACTIVE:
         raise Refusal("28000", f"no active grant: grant {row.grant_id} of {user} on {resource} "
                                f"is {status}",
-                      f"ask for access with `accord request create {resource} ROLE`")
+                      f"ask for access with `accord request create {resource} ROLE`",
+                      authenticated=True)
     return grant
 
 
 def record_refusal(session: Session, *, policy: Policy, user: str, resource: str,
-                   refusal: Refusal, client: str, now: datetime) -> None:
+                   refusal: Refusal, client: str, now: datetime,
+                   grant: Grant | None = None) -> None:
     """A refused gateway login, as the ledger's `gateway.login_refused` (for the detectors).
 
-    The user and database are what the client claimed: unauthenticated, so cut short.
+    The user and database are what the client claimed, cut short. Unless the client proved
+    who it is, the actor is anonymous: an unauthenticated client never writes events in a
+    real user's name.
     """
     user, resource = user[:64], resource[:64]
-    known = policy.is_user(user)
-    ledger.record(session, type=EventType.GATEWAY_LOGIN_REFUSED,
-                  actor=Actor("user" if known else "anonymous", user, _VIA),
-                  subject=f"user:{user}",
-                  resource={"name": resource, "role": None}
+    actor = Actor("user", user, _VIA) if refusal.authenticated and policy.is_user(user) \
+        else Actor("anonymous", "unauthenticated", _VIA)
+    data: dict[str, Any] = {"user": user, "database": resource, "code": refusal.code,
+                            "reason": refusal.message[:500], "client": client}
+    if refusal.escalation is not None:
+        data["escalation"] = refusal.escalation
+    if grant is not None:
+        data["grant_id"] = grant.id
+    ledger.record(session, type=EventType.GATEWAY_LOGIN_REFUSED, actor=actor,
+                  subject=f"grant:{grant.id}" if grant is not None else f"user:{user}",
+                  resource={"name": resource, "role": grant.role if grant else None}
                   if resource in policy.resources else None,
-                  data={"user": user, "database": resource, "code": refusal.code,
-                        "reason": refusal.message[:500], "client": client}, time=now)
+                  data=data, time=now)
+
+
+def record_suppressed(session: Session, *, client: str, count: int, since: datetime,
+                      now: datetime) -> None:
+    """Refused logins from one client address beyond the per-minute budget, in one event."""
+    ledger.record(session, type=EventType.GATEWAY_LOGINS_SUPPRESSED,
+                  actor=Actor("anonymous", "unauthenticated", _VIA),
+                  subject=f"client:{client[:64]}", resource=None,
+                  data={"client": client[:64], "count": count, "since": format_time(since)},
+                  time=now)
 
 
 def grant_states(session: Session, *, ids: Sequence[int]) -> dict[int, tuple[str, datetime]]:

@@ -1,11 +1,22 @@
 """The gateway's connection to a resource's PostgreSQL: where, as whom, and the login itself.
 
-The gateway logs in with the resource's own credentials: `resources[].gateway.dsn_env` /
-`dsn_file`, else the DSN of its postgres provision target (read the way provisioning reads
-it). When the resource provisions the granted role (`provision.roles.<role>`), the session
-then runs `SET ROLE accord_<resource>_<role>`, the group role provisioning grants, so the
-database enforces that role's privileges; `gateway.set_role` overrides the default.
-Authentication is whatever the server asks: trust, cleartext, MD5 or SCRAM-SHA-256.
+Whose login, in order of preference:
+
+* A role the resource provisions (`provision.roles.<role>` of a postgres target, and no
+  `gateway.dsn_env`/`dsn_file`): the gateway's own login for that role
+  (`accord_gw_<resource>_<role>_<hash>`), a member of the role's group and of nothing
+  else, with a password derived from Accord's secrets key; the gateway makes it exist
+  (with the provision target's admin DSN) before its first session. The session can never
+  be more than its grant: `RESET ROLE` and friends lead back to this login.
+* Otherwise the shared credentials of `gateway.dsn_env`/`dsn_file` (or the provision
+  target's admin DSN for a role it does not provision), then `SET ROLE` when
+  `gateway.set_role` says so. That login is the ceiling of every grant on the resource:
+  `accord policy check` warns when it holds more than a grant should.
+
+Every login pins the settings that decide how the server reads statement text
+(`scope.PINNED_SETTINGS`) as startup parameters, so that the gateway's parser and the
+server read the same bytes alike. Authentication is whatever the server asks: trust,
+cleartext, MD5 or SCRAM-SHA-256.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import logging
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import psycopg
@@ -24,26 +35,104 @@ from psycopg.conninfo import conninfo_to_dict
 from accord.config import PostgresTarget, ResourceSpec
 from accord.gateway import protocol as pq
 from accord.gateway.link import Closed, Link
+from accord.gateway.scope import PINNED_SETTINGS
 from accord.gateway.scram import MECHANISM, AuthError, ScramClient, md5_password
 from accord.provisioning.base import ConnectorError
-from accord.provisioning.postgres import admin_dsn, group_name
+from accord.provisioning.postgres import admin_dsn, gateway_login_name, group_name
+from accord.provisioning.secrets import SecretBox
 
 log = logging.getLogger("accord.gateway")
 CONNECT_TIMEOUT = 10.0
 # Client startup parameters passed upstream; anything else (notably `options`, which can
-# set `role`) is dropped.
-PASSED_PARAMS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
+# set `role`) is dropped, and the pinned settings are the gateway's (`startup_problem`).
+PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone",
                  "extra_float_digits", "IntervalStyle", "datestyle", "timezone",
                  "intervalstyle")
+# client_encoding values a client may ask for: UTF8 in PostgreSQL's spellings, and
+# SQL_ASCII (libpq's "auto" in the C locale), which the gateway answers with UTF8.
+_CLIENT_ENCODINGS = frozenset({"utf8", "unicode", "sqlascii"})
+_IDENTITY_PARAMS = frozenset({"role", "session_authorization"})
 
 
 class UpstreamError(Exception):
     """The upstream database could not be reached or refused the gateway."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, server_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.server_code = server_code  # the server's SQLSTATE, when it refused the login
+
+
+def _encoding_key(name: str) -> str:
+    """PostgreSQL compares encoding names ignoring case and punctuation."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _options(value: str) -> list[tuple[str, str]]:
+    """The settings in a startup `options` string (`-c name=value`, `--name=value`), as the
+    server reads them: words split at unescaped whitespace, `-` in names read as `_`."""
+    words: list[str] = []
+    word: list[str] = []
+    escaped = False
+    for ch in value:
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(ch)
+    if word:
+        words.append("".join(word))
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        setting = None
+        if w == "-c" and i + 1 < len(words):
+            setting, i = words[i + 1], i + 1
+        elif w.startswith(("-c", "--")):
+            setting = w[2:]
+        if setting is not None:
+            name, _, val = setting.partition("=")
+            out.append((name.replace("-", "_").lower(), val))
+        i += 1
+    return out
+
+
+def startup_problem(params: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """Why a client's startup parameters cannot be honoured: (SQLSTATE, message, what the
+    client tried: `identity`, `encoding` or `server`), or None.
+
+    Refused rather than dropped: replication, a role or session authorization, and any
+    pinned setting (`client_encoding` other than UTF8, `standard_conforming_strings`, ...),
+    directly or inside `options`.
+    """
+    if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
+        return ("28000", "replication connections are not available through the Accord "
+                         "gateway", "server")
+    settings = [(k.lower(), v) for k, v in params.items()
+                if k not in ("user", "database", "options")]
+    settings += _options(params.get("options", ""))
+    for name, value in settings:
+        if name in _IDENTITY_PARAMS:
+            return ("28000", f"the Accord gateway does not let a session choose its {name}; "
+                             f"it is the grant's", "identity")
+        if name == "client_encoding":
+            if _encoding_key(value) not in _CLIENT_ENCODINGS:
+                return ("22023", f"client_encoding {value[:40]!r} is not available through "
+                                 f"the Accord gateway, which speaks UTF8 only (set "
+                                 f"PGCLIENTENCODING=UTF8)", "encoding")
+        elif name in PINNED_SETTINGS and value.lower() != PINNED_SETTINGS[name]:
+            return ("22023", f"{name} is pinned to {PINNED_SETTINGS[name]} by the Accord "
+                             f"gateway, so that it and the server read statements alike",
+                    "encoding")
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,19 +145,28 @@ class Target:
     sslmode: str = "prefer"
     sslrootcert: str | None = None
     role: str | None = None  # SET ROLE to this after login
+    # The Accord role whose gateway login this is (see the module docstring): the gateway
+    # makes the login exist before connecting. None: shared credentials.
+    gateway_login: str | None = None
 
     @property
     def unix_socket(self) -> str | None:
         return f"{self.host}/.s.PGSQL.{self.port}" if self.host.startswith("/") else None
 
 
-def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = None) -> Target:
-    """Where and as whom to connect for a grant of `role` on `spec` (raises UpstreamError)."""
+def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = None,
+               secrets: SecretBox | None = None) -> Target:
+    """Where and as whom to connect for a grant of `role` on `spec` (raises UpstreamError).
+
+    Without `secrets` the gateway login's password cannot be derived: only shared
+    credentials are possible then (what `accord policy check` inspects)."""
     env = os.environ if env is None else env
     g = spec.gateway
     provision = spec.provision if isinstance(spec.provision, PostgresTarget) else None
+    shared = g is not None and bool(g.dsn_env or g.dsn_file)
     try:
-        if g is not None and (g.dsn_env or g.dsn_file):
+        if shared:
+            assert g is not None
             dsn = admin_dsn(PostgresTarget(type="postgres", dsn_env=g.dsn_env,
                                            dsn_file=g.dsn_file), env)
         elif provision is not None:
@@ -86,15 +184,21 @@ def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = No
                or "/var/run/postgresql").split(",")[0]
     port = int(str(params.get("port") or 5432).split(",")[0])
     user = str(params.get("user") or "postgres")
+    password = str(params.get("password") or "")
     database = (g.database if g is not None and g.database else None) \
         or (provision.database if provision is not None else None) \
         or str(params.get("dbname") or user)
+    base = Target(host=host, port=port, user=user, password=password, database=database,
+                  sslmode=str(params.get("sslmode") or "prefer"),
+                  sslrootcert=str(params["sslrootcert"]) if params.get("sslrootcert") else None)
+    if not shared and provision is not None and role in provision.roles \
+            and secrets is not None:
+        login = gateway_login_name(spec.name, role)
+        return replace(base, user=login, gateway_login=role,
+                       password=secrets.derive(f"postgres gateway login {login}"))
     set_role = g.set_role if g is not None and g.set_role is not None else \
         (provision is not None and role in provision.roles)
-    return Target(host=host, port=port, user=user, password=str(params.get("password") or ""),
-                  database=database, sslmode=str(params.get("sslmode") or "prefer"),
-                  sslrootcert=str(params["sslrootcert"]) if params.get("sslrootcert") else None,
-                  role=group_name(spec.name, role) if set_role else None)
+    return replace(base, role=group_name(spec.name, role)) if set_role else base
 
 
 def _client_context(target: Target) -> ssl.SSLContext:
@@ -162,6 +266,7 @@ async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:
     try:
         params = {"user": target.user, "database": target.database}
         params.update({k: v for k, v in startup.items() if k in PASSED_PARAMS})
+        params.update(PINNED_SETTINGS)  # the server reads text as the gateway's parser does
         link.write(pq.startup_message(params))
         status: dict[str, str] = {}
         pid, secret = 0, b""
@@ -202,10 +307,12 @@ async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:
                 pid, secret = pq.parse_backend_key(body)
             elif kind == ord("E"):
                 fields = pq.parse_fields(body)
-                log.warning("gateway: upstream %s:%s refused the login: %s %s", target.host,
-                            target.port, fields.get("C"), fields.get("M"))
+                log.warning("gateway: upstream %s:%s refused the login of %s: %s %s",
+                            target.host, target.port, target.user, fields.get("C"),
+                            fields.get("M"))
                 raise UpstreamError("08004", "the database behind this resource refused the "
-                                             "gateway's login (see the gateway's log)")
+                                             "gateway's login (see the gateway's log)",
+                                    server_code=fields.get("C"))
             elif kind == ord("Z"):
                 break
             # NoticeResponse, NegotiateProtocolVersion: nothing to do

@@ -49,6 +49,7 @@ class EventType(enum.StrEnum):
     GATEWAY_STATEMENT = "gateway.statement"
     GATEWAY_VIOLATION = "gateway.violation"
     GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
+    GATEWAY_LOGINS_SUPPRESSED = "gateway.logins_suppressed"
     APPROVAL_REFUSED = "approval.refused"
     REQUEST_REVIEWED = "request.reviewed"
     REQUEST_REVIEW_REMINDED = "request.review_reminded"
@@ -78,7 +79,7 @@ class Via(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Actor:
-    kind: str  # user | policy | system
+    kind: str  # user | policy | system | anonymous (an unauthenticated client)
     id: str
     via: str
 

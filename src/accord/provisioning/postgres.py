@@ -14,6 +14,14 @@ Layout on the target cluster (role names are cluster-wide, privileges per databa
   group; a revoke removes the membership, disables the login when it holds no other
   Accord group, and terminates the login's sessions.
 
+* ``accord_gw_<resource>_<role>_<hash>``: the gateway's login for sessions of one role
+  (`ensure_gateway_login`). It is a member of that role's group and of nothing else, holds
+  no elevated attribute, and its password is derived from Accord's secrets key, so every
+  gateway process can log in with it. A session through the gateway can therefore never
+  become more than its grant: `RESET ROLE` leads back to this login, which holds exactly
+  the group's privileges. Provisioning's per-user logins are the grantees' own (their
+  passwords are shown to them once), and one may hold several roles of the resource.
+
 Names are sanitized deterministically and injectively: plain names (only ``[a-z0-9]``) are
 used as they are; anything else ('.', '-', '_', or too long for PostgreSQL's 63 bytes)
 gets a hash suffix, so ``a.b``, ``a-b`` and ``a_b`` never share a login and
@@ -53,6 +61,8 @@ Conn = psycopg.Connection[TupleRow]
 
 MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1 (bytes; our names are ASCII)
 LOGIN_PREFIX = "accord_u_"
+GATEWAY_PREFIX = "accord_gw_"  # always hashed: never a plain group's `accord_<res>_<role>`
+GATEWAY_COMMENT = "accord:gateway="
 GROUP_PREFIX = "accord_"
 HASHED_GROUP_PREFIX = "accord_g_"
 COMMENT_PREFIX = "accord:user="
@@ -81,6 +91,11 @@ def _hashed(prefix: str, body: str, digest: str) -> str:
 def login_name(user: str, resource: str) -> str:
     """The PostgreSQL login of an Accord user on one resource, sanitized injectively."""
     return _hashed(LOGIN_PREFIX, user, _digest("login", user, resource))
+
+
+def gateway_login_name(resource: str, role: str) -> str:
+    """The login the gateway uses upstream for sessions of `role` on `resource`."""
+    return _hashed(GATEWAY_PREFIX, f"{resource}_{role}", _digest("gateway", resource, role))
 
 
 def group_name(resource: str, role: str) -> str:
@@ -188,6 +203,9 @@ class PostgresConnector:
         self._groups = {group_name(resource.name, r): r
                         for r in sorted({*target.roles, *resource.roles})}
         self._known: dict[str, str] = {}  # login -> Accord user, for logins seen here
+        # The gateway's own logins are members by design, not drift.
+        self._gateway_logins = [gateway_login_name(resource.name, r)
+                                for r in sorted({*target.roles, *resource.roles})]
 
     def __repr__(self) -> str:
         return f"PostgresConnector(resource={self.resource.name!r})"
@@ -262,12 +280,13 @@ class PostgresConnector:
             JOIN pg_roles g ON g.oid = am.roleid
             JOIN pg_roles m ON m.oid = am.member
             WHERE g.rolname = ANY(%s) AND m.rolname <> current_user
+              AND m.rolname <> ALL(%s)
         """
 
         # Every member counts, not only Accord's logins: a DBA granting the group to any
         # other role is exactly the drift to report.
         def run(conn: Conn) -> list[TupleRow]:
-            return conn.execute(query, (list(self._groups),)).fetchall()
+            return conn.execute(query, (list(self._groups), self._gateway_logins)).fetchall()
 
         out: set[tuple[str, str]] = set()
         for group, login, comment in self._run("granted", run):
@@ -275,6 +294,60 @@ class PostgresConnector:
                                  comment if isinstance(comment, str) else None, self._known)
             out.add((user or str(login), self._groups[str(group)]))
         return out
+
+    def ensure_gateway_login(self, role: str, password: str) -> str:
+        """Make the gateway's login for `role` exist with `password`, as a member of the
+        role's group and of no other role, without elevated attributes; returns its name.
+
+        Idempotent, and safe beside other gateway processes doing the same (they set the
+        same password). Raises ConnectorError when the login cannot be confined (a
+        membership the admin role cannot revoke, an elevated attribute it cannot remove).
+        """
+        privileges = self.target.roles.get(role)
+        if privileges is None or not NAME.match(role):
+            raise ConnectorError(f"resource {self.resource.name}: role {role!r} is not "
+                                 f"provisioned (not under provision.roles)", retryable=False)
+        group = group_name(self.resource.name, role)
+        login = gateway_login_name(self.resource.name, role)
+
+        def run(conn: Conn) -> None:
+            self._ensure_group(conn, group, privileges.privileges)
+            attrs = self._attributes(conn, login)
+            verifier = sql.Literal(self._verifier(conn, login, password))
+            if attrs is not None and any(attrs[a] for a in _ELEVATED):
+                raise ConnectorError(
+                    f"resource {self.resource.name}: the gateway login {login} has elevated "
+                    f"attributes (superuser, createrole, ...); refusing to use it",
+                    retryable=False)
+            created = attrs is None and self._create(conn, sql.SQL(
+                "CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(sql.Identifier(login), verifier))
+            if not created:
+                conn.execute(sql.SQL(
+                    "ALTER ROLE {} WITH LOGIN INHERIT PASSWORD {} VALID UNTIL 'infinity'").format(
+                        sql.Identifier(login), verifier))
+            comment = f"{GATEWAY_COMMENT}{self.resource.name}/{role}"
+            conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                sql.Identifier(login), sql.Literal(comment)))
+            for (other,) in conn.execute(
+                    "SELECT g.rolname FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid "
+                    "JOIN pg_roles m ON m.oid = am.member WHERE m.rolname = %s AND g.rolname <> %s",
+                    (login, group)).fetchall():
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(str(other)), sql.Identifier(login)))
+                if self._is_member(conn, str(other), login):
+                    raise ConnectorError(
+                        f"resource {self.resource.name}: the gateway login {login} is a member "
+                        f"of {other}, which the admin role cannot revoke; refusing to use it",
+                        retryable=False)
+            if not self._is_member(conn, group, login):
+                conn.execute(sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(group), sql.Identifier(login)))
+
+        self._run("gateway login", run)
+        log.info("postgres gateway login ready: resource=%s role=%s login=%s",
+                 self.resource.name, role, login)
+        return login
 
     def health(self) -> Health:
         def run(conn: Conn) -> Health:

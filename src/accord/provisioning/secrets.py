@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -13,6 +16,13 @@ class SecretBox:
 
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def derive(self, purpose: str) -> str:
+        """A secret for `purpose` (e.g. a login's password): the same in every process that
+        shares this key, and unrelated to any other purpose's (HMAC-SHA256 as a PRF)."""
+        mac = hmac.new(self._key, b"accord derive\0" + purpose.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
     @classmethod
     def load_or_create(cls, path: Path) -> SecretBox:
