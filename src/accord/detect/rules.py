@@ -112,11 +112,16 @@ def failed_gateway_logins(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[
         return
     hits = _count_in_window(scan, rule, "gateway_logins", who, idx, _time(ev))
     if hits:
+        # The name is what unauthenticated clients claimed: the alert is not bob's doing.
+        proven = ev["actor"]["kind"] == "user"
         yield Finding(
             "failed_gateway_logins", rule.severity,
-            f"{len(hits)} failed gateway logins as {who} within {format_duration(rule.window)}",
-            f"failed_gateway_logins:{who}:{idx}", hits, user=who, resource=_resource(ev),
-            data={"count": len(hits), "last_reason": data.get("reason")})
+            f"{len(hits)} refused gateway logins claiming to be {who} within "
+            f"{format_duration(rule.window)}",
+            f"failed_gateway_logins:{who}:{idx}", hits, user=who if proven else None,
+            resource=_resource(ev),
+            data={"count": len(hits), "claimed_user": who, "last_reason": data.get("reason"),
+                  "last_client": data.get("client")})
 
 
 def self_decision(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
@@ -233,6 +238,30 @@ def _fields(ev: dict[str, Any]) -> dict[str, Any]:
             "request_id": data.get("request_id", "?")}
 
 
+_ATTEMPTS = {
+    "identity": "change the session's role",
+    "encoding": "change how the server reads statement text",
+    "server": "reach the database server's files, programs or other sessions",
+}
+
+
+def gateway_escalation(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
+    """A refused statement or login that tried to leave its grant (the gateway names how)."""
+    rule = scan.spec.gateway_escalation
+    data = ev.get("data") or {}
+    attempt = data.get("escalation")
+    if not rule.enabled or attempt not in _ATTEMPTS:
+        return
+    user = ev["actor"]["id"] if ev["actor"]["kind"] == "user" else None
+    what = str(data.get("statement") or data.get("reason") or "")[:80]
+    yield Finding(
+        "gateway_escalation", rule.severity,
+        f"{user or 'an unauthenticated client'} tried to {_ATTEMPTS[attempt]} on "
+        f"{_resource(ev) or data.get('database') or '?'}: {what}",
+        f"gateway_escalation:{idx}", [idx], user=user, resource=_resource(ev),
+        subject=ev.get("subject"), data={"escalation": attempt, "statement": what})
+
+
 def break_glass(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
     rule = scan.spec.break_glass
     data = ev.get("data") or {}
@@ -259,7 +288,7 @@ def policy_change(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]
 Detector = Callable[[Scan, int, dict[str, Any]], Iterator[Finding]]
 BY_TYPE: dict[str, list[Detector]] = {
     "request.denied": [repeated_denials],
-    "gateway.login_refused": [failed_gateway_logins],
+    "gateway.login_refused": [failed_gateway_logins, gateway_escalation],
     "approval.refused": [self_decision],
     "review.refused": [self_decision],
     "approval.recorded": [rubber_stamp],
@@ -267,7 +296,7 @@ BY_TYPE: dict[str, list[Detector]] = {
     "gateway.session_opened": [off_hours],
     "gateway.violation": [_each("scope_violation",
                                 "{who} ran a statement their role does not allow on "
-                                "{resource}: {statement}")],
+                                "{resource}: {statement}"), gateway_escalation],
     "drift.detected": [_each("drift", "access on {resource} differs from Accord's grants")],
     "policy.loaded": [policy_change],
     **{t: [unused_grant] for t in GRANT_ENDS},

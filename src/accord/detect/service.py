@@ -174,6 +174,12 @@ def list_alerts(session: Session, *, status: str | None = None, severity: str | 
     return list(session.execute(q).scalars())
 
 
+def alerts_about(session: Session, *, subject: str, limit: int = 100) -> list[Alert]:
+    """The alerts raised about one subject (`grant:12`), oldest first."""
+    return list(session.execute(select(Alert).where(Alert.subject == subject)
+                                .order_by(Alert.id).limit(limit)).scalars())
+
+
 def as_dict(alert: Alert) -> dict[str, Any]:
     return {
         "id": alert.id, "rule": alert.rule, "severity": alert.severity, "status": alert.status,

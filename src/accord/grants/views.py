@@ -11,6 +11,7 @@ from sqlalchemy import exists, false, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
+from accord.detect.service import alerts_about
 from accord.errors import Conflict, NotFound
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
@@ -32,8 +33,20 @@ class GrantUsage(BaseModel):
     session_count: int
 
 
+class GrantAlert(BaseModel):
+    """An alert raised about this grant (its gateway sessions' violations and escalations)."""
+
+    id: int
+    rule: str
+    severity: str
+    status: str
+    title: str
+    evidence: list[int]
+
+
 class GrantView(GrantOut):
     usage: GrantUsage | None = None
+    alerts: list[GrantAlert] | None = None  # for admins and auditors (who read alerts)
 
 
 def _with_usage(session: Session, grants: list[Grant], now: datetime) -> list[GrantView]:
@@ -161,4 +174,9 @@ def get_grant(
     g = session.execute(q).scalar_one_or_none()
     if g is None:
         raise NotFound(f"grant {grant_id} does not exist or is not visible to you")
-    return _with_usage(session, [g], st.now())[0]
+    view = _with_usage(session, [g], st.now())[0]
+    if who.can_read_all:
+        view.alerts = [GrantAlert(id=a.id, rule=a.rule, severity=a.severity, status=a.status,
+                                  title=a.title, evidence=list(a.evidence))
+                       for a in alerts_about(session, subject=f"grant:{g.id}")]
+    return view

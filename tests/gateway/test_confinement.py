@@ -1,0 +1,468 @@
+"""Confinement: a session through the gateway never becomes more than its grant.
+
+A `read` grant on a resource whose gateway logs in upstream as a superuser's provision
+target (the probe's worst case). Every attempt a tester would make to change identity,
+change how the server reads text, or reach server-side execution is sent through a real
+gateway to a real PostgreSQL, with raw protocol messages, psql and psycopg; after each,
+`SELECT current_user, session_user` through the same session shows the session is still
+the gateway's login for the read role. Then the parser is bypassed (every class allowed)
+to show that the upstream login alone keeps the session within the grant.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accord.gateway import protocol as pq
+from accord.gateway import proxy
+from accord.gateway.scope import CLASSES, DEFAULT_ROLES, classify
+from accord.provisioning import postgres as pgconn
+from accord.worker.job_runner import detect_all
+from accord.worker.ledger_jobs import integrate_all
+from tests.gateway.conftest import World
+from tests.gateway.rawclient import Raw, error_of
+
+MARKER = Path("/tmp") / f"accord_confinement_{secrets.token_hex(4)}"  # noqa: S108 - writable by the server
+
+# Every client encoding PostgreSQL accepts but UTF8 (the gateway's).
+ENCODINGS = [
+    "SQL_ASCII", "EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004", "MULE_INTERNAL",
+    "LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6", "LATIN7", "LATIN8", "LATIN9",
+    "LATIN10", "WIN1256", "WIN1258", "WIN866", "WIN874", "KOI8R", "WIN1251", "WIN1252",
+    "ISO_8859_5", "ISO_8859_6", "ISO_8859_7", "ISO_8859_8", "WIN1250", "WIN1253", "WIN1254",
+    "WIN1255", "WIN1257", "KOI8U", "SJIS", "BIG5", "GBK", "UHC", "GB18030", "JOHAB",
+    "SHIFT_JIS_2004",
+]
+
+IDENTITY = [
+    "SET ROLE postgres", "SET LOCAL ROLE postgres", "RESET ROLE", "SET ROLE NONE",
+    "SET SESSION AUTHORIZATION postgres", "SET SESSION AUTHORIZATION DEFAULT",
+    "RESET SESSION AUTHORIZATION", "RESET ALL", "DISCARD ALL",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT set_config('session_authorization', 'postgres', false)",
+    "SELECT set_config(lower('ROLE'), 'postgres', false)",
+    "SELECT pg_catalog.set_config('role', 'none', false)",
+    # comments between tokens, case, quoted and Unicode-escaped identifiers, dollar quotes
+    "RESET/**/ROLE", "reset -- a comment\n role", "SET/* x */ROLE/**/postgres",
+    'SET "role" = \'postgres\'', 'SET "ROLE" TO postgres', 'rEsEt RoLe',
+    'SELECT "set_config"(\'role\', \'postgres\', false)',
+    'SELECT U&"set\\005Fconfig"(\'role\', \'postgres\', false)',
+    "SELECT set_config($$role$$, $q$postgres$q$, false)",
+    "SELECT set_config/**/('role', 'postgres', false)",
+    # inside other statements
+    "WITH x AS (SELECT set_config('role', 'postgres', false)) SELECT * FROM x",
+    "EXPLAIN ANALYZE SELECT set_config('role', 'postgres', false)",
+    "PREPARE p1 AS SELECT set_config('role', 'postgres', false)", "EXECUTE p1",
+    "DECLARE c1 CURSOR FOR SELECT set_config('role', 'postgres', false)",
+    "SELECT 1; RESET ROLE; SELECT current_user",
+    "DO $$BEGIN PERFORM set_config('role', 'postgres', false); END$$",
+    "CALL nonexistent_procedure()",
+    # functions that run SQL text
+    "SELECT query_to_xml('select set_config(''role'',''none'',false)', true, false, '')",
+    "SELECT query_to_xml_and_xmlschema('reset role', true, false, '')",
+    "SELECT query_to_xmlschema('set role postgres', true, false, '')",
+    "SELECT * FROM ts_stat('select set_config(''role'',''none'',false)')",
+    "SELECT ts_rewrite('a'::tsquery, 'select set_config(''role'',''none'',false)')",
+    "SELECT query_to_xml(chr(114) || 'eset role', true, false, '')",
+]
+
+SERVER = [
+    f"COPY orders TO PROGRAM 'touch {MARKER}'",
+    "COPY orders FROM PROGRAM 'id'",
+    f"COPY orders TO '{MARKER}'",
+    "COPY orders FROM '/etc/hostname'",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_ls_dir('.')",
+    "SELECT lo_import('/etc/passwd')",
+    f"SELECT lo_export(1, '{MARKER}')",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    "SELECT pg_reload_conf()",
+    f"SELECT query_to_xml('copy orders to program ''touch {MARKER}''', true, false, '')",
+    "SELECT * FROM ts_stat('select pg_terminate_backend(1)')",
+    "LOAD 'plpgsql'", "ALTER SYSTEM SET work_mem = '1MB'", "CREATE EXTENSION dblink",
+    "SELECT dblink_exec('dbname=postgres', 'select 1')",
+    "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
+    "SELECT pg_notify('ch', 'x')", "NOTIFY ch", "SELECT pg_advisory_lock(1)",
+    "SELECT txid_current()", "SELECT pg_sleep(0)",
+]
+
+ENCODING_CHANGES = [
+    *(f"SET client_encoding = '{e}'" for e in ENCODINGS),
+    *(f"SET NAMES '{e}'" for e in ("SJIS", "BIG5", "GBK", "GB18030", "UHC", "JOHAB")),
+    *(f"SELECT set_config('client_encoding', '{e}', false)" for e in ("SJIS", "BIG5")),
+    "RESET client_encoding", "SET client_encoding TO DEFAULT",
+    "SET standard_conforming_strings = off", "SET standard_conforming_strings TO DEFAULT",
+    "SELECT set_config('standard_conforming_strings', 'off', false)",
+    "SET backslash_quote = on", "SET escape_string_warning = off",
+]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def confined(world: World) -> Iterator[World]:
+    """The world with a table no grant covers (in a schema the groups cannot use)."""
+    with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS hr")
+        conn.execute("CREATE TABLE IF NOT EXISTS hr.payroll (name text, salary int)")
+        conn.execute("INSERT INTO hr.payroll VALUES ('carol', 1)")
+    yield world
+    MARKER.unlink(missing_ok=True)
+
+
+def login(world: World, token: dict[str, Any], **params: str) -> tuple[Raw, list[Any]]:
+    raw = Raw(world.port)
+    raw.send(pq.startup_message({"user": token["user"], "database": world.resource, **params}))
+    first = raw.message()
+    assert first is not None
+    if first[0] == "R" and pq.parse_auth(first[1])[0] == pq.AUTH_CLEARTEXT:
+        raw.send(pq.password_message(token["token"].encode()))
+        return raw, raw.until("Z", "E")
+    return raw, [first, *raw.until("Z", "E")]
+
+
+def rows(messages: list[tuple[str, bytes]]) -> list[list[str | None]]:
+    out = []
+    for kind, body in messages:
+        if kind == "D":
+            (n,), pos, row = struct.unpack_from("!h", body), 2, []
+            for _ in range(n):
+                (size,) = struct.unpack_from("!i", body, pos)
+                pos += 4
+                row.append(None if size < 0 else body[pos:pos + size].decode())
+                pos += max(size, 0)
+            out.append(row)
+    return out
+
+
+def who(raw: Raw) -> list[str | None]:
+    answer = raw.query("SELECT current_user, session_user")
+    assert error_of(answer) is None, error_of(answer)
+    return rows(answer)[0]
+
+
+def refused_with_42501(messages: list[tuple[str, bytes]]) -> bool:
+    err = error_of(messages)
+    return err is not None and err["C"] == "42501" and "Accord gateway" in err["M"]
+
+
+def confinement_login(world: World) -> str:
+    return pgconn.gateway_login_name(world.resource, "read")
+
+
+# ------------------------------------------------------------------ the corpus
+
+
+def test_every_attempt_is_refused_recorded_and_leaves_the_session_its_grant(
+        confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    me = confinement_login(world)
+    raw, hello = login(world, token)
+    with raw:
+        assert hello[-1][0] == "Z"
+        assert who(raw) == [me, me]
+        attempts = [*IDENTITY, *SERVER, *ENCODING_CHANGES]
+        for sql in attempts:
+            answer = raw.query(sql)
+            assert refused_with_42501(answer), (sql, error_of(answer))
+            assert who(raw) == [me, me], sql
+        # The probe's byte sequences now reach a server that reads them as the gateway does:
+        # one SELECT of a string literal each, and no RESET ROLE.
+        raw.send(pq.message(b"Q", b"SELECT E'\xc3\x81\\'; RESET ROLE; SELECT current_user; -- '"
+                            b"\0"))
+        answer = raw.until("Z")
+        assert error_of(answer) is None and len(rows(answer)) == 1
+        answer = raw.query("SELECT 'x\\', $q$'; RESET ROLE; -- $q$")
+        assert error_of(answer) is None and rows(answer) == [["x\\", "'; RESET ROLE; -- "]]
+        # Text that is not UTF-8 is refused, not repaired before checking.
+        raw.send(pq.message(b"Q", b"SELECT '\x81\\'; RESET ROLE; --'\0"))
+        assert refused_with_42501(raw.until("Z"))
+        # A fast-path function call (pg_reload_conf, by OID)
+        raw.send(pq.message(b"F", struct.pack("!ihhh", 2621, 0, 0, 1)))
+        assert refused_with_42501(raw.until("Z"))
+        assert who(raw) == [me, me]
+        payroll = raw.query("SELECT count(*) FROM hr.payroll")
+        err = error_of(payroll)
+        assert err is not None and err["C"] == "42501" and "Accord" not in err["M"]
+    assert not MARKER.exists()
+    violations = world.events("gateway.violation", grant["id"])
+    assert len(violations) == len(attempts) + 2  # the non-UTF-8 text and the function call
+    kinds = {v["data"]["statement"]: v["data"].get("escalation") for v in violations}
+    assert kinds["RESET ROLE"] == "identity"
+    assert kinds["SET client_encoding = 'SJIS'"] == "encoding"
+    assert kinds[f"COPY orders TO PROGRAM 'touch {MARKER}'"] == "server"
+    assert kinds["SELECT pg_notify('ch', 'x')"] is None  # a write, not an escalation
+
+
+def test_the_extended_protocol_and_psql_are_confined_too(confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    me = confinement_login(world)
+    with world.connect(token) as conn:
+        for sql, params in [("select set_config(%s, %s, false)", ("role", "postgres")),
+                            ("select set_config('role', %s, false)", ("postgres",)),
+                            ("select set_config(%s, 'SJIS', false)", ("client_encoding",)),
+                            ("select query_to_xml(%s, true, false, '')", ("reset role",))]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Accord gateway"):
+                conn.execute(sql, params)
+            assert conn.execute("select current_user, session_user").fetchone() == (me, me)
+    for script in ("SET client_encoding = 'SJIS'", "RESET ROLE",
+                   f"COPY orders TO PROGRAM 'touch {MARKER}'"):
+        r = world.psql(token, script)
+        assert r.returncode != 0 and "Accord gateway" in r.stderr, (script, r.stderr)
+    # psql's own \encoding sends SET client_encoding: refused, and psql says so
+    r = world.psql(token, "SELECT current_user, session_user", "-At", "-c", "\\encoding SJIS")
+    assert "invalid encoding name" in r.stderr
+    assert r.stdout.strip() == f"{me}|{me}"
+    assert not MARKER.exists()
+    texts = [v["data"]["statement"] for v in world.events("gateway.violation", grant["id"])]
+    assert "set client_encoding to 'SJIS'" in texts
+
+
+@pytest.mark.parametrize("params", [
+    {"options": "-c role=postgres"}, {"options": "--role=postgres"},
+    {"options": "-csession_authorization=postgres"},
+    {"options": "-c client_encoding=SJIS"}, {"options": "-c standard_conforming_strings=off"},
+    {"options": "--backslash-quote=on"}, {"client_encoding": "SJIS"},
+    {"client_encoding": "BIG5"}, {"role": "postgres"}, {"standard_conforming_strings": "off"},
+    {"replication": "database"}, {"replication": "true"},
+])
+def test_startup_parameters_that_would_leave_the_grant_are_refused(
+        confined: World, params: dict[str, str]) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    raw, answer = login(world, token, **params)
+    with raw:
+        err = error_of(answer)
+        assert err is not None and err["S"] == "FATAL" and "Accord gateway" in err["M"], err
+    refusal = world.events("gateway.login_refused")[-1]
+    assert refusal["actor"] == {"kind": "user", "id": "alice", "via": "gateway"}
+    assert refusal["data"]["escalation"] in ("identity", "encoding", "server")
+    assert refusal["subject"] == f"grant:{grant['id']}"
+
+
+def test_utf8_spellings_and_libpq_auto_in_the_c_locale_log_in(confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    for encoding in ("UTF8", "utf-8", "Unicode", "SQL_ASCII"):
+        raw, answer = login(world, token, client_encoding=encoding)
+        with raw:
+            assert error_of(answer) is None, (encoding, error_of(answer))
+            status = dict(pq.parse_parameter_status(b) for k, b in answer if k == "S")
+            assert status["client_encoding"] == "UTF8"
+            assert status["standard_conforming_strings"] == "on"
+
+
+def test_cancel_requests_with_other_keys_reach_nobody(confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    blocker = psycopg.connect(world.target_dsn)
+    try:
+        blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # holds until rollback
+        raw, hello = login(world, token)
+        with raw:
+            (key,) = [b for k, b in hello if k == "K"]
+            pid, secret = struct.unpack("!i", key[:4])[0], key[4:]
+            raw.send(pq.query("SELECT count(*) FROM orders"))  # waits for the lock
+            waiting = "select 1 from pg_stat_activity where query = " \
+                      "'SELECT count(*) FROM orders' and wait_event_type = 'Lock'"
+            _until(lambda: bool(world.target(waiting)))
+            for other in ((pid, bytes(4)), (pid ^ 1, secret), (0, secret)):
+                with Raw(world.port) as c:
+                    c.send(pq.cancel_request(*other))
+                    assert c.message() is None  # closed, no answer either way
+            assert world.target(waiting), "a wrong key cancelled the statement"
+            with Raw(world.port) as c:  # its own key does
+                c.send(pq.cancel_request(pid, secret))
+                c.message()
+            err = error_of(raw.until("Z"))
+            assert err is not None and err["C"] == "57014"
+    finally:
+        blocker.close()
+
+
+def _until(check: Any, timeout: float = 10.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        done.wait(0.02)  # polling the server's own view: nothing to await on
+    raise AssertionError("condition not reached")
+
+
+# ------------------------------------------------------------------ generated spellings
+
+
+_COMMENTS = st.sampled_from([" ", "  ", "\n", "\t", "/**/", "/* x */", " -- c\n", "/* /* */ */"])
+
+
+def _case(word: str, flips: list[bool]) -> str:
+    return "".join(c.upper() if f else c.lower() for c, f in zip(word, flips * 8, strict=False))
+
+
+@st.composite
+def role_changes(draw: st.DrawFn) -> str:
+    """A role change in one of many spellings, maybe wrapped in a carrier statement."""
+    sep = draw(_COMMENTS)
+    flips = draw(st.lists(st.booleans(), min_size=1, max_size=8))
+    setting = draw(st.sampled_from(["role", '"role"', "session authorization",
+                                    'U&"r\\006Fle"', '"ROLE"']))
+    value = draw(st.sampled_from(["postgres", "'postgres'", "none", "DEFAULT"]))
+    core = draw(st.sampled_from([
+        f"{_case('set', flips)}{sep}{setting}{sep}{draw(st.sampled_from(['=', 'TO']))}"
+        f"{sep}{value}",
+        f"{_case('reset', flips)}{sep}{_case('role', flips)}",
+        f"{_case('reset', flips)}{sep}{_case('all', flips)}",
+        f"{_case('select', flips)}{sep}set_config{sep}('role',{sep}'postgres',{sep}false)",
+        f"select{sep}pg_catalog.set_config($x$role$x$, 'none', false)",
+    ]))
+    carrier = draw(st.sampled_from([
+        "{}", "select 1;{}", "{};select 2", "begin;{};commit",
+        "select query_to_xml('{}', true, false, '')", "explain analyze {}",
+        "prepare p{} as {}", "with w as ({}) select 1",
+    ]))
+    body = core.replace("'", "''") if "query_to_xml" in carrier else core
+    if carrier.startswith("prepare"):
+        return carrier.format(draw(st.integers(0, 9)), body)
+    return carrier.format(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(role_changes())
+def test_no_generated_spelling_of_a_role_change_passes_a_read_role(sql: str) -> None:
+    verdict = classify(sql.encode())
+    assert verdict.refused(DEFAULT_ROLES["read"]) is not None, sql
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[
+    HealthCheck.function_scoped_fixture])
+@given(role_changes())
+def test_generated_spellings_through_the_gateway(confined: World, sql: str) -> None:
+    world = confined
+    token = world.token(_read_grant(world), "erin")
+    me = confinement_login(world)
+    raw, _ = login(world, token)
+    with raw:
+        answer = raw.query(sql)
+        err = error_of(answer)
+        assert err is not None, sql  # refused by the gateway, or by the server at worst
+        assert who(raw) == [me, me], sql
+
+
+_GRANTS: dict[str, dict[str, Any]] = {}
+
+
+def _read_grant(world: World) -> dict[str, Any]:
+    if world.resource not in _GRANTS:
+        _GRANTS[world.resource] = world.grant("erin", "read")
+    return _GRANTS[world.resource]
+
+
+# ------------------------------------------------------------------ the parser bypassed
+
+
+def test_with_the_scope_check_bypassed_the_upstream_login_is_the_ceiling(
+        confined: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    me = confinement_login(world)
+    monkeypatch.setattr(proxy, "role_classes", lambda *a, **k: frozenset(CLASSES))
+    raw, _ = login(world, token)
+    with raw:
+        assert error_of(raw.query("RESET ROLE")) is None  # nothing to go back to
+        assert who(raw) == [me, me]
+        assert error_of(raw.query("RESET SESSION AUTHORIZATION")) is None
+        assert who(raw) == [me, me]
+        for sql in ("SET ROLE postgres", "SET SESSION AUTHORIZATION postgres",
+                    "SELECT count(*) FROM hr.payroll",
+                    f"COPY orders TO PROGRAM 'touch {MARKER}'",
+                    "SELECT pg_read_file('/etc/passwd')",
+                    "DELETE FROM orders", "ALTER SYSTEM SET work_mem = '1MB'"):
+            err = error_of(raw.query(sql))
+            assert err is not None and "Accord" not in err["M"], (sql, err)  # the server's
+            assert who(raw) == [me, me], sql
+        xml = raw.query("SELECT query_to_xml('select set_config(''role'',''none'',false)', "
+                        "true, false, '')")
+        assert error_of(xml) is None
+        assert who(raw) == [me, me]
+        # Changing how the server reads text ends the session: the server reports it.
+        raw.send(pq.query("SET client_encoding = 'SJIS'"))
+        answer = raw.until("Z", "E")
+        err = error_of(answer)
+        assert err is not None and err["S"] == "FATAL" and "pins it to UTF8" in err["M"]
+        assert raw.message() is None  # closed
+    assert not MARKER.exists()
+    assert world.target("SELECT count(*) FROM orders") == [(100,)]
+    closed = world.events("gateway.session_closed", grant["id"])[-1]
+    assert closed["data"]["reason"] == "pinned setting changed upstream"
+
+
+def test_the_gateway_login_holds_nothing_but_its_group(confined: World) -> None:
+    world = confined
+    world.grant("alice", "read")
+    login_ = confinement_login(world)
+    (attrs,) = world.target(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
+        "FROM pg_roles WHERE rolname = %s", login_)
+    assert attrs == (False,) * 5
+    member_of = world.target(
+        "SELECT g.rolname FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid "
+        "JOIN pg_roles m ON m.oid = am.member WHERE m.rolname = %s", login_)
+    assert member_of == [(pgconn.group_name(world.resource, "read"),)]
+    # A DBA's extra membership is taken away before the next session's login is used,
+    # and the gateway login is not reported as drift.
+    with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+        conn.execute(f'GRANT pg_read_server_files TO "{login_}"')
+    proc = world.gateway
+    proc._logins.clear()  # as after a restart: the login is made ready again
+    token = world.token(world.grant("alice", "read"))
+    with world.connect(token) as conn:
+        assert conn.execute("select current_user").fetchone() == (login_,)
+    assert world.target(
+        "SELECT count(*) FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member "
+        "WHERE m.rolname = %s", login_) == [(1,)]
+    drift = world.env.st.connectors().get(world.resource).granted()
+    assert all(user != login_ for user, _ in drift)
+
+
+def test_refused_escalations_raise_a_high_alert_visible_on_the_grant(confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    raw, _ = login(world, token)
+    with raw:
+        assert refused_with_42501(raw.query("RESET ROLE"))
+        assert refused_with_42501(raw.query(f"COPY orders TO PROGRAM 'touch {MARKER}'"))
+        assert refused_with_42501(raw.query("DELETE FROM orders"))  # ordinary: no alert
+    world.flush()
+    st_ = world.env.st
+    integrate_all(st_.sessions)
+    detect_all(st_.sessions, st_.policies.current, st_.now)
+    alerts = world.env.get("dave", "/api/v1/alerts",
+                           params={"rule": "gateway_escalation"}).json()["items"]
+    mine = [a for a in alerts if a["subject"] == f"grant:{grant['id']}"]
+    assert sorted(a["data"]["escalation"] for a in mine) == ["identity", "server"]
+    assert all(a["severity"] == "high" and len(a["evidence"]) == 1 for a in mine)
+    assert world.env.get("alice", f"/api/v1/grants/{grant['id']}").json()["alerts"] is None
+    shown = world.env.get("dave", f"/api/v1/grants/{grant['id']}").json()
+    assert sorted(a["rule"] for a in shown["alerts"] if a["rule"] != "off_hours") == [
+        "gateway_escalation", "gateway_escalation", "scope_violation", "scope_violation",
+        "scope_violation"]
