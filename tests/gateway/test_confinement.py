@@ -466,3 +466,136 @@ def test_refused_escalations_raise_a_high_alert_visible_on_the_grant(confined: W
     assert sorted(a["rule"] for a in shown["alerts"] if a["rule"] != "off_hours") == [
         "gateway_escalation", "gateway_escalation", "scope_violation", "scope_violation",
         "scope_violation"]
+
+
+# ------------------------------------------------------------------ the smaller holes
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return pq.message(kind, body)
+
+
+def _bind_execute_sync(name: bytes, params: list[bytes] | None = None) -> bytes:
+    values = params or []
+    bind = b"\0" + name + b"\0" + struct.pack("!h", 0) + struct.pack("!h", len(values))
+    for v in values:
+        bind += struct.pack("!i", len(v)) + v
+    bind += struct.pack("!h", 0)
+    return _msg(b"B", bind) + _msg(b"E", b"\0" + struct.pack("!i", 0)) + _msg(b"S", b"")
+
+
+def test_a_refused_reparse_of_a_named_statement_records_what_really_runs(
+        confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    raw, _ = login(world, token)
+    with raw:
+        raw.send(pq.parse_message(b"s1", b"select 41 + 1") + _msg(b"S", b""))
+        assert error_of(raw.until("Z")) is None
+        raw.send(pq.parse_message(b"s1", b"delete from orders") + _msg(b"S", b""))
+        assert refused_with_42501(raw.until("Z"))
+        raw.send(_bind_execute_sync(b"s1"))  # the server still holds the first s1
+        answer = raw.until("Z")
+        assert error_of(answer) is None and rows(answer) == [["42"]]
+    ran = [s for s in world.statements(grant["id"]) if s["protocol"] == "extended"]
+    assert [s["text"] for s in ran] == ["select 41 + 1"]
+    assert world.target("select count(*) from orders") == [(100,)]
+
+
+def test_parameters_that_are_not_utf8_are_recorded_as_sent() -> None:
+    from accord.gateway.conversation import render_params
+
+    bind = (b"\0\0" + struct.pack("!h", 0) + struct.pack("!h", 2)
+            + struct.pack("!i", 2) + b"ok" + struct.pack("!i", 2) + b"\x81\\"
+            + struct.pack("!h", 0))
+    assert render_params(bind) == ["ok", "\\x815c"]  # never "repaired" to U+FFFD
+
+
+def test_refused_logins_are_anonymous_and_a_flood_is_summarised(confined: World) -> None:
+    world = confined
+    clock = [1000.0]
+    world.gateway.refusals = proxy.RefusalBudget(3, clock=lambda: clock[0])
+    before = len(world.events("gateway.login_refused"))
+    for _ in range(8):
+        with pytest.raises(psycopg.OperationalError, match="not a valid"):
+            world.connect({"user": "carol", "token": "acg_flood"})
+    refused = world.events("gateway.login_refused")[before:]
+    assert len(refused) == 3  # the budget; the other 5 are only counted
+    assert all(r["actor"] == {"kind": "anonymous", "id": "unauthenticated", "via": "gateway"}
+               and r["data"]["user"] == "carol" for r in refused)
+    clock[0] += proxy.RefusalBudget.WINDOW  # the minute is over: the watcher records the rest
+    deadline = threading.Event()
+    for _ in range(500):
+        summaries = world.events("gateway.logins_suppressed")
+        if summaries:
+            break
+        deadline.wait(0.02)
+    (summary,) = summaries
+    assert summary["data"]["count"] == 5 and summary["data"]["client"] == "127.0.0.1"
+    assert summary["actor"]["kind"] == "anonymous"
+
+
+# ------------------------------------------------------------------ shared credentials
+
+
+def test_policy_check_warns_about_shared_upstream_logins(confined: World, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from typer.testing import CliRunner
+
+    from accord.cli.main import app
+    from tests.gateway.conftest import DSN_ENV, policy_text
+
+    world = confined
+    careful = f"accord_careful_{secrets.token_hex(4)}"
+    with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {careful} LOGIN CREATEROLE")
+        conn.execute(f"GRANT pg_read_server_files TO {careful}")
+    try:
+        base = world.target_dsn.rsplit("/", 1)[0]
+        monkeypatch.setenv("SHARED_SUPER_DSN", world.target_dsn)
+        monkeypatch.setenv("SHARED_CAREFUL_DSN", f"{base.replace('postgres@', careful + '@')}"
+                                                 f"/{world.database}")
+        monkeypatch.setenv(DSN_ENV, world.target_dsn)
+        extra = """\
+  - {name: shared-super, roles: [read], gateway: {dsn_env: SHARED_SUPER_DSN}}
+  - {name: shared-careful, roles: [read], gateway: {dsn_env: SHARED_CAREFUL_DSN}}
+"""
+        path = tmp_path / "accord.yaml"
+        path.write_text(policy_text(world.resource, world.database, extra=extra))
+        runner = CliRunner()
+        result = runner.invoke(app, ["policy", "check", str(path)])
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.output.split())  # as read, whatever the terminal's width
+        assert "shared-super: the gateway's shared login postgres is a superuser" in said
+        assert f"shared-careful: the gateway's shared login {careful} has CREATEROLE" in said
+        assert "is a member of pg_read_server_files" in said
+        assert f"resource {world.resource}:" not in said  # its roles log in per role
+        assert runner.invoke(app, ["policy", "check", "--strict", str(path)]).exit_code == 1
+        quiet = runner.invoke(app, ["policy", "check", "--offline", "--strict", str(path)])
+        assert quiet.exit_code == 0 and "warning" not in quiet.output
+    finally:
+        with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {careful}")
+
+
+def test_the_grants_page_shows_a_grants_alerts_to_readers(confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    raw, _ = login(world, token)
+    with raw:
+        assert refused_with_42501(raw.query("SET ROLE postgres"))
+    world.flush()
+    st_ = world.env.st
+    integrate_all(st_.sessions)
+    detect_all(st_.sessions, st_.policies.current, st_.now)
+    from tests.web.test_pages import Browser, login_form
+
+    b = Browser(world.env)
+    r = b.post("/login/token", {"token": world.env.tokens["dave"], "csrf": login_form(b)})
+    assert r.status_code == 303, r.text
+    html = b.get("/grants").text
+    row = html.split(f'id="grant-{grant["id"]}"', 1)[1].split("</tr>", 1)[0]
+    assert "alert" in row and 'href="/alerts"' in row

@@ -46,8 +46,20 @@ def db_upgrade() -> None:
 
 
 @policy_app.command("check")
-def policy_check(path: Annotated[Path, typer.Argument(help="The accord.yaml to check.")]) -> None:
-    """Validate a policy file; print every error with its path and exit 1 if any."""
+def policy_check(
+    path: Annotated[Path, typer.Argument(help="The accord.yaml to check.")],
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 1 on warnings too.")] = False,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Do not connect to the gateway's upstream databases.")] = False,
+) -> None:
+    """Validate a policy file; print every error with its path and exit 1 if any.
+
+    Also warns (exit 1 with --strict) when a resource reached through the gateway with
+    shared upstream credentials gives them more than a grant should hold: superuser,
+    CREATEROLE, BYPASSRLS, the pg_*_server_* roles, or membership in several roles. It
+    connects to those databases with the configured DSNs; --offline skips that.
+    """
     try:
         loaded = load_policy_file(path)
     except PolicyError as exc:
@@ -56,12 +68,35 @@ def policy_check(path: Annotated[Path, typer.Argument(help="The accord.yaml to c
         err.print(f"{len(exc.problems)} error(s)", style="red")
         raise typer.Exit(1) from None
     policy = Policy(loaded)
+    warnings = [] if offline else _shared_login_warnings(policy)
+    for warning in warnings:
+        err.print(f"{path}: warning: {warning}", markup=False, highlight=False)
     out.print(
         f"{path}: ok: {len(policy.users)} users, {len(policy.groups)} groups, "
         f"{len(policy.resources)} resources, {len(policy.workflows)} workflows; "
-        f"version {policy.version}",
+        f"version {policy.version}" + (f"; {len(warnings)} warning(s)" if warnings else ""),
         markup=False, highlight=False,
     )
+    if warnings and strict:
+        raise typer.Exit(1)
+
+
+def _shared_login_warnings(policy: Policy) -> list[str]:
+    """The gateway's shared upstream logins that hold more than a grant should."""
+    if policy.loaded.spec.gateway is None:
+        return []
+    from accord.gateway.service import reachable
+    from accord.gateway.upstream import UpstreamError, shared_login_risks, uses_gateway_login
+
+    out: list[str] = []
+    for spec in policy.resources.values():
+        if not reachable(spec) or all(uses_gateway_login(spec, r) for r in spec.roles):
+            continue
+        try:
+            out += shared_login_risks(spec)
+        except UpstreamError as exc:
+            out.append(f"{exc.message} (--offline skips this)")
+    return out
 
 
 @token_app.command("issue")

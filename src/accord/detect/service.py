@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from accord.detect.models import Alert, AlertStatus, DetectorCursor
@@ -178,6 +178,17 @@ def alerts_about(session: Session, *, subject: str, limit: int = 100) -> list[Al
     """The alerts raised about one subject (`grant:12`), oldest first."""
     return list(session.execute(select(Alert).where(Alert.subject == subject)
                                 .order_by(Alert.id).limit(limit)).scalars())
+
+
+def open_alert_counts(session: Session, *, subjects: list[str]) -> dict[str, int]:
+    """How many alerts not yet resolved each subject has (subjects without any: absent)."""
+    if not subjects:
+        return {}
+    rows = session.execute(
+        select(Alert.subject, func.count()).where(
+            Alert.subject.in_(subjects), Alert.status != AlertStatus.RESOLVED)
+        .group_by(Alert.subject)).all()
+    return {str(subject): int(n) for subject, n in rows}
 
 
 def as_dict(alert: Alert) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -154,6 +154,70 @@ class Target:
         return f"{self.host}/.s.PGSQL.{self.port}" if self.host.startswith("/") else None
 
 
+def uses_gateway_login(spec: ResourceSpec, role: str) -> bool:
+    """Whether sessions of `role` log in as the gateway's own login for that role (else as
+    the shared credentials, the ceiling of every grant on the resource)."""
+    g = spec.gateway
+    shared = g is not None and bool(g.dsn_env or g.dsn_file)
+    return not shared and isinstance(spec.provision, PostgresTarget) \
+        and role in spec.provision.roles
+
+
+# Roles whose privileges reach the server's operating system or files.
+SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+
+
+def shared_login_risks(spec: ResourceSpec, env: Mapping[str, str] | None = None) -> list[str]:
+    """What the shared upstream login of `spec` holds beyond what a grant should: one line
+    each (empty: nothing found). Connects to the database (raises UpstreamError)."""
+    target = target_for(spec, next(iter(spec.roles)), env)
+    groups = {group_name(spec.name, r) for r in spec.roles}
+    params: dict[str, Any] = {
+        "host": target.host, "port": target.port, "user": target.user,
+        "dbname": target.database, "sslmode": target.sslmode, "connect_timeout": 5,
+        "application_name": "accord policy check"}
+    if target.password:
+        params["password"] = target.password
+    if target.sslrootcert:
+        params["sslrootcert"] = target.sslrootcert
+    try:
+        with psycopg.connect(**params, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT rolsuper, rolcreaterole, rolbypassrls, rolreplication FROM pg_roles "
+                "WHERE rolname = current_user").fetchone()
+            server = [r for (r,) in conn.execute(
+                "SELECT r FROM unnest(%s::text[]) r WHERE "
+                "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) "
+                "AND pg_has_role(current_user, r, 'MEMBER')", (list(SERVER_ROLES),))]
+            member_of = sorted(r for (r,) in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname <> current_user "
+                "AND rolname NOT LIKE 'pg\\_%' AND pg_has_role(current_user, oid, 'MEMBER')"))
+    except psycopg.Error:
+        # libpq's messages may quote the DSN: say only where
+        raise UpstreamError("08006", f"resource {spec.name}: cannot connect to "
+                                     f"{target.host}:{target.port} as {target.user} to "
+                                     f"inspect the shared login") from None
+    who = f"resource {spec.name}: the gateway's shared login {target.user}"
+    out: list[str] = []
+    if row is not None and row[0]:
+        out.append(f"{who} is a superuser: a session that gets past the gateway's parser "
+                   f"can run programs as the server's OS user")
+    else:
+        if row is not None and row[1]:
+            out.append(f"{who} has CREATEROLE: a session could grant itself any role")
+        if row is not None and row[2]:
+            out.append(f"{who} has BYPASSRLS: row-level security does not apply to it")
+        if server:
+            out.append(f"{who} is a member of {', '.join(server)}: server files or programs "
+                       f"are within reach")
+    beyond = [r for r in member_of if r not in groups]
+    if beyond or len([r for r in member_of if r in groups]) > 1:
+        out.append(f"{who} is a member of {', '.join(member_of)}: every grant on "
+                   f"{spec.name} has it as its ceiling (RESET ROLE reaches it); provision the "
+                   f"roles (provision.type postgres) so that the gateway logs in per role")
+    return out
+
+
 def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = None,
                secrets: SecretBox | None = None) -> Target:
     """Where and as whom to connect for a grant of `role` on `spec` (raises UpstreamError).
@@ -191,8 +255,7 @@ def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = No
     base = Target(host=host, port=port, user=user, password=password, database=database,
                   sslmode=str(params.get("sslmode") or "prefer"),
                   sslrootcert=str(params["sslrootcert"]) if params.get("sslrootcert") else None)
-    if not shared and provision is not None and role in provision.roles \
-            and secrets is not None:
+    if uses_gateway_login(spec, role) and secrets is not None:
         login = gateway_login_name(spec.name, role)
         return replace(base, user=login, gateway_login=role,
                        password=secrets.derive(f"postgres gateway login {login}"))

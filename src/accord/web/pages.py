@@ -622,8 +622,11 @@ def grants_page(request: Request, session: Session = Depends(db),
         can_revoke = (viewer.principal.is_admin
                       or viewer.user in viewer.principal.policy.owners_of(g.resource))
         mine_or_revocable.append((g, g.user == viewer.user, can_revoke))
+    # Open alerts about each grant (its gateway sessions' refusals), for those who read alerts.
+    alerts = detect.open_alert_counts(session, subjects=[f"grant:{g.id}" for g in rows]) \
+        if viewer.principal.can_read_all else {}
     _commit_read(session)
-    return page(request, "grants.html", viewer, grants=mine_or_revocable)
+    return page(request, "grants.html", viewer, grants=mine_or_revocable, alerts=alerts)
 
 
 # ---------------------------------------------------------------- alerts
