@@ -642,7 +642,8 @@ def alerts_page(request: Request, session: Session = Depends(db),
     rows = detect.list_alerts(session, status=None if status == "all" else status,
                               before_id=before, limit=PAGE + 1)
     more = rows[PAGE - 1].id if len(rows) > PAGE else None
-    items = [detect.as_dict(a) for a in rows[:PAGE]]
+    # No buttons on an alert about the viewer: the service refuses them anyway.
+    items = [{**detect.as_dict(a), "mine": viewer.user in detect.about(a)} for a in rows[:PAGE]]
     _commit_read(session)
     return page(request, "alerts.html", viewer, items=items, current=status,
                 more_url=f"/alerts?status={status}&before={more}" if more else None)
