@@ -402,7 +402,13 @@ FORMS: dict[str, tuple[str, Any]] = {
     "relinquish": ("alice", _on_grant("relinquish")),
     "extend": ("alice", _on_grant("extend", duration="30m", reason="the migration overran")),
     "logout": ("alice", lambda env: ("/logout", {})),
+    "end-session": ("carol", lambda env: (f"/sessions/{_signed_in(env, 'alice')}/end", {})),
 }
+
+
+def _signed_in(env: Env, user: str) -> int:
+    login(env, user)
+    return session_rows(env)[-1].id
 
 
 @pytest.mark.parametrize("form", list(FORMS))
