@@ -24,7 +24,7 @@ def test_create_approve_show_round_trip(live: LiveServer) -> None:
                        "-r", "INC-42 missing orders", "--json")
     assert code == 0, out
     req = json.loads(out)
-    assert (req["status"], req["duration_seconds"], req["created_via"]) == ("pending", 5400, "cli")
+    assert (req["status"], req["duration_seconds"], req["created_via"]) == ("pending", 5400, "api")
 
     code, out, _ = run(live, "bob", "request", "list", "--awaiting-me", "--json")
     assert code == 0
@@ -40,7 +40,7 @@ def test_create_approve_show_round_trip(live: LiveServer) -> None:
     for text in ("orders-db", "bob", "carol", "prod"):
         assert text in out
     decisions = json.loads(run(live, "alice", "request", "show", str(req["id"]), "--json")[1])
-    assert [a["via"] for s in decisions["steps"] for a in s["approvals"]] == ["cli", "cli"]
+    assert [a["via"] for s in decisions["steps"] for a in s["approvals"]] == ["api", "api"]
 
     code, out, _ = run(live, "alice", "grant", "list", "--json")
     assert code == 0

@@ -44,3 +44,20 @@ def test_emergency_flag_needs_break_glass(live: LiveServer) -> None:
     code, _, err = run(live, "frank", "request", "review", "1", "--verdict", "justified",
                        "--note", "n/a")
     assert code == 1
+
+
+def test_an_admin_cannot_ack_or_resolve_an_alert_about_themselves(live: LiveServer) -> None:
+    env = live.env
+    env.clock.value = WEDNESDAY_10
+    rid = env.ask("frank")["id"]
+    assert env.act("frank", rid, "approve").status_code == 403  # frank's own request
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+    code, out, _ = run(live, "dave", "alert", "list", "--rule", "self_approval", "--json")
+    (alert,) = json.loads(out)["items"]
+    aid = str(alert["id"])
+    code, out, err = run(live, "frank", "alert", "ack", aid, "--note", "mine")
+    assert (code, out) == (1, "") and "is about you (frank)" in err
+    code, out, err = run(live, "frank", "alert", "resolve", aid, "--note", "only me")
+    assert (code, out) == (1, "") and "another admin must resolve it" in err
+    code, out, _ = run(live, "carol", "alert", "resolve", aid, "--note", "frank testing")
+    assert code == 0 and "resolved" in out

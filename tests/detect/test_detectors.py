@@ -174,3 +174,43 @@ def test_an_unused_grant_is_flagged_when_it_ends(sessions: Any, tmp_path: Any) -
         # only the grant on the resource the gateway serves: elsewhere use is invisible
         assert [a["subject"] for a in found] == [f"grant:{gw['grant']['id']}"]
         assert found[0]["resource"] == "gw-db" and found[0]["severity"] == "low"
+
+
+def test_an_admin_never_closes_an_alert_about_themselves(env: Env) -> None:
+    at_work(env)
+    rid = env.ask("frank")["id"]  # frank is an admin
+    assert env.act("frank", rid, "approve").status_code == 403
+    run(env)
+    [alert] = alerts(env, rule="self_approval")
+    aid = alert["id"]
+    assert alert["user"] == "frank"
+    for verb, body in (("acknowledge", {"comment": "on it"}),
+                       ("resolve", {"comment": "it was only me testing"})):
+        r = env.post("frank", f"/api/v1/alerts/{aid}/{verb}", json=body)
+        assert r.status_code == 403, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert "about you (frank)" in r.json()["detail"]
+        assert "another admin" in r.json()["detail"]
+    assert alerts(env, rule="self_approval")[0]["status"] == "open"
+    assert [e["type"] for e in env.events(subject=f"alert:{aid}")] == ["alert.raised"]
+    # another admin still can
+    r = env.post("carol", f"/api/v1/alerts/{aid}/acknowledge", json={"comment": "asking"})
+    assert r.status_code == 200 and r.json()["acknowledged_by"] == "carol"
+    assert env.post("frank", f"/api/v1/alerts/{aid}/resolve",
+                    json={"comment": "carol is on it"}).status_code == 403
+    r = env.post("carol", f"/api/v1/alerts/{aid}/resolve", json={"comment": "frank was testing"})
+    assert r.status_code == 200 and r.json()["resolved_by"] == "carol"
+
+
+def test_the_requester_a_fast_approval_favoured_does_not_close_its_alert(env: Env) -> None:
+    at_work(env)
+    rid = env.ask("carol", resource="staging-db", role="write")["id"]  # carol is an admin
+    env.clock.advance(seconds=2)
+    assert env.act("bob", rid, "approve").status_code == 200
+    run(env)
+    [alert] = alerts(env, rule="rubber_stamp")
+    assert alert["user"] == "bob" and alert["data"]["requester"] == "carol"
+    r = env.post("carol", f"/api/v1/alerts/{alert['id']}/resolve", json={"comment": "fine"})
+    assert r.status_code == 403 and "about you (carol)" in r.json()["detail"]
+    r = env.post("frank", f"/api/v1/alerts/{alert['id']}/resolve", json={"comment": "ok"})
+    assert r.status_code == 200, r.text

@@ -56,7 +56,7 @@ def test_show_then_change_keeps_what_the_options_do_not_mention(live: LiveServer
                                                                      None)
     changes = [e for e in live.env.events(type="notification.preferences_changed")
                if e["data"]["user"] == "alice"]
-    assert len(changes) == 3 and {e["actor"]["via"] for e in changes} == {"cli"}
+    assert len(changes) == 3 and {e["actor"]["via"] for e in changes} == {"api"}
 
 
 def test_refusals_print_the_servers_reason_and_exit_1(live: LiveServer) -> None:

@@ -46,7 +46,7 @@ def test_review_commands(live: LiveServer, tmp_path: Path) -> None:
     shown = json.loads(out)
     assert {e["user"]: e["status"] for e in shown["entries"]} == {
         "alice": "certified", "carol": "revoked", "erin": "pending", "gina": "certified"}
-    assert all(e["decided_via"] == "cli" for e in shown["entries"] if e["decided_by"])
+    assert all(e["decided_via"] == "api" for e in shown["entries"] if e["decided_by"])
 
     code, out, _ = run(live, "dave", "review", "report", rid, "--format", "csv")
     assert code == 0 and out.startswith("entry_id,user,resource") and "left the team" in out

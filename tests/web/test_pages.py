@@ -402,7 +402,13 @@ FORMS: dict[str, tuple[str, Any]] = {
     "relinquish": ("alice", _on_grant("relinquish")),
     "extend": ("alice", _on_grant("extend", duration="30m", reason="the migration overran")),
     "logout": ("alice", lambda env: ("/logout", {})),
+    "end-session": ("carol", lambda env: (f"/sessions/{_signed_in(env, 'alice')}/end", {})),
 }
+
+
+def _signed_in(env: Env, user: str) -> int:
+    login(env, user)
+    return session_rows(env)[-1].id
 
 
 @pytest.mark.parametrize("form", list(FORMS))
@@ -1120,3 +1126,37 @@ def test_live_updates_stream_server_sent_events(env: Env) -> None:
     bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m["body"]]
     assert bodies[:2] == [f"retry: 2000\nid: {mark}\n\n".encode(),
                           f"event: change\nid: {mark}\ndata: {mark}\n\n".encode()]
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def test_an_admin_is_not_offered_and_cannot_close_an_alert_about_themselves(env: Env) -> None:
+    from accord.worker.job_runner import detect_all
+
+    rid = env.ask("frank")["id"]  # frank is an admin
+    assert env.act("frank", rid, "approve").status_code == 403  # his own request
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+    [alert] = env.get("dave", "/api/v1/alerts", params={"rule": "self_approval"}).json()["items"]
+    aid = alert["id"]
+    frank, carol = login(env, "frank"), login(env, "carol")
+
+    page = frank.get("/alerts")
+    is_html_page(page, 200)
+    assert f"#{aid}" in page.text and "This alert is about you" in text_of(page)
+    assert f'action="/alerts/{aid}/resolve"' not in page.text
+    assert f'formaction="/alerts/{aid}/acknowledge"' not in page.text
+    before = snapshot(env)
+    for verb in ("acknowledge", "resolve"):
+        r = frank.post(f"/alerts/{aid}/{verb}", {"note": "it was me testing"})
+        is_html_page(r, 403)
+        assert "is about you (frank)" in text_of(r)
+    assert snapshot(env) == before
+
+    page = carol.get("/alerts")
+    assert f'action="/alerts/{aid}/resolve"' in page.text
+    assert "This alert is about you" not in text_of(page)
+    r = carol.post(f"/alerts/{aid}/resolve", {"note": "frank was testing the rule"})
+    assert r.status_code == 303, r.text
+    [resolved] = env.events(type="alert.resolved")
+    assert resolved["actor"] == {"kind": "user", "id": "carol", "via": "web"}

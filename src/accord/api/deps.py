@@ -23,7 +23,6 @@ from accord.provisioning.registry import Connectors
 from accord.provisioning.secrets import SecretBox
 from accord.requests.service import Caller
 
-CLIENT_VIAS = {"cli": Via.CLI, "web": Via.WEB, "api": Via.API}
 MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; anything larger names nothing
 _CURSOR = re.compile(r"[0-9]{1,18}")
 
@@ -149,8 +148,9 @@ async def principal(request: Request, session: Session = Depends(db)) -> Princip
         token_id, user = hit.token_id, hit.user
     else:
         token_id, user = await run_in_threadpool(_check_token, session, st, token)
-    via = CLIENT_VIAS.get(request.headers.get("x-accord-client", "api"), Via.API)
-    return Principal(user, frozenset(policy.roles_of(user)), via, policy, token_id)
+    # `via` says how the caller proved who they are, so it never comes from a header the
+    # caller chose: a bearer token is the API, whichever program sent it.
+    return Principal(user, frozenset(policy.roles_of(user)), Via.API, policy, token_id)
 
 
 async def require_admin(who: Principal = Depends(principal)) -> Principal:

@@ -1,9 +1,9 @@
 """A small HTTP client for the Accord API, used by the CLI commands.
 
 It reads `ACCORD_URL` and `ACCORD_TOKEN` through `Settings.from_env()`, sends the
-token as a bearer token and `X-Accord-Client: cli` (so the server records via=cli),
-and turns every failure into a `ClientError` with a message meant for the user.
-The token never appears in a message.
+token as a bearer token (the server records what it does with `via: api`), and turns
+every failure into a `ClientError` with a message meant for the user. The token never
+appears in a message.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import httpx
 
+from accord import __version__
 from accord.config import Secret, Settings, redact_url
 
 API_PREFIX = "/api/v1"
@@ -85,7 +86,10 @@ class AccordClient:
                 base_url=self.url + API_PREFIX,
                 transport=transport,
                 timeout=timeout,
-                headers={"X-Accord-Client": "cli", "Accept": "application/json"},
+                # Who is calling is for logs only; the ledger says `via: api` for every
+                # bearer token, whatever program sent it.
+                headers={"User-Agent": f"accord-cli/{__version__}",
+                         "Accept": "application/json"},
                 follow_redirects=False,
             )
         except httpx.InvalidURL:

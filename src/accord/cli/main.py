@@ -12,6 +12,7 @@ from accord.gateway import cli as gateway_cli
 from accord.notify.cli import notify_app
 from accord.reports.cli import report_app
 from accord.reviews.cli import review_app
+from accord.web.cli import session_app
 
 app = typer.Typer(
     name="accord",
@@ -33,6 +34,7 @@ app.add_typer(alert_app, name="alert")
 app.add_typer(notify_app, name="notify")
 app.add_typer(report_app, name="report")
 app.add_typer(review_app, name="review")
+app.add_typer(session_app, name="session")
 
 if __name__ == "__main__":
     app()

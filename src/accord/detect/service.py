@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from accord.detect.models import Alert, AlertStatus, DetectorCursor
 from accord.detect.rules import BY_TYPE, NEEDS_REQUEST, Finding, RequestFacts, Scan
-from accord.errors import Conflict, Invalid, NotFound
+from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
@@ -98,10 +98,29 @@ def get(session: Session, *, alert_id: int, lock: bool = False) -> Alert:
     return alert
 
 
+def about(alert: Alert) -> frozenset[str]:
+    """The people an alert is about: whose behaviour raised it (`user`), a `user:` subject,
+    and the requester a fast approval favoured. None of them may close it."""
+    people = {alert.user} if alert.user else set()
+    if alert.subject and alert.subject.startswith("user:"):
+        people.add(alert.subject.removeprefix("user:"))
+    requester = (alert.data or {}).get("requester")
+    if isinstance(requester, str) and requester:
+        people.add(requester)
+    return frozenset(people)
+
+
+def _not_about(alert: Alert, actor: Actor, verb: str) -> None:
+    if actor.kind == "user" and actor.id in about(alert):
+        raise Forbidden(f"alert {alert.id} is about you ({actor.id}): another admin must "
+                        f"{verb} it, so nobody closes the case against themselves")
+
+
 def acknowledge(session: Session, *, alert_id: int, actor: Actor, note: str,
                 now: datetime) -> Alert:
-    """Someone is looking at it."""
+    """Someone is looking at it (never someone it is about)."""
     alert = get(session, alert_id=alert_id, lock=True)
+    _not_about(alert, actor, "acknowledge")
     if alert.status != AlertStatus.OPEN:
         raise Conflict(f"alert {alert.id} is {alert.status}; only an open alert is "
                        "acknowledged")
@@ -117,8 +136,10 @@ def acknowledge(session: Session, *, alert_id: int, actor: Actor, note: str,
 
 def resolve(session: Session, *, alert_id: int, actor: Actor, note: str, now: datetime,
             policy: Policy | None = None) -> Alert:
-    """Close it, saying why. A break-glass alert closes only through its review."""
+    """Close it, saying why (never someone it is about). A break-glass alert closes only
+    through its review."""
     alert = get(session, alert_id=alert_id, lock=True)
+    _not_about(alert, actor, "resolve")
     if alert.status == AlertStatus.RESOLVED:
         raise Conflict(f"alert {alert.id} was already resolved by {alert.resolved_by}")
     if not note.strip():

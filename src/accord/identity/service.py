@@ -17,6 +17,7 @@ from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, format_time
 from accord.policy.engine import Policy
+from accord.web import service as web_sessions
 
 TOKEN_PREFIX = "acc_"
 
@@ -133,6 +134,8 @@ def list_tokens(session: Session, *, user: str | None) -> list[ApiToken]:
 def revoke(
     session: Session, *, token_id: int, actor: Actor, now: datetime, admin: bool
 ) -> ApiToken:
+    """Revoke a token, and end the web sessions opened with it. The caller commits, then
+    forgets the token in `TokenCache` and its sessions in the web's session cache."""
     row = session.get(ApiToken, token_id)
     if row is None or (not admin and row.user != actor.id):
         raise NotFound(f"token {token_id} does not exist or is not yours")
@@ -148,5 +151,7 @@ def revoke(
         data={"token_id": row.id, "user": row.user, "prefix": row.prefix},
         time=now,
     )
+    # A browser session opened with this token ends with it, in the same transaction.
+    web_sessions.end_for_token(session, token_id=row.id, actor=actor, now=now)
     session.flush()
     return row

@@ -1,17 +1,30 @@
-"""HTTP API for the caller's identity, the catalog, and API tokens."""
+"""HTTP API for the caller's identity, the catalog, API tokens and web sessions."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, known_id, principal, state
+from accord.api.deps import (
+    AppState,
+    Principal,
+    db,
+    known_id,
+    parse_cursor,
+    principal,
+    require_admin,
+    state,
+)
 from accord.errors import Forbidden
 from accord.identity import service
 from accord.identity.models import ApiToken
+from accord.web import service as web_sessions
+from accord.web.auth import CACHE as WEB_CACHE
+from accord.web.models import WebSession
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
@@ -91,4 +104,70 @@ def revoke_token(
     out = TokenOut.of(row)
     session.commit()
     st.tokens.forget(row.id)
+    WEB_CACHE.forget_token(row.id)  # its browser sessions ended in that transaction
+    return out
+
+
+class SessionOut(BaseModel):
+    """A browser session; never its cookie, nor the cookie's hash."""
+
+    id: int
+    user: str
+    method: str = Field(description="how it signed in: token, oidc or local (demo)")
+    token_id: int | None = Field(description="the API token a `token` session lives by")
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    state: Literal["live", "ended", "expired"]
+
+    @classmethod
+    def of(cls, row: WebSession, now: datetime) -> SessionOut:
+        state: Literal["live", "ended", "expired"] = (
+            "ended" if row.ended_at is not None else
+            "expired" if row.expires_at <= now else "live")
+        return cls(id=row.id, user=row.user, method=row.method, token_id=row.token_id,
+                   created_at=row.created_at, expires_at=row.expires_at,
+                   ended_at=row.ended_at, state=state)
+
+
+class SessionPage(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None
+
+
+@router.get("/sessions", response_model=SessionPage, tags=["sessions"])
+def list_sessions(
+    user: str | None = None,
+    include_ended: bool = False,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+    who: Principal = Depends(require_admin),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> SessionPage:
+    """Web sessions, newest first: live ones, or all with `include_ended` (admins)."""
+    now = st.now()
+    rows = web_sessions.list_sessions(session, now=now, user=user, include_ended=include_ended,
+                                      before_id=parse_cursor(cursor), limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return SessionPage(items=[SessionOut.of(r, now) for r in rows],
+                       next_cursor=str(rows[-1].id) if more and rows else None)
+
+
+@router.delete("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
+def end_session(
+    session_id: int,
+    who: Principal = Depends(require_admin),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> SessionOut:
+    """End a web session now (admins); recorded as `web.logout`. Ending an ended or
+    expired session changes nothing."""
+    now = st.now()
+    row = web_sessions.end_by_admin(session, session_id=known_id(session_id, "session"),
+                                    actor=who.caller.actor, now=now)
+    out = SessionOut.of(row, now)
+    session.commit()
+    WEB_CACHE.forget(row.digest)
     return out

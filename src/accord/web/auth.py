@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote, urlsplit
@@ -49,22 +50,26 @@ class _Cached:
     csrf: str
     method: str
     expires_at: datetime
+    token_id: int | None
     at: float
 
 
 class SessionCache:
     """Recently verified cookies (1 s): a page and its live updates need not each query.
-    Logout forgets the entry at once in this process; other replicas within 1 s."""
+    Logout, an admin ending a session and revoking its token forget the entry at once in
+    this process; other replicas see the end within `ttl`."""
 
-    def __init__(self, ttl: float = 1.0) -> None:
+    def __init__(self, ttl: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
+        self.clock = clock
         self._items: dict[str, _Cached] = {}
         self._lock = threading.Lock()
 
     def get(self, digest: str) -> _Cached | None:
         with self._lock:
             hit = self._items.get(digest)
-            if hit is not None and time.monotonic() - hit.at > self.ttl:
+            if hit is not None and self.clock() - hit.at > self.ttl:
                 del self._items[digest]
                 return None
             return hit
@@ -78,6 +83,12 @@ class SessionCache:
     def forget(self, digest: str) -> None:
         with self._lock:
             self._items.pop(digest, None)
+
+    def forget_token(self, token_id: int) -> None:
+        """Drop the sessions opened with a token that was just revoked."""
+        with self._lock:
+            for key in [k for k, v in self._items.items() if v.token_id == token_id]:
+                del self._items[key]
 
 
 CACHE = SessionCache()
@@ -112,11 +123,14 @@ def viewer_of(request: Request, session: Session, st: AppState) -> Viewer | None
     hit = CACHE.get(digest)
     if hit is None:
         row = service.lookup(session, cookie=cookie, now=now)
-        if session.get_bind().dialect.name == "sqlite":
-            session.commit()  # do not hold SQLite's write lock for a read
+        # Commit a refusal: the lookup may have ended (and recorded) a session whose token
+        # is gone. On SQLite commit anyway, not to hold its write lock for a read.
+        if row is None or session.get_bind().dialect.name == "sqlite":
+            session.commit()
         if row is None:
             return None
-        hit = _Cached(row.user, row.id, row.csrf, row.method, row.expires_at, time.monotonic())
+        hit = _Cached(row.user, row.id, row.csrf, row.method, row.expires_at, row.token_id,
+                      CACHE.clock())
         CACHE.put(digest, hit)
     if hit.expires_at <= now:
         return None

@@ -7,6 +7,7 @@ is the same whichever way a person acts; only `via` says "web".
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.views import _visible as visible_grants
 from accord.identity import service as identity
+from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.requests import service as requests
@@ -61,7 +63,7 @@ MESSAGES = {  # what a redirect after a successful form says (never text from th
     "relinquish": "Access given up.", "revoke": "Access revoked.",
     "extend": "Extension requested.", "created": "Request filed.",
     "acknowledge": "Alert acknowledged.", "resolve": "Alert resolved.",
-    "review": "Review recorded.",
+    "review": "Review recorded.", "end": "Session ended.",
 }
 STREAM_SECONDS = 60
 ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
@@ -103,7 +105,7 @@ def _commit_read(session: Session) -> None:
 
 def _set_session_cookie(response: Response, request: Request, value: str,
                         ttl: timedelta) -> None:
-    response.set_cookie(sessions.COOKIE, value, max_age=int(ttl.total_seconds()),
+    response.set_cookie(sessions.COOKIE, value, max_age=math.ceil(ttl.total_seconds()),
                         httponly=True, secure=_secure(request), samesite="lax", path="/")
 
 
@@ -136,13 +138,15 @@ def _check_pre(request: Request, sent: str) -> None:
 
 
 def _logged_in(request: Request, session: Session, st: AppState, *, user: str, method: str,
-               next_url: str, details: dict[str, Any] | None = None) -> Response:
-    ttl = st.policies.current.loaded.spec.web.session_ttl
-    started = sessions.start(session, user=user, method=method, now=st.now(), ttl=ttl,
-                             details=details)
+               next_url: str, details: dict[str, Any] | None = None,
+               token: ApiToken | None = None) -> Response:
+    ttl, now = st.policies.current.loaded.spec.web.session_ttl, st.now()
+    started = sessions.start(session, user=user, method=method, now=now, ttl=ttl,
+                             details=details, token=token)
     session.commit()
     response = RedirectResponse(safe_next(next_url), status_code=303)
-    _set_session_cookie(response, request, started.cookie, ttl)
+    # The cookie lasts as long as the session: a token's session may be shorter than the TTL.
+    _set_session_cookie(response, request, started.cookie, started.row.expires_at - now)
     response.delete_cookie(PRE_COOKIE, path="/login")
     return response
 
@@ -166,7 +170,7 @@ def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
         return _login_page(request, st, error=f"That token does not sign you in: {exc.detail}.",
                            status=401)
     return _logged_in(request, session, st, user=row.user, method="token", next_url=next,
-                      details={"token": row.prefix})
+                      details={"token": row.prefix, "token_id": row.id}, token=row)
 
 
 @router.post("/login/demo")
@@ -645,7 +649,8 @@ def alerts_page(request: Request, session: Session = Depends(db),
     rows = detect.list_alerts(session, status=None if status == "all" else status,
                               before_id=before, limit=PAGE + 1)
     more = rows[PAGE - 1].id if len(rows) > PAGE else None
-    items = [detect.as_dict(a) for a in rows[:PAGE]]
+    # No buttons on an alert about the viewer: the service refuses them anyway.
+    items = [{**detect.as_dict(a), "mine": viewer.user in detect.about(a)} for a in rows[:PAGE]]
     _commit_read(session)
     return page(request, "alerts.html", viewer, items=items, current=status,
                 more_url=f"/alerts?status={status}&before={more}" if more else None)
@@ -667,6 +672,39 @@ def alert_action(request: Request, alert_id: str, action: str, csrf: str = Form(
        now=st.now())
     session.commit()
     return RedirectResponse(f"/alerts?done={action}", status_code=303)
+
+
+# ---------------------------------------------------------------- sessions
+
+
+@router.get("/sessions", response_class=HTMLResponse)
+def sessions_page(request: Request, session: Session = Depends(db),
+                  st: AppState = Depends(state)) -> HTMLResponse:
+    viewer = require_viewer(request, session, st)
+    if not viewer.principal.is_admin:
+        raise Forbidden("the sessions page needs the Accord admin role")
+    before = _cursor(request.query_params.get("before"))
+    rows = sessions.list_sessions(session, now=st.now(), before_id=before, limit=PAGE + 1)
+    more = rows[PAGE - 1].id if len(rows) > PAGE else None
+    _commit_read(session)
+    return page(request, "sessions.html", viewer, items=rows[:PAGE],
+                more_url=f"/sessions?before={more}" if more else None)
+
+
+@router.post("/sessions/{session_id}/end")
+def end_session(request: Request, session_id: str, csrf: str = Form(""),
+                session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    if not _digits(session_id) or not 0 < int(session_id) < 2**31:
+        raise NotFound(f"session {session_id} does not exist")
+    if not viewer.principal.is_admin:
+        raise Forbidden("ending sessions needs the Accord admin role")
+    row = sessions.end_by_admin(session, session_id=int(session_id),
+                                actor=viewer.principal.caller.actor, now=st.now())
+    session.commit()
+    CACHE.forget(row.digest)
+    return RedirectResponse("/sessions?done=end", status_code=303)
 
 
 # ---------------------------------------------------------------- audit

@@ -1,0 +1,74 @@
+"""`accord session ...`: list and end browser sessions (admins; talks to ACCORD_URL)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from accord.cli.request import (
+    AllOpt,
+    JsonOpt,
+    LimitOpt,
+    _api,
+    _as_obj,
+    _cell,
+    _dump,
+    _fetch,
+    _out,
+    _say,
+    _table,
+    _when,
+)
+
+session_app = typer.Typer(
+    help="Browser sessions of the web dashboard: list, end (admins; ACCORD_URL).",
+    no_args_is_help=True,
+)
+SessionId = Annotated[int, typer.Argument(help="ID of the session (see `accord session list`).",
+                                          min=1)]
+_METHOD = {"token": "API token", "oidc": "single sign-on", "local": "demo picker"}
+
+
+def _line(s: dict[str, Any]) -> str:
+    return f"session #{s['id']} of {s['user']} ({s['method']}): {s['state']}"
+
+
+@session_app.command("list")
+def list_sessions(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's.")] = None,
+    ended: Annotated[bool, typer.Option("--ended", help="Include ended and expired ones.")]
+    = False,
+    limit: LimitOpt = 50,
+    every: AllOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Web sessions, newest first: the live ones unless --ended (admins). Never cookies."""
+    params: dict[str, Any] = {"user": user, "limit": limit}
+    if ended:
+        params["include_ended"] = "true"
+    with _api() as client:
+        page = _fetch(client, "/sessions", params, every)
+    if as_json:
+        _dump(page)
+        return
+    if not page["items"]:
+        _say("no sessions")
+        return
+    table = _table("ID", "User", "Signed in with", "Created", "Expires", "State")
+    for s in page["items"]:
+        how = _METHOD.get(s["method"], s["method"])
+        if s["token_id"] is not None:
+            how += f" #{s['token_id']}"
+        state = f"{s['state']} {_when(s['ended_at'])}" if s["ended_at"] else s["state"]
+        table.add_row(str(s["id"]), _cell(s["user"]), how, _when(s["created_at"]),
+                      _when(s["expires_at"]), state)
+    _out.print(table)
+
+
+@session_app.command("revoke")
+def revoke(session_id: SessionId, as_json: JsonOpt = False) -> None:
+    """End a session now: that browser is signed out at its next page (admins)."""
+    with _api() as client:
+        s = _as_obj(client.call("DELETE", f"/sessions/{session_id}"))
+    _dump(s) if as_json else _say(_line(s))
