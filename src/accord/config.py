@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cel
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from accord.durations import DurationError, parse_duration
 
@@ -280,9 +280,23 @@ class EmailSpec(_Strict):
     password_env: str | None = None
 
 
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+def _host(host: str) -> str:
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"{host!r} is not a lowercase host name (such as hooks.slack.com, "
+                         "or *.example.com for its subdomains)")
+    return host
+
+
 class SlackSpec(_Strict):
     webhook_url_env: str | None = None
     bot_token_env: str | None = None
+    # Hosts a button click's response_url may name (the worker posts there); "*.x.com"
+    # allows x.com's subdomains. Slack's response URLs are on hooks.slack.com.
+    response_hosts: list[Annotated[str, AfterValidator(_host)]] = Field(
+        default_factory=lambda: ["hooks.slack.com"], min_length=1)
 
 
 class HookSpec(_Strict):
