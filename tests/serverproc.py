@@ -22,8 +22,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], config: Path, log: Path) -> None:
-        self.env, self.config, self.log = env, config, log
+    def __init__(self, env: dict[str, str], config: Path, log: Path,
+                 args: tuple[str, ...] = ()) -> None:
+        self.env, self.config, self.log, self.args = env, config, log, args
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -32,7 +33,7 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [ACCORD, "serve", "--port", str(self.port), "--config", str(self.config),
-                 "--log-level", "warning"], env=self.env, stdout=log, stderr=log)
+                 "--log-level", "warning", *self.args], env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # waiting on another process: nothing to await
             assert self.proc.poll() is None, self.log.read_text()

@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import cel
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from accord.durations import DurationError, parse_duration
 
@@ -50,6 +50,9 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+_N = TypeVar("_N", int, float)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process settings read from the environment (ACCORD_*)."""
@@ -62,6 +65,10 @@ class Settings:
     ledger_key_file: Path
     secrets_key_file: Path
     slack_signing_secret: Secret | None = None
+    # `accord serve`'s HTTP limits against slow or idle clients (docs/api.md)
+    header_timeout: float = 10.0  # seconds to send a request's headers, else 408
+    timeout_keep_alive: int = 5  # seconds a kept-alive connection may idle between requests
+    limit_concurrency: int = 1000  # open connections or running requests, then 503
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -81,7 +88,24 @@ class Settings:
                                           str(data_dir / "secrets.key"))),
             slack_signing_secret=(Secret(env["ACCORD_SLACK_SIGNING_SECRET"])
                                   if env.get("ACCORD_SLACK_SIGNING_SECRET") else None),
+            header_timeout=_positive(env, "ACCORD_HEADER_TIMEOUT", 10.0, float),
+            timeout_keep_alive=_positive(env, "ACCORD_TIMEOUT_KEEP_ALIVE", 5, int),
+            limit_concurrency=_positive(env, "ACCORD_LIMIT_CONCURRENCY", 1000, int),
         )
+
+
+def _positive(env: dict[str, str], name: str, default: _N, kind: type[_N]) -> _N:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = kind(0)
+    if not 0 < value < 10**9:  # NaN and inf too
+        raise ValueError(f"{name} must be a positive {'number' if kind is float else 'integer'}"
+                         f", not {raw!r}")
+    return value
 
 
 # ---------------------------------------------------------------- accord.yaml
@@ -280,9 +304,23 @@ class EmailSpec(_Strict):
     password_env: str | None = None
 
 
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+def _host(host: str) -> str:
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"{host!r} is not a lowercase host name (such as hooks.slack.com, "
+                         "or *.example.com for its subdomains)")
+    return host
+
+
 class SlackSpec(_Strict):
     webhook_url_env: str | None = None
     bot_token_env: str | None = None
+    # Hosts a button click's response_url may name (the worker posts there); "*.x.com"
+    # allows x.com's subdomains. Slack's response URLs are on hooks.slack.com.
+    response_hosts: list[Annotated[str, AfterValidator(_host)]] = Field(
+        default_factory=lambda: ["hooks.slack.com"], min_length=1)
 
 
 class HookSpec(_Strict):

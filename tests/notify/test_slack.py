@@ -159,3 +159,40 @@ BUTTON = {"type": "button", "action_id": "accord_approve", "value": "approve:7",
 def test_garbage_is_refused_clearly(body: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)):
         parse_interaction(body)
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("https://hooks.slack.com/actions/T1/1/x", True),
+    ("https://hooks.slack.com:443/actions/T1/1/x", True),
+    ("https://HOOKS.SLACK.COM/actions/T1/1/x", True),
+    ("https://hooks.slack.com:444/actions/T1/1/x", False),
+    ("https://hooks.slack.com.evil.example/x", False),
+    ("https://evilhooks.slack.com/x", False),
+    ("https://user@hooks.slack.com/x", False),
+    ("http://hooks.slack.com/x", False),
+    ("https://a.grid.example/x", True),
+    ("https://grid.example/x", False),
+    ("https://a.evilgrid.example/x", False),
+])
+def test_response_url_hosts(url: str, allowed: bool) -> None:
+    from accord.notify.slack import host_allowed
+
+    assert host_allowed(url, ["hooks.slack.com", "*.grid.example"]) is allowed
+
+
+def test_an_off_slack_response_url_is_refused_by_the_parser() -> None:
+    from accord.notify.slack import UntrustedResponseUrl
+
+    with pytest.raises(UntrustedResponseUrl, match=r"evil\.example"):
+        parse_interaction(click(BUTTON, response_url="https://evil.example/x"))
+
+
+@pytest.mark.parametrize("host", ["https://hooks.slack.com", "hooks.slack.com/x", "Hooks.Slack.com",
+                                  "*", "localhost", "*.com.", ""])
+def test_bad_response_hosts_are_policy_errors(host: str) -> None:
+    from accord.config import PolicyError, parse_policy_text
+
+    text = (f"users: [alice]\nnotify: {{slack: {{webhook_url_env: X, "
+            f"response_hosts: [{json.dumps(host)}]}}}}\n")
+    with pytest.raises(PolicyError, match=r"notify\.slack\.response_hosts\[0\]"):
+        parse_policy_text(text, "accord.yaml")

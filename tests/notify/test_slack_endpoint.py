@@ -113,7 +113,7 @@ def test_the_slack_message_is_updated_through_response_url(slack_env: Env) -> No
         return httpx.Response(200)
 
     req = env.ask("alice")
-    assert _post(env, _body(req["id"], response_url="https://hooks.slack.test/r/1"))\
+    assert _post(env, _body(req["id"], response_url="https://hooks.slack.com/actions/T1/1/x"))\
         .status_code == 200
     transport = httpx.MockTransport(handler)
     original = httpx.post
@@ -131,3 +131,75 @@ def test_the_slack_message_is_updated_through_response_url(slack_env: Env) -> No
         httpx.post = original  # type: ignore[assignment]
     assert seen and seen[0]["replace_original"] is True
     assert "approved by bob" in seen[0]["text"]
+
+
+# ---------------------------------------------------------------- hostile but signed
+
+
+@pytest.mark.parametrize("rid", [2**31, 999999999999999999])
+def test_a_request_id_beyond_the_id_column_is_a_404_not_a_500(slack_env: Env,
+                                                                 rid: int) -> None:
+    # Signed clicks are still input: an id no row can have (ids are 32-bit on PostgreSQL)
+    # is a 404 as on the API, never "integer out of range" from the database (a 500).
+    env = slack_env
+    before = len(env.events())
+    r = _post(env, _body(rid))
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["detail"] == f"request {rid} does not exist"
+    assert len(env.events()) == before
+
+
+def _queued_responses(env: Env) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from accord.worker.models import Job
+
+    with env.st.sessions() as session:
+        return [dict(j.payload) for j in session.execute(
+            select(Job).where(Job.kind == "slack.respond")).scalars()]
+
+
+@pytest.mark.parametrize("url", [
+    "https://evil.example/actions/T1/1/x",
+    "https://hooks.slack.com.evil.example/actions/T1/1/x",
+    "https://evil.example@hooks.slack.co/actions/T1/1/x",
+    "https://hooks.slack.com:8443/actions/T1/1/x",
+    "https://127.0.0.1/actions/T1/1/x",
+])
+def test_a_response_url_off_slack_is_refused_and_never_called(
+        slack_env: Env, url: str, caplog: pytest.LogCaptureFixture) -> None:
+    env = slack_env
+    req = env.ask("alice")
+    with caplog.at_level("WARNING", logger="accord.notify"):
+        r = _post(env, _body(req["id"], response_url=url))
+    assert r.status_code == 422, r.text
+    assert "response_url" in r.json()["detail"]
+    assert "notify.slack.response_hosts" in r.json()["detail"]
+    # nothing decided, nothing queued to call that host, and the operator can see why
+    assert env.get("alice", f"/api/v1/requests/{req['id']}").json()["status"] == "pending"
+    assert not env.events(subject=f"request:{req['id']}", type="approval.recorded")
+    assert _queued_responses(env) == []
+    assert any("response_hosts" in m for m in caplog.messages), caplog.messages
+
+
+def test_response_hosts_are_configurable(sessions: sessionmaker[Session],
+                                         tmp_path: Path) -> None:
+    text = POLICY.replace("users: [alice, bob, carol, dave, erin, frank, gina]",
+                          "users: {alice: {}, bob: {slack: U0BOB}, carol: {}, dave: {}, "
+                          "erin: {}, frank: {}, gina: {}}")
+    text += "notify: {slack: {webhook_url_env: SLACK_URL, " \
+            "response_hosts: [hooks.slack.example, '*.grid.example']}}\n"
+    env = make_env(sessions, tmp_path, text)
+    env.st.settings = dataclasses.replace(env.st.settings, slack_signing_secret=Secret(SECRET))
+    with env.client:
+        first, second, third = env.ask("alice"), env.ask("alice"), env.ask("alice")
+        assert _post(env, _body(first["id"], response_url="https://hooks.slack.example/r/1"))\
+            .status_code == 200
+        assert _post(env, _body(second["id"], response_url="https://a.grid.example/r/2"))\
+            .status_code == 200
+        # the default host is no longer trusted once the list is set
+        r = _post(env, _body(third["id"], response_url="https://hooks.slack.com/r/3"))
+        assert r.status_code == 422, r.text
+        assert [j["url"] for j in _queued_responses(env)] == [
+            "https://hooks.slack.example/r/1", "https://a.grid.example/r/2"]

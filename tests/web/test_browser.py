@@ -4,6 +4,8 @@ against a real `accord serve` process that signs people in through a real OIDC p
 alice files a request, bob approves it from his inbox, alice's open page turns active
 without a reload, dave (auditor) sees the timeline with verified badges; a form posted
 without its CSRF token is refused. Screenshots of the key pages go to test-artifacts/.
+Every page runs under the server's Content-Security-Policy: a violation, or a script
+error, reported by the browser in any test fails it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,24 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+# What the browser reported in the current test: CSP violations and uncaught script errors.
+REPORTED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def nothing_refused() -> Iterator[None]:
+    REPORTED.clear()
+    yield
+    assert REPORTED == [], REPORTED
+
+
+def watch(page: Page) -> Page:
+    page.on("console", lambda m: REPORTED.append(m.text)
+            if "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda e: REPORTED.append(f"script error: {e}"))
+    return page
+
+
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -96,7 +116,7 @@ def shot(page: Page, name: str) -> None:
 
 def sign_in(browser: Browser, server: Server, provider: Provider, user: str,
             **context: object) -> Page:
-    page = browser.new_context(**context).new_page()  # type: ignore[arg-type]
+    page = watch(browser.new_context(**context).new_page())  # type: ignore[arg-type]
     page.set_default_timeout(15_000)
     provider.next_user = user
     page.goto(server.url + "/")
@@ -241,3 +261,45 @@ def test_break_glass_alert_and_review_in_the_browser(
     carol.goto(server.url + "/alerts?status=resolved")
     expect(carol.locator("article.alert", has_text="broke the glass")).to_contain_text(
         "resolved by carol")
+
+
+def test_every_page_and_the_api_docs_work_under_the_content_security_policy(
+        browser: Browser, server: Server, provider: Provider) -> None:
+    carol = sign_in(browser, server, provider, "carol")  # an admin: every page is hers
+    elsewhere: list[str] = []
+    carol.on("request", lambda r: elsewhere.append(r.url)
+             if not r.url.startswith(server.url) else None)
+    for path in ["/", "/requests/new", "/my", "/inbox", "/requests", "/grants", "/reviews",
+                 "/alerts", "/reports", "/audit"]:
+        response = carol.goto(server.url + path)
+        assert response is not None and response.status == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp, path
+        expect(carol.locator("main h1")).to_be_visible()
+    # the script still works: the form previews the workflow as you type
+    carol.goto(server.url + "/requests/new")
+    carol.get_by_label("orders-db").check()
+    carol.get_by_label("Role", exact=True).select_option("read")
+    carol.get_by_label("For how long").fill("1h")
+    carol.get_by_label("Why").fill("INC-10: check the preview under the CSP")
+    expect(carol.locator("#preview")).to_contain_text("lead: 1 of bob")
+    # Swagger UI, from the server's own files, renders the API and can call it
+    carol.goto(server.url + "/docs")
+    expect(carol.locator(".swagger-ui .info .title")).to_contain_text("Accord")
+    operation = carol.locator(".opblock-summary-path", has_text="/api/v1/resources").first
+    expect(operation).to_be_visible()
+    operation.click()
+    carol.get_by_role("button", name="Try it out").click()
+    carol.get_by_role("button", name="Execute").click()
+    # the call went out from the page (no token: a 401 problem), rendered by Swagger UI
+    expect(carol.locator(".live-responses-table tbody .response-col_status").first).to_contain_text(
+        "401")
+    shot(carol, "api-docs")
+    assert elsewhere == [], elsewhere  # nothing loaded from another host
+    assert REPORTED == [], REPORTED
+    # another site that frames a page of ours gets nothing: the browser refuses
+    framed = watch(browser.new_context().new_page())
+    framed.set_content(f'<iframe src="{server.url}/login"></iframe>')
+    expect(framed.frame_locator("iframe").get_by_role("heading")).to_have_count(0)
+    assert any("frame-ancestors" in m for m in REPORTED), REPORTED
+    REPORTED.clear()  # that refusal was the point

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from accord import __version__
-from accord.api import problems
+from accord.api import headers, problems
 from accord.api.deps import AppState
 from accord.detect import views as alert_views
 from accord.gateway import views as gateway_views
@@ -110,10 +110,14 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         version=__version__,
         description="Self-service access requests with a tamper-evident audit ledger.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # /docs is headers.install_docs: no CDN
     )
     app.state.accord = st
     problems.install(app, html=web_pages.error_page)
     app.add_middleware(problems.BodyLimit)
+    # Security headers on every response (500s too); Swagger UI from installed files.
+    headers.secure_everything(app)
+    headers.install_docs(app)
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
                    alert_views,
                    slack_views, gateway_views):

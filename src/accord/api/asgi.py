@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from accord.api import connections
 from accord.api.app import create_app
 from accord.bootstrap import build_state
 from accord.config import Settings
@@ -18,6 +19,7 @@ from accord.config import Settings
 
 def create() -> FastAPI:
     settings = Settings.from_env()
+    connections.configure(header_timeout=settings.header_timeout)  # this worker's deadline
     config = Path(os.environ["ACCORD_CONFIG"]) if "ACCORD_CONFIG" in os.environ else None
     # Announcing is idempotent (one policy_state row lock): after a SIGHUP restart the first
     # worker up records the new version, the others find it recorded.

@@ -46,8 +46,24 @@ def serve(
         int, typer.Option(min=1, max=64, help="HTTP server processes (background jobs run once, "
                           "in the parent).")
     ] = 1,
+    header_timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds a client has to send a request's "
+                                   "headers; then 408 and the connection is closed "
+                                   "(env ACCORD_HEADER_TIMEOUT; default 10).")
+    ] = None,
+    timeout_keep_alive: Annotated[
+        int | None, typer.Option(min=1, help="Seconds a kept-alive connection may stay idle "
+                                 "between requests (env ACCORD_TIMEOUT_KEEP_ALIVE; default 5).")
+    ] = None,
+    limit_concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Open connections or running requests per "
+                                 "server process; past it requests get 503 "
+                                 "(env ACCORD_LIMIT_CONCURRENCY; default 1000).")
+    ] = None,
 ) -> None:
     """Run the API (and, unless --no-worker, the background jobs)."""
+    import dataclasses
+
     import uvicorn
 
     from accord import demo
@@ -55,12 +71,23 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    settings = Settings.from_env()
-    if demo_mode:
-        base = settings.data_dir / "demo"
-        config = demo.write_policy(base)
-        if "ACCORD_DATABASE_URL" not in os.environ:
-            settings = Settings.from_env({**os.environ, "ACCORD_DATA_DIR": str(base)})
+    try:
+        settings = Settings.from_env()
+        if demo_mode:
+            base = settings.data_dir / "demo"
+            config = demo.write_policy(base)
+            if "ACCORD_DATABASE_URL" not in os.environ:
+                settings = Settings.from_env({**os.environ, "ACCORD_DATA_DIR": str(base)})
+    except ValueError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    settings = dataclasses.replace(  # flags win over the environment
+        settings,
+        header_timeout=settings.header_timeout if header_timeout is None else header_timeout,
+        timeout_keep_alive=(settings.timeout_keep_alive if timeout_keep_alive is None
+                            else timeout_keep_alive),
+        limit_concurrency=(settings.limit_concurrency if limit_concurrency is None
+                           else limit_concurrency))
     st = load_state(config, upgrade="if-empty", settings=settings)
     url = f"http://{host}:{port}"
     if demo_mode:
@@ -69,17 +96,47 @@ def serve(
         _print_demo(url, config, tokens)
     if not demo_mode:
         err.print(f"Accord listening on {url} (API docs: {url}/docs)")
+    limits = _http_limits(settings)
     if workers > 1:
-        _serve_processes(st, config, host, port, workers, log_level, background=not no_worker)
+        _serve_processes(st, config, host, port, workers, log_level, limits,
+                         background=not no_worker)
         return
     _install_sighup(st)
     app = create_app(st, background=not no_worker)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
-                timeout_graceful_shutdown=GRACE)
+                timeout_graceful_shutdown=GRACE, **limits)
+
+
+def _http_limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings against slow and idle clients (docs/api.md, "Connections")."""
+    from accord.api import connections
+
+    protocol = connections.configure(header_timeout=settings.header_timeout)
+    _fit_file_limit(settings.limit_concurrency)
+    return {"http": protocol, "timeout_keep_alive": settings.timeout_keep_alive,
+            "limit_concurrency": settings.limit_concurrency}
+
+
+def _fit_file_limit(connections: int, spare: int = 256) -> None:
+    """Raise the soft open-files limit (toward the hard one) so that `connections` sockets
+    plus `spare` (database pool, logs, spool files) fit: uvicorn should answer 503 at its
+    limit before accept() fails for want of descriptors."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + spare
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open-files limit %d is below --limit-concurrency %d + %d spare: "
+                        "raise it (ulimit -n) or lower the limit", new, connections, spare)
 
 
 def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers: int,
-                     log_level: str, *, background: bool) -> None:
+                     log_level: str, limits: dict[str, Any], *, background: bool) -> None:
     """uvicorn's process manager with N HTTP workers; the background jobs and the gateway
     run here, once (not in every HTTP worker)."""
     import uvicorn
@@ -90,12 +147,14 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
     os.environ["ACCORD_DATA_DIR"] = str(st.settings.data_dir)
     os.environ["ACCORD_BACKGROUND"] = "0"
+    # Each worker sets its header deadline from this (accord.api.asgi).
+    os.environ["ACCORD_HEADER_TIMEOUT"] = str(st.settings.header_timeout)
     stop = start_background(st) if background else None
     try:
         # SIGHUP makes uvicorn's manager restart the workers, which re-read accord.yaml.
         uvicorn.run("accord.api.asgi:create", factory=True, host=host, port=port,
                     timeout_graceful_shutdown=GRACE,
-                    workers=workers, log_level=log_level.lower(), access_log=False)
+                    workers=workers, log_level=log_level.lower(), access_log=False, **limits)
     finally:
         if stop is not None:
             stop()

@@ -10,6 +10,13 @@ replayed later. Check the raw bytes before parsing anything.
 `payload` field holding JSON) produced by the Approve/Deny buttons that
 `accord.notify.channels.SlackChannel` attaches: action_id `accord_<action>`, value
 `<action>:<request_id>`.
+
+The payload's `response_url` is where the worker later posts the updated message, so it
+must be Slack's: only https on port 443 of a host in `notify.slack.response_hosts`
+(default `hooks.slack.com`, where Slack's response URLs live; `*.example.com` allows
+that domain's subdomains). Any other host is refused before anything is decided or
+queued, so a payload signed with a leaked secret cannot make the worker call into the
+internal network.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +35,7 @@ TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 VERSION = "v0"
 MAX_AGE = 300  # seconds between Slack signing a request and us accepting it
 ACTIONS = frozenset({"approve", "deny"})
+RESPONSE_HOSTS = ("hooks.slack.com",)  # where Slack's response_url points
 
 
 @dataclass(frozen=True)
@@ -101,8 +109,14 @@ class Interaction:
     response_url: str | None  # where Slack accepts an update of the message (30 min)
 
 
-def parse_interaction(raw_body: bytes) -> Interaction:
-    """The click in a `block_actions` request body; ValueError says what is malformed."""
+class UntrustedResponseUrl(ValueError):
+    """A well-formed click whose response_url is not on a Slack host we trust."""
+
+
+def parse_interaction(raw_body: bytes, *,
+                      response_hosts: Iterable[str] = RESPONSE_HOSTS) -> Interaction:
+    """The click in a `block_actions` request body; ValueError says what is malformed
+    (UntrustedResponseUrl when only the response_url's host is not allowed)."""
     try:
         text = raw_body.decode("utf-8")
         form = parse_qs(text, keep_blank_values=True, strict_parsing=True,
@@ -152,6 +166,10 @@ def parse_interaction(raw_body: bytes) -> Interaction:
     response_url = payload.get("response_url")
     if response_url is not None and not _https(response_url):
         raise ValueError("response_url is not an https URL")
+    if response_url is not None and not host_allowed(response_url, response_hosts):
+        raise UntrustedResponseUrl(
+            f"response_url points to {urlsplit(response_url).netloc}, which is not one of "
+            f"notify.slack.response_hosts ({', '.join(response_hosts)})")
     return Interaction(
         user_id=user_id,
         team_id=team_id if isinstance(team_id, str) and team_id else None,
@@ -160,6 +178,25 @@ def parse_interaction(raw_body: bytes) -> Interaction:
         request_id=int(tail),
         response_url=response_url,
     )
+
+
+def host_allowed(url: str, hosts: Iterable[str]) -> bool:
+    """Is `url` https on the default port of one of `hosts` ("*.x.com": x.com's subdomains)?"""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    if parts.scheme != "https" or port not in (None, 443) or parts.username is not None:
+        return False
+    for allowed in hosts:
+        if allowed.startswith("*."):
+            if host.endswith(allowed[1:]):
+                return True
+        elif host == allowed:
+            return True
+    return False
 
 
 def _https(url: Any) -> bool:

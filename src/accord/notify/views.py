@@ -10,12 +10,15 @@ Slack's v0 request signature is the authentication (no bearer token): a forged,
 stale or replayed request is a 401 and changes nothing. The Slack user is mapped to an
 Accord user through `slack:` in accord.yaml, and the decision goes through exactly the
 same checks as any other, recorded with `via: slack`. The Slack message is then
-updated through its response_url by a durable job.
+updated through its response_url by a durable job, and only on a host of
+`notify.slack.response_hosts`: a click naming another host is refused (422, logged),
+with nothing decided and nothing queued. A request id no row can have is a 404.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +27,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, principal, state
+from accord.api.deps import AppState, Principal, db, known_id, principal, state
 from accord.errors import AccordError, Forbidden, Invalid, NotFound, Unauthorized
 from accord.ledger.events import Via
 from accord.notify import service as prefs
@@ -36,6 +39,7 @@ from accord.policy.engine import Policy
 from accord.requests import service
 from accord.worker import jobs
 
+log = logging.getLogger("accord.notify")
 router = APIRouter(prefix="/api/v1/integrations/slack", tags=["integrations"])
 prefs_router = APIRouter(prefix="/api/v1", tags=["notifications"])
 RESPOND = "slack.respond"
@@ -125,10 +129,18 @@ async def interactions(request: Request, session: Session = Depends(db),
                                    now=st.now().timestamp())
     if not verdict.ok:
         raise Unauthorized(f"Slack signature refused: {verdict.reason}")
+    slack_spec = st.policies.current.loaded.spec.notify.slack
+    hosts = slack_spec.response_hosts if slack_spec else slack.RESPONSE_HOSTS
     try:
-        click = slack.parse_interaction(body)
+        click = slack.parse_interaction(body, response_hosts=hosts)
+    except slack.UntrustedResponseUrl as exc:
+        # Signed, yet it asks us to call a host that is not Slack's: a leaked signing
+        # secret or a missing notify.slack.response_hosts entry. Say so where operators look.
+        log.warning("Slack click refused: %s", exc)
+        raise Invalid(f"not a Slack interaction: {exc}") from None
     except ValueError as exc:
         raise Invalid(f"not a Slack interaction: {exc}") from None
+    known_id(click.request_id, "request")  # past the id column: nothing to decide
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(_decide, session, st, request.headers, click)

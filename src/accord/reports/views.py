@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from accord.api.deps import AppState, Principal, db, require_reader, state
+from accord.api.headers import DOCUMENT_POLICY
 from accord.errors import Invalid
 from accord.reports import service
 from accord.reports.generate import generate
@@ -66,6 +67,7 @@ def respond(st: AppState, who: Principal, session: Session, kind: Kind, *, start
         "X-Accord-Report-SHA256": done.sha256,
         "Content-Length": str(done.size),
         "Cache-Control": "no-store",
+        "Content-Security-Policy": DOCUMENT_POLICY,  # an HTML report's <style>, no script
     }
     return StreamingResponse(_chunks(f), media_type=MEDIA_TYPES[fmt], headers=headers)
 

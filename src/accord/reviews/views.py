@@ -27,6 +27,7 @@ from accord.api.deps import (
     require_reader,
     state,
 )
+from accord.api.headers import DOCUMENT_POLICY
 from accord.durations import format_duration
 from accord.errors import Invalid, NotFound
 from accord.reviews import report, service
@@ -188,4 +189,5 @@ def review_report(
     name = f"review-{camp.definition}-{camp.id}.{fmt}"
     return Response(report.render(data, fmt), media_type=report.MEDIA_TYPES[fmt],
                     headers={"Content-Disposition": f'attachment; filename="{name}"',
-                             "Cache-Control": "no-store"})
+                             "Cache-Control": "no-store",
+                             "Content-Security-Policy": DOCUMENT_POLICY})

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, db, state
+from accord.api.headers import DOCUMENT_POLICY
 from accord.errors import AccordError, Forbidden, Invalid, NotFound
 from accord.reviews import report, service
 from accord.reviews.models import CampaignStatus, ReviewCampaign
@@ -150,7 +151,8 @@ def review_report(request: Request, campaign_id: str, session: Session = Depends
         raise NotFound(f"review {campaign_id} does not exist")
     data = report.build(session, camp=camp, now=st.now())
     _end_read(session)
-    headers = {"Cache-Control": "no-store"}
+    # The HTML report is shown in the browser: its own <style>, and no script.
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": DOCUMENT_POLICY}
     if fmt != "html":
         headers["Content-Disposition"] = \
             f'attachment; filename="review-{camp.definition}-{camp.id}.{fmt}"'
