@@ -672,17 +672,24 @@ class Gateway:
         key = (resource, target.gateway_login, target.password)
         if key in self._logins and not again:
             return
-        try:
-            connector = self.st.connectors().get(resource)
-            if not isinstance(connector, PostgresConnector):
-                raise ConnectorError(f"resource {resource} has no postgres provision target")
-            connector.ensure_gateway_login(target.gateway_login, target.password)
-        except ConnectorError as exc:
-            log.error("gateway: the upstream login for %s on %s is not ready: %s",
-                      target.gateway_login, resource, exc)
-            raise upstream.UpstreamError(
-                "08001", "the gateway cannot prepare its login to the database behind this "
-                         "resource (see the gateway's log)") from None
+        for attempt in range(3):
+            try:
+                connector = self.st.connectors().get(resource)
+                if not isinstance(connector, PostgresConnector):
+                    raise ConnectorError(f"resource {resource} has no postgres provision "
+                                         f"target", retryable=False)
+                connector.ensure_gateway_login(target.gateway_login, target.password)
+                break
+            except ConnectorError as exc:
+                # Sibling processes making the same login ready at once may collide
+                # ("tuple concurrently updated"): retryable, and the next try finds it.
+                if exc.retryable and attempt < 2:
+                    continue
+                log.error("gateway: the upstream login for %s on %s is not ready: %s",
+                          target.gateway_login, resource, exc)
+                raise upstream.UpstreamError(
+                    "08001", "the gateway cannot prepare its login to the database behind "
+                             "this resource (see the gateway's log)") from None
         self._logins.add(key)
 
     async def _connect_upstream(self, auth: Authorized, startup: pq.Startup
