@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from accord import __version__
 from accord.api import problems
 from accord.api.deps import AppState
+from accord.api.intent import DatabaseIntent
 from accord.detect import views as alert_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
@@ -114,6 +115,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.state.accord = st
     problems.install(app, html=web_pages.error_page)
     app.add_middleware(problems.BodyLimit)
+    app.add_middleware(DatabaseIntent)  # GET/HEAD read without waiting for SQLite's writers
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
                    alert_views,
                    slack_views, gateway_views):
@@ -125,8 +127,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)
 
+    # async: the process answers even when every worker thread waits on the database.
     @app.get("/healthz", tags=["ops"], include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], include_in_schema=False)
