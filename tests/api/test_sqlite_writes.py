@@ -195,6 +195,7 @@ def test_reads_and_health_answer_while_a_writer_holds_the_lock(
         assert "accord_requests_pending" in env.get(None, "/metrics").text
         assert_busy(within(10, lambda: env.post("alice", REQUESTS, json=GOOD)))
         assert gate.refused == 1
+        assert "accord_sqlite_writes_refused_total 1\n" in env.get(None, "/metrics").text
         sqlite_lock.rollback()
     # The refused request left no trace, and the next one goes through.
     assert len(env.get("alice", REQUESTS).json()["items"]) == 1
