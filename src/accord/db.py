@@ -8,8 +8,9 @@ deferred transaction that read first cannot wait for the lock: SQLite refuses it
 Left to SQLite, a writer finding the lock taken sleeps and polls (busy_timeout: 1, 2, 5,
 ... up to 100 ms between tries), so waiters are served in no order and a burst piles up
 until the threads and the pool run out. Writers in this process therefore queue first at
-a `WriteGate`, first come first served, and the lock passes straight to the next in line
-when a transaction commits or rolls back:
+a `WriteGate`, first come first served (an HTTP call keeps its place for all of its
+transactions), and the lock passes straight to the next in line when a transaction
+commits or rolls back:
 
 * HTTP calls (`serving()`) queue with a bound: past `max_waiting` waiting writers, or
   after `max_wait` seconds in line, the call gets `Busy` (503 with Retry-After). Other
@@ -28,11 +29,13 @@ PostgreSQL has none of this: its writers lock rows, not the database.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import threading
+import time
 import warnings
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
@@ -124,8 +127,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 class WriteGate:
     """A first-come-first-served lock with a bounded queue, taken before BEGIN IMMEDIATE.
 
-    `release` hands the gate straight to the longest waiter, so a writer's wait is the
-    time the writers ahead of it hold the lock, never a polling interval.
+    Waiters are served in the order they arrived, where an HTTP call arrives once: its
+    second transaction (the write after the token check) does not go to the back of the
+    line again. `release` hands the gate straight to the next in line, so a writer's wait
+    is the time the writers ahead of it hold the lock, never a polling interval.
     """
 
     def __init__(self, *, max_waiting: int = MAX_WAITING, max_wait: float = MAX_WAIT_S,
@@ -136,14 +141,17 @@ class WriteGate:
         self.refused = 0  # writers turned away since the process started
         self._mutex = threading.Lock()
         self._held = False
-        self._queue: deque[threading.Lock] = deque()  # one locked ticket per waiter
+        # (arrival, sequence, a locked ticket its waiter blocks on), earliest first.
+        self._queue: list[tuple[float, int, threading.Lock]] = []
+        self._sequence = itertools.count()
 
     @property
     def waiting(self) -> int:
         return len(self._queue)
 
-    def acquire(self, *, bounded: bool) -> None:
-        """Wait for the gate; `bounded` (HTTP calls) refuses with Busy instead of a long wait."""
+    def acquire(self, *, bounded: bool, arrived: float | None = None) -> None:
+        """Wait for the gate; `bounded` (HTTP calls) refuses with Busy instead of a long wait.
+        `arrived` (time.monotonic()) places the waiter; by default it arrives now."""
         with self._mutex:
             if not self._held:
                 self._held = True
@@ -154,13 +162,16 @@ class WriteGate:
                            "(SQLite takes one at a time); try again shortly")
             ticket = threading.Lock()
             ticket.acquire()
-            self._queue.append(ticket)
+            entry = (time.monotonic() if arrived is None else arrived, next(self._sequence),
+                     ticket)
+            heapq.heappush(self._queue, entry)
         limit = self.max_wait if bounded else self.background_wait
         if ticket.acquire(timeout=limit):
             return
         with self._mutex:
-            if ticket in self._queue:
-                self._queue.remove(ticket)
+            if entry in self._queue:
+                self._queue.remove(entry)
+                heapq.heapify(self._queue)
                 self.refused += 1
                 raise Busy(f"waited {limit:g} s for the database's write lock (SQLite takes "
                            "one writer at a time); try again shortly")
@@ -169,7 +180,7 @@ class WriteGate:
     def release(self) -> None:
         with self._mutex:
             if self._queue:
-                self._queue.popleft().release()  # still held: now by the next in line
+                heapq.heappop(self._queue)[2].release()  # still held: now by the next in line
             else:
                 self._held = False
 
@@ -206,6 +217,7 @@ def write_gate(engine: Engine) -> WriteGate | None:
 # GET/HEAD calls only read unless a block says `writing()`.
 _BOUNDED: ContextVar[bool] = ContextVar("accord_db_bounded", default=False)
 _READS: ContextVar[bool] = ContextVar("accord_db_reads", default=False)
+_ARRIVED: ContextVar[float | None] = ContextVar("accord_db_arrived", default=None)
 
 
 @contextmanager
@@ -213,9 +225,11 @@ def serving(*, reads: bool) -> Iterator[None]:
     """An HTTP call: its writers are refused (503) past the gate's bound; with `reads` its
     transactions begin deferred on SQLite and never wait for writers."""
     bounded, reading = _BOUNDED.set(True), _READS.set(reads)
+    arrived = _ARRIVED.set(time.monotonic())  # its place in the writers' line
     try:
         yield
     finally:
+        _ARRIVED.reset(arrived)
         _READS.reset(reading)
         _BOUNDED.reset(bounded)
 
@@ -259,7 +273,7 @@ def _sqlite_setup(engine: Engine, gate: WriteGate | None) -> None:
             conn.info[_DEFERRED] = True
             return
         if gate is not None and _GATE not in conn.info:
-            gate.acquire(bounded=_BOUNDED.get())
+            gate.acquire(bounded=_BOUNDED.get(), arrived=_ARRIVED.get())
             conn.info[_GATE] = gate
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -277,7 +291,7 @@ def _sqlite_setup(engine: Engine, gate: WriteGate | None) -> None:
             log.warning("%s", message)
             warnings.warn(message, WriteInReadTransaction, stacklevel=2)
             if gate is not None:  # at least wait behind this process's writers
-                gate.acquire(bounded=_BOUNDED.get())
+                gate.acquire(bounded=_BOUNDED.get(), arrived=_ARRIVED.get())
                 info[_GATE] = gate
 
     # The commit and rollback events fire before SQLAlchemy commits: do it here, so the

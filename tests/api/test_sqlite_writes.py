@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -132,6 +133,30 @@ def test_waiting_writers_get_the_gate_first_come_first_served() -> None:
         thread.join(timeout=10)
     assert order == [0, 1, 2, 3, 4]
     assert gate.waiting == 0 and gate.refused == 0
+
+
+def test_a_call_that_already_waited_goes_ahead_of_later_calls() -> None:
+    """An HTTP call's write after its token check keeps the place the call arrived at."""
+    gate = WriteGate()
+    order: list[str] = []
+    gate.acquire(bounded=False)
+    arrived = time.monotonic()  # the earlier call: it waited once, for its token check
+
+    def writer(name: str, at: float | None) -> None:
+        gate.acquire(bounded=True, arrived=at)
+        order.append(name)
+        gate.release()
+
+    later = threading.Thread(target=writer, args=("later call", None))
+    later.start()
+    until(lambda: gate.waiting == 1, "the later call waits")
+    earlier = threading.Thread(target=writer, args=("earlier call", arrived))
+    earlier.start()
+    until(lambda: gate.waiting == 2, "the earlier call waits again")
+    gate.release()
+    for thread in (later, earlier):
+        thread.join(timeout=10)
+    assert order == ["earlier call", "later call"]
 
 
 def test_past_the_bound_a_writer_is_refused_and_a_background_job_waits() -> None:
