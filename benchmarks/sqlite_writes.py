@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -273,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50,
                    help="unmeasured requests filed first, one client (default 50)")
     p.add_argument("--port", type=int, default=0, help="server port (default: a free port)")
+    p.add_argument("--no-worker", action="store_true",
+                   help="serve without the background jobs (sweeper, ledger, jobs, detectors), "
+                        "to see what their transactions cost the writers")
     p.add_argument("--json-only", action="store_true", help="print only the JSON result")
     args = p.parse_args(argv)
     try:
@@ -319,6 +323,22 @@ async def drive(args: argparse.Namespace, base_url: str, tokens: dict[str, str],
     return result
 
 
+def start_server(port: int, config: Path, database_url: str, data_dir: Path, log: Path, *,
+                 no_worker: bool) -> subprocess.Popen[bytes]:
+    """`accord serve` as lifecycle.start_server starts it (one process), or without its
+    background jobs."""
+    if not no_worker:
+        return lc.start_server(port, config, database_url, data_dir, log, 1)
+    accord = Path(sys.executable).parent / "accord"
+    cmd = [str(accord), "serve", "--host", lc.HOST, "--port", str(port), "--config",
+           str(config), "--log-level", "warning", "--no-worker"]
+    env = {**os.environ, "ACCORD_DATABASE_URL": database_url, "ACCORD_CONFIG": str(config),
+           "ACCORD_DATA_DIR": str(data_dir)}
+    env.pop("ACCORD_TOKEN", None)
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     quiet: bool = args.json_only
     port: int = args.port or lc.free_port()
@@ -333,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tokens = lc.issue_tokens(db_url, config, tmp_dir)
         if not quiet:
             print(f"starting accord serve on {base_url} ({db_url})", file=sys.stderr)
-        proc = lc.start_server(port, config, db_url, tmp_dir, log, 1)
+        proc = start_server(port, config, db_url, tmp_dir, log, no_worker=args.no_worker)
         try:
             lc.wait_healthy(proc, base_url, log)
             result = asyncio.run(drive(args, base_url, tokens, quiet))
@@ -353,6 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bad += result["burst"]["healthz"]["count"] - result["burst"]["healthz"]["2xx"]
     return {
         "backend": "sqlite",
+        "background_jobs": not args.no_worker,
         **result,
         "latency_at_8_clients": None if at8 is None else {
             "p50_ms": at8["p50_ms"], "p99_ms": at8["p99_ms"],

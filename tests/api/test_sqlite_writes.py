@@ -278,6 +278,10 @@ def test_a_burst_gets_only_2xx_and_503_with_retry_after(
             assert headers["content-type"].startswith(PROBLEM)
             assert headers["retry-after"] == "1"
     assert refused >= 1 and refused == gate.refused
+    assert gate.waiting == 0  # and nobody kept the gate: a bounded writer gets it at once
+    gate.max_waiting = 0
+    with serving(reads=False), transaction(sessions) as s:
+        s.execute(select(ApiToken.id)).all()
     created = sum(1 for m, s, _h, _b in statuses if m == "POST" and s == 201)
     with sessions() as s:  # every 201 is in the ledger, and nothing else is
         kinds = s.execute(select(LedgerEntry.type)).scalars().all()
