@@ -42,3 +42,15 @@ class Unauthorized(AccordError):
     status = 401
     title = "Unauthorized"
     slug = "unauthorized"
+
+
+class Busy(AccordError):
+    """Too many writers already queue for the database: come back after `retry_after` s."""
+
+    status = 503
+    title = "Service busy"
+    slug = "busy"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -10,12 +10,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from accord import __version__
 from accord.api import headers, problems
 from accord.api.deps import AppState
+from accord.api.intent import DatabaseIntent
+from accord.db import write_gate
 from accord.detect import views as alert_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
@@ -118,6 +120,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)
     headers.install_docs(app)
+    app.add_middleware(DatabaseIntent)  # GET/HEAD read without waiting for SQLite's writers
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
                    alert_views,
                    slack_views, gateway_views):
@@ -129,8 +132,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)
 
+    # async: the process answers even when every worker thread waits on the database.
     @app.get("/healthz", tags=["ops"], include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], include_in_schema=False)
@@ -155,6 +159,15 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
             gauges = {}
         for name, (help_text, value) in gauges.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        bind = st.sessions.kw.get("bind")
+        if isinstance(bind, Engine) and (gate := write_gate(bind)) is not None:
+            lines += ["# HELP accord_sqlite_writes_waiting writers queued for SQLite's write lock",
+                      "# TYPE accord_sqlite_writes_waiting gauge",
+                      f"accord_sqlite_writes_waiting {gate.waiting}",
+                      "# HELP accord_sqlite_writes_refused_total writers refused with 503 "
+                      "(queue full or waited too long)",
+                      "# TYPE accord_sqlite_writes_refused_total counter",
+                      f"accord_sqlite_writes_refused_total {gate.refused}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app

@@ -10,11 +10,12 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from accord.errors import AccordError
+from accord.errors import AccordError, Busy
 
 HtmlErrors = Callable[[Request, int, str, str], Response]
 
@@ -23,7 +24,8 @@ MAX_BODY = 64 * 1024
 PROBLEM = "application/problem+json"
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 409: "Conflict", 413: "Content too large",
-           415: "Unsupported media type", 422: "Invalid request", 500: "Internal error"}
+           415: "Unsupported media type", 422: "Invalid request", 500: "Internal error",
+           503: "Service busy"}
 
 
 # Paths that only ever answer machines; everything else is a page a browser may ask for.
@@ -49,6 +51,22 @@ def problem(status: int, detail: str, *, slug: str | None = None, title: str | N
     body.update(extra)
     headers = {"WWW-Authenticate": 'Bearer realm="accord"'} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def lock_contention(exc: BaseException) -> Busy | None:
+    """The database was too busy to answer (not broken): a Busy saying so, else None.
+
+    SQLite's "database is locked" comes when another process holds the write lock past
+    busy_timeout, or at once when a read transaction tries to write; a full connection
+    pool times out the same way. Both pass: the client should come back, not see a 500.
+    """
+    if isinstance(exc, sa_exc.TimeoutError):
+        return Busy("no database connection came free in time; try again shortly")
+    if isinstance(exc, sa_exc.OperationalError):
+        text = str(exc.orig).lower()
+        if "database is locked" in text or "database table is locked" in text:
+            return Busy("the database is busy with other writes; try again shortly")
+    return None
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -79,14 +97,28 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
 
     @app.exception_handler(AccordError)
     async def _accord(request: Request, exc: AccordError) -> Response:
-        if (shown := await page(request, exc.status, exc.title, exc.detail)) is not None:
-            return shown
-        extra: dict[str, Any] = {}
-        if exc.field:
-            extra["errors"] = [{"loc": exc.field, "msg": exc.detail}]
-        detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
-        return problem(exc.status, detail, slug=exc.slug, title=exc.title,
-                       instance=request.url.path, **extra)
+        shown = await page(request, exc.status, exc.title, exc.detail)
+        if shown is None:
+            extra: dict[str, Any] = {}
+            if exc.field:
+                extra["errors"] = [{"loc": exc.field, "msg": exc.detail}]
+            detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+            shown = problem(exc.status, detail, slug=exc.slug, title=exc.title,
+                            instance=request.url.path, **extra)
+        if isinstance(exc, Busy):
+            shown.headers["Retry-After"] = str(exc.retry_after)
+        return shown
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database(request: Request, exc: Exception) -> Response:
+        busy = lock_contention(exc)
+        if busy is None:
+            return await _unexpected(request, exc)
+        # The driver's message only: SQLAlchemy's own text carries the statement's parameters.
+        cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+        log.warning("%s %s: 503, %s (%s)", request.method, request.url.path, busy.detail, cause)
+        return await _accord(request, busy)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

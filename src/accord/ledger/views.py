@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, parse_cursor, require_reader, state
-from accord.db import readonly_sessions
+from accord.db import readonly_sessions, writing
 from accord.errors import AccordError, Conflict, Invalid, NotFound
 from accord.ledger import bundle, checkpoints, service
 
@@ -111,7 +111,8 @@ def checkpoint(
 ) -> PlainTextResponse:
     """The latest signed checkpoint (a C2SP signed note)."""
     try:
-        note = _latest_note(session, st, sign_now=fresh)
+        with writing():  # it signs the grown tree when one is due
+            note = _latest_note(session, st, sign_now=fresh)
     except service.LedgerCorruption as exc:
         raise Conflict(f"refusing to sign: {exc}") from None
     return PlainTextResponse(note, media_type="text/plain; charset=utf-8")

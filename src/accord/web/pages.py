@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from accord.api.deps import AppState, db, state
+from accord.db import writing
 from accord.detect import service as detect
 from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
@@ -220,6 +221,11 @@ def login_oidc(request: Request, st: AppState = Depends(state)) -> Response:
 @router.get("/login/oidc/callback")
 def login_oidc_callback(request: Request, session: Session = Depends(db),
                         st: AppState = Depends(state)) -> Response:
+    with writing():  # a GET that records the login (web.login or web.login_refused)
+        return _oidc_callback(request, session, st)
+
+
+def _oidc_callback(request: Request, session: Session, st: AppState) -> Response:
     provider = _provider(request, st)
     q = request.query_params
     spec = provider.spec
