@@ -1,8 +1,10 @@
 """Signing checkpoints, and the copies kept where the database operator cannot rewrite them.
 
-The signer never signs two roots for one size, and never signs a tree that is not an
-extension of what it signed before: the previous checkpoint in the database, and the
-last one it remembers beside its key (which a database rewrite cannot touch).
+The signer never signs two roots for one size, never signs a tree that is not an
+extension of what it signed before (the previous checkpoint in the database, and the
+last one it remembers beside its key, which a database rewrite cannot touch), and never
+signs entries whose stored bytes do not hash to the stored tree: it re-hashes what was
+appended since the last checkpoint first (`integrity.verify_extension`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.ledger import merkle
+from accord.ledger import integrity, merkle
 from accord.ledger.models import LedgerCheckpoint
 from accord.ledger.note import (
     Checkpoint,
@@ -111,6 +113,13 @@ def sign(
         if (parsed.size, parsed.root) != (head.size, root):
             raise LedgerCorruption(f"the stored checkpoint for size {head.size} says otherwise")
         return existing
+    # Never sign over entries that do not hash to the stored tree: re-hash what was appended
+    # since the last checkpoint (all of it the first time).
+    base = last if last is not None and last.size <= head.size else None
+    damage = integrity.verify_extension(session, cfg.signer.verifier, size=head.size,
+                                        root=root, base=base)
+    if damage is not None:
+        raise LedgerCorruption(str(damage))
     note = cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root))
     cp = LedgerCheckpoint(size=head.size, root=root, note=note, signed_at=now)
     session.add(cp)

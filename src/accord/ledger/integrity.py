@@ -1,0 +1,241 @@
+"""Re-hashing the stored ledger: what it holds against what it claims and what was signed.
+
+Every check here starts from the stored leaf bytes and hashes them afresh; nothing trusts
+a stored hash on its own. Walking entries in index order, a `Scan` checks for each one:
+
+* it is there (indices contiguous from 0: a deleted row is a gap);
+* `leaf_hash` is SHA-256(0x00 || leaf) of the stored bytes;
+* `chain` is SHA-256(previous chain || leaf hash);
+* every perfect subtree the entry completes equals the stored `ledger_nodes` row (the
+  rows inclusion and consistency proofs are built from);
+* at the size of each signed checkpoint, the root of the re-hashed tree equals the
+  checkpoint's root, whose Ed25519 signature is checked with the verifier key;
+* at the head, the re-hashed root and chain equal the head row's, and no checkpoint (in
+  the database or remembered beside the signing key) covers more entries than there are.
+
+The first failure is returned as `Damage`, naming the first bad index. The integrity
+monitor (worker) runs a scan incrementally over new entries and a full pass every
+`ledger.integrity.full_interval`; the signer re-hashes what it is about to sign first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from accord.ledger import merkle
+from accord.ledger.models import LedgerCheckpoint, LedgerEntry, LedgerHead, LedgerNode
+from accord.ledger.note import Checkpoint, NoteError, Verifier, parse_checkpoint
+
+ZERO = bytes(32)
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Damage:
+    """The first thing found wrong: the first bad leaf index and what is wrong there."""
+
+    index: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"ledger index {self.index}: {self.what}"
+
+
+@dataclass
+class Scan:
+    """Where a re-hashing walk stands: the next index, the tree and chain re-hashed so far."""
+
+    position: int = 0
+    tree: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    chain: bytes = ZERO
+    checked_checkpoints: int = 0  # how many signed checkpoints the walk has matched
+    signed: int = 0  # the size of the last signed checkpoint the walk matched
+
+    @classmethod
+    def at_checkpoint(cls, session: Session, checkpoint: LedgerCheckpoint) -> Scan:
+        """A walk that resumes after a signed checkpoint: its right edge comes from the
+        stored subtrees, which must give the signed root (else the walk starts at 0)."""
+        size = checkpoint.size
+        if size == 0:
+            return cls()
+        needed = merkle.CompactRange.nodes_for(size)
+        stored = _nodes(session, needed)
+        if any(n not in stored for n in needed):
+            return cls()
+        tree = merkle.CompactRange(size, [stored[n] for n in needed])
+        if tree.root() != checkpoint.root:
+            return cls()
+        chain = session.execute(select(LedgerEntry.chain).where(
+            LedgerEntry.idx == size - 1)).scalar_one_or_none()
+        return cls(size, tree, chain or ZERO, signed=size)
+
+
+def _nodes(session: Session, needed: list[merkle.Node]) -> dict[merkle.Node, bytes]:
+    """Stored hashes of the perfect subtrees `needed` (level 0: the entries' leaf hashes)."""
+    out: dict[merkle.Node, bytes] = {}
+    leaves = [i for level, i in needed if level == 0]
+    if leaves:
+        for idx, lh in session.execute(select(LedgerEntry.idx, LedgerEntry.leaf_hash)
+                                       .where(LedgerEntry.idx.in_(leaves))):
+            out[(0, int(idx or 0))] = bytes(lh)
+    by_level: dict[int, list[int]] = {}
+    for level, i in needed:
+        if level > 0:
+            by_level.setdefault(level, []).append(i)
+    for level, ids in by_level.items():
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start:start + 2000]
+            for lv, idx, h in session.execute(
+                    select(LedgerNode.level, LedgerNode.idx, LedgerNode.hash).where(
+                        and_(LedgerNode.level == level, LedgerNode.idx.in_(chunk)))):
+                out[(int(lv), int(idx))] = bytes(h)
+    return out
+
+
+def signed_checkpoints(session: Session, verifier: Verifier, *, above: int = 0,
+                       upto: int | None = None) -> tuple[dict[int, bytes], Damage | None]:
+    """Sizes and roots of the stored checkpoints in (above, upto], each signature checked."""
+    q = select(LedgerCheckpoint).where(LedgerCheckpoint.size > above)
+    if upto is not None:
+        q = q.where(LedgerCheckpoint.size <= upto)
+    out: dict[int, bytes] = {}
+    for row in session.execute(q.order_by(LedgerCheckpoint.size)).scalars():
+        try:
+            cp: Checkpoint = parse_checkpoint(row.note, [verifier])
+        except NoteError as exc:
+            return out, Damage(max(row.size - 1, 0),
+                               f"the checkpoint stored for size {row.size} does not verify: "
+                               f"{exc}")
+        if cp.size != row.size or cp.root != row.root:
+            return out, Damage(max(row.size - 1, 0),
+                               f"the checkpoint stored for size {row.size} does not say "
+                               f"what its row says")
+        out[row.size] = cp.root
+    return out, None
+
+
+def advance(session: Session, scan: Scan, *, end: int, checkpoints: dict[int, bytes],
+            limit: int = BATCH) -> Damage | None:
+    """Re-hash entries [scan.position, min(end, position + limit)) and move `scan` past
+    them; the first damage found, or None. `checkpoints`: size -> signed root."""
+    start = scan.position
+    stop = min(end, start + limit)
+    if stop <= start:
+        return None
+    rows = session.execute(
+        select(LedgerEntry.idx, LedgerEntry.leaf, LedgerEntry.leaf_hash, LedgerEntry.chain)
+        .where(LedgerEntry.idx >= start, LedgerEntry.idx < stop)
+        .order_by(LedgerEntry.idx)).all()
+    tree = scan.tree
+    chain = scan.chain
+    expected: dict[merkle.Node, tuple[int, bytes]] = {}  # subtree -> (its last leaf, hash)
+    sha256 = hashlib.sha256
+    position = start
+    for idx, leaf, stored_hash, stored_chain in rows:
+        if idx != position:
+            return Damage(position, "the entry is missing (deleted?)")
+        lh = merkle.leaf_hash(bytes(leaf))
+        if lh != bytes(stored_hash):
+            return Damage(position, "its stored bytes do not hash to its stored leaf hash "
+                                    "(changed?)")
+        chain = sha256(chain + lh).digest()
+        if stored_chain is None or bytes(stored_chain) != chain:
+            return Damage(position, "its chain value does not follow from the entries before it")
+        for level, i, h in tree.append(lh):
+            expected[(level, i)] = (position, h)
+        position += 1
+        root = checkpoints.get(position)
+        if root is not None:
+            if tree.root() != root:
+                # Leaf hashes and chain were rewritten to match: only the signature tells,
+                # and only that the damage lies after the last checkpoint that matched.
+                return Damage(scan.signed, f"entries {scan.signed}-{position - 1} no longer "
+                                           f"hash to the root signed for size {position}")
+            scan.checked_checkpoints += 1
+            scan.signed = position
+    if position != stop:
+        return Damage(position, "the entry is missing (deleted?)")
+    stored = _nodes(session, list(expected))
+    bad = [(first, node) for node, (first, h) in expected.items() if stored.get(node) != h]
+    if bad:
+        last, (level, i) = min(bad)
+        return Damage(i << level, f"the stored subtree (level {level}, index {i}) over "
+                                  f"entries {i << level}-{last} differs from its entries' "
+                                  f"hashes (proofs built from it would lie)")
+    scan.position, scan.tree, scan.chain = position, tree, chain
+    return None
+
+
+def finish(session: Session, scan: Scan, head: LedgerHead, *,
+           remembered: Checkpoint | None = None) -> Damage | None:
+    """At the head: the re-hashed root and chain are the head row's, and nothing signed
+    covers more entries than the tree holds."""
+    if scan.position != head.size:
+        return None  # not there yet
+    if scan.tree.root() != bytes(head.root) or (head.size and scan.chain != bytes(head.chain)):
+        return Damage(max(head.size - 1, 0), "the head row's root or chain differs from the "
+                                             "re-hashed entries")
+    beyond = session.execute(select(LedgerCheckpoint.size).where(
+        LedgerCheckpoint.size > head.size).order_by(LedgerCheckpoint.size.desc())
+        .limit(1)).scalar_one_or_none()
+    if beyond is not None:
+        return Damage(head.size, f"a checkpoint covers {beyond} entries but the tree holds "
+                                 f"{head.size}: entries were removed from the end")
+    if remembered is not None and remembered.size > head.size:
+        return Damage(head.size, f"the checkpoint kept beside the signing key covers "
+                                 f"{remembered.size} entries but the tree holds {head.size}: "
+                                 f"entries were removed from the end")
+    extra = session.execute(select(LedgerEntry.idx).where(LedgerEntry.idx >= head.size)
+                            .order_by(LedgerEntry.idx).limit(1)).scalar_one_or_none()
+    if extra is not None:
+        return Damage(int(extra), "an entry lies beyond the head (the head was rewound?)")
+    return None
+
+
+def verify(session: Session, verifier: Verifier, *, scan: Scan | None = None,
+           remembered: Checkpoint | None = None, limit: int | None = None
+           ) -> tuple[Scan, Damage | None]:
+    """Re-hash from `scan` (default: index 0) up to the head, or `limit` entries.
+
+    Returns where the walk stands and the first damage. Run inside one read transaction so
+    that the head, entries and nodes are one snapshot.
+    """
+    scan = scan or Scan()
+    head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
+    end = head.size if limit is None else min(head.size, scan.position + limit)
+    checkpoints, damage = signed_checkpoints(session, verifier, above=scan.position, upto=end)
+    if damage is not None:
+        return scan, damage
+    while scan.position < end:
+        damage = advance(session, scan, end=end, checkpoints=checkpoints)
+        if damage is not None:
+            return scan, damage
+    return scan, finish(session, scan, head, remembered=remembered)
+
+
+def verify_extension(session: Session, verifier: Verifier, *, size: int, root: bytes,
+                     base: LedgerCheckpoint | None) -> Damage | None:
+    """For the signer: do entries [base.size, size) re-hash, with the stored subtrees, to
+    `root` (the tree about to be signed)? Costs what was appended since `base`."""
+    scan = Scan.at_checkpoint(session, base) if base is not None else Scan()
+    checkpoints, damage = signed_checkpoints(session, verifier, above=scan.position, upto=size)
+    if damage is not None:
+        return damage
+    while scan.position < size:
+        damage = advance(session, scan, end=size, checkpoints=checkpoints)
+        if damage is not None:
+            return damage
+    if scan.tree.root() != root:
+        return Damage(max(size - 1, 0), "the stored tree's root differs from the re-hashed "
+                                        "entries")
+    return None
+
+
+def first_bad(session: Session, verifier: Verifier) -> Damage | None:
+    """A whole pass from index 0 (tests, `accord audit check`)."""
+    return verify(session, verifier)[1]
+
