@@ -286,11 +286,25 @@ class SinkSpec(_Strict):
     batch: int = Field(default=100, ge=1, le=10000)
 
 
+class IntegritySpec(_Strict):
+    """The worker's integrity monitor: re-hashes new entries every `check_interval` and
+    the whole ledger every `full_interval`, within `budget` of one core."""
+
+    enabled: bool = True
+    check_interval: timedelta = timedelta(seconds=1)
+    full_interval: timedelta = timedelta(hours=1)
+    budget: float = Field(default=0.25, gt=0, le=1)
+
+    _d = field_validator("check_interval", "full_interval", mode="before")(
+        lambda cls, v: _duration(v))
+
+
 class LedgerSpec(_Strict):
     origin: str | None = None
     witness_dir: str | None = None
     checkpoint_interval: timedelta = timedelta(seconds=2)
     sinks: list[SinkSpec] = Field(default_factory=list)
+    integrity: IntegritySpec = Field(default_factory=IntegritySpec)
 
     _d = field_validator("checkpoint_interval", mode="before")(lambda cls, v: _duration(v))
 

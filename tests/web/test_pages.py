@@ -880,7 +880,9 @@ def test_audit_page_shows_the_signed_ledger_and_filters_by_type(env: Env) -> Non
     assert f"size {cp.size}, signed {signed} UTC" in r.text
     verdict = r.text.split('id="ledger-verdict">')[1].split("</dd>")[0]
     assert "✔ verified" in verdict
-    assert f"root of the first {cp.size} stored entries matches the checkpoint" in verdict
+    assert f"all {size} stored entries re-hashed just now" in verdict
+    assert f"the root signed for size {cp.size}" in verdict
+    assert r.text.count("✔ verified</span></td>") == cp.size  # each row signed so far
     assert env.st.ledger.signer.verifier.encode() in r.text
     indices = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", r.text)]
     assert indices == sorted(indices, reverse=True) and indices[0] == size - 1
@@ -1160,3 +1162,31 @@ def test_an_admin_is_not_offered_and_cannot_close_an_alert_about_themselves(env:
     assert r.status_code == 303, r.text
     [resolved] = env.events(type="alert.resolved")
     assert resolved["actor"] == {"kind": "user", "id": "carol", "via": "web"}
+
+
+def test_audit_page_turns_red_over_an_edited_ledger(env: Env) -> None:
+    """The probe: drop the guard, change one stored leaf, restore it. The page re-hashes."""
+    from sqlalchemy import text
+
+    pending(env)
+    cp = sign_now(env)
+    dave = login(env, "dave")
+    victim = cp.size - 3
+    with transaction(env.st.sessions) as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SET LOCAL session_replication_role = replica"))
+        else:
+            s.execute(text("DROP TRIGGER IF EXISTS ledger_entries_no_update"))
+        leaf = s.execute(text("SELECT leaf FROM ledger_entries WHERE idx = :i"),
+                         {"i": victim}).scalar_one()
+        changed = bytes(leaf).replace(b'"v":1', b'"v":2')
+        assert changed != bytes(leaf)
+        s.execute(text("UPDATE ledger_entries SET leaf = :l WHERE idx = :i"),
+                  {"l": changed, "i": victim})
+    r = dave.get("/audit")
+    is_html_page(r, 200)
+    verdict = r.text.split('id="ledger-verdict">')[1].split("</dd>")[0]
+    assert "✘ failed" in verdict and "✔ verified" not in verdict
+    assert f"ledger index {victim}" in verdict
+    row = r.text.split(f"<tr class=\"tampered\"><td>{victim}</td>", 1)
+    assert len(row) == 2 and "✘ changed" in row[1].split("</tr>", 1)[0]

@@ -30,6 +30,7 @@ from accord.requests import views as request_views
 from accord.reviews import views as review_views
 from accord.web import pages as web_pages
 from accord.web import report_pages
+from accord.worker.integrity import IntegrityMonitor, monitor_for
 from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
@@ -64,10 +65,14 @@ def start_background(st: AppState) -> Callable[[], None]:
     """Start the expiry sweeper, ledger worker, job runner and (when configured) the
     gateway in this process; returns what stops them, in reverse order."""
     sinks = st.policies.current.loaded.spec.ledger.sinks
-    jobs: list[Sweeper | LedgerWorker | JobRunner] = [
+    jobs: list[Sweeper | LedgerWorker | JobRunner | IntegrityMonitor] = [
         Sweeper(st.sessions, now=st.now),
         LedgerWorker(st.sessions, st.ledger, st.now, sinks),
         JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)]
+    monitor = monitor_for(st.sessions, st.ledger, st.now,
+                          st.policies.current.loaded.spec.ledger.integrity)
+    if monitor is not None:
+        jobs.append(monitor)
     for job in jobs:
         job.start()
     gateway = None

@@ -209,6 +209,7 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
 ) -> None:
     """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
+    from accord.worker.integrity import monitor_for
     from accord.worker.job_runner import JobRunner
     from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
     from accord.worker.sweeper import sweep_once
@@ -227,8 +228,12 @@ def worker(
     ledger = LedgerWorker(st.sessions, st.ledger, st.now,
                           st.policies.current.loaded.spec.ledger.sinks)
     runner = JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)
+    monitor = monitor_for(st.sessions, st.ledger, st.now,
+                          st.policies.current.loaded.spec.ledger.integrity)
     ledger.start()
     runner.start()
+    if monitor is not None:
+        monitor.start()
     try:
         while not stop.is_set():
             n = sweep_once(st.sessions, st.now())
@@ -236,6 +241,8 @@ def worker(
                 log.info("recorded %d expiries", n)
             stop.wait(interval)
     finally:
+        if monitor is not None:
+            monitor.stop()
         runner.stop()
         ledger.stop()
 

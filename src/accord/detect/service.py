@@ -201,6 +201,13 @@ def alerts_about(session: Session, *, subject: str, limit: int = 100) -> list[Al
                                 .order_by(Alert.id).limit(limit)).scalars())
 
 
+def unresolved(session: Session, *, rule: str, limit: int = 5) -> list[Alert]:
+    """The newest alerts of `rule` not resolved yet."""
+    return list(session.execute(
+        select(Alert).where(Alert.rule == rule, Alert.status != AlertStatus.RESOLVED)
+        .order_by(Alert.id.desc()).limit(limit)).scalars())
+
+
 def open_alert_counts(session: Session, *, subjects: list[str]) -> dict[str, int]:
     """How many alerts not yet resolved each subject has (subjects without any: absent)."""
     if not subjects:

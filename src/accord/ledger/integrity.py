@@ -96,6 +96,23 @@ def _nodes(session: Session, needed: list[merkle.Node]) -> dict[merkle.Node, byt
     return out
 
 
+def _node_ranges(session: Session, expected: dict[merkle.Node, tuple[int, bytes]]
+                 ) -> dict[merkle.Node, bytes]:
+    """The stored subtrees a walk over contiguous entries completed: one range per level
+    (the subtrees a run of leaves completes are contiguous at every level)."""
+    spans: dict[int, tuple[int, int]] = {}
+    for level, i in expected:
+        lo, hi = spans.get(level, (i, i))
+        spans[level] = (min(lo, i), max(hi, i))
+    out: dict[merkle.Node, bytes] = {}
+    for level, (lo, hi) in spans.items():
+        for idx, h in session.execute(
+                select(LedgerNode.idx, LedgerNode.hash).where(
+                    LedgerNode.level == level, LedgerNode.idx >= lo, LedgerNode.idx <= hi)):
+            out[(level, int(idx))] = bytes(h)
+    return out
+
+
 def signed_checkpoints(session: Session, verifier: Verifier, *, above: int = 0,
                        upto: int | None = None) -> tuple[dict[int, bytes], Damage | None]:
     """Sizes and roots of the stored checkpoints in (above, upto], each signature checked."""
@@ -159,7 +176,7 @@ def advance(session: Session, scan: Scan, *, end: int, checkpoints: dict[int, by
             scan.signed = position
     if position != stop:
         return Damage(position, "the entry is missing (deleted?)")
-    stored = _nodes(session, list(expected))
+    stored = _node_ranges(session, expected)
     bad = [(first, node) for node, (first, h) in expected.items() if stored.get(node) != h]
     if bad:
         last, (level, i) = min(bad)
@@ -179,20 +196,23 @@ def finish(session: Session, scan: Scan, head: LedgerHead, *,
     if scan.tree.root() != bytes(head.root) or (head.size and scan.chain != bytes(head.chain)):
         return Damage(max(head.size - 1, 0), "the head row's root or chain differs from the "
                                              "re-hashed entries")
-    beyond = session.execute(select(LedgerCheckpoint.size).where(
-        LedgerCheckpoint.size > head.size).order_by(LedgerCheckpoint.size.desc())
-        .limit(1)).scalar_one_or_none()
-    if beyond is not None:
-        return Damage(head.size, f"a checkpoint covers {beyond} entries but the tree holds "
-                                 f"{head.size}: entries were removed from the end")
-    if remembered is not None and remembered.size > head.size:
-        return Damage(head.size, f"the checkpoint kept beside the signing key covers "
-                                 f"{remembered.size} entries but the tree holds {head.size}: "
-                                 f"entries were removed from the end")
+    # What was read later may be newer than `head` (PostgreSQL's READ COMMITTED reads each
+    # statement afresh): the integrator writes the head with the entries it integrates, so
+    # compare with the head as it is now, read after everything else.
+    beyond = session.execute(select(LedgerCheckpoint.size).order_by(
+        LedgerCheckpoint.size.desc()).limit(1)).scalar_one_or_none()
     extra = session.execute(select(LedgerEntry.idx).where(LedgerEntry.idx >= head.size)
-                            .order_by(LedgerEntry.idx).limit(1)).scalar_one_or_none()
-    if extra is not None:
-        return Damage(int(extra), "an entry lies beyond the head (the head was rewound?)")
+                            .order_by(LedgerEntry.idx.desc()).limit(1)).scalar_one_or_none()
+    now_size = head_size(session)
+    if beyond is not None and beyond > now_size:
+        return Damage(now_size, f"a checkpoint covers {beyond} entries but the tree holds "
+                                f"{now_size}: entries were removed from the end")
+    if remembered is not None and remembered.size > now_size:
+        return Damage(now_size, f"the checkpoint kept beside the signing key covers "
+                                f"{remembered.size} entries but the tree holds {now_size}: "
+                                f"entries were removed from the end")
+    if extra is not None and int(extra) >= now_size:
+        return Damage(now_size, "an entry lies beyond the head (the head was rewound?)")
     return None
 
 
@@ -239,3 +259,7 @@ def first_bad(session: Session, verifier: Verifier) -> Damage | None:
     """A whole pass from index 0 (tests, `accord audit check`)."""
     return verify(session, verifier)[1]
 
+
+
+def head_size(session: Session) -> int:
+    return int(session.execute(select(LedgerHead.size).where(LedgerHead.id == 1)).scalar_one())

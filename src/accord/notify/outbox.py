@@ -128,6 +128,10 @@ def recipients(session: Session, policy: Policy, event: dict[str, Any]) -> list[
         return out
     if kind in _ENDINGS or kind == "grant.expiring":
         return [(str(data.get("user")), False)]
+    if kind == "alert.raised" and data.get("rule") == "ledger_integrity":
+        # Evidence itself is in doubt: everyone who answers for it hears, whatever
+        # detect.notify says.
+        return [(u, False) for u in sorted(set(policy.admins) | set(policy.auditors))]
     if kind == "alert.raised":  # detect.notify groups, else the admins
         spec = policy.loaded.spec.detect
         if SEVERITIES.index(str(data.get("severity", "low"))) < \

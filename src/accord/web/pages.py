@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from accord.api.deps import AppState, db, state
-from accord.db import writing
+from accord.db import readonly_sessions, writing
 from accord.detect import service as detect
 from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
@@ -89,7 +89,14 @@ def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 20
          **ctx: Any) -> HTMLResponse:
     st: AppState = request.app.state.accord
     now = st.now()
+    alarms: list[dict[str, Any]] = []
+    if viewer is not None and viewer.principal.can_read_all:
+        # Until resolved, everyone who answers for the evidence sees it on every page.
+        with readonly_sessions(st.sessions)() as s:
+            alarms = [{"id": a.id, "title": a.title}
+                      for a in detect.unresolved(s, rule="ledger_integrity")]
     ctx.update(request=request, viewer=viewer, now=now, ago=lambda v: _ago(v, now),
+               integrity_alarms=alarms,
                csrf=viewer.csrf if viewer else "",
                roles=sorted(viewer.principal.roles - {"requester"}) if viewer else [],
                message=MESSAGES.get(
@@ -536,7 +543,8 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
                                request_id=int(request_id))
     now = st.now()
     out = render_requests(session, [req], now)[0]
-    ledger_state = evidence.state(session, st.ledger)
+    # The timeline's entries are each re-hashed and proven: no need to re-hash them all.
+    ledger_state = evidence.state(session, st.ledger, rehash_limit=0)
     subjects = [f"request:{req.id}"] + ([f"grant:{req.grant_id}"] if req.grant_id else [])
     events = evidence.timeline(session, ledger_state, subjects)
     acts = _actions(viewer, out, req, session)
@@ -733,7 +741,9 @@ def audit(request: Request, session: Session = Depends(db),
         query = query.where(LedgerEntry.idx < before)
     rows = list(session.execute(query.limit(PAGE + 1)).scalars())
     more = rows[PAGE - 1].idx if len(rows) > PAGE else None
-    events = [(int(e.idx or 0), ledger.decode(e)) for e in rows[:PAGE]]
+    marks = evidence.badges(session, ledger_state, rows[:PAGE])
+    events = [(int(e.idx or 0), ledger.decode(e), marks.get(int(e.idx or 0), "pending"))
+              for e in rows[:PAGE]]
     types = [t for (t,) in session.execute(
         select(LedgerEntry.type).group_by(LedgerEntry.type).order_by(LedgerEntry.type))]
     pending = int(session.execute(select(func.count()).select_from(LedgerEntry)

@@ -1,0 +1,213 @@
+"""The integrity monitor's pace on PostgreSQL: does it keep up with 10,000 appends/s within
+a quarter of one core?
+
+Two measurements, one JSON object:
+
+* `full_pass`: a ledger of --preload entries is re-hashed from index 0 by the monitor's
+  own code (`IntegrityMonitor.check` in a loop). Reported: entries per second of the
+  monitor's CPU (its process, plus the PostgreSQL backend serving its queries, from
+  /proc), and what fraction of a core keeping up with --rate appends/s would take.
+* `live`: an appender process writes --rate events/s (batches of 500 through
+  `ledger.record`, integrated by the ledger worker's integrator) for --seconds, while a
+  monitor process with the default pace (`ledger.integrity`: incremental every second,
+  budget 0.25) runs. Reported: appended and integrated per second, the monitor's CPU
+  (process + backend) as a fraction of a core, and how far behind the head its
+  incremental walk was at the end and at worst.
+
+Run: .venv/bin/python benchmarks/integrity.py [--preload 200000] [--rate 10000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import text
+
+from accord import migrations
+from accord.db import make_engine, make_sessionmaker, transaction
+from accord.ledger import integrity
+from accord.ledger.checkpoints import LedgerConfig
+from accord.ledger.events import Actor, EventType
+from accord.ledger.note import load_or_create_signer
+from accord.ledger.service import record
+from accord.worker.integrity import IntegrityMonitor, Pace
+from accord.worker.ledger_jobs import integrate_all, sign_if_due
+
+PG_ADMIN = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TICKS = os.sysconf("SC_CLK_TCK")
+APP = "accord-integrity-bench"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def backend_pids(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as c:
+        return [int(p) for (p,) in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APP,))]
+
+
+def _event(session: Any, i: int) -> None:
+    record(session, type=EventType.GRANT_ACTIVATED, actor=Actor("user", f"user{i % 97}", "api"),
+           subject=f"grant:{i}", resource={"name": f"db-{i % 13}", "role": "read"},
+           data={"grant_id": i, "request_id": i, "user": f"user{i % 97}",
+                 "starts_at": "2026-11-27T10:00:00.000000Z",
+                 "ends_at": "2026-11-27T11:00:00.000000Z", "extends_grant_id": None})
+
+
+def ledger_config(tmp: Path) -> LedgerConfig:
+    key = tmp / "ledger.key"
+    return LedgerConfig(signer=load_or_create_signer(key, "bench/ledger"),
+                        origin="bench/ledger", key_path=key)
+
+
+def monitor_cpu(url: str) -> float:
+    """This process's CPU and that of the PostgreSQL backends serving its monitor."""
+    return time.process_time() + sum(cpu_seconds(p) for p in backend_pids(url))
+
+
+def append(url: str, n: int, tmp: str, batch: int = 500) -> None:
+    sessions = make_sessionmaker(make_engine(url))
+    for first in range(0, n, batch):
+        with transaction(sessions) as session:
+            for i in range(first, min(n, first + batch)):
+                _event(session, i)
+        integrate_all(sessions)
+    sign_if_due(sessions, ledger_config(Path(tmp)), utc())
+
+
+def utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def appender(url: str, rate: int, seconds: float, tmp: str, out: Any) -> None:
+    """Write `rate` events a second, integrating and signing every 2 s as the worker does."""
+    sessions = make_sessionmaker(make_engine(url))
+    cfg = ledger_config(Path(tmp))
+    batch = 500
+    started = time.monotonic()
+    done = 0
+    next_sign = started
+    while time.monotonic() - started < seconds:
+        due = int((time.monotonic() - started) * rate)
+        while done < due:
+            with transaction(sessions) as session:
+                for i in range(done, done + batch):
+                    _event(session, 10_000_000 + i)
+            done += batch
+            integrate_all(sessions)
+        if time.monotonic() >= next_sign:
+            sign_if_due(sessions, cfg, utc())
+            next_sign = time.monotonic() + 2
+        time.sleep(0.005)
+    out.put({"appended": done, "seconds": time.monotonic() - started})
+
+
+def watcher(url: str, tmp: str, seconds: float, ready: Any, out: Any) -> None:
+    """The monitor with its default pace (as `accord worker` runs it), on what is appended."""
+    sessions = make_sessionmaker(make_engine(f"{url}?application_name={APP}"))
+    m = IntegrityMonitor(sessions, ledger_config(Path(tmp)), utc, Pace())
+    m.full = None  # the full pass is measured on its own: here, the incremental walk
+    with sessions() as s:
+        m.incremental, _ = integrity.verify(s, m.cfg.signer.verifier)  # up to the start
+    ready.set()
+    cpu0, wall0 = monitor_cpu(url), time.monotonic()
+    m.start()
+    lags = []
+    while time.monotonic() - wall0 < seconds:
+        time.sleep(0.5)
+        with sessions() as s:
+            lags.append(integrity.head_size(s) - m.incremental.position)
+    deadline = time.monotonic() + 10  # the appender stopped: it catches up
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            behind = integrity.head_size(s) - m.incremental.position
+        if behind == 0:
+            break
+        time.sleep(0.1)
+    m.stop()
+    cpu, wall = monitor_cpu(url) - cpu0, time.monotonic() - wall0
+    out.put({"monitor_cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+             "monitor_core_share": round(cpu / wall, 3), "lag_max_entries": max(lags),
+             "lag_after_stop": behind, "entries_checked": m.hashed,
+             "damage": str(m.damage) if m.damage else None})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preload", type=int, default=200_000)
+    ap.add_argument("--rate", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--pg-admin-url", default=PG_ADMIN)
+    args = ap.parse_args()
+    name = f"accord_integrity_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(args.pg_admin_url, autocommit=True, connect_timeout=5) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        print(json.dumps({"error": f"PostgreSQL is not reachable at {args.pg_admin_url}: "
+                                   f"{str(exc).strip()[:200]}"}))
+        return 2
+    url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    tmp = tempfile.mkdtemp(prefix="accord-integrity-")
+    try:
+        migrations.upgrade(make_engine(url))
+        print(f"preloading {args.preload} entries ...", file=sys.stderr)
+        append(url, args.preload, tmp)
+        # -- the full pass, in this process: its CPU and its backend's
+        sessions = make_sessionmaker(make_engine(f"{url}?application_name={APP}"))
+        m = IntegrityMonitor(sessions, ledger_config(Path(tmp)), utc, Pace())
+        with sessions() as s:
+            s.execute(text("SELECT 1"))  # the backend exists: its CPU can be read
+        cpu0, wall0 = monitor_cpu(url), time.monotonic()
+        while m.full is not None:
+            damage = m.check()
+            assert damage is None, damage
+        cpu, wall = monitor_cpu(url) - cpu0, time.monotonic() - wall0
+        per_cpu_s = m.hashed / cpu if cpu else float("inf")
+        full = {"entries": m.hashed, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                "entries_per_cpu_s": round(per_cpu_s),
+                "core_share_at_target_rate": round(args.rate / per_cpu_s, 3)}
+        sessions.kw["bind"].dispose()
+        print(f"full pass: {full}", file=sys.stderr)
+        # -- live: an appender and a monitor, each a process of its own
+        ctx = mp.get_context("spawn")
+        q_app, q_mon, ready = ctx.Queue(), ctx.Queue(), ctx.Event()
+        mon = ctx.Process(target=watcher, args=(url, tmp, args.seconds, ready, q_mon))
+        mon.start()
+        ready.wait(120)
+        app = ctx.Process(target=appender, args=(url, args.rate, args.seconds, tmp, q_app))
+        app.start()
+        appended, watched = q_app.get(), q_mon.get()
+        app.join()
+        mon.join()
+        live = {"rate_target": args.rate,
+                "appended_per_s": round(appended["appended"] / appended["seconds"]),
+                **watched}
+        met = (full["core_share_at_target_rate"] <= 0.25
+               and watched["monitor_core_share"] <= 0.25 and watched["lag_after_stop"] == 0
+               and live["appended_per_s"] >= args.rate * 0.95)
+        print(json.dumps({"full_pass": full, "live": live,
+                          "target": {"appends_per_s": args.rate, "max_core_share": 0.25},
+                          "met": met, "loadavg": os.getloadavg()}, indent=2))
+        return 0
+    finally:
+        with psycopg.connect(args.pg_admin_url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    sys.exit(main())

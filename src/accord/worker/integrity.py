@@ -1,0 +1,150 @@
+"""The integrity monitor: the worker re-hashes the ledger all the time, not only when an
+auditor runs `accord audit verify`.
+
+Incrementally, every `check_interval`, it re-hashes the entries appended since its last
+look (`ledger.integrity`); every `full_interval` it starts a whole pass from index 0, done
+in chunks between the incremental looks, so that changes to old entries are found too.
+Its work is paced to `budget` of one core: after each chunk it waits (1 / budget - 1)
+times as long as the chunk took. Reads are deferred transactions on SQLite: it never
+holds the write lock.
+
+On damage it raises a critical `ledger_integrity` alert naming the first bad index (once
+per finding), which goes to the admins and auditors and puts a banner on every page they
+see until it is resolved. It keeps looking: a finding it has raised is not raised again,
+and a new one is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from accord.config import IntegritySpec
+from accord.db import readonly_sessions, transaction
+from accord.detect.rules import Finding
+from accord.detect.service import raise_alert
+from accord.ledger import integrity
+from accord.ledger.checkpoints import LedgerConfig
+
+log = logging.getLogger("accord.ledger")
+RULE = "ledger_integrity"
+
+
+@dataclass(frozen=True)
+class Pace:
+    check_interval: timedelta = timedelta(seconds=1)
+    full_interval: timedelta = timedelta(hours=1)
+    budget: float = 0.25  # of one core
+    chunk: int = 20_000  # entries per read transaction
+
+
+def finding(damage: integrity.Damage) -> Finding:
+    digest = hashlib.sha256(damage.what.encode()).hexdigest()[:12]
+    return Finding(
+        RULE, "critical",
+        f"the audit ledger was changed at index {damage.index}: {damage.what}",
+        f"{RULE}:{damage.index}:{digest}", [damage.index], subject="ledger",
+        data={"index": damage.index, "what": damage.what})
+
+
+class IntegrityMonitor:
+    """A daemon thread re-hashing the ledger; `check()` runs one step (tests call it)."""
+
+    def __init__(self, sessions: sessionmaker[Session], cfg: LedgerConfig,
+                 now: Callable[[], datetime], pace: Pace | None = None) -> None:
+        self.sessions = sessions
+        self.reader = readonly_sessions(sessions)
+        self.cfg = cfg
+        self.now = now
+        self.pace = pace or Pace()
+        self.incremental = integrity.Scan()
+        self.full: integrity.Scan | None = integrity.Scan()  # the first pass starts at once
+        self.full_started = time.monotonic()
+        self.last_full: tuple[float, int] | None = None  # (when it ended, size it covered)
+        self.damage: integrity.Damage | None = None  # the latest found
+        self.busy_seconds = 0.0  # time spent re-hashing (for the benchmark)
+        self.hashed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="accord-integrity", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    # -- one step
+
+    def _walk(self, scan: integrity.Scan) -> tuple[integrity.Scan, integrity.Damage | None]:
+        started = time.thread_time()
+        before = scan.position
+        with self.reader() as session:
+            out, damage = integrity.verify(session, self.cfg.signer.verifier, scan=scan,
+                                           remembered=self.cfg.remembered(),
+                                           limit=self.pace.chunk)
+        self.busy_seconds += time.thread_time() - started
+        self.hashed += out.position - before
+        return out, damage
+
+    def check(self) -> integrity.Damage | None:
+        """One incremental look and one chunk of the full pass; alerts on damage."""
+        found: integrity.Damage | None = None
+        self.incremental, damage = self._walk(self.incremental)
+        if damage is not None:
+            found = damage
+            self.incremental = integrity.Scan()  # start over: the damage may be mended
+        if self.full is None and time.monotonic() - self.full_started >= \
+                self.pace.full_interval.total_seconds():
+            self.full, self.full_started = integrity.Scan(), time.monotonic()
+        if self.full is not None:
+            self.full, damage = self._walk(self.full)
+            with self.reader() as session:
+                head = integrity.head_size(session)
+            if damage is not None:
+                found = found or damage
+                self.full = None
+            elif self.full.position >= head:
+                self.last_full = (time.time(), self.full.position)
+                self.full = None
+        if found is not None:
+            self._alert(found)
+        return found
+
+    def _alert(self, damage: integrity.Damage) -> None:
+        self.damage = damage
+        log.critical("the audit ledger was changed: %s", damage)
+        with transaction(self.sessions) as session:
+            raise_alert(session, finding=finding(damage), now=self.now())
+
+    # -- the loop
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.check()
+            except Exception:  # a database hiccup: the next look retries
+                log.exception("ledger integrity check failed")
+            took = time.monotonic() - started
+            rest = took * (1 / self.pace.budget - 1)  # stay within the budget
+            busy = self.full is not None
+            self._stop.wait(max(rest, 0.0 if busy else
+                                self.pace.check_interval.total_seconds() - took))
+
+
+def monitor_for(sessions: sessionmaker[Session], cfg: LedgerConfig,
+                now: Callable[[], datetime], spec: IntegritySpec) -> IntegrityMonitor | None:
+    """The monitor `ledger.integrity` asks for (None when turned off)."""
+    if not spec.enabled:
+        return None
+    return IntegrityMonitor(sessions, cfg, now, Pace(
+        check_interval=spec.check_interval, full_interval=spec.full_interval,
+        budget=spec.budget))
