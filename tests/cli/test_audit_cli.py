@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from accord.cli.main import app
@@ -68,3 +69,77 @@ def test_verify_needs_a_source() -> None:
     r = runner.invoke(app, ["audit", "verify"])
     assert r.exit_code == 2
     assert "--bundle" in r.stderr
+
+
+def _signed_log(tmp_path: Path) -> tuple[dict[str, str], str, str, Path]:
+    env = _env(tmp_path)
+    for user in ("alice", "bob", "carol"):
+        assert runner.invoke(app, ["token", "issue", user], env=env).exit_code == 0
+    key = runner.invoke(app, ["audit", "key"], env=env).stdout.strip()
+    pin = runner.invoke(app, ["audit", "checkpoint"], env=env).stdout
+    bundle = tmp_path / "ledger.bundle"
+    assert runner.invoke(app, ["audit", "export", "--out", str(bundle)], env=env).exit_code == 0
+    return env, key, pin, bundle
+
+
+def test_a_pin_copied_from_a_pdf_and_a_key_in_a_file_are_accepted(tmp_path: Path) -> None:
+    env, key, pin, bundle = _signed_log(tmp_path)
+    # The blank line lost, an en dash for the em dash, Windows line ends, stray spaces.
+    body, sig = pin.rstrip("\n").split("\n\n")
+    copied = "  " + body.replace("\n", "  \r\n") + "\r\n" + sig.replace("\u2014", "\u2013")
+    (tmp_path / "pin.txt").write_text(copied)
+    (tmp_path / "key.pub").write_text(key + "\n")
+    r = runner.invoke(app, ["audit", "verify", "--bundle", str(bundle),
+                            "--key", str(tmp_path / "key.pub"),
+                            "--pin", str(tmp_path / "pin.txt")], env=env)
+    assert r.exit_code == 0, r.output
+    assert "pinned checkpoint of size" in r.stdout
+
+
+def test_a_malformed_pin_is_called_malformed_not_a_key_problem(tmp_path: Path) -> None:
+    env, key, pin, bundle = _signed_log(tmp_path)
+    (tmp_path / "pin.txt").write_text(pin.split("\n\n")[0] + "\n")  # no signature at all
+    r = runner.invoke(app, ["audit", "verify", "--bundle", str(bundle), "--key", key,
+                            "--pin", str(tmp_path / "pin.txt")], env=env)
+    assert r.exit_code == 1
+    said = " ".join(r.stderr.split())
+    assert "the pinned checkpoint is malformed" in said and "re-signed" not in said
+
+
+def test_the_first_failure_comes_first_and_the_rest_are_summarised(tmp_path: Path) -> None:
+    env, key, _pin, bundle = _signed_log(tmp_path)
+    for user in ("dave", "erin", "frank", "gina", "alice", "bob", "carol", "dave"):
+        assert runner.invoke(app, ["token", "issue", user], env=env).exit_code == 0
+    runner.invoke(app, ["audit", "checkpoint"], env=env)
+    db = sqlite3.connect(tmp_path / "data" / "accord.db")
+    db.execute("DROP TRIGGER ledger_entries_no_update")
+    for idx in (9, 4, 7):  # several changed entries: several problems
+        db.execute("UPDATE ledger_entries SET leaf = CAST(replace(CAST(leaf AS TEXT), "
+                   "'\"v\":1', '\"v\":2') AS BLOB) WHERE idx = ?", (idx,))
+    db.commit()
+    db.close()
+    assert runner.invoke(app, ["audit", "export", "--out", str(bundle)], env=env).exit_code == 0
+    r = runner.invoke(app, ["audit", "verify", "--bundle", str(bundle), "--key", key], env=env)
+    assert r.exit_code == 1
+    lines = r.stderr.splitlines()
+    lines = lines[next(i for i, ln in enumerate(lines) if ln.startswith("FAILED")):]
+    assert lines[0] == "FAILED: first bad index: 4"
+    assert "4" in lines[1] and "9" not in lines[1]  # the problem at index 4 is listed first
+
+
+def test_a_long_report_shows_the_first_bad_index_first_and_counts_the_rest(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from accord.cli.audit import _print_report
+    from accord.ledger.verify import Report
+
+    report = Report()
+    report.fail("checkpoint 3 of 3: bad signature")  # no index: after those that have one
+    for idx in (30, 12, 7, 18, 44, 51, 60):
+        report.fail(f"index {idx}: the leaf does not follow from the one before it", idx)
+    _print_report(report, as_json=False)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == "FAILED: first bad index: 7"
+    assert lines[1].startswith("  - index 7:") and lines[2].startswith("  - index 12:")
+    assert len([ln for ln in lines if ln.startswith("  - ")]) == 5
+    assert "and 3 more problems" in " ".join(err.split())

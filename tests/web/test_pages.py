@@ -1190,3 +1190,15 @@ def test_audit_page_turns_red_over_an_edited_ledger(env: Env) -> None:
     assert f"ledger index {victim}" in verdict
     row = r.text.split(f"<tr class=\"tampered\"><td>{victim}</td>", 1)
     assert len(row) == 2 and "✘ changed" in row[1].split("</tr>", 1)[0]
+
+
+def test_audit_data_reads_as_written_and_reviews_say_how_to_start(env: Env) -> None:
+    env.ask("alice", reason="alice's INC-4242 \"urgent\" <b>look</b>")
+    dave = login(env, "dave")
+    r = dave.get("/audit")
+    is_html_page(r, 200)
+    assert "\\u0027" not in r.text and "alice&#39;s INC-4242" in r.text
+    assert "&lt;b&gt;look&lt;/b&gt;" in r.text  # still escaped for HTML
+    page_ = login(env, "frank").get("/reviews")
+    assert "No access reviews are configured" in text_of(page_)
+    assert "accord review start" in page_.text

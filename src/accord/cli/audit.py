@@ -102,7 +102,8 @@ def verify_cmd(
     ] = None,
     key_text: Annotated[
         str | None,
-        typer.Option("--key", help="The verifier key you pinned (or @FILE holding it)."),
+        typer.Option("--key", help="The verifier key you pinned, or a file holding it "
+                                   "(a path, or @PATH)."),
     ] = None,
     pin: Annotated[
         Path | None, typer.Option("--pin", help="A checkpoint you saved earlier (a file).")
@@ -134,8 +135,11 @@ def verify_cmd(
 
 
 def _read_key(text: str) -> Verifier:
+    """The key itself, or a file holding it (`@path`, or a path to a file that exists)."""
     if text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
+    elif "+" not in text and Path(text).is_file():
+        text = Path(text).read_text(encoding="utf-8")
     return Verifier.decode(text)
 
 
@@ -161,13 +165,16 @@ def _source(path: Path | None, url: str | None
         yield (lambda: local.open("rb")), local
 
 
+SHOWN = 5  # problems printed; the first names the first bad index
+
+
 def _print_report(report: Report, as_json: bool) -> None:
     if as_json:
         print(json.dumps({
             "ok": report.ok, "size": report.size, "origin": report.origin, "key": report.key,
             "root": report.root.hex(), "checkpoints": report.checkpoints,
             "witnessed": report.witnessed, "pinned": report.pinned,
-            "first_bad_index": report.first_bad_index, "problems": report.problems,
+            "first_bad_index": report.first_bad_index, "problems": report.ordered(),
             "warnings": report.warnings,
         }, indent=2))
         return
@@ -182,8 +189,12 @@ def _print_report(report: Report, as_json: bool) -> None:
     where = (f"first bad index: {report.first_bad_index}" if report.first_bad_index is not None
              else "first bad index: unknown (see below)")
     err.print(f"FAILED: {where}", markup=False)
-    for p in report.problems:
+    problems = report.ordered()
+    for p in problems[:SHOWN]:
         err.print(f"  - {p}", markup=False)
+    if len(problems) > SHOWN:
+        err.print(f"  … and {len(problems) - SHOWN} more problems, which follow from those "
+                  f"or lie later in the log (--json lists them all)", markup=False)
 
 
 @audit_app.command("tail")

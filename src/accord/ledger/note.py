@@ -145,6 +145,30 @@ def checkpoint_body(origin: str, size: int, root: bytes) -> str:
     return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
 
 
+_SIG_LIKE = re.compile(r"^(?:\u2014|\u2013|--?)\s+(\S+)\s+(\S+)\s*$")
+
+
+def tidy_note(text: str) -> str:
+    """A signed note as a person may have copied it (from a PDF, a ticket, an e-mail):
+    Windows line ends, spaces around lines, a lost blank line before the signature lines,
+    an en dash or hyphens instead of the em dash. Returns the note as it was signed; the
+    signature still decides whether it is genuine."""
+    lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    body: list[str] = []
+    sigs: list[str] = []
+    for ln in lines:
+        m = _SIG_LIKE.match(ln)
+        if m and len(body) >= 3:
+            sigs.append(f"{SIG_PREFIX}{m.group(1)} {m.group(2)}")
+        elif ln and not sigs:
+            body.append(ln)
+    if not sigs:
+        return text
+    return "\n".join(body) + "\n\n" + "\n".join(sigs) + "\n"
+
+
 def parse_checkpoint(text: str, verifiers: list[Verifier]) -> Checkpoint:
     """Parse a signed checkpoint; it must carry a valid signature by one of `verifiers`."""
     body, sep, sigs = text.partition("\n\n")

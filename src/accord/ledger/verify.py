@@ -24,7 +24,7 @@ from typing import IO
 import rfc8785
 
 from accord.ledger import bundle, merkle
-from accord.ledger.note import NoteError, Verifier, parse_checkpoint
+from accord.ledger.note import NoteError, Verifier, parse_checkpoint, tidy_note
 
 
 @dataclass
@@ -39,13 +39,21 @@ class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     first_bad_index: int | None = None
+    indices: list[int | None] = field(default_factory=list)  # per problem, when it names one
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def ordered(self) -> list[str]:
+        """Problems, the one at the first bad index first; the rest as found."""
+        order = sorted(range(len(self.problems)), key=lambda i: (
+            self.indices[i] is None, self.indices[i] or 0, i))
+        return [self.problems[i] for i in order]
+
     def fail(self, message: str, index: int | None = None) -> None:
         self.problems.append(message)
+        self.indices.append(index)
         if index is not None and (self.first_bad_index is None or index < self.first_bad_index):
             self.first_bad_index = index
 
@@ -122,12 +130,19 @@ def _targets(header: bundle.Header, report: Report, *, key: Verifier | None, pin
         report.checkpoints += 1
     if pin is not None:
         try:
-            pinned = parse_checkpoint(pin, [trusted])
+            pinned = parse_checkpoint(tidy_note(pin), [trusted])
             targets.append(_Target(pinned.size, pinned.root,
                                    f"pinned checkpoint of size {pinned.size}"))
             report.pinned = pinned.size
         except NoteError as exc:
-            report.fail(f"pinned checkpoint: {exc} (was the log re-signed with another key?)")
+            if "no signature by a trusted key" in str(exc) or "bad signature" in str(exc):
+                report.fail(f"pinned checkpoint: {exc}: it is not signed by the key you trust "
+                            f"(was the log re-signed with another key, or is --key another "
+                            f"log's?)")
+            else:
+                report.fail(f"the pinned checkpoint is malformed: {exc}; copy it whole: the "
+                            f"origin, size and root lines, a blank line, and the signature "
+                            f"line starting with an em dash")
     if witness is not None:
         for path in sorted(witness.glob("*")):
             if not path.name.isdigit():

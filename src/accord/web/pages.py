@@ -7,6 +7,7 @@ is the same whichever way a person acts; only `via` says "web".
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import secrets
@@ -55,6 +56,10 @@ from accord.web.auth import (
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+# Event data as people read it: indented, non-ASCII and quotes as they are (Jinja's
+# autoescape still escapes it for HTML); `tojson` would show \u0027 for every apostrophe.
+templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False,
+                                                        sort_keys=False)
 templates.env.globals["format_duration_seconds"] = \
     lambda s: format_duration(timedelta(seconds=int(s)))
 router = APIRouter(include_in_schema=False)

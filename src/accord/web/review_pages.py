@@ -65,7 +65,8 @@ def reviews_page(request: Request, session: Session = Depends(db),
         startable = [n for n in sorted(service.definitions(who.policy)) if n not in running]
     _end_read(session)
     return page(request, "reviews.html", viewer, items=items, current=status,
-                startable=startable, flash=FLASH.get(request.query_params.get("done", "")),
+                startable=startable, configured=bool(service.definitions(who.policy)),
+                flash=FLASH.get(request.query_params.get("done", "")),
                 more_url=f"/reviews?status={status}&before={more}" if more else None)
 
 
