@@ -17,8 +17,10 @@ runner = CliRunner()
 def _env(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "accord.yaml"
     config.write_text(POLICY, encoding="utf-8")
-    return {"ACCORD_DATA_DIR": str(tmp_path / "data"), "ACCORD_CONFIG": str(config),
-            "ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'accord.db'}"}
+    env = {"ACCORD_DATA_DIR": str(tmp_path / "data"), "ACCORD_CONFIG": str(config),
+           "ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'accord.db'}"}
+    assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    return env
 
 
 def test_export_then_verify_then_tamper(tmp_path: Path) -> None:

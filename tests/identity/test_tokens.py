@@ -232,8 +232,27 @@ runner = CliRunner()
 def cli_env(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "accord.yaml"
     config.write_text(POLICY, encoding="utf-8")
-    return {"ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
-            "ACCORD_CONFIG": str(config), "ACCORD_DATA_DIR": str(tmp_path / "data")}
+    env = {"ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+           "ACCORD_CONFIG": str(config), "ACCORD_DATA_DIR": str(tmp_path / "data")}
+    assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    return env
+
+
+def test_operator_commands_create_nothing_where_they_find_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "accord.yaml"
+    env = {"ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'missing.db'}",
+           "ACCORD_CONFIG": str(config), "ACCORD_DATA_DIR": str(tmp_path / "data")}
+    for args in (["token", "list"], ["audit", "key"], ["token", "issue", "alice"],
+                 ["report", "user", "alice", "--out", str(tmp_path / "r.pdf")]):
+        r = runner.invoke(app, args, env={**env, "ACCORD_TOKEN": ""})
+        assert r.exit_code == 1 and "accord.yaml: no such file" in " ".join(r.stderr.split()), \
+            (args, r.output)
+    config.write_text(POLICY, encoding="utf-8")
+    for args in (["token", "list"], ["audit", "key"]):
+        r = runner.invoke(app, args, env=env)
+        said = " ".join(r.stderr.split())
+        assert r.exit_code == 1 and "no Accord database at" in said and "db upgrade" in said
+    assert not (tmp_path / "missing.db").exists() and not (tmp_path / "data").exists()
 
 
 def cli(cli_env: dict[str, str], *args: str) -> Any:

@@ -27,7 +27,7 @@ from accord.identity import service as identity
 from accord.ledger.events import Actor, format_time
 from accord.reports.render_pdf import _fonts
 from accord.worker.job_runner import detect_all
-from tests.conftest import POLICY, Env, make_env
+from tests.conftest import POLICY, Env, LiveServer, make_env
 from tests.reports.test_reports import all_events, report, scenario
 
 runner = CliRunner()
@@ -233,3 +233,31 @@ def test_break_glass_review_and_its_alert(glass: Env) -> None:
         io.BytesIO(pdf.content)).pages).split())
     assert "break-glass, reviewed justified by frank" in text
     assert "SEV1 confirmed by on-call" in text and "break_glass" in text
+
+
+def test_an_auditor_with_only_a_token_reports_over_the_api(live: LiveServer,
+                                                          tmp_path: Path) -> None:
+    live.env.ask("alice", reason="INC-77 over the api")
+    env = {"ACCORD_URL": live.url, "ACCORD_TOKEN": live.env.tokens["dave"],
+           "ACCORD_CONFIG": str(tmp_path / "nowhere.yaml"),  # no database, no config here
+           "ACCORD_DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
+    out = tmp_path / "q.json"
+    r = runner.invoke(app, ["report", "access", "--from", "2000-01-01", "--to", "2100-01-01",
+                            "--out", str(out)], env=env)
+    assert r.exit_code == 0, r.output
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in r.stderr and live.url in r.stderr
+    body = json.loads(out.read_text())
+    assert body["totals"]["requests"] >= 1 and "dave" in body["generated_by"]
+    assert not (tmp_path / "none.db").exists()
+    r = runner.invoke(app, ["report", "user", "alice", "--format", "csv", "--out", "-",
+                            "--from", "2000-01-01", "--to", "2100-01-01"],
+                      env=env)
+    assert r.exit_code == 0 and "INC-77 over the api" in r.stdout
+    denied = runner.invoke(app, ["report", "access", "--from", "2000-01-01", "--to",
+                                 "2100-01-01", "--out", str(tmp_path / "x.pdf")],
+                           env={**env, "ACCORD_TOKEN": live.env.tokens["alice"]})
+    assert denied.exit_code == 1 and "auditor" in denied.stderr
+    assert not (tmp_path / "x.pdf").exists() and not list(tmp_path.glob("*.partial"))
+    made = [e for e in live.env.events(type="report.generated")]
+    assert [e["actor"]["id"] for e in made][-2:] == ["dave", "dave"]

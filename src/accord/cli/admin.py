@@ -114,7 +114,7 @@ def token_issue(
     except DurationError as exc:
         err.print(f"error: --expires: {exc}")
         raise typer.Exit(1) from None
-    st = load_state(config, upgrade="if-empty")
+    st = load_state(config, upgrade="never")
     try:
         with transaction(st.sessions) as session:
             row, secret = identity.issue(
@@ -136,7 +136,7 @@ def token_list(
     config: ConfigOpt = None,
 ) -> None:
     """List tokens (never their secrets)."""
-    st = load_state(config, upgrade="if-empty")
+    st = load_state(config, upgrade="never")
     with st.sessions() as session:
         rows = identity.list_tokens(session, user=user)
     now = st.now()
@@ -164,7 +164,7 @@ def token_revoke(
     config: ConfigOpt = None,
 ) -> None:
     """Revoke a token; calls made with it fail from now on."""
-    st = load_state(config, upgrade="if-empty")
+    st = load_state(config, upgrade="never")
     try:
         with transaction(st.sessions) as session:
             row = identity.revoke(session, token_id=token_id, now=st.now(), admin=True,

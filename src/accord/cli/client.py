@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -21,6 +21,10 @@ from accord.config import Secret, Settings, redact_url
 API_PREFIX = "/api/v1"
 TIMEOUT = 30.0
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what a header value can carry
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
 
 
 class ClientError(Exception):
@@ -150,8 +154,10 @@ class AccordClient:
                 f"unexpected non-JSON response from {where}; does ACCORD_URL point at Accord?",
             ) from None
 
-    def download(self, path: str, out: IO[bytes], params: Mapping[str, str] | None = None) -> int:
-        """Stream a binary response into `out`; returns the bytes written."""
+    def download(self, path: str, out: Writable, params: Mapping[str, str] | None = None,
+                 *, headers_out: dict[str, str] | None = None) -> int:
+        """Stream a binary response into `out`; returns the bytes written (and the response's
+        headers into `headers_out`, when given)."""
         headers = {"Authorization": _bearer(self.settings.token), "Accept": "*/*"}
         where = redact_url(self.url)
         written = 0
@@ -160,6 +166,8 @@ class AccordClient:
                 if not response.is_success:
                     response.read()
                     raise ClientError(response.status_code, _error_detail(response))
+                if headers_out is not None:
+                    headers_out.update(response.headers)
                 for chunk in response.iter_bytes():
                     out.write(chunk)
                     written += len(chunk)

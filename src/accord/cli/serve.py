@@ -93,7 +93,7 @@ def serve(
     if demo_mode:
         demo.seed(st)
         tokens = demo.issue_tokens(st)
-        _print_demo(url, config, tokens)
+        _print_demo(url, config, tokens, settings.data_dir)
     if not demo_mode:
         err.print(f"Accord listening on {url} (API docs: {url}/docs)")
     limits = _http_limits(settings)
@@ -160,7 +160,8 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
             stop()
 
 
-def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:
+def _print_demo(url: str, config: Path | None, tokens: dict[str, str], data_dir: Path
+                ) -> None:
     # Plain lines, not a table: tokens must survive narrow terminals and copy-paste whole.
     roles = {"alice": "engineer", "bob": "lead (approver)", "carol": "dba, admin",
              "dave": "auditor", "erin": "engineer, dba", "frank": "admin, billing owner"}
@@ -172,11 +173,14 @@ def _print_demo(url: str, config: Path | None, tokens: dict[str, str]) -> None:
         "Demo logins (API tokens, new on every start):",
         *[f"  {user:<6} {roles.get(user, ''):<21} {token}" for user, token in tokens.items()],
         "",
-        "Try, in another shell:",
+        "Try, in another shell (client commands talk to the server as alice):",
         "  source .venv/bin/activate",
         f"  export ACCORD_URL={url} ACCORD_TOKEN={tokens['alice']}",
         "  accord request create orders-db read --duration 1h --reason 'INC-1: look at orders'",
         "  accord request list",
+        "Operator commands (accord token, audit key, report, ...) read the demo's data:",
+        f"  export ACCORD_DATA_DIR={data_dir.resolve()}"
+        + (f" ACCORD_CONFIG={config.resolve()}" if config else ""),
         "",
     ]
     sys.stderr.write("\n".join(lines) + "\n")

@@ -1,20 +1,28 @@
-"""`accord report access|user|resource`: operator commands on the database, like
-`accord audit export` (ACCORD_DATABASE_URL, ACCORD_CONFIG); each report is a ledger event."""
+"""`accord report access|user|resource`: compliance reports; each is a ledger event.
+
+With ACCORD_TOKEN set (and no --config) they are client commands, like `accord request`:
+the server at ACCORD_URL generates the report (an auditor needs only a token). Without it
+they are operator commands on the database, like `accord audit export` (ACCORD_DATABASE_URL,
+ACCORD_CONFIG)."""
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from accord.cli.client import AccordClient, ClientError
 from accord.cli.state import load_state
+from accord.config import Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor, Via
 from accord.reports import service
@@ -69,9 +77,14 @@ def _format(fmt: str | None, out: Path) -> str:
 
 def _run(kind: Kind, *, out: Path, fmt: str | None, start: str | None, end: str | None,
          config: Path | None, resource: str | None = None, user: str | None = None) -> None:
+    settings = Settings.from_env()
+    if settings.token is not None and config is None:
+        _run_api(kind, settings=settings, out=out, fmt=fmt, start=start, end=end,
+                 resource=resource, user=user)
+        return
     from accord.reports.generate import generate  # fpdf: only when reporting
 
-    st = load_state(config, upgrade="never")
+    st = load_state(config, upgrade="never", settings=settings)
     chosen = _format(fmt, out)
     to_stdout = str(out) == "-"
     try:
@@ -107,13 +120,65 @@ def _run(kind: Kind, *, out: Path, fmt: str | None, start: str | None, end: str 
     ev = r.evidence
     where = "stdout" if to_stdout else str(out)
     err.print(f"wrote {where}: {chosen}, {done.size} bytes, sha256 {done.sha256}", markup=False)
+    events = (f"ledger events {r.ledger.first_index}..{r.ledger.last_index}"
+              if r.ledger.first_index is not None else "no ledger events in the period")
     err.print(f"{r.totals.requests} requests in the period, {r.totals.grants} grants overlapping "
-              f"it; ledger events {r.ledger.first_index}..{r.ledger.last_index}; checkpoint size "
-              f"{ev.checkpoint_size if ev else 'none'}; recorded as report.generated",
-              markup=False)
+              f"it; {events}; checkpoint size {ev.checkpoint_size if ev else 'none'}; recorded "
+              f"as report.generated", markup=False)
     failed = [c for c in r.ledger.checks if not c.ok]
     for c in failed:
         err.print(f"warning: {c.name}: tables {c.tables}, ledger {c.ledger}", markup=False)
+
+
+def _run_api(kind: Kind, *, settings: Settings, out: Path, fmt: str | None,
+             start: str | None, end: str | None, resource: str | None,
+             user: str | None) -> None:
+    """The same report from the server (GET /api/v1/reports/...), streamed to `out`."""
+    chosen = _format(fmt, out)
+    path = {"access": "/reports/access", "user": f"/reports/user/{quote(user or '', safe='')}",
+            "resource": f"/reports/resource/{quote(resource or '', safe='')}"}[kind]
+    params = {"format": chosen, **({"from": start} if start else {}),
+              **({"to": end} if end else {}),
+              **({"resource": resource} if kind == "access" and resource else {})}
+    to_stdout = str(out) == "-"
+    tmp = out.with_name(out.name + ".partial")
+    headers: dict[str, str] = {}
+    digest = hashlib.sha256()
+
+    class _Tee:
+        def __init__(self, sink: IO[bytes]) -> None:
+            self.sink = sink
+
+        def write(self, data: bytes) -> int:
+            digest.update(data)
+            return self.sink.write(data)
+
+    try:
+        with AccordClient(settings) as client:
+            if to_stdout:
+                size = client.download(path, _Tee(sys.stdout.buffer),
+                                       params, headers_out=headers)
+                sys.stdout.buffer.flush()
+            else:
+                with tmp.open("wb") as f:
+                    size = client.download(path, _Tee(f), params,
+                                           headers_out=headers)
+                tmp.replace(out)
+    except ClientError as exc:
+        tmp.unlink(missing_ok=True)
+        err.print(f"error: {exc.detail}", markup=False)
+        raise typer.Exit(1) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sha = digest.hexdigest()
+    if headers.get("x-accord-report-sha256", sha) != sha:
+        err.print("error: the report's sha256 differs from what the server recorded",
+                  markup=False)
+        raise typer.Exit(1)
+    where = "stdout" if to_stdout else str(out)
+    err.print(f"wrote {where}: {chosen}, {size} bytes, sha256 {sha}; generated by "
+              f"{settings.url} and recorded there as report.generated", markup=False)
 
 
 @report_app.command("access")
