@@ -242,6 +242,13 @@ class WorkflowNotifySpec(_Strict):
     auto_approved: Literal["requester", "none", "all"] = "requester"
 
 
+class WorkflowMessages(_Strict):
+    """What people read when a rule decides, instead of its CEL."""
+
+    auto_deny: str | None = Field(default=None, max_length=300)
+    auto_approve: str | None = Field(default=None, max_length=300)
+
+
 class WorkflowSpec(_Strict):
     name: str
     description: str = ""
@@ -255,6 +262,7 @@ class WorkflowSpec(_Strict):
     escalation: EscalationSpec | None = None
     expire_after: timedelta | None = None
     notify: WorkflowNotifySpec = Field(default_factory=WorkflowNotifySpec)
+    messages: WorkflowMessages = Field(default_factory=WorkflowMessages)
 
     _d = field_validator("max_duration", "expire_after", mode="before")(
         lambda cls, v: None if v is None else _duration(v)

@@ -441,3 +441,28 @@ def test_elevated_roles_add_their_steps() -> None:
     assert elevated.steps[2].elevated is True
     assert elevated.steps[2].min_approvals == 2
     assert elevated.pending_timeout == timedelta(hours=2)
+
+
+def test_decisions_are_said_in_words_or_in_the_workflows_own_message() -> None:
+    from accord.policy.engine import in_words
+
+    assert in_words("size(request.reason) < 10") == \
+        "a reason of at least 10 characters is required"
+    assert in_words('"engineers" in request.requester.groups && request.role == "read"') == \
+        "the requester is in group engineers and the role is read"
+    assert in_words('request.duration > duration("2h")') == \
+        'the rule `request.duration > duration("2h")` matched'
+    text = POLICY_WITH_MESSAGE
+    spec = parse_policy_text(text)
+    assert spec.spec.workflows[0].messages.auto_deny == "say which ticket, and why"
+
+
+POLICY_WITH_MESSAGE = """\
+users: [alice]
+resources: [{name: db, roles: [read]}]
+workflows:
+  - name: all
+    auto_deny: 'size(request.reason) < 10'
+    auto_approve: 'true'
+    messages: {auto_deny: "say which ticket, and why"}
+"""

@@ -334,7 +334,8 @@ def test_auto_deny_denies_with_the_policy_as_actor(env: Env) -> None:
     assert req["status"] == "denied"
     assert req["workflow"] == {"name": "prod", "version": env.st.policies.current.version,
                                "rule": "auto_deny"}
-    assert req["decision_reason"]
+    assert req["decision_reason"] == ("denied by workflow 'prod': a reason of at least 10 "
+                                      "characters is required")  # in words, not CEL
     assert req["grant"] is None
     events = env.events(subject=f"request:{req['id']}")
     assert [e["type"] for e in events] == ["request.created", "request.denied"]

@@ -8,6 +8,8 @@ that errors does not approve, an `auto_deny` that errors denies.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -305,16 +307,18 @@ class Policy:
             if denied:
                 return Decision(
                     "deny", spec.name, "auto_deny",
-                    f"denied by workflow {spec.name!r}: {spec.auto_deny}", inputs=inputs,
-                    workflow_steps=planned,
+                    f"denied by workflow {spec.name!r}: "
+                    f"{spec.messages.auto_deny or in_words(spec.auto_deny or '')}",
+                    inputs=inputs, workflow_steps=planned,
                 )
         if w.auto_approve is not None:
             approved, _err = _eval_bool(w.auto_approve, ctx)
             if approved:
                 return Decision(
                     "approve", spec.name, "auto_approve",
-                    f"approved by workflow {spec.name!r}: {spec.auto_approve}", inputs=inputs,
-                    workflow_steps=planned,
+                    f"approved by workflow {spec.name!r}: "
+                    f"{spec.messages.auto_approve or in_words(spec.auto_approve or '')}",
+                    inputs=inputs, workflow_steps=planned,
                 )
         if not steps:
             return Decision(
@@ -326,6 +330,37 @@ class Policy:
             "steps", spec.name, "match", f"routed by workflow {spec.name!r}",
             steps=planned, inputs=inputs, pending_timeout=timeout, workflow_steps=planned,
         )
+
+
+_RULES_IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"^size\(request\.reason\)\s*<\s*(\d+)$"),
+     lambda m: f"a reason of at least {m[1]} characters is required"),
+    (re.compile(r"^size\(request\.reason\)\s*<=\s*(\d+)$"),
+     lambda m: f"a reason of more than {m[1]} characters is required"),
+    (re.compile(r"^request\.reason\s*==\s*(?:''|\"\")$"), lambda m: "a reason is required"),
+    (re.compile(r'^"([\w.-]+)"\s+in\s+request\.requester\.groups$'),
+     lambda m: f"the requester is in group {m[1]}"),
+    (re.compile(r'^!\s*\("([\w.-]+)"\s+in\s+request\.requester\.groups\)$'),
+     lambda m: f"the requester is not in group {m[1]}"),
+    (re.compile(r'^request\.role\s*==\s*"([\w.-]+)"$'), lambda m: f"the role is {m[1]}"),
+    (re.compile(r"^request\.emergency$"), lambda m: "it is an emergency (break-glass) request"),
+]
+
+
+def in_words(expr: str) -> str:
+    """A rule's CEL as people read it: the common shapes in words (conjunctions of them
+    too), anything else as the rule itself, quoted."""
+    parts = [p.strip() for p in re.split(r"\s&&\s", expr.strip())]
+    said = []
+    for part in parts:
+        for pattern, words in _RULES_IN_WORDS:
+            m = pattern.match(part)
+            if m:
+                said.append(words(m))
+                break
+        else:
+            return f"the rule `{expr.strip()}` matched"
+    return " and ".join(said)
 
 
 def _jsonable(value: Any) -> Any:
