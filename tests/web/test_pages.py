@@ -555,7 +555,8 @@ def test_preview_shows_the_workflow_and_its_approvers(env: Env) -> None:
     assert "admins elevated role: 2 of carol, frank" in elevated
     assert "Approved at once by workflow staging (auto approve)." in text_of(
         alice.get("/requests/preview?resource=staging-db&role=read&duration=1h"))
-    assert "Would be denied: denied by workflow 'prod': a reason of at least 10 characters is required" in text_of(
+    assert "Would be denied: denied by workflow 'prod': a reason of at least 10 characters " \
+        "is required" in text_of(
         alice.get("/requests/preview?resource=orders-db&role=read&duration=1h&reason=x"))
     assert "duration: 'zz' is not a duration" in text_of(
         alice.get("/requests/preview?resource=orders-db&role=read&duration=zz"))
