@@ -80,3 +80,26 @@ def test_metrics_and_root(live: LiveServer) -> None:
     assert "accord_ledger_size" in body
     r = httpx.get(live.url + "/", timeout=5)
     assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"
+
+
+def test_small_truths_of_the_cli(live: LiveServer) -> None:
+    from accord.cli.request import _span
+
+    # denied at filing: said, recorded, and exit 1 so that a script notices
+    code, out, _ = run(live, "alice", "request", "create", "orders-db", "read", "-d", "1h",
+                       "-r", "short")
+    assert code == 1 and "denied" in out and "a reason of at least 10 characters" in out
+    # time left is not rounded up to the hour
+    assert (_span(5340), _span(3600), _span(93784), _span(59)) == ("1h29m", "1h", "1d2h", "59s")
+    # headers stay whole on an 80-column terminal
+    live.env.ask("alice")
+    result = runner.invoke(app, ["request", "list"], env={
+        "ACCORD_URL": live.url, "ACCORD_TOKEN": live.env.tokens["alice"], "COLUMNS": "80"})
+    header = result.stdout.splitlines()[0]
+    for name in ("REQUESTER", "RESOURCE", "DURATION", "WORKFLOW"):
+        assert name in header, header
+    # flags take no value: help does not say "<bool>"
+    assert "<bool>" not in runner.invoke(app, ["request", "create", "--help"]).stdout
+    # --reason on every command that records why (--comment still works)
+    rid = live.env.ask("alice")["id"]
+    assert run(live, "bob", "request", "deny", str(rid), "--reason", "not now")[0] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperOption
 
 from accord.cli import admin, serve
 from accord.cli.audit import audit_app
@@ -13,6 +14,17 @@ from accord.notify.cli import notify_app
 from accord.reports.cli import report_app
 from accord.reviews.cli import review_app
 from accord.web.cli import session_app
+
+_type_shown = TyperOption.display_type_rich
+
+
+def _no_type_for_flags(self: TyperOption, ctx: typer.Context) -> str | None:
+    # typer's rich help writes "<bool>" beside every flag; a flag takes no value, and
+    # people read "<bool>" as one they must give.
+    return None if self.is_flag else _type_shown(self, ctx)
+
+
+TyperOption.display_type_rich = _no_type_for_flags  # type: ignore[method-assign,assignment]
 
 app = typer.Typer(
     name="accord",

@@ -67,7 +67,9 @@ AllOpt = Annotated[
 
 
 def _comment(help_text: str) -> Any:
-    return typer.Option("--comment", "-c", help=help_text)
+    # One name for one thing: --reason (-r) says why, on every command; --comment (-c)
+    # stays as an alias of it for scripts written before.
+    return typer.Option("--reason", "-r", "--comment", "-c", help=help_text)
 
 
 # ------------------------------------------------------------------ plumbing
@@ -128,10 +130,14 @@ def _when(value: str | None) -> str:
 
 
 def _span(seconds: float) -> str:
-    """A compact span: 45s, 12m, 3h, 2d."""
+    """A compact span: 45s, 12m, 1h29m, 3h, 2d5h (two units at most, never rounded up)."""
     s = max(int(seconds), 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    units = (("d", 86400), ("h", 3600), ("m", 60))
+    for i, (unit, size) in enumerate(units):
         if s >= size:
+            rest = s % size
+            if i < 2 and rest >= units[i + 1][1]:
+                return f"{s // size}{unit}{rest // units[i + 1][1]}{units[i + 1][0]}"
             return f"{s // size}{unit}"
     return f"{s}s"
 
@@ -171,7 +177,8 @@ def _cell(value: Any) -> Text:
 def _table(*columns: str) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in columns:
-        table.add_column(name, overflow="fold")
+        # Values may fold on a narrow terminal; headers never ("RESOURC/E").
+        table.add_column(name, overflow="fold", min_width=len(name))
     return table
 
 
@@ -340,8 +347,14 @@ def _next_step(r: JSON) -> str:
 
 
 def _grant_line(grant: JSON) -> str:
-    if grant.get("status") == "active":
+    status = grant.get("status")
+    if status == "active":
         return f"grant {grant.get('id')} ends {_until(grant.get('ends_at'))}"
+    if status == "provisioning":
+        return (f"grant {grant.get('id')} is being provisioned on the target; access starts "
+                f"when that is done")
+    if status == "provision_failed":
+        return f"grant {grant.get('id')}: provisioning failed and is retried"
     by = f" by {grant['ended_by']}" if grant.get("ended_by") else ""
     return f"grant {grant.get('id')} ended {_when(grant.get('ended_at'))}{by}"
 
@@ -394,7 +407,9 @@ def create(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ask for access to a resource for yourself; prints whether it is pending, active or denied."""
+    """Ask for access to a resource for yourself; prints whether it is pending, active or denied.
+
+    Exits 1 when the policy denied it at once (the request is still recorded)."""
     body: JSON = {"resource": resource, "role": role, "duration": duration, "reason": reason}
     if emergency:
         body["emergency"] = True
@@ -404,6 +419,8 @@ def create(
         _dump(req)
     else:
         _say(_summary(req))
+    if req.get("status") == "denied":  # filed, and refused at once: a script must know
+        raise typer.Exit(1)
 
 
 @request_app.command("list")
@@ -544,7 +561,7 @@ def review(
     request_id: RequestId,
     verdict: Annotated[str, typer.Option(
         "--verdict", help="justified, or unjustified (which also ends access still running).")],
-    note: Annotated[str, typer.Option("--note", help="What you checked.")],
+    note: Annotated[str, typer.Option("--reason", "-r", "--note", help="What you checked.")],
     as_json: JsonOpt = False,
 ) -> None:
     """Review a break-glass request after the fact (reviewer groups only)."""

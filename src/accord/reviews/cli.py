@@ -137,7 +137,7 @@ def _decide(verb: str, review_id: int, entry_ids: list[int], note: str, as_json:
 def certify(
     review_id: ReviewId,
     entry_ids: EntryIds,
-    note: Annotated[str, typer.Option("--note", "-m", help="Why it stays.")] = "",
+    note: Annotated[str, typer.Option("--reason", "-r", "--note", "-m", help="Why it stays.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Keep the access of one or more entries."""
@@ -148,7 +148,7 @@ def certify(
 def revoke(
     review_id: ReviewId,
     entry_ids: EntryIds,
-    note: Annotated[str, typer.Option("--note", "-m", help="Why it goes (required).")],
+    note: Annotated[str, typer.Option("--reason", "-r", "--note", "-m", help="Why it goes (required).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Take the access of one or more entries away (ends their live grants)."""
