@@ -86,7 +86,8 @@ def show(alert_id: AlertId, as_json: JsonOpt = False) -> None:
 @alert_app.command("ack")
 def acknowledge(
     alert_id: AlertId,
-    note: Annotated[str, typer.Option("--reason", "-r", "--note", help="What you are doing about it.")] = "",
+    note: Annotated[str, typer.Option("--reason", "-r", "--note",
+                                      help="What you are doing about it.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Say you are on it (admins)."""
@@ -98,7 +99,8 @@ def acknowledge(
 @alert_app.command("resolve")
 def resolve(
     alert_id: AlertId,
-    note: Annotated[str, typer.Option("--reason", "-r", "--note", help="How it was resolved (required).")],
+    note: Annotated[str, typer.Option("--reason", "-r", "--note",
+                                      help="How it was resolved (required).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Close an alert with a note (admins). Break-glass alerts close by review."""

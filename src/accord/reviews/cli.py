@@ -148,7 +148,8 @@ def certify(
 def revoke(
     review_id: ReviewId,
     entry_ids: EntryIds,
-    note: Annotated[str, typer.Option("--reason", "-r", "--note", "-m", help="Why it goes (required).")],
+    note: Annotated[str, typer.Option("--reason", "-r", "--note", "-m",
+                                      help="Why it goes (required).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Take the access of one or more entries away (ends their live grants)."""
