@@ -22,7 +22,7 @@ from accord.ledger import checkpoints
 from accord.ledger.models import LedgerCheckpoint
 from accord.ledger.note import parse_checkpoint
 from accord.ledger.service import LedgerCorruption, tree_size
-from accord.worker import ledger_jobs
+from accord.worker import ledger_jobs, sweeper
 from tests.conftest import Env, make_env
 
 
@@ -124,3 +124,21 @@ def test_a_draft_for_a_size_stored_with_another_root_is_corruption(env: Env) -> 
     with pytest.raises(LedgerCorruption, match="another root"), \
             transaction(st.sessions) as s:
         checkpoints.store(s, st.ledger, forged, now=env.clock())
+
+
+# ---------------------------------------------------------------- the sweeper
+
+
+def test_a_sweep_writes_only_when_something_is_due_a_few_at_a_time(
+        env: Env, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sweeper, "SQLITE_BATCH", 2)
+    for _ in range(5):
+        env.ask("alice", "staging-db", duration="1h")  # auto-approved: active for an hour
+    with transactions(engine) as seen:
+        assert sweeper.sweep_once(env.st.sessions, env.clock()) == 0
+    assert writes(seen) == []  # nothing due: read, no write lock
+    env.clock.advance(hours=1, seconds=1)
+    with transactions(engine) as seen:
+        assert sweeper.sweep_once(env.st.sessions, env.clock()) == 5
+    assert len(writes(seen)) == 3  # 2 + 2 + 1
+    assert len(env.events(type="grant.expired")) == 5
