@@ -7,7 +7,7 @@ inside write transactions (begun with BEGIN IMMEDIATE) and which inside read one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,13 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord import migrations
-from accord.db import make_engine, make_sessionmaker, transaction
+from accord.db import WriteGate, make_engine, make_sessionmaker, transaction, write_gate
+from accord.errors import Busy
 from accord.ledger import checkpoints
-from accord.ledger.models import LedgerCheckpoint
+from accord.ledger.models import LedgerCheckpoint, SinkCursor
 from accord.ledger.note import parse_checkpoint
 from accord.ledger.service import LedgerCorruption, tree_size
+from accord.ledger.sinks import Item, SinkState, pump
 from accord.worker import ledger_jobs, sweeper
 from tests.conftest import Env, make_env
 
@@ -142,3 +144,51 @@ def test_a_sweep_writes_only_when_something_is_due_a_few_at_a_time(
         assert sweeper.sweep_once(env.st.sessions, env.clock()) == 5
     assert len(writes(seen)) == 3  # 2 + 2 + 1
     assert len(env.events(type="grant.expired")) == 5
+
+
+# ---------------------------------------------------------------- sinks
+
+
+class Recording:
+    """A sink that notes, at each delivery, whether this process's writers could write."""
+
+    name = "recording"
+
+    def __init__(self, gate: WriteGate) -> None:
+        self.gate = gate
+        self.got: list[int] = []
+        self.while_locked = 0
+
+    def deliver(self, items: Sequence[Item]) -> None:
+        try:
+            self.gate.acquire(bounded=True)  # max_waiting 0: refused if someone holds it
+        except Busy:
+            self.while_locked += 1
+        else:
+            self.gate.release()
+        self.got += [item.index for item in items]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_is_delivered_to_without_holding_the_write_lock(
+        env: Env, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    for _ in range(3):
+        env.ask("alice", "staging-db")
+    gate = write_gate(engine)
+    assert gate is not None
+    monkeypatch.setattr(gate, "max_waiting", 0)
+    sink = Recording(gate)
+    state = SinkState(sink, batch=4)
+    with env.st.sessions() as s:
+        size = tree_size(s)
+    with transactions(engine) as seen:
+        assert pump(env.st.sessions, state) == size
+    assert sink.got == list(range(size)) and sink.while_locked == 0
+    for write in writes(seen):  # only the cursor moves under the lock
+        assert not [s for s in write if "ledger_entries" in s], write
+    with env.st.sessions() as s:
+        cursor = s.get(SinkCursor, "recording")
+        assert cursor is not None and cursor.position == size
+    assert pump(env.st.sessions, state) == 0  # and from there on nothing is sent again
