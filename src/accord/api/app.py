@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -58,6 +59,17 @@ def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | 
             select(func.count()).select_from(Grant).where(Grant.status == GrantStatus.ACTIVE))),
         "accord_jobs_due": ("jobs due and not yet done (provisioning, expiry, revocation)", due),
     }
+
+
+def freeze_startup_heap() -> None:
+    """Before serving: collect, then hide from the garbage collector everything alive now
+    (modules, the app, the policy, SQLAlchemy's mappers: ~200k objects), which lives as
+    long as the process. A full collection then walks only what serving created since;
+    over all of them it stopped every thread for 130-170 ms now and then under load,
+    calls holding SQLite's write lock included. Frozen objects are still freed by
+    reference counting; only cycles among them would stay."""
+    gc.collect()
+    gc.freeze()
 
 
 def start_background(st: AppState) -> Callable[[], None]:
