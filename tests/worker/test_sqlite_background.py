@@ -20,9 +20,10 @@ from accord import migrations
 from accord.db import WriteGate, make_engine, make_sessionmaker, transaction, write_gate
 from accord.errors import Busy
 from accord.ledger import checkpoints
-from accord.ledger.models import LedgerCheckpoint, SinkCursor
+from accord.ledger.events import Actor, EventType
+from accord.ledger.models import LedgerCheckpoint, LedgerHead, SinkCursor
 from accord.ledger.note import parse_checkpoint
-from accord.ledger.service import LedgerCorruption, tree_size
+from accord.ledger.service import LedgerCorruption, record, root_at, tree_size
 from accord.ledger.sinks import Item, SinkState, pump
 from accord.worker import ledger_jobs, sweeper
 from tests.conftest import Env, make_env
@@ -192,3 +193,19 @@ def test_a_sink_is_delivered_to_without_holding_the_write_lock(
         cursor = s.get(SinkCursor, "recording")
         assert cursor is not None and cursor.position == size
     assert pump(env.st.sessions, state) == 0  # and from there on nothing is sent again
+
+
+# ---------------------------------------------------------------- the ledger, inline
+
+
+def test_a_head_read_before_a_commit_is_fresh_after_it(sessions: sessionmaker[Session]) -> None:
+    """SQLite integrates through the driver, past the ORM: a head this session had loaded
+    must not be served stale from its identity map afterwards."""
+    with sessions() as s:
+        head = s.get(LedgerHead, 1)  # held: it stays in the session's identity map
+        assert head is not None
+        before = head.size
+        record(s, type=EventType.POLICY_LOADED, actor=Actor.system(), subject="policy:x")
+        s.commit()
+        assert tree_size(s) == head.size == before + 1
+        assert head.updated_at.tzinfo is not None and head.root == root_at(s, head.size)
