@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from accord.api import connections
-from accord.api.app import create_app, freeze_startup_heap
+from accord.api.app import before_serving, create_app
 from accord.bootstrap import build_state
 from accord.config import Settings
 
@@ -25,5 +25,5 @@ def create() -> FastAPI:
     # worker up records the new version, the others find it recorded.
     st = build_state(settings, config_path=config, upgrade="never")
     app = create_app(st, background=os.environ.get("ACCORD_BACKGROUND", "1") == "1")
-    freeze_startup_heap()
+    before_serving(st)
     return app
