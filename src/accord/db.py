@@ -129,8 +129,8 @@ class WriteGate:
     """A first-come-first-served lock with a bounded queue, taken before BEGIN IMMEDIATE.
 
     Waiters are served in the order they arrived, where an HTTP call arrives once: its
-    second transaction (the write after the token check) does not go to the back of the
-    line again. `release` hands the gate straight to the next in line, so a writer's wait
+    second write transaction (or its write after a long read) does not go to the back of
+    the line again. `release` hands the gate straight to the next in line, so a writer's wait
     is the time the writers ahead of it hold the lock, never a polling interval.
     """
 

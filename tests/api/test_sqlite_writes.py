@@ -137,11 +137,11 @@ def test_waiting_writers_get_the_gate_first_come_first_served() -> None:
 
 
 def test_a_call_that_already_waited_goes_ahead_of_later_calls() -> None:
-    """An HTTP call's write after its token check keeps the place the call arrived at."""
+    """An HTTP call's second write keeps the place the call arrived at."""
     gate = WriteGate()
     order: list[str] = []
     gate.acquire(bounded=False)
-    arrived = time.monotonic()  # the earlier call: it waited once, for its token check
+    arrived = time.monotonic()  # the earlier call: it waited once, for its first write
 
     def writer(name: str, at: float | None) -> None:
         gate.acquire(bounded=True, arrived=at)
