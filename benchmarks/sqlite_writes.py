@@ -15,6 +15,10 @@ deployment) on a fresh SQLite file and drives it over HTTP:
             other 4xx / other 5xx / client timeouts, per kind of call, and the latency of
             `/healthz` during the burst.
 
+Outside the default working hours (Mon-Fri 8-19 UTC) the detectors raise an `off_hours`
+alert for every request filed, the most they do beside the writers; `off_hours_alerts` in
+the output says whether the run was such a time.
+
 Prints one JSON object on stdout; progress and a summary go to stderr unless
 --json-only. Exit status 1 when any call got a 5xx other than 503, a bad 503 or a
 timeout; missed latency targets do not change it (they depend on the machine).
@@ -36,11 +40,16 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lifecycle as lc  # the sibling script's server and token helpers
+
+from accord.config import WorkingHours
+from accord.detect.rules import WEEKDAYS
 
 P99_TARGET_MS = 100.0
 MAX_SAMPLES = 5
@@ -153,6 +162,16 @@ async def timed(http: Http, tally: Tally, method: str, path: str, token: str | N
     ms = (time.perf_counter() - start) * 1000
     tally.add(classify(status, headers, raw), ms, f"{method} {path}: HTTP {status}: {raw[:200]!r}")
     return status, headers, raw
+
+
+def off_hours(now: datetime) -> bool:
+    """Whether the default detectors take `now` as outside working hours: then every request
+    filed raises an `off_hours` alert (an alert row and a ledger event each), the heaviest
+    work the detectors do beside the writers; within working hours they raise none."""
+    hours = WorkingHours()
+    local = now.astimezone(ZoneInfo(hours.timezone))
+    return not (WEEKDAYS[local.weekday()] in hours.weekdays
+                and hours.start <= local.hour < hours.end)
 
 
 def create_body(i: int) -> dict[str, Any]:
@@ -344,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     port: int = args.port or lc.free_port()
     base_url = f"http://{lc.HOST}:{port}"
     load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="accord-bench-sqlite-") as tmp:
         tmp_dir = Path(tmp)
         config = tmp_dir / "accord.yaml"
@@ -352,7 +372,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db_url = f"sqlite:///{tmp_dir / 'accord.db'}"
         tokens = lc.issue_tokens(db_url, config, tmp_dir)
         if not quiet:
-            print(f"starting accord serve on {base_url} ({db_url})", file=sys.stderr)
+            print(f"starting accord serve on {base_url} ({db_url})"
+                  + ("; outside working hours: every request raises an off_hours alert"
+                     if not args.no_worker and off_hours(started) else ""), file=sys.stderr)
         proc = start_server(port, config, db_url, tmp_dir, log, no_worker=args.no_worker)
         try:
             lc.wait_healthy(proc, base_url, log)
@@ -374,6 +396,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "backend": "sqlite",
         "background_jobs": not args.no_worker,
+        "started": started.isoformat(timespec="seconds"),
+        "off_hours_alerts": not args.no_worker and off_hours(started),
         **result,
         "latency_at_8_clients": None if at8 is None else {
             "p50_ms": at8["p50_ms"], "p99_ms": at8["p99_ms"],

@@ -15,11 +15,12 @@ commits or rolls back:
 * HTTP calls (`serving()`) queue with a bound: past `max_waiting` waiting writers, or
   after `max_wait` seconds in line, the call gets `Busy` (503 with Retry-After). Other
   callers (background jobs, CLI commands) wait up to the busy timeout, as before.
-* Reads skip the gate. A GET or HEAD (`serving(reads=True)`) and `readonly_sessions`
-  begin deferred transactions, which in WAL mode read a snapshot without any lock, so
-  they never wait for writers. A GET that writes says so with `writing()`; `transaction()`
-  always does. A write in a read transaction still works but is warned about, because it
-  can fail at once with "database is locked" under contention (the API answers that 503).
+* Reads skip the gate. A GET or HEAD (`serving(reads=True)`), `readonly_sessions` and
+  `reading()` blocks (a POST call's token check) begin deferred transactions, which in WAL
+  mode read a snapshot without any lock, so they never wait for writers. A GET that
+  writes says so with `writing()`; `transaction()` always does. A write in a read
+  transaction still works but is warned about, because it can fail at once with
+  "database is locked" under contention (the API answers that 503).
 * The gate is per database file and per process. Several processes on one file
   (`accord serve --workers N`, `accord worker`, the gateway's shipper, CLI commands)
   still meet only at SQLite's lock, through busy_timeout.
@@ -128,8 +129,8 @@ class WriteGate:
     """A first-come-first-served lock with a bounded queue, taken before BEGIN IMMEDIATE.
 
     Waiters are served in the order they arrived, where an HTTP call arrives once: its
-    second transaction (the write after the token check) does not go to the back of the
-    line again. `release` hands the gate straight to the next in line, so a writer's wait
+    second write transaction (or its write after a long read) does not go to the back of
+    the line again. `release` hands the gate straight to the next in line, so a writer's wait
     is the time the writers ahead of it hold the lock, never a polling interval.
     """
 
@@ -238,6 +239,18 @@ def serving(*, reads: bool) -> Iterator[None]:
 def writing() -> Iterator[None]:
     """Transactions begun in this block write: a GET handler that records something."""
     token = _READS.set(False)
+    try:
+        yield
+    finally:
+        _READS.reset(token)
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """Transactions begun in this block only read, whatever the call: on SQLite they begin
+    deferred and skip the write gate (a POST call's token check). End the transaction
+    inside the block; a write in it is warned about (see `WriteInReadTransaction`)."""
+    token = _READS.set(True)
     try:
         yield
     finally:

@@ -35,6 +35,7 @@ from accord.db import (
 )
 from accord.errors import Busy
 from accord.identity.models import ApiToken
+from accord.identity.service import hash_token
 from accord.ledger.models import LedgerEntry
 from tests.conftest import Env, LiveServer, make_env
 
@@ -136,11 +137,11 @@ def test_waiting_writers_get_the_gate_first_come_first_served() -> None:
 
 
 def test_a_call_that_already_waited_goes_ahead_of_later_calls() -> None:
-    """An HTTP call's write after its token check keeps the place the call arrived at."""
+    """An HTTP call's second write keeps the place the call arrived at."""
     gate = WriteGate()
     order: list[str] = []
     gate.acquire(bounded=False)
-    arrived = time.monotonic()  # the earlier call: it waited once, for its token check
+    arrived = time.monotonic()  # the earlier call: it waited once, for its first write
 
     def writer(name: str, at: float | None) -> None:
         gate.acquire(bounded=True, arrived=at)
@@ -237,6 +238,23 @@ def test_a_gets_own_writes_take_the_gate(env: Env, gate: WriteGate) -> None:
     gate.max_waiting = 0
     with gate.held():
         assert_busy(env.get("dave", "/api/v1/audit/checkpoint", params={"fresh": "true"}))
+
+
+def test_a_posts_token_and_policy_checks_read_without_the_gate(env: Env, gate: WriteGate) -> None:
+    """A POST checks its token (and whether the policy changed) in a read transaction: a bad
+    token is a 401 however long the writers' line, and a good one queues only for its write."""
+    gate.max_waiting = 0
+    assert env.st.policies.due() and env.st.tokens.get(hash_token(env.tokens["alice"])) is None
+    with gate.held():
+        bad = within(10, lambda: env.client.post(
+            REQUESTS, json=GOOD, headers={"Authorization": "Bearer acc_" + "0" * 64}))
+        assert bad.status_code == 401, bad.text
+        assert not env.st.policies.due()  # followed, without the gate
+        assert gate.refused == 0
+        assert_busy(within(10, lambda: env.post("alice", REQUESTS, json=GOOD)))
+        assert gate.refused == 1  # the write was refused, not the token check before it
+    assert env.st.tokens.get(hash_token(env.tokens["alice"])) is not None
+    env.ask("alice", "staging-db")
 
 
 def test_a_burst_gets_only_2xx_and_503_with_retry_after(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,10 @@ def test_a_small_run_reports_the_ceiling_and_the_burst() -> None:
         if str(SCRIPT.parent) in sys.path:
             sys.path.remove(str(SCRIPT.parent))
     assert out["ok"], out
+    # Whether the default detectors raised an alert for every request filed (the time).
+    assert out["off_hours_alerts"] == module.off_hours(datetime.fromisoformat(out["started"]))
+    assert module.off_hours(datetime(2026, 11, 28, 3, 0, tzinfo=UTC))  # a Saturday night
+    assert not module.off_hours(datetime(2026, 11, 25, 10, 0, tzinfo=UTC))  # a Wednesday
     assert set(out["ceiling"]) == {"1", "2"}
     for level in out["ceiling"].values():
         assert level["writes_per_s"] > 0 and level["2xx"] > 0 and level["5xx_other"] == 0

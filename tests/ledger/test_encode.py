@@ -7,6 +7,7 @@ implementation. These hold the fast paths to the reference byte for byte.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accord.gateway.service import COLUMNS
+from accord.ledger import events
 from accord.ledger.service import encode
 
 SAFE = 2**53 - 1
@@ -69,3 +71,21 @@ def test_an_int_json_cannot_carry_exactly_is_refused_even_when_vouched_for(value
     for plain in (False, True):
         with pytest.raises(rfc8785.IntegerDomainError):
             encode(envelope({"n": value}), plain=plain)
+
+
+def test_an_actor_named_by_an_enum_encodes_as_plain_text(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The worker's and the API's actors carry `Via` members: their events take the fast
+    path, with the bytes the reference gives for the enum's value."""
+    env = events.envelope(type=events.EventType.ALERT_RAISED,
+                          time=datetime(2026, 11, 28, tzinfo=UTC),
+                          actor=events.Actor.system(), subject="alert:1", resource=None,
+                          data={"alert_id": 1})
+    expected = rfc8785.dumps(env)
+    assert b'"via":"worker"' in expected
+
+    def slow(_env: Any) -> bytes:
+        raise AssertionError("took the reference implementation")
+
+    monkeypatch.setattr(rfc8785, "dumps", slow)
+    assert encode(env) == expected

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from accord.api import connections
-from accord.api.app import create_app
+from accord.api.app import before_serving, create_app
 from accord.bootstrap import build_state
 from accord.config import Settings
 
@@ -24,4 +24,6 @@ def create() -> FastAPI:
     # Announcing is idempotent (one policy_state row lock): after a SIGHUP restart the first
     # worker up records the new version, the others find it recorded.
     st = build_state(settings, config_path=config, upgrade="never")
-    return create_app(st, background=os.environ.get("ACCORD_BACKGROUND", "1") == "1")
+    app = create_app(st, background=os.environ.get("ACCORD_BACKGROUND", "1") == "1")
+    before_serving(st)
+    return app

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from accord.config import Settings
+from accord.db import reading
 from accord.errors import Forbidden, Invalid, NotFound, Unauthorized
 from accord.identity import service as identity
 from accord.identity.service import TokenCache
@@ -111,18 +112,25 @@ async def db(request: Request) -> AsyncIterator[Session]:
             session.close()
 
 
+# Following the policy and checking a token only read. On SQLite they run in a read
+# transaction of their own (deferred: no write gate, no wait behind writers, even in a
+# POST), ended before the handler begins its own, which queues for the gate if it writes.
+# On PostgreSQL they stay in the call's one transaction, as before.
+
+
 def _follow_policy(session: Session, st: AppState) -> None:
-    st.policies.follow(session)
-    if session.get_bind().dialect.name == "sqlite":
-        session.commit()  # do not keep SQLite's write lock for a read
+    with reading():
+        st.policies.follow(session)
+        if session.get_bind().dialect.name == "sqlite":
+            session.commit()
 
 
 def _check_token(session: Session, st: AppState, token: str) -> tuple[int, str]:
-    row = identity.authenticate(session, policy=st.policies.current, token=token, now=st.now())
-    # End the read transaction on SQLite: it holds the write lock (BEGIN IMMEDIATE), and a
-    # handler that only reads, or works in another session, must not keep it.
-    if session.get_bind().dialect.name == "sqlite":
-        session.commit()
+    with reading():
+        row = identity.authenticate(session, policy=st.policies.current, token=token,
+                                    now=st.now())
+        if session.get_bind().dialect.name == "sqlite":
+            session.commit()
     st.tokens.put(identity.hash_token(token), row)
     return row.id, row.user
 

@@ -67,7 +67,7 @@ def serve(
     import uvicorn
 
     from accord import demo
-    from accord.api.app import create_app
+    from accord.api.app import before_serving, create_app
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -103,6 +103,7 @@ def serve(
         return
     _install_sighup(st)
     app = create_app(st, background=not no_worker)
+    before_serving(st)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
                 timeout_graceful_shutdown=GRACE, **limits)
 
@@ -141,7 +142,7 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     run here, once (not in every HTTP worker)."""
     import uvicorn
 
-    from accord.api.app import start_background
+    from accord.api.app import before_serving, start_background
 
     os.environ["ACCORD_CONFIG"] = str((config or st.settings.config_path).resolve())
     os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
@@ -150,6 +151,7 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     # Each worker sets its header deadline from this (accord.api.asgi).
     os.environ["ACCORD_HEADER_TIMEOUT"] = str(st.settings.header_timeout)
     stop = start_background(st) if background else None
+    before_serving(st)
     try:
         # SIGHUP makes uvicorn's manager restart the workers, which re-read accord.yaml.
         uvicorn.run("accord.api.asgi:create", factory=True, host=host, port=port,

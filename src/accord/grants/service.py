@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
 from accord.grants.models import Grant, GrantStatus
@@ -277,11 +277,20 @@ def end(
     )
 
 
+def _due(now: datetime) -> ColumnElement[bool]:
+    return and_(Grant.status == GrantStatus.ACTIVE, Grant.ends_at <= now)
+
+
+def any_due(session: Session, *, now: datetime) -> bool:
+    """Whether some active grant's end has passed (a read: `expire_due` records it)."""
+    return session.execute(select(Grant.id).where(_due(now)).limit(1)).first() is not None
+
+
 def expire_due(session: Session, *, now: datetime, limit: int = 500) -> int:
     """Record the expiry of grants whose end has passed. Returns how many ended."""
     q = (
         select(Grant)
-        .where(Grant.status == GrantStatus.ACTIVE, Grant.ends_at <= now)
+        .where(_due(now))
         .order_by(Grant.ends_at)
         .limit(limit)
     )

@@ -79,6 +79,55 @@ def _check_extends(session: Session, size: int, root: bytes, old_size: int, old_
         )
 
 
+def _due(cfg: LedgerConfig, head_size: int, last: LedgerCheckpoint | None, now: datetime,
+         force: bool) -> bool:
+    return last is None or last.size == head_size or force or now - last.signed_at >= cfg.interval
+
+
+def _verified_root(session: Session, cfg: LedgerConfig, size: int, head_root: bytes,
+                   last: LedgerCheckpoint | None, remembered: Checkpoint | None) -> bytes:
+    """The root at `size` from the stored subtrees, checked against the head and as an
+    extension of the latest checkpoint and the one remembered beside the key."""
+    root = root_at(session, size)
+    if root != head_root:
+        raise LedgerCorruption(f"stored subtrees give a root that differs from the head at "
+                               f"size {size}")
+    if last is not None and last.size != size:
+        _check_extends(session, size, root, last.size, last.root, "the latest checkpoint")
+    if remembered is not None:
+        _check_extends(session, size, root, remembered.size, remembered.root,
+                       "the checkpoint remembered beside the signing key")
+    return root
+
+
+def _rehash_since(session: Session, cfg: LedgerConfig, size: int, root: bytes,
+                  last: LedgerCheckpoint | None) -> None:
+    """Never sign over entries that do not hash to the stored tree: re-hash what was
+    appended since the last checkpoint (all of it the first time)."""
+    base = last if last is not None and last.size <= size else None
+    damage = integrity.verify_extension(session, cfg.signer.verifier, size=size, root=root,
+                                        base=base)
+    if damage is not None:
+        raise LedgerCorruption(str(damage))
+
+
+def _stored(session: Session, cfg: LedgerConfig, size: int, root: bytes
+            ) -> LedgerCheckpoint | None:
+    """The checkpoint stored for `size`, which must have `root` and a good signature."""
+    existing = session.get(LedgerCheckpoint, size)
+    if existing is None:
+        return None
+    if existing.root != root:
+        raise LedgerCorruption(f"a checkpoint with another root exists for size {size}")
+    try:
+        parsed = parse_checkpoint(existing.note, [cfg.signer.verifier])
+    except NoteError as exc:
+        raise LedgerCorruption(f"the stored checkpoint for size {size}: {exc}") from None
+    if (parsed.size, parsed.root) != (size, root):
+        raise LedgerCorruption(f"the stored checkpoint for size {size} says otherwise")
+    return existing
+
+
 def sign(
     session: Session, cfg: LedgerConfig, *, now: datetime, force: bool = False
 ) -> LedgerCheckpoint | None:
@@ -89,39 +138,63 @@ def sign(
     """
     head = load_head(session, lock=True)
     last = latest(session)
-    if last is not None and last.size != head.size and not force \
-            and now - last.signed_at < cfg.interval:
+    if not _due(cfg, head.size, last, now, force):
         return None
-    root = root_at(session, head.size)
-    if root != head.root:
-        raise LedgerCorruption(f"stored subtrees give a root that differs from the head at "
-                               f"size {head.size}")
-    if last is not None and last.size != head.size:
-        _check_extends(session, head.size, root, last.size, last.root, "the latest checkpoint")
-    remembered = cfg.remembered()
-    if remembered is not None:
-        _check_extends(session, head.size, root, remembered.size, remembered.root,
-                       "the checkpoint remembered beside the signing key")
-    existing = session.get(LedgerCheckpoint, head.size)
+    root = _verified_root(session, cfg, head.size, head.root, last, cfg.remembered())
+    existing = _stored(session, cfg, head.size, root)
     if existing is not None:
-        if existing.root != root:
-            raise LedgerCorruption(f"a checkpoint with another root exists for size {head.size}")
-        try:
-            parsed = parse_checkpoint(existing.note, [cfg.signer.verifier])
-        except NoteError as exc:
-            raise LedgerCorruption(f"the stored checkpoint for size {head.size}: {exc}") from None
-        if (parsed.size, parsed.root) != (head.size, root):
-            raise LedgerCorruption(f"the stored checkpoint for size {head.size} says otherwise")
         return existing
-    # Never sign over entries that do not hash to the stored tree: re-hash what was appended
-    # since the last checkpoint (all of it the first time).
-    base = last if last is not None and last.size <= head.size else None
-    damage = integrity.verify_extension(session, cfg.signer.verifier, size=head.size,
-                                        root=root, base=base)
-    if damage is not None:
-        raise LedgerCorruption(str(damage))
+    _rehash_since(session, cfg, head.size, root, last)
     note = cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root))
     cp = LedgerCheckpoint(size=head.size, root=root, note=note, signed_at=now)
+    session.add(cp)
+    session.flush()
+    return cp
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A checkpoint verified and signed from a snapshot of the tree, not stored yet."""
+
+    size: int
+    root: bytes
+    note: str
+
+
+def draft(session: Session, cfg: LedgerConfig, *, now: datetime
+          ) -> Draft | LedgerCheckpoint | None:
+    """`sign`'s reading and checking, in a read transaction; `store` then writes the draft
+    in a short write transaction. On SQLite the proofs are read without the one write lock
+    (the stored subtrees of a size never change, so a snapshot proves as much as the
+    latest state). None when it is too soon; the stored checkpoint when the tree did not
+    grow. The session must not have begun: the checkpoint remembered beside the key is
+    read first, so that the snapshot covers it (it is written after its commit)."""
+    remembered = cfg.remembered()
+    head = load_head(session, lock=False)
+    last = latest(session)
+    if not _due(cfg, head.size, last, now, False):
+        return None
+    root = _verified_root(session, cfg, head.size, head.root, last, remembered)
+    existing = _stored(session, cfg, head.size, root)
+    if existing is not None:
+        return existing
+    _rehash_since(session, cfg, head.size, root, last)
+    return Draft(head.size, root, cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root)))
+
+
+def store(session: Session, cfg: LedgerConfig, drafted: Draft, *, now: datetime
+          ) -> LedgerCheckpoint:
+    """Write a drafted checkpoint, unless one as large was stored meanwhile (that one is
+    returned: each stored checkpoint was checked to extend the ones before it). One
+    stored for the same size must have the same root."""
+    last = latest(session)
+    if last is not None and last.size > drafted.size:
+        return last
+    existing = _stored(session, cfg, drafted.size, drafted.root)
+    if existing is not None:
+        return existing
+    cp = LedgerCheckpoint(size=drafted.size, root=drafted.root, note=drafted.note,
+                          signed_at=now)
     session.add(cp)
     session.flush()
     return cp

@@ -92,7 +92,7 @@ class Actor:
         return cls("system", "accord", via)
 
     def as_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "id": self.id, "via": self.via}
+        return {"kind": self.kind, "id": self.id, "via": str(self.via)}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import SinkSpec
-from accord.db import transaction, utcnow
+from accord.db import reading, transaction, utcnow
 from accord.ledger.models import LedgerEntry, SinkCursor
 from accord.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -192,6 +192,9 @@ def pump(sessions: sessionmaker[Session], state: SinkState, *, limit_batches: in
     """Deliver what the sink has not had yet, batch by batch. Returns events delivered."""
     if time.monotonic() < state.retry_at:
         return 0
+    bind = sessions.kw.get("bind")
+    if bind is not None and bind.dialect.name == "sqlite":
+        return _pump_outside_the_lock(sessions, state, limit_batches)
     delivered = 0
     for _ in range(limit_batches):
         with transaction(sessions) as session:
@@ -207,18 +210,54 @@ def pump(sessions: sessionmaker[Session], state: SinkState, *, limit_batches: in
             if not rows:
                 return delivered
             items = [Item(int(i or 0), bytes(leaf)) for i, leaf in rows]
-            try:
-                state.sink.deliver(items)
-            except SinkError as exc:
-                state.failures += 1
-                backoff = min(300.0, 0.5 * 2 ** min(state.failures, 10))
-                state.retry_at = time.monotonic() + backoff
-                log.warning("%s; retrying in %.1fs", exc, backoff)
+            if not _deliver(state, items):
                 return delivered
-            state.failures = 0
             cursor.position = items[-1].index + 1
             cursor.updated_at = utcnow()
             delivered += len(items)
+    return delivered
+
+
+def _deliver(state: SinkState, items: list[Item]) -> bool:
+    try:
+        state.sink.deliver(items)
+    except SinkError as exc:
+        state.failures += 1
+        backoff = min(300.0, 0.5 * 2 ** min(state.failures, 10))
+        state.retry_at = time.monotonic() + backoff
+        log.warning("%s; retrying in %.1fs", exc, backoff)
+        return False
+    state.failures = 0
+    return True
+
+
+def _pump_outside_the_lock(sessions: sessionmaker[Session], state: SinkState,
+                           limit_batches: int) -> int:
+    """SQLite: read a batch in a read transaction and deliver it holding no lock (a target's
+    timeout must not hold the one write lock every writer waits for); only moving the
+    cursor is a write. Two processes on one file may then both deliver a batch, which
+    at-least-once delivery allows; the cursor never moves back."""
+    delivered = 0
+    for _ in range(limit_batches):
+        with reading(), sessions() as session:
+            cursor = session.get(SinkCursor, state.sink.name)
+            rows = session.execute(
+                select(LedgerEntry.idx, LedgerEntry.leaf)
+                .where(LedgerEntry.idx >= (cursor.position if cursor is not None else 0))
+                .order_by(LedgerEntry.idx)
+                .limit(state.batch)
+            ).all()
+        if not rows:
+            return delivered
+        items = [Item(int(i or 0), bytes(leaf)) for i, leaf in rows]
+        if not _deliver(state, items):
+            return delivered
+        with transaction(sessions) as session:
+            moved = _cursor(session, state.sink.name)
+            if moved is not None and moved.position <= items[-1].index:
+                moved.position = items[-1].index + 1
+                moved.updated_at = utcnow()
+        delivered += len(items)
     return delivered
 
 

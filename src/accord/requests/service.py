@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, exists, false, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, delete, exists, false, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -804,11 +804,21 @@ def extend(
 # ---------------------------------------------------------------- background
 
 
+def _pending_expired(now: datetime) -> ColumnElement[bool]:
+    return and_(AccessRequest.status == Status.PENDING, AccessRequest.pending_until <= now)
+
+
+def any_pending_expired(session: Session, *, now: datetime) -> bool:
+    """Whether some pending request's time ran out (a read: `expire_pending` records it)."""
+    return session.execute(
+        select(AccessRequest.id).where(_pending_expired(now)).limit(1)).first() is not None
+
+
 def expire_pending(session: Session, *, now: datetime, limit: int = 500) -> int:
     """Record the expiry of pending requests nobody decided in time."""
     q = (
         select(AccessRequest)
-        .where(AccessRequest.status == Status.PENDING, AccessRequest.pending_until <= now)
+        .where(_pending_expired(now))
         .order_by(AccessRequest.pending_until)
         .limit(limit)
     )

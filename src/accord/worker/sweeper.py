@@ -12,20 +12,37 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.db import transaction
+from accord.db import reading, transaction
 from accord.grants import service as grants
 from accord.requests import service as requests
 
 log = logging.getLogger("accord.worker")
 
 
+BATCH = 500
+# SQLite has one writer at a time, and a sweep's transaction holds the lock for every HTTP
+# writer: there a batch is this many of each (a grant's end is a ledger event, maybe a
+# deprovisioning job), so even a thousand grants ending at once never hold it for long,
+# and whether anything is due is asked in a read transaction first: an idle sweep takes
+# no lock at all.
+SQLITE_BATCH = 10
+
+
 def sweep_once(sessions: sessionmaker[Session], now: datetime) -> int:
     """One pass; each batch is its own transaction. Returns how many transitions it recorded."""
+    bind = sessions.kw.get("bind")
+    sqlite = bind is not None and bind.dialect.name == "sqlite"
+    limit = SQLITE_BATCH if sqlite else BATCH
     total = 0
     while True:
+        if sqlite:
+            with reading(), sessions() as session:
+                if not (requests.any_pending_expired(session, now=now)
+                        or grants.any_due(session, now=now)):
+                    return total
         with transaction(sessions) as session:
-            n = requests.expire_pending(session, now=now)
-            n += grants.expire_due(session, now=now)
+            n = requests.expire_pending(session, now=now, limit=limit)
+            n += grants.expire_due(session, now=now, limit=limit)
         total += n
         if n == 0:
             return total
