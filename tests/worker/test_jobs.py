@@ -109,7 +109,6 @@ def test_a_worker_that_heartbeats_keeps_its_job_across_many_lease_lengths(env: E
         assert a.renew() == {job.id}
         assert jobs.claim(env.st.sessions, worker="b", now=env.clock() + jobs.LEASE - TICK) \
             == []
-    assert a.holds(job.id)
     with transaction(env.st.sessions) as session:
         assert jobs.complete(session, job_id=job.id, worker="a", now=env.clock())
     a.release(job.id)
@@ -123,7 +122,6 @@ def test_a_renewal_gives_up_a_job_another_worker_took(env: Env) -> None:
     env.clock.advance(seconds=10)  # a's heartbeat stalled past the lease; b took the job
     assert [j.id for j in jobs.claim(env.st.sessions, worker="b", now=env.clock())] == [job.id]
     assert a.renew() == set()
-    assert not a.holds(job.id)
     with env.st.sessions() as session:
         assert session.get(Job, job.id).leased_by == "b"  # type: ignore[union-attr]
 
@@ -135,7 +133,7 @@ def test_a_late_completion_from_a_lost_lease_records_nothing(env: Env) -> None:
     class Overtaken(jobs.Leases):
         """Claims, then stalls past its lease while worker b takes the job."""
 
-        def claim(self, *, limit: int = 20) -> list[jobs.Claimed]:
+        def claim(self, *, limit: int = 1) -> list[jobs.Claimed]:
             got = super().claim(limit=limit)
             clock.advance(seconds=jobs.LEASE.total_seconds() + 1)
             assert len(jobs.claim(sessions, worker="b", now=clock())) == 1

@@ -14,10 +14,11 @@ Leases are short and kept alive by a heartbeat (`Leases`): a claim leases a job 
 * a worker that dies (SIGKILL, OOM, a lost host) stops renewing, and within `LEASE`
   its jobs are due again for any other worker: a revocation it held waits seconds,
   not a long fixed lease;
+* a worker claims a job only when it is about to run it, so it never holds jobs it is
+  not running (a slow job keeps nothing else waiting while other workers are idle);
 * a worker that lost a lease anyway (its heartbeat could not reach the database for
-  `LEASE`) finds out before it starts the job (`Leases.holds`) or when it completes it
-  (`complete` is refused): its transaction is rolled back, so nothing it recorded
-  commits, and the new holder's run is the one on record.
+  `LEASE` - `HEARTBEAT`) has its completion refused: its transaction is rolled back,
+  so nothing it recorded commits, and the new holder's run is the one on record.
 
 Why heartbeats and not locks tied to the worker's database session (PostgreSQL
 advisory locks, or holding the job's row lock while the job runs): SQLite has no
@@ -28,8 +29,7 @@ time, two hours by default. A heartbeat expires on the same clock whatever kille
 the worker, costs one UPDATE per worker per `HEARTBEAT` while it holds jobs (none
 when idle), and works the same on both databases. On SQLite (one process, one
 writer) it stays correct: a handler's transaction holds the write lock, so no one
-can claim the job meanwhile, and a job whose lease went stale while another ran is
-re-checked (`Leases.holds`) before it starts.
+can claim the job while it runs, even when that lock keeps the heartbeat waiting.
 
 Lease times are written with the worker's clock: worker hosts' clocks must agree to
 well within `LEASE` - `HEARTBEAT` (NTP does).
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -166,12 +165,10 @@ def next_due(session: Session) -> datetime | None:
 
 
 class Leases:
-    """The jobs one worker holds, and the heartbeat that keeps their leases alive.
+    """The jobs one worker is running, and the heartbeat that keeps their leases alive.
 
-    `start()` runs the heartbeat thread; without it (tests, one-off passes) leases live
-    for `lease` from the claim or from an explicit `renew()`. Besides the lease in the
-    database, each job has a local deadline on the monotonic clock, counted from before
-    the write that set it, so `holds` never trusts a lease that may have lapsed.
+    `start()` runs the heartbeat thread; without it (tests, one-off passes) a lease lives
+    for `lease` from the claim or from an explicit `renew()`.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, worker: str,
@@ -182,56 +179,35 @@ class Leases:
         self.now = now
         self.lease = lease
         self.every = every
-        self._held: dict[int, float] = {}  # job id -> monotonic time its lease runs out
+        self._held: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def claim(self, *, limit: int = 20) -> list[Claimed]:
+    def claim(self, *, limit: int = 1) -> list[Claimed]:
         """Lease up to `limit` due jobs and keep them alive until `release`."""
-        started = time.monotonic()
         claimed = claim(self.sessions, worker=self.worker, now=self.now(), limit=limit,
                         lease=self.lease)
         with self._lock:
-            for job in claimed:
-                self._held[job.id] = started + self.lease.total_seconds()
+            self._held.update(job.id for job in claimed)
         return claimed
 
     def release(self, job_id: int) -> None:
         """Stop renewing `job_id` (done, retried later, or lost)."""
         with self._lock:
-            self._held.pop(job_id, None)
+            self._held.discard(job_id)
 
-    def renew(self, job_ids: Iterable[int] | None = None) -> set[int]:
-        """One heartbeat: extend the leases held (all, or `job_ids`); forget those lost."""
-        started = time.monotonic()
+    def renew(self) -> set[int]:
+        """One heartbeat: extend the leases held; forget those lost. Returns those kept."""
         with self._lock:
-            ids = list(self._held) if job_ids is None else [
-                i for i in job_ids if i in self._held]
+            ids = set(self._held)
         if not ids:
             return set()  # idle: no database trip
         kept = renew(self.sessions, worker=self.worker, job_ids=ids, now=self.now(),
                      lease=self.lease)
-        with self._lock:
-            for job_id in ids:
-                if job_id not in self._held:
-                    continue  # released meanwhile
-                if job_id in kept:
-                    self._held[job_id] = started + self.lease.total_seconds()
-                else:  # done a moment ago, or taken: run_due says which when it matters
-                    del self._held[job_id]
+        with self._lock:  # done a moment ago, or taken: the completion says which
+            self._held -= ids - kept
         return kept
-
-    def holds(self, job_id: int) -> bool:
-        """Whether `job_id` is still ours with time to spare, renewing it now if its
-        lease is close to running out (the heartbeat stalled, say behind SQLite's lock)."""
-        with self._lock:
-            deadline = self._held.get(job_id)
-        if deadline is None:
-            return False
-        if time.monotonic() < deadline - self.every:
-            return True
-        return job_id in self.renew([job_id])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="accord-leases", daemon=True)
@@ -246,7 +222,7 @@ class Leases:
         while not self._stop.wait(self.every):
             try:
                 self.renew()
-            except Exception:  # the database is away: retry next beat; `holds` stays honest
+            except Exception:  # the database is away: retry next beat
                 log.exception("renewing job leases failed")
 
 
@@ -262,32 +238,29 @@ class LeaseLost(Exception):
 
 
 def run_due(sessions: sessionmaker[Session], handlers: dict[str, Handler], *, worker: str,
-            now: Callable[[], datetime], leases: Leases | None = None) -> int:
-    """Claim and run due jobs once. Returns how many completed.
+            now: Callable[[], datetime], leases: Leases | None = None,
+            batch: int = 20) -> int:
+    """Claim and run up to `batch` due jobs, one at a time. Returns how many completed.
 
-    `leases` (with its heartbeat running) keeps the claimed jobs' leases alive however
-    long they take; without it each job must finish within `LEASE` of the claim.
+    A job is claimed only when it is about to run: a worker never holds jobs it is not
+    running, so a slow job does not keep others waiting behind it while idle workers
+    could run them. `leases` (with its heartbeat running) keeps the running job's lease
+    alive however long it takes; without it a job must finish within `LEASE`.
     """
     done = 0
     leases = leases or Leases(sessions, worker=worker, now=now)
-    claimed = leases.claim()
-    try:
-        for job in claimed:
-            try:
-                if not leases.holds(job.id):
-                    log.warning("job %s (%s): lease lost before it ran; its new holder "
-                                "runs it", job.key, job.kind)
-                    continue
-                done += _run_one(sessions, handlers.get(job.kind), job, worker=worker,
-                                 now=now)
-            except LeaseLost:
-                log.warning("job %s (%s): lease lost while it ran; what it did is rolled "
-                            "back and its new holder runs it", job.key, job.kind)
-            finally:
-                leases.release(job.id)  # done with it: the heartbeat stops renewing it
-    finally:  # a pass cut short (the database went away): stop renewing the rest too
-        for job in claimed:
-            leases.release(job.id)
+    for _ in range(batch):
+        claimed = leases.claim()
+        if not claimed:
+            break
+        job = claimed[0]
+        try:
+            done += _run_one(sessions, handlers.get(job.kind), job, worker=worker, now=now)
+        except LeaseLost:
+            log.warning("job %s (%s): lease lost while it ran; what it did is rolled back "
+                        "and its new holder runs it", job.key, job.kind)
+        finally:
+            leases.release(job.id)  # the heartbeat stops renewing it
     return done
 
 
