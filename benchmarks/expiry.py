@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from accord.bootstrap import build_state
 from accord.config import Settings
@@ -134,7 +134,8 @@ def run(n: int, headroom: int) -> dict[str, Any]:
         mid = (first_end - st.now()).total_seconds() + 30
         print(f"all active; killing the worker in {mid:.0f}s ...", file=sys.stderr)
         time.sleep(max(0.0, mid))  # the benchmark's own schedule, not a wait on work
-        mine = Job.leased_by.like(f"%:{worker.pid}:%")
+        # A worker is host:pid:random (host:pid before the heartbeat, for comparison runs).
+        mine = or_(Job.leased_by.like(f"%:{worker.pid}:%"), Job.leased_by.like(f"%:{worker.pid}"))
         held = (select(Job.key).where(mine, Job.done_at.is_(None),
                                       Job.leased_until > func.now()))
 
