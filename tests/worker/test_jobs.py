@@ -157,6 +157,8 @@ def test_a_job_another_worker_holds_is_due_when_its_lease_runs_out(env: Env) -> 
     with env.st.sessions() as session:
         # Not its run_at (past): a worker sleeping until then would spin while a runs it.
         assert jobs.next_due(session) == env.clock() + jobs.LEASE
+        assert jobs.next_due(session, until=env.clock()) == env.clock() + jobs.LEASE
+        assert jobs.next_due(session, until=env.clock() - TICK) is None  # not yet due
     with transaction(env.st.sessions) as session:
         assert jobs.complete(session, job_id=job.id, worker="a", now=env.clock())
     with env.st.sessions() as session:

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -142,9 +142,10 @@ class JobRunner:
                     self.reconcile_all()
                 if ran:
                     continue
+                now = self.now()
                 with self.sessions() as session:
-                    due = jobs.next_due(session)
-                wait = POLL if due is None else (due - self.now()).total_seconds()
+                    due = jobs.next_due(session, until=now + timedelta(seconds=POLL))
+                wait = POLL if due is None else (due - now).total_seconds()
                 self._stop.wait(min(POLL, max(0.0, wait)))
             except Exception:  # keep the worker alive; the failed job says why
                 log.exception("job pass failed")

@@ -154,13 +154,15 @@ def retry(session: Session, *, job_id: int, worker: str, now: datetime, error: s
     return True
 
 
-def next_due(session: Session) -> datetime | None:
+def next_due(session: Session, *, until: datetime | None = None) -> datetime | None:
     """When the earliest job not done can be claimed (to sleep until then, not poll): its
-    run_at, or when its lease runs out if another worker holds it."""
+    run_at, or when its lease runs out if another worker holds it. With `until`, only
+    jobs whose run_at is by then count (a short range of the due index)."""
     available = case((Job.leased_until > Job.run_at, Job.leased_until), else_=Job.run_at)
-    value: datetime | None = session.execute(
-        select(func.min(available)).where(Job.done_at.is_(None))
-    ).scalar_one()
+    q = select(func.min(available)).where(Job.done_at.is_(None))
+    if until is not None:
+        q = q.where(Job.run_at <= until)
+    value: datetime | None = session.execute(q).scalar_one()
     return value
 
 
