@@ -8,7 +8,9 @@ revocation on the target (`grants.deprovisioned_at - ends_at`).
 
 The restart is a crash: from the middle of the expiry minute the benchmark watches
 the jobs table and SIGKILLs the worker at a moment it holds the lease of a revocation
-(a `grant.deprovision` job claimed and not done), then starts a fresh one. That job
+(a `grant.deprovision` job claimed and not done: checked while the worker is frozen
+with SIGSTOP, so the job cannot finish between the look and the kill), then starts a
+fresh one. That job
 can only run again once its lease runs out; nothing else revokes that access (an
 expiry job the dead worker held is covered by the new worker's sweeper, which ends
 the grant again). A run reports the leases the dead worker held and the worst lag
@@ -142,11 +144,23 @@ def run(n: int, headroom: int) -> dict[str, Any]:
         held = (select(Job.key).where(mine, Job.kind == DEPROVISION, Job.done_at.is_(None),
                                       Job.leased_until > func.now()))
 
-        def holds_leases() -> bool:
+        def holds_revocation() -> bool:
             with st.sessions() as s:
                 return s.execute(held.limit(1)).first() is not None
 
-        wait_for("the worker to hold a revocation's lease", holds_leases, 30)
+        def frozen_holding_revocation() -> bool:
+            """Whether the worker, frozen for a moment, is inside a revocation. Seeing one
+            running and then sending SIGKILL is a race a 30 ms job often wins."""
+            if not holds_revocation():
+                return False
+            os.kill(worker.pid, signal.SIGSTOP)
+            os.waitpid(worker.pid, os.WUNTRACED)  # stopped: it can finish nothing now
+            if holds_revocation():
+                return True
+            os.kill(worker.pid, signal.SIGCONT)
+            return False
+
+        wait_for("the worker to hold a revocation's lease", frozen_holding_revocation, 30)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
         with st.sessions() as s:  # what it held when it died (it can finish nothing now)
