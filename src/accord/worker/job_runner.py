@@ -1,7 +1,10 @@
 """Runs durable jobs (provisioning, expiry at the exact end, deprovisioning) and reconciliation.
 
 Sleeps until the next job is due, never longer than `POLL` (jobs other processes add
-are seen within that), so a grant ends on time rather than on a coarse sweep.
+are seen within that), so a grant ends on time rather than on a coarse sweep. A job
+another worker holds is due when its lease runs out, so a worker does not spin while
+another runs a slow job. A heartbeat thread (`jobs.Leases`) keeps the leases of the
+jobs this worker holds alive; see `accord.worker.jobs` for why.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,18 +61,24 @@ class JobRunner:
         self.connectors = connectors
         self.box = box
         self.now = now
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # The random part tells this process apart from an earlier one with the same host
+        # and pid (a restarted container's pid 1), which must not pass for the holder of the
+        # dead one's leases.
+        self.name = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.leases = jobs.Leases(sessions, worker=self.name, now=now)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accord-jobs", daemon=True)
         self._next_reconcile = time.monotonic() + 5.0
         self._reviews_planned: str | None = None  # policy version reviews were planned for
 
     def start(self) -> None:
+        self.leases.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+        self.leases.stop()  # after the runner: a job still running keeps its lease till then
 
     def run_once(self) -> int:
         if self.policies.due():
@@ -107,7 +117,8 @@ class JobRunner:
         handlers[requests.REMIND] = remind
         handlers[requests.ESCALATE] = escalate
         handlers.update(reviews.handlers(policy))  # access review campaigns
-        return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now)
+        return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now,
+                            leases=self.leases)
 
     def reconcile_all(self) -> None:
         connectors = self.connectors()
@@ -131,9 +142,10 @@ class JobRunner:
                     self.reconcile_all()
                 if ran:
                     continue
+                now = self.now()
                 with self.sessions() as session:
-                    due = jobs.next_due(session)
-                wait = POLL if due is None else (due - self.now()).total_seconds()
+                    due = jobs.next_due(session, until=now + timedelta(seconds=POLL))
+                wait = POLL if due is None else (due - now).total_seconds()
                 self._stop.wait(min(POLL, max(0.0, wait)))
             except Exception:  # keep the worker alive; the failed job says why
                 log.exception("job pass failed")
