@@ -214,17 +214,21 @@ def find_postgres(env: dict[str, str] | None = None) -> tuple[DemoPostgres | Non
         params.setdefault("dbname", DEMO_DATABASE)
         host = str(params.get("host") or "/var/run/postgresql").split(",")[0]
         port = int(str(params.get("port") or 5432).split(",")[0])
-        shown = f"{host}:{port}" if not host.startswith("/") else f"the socket in {host}"
-        tried.append(shown)
+        shown = f"{host}:{port}" if not host.startswith("/") else host
         conninfo = make_conninfo("", **{str(k): v for k, v in params.items()})
         try:
             _prepare_database(conninfo, str(params["dbname"]))
         except (psycopg.Error, OSError) as exc:
-            log.debug("demo: no PostgreSQL at %s: %s", shown, type(exc).__name__)
+            # libpq's messages may quote the DSN: say only where, and a word of why.
+            text = str(exc)
+            why = ("permission denied" if "permission denied" in text
+                   else "login refused" if "FATAL" in text or "password" in text
+                   else "no answer")
+            tried.append(f"{shown}: {why}")
             continue
         return DemoPostgres(conninfo, host if not host.startswith("/") else "localhost", port,
                             str(params["dbname"])), ""
-    return None, " or ".join(tried)
+    return None, "; ".join(tried)
 
 
 def _prepare_database(conninfo: str, database: str) -> None:
@@ -317,9 +321,9 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
         path.write_text(text, encoding="utf-8")
     marker.write_text(_sha256(text) + "\n")
     if pg is None:
-        note = (f"No PostgreSQL answered at {tried}, so orders-db has no gateway: install "
-                "and start one (Debian: apt-get install postgresql), or point ACCORD_DEMO_PG "
-                "at one, and restart the demo (docs/gateway.md).")
+        note = (f"No PostgreSQL for the gateway ({tried}): start one (Debian: apt-get "
+                "install postgresql) or set ACCORD_DEMO_PG to an admin URL, and restart the "
+                "demo to try the gateway (docs/gateway.md).")
     else:
         note = f"orders-db is {pg.where} (created by the demo)."
     return DemoSetup(path, pg, f"127.0.0.1:{port}" if port is not None else None, note)

@@ -51,8 +51,8 @@ def test_the_demo_without_postgres_starts_and_says_how_to_get_the_gateway(
         d.start()
         assert "pick a demo user" in d.printed
         assert set(d.tokens) == {"alice", "bob", "carol", "dave", "erin", "frank"}
-        hint = d.line("No PostgreSQL answered")
-        assert f"127.0.0.1:{closed}" in hint and "apt-get install postgresql" in hint
+        hint = d.line("No PostgreSQL for the gateway")
+        assert f"127.0.0.1:{closed}: no answer" in hint and "apt-get install postgresql" in hint
         assert "accord connect" not in d.printed
         page = httpx.get(d.url + "/login", timeout=5)
         assert page.status_code == 200 and 'name="user"' in page.text  # the demo picker
@@ -101,7 +101,7 @@ def test_the_demo_with_postgres_serves_orders_db_through_the_gateway(
         database = demo_pg.rsplit("/", 1)[1]
         assert re.search(rf"orders-db is PostgreSQL 127\.0\.0\.1:5432, database {database}",
                          d.printed)
-        assert "No PostgreSQL answered" not in d.printed
+        assert "No PostgreSQL" not in d.printed
         # What it prints to try, run as printed: alice asks, bob and carol approve.
         ask = d.line(r"accord request create orders-db read")
         out = subprocess.run(shlex.split(ask), env=d.client_env("alice"), capture_output=True,
@@ -173,7 +173,7 @@ def test_the_demo_policy_is_rewritten_only_while_it_is_the_demos_own(
     assert "was edited" in setup.note and f"rm -rf {tmp_path}" in setup.note
     path.unlink()
     setup = demo.write_policy(tmp_path, no_pg)
-    assert "No PostgreSQL answered" in setup.note and setup.gateway_listen is None
+    assert "No PostgreSQL for the gateway" in setup.note and setup.gateway_listen is None
     written = path.read_text()
     assert demo.write_policy(tmp_path, no_pg).note == setup.note
     assert path.read_text() == written
