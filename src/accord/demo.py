@@ -325,7 +325,7 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
                 "install postgresql) or set ACCORD_DEMO_PG to an admin URL, and restart the "
                 "demo to try the gateway (docs/gateway.md).")
     else:
-        note = f"orders-db is {pg.where} (created by the demo)."
+        note = f"orders-db is {pg.where}."
     return DemoSetup(path, pg, f"127.0.0.1:{port}" if port is not None else None, note)
 
 
