@@ -314,6 +314,7 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
     if pg is not None:
         dsn_file = directory / ADMIN_DSN_FILE
         fd = os.open(dsn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when an earlier file was readable by others
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(pg.conninfo + "\n")
     text = render_policy(directory, pg, port)
