@@ -1,7 +1,22 @@
-"""`accord serve --demo`: a policy, users and a handful of requests in several states."""
+"""`accord serve --demo`: a policy, users and a handful of requests in several states.
+
+When a PostgreSQL answers (`ACCORD_DEMO_PG`, else postgres@127.0.0.1:5432, else the local
+socket), orders-db is a real database the demo creates (`accord_demo_orders`, an `orders`
+table): approved access is provisioned there and the gateway serves it on this machine.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,11 +30,38 @@ from accord.ledger.events import Actor, Via
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest
 
+log = logging.getLogger("accord.demo")
+
 DEMO_USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+DEMO_DATABASE = "accord_demo_orders"
+# Tried in order when ACCORD_DEMO_PG is not set: local TCP, then Debian's and the default
+# socket directories (a local PostgreSQL often trusts its postgres user there).
+PG_CANDIDATES = (f"postgresql://postgres@127.0.0.1:5432/{DEMO_DATABASE}",
+                 f"host=/var/run/postgresql user=postgres dbname={DEMO_DATABASE}",
+                 f"host=/tmp user=postgres dbname={DEMO_DATABASE}")
+GATEWAY_PORT = 6432  # PgBouncer's usual port: where people expect a PostgreSQL proxy
+ADMIN_DSN_FILE = "orders-db-admin.dsn"
+POLICY_HASH_FILE = ".accord.yaml.sha256"  # what the demo last wrote (so: still its own)
+# The demo policies of earlier versions, which `write_policy` may replace (sha256).
+EARLIER_POLICIES = frozenset({
+    "7c8eaf0bb977732518fd8d16c043fe105f92b3b56243b58db469c010b5fd6f33",
+    "973e3f9a09f087e27518419f7cc88a5fa5b8e5aaa8363c7c74c1773fb6a147ff",
+    "bd49e1722d287dbabb842ceac708f7159dc0ec8b6136d19aa17e87d1cd6a2fb3",
+})
+
+ORDERS = [  # id, customer, total, status
+    (1001, "ACME Corp", "1299.00", "shipped"),
+    (1002, "Globex", "89.50", "shipped"),
+    (1003, "Initech", "450.00", "refund_pending"),
+    (1004, "Umbrella", "2310.75", "processing"),
+    (1005, "Stark Industries", "15.99", "refund_pending"),
+    (1006, "Wayne Enterprises", "780.00", "processing"),
+]
 
 DEMO_POLICY = """\
-# Accord demo policy. Edit it and run `kill -HUP <pid>` or
-# `curl -X POST -H "Authorization: Bearer $ACCORD_TOKEN" $ACCORD_URL/api/v1/admin/reload`.
+# Accord demo policy, written by `accord serve --demo` (rewritten at each start while it is
+# unedited; `rm -rf .accord/demo` starts the demo afresh). Edit it and run `kill -HUP <pid>`
+# or `curl -X POST -H "Authorization: Bearer $ACCORD_TOKEN" $ACCORD_URL/api/v1/admin/reload`.
 users:
   alice: {email: alice@example.com}
   bob: {email: bob@example.com}
@@ -47,6 +89,14 @@ break_glass: {groups: [oncall], reviewers: [admins], max_duration: 1h}
 web:
   local_login: true
 
+# The demo files its requests, and approves some, in the second it starts, at whatever
+# hour that is: the off-hours and quick-approval detectors would flag every one of them.
+# A real deployment keeps them on and says when its people work, for example
+#   off_hours: {start: 8, end: 19, timezone: Europe/Berlin}
+detect:
+  off_hours: {enabled: false}
+  rubber_stamp: {enabled: false}
+{gateway}
 resources:
   - name: staging-db
     kind: postgres
@@ -60,7 +110,7 @@ resources:
     labels: {env: prod, data: pii}
     owners: [dba]
     roles: [read, write, admin]
-  - name: billing-api
+{provision}  - name: billing-api
     kind: webhook
     description: Production billing service console
     labels: {env: prod}
@@ -80,6 +130,7 @@ workflows:
     match: 'resource.labels.env == "prod"'
     max_duration: 4h
     auto_deny: 'size(request.reason) < 10'
+    messages: {auto_deny: "say which ticket and what you will do (10 characters at least)"}
     steps:
       - {name: lead, approvers: [leads]}
       - {name: owner, approvers: [owners]}
@@ -87,23 +138,210 @@ workflows:
       roles: [admin, operator]
       steps: [{name: admins, approvers: [admins], min_approvals: 2}]
     escalation: {remind_after: 15m, escalate_after: 1h, to: [admins], expire_after: 24h}
+
+# Access reviews: owners certify or revoke standing and recurring production access.
+# `accord review start prod-quarterly` (as an admin) starts one now.
+reviews:
+  - name: prod-quarterly
+    match: 'resource.labels.env == "prod"'
+    every: 90d
+"""
+
+GATEWAY_BLOCK = """
+# The PostgreSQL gateway: `accord connect orders-db` gives a psql line. Plain TCP on this
+# machine only; anywhere else give it tls: {{cert, key, required: true}} (docs/gateway.md).
+gateway: {{listen: "127.0.0.1:{port}"}}
+"""
+
+PROVISION_BLOCK = """\
+    # A real database the demo created ({where}):
+    # approved access is granted there and taken back when it ends. The admin DSN is in
+    # dsn_file, never in this file.
+    provision:
+      type: postgres
+      dsn_file: {dsn_file}
+      host: {host}
+      port: {port}
+      database: {database}
+      roles:
+        read: {{privileges: ["SELECT ON ALL TABLES IN SCHEMA public"]}}
+        write: {{privileges: ["SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"]}}
+        admin: {{privileges: ["ALL ON ALL TABLES IN SCHEMA public"]}}
 """
 
 
-def write_policy(directory: Path) -> Path:
+@dataclass(frozen=True)
+class DemoPostgres:
+    """A PostgreSQL the demo can use: its orders database exists and holds `orders`."""
+
+    conninfo: str  # the admin connection (may hold a password: never printed)
+    host: str  # for people: a TCP host, or "localhost" for a socket
+    port: int
+    database: str
+
+    @property
+    def where(self) -> str:
+        return f"PostgreSQL {self.host}:{self.port}, database {self.database}"
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    """What `write_policy` made of the demo directory."""
+
+    policy: Path
+    postgres: DemoPostgres | None
+    gateway_listen: str | None  # host:port, when the policy configures the gateway
+    note: str  # one line for the person starting the demo
+
+
+def find_postgres(env: dict[str, str] | None = None) -> tuple[DemoPostgres | None, str]:
+    """The demo's PostgreSQL with its orders database ready, or None and why not.
+
+    ACCORD_DEMO_PG (a URL or key=value DSN; its database is the demo's, created when
+    missing) is the only candidate when set, else PG_CANDIDATES in order."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    env = dict(os.environ) if env is None else env
+    given = env.get("ACCORD_DEMO_PG", "").strip()
+    candidates = (given,) if given else PG_CANDIDATES
+    tried: list[str] = []
+    for dsn in candidates:
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.Error:
+            return None, "ACCORD_DEMO_PG is not a PostgreSQL URL or DSN"
+        params.setdefault("dbname", DEMO_DATABASE)
+        host = str(params.get("host") or "/var/run/postgresql").split(",")[0]
+        port = int(str(params.get("port") or 5432).split(",")[0])
+        shown = f"{host}:{port}" if not host.startswith("/") else host
+        conninfo = make_conninfo("", **{str(k): v for k, v in params.items()})
+        try:
+            _prepare_database(conninfo, str(params["dbname"]))
+        except (psycopg.Error, OSError) as exc:
+            # libpq's messages may quote the DSN: say only where, and a word of why.
+            text = str(exc)
+            why = ("permission denied" if "permission denied" in text
+                   else "login refused" if "FATAL" in text or "password" in text
+                   else "no answer")
+            tried.append(f"{shown}: {why}")
+            continue
+        return DemoPostgres(conninfo, host if not host.startswith("/") else "localhost", port,
+                            str(params["dbname"])), ""
+    return None, "; ".join(tried)
+
+
+def _prepare_database(conninfo: str, database: str) -> None:
+    """Create the demo's database and its `orders` table, once (idempotent)."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        conn = psycopg.connect(conninfo, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+        with psycopg.connect(conninfo, dbname="postgres", connect_timeout=3,
+                             autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        conn = psycopg.connect(conninfo, connect_timeout=3, autocommit=True)
+    with conn:
+        row = conn.execute("SELECT to_regclass('public.orders')").fetchone()
+        if row is not None and row[0] is not None:
+            return
+        with conn.transaction():
+            conn.execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer text NOT "
+                         "NULL, total numeric(10, 2) NOT NULL, status text NOT NULL, "
+                         "placed_at timestamptz NOT NULL DEFAULT now())")
+            conn.cursor().executemany(
+                "INSERT INTO public.orders (id, customer, total, status) VALUES (%s, %s, %s, %s)",
+                ORDERS)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _gateway_port(previous: str | None) -> int:
+    """The port the demo's policy already names while it is free, else 6432, else any."""
+    wanted = [int(m.group(1))] if previous and (m := re.search(
+        r'gateway: \{listen: "127\.0\.0\.1:(\d+)"\}', previous)) else []
+    for port in [*wanted, GATEWAY_PORT]:
+        if _port_free("127.0.0.1", port):
+            return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def render_policy(directory: Path, pg: DemoPostgres | None, gateway_port: int | None) -> str:
+    provision = gateway = ""
+    if pg is not None:
+        dsn_file = json.dumps(str(directory.resolve() / ADMIN_DSN_FILE))  # quoted for YAML
+        provision = PROVISION_BLOCK.format(where=pg.where, dsn_file=dsn_file, host=pg.host,
+                                           port=pg.port, database=pg.database)
+        if gateway_port is not None:
+            gateway = GATEWAY_BLOCK.format(port=gateway_port)
+    return DEMO_POLICY.replace("{gateway}", gateway).replace("{provision}", provision)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetup:
+    """Write the demo policy (with the gateway when a PostgreSQL answers) unless someone
+    edited the one there: the demo rewrites only a file it wrote itself."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "accord.yaml"
-    if not path.exists():
-        path.write_text(DEMO_POLICY, encoding="utf-8")
-    return path
+    marker = directory / POLICY_HASH_FILE
+    current = path.read_text(encoding="utf-8") if path.exists() else None
+    ours = current is None or _sha256(current) in EARLIER_POLICIES or (
+        marker.exists() and marker.read_text().strip() == _sha256(current))
+    if not ours:
+        has_gateway = current is not None and re.search(r"^gateway:", current, re.M)
+        return DemoSetup(path, None, None,
+                         f"{path} was edited, so the demo keeps it as it is"
+                         + ("" if has_gateway else " (it has no gateway: `rm -rf "
+                            f"{directory}` starts the demo afresh with one)"))
+    pg, tried = find_postgres(env)
+    port = _gateway_port(current) if pg is not None else None
+    if pg is not None:
+        dsn_file = directory / ADMIN_DSN_FILE
+        fd = os.open(dsn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when an earlier file was readable by others
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(pg.conninfo + "\n")
+    text = render_policy(directory, pg, port)
+    if text != current:
+        path.write_text(text, encoding="utf-8")
+    marker.write_text(_sha256(text) + "\n")
+    if pg is None:
+        note = (f"No PostgreSQL for the gateway ({tried}): start one (Debian: apt-get "
+                "install postgresql) or set ACCORD_DEMO_PG to an admin URL, and restart the "
+                "demo to try the gateway (docs/gateway.md).")
+    else:
+        note = f"orders-db is {pg.where}."
+    return DemoSetup(path, pg, f"127.0.0.1:{port}" if port is not None else None, note)
 
 
-def seed(st: AppState) -> None:
-    """Requests in several states, once per database."""
+def seed(st: AppState) -> int | None:
+    """Requests in several states, once per database: returns the id of alice's approved
+    read of orders-db when it seeded (None when the database already had requests)."""
     policy = st.policies.current
+    count = select(func.count()).select_from(AccessRequest)
+    with st.sessions() as session:
+        if session.execute(count).scalar_one():
+            return None
+    _forget_earlier_demos(st)  # outside the transaction: it talks to the target
     with transaction(st.sessions) as session:
-        if session.execute(select(func.count()).select_from(AccessRequest)).scalar_one():
-            return
+        if session.execute(count).scalar_one():
+            return None
         now = st.now()
 
         def ask(user: str, resource: str, role: str, hours: float, reason: str) -> int:
@@ -120,11 +358,11 @@ def seed(st: AppState) -> None:
         ask("alice", "staging-db", "read", 2, "debug flaky checkout test")  # auto-approved
         ask("erin", "staging-db", "write", 1, "backfill test fixtures")  # auto-approved
         ask("alice", "orders-db", "read", 1, "INC-4211: customers report missing orders")
-        rid = ask("erin", "orders-db", "write", 2, "CHG-118: fix order totals for 3 rows")
-        decide(requests.approve, "bob", rid, "change ticket reviewed")  # waits for dba
-        rid = ask("alice", "orders-db", "read", 1, "INC-4190: reconcile refunds")
-        decide(requests.approve, "bob", rid)
-        decide(requests.approve, "carol", rid, "ok for an hour")  # active
+        change = ask("erin", "orders-db", "write", 2, "CHG-118: fix order totals for 3 rows")
+        decide(requests.approve, "bob", change, "change ticket reviewed")  # waits for dba
+        active = ask("alice", "orders-db", "read", 1, "INC-4190: reconcile refunds")
+        decide(requests.approve, "bob", active)
+        decide(requests.approve, "carol", active, "ok for an hour")  # active
         ask("alice", "orders-db", "write", 1, "oops")  # auto-denied: reason too short
         rid = ask("erin", "billing-api", "viewer", 1, "check invoice run for ACME")
         decide(requests.deny, "bob", rid, "ask billing on-call instead")
@@ -135,6 +373,112 @@ def seed(st: AppState) -> None:
             resource="orders-db", role="write", duration=timedelta(minutes=30),
             reason="SEV2: checkout failing on row locks, lead unreachable", now=now,
             emergency=True)
+    # erin is a dba, an owner of orders-db: she tries to approve her own change at the
+    # owners' step. Refused, and recorded as its own event (a self_approval alert), as the
+    # API records it.
+    with transaction(st.sessions) as session:
+        caller = requests.Caller("erin", Via.WEB)
+        now = st.now()
+        try:
+            with session.begin_nested():
+                requests.approve(session, policy=policy, caller=caller, request_id=change,
+                                 comment="", now=now)
+        except requests.SelfDecision as exc:
+            requests.record_self_decision(session, exc=exc, caller=caller, now=now)
+    return active
+
+
+def _forget_earlier_demos(st: AppState) -> None:
+    """A fresh demo starts from a clean target: memberships of orders-db's group roles left
+    by an earlier demo (whose data was removed) would otherwise be reported as drift."""
+    from accord.config import PostgresTarget
+    from accord.provisioning import postgres as pgconn
+
+    spec = st.policies.current.resources.get("orders-db")
+    if spec is None or not isinstance(spec.provision, PostgresTarget):
+        return
+    import psycopg
+    from psycopg import sql
+
+    groups = [pgconn.group_name(spec.name, role) for role in spec.provision.roles]
+    try:
+        dsn = pgconn.admin_dsn(spec.provision, os.environ)
+        with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT g.rolname, m.rolname FROM pg_auth_members am "
+                "JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member "
+                "WHERE g.rolname = ANY(%s) AND m.rolname <> current_user "
+                "AND m.rolname NOT LIKE 'accord\\_gw\\_%%'", (groups,)).fetchall()
+            for group, member in rows:
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(group), sql.Identifier(member)))
+    except (psycopg.Error, OSError) as exc:  # the worker's connector will say more
+        log.warning("demo: could not clean orders-db's roles on its target: %s",
+                    type(exc).__name__)
+
+
+def show_gateway_use(st: AppState, request_id: int, *, timeout: float = 60.0
+                     ) -> threading.Thread:
+    """In the background, once the seeded grant is provisioned: alice reads the refunds
+    through the gateway, then tries to mark one refunded, which her read grant does not
+    allow (the gateway refuses it: a scope_violation alert). Real statements through the
+    real gateway, recorded as any session is."""
+    thread = threading.Thread(target=_gateway_use, args=(st, request_id, timeout),
+                              name="accord-demo-gateway", daemon=True)
+    thread.start()
+    return thread
+
+
+def _gateway_use(st: AppState, request_id: int, timeout: float) -> None:
+    import psycopg
+
+    from accord.gateway import service as gateway
+    from accord.grants.models import Grant, GrantStatus
+
+    spec = st.policies.current.loaded.spec.gateway
+    if spec is None:
+        return
+    host, port = spec.host_port
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+    token = None
+    while token is None:  # the worker provisions the grant: poll, bounded
+        with transaction(st.sessions) as session:
+            grant = session.execute(select(Grant).where(Grant.request_id == request_id)
+                                    ).scalar_one_or_none()
+            if grant is not None and grant.status == GrantStatus.ACTIVE:
+                _row, token = gateway.issue_token(
+                    session, grant=grant, actor=Actor.user("alice", Via.CLI), now=st.now(),
+                    ttl=spec.token_ttl)
+            elif grant is None or grant.status != GrantStatus.PROVISIONING:
+                log.warning("demo: grant of request %d is %s; no gateway example", request_id,
+                            grant.status if grant else "missing")
+                return
+        if token is None:
+            if time.monotonic() > deadline:
+                log.warning("demo: the grant of request %d was not provisioned in %.0f s; "
+                            "no gateway example", request_id, timeout)
+                return
+            stop.wait(0.2)
+    while True:  # the gateway thread may still be starting
+        try:
+            conn = psycopg.connect(host=host, port=port, dbname="orders-db", user="alice",
+                                   password=token, sslmode="disable", connect_timeout=5,
+                                   application_name="psql", autocommit=True)
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                log.warning("demo: the gateway did not answer on %s:%d", host, port)
+                return
+            stop.wait(0.2)
+    with conn:
+        conn.execute("SELECT id, customer, total FROM orders WHERE status = 'refund_pending'"
+                     ).fetchall()
+        # What the demo shows: refused by the gateway, recorded, alerted.
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE orders SET status = 'refunded' WHERE id = 1003")
+    log.info("demo: alice read orders-db through the gateway and was refused an UPDATE "
+             "(see the scope_violation alert)")
 
 
 def issue_tokens(st: AppState) -> dict[str, str]:

@@ -64,18 +64,19 @@ def policy_check(
         loaded = load_policy_file(path)
     except PolicyError as exc:
         for problem in exc.problems:
-            err.print(f"{path}: {problem}", markup=False, highlight=False)
+            err.print(f"{path}: {problem}", markup=False, highlight=False, soft_wrap=True)
         err.print(f"{len(exc.problems)} error(s)", style="red")
         raise typer.Exit(1) from None
     policy = Policy(loaded)
     warnings = [] if offline else _shared_login_warnings(policy)
     for warning in warnings:
-        err.print(f"{path}: warning: {warning}", markup=False, highlight=False)
+        err.print(f"{path}: warning: {warning}", markup=False, highlight=False,
+                  soft_wrap=True)
     out.print(
         f"{path}: ok: {len(policy.users)} users, {len(policy.groups)} groups, "
         f"{len(policy.resources)} resources, {len(policy.workflows)} workflows; "
         f"version {policy.version}" + (f"; {len(warnings)} warning(s)" if warnings else ""),
-        markup=False, highlight=False,
+        markup=False, highlight=False, soft_wrap=True,  # one line each, however long the path
     )
     if warnings and strict:
         raise typer.Exit(1)

@@ -73,9 +73,11 @@ def serve(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
+        setup = None
         if demo_mode:
             base = settings.data_dir / "demo"
-            config = demo.write_policy(base)
+            setup = demo.write_policy(base)
+            config = setup.policy
             if "ACCORD_DATABASE_URL" not in os.environ:
                 settings = Settings.from_env({**os.environ, "ACCORD_DATA_DIR": str(base)})
     except ValueError as exc:
@@ -90,10 +92,12 @@ def serve(
                            else limit_concurrency))
     st = load_state(config, upgrade="if-empty", settings=settings)
     url = f"http://{host}:{port}"
-    if demo_mode:
-        demo.seed(st)
+    if setup is not None:
+        seeded = demo.seed(st)
         tokens = demo.issue_tokens(st)
-        _print_demo(url, config, tokens, settings.data_dir)
+        _print_demo(url, setup, tokens, settings.data_dir, _next_request_id(st))
+        if seeded is not None and setup.gateway_listen and not no_worker:
+            demo.show_gateway_use(st, seeded)  # once the worker provisioned its grant
     if not demo_mode:
         err.print(f"Accord listening on {url} (API docs: {url}/docs)")
     limits = _http_limits(settings)
@@ -162,11 +166,21 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
             stop()
 
 
-def _print_demo(url: str, config: Path | None, tokens: dict[str, str], data_dir: Path
+def _next_request_id(st: Any) -> int:
+    from sqlalchemy import func, select
+
+    from accord.requests.models import AccessRequest
+
+    with st.sessions() as session:
+        return int(session.execute(select(func.max(AccessRequest.id))).scalar_one() or 0) + 1
+
+
+def _print_demo(url: str, setup: Any, tokens: dict[str, str], data_dir: Path, next_id: int
                 ) -> None:
     # Plain lines, not a table: tokens must survive narrow terminals and copy-paste whole.
     roles = {"alice": "engineer", "bob": "lead (approver)", "carol": "dba, admin",
              "dave": "auditor", "erin": "engineer, dba", "frank": "admin, billing owner"}
+    config = setup.policy
     lines = [
         "",
         f"Accord demo: {url}   (API docs: {url}/docs)",
@@ -180,9 +194,23 @@ def _print_demo(url: str, config: Path | None, tokens: dict[str, str], data_dir:
         f"  export ACCORD_URL={url} ACCORD_TOKEN={tokens['alice']}",
         "  accord request create orders-db read --duration 1h --reason 'INC-1: look at orders'",
         "  accord request list",
+    ]
+    if setup.gateway_listen:
+        host, port = setup.gateway_listen.rsplit(":", 1)
+        lines += [
+            f"The PostgreSQL gateway listens on {setup.gateway_listen}; {setup.note}",
+            "Approve that request as bob, then as carol (its two steps), and connect:",
+            f"  ACCORD_TOKEN={tokens['bob']} accord request approve {next_id} --reason ok",
+            f"  ACCORD_TOKEN={tokens['carol']} accord request approve {next_id} --reason ok",
+            "  accord connect orders-db     # prints a psql line and a DSN with a token:",
+            f"  PGPASSWORD='acg_…' psql 'host={host} port={port} dbname=orders-db user=alice "
+            "sslmode=disable'",
+        ]
+    else:
+        lines.append(setup.note)
+    lines += [
         "Operator commands (accord token, audit key, report, ...) read the demo's data:",
-        f"  export ACCORD_DATA_DIR={data_dir.resolve()}"
-        + (f" ACCORD_CONFIG={config.resolve()}" if config else ""),
+        f"  export ACCORD_DATA_DIR={data_dir.resolve()} ACCORD_CONFIG={config.resolve()}",
         "",
     ]
     sys.stderr.write("\n".join(lines) + "\n")
