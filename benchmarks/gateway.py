@@ -167,7 +167,7 @@ def grant_token(accord_url: str, config: Path, data_dir: Path, resource: str) ->
     from accord.bootstrap import build_state
     from accord.config import Settings
     from accord.db import transaction
-    from accord.gateway import service as gateway
+    from accord.gateway import tokens
     from accord.grants.models import Grant
     from accord.requests import service as requests
     from accord.requests.service import Caller
@@ -182,7 +182,7 @@ def grant_token(accord_url: str, config: Path, data_dir: Path, resource: str) ->
                               reason="benchmark", now=st.now())
         grant = s.get(Grant, req.grant_id)
         assert grant is not None and grant.status == "active", req.status
-        _, token = gateway.issue_token(s, grant=grant, actor=Caller("bench", "cli").actor,
+        _, token = tokens.issue_token(s, grant=grant, actor=Caller("bench", "cli").actor,
                                        now=st.now(), ttl=timedelta(hours=2))
     bind = st.sessions.kw["bind"]
     bind.dispose()

@@ -11,7 +11,7 @@ code every proxied message runs, and only that, so such a change shows:
 * `extended`: the same in the extended protocol (`-M extended`) with statement reuse on:
   Parse, Bind, Describe, Execute, Sync, and the answer.
 * `spool_read`: the shipper's side, the spool read back into statement rows
-  (`audit.Reader.poll`), per statement.
+  (`spool.Reader.poll`), per statement.
 
 Garbage collection is tuned as `accord gateway` and its shipper tune it.
 
@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accord.gateway import audit
-from accord.gateway.conversation import Conversation
+from accord.gateway import audit, records, spool
+from accord.gateway.postgres.conversation import Conversation
+from accord.gateway.postgres.scope import DEFAULT_ROLES, Classifier
 from accord.gateway.proxy import ProxySession
-from accord.gateway.scope import DEFAULT_ROLES, Classifier
 
 QUERY = b"SELECT abalance FROM pgbench_accounts WHERE aid = "
 ROW_DESCRIPTION_BODY = b"\0\x01abalance\0" + b"\0" * 6 + b"\0\x17\0\x04\xff\xff\xff\xff\0\0"
@@ -83,7 +83,7 @@ def session(spool: Path) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
     writer = audit.AuditWriter(None, spool)  # type: ignore[arg-type]  # no shipper here
     writer.dir.mkdir(parents=True)
     writer._open_next()
-    info = audit.SessionInfo(id="bench-1", number=1, grant_id=1, user="bench",
+    info = records.SessionInfo(id="bench-1", number=1, grant_id=1, user="bench",
                              resource="bench", role="admin", client="127.0.0.1",
                              application="pgbench", tls=False, upstream_role=None)
     writer.opened(info, conv.in_flight)
@@ -138,7 +138,7 @@ def main() -> None:
             gc.set_threshold(50_000, 20, 20)  # as the shipper
             reads = []
             for _ in range(args.repeat):
-                reader = audit.Reader(writer.dir)
+                reader = spool.Reader(writer.dir)
                 start = time.perf_counter()
                 reader.poll()
                 facts = reader.take()

@@ -432,7 +432,7 @@ def show_gateway_use(st: AppState, request_id: int, *, timeout: float = 60.0
 def _gateway_use(st: AppState, request_id: int, timeout: float) -> None:
     import psycopg
 
-    from accord.gateway import service as gateway
+    from accord.gateway import tokens
     from accord.grants.models import Grant, GrantStatus
 
     spec = st.policies.current.loaded.spec.gateway
@@ -447,7 +447,7 @@ def _gateway_use(st: AppState, request_id: int, timeout: float) -> None:
             grant = session.execute(select(Grant).where(Grant.request_id == request_id)
                                     ).scalar_one_or_none()
             if grant is not None and grant.status == GrantStatus.ACTIVE:
-                _row, token = gateway.issue_token(
+                _row, token = tokens.issue_token(
                     session, grant=grant, actor=Actor.user("alice", Via.CLI), now=st.now(),
                     ttl=spec.token_ttl)
             elif grant is None or grant.status != GrantStatus.PROVISIONING:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from accord.gateway import audit
+from accord.gateway import spool
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gateway_datapath.py"
 
@@ -29,10 +29,10 @@ def test_the_loop_runs_every_statement_through_the_spool(datapath, kind: str,  #
                                                          tmp_path: Path) -> None:
     us, writer = datapath.run(kind, 300, tmp_path)
     assert us > 0
-    reader = audit.Reader(writer.dir)
+    reader = spool.Reader(writer.dir)
     reader.poll()
     facts = reader.take()
-    statements = [f for f in facts if f[1] == audit.STATEMENT]
+    statements = [f for f in facts if f[1] == spool.STATEMENT]
     assert len(statements) == 350  # 50 warm-up transactions, then 300
     assert all(f[4][9] == "ok" and f[4][6] == "SELECT 1" and f[4][7] == 1 for f in statements)
     texts = {f[4][3] for f in statements}

@@ -26,7 +26,7 @@ from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway.models import GatewayToken
 from accord.gateway.proxy import Gateway
-from accord.gateway.service import as_dicts
+from accord.gateway.recording import as_dicts
 from accord.ledger.models import LedgerEntry
 from accord.provisioning import postgres as pgconn
 from accord.worker.job_runner import JobRunner

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from accord.gateway import protocol as pq
+from accord.gateway.postgres import protocol as pq
 
 
 class Raw:

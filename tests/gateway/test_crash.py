@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
-from accord.gateway import audit, service
+from accord.gateway import audit, recording, records, shipper, spool
 from accord.gateway.models import GatewaySpoolMark, GatewayUsage
 from accord.ledger.models import LedgerEntry
 from tests.gateway.conftest import DSN_ENV, World, free_port, gone, policy_text
@@ -77,7 +77,7 @@ def _in_ledger(world: World, grant_id: int) -> list[dict[str, Any]]:
         for leaf in leaves:
             event = json.loads(leaf)
             out += [{**st, "session": event["data"]["session"]}
-                    for st in service.as_dicts(event["data"])]
+                    for st in recording.as_dicts(event["data"])]
         return out
 
 
@@ -136,7 +136,7 @@ def _check_recovered(world: World, grant: dict[str, Any]) -> None:
     sleeping = [s for s in after if s["text"] == "select pg_sleep(3)"]
     assert [s["outcome"] for s in sleeping] == ["unknown"]
     closed = world.events("gateway.session_closed", grant["id"])
-    assert {e["data"]["reason"] for e in closed} == {audit.RECOVERED}
+    assert {e["data"]["reason"] for e in closed} == {spool.RECOVERED}
     with world.env.st.sessions() as s:
         usage = s.get(GatewayUsage, grant["id"])
         assert usage is not None and usage.statement_count == 21 and usage.session_count == 2
@@ -161,11 +161,11 @@ def test_sigkill_of_gateway_and_shipper_the_next_start_records_the_rest_once(
     grant = _workload_then_kill(world, port, proc, shipper_too=True)
     before = _in_ledger(world, grant["id"])
     assert 10 <= len(before) < 21
-    recovered = audit.replay_dead(world.env.st.sessions, spool, per_event=1000,
+    recovered = shipper.replay_dead(world.env.st.sessions, spool, per_event=1000,
                                   max_text=16384)
     assert recovered > 0 and not any(spool.iterdir())
     _check_recovered(world, grant)
-    assert audit.replay_dead(world.env.st.sessions, spool, per_event=1000, max_text=16384) == 0
+    assert shipper.replay_dead(world.env.st.sessions, spool, per_event=1000, max_text=16384) == 0
 
 
 def _ignore(fn: Any, *args: Any) -> None:
@@ -177,26 +177,26 @@ def _ignore(fn: Any, *args: Any) -> None:
 
 
 def test_record_facts_writes_events_usage_and_mark(sessions: sessionmaker[Session]) -> None:
-    info = audit.SessionInfo(id="abc-1", number=1, grant_id=7, user="alice", resource="db",
+    info = records.SessionInfo(id="abc-1", number=1, grant_id=7, user="alice", resource="db",
                              role="read", client="127.0.0.1:5", application="psql", tls=False,
                              upstream_role=None)
     base = 1_800_000_000_000_000_000
-    facts: list[audit.Fact] = [(1, "open", info, base, {})]
+    facts: list[spool.Fact] = [(1, "open", info, base, {})]
     for i in range(5):
-        row = service.statement_row(i + 1, "simple", f"select {i}", None, "SELECT 1", 1, 500,
+        row = recording.statement_row(i + 1, "simple", f"select {i}", None, "SELECT 1", 1, 500,
                                     "ok", None)
-        facts.append((i + 2, audit.STATEMENT, info, base + i * 1000, row))
+        facts.append((i + 2, spool.STATEMENT, info, base + i * 1000, row))
     facts.append((7, "violation", info, base + 9000, {"statement": "delete from t"}))
     facts.append((8, "close", info, base + 10_000, {"reason": "client terminated"}))
     other = dataclasses.replace(info, id="abc-2", number=2, grant_id=8)  # a second grant
-    facts.append((9, audit.STATEMENT, other, base + 11_000, service.statement_row(
+    facts.append((9, spool.STATEMENT, other, base + 11_000, recording.statement_row(
         1, "simple", "select 9", None, "SELECT 1", 1, 500, "ok", None)))
     with transaction(sessions) as s:
-        events = service.record_facts(s, facts=facts, instance="abc", per_event=2,
+        events = recording.record_facts(s, facts=facts, instance="abc", per_event=2,
                                       max_text=100)
     assert events == 7  # open, 3 statement events (2 + 2 + 1), violation, close; grant 8's
     with transaction(sessions) as s:  # a second batch adds to the counters
-        service.record_facts(s, facts=facts[1:2], instance="abc", per_event=2, max_text=100)
+        recording.record_facts(s, facts=facts[1:2], instance="abc", per_event=2, max_text=100)
     with sessions() as s:
         usage = s.get(GatewayUsage, 7)
         assert usage is not None
@@ -226,14 +226,14 @@ def test_a_round_goes_in_transactions_of_flush_batch_facts(
         proxied.query(f"select {i}")
     writer.closed(proxied.info, "client terminated", [])
     chunks: list[int] = []
-    record = service.record_facts
+    record = recording.record_facts
 
     def counted(s: Session, **kw: Any) -> int:
         chunks.append(len(kw["facts"]))
         return record(s, **kw)
 
-    monkeypatch.setattr(service, "record_facts", counted)
-    shipped = audit.ship(sessions, writer.dir, per_event=1000, max_text=100, batch=10)
+    monkeypatch.setattr(recording, "record_facts", counted)
+    shipped = shipper.ship(sessions, writer.dir, per_event=1000, max_text=100, batch=10)
     assert shipped == 27 and chunks == [10, 10, 7]  # open, 25 statements, close
     assert not writer.dir.exists()  # all in: the spool is gone
     with sessions() as s:

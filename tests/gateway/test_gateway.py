@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from accord.cli.main import app
 from accord.config import GatewayTLSSpec
-from accord.gateway import protocol as pq
+from accord.gateway.postgres import protocol as pq
 from accord.gateway.proxy import Gateway
 from accord.provisioning import postgres as pgconn
 from tests.gateway.conftest import World

@@ -168,7 +168,7 @@ def test_a_killed_child_is_replaced_and_the_other_carries_on(
 
 def test_a_child_killed_with_its_shipper_is_shipped_by_the_parent(
         world: World, prefork: Prefork) -> None:
-    from accord.gateway import audit
+    from accord.gateway import spool
 
     grant = world.grant("alice", "read")
     token = world.token(grant)
@@ -189,7 +189,7 @@ def test_a_child_killed_with_its_shipper_is_shipped_by_the_parent(
         deadline = time.monotonic() + 30
         recovered = re.compile(r"recovered \d+ audit facts from the spool of stopped gateway")
         while not (closed := [e for e in world.events("gateway.session_closed", grant["id"])
-                              if e["data"]["reason"] == audit.RECOVERED]) \
+                              if e["data"]["reason"] == spool.RECOVERED]) \
                 or not recovered.search(log := prefork.log.read_text()):
             assert time.monotonic() < deadline, prefork.log.read_text()  # another process
             time.sleep(0.05)

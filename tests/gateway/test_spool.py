@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from accord.gateway import audit
-from accord.gateway import protocol as pq
-from accord.gateway.audit import AuditWriter, Reader, SessionInfo
-from accord.gateway.conversation import Conversation, Run
-from accord.gateway.scope import Classifier, role_classes
+from accord.gateway import audit, shipper, spool
+from accord.gateway.audit import AuditWriter
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.conversation import Conversation
+from accord.gateway.postgres.scope import Classifier, role_classes
+from accord.gateway.records import Run, SessionInfo
+from accord.gateway.spool import Reader
 
 RESULT = (pq.message(b"T", b"\0\x01n\0" + bytes(18)) + pq.message(b"D", b"\0\x01\0\0\0\x011")
           + pq.message(b"C", b"SELECT 1\0") + pq.message(b"Z", b"I"))
@@ -57,8 +59,8 @@ def writer(tmp_path: Path) -> AuditWriter:
     return w
 
 
-def statements(facts: list[audit.Fact]) -> list[tuple[str, str | None, str]]:
-    return [(f[4][3], f[4][6], f[4][9]) for f in facts if f[1] == audit.STATEMENT]
+def statements(facts: list[spool.Fact]) -> list[tuple[str, str | None, str]]:
+    return [(f[4][3], f[4][6], f[4][9]) for f in facts if f[1] == spool.STATEMENT]
 
 
 def test_a_session_round_trips(writer: AuditWriter) -> None:
@@ -112,7 +114,7 @@ def test_a_dead_writer_leaves_unanswered_statements_and_open_sessions(
     facts = reader.take() + reader.finish()
     assert statements(facts) == [("SELECT 1", "SELECT 1", "ok"),
                                  ("SELECT count(*) FROM big_table", None, "unknown")]
-    assert facts[-1][1] == "close" and facts[-1][4]["reason"] == audit.RECOVERED
+    assert facts[-1][1] == "close" and facts[-1][4]["reason"] == spool.RECOVERED
 
 
 def test_segments_rotate_carrying_live_sessions(writer: AuditWriter,
@@ -143,7 +145,7 @@ def test_segments_rotate_carrying_live_sessions(writer: AuditWriter,
         writer.closed(s.info, "client disconnected", [])
     reader.poll()
     facts = reader.take()
-    got = [f for f in facts if f[1] == audit.STATEMENT]
+    got = [f for f in facts if f[1] == spool.STATEMENT]
     assert reader.done_segments and len(reader.done_segments) == writer._segment - 1
     assert sorted(statements(got)) == sorted(expected)
     assert len({f[0] for f in got}) == len(got)  # each outcome once
@@ -161,7 +163,7 @@ def test_tags_and_errors_with_odd_bytes_read_back_whole(writer: AuditWriter) -> 
     writer.tick()
     reader = Reader(writer.dir)
     reader.poll()
-    facts = [f[4] for f in reader.take() if f[1] == audit.STATEMENT]
+    facts = [f[4] for f in reader.take() if f[1] == spool.STATEMENT]
     assert [(f[6], f[9], f[10]) for f in facts] == [
         ("SELECT\x001", "ok", None), (None, "error", ["22000", 'bad "" byte'])]
 
@@ -178,44 +180,44 @@ def test_rows_hold_only_what_the_ledger_encodes_without_looking(writer: AuditWri
     writer.tick()
     reader = Reader(writer.dir)
     reader.poll()
-    rows = [f[4] for f in reader.take() if f[1] == audit.STATEMENT]
+    rows = [f[4] for f in reader.take() if f[1] == spool.STATEMENT]
     assert rows[0][5] == ["1", None, "\\x00ff"] and rows[0][7] == 2**53 - 1
     assert rows[0][8] == 2**53 - 1
     assert rows[1][5] == ["3", "2.5", "True"] and rows[1][7] is None and rows[1][8] == 1
 
 
 def test_a_spool_is_locked_by_its_writer_from_the_moment_it_appears(tmp_path: Path) -> None:
-    fd = audit._claim(tmp_path, "abc")
-    spool = tmp_path / "abc"
-    assert spool.is_dir() and not (tmp_path / ".abc").exists()
-    assert audit.writer_alive(spool)  # another open file: the lock holds against it
+    fd = spool.claim(tmp_path, "abc")
+    made = tmp_path / "abc"
+    assert made.is_dir() and not (tmp_path / ".abc").exists()
+    assert spool.writer_alive(made)  # another open file: the lock holds against it
     os.close(fd)  # as the kernel does when the process dies
-    assert not audit.writer_alive(spool)
-    assert not audit.writer_alive(tmp_path)  # no writer lock at all: an older version's
+    assert not spool.writer_alive(made)
+    assert not spool.writer_alive(tmp_path)  # no writer lock at all: an older version's
 
 
 def test_replay_leaves_live_writers_and_young_hidden_spools_alone(tmp_path: Path) -> None:
-    fd = audit._claim(tmp_path, "live")
+    fd = spool.claim(tmp_path, "live")
     (tmp_path / ".starting").mkdir()  # a writer between mkdir and its lock
     (tmp_path / ".died").mkdir()
     os.utime(tmp_path / ".died", (0, 0))  # ... and one that died there long ago
     try:
         # No database is touched: nothing here is a dead writer's spool to ship.
-        assert audit.replay_dead(None, tmp_path, per_event=10,  # type: ignore[arg-type]
-                                 max_text=100) == 0
+        assert shipper.replay_dead(None, tmp_path, per_event=10,  # type: ignore[arg-type]
+                                   max_text=100) == 0
         assert sorted(p.name for p in tmp_path.iterdir()) == [".starting", "live"]
     finally:
         os.close(fd)
 
 
 def test_replay_reports_a_dead_writers_spool_its_shipper_still_holds(tmp_path: Path) -> None:
-    os.close(audit._claim(tmp_path, "dead"))  # its writer died
-    shipper = audit._lock(tmp_path / "dead")  # ... its shipper is still at it
-    assert shipper is not None
+    os.close(spool.claim(tmp_path, "dead"))  # its writer died
+    held = shipper.ship_lock(tmp_path / "dead")  # ... its shipper is still at it
+    assert held is not None
     try:
         waiting: list[Path] = []
-        assert audit.replay_dead(None, tmp_path, per_event=10,  # type: ignore[arg-type]
-                                 max_text=100, waiting=waiting) == 0
+        assert shipper.replay_dead(None, tmp_path, per_event=10,  # type: ignore[arg-type]
+                                   max_text=100, waiting=waiting) == 0
         assert waiting == [tmp_path / "dead"]
     finally:
-        os.close(shipper)
+        os.close(held)

@@ -15,7 +15,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.gateway.service import COLUMNS
+from accord.gateway.recording import COLUMNS
 from accord.ledger import events
 from accord.ledger.service import encode
 

@@ -86,8 +86,12 @@ def _shared_login_warnings(policy: Policy) -> list[str]:
     """The gateway's shared upstream logins that hold more than a grant should."""
     if policy.loaded.spec.gateway is None:
         return []
-    from accord.gateway.service import reachable
-    from accord.gateway.upstream import UpstreamError, shared_login_risks, uses_gateway_login
+    from accord.gateway.postgres.upstream import (
+        UpstreamError,
+        shared_login_risks,
+        uses_gateway_login,
+    )
+    from accord.gateway.tokens import reachable
 
     out: list[str] = []
     for spec in policy.resources.values():

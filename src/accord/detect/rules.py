@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from accord.config import CountRule, DetectSpec
 from accord.durations import format_duration
-from accord.gateway.service import reachable as gateway_reachable
+from accord.gateway.tokens import reachable as gateway_reachable
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
 

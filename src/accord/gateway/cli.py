@@ -76,8 +76,8 @@ def gateway(
 def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, port: int,
              count: int, log_level: str) -> int:
     from accord.gateway import prefork
-    from accord.gateway.audit import replay_dead
     from accord.gateway.proxy import spool_root
+    from accord.gateway.shipper import replay_dead
 
     try:
         listeners = prefork.listen(host, port)

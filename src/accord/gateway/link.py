@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from accord.gateway import protocol as pq
+from accord.gateway.postgres import protocol as pq
 
 
 class Closed(Exception):

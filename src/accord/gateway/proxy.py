@@ -32,12 +32,14 @@ from typing import Any, TypeVar, cast
 from accord.api.deps import AppState
 from accord.config import GatewaySpec
 from accord.db import transaction
-from accord.gateway import prefork_msg, service, upstream
-from accord.gateway import protocol as pq
-from accord.gateway.audit import AuditWriter, SessionInfo
-from accord.gateway.conversation import Conversation, PinnedSettingChanged
+from accord.gateway import prefork_msg, tokens
+from accord.gateway.audit import AuditWriter
 from accord.gateway.link import Closed, Link
-from accord.gateway.scope import Classifier, role_classes
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres import upstream
+from accord.gateway.postgres.conversation import Conversation, PinnedSettingChanged
+from accord.gateway.postgres.scope import Classifier, role_classes
+from accord.gateway.records import SessionInfo
 from accord.grants.models import Grant, GrantStatus
 from accord.provisioning.base import ConnectorError
 from accord.provisioning.postgres import PostgresConnector
@@ -512,12 +514,12 @@ class Gateway:
     def _record_suppressed(self, suppressed: list[tuple[str, int, datetime]]) -> None:
         with transaction(self.st.sessions) as s:
             for address, count, since in suppressed:
-                service.record_suppressed(s, client=address, count=count, since=since,
+                tokens.record_suppressed(s, client=address, count=count, since=since,
                                           now=self.st.now())
 
     def _grant_states(self, ids: list[int]) -> dict[int, tuple[str, Any]]:
         with self.st.sessions() as session:
-            return service.grant_states(session, ids=ids)
+            return tokens.grant_states(session, ids=ids)
 
     # -- one connection
 
@@ -532,7 +534,7 @@ class Gateway:
                 startup, tls = started
                 auth = await self._authenticate(client, startup, tls, where)
                 server = await self._connect_upstream(auth, startup)
-        except service.Refusal as exc:
+        except tokens.Refusal as exc:
             log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
             self._fatal(client, exc.code, exc.message, exc.hint)
             return
@@ -609,7 +611,7 @@ class Gateway:
                 client.close()
                 return None
             if self.spec.tls.required and not tls:
-                raise service.Refusal("28000", "the Accord gateway requires TLS",
+                raise tokens.Refusal("28000", "the Accord gateway requires TLS",
                                       "connect with sslmode=require")
             if packet.minor > 0 or packet.unknown_options:
                 client.write(pq.negotiate_protocol_version(0, packet.unknown_options))
@@ -636,19 +638,19 @@ class Gateway:
             grant: Grant | None = None
             try:
                 with transaction(st.sessions) as s:
-                    grant = service.authenticate(s, policy=policy, user=user,
+                    grant = tokens.authenticate(s, policy=policy, user=user,
                                                  resource=resource, token=token,
                                                  now=st.now())
                     gid, role = grant.id, grant.role
                 problem = upstream.startup_problem(params)
                 if problem is not None:
                     code, message, attempt = problem
-                    raise service.Refusal(code, f"Accord gateway: {message}",
+                    raise tokens.Refusal(code, f"Accord gateway: {message}",
                                           authenticated=True, escalation=attempt)
-            except service.Refusal as refusal:
+            except tokens.Refusal as refusal:
                 if self.refusals.admit(address, st.now()):
                     with transaction(st.sessions) as s:
-                        service.record_refusal(s, policy=policy, user=user, resource=resource,
+                        tokens.record_refusal(s, policy=policy, user=user, resource=resource,
                                                refusal=refusal, client=where, now=st.now(),
                                                grant=grant if refusal.escalation else None)
                 raise
@@ -659,7 +661,7 @@ class Gateway:
                 if target.gateway_login is not None:
                     self._ready_login(resource, target)
             except upstream.UpstreamError as exc:
-                raise service.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
+                raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
             return Authorized(gid, user, resource, role, role_classes(role, configured), target)
 
         return await self.db(check)

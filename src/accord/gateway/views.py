@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, known_id, principal, state
 from accord.errors import Conflict, Invalid, NotFound
-from accord.gateway import service
+from accord.gateway import tokens
+from accord.gateway.postgres.connect import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
 
@@ -46,15 +47,15 @@ def _issue(session: Session, st: AppState, who: Principal, grant: Grant) -> Conn
     if spec is None:
         raise Conflict("the gateway is not configured (no `gateway:` in accord.yaml)")
     resource = st.policies.current.resources.get(grant.resource)
-    if resource is None or not service.reachable(resource):
+    if resource is None or not tokens.reachable(resource):
         raise Conflict(f"resource {grant.resource} is not reachable through the gateway")
     now = st.now()
     status = effective_status(grant, now)
     if status != GrantStatus.ACTIVE:
         raise Conflict(f"grant {grant.id} is {status}")
-    row, token = service.issue_token(session, grant=grant, actor=who.caller.actor, now=now,
+    row, token = tokens.issue_token(session, grant=grant, actor=who.caller.actor, now=now,
                                      ttl=spec.token_ttl)
-    info = service.connection_info(spec, user=grant.user, resource=grant.resource)
+    info = connection_info(spec, user=grant.user, resource=grant.resource)
     out = ConnectOut(token=token, expires_at=row.expires_at, grant_id=grant.id,
                      user=grant.user, resource=grant.resource, role=grant.role, host=info.host,
                      port=info.port, database=info.database, sslmode=info.sslmode,

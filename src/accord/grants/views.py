@@ -50,7 +50,7 @@ class GrantView(GrantOut):
 
 
 def _with_usage(session: Session, grants: list[Grant], now: datetime) -> list[GrantView]:
-    from accord.gateway.service import usage_for
+    from accord.gateway.usage import usage_for
 
     usage = usage_for(session, grant_ids=[g.id for g in grants])
     out = []

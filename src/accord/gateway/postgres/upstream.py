@@ -33,10 +33,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from accord.config import PostgresTarget, ResourceSpec
-from accord.gateway import protocol as pq
 from accord.gateway.link import Closed, Link
-from accord.gateway.scope import PINNED_SETTINGS
-from accord.gateway.scram import MECHANISM, AuthError, ScramClient, md5_password
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.scope import PINNED_SETTINGS
+from accord.gateway.postgres.scram import MECHANISM, AuthError, ScramClient, md5_password
 from accord.provisioning.base import ConnectorError
 from accord.provisioning.postgres import admin_dsn, gateway_login_name, group_name
 from accord.provisioning.secrets import SecretBox

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accord.gateway import protocol as pq
 from accord.gateway import proxy
-from accord.gateway.scope import CLASSES, DEFAULT_ROLES, classify
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.scope import CLASSES, DEFAULT_ROLES, classify
 from accord.provisioning import postgres as pgconn
 from accord.worker.job_runner import detect_all
 from accord.worker.ledger_jobs import integrate_all
@@ -504,7 +504,7 @@ def test_a_refused_reparse_of_a_named_statement_records_what_really_runs(
 
 
 def test_parameters_that_are_not_utf8_are_recorded_as_sent() -> None:
-    from accord.gateway.conversation import render_params
+    from accord.gateway.postgres.conversation import render_params
 
     bind = (b"\0\0" + struct.pack("!h", 0) + struct.pack("!h", 2)
             + struct.pack("!i", 2) + b"ok" + struct.pack("!i", 2) + b"\x81\\"

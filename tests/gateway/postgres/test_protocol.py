@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from accord.gateway import protocol as pq
-from accord.gateway.conversation import REFUSED_SQL, Conversation
-from accord.gateway.scope import CLASSES, DEFAULT_ROLES, IDENTITY, Classifier
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.conversation import REFUSED_SQL, Conversation
+from accord.gateway.postgres.scope import CLASSES, DEFAULT_ROLES, IDENTITY, Classifier
 
 ADMIN = frozenset(c for c in CLASSES if c != IDENTITY)
 READ = DEFAULT_ROLES["read"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from accord.config import PolicyError, parse_policy_text
 from accord.gateway import prefork
-from accord.gateway.scope import (
+from accord.gateway.postgres.scope import (
     _NOT_A_PARAM,
     DEFAULT_ROLES,
     Classifier,
@@ -19,7 +19,7 @@ from accord.gateway.scope import (
     escalation,
     role_classes,
 )
-from accord.gateway.scram import AuthError, ScramClient, md5_password
+from accord.gateway.postgres.scram import AuthError, ScramClient, md5_password
 
 
 def classes(sql: str) -> list[list[str]]:

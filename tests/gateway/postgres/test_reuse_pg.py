@@ -11,10 +11,10 @@ import socket
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from accord.gateway import protocol as pq
-from accord.gateway.conversation import Conversation
-from accord.gateway.scope import Classifier
-from tests.gateway.test_protocol import ADMIN, FLUSH, SYNC, bind, describe, execute, parse
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.conversation import Conversation
+from accord.gateway.postgres.scope import Classifier
+from tests.gateway.postgres.test_protocol import ADMIN, FLUSH, SYNC, bind, describe, execute, parse
 
 A = b"select 'A:' || $1::text as a"
 X = b"select 100 / ($1::int + (random() * 0)::int) as x"  # fails for 0, at Execute

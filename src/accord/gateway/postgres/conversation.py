@@ -33,8 +33,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from accord.gateway import protocol as pq
-from accord.gateway.scope import (
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.scope import (
     ADMIN,
     DDL,
     IDENTITY,
@@ -43,7 +43,9 @@ from accord.gateway.scope import (
     Classifier,
     Statement,
     Verdict,
+    escalation,
 )
+from accord.gateway.records import Finished, Run, Violation
 
 REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
@@ -86,33 +88,10 @@ class PinnedSettingChanged(pq.ProtocolError):
     see into): the gateway and the server may no longer read text alike."""
 
 
-class Run:
-    """One statement sent upstream: its text, parameters and how it ended."""
-
-    __slots__ = ("params", "protocol", "rows", "seq", "t0", "text")
-
-    def __init__(self, seq: int, protocol: str, text: bytes, params: object, t0: int) -> None:
-        self.seq = seq
-        self.protocol = protocol  # simple | extended | function
-        self.text = text
-        self.params = params  # None, a parameter count (redacted), or a list of values
-        self.t0 = t0  # perf_counter_ns when sent
-        self.rows = 0  # DataRows seen (the tag's count wins when it has one)
-
-
-# (run, command tag or None, rows or None, duration ns, (sqlstate, message) or None, outcome)
-Finished = tuple[Run, str | None, int | None, int, tuple[str, str] | None, str]
-
-
-class Violation:
-    __slots__ = ("missing", "protocol", "statement", "t0")
-
-    def __init__(self, statement: Statement, missing: frozenset[str], protocol: str,
-                 t0: int) -> None:
-        self.statement = statement
-        self.missing = missing
-        self.protocol = protocol
-        self.t0 = t0
+def _violation(st: Statement, missing: frozenset[str], protocol: str, t0: int) -> Violation:
+    # Refusals are rare: naming an escalation (a second parse) costs the data path nothing.
+    return Violation(st.text, st.classes, missing, protocol, t0,
+                     escalation(st, missing, protocol))
 
 
 class _Entry:
@@ -180,7 +159,7 @@ def render_params(body: bytes) -> list[str | None]:
 
 def refusal_message(v: Violation, role: str, resource: str) -> bytes:
     missing = ", ".join(sorted(v.missing))
-    text = v.statement.text.decode("utf-8", "replace")
+    text = v.text.decode("utf-8", "replace")
     shown = text if len(text) <= 200 else text[:200] + "…"
     if PINNED in v.missing:
         pins = ", ".join(f"{k}={v}" for k, v in PINNED_SETTINGS.items())
@@ -586,7 +565,7 @@ class Conversation:
             verdict = self.classify(parsed.query)
             refused = self._check(verdict)
             if refused is not None:
-                v = Violation(refused[0], refused[1], "extended", _now())
+                v = _violation(refused[0], refused[1], "extended", _now())
                 self.violations.append(v)
                 if not parsed.name:  # the server drops its unnamed statement before parsing;
                     self._statements[b""] = None  # a named one it keeps: Binds run that
@@ -610,7 +589,7 @@ class Conversation:
             refused = self._check(verdict)
             t0 = _now()
             if refused is not None:
-                v = Violation(refused[0], refused[1], "simple", t0)
+                v = _violation(refused[0], refused[1], "simple", t0)
                 self.violations.append(v)
                 pending.append(_Entry(K_QUERY, [], refused=v))
                 return pq.message(b"Q", REFUSED_SQL + b"\0")
@@ -636,7 +615,7 @@ class Conversation:
             t0 = _now()
             if ADMIN not in self.allowed:
                 st = Statement(b"<fast-path function call>", frozenset({ADMIN}))
-                v = Violation(st, frozenset({ADMIN}), "function", t0)
+                v = _violation(st, frozenset({ADMIN}), "function", t0)
                 self.violations.append(v)
                 pending.append(_Entry(K_QUERY, [], refused=v))
                 if self._unnamed is not None or self._unsure:

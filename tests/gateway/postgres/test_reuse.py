@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.gateway import protocol as pq
-from accord.gateway.conversation import EMPTY_PARSE, PARSE_COMPLETE, Conversation
-from accord.gateway.scope import Classifier
-from tests.gateway.test_protocol import (
+from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.conversation import EMPTY_PARSE, PARSE_COMPLETE, Conversation
+from accord.gateway.postgres.scope import Classifier
+from tests.gateway.postgres.test_protocol import (
     ADMIN,
     READY,
     ROWDESC,

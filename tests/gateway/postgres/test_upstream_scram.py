@@ -31,10 +31,10 @@ from sqlalchemy import select
 
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction
-from accord.gateway import upstream
+from accord.gateway.postgres import upstream
+from accord.gateway.postgres.scram import ScramClient
 from accord.gateway.proxy import Gateway
-from accord.gateway.scram import ScramClient
-from accord.gateway.service import as_dicts
+from accord.gateway.recording import as_dicts
 from accord.ledger.models import LedgerEntry
 from accord.worker.job_runner import JobRunner
 from tests.conftest import REQUIRE_PG, Env, make_env

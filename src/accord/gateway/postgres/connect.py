@@ -1,0 +1,37 @@
+"""What a PostgreSQL client needs to reach a resource through the gateway: host, port,
+database (the resource), user and sslmode, as a DSN and a psql command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from accord.config import GatewaySpec
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    host: str
+    port: int
+    database: str
+    user: str
+    sslmode: str
+
+    def dsn(self, token: str) -> str:
+        return (f"postgresql://{quote(self.user, safe='')}:{quote(token, safe='')}@"
+                f"{self.host}:{self.port}/{quote(self.database, safe='')}"
+                f"?sslmode={self.sslmode}")
+
+    def psql(self, token: str) -> str:
+        return (f"PGPASSWORD='{token}' psql 'host={self.host} port={self.port} "
+                f"dbname={self.database} user={self.user} sslmode={self.sslmode}'")
+
+
+def connection_info(spec: GatewaySpec, *, user: str, resource: str) -> ConnectionInfo:
+    host, port = spec.host_port
+    if spec.public_host:
+        host = spec.public_host
+    elif host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listen address is no host
+        host = "127.0.0.1"
+    sslmode = "require" if spec.tls.required else ("prefer" if spec.tls.cert else "disable")
+    return ConnectionInfo(host, spec.public_port or port, resource, user, sslmode)
