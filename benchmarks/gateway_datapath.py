@@ -33,8 +33,8 @@ from typing import Any
 
 from accord.gateway import audit, records, spool
 from accord.gateway.postgres.conversation import Conversation
+from accord.gateway.postgres.proxy import ProxySession
 from accord.gateway.postgres.scope import DEFAULT_ROLES, Classifier
-from accord.gateway.proxy import ProxySession
 
 QUERY = b"SELECT abalance FROM pgbench_accounts WHERE aid = "
 ROW_DESCRIPTION_BODY = b"\0\x01abalance\0" + b"\0" * 6 + b"\0\x17\0\x04\xff\xff\xff\xff\0\0"

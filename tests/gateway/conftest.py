@@ -25,7 +25,7 @@ from sqlalchemy import Engine, select
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway.models import GatewayToken
-from accord.gateway.proxy import Gateway
+from accord.gateway.postgres.proxy import PostgresGateway as Gateway
 from accord.gateway.recording import as_dicts
 from accord.ledger.models import LedgerEntry
 from accord.provisioning import postgres as pgconn

@@ -106,7 +106,8 @@ def start_background(st: AppState) -> Callable[[], None]:
     gateway = None
     spec = st.policies.current.loaded.spec.gateway
     if spec is not None:
-        from accord.gateway.proxy import Gateway  # the gateway runs where the jobs run
+        # the gateway runs where the jobs run
+        from accord.gateway.postgres.proxy import PostgresGateway as Gateway
 
         if spec.processes != "auto" and spec.processes > 1:
             log.warning("gateway.processes is %d, but `accord serve` runs one gateway, in a "

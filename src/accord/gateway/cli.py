@@ -38,8 +38,9 @@ def gateway(
 ) -> None:
     """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
     from accord.cli.state import load_state
+    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.prefork import auto_count
-    from accord.gateway.proxy import Gateway, run
+    from accord.gateway.server import run
 
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     st = load_state(config, upgrade="never")
@@ -76,7 +77,7 @@ def gateway(
 def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, port: int,
              count: int, log_level: str) -> int:
     from accord.gateway import prefork
-    from accord.gateway.proxy import spool_root
+    from accord.gateway.server import spool_root
     from accord.gateway.shipper import replay_dead
 
     try:

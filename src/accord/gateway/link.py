@@ -1,5 +1,8 @@
 """One side of a proxied connection: an asyncio Protocol read by a coroutine during the
 handshake, then handed to a callback for the data path (no copy through streams).
+
+Protocol-neutral: a protocol reads its handshake's framing with `read_exactly`
+(`postgres.protocol.read_startup` and `read_message` for PostgreSQL).
 """
 
 from __future__ import annotations
@@ -7,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import cast
-
-from accord.gateway.postgres import protocol as pq
 
 
 class Closed(Exception):
@@ -86,18 +87,6 @@ class Link(asyncio.Protocol):
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
-
-    async def read_startup(self) -> bytes:
-        head = await self.read_exactly(4)
-        length = pq.startup_length(head)
-        return head + await self.read_exactly(length - 4)
-
-    async def read_message(self, limit: int) -> tuple[int, bytes]:
-        head = await self.read_exactly(5)
-        length = int.from_bytes(head[1:5], "big", signed=True)
-        if length < 4 or length > limit:
-            raise pq.ProtocolError(f"invalid message length {length}")
-        return head[0], await self.read_exactly(length - 4)
 
     @property
     def buffered(self) -> int:

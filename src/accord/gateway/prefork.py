@@ -9,9 +9,10 @@ The parent only accepts: it hands each connection, as a file descriptor over a
 SOCK_SEQPACKET pair (SCM_RIGHTS), to the next child in turn that is ready. That spreads
 connections evenly; SO_REUSEPORT instead hashes each client's address, and for a handful
 of connections often gives one process most of them. Each child is a whole gateway
-(`proxy.Gateway` with an inbox instead of a listener): its own spool and audit shipper,
-grant watcher and sessions. The parent ships dead gateways' spools once before any child
-starts (a child starting beside a sibling must not take its spool for a dead one).
+(`postgres.proxy.PostgresGateway` with an inbox instead of a listener): its own spool and
+audit shipper, grant watcher and sessions. The parent ships dead gateways' spools once
+before any child starts (a child starting beside a sibling must not take its spool for a
+dead one).
 
 Cancel requests arrive on new connections, which may reach another child than the one
 holding the session: a child's cancel keys carry its index in their top bits, and a
@@ -338,7 +339,8 @@ def run_parent(listeners: list[socket.socket], processes: int, child_args: list[
 def _child_main(argv: list[str]) -> None:
     """One gateway process: connections come from the parent over --fd."""
     from accord.cli.state import load_state
-    from accord.gateway.proxy import Gateway, run
+    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
+    from accord.gateway.server import run
 
     ap = argparse.ArgumentParser(prog="accord.gateway.prefork")
     ap.add_argument("--fd", type=int, required=True)

@@ -23,8 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accord.gateway import proxy
+from accord.gateway import server
 from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres import proxy
 from accord.gateway.postgres.scope import CLASSES, DEFAULT_ROLES, classify
 from accord.provisioning import postgres as pgconn
 from accord.worker.job_runner import detect_all
@@ -515,7 +516,7 @@ def test_parameters_that_are_not_utf8_are_recorded_as_sent() -> None:
 def test_refused_logins_are_anonymous_and_a_flood_is_summarised(confined: World) -> None:
     world = confined
     clock = [1000.0]
-    world.gateway.refusals = proxy.RefusalBudget(3, clock=lambda: clock[0])
+    world.gateway.refusals = server.RefusalBudget(3, clock=lambda: clock[0])
     before = len(world.events("gateway.login_refused"))
     for _ in range(8):
         with pytest.raises(psycopg.OperationalError, match="not a valid"):
@@ -524,7 +525,7 @@ def test_refused_logins_are_anonymous_and_a_flood_is_summarised(confined: World)
     assert len(refused) == 3  # the budget; the other 5 are only counted
     assert all(r["actor"] == {"kind": "anonymous", "id": "unauthenticated", "via": "gateway"}
                and r["data"]["user"] == "carol" for r in refused)
-    clock[0] += proxy.RefusalBudget.WINDOW  # the minute is over: the watcher records the rest
+    clock[0] += server.RefusalBudget.WINDOW  # the minute is over: the watcher records the rest
     deadline = threading.Event()
     for _ in range(500):
         summaries = world.events("gateway.logins_suppressed")

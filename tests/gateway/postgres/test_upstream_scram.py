@@ -32,8 +32,8 @@ from sqlalchemy import select
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway.postgres import upstream
+from accord.gateway.postgres.proxy import PostgresGateway as Gateway
 from accord.gateway.postgres.scram import ScramClient
-from accord.gateway.proxy import Gateway
 from accord.gateway.recording import as_dicts
 from accord.ledger.models import LedgerEntry
 from accord.worker.job_runner import JobRunner

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from accord.gateway.link import Link
+
 # Startup-phase request codes (the "protocol version" field of an untyped message).
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST = 80877103
@@ -459,3 +461,22 @@ def parse_message(name: bytes, sql: bytes) -> bytes:
 
 
 TERMINATE = message(b"X")
+
+
+# ------------------------------------------------------------------ reading a handshake
+
+
+async def read_startup(link: Link) -> bytes:
+    """A startup packet (or SSLRequest, GSSENCRequest, CancelRequest), whole."""
+    head = await link.read_exactly(4)
+    length = startup_length(head)
+    return head + await link.read_exactly(length - 4)
+
+
+async def read_message(link: Link, limit: int) -> tuple[int, bytes]:
+    """One message (type byte and body) of at most `limit` bytes, during a handshake."""
+    head = await link.read_exactly(5)
+    length = int.from_bytes(head[1:5], "big", signed=True)
+    if length < 4 or length > limit:
+        raise ProtocolError(f"invalid message length {length}")
+    return head[0], await link.read_exactly(length - 4)

@@ -336,7 +336,7 @@ async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:
         scram: ScramClient | None = None
         scram_verified = False
         while True:
-            kind, body = await link.read_message(1 << 20)
+            kind, body = await pq.read_message(link, 1 << 20)
             if kind == ord("R"):
                 code, rest = pq.parse_auth(body)
                 if code == pq.AUTH_OK:
@@ -383,7 +383,7 @@ async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:
             link.write(pq.query(f"SET ROLE {quote_ident(target.role)}"))
             failure: dict[str, str] | None = None
             while True:
-                kind, body = await link.read_message(1 << 20)
+                kind, body = await pq.read_message(link, 1 << 20)
                 if kind == ord("E"):
                     failure = pq.parse_fields(body)
                 elif kind == ord("S"):
