@@ -46,8 +46,8 @@ from accord.config import Settings
 from accord.db import transaction
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import DEPROVISION
+from accord.jobs.models import Job
 from accord.requests import service as requests
-from accord.worker.models import Job
 
 PG = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ACCORD = str(Path(sys.executable).parent / "accord")

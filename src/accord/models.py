@@ -4,6 +4,7 @@ from accord.db import Base
 from accord.detect.models import Alert, DetectorCursor
 from accord.grants.models import Grant
 from accord.identity.models import ApiToken
+from accord.jobs.models import Job
 from accord.ledger.models import (
     LedgerCheckpoint,
     LedgerEntry,
@@ -16,7 +17,6 @@ from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
 from accord.reviews.models import ReviewCampaign, ReviewEntry, ReviewReviewer
 from accord.web.models import WebSession
-from accord.worker.models import Job
 
 metadata = Base.metadata
 

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from accord.jobs.models import Job
 from accord.notify import digest
 from accord.notify.models import DigestItem
 from accord.worker.job_runner import JobRunner
-from accord.worker.models import Job
 from accord.worker.sweeper import sweep_once
 from tests.conftest import Env, make_env
 from tests.notify.samples import notify_policy

@@ -153,7 +153,7 @@ def test_a_request_id_beyond_the_id_column_is_a_404_not_a_500(slack_env: Env,
 def _queued_responses(env: Env) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from accord.worker.models import Job
+    from accord.jobs.models import Job
 
     with env.st.sessions() as session:
         return [dict(j.payload) for j in session.execute(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from accord.jobs.models import Job
 from accord.worker.job_runner import detect_all
-from accord.worker.models import Job
 from tests.conftest import Env
 from tests.reviews.conftest import decide, entry, review_events, scenario, start
 

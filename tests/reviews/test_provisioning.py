@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.worker.models import Job
+from accord.jobs.models import Job
 from tests.conftest import make_env
 from tests.provisioning.test_webhook_lifecycle import receiver  # noqa: F401 (a fixture)
 from tests.reviews.conftest import START, decide, entry, runner, start

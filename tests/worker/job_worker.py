@@ -18,8 +18,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
-from accord.worker import jobs
-from accord.worker.models import Job
+from accord.jobs import service as jobs
+from accord.jobs.models import Job
 
 
 def handler(sessions: sessionmaker[Session], name: str) -> jobs.Handler:

@@ -24,8 +24,8 @@ from accord.bootstrap import build_state
 from accord.config import Settings
 from accord.db import transaction
 from accord.grants.models import Grant, GrantStatus
+from accord.jobs.models import Job
 from accord.requests import service as requests
-from accord.worker.models import Job
 
 pytestmark = pytest.mark.postgres
 ACCORD = str(Path(sys.executable).parent / "accord")

@@ -42,9 +42,9 @@ log = logging.getLogger("accord.api")
 
 def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | float]]:
     from accord.grants.models import Grant, GrantStatus
+    from accord.jobs.models import Job
     from accord.ledger.service import pending_count, tree_size
     from accord.requests.models import AccessRequest, Status
-    from accord.worker.models import Job
 
     def count(q: Any) -> int:
         return int(session.execute(q).scalar_one())

@@ -9,10 +9,10 @@ from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
 from accord.grants.models import Grant, GrantStatus
+from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, format_time
 from accord.requests.models import AccessRequest, Status
-from accord.worker import jobs
 
 _END_EVENT = {
     GrantStatus.EXPIRED: EventType.GRANT_EXPIRED,

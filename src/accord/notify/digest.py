@@ -25,6 +25,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from accord.jobs import service as jobs
+from accord.jobs.models import Job
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
@@ -32,8 +34,6 @@ from accord.notify.channels import DeliveryError, RecipientAddress, send_once
 from accord.notify.message import render_digest
 from accord.notify.models import DigestItem, NotificationPreference
 from accord.policy.engine import Policy
-from accord.worker import jobs
-from accord.worker.models import Job
 
 log = logging.getLogger("accord.notify")
 KEY_PREFIX = "notify:digest"

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from accord.config import NotifySpec, WorkflowNotifySpec
 from accord.db import utcnow
 from accord.grants.models import Grant
+from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry, SinkCursor
@@ -36,7 +37,6 @@ from accord.notify.channels import DeliveryError, RecipientAddress, send_once
 from accord.notify.message import render
 from accord.policy.engine import Policy
 from accord.requests.models import AccessRequest, RequestApprover, Status
-from accord.worker import jobs
 
 log = logging.getLogger("accord.notify")
 CURSOR = "notify"

@@ -36,6 +36,7 @@ VERSION = "v0"
 MAX_AGE = 300  # seconds between Slack signing a request and us accepting it
 ACTIONS = frozenset({"approve", "deny"})
 RESPONSE_HOSTS = ("hooks.slack.com",)  # where Slack's response_url points
+RESPOND = "slack.respond"  # the job that updates a clicked message through its response_url
 
 
 @dataclass(frozen=True)

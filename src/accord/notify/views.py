@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from accord.api.deps import AppState, Principal, db, known_id, principal, state
 from accord.errors import AccordError, Forbidden, Invalid, NotFound, Unauthorized
+from accord.jobs import service as jobs
 from accord.ledger.events import Via
 from accord.notify import service as prefs
 from accord.notify import slack
@@ -37,12 +38,10 @@ from accord.notify.models import SlackSeen
 from accord.notify.schemas import PreferencesIn, PreferencesOut
 from accord.policy.engine import Policy
 from accord.requests import service
-from accord.worker import jobs
 
 log = logging.getLogger("accord.notify")
 router = APIRouter(prefix="/api/v1/integrations/slack", tags=["integrations"])
 prefs_router = APIRouter(prefix="/api/v1", tags=["notifications"])
-RESPOND = "slack.respond"
 
 
 # ---------------------------------------------------------------- preferences
@@ -186,15 +185,5 @@ def _decide(session: Session, st: AppState, headers: Any, click: slack.Interacti
 def _respond(session: Session, click: slack.Interaction, text: str, now: Any) -> None:
     if click.response_url:
         key = f"slack:{click.request_id}:{click.user_id}:{click.action}:{now.isoformat()}"
-        jobs.enqueue(session, kind=RESPOND, key=key[:200], run_at=now, now=now,
+        jobs.enqueue(session, kind=slack.RESPOND, key=key[:200], run_at=now, now=now,
                      payload={"url": click.response_url, "text": text})
-
-
-def respond_handler(session: Session, job: jobs.Claimed, now: Any) -> None:
-    """Update the Slack message (its response_url accepts a replacement)."""
-    import httpx
-
-    r = httpx.post(job.payload["url"], json={"replace_original": True,
-                                             "text": job.payload["text"]}, timeout=10)
-    if r.status_code >= 500 or r.status_code == 429:
-        raise jobs.RetryLater(f"Slack answered {r.status_code}")

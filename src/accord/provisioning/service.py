@@ -8,20 +8,17 @@ or a failure does no harm.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
-from accord.provisioning.base import ConnectorError, GrantSpec
+from accord.provisioning.base import GrantSpec
 from accord.provisioning.registry import Connectors
-from accord.provisioning.secrets import SecretBox
-from accord.worker import jobs
 
 log = logging.getLogger("accord.provisioning")
 PROVISION_ATTEMPTS = 5  # then provision_failed: access that never came is reported, not retried
@@ -33,63 +30,6 @@ def spec_of(grant: Grant, action: str) -> GrantSpec:
     return GrantSpec(grant_id=grant.id, user=grant.user, resource=grant.resource,
                      role=grant.role, ends_at=grant.ends_at,
                      idempotency_key=f"grant-{grant.id}-{action}")
-
-
-def handlers(connectors: Connectors, box: SecretBox,
-             warn_before: timedelta | None = None) -> dict[str, jobs.Handler]:
-    def provision(session: Session, job: jobs.Claimed, now: datetime) -> None:
-        grant = session.get(Grant, job.payload["grant_id"], with_for_update=True)
-        if grant is None or grant.status != GrantStatus.PROVISIONING:
-            return  # revoked or failed meanwhile: the deprovision job cleans up
-        try:
-            result = connectors.get(grant.resource).grant(spec_of(grant, "grant"))
-        except ConnectorError as exc:
-            if exc.retryable and job.attempts < PROVISION_ATTEMPTS:
-                raise
-            log.error("provisioning grant %d on %s failed for good: %s", grant.id,
-                      grant.resource, exc)
-            grants.fail_provisioning(session, grant=grant, now=now, error=str(exc))
-            return
-        sealed = box.seal(result.secret) if result.secret else None
-        grants.confirm(session, grant=grant, now=now, login=result.login,
-                       connection=dict(result.connection), secret_box=sealed,
-                       warn_before=warn_before)
-
-    def expire(session: Session, job: jobs.Claimed, now: datetime) -> None:
-        grant = session.get(Grant, job.payload["grant_id"], with_for_update=True)
-        if grant is None or grant.status != GrantStatus.ACTIVE or grant.ends_at > now:
-            return  # ended another way, or extended (a later job covers the new end)
-        grants.end(session, grant=grant, status=GrantStatus.EXPIRED, actor=Actor.system(),
-                   now=now)
-
-    def deprovision(session: Session, job: jobs.Claimed, now: datetime) -> None:
-        grant = session.get(Grant, job.payload["grant_id"], with_for_update=True)
-        if grant is None or grant.deprovisioned_at is not None:
-            return
-        try:
-            connectors.get(grant.resource).revoke(spec_of(grant, "revoke"))
-        except ConnectorError as exc:
-            if job.attempts >= LOUD_AFTER:
-                log.critical("ACCESS STILL OPEN: revoking grant %d (%s on %s) keeps failing "
-                             "(attempt %d): %s", grant.id, grant.user, grant.resource,
-                             job.attempts, exc)
-            if job.attempts == LOUD_AFTER:
-                ledger.record(
-                    session, type=EventType.GRANT_DEPROVISION_FAILING, actor=Actor.system(),
-                    subject=f"grant:{grant.id}", resource=grants.resource_ref(grant),
-                    data={"grant_id": grant.id, "user": grant.user, "error": str(exc),
-                          "attempts": job.attempts}, time=now)
-            raise jobs.RetryLater(str(exc)) from None
-        grant.deprovisioned_at = now
-        grant.secret_box = None
-        ledger.record(
-            session, type=EventType.GRANT_DEPROVISIONED, actor=Actor.system(),
-            subject=f"grant:{grant.id}", resource=grants.resource_ref(grant),
-            data={"grant_id": grant.id, "user": grant.user, "login": grant.login},
-            time=now)
-
-    return {grants.PROVISION: provision, grants.EXPIRE: expire,
-            grants.DEPROVISION: deprovision}
 
 
 def reconcile(session: Session, *, connectors: Connectors, resource: str, now: datetime,

@@ -24,11 +24,11 @@ from accord.durations import format_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
+from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, PolicyRef, format_time
 from accord.policy.engine import Decision, Policy, PolicyRefusal
 from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
-from accord.worker import jobs
 
 
 @dataclass(frozen=True)

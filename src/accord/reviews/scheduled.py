@@ -6,10 +6,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from accord.jobs import service as jobs
 from accord.policy.engine import Policy
 from accord.reviews import service
 from accord.reviews.models import ReviewCampaign
-from accord.worker import jobs
 
 
 def handlers(policy: Policy) -> dict[str, jobs.Handler]:

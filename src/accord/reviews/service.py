@@ -44,6 +44,8 @@ from accord.durations import format_duration, parse_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
+from accord.jobs import service as jobs
+from accord.jobs.models import Job
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, format_time
 from accord.ledger.models import LedgerEntry
@@ -57,8 +59,6 @@ from accord.reviews.models import (
     ReviewEntry,
     ReviewReviewer,
 )
-from accord.worker import jobs
-from accord.worker.models import Job
 
 START = "review.start"
 REMIND = "review.remind"

@@ -4,12 +4,11 @@ Sleeps until the next job is due, never longer than `POLL` (jobs other processes
 are seen within that), so a grant ends on time rather than on a coarse sweep. A job
 another worker holds is due when its lease runs out, so a worker does not spin while
 another runs a slow job. A heartbeat thread (`jobs.Leases`) keeps the leases of the
-jobs this worker holds alive; see `accord.worker.jobs` for why.
+jobs this worker holds alive; see `accord.jobs.service` for why.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import secrets
@@ -23,17 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.detect import service as detect
-from accord.grants import service as grants
+from accord.grants import scheduled as grant_jobs
+from accord.jobs import service as jobs
 from accord.notify import outbox
-from accord.notify import views as slack_views
+from accord.notify import scheduled as notify_jobs
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
+from accord.provisioning import scheduled as provisioning_jobs
 from accord.provisioning import service as provisioning
 from accord.provisioning.registry import Connectors
 from accord.provisioning.secrets import SecretBox
-from accord.requests import service as requests
+from accord.requests import scheduled as request_jobs
 from accord.reviews import scheduled as reviews
-from accord.worker import jobs
 
 log = logging.getLogger("accord.worker")
 POLL = 0.5
@@ -94,29 +94,10 @@ class JobRunner:
             self._reviews_planned = policy.version
         notify = policy.loaded.spec.notify
         warn_before = notify.expiry_warning if (notify.email or notify.slack) else None
-        handlers = provisioning.handlers(self.connectors(), self.box, warn_before)
-        handlers[slack_views.RESPOND] = slack_views.respond_handler
-        handlers[outbox.DELIVER] = functools.partial(outbox.deliver, policy=policy)
-
-        def remind(s: Session, job: jobs.Claimed, now: datetime) -> None:
-            requests.remind(s, policy=policy, request_id=job.payload["request_id"], now=now)
-
-        def escalate(s: Session, job: jobs.Claimed, now: datetime) -> None:
-            requests.escalate(s, policy=policy, request_id=job.payload["request_id"], now=now)
-
-        def warn(s: Session, job: jobs.Claimed, now: datetime) -> None:
-            grants.warn(s, grant_id=job.payload["grant_id"], ends_at=job.payload["ends_at"],
-                        now=now)
-
-        def review_remind(s: Session, job: jobs.Claimed, now: datetime) -> None:
-            requests.review_remind(s, policy=policy, request_id=job.payload["request_id"],
-                                   round=job.payload["round"], now=now)
-
-        handlers[requests.REVIEW_REMIND] = review_remind
-        handlers[grants.WARN] = warn
-        handlers[requests.REMIND] = remind
-        handlers[requests.ESCALATE] = escalate
-        handlers.update(reviews.handlers(policy))  # access review campaigns
+        # Each domain's job handlers live beside it, in its scheduled.py.
+        handlers = {**provisioning_jobs.handlers(self.connectors(), self.box, warn_before),
+                    **notify_jobs.handlers(policy), **request_jobs.handlers(policy),
+                    **grant_jobs.handlers(), **reviews.handlers(policy)}
         return jobs.run_due(self.sessions, handlers, worker=self.name, now=self.now,
                             leases=self.leases)
 

@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
-from accord.worker.models import Job
+from accord.jobs.models import Job
 
 log = logging.getLogger("accord.worker")
 # A dead worker's jobs are due again at most LEASE after its last renewal. The heartbeat

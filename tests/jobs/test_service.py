@@ -16,8 +16,8 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import make_sessionmaker, transaction, utcnow
-from accord.worker import jobs
-from accord.worker.models import Job
+from accord.jobs import service as jobs
+from accord.jobs.models import Job
 from tests.conftest import Env
 
 JOBS = 120
