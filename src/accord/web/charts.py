@@ -18,7 +18,7 @@ from markupsafe import Markup
 PALETTE = {"approved": "#2f855a", "denied": "#c53030", "pending": "#b7791f",
            "other": "#718096", "bar": "#2b6cb0"}
 # At phone width only every `STRIDE`-th day is labelled (the others stay as spacers).
-STRIDE = 2
+STRIDE = 3
 
 
 def stacked_bars(labels: Sequence[str], series: Mapping[str, Sequence[int]], *, title: str,
