@@ -39,6 +39,7 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
 import time
 import uuid
@@ -206,7 +207,12 @@ class AuditWriter:
         ctx = multiprocessing.get_context("spawn")
         self._ctx = ctx
         self._shipped = ctx.Value("q", 0, lock=False)  # the last rec in the ledger
-        self._stop = ctx.Event()
+        # "Stop" is a pipe, not a multiprocessing Event: an Event is five named semaphores
+        # shared with a process that can be killed inside them (a terminal's Ctrl-C
+        # reaches the shipper too), which wedged the next shipper's wait, left the server
+        # waiting two minutes, and left them for the resource tracker's "leaked semaphore
+        # objects" warning. The shipper reads "stop" or, when this process dies, EOF.
+        self._stop_r, self._stop_w = ctx.Pipe(duplex=False)
         self._proc: Any = None
         self.stopping = False
         self.overloaded = False  # more than max_backlog facts not yet in the ledger
@@ -226,15 +232,22 @@ class AuditWriter:
         self._start_shipper()
 
     def _start_shipper(self) -> None:
-        ready = self._ctx.Event()
+        ready_r, ready_w = self._ctx.Pipe(duplex=False)
         bind = self.sessions.kw["bind"]
         self._proc = self._ctx.Process(
             target=_shipper_main, name="accord-gateway-shipper", daemon=True,
             args=(bind.url.render_as_string(hide_password=False), str(self.dir),
                   self.interval, self.batch, self.per_event, self.max_text, self._shipped,
-                  self._stop, ready, os.getpid(), self.shipper_nice))
+                  self._stop_r, ready_w, os.getpid(), self.shipper_nice))
         self._proc.start()
-        if not ready.wait(60):
+        ready_w.close()  # the child's copy is the only writer: its death reads as EOF
+        try:
+            started = ready_r.poll(60) and ready_r.recv_bytes() == b"ready"
+        except EOFError:
+            started = False
+        finally:
+            ready_r.close()
+        if not started:
             raise RuntimeError("the gateway's audit shipper did not start")
 
     def ensure_shipper(self) -> None:
@@ -250,7 +263,8 @@ class AuditWriter:
         self.stopping = True
         self.tick()
         self._close_segment(sync=True)
-        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._stop_w.send_bytes(b"stop")
         if self._proc is None:
             return True
         self._proc.join(120)
@@ -261,6 +275,8 @@ class AuditWriter:
         if self._writer_lock is not None:
             os.close(self._writer_lock)
             self._writer_lock = None
+        self._stop_r.close()
+        self._stop_w.close()
         return True
 
     @property
@@ -766,8 +782,15 @@ def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
 def _shipper_main(db_url: str, directory: str, interval: float, batch: int, per_event: int,
                   max_text: int, shipped: Any, stop: Any, ready: Any, parent: int,
                   nice: int | None = None) -> None:
-    """The shipper process: follow the spool until the gateway stops or dies."""
+    """The shipper process: follow the spool until the gateway stops or dies.
+
+    It ignores SIGINT and SIGTERM: a terminal's Ctrl-C or an init system signals the whole
+    process group, and the shipper must not die mid-batch under its gateway; the gateway
+    stops it in order (`stop` reads "stop"), or its death shows as EOF on `stop`."""
     from accord.db import make_engine, make_sessionmaker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     if nice is not None:  # background work: not the data path's `gateway.priority`
         with contextlib.suppress(OSError):
@@ -780,16 +803,21 @@ def _shipper_main(db_url: str, directory: str, interval: float, batch: int, per_
     engine = make_engine(db_url, pool_size=1)
     path = Path(directory)
 
-    def gone() -> bool:
-        return bool(stop.is_set()) or os.getppid() != parent
+    def gone() -> bool:  # told to stop, or the gateway died (EOF; a new parent)
+        return bool(stop.poll()) or os.getppid() != parent
 
     def wait(seconds: float) -> None:
-        stop.wait(seconds)
+        stop.poll(seconds)
+
+    class Ready:
+        def set(self) -> None:
+            ready.send_bytes(b"ready")
+            ready.close()
 
     try:
         result = ship(make_sessionmaker(engine), path, per_event=per_event, max_text=max_text,
-                      interval=interval, batch=batch, gone=gone, shipped=shipped, ready=ready,
-                      wait=wait)
+                      interval=interval, batch=batch, gone=gone, shipped=shipped,
+                      ready=Ready(), wait=wait)
     finally:
         engine.dispose()
     if result is None or path.exists():
