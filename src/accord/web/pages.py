@@ -11,6 +11,8 @@ import json
 import math
 import os
 import secrets
+import signal
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -80,6 +82,10 @@ MESSAGES = {  # what a redirect after a successful form says (never text from th
     "review": "Review recorded.", "end": "Session ended.",
 }
 STREAM_SECONDS = 60
+# Set when this process is asked to stop (SIGINT, SIGTERM): open live streams end within a
+# second, before the server's grace period runs out and it cancels them (which uvicorn
+# logs as "Exception in ASGI application", a traceback for every page left open).
+STOPPING = threading.Event()
 ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
 
 
@@ -1020,7 +1026,7 @@ async def live(request: Request) -> Response:
         # Streams end after a while and the browser reconnects: no connection outlives a
         # logout, a deploy or a stopping server by more than that.
         for _ in range(STREAM_SECONDS):
-            if await request.is_disconnected():
+            if STOPPING.is_set() or await request.is_disconnected():
                 return
             await asyncio.sleep(1)
             v, now_size = await run_in_threadpool(check)
@@ -1053,6 +1059,24 @@ def error_page(request: Request, status: int, title: str, detail: str) -> HTMLRe
         except Exception:  # an error page must render even when the database is down
             viewer = None
     return page(request, "error.html", viewer, status=status, title=title, detail=detail)
+
+
+def end_streams_on_signals() -> None:
+    """Chain onto the SIGINT/SIGTERM handlers the server installed (call it from the
+    app's startup, inside the server): the server still stops as before, and live
+    streams see STOPPING first. Outside the main thread (tests) there is nothing to do."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            STOPPING.set()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def install(app: Any) -> None:
