@@ -258,8 +258,15 @@ def test_demo_login_is_refused_when_local_login_is_off(plain: Env) -> None:
 def test_demo_login_needs_a_listed_user(env: Env) -> None:
     b = Browser(env)
     r = b.post("/login/demo", {"user": "mallory", "csrf": login_form(b)})
-    is_html_page(r, 422)
-    assert "Pick one of the listed users." in alert(r)
+    assert r.status_code == 303
+    said = r.cookies.get("accord_flash")
+    assert said
+    # Said to this browser only: another one's sign-in page, given the cookie, stays quiet.
+    other = Browser(env)
+    login_form(other)
+    other.http.cookies.set("accord_flash", said)
+    assert alert(other.get("/login")) == ""
+    assert "Pick one of the listed users." in alert(b.get(r.headers["location"]))
     assert b.session_cookie is None and session_rows(env) == []
 
 
@@ -328,8 +335,11 @@ def test_session_cookie_is_secure_over_https(env: Env) -> None:
 ])
 def test_a_bad_token_is_refused_and_recorded(env: Env, token: str, reason: str) -> None:
     b = Browser(env)
-    r = b.post("/login/token", {"token": token, "csrf": login_form(b)})
-    is_html_page(r, 401)
+    sent = b.post("/login/token", {"token": token, "csrf": login_form(b)})
+    # Back to the sign-in form, which says why (never left on the post's URL).
+    assert sent.status_code == 303 and sent.headers["location"] == "/login?next=%2F"
+    r = b.get(sent.headers["location"])
+    is_html_page(r, 200)
     assert "That token does not sign you in" in alert(r)
     assert b.session_cookie is None
     assert session_rows(env) == []
@@ -348,8 +358,8 @@ def test_a_revoked_token_no_longer_signs_in(env: Env) -> None:
     assert env.call("DELETE", "alice", f"/api/v1/tokens/{item['id']}").status_code == 200
     b = Browser(env)
     r = b.post("/login/token", {"token": env.tokens["alice"], "csrf": login_form(b)})
-    is_html_page(r, 401)
-    assert "revoked" in alert(r)
+    assert r.status_code == 303 and b.session_cookie is None
+    assert "revoked" in alert(b.get(r.headers["location"]))
     assert [e["data"]["reason"] for e in env.events(type="web.login_refused")] == [
         "token has been revoked"]
 
@@ -357,8 +367,8 @@ def test_a_revoked_token_no_longer_signs_in(env: Env) -> None:
 def test_an_empty_token_is_asked_for_again(env: Env) -> None:
     b = Browser(env)
     r = b.post("/login/token", {"token": "  ", "csrf": login_form(b)})
-    is_html_page(r, 422)
-    assert "Paste an API token to sign in." in alert(r)
+    assert r.status_code == 303
+    assert "Paste an API token to sign in." in alert(b.get(r.headers["location"]))
     assert env.events(type="web.login_refused") == [] and session_rows(env) == []
 
 

@@ -4,8 +4,8 @@ After a post the browser is always redirected (303) to a page it can reload, nev
 the post's URL. What that page should say (who must approve next, or why the server
 refused) is only known to the post, so it travels in a short-lived cookie, encrypted and
 authenticated with the server's key (nobody can make a page say something by crafting a
-link or a cookie) and bound to the browser session that posted. The next page shows it
-once and deletes it.
+link or a cookie) and bound to the browser that posted: its session, or before sign-in
+its login form's token. The next page shows it once and deletes it.
 """
 
 from __future__ import annotations
@@ -31,27 +31,27 @@ class Flash:
     target: str = ""
 
 
-def put(response: Response, request: Request, box: SecretBox, *, session_id: int,
+def put(response: Response, request: Request, box: SecretBox, *, binding: str,
         flash: Flash) -> None:
-    """Attach `flash` to a redirect for the session `session_id`."""
-    body = json.dumps({"s": session_id, "t": flash.text[:2000], "e": flash.error,
+    """Attach `flash` to a redirect, for the browser that `binding` names."""
+    body = json.dumps({"s": binding, "t": flash.text[:2000], "e": flash.error,
                        "f": {k: v[:2000] for k, v in flash.form.items()},
                        "g": flash.target})
     response.set_cookie(COOKIE, box.seal(body).decode(), max_age=TTL, httponly=True,
                         secure=request.url.scheme == "https", samesite="lax", path="/")
 
 
-def take(request: Request, box: SecretBox, *, session_id: int | None) -> Flash | None:
-    """The flash for this session, if one came with the request (the caller deletes the
+def take(request: Request, box: SecretBox, *, binding: str | None) -> Flash | None:
+    """The flash for this browser, if one came with the request (the caller deletes the
     cookie from its response)."""
     raw = request.cookies.get(COOKIE)
-    if not raw or session_id is None:
+    if not raw or not binding:
         return None
     try:
         body = json.loads(box.open(raw.encode(), ttl=TTL))
     except (ValueError, UnicodeError):
         return None
-    if not isinstance(body, dict) or body.get("s") != session_id:
+    if not isinstance(body, dict) or body.get("s") != binding:
         return None
     form = body.get("f")
     if not isinstance(form, dict):

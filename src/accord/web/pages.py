@@ -114,7 +114,7 @@ def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 20
         with readonly_sessions(st.sessions)() as s:
             alarms = [{"id": a.id, "title": a.title}
                       for a in detect.unresolved(s, rule="ledger_integrity")]
-    said = flash.take(request, st.secrets, session_id=viewer.session_id if viewer else None)
+    said = flash.take(request, st.secrets, binding=_binding(request, viewer))
     ctx.update(request=request, viewer=viewer, now=now, ago=lambda v: _ago(v, now),
                integrity_alarms=alarms,
                csrf=viewer.csrf if viewer else "",
@@ -136,8 +136,27 @@ def back_to(request: Request, viewer: Viewer, target: str, text: str, *, error: 
     on a page they can reload, with the outcome or the refusal in words."""
     response = RedirectResponse(target, status_code=303)
     st: AppState = request.app.state.accord
-    flash.put(response, request, st.secrets, session_id=viewer.session_id,
+    flash.put(response, request, st.secrets, binding=f"session:{viewer.session_id}",
               flash=flash.Flash(text=text, error=error, form=form or {}, target=form_name))
+    return response
+
+
+def _binding(request: Request, viewer: Viewer | None) -> str | None:
+    """Whose flash a page may show: the session's, or before sign-in the login form's."""
+    if viewer is not None:
+        return f"session:{viewer.session_id}"
+    pre = request.cookies.get(PRE_COOKIE)
+    return f"pre:{pre}" if pre else None
+
+
+def _login_refused(request: Request, st: AppState, text: str, next_url: str) -> Response:
+    """Back to the sign-in form (a page that can be reloaded, not the post's URL), saying
+    why, for this browser only (bound to its login form's token)."""
+    response = RedirectResponse(login_url(safe_next(next_url)), status_code=303)
+    pre = request.cookies.get(PRE_COOKIE)
+    if pre:
+        flash.put(response, request, st.secrets, binding=f"pre:{pre}",
+                  flash=flash.Flash(text=text, error=True))
     return response
 
 
@@ -213,7 +232,7 @@ def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
     if not st.policies.current.loaded.spec.web.token_login:
         raise Forbidden("token login is turned off in accord.yaml (web.token_login)")
     if not token.strip():
-        return _login_page(request, st, error="Paste an API token to sign in.", status=422)
+        return _login_refused(request, st, "Paste an API token to sign in.", next)
     try:
         row = identity.authenticate(session, policy=st.policies.current, token=token.strip(),
                                     now=st.now())
@@ -221,8 +240,8 @@ def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
         session.rollback()
         sessions.refuse(session, user=None, method="token", reason=exc.detail, now=st.now())
         session.commit()
-        return _login_page(request, st, error=f"That token does not sign you in: {exc.detail}.",
-                           status=401)
+        return _login_refused(request, st, f"That token does not sign you in: {exc.detail}.",
+                              next)
     return _logged_in(request, session, st, user=row.user, method="token", next_url=next,
                       details={"token": row.prefix, "token_id": row.id}, token=row)
 
@@ -235,7 +254,7 @@ def login_demo(request: Request, user: str = Form(""), csrf: str = Form(""),
     if not st.policies.current.loaded.spec.web.local_login:
         raise Forbidden("demo login is turned off (web.local_login in accord.yaml)")
     if not st.policies.current.is_user(user):
-        return _login_page(request, st, error="Pick one of the listed users.", status=422)
+        return _login_refused(request, st, "Pick one of the listed users.", next)
     return _logged_in(request, session, st, user=user, method="local", next_url=next)
 
 
