@@ -69,3 +69,17 @@ def format_duration(value: timedelta) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return "".join(parts)
+
+
+def span(value: timedelta) -> str:
+    """A span as people read it: 45s, 12m, 1h29m, 3h, 2d5h. Two units at most, the rest
+    dropped, never rounded up (1h29m59s left is 1h29m, not 1h30m and never 1h)."""
+    s = max(int(value.total_seconds()), 0)
+    units = (("d", 86400), ("h", 3600), ("m", 60))
+    for i, (unit, size) in enumerate(units):
+        if s >= size:
+            rest = s % size
+            if i < 2 and rest >= units[i + 1][1]:
+                return f"{s // size}{unit}{rest // units[i + 1][1]}{units[i + 1][0]}"
+            return f"{s // size}{unit}"
+    return f"{s}s"

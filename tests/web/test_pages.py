@@ -37,7 +37,7 @@ from tests.conftest import POLICY, Env, make_env
 WEB_POLICY = POLICY + "web: {local_login: true}\n"
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]*)"')
-LISTED = re.compile(r'<td><a href="/requests/(\d+)">#\d+</a></td>')
+LISTED = re.compile(r'<td data-label="Request"><a href="/requests/(\d+)">Request #\d+</a></td>')
 EVENT = re.compile(r'<li class="event" data-index="(\d+)">(.*?)</li>', re.S)
 EVIL = "https://evil.example"
 
@@ -258,8 +258,15 @@ def test_demo_login_is_refused_when_local_login_is_off(plain: Env) -> None:
 def test_demo_login_needs_a_listed_user(env: Env) -> None:
     b = Browser(env)
     r = b.post("/login/demo", {"user": "mallory", "csrf": login_form(b)})
-    is_html_page(r, 422)
-    assert "Pick one of the listed users." in alert(r)
+    assert r.status_code == 303
+    said = r.cookies.get("accord_flash")
+    assert said
+    # Said to this browser only: another one's sign-in page, given the cookie, stays quiet.
+    other = Browser(env)
+    login_form(other)
+    other.http.cookies.set("accord_flash", said)
+    assert alert(other.get("/login")) == ""
+    assert "Pick one of the listed users." in alert(b.get(r.headers["location"]))
     assert b.session_cookie is None and session_rows(env) == []
 
 
@@ -328,8 +335,11 @@ def test_session_cookie_is_secure_over_https(env: Env) -> None:
 ])
 def test_a_bad_token_is_refused_and_recorded(env: Env, token: str, reason: str) -> None:
     b = Browser(env)
-    r = b.post("/login/token", {"token": token, "csrf": login_form(b)})
-    is_html_page(r, 401)
+    sent = b.post("/login/token", {"token": token, "csrf": login_form(b)})
+    # Back to the sign-in form, which says why (never left on the post's URL).
+    assert sent.status_code == 303 and sent.headers["location"] == "/login?next=%2F"
+    r = b.get(sent.headers["location"])
+    is_html_page(r, 200)
     assert "That token does not sign you in" in alert(r)
     assert b.session_cookie is None
     assert session_rows(env) == []
@@ -348,8 +358,8 @@ def test_a_revoked_token_no_longer_signs_in(env: Env) -> None:
     assert env.call("DELETE", "alice", f"/api/v1/tokens/{item['id']}").status_code == 200
     b = Browser(env)
     r = b.post("/login/token", {"token": env.tokens["alice"], "csrf": login_form(b)})
-    is_html_page(r, 401)
-    assert "revoked" in alert(r)
+    assert r.status_code == 303 and b.session_cookie is None
+    assert "revoked" in alert(b.get(r.headers["location"]))
     assert [e["data"]["reason"] for e in env.events(type="web.login_refused")] == [
         "token has been revoked"]
 
@@ -357,8 +367,8 @@ def test_a_revoked_token_no_longer_signs_in(env: Env) -> None:
 def test_an_empty_token_is_asked_for_again(env: Env) -> None:
     b = Browser(env)
     r = b.post("/login/token", {"token": "  ", "csrf": login_form(b)})
-    is_html_page(r, 422)
-    assert "Paste an API token to sign in." in alert(r)
+    assert r.status_code == 303
+    assert "Paste an API token to sign in." in alert(b.get(r.headers["location"]))
     assert env.events(type="web.login_refused") == [] and session_rows(env) == []
 
 
@@ -397,9 +407,10 @@ FORMS: dict[str, tuple[str, Any]] = {
     "new": ("alice", _new_request),
     "approve": ("bob", _decide("approve")),
     "deny": ("bob", _decide("deny")),
-    "cancel": ("alice", lambda env: (f"/requests/{pending(env)}/cancel", {})),
-    "revoke": ("frank", _on_grant("revoke")),
-    "relinquish": ("alice", _on_grant("relinquish")),
+    "cancel": ("alice", lambda env: (f"/requests/{pending(env)}/cancel",
+                                     {"reason": "asked twice"})),
+    "revoke": ("frank", _on_grant("revoke", reason="audit finding")),
+    "relinquish": ("alice", _on_grant("relinquish", reason="done early")),
     "extend": ("alice", _on_grant("extend", duration="30m", reason="the migration overran")),
     "logout": ("alice", lambda env: ("/logout", {})),
     "end-session": ("carol", lambda env: (f"/sessions/{_signed_in(env, 'alice')}/end", {})),
@@ -579,13 +590,13 @@ def test_inbox_shows_pending_requests_with_their_rule_and_the_requesters_history
     is_html_page(r, 200)
     assert re.findall(r'<article class="card request" id="inbox-(\d+)"', r.text) == [str(rid)]
     card = text_of(r)
-    assert f"#{rid} alice asks for read on orders-db for 1h" in card
+    assert f"Request #{rid}: alice asks for read on orders-db for 1h" in card
     assert "“INC-1 investigate orders”" in card
     version = env.st.policies.current.version[:12]
     assert f"workflow prod (rule match, policy {version})" in card
     assert "Step 1 of 2 (lead): 0 of 1 approvals" in card
-    assert f"#{withdrawn} read on orders-db: cancelled" in card
-    assert f"#{earlier} read on staging-db: active" in card
+    assert f"Request #{withdrawn} read on orders-db: cancelled" in card
+    assert f"Request #{earlier} read on staging-db: active" in card
     assert f'action="/requests/{rid}/approve"' in r.text
 
     # Owners come second: carol's inbox is empty until a lead approved.
@@ -634,24 +645,27 @@ def test_a_denial_reads_denied_on_the_request_page(env: Env) -> None:
     assert "bob denied via web: “no”" in detail
 
 
-@pytest.mark.parametrize("user, status, message", [
-    ("erin", 403, "you are not an approver of step 1 of request {rid} (approvers: leads)"),
-    ("alice", 403, "you cannot approve your own request"),
-    ("dave", 403, "you are not an approver of step 1 of request {rid} (approvers: leads)"),
-    ("gina", 409, "you already approved request {rid} (step 1); a person decides a request "
-                  "once"),
+@pytest.mark.parametrize("user, message", [
+    ("erin", "you are not an approver of step 1 of request {rid} (approvers: leads)"),
+    ("alice", "you cannot approve your own request"),
+    ("dave", "you are not an approver of step 1 of request {rid} (approvers: leads)"),
+    ("gina", "you already approved request {rid} (step 1); a person decides a request once"),
 ])
-def test_a_person_who_may_not_approve_gets_an_error_page(
-        env: Env, user: str, status: int, message: str) -> None:
+def test_a_person_who_may_not_approve_is_sent_back_to_the_request_with_why(
+        env: Env, user: str, message: str) -> None:
     rid = pending(env)
     if user == "gina":
         assert env.act("gina", rid, "approve").status_code == 200
     b = login(env, user)
     before, events = snapshot(env), indexed(env)
     r = b.post(f"/requests/{rid}/approve", {"comment": "sneaky"})
-    is_html_page(r, status)
-    assert alert(r) == message.format(rid=rid)
-    assert f"<h1>Request #{rid}</h1>" in r.text  # the request, with what went wrong
+    # Never left on the post's URL: back to the request, which says what went wrong.
+    assert r.status_code == 303 and r.headers["location"] == f"/requests/{rid}"
+    page = b.get(r.headers["location"])
+    is_html_page(page, 200)
+    assert alert(page) == message.format(rid=rid)
+    assert f"<h1>Request #{rid}</h1>" in page.text
+    assert alert(b.get(r.headers["location"])) == ""  # said once; a reload is quiet
     after = snapshot(env)
     assert {**after, "ledger": 0} == {**before, "ledger": 0}
     new = [e for e in indexed(env) if e not in events]
@@ -666,8 +680,11 @@ def test_extending_through_the_form_files_an_extension(env: Env) -> None:
     rid = active(env)["id"]
     alice = login(env, "alice")
     bad = alice.post(f"/requests/{rid}/extend", {"duration": "soon", "reason": "x"})
-    is_html_page(bad, 422)
-    assert "duration: 'soon' is not a duration" in alert(bad)
+    assert bad.status_code == 303 and bad.headers["location"] == f"/requests/{rid}"
+    again = alice.get(bad.headers["location"])
+    assert "duration: 'soon' is not a duration" in alert(again)
+    # What was typed is filled in again, to fix the one field.
+    assert 'name="duration" value="soon"' in again.text and 'value="x"' in again.text
     r = alice.post(f"/requests/{rid}/extend", {"duration": "30m",
                                                "reason": "the migration overran"})
     assert r.status_code == 303, r.text
@@ -730,8 +747,10 @@ def test_someone_elses_request_is_not_found_for_a_plain_requester(env: Env) -> N
     assert alert(r) == f"request {theirs} does not exist or is not visible to you"
     assert "staging-db" not in r.text
     before = snapshot(env)
-    r = alice.post(f"/requests/{theirs}/cancel")
-    is_html_page(r, 404)
+    r = alice.post(f"/requests/{theirs}/cancel", {"reason": "not mine"})
+    assert r.status_code == 303 and r.headers["location"] == "/my"
+    assert alert(alice.get("/my")) == \
+        f"request {theirs} does not exist or is not visible to you"
     assert snapshot(env) == before
     # Those who take part see it.
     assert login(env, "bob").get(f"/requests/{theirs}").status_code == 200
@@ -885,20 +904,21 @@ def test_audit_page_shows_the_signed_ledger_and_filters_by_type(env: Env) -> Non
     assert f"the root signed for size {cp.size}" in verdict
     assert r.text.count("✔ verified</span></td>") == cp.size  # each row signed so far
     assert env.st.ledger.signer.verifier.encode() in r.text
-    indices = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", r.text)]
+    indices = [int(i) for i in re.findall(r'<tr><td data-label="Index">(\d+)</td>', r.text)]
     assert indices == sorted(indices, reverse=True) and indices[0] == size - 1
 
     r = dave.get("/audit?type=web.login")
     is_html_page(r, 200)
-    types = re.findall(r"<td><code>([^<]+)</code></td>", r.text)
+    types = re.findall(r'<td data-label="Type"><code>([^<]+)</code></td>', r.text)
     logins = indexed(env, type="web.login")
     assert types == ["web.login"] * len(logins) == ["web.login"] * 2
-    rows = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", r.text)]
+    rows = [int(i) for i in re.findall(r'<tr><td data-label="Index">(\d+)</td>', r.text)]
     assert rows == sorted((i for i, _ in logins), reverse=True)
     assert '<option selected>web.login</option>' in r.text
 
     r = dave.get("/audit?type=request.created&actor=alice")
-    assert re.findall(r"<td><code>([^<]+)</code></td>", r.text) == ["request.created"]
+    assert re.findall(r'<td data-label="Type"><code>([^<]+)</code></td>', r.text) == [
+        "request.created"]
     assert "No event matches." in dave.get("/audit?actor=nobody").text
 
 
@@ -923,7 +943,10 @@ def test_grants_page_lists_active_access_and_relinquish_ends_it(env: Env) -> Non
     assert set(rows) == {str(mine["grant"]["id"]), str(theirs["grant"]["id"])}
     assert all("/revoke" in v and "/relinquish" not in v for v in rows.values())
 
-    r = alice.post(f"/requests/{mine['id']}/relinquish")
+    r = alice.post(f"/requests/{mine['id']}/relinquish")  # no reason: asked for one
+    assert r.status_code == 303 and r.headers["location"] == f"/requests/{mine['id']}"
+    assert "Say why you give it up" in alert(alice.get(r.headers["location"]))
+    r = alice.post(f"/requests/{mine['id']}/relinquish", {"reason": "done early"})
     assert r.status_code == 303
     assert r.headers["location"] == f"/requests/{mine['id']}?done=relinquish"
     assert "Access given up." in alice.get(r.headers["location"]).text
@@ -1012,7 +1035,7 @@ def test_after_a_form_the_way_back_stays_on_the_site(env: Env) -> None:
     bob = login(env, "bob")
     r = bob.post(f"/requests/{first}/approve", {"back": "//evil.example/inbox"})
     assert r.status_code == 303 and r.headers["location"] == "/?done=approve"
-    r = bob.post(f"/requests/{second}/deny", {"back": "/inbox?sort=old"})
+    r = bob.post(f"/requests/{second}/deny", {"back": "/inbox?sort=old", "reason": "no"})
     assert r.headers["location"] == "/inbox?sort=old&done=deny"
 
 
@@ -1140,23 +1163,23 @@ def test_an_admin_is_not_offered_and_cannot_close_an_alert_about_themselves(env:
     rid = env.ask("frank")["id"]  # frank is an admin
     assert env.act("frank", rid, "approve").status_code == 403  # his own request
     detect_all(env.st.sessions, env.st.policies.current, env.st.now)
-    [alert] = env.get("dave", "/api/v1/alerts", params={"rule": "self_approval"}).json()["items"]
-    aid = alert["id"]
+    [raised] = env.get("dave", "/api/v1/alerts", params={"rule": "self_approval"}).json()["items"]
+    aid = raised["id"]
     frank, carol = login(env, "frank"), login(env, "carol")
 
-    page = frank.get("/alerts")
+    page = frank.get("/alerts?view=each")
     is_html_page(page, 200)
-    assert f"#{aid}" in page.text and "This alert is about you" in text_of(page)
+    assert f"Alert #{aid}" in page.text and "This alert is about you" in text_of(page)
     assert f'action="/alerts/{aid}/resolve"' not in page.text
     assert f'formaction="/alerts/{aid}/acknowledge"' not in page.text
     before = snapshot(env)
     for verb in ("acknowledge", "resolve"):
         r = frank.post(f"/alerts/{aid}/{verb}", {"note": "it was me testing"})
-        is_html_page(r, 403)
-        assert "is about you (frank)" in text_of(r)
+        assert r.status_code == 303 and r.headers["location"] == "/alerts"
+        assert "is about you (frank)" in alert(frank.get("/alerts"))
     assert snapshot(env) == before
 
-    page = carol.get("/alerts")
+    page = carol.get("/alerts?view=each")
     assert f'action="/alerts/{aid}/resolve"' in page.text
     assert "This alert is about you" not in text_of(page)
     r = carol.post(f"/alerts/{aid}/resolve", {"note": "frank was testing the rule"})
@@ -1189,7 +1212,7 @@ def test_audit_page_turns_red_over_an_edited_ledger(env: Env) -> None:
     verdict = r.text.split('id="ledger-verdict">')[1].split("</dd>")[0]
     assert "✘ failed" in verdict and "✔ verified" not in verdict
     assert f"ledger index {victim}" in verdict
-    row = r.text.split(f"<tr class=\"tampered\"><td>{victim}</td>", 1)
+    row = r.text.split(f'<tr class="tampered"><td data-label="Index">{victim}</td>', 1)
     assert len(row) == 2 and "✘ changed" in row[1].split("</tr>", 1)[0]
 
 

@@ -134,6 +134,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        web_pages.end_streams_on_signals()  # the server's handlers are in place by now
         stop = start_background(st) if background else None
         try:
             yield

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from accord.cli.client import AccordClient, ClientError
+from accord.durations import span
 from accord.grants.models import GrantStatus
 from accord.requests.models import Status
 
@@ -131,15 +132,7 @@ def _when(value: str | None) -> str:
 
 def _span(seconds: float) -> str:
     """A compact span: 45s, 12m, 1h29m, 3h, 2d5h (two units at most, never rounded up)."""
-    s = max(int(seconds), 0)
-    units = (("d", 86400), ("h", 3600), ("m", 60))
-    for i, (unit, size) in enumerate(units):
-        if s >= size:
-            rest = s % size
-            if i < 2 and rest >= units[i + 1][1]:
-                return f"{s // size}{unit}{rest // units[i + 1][1]}{units[i + 1][0]}"
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    return span(timedelta(seconds=max(seconds, 0)))
 
 
 def _age(value: str | None) -> str:

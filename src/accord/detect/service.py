@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from accord.detect.models import Alert, AlertStatus, DetectorCursor
@@ -240,6 +241,58 @@ def list_alerts(session: Session, *, status: str | None = None, severity: str | 
     if before_id is not None:
         q = q.where(Alert.id < before_id)
     return list(session.execute(q).scalars())
+
+
+GROUP_BY = ("rule", "user", "resource", "subject")
+_RANK = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+@dataclass(frozen=True)
+class AlertGroup:
+    """Alerts of one rule (and, by `by`, one user, resource or subject), counted."""
+
+    rule: str
+    user: str | None
+    resource: str | None
+    subject: str | None
+    count: int
+    severity: str  # the most severe in the group
+    newest: Alert
+    oldest_opened_at: datetime
+
+
+def group_alerts(session: Session, *, by: str = "rule", status: str | None = None,
+                 severity: str | None = None, rule: str | None = None,
+                 user: str | None = None, resource: str | None = None,
+                 limit: int = 100) -> list[AlertGroup]:
+    """Alerts counted per rule, or per rule and `by` (user, resource or subject), the
+    group with the newest alert first: eleven off-hours alerts read as one line."""
+    if by not in GROUP_BY:
+        raise Invalid(f"must be one of {', '.join(GROUP_BY)}", field="by")
+    keys = [Alert.rule] + ([getattr(Alert, by)] if by != "rule" else [])
+    rank = case(_RANK, value=Alert.severity, else_=0)
+    q = (select(*keys, func.count(), func.max(Alert.id), func.min(Alert.opened_at),
+                func.max(rank))
+         .group_by(*keys).order_by(func.max(Alert.id).desc()).limit(limit))
+    for column, value in ((Alert.status, status), (Alert.severity, severity),
+                          (Alert.rule, rule), (Alert.user, user), (Alert.resource, resource)):
+        if value:
+            q = q.where(column == value)
+    rows = session.execute(q).all()
+    newest = {a.id: a for a in session.execute(
+        select(Alert).where(Alert.id.in_([r[-3] for r in rows]))).scalars()} if rows else {}
+    names = {v: k for k, v in _RANK.items()}
+    out = []
+    for row in rows:
+        alert = newest[int(row[-3])]
+        key = row[1] if by != "rule" else None
+        out.append(AlertGroup(
+            rule=row[0], user=key if by == "user" else None,
+            resource=key if by == "resource" else None,
+            subject=key if by == "subject" else None, count=int(row[-4]),
+            severity=names.get(int(row[-1] or 0), alert.severity), newest=alert,
+            oldest_opened_at=row[-2]))
+    return out
 
 
 def alerts_about(session: Session, *, subject: str, limit: int = 100) -> list[Alert]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, Field
@@ -70,6 +70,47 @@ def list_alerts(
     rows = rows[:limit]
     return AlertPage(items=[AlertOut(**service.as_dict(a)) for a in rows],
                      next_cursor=str(rows[-1].id) if more and rows else None)
+
+
+class AlertGroupOut(BaseModel):
+    rule: str
+    user: str | None = Field(description="set when grouped by user")
+    resource: str | None = Field(description="set when grouped by resource")
+    subject: str | None = Field(description="set when grouped by subject")
+    count: int = Field(description="alerts in the group")
+    severity: str = Field(description="the most severe alert's severity")
+    newest: AlertOut = Field(description="the group's newest alert")
+    oldest_opened_at: datetime
+
+
+class AlertGroups(BaseModel):
+    by: str
+    items: list[AlertGroupOut]
+
+
+@router.get("/groups", response_model=AlertGroups)
+def alert_groups(
+    who: Principal = Depends(require_reader),
+    session: Session = Depends(db),
+    by: Annotated[Literal["rule", "user", "resource", "subject"], Query(
+        description="group per rule, or per rule and user, resource or subject")] = "rule",
+    status: AlertStatus | None = None,
+    severity: Severity | None = None,
+    rule: str | None = None,
+    user: str | None = None,
+    resource: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AlertGroups:
+    """Alerts counted per rule (or per rule and `by`), the group with the newest alert
+    first: many alerts of one kind read as one line (auditors and admins). The alerts
+    themselves: `GET /api/v1/alerts?rule=...`."""
+    groups = service.group_alerts(session, by=by, status=status, severity=severity, rule=rule,
+                                  user=user, resource=resource, limit=limit)
+    return AlertGroups(by=by, items=[
+        AlertGroupOut(rule=g.rule, user=g.user, resource=g.resource, subject=g.subject,
+                      count=g.count, severity=g.severity,
+                      newest=AlertOut(**service.as_dict(g.newest)),
+                      oldest_opened_at=g.oldest_opened_at) for g in groups])
 
 
 @router.get("/{alert_id}", response_model=AlertOut)

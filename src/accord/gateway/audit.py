@@ -30,6 +30,7 @@ What holds (see docs/gateway.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -99,7 +100,12 @@ class AuditWriter:
         ctx = multiprocessing.get_context("spawn")
         self._ctx = ctx
         self._shipped = ctx.Value("q", 0, lock=False)  # the last rec in the ledger
-        self._stop = ctx.Event()
+        # "Stop" is a pipe, not a multiprocessing Event: an Event is five named semaphores
+        # shared with a process that can be killed inside them (a terminal's Ctrl-C
+        # reaches the shipper too), which wedged the next shipper's wait, left the server
+        # waiting two minutes, and left them for the resource tracker's "leaked semaphore
+        # objects" warning. The shipper reads "stop" or, when this process dies, EOF.
+        self._stop_r, self._stop_w = ctx.Pipe(duplex=False)
         self._proc: Any = None
         self.stopping = False
         self.overloaded = False  # more than max_backlog facts not yet in the ledger
@@ -119,15 +125,22 @@ class AuditWriter:
         self._start_shipper()
 
     def _start_shipper(self) -> None:
-        ready = self._ctx.Event()
+        ready_r, ready_w = self._ctx.Pipe(duplex=False)
         bind = self.sessions.kw["bind"]
         self._proc = self._ctx.Process(
             target=shipper_main, name="accord-gateway-shipper", daemon=True,
             args=(bind.url.render_as_string(hide_password=False), str(self.dir),
                   self.interval, self.batch, self.per_event, self.max_text, self._shipped,
-                  self._stop, ready, os.getpid(), self.shipper_nice))
+                  self._stop_r, ready_w, os.getpid(), self.shipper_nice))
         self._proc.start()
-        if not ready.wait(60):
+        ready_w.close()  # the child's copy is the only writer: its death reads as EOF
+        try:
+            started = ready_r.poll(60) and ready_r.recv_bytes() == b"ready"
+        except EOFError:
+            started = False
+        finally:
+            ready_r.close()
+        if not started:
             raise RuntimeError("the gateway's audit shipper did not start")
 
     def ensure_shipper(self) -> None:
@@ -143,7 +156,8 @@ class AuditWriter:
         self.stopping = True
         self.tick()
         self._close_segment(sync=True)
-        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._stop_w.send_bytes(b"stop")
         if self._proc is None:
             return True
         self._proc.join(120)
@@ -154,6 +168,8 @@ class AuditWriter:
         if self._writer_lock is not None:
             os.close(self._writer_lock)
             self._writer_lock = None
+        self._stop_r.close()
+        self._stop_w.close()
         return True
 
     @property

@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -151,8 +152,15 @@ def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
 def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_event: int,
                   max_text: int, shipped: Any, stop: Any, ready: Any, parent: int,
                   nice: int | None = None) -> None:
-    """The shipper process: follow the spool until the gateway stops or dies."""
+    """The shipper process: follow the spool until the gateway stops or dies.
+
+    It ignores SIGINT and SIGTERM: a terminal's Ctrl-C or an init system signals the whole
+    process group, and the shipper must not die mid-batch under its gateway; the gateway
+    stops it in order (`stop` reads "stop"), or its death shows as EOF on `stop`."""
     from accord.db import make_engine, make_sessionmaker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     if nice is not None:  # background work: not the data path's `gateway.priority`
         with contextlib.suppress(OSError):
@@ -165,16 +173,21 @@ def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_e
     engine = make_engine(db_url, pool_size=1)
     path = Path(directory)
 
-    def gone() -> bool:
-        return bool(stop.is_set()) or os.getppid() != parent
+    def gone() -> bool:  # told to stop, or the gateway died (EOF; a new parent)
+        return bool(stop.poll()) or os.getppid() != parent
 
     def wait(seconds: float) -> None:
-        stop.wait(seconds)
+        stop.poll(seconds)
+
+    class Ready:
+        def set(self) -> None:
+            ready.send_bytes(b"ready")
+            ready.close()
 
     try:
         result = ship(make_sessionmaker(engine), path, per_event=per_event, max_text=max_text,
-                      interval=interval, batch=batch, gone=gone, shipped=shipped, ready=ready,
-                      wait=wait)
+                      interval=interval, batch=batch, gone=gone, shipped=shipped,
+                      ready=Ready(), wait=wait)
     finally:
         engine.dispose()
     if result is None or path.exists():

@@ -15,6 +15,7 @@ from accord.gateway import tokens
 from accord.gateway.postgres.connect import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
+from accord.ledger.events import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["gateway"])
 
@@ -42,7 +43,9 @@ class ConnectOut(BaseModel):
     psql: str
 
 
-def _issue(session: Session, st: AppState, who: Principal, grant: Grant) -> ConnectOut:
+def issue(session: Session, st: AppState, actor: Actor, grant: Grant) -> ConnectOut:
+    """A connection token for `grant` (the caller checked it is the actor's own), with the
+    DSN and psql line; the API and the web page both hand it out this way. Never commits."""
     spec = st.policies.current.loaded.spec.gateway
     if spec is None:
         raise Conflict("the gateway is not configured (no `gateway:` in accord.yaml)")
@@ -53,14 +56,13 @@ def _issue(session: Session, st: AppState, who: Principal, grant: Grant) -> Conn
     status = effective_status(grant, now)
     if status != GrantStatus.ACTIVE:
         raise Conflict(f"grant {grant.id} is {status}")
-    row, token = tokens.issue_token(session, grant=grant, actor=who.caller.actor, now=now,
+    row, token = tokens.issue_token(session, grant=grant, actor=actor, now=now,
                                      ttl=spec.token_ttl)
     info = connection_info(spec, user=grant.user, resource=grant.resource)
     out = ConnectOut(token=token, expires_at=row.expires_at, grant_id=grant.id,
                      user=grant.user, resource=grant.resource, role=grant.role, host=info.host,
                      port=info.port, database=info.database, sslmode=info.sslmode,
                      dsn=info.dsn(token), psql=info.psql(token))
-    session.commit()
     return out
 
 
@@ -75,7 +77,9 @@ def connect_grant(
     grant = session.get(Grant, known_id(grant_id, "grant"))
     if grant is None or grant.user != who.user:
         raise NotFound(f"grant {grant_id} does not exist or is not yours")
-    return _issue(session, st, who, grant)
+    out = issue(session, st, who.caller.actor, grant)
+    session.commit()
+    return out
 
 
 @router.post("/connect", response_model=ConnectOut)
@@ -101,4 +105,6 @@ def connect(
     if len(roles) > 1:
         raise Invalid(f"you hold several roles on {body.resource} ({', '.join(roles)}); "
                       f"name one", field="role")
-    return _issue(session, st, who, grants[0])
+    out = issue(session, st, who.caller.actor, grants[0])
+    session.commit()
+    return out

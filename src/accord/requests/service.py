@@ -546,14 +546,14 @@ def record_self_decision(session: Session, *, exc: SelfDecision, caller: Caller,
                         "attempted": exc.verb})
 
 
-def _check_decider(
-    session: Session, req: AccessRequest, caller: Caller, status: str, verb: str
-) -> int:
-    """The one permission check for approve/deny; returns the step being decided."""
+def check_decide(session: Session, req: AccessRequest, user: str, status: str, verb: str
+                 ) -> int:
+    """The one permission check for approve (`verb` "approved") and deny ("denied"): may
+    `user` decide `req` in `status`? Returns the step they would decide; raises why not."""
     _refuse_finished(req, status, verb)
-    if caller.user == req.requester:
+    if user == req.requester:
         raise SelfDecision(req, verb.removesuffix("d"))
-    prior = next((a for a in req.approvals if a.approver == caller.user), None)
+    prior = next((a for a in req.approvals if a.approver == user), None)
     if prior is not None:
         raise Conflict(
             f"you already {prior.decision}d request {req.id} (step {prior.step + 1}); "
@@ -567,7 +567,7 @@ def _check_decider(
         step = len(steps) - 1
     else:
         raise Conflict(f"request {req.id} is {status}; it can no longer be {verb}")
-    if caller.user not in _eligible(session, req, step):
+    if user not in _eligible(session, req, step):
         wanted = ", ".join(steps[step]["approvers"]) if step < len(steps) else "?"
         raise Forbidden(
             f"you are not an approver of step {step + 1} of request {req.id} (approvers: {wanted})"
@@ -600,7 +600,7 @@ def approve(
 ) -> AccessRequest:
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
-    step = _check_decider(session, req, caller, status, "approved")
+    step = check_decide(session, req, caller.user, status, "approved")
     if not policy.is_user(req.requester) or req.resource not in policy.resources:
         raise Conflict(f"request {req.id} can no longer be approved: its requester or resource "
                        "is gone from accord.yaml")
@@ -673,7 +673,7 @@ def deny(
                    now=now, comment=why)
         session.refresh(req)
         return req
-    step = _check_decider(session, req, caller, status, "denied")
+    step = check_decide(session, req, caller.user, status, "denied")
     _add_approval(session, req, caller, step, "deny", comment, now)
     ledger.record(
         session,
@@ -725,31 +725,101 @@ def cancel(
     now: datetime,
 ) -> AccessRequest:
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
-    if caller.user != req.requester:
-        raise Forbidden("only the requester can cancel a request")
-    status = effective_status(req, _grant(session, req), now)
-    if status != Status.PENDING:
-        raise Conflict(f"request {req.id} is {status}; only pending requests can be cancelled")
+    check_cancel(req, caller.user, effective_status(req, _grant(session, req), now))
     _finish_pending(session, req, Status.CANCELLED, caller.actor, now,
                     "cancelled by the requester" + (f": {comment}" if comment else ""))
     return req
+
+
+def check_cancel(req: AccessRequest, user: str, status: str) -> None:
+    """May `user` withdraw `req` in `status`? Raises why not."""
+    if user != req.requester:
+        raise Forbidden("only the requester can cancel a request")
+    if status != Status.PENDING:
+        raise Conflict(f"request {req.id} is {status}; only pending requests can be cancelled")
 
 
 def _grant(session: Session, req: AccessRequest) -> Grant | None:
     return session.get(Grant, req.grant_id) if req.grant_id else None
 
 
-def _active_grant(session: Session, req: AccessRequest, now: datetime, verb: str,
-                  *, provisioning_too: bool = True) -> Grant:
-    """The live grant of a request: active, or (for ending it) still being provisioned."""
-    grant = session.execute(
-        select(Grant).where(Grant.id == req.grant_id).with_for_update()
-    ).scalar_one_or_none() if req.grant_id else None
-    status = effective_status(req, grant, now)
+def _live(req: AccessRequest, grant: Grant | None, status: str, verb: str,
+          *, provisioning_too: bool = True) -> None:
+    """Refuse unless the request's grant is live: active, or (for ending it) still being
+    provisioned."""
     live = {Status.ACTIVE, Status.APPROVED} if provisioning_too else {Status.ACTIVE}
     if grant is None or status not in live:
         raise Conflict(f"request {req.id} is {status}; only active access can be {verb}")
+
+
+def check_relinquish(req: AccessRequest, grant: Grant | None, user: str, status: str) -> None:
+    """May `user` give up the access of `req`? Raises why not."""
+    if user != req.requester:
+        raise Forbidden("only the grantee can relinquish access")
+    _live(req, grant, status, "relinquished")
+
+
+def check_revoke(policy: Policy, req: AccessRequest, grant: Grant | None, user: str,
+                 status: str) -> None:
+    """May `user` end someone's access on `req`: admins, owners of the resource, and the
+    request's approvers under the policy in force now. Raises why not."""
+    if not (
+        user in policy.admins
+        or user in policy.owners_of(req.resource)
+        or user in current_approvers(policy, req)
+    ):
+        raise Forbidden(
+            f"only admins, owners of {req.resource} and approvers of this request can revoke it"
+        )
+    _live(req, grant, status, "revoked")
+
+
+def check_extend(req: AccessRequest, grant: Grant | None, user: str, status: str) -> None:
+    """May `user` ask for more time on `req`'s grant? Raises why not."""
+    if user != req.requester:
+        raise Forbidden("only the grantee can ask to extend their access")
+    _live(req, grant, status, "extended", provisioning_too=False)
+
+
+def allowed_actions(session: Session, *, policy: Policy, user: str, req: AccessRequest,
+                    grant: Grant | None, now: datetime) -> list[str]:
+    """The commands `user` may take on `req` now, by the same checks the commands make, so
+    a page offers exactly what the server will accept. (A late approval of an already
+    approved request, accepted to settle a race between approvers, is not offered.)"""
+    status = effective_status(req, grant, now)
+    checks: list[tuple[str, Any]] = [
+        ("approve", lambda: check_decide(session, req, user, status, "approved")),
+        ("deny", lambda: check_decide(session, req, user, status, "denied")),
+        ("cancel", lambda: check_cancel(req, user, status)),
+        ("extend", lambda: check_extend(req, grant, user, status)),
+        ("relinquish", lambda: check_relinquish(req, grant, user, status)),
+        ("revoke", lambda: check_revoke(policy, req, grant, user, status)),
+    ]
+    out = []
+    for name, check in checks:
+        if name in ("approve", "deny") and status != Status.PENDING:
+            continue
+        try:
+            check()
+        except (Forbidden, Conflict):
+            continue
+        out.append(name)
+    return out
+
+
+def _active_grant(session: Session, req: AccessRequest, now: datetime, verb: str,
+                  *, provisioning_too: bool = True) -> Grant:
+    """The live grant of a request: active, or (for ending it) still being provisioned."""
+    grant = _locked_grant(session, req)
+    _live(req, grant, effective_status(req, grant, now), verb, provisioning_too=provisioning_too)
+    assert grant is not None
     return grant
+
+
+def _locked_grant(session: Session, req: AccessRequest) -> Grant | None:
+    return session.execute(
+        select(Grant).where(Grant.id == req.grant_id).with_for_update()
+    ).scalar_one_or_none() if req.grant_id else None
 
 
 def relinquish(
@@ -757,9 +827,9 @@ def relinquish(
     now: datetime,
 ) -> AccessRequest:
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
-    if caller.user != req.requester:
-        raise Forbidden("only the grantee can relinquish access")
-    grant = _active_grant(session, req, now, "relinquished")
+    grant = _locked_grant(session, req)
+    check_relinquish(req, grant, caller.user, effective_status(req, grant, now))
+    assert grant is not None
     grants.end(session, grant=grant, status=GrantStatus.RELINQUISHED, actor=caller.actor,
                now=now, comment=comment)
     session.refresh(req)
@@ -771,15 +841,9 @@ def revoke(
     now: datetime,
 ) -> AccessRequest:
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
-    if not (
-        caller.user in policy.admins
-        or caller.user in policy.owners_of(req.resource)
-        or caller.user in current_approvers(policy, req)
-    ):
-        raise Forbidden(
-            f"only admins, owners of {req.resource} and approvers of this request can revoke it"
-        )
-    grant = _active_grant(session, req, now, "revoked")
+    grant = _locked_grant(session, req)
+    check_revoke(policy, req, grant, caller.user, effective_status(req, grant, now))
+    assert grant is not None
     grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=caller.actor, now=now,
                comment=comment)
     session.refresh(req)
@@ -792,9 +856,9 @@ def extend(
 ) -> AccessRequest:
     """Ask for more time on an active grant: a new request, routed like any other."""
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
-    if caller.user != req.requester:
-        raise Forbidden("only the grantee can ask to extend their access")
-    grant = _active_grant(session, req, now, "extended", provisioning_too=False)
+    grant = _locked_grant(session, req)
+    check_extend(req, grant, caller.user, effective_status(req, grant, now))
+    assert grant is not None
     return create(
         session, policy=policy, caller=caller, resource=grant.resource, role=grant.role,
         duration=duration, reason=reason, now=now, extends=grant,

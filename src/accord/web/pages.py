@@ -11,6 +11,8 @@ import json
 import math
 import os
 import secrets
+import signal
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -27,8 +35,11 @@ from starlette.concurrency import run_in_threadpool
 from accord.api.deps import AppState, db, state
 from accord.db import readonly_sessions, writing
 from accord.detect import service as detect
-from accord.durations import DurationError, format_duration, parse_duration
+from accord.durations import DurationError, format_duration, parse_duration, span
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
+from accord.gateway import tokens as gateway
+from accord.gateway import views as gateway_views
+from accord.gateway.postgres.connect import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.views import _visible as visible_grants
 from accord.identity import service as identity
@@ -39,7 +50,7 @@ from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import GrantOut
 from accord.requests.views import render as render_requests
-from accord.web import charts, evidence, oidc, stats
+from accord.web import charts, evidence, flash, oidc, stats
 from accord.web import service as sessions
 from accord.web.auth import (
     CACHE,
@@ -72,6 +83,10 @@ MESSAGES = {  # what a redirect after a successful form says (never text from th
     "review": "Review recorded.", "end": "Session ended.",
 }
 STREAM_SECONDS = 60
+# Set when this process is asked to stop (SIGINT, SIGTERM): open live streams end within a
+# second, before the server's grace period runs out and it cancels them (which uvicorn
+# logs as "Exception in ASGI application", a traceback for every page left open).
+STOPPING = threading.Event()
 ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
 
 
@@ -79,11 +94,11 @@ def _ago(value: datetime | None, now: datetime) -> str:
     if value is None:
         return ""
     seconds = int((now - value).total_seconds())
-    if seconds < 0:
-        return "in " + format_duration(timedelta(seconds=-seconds))
+    if seconds < 0:  # time left: two units, never rounded up (1h29m59s is "in 1h29m")
+        return "in " + span(timedelta(seconds=-seconds))
     if seconds < 60:
         return "just now"
-    return format_duration(timedelta(seconds=seconds - seconds % 60)) + " ago"
+    return span(timedelta(seconds=seconds)) + " ago"
 
 
 def _secure(request: Request) -> bool:
@@ -100,15 +115,61 @@ def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 20
         with readonly_sessions(st.sessions)() as s:
             alarms = [{"id": a.id, "title": a.title}
                       for a in detect.unresolved(s, rule="ledger_integrity")]
+    said = flash.take(request, st.secrets, binding=_binding(request, viewer))
     ctx.update(request=request, viewer=viewer, now=now, ago=lambda v: _ago(v, now),
                integrity_alarms=alarms,
                csrf=viewer.csrf if viewer else "",
                roles=sorted(viewer.principal.roles - {"requester"}) if viewer else [],
-               message=MESSAGES.get(
-                   request.query_params.get("done", "")))
+               message=(said.text if said and not said.error else
+                        None if said else MESSAGES.get(request.query_params.get("done", ""))),
+               flash_error=said.text if said and said.error else None,
+               refill=said.form if said else {}, refill_for=said.target if said else "")
     response = templates.TemplateResponse(request, name, ctx, status_code=status)
     response.headers["Cache-Control"] = "no-store"
+    if request.cookies.get(flash.COOKIE):
+        response.delete_cookie(flash.COOKIE, path="/")  # said once
     return response
+
+
+def back_to(request: Request, viewer: Viewer, target: str, text: str, *, error: bool = False,
+            form: dict[str, str] | None = None, form_name: str = "") -> RedirectResponse:
+    """Redirect (303) to `target` saying `text` there: after a post the person is always
+    on a page they can reload, with the outcome or the refusal in words."""
+    response = RedirectResponse(target, status_code=303)
+    st: AppState = request.app.state.accord
+    flash.put(response, request, st.secrets, binding=f"session:{viewer.session_id}",
+              flash=flash.Flash(text=text, error=error, form=form or {}, target=form_name))
+    return response
+
+
+def _binding(request: Request, viewer: Viewer | None) -> str | None:
+    """Whose flash a page may show: the session's, or before sign-in the login form's."""
+    if viewer is not None:
+        return f"session:{viewer.session_id}"
+    pre = request.cookies.get(PRE_COOKIE)
+    return f"pre:{pre}" if pre else None
+
+
+def _login_refused(request: Request, st: AppState, text: str, next_url: str) -> Response:
+    """Back to the sign-in form (a page that can be reloaded, not the post's URL), saying
+    why, for this browser only (bound to its login form's token)."""
+    response = RedirectResponse(login_url(safe_next(next_url)), status_code=303)
+    pre = request.cookies.get(PRE_COOKIE)
+    if pre:
+        flash.put(response, request, st.secrets, binding=f"pre:{pre}",
+                  flash=flash.Flash(text=text, error=True))
+    return response
+
+
+def _done(target: str, action: str) -> str:
+    """`target` with `done=<action>` (replacing an earlier one) for the page after a form."""
+    path, _, query = target.partition("?")
+    kept = [part for part in query.split("&") if part and not part.startswith("done=")]
+    return path + "?" + "&".join([*kept, f"done={action}"])
+
+
+def _problem(exc: AccordError) -> str:
+    return f"{exc.field}: {exc.detail}" if exc.field else exc.detail
 
 
 def _commit_read(session: Session) -> None:
@@ -172,7 +233,7 @@ def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
     if not st.policies.current.loaded.spec.web.token_login:
         raise Forbidden("token login is turned off in accord.yaml (web.token_login)")
     if not token.strip():
-        return _login_page(request, st, error="Paste an API token to sign in.", status=422)
+        return _login_refused(request, st, "Paste an API token to sign in.", next)
     try:
         row = identity.authenticate(session, policy=st.policies.current, token=token.strip(),
                                     now=st.now())
@@ -180,8 +241,8 @@ def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
         session.rollback()
         sessions.refuse(session, user=None, method="token", reason=exc.detail, now=st.now())
         session.commit()
-        return _login_page(request, st, error=f"That token does not sign you in: {exc.detail}.",
-                           status=401)
+        return _login_refused(request, st, f"That token does not sign you in: {exc.detail}.",
+                              next)
     return _logged_in(request, session, st, user=row.user, method="token", next_url=next,
                       details={"token": row.prefix, "token_id": row.id}, token=row)
 
@@ -194,7 +255,7 @@ def login_demo(request: Request, user: str = Form(""), csrf: str = Form(""),
     if not st.policies.current.loaded.spec.web.local_login:
         raise Forbidden("demo login is turned off (web.local_login in accord.yaml)")
     if not st.policies.current.is_user(user):
-        return _login_page(request, st, error="Pick one of the listed users.", status=422)
+        return _login_refused(request, st, "Pick one of the listed users.", next)
     return _logged_in(request, session, st, user=user, method="local", next_url=next)
 
 
@@ -323,34 +384,81 @@ def _catalog(viewer: Viewer) -> list[dict[str, Any]]:
                                                        key=lambda r: r.name)]
 
 
-def _preview(viewer: Viewer, now: datetime, form: dict[str, str]) -> dict[str, Any]:
-    """Which workflow applies and who will approve; an `error` when the input is refused."""
-    if not form.get("resource") or not form.get("role") or not form.get("duration"):
-        return {"incomplete": True}
-    try:
-        duration = parse_duration(form["duration"])
-    except DurationError as exc:
-        return {"error": f"duration: {exc}"}
+FIELDS = ("resource", "role", "duration", "reason", "emergency", "form")
+PROBE = timedelta(minutes=1)  # a duration every workflow accepts, to judge the other fields
+
+
+def _decide(viewer: Viewer, now: datetime, form: dict[str, str], duration: timedelta
+            ) -> Any:
+    """The policy's verdict on the form (break-glass or routed); raises Invalid/Forbidden."""
+    policy = viewer.principal.policy
     if form.get("emergency") == "on":
-        try:
-            decision = requests.break_glass(
-                viewer.principal.policy, requester=viewer.user, resource=form["resource"],
-                role=form["role"], duration=duration, reason=form.get("reason", ""))
-        except (Invalid, Forbidden) as exc:
-            return {"error": f"{exc.field}: {exc.detail}" if exc.field else exc.detail}
-        return {"outcome": "approve", "workflow": "break-glass", "rule": decision.rule,
-                "reason": decision.reason, "steps": [], "emergency": True}
+        return requests.break_glass(policy, requester=viewer.user, resource=form["resource"],
+                                    role=form["role"], duration=duration,
+                                    reason=form.get("reason", "")), []
+    return requests.route(policy, requester=viewer.user, resource=form["resource"],
+                          role=form["role"], duration=duration,
+                          reason=form.get("reason", ""), now=now)
+
+
+def _form_errors(viewer: Viewer, now: datetime, form: dict[str, str]
+                 ) -> tuple[dict[str, str], timedelta | None]:
+    """Every field's problem at once, judged as the server will judge the request: the
+    form shows each next to its field as people type, and a post is refused with all of
+    them (not one at a time: a reason the workflow requires is asked for even while the
+    duration is also wrong)."""
+    errors: dict[str, str] = {}
+    reason = form.get("reason", "")
+    if not form.get("resource"):
+        errors["resource"] = "Choose a resource."
+    if not form.get("role"):
+        errors["role"] = "Choose a role."
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in reason) or len(reason) > 2000:
+        errors["reason"] = "Keep the reason under 2000 characters of plain text."
+    duration: timedelta | None = None
     try:
-        decision, eligible = requests.route(
-            viewer.principal.policy, requester=viewer.user, resource=form["resource"],
-            role=form["role"], duration=duration, reason=form.get("reason", ""), now=now)
-    except Invalid as exc:
-        return {"error": f"{exc.field}: {exc.detail}" if exc.field else exc.detail}
+        duration = parse_duration(form.get("duration", ""))
+    except DurationError as exc:
+        errors["duration"] = f"{exc} (for example 30m, 2h, 1h30m)."
+    if "resource" in errors or "role" in errors:
+        return errors, duration
+    # With the duration refused (or unreadable), ask again with one every workflow takes,
+    # so the other fields are judged too.
+    for attempt in ([duration, PROBE] if duration is not None else [PROBE]):
+        try:
+            _decide(viewer, now, form, attempt)
+        except (Invalid, Forbidden) as exc:
+            field = exc.field if exc.field in FIELDS else "form"
+            if attempt is PROBE and field == "duration":
+                continue
+            errors.setdefault(field, exc.detail)
+            if field == "duration":
+                continue  # and judge the rest with the probe
+        break
+    return errors, duration
+
+
+def _preview(viewer: Viewer, now: datetime, form: dict[str, str]) -> dict[str, Any]:
+    """Which workflow applies and who will approve; `errors` per field (the script puts
+    each beside its field once that field was touched) and an `error` to read here."""
+    errors, duration = _form_errors(viewer, now, form)
+    if not form.get("resource") or not form.get("role") or not form.get("duration"):
+        return {"incomplete": True, "errors": errors}
+    if errors or duration is None:
+        return {"errors": errors, "error": "; ".join(
+            f"{k}: {v}" if k != "form" else v for k, v in errors.items())}
+    try:
+        decision, eligible = _decide(viewer, now, form, duration)
+    except (Invalid, Forbidden) as exc:  # judged above; kept for safety
+        return {"errors": {exc.field or "form": exc.detail}, "error": _problem(exc)}
+    if form.get("emergency") == "on":
+        return {"outcome": "approve", "workflow": "break-glass", "rule": decision.rule,
+                "reason": decision.reason, "steps": [], "emergency": True, "errors": {}}
     steps = [{"name": s.name or f"step {i + 1}", "min": s.min_approvals,
               "elevated": s.elevated, "people": sorted(eligible[i])}
              for i, s in enumerate(decision.steps) if i < len(eligible)]
     return {"outcome": decision.outcome, "workflow": decision.workflow, "rule": decision.rule,
-            "reason": decision.reason, "steps": steps}
+            "reason": decision.reason, "steps": steps, "errors": {}}
 
 
 @router.get("/requests/new", response_class=HTMLResponse)
@@ -361,7 +469,7 @@ def new_request(request: Request, session: Session = Depends(db),
                                                            "reason")}
     form["duration"] = form["duration"] or "1h"
     return page(request, "request_new.html", viewer, catalog=_catalog(viewer), form=form,
-                preview=_preview(viewer, st.now(), form), errors={},
+                preview=_preview(viewer, st.now(), form), errors={}, submitted=False,
                 glass=requests.may_break_glass(viewer.principal.policy, viewer.user))
 
 
@@ -383,30 +491,22 @@ def create_request(request: Request, resource: str = Form(""), role: str = Form(
     check_csrf(request, csrf, viewer.csrf)
     form = {"resource": resource, "role": role, "duration": duration, "reason": reason,
             "emergency": emergency}
-    errors: dict[str, str] = {}
-    if not resource:
-        errors["resource"] = "Choose a resource."
-    if not role:
-        errors["role"] = "Choose a role."
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in reason) or len(reason) > 2000:
-        errors["reason"] = "Keep the reason under 2000 characters of plain text."
-    try:
-        span = parse_duration(duration)
-    except DurationError as exc:
-        errors["duration"] = f"{exc} (for example 30m, 2h, 1h30m)."
-    if not errors:
+    errors, span_ = _form_errors(viewer, st.now(), form)
+    if not errors and span_ is not None:
         try:
             req = requests.create(session, policy=viewer.principal.policy,
                                   caller=viewer.principal.caller, resource=resource, role=role,
-                                  duration=span, reason=reason, now=st.now(),
+                                  duration=span_, reason=reason, now=st.now(),
                                   emergency=emergency == "on")
+            text = "Request filed. " + _next_step(render_requests(session, [req], st.now())[0])
             session.commit()
-            return RedirectResponse(f"/requests/{req.id}?done=created", status_code=303)
+            return back_to(request, viewer, f"/requests/{req.id}?done=created", text)
         except (Invalid, Forbidden) as exc:
             session.rollback()
-            errors[exc.field or "form"] = exc.detail
+            errors[exc.field if exc.field in FIELDS else "form"] = exc.detail
     return page(request, "request_new.html", viewer, status=422, catalog=_catalog(viewer),
                 form=form, preview=_preview(viewer, st.now(), form), errors=errors,
+                submitted=True,
                 glass=requests.may_break_glass(viewer.principal.policy, viewer.user))
 
 
@@ -513,24 +613,65 @@ def all_requests(request: Request, session: Session = Depends(db),
 # ---------------------------------------------------------------- one request
 
 
-def _actions(viewer: Viewer, out: Any, req: AccessRequest, session: Session) -> list[str]:
-    """Buttons worth showing; the service still checks each one when pressed."""
-    me, acts = viewer.user, []
-    if out.status == "pending":
-        if me == out.requester:
-            acts.append("cancel")
-        elif out.current_step is not None:
-            step = out.steps[out.current_step]
-            decided = any(a.approver == me for s in out.steps for a in s.approvals)
-            if me in step.eligible and not decided:
-                acts += ["approve", "deny"]
-    if out.status == "active":
-        if me == out.requester:
-            acts += ["extend", "relinquish"]
-        if viewer.principal.is_admin or me in viewer.principal.policy.owners_of(out.resource) \
-                or requests.is_request_approver(session, req, me):
-            acts.append("revoke")
-    return acts
+def _either(names: list[str]) -> str:
+    """carol / carol or erin / bob, carol or erin."""
+    if len(names) <= 1:
+        return names[0] if names else "nobody"
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _next_step(out: Any) -> str:
+    """What happens to a request next, in words: who must approve now, or what it got."""
+    if out.status == "pending" and out.current_step is not None:
+        step = out.steps[out.current_step]
+        decided = {a.approver for s in out.steps for a in s.approvals}
+        got = len({a.approver for a in step.approvals if a.decision == "approve"})
+        left = max(step.min_approvals - got, 1)
+        name = f"step {out.current_step + 1} of {len(out.steps)}" + (
+            f" ({step.name})" if step.name else "")
+        who = _either(sorted(set(step.eligible) - decided))
+        if left == 1:
+            return f"Request #{out.id} now waits for {name}: {who} must approve it."
+        return f"Request #{out.id} now waits for {name}: {left} of {who} must approve it."
+    grant = out.grant
+    if grant is not None and grant.status == "provisioning":
+        return (f"Request #{out.id} is approved; Grant #{grant.id} is being set up on "
+                f"{out.resource} and turns active when the target confirms.")
+    if grant is not None and grant.status == "active":
+        return (f"{out.requester} has {out.role} on {out.resource} until "
+                f"{grant.ends_at.strftime('%H:%M UTC')} (Grant #{grant.id}).")
+    if out.status == "denied":
+        return f"Request #{out.id} is denied: {out.decision_reason}."
+    return f"Request #{out.id} is {out.status.replace('_', ' ')}."
+
+
+def _waiting(out: Any) -> str | None:
+    """The request page's standing line for a pending request (who must act now)."""
+    return _next_step(out) if out.status == "pending" else None
+
+
+def _allowed(viewer: Viewer, session: Session, req: AccessRequest, grant: Grant | None,
+             now: datetime) -> list[str]:
+    """The actions to offer: exactly those the server's own checks allow (the same
+    functions the commands call), so nobody is shown a button that can only fail."""
+    return requests.allowed_actions(session, policy=viewer.principal.policy, user=viewer.user,
+                                    req=req, grant=grant, now=now)
+
+
+def _connectable(viewer: Viewer, out: Any) -> dict[str, Any] | None:
+    """How the grantee reaches an active grant through the gateway (no secret: the token
+    comes from the Connect form), when the resource is served by it."""
+    st_policy = viewer.principal.policy
+    spec = st_policy.loaded.spec.gateway
+    resource = st_policy.resources.get(out.resource)
+    if spec is None or resource is None or not gateway.reachable(resource) \
+            or out.grant is None or out.grant.status != "active" \
+            or out.grant.user != viewer.user:
+        return None
+    info = connection_info(spec, user=viewer.user, resource=out.resource)
+    return {"host": info.host, "port": info.port, "database": info.database,
+            "user": info.user, "sslmode": info.sslmode,
+            "ttl": format_duration(spec.token_ttl)}
 
 
 @router.get("/requests/{request_id}", response_class=HTMLResponse)
@@ -541,7 +682,7 @@ def request_detail(request: Request, request_id: str, session: Session = Depends
 
 
 def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, request_id: str,
-            *, error: str | None = None, status: int = 200) -> HTMLResponse:
+            *, status: int = 200) -> HTMLResponse:
     if not _digits(request_id) or not 0 < int(request_id) < 2**31:
         raise NotFound(f"request {request_id} does not exist")
     req = requests.get_request(session, policy=viewer.principal.policy, user=viewer.user,
@@ -552,7 +693,8 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
     ledger_state = evidence.state(session, st.ledger, rehash_limit=0)
     subjects = [f"request:{req.id}"] + ([f"grant:{req.grant_id}"] if req.grant_id else [])
     events = evidence.timeline(session, ledger_state, subjects)
-    acts = _actions(viewer, out, req, session)
+    grant = session.get(Grant, req.grant_id) if req.grant_id else None
+    acts = _allowed(viewer, session, req, grant, now)
     glass = viewer.principal.policy.loaded.spec.break_glass
     if req.emergency and req.reviewed_at is None and glass is not None \
             and viewer.user != req.requester \
@@ -560,7 +702,14 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
         acts.append("review")
     _commit_read(session)
     return page(request, "request_detail.html", viewer, r=out, events=events,
-                ledger=ledger_state, actions=acts, error=error, status=status)
+                ledger=ledger_state, actions=acts, status=status, waiting=_waiting(out),
+                connect=_connectable(viewer, out))
+
+
+def _request_id(value: str) -> int:
+    if not _digits(value) or not 0 < int(value) < 2**31:
+        raise NotFound(f"request {value} does not exist")
+    return int(value)
 
 
 @router.post("/requests/{request_id}/review")
@@ -569,19 +718,68 @@ def review(request: Request, request_id: str, csrf: str = Form(""), verdict: str
            st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    if not _digits(request_id) or not 0 < int(request_id) < 2**31:
-        raise NotFound(f"request {request_id} does not exist")
+    rid = _request_id(request_id)
     try:
         requests.review(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
-                        request_id=int(request_id), verdict=verdict, note=note[:2000],
-                        now=st.now())
+                        request_id=rid, verdict=verdict, note=note[:2000], now=st.now())
         session.commit()
-    except (Invalid, Conflict) as exc:
+    except AccordError as exc:
         session.rollback()
-        detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
-        return _detail(request, session, st, viewer, request_id, error=detail,
-                       status=exc.status)
-    return RedirectResponse(f"/requests/{request_id}?done=review", status_code=303)
+        return back_to(request, viewer, f"/requests/{rid}", _problem(exc), error=True,
+                       form={"note": note, "verdict": verdict}, form_name="review")
+    return back_to(request, viewer, f"/requests/{rid}?done=review", MESSAGES["review"])
+
+
+# Destructive actions need a reason, and a page's form asks for it before confirming.
+NEEDS_REASON = {"deny": "deny it", "cancel": "withdraw it", "relinquish": "give it up",
+                "revoke": "revoke it"}
+
+
+def _outcome(action: str, out: Any, *, late: bool = False) -> str:
+    """What the page after a successful action says."""
+    if action == "approve":
+        if late:
+            return (f"Your approval was recorded; request #{out.id} had already been "
+                    "approved by someone else.")
+        return "Approved. " + _next_step(out)
+    grant = out.grant
+    g = f"Grant #{grant.id}" if grant else "the grant"
+    return {
+        "deny": f"Denied. Request #{out.id} is closed; {out.requester} sees your reason.",
+        "cancel": f"Request withdrawn. Request #{out.id} will not be decided.",
+        "relinquish": f"Access given up. {g} ({out.role} on {out.resource}) has ended.",
+        "revoke": f"Access revoked. {g} ({out.requester}, {out.role} on {out.resource}) has "
+                  "ended.",
+    }.get(action, MESSAGES.get(action, "Done."))
+
+
+@router.post("/requests/{request_id}/connect")
+def connect(request: Request, request_id: str, csrf: str = Form(""),
+            session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
+    """A connection token for the viewer's own active grant, shown once on the request's
+    page (the same token `POST /api/v1/grants/{id}/connect` returns). It rides the flash
+    cookie, encrypted with the server's key, that the next page reads and deletes."""
+    viewer = require_viewer(request, session, st)
+    check_csrf(request, csrf, viewer.csrf)
+    rid = _request_id(request_id)
+    try:
+        req = requests.get_request(session, policy=viewer.principal.policy, user=viewer.user,
+                                   request_id=rid)
+        grant = session.get(Grant, req.grant_id) if req.grant_id else None
+        if grant is None or grant.user != viewer.user:
+            raise Conflict(f"request {rid} has no grant of yours to connect with")
+        issued = gateway_views.issue(session, st, viewer.principal.caller.actor, grant)
+        session.commit()
+    except AccordError as exc:
+        session.rollback()
+        if isinstance(exc, NotFound):
+            return back_to(request, viewer, "/my", _problem(exc), error=True)
+        return back_to(request, viewer, f"/requests/{rid}#connect", _problem(exc), error=True)
+    return back_to(request, viewer, f"/requests/{rid}#connect",
+                   f"Connection token issued for Grant #{issued.grant_id}; it is shown once, "
+                   "below.", form_name="connect",
+                   form={"psql": issued.psql, "dsn": issued.dsn,
+                         "expires": issued.expires_at.strftime("%H:%M UTC")})
 
 
 @router.post("/requests/{request_id}/{action}")
@@ -591,24 +789,38 @@ def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
         st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    if action not in (*ACTIONS, "extend") or not _digits(request_id) \
-            or not 0 < int(request_id) < 2**31:
+    if action not in (*ACTIONS, "extend"):
         raise NotFound(f"no such action: {action}")
-    rid, now = int(request_id), st.now()
+    rid, now = _request_id(request_id), st.now()
+    # Where the person came from (a list or the request); refusals go back there too.
+    home = f"/requests/{rid}"
+    target = safe_next(back) if back else home
+    why = (reason or comment).strip()
+    if action in NEEDS_REASON and not why:
+        return back_to(request, viewer, target,
+                       f"Say why you {NEEDS_REASON[action]}: the reason is recorded in the "
+                       "audit ledger.", error=True)
     try:
         if action == "extend":
             try:
-                span = parse_duration(duration)
+                span_ = parse_duration(duration)
             except DurationError as exc:
                 raise Invalid(f"{exc} (for example 30m or 1h)", field="duration") from None
             new = requests.extend(session, policy=viewer.principal.policy,
                                   caller=viewer.principal.caller, request_id=rid,
-                                  duration=span, reason=reason, now=now)
+                                  duration=span_, reason=reason, now=now)
+            text = "Extension requested. " + _next_step(render_requests(session, [new],
+                                                                          now)[0])
             session.commit()
-            return RedirectResponse(f"/requests/{new.id}?done=extend", status_code=303)
+            return back_to(request, viewer, f"/requests/{new.id}?done=extend", text)
         fn = getattr(requests, action)
-        fn(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
-           request_id=rid, comment=comment[:2000], now=now)
+        req = fn(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
+                 request_id=rid, comment=why[:2000], now=now)
+        out = render_requests(session, [req], now)[0]
+        # A late approval (another approver completed the last step first) was recorded
+        # without deciding anything: the request was decided before now.
+        late = action == "approve" and req.decided_at is not None and req.decided_at < now
+        text = _outcome(action, out, late=late)
         session.commit()
     except AccordError as exc:
         session.rollback()
@@ -616,14 +828,12 @@ def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
             requests.record_self_decision(session, exc=exc, caller=viewer.principal.caller,
                                           now=now)
             session.commit()
-        detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
         if isinstance(exc, NotFound):
-            raise
-        return _detail(request, session, st, viewer, request_id, error=detail,
-                       status=exc.status)
-    target = safe_next(back) if back else f"/requests/{rid}"  # back to the list it came from
-    sep = "&" if "?" in target else "?"
-    return RedirectResponse(f"{target}{sep}done={action}", status_code=303)
+            target = safe_next(back) if back else "/my"
+        keep = {"duration": duration, "reason": reason} if action == "extend" else {}
+        return back_to(request, viewer, target, _problem(exc), error=True, form=keep,
+                       form_name=action)
+    return back_to(request, viewer, _done(target, action), text)
 
 
 # ---------------------------------------------------------------- grants
@@ -639,17 +849,23 @@ def grants_page(request: Request, session: Session = Depends(db),
     visible = visible_grants(viewer.principal)
     if visible is not None:
         q = q.where(visible)
-    rows = [GrantOut.of(g, now) for g in session.execute(q).scalars()]
-    mine_or_revocable = []
-    for g in rows:
-        can_revoke = (viewer.principal.is_admin
-                      or viewer.user in viewer.principal.policy.owners_of(g.resource))
-        mine_or_revocable.append((g, g.user == viewer.user, can_revoke))
+    grants = list(session.execute(q).scalars())
+    reqs = {r.id: r for r in session.execute(select(AccessRequest).where(
+        AccessRequest.id.in_([g.request_id for g in grants]))).scalars()} if grants else {}
+    rows = []
+    for g in grants:
+        req = reqs.get(g.request_id)
+        acts = _allowed(viewer, session, req, g, now) if req is not None else []
+        rows.append((GrantOut.of(g, now), acts))
     # Open alerts about each grant (its gateway sessions' refusals), for those who read alerts.
-    alerts = detect.open_alert_counts(session, subjects=[f"grant:{g.id}" for g in rows]) \
+    alerts = detect.open_alert_counts(session, subjects=[f"grant:{g.id}" for g in grants]) \
         if viewer.principal.can_read_all else {}
+    gw = viewer.principal.policy.loaded.spec.gateway
+    reachable = {name for name, spec in viewer.principal.policy.resources.items()
+                 if gw is not None and gateway.reachable(spec)}
     _commit_read(session)
-    return page(request, "grants.html", viewer, grants=mine_or_revocable, alerts=alerts)
+    return page(request, "grants.html", viewer, grants=rows, alerts=alerts,
+                reachable=reachable)
 
 
 # ---------------------------------------------------------------- alerts
@@ -661,36 +877,67 @@ def alerts_page(request: Request, session: Session = Depends(db),
     viewer = require_viewer(request, session, st)
     if not viewer.principal.can_read_all:
         raise Forbidden("alerts need the Accord auditor or admin role")
-    status = request.query_params.get("status", "open")
+    q = request.query_params
+    status = q.get("status", "open")
     if status not in {"open", "acknowledged", "resolved", "all"}:
         raise Invalid("status must be open, acknowledged, resolved or all", field="status")
-    before = _cursor(request.query_params.get("before"))
-    rows = detect.list_alerts(session, status=None if status == "all" else status,
-                              before_id=before, limit=PAGE + 1)
-    more = rows[PAGE - 1].id if len(rows) > PAGE else None
-    # No buttons on an alert about the viewer: the service refuses them anyway.
-    items = [{**detect.as_dict(a), "mine": viewer.user in detect.about(a)} for a in rows[:PAGE]]
+    rule = q.get("rule", "")[:64]
+    # Grouped by rule unless one rule is asked for: eleven alerts of a kind are one line.
+    view = q.get("view") or ("each" if rule else "groups")
+    if view not in ("groups", "each"):
+        raise Invalid("view must be groups or each", field="view")
+    which = None if status == "all" else status
+    groups: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
+    more_url = None
+    if view == "groups":
+        by_user: dict[str, list[tuple[str, int]]] = {}
+        for g in detect.group_alerts(session, by="user", status=which, limit=500):
+            by_user.setdefault(g.rule, []).append((g.user or "-", g.count))
+        for g in detect.group_alerts(session, status=which, limit=100):
+            groups.append({"rule": g.rule, "count": g.count, "severity": g.severity,
+                           "newest": detect.as_dict(g.newest), "since": g.oldest_opened_at,
+                           "who": sorted(by_user.get(g.rule, []), key=lambda p: -p[1])})
+    else:
+        before = _cursor(q.get("before"))
+        rows = detect.list_alerts(session, status=which, rule=rule or None, before_id=before,
+                                  limit=PAGE + 1)
+        more = rows[PAGE - 1].id if len(rows) > PAGE else None
+        # No buttons on an alert about the viewer: the service refuses them anyway.
+        items = [{**detect.as_dict(a), "mine": viewer.user in detect.about(a)}
+                 for a in rows[:PAGE]]
+        if more:
+            more_url = "/alerts?" + urlencode({"status": status, "view": "each",
+                                               **({"rule": rule} if rule else {}),
+                                               "before": more})
     _commit_read(session)
-    return page(request, "alerts.html", viewer, items=items, current=status,
-                more_url=f"/alerts?status={status}&before={more}" if more else None)
+    return page(request, "alerts.html", viewer, items=items, groups=groups, current=status,
+                view=view, rule=rule, more_url=more_url)
 
 
 @router.post("/alerts/{alert_id}/{action}")
 def alert_action(request: Request, alert_id: str, action: str, csrf: str = Form(""),
-                 note: str = Form(""), session: Session = Depends(db),
+                 note: str = Form(""), back: str = Form(""), session: Session = Depends(db),
                  st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
     if action not in ("acknowledge", "resolve") or not _digits(alert_id) \
             or not 0 < int(alert_id) < 2**31:
         raise NotFound(f"no such action: {action}")
-    if not viewer.principal.is_admin:
-        raise Forbidden("acknowledging and resolving alerts needs the Accord admin role")
-    fn = detect.acknowledge if action == "acknowledge" else detect.resolve
-    fn(session, alert_id=int(alert_id), actor=viewer.principal.caller.actor, note=note[:2000],
-       now=st.now())
-    session.commit()
-    return RedirectResponse(f"/alerts?done={action}", status_code=303)
+    target = safe_next(back) if back else "/alerts"
+    try:
+        if not viewer.principal.is_admin:
+            raise Forbidden("acknowledging and resolving alerts needs the Accord admin role")
+        fn = detect.acknowledge if action == "acknowledge" else detect.resolve
+        fn(session, alert_id=int(alert_id), actor=viewer.principal.caller.actor,
+           note=note[:2000], now=st.now())
+        session.commit()
+    except AccordError as exc:
+        session.rollback()
+        return back_to(request, viewer, target, f"Alert #{alert_id}: {_problem(exc)}",
+                       error=True)
+    done = "acknowledged" if action == "acknowledge" else "resolved"
+    return back_to(request, viewer, _done(target, action), f"Alert #{alert_id} {done}.")
 
 
 # ---------------------------------------------------------------- sessions
@@ -717,13 +964,19 @@ def end_session(request: Request, session_id: str, csrf: str = Form(""),
     check_csrf(request, csrf, viewer.csrf)
     if not _digits(session_id) or not 0 < int(session_id) < 2**31:
         raise NotFound(f"session {session_id} does not exist")
-    if not viewer.principal.is_admin:
-        raise Forbidden("ending sessions needs the Accord admin role")
-    row = sessions.end_by_admin(session, session_id=int(session_id),
-                                actor=viewer.principal.caller.actor, now=st.now())
-    session.commit()
+    if not viewer.principal.is_admin:  # a form only admins are shown
+        return back_to(request, viewer, "/", "ending sessions needs the Accord admin role",
+                       error=True)
+    try:
+        row = sessions.end_by_admin(session, session_id=int(session_id),
+                                    actor=viewer.principal.caller.actor, now=st.now())
+        session.commit()
+    except AccordError as exc:
+        session.rollback()
+        return back_to(request, viewer, "/sessions", _problem(exc), error=True)
     CACHE.forget(row.digest)
-    return RedirectResponse("/sessions?done=end", status_code=303)
+    return back_to(request, viewer, "/sessions?done=end",
+                   f"Session ended. Session #{session_id} ({row.user}) is signed out.")
 
 
 # ---------------------------------------------------------------- audit
@@ -793,7 +1046,7 @@ async def live(request: Request) -> Response:
         # Streams end after a while and the browser reconnects: no connection outlives a
         # logout, a deploy or a stopping server by more than that.
         for _ in range(STREAM_SECONDS):
-            if await request.is_disconnected():
+            if STOPPING.is_set() or await request.is_disconnected():
                 return
             await asyncio.sleep(1)
             v, now_size = await run_in_threadpool(check)
@@ -828,6 +1081,24 @@ def error_page(request: Request, status: int, title: str, detail: str) -> HTMLRe
     return page(request, "error.html", viewer, status=status, title=title, detail=detail)
 
 
+def end_streams_on_signals() -> None:
+    """Chain onto the SIGINT/SIGTERM handlers the server installed (call it from the
+    app's startup, inside the server): the server still stops as before, and live
+    streams see STOPPING first. Outside the main thread (tests) there is nothing to do."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            STOPPING.set()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def install(app: Any) -> None:
     """Routes, static files and the two exceptions only pages raise."""
     from fastapi.staticfiles import StaticFiles
@@ -837,6 +1108,12 @@ def install(app: Any) -> None:
     app.include_router(router)
     app.include_router(review_pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    async def favicon() -> Response:  # for clients that ask for it without reading a page
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "max-age=86400"})
+
+    app.add_api_route("/favicon.ico", favicon, include_in_schema=False)
 
     async def _login(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LoginRequired)

@@ -20,7 +20,7 @@ from accord.reviews.models import CampaignStatus, ReviewCampaign
 from accord.reviews.schemas import CampaignOut
 from accord.reviews.views import detail
 from accord.web.auth import Viewer, check_csrf, require_viewer
-from accord.web.pages import page
+from accord.web.pages import back_to, page
 
 router = APIRouter(include_in_schema=False)
 PAGE = 25
@@ -75,11 +75,16 @@ def start_review(request: Request, definition: str = Form(""), csrf: str = Form(
                  session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     check_csrf(request, csrf, viewer.csrf)
-    if not viewer.principal.is_admin:
-        raise Forbidden("starting a review needs the Accord admin role")
-    camp = service.start(session, policy=viewer.principal.policy, name=definition[:64],
-                         actor=viewer.principal.caller.actor, now=st.now())
-    session.commit()
+    try:
+        if not viewer.principal.is_admin:
+            raise Forbidden("starting a review needs the Accord admin role")
+        camp = service.start(session, policy=viewer.principal.policy, name=definition[:64],
+                             actor=viewer.principal.caller.actor, now=st.now())
+        session.commit()
+    except AccordError as exc:
+        session.rollback()
+        why = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+        return back_to(request, viewer, "/reviews", why, error=True)
     return RedirectResponse(f"/reviews/{camp.id}?done=review-start", status_code=303)
 
 
@@ -132,8 +137,9 @@ def decide(request: Request, campaign_id: str, entry_id: str, action: str,
                                        now=st.now())
             session.commit()
         why = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
-        return _campaign_page(request, session, st, viewer, cid,
-                              error=f"Entry {entry_id}: {why}", status=exc.status)
+        # Back to the campaign's page (never left on the post's URL), saying why.
+        return back_to(request, viewer, f"/reviews/{cid}#entry-{entry_id}",
+                       f"Entry #{entry_id}: {why}", error=True)
     return RedirectResponse(f"/reviews/{cid}?done=review-{action}#entry-{entry_id}",
                             status_code=303)
 

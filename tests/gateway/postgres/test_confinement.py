@@ -599,4 +599,4 @@ def test_the_grants_page_shows_a_grants_alerts_to_readers(confined: World) -> No
     assert r.status_code == 303, r.text
     html = b.get("/grants").text
     row = html.split(f'id="grant-{grant["id"]}"', 1)[1].split("</tr>", 1)[0]
-    assert "alert" in row and 'href="/alerts"' in row
+    assert "alert" in row and 'href="/alerts?view=each"' in row

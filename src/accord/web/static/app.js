@@ -1,6 +1,8 @@
 // Accord's only script: progressive enhancement. Every page works without it.
 // 1. Live regions ([data-live]) refresh when the server says the ledger changed (SSE).
-// 2. The new-request form previews its workflow and narrows roles to the chosen resource.
+// 2. The new-request form previews its workflow, narrows roles to the chosen resource, and
+//    keeps each field's error beside it true as people type: shown once the field was
+//    touched (or the form posted), gone as soon as the field is fixed.
 "use strict";
 
 (function () {
@@ -42,11 +44,53 @@
     document.documentElement.dataset.live = "on";
   }
 
+  const FIELDS = ["resource", "role", "duration", "reason"];
+
+  function describe(control, id, on) {
+    const ids = (control.getAttribute("aria-describedby") || "").split(" ").filter(Boolean)
+      .filter(function (x) { return x !== id; });
+    if (on) ids.push(id);
+    if (ids.length) control.setAttribute("aria-describedby", ids.join(" "));
+    else control.removeAttribute("aria-describedby");
+    if (on) control.setAttribute("aria-invalid", "true");
+    else control.removeAttribute("aria-invalid");
+  }
+
+  function showFieldErrors(form, doc, touched) {
+    const errors = {};
+    doc.querySelectorAll(".field-errors li[data-field]").forEach(function (li) {
+      errors[li.dataset.field] = li.textContent;
+    });
+    FIELDS.forEach(function (field) {
+      const anchor = form.querySelector('[data-error-for="' + field + '"]');
+      if (!anchor) return;
+      const id = field + "-error";
+      const text = touched.has(field) ? errors[field] : undefined;
+      let p = document.getElementById(id);
+      if (text) {
+        if (!p) {
+          p = document.createElement("p");
+          p.className = "field-error";
+          p.id = id;
+          anchor.parentNode.insertBefore(p, anchor);
+        }
+        p.textContent = text;
+      } else if (p) {
+        p.remove();
+      }
+      const controls = anchor.matches("input, select, textarea") ? [anchor]
+        : Array.from(anchor.querySelectorAll("input"));
+      controls.forEach(function (c) { describe(c, id, Boolean(text)); });
+    });
+  }
+
   function startPreview() {
     const form = document.getElementById("new-request");
     if (!form) return;
     const role = form.querySelector("#role");
     const target = document.getElementById("preview");
+    // After a post every field has been judged; before, only those someone has been in.
+    const touched = new Set(form.dataset.submitted ? FIELDS : []);
     function narrowRoles() {
       const chosen = form.querySelector("input[name=resource]:checked");
       const name = chosen ? chosen.value : "";
@@ -69,12 +113,19 @@
           .then(function (html) {
             if (html === null) return;
             const doc = new DOMParser().parseFromString(html, "text/html");
+            showFieldErrors(form, doc, touched);
             target.replaceChildren(...doc.body.childNodes);
             target.dataset.ready = "1";
           });
       }, 250);
     }
-    form.addEventListener("change", update);
+    // A field is judged once left (or chosen); typing then updates its error at once.
+    function touch(event) {
+      if (event.target && event.target.name) touched.add(event.target.name);
+      update();
+    }
+    form.addEventListener("change", touch);
+    form.addEventListener("focusout", touch);
     form.addEventListener("input", update);
     narrowRoles();
   }
