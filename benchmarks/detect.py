@@ -35,10 +35,10 @@ from accord.detect.models import Alert, DetectorCursor
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
+from accord.ledger.upkeep import integrate_all
 from accord.policy.engine import Policy
 from accord.requests import service as requests
 from accord.worker.job_runner import detect_all
-from accord.worker.ledger_jobs import integrate_all
 
 PG_ADMIN = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 POLICY = """\

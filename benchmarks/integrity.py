@@ -41,8 +41,8 @@ from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor, EventType
 from accord.ledger.note import load_or_create_signer
 from accord.ledger.service import record
+from accord.ledger.upkeep import integrate_all, sign_if_due
 from accord.worker.integrity import IntegrityMonitor, Pace
-from accord.worker.ledger_jobs import integrate_all, sign_if_due
 
 PG_ADMIN = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -38,8 +38,8 @@ from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
 from accord.ledger.note import Signer
 from accord.ledger.service import consistency_proof, inclusion_proof, record, root_at, tree_size
+from accord.ledger.upkeep import integrate_all
 from accord.ledger.verify import verify
-from accord.worker.ledger_jobs import integrate_all
 
 PG_ADMIN = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -24,17 +24,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord import migrations
 from accord.api.app import create_app
-from accord.api.deps import AppState
 from accord.bootstrap import ledger_config
 from accord.config import Settings, parse_policy_text
 from accord.db import make_engine, transaction
 from accord.identity import service as identity
 from accord.ledger.events import Actor
 from accord.ledger.service import INLINE
-from accord.policy import reload as reloader
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning.secrets import SecretBox
+from accord.requests import reload as reloader
+from accord.state import AppState
 
 PG_ADMIN_URL = os.environ.get(
     "ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"

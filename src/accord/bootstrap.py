@@ -6,16 +6,16 @@ import logging
 from pathlib import Path
 
 from accord import migrations
-from accord.api.deps import AppState
 from accord.config import Settings
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor
 from accord.ledger.note import load_or_create_signer
-from accord.policy import reload as reloader
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning.secrets import SecretBox
+from accord.requests import reload as reloader
+from accord.state import AppState
 
 log = logging.getLogger("accord")
 DEFAULT_ORIGIN = "accord.local/ledger"

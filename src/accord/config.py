@@ -203,6 +203,12 @@ class ResourceSpec(_Strict):
     reconcile: Literal["off", "report", "enforce"] = "report"
     gateway: ResourceGatewaySpec | None = None  # reachable through `accord gateway`
 
+    @property
+    def gateway_reachable(self) -> bool:
+        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres
+        provision target (whose admin DSN makes the gateway's logins)."""
+        return self.gateway is not None or isinstance(self.provision, PostgresTarget)
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from accord.api.deps import AppState
 from accord.db import transaction
 from accord.identity import service as identity
 from accord.identity.models import ApiToken
 from accord.ledger.events import Actor, Via
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest
+from accord.state import AppState
 
 log = logging.getLogger("accord.demo")
 

@@ -3,7 +3,7 @@
 from accord.db import Base
 from accord.detect.models import Alert, DetectorCursor
 from accord.grants.models import Grant
-from accord.identity.models import ApiToken
+from accord.identity.models import ApiToken, WebSession
 from accord.jobs.models import Job
 from accord.ledger.models import (
     LedgerCheckpoint,
@@ -16,7 +16,6 @@ from accord.notify.models import SlackSeen
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
 from accord.reviews.models import ReviewCampaign, ReviewEntry, ReviewReviewer
-from accord.web.models import WebSession
 
 metadata = Base.metadata
 

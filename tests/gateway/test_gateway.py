@@ -422,8 +422,8 @@ def test_tls_is_offered_and_can_be_required(world: World, tmp_path: Path) -> Non
 
 
 def test_repeated_refused_logins_raise_one_alert(world: World) -> None:
+    from accord.ledger.upkeep import integrate_all
     from accord.worker.job_runner import detect_all
-    from accord.worker.ledger_jobs import integrate_all
 
     # bob: nobody else's refused logins in this module's shared world count for him
     before = len(world.events("gateway.login_refused"))

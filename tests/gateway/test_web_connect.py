@@ -14,7 +14,7 @@ import re
 import psycopg
 import pytest
 
-from accord.worker.ledger_jobs import integrate_all
+from accord.ledger.upkeep import integrate_all
 from tests.gateway.conftest import World
 
 pytestmark = pytest.mark.postgres

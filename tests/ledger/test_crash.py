@@ -19,8 +19,8 @@ from accord.identity import service as identity
 from accord.ledger import bundle, checkpoints
 from accord.ledger.events import Actor
 from accord.ledger.models import LedgerEntry
+from accord.ledger.upkeep import integrate_all
 from accord.ledger.verify import verify
-from accord.worker.ledger_jobs import integrate_all
 from tests.conftest import POLICY
 from tests.serverproc import Server
 

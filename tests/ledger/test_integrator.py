@@ -16,9 +16,9 @@ from accord.ledger import bundle, checkpoints
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
 from accord.ledger.service import pending_count, record
+from accord.ledger.upkeep import integrate_all
 from accord.ledger.verify import verify
 from accord.policy.engine import Policy
-from accord.worker.ledger_jobs import integrate_all
 from tests.conftest import POLICY
 
 WRITERS = 8

@@ -29,7 +29,7 @@ from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerCheckpoint
 from accord.ledger.note import Signer, checkpoint_body
 from accord.ledger.service import LedgerCorruption, record
-from accord.worker.ledger_jobs import integrate_all
+from accord.ledger.upkeep import integrate_all
 from tests.conftest import Env, make_env
 from tests.ledger import rfc9162
 

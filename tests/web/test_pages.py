@@ -26,12 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.grants.models import Grant
+from accord.identity.models import WebSession
 from accord.ledger import checkpoints
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.ledger.service import tree_size
 from accord.requests import service as request_service
 from accord.requests.models import AccessRequest, Approval
-from accord.web.models import WebSession
 from tests.conftest import POLICY, Env, make_env
 
 WEB_POLICY = POLICY + "web: {local_login: true}\n"

@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.identity import service as identity
-from accord.identity.models import ApiToken
+from accord.identity.models import ApiToken, WebSession
 from accord.ledger.events import Actor
 from accord.web import auth
-from accord.web.models import WebSession
 from tests.cli.test_request_cli import run as cli
 from tests.conftest import Env, LiveServer, make_env
 from tests.web.test_pages import (

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from accord import __version__
 from accord.api import headers, problems
-from accord.api.deps import AppState
 from accord.api.intent import DatabaseIntent
 from accord.db import write_gate
 from accord.detect import views as alert_views
@@ -30,6 +29,7 @@ from accord.policy import views as policy_views
 from accord.reports import views as report_views
 from accord.requests import views as request_views
 from accord.reviews import views as review_views
+from accord.state import AppState
 from accord.web import pages as web_pages
 from accord.web import report_pages
 from accord.worker.integrity import IntegrityMonitor, monitor_for

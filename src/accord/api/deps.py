@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from accord.config import Settings
 from accord.db import reading
 from accord.errors import Forbidden, Invalid, NotFound, Unauthorized
 from accord.identity import service as identity
-from accord.identity.service import TokenCache
-from accord.ledger.checkpoints import LedgerConfig
+from accord.identity.caller import Caller
 from accord.ledger.events import Via
 from accord.policy.engine import Policy
-from accord.policy.store import PolicyStore
-from accord.provisioning.registry import Connectors
-from accord.provisioning.secrets import SecretBox
-from accord.requests.service import Caller
+from accord.state import AppState
 
 MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; anything larger names nothing
 _CURSOR = re.compile(r"[0-9]{1,18}")
@@ -46,28 +40,6 @@ def known_id(value: int, what: str) -> int:
     if not 0 < value <= MAX_ID:
         raise NotFound(f"{what} {value} does not exist")
     return value
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    sessions: sessionmaker[Session]
-    policies: PolicyStore
-    now: Callable[[], datetime]
-    ledger: LedgerConfig
-    secrets: SecretBox
-    tokens: TokenCache = field(default_factory=TokenCache)
-    _connectors: Connectors | None = None
-
-    def connectors(self) -> Connectors:
-        """Connectors for the current policy (rebuilt when a reload changed the resources)."""
-        resources = self.policies.current.resources
-        if self._connectors is None or self._connectors.resources is not resources:
-            old = self._connectors
-            self._connectors = Connectors(resources)
-            if old is not None:
-                old.close()
-        return self._connectors
 
 
 @dataclass(frozen=True)

@@ -91,11 +91,10 @@ def _shared_login_warnings(policy: Policy) -> list[str]:
         shared_login_risks,
         uses_gateway_login,
     )
-    from accord.gateway.tokens import reachable
 
     out: list[str] = []
     for spec in policy.resources.values():
-        if not reachable(spec) or all(uses_gateway_login(spec, r) for r in spec.roles):
+        if not spec.gateway_reachable or all(uses_gateway_login(spec, r) for r in spec.roles):
             continue
         try:
             out += shared_login_risks(spec)

@@ -243,9 +243,10 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
 ) -> None:
     """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
+    from accord.ledger.upkeep import integrate_all, sign_if_due
     from accord.worker.integrity import monitor_for
     from accord.worker.job_runner import JobRunner
-    from accord.worker.ledger_jobs import LedgerWorker, integrate_all, sign_if_due
+    from accord.worker.ledger_jobs import LedgerWorker
     from accord.worker.sweeper import sweep_once
 
     logging.basicConfig(level="INFO", format=LOG_FORMAT)

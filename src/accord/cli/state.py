@@ -11,7 +11,7 @@ from rich.console import Console
 from accord.config import PolicyError, Settings
 
 if TYPE_CHECKING:
-    from accord.api.deps import AppState
+    from accord.state import AppState
 
 err = Console(stderr=True)
 

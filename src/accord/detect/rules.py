@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 
 from accord.config import CountRule, DetectSpec
 from accord.durations import format_duration
-from accord.gateway.tokens import reachable as gateway_reachable
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
 
@@ -201,7 +200,7 @@ def unused_grant(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
     resource = _resource(ev)
     spec = scan.policy.resources.get(resource or "")
     # Only where the gateway is the way in; elsewhere Accord cannot see use.
-    if not rule.enabled or spec is None or not gateway_reachable(spec):
+    if not rule.enabled or spec is None or not spec.gateway_reachable:
         return
     subject = str(ev.get("subject"))
     used = scan.session.execute(

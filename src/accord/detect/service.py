@@ -22,10 +22,12 @@ from sqlalchemy.orm import Session
 from accord.detect.models import Alert, AlertStatus, DetectorCursor
 from accord.detect.rules import BY_TYPE, NEEDS_REQUEST, Finding, RequestFacts, Scan
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
+from accord.identity.caller import Caller
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
+from accord.requests import service as requests
 from accord.requests.models import AccessRequest
 
 CURSOR = "detectors"
@@ -328,3 +330,15 @@ def as_dict(alert: Alert) -> dict[str, Any]:
         "acknowledged_by": alert.acknowledged_by, "resolved_at": alert.resolved_at,
         "resolved_by": alert.resolved_by, "note": alert.note,
     }
+
+
+def review_break_glass(session: Session, *, policy: Policy, caller: Caller, request_id: int,
+                       verdict: str, note: str, now: datetime) -> AccessRequest:
+    """The after-the-fact review of a break-glass request (`requests.service.review`), and
+    the break-glass alert it closes, in the caller's transaction."""
+    req = requests.review(session, policy=policy, caller=caller, request_id=request_id,
+                          verdict=verdict, note=note, now=now)
+    resolve_for_subject(session, rule=requests.BREAK_GLASS, subject=f"request:{req.id}",
+                        actor=caller.actor, now=now, note=f"reviewed: {verdict}",
+                        severity=policy.loaded.spec.detect.break_glass.severity)
+    return req

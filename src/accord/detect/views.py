@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from accord.api.deps import (
-    AppState,
     Principal,
     db,
     known_id,
@@ -22,6 +21,7 @@ from accord.api.deps import (
 from accord.detect import service
 from accord.detect.models import AlertStatus, Severity
 from accord.requests.schemas import CommentIn
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 

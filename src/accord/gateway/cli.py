@@ -14,8 +14,8 @@ from rich.console import Console
 from accord.cli.client import ClientError
 
 if TYPE_CHECKING:
-    from accord.api.deps import AppState
     from accord.config import GatewaySpec
+    from accord.state import AppState
 
 err = Console(stderr=True, highlight=False)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -128,3 +128,35 @@ def connect(
     typer.echo(f"DSN:     {out['dsn']}")
     typer.echo(f"grant:   {out['grant_id']} ({out['role']}); connect before "
                f"{out['expires_at']}, the session then lasts as long as the grant")
+
+
+def child_main(argv: list[str]) -> None:
+    """One gateway process: connections come from the parent over --fd."""
+    import argparse
+    import logging
+    import socket
+
+    from accord.cli.state import load_state
+    from accord.gateway import prefork_msg as msg
+    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
+    from accord.gateway.server import run
+
+    ap = argparse.ArgumentParser(prog="accord.gateway.cli")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--config", type=Path)
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    inbox = socket.socket(fileno=args.fd)
+    st = load_state(args.config, upgrade="never")
+    spec = st.policies.current.loaded.spec.gateway
+    if spec is None:
+        raise SystemExit("accord.yaml has no `gateway:` section")
+    gw = Gateway(st, spec, inbox=inbox, index=args.index)
+    run(gw, on_ready=lambda: inbox.send(msg.READY))
+
+
+if __name__ == "__main__":  # a prefork child (`prefork.Parent` starts it)
+    child_main(sys.argv[1:])

@@ -29,7 +29,6 @@ ships its spool), wait for them.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import logging
@@ -43,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 from accord.gateway import prefork_msg as msg
@@ -98,7 +96,7 @@ class Parent:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module, our args
-                [sys.executable, "-m", "accord.gateway.prefork", "--fd", str(theirs.fileno()),
+                [sys.executable, "-m", "accord.gateway.cli", "--fd", str(theirs.fileno()),
                  "--index", str(index), *self.child_args], pass_fds=(theirs.fileno(),))
         ours.setblocking(False)
         child = Child(index, proc, ours)
@@ -334,30 +332,3 @@ def run_parent(listeners: list[socket.socket], processes: int, child_args: list[
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, parent.stop)
     return parent.run()
-
-
-def _child_main(argv: list[str]) -> None:
-    """One gateway process: connections come from the parent over --fd."""
-    from accord.cli.state import load_state
-    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
-    from accord.gateway.server import run
-
-    ap = argparse.ArgumentParser(prog="accord.gateway.prefork")
-    ap.add_argument("--fd", type=int, required=True)
-    ap.add_argument("--index", type=int, required=True)
-    ap.add_argument("--config", type=Path)
-    ap.add_argument("--log-level", default="info")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    inbox = socket.socket(fileno=args.fd)
-    st = load_state(args.config, upgrade="never")
-    spec = st.policies.current.loaded.spec.gateway
-    if spec is None:
-        raise SystemExit("accord.yaml has no `gateway:` section")
-    gw = Gateway(st, spec, inbox=inbox, index=args.index)
-    run(gw, on_ready=lambda: inbox.send(msg.READY))
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1:])

@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from accord.api.deps import AppState
 from accord.config import GatewaySpec, ResourceSpec
 from accord.db import transaction
 from accord.gateway import prefork_msg, tokens
@@ -38,6 +37,7 @@ from accord.gateway.audit import AuditWriter
 from accord.gateway.link import Link
 from accord.gateway.records import SessionInfo
 from accord.grants.models import Grant, GrantStatus
+from accord.state import AppState
 
 log = logging.getLogger("accord.gateway")
 T = TypeVar("T")

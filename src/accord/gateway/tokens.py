@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from accord.config import PostgresTarget, ResourceSpec
 from accord.gateway.models import GatewayToken
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
@@ -56,11 +55,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def reachable(spec: ResourceSpec) -> bool:
-    """Whether the gateway can reach a resource: its own `gateway:` block or a postgres target."""
-    return spec.gateway is not None or isinstance(spec.provision, PostgresTarget)
-
-
 def issue_token(session: Session, *, grant: Grant, actor: Actor, now: datetime,
                 ttl: timedelta) -> tuple[GatewayToken, str]:
     """A connection token for the grantee: returned once, stored as its sha256."""
@@ -85,7 +79,7 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
     if spec is None:
         raise Refusal("3D000", f'Accord gateway: resource "{resource}" does not exist',
                       "the database name is the Accord resource name")
-    if not reachable(spec):
+    if not spec.gateway_reachable:
         raise Refusal("3D000", f"Accord gateway: resource {resource} is not reachable "
                                f"through the gateway")
     row = None

@@ -9,13 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, known_id, principal, state
+from accord.api.deps import Principal, db, known_id, principal, state
 from accord.errors import Conflict, Invalid, NotFound
 from accord.gateway import tokens
 from accord.gateway.postgres.connect import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
 from accord.ledger.events import Actor
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1", tags=["gateway"])
 
@@ -50,7 +51,7 @@ def issue(session: Session, st: AppState, actor: Actor, grant: Grant) -> Connect
     if spec is None:
         raise Conflict("the gateway is not configured (no `gateway:` in accord.yaml)")
     resource = st.policies.current.resources.get(grant.resource)
-    if resource is None or not tokens.reachable(resource):
+    if resource is None or not resource.gateway_reachable:
         raise Conflict(f"resource {grant.resource} is not reachable through the gateway")
     now = st.now()
     status = effective_status(grant, now)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import exists, false, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
+from accord.api.deps import Principal, db, known_id, parse_cursor, principal, state
 from accord.detect.service import alerts_about
 from accord.errors import Conflict, NotFound
 from accord.grants.models import Grant, GrantStatus
@@ -19,6 +19,7 @@ from accord.ledger import service as ledger
 from accord.ledger.events import EventType
 from accord.requests.models import AccessRequest, RequestApprover
 from accord.requests.schemas import GrantOut
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/grants", tags=["grants"])
 

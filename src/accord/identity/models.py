@@ -1,4 +1,5 @@
-"""API tokens. Users and groups live in accord.yaml, not in tables."""
+"""API tokens and browser sessions (the cookie carries a random id; only its sha256 is
+stored). Users and groups live in accord.yaml, not in tables."""
 
 from __future__ import annotations
 
@@ -26,3 +27,20 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     replaced_by: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"), nullable=True)
+
+
+class WebSession(Base):
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    method: Mapped[str] = mapped_column(String(16))  # oidc | token | local
+    # Synchronizer token for forms; not a credential on its own (it needs the cookie).
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The API token a `token` session was opened with: the session lives no longer than it.
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"), nullable=True,
+                                                 index=True)

@@ -13,11 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.errors import NotFound, Unauthorized
+from accord.identity import sessions as web_sessions
 from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, format_time
 from accord.policy.engine import Policy
-from accord.web import service as web_sessions
 
 TOKEN_PREFIX = "acc_"
 

@@ -9,22 +9,13 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from accord.api.deps import (
-    AppState,
-    Principal,
-    db,
-    known_id,
-    parse_cursor,
-    principal,
-    require_admin,
-    state,
-)
+from accord.api.deps import Principal, db, known_id, parse_cursor, principal, require_admin, state
 from accord.errors import Forbidden
 from accord.identity import service
-from accord.identity.models import ApiToken
-from accord.web import service as web_sessions
+from accord.identity import sessions as web_sessions
+from accord.identity.models import ApiToken, WebSession
+from accord.state import AppState
 from accord.web.auth import CACHE as WEB_CACHE
-from accord.web.models import WebSession
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 

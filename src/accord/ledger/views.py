@@ -18,10 +18,11 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, parse_cursor, require_reader, state
+from accord.api.deps import Principal, db, parse_cursor, require_reader, state
 from accord.db import readonly_sessions, writing
 from accord.errors import AccordError, Conflict, Invalid, NotFound
 from accord.ledger import bundle, checkpoints, service
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 

@@ -27,7 +27,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, known_id, principal, state
+from accord.api.deps import Principal, db, known_id, principal, state
 from accord.errors import AccordError, Forbidden, Invalid, NotFound, Unauthorized
 from accord.jobs import service as jobs
 from accord.ledger.events import Via
@@ -38,6 +38,7 @@ from accord.notify.models import SlackSeen
 from accord.notify.schemas import PreferencesIn, PreferencesOut
 from accord.policy.engine import Policy
 from accord.requests import service
+from accord.state import AppState
 
 log = logging.getLogger("accord.notify")
 router = APIRouter(prefix="/api/v1/integrations/slack", tags=["integrations"])

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, require_admin, state
-from accord.policy import reload as reloader
+from accord.api.deps import Principal, db, require_admin, state
+from accord.requests import reload as reloader
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 

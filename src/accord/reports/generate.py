@@ -18,17 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
-from accord.api.deps import AppState
 from accord.db import readonly_sessions, transaction
 from accord.errors import Conflict
 from accord.ledger import checkpoints
 from accord.ledger.events import Actor
 from accord.ledger.note import NoteError
 from accord.ledger.service import LedgerCorruption
+from accord.ledger.upkeep import integrate_all
 from accord.reports import render_csv, render_html, render_json, render_pdf, service
 from accord.reports.schemas import Params, Report
 from accord.reports.service import Progress
-from accord.worker.ledger_jobs import integrate_all
+from accord.state import AppState
 
 RENDERERS: dict[str, Callable[[Report, BinaryIO, Progress | None], None]] = {
     "pdf": render_pdf.render,

@@ -7,10 +7,9 @@ from typing import BinaryIO
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from accord.reports import render_pdf
+from accord.reports import charts, render_pdf
 from accord.reports.schemas import OUTCOMES, Report, RequestLine, hours, iso, plural, span
 from accord.reports.service import Progress
-from accord.web import charts
 
 HERE = Path(__file__).parent
 _env = Environment(loader=FileSystemLoader(HERE / "templates"),

@@ -17,12 +17,13 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from accord.api.deps import AppState, Principal, db, require_reader, state
+from accord.api.deps import Principal, db, require_reader, state
 from accord.api.headers import DOCUMENT_POLICY
 from accord.errors import Invalid
 from accord.reports import service
 from accord.reports.generate import generate
 from accord.reports.schemas import FORMATS, MEDIA_TYPES, Kind
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 

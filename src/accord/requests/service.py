@@ -10,7 +10,6 @@ steps and a double click cannot count twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -19,28 +18,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from accord.config import ResourceSpec
-from accord.detect import service as detect
 from accord.durations import format_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
+from accord.identity.caller import Caller as Caller  # commands take it: re-exported
 from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, PolicyRef, format_time
 from accord.policy.engine import Decision, Policy, PolicyRefusal
 from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is acting and through which channel."""
-
-    user: str
-    via: str
-
-    @property
-    def actor(self) -> Actor:
-        return Actor.user(self.user, self.via)
 
 
 def _resource(req: AccessRequest) -> dict[str, Any]:
@@ -917,7 +904,8 @@ VERDICTS = ("justified", "unjustified")
 def review(session: Session, *, policy: Policy, caller: Caller, request_id: int, verdict: str,
            note: str, now: datetime) -> AccessRequest:
     """Record the after-the-fact review of a break-glass request; `unjustified` ends any
-    access still running. The break-glass alert is resolved in the same transaction."""
+    access still running. `detect.service.review_break_glass` also resolves its alert: call
+    that one."""
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id,
                       lock=True)
     glass = policy.loaded.spec.break_glass
@@ -939,9 +927,6 @@ def review(session: Session, *, policy: Policy, caller: Caller, request_id: int,
     ledger.record(session, type=EventType.REQUEST_REVIEWED, actor=caller.actor,
                   subject=f"request:{req.id}", resource=_resource(req), time=now,
                   data={"request_id": req.id, "verdict": verdict, "note": note})
-    detect.resolve_for_subject(session, rule=BREAK_GLASS, subject=f"request:{req.id}",
-                               actor=caller.actor, now=now, note=f"reviewed: {verdict}",
-                               severity=policy.loaded.spec.detect.break_glass.severity)
     grant = _grant(session, req)
     if verdict == "unjustified" and grant is not None and \
             grants.effective_status(grant, now) == GrantStatus.ACTIVE:

@@ -10,13 +10,15 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal, db, known_id, parse_cursor, principal, state
+from accord.api.deps import Principal, db, known_id, parse_cursor, principal, state
+from accord.detect import service as detect
 from accord.durations import parse_duration
 from accord.errors import Invalid
 from accord.grants.models import Grant
 from accord.requests import service
 from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import CommentIn, ExtendIn, RequestCreate, RequestOut, ReviewIn
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
 
@@ -179,9 +181,9 @@ def review_request(
     """Review a break-glass request after the fact (the `break_glass.reviewers` groups).
     `unjustified` ends access still running; either verdict resolves its alert."""
     now = st.now()
-    req = service.review(session, policy=who.policy, caller=who.caller,
-                         request_id=known_id(request_id, "request"), verdict=body.verdict,
-                         note=body.note, now=now)
+    req = detect.review_break_glass(session, policy=who.policy, caller=who.caller,
+                                    request_id=known_id(request_id, "request"),
+                                    verdict=body.verdict, note=body.note, now=now)
     out = render(session, [req], now)[0]
     session.commit()
     return _json(out)

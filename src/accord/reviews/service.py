@@ -44,6 +44,7 @@ from accord.durations import format_duration, parse_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
+from accord.identity.caller import Caller
 from accord.jobs import service as jobs
 from accord.jobs.models import Job
 from accord.ledger import service as ledger
@@ -51,7 +52,6 @@ from accord.ledger.events import Actor, EventType, format_time
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
 from accord.requests.models import AccessRequest
-from accord.requests.service import Caller
 from accord.reviews.models import (
     CampaignStatus,
     EntryStatus,

@@ -17,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import (
-    AppState,
     Principal,
     db,
     known_id,
@@ -41,6 +40,7 @@ from accord.reviews.schemas import (
     EntryOut,
     StartIn,
 )
+from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
 

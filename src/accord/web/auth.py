@@ -13,9 +13,10 @@ from urllib.parse import quote, urlsplit
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, Principal
+from accord.api.deps import Principal
+from accord.identity import sessions as service
 from accord.ledger.events import Via
-from accord.web import service
+from accord.state import AppState
 
 PRE_COOKIE = "accord_csrf"  # double-submit token for forms shown before login
 

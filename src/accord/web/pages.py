@@ -32,26 +32,27 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from accord.api.deps import AppState, db, state
+from accord.api.deps import db, state
 from accord.db import readonly_sessions, writing
 from accord.detect import service as detect
 from accord.durations import DurationError, format_duration, parse_duration, span
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
-from accord.gateway import tokens as gateway
 from accord.gateway import views as gateway_views
 from accord.gateway.postgres.connect import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.views import _visible as visible_grants
 from accord.identity import service as identity
+from accord.identity import sessions
 from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
+from accord.reports import charts
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import GrantOut
 from accord.requests.views import render as render_requests
-from accord.web import charts, evidence, flash, oidc, stats
-from accord.web import service as sessions
+from accord.state import AppState
+from accord.web import evidence, flash, oidc, stats
 from accord.web.auth import (
     CACHE,
     PRE_COOKIE,
@@ -664,7 +665,7 @@ def _connectable(viewer: Viewer, out: Any) -> dict[str, Any] | None:
     st_policy = viewer.principal.policy
     spec = st_policy.loaded.spec.gateway
     resource = st_policy.resources.get(out.resource)
-    if spec is None or resource is None or not gateway.reachable(resource) \
+    if spec is None or resource is None or not resource.gateway_reachable \
             or out.grant is None or out.grant.status != "active" \
             or out.grant.user != viewer.user:
         return None
@@ -720,8 +721,9 @@ def review(request: Request, request_id: str, csrf: str = Form(""), verdict: str
     check_csrf(request, csrf, viewer.csrf)
     rid = _request_id(request_id)
     try:
-        requests.review(session, policy=viewer.principal.policy, caller=viewer.principal.caller,
-                        request_id=rid, verdict=verdict, note=note[:2000], now=st.now())
+        detect.review_break_glass(session, policy=viewer.principal.policy,
+                                  caller=viewer.principal.caller, request_id=rid,
+                                  verdict=verdict, note=note[:2000], now=st.now())
         session.commit()
     except AccordError as exc:
         session.rollback()
@@ -862,7 +864,7 @@ def grants_page(request: Request, session: Session = Depends(db),
         if viewer.principal.can_read_all else {}
     gw = viewer.principal.policy.loaded.spec.gateway
     reachable = {name for name, spec in viewer.principal.policy.resources.items()
-                 if gw is not None and gateway.reachable(spec)}
+                 if gw is not None and spec.gateway_reachable}
     _commit_read(session)
     return page(request, "grants.html", viewer, grants=rows, alerts=alerts,
                 reachable=reachable)

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, db, state
+from accord.api.deps import db, state
 from accord.errors import Forbidden, Invalid
 from accord.ledger import service as ledger
 from accord.ledger.events import EventType
 from accord.ledger.models import LedgerEntry
 from accord.reports.schemas import FORMATS, KINDS
 from accord.reports.views import respond
+from accord.state import AppState
 from accord.web.auth import Viewer, check_csrf, require_viewer
 from accord.web.pages import page
 

@@ -12,13 +12,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.api.deps import AppState, db, state
+from accord.api.deps import db, state
 from accord.api.headers import DOCUMENT_POLICY
 from accord.errors import AccordError, Forbidden, Invalid, NotFound
 from accord.reviews import report, service
 from accord.reviews.models import CampaignStatus, ReviewCampaign
 from accord.reviews.schemas import CampaignOut
 from accord.reviews.views import detail
+from accord.state import AppState
 from accord.web.auth import Viewer, check_csrf, require_viewer
 from accord.web.pages import back_to, page
 

@@ -21,13 +21,13 @@ import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.config import SinkSpec
-from accord.db import reading, transaction
+from accord.db import transaction
 from accord.ledger import checkpoints
 from accord.ledger.checkpoints import LedgerConfig
-from accord.ledger.models import LedgerCheckpoint
-from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption, integrate_pending
+from accord.ledger.service import NOTIFY_CHANNEL
 from accord.ledger.sinks import SinkState, pump
 from accord.ledger.sinks import build as build_sink
+from accord.ledger.upkeep import integrate_all, sign_if_due
 
 log = logging.getLogger("accord.ledger")
 POLL_SECONDS = 0.25  # without a LISTEN connection (it failed): how often to look
@@ -42,40 +42,6 @@ COALESCE_SECONDS = 0.02  # after a wake-up, let a few more commits arrive: bigge
 # Under a gateway's steady stream this halved the worker's CPU; an event after a quiet
 # spell is still integrated within COALESCE_SECONDS.
 BUSY_SECONDS = 0.2
-
-
-def integrate_all(sessions: sessionmaker[Session], batch: int = 5000) -> int:
-    """Integrate every pending event, one batch per transaction."""
-    total = 0
-    while True:
-        with transaction(sessions) as session:
-            n = integrate_pending(session, limit=batch)
-        total += n
-        if n < batch:
-            return total
-
-
-def sign_if_due(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetime) -> None:
-    """Sign a checkpoint when one is due. On SQLite the proofs that the tree extends the
-    last checkpoint are read in a read transaction, without the write lock every writer
-    waits for (they held it ~15 ms); only the insert is a write."""
-    bind = sessions.kw.get("bind")
-    cp: LedgerCheckpoint | None
-    try:
-        if bind is not None and bind.dialect.name == "sqlite":
-            with reading(), sessions() as session:
-                drafted = checkpoints.draft(session, cfg, now=now)
-            if isinstance(drafted, checkpoints.Draft):
-                with transaction(sessions) as session:
-                    cp = checkpoints.store(session, cfg, drafted, now=now)
-            else:
-                cp = drafted  # too soon, or the tree did not grow: nothing to write
-        else:
-            with transaction(sessions) as session:
-                cp = checkpoints.sign(session, cfg, now=now)
-        checkpoints.after_commit(cfg, cp)
-    except LedgerCorruption as exc:
-        log.critical("NOT signing the ledger: %s", exc)
 
 
 class LedgerWorker:

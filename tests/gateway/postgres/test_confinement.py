@@ -27,9 +27,9 @@ from accord.gateway import server
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres import proxy
 from accord.gateway.postgres.scope import CLASSES, DEFAULT_ROLES, classify
+from accord.ledger.upkeep import integrate_all
 from accord.provisioning import postgres as pgconn
 from accord.worker.job_runner import detect_all
-from accord.worker.ledger_jobs import integrate_all
 from tests.gateway.conftest import World
 from tests.gateway.rawclient import Raw, error_of
 

@@ -1,4 +1,6 @@
-"""Reloading accord.yaml: validate, announce in the ledger, refresh pending approvers, swap."""
+"""Reloading accord.yaml: validate, announce in the ledger, refresh pending approvers, end what
+removed users held, swap. A flow over requests and grants, so it lives beside them, above
+the policy package it loads."""
 
 from __future__ import annotations
 

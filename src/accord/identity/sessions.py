@@ -17,10 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.errors import NotFound
-from accord.identity.models import ApiToken
+from accord.identity.models import ApiToken, WebSession
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, Via
-from accord.web.models import WebSession
 
 COOKIE = "accord_session"
 
