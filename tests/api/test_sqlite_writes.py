@@ -229,15 +229,19 @@ def test_reads_and_health_answer_while_a_writer_holds_the_lock(
     assert len(env.get("alice", REQUESTS).json()["items"]) == 2
 
 
-def test_a_gets_own_writes_take_the_gate(env: Env, gate: WriteGate) -> None:
-    """GET /audit/checkpoint signs when due: it writes, so it queues like a writer (without
-    `writing()` it would write inside a read transaction, and warn)."""
+@pytest.mark.parametrize("path", ["/api/v1/audit/checkpoint?fresh=true", "/api/v1/audit/bundle"])
+def test_a_gets_own_writes_take_the_gate(env: Env, gate: WriteGate, path: str) -> None:
+    """GET /audit/checkpoint?fresh and GET /audit/bundle sign the grown tree: they write, so
+    they queue like a writer. Without `writing()` they would write inside a read transaction
+    (a warning, an error here) and, with another process writing, fail at once with
+    "database is locked" instead of waiting for it."""
     env.ask("alice", "staging-db")
-    r = env.get("dave", "/api/v1/audit/checkpoint", params={"fresh": "true"})
+    r = env.get("dave", path)
     assert r.status_code == 200, r.text
+    env.ask("alice", "staging-db")  # the tree grows again: the next call signs
     gate.max_waiting = 0
     with gate.held():
-        assert_busy(env.get("dave", "/api/v1/audit/checkpoint", params={"fresh": "true"}))
+        assert_busy(env.get("dave", path))
 
 
 def test_a_posts_token_and_policy_checks_read_without_the_gate(env: Env, gate: WriteGate) -> None:

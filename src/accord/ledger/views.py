@@ -163,7 +163,8 @@ def export_bundle(
 ) -> StreamingResponse:
     """The whole ledger as an export bundle (see `accord audit verify --url`), freshly signed."""
     try:
-        _latest_note(session, st, sign_now=True)
+        with writing():  # it signs the tree first: a write, queued as one
+            _latest_note(session, st, sign_now=True)
     except service.LedgerCorruption as exc:
         raise Conflict(f"refusing to sign: {exc}") from None
     disposition = {"Content-Disposition": 'attachment; filename="ledger.bundle"'}
