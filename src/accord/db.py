@@ -42,9 +42,9 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -351,6 +351,30 @@ def _drop(info: dict[Any, Any]) -> None:
 
 
 READONLY = "accord_readonly"
+
+
+def on_sqlite(session: Session) -> bool:
+    """Whether `session` is bound to SQLite (one writer, whole-database locks)."""
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def end_read(session: Session) -> None:
+    """End a read on SQLite, where even a read transaction pins a WAL snapshot and, in a
+    writer's transaction, holds the write lock; on PostgreSQL the call's one transaction
+    goes on (ending it would cost a round trip for nothing)."""
+    if on_sqlite(session):
+        session.commit()
+
+
+_S = TypeVar("_S", bound=Select[Any])
+
+
+def skip_locked(session: Session, query: _S) -> _S:
+    """`query` locking its rows and skipping rows another transaction holds: on PostgreSQL,
+    concurrent workers each take different due rows. SQLite serialises writers anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

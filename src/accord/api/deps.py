@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from accord.db import reading
+from accord.db import end_read, reading
 from accord.errors import Forbidden, Invalid, NotFound, Unauthorized
 from accord.identity import service as identity
 from accord.identity.caller import Caller
@@ -93,16 +93,14 @@ async def db(request: Request) -> AsyncIterator[Session]:
 def _follow_policy(session: Session, st: AppState) -> None:
     with reading():
         st.policies.follow(session)
-        if session.get_bind().dialect.name == "sqlite":
-            session.commit()
+        end_read(session)
 
 
 def _check_token(session: Session, st: AppState, token: str) -> tuple[int, str]:
     with reading():
         row = identity.authenticate(session, policy=st.policies.current, token=token,
                                     now=st.now())
-        if session.get_bind().dialect.name == "sqlite":
-            session.commit()
+        end_read(session)
     st.tokens.put(identity.hash_token(token), row)
     return row.id, row.user
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
 
+from accord.db import skip_locked
 from accord.grants.models import Grant, GrantStatus
 from accord.jobs import service as jobs
 from accord.ledger import service as ledger
@@ -294,9 +295,7 @@ def expire_due(session: Session, *, now: datetime, limit: int = 500) -> int:
         .order_by(Grant.ends_at)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    grants = session.execute(q).scalars().all()
+    grants = session.execute(skip_locked(session, q)).scalars().all()
     for g in grants:
         end(session, grant=g, status=GrantStatus.EXPIRED, actor=Actor.system(), now=now)
     return len(grants)

@@ -48,7 +48,7 @@ from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.db import transaction
+from accord.db import skip_locked, transaction
 from accord.jobs.models import Job
 
 log = logging.getLogger("accord.worker")
@@ -93,9 +93,7 @@ def claim(sessions: sessionmaker[Session], *, worker: str, now: datetime, limit:
             .order_by(Job.run_at, Job.id)
             .limit(limit)
         )
-        if session.get_bind().dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        jobs = list(session.execute(q).scalars())
+        jobs = list(session.execute(skip_locked(session, q)).scalars())
         for job in jobs:
             job.leased_by = worker
             job.leased_until = now + lease

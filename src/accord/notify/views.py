@@ -169,10 +169,7 @@ def _decide(session: Session, st: AppState, headers: Any, click: slack.Interacti
         req = command(session, policy=policy, caller=service.Caller(user, Via.SLACK),
                       request_id=click.request_id, comment="from Slack", now=now)
     except AccordError as exc:
-        session.rollback()
-        if isinstance(exc, service.SelfDecision):
-            service.record_self_decision(session, exc=exc, caller=service.Caller(user, Via.SLACK),
-                                         now=now)
+        service.after_refusal(session, exc=exc, caller=service.Caller(user, Via.SLACK), now=now)
         _respond(session, click, f"{user} could not {click.action}: {exc.detail}", now)
         session.commit()
         raise

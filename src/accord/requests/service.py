@@ -18,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from accord.config import ResourceSpec
+from accord.db import skip_locked
 from accord.durations import format_duration
-from accord.errors import Conflict, Forbidden, Invalid, NotFound
+from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
 from accord.identity.caller import Caller as Caller  # commands take it: re-exported
@@ -32,6 +33,14 @@ from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApp
 
 def _resource(req: AccessRequest) -> dict[str, Any]:
     return {"name": req.resource, "role": req.role}
+
+
+def _record(session: Session, req: AccessRequest, type: EventType, *, actor: Actor,
+            now: datetime, policy: PolicyRef | None = None, **data: Any) -> None:
+    """Record one event about `req`: its subject, resource and `request_id` are the request's."""
+    ledger.record(session, type=type, actor=actor, subject=f"request:{req.id}",
+                  resource=_resource(req), data={"request_id": req.id, **data}, policy=policy,
+                  time=now)
 
 
 def _provisioned(policy: Policy, req: AccessRequest) -> bool:
@@ -374,52 +383,21 @@ def create(
     ref = PolicyRef(decision.workflow or (BREAK_GLASS if emergency else ""), policy.version,
                     decision.rule)
     pending_until = now + decision.pending_timeout if decision.pending_timeout else None
-    ledger.record(
-        session,
-        type=EventType.REQUEST_CREATED,
-        actor=caller.actor,
-        subject=f"request:{req.id}",
-        resource=_resource(req),
-        data={
-            "request_id": req.id,
-            "requester": req.requester,
-            "duration_seconds": req.duration_seconds,
-            "duration": format_duration(duration),
-            "reason": reason,
-            "extends_grant_id": req.extends_grant_id,
-            "routing": {"outcome": decision.outcome, "reason": decision.reason},
-            "steps": req.plan["steps"],
-            "pending_until": format_time(pending_until) if pending_until and not decided
-            else None,
-            "inputs": decision.inputs,
-            **({"emergency": True} if emergency else {}),
-        },
-        policy=ref,
-        time=now,
-    )
+    _record(session, req, EventType.REQUEST_CREATED, actor=caller.actor, now=now, policy=ref,
+            requester=req.requester, duration_seconds=req.duration_seconds,
+            duration=format_duration(duration), reason=reason,
+            extends_grant_id=req.extends_grant_id,
+            routing={"outcome": decision.outcome, "reason": decision.reason},
+            steps=req.plan["steps"],
+            pending_until=format_time(pending_until) if pending_until and not decided else None,
+            inputs=decision.inputs, **({"emergency": True} if emergency else {}))
     if decision.outcome == "deny":
-        ledger.record(
-            session,
-            type=EventType.REQUEST_DENIED,
-            actor=_policy_actor(decision.workflow),
-            subject=f"request:{req.id}",
-            resource=_resource(req),
-            data={"request_id": req.id, "reason": decision.reason, "inputs": decision.inputs},
-            policy=ref,
-            time=now,
-        )
+        _record(session, req, EventType.REQUEST_DENIED, actor=_policy_actor(decision.workflow),
+                now=now, policy=ref, reason=decision.reason, inputs=decision.inputs)
     elif decision.outcome == "approve":
         actor = _policy_actor(BREAK_GLASS if emergency else decision.workflow)
-        ledger.record(
-            session,
-            type=EventType.REQUEST_APPROVED,
-            actor=actor,
-            subject=f"request:{req.id}",
-            resource=_resource(req),
-            data={"request_id": req.id, "reason": decision.reason, "inputs": decision.inputs},
-            policy=ref,
-            time=now,
-        )
+        _record(session, req, EventType.REQUEST_APPROVED, actor=actor, now=now, policy=ref,
+                reason=decision.reason, inputs=decision.inputs)
         grants.activate(session, request=req, actor=actor, now=now,
                         provisioned=_provisioned(policy, req),
                         warn_before=_warn_before(policy))
@@ -463,11 +441,8 @@ def remind(session: Session, *, policy: Policy, request_id: int, now: datetime) 
     req = session.get(AccessRequest, request_id, with_for_update=True)
     if req is None or effective_status(req, None, now) != Status.PENDING:
         return False
-    ledger.record(session, type=EventType.REQUEST_REMINDED, actor=Actor.system(),
-                  subject=f"request:{req.id}", resource=_resource(req),
-                  data={"request_id": req.id, "step": req.current_step,
-                        "waiting_seconds": int((now - req.created_at).total_seconds())},
-                  time=now)
+    _record(session, req, EventType.REQUEST_REMINDED, actor=Actor.system(), now=now,
+            step=req.current_step, waiting_seconds=int((now - req.created_at).total_seconds()))
     return True
 
 
@@ -489,10 +464,8 @@ def escalate(session: Session, *, policy: Policy, request_id: int, now: datetime
     added -= have | {req.requester}
     session.add_all(RequestApprover(request_id=req.id, step=step, username=u)
                     for u in sorted(added))
-    ledger.record(session, type=EventType.REQUEST_ESCALATED, actor=Actor.system(),
-                  subject=f"request:{req.id}", resource=_resource(req),
-                  data={"request_id": req.id, "step": step, "added": sorted(added),
-                        "to": list(spec.escalation.to)}, time=now)
+    _record(session, req, EventType.REQUEST_ESCALATED, actor=Actor.system(), now=now,
+            step=step, added=sorted(added), to=list(spec.escalation.to))
     session.flush()
     return sorted(added)
 
@@ -522,6 +495,14 @@ class SelfDecision(Forbidden):
         super().__init__(f"you cannot {verb} your own request")
         self.request_id, self.verb = req.id, verb
         self.resource = _resource(req)
+
+
+def after_refusal(session: Session, *, exc: AccordError, caller: Caller, now: datetime) -> None:
+    """A command refused: roll back what it changed and, if it refused a self-decision, record
+    the attempt (the detectors alert on it). The caller commits, then reports `exc`."""
+    session.rollback()
+    if isinstance(exc, SelfDecision):
+        record_self_decision(session, exc=exc, caller=caller, now=now)
 
 
 def record_self_decision(session: Session, *, exc: SelfDecision, caller: Caller,
@@ -598,24 +579,9 @@ def approve(
     late = status != Status.PENDING
     complete = not late and count >= needed
     last = step == len(steps) - 1
-    ledger.record(
-        session,
-        type=EventType.APPROVAL_RECORDED,
-        actor=caller.actor,
-        subject=f"request:{req.id}",
-        resource=_resource(req),
-        data={
-            "request_id": req.id,
-            "decision": "approve",
-            "step": step,
-            "approvals": count,
-            "min_approvals": needed,
-            "step_complete": complete,
-            "late": late,
-            "comment": comment,
-        },
-        time=now,
-    )
+    _record(session, req, EventType.APPROVAL_RECORDED, actor=caller.actor, now=now,
+            decision="approve", step=step, approvals=count, min_approvals=needed,
+            step_complete=complete, late=late, comment=comment)
     if complete and not last:
         req.current_step = step + 1
     elif complete:
@@ -624,21 +590,9 @@ def approve(
         req.current_step = None
         req.pending_until = None
         req.decision_reason = f"approved by {caller.user} (step {step + 1} of {len(steps)})"
-        ledger.record(
-            session,
-            type=EventType.REQUEST_APPROVED,
-            actor=caller.actor,
-            subject=f"request:{req.id}",
-            resource=_resource(req),
-            data={
-                "request_id": req.id,
-                "approvers": [
-                    {"user": a.approver, "step": a.step, "via": a.via}
-                    for a in req.approvals if a.decision == "approve"
-                ],
-            },
-            time=now,
-        )
+        _record(session, req, EventType.REQUEST_APPROVED, actor=caller.actor, now=now,
+                approvers=[{"user": a.approver, "step": a.step, "via": a.via}
+                           for a in req.approvals if a.decision == "approve"])
         grants.activate(session, request=req, actor=caller.actor, now=now,
                         provisioned=_provisioned(policy, req),
                         warn_before=_warn_before(policy))
@@ -662,15 +616,8 @@ def deny(
         return req
     step = check_decide(session, req, caller.user, status, "denied")
     _add_approval(session, req, caller, step, "deny", comment, now)
-    ledger.record(
-        session,
-        type=EventType.APPROVAL_RECORDED,
-        actor=caller.actor,
-        subject=f"request:{req.id}",
-        resource=_resource(req),
-        data={"request_id": req.id, "decision": "deny", "step": step, "comment": comment},
-        time=now,
-    )
+    _record(session, req, EventType.APPROVAL_RECORDED, actor=caller.actor, now=now,
+            decision="deny", step=step, comment=comment)
     _finish_pending(session, req, Status.DENIED, caller.actor, now,
                     f"denied by {caller.user}" + (f": {comment}" if comment else ""))
     return req
@@ -689,15 +636,7 @@ def _finish_pending(
         Status.CANCELLED: EventType.REQUEST_CANCELLED,
         Status.EXPIRED: EventType.REQUEST_EXPIRED,
     }[status]
-    ledger.record(
-        session,
-        type=event,
-        actor=actor,
-        subject=f"request:{req.id}",
-        resource=_resource(req),
-        data={"request_id": req.id, "reason": why},
-        time=now,
-    )
+    _record(session, req, event, actor=actor, now=now, reason=why)
     session.flush()
 
 
@@ -873,9 +812,7 @@ def expire_pending(session: Session, *, now: datetime, limit: int = 500) -> int:
         .order_by(AccessRequest.pending_until)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    reqs = session.execute(q).scalars().all()
+    reqs = session.execute(skip_locked(session, q)).scalars().all()
     for req in reqs:
         _finish_pending(session, req, Status.EXPIRED, Actor.system(), now,
                         "nobody decided before the request's time ran out")
@@ -924,9 +861,8 @@ def review(session: Session, *, policy: Policy, caller: Caller, request_id: int,
         raise Invalid("say what you checked", field="note")
     req.reviewed_at, req.reviewed_by = now, caller.user
     req.review_verdict, req.review_note = verdict, note
-    ledger.record(session, type=EventType.REQUEST_REVIEWED, actor=caller.actor,
-                  subject=f"request:{req.id}", resource=_resource(req), time=now,
-                  data={"request_id": req.id, "verdict": verdict, "note": note})
+    _record(session, req, EventType.REQUEST_REVIEWED, actor=caller.actor, now=now,
+            verdict=verdict, note=note)
     grant = _grant(session, req)
     if verdict == "unjustified" and grant is not None and \
             grants.effective_status(grant, now) == GrantStatus.ACTIVE:
@@ -944,11 +880,10 @@ def review_remind(session: Session, *, policy: Policy, request_id: int, round: i
     glass = policy.loaded.spec.break_glass
     if req is None or req.reviewed_at is not None or glass is None:
         return False
-    ledger.record(session, type=EventType.REQUEST_REVIEW_REMINDED, actor=Actor.system(),
-                  subject=f"request:{req.id}", resource=_resource(req), time=now,
-                  data={"request_id": req.id, "round": round, "requester": req.requester,
-                        "reviewers": sorted(members(policy, glass.reviewers) - {req.requester}),
-                        "waiting_since": format_time(req.created_at)})
+    _record(session, req, EventType.REQUEST_REVIEW_REMINDED, actor=Actor.system(), now=now,
+            round=round, requester=req.requester,
+            reviewers=sorted(members(policy, glass.reviewers) - {req.requester}),
+            waiting_since=format_time(req.created_at))
     jobs.enqueue(session, kind=REVIEW_REMIND, key=f"request:{req.id}:review:{round + 1}",
                  run_at=now + glass.remind_every, now=now,
                  payload={"request_id": req.id, "round": round + 1})

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from accord.api.deps import Principal, db, known_id, parse_cursor, principal, state
 from accord.detect import service as detect
 from accord.durations import parse_duration
-from accord.errors import Invalid
+from accord.errors import AccordError, Invalid
 from accord.grants.models import Grant
 from accord.requests import service
 from accord.requests.models import AccessRequest, Status
@@ -128,9 +128,8 @@ def _command(name: str, fn: service.Command, summary: str) -> None:
             req = fn(session, policy=who.policy, caller=who.caller,
                      request_id=known_id(request_id, "request"),
                      comment=body.comment if body else "", now=now)
-        except service.SelfDecision as exc:
-            session.rollback()
-            service.record_self_decision(session, exc=exc, caller=who.caller, now=now)
+        except AccordError as exc:
+            service.after_refusal(session, exc=exc, caller=who.caller, now=now)
             session.commit()
             raise
         out = render(session, [req], now)[0]

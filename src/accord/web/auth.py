@@ -14,6 +14,7 @@ from fastapi import Request
 from sqlalchemy.orm import Session
 
 from accord.api.deps import Principal
+from accord.db import end_read, on_sqlite
 from accord.identity import sessions as service
 from accord.ledger.events import Via
 from accord.state import AppState
@@ -126,7 +127,7 @@ def viewer_of(request: Request, session: Session, st: AppState) -> Viewer | None
         row = service.lookup(session, cookie=cookie, now=now)
         # Commit a refusal: the lookup may have ended (and recorded) a session whose token
         # is gone. On SQLite commit anyway, not to hold its write lock for a read.
-        if row is None or session.get_bind().dialect.name == "sqlite":
+        if row is None or on_sqlite(session):
             session.commit()
         if row is None:
             return None
@@ -137,8 +138,7 @@ def viewer_of(request: Request, session: Session, st: AppState) -> Viewer | None
         return None
     if st.policies.due():
         st.policies.follow(session)
-        if session.get_bind().dialect.name == "sqlite":
-            session.commit()
+        end_read(session)
     policy = st.policies.current
     if not policy.is_user(hit.user):
         return None

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from accord.api.deps import db, state
-from accord.db import readonly_sessions, writing
+from accord.db import end_read, readonly_sessions, writing
 from accord.detect import service as detect
 from accord.durations import DurationError, format_duration, parse_duration, span
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
@@ -171,11 +171,6 @@ def _done(target: str, action: str) -> str:
 
 def _problem(exc: AccordError) -> str:
     return f"{exc.field}: {exc.detail}" if exc.field else exc.detail
-
-
-def _commit_read(session: Session) -> None:
-    if session.get_bind().dialect.name == "sqlite":
-        session.commit()
 
 
 def _set_session_cookie(response: Response, request: Request, value: str,
@@ -360,7 +355,7 @@ def overview(request: Request, session: Session = Depends(db),
                           now=st.now())
     waiting = requests.list_requests(session, policy=viewer.principal.policy, user=viewer.user,
                                      now=st.now(), awaiting_me=True, limit=100)
-    _commit_read(session)
+    end_read(session)
     labels = [d.strftime("%d %b") for d in data.days]
     return page(
         request, "overview.html", viewer, data=data, waiting=len(waiting),
@@ -559,7 +554,7 @@ def my_requests(request: Request, session: Session = Depends(db),
     viewer = require_viewer(request, session, st)
     before = _cursor(request.query_params.get("before"))
     items, more = _page_of(session, viewer, st.now(), before=before, requester=viewer.user)
-    _commit_read(session)
+    end_read(session)
     return page(request, "my.html", viewer, items=items, more=more)
 
 
@@ -578,7 +573,7 @@ def inbox(request: Request, session: Session = Depends(db),
                 select(AccessRequest).where(AccessRequest.requester == r.requester)
                 .order_by(AccessRequest.id.desc()).limit(6)).scalars().all()
             history[r.requester] = [h for h in rows]
-    _commit_read(session)
+    end_read(session)
     return page(request, "inbox.html", viewer, items=items, history=history)
 
 
@@ -602,7 +597,7 @@ def all_requests(request: Request, session: Session = Depends(db),
             since=_day(f["since"], "since"), until=_through(f["until"]))
     except Invalid as exc:
         error = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
-    _commit_read(session)
+    end_read(session)
     keep = {k: v for k, v in f.items() if v}
     return page(request, "requests.html", viewer, items=items, more=more, filters=f,
                 error=error, statuses=[s.value for s in Status],
@@ -701,7 +696,7 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
             and viewer.user != req.requester \
             and viewer.user in requests.members(viewer.principal.policy, glass.reviewers):
         acts.append("review")
-    _commit_read(session)
+    end_read(session)
     return page(request, "request_detail.html", viewer, r=out, events=events,
                 ledger=ledger_state, actions=acts, status=status, waiting=_waiting(out),
                 connect=_connectable(viewer, out))
@@ -825,11 +820,8 @@ def act(request: Request, request_id: str, action: str, csrf: str = Form(""),
         text = _outcome(action, out, late=late)
         session.commit()
     except AccordError as exc:
-        session.rollback()
-        if isinstance(exc, requests.SelfDecision):
-            requests.record_self_decision(session, exc=exc, caller=viewer.principal.caller,
-                                          now=now)
-            session.commit()
+        requests.after_refusal(session, exc=exc, caller=viewer.principal.caller, now=now)
+        session.commit()
         if isinstance(exc, NotFound):
             target = safe_next(back) if back else "/my"
         keep = {"duration": duration, "reason": reason} if action == "extend" else {}
@@ -865,7 +857,7 @@ def grants_page(request: Request, session: Session = Depends(db),
     gw = viewer.principal.policy.loaded.spec.gateway
     reachable = {name for name, spec in viewer.principal.policy.resources.items()
                  if gw is not None and spec.gateway_reachable}
-    _commit_read(session)
+    end_read(session)
     return page(request, "grants.html", viewer, grants=rows, alerts=alerts,
                 reachable=reachable)
 
@@ -912,7 +904,7 @@ def alerts_page(request: Request, session: Session = Depends(db),
             more_url = "/alerts?" + urlencode({"status": status, "view": "each",
                                                **({"rule": rule} if rule else {}),
                                                "before": more})
-    _commit_read(session)
+    end_read(session)
     return page(request, "alerts.html", viewer, items=items, groups=groups, current=status,
                 view=view, rule=rule, more_url=more_url)
 
@@ -954,7 +946,7 @@ def sessions_page(request: Request, session: Session = Depends(db),
     before = _cursor(request.query_params.get("before"))
     rows = sessions.list_sessions(session, now=st.now(), before_id=before, limit=PAGE + 1)
     more = rows[PAGE - 1].id if len(rows) > PAGE else None
-    _commit_read(session)
+    end_read(session)
     return page(request, "sessions.html", viewer, items=rows[:PAGE],
                 more_url=f"/sessions?before={more}" if more else None)
 
@@ -1008,7 +1000,7 @@ def audit(request: Request, session: Session = Depends(db),
         select(LedgerEntry.type).group_by(LedgerEntry.type).order_by(LedgerEntry.type))]
     pending = int(session.execute(select(func.count()).select_from(LedgerEntry)
                                   .where(LedgerEntry.idx.is_(None))).scalar_one())
-    _commit_read(session)
+    end_read(session)
     keep = {k: v for k, v in f.items() if v}
     return page(request, "audit.html", viewer, ledger=ledger_state, events=events, filters=f,
                 types=types, pending=pending, key=st.ledger.signer.verifier.encode(),

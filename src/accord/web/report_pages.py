@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from accord.api.deps import db, state
+from accord.db import end_read
 from accord.errors import Forbidden, Invalid
 from accord.ledger import service as ledger
 from accord.ledger.events import EventType
@@ -45,8 +46,7 @@ def _form_page(request: Request, session: Session, st: AppState, viewer: Viewer,
                status: int = 200) -> HTMLResponse:
     policy = viewer.principal.policy
     recent = _recent(session)
-    if session.get_bind().dialect.name == "sqlite":
-        session.commit()  # do not keep SQLite's write lock for a read
+    end_read(session)
     return page(request, "reports.html", viewer, status=status, form=form, error=error,
                 kinds=KINDS, formats=FORMATS, resources=sorted(policy.resources),
                 users=sorted(policy.users), recent=recent)

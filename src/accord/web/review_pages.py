@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from accord.api.deps import db, state
 from accord.api.headers import DOCUMENT_POLICY
+from accord.db import end_read
 from accord.errors import AccordError, Forbidden, Invalid, NotFound
 from accord.reviews import report, service
 from accord.reviews.models import CampaignStatus, ReviewCampaign
@@ -35,11 +36,6 @@ def _id(value: str, what: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 2**31:
         raise NotFound(f"{what} {value} does not exist")
     return int(value)
-
-
-def _end_read(session: Session) -> None:
-    if session.get_bind().dialect.name == "sqlite":
-        session.commit()  # do not keep SQLite's write lock for a read
 
 
 @router.get("/reviews", response_class=HTMLResponse)
@@ -64,7 +60,7 @@ def reviews_page(request: Request, session: Session = Depends(db),
         running = set(session.execute(select(ReviewCampaign.definition).where(
             ReviewCampaign.status == CampaignStatus.OPEN)).scalars())
         startable = [n for n in sorted(service.definitions(who.policy)) if n not in running]
-    _end_read(session)
+    end_read(session)
     return page(request, "reviews.html", viewer, items=items, current=status,
                 startable=startable, configured=bool(service.definitions(who.policy)),
                 flash=FLASH.get(request.query_params.get("done", "")),
@@ -102,7 +98,7 @@ def _campaign_page(request: Request, session: Session, st: AppState, viewer: Vie
                                 campaign_id=campaign_id)
     mine = request.query_params.get("mine") == "1"
     out = detail(session, who, camp, st.now(), mine=mine)
-    _end_read(session)
+    end_read(session)
     return page(request, "review.html", viewer, status=status, c=out, mine=mine,
                 error=error, flash=FLASH.get(request.query_params.get("done", "")))
 
@@ -158,7 +154,7 @@ def review_report(request: Request, campaign_id: str, session: Session = Depends
     if camp is None:
         raise NotFound(f"review {campaign_id} does not exist")
     data = report.build(session, camp=camp, now=st.now())
-    _end_read(session)
+    end_read(session)
     # The HTML report is shown in the browser: its own <style>, and no script.
     headers = {"Cache-Control": "no-store", "Content-Security-Policy": DOCUMENT_POLICY}
     if fmt != "html":
