@@ -29,7 +29,6 @@ import psycopg
 from sqlalchemy import func, select
 
 from accord import migrations
-from accord.config import parse_policy_text
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.detect.models import Alert, DetectorCursor
 from accord.ledger import service as ledger
@@ -38,6 +37,7 @@ from accord.ledger.models import LedgerEntry
 from accord.ledger.upkeep import integrate_all
 from accord.policy.engine import Policy
 from accord.requests import service as requests
+from accord.spec.load import parse_policy_text
 from accord.worker.job_runner import detect_all
 
 PG_ADMIN = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

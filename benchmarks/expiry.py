@@ -42,12 +42,12 @@ import psycopg
 from sqlalchemy import func, or_, select
 
 from accord.bootstrap import build_state
-from accord.config import Settings
 from accord.db import transaction
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import DEPROVISION
 from accord.jobs.models import Job
 from accord.requests import service as requests
+from accord.settings import Settings
 
 PG = os.environ.get("ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ACCORD = str(Path(sys.executable).parent / "accord")

@@ -165,12 +165,12 @@ def databases(admin_url: str, scale: int, quiet: bool) -> Iterator[tuple[str, st
 def grant_token(accord_url: str, config: Path, data_dir: Path, resource: str) -> str:
     """Migrate, load the policy, get `bench` an active admin grant and a connection token."""
     from accord.bootstrap import build_state
-    from accord.config import Settings
     from accord.db import transaction
     from accord.gateway import tokens
     from accord.grants.models import Grant
     from accord.requests import service as requests
     from accord.requests.service import Caller
+    from accord.settings import Settings
 
     settings = Settings.from_env({"ACCORD_DATABASE_URL": accord_url,
                                   "ACCORD_DATA_DIR": str(data_dir),

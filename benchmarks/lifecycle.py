@@ -115,10 +115,10 @@ def database(explicit_url: str | None, admin_url: str) -> Iterator[str]:
 def issue_tokens(database_url: str, config: Path, data_dir: Path) -> dict[str, str]:
     """Migrate the database, record the policy and issue one token per user, in-process."""
     from accord.bootstrap import build_state
-    from accord.config import Settings
     from accord.db import transaction
     from accord.identity import service as identity
     from accord.ledger.events import Actor, Via
+    from accord.settings import Settings
 
     settings = Settings.from_env({
         "ACCORD_DATABASE_URL": database_url,

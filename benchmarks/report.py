@@ -340,9 +340,9 @@ def main() -> None:
         return
 
     from accord import migrations
-    from accord.config import parse_policy_text
     from accord.db import make_engine
     from accord.policy.engine import Policy
+    from accord.spec.load import parse_policy_text
 
     name = f"accord_bench_{uuid.uuid4().hex[:8]}"
     tmp = ""

@@ -48,8 +48,8 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lifecycle as lc  # the sibling script's server and token helpers
 
-from accord.config import WorkingHours
 from accord.detect.rules import WEEKDAYS
+from accord.spec.detect import WorkingHours
 
 P99_TARGET_MS = 100.0
 MAX_SAMPLES = 5

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord import migrations
 from accord.api.app import create_app
 from accord.bootstrap import ledger_config
-from accord.config import Settings, parse_policy_text
 from accord.db import make_engine, transaction
 from accord.identity import service as identity
 from accord.ledger.events import Actor
@@ -34,6 +33,8 @@ from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning.secrets import SecretBox
 from accord.requests import reload as reloader
+from accord.settings import Settings
+from accord.spec.load import parse_policy_text
 from accord.state import AppState
 
 PG_ADMIN_URL = os.environ.get(

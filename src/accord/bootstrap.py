@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 from accord import migrations
-from accord.config import Settings
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor
@@ -15,6 +14,7 @@ from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning.secrets import SecretBox
 from accord.requests import reload as reloader
+from accord.settings import Settings
 from accord.state import AppState
 
 log = logging.getLogger("accord")

@@ -391,8 +391,8 @@ def seed(st: AppState) -> int | None:
 def _forget_earlier_demos(st: AppState) -> None:
     """A fresh demo starts from a clean target: memberships of orders-db's group roles left
     by an earlier demo (whose data was removed) would otherwise be reported as drift."""
-    from accord.config import PostgresTarget
     from accord.provisioning import postgres as pgconn
+    from accord.spec.resources import PostgresTarget
 
     spec = st.policies.current.resources.get("orders-db")
     if spec is None or not isinstance(spec.provision, PostgresTarget):

@@ -14,12 +14,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import Settings
 from accord.identity.service import TokenCache
 from accord.ledger.checkpoints import LedgerConfig
 from accord.policy.store import PolicyStore
 from accord.provisioning.registry import Connectors
 from accord.provisioning.secrets import SecretBox
+from accord.settings import Settings
 
 
 @dataclass

@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from accord.cli.main import app
-from accord.config import GatewayTLSSpec
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.proxy import PostgresGateway as Gateway
 from accord.provisioning import postgres as pgconn
+from accord.spec.gateway import GatewayTLSSpec
 from tests.gateway.conftest import World
 from tests.gateway.rawclient import Raw, error_of
 

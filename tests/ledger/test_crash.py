@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select
 
 from accord.bootstrap import build_state
-from accord.config import Settings
 from accord.db import make_engine, transaction
 from accord.identity import service as identity
 from accord.ledger import bundle, checkpoints
@@ -21,6 +20,7 @@ from accord.ledger.events import Actor
 from accord.ledger.models import LedgerEntry
 from accord.ledger.upkeep import integrate_all
 from accord.ledger.verify import verify
+from accord.settings import Settings
 from tests.conftest import POLICY
 from tests.serverproc import Server
 

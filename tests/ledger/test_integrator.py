@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from accord.bootstrap import ledger_config
-from accord.config import Settings, parse_policy_text
 from accord.db import make_sessionmaker, transaction, utcnow
 from accord.ledger import bundle, checkpoints
 from accord.ledger.events import Actor, EventType
@@ -19,6 +18,8 @@ from accord.ledger.service import pending_count, record
 from accord.ledger.upkeep import integrate_all
 from accord.ledger.verify import verify
 from accord.policy.engine import Policy
+from accord.settings import Settings
+from accord.spec.load import parse_policy_text
 from tests.conftest import POLICY
 
 WRITERS = 8

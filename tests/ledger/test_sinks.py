@@ -183,8 +183,8 @@ def test_an_abandoned_bundle_download_lets_go_of_the_database(tmp_path: Path) ->
     import threading as th
 
     from accord.bootstrap import build_state
-    from accord.config import Settings
     from accord.ledger import views
+    from accord.settings import Settings
 
     config = tmp_path / "accord.yaml"
     from tests.conftest import POLICY

@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import PolicyError, parse_policy_text
 from accord.db import transaction
 from accord.jobs.models import Job
 from accord.ledger.models import LedgerEntry, SinkCursor
@@ -21,6 +20,7 @@ from accord.notify import outbox
 from accord.notify import service as prefs
 from accord.notify.channels import RecipientAddress
 from accord.notify.models import DigestItem
+from accord.spec.load import PolicyError, parse_policy_text
 from accord.worker.job_runner import JobRunner
 from tests.conftest import POLICY, Env, make_env
 from tests.notify.samples import SLACK_ENV, http_receiver, notify_policy

@@ -190,7 +190,7 @@ def test_an_off_slack_response_url_is_refused_by_the_parser() -> None:
 @pytest.mark.parametrize("host", ["https://hooks.slack.com", "hooks.slack.com/x", "Hooks.Slack.com",
                                   "*", "localhost", "*.com.", ""])
 def test_bad_response_hosts_are_policy_errors(host: str) -> None:
-    from accord.config import PolicyError, parse_policy_text
+    from accord.spec.load import PolicyError, parse_policy_text
 
     text = (f"users: [alice]\nnotify: {{slack: {{webhook_url_env: X, "
             f"response_hosts: [{json.dumps(host)}]}}}}\n")

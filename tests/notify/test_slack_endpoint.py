@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import Secret
 from accord.notify.slack import signature
+from accord.settings import Secret
 from accord.worker.job_runner import JobRunner
 from tests.conftest import POLICY, Env, make_env
 

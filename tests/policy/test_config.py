@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from accord.config import PolicyError, parse_policy_text
 from accord.policy.engine import Decision, Policy, PolicyRefusal
+from accord.spec.load import PolicyError, parse_policy_text
 from tests.conftest import POLICY
 
 STAGING_STEPS = "    steps: [{approvers: [leads]}]\n"
@@ -175,7 +175,7 @@ def test_every_problem_of_one_kind_is_reported_at_once() -> None:
 
 
 def test_every_problem_is_reported_at_once_even_across_kinds() -> None:
-    # config.py promises "every problem at once ... so an operator fixes a file in one pass":
+    # spec/load.py promises "every problem at once ... so an operator fixes a file in one pass":
     # a bad duration must not hide an unknown group elsewhere in the file.
     text = swap(PROD_LEAD, "      - {name: lead, approvers: [lead]}\n")
     text = swap("max_duration: 8h", "max_duration: forever", text)

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 
 from accord.bootstrap import build_state
-from accord.config import Settings
 from accord.db import transaction
 from accord.identity import service as identity
 from accord.ledger.events import Actor
+from accord.settings import Settings
 from tests.conftest import POLICY
 from tests.serverproc import Server
 

@@ -23,7 +23,6 @@ import pytest
 from pymysql.connections import Connection
 from pymysql.cursors import Cursor
 
-from accord.config import MariaDBTarget, ResourceSpec, RolePrivileges
 from accord.provisioning.base import ConnectorError, GrantResult, GrantSpec
 from accord.provisioning.mariadb import (
     MAX_LOGIN,
@@ -34,6 +33,7 @@ from accord.provisioning.mariadb import (
     personal_role,
     role_name,
 )
+from accord.spec.resources import MariaDBTarget, ResourceSpec, RolePrivileges
 
 ADMIN_DSN = os.environ.get("ACCORD_TEST_MARIADB", "mysql://root@127.0.0.1:3306/")
 REQUIRE = os.environ.get("ACCORD_REQUIRE_MARIADB") == "1"

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from accord.config import NAME, PostgresTarget, ResourceSpec, RolePrivileges
 from accord.provisioning.base import Connector, ConnectorError, GrantSpec
 from accord.provisioning.postgres import (
     PostgresConnector,
@@ -26,6 +25,8 @@ from accord.provisioning.postgres import (
     login_name,
     user_of_login,
 )
+from accord.spec.base import NAME
+from accord.spec.resources import PostgresTarget, ResourceSpec, RolePrivileges
 from tests.conftest import PG_ADMIN_URL, REQUIRE_PG
 
 SUFFIX = uuid.uuid4().hex[:8]

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from accord.config import ResourceSpec, WebhookTarget
 from accord.provisioning.base import ConnectorError, GrantSpec
 from accord.provisioning.webhook import WebhookConnector
 from accord.signing import sign
 from accord.signing import verify as verify_signature
+from accord.spec.resources import ResourceSpec, WebhookTarget
 
 SECRET = b"webhook-s3cret"
 

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from accord.api.app import create_app
 from accord.bootstrap import build_state
 from accord.cli.main import app
-from accord.config import Settings
 from accord.db import transaction
 from accord.identity import service as identity
 from accord.ledger.events import Actor, format_time
 from accord.reports.render_pdf import _fonts
+from accord.settings import Settings
 from accord.worker.job_runner import detect_all
 from tests.conftest import POLICY, Env, LiveServer, make_env
 from tests.reports.test_reports import all_events, report, scenario

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import parse_policy_text
 from accord.notify.message import render
 from accord.notify.outbox import recipients
+from accord.spec.load import parse_policy_text
 from tests.conftest import POLICY, Env, make_env
 from tests.policy.test_config import problems
 from tests.reviews.conftest import REVIEW_POLICY, START, review_events, runner, scenario, start

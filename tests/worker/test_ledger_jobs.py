@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Engine
 
 from accord.bootstrap import ledger_config
-from accord.config import Settings, parse_policy_text
 from accord.db import make_sessionmaker, transaction, utcnow
 from accord.ledger.events import Actor, EventType
 from accord.ledger.service import pending_count, record
 from accord.policy.engine import Policy
+from accord.settings import Settings
+from accord.spec.load import parse_policy_text
 from accord.worker import ledger_jobs
 from accord.worker.ledger_jobs import LedgerWorker
 from tests.conftest import POLICY

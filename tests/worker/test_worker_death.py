@@ -21,11 +21,11 @@ import pytest
 from sqlalchemy import Engine, select
 
 from accord.bootstrap import build_state
-from accord.config import Settings
 from accord.db import transaction
 from accord.grants.models import Grant, GrantStatus
 from accord.jobs.models import Job
 from accord.requests import service as requests
+from accord.settings import Settings
 
 pytestmark = pytest.mark.postgres
 ACCORD = str(Path(sys.executable).parent / "accord")

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from accord.api import connections
 from accord.api.app import before_serving, create_app
 from accord.bootstrap import build_state
-from accord.config import Settings
+from accord.settings import Settings
 
 
 def create() -> FastAPI:

@@ -11,13 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from accord.cli.state import load_state
-from accord.config import PolicyError, Settings, load_policy_file, redact_url
 from accord.db import make_engine, transaction
 from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError
 from accord.identity import service as identity
 from accord.ledger.events import Actor, Via
 from accord.policy.engine import Policy
+from accord.settings import Settings, redact_url
+from accord.spec.load import PolicyError, load_policy_file
 
 out = Console()
 err = Console(stderr=True)

@@ -17,12 +17,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from accord.cli.client import AccordClient, ClientError
 from accord.cli.state import load_state
-from accord.config import Settings
 from accord.db import readonly_sessions, transaction
 from accord.ledger import bundle, checkpoints
 from accord.ledger.note import NoteError, Verifier
 from accord.ledger.service import LedgerCorruption
 from accord.ledger.verify import Report, verify
+from accord.settings import Settings
 
 audit_app = typer.Typer(help="The tamper-evident audit ledger.", no_args_is_help=True)
 out = Console()

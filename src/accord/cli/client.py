@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import httpx
 
 from accord import __version__
-from accord.config import Secret, Settings, redact_url
+from accord.settings import Secret, Settings, redact_url
 
 API_PREFIX = "/api/v1"
 TIMEOUT = 30.0

@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 
 from accord.cli.state import load_state
-from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
+from accord.settings import Settings
+from accord.spec.load import PolicyError
 
 # The server's own modules (the web app, reports, workers) are imported inside the
 # commands that run them: every other `accord` command starts a second sooner.

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from accord.config import PolicyError, Settings
+from accord.settings import Settings
+from accord.spec.load import PolicyError
 
 if TYPE_CHECKING:
     from accord.state import AppState

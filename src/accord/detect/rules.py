@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.config import CountRule, DetectSpec
 from accord.durations import format_duration
 from accord.ledger.models import LedgerEntry
 from accord.policy.engine import Policy
+from accord.spec.detect import CountRule, DetectSpec
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 GATEWAY_USE = ("gateway.session_opened", "gateway.statement")

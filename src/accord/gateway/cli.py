@@ -14,7 +14,7 @@ from rich.console import Console
 from accord.cli.client import ClientError
 
 if TYPE_CHECKING:
-    from accord.config import GatewaySpec
+    from accord.spec.gateway import GatewaySpec
     from accord.state import AppState
 
 err = Console(stderr=True, highlight=False)

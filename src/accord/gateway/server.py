@@ -30,13 +30,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from accord.config import GatewaySpec, ResourceSpec
 from accord.db import transaction
 from accord.gateway import prefork_msg, tokens
 from accord.gateway.audit import AuditWriter
 from accord.gateway.link import Link
 from accord.gateway.records import SessionInfo
 from accord.grants.models import Grant, GrantStatus
+from accord.spec.gateway import GatewaySpec
+from accord.spec.resources import ResourceSpec
 from accord.state import AppState
 
 log = logging.getLogger("accord.gateway")

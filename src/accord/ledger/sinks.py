@@ -24,10 +24,10 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import SinkSpec
 from accord.db import reading, transaction, utcnow
 from accord.ledger.models import LedgerEntry, SinkCursor
 from accord.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from accord.spec.ledger import SinkSpec
 
 log = logging.getLogger("accord.ledger.sinks")
 

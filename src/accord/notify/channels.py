@@ -28,9 +28,11 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from accord.config import NotifySpec, Secret, UserSpec
 from accord.notify.message import Message
+from accord.settings import Secret
 from accord.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from accord.spec.notify import NotifySpec
+from accord.spec.people import UserSpec
 
 log = logging.getLogger("accord.notify")
 

@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.config import NotifySpec, WorkflowNotifySpec
 from accord.db import utcnow
 from accord.grants.models import Grant
 from accord.jobs import service as jobs
@@ -37,6 +36,8 @@ from accord.notify.channels import DeliveryError, RecipientAddress, send_once
 from accord.notify.message import render
 from accord.policy.engine import Policy
 from accord.requests.models import AccessRequest, RequestApprover, Status
+from accord.spec.notify import NotifySpec
+from accord.spec.workflows import WorkflowNotifySpec
 
 log = logging.getLogger("accord.notify")
 CURSOR = "notify"

@@ -23,13 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from accord.config import NotifySpec
 from accord.errors import Invalid, NotFound
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
 from accord.notify.channels import RecipientAddress
 from accord.notify.models import Mode, NotificationPreference
 from accord.policy.engine import Policy
+from accord.spec.notify import NotifySpec
 
 PERSON_CHANNELS = ("email", "slack")  # webhooks are not a person's channel
 

@@ -16,9 +16,11 @@ from typing import Any
 
 import cel
 
-from accord.config import LoadedPolicy, ResourceSpec, StepSpec, WorkflowSpec
 from accord.durations import format_duration
 from accord.ledger.events import format_time
+from accord.spec.load import LoadedPolicy
+from accord.spec.resources import ResourceSpec
+from accord.spec.workflows import StepSpec, WorkflowSpec
 
 
 class PolicyRefusal(Exception):

@@ -9,9 +9,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.config import LoadedPolicy, PolicyError, load_policy_file, parse_policy_text
 from accord.policy.engine import Policy
 from accord.policy.models import PolicyState, PolicyVersion
+from accord.spec.load import LoadedPolicy, PolicyError, load_policy_file, parse_policy_text
 
 
 class PolicyStore:

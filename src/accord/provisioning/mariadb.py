@@ -42,8 +42,9 @@ import pymysql
 from pymysql.connections import Connection
 from pymysql.cursors import Cursor
 
-from accord.config import NAME, MariaDBTarget, ResourceSpec
 from accord.provisioning.base import ConnectorError, GrantResult, GrantSpec, Health
+from accord.spec.base import NAME
+from accord.spec.resources import MariaDBTarget, ResourceSpec
 
 log = logging.getLogger("accord.provisioning.mariadb")
 

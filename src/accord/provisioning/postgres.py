@@ -51,8 +51,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from accord.config import NAME, PostgresTarget, ResourceSpec
 from accord.provisioning.base import ConnectorError, GrantResult, GrantSpec, Health
+from accord.spec.base import NAME
+from accord.spec.resources import PostgresTarget, ResourceSpec
 
 log = logging.getLogger(__name__)
 

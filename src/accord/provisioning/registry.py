@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from accord.config import MariaDBTarget, PostgresTarget, ResourceSpec, WebhookTarget
 from accord.provisioning.base import Connector, ConnectorError
+from accord.spec.resources import MariaDBTarget, PostgresTarget, ResourceSpec, WebhookTarget
 
 
 class Connectors:

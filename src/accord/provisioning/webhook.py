@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 
 from accord import signing
-from accord.config import ResourceSpec, WebhookTarget
 from accord.provisioning.base import ConnectorError, GrantResult, GrantSpec, Health
+from accord.spec.resources import ResourceSpec, WebhookTarget
 
 CONNECTION_FIELDS = frozenset({"host", "port", "database", "user", "url"})
 log = logging.getLogger("accord.provisioning.webhook")

@@ -22,11 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from accord.cli.client import AccordClient, ClientError
 from accord.cli.state import load_state
-from accord.config import Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor, Via
 from accord.reports import service
 from accord.reports.schemas import FORMATS, Kind
+from accord.settings import Settings
 
 report_app = typer.Typer(help="Compliance reports with ledger evidence.", no_args_is_help=True)
 err = Console(stderr=True, soft_wrap=True)

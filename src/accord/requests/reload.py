@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.config import PolicyError
 from accord.db import utcnow
 from accord.errors import Invalid
 from accord.grants import service as grants
@@ -21,6 +20,7 @@ from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
+from accord.spec.load import PolicyError
 
 
 def reload(session: Session, *, store: PolicyStore, actor: Actor,

@@ -17,7 +17,6 @@ from sqlalchemy import ColumnElement, and_, delete, exists, false, or_, select, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from accord.config import ResourceSpec
 from accord.db import skip_locked
 from accord.durations import format_duration
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
@@ -29,6 +28,7 @@ from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, PolicyRef, format_time
 from accord.policy.engine import Decision, Policy, PolicyRefusal
 from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
+from accord.spec.resources import ResourceSpec
 
 
 def _resource(req: AccessRequest) -> dict[str, Any]:

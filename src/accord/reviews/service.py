@@ -39,7 +39,6 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from accord.config import ReviewSpec
 from accord.durations import format_duration, parse_duration
 from accord.errors import Conflict, Forbidden, Invalid, NotFound
 from accord.grants import service as grants
@@ -59,6 +58,7 @@ from accord.reviews.models import (
     ReviewEntry,
     ReviewReviewer,
 )
+from accord.spec.reviews import ReviewSpec
 
 START = "review.start"
 REMIND = "review.remind"

@@ -22,8 +22,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from accord.config import OidcSpec
 from accord.provisioning.secrets import SecretBox
+from accord.spec.service import OidcSpec
 
 FLOW_COOKIE = "accord_oidc"
 FLOW_TTL = 600  # seconds a user has to finish logging in at the provider

@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import IntegritySpec
 from accord.db import readonly_sessions, transaction
 from accord.detect.rules import Finding
 from accord.detect.service import raise_alert
 from accord.ledger import integrity
 from accord.ledger.checkpoints import LedgerConfig
+from accord.spec.ledger import IntegritySpec
 
 log = logging.getLogger("accord.ledger")
 RULE = "ledger_integrity"

@@ -20,7 +20,6 @@ from datetime import datetime
 import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.config import SinkSpec
 from accord.db import transaction
 from accord.ledger import checkpoints
 from accord.ledger.checkpoints import LedgerConfig
@@ -28,6 +27,7 @@ from accord.ledger.service import NOTIFY_CHANNEL
 from accord.ledger.sinks import SinkState, pump
 from accord.ledger.sinks import build as build_sink
 from accord.ledger.upkeep import integrate_all, sign_if_due
+from accord.spec.ledger import SinkSpec
 
 log = logging.getLogger("accord.ledger")
 POLL_SECONDS = 0.25  # without a LISTEN connection (it failed): how often to look

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.config import PolicyError, parse_policy_text
 from accord.gateway import prefork
 from accord.gateway.postgres.scope import (
     _NOT_A_PARAM,
@@ -20,6 +19,7 @@ from accord.gateway.postgres.scope import (
     role_classes,
 )
 from accord.gateway.postgres.scram import AuthError, ScramClient, md5_password
+from accord.spec.load import PolicyError, parse_policy_text
 
 
 def classes(sql: str) -> list[list[str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from accord.config import GatewaySpec
+from accord.spec.gateway import GatewaySpec
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from typing import Any, cast
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from accord.config import PostgresTarget, ResourceSpec
 from accord.gateway.link import Closed, Link
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.scope import PINNED_SETTINGS
@@ -40,6 +39,7 @@ from accord.gateway.postgres.scram import MECHANISM, AuthError, ScramClient, md5
 from accord.provisioning.base import ConnectorError
 from accord.provisioning.postgres import admin_dsn, gateway_login_name, group_name
 from accord.provisioning.secrets import SecretBox
+from accord.spec.resources import PostgresTarget, ResourceSpec
 
 log = logging.getLogger("accord.gateway")
 CONNECT_TIMEOUT = 10.0

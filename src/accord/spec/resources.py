@@ -1,0 +1,89 @@
+"""`resources:`: what access is requested to, where it is provisioned, and how the
+gateway reaches it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from accord.spec.base import NAME, Strict, as_duration
+
+
+class RolePrivileges(Strict):
+    """What an Accord role means on a database target: GRANT statements' privilege part."""
+
+    privileges: list[str] = Field(
+        default_factory=list, examples=[["SELECT ON ALL TABLES IN SCHEMA public"]]
+    )
+
+
+class PostgresTarget(Strict):
+    type: Literal["postgres"]
+    dsn_env: str | None = None  # env var holding the admin DSN (never in this file)
+    dsn_file: str | None = None  # or a file holding it
+    host: str = "127.0.0.1"  # what grantees are told (connection info)
+    port: int = 5432
+    database: str = "postgres"
+    roles: dict[str, RolePrivileges] = Field(default_factory=dict)
+
+
+class MariaDBTarget(Strict):
+    type: Literal["mariadb", "mysql"]
+    dsn_env: str | None = None
+    dsn_file: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 3306
+    database: str = ""
+    roles: dict[str, RolePrivileges] = Field(default_factory=dict)
+
+
+class WebhookTarget(Strict):
+    type: Literal["webhook"]
+    url: str
+    secret_env: str  # env var holding the HMAC secret
+    timeout: timedelta = timedelta(seconds=10)
+
+    _d = field_validator("timeout", mode="before")(lambda cls, v: as_duration(v))
+
+
+GATEWAY_CLASSES = ("read", "write", "ddl", "admin", "transaction", "session", "identity",
+                   "unknown", "all")
+
+
+class ResourceGatewaySpec(Strict):
+    """How the gateway reaches a resource, and what each Accord role may run there."""
+
+    dsn_env: str | None = None  # upstream DSN (default: the postgres provision target's)
+    dsn_file: str | None = None
+    database: str | None = None  # default: provision.database, else the DSN's
+    set_role: bool | None = None  # SET ROLE accord_<resource>_<role> (default: when provisioned)
+    roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
+
+
+class ResourceSpec(Strict):
+    name: str
+    kind: str = "generic"
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    owners: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(min_length=1)
+    # Where access is really granted; without it a grant exists only in Accord.
+    provision: PostgresTarget | MariaDBTarget | WebhookTarget | None = Field(
+        default=None, discriminator="type")
+    reconcile: Literal["off", "report", "enforce"] = "report"
+    gateway: ResourceGatewaySpec | None = None  # reachable through `accord gateway`
+
+    @property
+    def gateway_reachable(self) -> bool:
+        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres
+        provision target (whose admin DSN makes the gateway's logins)."""
+        return self.gateway is not None or isinstance(self.provision, PostgresTarget)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be lowercase letters, digits, '.', '_' or '-' (max 63)")
+        return v
