@@ -13,6 +13,14 @@ from accord.ledger.models import (
     SinkCursor,
 )
 from accord.notify.models import SlackSeen
+from accord.people.models import (
+    DirectoryChange,
+    DirectoryGroup,
+    DirectoryMember,
+    DirectoryState,
+    DirectoryUser,
+    ScimClient,
+)
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.requests.models import AccessRequest, Approval, RequestApprover
 from accord.reviews.models import ReviewCampaign, ReviewEntry, ReviewReviewer
@@ -25,6 +33,11 @@ __all__ = [
     "ApiToken",
     "Approval",
     "DetectorCursor",
+    "DirectoryChange",
+    "DirectoryGroup",
+    "DirectoryMember",
+    "DirectoryState",
+    "DirectoryUser",
     "Grant",
     "Job",
     "LedgerCheckpoint",
@@ -37,6 +50,7 @@ __all__ = [
     "ReviewCampaign",
     "ReviewEntry",
     "ReviewReviewer",
+    "ScimClient",
     "SinkCursor",
     "SlackSeen",
     "WebSession",

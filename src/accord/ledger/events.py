@@ -65,6 +65,18 @@ class EventType(enum.StrEnum):
     REVIEW_REFUSED = "review.refused"
     REVIEW_REMINDED = "review.reminded"
     REVIEW_COMPLETED = "review.completed"
+    DIRECTORY_USER_CREATED = "directory.user_created"
+    DIRECTORY_USER_UPDATED = "directory.user_updated"
+    DIRECTORY_USER_DEACTIVATED = "directory.user_deactivated"
+    DIRECTORY_USER_REACTIVATED = "directory.user_reactivated"
+    DIRECTORY_USER_DELETED = "directory.user_deleted"
+    DIRECTORY_GROUP_CREATED = "directory.group_created"
+    DIRECTORY_GROUP_UPDATED = "directory.group_updated"
+    DIRECTORY_GROUP_DELETED = "directory.group_deleted"
+    DIRECTORY_MEMBER_ADDED = "directory.member_added"
+    DIRECTORY_MEMBER_REMOVED = "directory.member_removed"
+    SCIM_TOKEN_ISSUED = "scim.token_issued"
+    SCIM_TOKEN_REVOKED = "scim.token_revoked"
 
 
 class Via(enum.StrEnum):
@@ -75,17 +87,23 @@ class Via(enum.StrEnum):
     GATEWAY = "gateway"
     WORKER = "worker"
     POLICY = "policy"
+    SCIM = "scim"
 
 
 @dataclass(frozen=True)
 class Actor:
-    kind: str  # user | policy | system | anonymous (an unauthenticated client)
+    kind: str  # user | policy | system | scim (an identity provider's client) | anonymous
     id: str
     via: str
 
     @classmethod
     def user(cls, name: str, via: str) -> Actor:
         return cls("user", name, via)
+
+    @classmethod
+    def scim(cls, client: str) -> Actor:
+        """An identity provider pushing over SCIM, by the name its token was issued to."""
+        return cls("scim", client, Via.SCIM)
 
     @classmethod
     def system(cls, via: str = Via.WORKER) -> Actor:

@@ -9,7 +9,8 @@ that errors does not approve, an `auto_deny` that errors denies.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import ChainMap
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +19,9 @@ import cel
 
 from accord.durations import format_duration
 from accord.ledger.events import format_time
+from accord.people.snapshot import EMPTY, Directory
 from accord.spec.load import LoadedPolicy
+from accord.spec.people import UserSpec
 from accord.spec.resources import ResourceSpec
 from accord.spec.workflows import StepSpec, WorkflowSpec
 
@@ -80,22 +83,98 @@ def _eval_bool(program: Any, ctx: dict[str, Any]) -> tuple[bool | None, str | No
     return value, None
 
 
-class Policy:
-    """An immutable, compiled view of one loaded accord.yaml."""
+class People(Mapping[str, UserSpec]):
+    """Everyone who is a user: the file's `users` and group members, and the directory's
+    active people. A directory user deactivated by the provider is nobody, even if the
+    file names them. Built in O(1) per policy; a directory person's spec is made on demand."""
 
-    def __init__(self, loaded: LoadedPolicy) -> None:
+    def __init__(self, file: dict[str, UserSpec], directory: Directory) -> None:
+        self._file = file
+        self._dir = directory
+        self._len: int | None = None
+
+    def __getitem__(self, name: str) -> UserSpec:
+        person = self._dir.users.get(name)
+        spec = self._file.get(name)
+        if person is None:
+            if spec is None:
+                raise KeyError(name)
+            return spec
+        if not person.active:
+            raise KeyError(name)
+        if spec is None:
+            return UserSpec(email=person.email, name=person.display_name)
+        return spec if spec.email else spec.model_copy(update={"email": person.email})
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        person = self._dir.users.get(name)
+        return person.active if person is not None else name in self._file
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._file:
+            if self._dir.active(name) is not False:
+                yield name
+        for name, person in self._dir.users.items():
+            if person.active and name not in self._file:
+                yield name
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self)
+        return self._len
+
+
+class _GroupsOf(Mapping[str, frozenset[str]]):
+    """user -> the groups they are in, the file's and the directory's (active people only)."""
+
+    def __init__(self, file: dict[str, frozenset[str]], directory: Directory) -> None:
+        self._file = file
+        self._dir = directory
+
+    def __getitem__(self, name: str) -> frozenset[str]:
+        if self._dir.active(name) is False:
+            raise KeyError(name)
+        mine = self._file.get(name, frozenset()) | self._dir.groups_of.get(name, frozenset())
+        if not mine and name not in self._file:
+            raise KeyError(name)
+        return mine
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set(self._file)
+        yield from (n for n in self._file if self._dir.active(n) is not False)
+        yield from (n for n in self._dir.groups_of if n not in seen)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class Policy:
+    """An immutable, compiled view of one loaded accord.yaml and one directory snapshot."""
+
+    def __init__(self, loaded: LoadedPolicy, directory: Directory = EMPTY, *,
+                 compiled: list[CompiledWorkflow] | None = None) -> None:
         self.loaded = loaded
+        self.directory = directory
         spec = loaded.spec
         self.version = loaded.version
-        self.users = spec.user_specs()
-        self.groups: dict[str, frozenset[str]] = {g: frozenset(m) for g, m in spec.groups.items()}
-        groups_of: dict[str, set[str]] = {u: set() for u in self.users}
+        self._file_users = spec.user_specs()
+        self.users: Mapping[str, UserSpec] = People(self._file_users, directory)
+        gone = directory.inactive
+        file_groups = {g: frozenset(m) - gone for g, m in spec.groups.items()}
+        self.file_groups = file_groups
+        # The file's groups win a name clash (the directory refuses one; see accord.directory).
+        self.groups: Mapping[str, frozenset[str]] = ChainMap(
+            file_groups, directory.groups)
+        groups_of: dict[str, set[str]] = {u: set() for u in spec.user_specs()}
         for g, members in spec.groups.items():
             for m in members:
                 groups_of[m].add(g)
-        self.groups_of = {u: frozenset(gs) for u, gs in groups_of.items()}
+        self.groups_of: Mapping[str, frozenset[str]] = _GroupsOf(
+            {u: frozenset(gs) for u, gs in groups_of.items()}, directory)
         self.resources: dict[str, ResourceSpec] = {r.name: r for r in spec.resources}
-        self.workflows = [
+        self.workflows = compiled if compiled is not None else [
             CompiledWorkflow(
                 spec=w,
                 match=cel.compile(w.match),
@@ -104,6 +183,16 @@ class Policy:
             )
             for w in spec.workflows
         ]
+        # Group names the policy refers to (a membership change there moves approvals).
+        refs: set[str] = set(spec.accord.admins) | set(spec.accord.auditors)
+        for ws in spec.workflows:
+            for st in [*ws.steps, *(ws.elevated.steps if ws.elevated else [])]:
+                refs |= set(st.approvers)
+            if ws.escalation is not None:
+                refs |= set(ws.escalation.to)
+        for r in spec.resources:
+            refs |= set(r.owners)
+        self.referenced_groups = frozenset(r.removeprefix("group:") for r in refs)
         self.admins = self._members(spec.accord.admins)
         self.auditors = self._members(spec.accord.auditors)
         self._approvers_by_resource = {
@@ -126,6 +215,12 @@ class Policy:
             for person in approvers:
                 self._pairs.setdefault(person, []).append(pair)
 
+    def with_directory(self, directory: Directory) -> Policy:
+        """This policy over another directory snapshot (its CEL stays compiled)."""
+        if directory is self.directory:
+            return self
+        return Policy(self.loaded, directory, compiled=self.workflows)
+
     # ---------------------------------------------------------------- identity
 
     def _members(self, group_names: list[str]) -> frozenset[str]:
@@ -147,8 +242,21 @@ class Policy:
             roles.append("auditor")
         return roles
 
-    def resolve(self, ref: str, resource: ResourceSpec | None) -> frozenset[str]:
-        """The users a principal reference stands for: `owners`, `group:x`, `user:x`, or a name."""
+    def manager_of(self, user: str) -> str | None:
+        """The person's manager: the directory's, else the file's `manager:`."""
+        person = self.directory.users.get(user)
+        if person is not None and person.manager:
+            return person.manager
+        spec = self._file_users.get(user)
+        return spec.manager if spec is not None else None
+
+    def resolve(self, ref: str, resource: ResourceSpec | None,
+                requester: str | None = None) -> frozenset[str]:
+        """The users a principal reference stands for: `owners`, `manager` (the requester's),
+        `group:x`, `user:x`, or a name."""
+        if ref == "manager":
+            boss = self.manager_of(requester) if requester else None
+            return frozenset({boss}) if boss is not None and boss in self.users else frozenset()
         if ref == "owners":
             if resource is None:
                 return frozenset()
@@ -164,12 +272,13 @@ class Policy:
             return self.groups[ref]
         return frozenset({ref}) if ref in self.users else frozenset()
 
-    def eligible(self, step: dict[str, Any], resource: str) -> frozenset[str]:
+    def eligible(self, step: dict[str, Any], resource: str,
+                 requester: str | None = None) -> frozenset[str]:
         """Users who may decide a planned step (as stored on a request) of `resource`."""
         spec = self.resources.get(resource)
         out: set[str] = set()
         for ref in step.get("approvers", []):
-            out |= self.resolve(ref, spec)
+            out |= self.resolve(ref, spec, requester)
         return frozenset(out)
 
     def _all_approvers(self, resource: ResourceSpec) -> set[str]:

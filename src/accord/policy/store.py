@@ -9,6 +9,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from accord.people import snapshot
+from accord.people.snapshot import Directory
 from accord.policy.engine import Policy
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.spec.load import LoadedPolicy, PolicyError, load_policy_file, parse_policy_text
@@ -22,6 +24,7 @@ class PolicyStore:
         self._policy = policy
         self.lock = threading.Lock()
         self._checked = 0.0
+        self._directory_loaded = False
 
     @classmethod
     def from_file(cls, path: Path) -> PolicyStore:
@@ -37,6 +40,38 @@ class PolicyStore:
 
     def install(self, policy: Policy) -> None:
         self._policy = policy
+        self._directory_loaded = self._directory_loaded or policy.directory.seq > 0
+
+    def directory(self, session: Session) -> Directory:
+        """The directory as `session` sees it: the current snapshot caught up with the
+        changes committed since (the first call in a process loads it whole)."""
+        if not self._directory_loaded:
+            return snapshot.load(session)
+        return snapshot.refresh(session, self._policy.directory)
+
+    def fresh_install(self, policy: Policy) -> None:
+        """Install `policy` (the current one over a directory this process just committed)
+        unless a reload replaced the policy meanwhile or a newer directory is in."""
+        with self.lock:
+            current = self._policy
+            if current.version == policy.version \
+                    and current.directory.seq <= policy.directory.seq:
+                self._policy = policy
+                self._directory_loaded = True
+
+    def fresh(self, session: Session) -> Policy:
+        """The current policy over the directory as `session` sees it (a decision that must
+        not act on a membership the provider just removed), installed if it moved on."""
+        directory = self.directory(session)
+        policy = self._policy
+        if directory is policy.directory:
+            return policy
+        updated = policy.with_directory(directory)
+        with self.lock:
+            if self._policy is policy:
+                self._policy = updated
+                self._directory_loaded = True
+        return updated
 
     def due(self, every: float = 1.0) -> bool:
         return time.monotonic() - self._checked >= every
@@ -44,15 +79,17 @@ class PolicyStore:
     def follow(self, session: Session) -> bool:
         """Adopt the version another process announced (server workers, replicas, worker).
 
-        The database's `policy_state` says which version is in force; a reload anywhere
-        reaches every process within a second. Returns True if the policy changed.
+        The database's `policy_state` says which version is in force, `directory_changes` what
+        the identity provider changed; either reaches every process within a second. Returns
+        True if the policy changed.
         """
         self._checked = time.monotonic()
         version = session.execute(
             select(PolicyState.version).where(PolicyState.id == 1)
         ).scalar_one_or_none()
         if version is None or version == self._policy.version:
-            return False
+            before = self._policy
+            return self.fresh(session) is not before  # the directory moved on
         with self.lock:
             if version == self._policy.version:
                 return False
@@ -65,5 +102,6 @@ class PolicyStore:
                 if row is None:
                     return False
                 loaded = parse_policy_text(row.text, row.source)
-            self._policy = Policy(loaded)
+            self._policy = Policy(loaded, self.directory(session))
+            self._directory_loaded = True
             return True

@@ -33,7 +33,11 @@ def reload(session: Session, *, store: PolicyStore, actor: Actor,
             "accord.yaml has errors; the running policy is unchanged: "
             + "; ".join(str(p) for p in exc.problems)
         ) from None
-    policy = Policy(loaded)
+    policy = Policy(loaded, store.directory(session))
+    if clash := sorted(policy.file_groups.keys() & policy.directory.groups.keys()):
+        raise Invalid("accord.yaml has errors; the running policy is unchanged: groups "
+                      f"{', '.join(clash)} also come from the identity provider's directory; "
+                      "rename one of them (a group has one source)")
     result = service.announce(session, policy=policy, actor=actor)
     if result["changed"]:
         requests.refresh_approvers(session, policy=policy)

@@ -10,6 +10,7 @@ steps and a double click cannot count twice.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -112,7 +113,7 @@ def current_approvers(policy: Policy, req: AccessRequest) -> frozenset[str]:
                 steps = [{"approvers": s.approvers} for s in specs]
     out: set[str] = set()
     for step in steps:
-        out |= policy.eligible(step, req.resource)
+        out |= policy.eligible(step, req.resource, req.requester)
     return frozenset(out)
 
 
@@ -317,7 +318,7 @@ def route(policy: Policy, *, requester: str, resource: str, role: str, duration:
     eligible: list[frozenset[str]] = []
     if decision.outcome == "steps":
         for i, step in enumerate(decision.steps):
-            people = policy.eligible(step.as_dict(), resource) - {requester}
+            people = policy.eligible(step.as_dict(), resource, requester) - {requester}
             if len(people) < step.min_approvals:
                 decision = Decision(
                     "deny", decision.workflow, "no_approvers",
@@ -460,7 +461,7 @@ def escalate(session: Session, *, policy: Policy, request_id: int, now: datetime
                                                RequestApprover.step == step)).scalars())
     added: set[str] = set()
     for ref in spec.escalation.to:
-        added |= policy.resolve(ref, policy.resources.get(req.resource))
+        added |= policy.resolve(ref, policy.resources.get(req.resource), req.requester)
     added -= have | {req.requester}
     session.add_all(RequestApprover(request_id=req.id, step=step, username=u)
                     for u in sorted(added))
@@ -638,6 +639,12 @@ def _finish_pending(
     }[status]
     _record(session, req, event, actor=actor, now=now, reason=why)
     session.flush()
+
+
+def cancel_for(session: Session, *, req: AccessRequest, actor: Actor, now: datetime,
+               why: str) -> None:
+    """Cancel a pending request because of something outside it (its requester left)."""
+    _finish_pending(session, req, Status.CANCELLED, actor, now, why)
 
 
 def cancel_orphaned(session: Session, *, req: AccessRequest, actor: Actor, now: datetime) -> None:
@@ -819,15 +826,18 @@ def expire_pending(session: Session, *, now: datetime, limit: int = 500) -> int:
     return len(reqs)
 
 
-def refresh_approvers(session: Session, *, policy: Policy) -> int:
-    """Recompute who may decide each pending request after the policy changed."""
-    pending = session.execute(
-        select(AccessRequest).where(AccessRequest.status == Status.PENDING)
-    ).scalars().all()
+def refresh_approvers(session: Session, *, policy: Policy,
+                      requesters: Collection[str] | None = None) -> int:
+    """Recompute who may decide each pending request (of `requesters`, when given) after
+    the policy or the directory changed."""
+    q = select(AccessRequest).where(AccessRequest.status == Status.PENDING)
+    if requesters is not None:
+        q = q.where(AccessRequest.requester.in_(list(requesters)))
+    pending = session.execute(q).scalars().all()
     for req in pending:
         session.execute(delete(RequestApprover).where(RequestApprover.request_id == req.id))
         for i, step in enumerate(req.plan.get("steps", [])):
-            people = policy.eligible(step, req.resource) - {req.requester}
+            people = policy.eligible(step, req.resource, req.requester) - {req.requester}
             session.add_all(RequestApprover(request_id=req.id, step=i, username=u) for u in people)
     session.flush()
     return len(pending)

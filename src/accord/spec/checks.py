@@ -46,32 +46,40 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
     users = spec.user_specs()
     groups = spec.groups
 
-    for name in list(users):
+    for name, u in users.items():
         if not NAME.match(name):
             problems.append(PolicyProblem(f"users.{name}", "invalid user name"))
+        if u.manager is not None and u.manager not in users and not spec.identity.from_provider:
+            problems.append(PolicyProblem(f"users.{name}.manager",
+                                          f'unknown user "{u.manager}"'))
     for g, members in groups.items():
         if not NAME.match(g):
             problems.append(PolicyProblem(f"groups.{g}", "invalid group name"))
         if g in users:
             problems.append(PolicyProblem(f"groups.{g}", f'"{g}" is both a user and a group'))
-        if g == "owners":
-            problems.append(PolicyProblem(f"groups.{g}", '"owners" is reserved'))
+        if g in ("owners", "manager"):
+            problems.append(PolicyProblem(f"groups.{g}", f'"{g}" is reserved'))
         if isinstance(spec.users, dict | list) and spec.users:
             listed = set(spec.users)
             for i, m in enumerate(members):
                 if m not in listed:
                     problems.append(PolicyProblem(f"groups.{g}[{i}]", f'unknown user "{m}"'))
 
+    # With a directory, names the file does not define may be the provider's (checked
+    # against the directory by `accord policy check` when it can reach the database).
+    provided = spec.identity.from_provider
     for field_name in ("admins", "auditors"):
         for i, g in enumerate(getattr(spec.accord, field_name)):
-            if g not in groups:
+            if g not in groups and not provided:
                 problems.append(PolicyProblem(f"accord.{field_name}[{i}]", f'unknown group "{g}"'))
 
     def principal(path: str, ref: str, *, allow_owners: bool) -> None:
         name = ref.split(":", 1)[1] if ref.startswith(("group:", "user:")) else ref
-        if ref == "owners":
+        if ref in ("owners", "manager"):
             if not allow_owners:
-                problems.append(PolicyProblem(path, '"owners" is only meaningful in steps'))
+                problems.append(PolicyProblem(path, f'"{ref}" is only meaningful in steps'))
+        elif provided:
+            return
         elif ref.startswith("group:"):
             if name not in groups:
                 problems.append(PolicyProblem(path, f'unknown group "{name}"'))

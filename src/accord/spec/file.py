@@ -9,7 +9,7 @@ from accord.spec.detect import DetectSpec
 from accord.spec.gateway import GatewaySpec
 from accord.spec.ledger import LedgerSpec
 from accord.spec.notify import NotifySpec
-from accord.spec.people import AccordRoles, UserSpec
+from accord.spec.people import AccordRoles, IdentitySpec, UserSpec
 from accord.spec.resources import ResourceSpec
 from accord.spec.reviews import ReviewSpec
 from accord.spec.service import WebSpec, WorkerSpec
@@ -18,6 +18,7 @@ from accord.spec.workflows import BreakGlassSpec, WorkflowSpec
 
 class PolicyFile(Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
+    identity: IdentitySpec = Field(default_factory=IdentitySpec)
     gateway: GatewaySpec | None = None
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     notify: NotifySpec = Field(default_factory=NotifySpec)

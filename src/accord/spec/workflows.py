@@ -55,6 +55,9 @@ class WorkflowSpec(Strict):
     name: str
     description: str = ""
     match: str = "true"
+    # A grant this workflow routed ends when its requester leaves a directory group and the
+    # workflow would no longer match them (the group was the reason for the access).
+    revoke_on_group_loss: bool = False
     max_duration: timedelta = DEFAULT_MAX_DURATION
     require_reason: bool = True
     auto_approve: str | None = None

@@ -1,0 +1,1 @@
+"""The directory's writes (SCIM pushes, OIDC group sync) and their consequences."""

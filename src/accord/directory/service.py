@@ -1,0 +1,394 @@
+"""Writing the directory. Every change is a ledger event in the caller's transaction, and
+its consequences are applied in that same transaction (`consequences.py`): a person the
+provider deactivates or deletes loses their tokens, sessions, pending requests and grants;
+people who join or leave a group gain or lose the approvals that group gives at once.
+
+A `Change` is one unit of work: it locks `directory_state` first, so directory writers take
+turns and change sequence numbers commit in order (processes catch up by sequence number).
+The caller commits, then calls `after_commit` to install the new directory in its process.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from accord.directory import consequences
+from accord.errors import Conflict, Invalid, NotFound
+from accord.ledger import service as ledger
+from accord.ledger.events import Actor, EventType
+from accord.people.models import (
+    DirectoryChange,
+    DirectoryGroup,
+    DirectoryMember,
+    DirectoryState,
+    DirectoryUser,
+)
+from accord.policy.engine import Policy
+from accord.policy.store import PolicyStore
+
+SOURCES = ("scim", "oidc")
+
+
+def key(name: str) -> str:
+    """How SCIM compares userName and displayName: case-insensitively."""
+    return name.casefold()
+
+
+# An Accord name for a person from the provider: userName case-folded, as tokens, grants
+# and requests carry it (the file's names are the same minus "@" and "+").
+PERSON = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,63}$")
+
+
+@dataclass
+class UserFields:
+    """What the provider says about a person (SCIM's User, enterprise extension included)."""
+
+    user_name: str
+    external_id: str | None = None
+    display_name: str | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    email: str | None = None
+    email_type: str | None = None
+    active: bool = True
+    manager_id: str | None = None
+    department: str | None = None
+    employee_number: str | None = None
+
+    @classmethod
+    def of(cls, row: DirectoryUser) -> UserFields:
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+
+
+class Change:
+    """One unit of directory writes and their consequences (the caller's transaction)."""
+
+    def __init__(self, session: Session, *, store: PolicyStore, actor: Actor, now: datetime,
+                 source: str = "scim") -> None:
+        self.session, self.store, self.actor, self.now, self.source = (
+            session, store, actor, now, source)
+        state = session.execute(
+            select(DirectoryState).where(DirectoryState.id == 1).with_for_update()
+        ).scalar_one_or_none()
+        if state is None:  # the first write ever: two racing ones meet at the primary key
+            state = DirectoryState(id=1, seq=0)
+            session.add(state)
+            session.flush()
+        self._state = state
+        self._users: set[str] = set()
+        self._groups: set[str] = set()
+        self.left: dict[str, str] = {}  # name -> why they are no longer a user
+        self.lost: dict[str, set[str]] = {}  # name -> groups they left
+        self.joined: set[str] = set()  # people who joined a group
+        self.managed: set[str] = set()  # people whose manager changed
+        self.policy: Policy | None = None
+
+    # ------------------------------------------------------------------ users
+
+    def create_user(self, f: UserFields) -> DirectoryUser:
+        self._check_user_name(f.user_name)
+        if self._user_by_key(f.user_name) is not None:
+            raise Conflict(f'a user named "{f.user_name}" already exists', field="userName")
+        self._check_manager(f.manager_id, None)
+        row = DirectoryUser(id=str(uuid.uuid4()), source=self.source, version=1,
+                            created_at=self.now, updated_at=self.now, name=key(f.user_name),
+                            **{k.name: getattr(f, k.name) for k in fields(UserFields)})
+        self.session.add(row)
+        self.session.flush()
+        self._users.add(row.name)
+        self._event(EventType.DIRECTORY_USER_CREATED, f"user:{row.name}",
+                    user=row.name, user_name=row.user_name, user_id=row.id,
+                    external_id=row.external_id, active=row.active, email=row.email,
+                    manager=self._name_of(row.manager_id))
+        if not row.active:
+            self.left[row.name] = "created inactive by the identity provider"
+        if row.manager_id:
+            self.managed.add(row.name)
+        return row
+
+    def update_user(self, row: DirectoryUser, f: UserFields) -> bool:
+        """Replace what the provider says about `row` (PUT, PATCH). False if nothing changed."""
+        old = UserFields.of(row)
+        changed = {k.name: [getattr(old, k.name), getattr(f, k.name)]
+                   for k in fields(UserFields) if getattr(old, k.name) != getattr(f, k.name)}
+        if not changed:
+            return False
+        if "user_name" in changed:
+            self._check_user_name(f.user_name)
+            other = self._user_by_key(f.user_name)
+            if other is not None and other.id != row.id:
+                raise Conflict(f'a user named "{f.user_name}" already exists', field="userName")
+        if "manager_id" in changed:
+            self._check_manager(f.manager_id, row.id)
+        groups = self._groups_of(row.id)
+        for k in fields(UserFields):
+            setattr(row, k.name, getattr(f, k.name))
+        was = row.name
+        row.name = key(row.user_name)
+        row.version += 1
+        row.updated_at = self.now
+        self.session.flush()
+        name = row.name
+        self._users |= {name, was}
+        if name != was or "active" in changed:
+            self._groups |= groups  # their names (or their presence) in these groups changed
+        if "manager_id" in changed:
+            changed["manager_id"] = [self._name_of(old.manager_id), self._name_of(f.manager_id)]
+            self.managed.add(name)
+        self._event(EventType.DIRECTORY_USER_UPDATED, f"user:{name}", user=name, user_id=row.id,
+                    changed={("manager" if k == "manager_id" else k): v
+                             for k, v in changed.items() if k != "active"})
+        if name != was:
+            self.left[was] = f'renamed to "{name}" by the identity provider'
+            self.joined.add(name)
+        if "active" in changed:
+            if row.active:
+                self._event(EventType.DIRECTORY_USER_REACTIVATED, f"user:{name}", user=name,
+                            user_id=row.id)
+                self.left.pop(name, None)
+                self.joined.add(name)
+            else:
+                self._event(EventType.DIRECTORY_USER_DEACTIVATED, f"user:{name}", user=name,
+                            user_id=row.id)
+                self.left[name] = "deactivated by the identity provider"
+        return True
+
+    def delete_user(self, row: DirectoryUser) -> None:
+        groups = self._groups_of(row.id)
+        name = row.name
+        reports = list(self.session.execute(
+            select(DirectoryUser.name).where(DirectoryUser.manager_id == row.id)).scalars())
+        self.session.execute(delete(DirectoryMember).where(DirectoryMember.user_id == row.id))
+        for u in self.session.execute(
+                select(DirectoryUser).where(DirectoryUser.manager_id == row.id)).scalars():
+            u.manager_id = None
+            u.version += 1
+        self.session.delete(row)
+        self.session.flush()
+        self._users |= {name, *reports}
+        self._groups |= groups
+        self.managed |= set(reports)
+        self._event(EventType.DIRECTORY_USER_DELETED, f"user:{name}", user=name, user_id=row.id,
+                    groups=sorted(groups))
+        self.left[name] = "deleted by the identity provider"
+
+    # ----------------------------------------------------------------- groups
+
+    def create_group(self, display_name: str, *, external_id: str | None = None,
+                     member_ids: Iterable[str] = ()) -> DirectoryGroup:
+        self._check_group_name(display_name, None)
+        row = DirectoryGroup(id=str(uuid.uuid4()), display_name=display_name,
+                             name_key=key(display_name), external_id=external_id,
+                             source=self.source, version=1, created_at=self.now,
+                             updated_at=self.now)
+        self.session.add(row)
+        self.session.flush()
+        self._groups.add(display_name)
+        self._event(EventType.DIRECTORY_GROUP_CREATED, f"group:{display_name}",
+                    group=display_name, group_id=row.id, external_id=external_id)
+        self.set_members(row, set(member_ids), bump=False)
+        return row
+
+    def update_group(self, row: DirectoryGroup, *, display_name: str,
+                     external_id: str | None) -> bool:
+        changed: dict[str, list[Any]] = {}
+        if display_name != row.display_name:
+            self._check_group_name(display_name, row.id)
+            changed["display_name"] = [row.display_name, display_name]
+            members = self._member_names(row.id)
+            self._groups.add(row.display_name)
+            for m in members:  # they leave the old name (revoke_on_group_loss sees it)
+                self.lost.setdefault(m, set()).add(row.display_name)
+            self.joined |= members
+            row.display_name, row.name_key = display_name, key(display_name)
+        if external_id != row.external_id:
+            changed["external_id"] = [row.external_id, external_id]
+            row.external_id = external_id
+        if not changed:
+            return False
+        row.version += 1
+        row.updated_at = self.now
+        self.session.flush()
+        self._groups.add(row.display_name)
+        self._event(EventType.DIRECTORY_GROUP_UPDATED, f"group:{row.display_name}",
+                    group=row.display_name, group_id=row.id, changed=changed)
+        return True
+
+    def set_members(self, row: DirectoryGroup, member_ids: set[str], *, bump: bool = True) -> bool:
+        """Make the group's members exactly `member_ids` (SCIM ids). False if unchanged."""
+        have = set(self.session.execute(
+            select(DirectoryMember.user_id).where(DirectoryMember.group_id == row.id)).scalars())
+        return self.change_members(row, add=member_ids - have, remove=have - member_ids,
+                                   bump=bump)
+
+    def change_members(self, row: DirectoryGroup, *, add: set[str], remove: set[str],
+                       bump: bool = True) -> bool:
+        have = set(self.session.execute(
+            select(DirectoryMember.user_id).where(DirectoryMember.group_id == row.id)).scalars())
+        add, remove = add - have, remove & have
+        if not add and not remove:
+            return False
+        names = self._names(add | remove)
+        if missing := sorted(add - names.keys()):
+            raise Invalid(f"no user has the id {missing[0]}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                          field="members")
+        if remove:
+            self.session.execute(delete(DirectoryMember).where(
+                DirectoryMember.group_id == row.id, DirectoryMember.user_id.in_(list(remove))))
+        if add:
+            self.session.add_all(DirectoryMember(group_id=row.id, user_id=u, source=self.source,
+                                                 added_at=self.now) for u in sorted(add))
+        if bump:
+            row.version += 1
+            row.updated_at = self.now
+        self.session.flush()
+        self._groups.add(row.display_name)
+        if add:
+            joined = sorted(names[u] for u in add)
+            self.joined |= set(joined)
+            self._event(EventType.DIRECTORY_MEMBER_ADDED, f"group:{row.display_name}",
+                        group=row.display_name, group_id=row.id, users=joined)
+        if remove:
+            gone = sorted(names[u] for u in remove)
+            for u in gone:
+                self.lost.setdefault(u, set()).add(row.display_name)
+            self._event(EventType.DIRECTORY_MEMBER_REMOVED, f"group:{row.display_name}",
+                        group=row.display_name, group_id=row.id, users=gone)
+        return True
+
+    def delete_group(self, row: DirectoryGroup) -> None:
+        members = self._member_names(row.id)
+        name = row.display_name
+        self.session.execute(delete(DirectoryMember).where(DirectoryMember.group_id == row.id))
+        self.session.delete(row)
+        self.session.flush()
+        self._groups.add(name)
+        for m in members:
+            self.lost.setdefault(m, set()).add(name)
+        self._event(EventType.DIRECTORY_GROUP_DELETED, f"group:{name}", group=name,
+                    group_id=row.id, users=sorted(members))
+
+    # ------------------------------------------------------------------ finish
+
+    def finish(self) -> Policy:
+        """Log what changed for every process, then apply the consequences. Returns the
+        policy over the new directory (installed by `after_commit`)."""
+        seq = self._state.seq
+        rows = [("user", n) for n in sorted(self._users)] + \
+            [("group", n) for n in sorted(self._groups)]
+        for kind, name in rows:
+            seq += 1
+            self.session.add(DirectoryChange(seq=seq, kind=kind, name=name, at=self.now))
+        self._state.seq = seq
+        self.session.flush()
+        policy = self.store.current.with_directory(self.store.directory(self.session))
+        self.policy = policy
+        consequences.apply(self.session, policy=policy, change=self)
+        return policy
+
+    def after_commit(self) -> None:
+        if self.policy is not None:
+            self.store.fresh_install(self.policy)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _event(self, type: EventType, subject: str, **data: Any) -> None:
+        ledger.record(self.session, type=type, actor=self.actor, subject=subject,
+                      data={"source": self.source, **data}, time=self.now)
+
+    def _check_user_name(self, name: str) -> None:
+        if not PERSON.match(key(name)):
+            raise Invalid(f'"{name}" cannot be an Accord user name: up to 64 letters, digits '
+                          "and . _ @ + - (compared case-insensitively)", field="userName")
+
+    def _check_group_name(self, name: str, group_id: str | None) -> None:
+        if not name.strip() or len(name) > 200 or not name.isprintable():
+            raise Invalid(f"{name!r} cannot be a group name: 1 to 200 printable characters",
+                          field="displayName")
+        if name in self.store.current.file_groups or name in ("owners", "manager"):
+            raise Conflict(f'accord.yaml defines a group "{name}": a group has one source; '
+                           "rename one of them", field="displayName")
+        other = self.session.execute(select(DirectoryGroup.id).where(
+            DirectoryGroup.name_key == key(name))).scalar_one_or_none()
+        if other is not None and other != group_id:
+            raise Conflict(f'a group named "{name}" already exists', field="userName")
+
+    def _check_manager(self, manager_id: str | None, user_id: str | None) -> None:
+        if manager_id is None:
+            return
+        if manager_id == user_id:
+            raise Invalid("a person cannot be their own manager", field="manager")
+        if self.session.get(DirectoryUser, manager_id) is None:
+            raise Invalid(f"no user has the id {manager_id} (the manager)", field="manager")
+
+    def _user_by_key(self, user_name: str) -> DirectoryUser | None:
+        return user_named(self.session, user_name)
+
+    def _name_of(self, user_id: str | None) -> str | None:
+        if user_id is None:
+            return None
+        return self.session.execute(select(DirectoryUser.name).where(
+            DirectoryUser.id == user_id)).scalar_one_or_none()
+
+    def _names(self, ids: set[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), 500):
+            out.update(self.session.execute(select(DirectoryUser.id, DirectoryUser.name)
+                       .where(DirectoryUser.id.in_(ordered[i:i + 500]))).all())
+        return out
+
+    def _groups_of(self, user_id: str) -> set[str]:
+        return set(self.session.execute(
+            select(DirectoryGroup.display_name).join(
+                DirectoryMember, DirectoryMember.group_id == DirectoryGroup.id)
+            .where(DirectoryMember.user_id == user_id)).scalars())
+
+    def _member_names(self, group_id: str) -> set[str]:
+        return set(self.session.execute(
+            select(DirectoryUser.name).join(
+                DirectoryMember, DirectoryMember.user_id == DirectoryUser.id)
+            .where(DirectoryMember.group_id == group_id)).scalars())
+
+
+# ------------------------------------------------------------------- reading
+
+
+def get_user(session: Session, user_id: str) -> DirectoryUser:
+    row = session.get(DirectoryUser, user_id)
+    if row is None:
+        raise NotFound(f"no user has the id {user_id}")
+    return row
+
+
+def get_group(session: Session, group_id: str) -> DirectoryGroup:
+    row = session.get(DirectoryGroup, group_id)
+    if row is None:
+        raise NotFound(f"no group has the id {group_id}")
+    return row
+
+
+def user_named(session: Session, name: str) -> DirectoryUser | None:
+    return session.execute(select(DirectoryUser).where(
+        DirectoryUser.name == key(name))).scalar_one_or_none()
+
+
+def group_named(session: Session, name: str) -> DirectoryGroup | None:
+    return session.execute(select(DirectoryGroup).where(
+        DirectoryGroup.name_key == key(name))).scalar_one_or_none()
+
+
+def counts(session: Session) -> tuple[int, int, int]:
+    """Users, groups, memberships."""
+    return (session.execute(select(func.count()).select_from(DirectoryUser)).scalar_one(),
+            session.execute(select(func.count()).select_from(DirectoryGroup)).scalar_one(),
+            session.execute(select(func.count()).select_from(DirectoryMember)).scalar_one())
