@@ -38,8 +38,10 @@ LIVE = (GrantStatus.ACTIVE, GrantStatus.PROVISIONING)
 def apply(session: Session, *, policy: Policy, change: Change) -> None:
     gone = sorted(n for n in change.left if not policy.is_user(n))
     for name in gone:
-        person_left(session, name=name, why=change.left[name], actor=change.actor,
-                    now=change.now)
+        tokens_gone, sessions_gone = person_left(session, name=name, why=change.left[name],
+                                                 actor=change.actor, now=change.now)
+        change.revoked_tokens += tokens_gone
+        change.ended_sessions += sessions_gone
     touched = set(change.lost) | change.joined
     groups = {g for gs in change.lost.values() for g in gs} | {
         g for n in change.joined for g in policy.groups_of.get(n, frozenset())}
@@ -53,18 +55,21 @@ def apply(session: Session, *, policy: Policy, change: Change) -> None:
                                  actor=change.actor, now=change.now)
 
 
-def person_left(session: Session, *, name: str, why: str, actor: Actor, now: datetime) -> None:
-    """End everything `name` holds or waits for; `why` goes into each record."""
+def person_left(session: Session, *, name: str, why: str, actor: Actor,
+                now: datetime) -> tuple[list[int], list[str]]:
+    """End everything `name` holds or waits for; `why` goes into each record. Returns the
+    tokens revoked and the web sessions' digests ended, for the caller's caches."""
     when = now
-    for token in session.execute(select(ApiToken).where(
-            ApiToken.user == name, ApiToken.revoked_at.is_(None))).scalars():
-        tokens.revoke(session, token_id=token.id, actor=actor, now=when,
-                      admin=True)
+    revoked = list(session.execute(select(ApiToken.id).where(
+        ApiToken.user == name, ApiToken.revoked_at.is_(None))).scalars())
+    for token_id in revoked:
+        tokens.revoke(session, token_id=token_id, actor=actor, now=when, admin=True)
+    ended: list[str] = []
     for row in session.execute(select(WebSession).where(
             WebSession.user == name, WebSession.ended_at.is_(None),
             WebSession.expires_at > when)).scalars():
-        web_sessions.end(session, row=row, now=when, reason=why,
-                         actor=actor)
+        web_sessions.end(session, row=row, now=when, reason=why, actor=actor)
+        ended.append(row.digest)
     for req in session.execute(select(AccessRequest).where(
             AccessRequest.requester == name, AccessRequest.status == Status.PENDING)
             .with_for_update()).scalars():
@@ -78,6 +83,7 @@ def person_left(session: Session, *, name: str, why: str, actor: Actor, now: dat
     session.execute(delete(RequestApprover).where(
         RequestApprover.username == name, RequestApprover.request_id.in_(pending)))
     session.flush()
+    return revoked, ended
 
 
 def revoke_on_group_loss(session: Session, *, policy: Policy, user: str, lost: set[str],

@@ -90,6 +90,9 @@ class Change:
         self.joined: set[str] = set()  # people who joined a group
         self.managed: set[str] = set()  # people whose manager changed
         self.policy: Policy | None = None
+        # For the entry point's caches once committed (tokens, web sessions of people who left).
+        self.revoked_tokens: list[int] = []
+        self.ended_sessions: list[str] = []
 
     # ------------------------------------------------------------------ users
 

@@ -37,6 +37,7 @@ class Directory:
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
     groups_of: dict[str, frozenset[str]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # group name -> scim | oidc
+    loaded: bool = True  # False only for EMPTY: nothing was read yet
     _inactive: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     @property
@@ -54,7 +55,7 @@ class Directory:
         return None if p is None else p.active
 
 
-EMPTY = Directory()
+EMPTY = Directory(loaded=False)
 
 
 def latest_seq(session: Session) -> int:

@@ -24,7 +24,6 @@ class PolicyStore:
         self._policy = policy
         self.lock = threading.Lock()
         self._checked = 0.0
-        self._directory_loaded = False
 
     @classmethod
     def from_file(cls, path: Path) -> PolicyStore:
@@ -40,12 +39,11 @@ class PolicyStore:
 
     def install(self, policy: Policy) -> None:
         self._policy = policy
-        self._directory_loaded = self._directory_loaded or policy.directory.seq > 0
 
     def directory(self, session: Session) -> Directory:
         """The directory as `session` sees it: the current snapshot caught up with the
         changes committed since (the first call in a process loads it whole)."""
-        if not self._directory_loaded:
+        if not self._policy.directory.loaded:
             return snapshot.load(session)
         return snapshot.refresh(session, self._policy.directory)
 
@@ -57,7 +55,6 @@ class PolicyStore:
             if current.version == policy.version \
                     and current.directory.seq <= policy.directory.seq:
                 self._policy = policy
-                self._directory_loaded = True
 
     def fresh(self, session: Session) -> Policy:
         """The current policy over the directory as `session` sees it (a decision that must
@@ -70,7 +67,6 @@ class PolicyStore:
         with self.lock:
             if self._policy is policy:
                 self._policy = updated
-                self._directory_loaded = True
         return updated
 
     def due(self, every: float = 1.0) -> bool:
@@ -103,5 +99,4 @@ class PolicyStore:
                     return False
                 loaded = parse_policy_text(row.text, row.source)
             self._policy = Policy(loaded, self.directory(session))
-            self._directory_loaded = True
             return True

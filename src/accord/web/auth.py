@@ -166,3 +166,13 @@ def check_csrf(request: Request, sent: str | None, expected: str) -> None:
         raise CsrfRefused("the form was posted from another site")
     if not sent or not secrets.compare_digest(sent.encode(), expected.encode()):
         raise CsrfRefused("the form is missing its security token")
+
+
+def forget_credentials(st: AppState, *, token_ids: list[int], digests: list[str]) -> None:
+    """After a commit that revoked tokens or ended sessions (a person the identity provider
+    deactivated): this process stops honouring them at once, other replicas within 1 s."""
+    for token_id in token_ids:
+        st.tokens.forget(token_id)
+        CACHE.forget_token(token_id)
+    for digest in digests:
+        CACHE.forget(digest)
