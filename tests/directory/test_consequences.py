@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.directory.service import Change, UserFields, group_named, user_named
+from accord.errors import Conflict
 from accord.grants.models import Grant
 from accord.identity import service as identity
 from accord.identity.models import ApiToken
@@ -252,8 +253,8 @@ def test_no_manager_is_an_unsatisfiable_step(env: Env) -> None:
 
 
 def test_a_provider_group_may_not_take_a_file_groups_name(env: Env) -> None:
-    from accord.errors import Conflict
-    with pytest.raises(Conflict, match="accord.yaml defines a group"):
+
+    with pytest.raises(Conflict, match=r"accord\.yaml defines a group"):
         group(env, "leads")
     with pytest.raises(Conflict, match="already exists"):
         group(env, "oncall")
