@@ -422,3 +422,45 @@ def test_a_non_ascii_state_or_nonce_is_refused_not_a_crash(
                                                        "state": "é"}))
         reason = "the login response does not belong to this browser"
     refused(env, provider, b, r, reason)
+
+
+# ---------------------------------------------------------------- identity.oidc_groups: sync
+
+
+def test_oidc_groups_sync_sets_the_signers_provider_groups_as_events(
+        sessions: sessionmaker[Session], tmp_path: Path, provider: Provider) -> None:
+    """Each sign-in makes the person's OIDC-sourced groups the claim's: joined ones are
+    created, dropped ones left; a claimed group named like a file group is skipped; someone
+    only the provider knows becomes a directory user; approvals follow at once."""
+    spec = {"issuer": provider.url, "client_id": "accord"}
+    policy = POLICY.replace("accord: {admins: [admins], auditors: [auditors]}",
+                            "accord: {admins: [admins], auditors: [auditors]}\n"
+                            "identity: {oidc_groups: sync}") \
+        + "web:\n  oidc: " + json.dumps(spec) + "\n"
+    env = make_env(sessions, tmp_path, policy)
+    provider.now = lambda: env.clock().timestamp()
+    with env.client:
+        provider.next_user, provider.groups = "alice", ["oncall", "sre", "leads"]
+        assert sign_in(Browser(env), provider).status_code == 303
+        current = env.st.policies.current
+        assert current.groups_of["alice"] >= {"oncall", "sre", "engineers"}
+        assert "alice" not in current.groups["leads"]  # the file's group: not the claim's
+        added = env.events(type="directory.member_added")
+        assert {e["data"]["group"] for e in added} == {"oncall", "sre"}
+        assert all(e["actor"] == {"kind": "oidc", "id": provider.url, "via": "web"}
+                   and e["data"]["source"] == "oidc" for e in added)
+
+        provider.groups = ["oncall"]
+        assert sign_in(Browser(env), provider).status_code == 303
+        assert "sre" not in env.st.policies.current.groups_of["alice"]
+        [removed] = env.events(type="directory.member_removed")
+        assert removed["data"] == {"source": "oidc", "group": "sre",
+                                   "group_id": removed["data"]["group_id"], "users": ["alice"]}
+
+        provider.next_user, provider.groups = "Nora.K", ["oncall"]
+        b = Browser(env)
+        assert sign_in(b, provider).status_code == 303  # unknown to the file: now a user
+        assert env.st.policies.current.is_user("nora.k")
+        assert "nora.k" in env.st.policies.current.groups["oncall"]
+        [login] = [e for e in env.events(type="web.login") if e["actor"]["id"] == "nora.k"]
+        assert login["data"]["groups"] == ["oncall"]

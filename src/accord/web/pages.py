@@ -35,6 +35,8 @@ from starlette.concurrency import run_in_threadpool
 from accord.api.deps import db, state
 from accord.db import end_read, readonly_sessions, writing
 from accord.detect import service as detect
+from accord.directory import oidc as oidc_sync
+from accord.directory.service import Change, key
 from accord.durations import DurationError, format_duration, parse_duration, span
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.gateway import views as gateway_views
@@ -300,6 +302,7 @@ def _oidc_callback(request: Request, session: Session, st: AppState) -> Response
     spec = provider.spec
     details: dict[str, Any] = {"issuer": spec.issuer}
     user: str | None = None
+    synced: Change | None = None
     try:
         if q.get("error"):
             raise oidc.OidcError(f"the identity provider said: {q.get('error')}")
@@ -309,11 +312,20 @@ def _oidc_callback(request: Request, session: Session, st: AppState) -> Response
                           client_secret=secret, now=st.now())
         user = who.username
         details.update(subject=who.subject, groups=who.groups)
-        if not st.policies.current.is_user(who.username):
-            raise oidc.OidcError(f'"{who.username}" is not a user in accord.yaml; ask an admin '
-                                 "to add you")
+        policy = st.policies.current
         if spec.allowed_groups and not set(spec.allowed_groups) & set(who.groups):
             raise oidc.OidcError("your identity provider groups do not allow you to use Accord")
+        if policy.loaded.spec.identity.oidc_groups == "sync":
+            try:
+                synced = oidc_sync.sync(session, store=st.policies, issuer=spec.issuer,
+                                        username=who.username, groups=who.groups, now=st.now())
+            except AccordError as exc:
+                raise oidc.OidcError(exc.detail) from None
+            assert synced.policy is not None
+            policy, user = synced.policy, key(who.username)
+        if not policy.is_user(user):
+            raise oidc.OidcError(f'"{who.username}" is not a user in accord.yaml; ask an admin '
+                                 "to add you")
     except oidc.OidcError as exc:
         session.rollback()
         sessions.refuse(session, user=user, method="oidc", reason=str(exc), now=st.now(),
@@ -322,8 +334,10 @@ def _oidc_callback(request: Request, session: Session, st: AppState) -> Response
         refused = _login_page(request, st, error=str(exc), status=401)
         refused.delete_cookie(oidc.FLOW_COOKIE, path="/login/oidc")
         return refused
-    response = _logged_in(request, session, st, user=who.username, method="oidc",
+    response = _logged_in(request, session, st, user=user, method="oidc",
                           next_url=flow["next"], details=details)
+    if synced is not None:
+        synced.after_commit()
     response.delete_cookie(oidc.FLOW_COOKIE, path="/login/oidc")
     return response
 
