@@ -20,6 +20,7 @@ from accord.api import headers, problems
 from accord.api.intent import DatabaseIntent
 from accord.db import write_gate
 from accord.detect import views as alert_views
+from accord.directory import views as directory_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
@@ -157,7 +158,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     headers.install_docs(app)
     app.add_middleware(DatabaseIntent)  # GET/HEAD read without waiting for SQLite's writers
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
-                   alert_views,
+                   alert_views, directory_views,
                    slack_views, gateway_views):
         app.include_router(module.router)
     app.include_router(slack_views.prefs_router)  # notification preferences
