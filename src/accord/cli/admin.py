@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from accord.cli.state import load_state
 from accord.db import make_engine, transaction
@@ -69,7 +70,13 @@ def policy_check(
         err.print(f"{len(exc.problems)} error(s)", style="red")
         raise typer.Exit(1) from None
     policy = Policy(loaded)
-    warnings = [] if offline else _shared_login_warnings(policy)
+    clashes, warnings = ([], []) if offline else _directory_findings(policy)
+    for clash in clashes:
+        err.print(f"{path}: {clash}", markup=False, highlight=False, soft_wrap=True)
+    if clashes:
+        err.print(f"{len(clashes)} error(s)", style="red")
+        raise typer.Exit(1)
+    warnings += [] if offline else _shared_login_warnings(policy)
     for warning in warnings:
         err.print(f"{path}: warning: {warning}", markup=False, highlight=False,
                   soft_wrap=True)
@@ -81,6 +88,37 @@ def policy_check(
     )
     if warnings and strict:
         raise typer.Exit(1)
+
+
+def _directory_findings(policy: Policy) -> tuple[list[str], list[str]]:
+    """With a directory (identity.scim or oidc_groups): group names both the file and the
+    provider define (errors), and names the policy refers to that neither defines yet."""
+    spec = policy.loaded.spec
+    if not spec.identity.from_provider:
+        return [], []
+    from accord import migrations
+    from accord.people import snapshot
+
+    try:
+        engine = make_engine(Settings.from_env().database_url.get())
+        if migrations.current(engine) != migrations.head():
+            return [], ["the database schema is not current, so the directory was not read "
+                        "(accord db upgrade; --offline skips this)"]
+        with engine.connect() as conn, Session(bind=conn) as session:
+            directory = snapshot.load(session)
+        engine.dispose()
+    except Exception as exc:  # unreachable, wrong URL: a warning, the file itself is fine
+        return [], [f"could not read the directory ({type(exc).__name__}); names the file "
+                    "does not define were not checked (--offline skips this)"]
+    clashes = [f"groups.{g}: the identity provider's directory also has a group \"{g}\"; a "
+               "group has one source: rename one of them"
+               for g in sorted(spec.groups.keys() & directory.groups.keys())]
+    known = spec.groups.keys() | directory.groups.keys() | spec.user_specs().keys() \
+        | directory.users.keys() | {"owners", "manager"}
+    missing = sorted(n for n in policy.referenced_groups if n not in known
+                     and n.removeprefix("user:") not in known)
+    return clashes, [f'"{n}" is neither in accord.yaml nor (yet) in the directory: it '
+                     "matches nobody until the provider pushes it" for n in missing]
 
 
 def _shared_login_warnings(policy: Policy) -> list[str]:
