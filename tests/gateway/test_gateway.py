@@ -521,3 +521,47 @@ def test_priority_applies_to_the_data_path_thread_not_to_the_shipper(world: Worl
             assert conn.execute("select 1").fetchone() == (1,)
     finally:
         gateway.stop_thread()
+
+
+def test_deactivating_a_person_in_the_directory_ends_their_live_session_within_2s(
+        world: World) -> None:
+    """The identity provider deactivates someone (issue 22): their grant is revoked in the
+    same transaction and the gateway ends the session as for any revocation."""
+    from accord.db import transaction
+    from accord.directory.service import Change, UserFields, user_named
+    from accord.identity import service as identity
+    from accord.ledger.events import Actor
+
+    env = world.env
+
+    def push(edit: Any) -> None:
+        with transaction(env.st.sessions) as s:
+            change = Change(s, store=env.st.policies, actor=Actor.scim("okta"), now=env.clock())
+            edit(change)
+            change.finish()
+        change.after_commit()
+
+    push(lambda c: c.create_user(UserFields(user_name="zed")))
+    with transaction(env.st.sessions) as s:
+        _row, env.tokens["zed"] = identity.issue(s, policy=env.st.policies.current, user="zed",
+                                                 actor=Actor.system("cli"), now=env.clock())
+    grant = world.grant("zed")  # bob (leads) approves
+    token = world.token(grant, "zed")
+    with Raw(world.port) as raw:
+        assert raw.login("zed", world.resource, token["token"])[-1][0] == "Z"
+
+        def deactivate(c: Change) -> None:
+            row = user_named(c.session, "zed")
+            assert row is not None
+            f = UserFields.of(row)
+            f.active = False
+            c.update_user(row, f)
+        push(deactivate)
+        start = time.monotonic()
+        rest = raw.until()
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.0, elapsed
+    fields = error_of(rest)
+    assert fields is not None and fields["C"] == "57P01" and "revoked" in fields["M"]
+    closed = world.events("gateway.session_closed", grant["id"])
+    assert {e["data"]["reason"] for e in closed} == {"grant revoked"}
