@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from accord.cli.client import ClientError
+from accord.cli.output import api
 
 if TYPE_CHECKING:
     from accord.config import GatewaySpec
@@ -112,14 +112,8 @@ def connect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
     """A short-lived gateway password for your active grant, as a psql command and a DSN."""
-    from accord.cli import request as client_commands  # its client_factory, swappable in tests
-
-    try:
-        with client_commands.client_factory() as client:
-            out = client.post("/connect", {"resource": resource, "role": role})
-    except ClientError as exc:
-        err.print(f"error: {exc.detail}", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    with api() as client:
+        out = client.post("/connect", {"resource": resource, "role": role})
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
