@@ -31,6 +31,7 @@ from accord.requests import views as request_views
 from accord.reviews import views as review_views
 from accord.state import AppState
 from accord.web import pages as web_pages
+from accord.web import render as web_render
 from accord.web import report_pages
 from accord.worker.integrity import IntegrityMonitor, monitor_for
 from accord.worker.job_runner import JobRunner
@@ -150,7 +151,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         docs_url=None, redoc_url=None,  # /docs is headers.install_docs: no CDN
     )
     app.state.accord = st
-    problems.install(app, html=web_pages.error_page)
+    problems.install(app, html=web_render.error_page)
     app.add_middleware(problems.BodyLimit)
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)
