@@ -22,12 +22,16 @@ from accord.db import write_gate
 from accord.detect import views as alert_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
+from accord.grants.models import Grant, GrantStatus
 from accord.identity import views as identity_views
+from accord.jobs.models import Job
 from accord.ledger import views as ledger_views
+from accord.ledger.service import pending_count, tree_size
 from accord.notify import views as slack_views
 from accord.policy import views as policy_views
 from accord.reports import views as report_views
 from accord.requests import views as request_views
+from accord.requests.models import AccessRequest, Status
 from accord.reviews import views as review_views
 from accord.state import AppState
 from accord.web import pages as web_pages
@@ -42,11 +46,6 @@ log = logging.getLogger("accord.api")
 
 
 def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | float]]:
-    from accord.grants.models import Grant, GrantStatus
-    from accord.jobs.models import Job
-    from accord.ledger.service import pending_count, tree_size
-    from accord.requests.models import AccessRequest, Status
-
     def count(q: Any) -> int:
         return int(session.execute(q).scalar_one())
 
@@ -107,7 +106,8 @@ def start_background(st: AppState) -> Callable[[], None]:
     gateway = None
     spec = st.policies.current.loaded.spec.gateway
     if spec is not None:
-        # the gateway runs where the jobs run
+        # The gateway runs where the jobs run. Imported here: the proxy (and pglast, its
+        # SQL parser) loads only when accord.yaml has a `gateway:` section.
         from accord.gateway.postgres.proxy import PostgresGateway as Gateway
 
         if spec.processes != "auto" and spec.processes > 1:

@@ -86,6 +86,7 @@ def _shared_login_warnings(policy: Policy) -> list[str]:
     """The gateway's shared upstream logins that hold more than a grant should."""
     if policy.loaded.spec.gateway is None:
         return []
+    # The gateway's modules load only when accord.yaml has a `gateway:` section.
     from accord.gateway.postgres.upstream import (
         UpstreamError,
         shared_login_risks,

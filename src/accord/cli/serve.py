@@ -12,11 +12,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from sqlalchemy import func, select
 
 from accord.cli.state import load_state
 from accord.config import PolicyError, Settings
 from accord.errors import AccordError
 from accord.ledger.events import Actor
+from accord.requests.models import AccessRequest
 
 # The server's own modules (the web app, reports, workers) are imported inside the
 # commands that run them: every other `accord` command starts a second sooner.
@@ -167,10 +169,6 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
 
 
 def _next_request_id(st: Any) -> int:
-    from sqlalchemy import func, select
-
-    from accord.requests.models import AccessRequest
-
     with st.sessions() as session:
         return int(session.execute(select(func.max(AccessRequest.id))).scalar_one() or 0) + 1
 

@@ -12,10 +12,14 @@ import typer
 from rich.console import Console
 
 from accord.cli.output import api
+from accord.cli.state import load_state
 
 if TYPE_CHECKING:
     from accord.config import GatewaySpec
     from accord.state import AppState
+
+# The proxy (with pglast, its SQL parser) and the prefork machinery are imported inside
+# the commands that run them: every other `accord` command starts without them.
 
 err = Console(stderr=True, highlight=False)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -37,7 +41,6 @@ def gateway(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
-    from accord.cli.state import load_state
     from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.prefork import auto_count
     from accord.gateway.server import run
@@ -127,10 +130,8 @@ def connect(
 def child_main(argv: list[str]) -> None:
     """One gateway process: connections come from the parent over --fd."""
     import argparse
-    import logging
     import socket
 
-    from accord.cli.state import load_state
     from accord.gateway import prefork_msg as msg
     from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.server import run

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from accord.api.deps import Principal, db, known_id, parse_cursor, principal, state
 from accord.detect.service import alerts_about
 from accord.errors import Conflict, NotFound
+from accord.gateway.usage import usage_for
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status, visible_clause
 from accord.ledger import service as ledger
@@ -50,8 +51,6 @@ class GrantView(GrantOut):
 
 
 def _with_usage(session: Session, grants: list[Grant], now: datetime) -> list[GrantView]:
-    from accord.gateway.usage import usage_for
-
     usage = usage_for(session, grant_ids=[g.id for g in grants])
     out = []
     for g in grants:
