@@ -20,14 +20,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import func, select, update
 
 from accord.db import transaction
+from accord.gateway import tokens
+from accord.grants.models import Grant, GrantStatus
 from accord.identity import service as identity
 from accord.identity.models import ApiToken
 from accord.ledger.events import Actor, Via
+from accord.provisioning import postgres as pgconn
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest
+from accord.spec.resources import PostgresTarget
 from accord.state import AppState
 
 log = logging.getLogger("accord.demo")
@@ -199,9 +206,6 @@ def find_postgres(env: dict[str, str] | None = None) -> tuple[DemoPostgres | Non
 
     ACCORD_DEMO_PG (a URL or key=value DSN; its database is the demo's, created when
     missing) is the only candidate when set, else PG_CANDIDATES in order."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
     env = dict(os.environ) if env is None else env
     given = env.get("ACCORD_DEMO_PG", "").strip()
     candidates = (given,) if given else PG_CANDIDATES
@@ -233,9 +237,6 @@ def find_postgres(env: dict[str, str] | None = None) -> tuple[DemoPostgres | Non
 
 def _prepare_database(conninfo: str, database: str) -> None:
     """Create the demo's database and its `orders` table, once (idempotent)."""
-    import psycopg
-    from psycopg import sql
-
     try:
         conn = psycopg.connect(conninfo, connect_timeout=3, autocommit=True)
     except psycopg.OperationalError as exc:
@@ -391,15 +392,10 @@ def seed(st: AppState) -> int | None:
 def _forget_earlier_demos(st: AppState) -> None:
     """A fresh demo starts from a clean target: memberships of orders-db's group roles left
     by an earlier demo (whose data was removed) would otherwise be reported as drift."""
-    from accord.provisioning import postgres as pgconn
-    from accord.spec.resources import PostgresTarget
 
     spec = st.policies.current.resources.get("orders-db")
     if spec is None or not isinstance(spec.provision, PostgresTarget):
         return
-    import psycopg
-    from psycopg import sql
-
     groups = [pgconn.group_name(spec.name, role) for role in spec.provision.roles]
     try:
         dsn = pgconn.admin_dsn(spec.provision, os.environ)
@@ -430,11 +426,6 @@ def show_gateway_use(st: AppState, request_id: int, *, timeout: float = 60.0
 
 
 def _gateway_use(st: AppState, request_id: int, timeout: float) -> None:
-    import psycopg
-
-    from accord.gateway import tokens
-    from accord.grants.models import Grant, GrantStatus
-
     spec = st.policies.current.loaded.spec.gateway
     if spec is None:
         return

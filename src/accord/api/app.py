@@ -23,15 +23,20 @@ from accord.detect import views as alert_views
 from accord.directory import views as directory_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
+from accord.grants.models import Grant, GrantStatus
 from accord.identity import views as identity_views
+from accord.jobs.models import Job
 from accord.ledger import views as ledger_views
+from accord.ledger.service import pending_count, tree_size
 from accord.notify import views as slack_views
 from accord.policy import views as policy_views
 from accord.reports import views as report_views
 from accord.requests import views as request_views
+from accord.requests.models import AccessRequest, Status
 from accord.reviews import views as review_views
 from accord.state import AppState
 from accord.web import pages as web_pages
+from accord.web import render as web_render
 from accord.web import report_pages
 from accord.worker.integrity import IntegrityMonitor, monitor_for
 from accord.worker.job_runner import JobRunner
@@ -42,11 +47,6 @@ log = logging.getLogger("accord.api")
 
 
 def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | float]]:
-    from accord.grants.models import Grant, GrantStatus
-    from accord.jobs.models import Job
-    from accord.ledger.service import pending_count, tree_size
-    from accord.requests.models import AccessRequest, Status
-
     def count(q: Any) -> int:
         return int(session.execute(q).scalar_one())
 
@@ -107,7 +107,8 @@ def start_background(st: AppState) -> Callable[[], None]:
     gateway = None
     spec = st.policies.current.loaded.spec.gateway
     if spec is not None:
-        # the gateway runs where the jobs run
+        # The gateway runs where the jobs run. Imported here: the proxy (and pglast, its
+        # SQL parser) loads only when accord.yaml has a `gateway:` section.
         from accord.gateway.postgres.proxy import PostgresGateway as Gateway
 
         if spec.processes != "auto" and spec.processes > 1:
@@ -151,7 +152,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         docs_url=None, redoc_url=None,  # /docs is headers.install_docs: no CDN
     )
     app.state.accord = st
-    problems.install(app, html=web_pages.error_page)
+    problems.install(app, html=web_render.error_page)
     app.add_middleware(problems.BodyLimit)
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)

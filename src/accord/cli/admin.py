@@ -17,6 +17,7 @@ from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError
 from accord.identity import service as identity
 from accord.ledger.events import Actor, Via
+from accord.people import snapshot
 from accord.policy.engine import Policy
 from accord.settings import Settings, redact_url
 from accord.spec.load import PolicyError, load_policy_file
@@ -96,8 +97,7 @@ def _directory_findings(policy: Policy) -> tuple[list[str], list[str]]:
     spec = policy.loaded.spec
     if not spec.identity.from_provider:
         return [], []
-    from accord import migrations
-    from accord.people import snapshot
+    from accord import migrations  # alembic: only when the policy takes people from a provider
 
     try:
         engine = make_engine(Settings.from_env().database_url.get())
@@ -125,6 +125,7 @@ def _shared_login_warnings(policy: Policy) -> list[str]:
     """The gateway's shared upstream logins that hold more than a grant should."""
     if policy.loaded.spec.gateway is None:
         return []
+    # The gateway's modules load only when accord.yaml has a `gateway:` section.
     from accord.gateway.postgres.upstream import (
         UpstreamError,
         shared_login_risks,

@@ -1,29 +1,41 @@
 """`accord request ...` and `accord grant ...`: access requests and grants over the HTTP API.
 
-Every command talks to the server at ACCORD_URL with the token in ACCORD_TOKEN.
+Every command talks to the server at ACCORD_URL with the token in ACCORD_TOKEN
+(through `accord.cli.output`, which the other client commands share).
 `--json` prints the API's JSON unchanged; otherwise the output is a readable table.
 Failures print `error: <detail>` on stderr and exit with status 1.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from accord.cli.client import AccordClient, ClientError
-from accord.durations import span
+from accord.cli.output import (
+    JSON,
+    AllOpt,
+    JsonOpt,
+    LimitOpt,
+    age,
+    api,
+    as_obj,
+    cell,
+    console,
+    dump,
+    err_console,
+    fetch,
+    grid,
+    new_table,
+    say,
+    until,
+    when,
+)
 from accord.grants.models import GrantStatus
 from accord.requests.models import Status
-
-JSON = dict[str, Any]
 
 request_app = typer.Typer(
     help="Ask for access, decide on requests and end access (talks to ACCORD_URL).",
@@ -33,12 +45,6 @@ grant_app = typer.Typer(
     help="Look at access grants (talks to ACCORD_URL).",
     no_args_is_help=True,
 )
-
-# Tests may replace this to point the commands at a stub transport.
-client_factory: Callable[[], AccordClient] = AccordClient
-
-_out = Console(highlight=False)
-_err = Console(stderr=True, highlight=False)
 
 _STATUS_STYLE = {
     "pending": "yellow", "approved": "cyan", "active": "green", "denied": "red",
@@ -51,20 +57,7 @@ _STATUS_STYLE = {
 
 # ------------------------------------------------------------------ options
 
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print the raw API JSON (indented) and nothing else.")
-]
 RequestId = Annotated[int, typer.Argument(help="ID of the access request.", min=1)]
-LimitOpt = Annotated[
-    int,
-    typer.Option(
-        "--limit", "-n", min=1, max=500,
-        help="How many to fetch per page (1-500). Without --all only the first page is shown.",
-    ),
-]
-AllOpt = Annotated[
-    bool, typer.Option("--all", help="Follow next_cursor and fetch every page, not just the first.")
-]
 
 
 def _comment(help_text: str) -> Any:
@@ -73,88 +66,7 @@ def _comment(help_text: str) -> Any:
     return typer.Option("--reason", "-r", "--comment", "-c", help=help_text)
 
 
-# ------------------------------------------------------------------ plumbing
-
-
-@contextmanager
-def _api() -> Iterator[AccordClient]:
-    """A client; a ClientError anywhere inside becomes `error: ...` on stderr and exit 1."""
-    try:
-        with client_factory() as client:
-            yield client
-    except ClientError as exc:
-        _err.print(f"error: {exc.detail}", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-def _say(message: str) -> None:
-    _out.print(message, markup=False, soft_wrap=True)
-
-
-def _dump(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
-
-
-def _as_obj(data: Any) -> JSON:
-    if not isinstance(data, dict):
-        raise ClientError(None, "unexpected response from the server: not a JSON object")
-    return data
-
-
-def _fetch(client: AccordClient, path: str, params: dict[str, Any], every: bool) -> JSON:
-    """The first page, or with `every` all pages merged into one page."""
-    pages = client.pages(path, params)
-    if not every:
-        return next(pages)
-    items: list[Any] = []
-    for page in pages:
-        items.extend(page["items"])
-    return {"items": items, "next_cursor": None}
-
-
 # ------------------------------------------------------------------ formatting
-
-
-def _parse_time(value: str) -> datetime:
-    ts = datetime.fromisoformat(value)
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
-def _when(value: str | None) -> str:
-    """A timestamp as `2026-11-27 16:00 UTC`; `-` when absent."""
-    if not value:
-        return "-"
-    try:
-        return _parse_time(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    except ValueError:
-        return value
-
-
-def _span(seconds: float) -> str:
-    """A compact span: 45s, 12m, 1h29m, 3h, 2d5h (two units at most, never rounded up)."""
-    return span(timedelta(seconds=max(seconds, 0)))
-
-
-def _age(value: str | None) -> str:
-    """How long ago a timestamp was, e.g. `5m`."""
-    if not value:
-        return "-"
-    try:
-        then = _parse_time(value)
-    except ValueError:
-        return value
-    return _span((datetime.now(UTC) - then).total_seconds())
-
-
-def _until(value: str | None) -> str:
-    """A future timestamp with the time left, e.g. `2026-11-27 17:00 UTC (in 45m)`."""
-    if not value:
-        return "-"
-    try:
-        left = (_parse_time(value) - datetime.now(UTC)).total_seconds()
-    except ValueError:
-        return value
-    return f"{_when(value)} (in {_span(left)})" if left > 0 else _when(value)
 
 
 def _status(value: str | None) -> Text:
@@ -162,47 +74,35 @@ def _status(value: str | None) -> Text:
     return Text(text, style=_STATUS_STYLE.get(text, ""))
 
 
-def _cell(value: Any) -> Text:
-    """A table cell that shows user-supplied text literally (no rich markup)."""
-    return Text("-" if value is None or value == "" else str(value))
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in columns:
-        # Values may fold on a narrow terminal; headers never ("RESOURC/E").
-        table.add_column(name, overflow="fold", min_width=len(name))
-    return table
-
-
 def _requests_table(items: list[JSON]) -> Table:
-    table = _table("ID", "REQUESTER", "RESOURCE", "ROLE", "DURATION", "STATUS", "AGE", "WORKFLOW")
+    table = new_table("ID", "REQUESTER", "RESOURCE", "ROLE", "DURATION", "STATUS", "AGE",
+                      "WORKFLOW")
     for r in items:
         workflow = (r.get("workflow") or {}).get("name")
         table.add_row(
-            _cell(r.get("id")), _cell(r.get("requester")), _cell(r.get("resource")),
-            _cell(r.get("role")), _cell(r.get("duration")), _status(r.get("status")),
-            _cell(_age(r.get("created_at"))), _cell(workflow),
+            cell(r.get("id")), cell(r.get("requester")), cell(r.get("resource")),
+            cell(r.get("role")), cell(r.get("duration")), _status(r.get("status")),
+            cell(age(r.get("created_at"))), cell(workflow),
         )
     return table
 
 
 def _grant_end(g: JSON) -> str:
     if g.get("ended_at"):
-        return _when(g["ended_at"])
-    return _until(g.get("ends_at"))
+        return when(g["ended_at"])
+    return until(g.get("ends_at"))
 
 
 def _grants_table(items: list[JSON]) -> Table:
-    table = _table("ID", "USER", "RESOURCE", "ROLE", "STATUS", "STARTED", "ENDS/ENDED", "REQUEST",
-                   "STATEMENTS", "LAST USED")
+    table = new_table("ID", "USER", "RESOURCE", "ROLE", "STATUS", "STARTED", "ENDS/ENDED",
+                      "REQUEST", "STATEMENTS", "LAST USED")
     for g in items:
         usage = g.get("usage") or {}
         table.add_row(
-            _cell(g.get("id")), _cell(g.get("user")), _cell(g.get("resource")),
-            _cell(g.get("role")), _status(g.get("status")), _cell(_when(g.get("starts_at"))),
-            _cell(_grant_end(g)), _cell(g.get("request_id")),
-            _cell(usage.get("statement_count", 0)), _cell(_when(usage.get("last_used_at"))),
+            cell(g.get("id")), cell(g.get("user")), cell(g.get("resource")),
+            cell(g.get("role")), _status(g.get("status")), cell(when(g.get("starts_at"))),
+            cell(_grant_end(g)), cell(g.get("request_id")),
+            cell(usage.get("statement_count", 0)), cell(when(usage.get("last_used_at"))),
         )
     return table
 
@@ -211,13 +111,13 @@ def _usage_rows(g: JSON) -> list[tuple[str, Text]]:
     """A grant's use through the gateway, for `grant show`."""
     usage = g.get("usage")
     if not usage:
-        return [("used", _cell("never through the gateway"))]
+        return [("used", cell("never through the gateway"))]
     return [
-        ("first use", _cell(_when(usage.get("first_used_at")))),
-        ("last use", _cell(_when(usage.get("last_used_at")))),
-        ("statements", _cell(usage.get("statement_count"))),
-        ("refused", _cell(usage.get("violation_count"))),
-        ("sessions", _cell(usage.get("session_count"))),
+        ("first use", cell(when(usage.get("first_used_at")))),
+        ("last use", cell(when(usage.get("last_used_at")))),
+        ("statements", cell(usage.get("statement_count"))),
+        ("refused", cell(usage.get("violation_count"))),
+        ("sessions", cell(usage.get("session_count"))),
     ]
 
 
@@ -230,54 +130,45 @@ def _workflow_line(r: JSON) -> str:
     return f"{name} ({extra})" if extra else name
 
 
-def _grid(rows: list[tuple[str, Text]]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(overflow="fold")
-    for key, value in rows:
-        grid.add_row(key, value)
-    return grid
-
-
 def _grant_fields(g: JSON) -> Table:
     ended = None
     if g.get("ended_at"):
         by = f" by {g['ended_by']}" if g.get("ended_by") else ""
-        ended = f"{_when(g['ended_at'])}{by}"
-    rows = [("id", _cell(g.get("id"))), ("status", _status(g.get("status"))),
-            ("started", _cell(_when(g.get("starts_at")))),
-            ("ends", _cell(_until(g.get("ends_at"))))]
+        ended = f"{when(g['ended_at'])}{by}"
+    rows = [("id", cell(g.get("id"))), ("status", _status(g.get("status"))),
+            ("started", cell(when(g.get("starts_at")))),
+            ("ends", cell(until(g.get("ends_at"))))]
     if ended:
-        rows.append(("ended", _cell(ended)))
+        rows.append(("ended", cell(ended)))
     conn = g.get("connection") or {}
     if conn:
         where = f"{conn.get('user', g.get('login'))}@{conn.get('host')}:{conn.get('port')}" \
                 f"/{conn.get('database', '')}"
-        rows.append(("connect", _cell(where)))
+        rows.append(("connect", cell(where)))
     if g.get("secret_available"):
-        rows.append(("password", _cell(f"run `accord grant reveal {g.get('id')}` (shown once)")))
-    return _grid(rows)
+        rows.append(("password", cell(f"run `accord grant reveal {g.get('id')}` (shown once)")))
+    return grid(rows)
 
 
 def _fields(r: JSON) -> Table:
     rows: list[tuple[str, Text]] = [
         ("status", _status(r.get("status"))),
-        ("requester", _cell(r.get("requester"))),
-        ("resource", _cell(r.get("resource"))),
-        ("role", _cell(r.get("role"))),
-        ("duration", _cell(r.get("duration"))),
-        ("reason", _cell(r.get("reason"))),
-        ("created", _cell(f"{_when(r.get('created_at'))} via {r.get('created_via') or '-'}")),
-        ("workflow", _cell(_workflow_line(r))),
+        ("requester", cell(r.get("requester"))),
+        ("resource", cell(r.get("resource"))),
+        ("role", cell(r.get("role"))),
+        ("duration", cell(r.get("duration"))),
+        ("reason", cell(r.get("reason"))),
+        ("created", cell(f"{when(r.get('created_at'))} via {r.get('created_via') or '-'}")),
+        ("workflow", cell(_workflow_line(r))),
     ]
     optional = [
-        ("pending until", _until(r.get("pending_until")) if r.get("pending_until") else None),
-        ("decided", _when(r.get("decided_at")) if r.get("decided_at") else None),
+        ("pending until", until(r.get("pending_until")) if r.get("pending_until") else None),
+        ("decided", when(r.get("decided_at")) if r.get("decided_at") else None),
         ("decision", r.get("decision_reason")),
         ("extends grant", r.get("extends_grant_id")),
     ]
-    rows += [(k, _cell(v)) for k, v in optional if v is not None]
-    return _grid(rows)
+    rows += [(k, cell(v)) for k, v in optional if v is not None]
+    return grid(rows)
 
 
 def _step_state(r: JSON, step: JSON) -> str:
@@ -289,45 +180,45 @@ def _step_state(r: JSON, step: JSON) -> str:
 
 
 def _steps_table(r: JSON) -> Table:
-    table = _table("STEP", "NAME", "APPROVERS", "ELIGIBLE", "APPROVALS", "STATE")
+    table = new_table("STEP", "NAME", "APPROVERS", "ELIGIBLE", "APPROVALS", "STATE")
     for s in r.get("steps") or []:
         approved = sum(1 for a in s.get("approvals") or [] if a.get("decision") == "approve")
         name = s.get("name") or ""
         if s.get("elevated"):
             name = f"{name} (elevated)".strip()
         table.add_row(
-            _cell(int(s.get("index", 0)) + 1), _cell(name),
-            _cell(", ".join(s.get("approvers") or [])), _cell(", ".join(s.get("eligible") or [])),
-            _cell(f"{approved}/{s.get('min_approvals')}"), _cell(_step_state(r, s)),
+            cell(int(s.get("index", 0)) + 1), cell(name),
+            cell(", ".join(s.get("approvers") or [])), cell(", ".join(s.get("eligible") or [])),
+            cell(f"{approved}/{s.get('min_approvals')}"), cell(_step_state(r, s)),
         )
     return table
 
 
 def _approvals_table(r: JSON) -> Table:
-    table = _table("STEP", "APPROVER", "DECISION", "VIA", "AT", "COMMENT")
+    table = new_table("STEP", "APPROVER", "DECISION", "VIA", "AT", "COMMENT")
     for s in r.get("steps") or []:
         for a in s.get("approvals") or []:
             table.add_row(
-                _cell(int(s.get("index", 0)) + 1), _cell(a.get("approver")),
-                _cell(a.get("decision")), _cell(a.get("via")), _cell(_when(a.get("at"))),
-                _cell(a.get("comment")),
+                cell(int(s.get("index", 0)) + 1), cell(a.get("approver")),
+                cell(a.get("decision")), cell(a.get("via")), cell(when(a.get("at"))),
+                cell(a.get("comment")),
             )
     return table
 
 
 def _show(r: JSON) -> None:
-    _out.print(Text(f"Request {r.get('id')}", style="bold"))
-    _out.print(_fields(r))
+    console.print(Text(f"Request {r.get('id')}", style="bold"))
+    console.print(_fields(r))
     steps = r.get("steps") or []
     if steps:
-        _out.print(Text("\nSteps", style="bold"))
-        _out.print(_steps_table(r))
+        console.print(Text("\nSteps", style="bold"))
+        console.print(_steps_table(r))
     if any(s.get("approvals") for s in steps):
-        _out.print(Text("\nDecisions", style="bold"))
-        _out.print(_approvals_table(r))
+        console.print(Text("\nDecisions", style="bold"))
+        console.print(_approvals_table(r))
     if r.get("grant"):
-        _out.print(Text("\nGrant", style="bold"))
-        _out.print(_grant_fields(r["grant"]))
+        console.print(Text("\nGrant", style="bold"))
+        console.print(_grant_fields(r["grant"]))
 
 
 def _next_step(r: JSON) -> str:
@@ -342,14 +233,14 @@ def _next_step(r: JSON) -> str:
 def _grant_line(grant: JSON) -> str:
     status = grant.get("status")
     if status == "active":
-        return f"grant {grant.get('id')} ends {_until(grant.get('ends_at'))}"
+        return f"grant {grant.get('id')} ends {until(grant.get('ends_at'))}"
     if status == "provisioning":
         return (f"grant {grant.get('id')} is being provisioned on the target; access starts "
                 f"when that is done")
     if status == "provision_failed":
         return f"grant {grant.get('id')}: provisioning failed and is retried"
     by = f" by {grant['ended_by']}" if grant.get("ended_by") else ""
-    return f"grant {grant.get('id')} ended {_when(grant.get('ended_at'))}{by}"
+    return f"grant {grant.get('id')} ended {when(grant.get('ended_at'))}{by}"
 
 
 def _summary(r: JSON) -> str:
@@ -366,15 +257,15 @@ def _summary(r: JSON) -> str:
 
 def _more_hint(page: JSON, what: str) -> None:
     if page.get("next_cursor"):
-        _err.print(f"more {what} exist: use --all to list every page", markup=False)
+        err_console.print(f"more {what} exist: use --all to list every page", markup=False)
 
 
 def _print_list(page: JSON, what: str, table: Callable[[list[JSON]], Table]) -> None:
     items = [i for i in page["items"] if isinstance(i, dict)]
     if not items:
-        _say(f"no {what} found")
+        say(f"no {what} found")
         return
-    _out.print(table(items))
+    console.print(table(items))
     _more_hint(page, what)
 
 
@@ -406,12 +297,12 @@ def create(
     body: JSON = {"resource": resource, "role": role, "duration": duration, "reason": reason}
     if emergency:
         body["emergency"] = True
-    with _api() as client:
-        req = _as_obj(client.post("/requests", body))
+    with api() as client:
+        req = as_obj(client.post("/requests", body))
     if as_json:
-        _dump(req)
+        dump(req)
     else:
-        _say(_summary(req))
+        say(_summary(req))
     if req.get("status") == "denied":  # filed, and refused at once: a script must know
         raise typer.Exit(1)
 
@@ -443,10 +334,10 @@ def list_requests(
         "requester": requester, "role": role, "awaiting": "me" if awaiting_me else None,
         "limit": limit,
     }
-    with _api() as client:
-        page = _fetch(client, "/requests", params, every)
+    with api() as client:
+        page = fetch(client, "/requests", params, every)
     if as_json:
-        _dump(page)
+        dump(page)
     else:
         _print_list(page, "requests", _requests_table)
 
@@ -454,21 +345,21 @@ def list_requests(
 @request_app.command("show")
 def show(request_id: RequestId, as_json: JsonOpt = False) -> None:
     """Show one request: its steps, decisions, grant, decision reason and workflow."""
-    with _api() as client:
-        req = _as_obj(client.get(f"/requests/{request_id}"))
+    with api() as client:
+        req = as_obj(client.get(f"/requests/{request_id}"))
     if as_json:
-        _dump(req)
+        dump(req)
     else:
         _show(req)
 
 
 def _act(action: str, request_id: int, comment: str, as_json: bool) -> None:
-    with _api() as client:
-        req = _as_obj(client.post(f"/requests/{request_id}/{action}", {"comment": comment}))
+    with api() as client:
+        req = as_obj(client.post(f"/requests/{request_id}/{action}", {"comment": comment}))
     if as_json:
-        _dump(req)
+        dump(req)
     else:
-        _say(_summary(req))
+        say(_summary(req))
 
 
 @request_app.command("approve")
@@ -538,12 +429,12 @@ def extend(
 ) -> None:
     """Ask for more time on your active grant: a new request through the same workflows."""
     body = {"duration": duration, "reason": reason}
-    with _api() as client:
-        req = _as_obj(client.post(f"/requests/{request_id}/extend", body))
+    with api() as client:
+        req = as_obj(client.post(f"/requests/{request_id}/extend", body))
     if as_json:
-        _dump(req)
+        dump(req)
     else:
-        _say(_summary(req))
+        say(_summary(req))
 
 
 # ------------------------------------------------------------------ grants
@@ -558,13 +449,13 @@ def review(
     as_json: JsonOpt = False,
 ) -> None:
     """Review a break-glass request after the fact (reviewer groups only)."""
-    with _api() as client:
-        req = _as_obj(client.post(f"/requests/{request_id}/review",
+    with api() as client:
+        req = as_obj(client.post(f"/requests/{request_id}/review",
                                   {"verdict": verdict, "note": note}))
     if as_json:
-        _dump(req)
+        dump(req)
     else:
-        _say(f"request #{req['id']} reviewed: {verdict}; now {req['status']}")
+        say(f"request #{req['id']} reviewed: {verdict}; now {req['status']}")
 
 
 @grant_app.command("list")
@@ -587,10 +478,10 @@ def list_grants(
         "status": status.value if status else None, "resource": resource, "user": user,
         "limit": limit,
     }
-    with _api() as client:
-        page = _fetch(client, "/grants", params, every)
+    with api() as client:
+        page = fetch(client, "/grants", params, every)
     if as_json:
-        _dump(page)
+        dump(page)
     else:
         _print_list(page, "grants", _grants_table)
 
@@ -602,17 +493,17 @@ def show_grant(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one grant: who, what, until when, and its use through the gateway."""
-    with _api() as client:
-        g = _as_obj(client.get(f"/grants/{grant_id}"))
+    with api() as client:
+        g = as_obj(client.get(f"/grants/{grant_id}"))
     if as_json:
-        _dump(g)
+        dump(g)
         return
-    _out.print(Text(f"Grant {g.get('id')}", style="bold"))
-    rows = [("user", _cell(g.get("user"))), ("resource", _cell(g.get("resource"))),
-            ("role", _cell(g.get("role"))), ("request", _cell(g.get("request_id")))]
-    _out.print(_grid(rows))
-    _out.print(_grant_fields(g))
-    _out.print(_grid(_usage_rows(g)))
+    console.print(Text(f"Grant {g.get('id')}", style="bold"))
+    rows = [("user", cell(g.get("user"))), ("resource", cell(g.get("resource"))),
+            ("role", cell(g.get("role"))), ("request", cell(g.get("request_id")))]
+    console.print(grid(rows))
+    console.print(_grant_fields(g))
+    console.print(grid(_usage_rows(g)))
 
 
 @grant_app.command("reveal")
@@ -622,10 +513,10 @@ def reveal(
     as_json: JsonOpt = False,
 ) -> None:
     """Print your one-time password for a grant's target; it cannot be shown again."""
-    with _api() as client:
-        out = _as_obj(client.post(f"/grants/{grant_id}/reveal"))
+    with api() as client:
+        out = as_obj(client.post(f"/grants/{grant_id}/reveal"))
     if as_json:
-        _dump(out)
+        dump(out)
         return
     conn = out.get("connection") or {}
     print(f"login:    {out.get('login')}")

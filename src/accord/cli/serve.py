@@ -12,10 +12,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from sqlalchemy import func, select
 
 from accord.cli.state import load_state
 from accord.errors import AccordError
 from accord.ledger.events import Actor
+from accord.requests.models import AccessRequest
 from accord.settings import Settings
 from accord.spec.load import PolicyError
 
@@ -168,10 +170,6 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
 
 
 def _next_request_id(st: Any) -> int:
-    from sqlalchemy import func, select
-
-    from accord.requests.models import AccessRequest
-
     with st.sessions() as session:
         return int(session.execute(select(func.max(AccessRequest.id))).scalar_one() or 0) + 1
 

@@ -6,20 +6,20 @@ from typing import Annotated, Any
 
 import typer
 
-from accord.cli.request import (
+from accord.cli.output import (
     AllOpt,
     JsonOpt,
     LimitOpt,
-    _api,
-    _as_obj,
-    _cell,
-    _dump,
-    _fetch,
-    _grid,
-    _out,
-    _say,
-    _table,
-    _when,
+    api,
+    as_obj,
+    cell,
+    console,
+    dump,
+    fetch,
+    grid,
+    new_table,
+    say,
+    when,
 )
 from accord.detect.models import AlertStatus, Severity
 
@@ -48,39 +48,39 @@ def list_alerts(
     """Alerts, newest first (auditors and admins)."""
     params = {k: v for k, v in {"status": status, "severity": severity, "rule": rule,
                                 "user": user, "limit": limit}.items() if v is not None}
-    with _api() as client:
-        page = _fetch(client, "/alerts", params, every)
+    with api() as client:
+        page = fetch(client, "/alerts", params, every)
     if as_json:
-        _dump(page)
+        dump(page)
         return
     if not page["items"]:
-        _say("no alerts")
+        say("no alerts")
         return
-    table = _table("ID", "Severity", "Status", "Rule", "User", "Opened", "Title")
+    table = new_table("ID", "Severity", "Status", "Rule", "User", "Opened", "Title")
     for a in page["items"]:
         table.add_row(str(a["id"]), f"[{_SEVERITY.get(a['severity'], '')}]{a['severity']}[/]",
-                      a["status"], a["rule"], _cell(a["user"]), _when(a["opened_at"]),
-                      _cell(a["title"]))
-    _out.print(table)
+                      a["status"], a["rule"], cell(a["user"]), when(a["opened_at"]),
+                      cell(a["title"]))
+    console.print(table)
 
 
 @alert_app.command("show")
 def show(alert_id: AlertId, as_json: JsonOpt = False) -> None:
     """One alert with its evidence (ledger indices) and who handled it."""
-    with _api() as client:
-        a = _as_obj(client.get(f"/alerts/{alert_id}"))
+    with api() as client:
+        a = as_obj(client.get(f"/alerts/{alert_id}"))
     if as_json:
-        _dump(a)
+        dump(a)
         return
-    _say(_line(a))
+    say(_line(a))
     rows = [("rule", a["rule"]), ("user", a["user"]), ("resource", a["resource"]),
             ("about", a["subject"]), ("evidence", ", ".join(f"#{i}" for i in a["evidence"])),
-            ("opened", _when(a["opened_at"])),
-            ("acknowledged", f"{_when(a['acknowledged_at'])} by {a['acknowledged_by']}"
+            ("opened", when(a["opened_at"])),
+            ("acknowledged", f"{when(a['acknowledged_at'])} by {a['acknowledged_by']}"
              if a["acknowledged_at"] else None),
-            ("resolved", f"{_when(a['resolved_at'])} by {a['resolved_by']}"
+            ("resolved", f"{when(a['resolved_at'])} by {a['resolved_by']}"
              if a["resolved_at"] else None), ("note", a["note"] or None)]
-    _out.print(_grid([(k, _cell(v)) for k, v in rows if v]))
+    console.print(grid([(k, cell(v)) for k, v in rows if v]))
 
 
 @alert_app.command("ack")
@@ -91,9 +91,9 @@ def acknowledge(
     as_json: JsonOpt = False,
 ) -> None:
     """Say you are on it (admins)."""
-    with _api() as client:
-        a = _as_obj(client.post(f"/alerts/{alert_id}/acknowledge", {"comment": note}))
-    _dump(a) if as_json else _say(_line(a))
+    with api() as client:
+        a = as_obj(client.post(f"/alerts/{alert_id}/acknowledge", {"comment": note}))
+    dump(a) if as_json else say(_line(a))
 
 
 @alert_app.command("resolve")
@@ -104,6 +104,6 @@ def resolve(
     as_json: JsonOpt = False,
 ) -> None:
     """Close an alert with a note (admins). Break-glass alerts close by review."""
-    with _api() as client:
-        a = _as_obj(client.post(f"/alerts/{alert_id}/resolve", {"comment": note}))
-    _dump(a) if as_json else _say(_line(a))
+    with api() as client:
+        a = as_obj(client.post(f"/alerts/{alert_id}/resolve", {"comment": note}))
+    dump(a) if as_json else say(_line(a))

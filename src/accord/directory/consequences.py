@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -29,13 +29,25 @@ from accord.policy.engine import Policy, PolicyRefusal
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, RequestApprover, Status
 
-if TYPE_CHECKING:  # the service drives this module and passes itself
-    from accord.directory.service import Change
-
 LIVE = (GrantStatus.ACTIVE, GrantStatus.PROVISIONING)
 
 
-def apply(session: Session, *, policy: Policy, change: Change) -> None:
+@dataclass
+class Effects:
+    """What one unit of directory writes did to people, as the consequences need it."""
+
+    actor: Actor
+    now: datetime
+    left: dict[str, str] = field(default_factory=dict)  # name -> why they are no longer a user
+    lost: dict[str, set[str]] = field(default_factory=dict)  # name -> groups they left
+    joined: set[str] = field(default_factory=set)  # people who joined a group
+    managed: set[str] = field(default_factory=set)  # people whose manager changed
+    # Filled by `apply`, for the entry point's caches once committed.
+    revoked_tokens: list[int] = field(default_factory=list)
+    ended_sessions: list[str] = field(default_factory=list)
+
+
+def apply(session: Session, *, policy: Policy, change: Effects) -> None:
     gone = sorted(n for n in change.left if not policy.is_user(n))
     for name in gone:
         tokens_gone, sessions_gone = person_left(session, name=name, why=change.left[name],

@@ -85,14 +85,10 @@ class Change:
         self._state = state
         self._users: set[str] = set()
         self._groups: set[str] = set()
-        self.left: dict[str, str] = {}  # name -> why they are no longer a user
-        self.lost: dict[str, set[str]] = {}  # name -> groups they left
-        self.joined: set[str] = set()  # people who joined a group
-        self.managed: set[str] = set()  # people whose manager changed
+        self.effects = consequences.Effects(actor, now)
+        self.left, self.lost = self.effects.left, self.effects.lost
+        self.joined, self.managed = self.effects.joined, self.effects.managed
         self.policy: Policy | None = None
-        # For the entry point's caches once committed (tokens, web sessions of people who left).
-        self.revoked_tokens: list[int] = []
-        self.ended_sessions: list[str] = []
 
     # ------------------------------------------------------------------ users
 
@@ -295,8 +291,18 @@ class Change:
         self.session.flush()
         policy = self.store.current.with_directory(self.store.directory(self.session))
         self.policy = policy
-        consequences.apply(self.session, policy=policy, change=self)
+        consequences.apply(self.session, policy=policy, change=self.effects)
         return policy
+
+    @property
+    def revoked_tokens(self) -> list[int]:
+        """Tokens the consequences revoked (for the process's caches, after commit)."""
+        return self.effects.revoked_tokens
+
+    @property
+    def ended_sessions(self) -> list[str]:
+        """Digests of web sessions the consequences ended."""
+        return self.effects.ended_sessions
 
     def after_commit(self) -> None:
         if self.policy is not None:

@@ -11,11 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from accord.cli.client import ClientError
+from accord.cli.output import api
+from accord.cli.state import load_state
 
 if TYPE_CHECKING:
     from accord.spec.gateway import GatewaySpec
     from accord.state import AppState
+
+# The proxy (with pglast, its SQL parser) and the prefork machinery are imported inside
+# the commands that run them: every other `accord` command starts without them.
 
 err = Console(stderr=True, highlight=False)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -37,7 +41,6 @@ def gateway(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
-    from accord.cli.state import load_state
     from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.prefork import auto_count
     from accord.gateway.server import run
@@ -112,14 +115,8 @@ def connect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
     """A short-lived gateway password for your active grant, as a psql command and a DSN."""
-    from accord.cli import request as client_commands  # its client_factory, swappable in tests
-
-    try:
-        with client_commands.client_factory() as client:
-            out = client.post("/connect", {"resource": resource, "role": role})
-    except ClientError as exc:
-        err.print(f"error: {exc.detail}", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    with api() as client:
+        out = client.post("/connect", {"resource": resource, "role": role})
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
@@ -133,10 +130,8 @@ def connect(
 def child_main(argv: list[str]) -> None:
     """One gateway process: connections come from the parent over --fd."""
     import argparse
-    import logging
     import socket
 
-    from accord.cli.state import load_state
     from accord.gateway import prefork_msg as msg
     from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.server import run

@@ -15,13 +15,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.gateway.models import GatewaySpoolMark
+from accord.gateway.usage import usage_upsert
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, Via
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # spool imports this module: a type only, at run time no cycle
     from accord.gateway.spool import Fact
-
-from accord.gateway.usage import usage_upsert
 
 _VIA = str(Via.GATEWAY)  # a plain str: the ledger's fast canonical encoder takes only those
 

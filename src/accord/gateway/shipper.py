@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.db import transaction
+from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway import recording
 from accord.gateway.spool import (
     DONE,
@@ -157,8 +157,6 @@ def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_e
     It ignores SIGINT and SIGTERM: a terminal's Ctrl-C or an init system signals the whole
     process group, and the shipper must not die mid-batch under its gateway; the gateway
     stops it in order (`stop` reads "stop"), or its death shows as EOF on `stop`."""
-    from accord.db import make_engine, make_sessionmaker
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -13,9 +13,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from accord.gateway.models import GatewayUsage
-
-if TYPE_CHECKING:
-    pass
 
 
 def usage_for(session: Session, *, grant_ids: Sequence[int]) -> dict[int, GatewayUsage]:

@@ -1,11 +1,11 @@
-"""Grants: activation, extension and every way a grant ends. Never commits."""
+"""Grants: activation, extension, every way a grant ends, and who may see which. Never commits."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from accord.db import skip_locked
@@ -13,7 +13,8 @@ from accord.grants.models import Grant, GrantStatus
 from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, format_time
-from accord.requests.models import AccessRequest, Status
+from accord.policy.engine import Policy
+from accord.requests.models import AccessRequest, RequestApprover, Status
 
 _END_EVENT = {
     GrantStatus.EXPIRED: EventType.GRANT_EXPIRED,
@@ -31,6 +32,25 @@ def effective_status(grant: Grant, now: datetime) -> str:
     if grant.status == GrantStatus.ACTIVE and grant.ends_at <= now:
         return GrantStatus.EXPIRED
     return grant.status
+
+
+def visible_clause(policy: Policy, user: str) -> Any:
+    """Grants `user` may see, as SQL (None: all, for admins and auditors): their own, those
+    on resources they own, and those of requests they could approve."""
+    if user in policy.admins or user in policy.auditors:
+        return None
+    return or_(
+        Grant.user == user,
+        Grant.resource.in_(policy.owned_by(user)),
+        exists().where(
+            AccessRequest.grant_id == Grant.id,
+            RequestApprover.request_id == AccessRequest.id,
+            RequestApprover.username == user,
+        ),
+        exists().where(AccessRequest.grant_id == Grant.id,
+                       tuple_(AccessRequest.workflow, AccessRequest.resource).in_(pairs))
+        if (pairs := policy.approver_pairs(user)) else false(),
+    )
 
 
 def activate(session: Session, *, request: AccessRequest, actor: Actor, now: datetime,

@@ -7,17 +7,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import exists, false, or_, select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import Principal, db, known_id, parse_cursor, principal, state
 from accord.detect.service import alerts_about
 from accord.errors import Conflict, NotFound
+from accord.gateway.usage import usage_for
 from accord.grants.models import Grant, GrantStatus
-from accord.grants.service import effective_status
+from accord.grants.service import effective_status, visible_clause
 from accord.ledger import service as ledger
 from accord.ledger.events import EventType
-from accord.requests.models import AccessRequest, RequestApprover
 from accord.requests.schemas import GrantOut
 from accord.state import AppState
 
@@ -51,8 +51,6 @@ class GrantView(GrantOut):
 
 
 def _with_usage(session: Session, grants: list[Grant], now: datetime) -> list[GrantView]:
-    from accord.gateway.usage import usage_for
-
     usage = usage_for(session, grant_ids=[g.id for g in grants])
     out = []
     for g in grants:
@@ -71,24 +69,6 @@ class GrantPage(BaseModel):
     next_cursor: str | None
 
 
-def _visible(who: Principal) -> Any:
-    """Own grants, grants on resources one owns, grants one could approve; all for readers."""
-    if who.can_read_all:
-        return None
-    return or_(
-        Grant.user == who.user,
-        Grant.resource.in_(who.policy.owned_by(who.user)),
-        exists().where(
-            AccessRequest.grant_id == Grant.id,
-            RequestApprover.request_id == AccessRequest.id,
-            RequestApprover.username == who.user,
-        ),
-        exists().where(AccessRequest.grant_id == Grant.id,
-                       tuple_(AccessRequest.workflow, AccessRequest.resource).in_(pairs))
-        if (pairs := who.policy.approver_pairs(who.user)) else false(),
-    )
-
-
 @router.get("", response_model=GrantPage)
 def list_grants(
     who: Principal = Depends(principal),
@@ -103,7 +83,7 @@ def list_grants(
     """Grants you may see (your own; those of resources you approve; all for admins/auditors)."""
     now = st.now()
     q = select(Grant).order_by(Grant.id.desc()).limit(limit + 1)
-    visible = _visible(who)
+    visible = visible_clause(who.policy, who.user)
     if visible is not None:
         q = q.where(visible)
     if status == GrantStatus.ACTIVE:
@@ -169,7 +149,7 @@ def get_grant(
     st: AppState = Depends(state),
 ) -> GrantView:
     q = select(Grant).where(Grant.id == known_id(grant_id, "grant"))
-    visible = _visible(who)
+    visible = visible_clause(who.policy, who.user)
     if visible is not None:
         q = q.where(visible)
     g = session.execute(q).scalar_one_or_none()

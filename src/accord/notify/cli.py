@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import typer
 
-from accord.cli.request import _api, _as_obj
+from accord.cli.output import api, as_obj
 
 notify_app = typer.Typer(
     help="Your notifications: channels, and one message per event or a daily digest "
@@ -87,8 +87,8 @@ def prefs(
     if digest is not None and immediate:
         raise typer.BadParameter("give --digest HOUR or --immediate, not both")
     path = "/me/notifications" if user is None else f"/users/{quote(user, safe='')}/notifications"
-    with _api() as client:
-        current = _as_obj(client.get(path))
+    with api() as client:
+        current = as_obj(client.get(path))
         result = current
         if channels is not None or digest is not None or immediate:
             body = {k: current.get(k) for k in ("channels", "mode", "digest_hour")}

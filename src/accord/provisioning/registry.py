@@ -33,6 +33,8 @@ class Connectors:
         if spec is None or spec.provision is None:
             raise ConnectorError(f"{resource} has no provisioning target", retryable=False)
         target = spec.provision
+        # A connector module brings its database driver (psycopg, pymysql): load only those
+        # that the policy's targets use.
         if isinstance(target, PostgresTarget):
             from accord.provisioning import postgres
 

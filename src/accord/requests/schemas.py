@@ -13,7 +13,9 @@ from accord.grants.service import effective_status as grant_status
 from accord.requests.models import AccessRequest
 
 
-class _In(BaseModel):
+class StrictIn(BaseModel):
+    """A request body: unknown fields and control characters refused, text stripped."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     @field_validator("*", mode="after")
@@ -35,7 +37,7 @@ def _parse(value: str) -> str:
     return value
 
 
-class RequestCreate(_In):
+class RequestCreate(StrictIn):
     resource: str = Field(min_length=1, max_length=64, examples=["orders-db"])
     role: str = Field(min_length=1, max_length=64, examples=["read"])
     duration: str = Field(max_length=32, examples=["1h30m", "45m", "PT1H30M"])
@@ -51,16 +53,16 @@ class RequestCreate(_In):
         return parse_duration(self.duration)
 
 
-class CommentIn(_In):
+class CommentIn(StrictIn):
     comment: str = Field(default="", max_length=2000)
 
 
-class ReviewIn(_In):
+class ReviewIn(StrictIn):
     verdict: str = Field(examples=["justified"], description="justified | unjustified")
     note: str = Field(min_length=1, max_length=2000, examples=["INC-9 confirmed by on-call"])
 
 
-class ExtendIn(_In):
+class ExtendIn(StrictIn):
     duration: str = Field(max_length=32, examples=["1h"])
     reason: str = Field(default="", max_length=2000)
 

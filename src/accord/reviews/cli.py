@@ -13,20 +13,20 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from accord.cli.request import (
+from accord.cli.output import (
     AllOpt,
     JsonOpt,
     LimitOpt,
-    _api,
-    _as_obj,
-    _cell,
-    _dump,
-    _fetch,
-    _grid,
-    _out,
-    _say,
-    _table,
-    _when,
+    api,
+    as_obj,
+    cell,
+    console,
+    dump,
+    fetch,
+    grid,
+    new_table,
+    say,
+    when,
 )
 from accord.reviews.models import CampaignStatus, EntryStatus
 
@@ -48,7 +48,7 @@ def _line(c: dict[str, Any]) -> str:
     n = c["counts"]
     return (f"review #{c['id']} {c['definition']} {c['status']}: {n['total']} entries, "
             f"{n['pending']} pending, {n['certified']} certified, {n['revoked']} revoked, "
-            f"{n['expired']} expired; deadline {_when(c['deadline'])}")
+            f"{n['expired']} expired; deadline {when(c['deadline'])}")
 
 
 @review_app.command("list")
@@ -62,21 +62,21 @@ def list_reviews(
     """Review campaigns, newest first (admins and auditors: all; reviewers: theirs)."""
     params = {k: v for k, v in {"status": status, "definition": definition,
                                 "limit": limit}.items() if v is not None}
-    with _api() as client:
-        page = _fetch(client, "/reviews", params, every)
+    with api() as client:
+        page = fetch(client, "/reviews", params, every)
     if as_json:
-        _dump(page)
+        dump(page)
         return
     if not page["items"]:
-        _say("no reviews")
+        say("no reviews")
         return
-    table = _table("ID", "REVIEW", "STATUS", "DEADLINE", "ENTRIES", "PENDING", "YOURS")
+    table = new_table("ID", "REVIEW", "STATUS", "DEADLINE", "ENTRIES", "PENDING", "YOURS")
     for c in page["items"]:
         n = c["counts"]
-        table.add_row(_cell(c["id"]), _cell(c["definition"]), _status(c["status"]),
-                      _cell(_when(c["deadline"])), _cell(n["total"]), _cell(n["pending"]),
-                      _cell(n["mine"]))
-    _out.print(table)
+        table.add_row(cell(c["id"]), cell(c["definition"]), _status(c["status"]),
+                      cell(when(c["deadline"])), cell(n["total"]), cell(n["pending"]),
+                      cell(n["mine"]))
+    console.print(table)
 
 
 @review_app.command("show")
@@ -88,49 +88,49 @@ def show(
 ) -> None:
     """A campaign and its entries, with evidence and decisions."""
     params: dict[str, str | int | None] = {"status": status, "mine": "true" if mine else None}
-    with _api() as client:
-        c = _as_obj(client.get(f"/reviews/{review_id}", params))
+    with api() as client:
+        c = as_obj(client.get(f"/reviews/{review_id}", params))
     if as_json:
-        _dump(c)
+        dump(c)
         return
-    _say(_line(c))
-    _out.print(_grid([
-        ("period", _cell(f"{_when(c['period_start'])} .. {_when(c['period_end'])}")),
-        ("resources", _cell(", ".join(c["resources"]))),
-        ("started", _cell(f"{_when(c['started_at'])} ({c['trigger']}, {c['started_by']})")),
-        ("completed", _cell(_when(c["completed_at"]))),
+    say(_line(c))
+    console.print(grid([
+        ("period", cell(f"{when(c['period_start'])} .. {when(c['period_end'])}")),
+        ("resources", cell(", ".join(c["resources"]))),
+        ("started", cell(f"{when(c['started_at'])} ({c['trigger']}, {c['started_by']})")),
+        ("completed", cell(when(c["completed_at"]))),
     ]))
     for e in c["entries"]:  # a few lines each: narrow terminals fold tables badly
         mark = "*" if e["can_decide"] else " "
-        _out.print(Text(f"\n{mark} entry {e['id']}: {e['user']} {e['resource']}/{e['role']} "
+        console.print(Text(f"\n{mark} entry {e['id']}: {e['user']} {e['resource']}/{e['role']} "
                         f"{e['kind']} ({e['period_grants']} grant(s) in period) ")
                    + _status(e["status"]))
-        _say(f"    grants {', '.join(str(g) for g in e['grant_ids'])}; requests "
+        say(f"    grants {', '.join(str(g) for g in e['grant_ids'])}; requests "
              f"{', '.join(str(r) for r in e['request_ids'])}; evidence "
              f"{', '.join(f'#{i}' for i in e['evidence']) or '-'}; reviewers "
              f"{', '.join(e['reviewers']) or 'nobody'}")
         if e["decided_by"]:
             note = f": {e['note']}" if e["note"] else ""
-            _say(f"    {e['status']} by {e['decided_by']} via {e['decided_via']} "
-                 f"{_when(e['decided_at'])}{note}")
+            say(f"    {e['status']} by {e['decided_by']} via {e['decided_via']} "
+                 f"{when(e['decided_at'])}{note}")
     if any(e["can_decide"] for e in c["entries"]):
-        _say(f"\n* yours to decide: accord review certify|revoke {c['id']} ENTRY --note '...'")
+        say(f"\n* yours to decide: accord review certify|revoke {c['id']} ENTRY --note '...'")
 
 
 def _decide(verb: str, review_id: int, entry_ids: list[int], note: str, as_json: bool) -> None:
     done = []
-    with _api() as client:
+    with api() as client:
         for eid in entry_ids:
-            e = _as_obj(client.post(f"/reviews/{review_id}/entries/{eid}/{verb}",
+            e = as_obj(client.post(f"/reviews/{review_id}/entries/{eid}/{verb}",
                                     {"note": note}))
             done.append(e)
             if not as_json:
                 extra = (f"; revoked grant(s) {', '.join(str(g) for g in e['revoked_grant_ids'])}"
                          if e["revoked_grant_ids"] else "")
-                _say(f"entry {e['id']} ({e['user']} {e['resource']}/{e['role']}): "
+                say(f"entry {e['id']} ({e['user']} {e['resource']}/{e['role']}): "
                      f"{e['status']}{extra}")
     if as_json:
-        _dump(done)
+        dump(done)
 
 
 @review_app.command("certify")
@@ -162,26 +162,26 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a campaign of a review now (admins)."""
-    with _api() as client:
-        c = _as_obj(client.post("/reviews", {"definition": definition}))
-    _dump(c) if as_json else _say(_line(c))
+    with api() as client:
+        c = as_obj(client.post("/reviews", {"definition": definition}))
+    dump(c) if as_json else say(_line(c))
 
 
 @review_app.command("definitions")
 def definitions(as_json: JsonOpt = False) -> None:
     """The reviews in accord.yaml and when each next starts (admins and auditors)."""
-    with _api() as client:
+    with api() as client:
         items = client.get("/reviews/definitions")
     if as_json:
-        _dump(items)
+        dump(items)
         return
-    table = _table("REVIEW", "EVERY", "OPEN FOR", "RESOURCES", "REVIEWERS", "NEXT START",
+    table = new_table("REVIEW", "EVERY", "OPEN FOR", "RESOURCES", "REVIEWERS", "NEXT START",
                    "OPEN")
     for d in items:
-        table.add_row(_cell(d["name"]), _cell(d["every"]), _cell(d["duration"]),
-                      _cell(", ".join(d["resources"])), _cell(", ".join(d["reviewers"])),
-                      _cell(_when(d["next_start"])), _cell(d["open_campaign"]))
-    _out.print(table)
+        table.add_row(cell(d["name"]), cell(d["every"]), cell(d["duration"]),
+                      cell(", ".join(d["resources"])), cell(", ".join(d["reviewers"])),
+                      cell(when(d["next_start"])), cell(d["open_campaign"]))
+    console.print(table)
 
 
 @review_app.command("report")
@@ -193,7 +193,7 @@ def report(
 ) -> None:
     """The completion report: every entry and its decision, checked against the ledger
     (auditors and admins)."""
-    with _api() as client:
+    with api() as client:
         if out is None:
             client.download(f"/reviews/{review_id}/report", sys.stdout.buffer,
                             {"format": fmt})
@@ -206,4 +206,4 @@ def report(
             partial.replace(out)
         finally:
             partial.unlink(missing_ok=True)
-    _say(f"wrote {out}: {size} bytes")
+    say(f"wrote {out}: {size} bytes")

@@ -7,16 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from accord.requests.schemas import _In
+from accord.requests.schemas import StrictIn
 from accord.reviews.models import ReviewCampaign, ReviewEntry
 
 
-class StartIn(_In):
+class StartIn(StrictIn):
     definition: str = Field(min_length=1, max_length=64, examples=["prod-quarterly"],
                             description="the name of a review in accord.yaml (`reviews`)")
 
 
-class DecisionIn(_In):
+class DecisionIn(StrictIn):
     note: str = Field(default="", max_length=2000, examples=["still on the on-call rota"],
                       description="why (required to revoke)")
 

@@ -6,19 +6,19 @@ from typing import Annotated, Any
 
 import typer
 
-from accord.cli.request import (
+from accord.cli.output import (
     AllOpt,
     JsonOpt,
     LimitOpt,
-    _api,
-    _as_obj,
-    _cell,
-    _dump,
-    _fetch,
-    _out,
-    _say,
-    _table,
-    _when,
+    api,
+    as_obj,
+    cell,
+    console,
+    dump,
+    fetch,
+    new_table,
+    say,
+    when,
 )
 
 session_app = typer.Typer(
@@ -47,28 +47,28 @@ def list_sessions(
     params: dict[str, Any] = {"user": user, "limit": limit}
     if ended:
         params["include_ended"] = "true"
-    with _api() as client:
-        page = _fetch(client, "/sessions", params, every)
+    with api() as client:
+        page = fetch(client, "/sessions", params, every)
     if as_json:
-        _dump(page)
+        dump(page)
         return
     if not page["items"]:
-        _say("no sessions")
+        say("no sessions")
         return
-    table = _table("ID", "User", "Signed in with", "Created", "Expires", "State")
+    table = new_table("ID", "User", "Signed in with", "Created", "Expires", "State")
     for s in page["items"]:
         how = _METHOD.get(s["method"], s["method"])
         if s["token_id"] is not None:
             how += f" #{s['token_id']}"
-        state = f"{s['state']} {_when(s['ended_at'])}" if s["ended_at"] else s["state"]
-        table.add_row(str(s["id"]), _cell(s["user"]), how, _when(s["created_at"]),
-                      _when(s["expires_at"]), state)
-    _out.print(table)
+        state = f"{s['state']} {when(s['ended_at'])}" if s["ended_at"] else s["state"]
+        table.add_row(str(s["id"]), cell(s["user"]), how, when(s["created_at"]),
+                      when(s["expires_at"]), state)
+    console.print(table)
 
 
 @session_app.command("revoke")
 def revoke(session_id: SessionId, as_json: JsonOpt = False) -> None:
     """End a session now: that browser is signed out at its next page (admins)."""
-    with _api() as client:
-        s = _as_obj(client.call("DELETE", f"/sessions/{session_id}"))
-    _dump(s) if as_json else _say(_line(s))
+    with api() as client:
+        s = as_obj(client.call("DELETE", f"/sessions/{session_id}"))
+    dump(s) if as_json else say(_line(s))

@@ -7,7 +7,6 @@ is the same whichever way a person acts; only `via` says "web".
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import secrets
@@ -27,22 +26,22 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from fastapi.templating import Jinja2Templates
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from accord.api.deps import db, state
-from accord.db import end_read, readonly_sessions, writing
+from accord.db import end_read, writing
 from accord.detect import service as detect
 from accord.directory import oidc as oidc_sync
 from accord.directory.service import Change, key
-from accord.durations import DurationError, format_duration, parse_duration, span
+from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.gateway import views as gateway_views
 from accord.gateway.postgres.connect import connection_info
 from accord.grants.models import Grant, GrantStatus
-from accord.grants.views import _visible as visible_grants
+from accord.grants.service import visible_clause as visible_grants
 from accord.identity import service as identity
 from accord.identity import sessions
 from accord.identity.models import ApiToken
@@ -54,7 +53,7 @@ from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import GrantOut
 from accord.requests.views import render as render_requests
 from accord.state import AppState
-from accord.web import evidence, flash, oidc, stats
+from accord.web import evidence, flash, oidc, review_pages, stats
 from accord.web.auth import (
     CACHE,
     PRE_COOKIE,
@@ -67,24 +66,11 @@ from accord.web.auth import (
     safe_next,
     viewer_of,
 )
+from accord.web.render import MESSAGES, back_to, error_page, page
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
-# Event data as people read it: indented, non-ASCII and quotes as they are (Jinja's
-# autoescape still escapes it for HTML); `tojson` would show \u0027 for every apostrophe.
-templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False,
-                                                        sort_keys=False)
-templates.env.globals["format_duration_seconds"] = \
-    lambda s: format_duration(timedelta(seconds=int(s)))
 router = APIRouter(include_in_schema=False)
 PAGE = 25
-MESSAGES = {  # what a redirect after a successful form says (never text from the URL)
-    "approve": "Approved.", "deny": "Denied.", "cancel": "Request withdrawn.",
-    "relinquish": "Access given up.", "revoke": "Access revoked.",
-    "extend": "Extension requested.", "created": "Request filed.",
-    "acknowledge": "Alert acknowledged.", "resolve": "Alert resolved.",
-    "review": "Review recorded.", "end": "Session ended.",
-}
 STREAM_SECONDS = 60
 # Set when this process is asked to stop (SIGINT, SIGTERM): open live streams end within a
 # second, before the server's grace period runs out and it cancels them (which uvicorn
@@ -93,64 +79,8 @@ STOPPING = threading.Event()
 ACTIONS = ("approve", "deny", "cancel", "relinquish", "revoke")
 
 
-def _ago(value: datetime | None, now: datetime) -> str:
-    if value is None:
-        return ""
-    seconds = int((now - value).total_seconds())
-    if seconds < 0:  # time left: two units, never rounded up (1h29m59s is "in 1h29m")
-        return "in " + span(timedelta(seconds=-seconds))
-    if seconds < 60:
-        return "just now"
-    return span(timedelta(seconds=seconds)) + " ago"
-
-
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
-
-
-def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 200,
-         **ctx: Any) -> HTMLResponse:
-    st: AppState = request.app.state.accord
-    now = st.now()
-    alarms: list[dict[str, Any]] = []
-    if viewer is not None and viewer.principal.can_read_all:
-        # Until resolved, everyone who answers for the evidence sees it on every page.
-        with readonly_sessions(st.sessions)() as s:
-            alarms = [{"id": a.id, "title": a.title}
-                      for a in detect.unresolved(s, rule="ledger_integrity")]
-    said = flash.take(request, st.secrets, binding=_binding(request, viewer))
-    ctx.update(request=request, viewer=viewer, now=now, ago=lambda v: _ago(v, now),
-               integrity_alarms=alarms,
-               csrf=viewer.csrf if viewer else "",
-               roles=sorted(viewer.principal.roles - {"requester"}) if viewer else [],
-               message=(said.text if said and not said.error else
-                        None if said else MESSAGES.get(request.query_params.get("done", ""))),
-               flash_error=said.text if said and said.error else None,
-               refill=said.form if said else {}, refill_for=said.target if said else "")
-    response = templates.TemplateResponse(request, name, ctx, status_code=status)
-    response.headers["Cache-Control"] = "no-store"
-    if request.cookies.get(flash.COOKIE):
-        response.delete_cookie(flash.COOKIE, path="/")  # said once
-    return response
-
-
-def back_to(request: Request, viewer: Viewer, target: str, text: str, *, error: bool = False,
-            form: dict[str, str] | None = None, form_name: str = "") -> RedirectResponse:
-    """Redirect (303) to `target` saying `text` there: after a post the person is always
-    on a page they can reload, with the outcome or the refusal in words."""
-    response = RedirectResponse(target, status_code=303)
-    st: AppState = request.app.state.accord
-    flash.put(response, request, st.secrets, binding=f"session:{viewer.session_id}",
-              flash=flash.Flash(text=text, error=error, form=form or {}, target=form_name))
-    return response
-
-
-def _binding(request: Request, viewer: Viewer | None) -> str | None:
-    """Whose flash a page may show: the session's, or before sign-in the login form's."""
-    if viewer is not None:
-        return f"session:{viewer.session_id}"
-    pre = request.cookies.get(PRE_COOKIE)
-    return f"pre:{pre}" if pre else None
 
 
 def _login_refused(request: Request, st: AppState, text: str, next_url: str) -> Response:
@@ -854,7 +784,7 @@ def grants_page(request: Request, session: Session = Depends(db),
     now = st.now()
     q = (select(Grant).where(Grant.status == GrantStatus.ACTIVE, Grant.ends_at > now)
          .order_by(Grant.ends_at).limit(200))
-    visible = visible_grants(viewer.principal)
+    visible = visible_grants(viewer.principal.policy, viewer.principal.user)
     if visible is not None:
         q = q.where(visible)
     grants = list(session.execute(q).scalars())
@@ -1077,18 +1007,6 @@ async def live(request: Request) -> Response:
 # ---------------------------------------------------------------- errors
 
 
-def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
-    st: AppState | None = getattr(request.app.state, "accord", None)
-    viewer = None
-    if st is not None and request.cookies.get(sessions.COOKIE):
-        try:
-            with st.sessions() as s:
-                viewer = viewer_of(request, s, st)
-        except Exception:  # an error page must render even when the database is down
-            viewer = None
-    return page(request, "error.html", viewer, status=status, title=title, detail=detail)
-
-
 def end_streams_on_signals() -> None:
     """Chain onto the SIGINT/SIGTERM handlers the server installed (call it from the
     app's startup, inside the server): the server still stops as before, and live
@@ -1109,10 +1027,6 @@ def end_streams_on_signals() -> None:
 
 def install(app: Any) -> None:
     """Routes, static files and the two exceptions only pages raise."""
-    from fastapi.staticfiles import StaticFiles
-
-    from accord.web import review_pages  # imports page() from here: import late
-
     app.include_router(router)
     app.include_router(review_pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

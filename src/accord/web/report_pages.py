@@ -23,7 +23,7 @@ from accord.reports.schemas import FORMATS, KINDS
 from accord.reports.views import respond
 from accord.state import AppState
 from accord.web.auth import Viewer, check_csrf, require_viewer
-from accord.web.pages import page
+from accord.web.render import page
 
 router = APIRouter(include_in_schema=False)
 

@@ -22,7 +22,7 @@ from accord.reviews.schemas import CampaignOut
 from accord.reviews.views import detail
 from accord.state import AppState
 from accord.web.auth import Viewer, check_csrf, require_viewer
-from accord.web.pages import back_to, page
+from accord.web.render import back_to, page
 
 router = APIRouter(include_in_schema=False)
 PAGE = 25
