@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the relationship's type only: SQLAlchemy resolves "Grant" by name
     from accord.grants.models import Grant
 
 from accord.db import Base, UTCDateTime, utcnow
