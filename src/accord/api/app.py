@@ -35,9 +35,9 @@ from accord.requests import views as request_views
 from accord.requests.models import AccessRequest, Status
 from accord.reviews import views as review_views
 from accord.state import AppState
+from accord.web import directory_pages, report_pages
 from accord.web import pages as web_pages
 from accord.web import render as web_render
-from accord.web import report_pages
 from accord.worker.integrity import IntegrityMonitor, monitor_for
 from accord.worker.job_runner import JobRunner
 from accord.worker.ledger_jobs import LedgerWorker
@@ -168,6 +168,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)
+    app.include_router(directory_pages.router)
 
     # async: the process answers even when every worker thread waits on the database.
     @app.get("/healthz", tags=["ops"], include_in_schema=False)
