@@ -9,6 +9,7 @@ from accord.cli import admin, serve
 from accord.cli.audit import audit_app
 from accord.cli.request import grant_app, request_app
 from accord.detect.cli import alert_app
+from accord.directory.cli import directory_app
 from accord.gateway import cli as gateway_cli
 from accord.notify.cli import notify_app
 from accord.reports.cli import report_app
@@ -43,6 +44,7 @@ app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
 app.add_typer(audit_app, name="audit")
 app.add_typer(alert_app, name="alert")
+app.add_typer(directory_app, name="directory")
 app.add_typer(notify_app, name="notify")
 app.add_typer(report_app, name="report")
 app.add_typer(review_app, name="review")
