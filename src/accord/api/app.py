@@ -20,6 +20,7 @@ from accord.api import headers, problems
 from accord.api.intent import DatabaseIntent
 from accord.db import write_gate
 from accord.detect import views as alert_views
+from accord.directory.scim import views as scim_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
@@ -163,6 +164,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.include_router(slack_views.prefs_router)  # notification preferences
     app.include_router(report_views.router)  # reports (auditors and admins)
     app.include_router(review_views.router)  # access review campaigns
+    app.include_router(scim_views.router)  # /scim/v2: the identity provider's pushes
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)
