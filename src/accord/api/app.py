@@ -152,7 +152,8 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     )
     app.state.accord = st
     problems.install(app, html=web_pages.error_page)
-    app.add_middleware(problems.BodyLimit)
+    # An identity provider's SCIM calls may carry hundreds of group members.
+    app.add_middleware(problems.BodyLimit, larger={scim_views.ROOT + "/": scim_views.MAX_BODY})
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)
     headers.install_docs(app)

@@ -30,6 +30,7 @@ from scim2_models.path import (
     coerce_value,
 )
 from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute
 
 from accord.directory.scim.models import ENTERPRISE_SCHEMA, GROUP_SCHEMA, USER_SCHEMA
 from accord.directory.service import key
@@ -46,15 +47,17 @@ def _lower(text: str) -> str:
 class Attr:
     """A searchable attribute: the SQL expression compared and how values are prepared."""
 
-    expr: ColumnElement[Any]
+    expr: ColumnElement[Any] | InstrumentedAttribute[Any]
     # Case-insensitive attributes compare a folded expression to the folded value; None
     # for case-exact ones and for non-strings.
     fold: Callable[[str], str] | None = None
     # The expression is a column of a group's members: conditions run in EXISTS.
     member: bool = False
+    # A complex attribute held in several columns: only `pr` applies, and this is it.
+    present: ColumnElement[bool] | None = None
 
 
-def _insensitive(column: Any) -> Attr:
+def _insensitive(column: InstrumentedAttribute[Any]) -> Attr:
     return Attr(func.lower(column), _lower)
 
 
@@ -68,6 +71,9 @@ USER_ATTRS: dict[str, Attr] = {
     _U + "userName": Attr(DirectoryUser.name, key),  # the Accord name: userName case-folded
     _U + "displayName": _insensitive(DirectoryUser.display_name),
     _U + "active": Attr(DirectoryUser.active),
+    _U + "name": Attr(DirectoryUser.given_name, present=or_(
+        and_(DirectoryUser.given_name.is_not(None), DirectoryUser.given_name != ""),
+        and_(DirectoryUser.family_name.is_not(None), DirectoryUser.family_name != ""))),
     _U + "name.givenName": _insensitive(DirectoryUser.given_name),
     _U + "name.familyName": _insensitive(DirectoryUser.family_name),
     # One address per person: `emails.x` and `emails[...]` read the same row.
@@ -128,6 +134,9 @@ class ToSql(FilterVisitor[ColumnElement[bool]]):
 
     def visit_comparison(self, node: Comparison) -> ColumnElement[bool]:
         binding, attr = self._attr(node.attr_path, comparison=True)
+        if attr.present is not None:
+            raise InvalidFilterException(detail=f"{node.attr_path} is compared by its "
+                                         "sub-attributes")
         value = coerce_value(binding, node.value, node.op)
         if isinstance(value, str) and attr.fold is not None:
             value = attr.fold(value)
@@ -141,29 +150,36 @@ class ToSql(FilterVisitor[ColumnElement[bool]]):
         if node.op in (Op.co, Op.sw, Op.ew):
             condition = self._like(col, node.op, str(value), exact=attr.fold is None)
         else:
-            condition = {Op.eq: lambda: col == value, Op.gt: lambda: col > value,
-                         Op.ge: lambda: col >= value, Op.lt: lambda: col < value,
-                         Op.le: lambda: col <= value}[node.op]()
+            compare: dict[Op, Callable[[], ColumnElement[bool]]] = {
+                Op.eq: lambda: col == value, Op.gt: lambda: col > value,
+                Op.ge: lambda: col >= value, Op.lt: lambda: col < value,
+                Op.le: lambda: col <= value}
+            condition = compare[node.op]()
         return self._wrap(attr, and_(col.is_not(None), condition))
 
-    def _like(self, col: ColumnElement[Any], op: Op, value: str, *,
-              exact: bool) -> ColumnElement[bool]:
-        pattern = {Op.co: col.contains, Op.sw: col.startswith,
-                   Op.ew: col.endswith}[op](value, autoescape=True)
+    def _like(self, col: ColumnElement[Any] | InstrumentedAttribute[Any], op: Op, value: str,
+              *, exact: bool) -> ColumnElement[bool]:
+        like: dict[Op, Callable[..., ColumnElement[bool]]] = {
+            Op.co: col.contains, Op.sw: col.startswith, Op.ew: col.endswith}
+        pattern = like[op](value, autoescape=True)
         if not exact or self.dialect == "postgresql":
             return pattern
         # SQLite's LIKE (and MariaDB's collations) ignore case: a case-exact attribute
         # (externalId, id) is also compared character for character.
         n = len(value)
-        check = {Op.sw: lambda: func.substr(col, 1, n) == value,
-                 Op.ew: lambda: func.substr(col, func.length(col) - n + 1) == value,
-                 Op.co: lambda: func.instr(col, value) > 0}[op]()
+        exactly: dict[Op, Callable[[], ColumnElement[bool]]] = {
+            Op.sw: lambda: func.substr(col, 1, n) == value,
+            Op.ew: lambda: func.substr(col, func.length(col) - n + 1) == value,
+            Op.co: lambda: func.instr(col, value) > 0}
+        check = exactly[op]()
         return and_(pattern, check)
 
     def visit_present(self, node: Present) -> ColumnElement[bool]:
         binding, attr = self._attr(node.attr_path, comparison=False)
+        if attr.present is not None:
+            return attr.present
         col = attr.expr
-        present = col.is_not(None)
+        present: ColumnElement[bool] = col.is_not(None)
         if binding.target_type is str or attr.fold is not None:
             present = and_(present, col != "")
         return self._wrap(attr, present)

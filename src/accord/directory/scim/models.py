@@ -6,8 +6,8 @@ provider sends (Okta's `password`, `locale`, `groups`; Entra's `roles`, its extr
 schema URN) is accepted and dropped by the policy (`unknown=ignore`).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: `Reference["User"]` names the resource type, a
+# string pydantic must see as such, not a name to look up (nor ruff: noqa F821).
 from typing import Annotated, Any
 
 from pydantic import Field, model_validator
@@ -59,7 +59,7 @@ class AccordEmail(ComplexAttribute):
 class AccordManager(ComplexAttribute):
     value: Annotated[str | None, CaseExact.true] = None
     # scim2-models marks `$ref` required; RFC 7643 does not, and no provider sends it.
-    ref: Annotated[Reference["User"] | None, Required.false] = Field(  # type: ignore[type-arg]
+    ref: Annotated[Reference["User"] | None, Required.false] = Field(  # type: ignore[name-defined]  # noqa: F821
         None, serialization_alias="$ref", validation_alias="$ref")
     display_name: Annotated[str | None, Mutability.read_only] = None
 
@@ -103,7 +103,7 @@ class AccordMember(ComplexAttribute):
     `display` are dropped: Accord keeps only who the member is."""
 
     value: Annotated[str | None, Mutability.immutable, CaseExact.true] = None
-    ref: Annotated[Reference["User"] | None, Mutability.immutable] = Field(  # type: ignore[type-arg]
+    ref: Annotated[Reference["User"] | None, Mutability.immutable] = Field(  # type: ignore[name-defined]  # noqa: F821
         None, serialization_alias="$ref", validation_alias="$ref")
 
 
@@ -114,7 +114,7 @@ class AccordGroup(Resource[Any]):
     members: list[AccordMember] | None = None
 
 
-ScimUser = AccordUser[AccordEnterprise]  # type: ignore[type-arg,misc]
+ScimUser = AccordUser[AccordEnterprise]  # type: ignore[type-arg]
 ScimGroup = AccordGroup
 
 POLICY = ScimPolicy(

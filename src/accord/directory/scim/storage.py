@@ -161,11 +161,13 @@ def _member_ids(resource: Resource[Any]) -> set[str]:
     return ids
 
 
-def _check_group(resource: AccordGroup) -> None:
+def _check_group(resource: AccordGroup) -> str:
+    """The group's displayName, once its values are known to fit."""
     if not resource.display_name:
         raise InvalidValueException(detail="displayName is required")
     _check_text(DirectoryGroup, {"display_name": resource.display_name,
                                  "external_id": resource.external_id})
+    return resource.display_name
 
 
 def _wants_members(parameters: ResponseParameters[Any] | None) -> bool:
@@ -284,8 +286,7 @@ class SqlStorage(ScimStorage):
                 user = change.create_user(user_fields(resource, None))
                 return self._users([user])[0]
             assert isinstance(resource, AccordGroup)
-            _check_group(resource)
-            group = change.create_group(resource.display_name,
+            group = change.create_group(_check_group(resource),
                                         external_id=_text(resource.external_id),
                                         member_ids=_member_ids(resource))
             return self._groups([group], members=True)[0]
@@ -308,8 +309,7 @@ class SqlStorage(ScimStorage):
             assert isinstance(resource, AccordGroup)
             group = self._group_row(resource.id)
             self._check(group, expected_version)
-            _check_group(resource)
-            change.update_group(group, display_name=resource.display_name,
+            change.update_group(group, display_name=_check_group(resource),
                                 external_id=_text(resource.external_id))
             change.set_members(group, _member_ids(resource))
             return self._groups([group], members=True)[0]

@@ -43,6 +43,7 @@ router = APIRouter(tags=["scim"])
 ROOT = "/scim/v2"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 READS = frozenset({"GET", "HEAD"})
+MAX_BODY = 2 * 1024 * 1024  # a PATCH of a few thousand members (the API's limit is 64 KiB)
 
 
 def _error(status: int, detail: str, scim_type: str | None = None) -> ScimResponse:
