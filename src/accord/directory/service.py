@@ -320,7 +320,7 @@ class Change:
         other = self.session.execute(select(DirectoryGroup.id).where(
             DirectoryGroup.name_key == key(name))).scalar_one_or_none()
         if other is not None and other != group_id:
-            raise Conflict(f'a group named "{name}" already exists', field="userName")
+            raise Conflict(f'a group named "{name}" already exists', field="displayName")
 
     def _check_manager(self, manager_id: str | None, user_id: str | None) -> None:
         if manager_id is None:
