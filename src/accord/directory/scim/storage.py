@@ -23,6 +23,7 @@ from scim2_models import (
     Resource,
     ResourceType,
     ResponseParameters,
+    SCIMException,
     ScimFilter,
     SearchRequest,
     UniquenessException,
@@ -107,7 +108,7 @@ def user_resource(row: DirectoryUser) -> Resource[Any]:
 
 def user_fields(resource: Resource[Any], current: DirectoryUser | None) -> UserFields:
     """What Accord keeps of a User: one address (the primary one, else the first), and
-    `active` as stored when the provider leaves it out (a PUT without it, a remove)."""
+    `active` as stored when the provider leaves it out (true for a new person)."""
     assert isinstance(resource, AccordUser)
     if not resource.user_name:
         raise InvalidValueException(detail="userName is required")
@@ -180,17 +181,21 @@ def _wants_members(parameters: ResponseParameters[Any] | None) -> bool:
     return not parameters.attributes or "members" in named(parameters.attributes)
 
 
+def scim_exception(exc: AccordError) -> SCIMException:
+    """A refusal of the directory's as a SCIM error (RFC 7644 §3.12)."""
+    if isinstance(exc, Conflict):
+        return UniquenessException(detail=exc.detail)
+    if isinstance(exc, NotFound):
+        return NotFoundException(detail=exc.detail)
+    return InvalidValueException(detail=exc.detail)  # Invalid, and anything else refused
+
+
 @contextmanager
 def _scim_errors() -> Iterator[None]:
-    """The directory's refusals as SCIM errors (RFC 7644 §3.12)."""
     try:
         yield
-    except Conflict as exc:
-        raise UniquenessException(detail=exc.detail) from exc
-    except NotFound as exc:
-        raise NotFoundException(detail=exc.detail) from exc
-    except AccordError as exc:  # Invalid, and anything else the directory refuses
-        raise InvalidValueException(detail=exc.detail) from exc
+    except AccordError as exc:
+        raise scim_exception(exc) from exc
 
 
 class SqlStorage(ScimStorage):

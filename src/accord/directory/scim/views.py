@@ -32,7 +32,7 @@ from accord.api.problems import lock_contention
 from accord.db import end_read, reading
 from accord.directory import tokens
 from accord.directory.scim.protocol import SERVICE
-from accord.directory.scim.storage import SqlStorage
+from accord.directory.scim.storage import SqlStorage, scim_exception
 from accord.errors import AccordError, Busy, Unauthorized
 from accord.ledger.events import Actor
 from accord.state import AppState
@@ -51,7 +51,7 @@ def _error(status: int, detail: str, scim_type: str | None = None) -> ScimRespon
     return ScimResponse(HTTPStatus(status), body)
 
 
-def _client(session: Session, st: AppState, authorization: str | None) -> str:
+def _client(session: Session, authorization: str | None) -> str:
     """The name of the SCIM client whose live token the call carries (Unauthorized else)."""
     scheme, _, token = (authorization or "").partition(" ")
     if not authorization:
@@ -81,7 +81,7 @@ def _handle(st: AppState, request: ScimRequest) -> ScimResponse:
             if not st.policies.current.loaded.spec.identity.scim:
                 raise NotFoundException(
                     detail="SCIM is off: accord.yaml enables it with identity: {scim: true}")
-            client = _client(session, st, request.header("Authorization"))
+            client = _client(session, request.header("Authorization"))
             storage = SqlStorage(session, store=st.policies, actor=Actor.scim(client),
                                  now=st.now(), write=request.method.upper() not in READS)
             response = ScimHandler(SERVICE, storage).handle(request)
@@ -96,7 +96,7 @@ def _handle(st: AppState, request: ScimRequest) -> ScimResponse:
             return _busy(exc)
         except AccordError as exc:  # a consequence refused to apply: nothing is kept
             session.rollback()
-            return _error(exc.status if exc.status < 500 else 400, exc.detail)
+            return SERVICE.error_response(scim_exception(exc))
         except (sa_exc.OperationalError, sa_exc.TimeoutError) as exc:
             session.rollback()
             busy = lock_contention(exc)
