@@ -21,6 +21,7 @@ from accord.api.intent import DatabaseIntent
 from accord.db import write_gate
 from accord.detect import views as alert_views
 from accord.directory import views as directory_views
+from accord.directory.scim import views as scim_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
 from accord.grants.models import Grant, GrantStatus
@@ -153,7 +154,8 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     )
     app.state.accord = st
     problems.install(app, html=web_render.error_page)
-    app.add_middleware(problems.BodyLimit)
+    # An identity provider's SCIM calls may carry hundreds of group members.
+    app.add_middleware(problems.BodyLimit, larger={scim_views.ROOT + "/": scim_views.MAX_BODY})
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)
     headers.install_docs(app)
@@ -165,6 +167,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.include_router(slack_views.prefs_router)  # notification preferences
     app.include_router(report_views.router)  # reports (auditors and admins)
     app.include_router(review_views.router)  # access review campaigns
+    app.include_router(scim_views.router)  # /scim/v2: the identity provider's pushes
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)

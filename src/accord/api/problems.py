@@ -176,16 +176,22 @@ def _control_characters(scope: Scope) -> str | None:
 
 
 class BodyLimit:
-    """Refuse bodies over MAX_BODY with 413 before a handler reads them, chunked ones included."""
+    """Refuse bodies over MAX_BODY with 413 before a handler reads them, chunked ones included.
+    `larger`: path prefixes allowed a larger body, and how large."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY,
+                 larger: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        limit = next((n for prefix, n in self.larger.items() if path.startswith(prefix)),
+                     self.default)
         bad = _control_characters(scope)
         if bad:
             await problem(422, f"{bad} must not contain control characters",
@@ -194,11 +200,11 @@ class BodyLimit:
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.limit
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await self._refuse(scope, receive, send)
+                    await self._refuse(scope, receive, send, limit)
                     return
         # Buffer the body (at most `limit` bytes) so chunked uploads are capped as well.
         chunks: list[bytes] = []
@@ -210,8 +216,8 @@ class BodyLimit:
                 break
             body = message.get("body", b"")
             seen += len(body)
-            if seen > self.limit:
-                await self._refuse(scope, receive, send)
+            if seen > limit:
+                await self._refuse(scope, receive, send, limit)
                 return
             chunks.append(body)
             more = message.get("more_body", False)
@@ -226,7 +232,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, f"request body is over the {self.limit // 1024} KiB limit",
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem(413, f"request body is over the {limit // 1024} KiB limit",
                            slug="too-large")
         await response(scope, receive, send)

@@ -9,7 +9,7 @@ from accord.cli import admin, serve
 from accord.cli.audit import audit_app
 from accord.cli.request import grant_app, request_app
 from accord.detect.cli import alert_app
-from accord.directory.cli import directory_app
+from accord.directory.cli import directory_app, scim_app
 from accord.gateway import cli as gateway_cli
 from accord.notify.cli import notify_app
 from accord.reports.cli import report_app
@@ -49,6 +49,7 @@ app.add_typer(notify_app, name="notify")
 app.add_typer(report_app, name="report")
 app.add_typer(review_app, name="review")
 app.add_typer(session_app, name="session")
+app.add_typer(scim_app, name="scim")
 
 if __name__ == "__main__":
     app()

@@ -142,9 +142,11 @@ class Change:
         if "manager_id" in changed:
             changed["manager_id"] = [self._name_of(old.manager_id), self._name_of(f.manager_id)]
             self.managed.add(name)
-        self._event(EventType.DIRECTORY_USER_UPDATED, f"user:{name}", user=name, user_id=row.id,
-                    changed={("manager" if k == "manager_id" else k): v
-                             for k, v in changed.items() if k != "active"})
+        attrs = {("manager" if k == "manager_id" else k): v
+                 for k, v in changed.items() if k != "active"}
+        if attrs:  # `active` alone has its own event below
+            self._event(EventType.DIRECTORY_USER_UPDATED, f"user:{name}", user=name,
+                        user_id=row.id, changed=attrs)
         if name != was:
             self.left[was] = f'renamed to "{name}" by the identity provider'
             self.joined.add(name)
@@ -329,7 +331,7 @@ class Change:
         other = self.session.execute(select(DirectoryGroup.id).where(
             DirectoryGroup.name_key == key(name))).scalar_one_or_none()
         if other is not None and other != group_id:
-            raise Conflict(f'a group named "{name}" already exists', field="userName")
+            raise Conflict(f'a group named "{name}" already exists', field="displayName")
 
     def _check_manager(self, manager_id: str | None, user_id: str | None) -> None:
         if manager_id is None:

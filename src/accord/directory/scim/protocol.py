@@ -1,0 +1,57 @@
+"""The SCIM protocol (scim2-server's service), with what Accord decides differently.
+
+* A PUT without `active` keeps the stored value: Okta's PUT may leave it out, and being
+  deactivated by omission would end a person's access.
+* Entra ID removes members with `{"op": "Remove", "path": "members", "value": [{"$ref":
+  null, "value": "<id>"}]}`: the value selects what to remove, and its nulls select nothing
+  (read literally, `$ref eq null` would match no stored member, which all have a `$ref`).
+* A PATCH of a User answers 200 with the resource (what Okta and Entra ID expect); a PATCH
+  of a Group answers 204 unless attributes are asked for (no member list to send back).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scim2_models import (
+    Context,
+    PatchOp,
+    PatchOperation,
+    Resource,
+    ResourceType,
+    ResponseParameters,
+)
+from scim2_server.conditions import Conditions
+from scim2_server.responses import ScimResponse
+from scim2_server.service import ScimService
+
+from accord.directory.scim.models import PROVIDER, AccordUser
+
+
+class AccordService(ScimService):
+    def read_patch(self, resource_type: ResourceType, body: bytes,
+                   content_type: str | None) -> PatchOp[Any]:
+        patch_op = super().read_patch(resource_type, body, content_type)
+        for operation in patch_op.operations or []:
+            if operation.op == PatchOperation.Op.remove and isinstance(operation.value, list):
+                operation.value = [
+                    {k: v for k, v in entry.items() if v is not None}
+                    if isinstance(entry, dict) else entry for entry in operation.value]
+        return patch_op
+
+    def apply_replacement(self, current: Resource[Any], replacement: Resource[Any],
+                          conditions: Conditions) -> Resource[Any] | None:
+        if isinstance(replacement, AccordUser) and isinstance(current, AccordUser) \
+                and replacement.active is None:
+            replacement.active = current.active
+        return super().apply_replacement(current, replacement, conditions)
+
+    def patch_response(self, base_url: str, resource: Resource[Any],
+                       response_parameters: ResponseParameters[Any]) -> ScimResponse:
+        if not isinstance(resource, AccordUser):
+            return super().patch_response(base_url, resource, response_parameters)
+        return self.resource_response(self.publish(base_url, resource),
+                                      Context.RESOURCE_PATCH_RESPONSE, response_parameters)
+
+
+SERVICE = AccordService(PROVIDER)
