@@ -61,6 +61,8 @@ def push(env: Env, fn: Callable[[Change], T]) -> T:
         change.finish()
     change.after_commit()
     forget_credentials(env.st, token_ids=change.revoked_tokens, digests=change.ended_sessions)
+    with env.st.sessions() as s:  # what the process's next call does (it is due at once)
+        env.st.policies.follow(s)
     return out
 
 

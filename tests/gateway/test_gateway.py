@@ -540,6 +540,8 @@ def test_deactivating_a_person_in_the_directory_ends_their_live_session_within_2
             edit(change)
             change.finish()
         change.after_commit()
+        with env.st.sessions() as s:
+            env.st.policies.follow(s)
 
     push(lambda c: c.create_user(UserFields(user_name="zed")))
     with transaction(env.st.sessions) as s:

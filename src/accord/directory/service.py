@@ -280,9 +280,10 @@ class Change:
 
     # ------------------------------------------------------------------ finish
 
-    def finish(self) -> Policy:
+    def finish(self) -> Policy | None:
         """Log what changed for every process, then apply the consequences. Returns the
-        policy over the new directory (installed by `after_commit`)."""
+        policy over the new directory (installed by `after_commit`), or None when nothing
+        needed it (the process follows the change within a second)."""
         seq = self._state.seq
         rows = [("user", n) for n in sorted(self._users)] + \
             [("group", n) for n in sorted(self._groups)]
@@ -291,10 +292,32 @@ class Change:
             self.session.add(DirectoryChange(seq=seq, kind=kind, name=name, at=self.now))
         self._state.seq = seq
         self.session.flush()
+        if not self._consequential():
+            # Nothing here moves access (a new active person, a group nobody refers to):
+            # skip re-reading the directory; every process, this one included, catches up
+            # at its next follow(), batching a provider's burst into one refresh a second.
+            return None
         policy = self.store.current.with_directory(self.store.directory(self.session))
         self.policy = policy
         consequences.apply(self.session, policy=policy, change=self.effects)
         return policy
+
+    def policy_now(self) -> Policy:
+        """The policy over the directory as this unit of work left it (before commit), for a
+        caller that acts on it at once (a sign-in); installed by `after_commit`."""
+        if self.policy is None:
+            self.policy = self.store.current.with_directory(
+                self.store.directory(self.session))
+        return self.policy
+
+    def _consequential(self) -> bool:
+        e, current = self.effects, self.store.current
+        if e.left or e.managed:
+            return True
+        groups = {g for gs in e.lost.values() for g in gs} | self._groups
+        if (e.lost or e.joined) and groups & current.referenced_groups:
+            return True
+        return bool(e.lost) and any(w.spec.revoke_on_group_loss for w in current.workflows)
 
     @property
     def revoked_tokens(self) -> list[int]:
@@ -309,6 +332,8 @@ class Change:
     def after_commit(self) -> None:
         if self.policy is not None:
             self.store.fresh_install(self.policy)
+        else:
+            self.store.expire()  # the next call follows the change
 
     # ---------------------------------------------------------------- helpers
 

@@ -9,6 +9,7 @@ the other's door. The `accscim_` prefix tells a person which kind they hold.
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import datetime
 
 from sqlalchemy import select
@@ -53,6 +54,7 @@ def revoke(session: Session, *, client_id: int, actor: Actor, now: datetime) -> 
         return row
     row.revoked_at = now
     row.revoked_by = actor.id
+    VERIFIED.clear()  # this process stops honouring it at once, others within a second
     ledger.record(session, type=EventType.SCIM_TOKEN_REVOKED, actor=actor,
                   subject=f"scim_client:{row.id}",
                   data={"client_id": row.id, "name": row.name, "prefix": row.prefix},
@@ -71,3 +73,31 @@ def authenticate(session: Session, token: str) -> ScimClient:
     if row.revoked_at is not None:
         raise Unauthorized("token has been revoked")
     return row
+
+
+class Verified:
+    """SCIM tokens checked against the database in the last second, by hash: an initial push
+    is tens of thousands of calls with one token. A revocation reaches every process within
+    the second (the CLI that revokes runs in another process anyway)."""
+
+    TTL = 1.0
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[str, float]] = {}
+
+    def get(self, digest: str) -> str | None:
+        hit = self._items.get(digest)
+        if hit is None or time.monotonic() - hit[1] > self.TTL:
+            return None
+        return hit[0]
+
+    def put(self, digest: str, name: str) -> None:
+        if len(self._items) > 1000:
+            self._items.clear()
+        self._items[digest] = (name, time.monotonic())
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+VERIFIED = Verified()

@@ -69,6 +69,10 @@ class PolicyStore:
                 self._policy = updated
         return updated
 
+    def expire(self) -> None:
+        """Follow at the next `due()` check: this process committed a change to follow."""
+        self._checked = 0.0
+
     def due(self, every: float = 1.0) -> bool:
         return time.monotonic() - self._checked >= every
 

@@ -251,8 +251,7 @@ def _oidc_callback(request: Request, session: Session, st: AppState) -> Response
                                         username=who.username, groups=who.groups, now=st.now())
             except AccordError as exc:
                 raise oidc.OidcError(exc.detail) from None
-            assert synced.policy is not None
-            policy, user = synced.policy, key(who.username)
+            policy, user = synced.policy_now(), key(who.username)
         if not policy.is_user(user):
             raise oidc.OidcError(f'"{who.username}" is not a user in accord.yaml; ask an admin '
                                  "to add you")

@@ -34,6 +34,7 @@ from accord.directory import tokens
 from accord.directory.scim.protocol import SERVICE
 from accord.directory.scim.storage import SqlStorage, scim_exception
 from accord.errors import AccordError, Busy, Unauthorized
+from accord.identity.service import hash_token
 from accord.ledger.events import Actor
 from accord.state import AppState
 
@@ -60,6 +61,9 @@ def _client(session: Session, authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedException(detail="malformed Authorization header; expected "
                                     "'Bearer <token>'")
+    digest = hash_token(token.strip())
+    if (name := tokens.VERIFIED.get(digest)) is not None:
+        return name
     with reading():  # on SQLite, a read of its own: no wait behind writers
         try:
             client = tokens.authenticate(session, token.strip())
@@ -67,7 +71,10 @@ def _client(session: Session, authorization: str | None) -> str:
             raise UnauthorizedException(detail=exc.detail) from exc
         finally:
             end_read(session)
+    tokens.VERIFIED.put(digest, client.name)
     return client.name
+
+
 
 
 def _handle(st: AppState, request: ScimRequest) -> ScimResponse:
