@@ -78,7 +78,7 @@ class Change:
         state = session.execute(
             select(DirectoryState).where(DirectoryState.id == 1).with_for_update()
         ).scalar_one_or_none()
-        if state is None:  # the first write ever: two racing ones meet at the primary key
+        if state is None:  # migration 0013 creates it; only a database emptied by hand
             state = DirectoryState(id=1, seq=0)
             session.add(state)
             session.flush()

@@ -46,6 +46,10 @@ def upgrade() -> None:
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_directory_state'))
     )
+    # The one lock row every directory write takes first: present from the start, so the
+    # first writes racing each other queue on it instead of inserting it twice.
+    op.bulk_insert(sa.table('directory_state', sa.column('id', sa.Integer),
+                            sa.column('seq', sa.Integer)), [{'id': 1, 'seq': 0}])
     op.create_table('directory_users',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('user_name', sa.String(length=200), nullable=False),
