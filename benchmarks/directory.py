@@ -37,28 +37,6 @@ GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
-class ScimClient(lc.RawClient):
-    """`lifecycle.RawClient` speaking any method with a SCIM body."""
-
-    async def call(self, method: str, path: str, body: Any, token: str) -> tuple[int, bytes]:
-        assert self.reader is not None and self.writer is not None
-        payload = json.dumps(body).encode()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: application/scim+json\r\n"
-                f"Content-Length: {len(payload)}\r\n\r\n").encode()
-        self.writer.write(head + payload)
-        status_line = await self.reader.readline()
-        if not status_line:
-            raise ConnectionError("server closed the connection")
-        status = int(status_line.split()[1])
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
-
-
 def policy_text() -> str:
     return lc.policy_text() + "identity: {scim: true}\n"
 
@@ -94,7 +72,7 @@ async def fan_out(count: int, clients: int, base_url: str, token: str,
         queue.put_nowait(i)
 
     async def worker() -> None:
-        async with ScimClient(base_url) as client:
+        async with lc.RawClient(base_url) as client:
             while True:
                 try:
                     i = queue.get_nowait()
@@ -102,7 +80,8 @@ async def fan_out(count: int, clients: int, base_url: str, token: str,
                     return
                 method, path, body = make(i)
                 status, raw = await asyncio.wait_for(
-                    client.call(method, path, body, token), lc.CALL_TIMEOUT_S)
+                    client.call(method, path, body, token, "application/scim+json"),
+                    lc.CALL_TIMEOUT_S)
                 if not 200 <= status < 300:
                     if len(errors) < 5:
                         errors.append(f"{method} {path}: HTTP {status}: {raw[:300]!r}")

@@ -274,10 +274,15 @@ class RawClient:
             await self.writer.wait_closed()
 
     async def post(self, path: str, body: dict[str, Any], token: str) -> tuple[int, bytes]:
+        return await self.call("POST", path, body, token)
+
+    async def call(self, method: str, path: str, body: Any, token: str,
+                   content_type: str = "application/json") -> tuple[int, bytes]:
+        """One request with a JSON body; the status and the body of the answer."""
         assert self.reader is not None and self.writer is not None
         payload = json.dumps(body).encode()
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n").encode()
         self.writer.write(head + payload)
         status_line = await self.reader.readline()

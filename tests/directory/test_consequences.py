@@ -169,7 +169,7 @@ def test_a_deleted_person_is_nobody_and_a_reactivated_one_needs_new_tokens(env: 
     assert "directory.user_deleted" in types(env)
 
 
-def test_a_pending_request_of_someone_deactivated_by_their_approvers_side(env: Env) -> None:
+def test_an_approver_who_is_deactivated_approves_nothing_pending(env: Env) -> None:
     """An approver who leaves stops being one of anything pending."""
     person(env, "yan")
     person(env, "sam", manager="yan")

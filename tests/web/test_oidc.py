@@ -440,10 +440,13 @@ def test_oidc_groups_sync_sets_the_signers_provider_groups_as_events(
     env = make_env(sessions, tmp_path, policy)
     provider.now = lambda: env.clock().timestamp()
     with env.client:
-        provider.next_user, provider.groups = "alice", ["oncall", "sre", "leads"]
+        # Names the directory cannot hold are skipped, not a reason to refuse the sign-in.
+        provider.next_user = "alice"
+        provider.groups = ["oncall", "sre", "leads", "owners", "bell\u0007", " ", "x" * 201]
         assert sign_in(Browser(env), provider).status_code == 303
         current = env.st.policies.current
         assert current.groups_of["alice"] >= {"oncall", "sre", "engineers"}
+        assert "owners" not in current.groups and "bell\u0007" not in current.groups
         assert "alice" not in current.groups["leads"]  # the file's group: not the claim's
         added = env.events(type="directory.member_added")
         assert {e["data"]["group"] for e in added} == {"oncall", "sre"}

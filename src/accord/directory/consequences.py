@@ -71,26 +71,25 @@ def person_left(session: Session, *, name: str, why: str, actor: Actor,
                 now: datetime) -> tuple[list[int], list[str]]:
     """End everything `name` holds or waits for; `why` goes into each record. Returns the
     tokens revoked and the web sessions' digests ended, for the caller's caches."""
-    when = now
     revoked = list(session.execute(select(ApiToken.id).where(
         ApiToken.user == name, ApiToken.revoked_at.is_(None))).scalars())
     for token_id in revoked:
-        tokens.revoke(session, token_id=token_id, actor=actor, now=when, admin=True)
+        tokens.revoke(session, token_id=token_id, actor=actor, now=now, admin=True)
     ended: list[str] = []
     for row in session.execute(select(WebSession).where(
             WebSession.user == name, WebSession.ended_at.is_(None),
-            WebSession.expires_at > when)).scalars():
-        web_sessions.end(session, row=row, now=when, reason=why, actor=actor)
+            WebSession.expires_at > now)).scalars():
+        web_sessions.end(session, row=row, now=now, reason=why, actor=actor)
         ended.append(row.digest)
     for req in session.execute(select(AccessRequest).where(
             AccessRequest.requester == name, AccessRequest.status == Status.PENDING)
             .with_for_update()).scalars():
-        requests.cancel_for(session, req=req, actor=actor, now=when,
+        requests.cancel_for(session, req=req, actor=actor, now=now,
                             why=f"its requester was {why}")
     for grant in session.execute(select(Grant).where(
             Grant.user == name, Grant.status.in_(LIVE)).with_for_update()).scalars():
         grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=actor,
-                   now=when, comment=f'"{name}" was {why}')
+                   now=now, comment=f'"{name}" was {why}')
     pending = select(AccessRequest.id).where(AccessRequest.status == Status.PENDING)
     session.execute(delete(RequestApprover).where(
         RequestApprover.username == name, RequestApprover.request_id.in_(pending)))

@@ -34,7 +34,10 @@ def sync(session: Session, *, store: PolicyStore, issuer: str, username: str,
     file_groups = store.current.file_groups
     wanted: dict[str, str] = {}
     for name in groups:
-        if name in file_groups or not name.strip() or len(name) > 200:
+        # A name the directory cannot hold (reserved, empty, too long, unprintable) is
+        # skipped like a file group's: one odd claim must not refuse the whole sign-in.
+        if name in file_groups or name in ("owners", "manager") or not name.strip() \
+                or len(name) > 200 or not name.isprintable():
             continue
         wanted.setdefault(key(name), name)
     mine = dict(session.execute(
