@@ -436,6 +436,10 @@ def test_no_page_scrolls_sideways_for_any_role(
                 on_screen(page, badge, f"{user} {path}: status badge")
             for code in page.locator("main code").all()[:20]:  # keys and commands wrap
                 on_screen(page, code, f"{user} {path}: {code.inner_text()[:30]}")
+            if w > 700:  # tables are tables on a desktop (cards only at phone width)
+                shown = page.locator("main table").evaluate_all(
+                    "ts => ts.map(t => getComputedStyle(t).display)")
+                assert set(shown) <= {"table"}, (user, path, shown)
         shot(page, f"{user}-request-{w}")
     # The overview's charts: labels in CSS pixels, readable at any width.
     alice = pages["alice"]
