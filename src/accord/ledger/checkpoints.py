@@ -103,12 +103,23 @@ def _verified_root(session: Session, cfg: LedgerConfig, size: int, head_root: by
 def _rehash_since(session: Session, cfg: LedgerConfig, size: int, root: bytes,
                   last: LedgerCheckpoint | None) -> None:
     """Never sign over entries that do not hash to the stored tree: re-hash what was
-    appended since the last checkpoint (all of it the first time)."""
+    appended since the last checkpoint (all of it the first time). Older entries are the
+    integrity monitor's (`_refuse_if_damaged`)."""
     base = last if last is not None and last.size <= size else None
     damage = integrity.verify_extension(session, cfg.signer.verifier, size=size, root=root,
                                         base=base)
     if damage is not None:
         raise LedgerCorruption(str(damage))
+
+
+def _refuse_if_damaged(session: Session) -> None:
+    """While the integrity monitor has found an entry changed, nothing is signed and no
+    checkpoint is handed out as evidence (a report's, an export's)."""
+    found = integrity.open_finding(session)
+    if found is not None:
+        raise LedgerCorruption(
+            f"the integrity monitor found the ledger changed at index {found.idx} "
+            f"({found.what}); nothing is signed until a whole pass finds it mended")
 
 
 def _stored(session: Session, cfg: LedgerConfig, size: int, root: bytes
@@ -140,6 +151,7 @@ def sign(
     last = latest(session)
     if not _due(cfg, head.size, last, now, force):
         return None
+    _refuse_if_damaged(session)
     root = _verified_root(session, cfg, head.size, head.root, last, cfg.remembered())
     existing = _stored(session, cfg, head.size, root)
     if existing is not None:
@@ -174,6 +186,7 @@ def draft(session: Session, cfg: LedgerConfig, *, now: datetime
     last = latest(session)
     if not _due(cfg, head.size, last, now, False):
         return None
+    _refuse_if_damaged(session)
     root = _verified_root(session, cfg, head.size, head.root, last, remembered)
     existing = _stored(session, cfg, head.size, root)
     if existing is not None:

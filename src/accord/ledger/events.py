@@ -77,6 +77,7 @@ class EventType(enum.StrEnum):
     DIRECTORY_MEMBER_REMOVED = "directory.member_removed"
     SCIM_TOKEN_ISSUED = "scim.token_issued"
     SCIM_TOKEN_REVOKED = "scim.token_revoked"
+    LEDGER_MENDED = "ledger.mended"
 
 
 class Via(enum.StrEnum):

@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from accord.ledger import merkle
-from accord.ledger.models import LedgerCheckpoint, LedgerEntry, LedgerHead, LedgerNode
+from accord.ledger.models import (
+    LedgerCheckpoint,
+    LedgerEntry,
+    LedgerFinding,
+    LedgerHead,
+    LedgerNode,
+)
 from accord.ledger.note import Checkpoint, NoteError, Verifier, parse_checkpoint
 
 ZERO = bytes(32)
@@ -256,9 +263,48 @@ def verify_extension(session: Session, verifier: Verifier, *, size: int, root: b
 
 
 def first_bad(session: Session, verifier: Verifier) -> Damage | None:
-    """A whole pass from index 0 (tests, `accord audit check`)."""
+    """A whole pass from index 0."""
     return verify(session, verifier)[1]
 
+
+# ------------------------------------------------------------------ findings
+
+
+def open_finding(session: Session) -> LedgerFinding | None:
+    """The open finding with the lowest index (None: nothing known wrong)."""
+    return session.execute(
+        select(LedgerFinding).where(LedgerFinding.cleared_at.is_(None))
+        .order_by(LedgerFinding.idx, LedgerFinding.id).limit(1)).scalar_one_or_none()
+
+
+def record_finding(session: Session, damage: Damage, *, now: datetime) -> bool:
+    """Keep `damage` as an open finding (False: it already is one)."""
+    known = session.execute(select(LedgerFinding.id).where(
+        LedgerFinding.cleared_at.is_(None), LedgerFinding.idx == damage.index,
+        LedgerFinding.what == damage.what).limit(1)).scalar_one_or_none()
+    if known is not None:
+        return False
+    session.add(LedgerFinding(idx=damage.index, what=damage.what, found_at=now))
+    session.flush()
+    return True
+
+
+def last_finding_id(session: Session) -> int:
+    """Where a whole pass starting now stands among findings (see `clear_findings`)."""
+    return int(session.execute(select(func.max(LedgerFinding.id))).scalar_one() or 0)
+
+
+def clear_findings(session: Session, *, upto: int, now: datetime) -> list[int]:
+    """Close the findings up to id `upto`, recorded before a whole pass began that then
+    found every entry re-hashing: that pass saw the ledger mended. Returns their indices."""
+    rows = list(session.execute(
+        select(LedgerFinding).where(LedgerFinding.cleared_at.is_(None),
+                                    LedgerFinding.id <= upto)
+        .order_by(LedgerFinding.idx)).scalars())
+    for row in rows:
+        row.cleared_at = now
+    session.flush()
+    return [row.idx for row in rows]
 
 
 def head_size(session: Session) -> int:

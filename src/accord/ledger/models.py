@@ -91,3 +91,19 @@ class SinkCursor(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LedgerFinding(Base):
+    """Damage the integrity monitor found: the signer signs nothing while one is open.
+
+    Cleared (`cleared_at`) when a walk from index 0 that began after it was found reaches
+    the head with every entry re-hashing: the ledger was mended (restored from a backup).
+    """
+
+    __tablename__ = "ledger_findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger)
+    what: Mapped[str] = mapped_column(Text)
+    found_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

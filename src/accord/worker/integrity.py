@@ -11,7 +11,10 @@ holds the write lock.
 On damage it raises a critical `ledger_integrity` alert naming the first bad index (once
 per finding), which goes to the admins and auditors and puts a banner on every page they
 see until it is resolved. It keeps looking: a finding it has raised is not raised again,
-and a new one is.
+and a new one is. The damage is also kept as an open finding (`ledger_findings`), which
+stops the signer: no checkpoint is signed, and no report or export signed, until a walk
+from index 0 that began after the finding reaches the head with every entry re-hashing
+(the ledger was restored).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from accord.detect.rules import Finding
 from accord.detect.service import raise_alert
 from accord.ledger import integrity
 from accord.ledger.checkpoints import LedgerConfig
+from accord.ledger.events import Actor, EventType
+from accord.ledger.service import record
 from accord.spec.ledger import IntegritySpec
 
 log = logging.getLogger("accord.ledger")
@@ -69,6 +74,9 @@ class IntegrityMonitor:
         self.full_started = time.monotonic()
         self.last_full: tuple[float, int] | None = None  # (when it ended, size it covered)
         self.damage: integrity.Damage | None = None  # the latest found
+        # The findings mark of each walk from index 0 (see `_walk`), until it is whole.
+        self._incremental_mark: int | None = None
+        self._full_mark: int | None = None
         self.busy_seconds = 0.0  # time spent re-hashing (for the benchmark)
         self.hashed = 0
         self._stop = threading.Event()
@@ -83,37 +91,50 @@ class IntegrityMonitor:
 
     # -- one step
 
-    def _walk(self, scan: integrity.Scan) -> tuple[integrity.Scan, integrity.Damage | None]:
+    def _walk(self, scan: integrity.Scan, mark: int | None
+              ) -> tuple[integrity.Scan, integrity.Damage | None, int | None, bool]:
+        """One chunk of `scan`: where it stands, the damage, the findings mark of a walk
+        from index 0 (read as it starts), and whether it reached the head."""
         started = time.thread_time()
         before = scan.position
         with self.reader() as session:
+            if scan.position == 0:
+                mark = integrity.last_finding_id(session)
             out, damage = integrity.verify(session, self.cfg.signer.verifier, scan=scan,
                                            remembered=self.cfg.remembered(),
                                            limit=self.pace.chunk)
+            at_head = damage is None and out.position >= integrity.head_size(session)
         self.busy_seconds += time.thread_time() - started
         self.hashed += out.position - before
-        return out, damage
+        return out, damage, mark, at_head
 
     def check(self) -> integrity.Damage | None:
-        """One incremental look and one chunk of the full pass; alerts on damage."""
+        """One incremental look and one chunk of the full pass; alerts on damage. A walk
+        from index 0 that reaches the head whole closes the findings made before it."""
         found: integrity.Damage | None = None
-        self.incremental, damage = self._walk(self.incremental)
+        self.incremental, damage, self._incremental_mark, at_head = self._walk(
+            self.incremental, self._incremental_mark)
         if damage is not None:
             found = damage
             self.incremental = integrity.Scan()  # start over: the damage may be mended
+            self._incremental_mark = None
+        elif at_head and self._incremental_mark is not None:
+            self._mended(self._incremental_mark)
+            self._incremental_mark = None  # once per walk from 0
         if self.full is None and time.monotonic() - self.full_started >= \
                 self.pace.full_interval.total_seconds():
             self.full, self.full_started = integrity.Scan(), time.monotonic()
         if self.full is not None:
-            self.full, damage = self._walk(self.full)
-            with self.reader() as session:
-                head = integrity.head_size(session)
+            self.full, damage, self._full_mark, at_head = self._walk(self.full,
+                                                                     self._full_mark)
             if damage is not None:
                 found = found or damage
-                self.full = None
-            elif self.full.position >= head:
+                self.full, self._full_mark = None, None
+            elif at_head:
                 self.last_full = (time.time(), self.full.position)
-                self.full = None
+                if self._full_mark is not None:
+                    self._mended(self._full_mark)
+                self.full, self._full_mark = None, None
         if found is not None:
             self._alert(found)
         return found
@@ -122,7 +143,20 @@ class IntegrityMonitor:
         self.damage = damage
         log.critical("the audit ledger was changed: %s", damage)
         with transaction(self.sessions) as session:
+            integrity.record_finding(session, damage, now=self.now())
             raise_alert(session, finding=finding(damage), now=self.now())
+
+    def _mended(self, mark: int) -> None:
+        with transaction(self.sessions) as session:
+            closed = integrity.clear_findings(session, upto=mark, now=self.now())
+            if closed:
+                record(session, type=EventType.LEDGER_MENDED, actor=Actor.system(),
+                       subject="ledger", time=self.now(),
+                       data={"indices": closed, "size": integrity.head_size(session)})
+        if closed:
+            self.damage = None
+            log.warning("the audit ledger re-hashes whole again (damage was at %s); "
+                        "signing resumes", ", ".join(map(str, closed)))
 
     # -- the loop
 
