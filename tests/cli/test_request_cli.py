@@ -102,3 +102,17 @@ def test_small_truths_of_the_cli(live: LiveServer) -> None:
     # --reason on every command that records why (--comment still works)
     rid = live.env.ask("alice")["id"]
     assert run(live, "bob", "request", "deny", str(rid), "--reason", "not now")[0] == 0
+
+
+def test_after_a_decision_the_grant_is_said_as_it_stands() -> None:
+    from accord.cli.request import _summary
+
+    head = {"id": 7, "requester": "alice", "resource": "orders-db", "role": "read",
+            "status": "approved"}
+    provisioning = _summary({**head, "grant": {"id": 3, "status": "provisioning"}})
+    assert "grant 3 is being provisioned" in provisioning and "ended" not in provisioning
+    failed = _summary({**head, "grant": {"id": 3, "status": "provision_failed"}})
+    assert "provisioning failed and is retried" in failed
+    ended = _summary({**head, "grant": {"id": 3, "status": "revoked",
+                                        "ended_at": "2026-12-05T10:00:00Z", "ended_by": "bob"}})
+    assert "grant 3 ended" in ended and "by bob" in ended

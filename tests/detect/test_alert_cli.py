@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from accord.cli.main import app
 from accord.worker.job_runner import detect_all
-from tests.cli.test_request_cli import run
+from tests.cli.test_request_cli import run, runner
 from tests.conftest import LiveServer
 from tests.detect.test_detectors import WEDNESDAY_10
 
@@ -61,3 +62,27 @@ def test_an_admin_cannot_ack_or_resolve_an_alert_about_themselves(live: LiveServ
     assert (code, out) == (1, "") and "another admin must resolve it" in err
     code, out, _ = run(live, "carol", "alert", "resolve", aid, "--note", "frank testing")
     assert code == 0 and "resolved" in out
+
+
+def test_alert_groups_count_per_rule_and_per_subject(live: LiveServer) -> None:
+    env = live.env
+    env.clock.value = WEDNESDAY_10
+    for user in ("alice", "alice", "alice", "bob", "bob", "bob"):
+        env.ask(user, reason="short")  # three auto-denials each: one alert each
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+    code, out, _ = run(live, "dave", "alert", "groups", "--json")
+    assert code == 0, out
+    (group,) = json.loads(out)["items"]
+    assert (group["rule"], group["count"], group["user"]) == ("repeated_denials", 2, None)
+    code, out, _ = run(live, "dave", "alert", "groups", "--by", "user", "--json")
+    groups = json.loads(out)["items"]
+    assert sorted((g["user"], g["count"]) for g in groups) == [("alice", 1), ("bob", 1)]
+    code, out, _ = run(live, "dave", "alert", "groups", "--by", "subject", "--json")
+    # these alerts are about users, not a subject: one group without one
+    assert [(g["subject"], g["count"]) for g in json.loads(out)["items"]] == [(None, 2)]
+    result = runner.invoke(app, ["alert", "groups", "--by", "user"], env={
+        "ACCORD_URL": live.url, "ACCORD_TOKEN": env.tokens["dave"], "COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "repeated_denials" in result.stdout and "alice" in result.stdout
+    code, _, err = run(live, "alice", "alert", "groups")
+    assert code == 1 and "auditor or admin" in err

@@ -451,10 +451,22 @@ def test_decisions_are_said_in_words_or_in_the_workflows_own_message() -> None:
     assert in_words('"engineers" in request.requester.groups && request.role == "read"') == \
         "the requester is in group engineers and the role is read"
     assert in_words('request.duration > duration("2h")') == \
-        'the rule `request.duration > duration("2h")` matched'
+        "the access asked for is longer than 2h"
+    assert in_words("true") == "this workflow approves every request it matches"
+    assert in_words("request.time.getHours() < 9") == \
+        "the rule `request.time.getHours() < 9` matched"
     text = POLICY_WITH_MESSAGE
     spec = parse_policy_text(text)
     assert spec.spec.workflows[0].messages.auto_deny == "say which ticket, and why"
+    # The decision says the workflow's own message, or the rule in words.
+    p = Policy(spec)
+    denied = decide(p, resource="db", reason="short")
+    assert denied.outcome == "deny"
+    assert denied.reason == "denied by workflow 'all': say which ticket, and why"
+    approved = decide(p, resource="db", reason="INC-4711 the nightly export failed")
+    assert approved.outcome == "approve"
+    assert approved.reason == \
+        "approved by workflow 'all': this workflow approves every request it matches"
 
 
 POLICY_WITH_MESSAGE = """\

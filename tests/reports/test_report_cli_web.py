@@ -89,6 +89,12 @@ def test_cli_reports(served: tuple[dict[str, str], TestClient, dict[str, str]],
     assert r.stdout.startswith("request_id,in_period,resource")
     assert r.stdout.count("staging-db") == 1
 
+    empty = tmp_path / "empty.json"
+    r = runner.invoke(app, ["report", "access", "--from", "1990-01-01", "--to", "1990-01-02",
+                            "--out", str(empty)], env=env)
+    assert r.exit_code == 0, r.output
+    assert "no ledger events in the period" in r.stderr and "None" not in r.stderr
+
     r = runner.invoke(app, ["report", "access", "--out", str(out)], env=env)
     assert r.exit_code == 2 and "--from" in r.stderr
     r = runner.invoke(app, ["report", "access", "--from", "2026-01-01", "--to", "2025-01-01",
@@ -102,7 +108,7 @@ def test_cli_reports(served: tuple[dict[str, str], TestClient, dict[str, str]],
     events = client.get("/api/v1/audit/events", params={"type": "report.generated"},
                         headers={"Authorization": f"Bearer {tokens['carol']}"}).json()["items"]
     assert [(e["event"]["data"]["kind"], e["event"]["actor"]["via"]) for e in events] == \
-        [("access", "cli"), ("user", "cli"), ("resource", "cli")]
+        [("access", "cli"), ("user", "cli"), ("resource", "cli"), ("access", "cli")]
 
 
 def _login(env: Env, user: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any
 
 import typer
@@ -24,10 +25,20 @@ from accord.cli.output import (
 from accord.detect.models import AlertStatus, Severity
 
 alert_app = typer.Typer(
-    help="Alerts raised by the detectors: list, show, acknowledge, resolve (ACCORD_URL).",
+    help="Alerts raised by the detectors: list, groups, show, acknowledge, resolve "
+         "(ACCORD_URL).",
     no_args_is_help=True,
 )
 AlertId = Annotated[int, typer.Argument(help="ID of the alert.", min=1)]
+
+
+class GroupBy(enum.StrEnum):
+    rule = "rule"
+    user = "user"
+    resource = "resource"
+    subject = "subject"
+
+
 _SEVERITY = {"low": "dim", "medium": "yellow", "high": "red", "critical": "bold red"}
 
 
@@ -61,6 +72,40 @@ def list_alerts(
         table.add_row(str(a["id"]), f"[{_SEVERITY.get(a['severity'], '')}]{a['severity']}[/]",
                       a["status"], a["rule"], cell(a["user"]), when(a["opened_at"]),
                       cell(a["title"]))
+    console.print(table)
+
+
+@alert_app.command("groups")
+def alert_groups(
+    by: Annotated[GroupBy, typer.Option(
+        "--by", help="count per rule, or per rule and user, resource or subject")
+    ] = GroupBy.rule,
+    status: Annotated[AlertStatus | None, typer.Option("--status", "-s")] = None,
+    severity: Annotated[Severity | None, typer.Option("--severity")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="e.g. off_hours")] = None,
+    limit: LimitOpt = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Alerts counted per rule (and user, resource or subject): many alerts of one kind read
+    as one line, the group with the newest alert first (auditors and admins)."""
+    params = {k: v for k, v in {"by": by.value, "status": status, "severity": severity,
+                                "rule": rule, "limit": limit}.items() if v is not None}
+    with api() as client:
+        body = as_obj(client.get("/alerts/groups", params=params))
+    if as_json:
+        dump(body)
+        return
+    if not body["items"]:
+        say("no alerts")
+        return
+    key = {"user": "User", "resource": "Resource", "subject": "Subject"}.get(by.value)
+    table = new_table("Rule", *([key] if key else []), "Alerts", "Severity", "Newest",
+                      "Title")
+    for g in body["items"]:
+        newest = g["newest"]
+        table.add_row(g["rule"], *([cell(g[by.value])] if key else []), str(g["count"]),
+                      f"[{_SEVERITY.get(g['severity'], '')}]{g['severity']}[/]",
+                      f"#{newest['id']} {when(newest['opened_at'])}", cell(newest["title"]))
     console.print(table)
 
 

@@ -455,6 +455,11 @@ _RULES_IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = 
      lambda m: f"the requester is not in group {m[1]}"),
     (re.compile(r'^request\.role\s*==\s*"([\w.-]+)"$'), lambda m: f"the role is {m[1]}"),
     (re.compile(r"^request\.emergency$"), lambda m: "it is an emergency (break-glass) request"),
+    (re.compile(r'^request\.duration\s*>\s*duration\("(\w+)"\)$'),
+     lambda m: f"the access asked for is longer than {m[1]}"),
+    (re.compile(r'^request\.duration\s*<=\s*duration\("(\w+)"\)$'),
+     lambda m: f"the access asked for is at most {m[1]}"),
+    (re.compile(r"^true$"), lambda m: "this workflow approves every request it matches"),
 ]
 
 
