@@ -328,3 +328,18 @@ def test_cli_revoke_of_a_missing_token_fails(cli_env: dict[str, str]) -> None:
     result = cli(cli_env, "token", "revoke", "987654")
     assert result.exit_code == 1
     assert "987654" in result.stderr
+
+
+def test_a_command_run_beside_the_demos_data_says_where_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    demo = tmp_path / ".accord" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "accord.db").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # the repository root after ./scripts/demo
+    for name in ("ACCORD_DATABASE_URL", "ACCORD_CONFIG", "ACCORD_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    r = runner.invoke(app, ["token", "list"])
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 1 and "the demo's data is in .accord/demo" in said, r.output
+    assert f"export ACCORD_DATA_DIR={demo.resolve()}" in said
+    assert not (tmp_path / ".accord" / "accord.db").exists()
