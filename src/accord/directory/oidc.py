@@ -28,6 +28,7 @@ def sync(session: Session, *, store: PolicyStore, issuer: str, username: str,
     the caller commits, then calls `change.after_commit()`)."""
     change = Change(session, store=store, actor=Actor("oidc", issuer, Via.WEB), now=now,
                     source="oidc")
+    change.lock()  # it reads the person's groups, then writes them: one writer at a time
     row = user_named(session, username)
     if row is None:
         row = change.create_user(UserFields(user_name=username))

@@ -3,9 +3,11 @@ its consequences are applied in that same transaction (`consequences.py`): a per
 provider deactivates or deletes loses their tokens, sessions, pending requests and grants;
 people who join or leave a group gain or lose the approvals that group gives at once.
 
-A `Change` is one unit of work: it locks `directory_state` first, so directory writers take
-turns and change sequence numbers commit in order (processes catch up by sequence number).
-The caller commits, then calls `after_commit` to install the new directory in its process.
+A `Change` is one unit of work. The rows it changes are locked as it reads them (the storage
+reads a PUT's or PATCH's target FOR UPDATE); at `finish` it takes its change sequence
+numbers, which locks `directory_state` until commit, so numbers commit in order (processes
+catch up by sequence number). The caller commits, then calls `after_commit` to install the
+new directory in its process.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from accord.directory import consequences
@@ -75,20 +78,18 @@ class Change:
                  source: str = "scim") -> None:
         self.session, self.store, self.actor, self.now, self.source = (
             session, store, actor, now, source)
-        state = session.execute(
-            select(DirectoryState).where(DirectoryState.id == 1).with_for_update()
-        ).scalar_one_or_none()
-        if state is None:  # migration 0013 creates it; only a database emptied by hand
-            state = DirectoryState(id=1, seq=0)
-            session.add(state)
-            session.flush()
-        self._state = state
         self._users: set[str] = set()
         self._groups: set[str] = set()
         self.effects = consequences.Effects(actor, now)
         self.left, self.lost = self.effects.left, self.effects.lost
         self.joined, self.managed = self.effects.joined, self.effects.managed
         self.policy: Policy | None = None
+
+    def lock(self) -> None:
+        """Take the directory's lock now rather than at `finish`: for a unit of work that
+        reads much of the directory before it writes (an OIDC sign-in's group sync)."""
+        self.session.execute(select(DirectoryState.id).where(DirectoryState.id == 1)
+                             .with_for_update())
 
     # ------------------------------------------------------------------ users
 
@@ -101,7 +102,11 @@ class Change:
                             created_at=self.now, updated_at=self.now, name=key(f.user_name),
                             **{k.name: getattr(f, k.name) for k in fields(UserFields)})
         self.session.add(row)
-        self.session.flush()
+        try:
+            self.session.flush()
+        except IntegrityError:  # created beside this one since the check above
+            raise Conflict(f'a user named "{f.user_name}" already exists',
+                           field="userName") from None
         self._users.add(row.name)
         self._event(EventType.DIRECTORY_USER_CREATED, f"user:{row.name}",
                     user=row.name, user_name=row.user_name, user_id=row.id,
@@ -191,7 +196,11 @@ class Change:
                              source=self.source, version=1, created_at=self.now,
                              updated_at=self.now)
         self.session.add(row)
-        self.session.flush()
+        try:
+            self.session.flush()
+        except IntegrityError:  # created beside this one since the check above
+            raise Conflict(f'a group named "{display_name}" already exists',
+                           field="displayName") from None
         self._groups.add(display_name)
         self._event(EventType.DIRECTORY_GROUP_CREATED, f"group:{display_name}",
                     group=display_name, group_id=row.id, external_id=external_id)
@@ -284,14 +293,13 @@ class Change:
         """Log what changed for every process, then apply the consequences. Returns the
         policy over the new directory (installed by `after_commit`), or None when nothing
         needed it (the process follows the change within a second)."""
-        seq = self._state.seq
         rows = [("user", n) for n in sorted(self._users)] + \
             [("group", n) for n in sorted(self._groups)]
-        for kind, name in rows:
-            seq += 1
-            self.session.add(DirectoryChange(seq=seq, kind=kind, name=name, at=self.now))
-        self._state.seq = seq
-        self.session.flush()
+        if rows:
+            first = self._take_seqs(len(rows))
+            self.session.execute(insert(DirectoryChange), [
+                {"seq": first + i, "kind": kind, "name": name, "at": self.now}
+                for i, (kind, name) in enumerate(rows)])
         if not self._consequential():
             # Nothing here moves access (a new active person, a group nobody refers to):
             # skip re-reading the directory; every process, this one included, catches up
@@ -301,6 +309,22 @@ class Change:
         self.policy = policy
         consequences.apply(self.session, policy=policy, change=self.effects)
         return policy
+
+    def _take_seqs(self, count: int) -> int:
+        """The first of `count` change sequence numbers. Taking them locks the directory's
+        state row until commit, so numbers commit in order and a process catching up never
+        skips one; the lock is taken last (writers of different people and groups work side
+        by side until here) and the consequences are worked out under it, over a directory
+        no other writer is changing."""
+        seq = self.session.execute(
+            update(DirectoryState).where(DirectoryState.id == 1)
+            .values(seq=DirectoryState.seq + count).returning(DirectoryState.seq)
+        ).scalar_one_or_none()
+        if seq is None:  # migration 0013 creates the row; only a database emptied by hand
+            self.session.add(DirectoryState(id=1, seq=count))
+            self.session.flush()
+            seq = count
+        return int(seq) - count + 1
 
     def policy_now(self) -> Policy:
         """The policy over the directory as this unit of work left it (before commit), for a

@@ -199,15 +199,15 @@ def _scim_errors() -> Iterator[None]:
 
 
 class SqlStorage(ScimStorage):
-    """One HTTP call's view of the directory. `write` calls hold a `Change` from the
-    start: it locks the directory, so the resource a PUT or PATCH read cannot change
-    before it is written back."""
+    """One HTTP call's view of the directory. `write` calls hold a `Change` and read the
+    resource they change FOR UPDATE, so it cannot change before it is written back."""
 
     def __init__(self, session: Session, *, store: PolicyStore, actor: Actor, now: datetime,
                  write: bool) -> None:
         self.session = session
         self.dialect = session.get_bind().dialect.name
         self.change = Change(session, store=store, actor=actor, now=now) if write else None
+        self._lock = True if write else None  # None: a read may use the identity map
         self.wrote = False
 
     def _writer(self) -> Change:
@@ -219,13 +219,15 @@ class SqlStorage(ScimStorage):
     # ------------------------------------------------------------------- reads
 
     def _user_row(self, user_id: str) -> DirectoryUser:
-        row = self.session.get(DirectoryUser, user_id)
+        # A write call locks what it read until commit: a PUT or PATCH applies to the
+        # version it read, and concurrent writes to one resource take turns.
+        row = self.session.get(DirectoryUser, user_id, with_for_update=self._lock)
         if row is None:
             raise NotFoundException(detail=f"no user has the id {user_id}")
         return row
 
     def _group_row(self, group_id: str) -> DirectoryGroup:
-        row = self.session.get(DirectoryGroup, group_id)
+        row = self.session.get(DirectoryGroup, group_id, with_for_update=self._lock)
         if row is None:
             raise NotFoundException(detail=f"no group has the id {group_id}")
         return row
