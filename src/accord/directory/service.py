@@ -204,7 +204,7 @@ class Change:
         self._groups.add(display_name)
         self._event(EventType.DIRECTORY_GROUP_CREATED, f"group:{display_name}",
                     group=display_name, group_id=row.id, external_id=external_id)
-        self.set_members(row, set(member_ids), bump=False)
+        self.change_members(row, add=set(member_ids), remove=set(), bump=False, have=set())
         return row
 
     def update_group(self, row: DirectoryGroup, *, display_name: str,
@@ -234,15 +234,16 @@ class Change:
 
     def set_members(self, row: DirectoryGroup, member_ids: set[str], *, bump: bool = True) -> bool:
         """Make the group's members exactly `member_ids` (SCIM ids). False if unchanged."""
-        have = set(self.session.execute(
-            select(DirectoryMember.user_id).where(DirectoryMember.group_id == row.id)).scalars())
+        have = self._member_ids(row.id)
         return self.change_members(row, add=member_ids - have, remove=have - member_ids,
-                                   bump=bump)
+                                   bump=bump, have=have)
 
     def change_members(self, row: DirectoryGroup, *, add: set[str], remove: set[str],
-                       bump: bool = True) -> bool:
-        have = set(self.session.execute(
-            select(DirectoryMember.user_id).where(DirectoryMember.group_id == row.id)).scalars())
+                       bump: bool = True, have: set[str] | None = None) -> bool:
+        """Add and remove members (SCIM ids); `have`: the members now, when the caller
+        just read them (the group row is locked, so they cannot have changed)."""
+        if have is None:
+            have = self._member_ids(row.id)
         add, remove = add - have, remove & have
         if not add and not remove:
             return False
@@ -254,13 +255,14 @@ class Change:
         if remove:
             self.session.execute(delete(DirectoryMember).where(
                 DirectoryMember.group_id == row.id, DirectoryMember.user_id.in_(list(remove))))
-        if add:
-            self.session.add_all(DirectoryMember(group_id=row.id, user_id=u, source=self.source,
-                                                 added_at=self.now) for u in sorted(add))
+        if add:  # one statement (psycopg pipelines the rows), not one ORM object a member
+            self.session.execute(insert(DirectoryMember), [
+                {"group_id": row.id, "user_id": u, "source": self.source, "added_at": self.now}
+                for u in sorted(add)])
         if bump:
             row.version += 1
             row.updated_at = self.now
-        self.session.flush()
+            self.session.flush()
         self._groups.add(row.display_name)
         if add:
             joined = sorted(names[u] for u in add)
@@ -406,6 +408,10 @@ class Change:
             out.update(self.session.execute(select(DirectoryUser.id, DirectoryUser.name)
                        .where(DirectoryUser.id.in_(ordered[i:i + 500]))).all())
         return out
+
+    def _member_ids(self, group_id: str) -> set[str]:
+        return set(self.session.execute(select(DirectoryMember.user_id).where(
+            DirectoryMember.group_id == group_id)).scalars())
 
     def _groups_of(self, user_id: str) -> set[str]:
         return set(self.session.execute(

@@ -293,10 +293,12 @@ class SqlStorage(ScimStorage):
                 user = change.create_user(user_fields(resource, None))
                 return self._users([user])[0]
             assert isinstance(resource, AccordGroup)
+            members = _member_ids(resource)
             group = change.create_group(_check_group(resource),
                                         external_id=_text(resource.external_id),
-                                        member_ids=_member_ids(resource))
-            return self._groups([group], members=True)[0]
+                                        member_ids=members)
+            # All added at once: the order a read gives them (added_at, then id).
+            return group_resource(group, sorted(members))
 
     def _check(self, row: DirectoryUser | DirectoryGroup, expected: str | None) -> None:
         if expected is not None and version(row) != expected:
