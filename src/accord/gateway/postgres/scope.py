@@ -94,6 +94,8 @@ _TRANSACTION_OK = {
     "TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO",
 }
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
+# The table's name in the JSON tree (or a string constant: `_is_pg_settings` tells apart).
+_PG_SETTINGS = '"pg_settings"'
 _NESTED_WRITE = ('"InsertStmt":', '"UpdateStmt":', '"DeleteStmt":', '"MergeStmt":',
                  '"lockingClause":')  # node types appear only as keys in the JSON
 _WRITE_FUNCTIONS = {
@@ -276,6 +278,64 @@ def _setting_class(name: str) -> str:
     return PINNED if name in PINNED_SETTINGS else SESSION
 
 
+# A setting whose name is computed may be any: the strictest classes.
+_ANY_SETTING = frozenset({IDENTITY, PINNED})
+
+
+def _is_pg_settings(update: dict[str, Any]) -> bool:
+    """Whether an UPDATE's table is pg_settings (in any schema: stricter than the server's
+    search_path, never laxer), whose rule makes each row updated a set_config."""
+    relation = update.get("relation") or {}
+    return relation.get("relname") == "pg_settings"
+
+
+def _column_is_name(node: Any) -> bool:
+    if not isinstance(node, dict) or "ColumnRef" not in node:
+        return False
+    fields = node["ColumnRef"].get("fields") or []
+    return bool(fields) and fields[-1].get("String", {}).get("sval") == "name"
+
+
+def _settings_named(where: Any) -> set[str] | None:
+    """The setting names a WHERE clause of an UPDATE of pg_settings restricts it to, or
+    None when it could match any row (the strictest reading of anything else)."""
+    if not isinstance(where, dict):
+        return None
+    if "BoolExpr" in where:
+        node = where["BoolExpr"]
+        parts = [_settings_named(a) for a in node.get("args") or []]
+        if node.get("boolop") == "AND_EXPR":  # rows that match every part
+            known = [p for p in parts if p is not None]
+            return set.intersection(*known) if known else None
+        if node.get("boolop") == "OR_EXPR" and parts and all(p is not None for p in parts):
+            return set().union(*(p for p in parts if p is not None))
+        return None
+    expr = where.get("A_Expr")
+    if not isinstance(expr, dict) or \
+            [n.get("String", {}).get("sval") for n in expr.get("name") or []] != ["="]:
+        return None
+    left, right = expr.get("lexpr"), expr.get("rexpr")
+    if not _column_is_name(left):
+        left, right = right, left
+    if not _column_is_name(left):
+        return None
+    if expr.get("kind") == "AEXPR_OP":
+        value = _sql_text(right)
+        return None if value is None else {value}
+    if expr.get("kind") == "AEXPR_IN" and isinstance(right, dict) and "List" in right:
+        values = [_sql_text(item) for item in right["List"].get("items") or []]
+        return None if any(v is None for v in values) else {v for v in values if v}
+    return None
+
+
+def _pg_settings_classes(update: dict[str, Any]) -> set[str]:
+    """The classes of the settings an UPDATE of pg_settings changes, as SET's would be."""
+    names = _settings_named(update.get("whereClause"))
+    if names is None:
+        return set(_ANY_SETTING)
+    return {_setting_class(n) for n in names} or {SESSION}
+
+
 def _sql_text(node: Any) -> str | None:
     """The text of a constant string argument (also cast: `'select 1'::text`)."""
     if isinstance(node, dict) and "TypeCast" in node:
@@ -293,7 +353,7 @@ def _function_classes(call: dict[str, Any], depth: int = 0) -> set[str]:
     args = call.get("args") or []
     if name == "set_config":
         setting = _const_string(args[0]) if args else None
-        return {IDENTITY} if setting is None else {_setting_class(setting)}
+        return set(_ANY_SETTING) if setting is None else {_setting_class(setting)}
     if name in _WRITE_FUNCTIONS:
         return {WRITE}
     if name in _ADMIN_FUNCTIONS or name.startswith("dblink"):
@@ -375,6 +435,9 @@ def _classes(top: str, node: dict[str, Any], raw: str, depth: int = 0
             out |= _function_classes(node.get("funccall") or {})
     elif top in _DDL_TOP:
         out = {DDL}
+        query = node.get("query") if top == "CreateTableAsStmt" else None
+        if isinstance(query, dict) and "ExecuteStmt" in query:  # CREATE TABLE AS EXECUTE
+            executes = str(query["ExecuteStmt"].get("name", ""))
     elif top == "ExplainStmt":
         options = [o.get("DefElem", {}) for o in node.get("options") or []]
         analyze = any(o.get("defname") == "analyze" and _truthy_option(o) for o in options)
@@ -417,10 +480,17 @@ def _classes(top: str, node: dict[str, Any], raw: str, depth: int = 0
         if sub is None:
             out.add(UNKNOWN)
         else:
-            more, _, _ = _classes(sub[0], sub[1], json.dumps(inner), depth)
+            # EXPLAIN ANALYZE EXECUTE runs a prepared statement: its classes are looked up
+            # as for EXECUTE itself (an unknown name is `unknown`).
+            more, _, executes = _classes(sub[0], sub[1], json.dumps(inner), depth)
             out |= more
     if any(marker in raw for marker in _NESTED_WRITE):
         out.add(WRITE)
+    if _PG_SETTINGS in raw:  # UPDATE pg_settings is SET in other words, CTEs included
+        updates = [node] if top == "UpdateStmt" else []
+        for update in [*updates, *_walk(node, "UpdateStmt")]:
+            if _is_pg_settings(update):
+                out |= _pg_settings_classes(update)
     if '"FuncCall":' in raw:
         for call in _walk(node, "FuncCall"):
             out |= _function_classes(call, depth)
@@ -443,7 +513,7 @@ def _fast(tree: str, sql: bytes) -> Verdict | None:
         return None
     top = tree[start + len(_STMT):tree.find('"', start + len(_STMT))]
     base = _FAST_TOP.get(top)
-    if base is None or '"FuncCall":' in tree:
+    if base is None or '"FuncCall":' in tree or _PG_SETTINGS in tree:
         return None
     classes = {base}
     if ('"InsertStmt":' in tree or '"UpdateStmt":' in tree or '"DeleteStmt":' in tree
