@@ -504,6 +504,41 @@ def test_a_refused_reparse_of_a_named_statement_records_what_really_runs(
     assert world.target("select count(*) from orders") == [(100,)]
 
 
+def test_a_bind_with_a_text_parameter_that_is_not_utf8_is_refused(confined: World) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    me = confinement_login(world)
+    raw, _ = login(world, token)
+    with raw:
+        raw.send(pq.parse_message(b"s9", b"select $1::text") + _msg(b"S", b""))
+        assert error_of(raw.until("Z")) is None
+        # as SJIS, \x81\x5c is one character; as UTF-8 it is no text at all
+        raw.send(_bind_execute_sync(b"s9", [b"\x81\\"]))
+        answer = raw.until("Z")
+        err = error_of(answer)
+        assert err is not None and err["C"] == "22021" and "Accord gateway" in err["M"], err
+        assert "$1 is not valid UTF-8" in err["M"] and err["D"] == "statement: select $1::text"
+        assert [k for k, _ in answer] == ["E", "Z"]  # the Execute was discarded to the Sync
+        # The session goes on: UTF-8 text, and the same bytes as a binary parameter.
+        raw.send(_bind_execute_sync(b"s9", ["é".encode()]))
+        answer = raw.until("Z")
+        assert error_of(answer) is None and rows(answer) == [["é"]]
+        raw.send(pq.parse_message(b"", b"select length($1::bytea)")
+                 + _msg(b"B", b"\0\0" + struct.pack("!hhhi", 1, 1, 1, 2) + b"\x81\\"
+                        + struct.pack("!h", 0))
+                 + _msg(b"E", b"\0" + struct.pack("!i", 0)) + _msg(b"S", b""))
+        answer = raw.until("Z")
+        assert error_of(answer) is None and rows(answer) == [["2"]]
+        assert who(raw) == [me, me]
+    (violation,) = world.events("gateway.violation", grant["id"])
+    assert violation["data"]["statement"] == "select $1::text"
+    assert "$1 is not valid UTF-8" in violation["data"]["reason"]
+    ran = [(s["text"], s["outcome"]) for s in world.statements(grant["id"])
+           if s["protocol"] == "extended"]
+    assert ran == [("select $1::text", "ok"), ("select length($1::bytea)", "ok")]
+
+
 def test_parameters_that_are_not_utf8_are_recorded_as_sent() -> None:
     from accord.gateway.postgres.conversation import render_params
 
