@@ -616,6 +616,115 @@ def test_policy_check_warns_about_shared_upstream_logins(confined: World, tmp_pa
             conn.execute(f"DROP ROLE IF EXISTS {careful}")
 
 
+def test_admin_credentials_never_serve_a_session_of_a_role_not_provisioned(
+        tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+    from typer.testing import CliRunner
+
+    from accord.cli.main import app
+    from accord.gateway.postgres.upstream import UpstreamError, target_for
+    from accord.provisioning.secrets import SecretBox
+    from accord.spec.resources import (
+        PostgresTarget,
+        ResourceGatewaySpec,
+        ResourceSpec,
+        RolePrivileges,
+    )
+    from tests.gateway.conftest import policy_text
+
+    env = {"ADMIN_DSN": "postgresql://postgres@127.0.0.1:5432/db",
+           "SHARED_DSN": "postgresql://app@127.0.0.1:5432/db"}
+    box = SecretBox(Fernet.generate_key())
+    target = PostgresTarget(type="postgres", dsn_env="ADMIN_DSN",
+                            roles={"read": RolePrivileges()})
+    half = ResourceSpec(name="half", roles=["read", "analyst"], provision=target)
+    with pytest.raises(UpstreamError) as refused:
+        target_for(half, "analyst", env, box)
+    assert refused.value.code == "08001"
+    assert "role analyst is not provisioned" in refused.value.message
+    assert "gateway.dsn_env" in refused.value.message
+    served = target_for(half, "read", env, box)  # its own login, never the admin DSN's
+    assert served.gateway_login == "read" and served.user != "postgres"
+    with pytest.raises(UpstreamError):  # no secrets key: no login, and no stand-in
+        target_for(half, "read", env)
+    shared = half.model_copy(update={"gateway": ResourceGatewaySpec(dsn_env="SHARED_DSN")})
+    assert target_for(shared, "analyst", env, box).user == "app"
+
+    # `accord policy check` says so, as an error: every such session would be refused
+    extra = """\
+  - name: half
+    roles: [read, analyst]
+    provision:
+      type: postgres
+      dsn_env: ADMIN_DSN
+      roles: {read: {privileges: ["SELECT ON ALL TABLES IN SCHEMA public"]}}
+"""
+    path = tmp_path / "accord.yaml"
+    path.write_text(policy_text("orders", "orders", extra=extra))
+    result = CliRunner().invoke(app, ["policy", "check", "--offline", str(path)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "resource half: role analyst is not provisioned" in said and "1 error(s)" in said
+    path.write_text(policy_text("orders", "orders", extra=extra.replace(
+        "    provision:", "    gateway: {dsn_env: SHARED_DSN}\n    provision:")))
+    result = CliRunner().invoke(app, ["policy", "check", "--offline", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+# What each shared login holds, and what `shared_login_risks` must say about it.
+RISKS = [
+    ("GRANT pg_execute_server_program TO {login}",
+     "is a member of pg_execute_server_program: server files or programs"),
+    ("GRANT pg_write_server_files TO {login}",
+     "is a member of pg_write_server_files: server files or programs"),
+    ("GRANT pg_read_server_files TO {login}",
+     "is a member of pg_read_server_files: server files or programs"),
+    ("GRANT pg_read_all_data TO {login}", "is a member of pg_read_all_data: every table"),
+    ("GRANT pg_write_all_data TO {login}", "is a member of pg_write_all_data: every table"),
+    ("GRANT pg_signal_backend TO {login}",
+     "is a member of pg_signal_backend: other sessions can be cancelled or terminated"),
+    ("GRANT pg_checkpoint TO {login}", "is a member of pg_checkpoint: server-wide"),
+    ("GRANT pg_monitor TO {login}", "is a member of pg_monitor, pg_read_all_settings, "
+                                    "pg_read_all_stats, pg_stat_scan_tables: lower risk"),
+    ("GRANT pg_read_all_settings TO {login}",
+     "is a member of pg_read_all_settings: lower risk"),
+    ("ALTER ROLE {login} REPLICATION", "has REPLICATION"),
+    ("ALTER ROLE {login} CREATEROLE", "has CREATEROLE"),
+    ("ALTER ROLE {login} BYPASSRLS", "has BYPASSRLS"),
+    ("ALTER ROLE {login} SUPERUSER", "is a superuser"),
+    ("CREATE ROLE {login}_hr; GRANT {login}_hr TO {login}",
+     "is a member of {login}_hr: every grant on shared has it as its ceiling"),
+]
+
+
+def test_policy_check_names_every_privilege_a_shared_login_holds_beyond_a_grant(
+        confined: World) -> None:
+    from accord.gateway.postgres.upstream import shared_login_risks
+    from accord.spec.resources import ResourceGatewaySpec, ResourceSpec
+
+    world = confined
+    base = world.target_dsn.rsplit("/", 1)[0]
+    spec = ResourceSpec(name="shared", roles=["read"],
+                        gateway=ResourceGatewaySpec(dsn_env="SHARED_DSN"))
+    for setup, expected in [("", None), *RISKS]:
+        login_ = f"accord_risk_{secrets.token_hex(4)}"
+        with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {login_} LOGIN")
+            for step in filter(None, setup.format(login=login_).split("; ")):
+                conn.execute(step)
+        try:
+            env = {"SHARED_DSN": f"{base.replace('postgres@', login_ + '@')}/{world.database}"}
+            said = shared_login_risks(spec, env)
+            if expected is None:
+                assert said == [], said  # a login that holds nothing: nothing to say
+            else:
+                assert any(expected.format(login=login_) in line for line in said), (setup, said)
+        finally:
+            with psycopg.connect(world.target_dsn, autocommit=True) as conn:
+                conn.execute(f"DROP ROLE {login_}")
+                conn.execute(f"DROP ROLE IF EXISTS {login_}_hr")
+
+
 def test_the_grants_page_shows_a_grants_alerts_to_readers(confined: World) -> None:
     world = confined
     grant = world.grant("alice", "read")
