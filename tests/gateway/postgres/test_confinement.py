@@ -485,6 +485,86 @@ def _bind_execute_sync(name: bytes, params: list[bytes] | None = None) -> bytes:
     return _msg(b"B", bind) + _msg(b"E", b"\0" + struct.pack("!i", 0)) + _msg(b"S", b"")
 
 
+# pg_catalog's functions that are volatile, or named like those with side effects, and that
+# the classifier may leave `read`: each is free of side effects others could see.
+READ_FUNCTIONS_ALLOWED = {
+    # time, randomness, the session's own state (setseed seeds this session's random();
+    # the stats snapshot and its flush are this session's; currval/lastval its sequences')
+    "clock_timestamp", "timeofday", "random", "gen_random_uuid", "setseed", "current_query",
+    "currval", "lastval", "pg_stat_clear_snapshot", "pg_stat_force_next_flush",
+    # reading large objects (writing them is `write`: lowrite, lo_put, lo_create, ...)
+    "lo_open", "lo_close", "lo_get", "loread", "lo_lseek", "lo_lseek64", "lo_tell",
+    "lo_tell64",
+    # sizes, locks, transaction ids and snapshots, WAL positions, control data: reads
+    "pg_database_size", "pg_indexes_size", "pg_relation_size", "pg_table_size",
+    "pg_tablespace_size", "pg_total_relation_size", "pg_filenode_relation",
+    "pg_partition_ancestors", "pg_partition_tree", "pg_sequence_last_value",
+    "pg_lock_status", "pg_blocking_pids", "pg_safe_snapshot_blocking_pids",
+    "pg_isolation_test_session_is_blocked", "pg_notification_queue_usage",
+    "pg_prepared_xact", "pg_get_multixact_members", "pg_last_committed_xact",
+    "pg_xact_commit_timestamp", "pg_xact_commit_timestamp_origin", "pg_xact_status",
+    "txid_status", "pg_current_xact_id_if_assigned", "txid_current_if_assigned",
+    "txid_current_snapshot", "txid_snapshot_in", "txid_snapshot_out", "txid_snapshot_recv",
+    "txid_snapshot_send", "txid_snapshot_xip", "txid_snapshot_xmax", "txid_snapshot_xmin",
+    "txid_visible_in_snapshot", "currtid2", "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn", "pg_current_wal_flush_lsn", "pg_last_wal_receive_lsn",
+    "pg_last_wal_replay_lsn", "pg_last_xact_replay_timestamp", "pg_wal_lsn_diff",
+    "pg_walfile_name", "pg_walfile_name_offset", "pg_is_in_recovery",
+    "pg_is_wal_replay_paused", "pg_get_wal_replay_pause_state",
+    "pg_get_wal_resource_managers", "pg_control_checkpoint", "pg_control_init",
+    "pg_control_recovery", "pg_control_system", "pg_jit_available",
+    "pg_collation_actual_version", "pg_database_collation_actual_version",
+    "pg_get_shmem_allocations", "pg_get_backend_memory_contexts",
+    "pg_show_replication_origin_status", "pg_stat_have_stats",
+    "pg_stat_get_recovery_prefetch", "pg_stat_get_xact_blocks_fetched",
+    "pg_stat_get_xact_blocks_hit", "pg_stat_get_xact_function_calls",
+    "pg_stat_get_xact_function_self_time", "pg_stat_get_xact_function_total_time",
+    "pg_stat_get_xact_numscans", "pg_stat_get_xact_tuples_deleted",
+    "pg_stat_get_xact_tuples_fetched", "pg_stat_get_xact_tuples_hot_updated",
+    "pg_stat_get_xact_tuples_inserted", "pg_stat_get_xact_tuples_returned",
+    "pg_stat_get_xact_tuples_updated",
+    # checks that run nothing: an access method's or a PL/pgSQL function's definition
+    "amvalidate", "plpgsql_validator",
+    # SQL text or a cursor: classified as the text they run (see test_statement_classes)
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat",
+    "ts_rewrite", "cursor_to_xml", "cursor_to_xmlschema",
+    # not callable from SQL: triggers, and handlers that take `internal` arguments
+    "RI_FKey_cascade_del", "RI_FKey_cascade_upd", "RI_FKey_check_ins", "RI_FKey_check_upd",
+    "RI_FKey_noaction_del", "RI_FKey_noaction_upd", "RI_FKey_restrict_del",
+    "RI_FKey_restrict_upd", "RI_FKey_setdefault_del", "RI_FKey_setdefault_upd",
+    "RI_FKey_setnull_del", "RI_FKey_setnull_upd", "suppress_redundant_updates_trigger",
+    "tsvector_update_trigger", "tsvector_update_trigger_column", "unique_key_recheck",
+    "brinhandler", "bthandler", "ginhandler", "gisthandler", "hashhandler", "spghandler",
+    "heap_tableam_handler", "bernoulli", "system", "dsnowball_init", "dsnowball_lexize",
+    "plpgsql_call_handler", "plpgsql_inline_handler",
+}
+# Names of functions with side effects (or server reach), whatever their volatility.
+SIDE_EFFECT_NAMES = (
+    r"^(pg_(stat_reset|cancel|terminate|reload|rotate|switch|create|drop|copy|replication"
+    r"|logical|backup|start|stop|promote|wal|ls_|read|file|advisory|try_advisory|notify"
+    r"|sleep|import|log_|export|nextoid|current_xact)|lo_|lo(read|write)|binary_upgrade"
+    r"|(set|next|curr|last)val|set_config|dblink|txid_)")
+
+
+def test_volatile_catalog_functions_are_not_read_unless_known_free_of_side_effects(
+        confined: World) -> None:
+    names = [name for (name,) in confined.target(
+        "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_namespace n "
+        "ON n.oid = p.pronamespace WHERE n.nspname = 'pg_catalog' "
+        "AND (p.provolatile = 'v' OR p.proname ~ %s) ORDER BY 1", SIDE_EFFECT_NAMES)]
+    assert len(names) > 150  # the catalog was read
+    read = [name for name in names if name not in READ_FUNCTIONS_ALLOWED
+            and classify(f'SELECT pg_catalog."{name}"()'.encode()).statements[0].classes
+            <= {"read"}]
+    assert read == [], f"functions with side effects classified read: {read}"
+    for name in ("pg_logical_slot_get_changes", "pg_logical_slot_peek_changes", "nextval",
+                 "setval", "pg_stat_reset", "lo_unlink", "pg_create_restore_point",
+                 "pg_drop_replication_slot", "pg_cancel_backend", "pg_reload_conf",
+                 "pg_switch_wal", "set_config", "pg_replication_origin_create",
+                 "binary_upgrade_set_next_pg_authid_oid", "pg_hba_file_rules"):
+        assert name in names, name
+
+
 def test_a_refused_reparse_of_a_named_statement_records_what_really_runs(
         confined: World) -> None:
     world = confined

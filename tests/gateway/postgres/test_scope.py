@@ -126,6 +126,12 @@ def classes(sql: str) -> list[list[str]]:
     ("SELECT pg_current_xact_id()", [["read", "write"]]),
     ("SELECT pg_sleep(1)", [["admin", "read"]]),
     ("SELECT lo_import('/etc/passwd')", [["admin", "read"]]),
+    ("SELECT * FROM pg_logical_slot_get_changes('s', NULL, NULL)", [["admin", "read"]]),
+    ("SELECT pg_catalog.pg_replication_origin_session_setup('o')", [["admin", "read"]]),
+    ("SELECT binary_upgrade_set_next_pg_authid_oid(10)", [["admin", "read"]]),
+    ("SELECT * FROM pg_hba_file_rules()", [["admin", "read"]]),
+    ("SELECT brin_summarize_range('i', 0)", [["admin", "read"]]),
+    ("SELECT lo_get(1), currval('s'), random()", [["read"]]),
     ("SELECT 1\0; RESET ROLE", [["unknown"]]),
 ])
 def test_statement_classes(sql: str, expected: list[list[str]]) -> None:

@@ -15,20 +15,28 @@ Each statement gets a set of classes; a role may run it when the role holds ever
 * `transaction`: BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE, SET TRANSACTION.
 * `session`: SET/RESET/DISCARD of ordinary settings, set_config of ordinary settings.
 * `identity`: anything that changes the session's role: SET/RESET ROLE, SESSION
-  AUTHORIZATION, RESET ALL, DISCARD ALL, set_config('role', ...) or with a computed name.
+  AUTHORIZATION, RESET ALL, DISCARD ALL, set_config('role', ...).
 * `pinned`: changing a setting that alters how the server reads statement text
   (`client_encoding`, `standard_conforming_strings`, `backslash_quote`,
   `escape_string_warning`). The gateway pins them at login so that this parser and the
   server read the same bytes alike; no role ever holds `pinned`.
+  A setting named by computed text (set_config) may be any: `identity` and `pinned`.
+  `UPDATE pg_settings` is set_config of each row it matches: `write` and the classes of
+  the settings its WHERE names, or of any setting when it could match others.
 * `unknown`: text the parser rejects (text that is not valid UTF-8 included: it is never
-  "repaired" before checking), or an EXECUTE of a prepared statement the gateway never saw.
+  "repaired" before checking), or an EXECUTE (EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS
+  EXECUTE) of a prepared statement the gateway never saw.
 
 EXPLAIN ANALYZE, PREPARE, DECLARE and COPY (query) take the classes of the statement they
 run, and so do functions that run SQL text they are given (`query_to_xml`, `ts_stat`,
 `ts_rewrite`, `crosstab`, ...): their text, when a constant, is classified like any
 statement, and is `unknown` when computed. Functions are classified by what they do:
 NOTIFY's `pg_notify`, advisory locks and functions that assign a transaction id are
-`write`; server file, process and signal functions and `pg_sleep` are `admin`.
+`write`; server file, process and signal functions, replication, statistics resets,
+WAL and backup control, catalog surgery, index maintenance and `pg_sleep` are `admin`
+(tests/gateway/postgres/test_confinement.py holds every volatile pg_catalog function to
+this). Any other function, a user-defined one included, is `read` as far as this parser
+can tell: what it does is bounded by the upstream login's privileges.
 
 Classification is defence in depth. What confines a session is its upstream login: for a
 provisioned role the gateway logs in as a login that holds only that role's group
@@ -108,29 +116,38 @@ _WRITE_FUNCTIONS = {
     "pg_advisory_unlock_shared", "pg_advisory_unlock_all", "txid_current",
     "pg_current_xact_id",
 }
-# Functions that reach the server's files, programs or other backends: `admin`, and an
-# attempt by anyone else is a server-execution attempt (an alert, not only a refusal).
+# Functions that reach the server's files, programs or other backends, or change what
+# every session sees (replication, statistics, WAL, backups): `admin`, and an attempt by
+# anyone else is a server-execution attempt (an alert, not only a refusal). Names and
+# prefixes (`_server_function`), so that a server version's new kin are caught too.
 _SERVER_FUNCTIONS = {
     "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
-    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_switch_wal",
-    "pg_create_restore_point", "pg_promote", "pg_file_write", "pg_file_unlink",
-    "pg_file_rename", "lo_export", "dblink", "dblink_exec", "dblink_connect",
-    "dblink_connect_u", "dblink_send_query", "pg_logical_emit_message",
-    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
-    "pg_drop_replication_slot", "pg_replication_origin_create", "pg_import_system_collations",
-    "pg_log_backend_memory_contexts", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
-    "pg_ls_archive_statusdir", "pg_current_logfile", "lo_import", "pg_backup_start",
-    "pg_backup_stop", "pg_start_backup", "pg_stop_backup", "pg_wal_replay_pause",
-    "pg_wal_replay_resume", "pg_stat_reset", "pg_stat_reset_shared",
-    "pg_stat_reset_single_table_counters", "pg_stat_reset_single_function_counters",
-    "pg_stat_reset_slru", "pg_stat_reset_replication_slot",
-    "pg_stat_reset_subscription_stats", "pg_replication_slot_advance",
-    "pg_copy_logical_replication_slot", "pg_copy_physical_replication_slot",
-    "pg_replication_origin_drop", "pg_replication_origin_session_setup",
-    "pg_replication_origin_advance",
+    "pg_rotate_logfile_old", "pg_read_file", "pg_read_file_old", "pg_read_binary_file",
+    "pg_stat_file", "pg_switch_wal", "pg_promote", "pg_file_write", "pg_file_unlink",
+    "pg_file_rename", "lo_export", "lo_import", "pg_logical_emit_message",
+    "pg_import_system_collations", "pg_log_backend_memory_contexts", "pg_current_logfile",
+    "pg_backup_start", "pg_backup_stop", "pg_start_backup", "pg_stop_backup",
+    "pg_wal_replay_pause", "pg_wal_replay_resume", "pg_replication_slot_advance",
+    # server configuration files, read
+    "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
+    # catalog surgery for pg_upgrade and extension scripts
+    "pg_nextoid", "pg_stop_making_pinned_objects", "pg_extension_config_dump",
 }
-# Not server execution, but no business of a read or write role: a session held asleep.
-_ADMIN_FUNCTIONS = _SERVER_FUNCTIONS | {"pg_sleep", "pg_sleep_for", "pg_sleep_until"}
+_SERVER_PREFIXES = (
+    "dblink", "pg_ls_", "pg_stat_reset", "pg_create_", "pg_drop_", "pg_copy_",
+    "pg_replication_origin_", "pg_logical_slot_", "binary_upgrade_",
+)
+# Not server execution, but no business of a read or write role: a session held asleep,
+# index maintenance (as VACUUM), a snapshot exported to other sessions.
+_ADMIN_FUNCTIONS = {"pg_sleep", "pg_sleep_for", "pg_sleep_until", "brin_summarize_range",
+                    "brin_summarize_new_values", "brin_desummarize_range",
+                    "gin_clean_pending_list", "pg_export_snapshot"}
+
+
+def _server_function(name: str) -> bool:
+    return name in _SERVER_FUNCTIONS or name.startswith(_SERVER_PREFIXES)
+
+
 # Functions that run SQL text they are given, and which arguments hold it (ts_rewrite only
 # in its two-argument form). connectby builds its query from names it is given: unknown.
 _SQL_TEXT_ARGS: dict[str, tuple[int, ...]] = {
@@ -233,7 +250,7 @@ def _reaches_server(text: str, depth: int) -> bool:
         for call in _walk(body, "FuncCall"):
             names = [n.get("String", {}).get("sval", "") for n in call.get("funcname", [])]
             name = str(names[-1]).lower() if names else ""
-            if name in _SERVER_FUNCTIONS or name.startswith("dblink"):
+            if _server_function(name):
                 return True
             args = call.get("args") or []
             positions = (1,) if name == "ts_rewrite" and len(args) == 2 else \
@@ -356,7 +373,7 @@ def _function_classes(call: dict[str, Any], depth: int = 0) -> set[str]:
         return set(_ANY_SETTING) if setting is None else {_setting_class(setting)}
     if name in _WRITE_FUNCTIONS:
         return {WRITE}
-    if name in _ADMIN_FUNCTIONS or name.startswith("dblink"):
+    if name in _ADMIN_FUNCTIONS or _server_function(name):
         return {ADMIN}
     positions = _SQL_TEXT_ARGS.get(name)
     if name == "ts_rewrite" and len(args) == 2:
