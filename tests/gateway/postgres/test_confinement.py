@@ -11,6 +11,7 @@ to show that the upstream login alone keeps the session within the grant.
 
 from __future__ import annotations
 
+import re
 import secrets
 import struct
 import threading
@@ -64,6 +65,10 @@ IDENTITY = [
     "WITH x AS (SELECT set_config('role', 'postgres', false)) SELECT * FROM x",
     "EXPLAIN ANALYZE SELECT set_config('role', 'postgres', false)",
     "PREPARE p1 AS SELECT set_config('role', 'postgres', false)", "EXECUTE p1",
+    "EXPLAIN ANALYZE EXECUTE p1", "EXPLAIN (ANALYZE, BUFFERS) EXECUTE p9(1)",
+    "UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'",
+    "WITH u AS (UPDATE pg_catalog.pg_settings SET setting = 'none' WHERE name = 'role' "
+    "RETURNING 1) SELECT * FROM u",
     "DECLARE c1 CURSOR FOR SELECT set_config('role', 'postgres', false)",
     "SELECT 1; RESET ROLE; SELECT current_user",
     "DO $$BEGIN PERFORM set_config('role', 'postgres', false); END$$",
@@ -105,6 +110,10 @@ ENCODING_CHANGES = [
     "SET standard_conforming_strings = off", "SET standard_conforming_strings TO DEFAULT",
     "SELECT set_config('standard_conforming_strings', 'off', false)",
     "SET backslash_quote = on", "SET escape_string_warning = off",
+    "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
+    "UPDATE pg_catalog.pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+    'update "pg_settings" set setting = \'on\' where name in (\'backslash_quote\')',
+    "UPDATE pg_settings SET setting = 'SJIS' WHERE name LIKE 'client%'",
 ]
 
 
@@ -204,6 +213,9 @@ def test_every_attempt_is_refused_recorded_and_leaves_the_session_its_grant(
     kinds = {v["data"]["statement"]: v["data"].get("escalation") for v in violations}
     assert kinds["RESET ROLE"] == "identity"
     assert kinds["SET client_encoding = 'SJIS'"] == "encoding"
+    assert kinds["UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'"] \
+        == "encoding"
+    assert kinds["UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'"] == "identity"
     assert kinds[f"COPY orders TO PROGRAM 'touch {MARKER}'"] == "server"
     assert kinds["SELECT pg_notify('ch', 'x')"] is None  # a write, not an escalation
 
@@ -345,26 +357,166 @@ def role_changes(draw: st.DrawFn) -> str:
     return carrier.format(body)
 
 
-@settings(max_examples=400, deadline=None)
-@given(role_changes())
-def test_no_generated_spelling_of_a_role_change_passes_a_read_role(sql: str) -> None:
+def _respell(sql: str, flips: list[bool], sep: str) -> str:
+    """`sql` with the case of its words flipped by `flips` and each space between tokens
+    made `sep`, leaving string literals, quoted identifiers and dollar quotes as they are."""
+    out: list[str] = []
+    i, k, end = 0, 0, ""
+    while i < len(sql):
+        ch = sql[i]
+        if end:  # inside quotes: copied until they close
+            if sql.startswith(end, i):
+                out.append(end)
+                i += len(end)
+                end = ""
+                continue
+            out.append(ch)
+        elif ch in "'\"":
+            end = ch
+            out.append(ch)
+        elif ch == "$" and (tag := re.match(r"\$[A-Za-z_]*\$", sql[i:])):
+            end = tag.group()
+            out.append(end)
+            i += len(end)
+            continue
+        elif ch == " ":
+            out.append(sep)
+        else:
+            out.append(ch.upper() if flips[k % len(flips)] else ch.lower())
+            k += 1
+        i += 1
+    return "".join(out)
+
+
+def _carried(draw: st.DrawFn, core: str) -> str:
+    """`core` maybe inside another statement: several statements, a transaction, a CTE,
+    EXPLAIN ANALYZE, PREPARE, SQL text run by a function, a leading comment."""
+    carrier = draw(st.sampled_from([
+        "{}", "select 1;{}", "{};select 2", "begin;{};commit", "{};",
+        "select query_to_xml('{}', true, false, '')", "select * from ts_stat('{}')",
+        "explain analyze {}", "prepare p{} as {}", "with w as (select 1) {}",
+        "with w as ({}) select 1", "/* why not */ {}",
+    ]))
+    body = core.replace("'", "''") if "('{}'" in carrier else core
+    if carrier.startswith("prepare"):
+        return carrier.format(draw(st.integers(0, 9)), body)
+    return carrier.format(body)
+
+
+_FUNCTION_SPELLINGS = ["{}", '"{}"', "pg_catalog.{}", 'pg_catalog."{}"', 'U&"{}"']
+
+
+@st.composite
+def server_reaches(draw: st.DrawFn) -> str:
+    """Server-side execution (programs, files, other backends, another server) in one of
+    many spellings, maybe carried by another statement."""
+    spelling = draw(st.sampled_from(_FUNCTION_SPELLINGS))
+
+    def fn(name: str) -> str:
+        if spelling.startswith("U&"):  # U&"pg\005Fread\005Ffile"
+            return spelling.format(name.replace("_", "\\005F"))
+        return spelling.format(name)
+
+    core = draw(st.sampled_from([
+        f"copy orders to program 'touch {MARKER}'", "copy orders from program 'id'",
+        f"copy (select 1) to program 'touch {MARKER}'", f"copy orders to '{MARKER}'",
+        "copy orders from '/etc/hostname'", "copy orders (id) from program $$id$$",
+        f"select {fn('pg_read_file')}('/etc/passwd')",
+        f"select {fn('pg_read_binary_file')}('/etc/hostname')",
+        f"select * from {fn('pg_ls_dir')}('.')", f"select {fn('pg_stat_file')}('.')",
+        f"select {fn('lo_import')}('/etc/passwd')", f"select {fn('lo_export')}(1, '{MARKER}')",
+        f"select {fn('dblink_exec')}('dbname=postgres', 'select 1')",
+        f"select * from {fn('dblink')}('dbname=postgres', 'select 1') as t(x int)",
+        f"select {fn('pg_terminate_backend')}(pg_backend_pid())",
+        f"select {fn('pg_reload_conf')}()",
+        f"select * from {fn('pg_logical_slot_get_changes')}('s', null, null)",
+        f"select {fn('query_to_xml')}('copy orders to program ''touch {MARKER}''', true, "
+        "false, '')",
+        f"select * from {fn('ts_stat')}('select pg_read_file(''/etc/passwd'')::tsvector')",
+        f"select {fn('query_to_xml_and_xmlschema')}('select {fn('pg_read_file')}"
+        "(''/etc/passwd'')', true, false, '')",
+        "do $$begin perform pg_read_file('/etc/passwd'); end$$",
+        f"do language plpgsql $x$begin execute 'copy orders to program ''touch {MARKER}'''; "
+        "end$x$",
+        "load 'plpgsql'", "alter system set work_mem = '1MB'", "create extension dblink",
+    ]))
+    flips = draw(st.lists(st.booleans(), min_size=1, max_size=8))
+    return _carried(draw, _respell(core, flips, draw(_COMMENTS)))
+
+
+# Encoding names as a client might spell them: PostgreSQL's, and its aliases' case and
+# punctuation, UTF8's own included (changing a pinned setting at all is refused).
+_ENCODING_NAMES = st.builds(
+    lambda name, flips, punct: _respell(name.replace("_", punct), flips, " "),
+    st.sampled_from([*ENCODINGS, "UTF8", "Shift_JIS", "ISO_8859_1", "utf-8", "Unicode"]),
+    st.lists(st.booleans(), min_size=1, max_size=6), st.sampled_from(["_", "-", ""]))
+
+
+@st.composite
+def pinned_changes(draw: st.DrawFn) -> str:
+    """A change of a setting the gateway pins (client_encoding above all), in one of many
+    spellings, maybe carried by another statement."""
+    encoding = draw(_ENCODING_NAMES)
+    name, value = draw(st.sampled_from([
+        ("client_encoding", encoding), ("standard_conforming_strings", "off"),
+        ("standard_conforming_strings", "on"), ("backslash_quote", "on"),
+        ("escape_string_warning", "off"),
+    ]))
+    spelled = draw(st.sampled_from([name, f'"{name}"', name.upper(),
+                                    'U&"' + name.replace("_", "\\005F") + '"']))
+    literal = draw(st.sampled_from(["'{}'", "$${}$$", "E'{}'", "$v${}$v$"])).format(value)
+    word = value if value.isidentifier() and draw(st.booleans()) else literal
+    core = draw(st.sampled_from([
+        f"set {spelled} = {word}", f"set {spelled} to {word}",
+        f"set local {spelled} to {word}", f"set session {spelled} = {word}",
+        f"set {spelled} to default", f"reset {spelled}",
+        f"set names {literal}" if name == "client_encoding" else f"reset {spelled}",
+        f"select set_config('{name}', {literal}, false)",
+        f"select pg_catalog.set_config($n${name}$n$, {literal}, true)",
+        f"select set_config(lower('{name.upper()}'), {literal}, false)",
+        f"update pg_settings set setting = {literal} where name = '{name}'",
+        f"update pg_catalog.pg_settings s set setting = {literal} where s.name in ('{name}')",
+        f"with u as (update pg_settings set setting = {literal} where name = '{name}' "
+        "returning 1) select * from u",
+    ]))
+    flips = draw(st.lists(st.booleans(), min_size=1, max_size=8))
+    return _carried(draw, _respell(core, flips, draw(_COMMENTS)))
+
+
+ESCAPES = st.one_of(role_changes(), server_reaches(), pinned_changes())
+
+
+@settings(max_examples=600, deadline=None)
+@given(ESCAPES)
+def test_no_generated_spelling_of_an_escape_passes_a_read_role(sql: str) -> None:
     verdict = classify(sql.encode())
     assert verdict.refused(DEFAULT_ROLES["read"]) is not None, sql
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[
+@settings(max_examples=30, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture])
-@given(role_changes())
+@given(ESCAPES)
 def test_generated_spellings_through_the_gateway(confined: World, sql: str) -> None:
+    """Refused by the gateway itself (42501, a violation recorded), and the session is
+    still the grant's."""
     world = confined
-    token = world.token(_read_grant(world), "erin")
+    grant = _read_grant(world)
+    token = _TOKENS.get(world.resource) or _TOKENS.setdefault(
+        world.resource, world.token(grant, "erin"))
     me = confinement_login(world)
+    before = len(world.events("gateway.violation", grant["id"]))
     raw, _ = login(world, token)
     with raw:
         answer = raw.query(sql)
-        err = error_of(answer)
-        assert err is not None, sql  # refused by the gateway, or by the server at worst
+        assert refused_with_42501(answer), (sql, error_of(answer))
         assert who(raw) == [me, me], sql
+    violations = world.events("gateway.violation", grant["id"])
+    assert len(violations) == before + 1, sql
+    assert violations[-1]["data"]["statement"] in sql
+    assert not MARKER.exists()
+
+
+_TOKENS: dict[str, dict[str, Any]] = {}
 
 
 _GRANTS: dict[str, dict[str, Any]] = {}
