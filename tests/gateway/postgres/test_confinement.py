@@ -613,12 +613,60 @@ def test_refused_escalations_raise_a_high_alert_visible_on_the_grant(confined: W
                            params={"rule": "gateway_escalation"}).json()["items"]
     mine = [a for a in alerts if a["subject"] == f"grant:{grant['id']}"]
     assert sorted(a["data"]["escalation"] for a in mine) == ["identity", "server"]
-    assert all(a["severity"] == "high" and len(a["evidence"]) == 1 for a in mine)
+    assert all(a["severity"] == "high" for a in mine)
+    # each alert's evidence is the ledger index of the refusal it is about
+    refusals = {event["data"]["statement"]: idx
+                for idx, event in _indexed(world, "gateway.violation", grant["id"])}
+    assert {a["data"]["escalation"]: a["evidence"] for a in mine} == {
+        "identity": [refusals["RESET ROLE"]],
+        "server": [refusals[f"COPY orders TO PROGRAM 'touch {MARKER}'"]]}
     assert world.env.get("alice", f"/api/v1/grants/{grant['id']}").json()["alerts"] is None
     shown = world.env.get("dave", f"/api/v1/grants/{grant['id']}").json()
     assert sorted(a["rule"] for a in shown["alerts"] if a["rule"] != "off_hours") == [
         "gateway_escalation", "gateway_escalation", "scope_violation", "scope_violation",
         "scope_violation"]
+
+
+def _indexed(world: World, type_: str, grant_id: int) -> list[tuple[int, dict[str, Any]]]:
+    """The grant's events of a type with their ledger indices (once integrated)."""
+    import json
+
+    from sqlalchemy import select
+
+    from accord.db import transaction
+    from accord.ledger.models import LedgerEntry
+
+    with transaction(world.env.st.sessions) as s:
+        found = s.execute(select(LedgerEntry.idx, LedgerEntry.leaf).where(
+            LedgerEntry.type == type_, LedgerEntry.subject == f"grant:{grant_id}")
+            .order_by(LedgerEntry.id)).all()
+    return [(int(idx), json.loads(leaf)) for idx, leaf in found if idx is not None]
+
+
+@pytest.mark.parametrize(("params", "attempt"), [
+    ({"options": "-c client_encoding=SJIS"}, "encoding"), ({"role": "postgres"}, "identity"),
+    ({"replication": "database"}, "server")])
+def test_a_refused_startup_escalation_raises_the_same_high_alert(
+        confined: World, params: dict[str, str], attempt: str) -> None:
+    world = confined
+    grant = world.grant("alice", "read")
+    raw, answer = login(world, world.token(grant), **params)
+    with raw:
+        err = error_of(answer)
+        assert err is not None and err["S"] == "FATAL" and "Accord gateway" in err["M"]
+    world.flush()
+    st_ = world.env.st
+    integrate_all(st_.sessions)
+    detect_all(st_.sessions, st_.policies.current, st_.now)
+    ((idx, refusal),) = _indexed(world, "gateway.login_refused", grant["id"])
+    assert refusal["data"]["escalation"] == attempt
+    alerts = world.env.get("dave", "/api/v1/alerts",
+                           params={"rule": "gateway_escalation"}).json()["items"]
+    (alert,) = [a for a in alerts if a["subject"] == f"grant:{grant['id']}"]
+    assert alert["severity"] == "high" and alert["evidence"] == [idx]
+    assert alert["data"]["escalation"] == attempt
+    shown = world.env.get("dave", f"/api/v1/grants/{grant['id']}").json()
+    assert "gateway_escalation" in [a["rule"] for a in shown["alerts"]]
 
 
 # ------------------------------------------------------------------ the smaller holes
