@@ -2,9 +2,9 @@
 
 One module-scoped world per test module: an Accord database of its own, a target database
 with an `orders` table, a policy whose resource is provisioned on the target (so the
-gateway logs in with the provision DSN and SET ROLEs to the granted group role), and the
-gateway serving on a free port in its own thread. Tests get grants through the real API
-and connect with psql and psycopg.
+gateway logs in as its own login for the granted role, which it makes with the provision
+DSN, never a session's login), and the gateway serving on a free port in its own thread.
+Tests get grants through the real API and connect with psql and psycopg.
 """
 
 from __future__ import annotations

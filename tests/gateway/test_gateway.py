@@ -1,7 +1,9 @@
 """The gateway end to end: real PostgreSQL behind it, real psql and psycopg in front of it.
 
 Grants come from the real API and are provisioned on the target by the real job runner;
-the gateway logs in with the provision DSN and `SET ROLE`s to the granted group role.
+the gateway logs in upstream as its own login for the granted role (a member of that
+role's group only), which it makes with the provision DSN; the provision DSN itself
+never serves a session.
 """
 
 from __future__ import annotations

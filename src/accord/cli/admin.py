@@ -58,10 +58,13 @@ def policy_check(
 ) -> None:
     """Validate a policy file; print every error with its path and exit 1 if any.
 
-    Also warns (exit 1 with --strict) when a resource reached through the gateway with
-    shared upstream credentials gives them more than a grant should hold: superuser,
-    CREATEROLE, BYPASSRLS, the pg_*_server_* roles, or membership in several roles. It
-    connects to those databases with the configured DSNs; --offline skips that.
+    With a gateway, a role the gateway could never serve (a postgres provision target that
+    does not provision it, and no shared gateway credentials) is an error. It also warns
+    (exit 1 with --strict) when a resource reached through the gateway with shared
+    upstream credentials gives them more than a grant should hold: superuser, CREATEROLE,
+    BYPASSRLS, REPLICATION, predefined roles such as pg_read_all_data or the
+    pg_*_server_* roles, or membership in several roles. It connects to those databases
+    with the configured DSNs; --offline skips that.
     """
     try:
         loaded = load_policy_file(path)
@@ -72,6 +75,7 @@ def policy_check(
         raise typer.Exit(1) from None
     policy = Policy(loaded)
     clashes, warnings = ([], []) if offline else _directory_findings(policy)
+    clashes += _unserved_gateway_roles(policy)
     for clash in clashes:
         err.print(f"{path}: {clash}", markup=False, highlight=False, soft_wrap=True)
     if clashes:
@@ -121,21 +125,28 @@ def _directory_findings(policy: Policy) -> tuple[list[str], list[str]]:
                      "matches nobody until the provider pushes it" for n in missing]
 
 
+def _unserved_gateway_roles(policy: Policy) -> list[str]:
+    """Roles whose every gateway session would be refused: no login may serve them."""
+    if policy.loaded.spec.gateway is None:
+        return []
+    from accord.gateway.postgres.upstream import unserved_role, unserved_roles
+
+    return [unserved_role(spec.name, role) for spec in policy.resources.values()
+            for role in unserved_roles(spec)]
+
+
 def _shared_login_warnings(policy: Policy) -> list[str]:
     """The gateway's shared upstream logins that hold more than a grant should."""
     if policy.loaded.spec.gateway is None:
         return []
     # The gateway's modules load only when accord.yaml has a `gateway:` section.
-    from accord.gateway.postgres.upstream import (
-        UpstreamError,
-        shared_login_risks,
-        uses_gateway_login,
-    )
+    from accord.gateway.postgres.upstream import UpstreamError, shared_login_risks
 
     out: list[str] = []
     for spec in policy.resources.values():
-        if not spec.gateway_reachable or all(uses_gateway_login(spec, r) for r in spec.roles):
-            continue
+        g = spec.gateway
+        if g is None or not (g.dsn_env or g.dsn_file):
+            continue  # per-role gateway logins (or an unserved role, an error above)
         try:
             out += shared_login_risks(spec)
         except UpstreamError as exc:

@@ -352,6 +352,8 @@ class AuditWriter:
                     "protocol": v.protocol}
             if v.escalation is not None:  # an attempt to leave the grant: detectors alert
                 data["escalation"] = v.escalation
+            if v.reason is not None:
+                data["reason"] = v.reason
             self._fact_record(R_VIOLATION, info, v.t0 + self.offset, data)
             info.violations += 1
         if started or violations:

@@ -34,19 +34,22 @@ class Violation:
     """A statement the session's role may not run: refused, never sent upstream.
 
     `escalation` names an attempt to leave the grant (`identity`, `encoding`, `server`),
-    which the detectors alert on; None for an ordinary refusal.
+    which the detectors alert on; None for an ordinary refusal. `reason`: why, when it is
+    not the statement's classes but how it was sent (a parameter that is not UTF-8).
     """
 
-    __slots__ = ("classes", "escalation", "missing", "protocol", "t0", "text")
+    __slots__ = ("classes", "escalation", "missing", "protocol", "reason", "t0", "text")
 
     def __init__(self, text: bytes, classes: frozenset[str], missing: frozenset[str],
-                 protocol: str, t0: int, escalation: str | None = None) -> None:
+                 protocol: str, t0: int, escalation: str | None = None,
+                 reason: str | None = None) -> None:
         self.text = text
         self.classes = classes
         self.missing = missing
         self.protocol = protocol
         self.t0 = t0
         self.escalation = escalation
+        self.reason = reason
 
 
 @dataclass

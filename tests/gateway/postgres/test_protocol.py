@@ -192,8 +192,8 @@ def frontend_stream(draw: st.DrawFn) -> list[bytes]:
         else:
             name = draw(st.sampled_from([b"", b"s1", b"s2"]))
             out.append(parse(name, draw(SQL)))
-            out.append(bind(b"", name, draw(st.lists(st.one_of(st.none(), st.binary(max_size=8)),
-                                                     max_size=3))))
+            values = st.one_of(st.none(), st.text(max_size=4).map(str.encode))  # UTF-8 text
+            out.append(bind(b"", name, draw(st.lists(values, max_size=3))))
             if draw(st.booleans()):
                 out.append(describe())
             out.append(execute())
@@ -283,6 +283,35 @@ def test_a_refused_parse_gets_42501_in_place_of_the_servers_error() -> None:
     assert len(c.violations) == 1 and c.finished == []  # the Execute never ran
 
 
+def test_a_text_parameter_that_is_not_utf8_is_refused_with_22021() -> None:
+    c = conv(ADMIN)  # whatever the role: the server would refuse it too, unrecorded
+    sent = c.client(parse(b"s", b"select $1") + bind(b"", b"s", [b"ok", b"\x81\\"])
+                    + describe() + execute() + SYNC)
+    assert b"\x81" not in sent and c._gone in sent  # a Bind the server fails
+    (v,) = c.violations
+    assert v.text == b"select $1" and v.reason is not None and "$2" in v.reason
+    assert c.started == []  # the Execute behind it is discarded by the server, never run
+    out = c.server(pq.message(b"1") + error("26000", f"prepared statement "
+                                                     f"\"{c._gone.decode()}\" does not exist")
+                   + READY)
+    fields = pq.parse_fields(out[10:out.index(READY)])
+    assert fields["C"] == "22021" and "$2 is not valid UTF-8" in fields["M"]
+    assert not c.busy and c.finished == []
+    # the session goes on: the next segment runs
+    c.client(bind(b"", b"s", [b"\xc3\xa9"]) + execute() + SYNC)
+    assert [r.text for r in c.started] == [b"select $1"]
+
+
+def test_binary_parameters_and_utf8_text_pass_unchanged() -> None:
+    c = conv(READ)
+    binary = pq.message(b"B", b"\0s\0" + struct.pack("!hhh", 1, 1, 1) + struct.pack("!i", 2)
+                        + b"\x81\\" + struct.pack("!h", 0))
+    utf8 = bind(b"", b"", ["é€😀".encode()])
+    data = parse(b"s", b"select $1::bytea") + binary + execute() + parse(b"", b"select $1") \
+        + utf8 + execute() + SYNC
+    assert c.client(data) == data and not c.violations and len(c.started) == 2
+
+
 def test_simple_query_statements_each_get_a_result() -> None:
     c = conv()
     c.client(pq.query("select 1; select 2; select 3"))
@@ -299,6 +328,14 @@ def test_parameters_are_redacted_or_shown() -> None:
         assert c.started[0].params == expected
 
 
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @FAST
 @given(values=st.lists(st.none() | st.binary(max_size=8), max_size=5),
        how=st.sampled_from(["none", "one", "each"]), codes=st.lists(st.sampled_from([0, 1]),
@@ -309,7 +346,8 @@ def test_the_bind_fast_path_agrees_with_the_parser(values: list[bytes | None], h
                                                   codes: list[int], portal: bytes,
                                                   name: bytes, redact: bool) -> None:
     """The inline Bind of an unnamed portal (the common case) and `pq.parse_bind` see the
-    same statement and parameters, whatever the format codes."""
+    same statement and parameters, whatever the format codes; a text parameter that is not
+    UTF-8 (as `pq.parse_bind` reads the formats) is refused on either path."""
     formats = {"none": [], "one": codes[:1], "each": codes[:len(values)]}[how]
     body = portal + b"\0" + name + b"\0" + struct.pack(f"!h{len(formats)}h", len(formats),
                                                        *formats)
@@ -319,6 +357,13 @@ def test_the_bind_fast_path_agrees_with_the_parser(values: list[bytes | None], h
     body += struct.pack("!h", 0)
     c = conv(redact=redact)
     c.client(parse(name, b"select 1") + pq.message(b"B", body) + execute(portal) + SYNC)
+    bind_ = pq.parse_bind(body)
+    formats_ = bind_.formats
+    if any(v is not None and (formats_[0] if len(formats_) == 1 else
+                              formats_[i] if formats_ else 0) == 0
+           and not _utf8(v) for i, v in enumerate(bind_.values)):
+        assert len(c.violations) == 1 and c.started == []
+        return
     run = c.started[0]
     assert run.text == b"select 1"
     if redact:

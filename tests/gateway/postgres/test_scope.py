@@ -63,7 +63,9 @@ def classes(sql: str) -> list[list[str]]:
     ("DISCARD ALL", [["identity"]]),
     ("DISCARD PLANS", [["session"]]),
     ("SELECT set_config('role', 'postgres', false)", [["identity", "read"]]),
-    ("SELECT pg_catalog.set_config(current_user, 'x', false)", [["identity", "read"]]),
+    # a computed setting name may be any setting: the strictest classes
+    ("SELECT pg_catalog.set_config(current_user, 'x', false)",
+     [["identity", "pinned", "read"]]),
     ('SELECT U&"\\0073et_config"(\'role\', \'x\', false)', [["identity", "read"]]),
     ("PREPARE p AS DELETE FROM orders", [["write"]]),
     ("this is not sql", [["unknown"]]),
@@ -76,6 +78,33 @@ def classes(sql: str) -> list[list[str]]:
     ('SET "BACKSLASH_QUOTE" TO on', [["pinned"]]),
     ("SET LOCAL escape_string_warning = off", [["pinned"]]),
     ("SELECT set_config('client_encoding', 'GBK', false)", [["pinned", "read"]]),
+    # UPDATE pg_settings is set_config of each row it matches (the view's rule)
+    ("UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
+     [["pinned", "write"]]),
+    ('update PG_CATALOG."pg_settings" set setting = \'off\' where '
+     "name = 'standard_conforming_strings'", [["pinned", "write"]]),
+    ("UPDATE pg_settings s SET setting = 'on' WHERE 'backslash_quote' = s.name",
+     [["pinned", "write"]]),
+    ("UPDATE pg_settings SET setting = 'off' WHERE name IN ('escape_string_warning')",
+     [["pinned", "write"]]),
+    ("UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'", [["identity", "write"]]),
+    ("UPDATE pg_settings SET setting = 'x' WHERE name = 'session_authorization' AND true",
+     [["identity", "write"]]),
+    ("UPDATE pg_settings SET setting = '1MB' WHERE name = 'work_mem'", [["session", "write"]]),
+    ("UPDATE pg_settings SET setting = '1MB' WHERE name = 'work_mem' OR name = 'role'",
+     [["identity", "session", "write"]]),
+    ("UPDATE pg_settings SET setting = '1MB' WHERE name = 'work_mem' OR true",
+     [["identity", "pinned", "write"]]),
+    ("UPDATE pg_settings SET setting = '1MB' WHERE name = lower('ROLE')",
+     [["identity", "pinned", "write"]]),
+    ("UPDATE pg_settings SET setting = 'SJIS' WHERE name LIKE 'client%'",
+     [["identity", "pinned", "write"]]),
+    ("UPDATE pg_settings SET setting = 'SJIS'", [["identity", "pinned", "write"]]),
+    ("WITH u AS (UPDATE pg_settings SET setting = 'none' WHERE name = 'role' RETURNING 1) "
+     "SELECT * FROM u", [["identity", "read", "write"]]),
+    ("SELECT query_to_xml('update pg_settings set setting = ''SJIS'' "
+     "where name = ''client_encoding''', true, false, '')", [["pinned", "read", "write"]]),
+    ("UPDATE t SET x = 'pg_settings' WHERE name = 'role'", [["write"]]),
     # functions that run the SQL text they are given take its classes
     ("SELECT query_to_xml('select set_config(''role'',''none'',false)', true, false, '')",
      [["identity", "read"]]),
@@ -97,6 +126,12 @@ def classes(sql: str) -> list[list[str]]:
     ("SELECT pg_current_xact_id()", [["read", "write"]]),
     ("SELECT pg_sleep(1)", [["admin", "read"]]),
     ("SELECT lo_import('/etc/passwd')", [["admin", "read"]]),
+    ("SELECT * FROM pg_logical_slot_get_changes('s', NULL, NULL)", [["admin", "read"]]),
+    ("SELECT pg_catalog.pg_replication_origin_session_setup('o')", [["admin", "read"]]),
+    ("SELECT binary_upgrade_set_next_pg_authid_oid(10)", [["admin", "read"]]),
+    ("SELECT * FROM pg_hba_file_rules()", [["admin", "read"]]),
+    ("SELECT brin_summarize_range('i', 0)", [["admin", "read"]]),
+    ("SELECT lo_get(1), currval('s'), random()", [["read"]]),
     ("SELECT 1\0; RESET ROLE", [["unknown"]]),
 ])
 def test_statement_classes(sql: str, expected: list[list[str]]) -> None:
@@ -116,6 +151,21 @@ def test_execute_takes_the_classes_of_what_was_prepared() -> None:
     assert verdict.refused(read, {"p": frozenset({"read"})}) is None
     assert verdict.refused(read, {"p": frozenset({"write"})}) is not None
     assert verdict.refused(read, {}) is not None  # never saw it prepared: unknown
+
+
+@pytest.mark.parametrize("sql", ["EXPLAIN ANALYZE EXECUTE p9", "explain (analyze) execute p9(1)",
+                                 "EXPLAIN (ANALYZE true, BUFFERS) EXECUTE p9",
+                                 "CREATE TABLE t AS EXECUTE p9"])
+def test_statements_that_run_a_prepared_statement_take_its_classes(sql: str) -> None:
+    verdict = classify(sql.encode())
+    read = DEFAULT_ROLES["read"] | {"ddl"}
+    assert verdict.refused(read, {"p9": frozenset({"read"})}) is None
+    assert verdict.refused(read, {"p9": frozenset({"write"})}) is not None
+    refused = verdict.refused(read, {})  # never saw it prepared: unknown, as EXECUTE's
+    assert refused is not None and refused[1] == frozenset({"unknown"})
+    assert classify(b"EXECUTE p9").refused(read, {}) is not None
+    assert verdict.refused(DEFAULT_ROLES["admin"], {"p9": frozenset({"identity"})}) is not None
+    assert classify(b"EXPLAIN EXECUTE p9").refused(DEFAULT_ROLES["read"], {}) is None  # no run
 
 
 def test_the_shape_cache_cannot_be_fooled_by_dollar_quotes() -> None:

@@ -12,7 +12,10 @@ in `started` when it is sent upstream, and a `Finished` in `finished` when its r
 comes back, in order. A statement the role may not run never reaches the server: it is
 replaced by a statement that fails to parse, so the server aborts the transaction and
 discards the rest of the pipeline exactly as for a real error, and that error is
-rewritten into 42501 on its way back. `violations` lists the refusals.
+rewritten into 42501 on its way back. A Bind with a text parameter that is not UTF-8 is
+refused the same way (a Bind of a statement that does not exist; 22021 on the way back).
+Executes behind a refusal, up to the Sync, are discarded by the server: they are not
+noted as run. `violations` lists the refusals.
 
 Reuse (`auto_prepare`): a client that sends the same Parse of the unnamed statement again
 and again (pgbench -M extended, psycopg before its own prepare threshold, most ORMs) makes
@@ -40,6 +43,7 @@ from accord.gateway.postgres.scope import (
     IDENTITY,
     PINNED,
     PINNED_SETTINGS,
+    UNKNOWN,
     Classifier,
     Statement,
     Verdict,
@@ -117,6 +121,7 @@ _REUSED_BIND_ENTRY = _Entry(K_BIND)
 _REUSED_DESCRIBE_ENTRY = _Entry(K_DESCRIBE)
 _CLOSE_ENTRY = _Entry(K_CLOSE)
 _SYNC_ENTRY = _Entry(K_SYNC)
+_DISCARDED_EXECUTE = _Entry(K_EXECUTE)  # behind a refusal: the server never runs it
 _NO_PORTAL: tuple[bytes, object] = (b"", None)  # Execute of a portal never bound here
 # What libpq sends after Parse and Bind for a one-off statement: Describe of the unnamed
 # portal, Execute of it without a row limit, Sync.
@@ -137,6 +142,28 @@ def _tag(raw: bytes) -> tuple[str, int | None]:
     return known
 
 
+def _format(formats: tuple[int, ...], i: int) -> int:
+    return formats[0] if len(formats) == 1 else (formats[i] if formats else 0)
+
+
+def bad_text_param(body: bytes) -> int | None:
+    """The index of a Bind's first text-format parameter that is not valid UTF-8, or None.
+
+    The server would refuse it too (it reads text parameters in the pinned UTF8), but the
+    gateway refuses it first, so that nothing it did not check as UTF-8 is ever run.
+    Binary-format parameters are bytes, never text: they pass. ASCII passes at once."""
+    if body.isascii():
+        return None
+    bind = pq.parse_bind(body)
+    for i, value in enumerate(bind.values):
+        if value is not None and _format(bind.formats, i) == 0:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return i
+    return None
+
+
 def render_params(body: bytes) -> list[str | None]:
     """A Bind's parameter values for the audit trail: text as text, binary as hex."""
     bind = pq.parse_bind(body)
@@ -145,8 +172,7 @@ def render_params(body: bytes) -> list[str | None]:
         if value is None:
             out.append(None)
             continue
-        fmt = bind.formats[0] if len(bind.formats) == 1 else (
-            bind.formats[i] if bind.formats else 0)
+        fmt = _format(bind.formats, i)
         try:
             shown = value.decode("utf-8") if fmt == 0 else "\\x" + value.hex()
         except UnicodeDecodeError:  # recorded as sent, never "repaired"
@@ -161,6 +187,18 @@ def refusal_message(v: Violation, role: str, resource: str) -> bytes:
     missing = ", ".join(sorted(v.missing))
     text = v.text.decode("utf-8", "replace")
     shown = text if len(text) <= 200 else text[:200] + "…"
+    if v.reason is not None:  # not the statement: how it was sent
+        return pq.error_response(
+            "22021", f"Accord gateway: {v.reason}", detail=f"statement: {shown}",
+            hint="the gateway and the server read text as UTF-8: send text parameters in "
+                 "UTF-8, or bytes in binary format")
+    if IDENTITY in v.missing:  # first: a computed setting name may be a role too
+        return pq.error_response(
+            "42501", f"Accord gateway: a session of role {role} on {resource} may not change "
+                     f"its role or session authorization",
+            detail=f"refused statement: {shown}",
+            hint="the session's privileges are its grant's; ask for another role with "
+                 f"accord request create {resource} ROLE")
     if PINNED in v.missing:
         pins = ", ".join(f"{k}={v}" for k, v in PINNED_SETTINGS.items())
         return pq.error_response(
@@ -169,13 +207,6 @@ def refusal_message(v: Violation, role: str, resource: str) -> bytes:
             detail=f"refused statement: {shown}",
             hint=f"the gateway pins {pins} so that it and the server read every statement "
                  f"alike; send UTF-8")
-    if IDENTITY in v.missing:
-        return pq.error_response(
-            "42501", f"Accord gateway: a session of role {role} on {resource} may not change "
-                     f"its role or session authorization",
-            detail=f"refused statement: {shown}",
-            hint="the session's privileges are its grant's; ask for another role with "
-                 f"accord request create {resource} ROLE")
     return pq.error_response(
         "42501",
         f"Accord gateway: role {role} on {resource} may not run {missing} statements",
@@ -229,6 +260,8 @@ class Conversation:
         self._unsure_failed = False
         self._segment_parsed = False
         self._skipping = False
+        self._refusing = False  # a message since the last Sync was refused (its Executes:
+        # the server discards them)
 
     # ------------------------------------------------------------------ helpers
 
@@ -315,7 +348,7 @@ class Conversation:
         outstanding. None, having changed nothing, for anything else."""
         n = len(data)
         unpack = _unpack_i32
-        if n < 10 or self._skipping or self.status == b"E":
+        if n < 10 or self._skipping or self._refusing or self.status == b"E":
             return None
         pend: int = 1 + unpack(data, 1)[0]
         if pend + 9 > n or data[pend] != _B or not self.redact or data[pend + 5] != 0 \
@@ -329,6 +362,8 @@ class Conversation:
         bend: int = pend + 1 + unpack(data, pend + 1)[0]
         if bend + len(_DESCRIBE_EXECUTE_SYNC) != n or data[bend:] != _DESCRIBE_EXECUTE_SYNC:
             return None
+        if not data.isascii() and bad_text_param(data[pend + 5:bend]) is not None:
+            return None  # the general loop refuses it
         nfmt = unpack(data, pend + 5)[0] & 0xFFFF  # i16 after the two NULs
         at = pend + 9 + 2 * nfmt
         if nfmt > 0x7FFF or at + 2 > bend:
@@ -413,6 +448,7 @@ class Conversation:
         limit = self.max_message
         pending = self._pending
         unpack = _unpack_i32
+        plain: bool | None = None  # whether `data` is all ASCII (asked at the first Bind)
         while n - pos >= 5:
             kind = data[pos]
             length = unpack(data, pos + 1)[0]
@@ -441,7 +477,12 @@ class Conversation:
                 if length != 4:
                     raise pq.ProtocolError("Sync: bad length")
                 pending.append(_SYNC_ENTRY)
-                self._segment_parsed = self._may_skip = False
+                self._segment_parsed = self._may_skip = self._refusing = False
+            elif kind == _E and self._refusing:
+                if data.find(b"\0", pos + 5, end) != end - 5:
+                    raise pq.ProtocolError("Execute: bad length")
+                pending.append(_DISCARDED_EXECUTE)
+                self._may_skip = True
             elif kind == _E:
                 nul = data.find(b"\0", pos + 5, end)
                 if nul != end - 5:
@@ -490,6 +531,12 @@ class Conversation:
                             self._unnamed_to(None)
                     pending.append(_PARSE_ENTRY)
                 self._may_skip = True
+            elif kind == _B and not (plain := data.isascii() if plain is None else plain) \
+                    and (bad := bad_text_param(data[pos + 5:end])) is not None:
+                parts = parts or []
+                parts += (data[last:pos], self._refuse_bind(data[pos + 5:end], bad))
+                last = end
+                self._may_skip = True
             elif kind == _B and self.redact and data[pos + 5] == 0 and data[pos + 6] == 0:
                 # Unnamed portal of the unnamed statement, parameters redacted: the count.
                 nfmt = unpack(data, pos + 5)[0] & 0xFFFF  # i16 after the two NULs
@@ -528,6 +575,20 @@ class Conversation:
             return data if pos == n else data[:pos]
         parts.append(data[last:pos])
         return b"".join(parts)
+
+    def _refuse_bind(self, body: bytes, bad: int) -> bytes:
+        """A Bind whose text parameter `bad` is not UTF-8: noted as refused, and replaced by
+        a Bind of a statement that does not exist, so that the server fails it and
+        discards the rest up to the Sync as for any error (rewritten into 22021)."""
+        portal, name, _ = pq.bind_header(body)
+        text = self._statements.get(name) or b""
+        v = Violation(text, frozenset({UNKNOWN}), frozenset({UNKNOWN}), "extended", _now(),
+                      reason=f"parameter ${bad + 1} is not valid UTF-8; refused, never "
+                             f"repaired")
+        self.violations.append(v)
+        self._pending.append(_Entry(K_BIND, refused=v))
+        self._refusing = True
+        return pq.message(b"B", portal + b"\0" + self._gone + b"\0" + bytes(6))
 
     def _frontend(self, kind: int, body: bytes) -> bytes | None:
         """Note one whole client message; return a replacement for it, or None."""
@@ -570,6 +631,7 @@ class Conversation:
                 if not parsed.name:  # the server drops its unnamed statement before parsing;
                     self._statements[b""] = None  # a named one it keeps: Binds run that
                 pending.append(_Entry(K_PARSE, refused=v))
+                self._refusing = True
                 return pq.parse_message(parsed.name, REFUSED_SQL)
             self._note_prepares(verdict)
             self._statements[parsed.name] = parsed.query

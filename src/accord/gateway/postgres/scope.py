@@ -15,20 +15,28 @@ Each statement gets a set of classes; a role may run it when the role holds ever
 * `transaction`: BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE, SET TRANSACTION.
 * `session`: SET/RESET/DISCARD of ordinary settings, set_config of ordinary settings.
 * `identity`: anything that changes the session's role: SET/RESET ROLE, SESSION
-  AUTHORIZATION, RESET ALL, DISCARD ALL, set_config('role', ...) or with a computed name.
+  AUTHORIZATION, RESET ALL, DISCARD ALL, set_config('role', ...).
 * `pinned`: changing a setting that alters how the server reads statement text
   (`client_encoding`, `standard_conforming_strings`, `backslash_quote`,
   `escape_string_warning`). The gateway pins them at login so that this parser and the
   server read the same bytes alike; no role ever holds `pinned`.
+  A setting named by computed text (set_config) may be any: `identity` and `pinned`.
+  `UPDATE pg_settings` is set_config of each row it matches: `write` and the classes of
+  the settings its WHERE names, or of any setting when it could match others.
 * `unknown`: text the parser rejects (text that is not valid UTF-8 included: it is never
-  "repaired" before checking), or an EXECUTE of a prepared statement the gateway never saw.
+  "repaired" before checking), or an EXECUTE (EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS
+  EXECUTE) of a prepared statement the gateway never saw.
 
 EXPLAIN ANALYZE, PREPARE, DECLARE and COPY (query) take the classes of the statement they
 run, and so do functions that run SQL text they are given (`query_to_xml`, `ts_stat`,
 `ts_rewrite`, `crosstab`, ...): their text, when a constant, is classified like any
 statement, and is `unknown` when computed. Functions are classified by what they do:
 NOTIFY's `pg_notify`, advisory locks and functions that assign a transaction id are
-`write`; server file, process and signal functions and `pg_sleep` are `admin`.
+`write`; server file, process and signal functions, replication, statistics resets,
+WAL and backup control, catalog surgery, index maintenance and `pg_sleep` are `admin`
+(tests/gateway/postgres/test_confinement.py holds every volatile pg_catalog function to
+this). Any other function, a user-defined one included, is `read` as far as this parser
+can tell: what it does is bounded by the upstream login's privileges.
 
 Classification is defence in depth. What confines a session is its upstream login: for a
 provisioned role the gateway logs in as a login that holds only that role's group
@@ -94,6 +102,8 @@ _TRANSACTION_OK = {
     "TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO",
 }
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
+# The table's name in the JSON tree (or a string constant: `_is_pg_settings` tells apart).
+_PG_SETTINGS = '"pg_settings"'
 _NESTED_WRITE = ('"InsertStmt":', '"UpdateStmt":', '"DeleteStmt":', '"MergeStmt":',
                  '"lockingClause":')  # node types appear only as keys in the JSON
 _WRITE_FUNCTIONS = {
@@ -106,29 +116,38 @@ _WRITE_FUNCTIONS = {
     "pg_advisory_unlock_shared", "pg_advisory_unlock_all", "txid_current",
     "pg_current_xact_id",
 }
-# Functions that reach the server's files, programs or other backends: `admin`, and an
-# attempt by anyone else is a server-execution attempt (an alert, not only a refusal).
+# Functions that reach the server's files, programs or other backends, or change what
+# every session sees (replication, statistics, WAL, backups): `admin`, and an attempt by
+# anyone else is a server-execution attempt (an alert, not only a refusal). Names and
+# prefixes (`_server_function`), so that a server version's new kin are caught too.
 _SERVER_FUNCTIONS = {
     "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
-    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_switch_wal",
-    "pg_create_restore_point", "pg_promote", "pg_file_write", "pg_file_unlink",
-    "pg_file_rename", "lo_export", "dblink", "dblink_exec", "dblink_connect",
-    "dblink_connect_u", "dblink_send_query", "pg_logical_emit_message",
-    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot",
-    "pg_drop_replication_slot", "pg_replication_origin_create", "pg_import_system_collations",
-    "pg_log_backend_memory_contexts", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
-    "pg_ls_archive_statusdir", "pg_current_logfile", "lo_import", "pg_backup_start",
-    "pg_backup_stop", "pg_start_backup", "pg_stop_backup", "pg_wal_replay_pause",
-    "pg_wal_replay_resume", "pg_stat_reset", "pg_stat_reset_shared",
-    "pg_stat_reset_single_table_counters", "pg_stat_reset_single_function_counters",
-    "pg_stat_reset_slru", "pg_stat_reset_replication_slot",
-    "pg_stat_reset_subscription_stats", "pg_replication_slot_advance",
-    "pg_copy_logical_replication_slot", "pg_copy_physical_replication_slot",
-    "pg_replication_origin_drop", "pg_replication_origin_session_setup",
-    "pg_replication_origin_advance",
+    "pg_rotate_logfile_old", "pg_read_file", "pg_read_file_old", "pg_read_binary_file",
+    "pg_stat_file", "pg_switch_wal", "pg_promote", "pg_file_write", "pg_file_unlink",
+    "pg_file_rename", "lo_export", "lo_import", "pg_logical_emit_message",
+    "pg_import_system_collations", "pg_log_backend_memory_contexts", "pg_current_logfile",
+    "pg_backup_start", "pg_backup_stop", "pg_start_backup", "pg_stop_backup",
+    "pg_wal_replay_pause", "pg_wal_replay_resume", "pg_replication_slot_advance",
+    # server configuration files, read
+    "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
+    # catalog surgery for pg_upgrade and extension scripts
+    "pg_nextoid", "pg_stop_making_pinned_objects", "pg_extension_config_dump",
 }
-# Not server execution, but no business of a read or write role: a session held asleep.
-_ADMIN_FUNCTIONS = _SERVER_FUNCTIONS | {"pg_sleep", "pg_sleep_for", "pg_sleep_until"}
+_SERVER_PREFIXES = (
+    "dblink", "pg_ls_", "pg_stat_reset", "pg_create_", "pg_drop_", "pg_copy_",
+    "pg_replication_origin_", "pg_logical_slot_", "binary_upgrade_",
+)
+# Not server execution, but no business of a read or write role: a session held asleep,
+# index maintenance (as VACUUM), a snapshot exported to other sessions.
+_ADMIN_FUNCTIONS = {"pg_sleep", "pg_sleep_for", "pg_sleep_until", "brin_summarize_range",
+                    "brin_summarize_new_values", "brin_desummarize_range",
+                    "gin_clean_pending_list", "pg_export_snapshot"}
+
+
+def _server_function(name: str) -> bool:
+    return name in _SERVER_FUNCTIONS or name.startswith(_SERVER_PREFIXES)
+
+
 # Functions that run SQL text they are given, and which arguments hold it (ts_rewrite only
 # in its two-argument form). connectby builds its query from names it is given: unknown.
 _SQL_TEXT_ARGS: dict[str, tuple[int, ...]] = {
@@ -231,7 +250,7 @@ def _reaches_server(text: str, depth: int) -> bool:
         for call in _walk(body, "FuncCall"):
             names = [n.get("String", {}).get("sval", "") for n in call.get("funcname", [])]
             name = str(names[-1]).lower() if names else ""
-            if name in _SERVER_FUNCTIONS or name.startswith("dblink"):
+            if _server_function(name):
                 return True
             args = call.get("args") or []
             positions = (1,) if name == "ts_rewrite" and len(args) == 2 else \
@@ -276,6 +295,64 @@ def _setting_class(name: str) -> str:
     return PINNED if name in PINNED_SETTINGS else SESSION
 
 
+# A setting whose name is computed may be any: the strictest classes.
+_ANY_SETTING = frozenset({IDENTITY, PINNED})
+
+
+def _is_pg_settings(update: dict[str, Any]) -> bool:
+    """Whether an UPDATE's table is pg_settings (in any schema: stricter than the server's
+    search_path, never laxer), whose rule makes each row updated a set_config."""
+    relation = update.get("relation") or {}
+    return relation.get("relname") == "pg_settings"
+
+
+def _column_is_name(node: Any) -> bool:
+    if not isinstance(node, dict) or "ColumnRef" not in node:
+        return False
+    fields = node["ColumnRef"].get("fields") or []
+    return bool(fields) and fields[-1].get("String", {}).get("sval") == "name"
+
+
+def _settings_named(where: Any) -> set[str] | None:
+    """The setting names a WHERE clause of an UPDATE of pg_settings restricts it to, or
+    None when it could match any row (the strictest reading of anything else)."""
+    if not isinstance(where, dict):
+        return None
+    if "BoolExpr" in where:
+        node = where["BoolExpr"]
+        parts = [_settings_named(a) for a in node.get("args") or []]
+        if node.get("boolop") == "AND_EXPR":  # rows that match every part
+            known = [p for p in parts if p is not None]
+            return set.intersection(*known) if known else None
+        if node.get("boolop") == "OR_EXPR" and parts and all(p is not None for p in parts):
+            return set().union(*(p for p in parts if p is not None))
+        return None
+    expr = where.get("A_Expr")
+    if not isinstance(expr, dict) or \
+            [n.get("String", {}).get("sval") for n in expr.get("name") or []] != ["="]:
+        return None
+    left, right = expr.get("lexpr"), expr.get("rexpr")
+    if not _column_is_name(left):
+        left, right = right, left
+    if not _column_is_name(left):
+        return None
+    if expr.get("kind") == "AEXPR_OP":
+        value = _sql_text(right)
+        return None if value is None else {value}
+    if expr.get("kind") == "AEXPR_IN" and isinstance(right, dict) and "List" in right:
+        values = [_sql_text(item) for item in right["List"].get("items") or []]
+        return None if any(v is None for v in values) else {v for v in values if v}
+    return None
+
+
+def _pg_settings_classes(update: dict[str, Any]) -> set[str]:
+    """The classes of the settings an UPDATE of pg_settings changes, as SET's would be."""
+    names = _settings_named(update.get("whereClause"))
+    if names is None:
+        return set(_ANY_SETTING)
+    return {_setting_class(n) for n in names} or {SESSION}
+
+
 def _sql_text(node: Any) -> str | None:
     """The text of a constant string argument (also cast: `'select 1'::text`)."""
     if isinstance(node, dict) and "TypeCast" in node:
@@ -293,10 +370,10 @@ def _function_classes(call: dict[str, Any], depth: int = 0) -> set[str]:
     args = call.get("args") or []
     if name == "set_config":
         setting = _const_string(args[0]) if args else None
-        return {IDENTITY} if setting is None else {_setting_class(setting)}
+        return set(_ANY_SETTING) if setting is None else {_setting_class(setting)}
     if name in _WRITE_FUNCTIONS:
         return {WRITE}
-    if name in _ADMIN_FUNCTIONS or name.startswith("dblink"):
+    if name in _ADMIN_FUNCTIONS or _server_function(name):
         return {ADMIN}
     positions = _SQL_TEXT_ARGS.get(name)
     if name == "ts_rewrite" and len(args) == 2:
@@ -375,6 +452,9 @@ def _classes(top: str, node: dict[str, Any], raw: str, depth: int = 0
             out |= _function_classes(node.get("funccall") or {})
     elif top in _DDL_TOP:
         out = {DDL}
+        query = node.get("query") if top == "CreateTableAsStmt" else None
+        if isinstance(query, dict) and "ExecuteStmt" in query:  # CREATE TABLE AS EXECUTE
+            executes = str(query["ExecuteStmt"].get("name", ""))
     elif top == "ExplainStmt":
         options = [o.get("DefElem", {}) for o in node.get("options") or []]
         analyze = any(o.get("defname") == "analyze" and _truthy_option(o) for o in options)
@@ -417,10 +497,17 @@ def _classes(top: str, node: dict[str, Any], raw: str, depth: int = 0
         if sub is None:
             out.add(UNKNOWN)
         else:
-            more, _, _ = _classes(sub[0], sub[1], json.dumps(inner), depth)
+            # EXPLAIN ANALYZE EXECUTE runs a prepared statement: its classes are looked up
+            # as for EXECUTE itself (an unknown name is `unknown`).
+            more, _, executes = _classes(sub[0], sub[1], json.dumps(inner), depth)
             out |= more
     if any(marker in raw for marker in _NESTED_WRITE):
         out.add(WRITE)
+    if _PG_SETTINGS in raw:  # UPDATE pg_settings is SET in other words, CTEs included
+        updates = [node] if top == "UpdateStmt" else []
+        for update in [*updates, *_walk(node, "UpdateStmt")]:
+            if _is_pg_settings(update):
+                out |= _pg_settings_classes(update)
     if '"FuncCall":' in raw:
         for call in _walk(node, "FuncCall"):
             out |= _function_classes(call, depth)
@@ -443,7 +530,7 @@ def _fast(tree: str, sql: bytes) -> Verdict | None:
         return None
     top = tree[start + len(_STMT):tree.find('"', start + len(_STMT))]
     base = _FAST_TOP.get(top)
-    if base is None or '"FuncCall":' in tree:
+    if base is None or '"FuncCall":' in tree or _PG_SETTINGS in tree:
         return None
     classes = {base}
     if ('"InsertStmt":' in tree or '"UpdateStmt":' in tree or '"DeleteStmt":' in tree

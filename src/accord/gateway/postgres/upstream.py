@@ -8,10 +8,12 @@ Whose login, in order of preference:
   else, with a password derived from Accord's secrets key; the gateway makes it exist
   (with the provision target's admin DSN) before its first session. The session can never
   be more than its grant: `RESET ROLE` and friends lead back to this login.
-* Otherwise the shared credentials of `gateway.dsn_env`/`dsn_file` (or the provision
-  target's admin DSN for a role it does not provision), then `SET ROLE` when
+* Otherwise the shared credentials of `gateway.dsn_env`/`dsn_file`, then `SET ROLE` when
   `gateway.set_role` says so. That login is the ceiling of every grant on the resource:
   `accord policy check` warns when it holds more than a grant should.
+* Never the provision target's admin DSN: a role the target does not provision, on a
+  resource without shared credentials, has no login to serve its sessions, which are
+  refused (`accord policy check` says so).
 
 Every login pins the settings that decide how the server reads statement text
 (`scope.PINNED_SETTINGS`) as startup parameters, so that the gateway's parser and the
@@ -163,8 +165,39 @@ def uses_gateway_login(spec: ResourceSpec, role: str) -> bool:
         and role in spec.provision.roles
 
 
-# Roles whose privileges reach the server's operating system or files.
-SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+def unserved_role(resource: str, role: str) -> str:
+    """Why the gateway serves no session of `role` on `resource` (see `target_for`)."""
+    return (f"resource {resource}: role {role} is not provisioned (not under "
+            f"provision.roles) and the resource has no shared gateway credentials; the "
+            f"provision target's admin credentials never serve a session. Provision the "
+            f"role, or give the gateway a login of its own with gateway.dsn_env or "
+            f"gateway.dsn_file")
+
+
+def unserved_roles(spec: ResourceSpec) -> list[str]:
+    """The roles of `spec` whose gateway sessions would all be refused (`unserved_role`)."""
+    g = spec.gateway
+    if not isinstance(spec.provision, PostgresTarget) or (
+            g is not None and (g.dsn_env or g.dsn_file)):
+        return []
+    return [r for r in spec.roles if r not in spec.provision.roles]
+
+
+# PostgreSQL's predefined roles that widen what a login can do beyond the tables a grant
+# covers, grouped by what they give (membership is inherited: pg_monitor brings the
+# pg_read_all_* and pg_stat_scan_tables roles). Roles this server does not have are skipped.
+PREDEFINED_RISKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"),
+     "server files or programs are within reach"),
+    (("pg_read_all_data", "pg_write_all_data"),
+     "every table is within reach, whatever a grant covers"),
+    (("pg_signal_backend",), "other sessions can be cancelled or terminated"),
+    (("pg_checkpoint", "pg_create_subscription", "pg_use_reserved_connections", "pg_maintain"),
+     "server-wide operations are within reach"),
+    (("pg_monitor", "pg_read_all_settings", "pg_read_all_stats", "pg_stat_scan_tables"),
+     "lower risk: every setting and other sessions' statements and statistics are readable"),
+)
+_PREDEFINED = [r for roles, _ in PREDEFINED_RISKS for r in roles]
 
 
 def shared_login_risks(spec: ResourceSpec, env: Mapping[str, str] | None = None) -> list[str]:
@@ -185,10 +218,11 @@ def shared_login_risks(spec: ResourceSpec, env: Mapping[str, str] | None = None)
             row = conn.execute(
                 "SELECT rolsuper, rolcreaterole, rolbypassrls, rolreplication FROM pg_roles "
                 "WHERE rolname = current_user").fetchone()
-            server = [r for (r,) in conn.execute(
-                "SELECT r FROM unnest(%s::text[]) r WHERE "
-                "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) "
-                "AND pg_has_role(current_user, r, 'MEMBER')", (list(SERVER_ROLES),))]
+            predefined = {r for (r,) in conn.execute(  # by oid: a name it lacks is no error
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) "
+                "AND pg_has_role(current_user, oid, 'MEMBER')", (_PREDEFINED,))}
+            # Predefined roles are reported above; pg_database_owner is every database
+            # owner's implicitly.
             member_of = sorted(r for (r,) in conn.execute(
                 "SELECT rolname FROM pg_roles WHERE rolname <> current_user "
                 "AND rolname NOT LIKE 'pg\\_%' AND pg_has_role(current_user, oid, 'MEMBER')"))
@@ -207,9 +241,13 @@ def shared_login_risks(spec: ResourceSpec, env: Mapping[str, str] | None = None)
             out.append(f"{who} has CREATEROLE: a session could grant itself any role")
         if row is not None and row[2]:
             out.append(f"{who} has BYPASSRLS: row-level security does not apply to it")
-        if server:
-            out.append(f"{who} is a member of {', '.join(server)}: server files or programs "
-                       f"are within reach")
+        if row is not None and row[3]:
+            out.append(f"{who} has REPLICATION: it can read every table's changes "
+                       f"(logical replication slots) and stream the whole cluster")
+        for roles, why in PREDEFINED_RISKS:
+            held = [r for r in roles if r in predefined]
+            if held:
+                out.append(f"{who} is a member of {', '.join(held)}: {why}")
     beyond = [r for r in member_of if r not in groups]
     if beyond or len([r for r in member_of if r in groups]) > 1:
         out.append(f"{who} is a member of {', '.join(member_of)}: every grant on "
@@ -233,8 +271,11 @@ def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = No
             assert g is not None
             dsn = admin_dsn(PostgresTarget(type="postgres", dsn_env=g.dsn_env,
                                            dsn_file=g.dsn_file), env)
-        elif provision is not None:
+        elif provision is not None and role in provision.roles:
+            # Where the server is; the login is the gateway's own for the role (below).
             dsn = admin_dsn(provision, env)
+        elif provision is not None:
+            raise UpstreamError("08001", unserved_role(spec.name, role))
         else:
             raise UpstreamError("08001", f"resource {spec.name} has no upstream DSN")
         params = conninfo_to_dict(dsn)
@@ -255,7 +296,10 @@ def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = No
     base = Target(host=host, port=port, user=user, password=password, database=database,
                   sslmode=str(params.get("sslmode") or "prefer"),
                   sslrootcert=str(params["sslrootcert"]) if params.get("sslrootcert") else None)
-    if uses_gateway_login(spec, role) and secrets is not None:
+    if uses_gateway_login(spec, role):
+        if secrets is None:  # the admin DSN's login must never stand in for it
+            raise UpstreamError("08001", f"resource {spec.name}: the gateway's login for role "
+                                         f"{role} needs Accord's secrets key")
         login = gateway_login_name(spec.name, role)
         return replace(base, user=login, gateway_login=role,
                        password=secrets.derive(f"postgres gateway login {login}"))
