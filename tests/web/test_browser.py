@@ -28,13 +28,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 
 from accord.provisioning import postgres as pgconn
 from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_reachable
-from tests.serverproc import Server, _free_port
+from tests.serverproc import ACCORD, Server, _free_port
 from tests.web.oidc_provider import Provider
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,6 +62,7 @@ groups:
   auditors: [dave]
   oncall: [alice]
 accord: {admins: [admins], auditors: [auditors]}
+identity: {scim: true}
 break_glass: {groups: [oncall], reviewers: [admins], max_duration: 1h}
 web:
   token_login: false
@@ -74,6 +76,8 @@ workflows:
     match: 'resource.labels.env == "prod"'
     max_duration: 4h
     steps: [{name: lead, approvers: [leads]}, {name: owner, approvers: [owners]}]
+reviews:
+  - {name: prod-quarterly, match: 'resource.labels.env == "prod"', every: 90d}
 """
 
 if not CHROMIUM.exists():
@@ -103,6 +107,40 @@ def server(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Iter
     s.start()
     yield s
     s.stop()
+
+
+SCIM_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+SCIM_MANAGER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+SCIM_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+LONG_GROUP = "Payments platform on-call rotation (EMEA weekends and public holidays)"
+
+
+@pytest.fixture(scope="module")
+def people(server: Server) -> str:
+    """People the identity provider pushed over SCIM (a token from `accord scim token
+    issue`, as an operator makes one): a person with a long name, her manager and a group
+    with a long name. Returns her name."""
+    issued = subprocess.run([ACCORD, "scim", "token", "issue", "okta", "--config",
+                             str(server.config)], env=server.env, capture_output=True,
+                            text=True, timeout=60, check=True)
+    headers = {"Authorization": f"Bearer {issued.stdout.strip()}",
+               "Content-Type": "application/scim+json"}
+
+    def push(path: str, body: dict[str, Any]) -> str:
+        r = httpx.post(f"{server.url}/scim/v2/{path}", json=body, headers=headers, timeout=10)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    boss = push("Users", {"schemas": [SCIM_USER], "userName": "grace",
+                          "emails": [{"value": "grace@example.com", "primary": True}]})
+    name = "margaret.hamilton-longsurname"
+    her = push("Users", {"schemas": [SCIM_USER, SCIM_MANAGER], "userName": name,
+                         "emails": [{"value": f"{name}@payments.example.com",
+                                     "primary": True}],
+                         SCIM_MANAGER: {"manager": {"value": boss}}})
+    push("Groups", {"schemas": [SCIM_GROUP], "displayName": LONG_GROUP,
+                    "members": [{"value": her}]})
+    return name
 
 
 # The newcomer's walk needs the gateway: the same policy, with orders-db a real PostgreSQL
@@ -533,9 +571,31 @@ def test_every_page_and_the_api_docs_work_under_the_content_security_policy(
 ROLES = ["alice", "bob", "erin", "frank", "dave"]  # requester, approver, owner, admin, auditor
 
 
+def looks_right(page: Page, what: str) -> None:
+    """No sideways scroll; status badges and code (keys, commands) wholly on screen; tables
+    are tables on a desktop (cards only at phone width)."""
+    w = width_of(page)
+    fits(page, f"{what} at {w} px")
+    for badge in page.locator("td .status").all()[:6]:  # never cut ("car", "act")
+        on_screen(page, badge, f"{what}: status badge")
+    for code in page.locator("main code").all()[:20]:  # keys and commands wrap
+        on_screen(page, code, f"{what}: {code.inner_text()[:30]}")
+    if w > 700:
+        shown = page.locator("main table").evaluate_all(
+            "ts => ts.map(t => getComputedStyle(t).display)")
+        assert set(shown) <= {"table"}, (what, shown)
+
+
+def visit(page: Page, url: str, what: str) -> None:
+    response = page.goto(url)
+    assert response is not None and response.status == 200, what
+    expect(page.locator("main h1")).to_be_visible()
+    looks_right(page, what)
+
+
 @pytest.mark.parametrize("width", list(WIDTHS))
 def test_no_page_scrolls_sideways_for_any_role(
-        browser: Browser, server: Server, provider: Provider, width: str) -> None:
+        browser: Browser, server: Server, provider: Provider, people: str, width: str) -> None:
     ctx = WIDTHS[width]
     w = ctx["viewport"]["width"]
     # Something on every page: an active grant (two approvals) and a pending request.
@@ -548,29 +608,66 @@ def test_no_page_scrolls_sideways_for_any_role(
     waiting = file_request(pages["alice"], server, "INC-12: compare totals with billing")
     for user in ROLES:
         page = pages.get(user) or sign_in(browser, server, provider, user, **ctx)
+        pages[user] = page
         page.goto(server.url + "/")
         menu = page.locator("nav[aria-label=Main] a").evaluate_all(
             "links => links.map(a => a.getAttribute('href'))")
         assert "/grants" in menu and ("/audit" in menu) == (user in ("frank", "dave"))
         extra = [f"/requests/{granted}", f"/requests/{waiting}"]
         if "/alerts" in menu:
-            extra += ["/alerts?view=each", "/audit?type=request.created"]
+            extra += ["/alerts?view=each", "/audit?type=request.created",
+                      f"/directory/{people}", "/directory/alice"]
         for path in [*menu, *extra]:
-            response = page.goto(server.url + path)
-            assert response is not None and response.status == 200, (user, path)
-            expect(page.locator("main h1")).to_be_visible()
-            fits(page, f"{user} {path} at {w} px")
-            for badge in page.locator("td .status").all()[:6]:  # never cut ("car", "act")
-                on_screen(page, badge, f"{user} {path}: status badge")
-            for code in page.locator("main code").all()[:20]:  # keys and commands wrap
-                on_screen(page, code, f"{user} {path}: {code.inner_text()[:30]}")
-            if w > 700:  # tables are tables on a desktop (cards only at phone width)
-                shown = page.locator("main table").evaluate_all(
-                    "ts => ts.map(t => getComputedStyle(t).display)")
-                assert set(shown) <= {"table"}, (user, path, shown)
+            visit(page, server.url + path, f"{user} {path}")
         shot(page, f"{user}-request-{w}")
-    # The overview's charts: labels in CSS pixels, readable at any width.
+
+    # The sign-in page, before anyone signs in.
+    stranger = watch(browser.new_context(**ctx).new_page())
+    visit(stranger, server.url + "/login", "/login")
+    shot(stranger, f"login-{w}")
+    # A person the identity provider pushed, with their manager and a long group name.
+    dave = pages["dave"]
+    visit(dave, f"{server.url}/directory/{people}", f"/directory/{people}")
+    expect(dave.locator("main")).to_contain_text(LONG_GROUP)
+    shot(dave, f"directory-person-{w}")
+    # An access review (frank, an admin, starts it) with alice's grant to certify, and its
+    # report, which auditors read in the browser.
+    frank = pages["frank"]
+    frank.goto(server.url + "/reviews")
+    if frank.get_by_role("button", name="Start").count():  # the first width starts it
+        frank.get_by_role("button", name="Start").click()
+        expect(frank.get_by_role("status")).to_have_text("Review started.")
+    frank.goto(server.url + "/reviews")
+    review = frank.get_by_role("link", name=re.compile(r"Review #\d+")).first.get_attribute(
+        "href")
+    assert review is not None
+    for user in ("erin", "frank", "dave"):  # a reviewer (an owner), an admin, an auditor
+        visit(pages[user], server.url + review, f"{user} {review}")
+    expect(pages["erin"].get_by_role("button", name="Certify").first).to_be_visible()
+    shot(pages["erin"], f"review-{w}")
+    report = dave.goto(f"{server.url}{review}/report?format=html")
+    assert report is not None and report.status == 200
+    fits(dave, f"{review}/report")
+    shot(dave, f"review-report-{w}")
+    # Forms opened: alice's extend form, bob's deny and frank's revoke confirmations.
     alice = pages["alice"]
+    visit(alice, f"{server.url}/requests/{granted}#extend", "extend")
+    expect(alice.get_by_label(re.compile(r"Extend Grant #\d+ by"))).to_be_in_viewport()
+    looks_right(alice, "extend form")
+    shot(alice, f"extend-{w}")
+    bob = pages["bob"]
+    visit(bob, f"{server.url}/requests/{waiting}", "deny")
+    bob.get_by_text("Deny…").click()
+    expect(bob.get_by_role("button", name=f"Deny request #{waiting}")).to_be_visible()
+    looks_right(bob, "deny form open")
+    shot(bob, f"deny-confirm-{w}")
+    visit(frank, f"{server.url}/requests/{granted}", "revoke")
+    frank.get_by_text("Revoke access…").click()
+    expect(frank.get_by_role("button", name=re.compile(r"Revoke Grant #\d+"))).to_be_visible()
+    looks_right(frank, "revoke form open")
+    shot(frank, f"revoke-request-confirm-{w}")
+
+    # The overview's charts: labels in CSS pixels, readable at any width.
     alice.goto(server.url + "/")
     labels = alice.locator(".chart-label:not(.minor), .hbar-label")
     assert labels.count() > 0
@@ -578,14 +675,17 @@ def test_no_page_scrolls_sideways_for_any_role(
         size = float(label.evaluate("e => parseFloat(getComputedStyle(e).fontSize)"))
         box = label.bounding_box()
         assert size >= 12 and box is not None and box["height"] >= 12, (size, box)
-    # The day labels shown do not run into each other (their text's own width).
+    # The day labels shown do not run into each other, nor out of their card (their
+    # text's own box: a label may be wider than its bar's slot).
     spans = alice.locator(".chart-label").evaluate_all(
         "els => els.filter(e => getComputedStyle(e).visibility !== 'hidden').map(e => {"
         " const r = document.createRange(); r.selectNodeContents(e);"
-        " const b = r.getBoundingClientRect(); return [b.left, b.right]; })")
+        " const b = r.getBoundingClientRect(), c = e.closest('.card').getBoundingClientRect();"
+        " return [b.left, b.right, c.left, c.right, e.textContent]; })")
     assert len(spans) >= 4, spans
     assert all(a[1] <= b[0] for a, b in pairwise(spans)), spans
-    assert spans[-1][1] <= w and spans[0][0] >= 0, spans
+    assert all(card_left <= left and right <= card_right
+               for left, right, card_left, card_right, _ in spans), spans
     shot(alice, f"overview-charts-{w}")
     for user, path in (("dave", "/audit"), ("frank", "/grants"), ("bob", "/inbox"),
                        ("alice", "/my")):
