@@ -11,6 +11,7 @@ import base64
 import csv
 import hashlib
 import io
+import re
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -245,6 +246,12 @@ def test_csv_and_html(env: Env) -> None:
     assert "<svg" in html and "<script" not in html and 'rel="stylesheet"' not in html
     assert "INC-1 investigate orders" in html and "staging-db</td>" not in html
     assert "Checkpoint of size" in html
+    # Its charts are the dashboard's: at most ten period labels shown (the rest are minor,
+    # hidden), and every resource named, in full in a tooltip.
+    timeline, resources = html.split('class="chart-labels names"', 1)
+    shown = re.findall(r'<span class="chart-label">([^<]*)</span>', timeline)
+    assert 1 <= len(shown) <= 10 and ".chart-label.minor { visibility: hidden; }" in html
+    assert '<span class="chart-label" title="orders-db">orders-db</span>' in resources
 
 
 def test_user_and_resource_reports(env: Env) -> None:

@@ -3,8 +3,12 @@ against a real `accord serve` process that signs people in through a real OIDC p
 
 The newcomer's path, at desktop and at phone width: alice files a request (the form names
 every wrong field and clears each as it is fixed), bob approves from his inbox and is told
-who approves next, carol approves, alice's open page turns active without a reload, dave
-(auditor) sees the timeline verified, the audit page verified, and downloads a report.
+who approves next, carol approves, alice's open page turns active without a reload (once
+the worker has provisioned the access on a real PostgreSQL), alice gets a connection token
+and connects through the gateway with the DSN and the psql line her page shows, dave
+(auditor) sees the timeline verified, finds her statement in the audit log, and downloads a
+report. That walk needs PostgreSQL (skipped without it, failed under
+ACCORD_REQUIRE_POSTGRES=1); the other tests here run on SQLite alone.
 Every page, for every role, at 390 px and at desktop width, has no horizontal scroll.
 A form posted without its CSRF token is refused. Screenshots go to test-artifacts/ (each
 named with its width). Every page runs under the server's Content-Security-Policy: a
@@ -15,14 +19,23 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import subprocess
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
-from tests.serverproc import Server
+from accord.provisioning import postgres as pgconn
+from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, _pg_reachable
+from tests.serverproc import ACCORD, Server, _free_port
 from tests.web.oidc_provider import Provider
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,6 +51,7 @@ PHONE: dict[str, Any] = {"viewport": {"width": 390, "height": 844}, "is_mobile":
                          "has_touch": True, "device_scale_factor": 3}
 WIDTHS = {"desktop": DESKTOP, "phone": PHONE}
 
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
 POLICY = """\
 users: [alice, bob, carol, dave, erin, frank]
 groups:
@@ -48,6 +62,7 @@ groups:
   auditors: [dave]
   oncall: [alice]
 accord: {admins: [admins], auditors: [auditors]}
+identity: {scim: true}
 break_glass: {groups: [oncall], reviewers: [admins], max_duration: 1h}
 web:
   token_login: false
@@ -61,6 +76,8 @@ workflows:
     match: 'resource.labels.env == "prod"'
     max_duration: 4h
     steps: [{name: lead, approvers: [leads]}, {name: owner, approvers: [owners]}]
+reviews:
+  - {name: prod-quarterly, match: 'resource.labels.env == "prod"', every: 90d}
 """
 
 if not CHROMIUM.exists():
@@ -90,6 +107,115 @@ def server(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Iter
     s.start()
     yield s
     s.stop()
+
+
+SCIM_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+SCIM_MANAGER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+SCIM_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+LONG_GROUP = "Payments platform on-call rotation (EMEA weekends and public holidays)"
+
+
+@pytest.fixture(scope="module")
+def people(server: Server) -> str:
+    """People the identity provider pushed over SCIM (a token from `accord scim token
+    issue`, as an operator makes one): a person with a long name, her manager and a group
+    with a long name. Returns her name."""
+    issued = subprocess.run([ACCORD, "scim", "token", "issue", "okta", "--config",
+                             str(server.config)], env=server.env, capture_output=True,
+                            text=True, timeout=60, check=True)
+    headers = {"Authorization": f"Bearer {issued.stdout.strip()}",
+               "Content-Type": "application/scim+json"}
+
+    def push(path: str, body: dict[str, Any]) -> str:
+        r = httpx.post(f"{server.url}/scim/v2/{path}", json=body, headers=headers, timeout=10)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    boss = push("Users", {"schemas": [SCIM_USER], "userName": "grace",
+                          "emails": [{"value": "grace@example.com", "primary": True}]})
+    name = "margaret.hamilton-longsurname"
+    her = push("Users", {"schemas": [SCIM_USER, SCIM_MANAGER], "userName": name,
+                         "emails": [{"value": f"{name}@payments.example.com",
+                                     "primary": True}],
+                         SCIM_MANAGER: {"manager": {"value": boss}}})
+    push("Groups", {"schemas": [SCIM_GROUP], "displayName": LONG_GROUP,
+                    "members": [{"value": her}]})
+    return name
+
+
+# The newcomer's walk needs the gateway: the same policy, with orders-db a real PostgreSQL
+# database that approved access is provisioned on and the gateway serves (as the demo's).
+TARGET_DSN_ENV = "ACCORD_TEST_BROWSER_TARGET_DSN"
+PROVISIONED = """\
+  - name: RESOURCE
+    kind: postgres
+    description: Production orders
+    labels: {env: prod}
+    owners: [dba]
+    roles: [read, write]
+    provision:
+      type: postgres
+      dsn_env: DSN_ENV
+      database: DATABASE
+      roles:
+        read: {privileges: ["SELECT ON ALL TABLES IN SCHEMA public"]}
+        write: {privileges: ["SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"]}
+gateway: {listen: "127.0.0.1:PORT", token_ttl: 5m, flush_interval: 50ms}
+"""
+
+
+@dataclass
+class Walk:
+    """A server whose orders database is real and served by the gateway."""
+
+    server: Server
+    resource: str  # its name in Accord, and the database name clients give the gateway
+    gateway_port: int
+
+
+@pytest.fixture(scope="module")
+def walk(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
+    """`accord serve` (SQLite for Accord, its worker and its gateway thread) in front of a
+    PostgreSQL database of this module's own, with an `orders` table. PostgreSQL roles are
+    cluster-wide and named after the resource, so the resource's name is unique per run."""
+    if not _pg_reachable():
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required (ACCORD_REQUIRE_POSTGRES=1) but "
+                        f"{PG_ADMIN_URL} is unreachable", pytrace=False)
+        pytest.skip("PostgreSQL is not reachable: the newcomer's walk connects through "
+                    "the gateway")
+    suffix = uuid.uuid4().hex[:6]
+    resource, database = f"orders-{suffix}", f"accord_browser_{suffix}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    target = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL)")
+        conn.execute("INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 100) g")
+    tmp = tmp_path_factory.mktemp("walk")
+    port = _free_port()
+    resources = POLICY[POLICY.index("resources:\n"):POLICY.index("workflows:")]
+    text = POLICY.replace("ISSUER", provider.url).replace(resources, "resources:\n" + (
+        PROVISIONED.replace("RESOURCE", resource).replace("DSN_ENV", TARGET_DSN_ENV)
+        .replace("DATABASE", database).replace("PORT", str(port))))
+    config = tmp / "accord.yaml"
+    config.write_text(text, encoding="utf-8")
+    env = {**os.environ, "ACCORD_DATABASE_URL": f"sqlite:///{tmp / 'accord.db'}",
+           "ACCORD_DATA_DIR": str(tmp), TARGET_DSN_ENV: target}
+    s = Server(env, config, tmp / "server.log")
+    try:
+        s.start()
+        yield Walk(s, resource, port)
+    finally:
+        s.stop()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(database)))
+            roles = [pgconn.login_name(u, resource) for u in USERS] + [
+                f(resource, r) for r in ("read", "write")
+                for f in (pgconn.group_name, pgconn.gateway_login_name)]
+            for role in roles:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +298,19 @@ def approve_in_inbox(page: Page, rid: int) -> None:
     card.get_by_role("button", name=f"Approve request #{rid}").click()
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("width", list(WIDTHS))
-def test_the_newcomers_path(browser: Browser, server: Server, provider: Provider,
+def test_the_newcomers_path(browser: Browser, walk: Walk, provider: Provider,
                             width: str) -> None:
     ctx = WIDTHS[width]
     w = ctx["viewport"]["width"]
+    server, db = walk.server, walk.resource
 
     # alice asks. The form names every wrong field at once, and each error goes as soon as
     # its field is fixed (the form's script asks the server as she types).
     alice = sign_in(browser, server, provider, "alice", **ctx)
     alice.get_by_role("link", name="New request").click()
-    alice.get_by_label("orders-db").check()
+    alice.get_by_label(db).check()
     alice.get_by_label("Role", exact=True).select_option("read")
     alice.get_by_label("For how long").fill("9h")
     alice.get_by_role("button", name="File request").click()
@@ -211,7 +339,7 @@ def test_the_newcomers_path(browser: Browser, server: Server, provider: Provider
     bob = sign_in(browser, server, provider, "bob", **ctx)
     bob.get_by_role("link", name="Approvals").click()
     card = bob.locator(f"#inbox-{rid}")
-    expect(card).to_contain_text(f"Request #{rid}: alice asks for read on orders-db")
+    expect(card).to_contain_text(f"Request #{rid}: alice asks for read on {db}")
     expect(card).to_contain_text("workflow prod")
     fits(bob, "inbox")
     shot(bob, f"inbox-{w}")
@@ -222,52 +350,90 @@ def test_the_newcomers_path(browser: Browser, server: Server, provider: Provider
         "approve it.")
     expect(bob.locator(f"#inbox-{rid}")).to_have_count(0)
 
-    # carol (an owner) approves the second step; the access is alice's now
+    # carol (an owner) approves the second step; the worker sets the access up on the
+    # database, and then it is alice's
     carol = sign_in(browser, server, provider, "carol", **ctx)
     approve_in_inbox(carol, rid)
-    expect(carol.get_by_role("status")).to_contain_text(
-        "Approved. alice has read on orders-db until ")
+    expect(carol.get_by_role("status")).to_contain_text(re.compile(
+        rf"^Approved\. (alice has read on {db} until |Request #{rid} is approved; Grant "
+        rf"#\d+ is being set up on {db})"))
 
     # alice's open page turns active without a reload (server-sent events)
     expect(alice.locator(".summary .status")).to_have_text("active")
     expect(alice.locator("#grant-state")).to_contain_text(re.compile(r"Grant #\d+: active"))
     expect(alice.locator("#grant-state")).to_contain_text(re.compile(r"ends in (59m|1h)"))
 
-    # ---- alice connects through the gateway ------------------------------------------
-    # DEMO GATEWAY: this server has no `gateway:` section (SQLite, no PostgreSQL target),
-    # so her grant offers no Connect section. With the demo's gateway, this is the place:
-    #     alice.get_by_role("button", name="Get a connection token").click()
-    #     psql = alice.locator("#connect-psql").inner_text()  # run it; dave sees it audited
-    # tests/gateway/test_web_connect.py walks that step against a real gateway.
-    expect(alice.locator("#connect")).to_have_count(0)
-
-    # her grant, with Give up and Extend on the screen (not off to the side)
+    # her grant, with Connect, Give up and Extend on the screen (not off to the side)
     alice.get_by_role("link", name="Active access").click()
     row = alice.locator("tbody tr", has_text=f"Request #{rid}")
-    expect(row).to_contain_text("orders-db")
+    expect(row).to_contain_text(db)
+    grant = int(row.locator("td").first.inner_text().split("#")[1].split()[0])
+    on_screen(alice, row.get_by_role("link", name="Connect"), "connect")
     on_screen(alice, row.get_by_text("Give up…"), "give up")
     on_screen(alice, row.get_by_role("link", name="Extend"), "extend")
     fits(alice, "grants")
     shot(alice, f"grants-{w}")
+
+    # ---- alice connects through the gateway, with what her page shows -----------------
+    row.get_by_role("link", name="Connect").click()
+    section = alice.locator("#connect")
+    expect(section).to_contain_text(f"Grant #{grant} lets you in as alice on database {db} "
+                                     f"at 127.0.0.1:{walk.gateway_port}")
+    alice.get_by_role("button", name="Get a connection token").click()
+    expect(alice).to_have_url(re.compile(rf"/requests/{rid}#connect$"))
+    expect(alice.locator("#connect-token")).to_contain_text("shown once")
+    psql = alice.locator("#connect-psql").inner_text().strip()
+    dsn = alice.locator("#connect-dsn").inner_text().strip()
+    on_screen(alice, alice.locator("#connect-psql"), "psql line")
+    on_screen(alice, alice.locator("#connect-dsn"), "DSN")
+    fits(alice, "connection token")
+    shot(alice, f"connect-{w}")
+    # The DSN as shown, through the gateway; the statement is hers to find in the ledger.
+    statement = f"select count(*) as at_{w}_px from orders"
+    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        assert conn.execute(statement).fetchone() == (100,)
+    # and the psql line as shown, pasted into a shell (with a query to run)
+    assert psql.startswith("PGPASSWORD=") and f"port={walk.gateway_port} dbname={db} " \
+        f"user=alice" in psql, psql
+    ran = subprocess.run(["bash", "-c", f"{psql} -X -A -t -c {shlex.quote('select 42')}"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert (ran.returncode, ran.stdout.strip()) == (0, "42"), ran.stderr
+    alice.reload()  # the token is shown once
+    expect(alice.locator("#connect-psql")).to_have_count(0)
     alice.get_by_role("link", name="Overview").click()
     expect(alice.locator("#count-active")).not_to_have_text("0")
     fits(alice, "overview")
     shot(alice, f"overview-{w}")
 
-    # dave, the auditor, sees every event of the request verified against a checkpoint
+    # dave, the auditor, sees every event of the request verified against a checkpoint,
+    # her statements among them
     dave = sign_in(browser, server, provider, "dave", **ctx)
     dave.goto(f"{server.url}/requests/{rid}")
-    events = dave.locator("#timeline .event")
-    expect(events.locator("code")).to_have_text(
-        ["request.created", "approval.recorded", "approval.recorded", "request.approved",
-         "grant.activated"])
+    events = dave.locator("#timeline .event code")
+    expect(events.first).to_have_text("request.created")
+    expect(dave.locator("#timeline .event", has_text="gateway.statement")).not_to_have_count(0)
+    kinds = events.all_inner_texts()
+    assert kinds[:6] == ["request.created", "approval.recorded", "approval.recorded",
+                         "request.approved", "grant.provisioning", "grant.activated"], kinds
+    assert {"gateway.token_issued", "gateway.session_opened", "gateway.statement",
+            "gateway.session_closed"} <= set(kinds[6:]), kinds
     # Badges turn verified live, once the next checkpoint covers the events.
-    expect(dave.locator("#timeline .badge.verified")).to_have_count(5)
+    expect(dave.locator("#timeline .badge.verified")).to_have_count(len(kinds))
     expect(dave.locator("#act")).to_have_count(0)  # an auditor acts on nothing
     fits(dave, "request detail")
     shot(dave, f"request-detail-{w}")
+    # The audit log, filtered to her grant's statements: the one she ran, as she ran it.
     dave.get_by_role("link", name="Audit log").click()
     expect(dave.locator("#ledger-verdict")).to_contain_text("verified")
+    dave.get_by_label("Type").select_option("gateway.statement")
+    dave.get_by_label("Subject").fill(f"grant:{grant}")
+    dave.get_by_role("button", name="Filter").click()
+    ran_it = dave.locator("tbody tr", has_text="gateway.statement").filter(
+        has=dave.locator("pre", has_text=statement))
+    expect(ran_it).to_have_count(1)
+    ran_it.get_by_text(re.compile(r"\d+ fields")).click()
+    expect(ran_it.locator("pre")).to_be_visible()
+    expect(ran_it).to_contain_text("alice")
     fits(dave, "audit")
     shot(dave, f"audit-{w}")
 
@@ -405,9 +571,31 @@ def test_every_page_and_the_api_docs_work_under_the_content_security_policy(
 ROLES = ["alice", "bob", "erin", "frank", "dave"]  # requester, approver, owner, admin, auditor
 
 
+def looks_right(page: Page, what: str) -> None:
+    """No sideways scroll; status badges and code (keys, commands) wholly on screen; tables
+    are tables on a desktop (cards only at phone width)."""
+    w = width_of(page)
+    fits(page, f"{what} at {w} px")
+    for badge in page.locator("td .status").all()[:6]:  # never cut ("car", "act")
+        on_screen(page, badge, f"{what}: status badge")
+    for code in page.locator("main code").all()[:20]:  # keys and commands wrap
+        on_screen(page, code, f"{what}: {code.inner_text()[:30]}")
+    if w > 700:
+        shown = page.locator("main table").evaluate_all(
+            "ts => ts.map(t => getComputedStyle(t).display)")
+        assert set(shown) <= {"table"}, (what, shown)
+
+
+def visit(page: Page, url: str, what: str) -> None:
+    response = page.goto(url)
+    assert response is not None and response.status == 200, what
+    expect(page.locator("main h1")).to_be_visible()
+    looks_right(page, what)
+
+
 @pytest.mark.parametrize("width", list(WIDTHS))
 def test_no_page_scrolls_sideways_for_any_role(
-        browser: Browser, server: Server, provider: Provider, width: str) -> None:
+        browser: Browser, server: Server, provider: Provider, people: str, width: str) -> None:
     ctx = WIDTHS[width]
     w = ctx["viewport"]["width"]
     # Something on every page: an active grant (two approvals) and a pending request.
@@ -420,29 +608,66 @@ def test_no_page_scrolls_sideways_for_any_role(
     waiting = file_request(pages["alice"], server, "INC-12: compare totals with billing")
     for user in ROLES:
         page = pages.get(user) or sign_in(browser, server, provider, user, **ctx)
+        pages[user] = page
         page.goto(server.url + "/")
         menu = page.locator("nav[aria-label=Main] a").evaluate_all(
             "links => links.map(a => a.getAttribute('href'))")
         assert "/grants" in menu and ("/audit" in menu) == (user in ("frank", "dave"))
         extra = [f"/requests/{granted}", f"/requests/{waiting}"]
         if "/alerts" in menu:
-            extra += ["/alerts?view=each", "/audit?type=request.created"]
+            extra += ["/alerts?view=each", "/audit?type=request.created",
+                      f"/directory/{people}", "/directory/alice"]
         for path in [*menu, *extra]:
-            response = page.goto(server.url + path)
-            assert response is not None and response.status == 200, (user, path)
-            expect(page.locator("main h1")).to_be_visible()
-            fits(page, f"{user} {path} at {w} px")
-            for badge in page.locator("td .status").all()[:6]:  # never cut ("car", "act")
-                on_screen(page, badge, f"{user} {path}: status badge")
-            for code in page.locator("main code").all()[:20]:  # keys and commands wrap
-                on_screen(page, code, f"{user} {path}: {code.inner_text()[:30]}")
-            if w > 700:  # tables are tables on a desktop (cards only at phone width)
-                shown = page.locator("main table").evaluate_all(
-                    "ts => ts.map(t => getComputedStyle(t).display)")
-                assert set(shown) <= {"table"}, (user, path, shown)
+            visit(page, server.url + path, f"{user} {path}")
         shot(page, f"{user}-request-{w}")
-    # The overview's charts: labels in CSS pixels, readable at any width.
+
+    # The sign-in page, before anyone signs in.
+    stranger = watch(browser.new_context(**ctx).new_page())
+    visit(stranger, server.url + "/login", "/login")
+    shot(stranger, f"login-{w}")
+    # A person the identity provider pushed, with their manager and a long group name.
+    dave = pages["dave"]
+    visit(dave, f"{server.url}/directory/{people}", f"/directory/{people}")
+    expect(dave.locator("main")).to_contain_text(LONG_GROUP)
+    shot(dave, f"directory-person-{w}")
+    # An access review (frank, an admin, starts it) with alice's grant to certify, and its
+    # report, which auditors read in the browser.
+    frank = pages["frank"]
+    frank.goto(server.url + "/reviews")
+    if frank.get_by_role("button", name="Start").count():  # the first width starts it
+        frank.get_by_role("button", name="Start").click()
+        expect(frank.get_by_role("status")).to_have_text("Review started.")
+    frank.goto(server.url + "/reviews")
+    review = frank.get_by_role("link", name=re.compile(r"Review #\d+")).first.get_attribute(
+        "href")
+    assert review is not None
+    for user in ("erin", "frank", "dave"):  # a reviewer (an owner), an admin, an auditor
+        visit(pages[user], server.url + review, f"{user} {review}")
+    expect(pages["erin"].get_by_role("button", name="Certify").first).to_be_visible()
+    shot(pages["erin"], f"review-{w}")
+    report = dave.goto(f"{server.url}{review}/report?format=html")
+    assert report is not None and report.status == 200
+    fits(dave, f"{review}/report")
+    shot(dave, f"review-report-{w}")
+    # Forms opened: alice's extend form, bob's deny and frank's revoke confirmations.
     alice = pages["alice"]
+    visit(alice, f"{server.url}/requests/{granted}#extend", "extend")
+    expect(alice.get_by_label(re.compile(r"Extend Grant #\d+ by"))).to_be_in_viewport()
+    looks_right(alice, "extend form")
+    shot(alice, f"extend-{w}")
+    bob = pages["bob"]
+    visit(bob, f"{server.url}/requests/{waiting}", "deny")
+    bob.get_by_text("Deny…").click()
+    expect(bob.get_by_role("button", name=f"Deny request #{waiting}")).to_be_visible()
+    looks_right(bob, "deny form open")
+    shot(bob, f"deny-confirm-{w}")
+    visit(frank, f"{server.url}/requests/{granted}", "revoke")
+    frank.get_by_text("Revoke access…").click()
+    expect(frank.get_by_role("button", name=re.compile(r"Revoke Grant #\d+"))).to_be_visible()
+    looks_right(frank, "revoke form open")
+    shot(frank, f"revoke-request-confirm-{w}")
+
+    # The overview's charts: labels in CSS pixels, readable at any width.
     alice.goto(server.url + "/")
     labels = alice.locator(".chart-label:not(.minor), .hbar-label")
     assert labels.count() > 0
@@ -450,14 +675,17 @@ def test_no_page_scrolls_sideways_for_any_role(
         size = float(label.evaluate("e => parseFloat(getComputedStyle(e).fontSize)"))
         box = label.bounding_box()
         assert size >= 12 and box is not None and box["height"] >= 12, (size, box)
-    # The day labels shown do not run into each other (their text's own width).
+    # The day labels shown do not run into each other, nor out of their card (their
+    # text's own box: a label may be wider than its bar's slot).
     spans = alice.locator(".chart-label").evaluate_all(
         "els => els.filter(e => getComputedStyle(e).visibility !== 'hidden').map(e => {"
         " const r = document.createRange(); r.selectNodeContents(e);"
-        " const b = r.getBoundingClientRect(); return [b.left, b.right]; })")
+        " const b = r.getBoundingClientRect(), c = e.closest('.card').getBoundingClientRect();"
+        " return [b.left, b.right, c.left, c.right, e.textContent]; })")
     assert len(spans) >= 4, spans
     assert all(a[1] <= b[0] for a, b in pairwise(spans)), spans
-    assert spans[-1][1] <= w and spans[0][0] >= 0, spans
+    assert all(card_left <= left and right <= card_right
+               for left, right, card_left, card_right, _ in spans), spans
     shot(alice, f"overview-charts-{w}")
     for user, path in (("dave", "/audit"), ("frank", "/grants"), ("bob", "/inbox"),
                        ("alice", "/my")):

@@ -22,9 +22,13 @@ STRIDE = 3
 
 
 def stacked_bars(labels: Sequence[str], series: Mapping[str, Sequence[int]], *, title: str,
-                 width: int = 640, height: int = 160) -> Markup:
+                 width: int = 640, height: int = 160, stride: int = STRIDE,
+                 names: bool = False) -> Markup:
     """Vertical bars per label, stacked by series (drawn in the order given), with the
-    labels in an HTML row underneath, one slot per bar."""
+    labels in an HTML row underneath, one slot per bar. Labels other than every `stride`-th
+    (counting back from the newest) are `minor`: the page's CSS hides them where slots are
+    narrow. `names`: the labels are names, cut short with an ellipsis in a narrow slot
+    (their full text in a tooltip) rather than thinned out."""
     n = max(len(labels), 1)
     totals = [sum(s[i] for s in series.values()) for i in range(len(labels))]
     top = max(totals, default=0) or 1
@@ -45,10 +49,12 @@ def stacked_bars(labels: Sequence[str], series: Mapping[str, Sequence[int]], *, 
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
                          f'fill="{PALETTE.get(name, PALETTE["bar"])}"><title>{escape(label)}: '
                          f'{v} {escape(name)}</title></rect>')
-    parts.append('</svg><figcaption class="chart-labels" aria-hidden="true">')
+    kind = " names" if names else ""
+    parts.append(f'</svg><figcaption class="chart-labels{kind}" aria-hidden="true">')
     for i, label in enumerate(labels):
-        minor = " minor" if (len(labels) - 1 - i) % STRIDE else ""  # the newest day: labelled
-        parts.append(f'<span class="chart-label{minor}">{escape(label)}</span>')
+        minor = " minor" if (len(labels) - 1 - i) % stride else ""  # the newest: labelled
+        tip = f' title="{escape(label)}"' if names else ""
+        parts.append(f'<span class="chart-label{minor}"{tip}>{escape(label)}</span>')
     parts.append("</figcaption></figure>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped above
 

@@ -12,6 +12,7 @@ from accord.reports.schemas import OUTCOMES, Report, RequestLine, hours, iso, pl
 from accord.reports.service import Progress
 
 HERE = Path(__file__).parent
+LABELS = 10  # at most this many period labels under a chart (56 px each at 560 px)
 _env = Environment(loader=FileSystemLoader(HERE / "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True,
                    lstrip_blocks=True)
@@ -50,10 +51,12 @@ def render(report: Report, out: BinaryIO, progress: Progress | None = None) -> N
         r=report, p=report.params, lf=report.ledger, ev=report.evidence, counted=counted,
         timeline_chart=charts.stacked_bars([label for label, _ in timeline],
                                            _series(timeline),
-                                           title=f"Requests per {report.timeline_unit}"),
+                                           title=f"Requests per {report.timeline_unit}",
+                                           stride=-(-len(timeline) // LABELS)),
         resource_chart=charts.stacked_bars([label for label, _ in by_resource],
                                            _series(by_resource),
-                                           title="Requests by resource and outcome"),
+                                           title="Requests by resource and outcome",
+                                           stride=1, names=True),
         decision_chart=charts.hbars(report.decision_buckets, title="Time to a human decision"),
     )
     buffer: list[str] = []

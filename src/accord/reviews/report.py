@@ -136,22 +136,36 @@ def to_json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+COLUMNS = (("id", "Entry"), ("user", "User"), ("resource", "Resource"), ("role", "Role"),
+           ("kind", "Kind"), ("grant_ids", "Grants"), ("request_ids", "Requests"),
+           ("evidence", "Evidence (grant.activated)"), ("reviewers", "Reviewers"),
+           ("status", "Outcome"), ("decided_by", "By"), ("decided_at", "When"),
+           ("note", "Note"), ("revoked_grant_ids", "Revoked grants"),
+           ("decision_index", "Decision event"))
+STYLE = """\
+*{box-sizing:border-box}body{font-family:sans-serif;margin:2em;overflow-wrap:anywhere}
+table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}
+@media (max-width:640px){body{margin:1em}
+thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
+table,tbody,tr,td{display:block;width:100%}
+tr{border:1px solid #ccc;border-radius:6px;margin:0 0 .75em;padding:.3em .5em}
+td{border:0;padding:.15em 0;display:grid;grid-template-columns:8em 1fr;gap:.5em}
+td::before{content:attr(data-label);font-weight:600;color:#555}}"""
+
+
 def to_html(data: dict[str, Any]) -> str:
     c, s, lg = data["campaign"], data["summary"], data["ledger"]
 
     def h(value: Any) -> str:
         return escape(_cell(value) if not isinstance(value, str) else value)
 
+    # Each cell names its column (data-label): on a phone each row is a card of labelled
+    # lines instead of a table wider than the screen.
     rows = "".join(
-        "<tr>" + "".join(f"<td>{h(e[k])}</td>" for k in (
-            "id", "user", "resource", "role", "kind", "grant_ids", "request_ids", "evidence",
-            "reviewers", "status", "decided_by", "decided_at", "note", "revoked_grant_ids",
-            "decision_index")) + "</tr>\n"
-        for e in data["entries"])
-    heads = "".join(f"<th>{x}</th>" for x in (
-        "Entry", "User", "Resource", "Role", "Kind", "Grants", "Requests",
-        "Evidence (grant.activated)", "Reviewers", "Outcome", "By", "When", "Note",
-        "Revoked grants", "Decision event"))
+        "<tr>" + "".join(f'<td data-label="{head}">{h(e[k])}</td>' for k, head in COLUMNS)
+        + "</tr>\n" for e in data["entries"])
+    heads = "".join(f"<th>{head}</th>" for _, head in COLUMNS)
     checks = (f"entries digest {'matches' if lg['entries_match'] else 'DOES NOT MATCH'} "
               "review.started; outcomes digest "
               + {None: "not recorded yet (campaign open)", True: "matches review.completed",
@@ -159,9 +173,9 @@ def to_html(data: dict[str, Any]) -> str:
     expired = ", ".join(f"#{i}" for i in data["expired"]) or "none"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Access review {h(c['definition'])} #{c['id']}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}}</style>
+<style>{STYLE}</style>
 </head><body>
 <h1>Access review {h(c['definition'])} #{c['id']}</h1>
 <p>Status: {h(c['status'])}. Started {h(c['started_at'])} ({h(c['trigger'])}, by

@@ -1,6 +1,7 @@
 """What the pages show about the ledger: its signed state and per-event inclusion badges.
 
-Nothing here says "verified" without hashing afresh what it shows:
+Nothing here says "verified" without hashing afresh what it shows, nor over a ledger
+whose checks failed:
 
 * A badge says "verified" only when the event's stored leaf bytes, hashed afresh, lead
   through an RFC 9162 inclusion proof to the root of a checkpoint whose Ed25519 signature
@@ -99,7 +100,20 @@ def state(session: Session, cfg: LedgerConfig, *, rehash_limit: int = REHASH_LIM
 
 def badges(session: Session, st: LedgerState, entries: list[LedgerEntry]) -> dict[int, str]:
     """For each integrated entry shown: `verified` (its stored bytes, hashed afresh, are
-    proven included in the signed checkpoint), `failed`, or `pending` (not yet signed)."""
+    proven included in the signed checkpoint), `failed`, or `pending` (not yet signed).
+
+    Over a ledger whose checks failed (`st.problems`: an edit the re-hash found, or an
+    unresolved integrity alert from the monitor), an entry whose own proof checks out is
+    `doubtful`, never `verified`: rows may be missing around it (a deleted row or a cut tail
+    leaves the others' proofs intact), and nothing the ledger shows counts as verified until
+    an admin has looked."""
+    out = _proven(session, st, entries)
+    if st.problems:
+        return {idx: "doubtful" if badge == "verified" else badge for idx, badge in out.items()}
+    return out
+
+
+def _proven(session: Session, st: LedgerState, entries: list[LedgerEntry]) -> dict[int, str]:
     cp = st.checkpoint if st.checkpoint is not None else None
     out: dict[int, str] = {}
     plans: dict[int, list[tuple[int, int]]] = {}
@@ -131,7 +145,7 @@ def badges(session: Session, st: LedgerState, entries: list[LedgerEntry]) -> dic
 class TimelineEntry:
     index: int
     event: dict[str, Any]
-    badge: str  # verified | pending | failed
+    badge: str  # verified | pending | failed | doubtful
 
 
 def timeline(session: Session, st: LedgerState, subjects: list[str]) -> list[TimelineEntry]:
