@@ -180,3 +180,6 @@ def test_the_banner_shows_to_readers_on_every_page_until_resolved(
                  json={"comment": "restored from backup, index 3 checked"})
     assert r.status_code == 200, r.text
     assert "The audit ledger was changed" not in dave.get("/").text
+    # The alert is for people; the finding stays until the monitor sees the ledger mended.
+    audit = dave.get("/audit").text
+    assert "found the ledger changed at index 3" in audit and "✔ verified" not in audit

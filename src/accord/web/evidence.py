@@ -9,7 +9,8 @@ whose checks failed:
 * The ledger's state re-hashes every stored entry (`ledger.integrity`) when the ledger is
   small enough to do so on a page view (`REHASH_LIMIT`); above that it says that only the
   entries shown were re-hashed, and that the worker's integrity monitor re-hashes the rest.
-  An unresolved `ledger_integrity` alert makes it fail whatever else was checked.
+  An unresolved `ledger_integrity` alert, or a finding of the monitor's not yet seen mended,
+  makes it fail whatever else was checked.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def state(session: Session, cfg: LedgerConfig, *, rehash_limit: int = REHASH_LIM
     checks: list[str] = []
     for alarm in detect.unresolved(session, rule="ledger_integrity"):
         problems.append(f"integrity alert #{alarm.id} is not resolved: {alarm.title}")
+    # The monitor's finding stays open until a whole pass finds the ledger mended, even
+    # once someone resolved the alert: until then nothing is signed either.
+    if (found := integrity.open_finding(session)) is not None:
+        problems.append(f"the integrity monitor found the ledger changed at index "
+                        f"{found.idx} ({found.what}); no walk since found it mended")
     row = latest(session)
     if row is None:
         return LedgerState(size, None, None, problems, ["no checkpoint has been signed yet"])
