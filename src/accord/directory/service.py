@@ -19,7 +19,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +40,18 @@ from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 
 SOURCES = ("scim", "oidc")
+
+# Take len(names) change numbers (locking the state row) and log the names under them.
+LOG_CHANGES = text("""
+WITH s AS (UPDATE directory_state SET seq = seq + :n WHERE id = 1 RETURNING seq),
+     logged AS (
+       INSERT INTO directory_changes (seq, kind, name, at)
+       SELECT s.seq - :n + v.i, v.kind, v.name, :at
+       FROM s, unnest(CAST(:kinds AS text[]), CAST(:names AS text[]))
+            WITH ORDINALITY AS v(kind, name, i)
+       RETURNING 1)
+SELECT count(*) FROM logged
+""")
 
 
 def key(name: str) -> str:
@@ -95,18 +109,20 @@ class Change:
 
     def create_user(self, f: UserFields) -> DirectoryUser:
         self._check_user_name(f.user_name)
-        if self._user_by_key(f.user_name) is not None:
-            raise Conflict(f'a user named "{f.user_name}" already exists', field="userName")
         self._check_manager(f.manager_id, None)
-        row = DirectoryUser(id=str(uuid.uuid4()), source=self.source, version=1,
-                            created_at=self.now, updated_at=self.now, name=key(f.user_name),
-                            **{k.name: getattr(f, k.name) for k in fields(UserFields)})
-        self.session.add(row)
-        try:
-            self.session.flush()
-        except IntegrityError:  # created beside this one since the check above
-            raise Conflict(f'a user named "{f.user_name}" already exists',
-                           field="userName") from None
+        values = {"id": str(uuid.uuid4()), "source": self.source, "version": 1,
+                  "created_at": self.now, "updated_at": self.now, "name": key(f.user_name),
+                  **{k.name: getattr(f, k.name) for k in fields(UserFields)}}
+        # One statement checks and inserts (an identity provider's first push is tens of
+        # thousands of these): a name taken, also by a writer beside this one, is a 409.
+        dialect = self.session.get_bind().dialect.name
+        made = self.session.execute(
+            (pg_insert if dialect == "postgresql" else sqlite_insert)(DirectoryUser)
+            .values(values).on_conflict_do_nothing().returning(DirectoryUser.id)
+        ).scalar_one_or_none()
+        if made is None:
+            raise Conflict(f'a user named "{f.user_name}" already exists', field="userName")
+        row = DirectoryUser(**values)  # what the caller answers with; the row is stored
         self._users.add(row.name)
         self._event(EventType.DIRECTORY_USER_CREATED, f"user:{row.name}",
                     user=row.name, user_name=row.user_name, user_id=row.id,
@@ -298,10 +314,7 @@ class Change:
         rows = [("user", n) for n in sorted(self._users)] + \
             [("group", n) for n in sorted(self._groups)]
         if rows:
-            first = self._take_seqs(len(rows))
-            self.session.execute(insert(DirectoryChange), [
-                {"seq": first + i, "kind": kind, "name": name, "at": self.now}
-                for i, (kind, name) in enumerate(rows)])
+            self._log_changes(rows)
         if not self._consequential():
             # Nothing here moves access (a new active person, a group nobody refers to):
             # skip re-reading the directory; every process, this one included, catches up
@@ -312,12 +325,27 @@ class Change:
         consequences.apply(self.session, policy=policy, change=self.effects)
         return policy
 
+    def _log_changes(self, rows: list[tuple[str, str]]) -> None:
+        """Number the changed names and log them for every process to catch up from.
+
+        Taking the numbers locks the directory's state row until commit, so numbers commit
+        in order and a process catching up never skips one. The lock is taken last (writers
+        of different people and groups work side by side until here) and the consequences
+        are worked out under it, over a directory no other writer is changing. On
+        PostgreSQL numbering and logging are one statement."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            logged = self.session.execute(LOG_CHANGES, {
+                "n": len(rows), "at": self.now, "kinds": [k for k, _ in rows],
+                "names": [n for _, n in rows]}).scalar()
+            if logged:
+                return
+        first = self._take_seqs(len(rows))  # SQLite, or the state row is missing
+        self.session.execute(insert(DirectoryChange), [
+            {"seq": first + i, "kind": kind, "name": name, "at": self.now}
+            for i, (kind, name) in enumerate(rows)])
+
     def _take_seqs(self, count: int) -> int:
-        """The first of `count` change sequence numbers. Taking them locks the directory's
-        state row until commit, so numbers commit in order and a process catching up never
-        skips one; the lock is taken last (writers of different people and groups work side
-        by side until here) and the consequences are worked out under it, over a directory
-        no other writer is changing."""
+        """The first of `count` change sequence numbers (see `_log_changes`)."""
         seq = self.session.execute(
             update(DirectoryState).where(DirectoryState.id == 1)
             .values(seq=DirectoryState.seq + count).returning(DirectoryState.seq)

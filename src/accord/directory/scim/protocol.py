@@ -7,6 +7,7 @@
   (read literally, `$ref eq null` would match no stored member, which all have a `$ref`).
 * A PATCH of a User answers 200 with the resource (what Okta and Entra ID expect); a PATCH
   of a Group answers 204 unless attributes are asked for (no member list to send back).
+* Resources are published in place, not copied (see `publish`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ class AccordService(ScimService):
                 and replacement.active is None:
             replacement.active = current.active
         return super().apply_replacement(current, replacement, conditions)
+
+    def publish(self, base_url: str, resource: Resource[Any]) -> Resource[Any]:
+        """The library's publish without its deep copy: `SqlStorage` builds every resource
+        afresh from its row for the one answer it goes into, so nothing else holds it (the
+        copy cost a group of 40 members about 0.7 ms of every creation)."""
+        assert resource.meta is not None and resource.id is not None
+        update: dict[str, Any] = {"location": self.resource_location(
+            base_url, self.get_resource_type_of(resource), resource.id)}
+        if not self.etag_supported:
+            update["version"] = None
+        resource.meta = resource.meta.model_copy(update=update)
+        self._publish_references(base_url, resource)
+        return resource
 
     def patch_response(self, base_url: str, resource: Resource[Any],
                        response_parameters: ResponseParameters[Any]) -> ScimResponse:
