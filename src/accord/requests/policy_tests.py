@@ -121,7 +121,10 @@ def _matched(policy: Policy, case: Case, now: datetime) -> str | None:
     """The workflow that matched a refused request (decide's order: the first that
     matches; one whose `match` errors does not)."""
     req = case.request
-    ctx = policy.context(requester=req.requester, resource=policy.resources[req.resource],
+    resource = policy.resources.get(req.resource)
+    if resource is None:  # refused as unknown (`check` reports it before anything runs)
+        return None
+    ctx = policy.context(requester=req.requester, resource=resource,
                          role=req.role, duration=req.duration, reason=req.reason, now=now,
                          extension=False)
     for w in policy.workflows:
