@@ -13,6 +13,7 @@ from accord.ledger.note import load_or_create_signer
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning.secrets import SecretBox
+from accord.requests import policy_tests
 from accord.requests import reload as reloader
 from accord.settings import Settings
 from accord.state import AppState
@@ -60,9 +61,15 @@ def ledger_config(settings: Settings, policy: Policy) -> LedgerConfig:
 
 
 def announce(st: AppState, actor: Actor) -> dict[str, object]:
-    """Reload the file, record it if it is a new version, and install it."""
-    with transaction(st.sessions) as session:
-        result = reloader.reload(session, store=st.policies, actor=actor)
+    """Reload the file, record it if it is a new version, and install it. A version whose
+    own tests fail is refused (recorded; PolicyTestsFailed is raised again)."""
+    try:
+        with transaction(st.sessions) as session:
+            result = reloader.reload(session, store=st.policies, actor=actor)
+    except policy_tests.PolicyTestsFailed as exc:
+        with transaction(st.sessions) as session:
+            policy_tests.record_refusal(session, exc=exc, actor=actor)
+        raise
     reloader.install_after_commit(st.policies, result)
     if result["changed"]:
         log.info("policy %s loaded: %s", str(result["version"])[:12], result["changes"])

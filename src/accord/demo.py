@@ -154,6 +154,47 @@ reviews:
     every: 90d
 """
 
+# The demo policy's own tests (`accord policy test`): the server loads the policy only
+# while they pass. They leave out who is in the admins' step, which demos may grow.
+DEMO_TESTS = """\
+# The demo policy's tests: `accord policy test` runs them, and the server loads accord.yaml
+# only while they pass (at start, on SIGHUP, on POST /api/v1/admin/reload).
+cases:
+  - name: prod writes need a lead, then an owner
+    request: {requester: alice, resource: orders-db, role: write, duration: 2h,
+              reason: "INC-1: fix order totals"}
+    expect: {workflow: prod, outcome: pending, steps: [[bob], [carol, erin]]}
+  - name: an owner never approves her own request
+    request: {requester: erin, resource: orders-db, role: write, duration: 1h,
+              reason: "CHG-118: fix order totals"}
+    expect: {workflow: prod, outcome: pending, steps: [[bob], [carol]]}
+  - name: a short reason is denied at once
+    request: {requester: alice, resource: orders-db, role: read, duration: 1h, reason: oops}
+    expect: {outcome: denied, rule: auto_deny}
+  - name: engineers read staging at once, at any hour
+    request: {requester: erin, resource: staging-db, role: read, duration: 1h,
+              reason: debugging, time: "2026-12-01T03:00:00Z"}
+    expect: {workflow: staging, outcome: approved, rule: auto_approve}
+  - name: others wait for a lead on staging
+    request: {requester: dave, resource: staging-db, role: read, duration: 1h,
+              reason: check the fixtures}
+    expect: {workflow: staging, outcome: pending, steps: [[bob]]}
+  - name: production access lasts 4h at most
+    request: {requester: alice, resource: orders-db, role: read, duration: 6h,
+              reason: "INC-2: a long investigation"}
+    expect: {workflow: prod, outcome: refused}
+  - name: admin on production adds the admins' step
+    request: {requester: alice, resource: orders-db, role: admin, duration: 1h,
+              reason: "INC-3: reindex orders"}
+    expect: {workflow: prod, outcome: pending, elevated: true}
+  - name: on-call breaks the glass
+    request: {requester: erin, resource: orders-db, role: write, duration: 30m,
+              reason: "SEV2: checkout failing on row locks", emergency: true}
+    expect: {outcome: approved, emergency: true}
+"""
+TESTS_FILE = "accord.tests.yaml"
+TESTS_HASH_FILE = ".accord.tests.yaml.sha256"
+
 GATEWAY_BLOCK = """
 # The PostgreSQL gateway: `accord connect orders-db` gives a psql line. Plain TCP on this
 # machine only; anywhere else give it tls: {{cert, key, required: true}} (docs/gateway.md).
@@ -322,6 +363,7 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
     if text != current:
         path.write_text(text, encoding="utf-8")
     marker.write_text(_sha256(text) + "\n")
+    _write_tests(directory)
     if pg is None:
         note = (f"No PostgreSQL for the gateway ({tried}): start one (Debian: apt-get "
                 "install postgresql) or set ACCORD_DEMO_PG to an admin URL, and restart the "
@@ -329,6 +371,17 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
     else:
         note = f"orders-db is {pg.where}."
     return DemoSetup(path, pg, f"127.0.0.1:{port}" if port is not None else None, note)
+
+
+def _write_tests(directory: Path) -> None:
+    """The policy's tests beside it, unless someone edited the ones there."""
+    path, marker = directory / TESTS_FILE, directory / TESTS_HASH_FILE
+    if path.exists() and not (marker.exists() and marker.read_text().strip()
+                              == _sha256(path.read_text(encoding="utf-8"))):
+        return
+    if not path.exists() or path.read_text(encoding="utf-8") != DEMO_TESTS:
+        path.write_text(DEMO_TESTS, encoding="utf-8")
+    marker.write_text(_sha256(DEMO_TESTS) + "\n")
 
 
 def seed(st: AppState) -> int | None:

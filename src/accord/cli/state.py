@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from accord.errors import AccordError
 from accord.settings import Settings
 from accord.spec.load import PolicyError
 
@@ -63,4 +64,7 @@ def load_state(config: Path | None, *, upgrade: str, settings: Settings | None =
     except PolicyError as exc:
         for problem in exc.problems:
             err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(1) from None
+    except AccordError as exc:  # its own tests failed (recorded), a group in two sources
+        err.print(f"error: {exc.detail}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -17,6 +17,7 @@ ENVELOPE_VERSION = 1
 
 class EventType(enum.StrEnum):
     POLICY_LOADED = "policy.loaded"
+    POLICY_REFUSED = "policy.refused"
     REQUEST_CREATED = "request.created"
     REQUEST_APPROVED = "request.approved"
     REQUEST_DENIED = "request.denied"

@@ -90,3 +90,20 @@ def announce(session: Session, *, policy: Policy, actor: Actor) -> dict[str, Any
     )
     session.flush()
     return {"version": policy.version, "changed": True, "changes": changes}
+
+
+def refuse(session: Session, *, version: str, source: str, actor: Actor,
+           data: dict[str, Any]) -> None:
+    """Record that a policy version was refused (its own tests failed): nothing else
+    changes, the version in force stays."""
+    state = session.get(PolicyState, 1)
+    ledger.record(
+        session,
+        type=EventType.POLICY_REFUSED,
+        actor=actor,
+        subject=f"policy:{version[:12]}",
+        data={"version": version, "running": state.version if state else None,
+              "source": source, **data},
+        time=utcnow(),
+    )
+    session.flush()

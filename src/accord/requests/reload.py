@@ -18,6 +18,7 @@ from accord.ledger.events import Actor
 from accord.policy import service
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
+from accord.requests import policy_tests
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
 from accord.spec.load import PolicyError
@@ -38,6 +39,7 @@ def reload(session: Session, *, store: PolicyStore, actor: Actor,
         raise Invalid("accord.yaml has errors; the running policy is unchanged: groups "
                       f"{', '.join(clash)} also come from the identity provider's directory; "
                       "rename one of them (a group has one source)")
+    policy_tests.check_before_loading(policy)  # raises when its own tests fail
     result = service.announce(session, policy=policy, actor=actor)
     if result["changed"]:
         requests.refresh_approvers(session, policy=policy)

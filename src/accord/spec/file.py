@@ -10,6 +10,7 @@ from accord.spec.gateway import GatewaySpec
 from accord.spec.ledger import LedgerSpec
 from accord.spec.notify import NotifySpec
 from accord.spec.people import AccordRoles, IdentitySpec, UserSpec
+from accord.spec.policytests import PolicySection
 from accord.spec.resources import ResourceSpec
 from accord.spec.reviews import ReviewSpec
 from accord.spec.service import WebSpec, WorkerSpec
@@ -18,6 +19,7 @@ from accord.spec.workflows import BreakGlassSpec, WorkflowSpec
 
 class PolicyFile(Strict):
     accord: AccordRoles = Field(default_factory=AccordRoles)
+    policy: PolicySection = Field(default_factory=PolicySection)
     identity: IdentitySpec = Field(default_factory=IdentitySpec)
     gateway: GatewaySpec | None = None
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
