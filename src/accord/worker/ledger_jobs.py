@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.db import transaction
 from accord.ledger import checkpoints
 from accord.ledger.checkpoints import LedgerConfig
-from accord.ledger.service import NOTIFY_CHANNEL
+from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption
 from accord.ledger.sinks import SinkState, pump
 from accord.ledger.sinks import build as build_sink
 from accord.ledger.upkeep import integrate_all, sign_if_due
@@ -85,6 +85,8 @@ class LedgerWorker:
             with transaction(self.sessions) as session:
                 cp = checkpoints.sign(session, self.cfg, now=self.now(), force=True)
             checkpoints.after_commit(self.cfg, cp)
+        except LedgerCorruption as exc:  # said already, as the worker's signer says it
+            log.critical("NOT signing the ledger: %s", exc)
         except Exception:  # shutting down: the next start catches up
             log.exception("final ledger pass failed")
 
