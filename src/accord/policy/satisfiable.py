@@ -77,10 +77,13 @@ def fill(steps: Sequence[Step], *, exclude: Collection[str] = ()) -> Filling:
     adj = [sorted(s.eligible - banned - decided.keys()) for s in steps]
     owner: dict[str, int] = {}
     got: list[set[str]] = [set() for _ in steps]
+    # Per step, how far into its people everyone is taken: a person once taken stays taken
+    # (paths only move them between steps), so the search for a free one resumes there.
+    taken_upto = [0] * len(steps)
     shortfall: Shortfall | None = None
     for i in range(len(steps)):
         while len(got[i]) < need[i]:
-            reached = _augment(i, adj, owner, got)
+            reached = _augment(i, adj, owner, got, taken_upto)
             if reached is None:
                 continue
             if shortfall is None:
@@ -92,7 +95,7 @@ def fill(steps: Sequence[Step], *, exclude: Collection[str] = ()) -> Filling:
 
 
 def _augment(start: int, adj: list[list[str]], owner: dict[str, int],
-             got: list[set[str]]) -> list[int] | None:
+             got: list[set[str]], taken_upto: list[int]) -> list[int] | None:
     """Give step `start` one more person along an alternating path: None when done, else
     the steps the search reached (none of them touches a free person)."""
     prev: dict[int, tuple[int, str]] = {}
@@ -101,18 +104,24 @@ def _augment(start: int, adj: list[list[str]], owner: dict[str, int],
     order = [start]
     while queue:
         j = queue.popleft()
-        for p in adj[j]:
-            k = owner.get(p)
-            if k is None:  # free: p joins j, and each step on the path passes one person back
-                owner[p] = j
-                got[j].add(p)
-                while j != start:
-                    back, moved = prev[j]
-                    got[j].discard(moved)
-                    got[back].add(moved)
-                    owner[moved] = back
-                    j = back
-                return None
+        people = adj[j]
+        n = taken_upto[j]
+        while n < len(people) and people[n] in owner:
+            n += 1
+        taken_upto[j] = n
+        if n < len(people):  # free: p joins j, and each step on the path passes one back
+            p = people[n]
+            owner[p] = j
+            got[j].add(p)
+            while j != start:
+                back, moved = prev[j]
+                got[j].discard(moved)
+                got[back].add(moved)
+                owner[moved] = back
+                j = back
+            return None
+        for p in people:  # all taken: try to move each one's step to someone else
+            k = owner[p]
             if k not in seen:
                 seen.add(k)
                 prev[k] = (j, p)
