@@ -39,7 +39,7 @@ from accord.state import AppState
 
 log = logging.getLogger("accord.demo")
 
-DEMO_USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+DEMO_USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina"]
 DEMO_DATABASE = "accord_demo_orders"
 # Tried in order when ACCORD_DEMO_PG is not set: local TCP, then Debian's and the default
 # socket directories (a local PostgreSQL often trusts its postgres user there).
@@ -76,14 +76,18 @@ users:
   dave: {email: dave@example.com}
   erin: {email: erin@example.com}
   frank: {email: frank@example.com}
+  gina: {email: gina@example.com}
 
 groups:
   engineers: [alice, erin]
-  leads: [bob]
+  leads: [bob, gina]
   dba: [carol, erin]
-  admins: [carol, frank]
+  admins: [carol, frank, gina]
   auditors: [dave]
   oncall: [erin]
+# Two leads and three admins: nobody approves their own request and a person decides a
+# request once, so whoever asks, distinct people must be able to fill every step
+# (`accord policy check` warns when they cannot).
 
 accord:
   admins: [admins]
@@ -121,7 +125,7 @@ resources:
     kind: webhook
     description: Production billing service console
     labels: {env: prod}
-    owners: [frank]
+    owners: [frank, erin]
     roles: [viewer, operator]
 
 workflows:

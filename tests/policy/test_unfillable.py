@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from accord.demo import DEMO_POLICY, render_policy
 from accord.policy.engine import Policy
 from accord.policy.lint import unfillable
 from accord.spec.load import parse_policy_text
@@ -103,3 +104,14 @@ def test_a_manager_step_is_judged_for_each_requester() -> None:
         "approval but nobody can give it")
     assert not any("when alice asks" in w for w in warnings(text))
 
+
+def test_the_demo_policy_passes_strict_and_still_needs_two_admins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = render_policy(tmp_path, None, None)
+    assert warnings(text) == []
+    monkeypatch.chdir(tmp_path)
+    Path("accord.yaml").write_text(text, encoding="utf-8")
+    code, out = _cli(["policy", "check", "--strict", "accord.yaml"])
+    assert code == 0 and "warning" not in out, out
+    assert "min_approvals: 2" in DEMO_POLICY  # the elevated step the demo shows
