@@ -91,7 +91,7 @@ class Demo:
             assert time.monotonic() < deadline, "demo did not start: " + self.log.read_text()
             time.sleep(0.05)
         self.printed = self.log.read_text()
-        self.tokens = dict(re.findall(r"^  (alice|bob|carol|dave|erin|frank)\s+.*?(acc_\S+)$",
+        self.tokens = dict(re.findall(r"^  (alice|bob|carol|dave|erin|frank|gina)\s+.*?(acc_\S+)$",
                                       self.printed, re.M))
         return self
 

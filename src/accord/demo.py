@@ -39,7 +39,7 @@ from accord.state import AppState
 
 log = logging.getLogger("accord.demo")
 
-DEMO_USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+DEMO_USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina"]
 DEMO_DATABASE = "accord_demo_orders"
 # Tried in order when ACCORD_DEMO_PG is not set: local TCP, then Debian's and the default
 # socket directories (a local PostgreSQL often trusts its postgres user there).
@@ -76,14 +76,18 @@ users:
   dave: {email: dave@example.com}
   erin: {email: erin@example.com}
   frank: {email: frank@example.com}
+  gina: {email: gina@example.com}
 
 groups:
   engineers: [alice, erin]
-  leads: [bob]
+  leads: [bob, gina]
   dba: [carol, erin]
-  admins: [carol, frank]
+  admins: [carol, frank, gina]
   auditors: [dave]
   oncall: [erin]
+# Two leads and three admins: nobody approves their own request and a person decides a
+# request once, so whoever asks, distinct people must be able to fill every step
+# (`accord policy check` warns when they cannot).
 
 accord:
   admins: [admins]
@@ -121,7 +125,7 @@ resources:
     kind: webhook
     description: Production billing service console
     labels: {env: prod}
-    owners: [frank]
+    owners: [frank, erin]
     roles: [viewer, operator]
 
 workflows:
@@ -163,11 +167,11 @@ cases:
   - name: prod writes need a lead, then an owner
     request: {requester: alice, resource: orders-db, role: write, duration: 2h,
               reason: "INC-1: fix order totals"}
-    expect: {workflow: prod, outcome: pending, steps: [[bob], [carol, erin]]}
+    expect: {workflow: prod, outcome: pending, steps: [[bob, gina], [carol, erin]]}
   - name: an owner never approves her own request
     request: {requester: erin, resource: orders-db, role: write, duration: 1h,
               reason: "CHG-118: fix order totals"}
-    expect: {workflow: prod, outcome: pending, steps: [[bob], [carol]]}
+    expect: {workflow: prod, outcome: pending, steps: [[bob, gina], [carol]]}
   - name: a short reason is denied at once
     request: {requester: alice, resource: orders-db, role: read, duration: 1h, reason: oops}
     expect: {outcome: denied, rule: auto_deny}
@@ -178,7 +182,7 @@ cases:
   - name: others wait for a lead on staging
     request: {requester: dave, resource: staging-db, role: read, duration: 1h,
               reason: check the fixtures}
-    expect: {workflow: staging, outcome: pending, steps: [[bob]]}
+    expect: {workflow: staging, outcome: pending, steps: [[bob, gina]]}
   - name: production access lasts 4h at most
     request: {requester: alice, resource: orders-db, role: read, duration: 6h,
               reason: "INC-2: a long investigation"}

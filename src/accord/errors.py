@@ -8,9 +8,11 @@ class AccordError(Exception):
     title = "Bad request"
     slug = "bad-request"
 
-    def __init__(self, detail: str, *, field: str | None = None) -> None:
+    def __init__(self, detail: str, *, field: str | None = None,
+                 extra: dict[str, object] | None = None) -> None:
         self.detail = detail
         self.field = field
+        self.extra = extra or {}  # members the problem+json carries beside its detail
         super().__init__(detail)
 
 

@@ -187,6 +187,7 @@ def test_one_person_cannot_approve_two_steps(env: Env) -> None:
 def test_one_person_cannot_approve_two_elevated_steps(env: Env) -> None:
     req = env.ask("alice", role="admin")  # lead, owner (carol, erin), admins (carol, frank; 2)
     assert env.act("bob", req["id"], "approve").status_code == 200
+    assert env.act("erin", req["id"], "approve").json()["current_step"] == 2
     assert env.act("carol", req["id"], "approve").json()["current_step"] == 2
     before = snapshot(env)
     assert_problem(env.act("carol", req["id"], "approve"), 409, "once")

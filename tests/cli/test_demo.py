@@ -50,7 +50,7 @@ def test_the_demo_without_postgres_starts_and_says_how_to_get_the_gateway(
     try:
         d.start()
         assert "pick a demo user" in d.printed
-        assert set(d.tokens) == {"alice", "bob", "carol", "dave", "erin", "frank"}
+        assert set(d.tokens) == {"alice", "bob", "carol", "dave", "erin", "frank", "gina"}
         hint = d.line("No PostgreSQL for the gateway")
         assert f"127.0.0.1:{closed}: no answer" in hint and "apt-get install postgresql" in hint
         assert "accord connect" not in d.printed

@@ -170,7 +170,8 @@ def test_a_deleted_person_is_nobody_and_a_reactivated_one_needs_new_tokens(env: 
 
 
 def test_an_approver_who_is_deactivated_approves_nothing_pending(env: Env) -> None:
-    """An approver who leaves stops being one of anything pending."""
+    """An approver who leaves stops being one of anything pending; a request only they
+    could decide is denied at once, with the reason (never left to expire)."""
     person(env, "yan")
     person(env, "sam", manager="yan")
     req = env.ask("sam", "lab", "use", reason="lab time")
@@ -180,6 +181,13 @@ def test_an_approver_who_is_deactivated_approves_nothing_pending(env: Env) -> No
     with env.st.sessions() as s:
         assert not s.execute(select(RequestApprover).where(
             RequestApprover.request_id == req["id"])).all()
+    body = grant_of(env, req["id"])
+    assert body["status"] == "denied"
+    assert body["decision_reason"] == ("nobody can complete it any more: step 1 needs 1 "
+                                       "approval but nobody can give it")
+    denied = [e for e in env.events() if e["type"] == "request.denied"][-1]
+    assert denied["policy"]["rule"] == "unsatisfiable"
+    assert denied["data"]["trigger"] == {"kind": "scim", "id": "okta"}  # who changed it
 
 
 # ------------------------------------------------------------------ groups
@@ -201,6 +209,23 @@ def test_joining_and_leaving_a_group_moves_approvals_at_once(env: Env) -> None:
     assert r.json()["status"] == "active"
     added = [e for e in env.events() if e["type"] == "directory.member_added"][-1]
     assert added["data"]["users"] == ["yan"] and added["data"]["group"] == "oncall"
+
+
+def test_a_group_change_that_leaves_a_pending_request_impossible_denies_it(env: Env) -> None:
+    for name in ("zoe", "yan"):
+        person(env, name)
+    group(env, "oncall", "zoe", "yan")
+    req = env.ask("alice", "pager", "admin", reason="rotate keys")
+    other = env.ask("alice", "orders-db", "read")  # not the group's: untouched
+    members(env, "oncall", remove=("zoe",))
+    assert grant_of(env, req["id"])["status"] == "pending"  # yan still can
+    members(env, "oncall", remove=("yan",))
+    body = grant_of(env, req["id"])
+    assert body["status"] == "denied"
+    assert "step 1 needs 1 approval but nobody can give it" in body["decision_reason"]
+    assert [e["type"] for e in env.events(subject=f"request:{req['id']}")][-1] == \
+        "request.denied"
+    assert grant_of(env, other["id"])["status"] == "pending"
 
 
 def test_revoke_on_group_loss_ends_the_grant_the_group_was_the_reason_for(env: Env) -> None:
@@ -241,14 +266,14 @@ def test_the_manager_step_names_the_requesters_manager_and_follows_changes(env: 
 
 
 def test_no_manager_is_an_unsatisfiable_step(env: Env) -> None:
-    """Handled like any step nobody can fill: the policy denies at once, saying why."""
+    """Handled like any step nobody can fill: refused at once (422), saying why."""
     person(env, "sam")
     r = env.post("sam", "/api/v1/requests", json={"resource": "lab", "role": "use",
                                                    "duration": "1h", "reason": "lab"})
-    assert r.status_code == 201, r.text
+    assert r.status_code == 422, r.text
     body = r.json()
-    assert body["status"] == "denied" and body["workflow"]["rule"] == "no_approvers"
-    assert "0 eligible approver(s)" in body["decision_reason"]
+    assert body["type"].endswith("/unsatisfiable")
+    assert "step 1 needs 1 approval but nobody can give it" in body["detail"]
 
 
 # ------------------------------------------------------------------ names

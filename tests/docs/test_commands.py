@@ -64,7 +64,7 @@ EXPECT = {
     ("README.md", "accord request create"): (0, r"request \d+ \(alice: orders-db/read for "
                                                 r"1h30m\): pending"),
     ("README.md", "accord grant reveal"): (0, r"password: \S+"),
-    ("README.md", "accord policy check"): (0, r"accord\.yaml: ok: 6 users, 6 groups, 3 "
+    ("README.md", "accord policy check"): (0, r"accord\.yaml: ok: 7 users, 6 groups, 3 "
                                               r"resources, 2 workflows; version [0-9a-f]{64}"),
     ("README.md", "accord audit verify --bundle"): (0, VERIFIED),
     ("README.md", "accord audit verify --url"): (0, VERIFIED),

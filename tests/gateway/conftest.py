@@ -57,7 +57,7 @@ def policy_text(resource: str, database: str, extra: str = "", gateway: str = ""
                 port: int = 0) -> str:
     return f"""\
 users: [alice, bob, carol, dave, erin]
-groups: {{engineers: [alice, erin], leads: [bob], admins: [carol], auditors: [dave]}}
+groups: {{engineers: [alice, erin], leads: [bob, carol], admins: [carol], auditors: [dave]}}
 accord: {{admins: [admins], auditors: [auditors]}}
 gateway: {{listen: "127.0.0.1:{port}", token_ttl: 5m, flush_interval: 50ms,
           startup_timeout: 2s, message_timeout: 1s{gateway}}}

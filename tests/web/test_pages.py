@@ -551,7 +551,7 @@ def test_new_request_form_refuses_bad_input_and_says_why(
 
 
 def test_preview_shows_the_workflow_and_its_approvers(env: Env) -> None:
-    alice, gina = login(env, "alice"), login(env, "gina")
+    alice, gina, erin = login(env, "alice"), login(env, "gina"), login(env, "erin")
     before = snapshot(env)
     q = "/requests/preview?resource=orders-db&role={role}&duration=1h&reason=INC-1+orders"
 
@@ -564,6 +564,10 @@ def test_preview_shows_the_workflow_and_its_approvers(env: Env) -> None:
     assert "lead: 1 of bob</li>" in gina.get(q.format(role="read")).text
     elevated = text_of(alice.get(q.format(role="admin")))
     assert "admins elevated role: 2 of carol, frank" in elevated
+    # erin is an owner: carol and frank cannot be the owner and both admins (issue 23).
+    assert "workflow 'prod' cannot complete this request: steps 2 (owner) and 3 (admins) " \
+        "need 3 approvals from distinct people but only carol and frank can give them" in \
+        text_of(erin.get(q.format(role="admin")))
     assert "Approved at once by workflow staging (auto approve)." in text_of(
         alice.get("/requests/preview?resource=staging-db&role=read&duration=1h"))
     assert "Would be denied: denied by workflow 'prod': a reason of at least 10 characters " \

@@ -99,7 +99,7 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
     async def _accord(request: Request, exc: AccordError) -> Response:
         shown = await page(request, exc.status, exc.title, exc.detail)
         if shown is None:
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = dict(exc.extra)
             if exc.field:
                 extra["errors"] = [{"loc": exc.field, "msg": exc.detail}]
             detail = f"{exc.field}: {exc.detail}" if exc.field else exc.detail

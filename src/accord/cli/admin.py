@@ -12,13 +12,14 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from accord.cli.state import load_state
-from accord.db import make_engine, transaction
+from accord.db import make_engine, transaction, utcnow
 from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError
 from accord.identity import service as identity
 from accord.ledger.events import Actor, Via
 from accord.people import snapshot
 from accord.policy.engine import Policy
+from accord.policy.lint import unfillable
 from accord.settings import Settings, redact_url
 from accord.spec.load import PolicyError, load_policy_file
 
@@ -53,19 +54,28 @@ def policy_check(
     path: Annotated[Path, typer.Argument(help="The accord.yaml to check.")],
     strict: Annotated[bool, typer.Option(
         "--strict", help="Exit 1 on warnings too.")] = False,
+    warn: Annotated[bool, typer.Option(
+        "--warn", help="Print warnings and exit 0 (the default; says so in CI scripts).")
+    ] = False,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Do not connect to the gateway's upstream databases.")] = False,
 ) -> None:
     """Validate a policy file; print every error with its path and exit 1 if any.
 
-    With a gateway, a role the gateway could never serve (a postgres provision target that
-    does not provision it, and no shared gateway credentials) is an error. It also warns
-    (exit 1 with --strict) when a resource reached through the gateway with shared
-    upstream credentials gives them more than a grant should hold: superuser, CREATEROLE,
+    Warns (exit 0, or with --warn; exit 1 with --strict) about every workflow whose steps
+    cannot be filled jointly, by distinct people other than the requester, for some
+    resource and role it routes, naming who would ask and why (such a request is refused
+    when filed). With a gateway, a role the gateway could never serve (a postgres
+    provision target that does not provision it, and no shared gateway credentials) is an
+    error. It also warns when a resource reached through the gateway with shared upstream
+    credentials gives them more than a grant should hold: superuser, CREATEROLE,
     BYPASSRLS, REPLICATION, predefined roles such as pg_read_all_data or the
     pg_*_server_* roles, or membership in several roles. It connects to those databases
-    with the configured DSNs; --offline skips that.
+    with the configured DSNs, and to the directory when people come from an identity
+    provider; --offline skips that.
     """
+    if strict and warn:
+        raise typer.BadParameter("--strict and --warn contradict each other")
     try:
         loaded = load_policy_file(path)
     except PolicyError as exc:
@@ -74,13 +84,18 @@ def policy_check(
         err.print(f"{len(exc.problems)} error(s)", style="red")
         raise typer.Exit(1) from None
     policy = Policy(loaded)
-    clashes, warnings = ([], []) if offline else _directory_findings(policy)
+    clashes, warnings, directory = ([], [], None) if offline else _directory_findings(policy)
     clashes += _unserved_gateway_roles(policy)
     for clash in clashes:
         err.print(f"{path}: {clash}", markup=False, highlight=False, soft_wrap=True)
     if clashes:
         err.print(f"{len(clashes)} error(s)", style="red")
         raise typer.Exit(1)
+    if directory is not None:
+        policy = policy.with_directory(directory)
+    if directory is not None or not loaded.spec.identity.from_provider:
+        # (Without the provider's people, its groups look empty: nothing worth saying.)
+        warnings += [str(u) for u in unfillable(policy, now=utcnow())]
     warnings += [] if offline else _shared_login_warnings(policy)
     for warning in warnings:
         err.print(f"{path}: warning: {warning}", markup=False, highlight=False,
@@ -95,25 +110,29 @@ def policy_check(
         raise typer.Exit(1)
 
 
-def _directory_findings(policy: Policy) -> tuple[list[str], list[str]]:
+def _directory_findings(policy: Policy
+                        ) -> tuple[list[str], list[str], snapshot.Directory | None]:
     """With a directory (identity.scim or oidc_groups): group names both the file and the
-    provider define (errors), and names the policy refers to that neither defines yet."""
+    provider define (errors), names the policy refers to that neither defines yet
+    (warnings), and the directory itself, when it could be read."""
     spec = policy.loaded.spec
     if not spec.identity.from_provider:
-        return [], []
+        return [], [], None
     from accord import migrations  # alembic: only when the policy takes people from a provider
 
     try:
         engine = make_engine(Settings.from_env().database_url.get())
         if migrations.current(engine) != migrations.head():
             return [], ["the database schema is not current, so the directory was not read "
-                        "(accord db upgrade; --offline skips this)"]
+                        "nor workflows' steps checked (accord db upgrade; --offline skips "
+                        "this)"], None
         with engine.connect() as conn, Session(bind=conn) as session:
             directory = snapshot.load(session)
         engine.dispose()
     except Exception as exc:  # unreachable, wrong URL: a warning, the file itself is fine
         return [], [f"could not read the directory ({type(exc).__name__}); names the file "
-                    "does not define were not checked (--offline skips this)"]
+                    "does not define, and whether workflows' steps can be filled, were not "
+                    "checked (--offline skips this)"], None
     clashes = [f"groups.{g}: the identity provider's directory also has a group \"{g}\"; a "
                "group has one source: rename one of them"
                for g in sorted(spec.groups.keys() & directory.groups.keys())]
@@ -122,7 +141,7 @@ def _directory_findings(policy: Policy) -> tuple[list[str], list[str]]:
     missing = sorted(n for n in policy.referenced_groups if n not in known
                      and n.removeprefix("user:") not in known)
     return clashes, [f'"{n}" is neither in accord.yaml nor (yet) in the directory: it '
-                     "matches nobody until the provider pushes it" for n in missing]
+                     "matches nobody until the provider pushes it" for n in missing], directory
 
 
 def _unserved_gateway_roles(policy: Policy) -> list[str]:

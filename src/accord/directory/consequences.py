@@ -6,7 +6,9 @@
   provisioning (the gateway ends live sessions when their grant ends), and they stop being
   an approver of anything pending.
 * Someone who joins or leaves a group the policy refers to, or whose manager changed: who
-  may decide pending requests is recomputed at once.
+  may decide pending requests is recomputed at once. A pending request nobody can complete
+  any more (its steps cannot be filled by distinct people) is escalated to its workflow's
+  escalation group or denied at once, with the reason (`requests.service.settle`).
 * A workflow with `revoke_on_group_loss: true`: a grant it routed ends when its holder left
   a group and the workflow, asked again, would no longer route the request to itself.
 """
@@ -49,6 +51,10 @@ class Effects:
 
 def apply(session: Session, *, policy: Policy, change: Effects) -> None:
     gone = sorted(n for n in change.left if not policy.is_user(n))
+    # Pending requests someone who left could decide: with one approver fewer, a step may
+    # no longer be fillable.
+    waiting = set(session.execute(select(RequestApprover.request_id).where(
+        RequestApprover.username.in_(gone))).scalars()) if gone else set()
     for name in gone:
         tokens_gone, sessions_gone = person_left(session, name=name, why=change.left[name],
                                                  actor=change.actor, now=change.now)
@@ -57,10 +63,16 @@ def apply(session: Session, *, policy: Policy, change: Effects) -> None:
     touched = set(change.lost) | change.joined
     groups = {g for gs in change.lost.values() for g in gs} | {
         g for n in change.joined for g in policy.groups_of.get(n, frozenset())}
+    actor, now = change.actor, change.now
     if touched and groups & policy.referenced_groups:
-        requests.refresh_approvers(session, policy=policy)
-    elif change.managed:
-        requests.refresh_approvers(session, policy=policy, requesters=change.managed)
+        requests.refresh_approvers(session, policy=policy, actor=actor, now=now)
+    else:
+        if change.managed:
+            requests.refresh_approvers(session, policy=policy, actor=actor, now=now,
+                                       requesters=change.managed)
+        if waiting:
+            requests.refresh_approvers(session, policy=policy, actor=actor, now=now,
+                                       request_ids=waiting)
     for name, lost in sorted(change.lost.items()):
         if policy.is_user(name):
             revoke_on_group_loss(session, policy=policy, user=name, lost=lost,

@@ -40,14 +40,20 @@ class PlannedStep:
     min_approvals: int
     name: str | None = None
     elevated: bool = False
+    # The workflow's escalation group was added to the approvers because the step could not
+    # be filled without it (see requests.service.route).
+    escalated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "approvers": list(self.approvers),
             "min_approvals": self.min_approvals,
             "elevated": self.elevated,
         }
+        if self.escalated:
+            out["escalated"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,17 @@ class Policy:
             },
         }
 
+    def routing_workflow(self, *, requester: str, resource: ResourceSpec, role: str,
+                         duration: timedelta, reason: str, now: datetime,
+                         extension: bool = False) -> CompiledWorkflow | None:
+        """The workflow that would route this request: the first whose `match` is true."""
+        ctx = self.context(requester=requester, resource=resource, role=role,
+                           duration=duration, reason=reason, now=now, extension=extension)
+        for w in self.workflows:
+            if _eval_bool(w.match, ctx)[0]:
+                return w
+        return None
+
     def decide(
         self,
         *,
@@ -388,15 +405,8 @@ class Policy:
         role: str,
     ) -> Decision:
         spec = w.spec
-        steps = [
-            PlannedStep(tuple(s.approvers), s.min_approvals, s.name) for s in spec.steps
-        ]
-        if spec.elevated and role in spec.elevated.roles:
-            steps += [
-                PlannedStep(tuple(s.approvers), s.min_approvals, s.name, elevated=True)
-                for s in spec.elevated.steps
-            ]
-        planned = tuple(steps)
+        planned = plan_of(spec, role)
+        steps = list(planned)
         if duration > spec.max_duration:
             raise PolicyRefusal(
                 "duration",
@@ -441,6 +451,16 @@ class Policy:
             "steps", spec.name, "match", f"routed by workflow {spec.name!r}",
             steps=planned, inputs=inputs, pending_timeout=timeout, workflow_steps=planned,
         )
+
+
+def plan_of(spec: WorkflowSpec, role: str) -> tuple[PlannedStep, ...]:
+    """The steps `spec` plans for `role`: its own, then its elevated ones for an elevated
+    role."""
+    steps = [PlannedStep(tuple(s.approvers), s.min_approvals, s.name) for s in spec.steps]
+    if spec.elevated and role in spec.elevated.roles:
+        steps += [PlannedStep(tuple(s.approvers), s.min_approvals, s.name, elevated=True)
+                  for s in spec.elevated.steps]
+    return tuple(steps)
 
 
 _RULES_IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [

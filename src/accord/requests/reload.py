@@ -42,9 +42,12 @@ def reload(session: Session, *, store: PolicyStore, actor: Actor,
     policy_tests.check_before_loading(policy)  # raises when its own tests fail
     result = service.announce(session, policy=policy, actor=actor)
     if result["changed"]:
-        requests.refresh_approvers(session, policy=policy)
+        now = now or utcnow()
+        # Pending requests nobody can complete under the new policy are escalated or denied
+        # here, in the reload's transaction.
+        requests.refresh_approvers(session, policy=policy, actor=actor, now=now)
         result["revoked_grants"] = revoke_removed_users(session, policy=policy, actor=actor,
-                                                        now=now or utcnow())
+                                                        now=now)
     result["policy"] = policy
     return result
 

@@ -84,6 +84,9 @@ class StepOut(BaseModel):
     eligible: list[str]
     min_approvals: int
     elevated: bool
+    # The workflow's escalation group joined this step's approvers (it could not be
+    # filled without them, or it waited past escalation.escalate_after).
+    escalated: bool = False
     approvals: list[ApprovalOut]
     complete: bool
 
@@ -163,7 +166,7 @@ class RequestOut(BaseModel):
                 StepOut(
                     index=i, name=s.get("name"), approvers=list(s["approvers"]),
                     eligible=eligible.get(i, []), min_approvals=s["min_approvals"],
-                    elevated=bool(s.get("elevated")),
+                    elevated=bool(s.get("elevated")), escalated=bool(s.get("escalated")),
                     approvals=[
                         ApprovalOut(approver=a.approver, decision=a.decision, comment=a.comment,
                                     via=a.via, at=a.created_at)

@@ -5,12 +5,16 @@
 
 One permission check per command. Approvals count distinct people (`>=`
 min_approvals) and a person decides a request once, so nobody serves on two
-steps and a double click cannot count twice.
+steps and a double click cannot count twice. So the steps must be fillable jointly
+(`policy.satisfiable`): a plan that cannot be is refused at creation (or given the
+workflow's escalation group), an approval that would make it so is refused, and a pending
+request that becomes so is escalated or denied at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,6 +31,7 @@ from accord.identity.caller import Caller as Caller  # commands take it: re-expo
 from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, PolicyRef, format_time
+from accord.policy import satisfiable as sat
 from accord.policy.engine import Decision, Policy, PolicyRefusal
 from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
 from accord.spec.resources import ResourceSpec
@@ -315,20 +320,75 @@ def route(policy: Policy, *, requester: str, resource: str, role: str, duration:
     except PolicyRefusal as exc:
         raise Invalid(str(exc), field=exc.field) from None
 
-    eligible: list[frozenset[str]] = []
-    if decision.outcome == "steps":
-        for i, step in enumerate(decision.steps):
-            people = policy.eligible(step.as_dict(), resource, requester) - {requester}
-            if len(people) < step.min_approvals:
-                decision = Decision(
-                    "deny", decision.workflow, "no_approvers",
-                    f"step {i + 1} needs {step.min_approvals} approval(s) but only "
-                    f"{len(people)} eligible approver(s) other than the requester exist",
-                    inputs=decision.inputs,
-                )
-                break
-            eligible.append(people)
+    if decision.outcome != "steps":
+        return decision, []
+    return _fillable(policy, decision, resource=resource, requester=requester)
 
+
+class Unsatisfiable(Invalid):
+    """A plan nobody can complete: its steps cannot be filled by distinct people other than
+    the requester. Refused at creation (a 422, like input the workflow does not accept),
+    naming the steps and the people."""
+
+    slug = "unsatisfiable"
+    title = "Nobody can complete this request"
+
+
+def _shortfall_extra(filling: sat.Filling) -> dict[str, object]:
+    """The problem's members beside its detail: the steps that cannot be filled and who
+    could still fill them."""
+    short = filling.shortfall
+    assert short is not None
+    return {"steps": [{"index": i, "name": filling.steps[i].name,
+                       "min_approvals": filling.steps[i].min_approvals,
+                       "eligible": sorted(filling.steps[i].eligible),
+                       "approved": sorted(filling.steps[i].approved)} for i in short.steps],
+            "missing": short.missing, "people": list(short.people)}
+
+
+def _escalation_to(policy: Policy, workflow: str | None) -> list[str]:
+    """The workflow's escalation group (its `escalation.to`), when it has one."""
+    spec = next((w.spec for w in policy.workflows if w.spec.name == workflow), None)
+    return list(spec.escalation.to) if spec and spec.escalation else []
+
+
+def _fillable(policy: Policy, decision: Decision, *, resource: str, requester: str,
+              ) -> tuple[Decision, list[frozenset[str]]]:
+    """The steps' eligible people when the steps can be filled jointly. When they cannot,
+    the workflow's escalation group (if any) joins the steps that fall short, and the plan
+    says so; when even that cannot fill them, Unsatisfiable."""
+    steps = list(decision.steps)
+    to = _escalation_to(policy, decision.workflow)
+    first: sat.Filling | None = None
+    while True:
+        named = [policy.eligible(s.as_dict(), resource, requester) for s in steps]
+        filled = sat.fill([sat.Step(e, s.min_approvals, s.name)
+                           for e, s in zip(named, steps, strict=True)],
+                          exclude={requester})
+        if filled.ok:
+            eligible = [e - {requester} for e in named]
+            break
+        assert filled.shortfall is not None
+        first = first or filled
+        grow = [i for i in filled.shortfall.steps if to and not steps[i].escalated]
+        if not grow:
+            tried = (f"; the escalation group ({', '.join(to)}) cannot fill "
+                     f"{'them' if len(filled.shortfall.steps) > 1 else 'it'} either"
+                     if first is not filled or any(s.escalated for s in steps) else "")
+            raise Unsatisfiable(
+                f"workflow {decision.workflow!r} cannot complete this request: "
+                f"{sat.describe(filled, requester=requester)}{tried}",
+                extra=_shortfall_extra(filled))
+        for i in grow:
+            s = steps[i]
+            steps[i] = replace(s, approvers=s.approvers + tuple(
+                r for r in to if r not in s.approvers), escalated=True)
+    if first is not None:
+        raised = [i for i, s in enumerate(steps) if s.escalated]
+        decision = replace(decision, steps=tuple(steps), reason=(
+            f"{decision.reason}; {sat.describe(first, requester=requester)}, so the "
+            f"escalation group ({', '.join(to)}) also approves "
+            f"{sat.steps_in_words(first.steps, raised)}"))
     return decision, eligible
 
 
@@ -413,6 +473,13 @@ def create(
             for i, people in enumerate(eligible)
             for u in people
         )
+        if raised := [i for i, s in enumerate(decision.steps) if s.escalated]:
+            # Whom the escalation brought in hear of it as their step comes (step 0: with
+            # the request itself), so `added` names nobody to tell now.
+            _record(session, req, EventType.REQUEST_ESCALATED,
+                    actor=_policy_actor(decision.workflow), now=now, policy=ref, step=0,
+                    added=[], steps=raised, to=_escalation_to(policy, decision.workflow),
+                    reason=decision.reason)
         _schedule_escalation(session, policy, req, now)
     session.flush()
     return req
@@ -463,12 +530,25 @@ def escalate(session: Session, *, policy: Policy, request_id: int, now: datetime
     for ref in spec.escalation.to:
         added |= policy.resolve(ref, policy.resources.get(req.resource), req.requester)
     added -= have | {req.requester}
+    _widen_plan(req, [step], list(spec.escalation.to))
     session.add_all(RequestApprover(request_id=req.id, step=step, username=u)
                     for u in sorted(added))
     _record(session, req, EventType.REQUEST_ESCALATED, actor=Actor.system(), now=now,
             step=step, added=sorted(added), to=list(spec.escalation.to))
     session.flush()
     return sorted(added)
+
+
+def _widen_plan(req: AccessRequest, indices: Sequence[int], refs: list[str]) -> None:
+    """Add `refs` (the escalation group) to the approvers of the plan's steps `indices`, so
+    a later refresh of who may decide (a reload, a directory change) keeps them."""
+    steps = [dict(s) for s in req.plan.get("steps", [])]
+    for i in indices:
+        if i < len(steps):
+            have = list(steps[i].get("approvers", []))
+            steps[i]["approvers"] = have + [r for r in refs if r not in have]
+            steps[i]["escalated"] = True
+    req.plan = {**req.plan, "steps": steps}  # a new dict: the JSON column sees the change
 
 
 # ---------------------------------------------------------------- decisions
@@ -504,6 +584,12 @@ def after_refusal(session: Session, *, exc: AccordError, caller: Caller, now: da
     session.rollback()
     if isinstance(exc, SelfDecision):
         record_self_decision(session, exc=exc, caller=caller, now=now)
+    elif isinstance(exc, StrandingApproval):
+        ledger.record(session, type=EventType.APPROVAL_REFUSED, actor=caller.actor,
+                      subject=f"request:{exc.request_id}", resource=exc.resource, time=now,
+                      data={"request_id": exc.request_id, "reason": "unsatisfiable",
+                            "attempted": "approve", "step": exc.step, "detail": exc.detail,
+                            "others": exc.others})
 
 
 def record_self_decision(session: Session, *, exc: SelfDecision, caller: Caller,
@@ -513,6 +599,54 @@ def record_self_decision(session: Session, *, exc: SelfDecision, caller: Caller,
                   subject=f"request:{exc.request_id}", resource=exc.resource, time=now,
                   data={"request_id": exc.request_id, "reason": "self_decision",
                         "attempted": exc.verb})
+
+
+class StrandingApproval(Conflict):
+    """An approval that would leave a later step (or the rest of this one) impossible to
+    fill: refused, nothing changes; the outer layer records the attempt (`after_refusal`)."""
+
+    slug = "unsatisfiable"
+    title = "This approval would leave the request impossible to complete"
+
+    def __init__(self, req: AccessRequest, step: int, user: str, after: sat.Filling,
+                 others: list[str]) -> None:
+        label = after.steps[step].label(step)
+        instead = (f"{sat.names(others, conj='or')} can approve {label} instead"
+                   if others else f"nobody else can approve {label} without the same problem")
+        super().__init__(
+            f"approving {label} now would leave request {req.id} impossible to complete: "
+            f"{sat.describe(after, requester=req.requester)}. {instead}; your approval "
+            "was not recorded",
+            extra={**_shortfall_extra(after), "others": others})
+        self.request_id, self.step, self.others = req.id, step, others
+        self.resource = _resource(req)
+
+
+def plan_steps(session: Session, req: AccessRequest,
+               eligible: dict[int, set[str]] | None = None) -> list[sat.Step]:
+    """The request's steps as they stand: who may decide each (its stored approvers, unless
+    given) and who approved it already."""
+    if eligible is None:
+        eligible = {i: set(people) for i, people in
+                    step_approvers(session, [req.id])[req.id].items()}
+    approved: dict[int, set[str]] = {}
+    for a in req.approvals:
+        if a.decision == "approve":
+            approved.setdefault(a.step, set()).add(a.approver)
+    return [sat.Step(frozenset(eligible.get(i, ())), int(s.get("min_approvals", 1)),
+                     s.get("name"), frozenset(approved.get(i, ())))
+            for i, s in enumerate(req.plan.get("steps", []))]
+
+
+def check_fillable_after(session: Session, req: AccessRequest, step: int, user: str) -> None:
+    """Refuse an approval of `step` by `user` that would leave some step nobody can fill
+    (they could serve on no other step once they decided this one)."""
+    steps = plan_steps(session, req)
+    after = sat.stranded_by(steps, step, user, exclude={req.requester})
+    if after is not None:
+        others = sat.safe_approvers(steps, step, exclude={req.requester},
+                                    candidates=steps[step].eligible - {user})
+        raise StrandingApproval(req, step, user, after, others)
 
 
 def check_decide(session: Session, req: AccessRequest, user: str, status: str, verb: str
@@ -573,6 +707,8 @@ def approve(
     if not policy.is_user(req.requester) or req.resource not in policy.resources:
         raise Conflict(f"request {req.id} can no longer be approved: its requester or resource "
                        "is gone from accord.yaml")
+    if status == Status.PENDING:
+        check_fillable_after(session, req, step, caller.user)
     _add_approval(session, req, caller, step, "approve", comment, now)
     steps = req.plan["steps"]
     needed = int(steps[step]["min_approvals"])
@@ -625,7 +761,8 @@ def deny(
 
 
 def _finish_pending(
-    session: Session, req: AccessRequest, status: Status, actor: Actor, now: datetime, why: str
+    session: Session, req: AccessRequest, status: Status, actor: Actor, now: datetime, why: str,
+    *, ref: PolicyRef | None = None, **data: Any,
 ) -> None:
     req.status = status
     req.decided_at = now
@@ -637,7 +774,7 @@ def _finish_pending(
         Status.CANCELLED: EventType.REQUEST_CANCELLED,
         Status.EXPIRED: EventType.REQUEST_EXPIRED,
     }[status]
-    _record(session, req, event, actor=actor, now=now, reason=why)
+    _record(session, req, event, actor=actor, now=now, policy=ref, reason=why, **data)
     session.flush()
 
 
@@ -826,21 +963,88 @@ def expire_pending(session: Session, *, now: datetime, limit: int = 500) -> int:
     return len(reqs)
 
 
-def refresh_approvers(session: Session, *, policy: Policy,
-                      requesters: Collection[str] | None = None) -> int:
-    """Recompute who may decide each pending request (of `requesters`, when given) after
-    the policy or the directory changed."""
+def refresh_approvers(session: Session, *, policy: Policy, actor: Actor, now: datetime,
+                      requesters: Collection[str] | None = None,
+                      request_ids: Collection[int] | None = None) -> int:
+    """Recompute who may decide each pending request (of `requesters`, or those of
+    `request_ids`, when given) after the policy or the directory changed; one that nobody
+    can complete any more is escalated or denied at once (`settle`). `actor` made the
+    change."""
     q = select(AccessRequest).where(AccessRequest.status == Status.PENDING)
     if requesters is not None:
         q = q.where(AccessRequest.requester.in_(list(requesters)))
-    pending = session.execute(q).scalars().all()
+    if request_ids is not None:
+        q = q.where(AccessRequest.id.in_(list(request_ids)))
+    pending = session.execute(q.order_by(AccessRequest.id).with_for_update()).scalars().all()
+    eligible: dict[int, dict[int, set[str]]] = {}
     for req in pending:
         session.execute(delete(RequestApprover).where(RequestApprover.request_id == req.id))
+        mine = eligible[req.id] = {}
         for i, step in enumerate(req.plan.get("steps", [])):
             people = policy.eligible(step, req.resource, req.requester) - {req.requester}
+            mine[i] = set(people)
             session.add_all(RequestApprover(request_id=req.id, step=i, username=u) for u in people)
     session.flush()
+    for req in pending:
+        settle(session, policy=policy, req=req, actor=actor, now=now, eligible=eligible[req.id])
     return len(pending)
+
+
+def settle(session: Session, *, policy: Policy, req: AccessRequest, actor: Actor,
+           now: datetime, eligible: dict[int, set[str]] | None = None) -> str | None:
+    """A pending request whose steps can no longer be filled (people left a group, the
+    policy changed): the workflow's escalation group joins the steps that fall short when
+    that fills them ("escalated"), else the request is denied at once ("denied"), each with
+    the reason in its ledger event. None when it can still be completed. Requests whose
+    requester or resource left the policy, or whose time ran out, are left to the
+    cancellation and the expiry that await them."""
+    if req.status != Status.PENDING or effective_status(req, None, now) != Status.PENDING \
+            or not policy.is_user(req.requester) or req.resource not in policy.resources:
+        return None
+    steps = plan_steps(session, req, eligible)
+    filled = sat.fill(steps, exclude={req.requester})
+    if filled.ok:
+        return None
+    first = filled
+    to = _escalation_to(policy, req.workflow)
+    plan = req.plan.get("steps", [])
+    grown: list[int] = []
+    while to and filled.shortfall is not None:
+        grow = [i for i in filled.shortfall.steps
+                if i not in grown and not plan[i].get("escalated")]
+        if not grow:
+            break
+        grown += grow
+        for i in grow:
+            refs = list(plan[i]["approvers"]) + [r for r in to if r not in plan[i]["approvers"]]
+            wider = policy.eligible({"approvers": refs}, req.resource, req.requester)
+            steps[i] = replace(steps[i], eligible=wider - {req.requester})
+        filled = sat.fill(steps, exclude={req.requester})
+    why = sat.describe(first, requester=req.requester)
+    trigger = {"kind": actor.kind, "id": actor.id}
+    ref = PolicyRef(req.workflow or "", policy.version, "unsatisfiable")
+    if filled.ok:
+        current = req.current_step or 0
+        before = first.steps[current].eligible
+        _widen_plan(req, grown, to)
+        for i in grown:
+            session.execute(delete(RequestApprover).where(
+                RequestApprover.request_id == req.id, RequestApprover.step == i))
+            session.add_all(RequestApprover(request_id=req.id, step=i, username=u)
+                            for u in sorted(steps[i].eligible))
+        added = sorted(steps[current].eligible - before) if current in grown else []
+        _record(session, req, EventType.REQUEST_ESCALATED, actor=_policy_actor(req.workflow),
+                now=now, policy=ref, step=current, added=added, steps=grown, to=to,
+                reason=f"{why}, so the escalation group ({', '.join(to)}) also approves "
+                f"{sat.steps_in_words(steps, grown)}", trigger=trigger)
+        session.flush()
+        return "escalated"
+    them = "them" if filled.shortfall and len(filled.shortfall.steps) > 1 else "it"
+    tried = f"; the escalation group ({', '.join(to)}) cannot fill {them} either" if to else ""
+    _finish_pending(session, req, Status.DENIED, _policy_actor(req.workflow), now,
+                    f"nobody can complete it any more: {why}{tried}", ref=ref,
+                    rule="unsatisfiable", trigger=trigger, shortfall=_shortfall_extra(filled))
+    return "denied"
 
 
 # ---------------------------------------------------------------- break-glass review
