@@ -8,8 +8,12 @@ sections asked for (all by default) and prints one JSON object.
   fresh interpreter, start-up included. Every case must pass: the generator knows what each
   request must get.
 
-Further sections (replay of recorded requests, the satisfiability check) add a function
-`section_<name>(args) -> dict` and an entry in SECTIONS.
+- **satisfiable**: the joint check that a chain's steps can be filled by distinct people
+  (`accord.policy.satisfiable.fill`) on a 10-step chain with 200 eligible people a step, in
+  five shapes (one shared pool, overlapping pools, random pools, a tight fit, one short):
+  target under 10 ms each, worst of 50.
+
+Further sections add a function `section_<name>(args) -> dict` and an entry in SECTIONS.
 
     .venv/bin/python benchmarks/policy.py                       # every section, the issue's sizes
     .venv/bin/python benchmarks/policy.py --only test_cases --cases 1000 --repeat 5
@@ -169,9 +173,61 @@ def _cli_seconds(config: Path, tests: Path) -> float:
     return seconds
 
 
-# Further sections (replay, satisfiability) go here, each with its own arguments below.
+# ---------------------------------------------------------------- satisfiable
+
+
+TARGET_SATISFIABLE_MS = 10.0
+
+
+def chains(steps: int, people: int, seed: int = 7) -> dict[str, Any]:
+    """Chains of `steps` steps with `people` eligible people each, in the shapes that cost
+    the matching most: one shared pool (every step competes for the same people), pools
+    that overlap their neighbours', random pools, a tight fit (the steps need exactly as
+    many approvals as there are people), and an impossible one (one short)."""
+    from accord.policy.satisfiable import Step
+
+    rng = random.Random(seed)
+    pool = [f"p{i:05d}" for i in range(people * steps)]
+    shared = frozenset(pool[:people])
+    need = max(1, people // steps)  # tight: the steps need all the shared people
+    return {
+        "shared_pool": [Step(shared, 2, f"s{i}") for i in range(steps)],
+        "overlapping": [Step(frozenset(pool[i * people // 2:i * people // 2 + people]), 3,
+                             f"s{i}") for i in range(steps)],
+        "random": [Step(frozenset(rng.sample(pool, people)), 2, f"s{i}")
+                   for i in range(steps)],
+        "tight": [Step(shared, need, f"s{i}") for i in range(steps)],
+        "impossible": [Step(shared, need + (1 if i == steps - 1 else 0), f"s{i}")
+                       for i in range(steps)],
+    }
+
+
+def section_satisfiable(args: argparse.Namespace) -> dict[str, Any]:
+    """The joint check of a chain (`accord.policy.satisfiable.fill`), as routing, each
+    approval and each reload run it: median and worst milliseconds per shape."""
+    from accord.policy.satisfiable import fill
+
+    shapes: dict[str, Any] = {}
+    worst = 0.0
+    for name, steps in chains(args.steps, args.people).items():
+        times = []
+        for _ in range(args.sat_repeat):
+            t0 = time.perf_counter()
+            filling = fill(steps, exclude={"requester"})
+            times.append((time.perf_counter() - t0) * 1000)
+        worst = max(worst, max(times))
+        shapes[name] = {"ok": filling.ok, "median_ms": round(statistics.median(times), 3),
+                        "max_ms": round(max(times), 3)}
+    # The generator knows which shapes can be filled: a wrong answer fails the run.
+    right = all(shapes[n]["ok"] == (n != "impossible") for n in shapes)
+    return {"steps": args.steps, "people_per_step": args.people, "shapes": shapes,
+            "worst_ms": round(worst, 3), "target_ms": TARGET_SATISFIABLE_MS,
+            "right": right, "met": right and worst < TARGET_SATISFIABLE_MS}
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "test_cases": section_test_cases,
+    "satisfiable": section_satisfiable,
 }
 
 
@@ -188,6 +244,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test_cases: timed runs; the median is reported (3)")
     p.add_argument("--no-cli", dest="cli", action="store_false",
                    help="test_cases: skip timing the whole command in a fresh interpreter")
+    p.add_argument("--steps", type=int, default=10, help="satisfiable: steps a chain (10)")
+    p.add_argument("--people", type=int, default=200,
+                   help="satisfiable: eligible people a step (200)")
+    p.add_argument("--sat-repeat", type=int, default=50,
+                   help="satisfiable: checks timed per shape (50)")
     return p.parse_args(argv)
 
 

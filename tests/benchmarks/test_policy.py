@@ -16,9 +16,12 @@ def test_a_tiny_policy_passes_its_generated_cases() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     args = module.parse_args(["--cases", "60", "--workflows", "4", "--resources", "100",
-                              "--requesters", "10", "--repeat", "1", "--no-cli"])
+                              "--requesters", "10", "--repeat", "1", "--no-cli",
+                              "--steps", "4", "--people", "20", "--sat-repeat", "2"])
     out = module.run(args)
     cases = out["test_cases"]
     assert (cases["cases"], cases["passed"], cases["failed"]) == (60, 60, 0)
     assert cases["seconds"] > 0 and cases["cli_seconds"] is None
-    assert set(out["targets"]) == {"test_cases", "all_met"}
+    sat = out["satisfiable"]
+    assert sat["right"] and sat["shapes"]["impossible"]["ok"] is False
+    assert set(out["targets"]) == {"test_cases", "satisfiable", "all_met"}
