@@ -160,6 +160,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     headers.secure_everything(app)
     headers.install_docs(app)
     app.add_middleware(DatabaseIntent)  # GET/HEAD read without waiting for SQLite's writers
+    # /scim/v2 first: an identity provider's push is tens of thousands of calls, and each
+    # one tried every other route before it (about 0.1 ms a call); its prefix shadows none.
+    app.include_router(scim_views.router)
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
                    alert_views, directory_views,
                    slack_views, gateway_views):
@@ -167,7 +170,6 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.include_router(slack_views.prefs_router)  # notification preferences
     app.include_router(report_views.router)  # reports (auditors and admins)
     app.include_router(review_views.router)  # access review campaigns
-    app.include_router(scim_views.router)  # /scim/v2: the identity provider's pushes
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)
