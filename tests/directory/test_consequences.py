@@ -265,6 +265,28 @@ def test_the_manager_step_names_the_requesters_manager_and_follows_changes(env: 
     assert r.json()["status"] == "active"
 
 
+def test_a_renamed_manager_still_approves_for_the_people_they_manage(env: Env) -> None:
+    person(env, "mia")
+    person(env, "sam", manager="mia")
+    req = env.ask("sam", "lab", "use", reason="lab time")
+
+    def rename(c: Change) -> None:
+        row = user_named(c.session, "mia")
+        assert row is not None
+        f = UserFields.of(row)
+        f.user_name = "mia.b"
+        c.update_user(row, f)
+    push(env, rename)
+    assert env.st.policies.current.manager_of("sam") == "mia.b"
+    with transaction(env.st.sessions) as s:  # mia.b signs in with a token of her new name
+        _row, env.tokens["mia.b"] = identity.issue(
+            s, policy=env.st.policies.current, user="mia.b", actor=Actor.system("cli"),
+            now=env.clock())
+    r = env.act("mia.b", req["id"], "approve")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "active"
+
+
 def test_no_manager_is_an_unsatisfiable_step(env: Env) -> None:
     """Handled like any step nobody can fill: refused at once (422), saying why."""
     person(env, "sam")

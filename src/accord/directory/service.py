@@ -171,6 +171,11 @@ class Change:
         if name != was:
             self.left[was] = f'renamed to "{name}" by the identity provider'
             self.joined.add(name)
+            # The people they manage name their manager anew (snapshots, manager steps).
+            reports = set(self.session.execute(select(DirectoryUser.name).where(
+                DirectoryUser.manager_id == row.id)).scalars())
+            self._users |= reports
+            self.managed |= reports
         if "active" in changed:
             if row.active:
                 self._event(EventType.DIRECTORY_USER_REACTIVATED, f"user:{name}", user=name,

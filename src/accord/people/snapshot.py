@@ -147,12 +147,17 @@ def _reindex(old_of: dict[str, frozenset[str]], old: dict[str, frozenset[str]],
              new: dict[str, frozenset[str]], touched: Iterable[str]) -> dict[str, frozenset[str]]:
     """`groups_of` after the groups in `touched` changed: only their members are re-indexed."""
     of = dict(old_of)
+    touched = set(touched)
     affected: set[str] = set()
+    joined: dict[str, set[str]] = {}  # person -> touched groups they are in now
     for g in touched:
-        affected |= old.get(g, frozenset()) | new.get(g, frozenset())
+        affected |= old.get(g, frozenset())
+        for person in new.get(g, frozenset()):
+            joined.setdefault(person, set()).add(g)
+    affected |= joined.keys()
     for person in affected:
         mine = {g for g in of.get(person, frozenset()) if g not in touched}
-        mine |= {g for g in touched if person in new.get(g, frozenset())}
+        mine |= joined.get(person, set())
         if mine:
             of[person] = frozenset(mine)
         else:
