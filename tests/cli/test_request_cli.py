@@ -31,7 +31,7 @@ def test_create_approve_show_round_trip(live: LiveServer) -> None:
     assert code == 0
     assert [r["id"] for r in json.loads(out)["items"]] == [req["id"]]
 
-    assert run(live, "bob", "request", "approve", str(req["id"]), "-c", "ok")[0] == 0
+    assert run(live, "bob", "request", "approve", str(req["id"]), "-r", "ok")[0] == 0
     code, out, _ = run(live, "carol", "request", "approve", str(req["id"]))
     assert code == 0
     assert "active" in out

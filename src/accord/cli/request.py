@@ -61,9 +61,9 @@ RequestId = Annotated[int, typer.Argument(help="ID of the access request.", min=
 
 
 def _comment(help_text: str) -> Any:
-    # One name for one thing: --reason (-r) says why, on every command; --comment (-c)
-    # stays as an alias of it for scripts written before.
-    return typer.Option("--reason", "-r", "--comment", "-c", help=help_text)
+    # One name for one thing: --reason (-r) says why, on every command; --comment stays
+    # as an alias of it for scripts written before (not -c: that is --config elsewhere).
+    return typer.Option("--reason", "-r", "--comment", help=help_text)
 
 
 # ------------------------------------------------------------------ formatting
