@@ -20,8 +20,9 @@ def test_a_tiny_push_and_requests_before_and_after(pg_url: str) -> None:  # pg_u
     try:
         spec.loader.exec_module(module)
         args = module.parse_args(["--users", "30", "--groups", "4", "--members", "5",
-                                  "--patch-members", "10", "--requests", "20", "--clients",
-                                  "2", "--scim-clients", "2", "--server-workers", "1",
+                                  "--patch-members", "10", "--requests", "20", "--rounds", "1",
+                                  "--clients", "2", "--scim-clients", "2",
+                                  "--server-workers", "1",
                                   "--pg-admin-url", PG_ADMIN_URL, "--quiet"])
         out = module.run(args)
     finally:  # the sibling script it imported, and the path it imported it from
