@@ -10,10 +10,10 @@ Every answer, errors included, is SCIM's: `/scim/v2` answers 404 unless accord.y
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from scim2_models import (
     Error,
@@ -152,5 +152,5 @@ async def scim(request: Request, path: str = "") -> Response:
         query=dict(request.query_params), headers=list(request.headers.items()),
         body=await request.body())
     result = await run_in_threadpool(_serve, st, scim_request)
-    content = b"" if result.body is None else json.dumps(result.body).encode()
+    content = b"" if result.body is None else orjson.dumps(result.body)
     return Response(content=content, status_code=int(result.status), headers=result.headers)
