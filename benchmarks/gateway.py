@@ -205,6 +205,17 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
+def missing_tools(no_pgbouncer: bool) -> dict[str, str]:
+    """The outside programs this run needs and how to get each one that is missing."""
+    out = {}
+    if not Path(PGBENCH).exists():
+        out["pgbench"] = ("apt-get install postgresql-contrib (Debian; PostgreSQL's "
+                          "client tools elsewhere)")
+    if not no_pgbouncer and not Path(PGBOUNCER).exists():
+        out["pgbouncer"] = "apt-get install pgbouncer (Debian), or run with --no-pgbouncer"
+    return out
+
+
 def pgbouncer_config(tmp: Path, port: int, target_db: str, upstream_host: str) -> Path:
     tmp.mkdir(mode=0o755, exist_ok=True)
     (tmp / "userlist.txt").write_text('"postgres" ""\n')
@@ -292,6 +303,12 @@ def main() -> int:
     if unknown or not modes:
         ap.error(f"--modes: unknown {', '.join(unknown) or '(none given)'}; choose from "
                  f"{', '.join(MODES)}")
+    missing = missing_tools(args.no_pgbouncer)
+    if missing:
+        print(json.dumps({"error": "missing tools", "missing": missing}), flush=True)
+        for tool, how in missing.items():
+            print(f"{tool} is not installed: {how}", file=sys.stderr)
+        return 2
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="accord-gwbench-"))
     tmp.chmod(0o755)

@@ -1,0 +1,32 @@
+"""`benchmarks/gateway.py` on a machine without pgbench or pgbouncer says what to install
+and exits 2, instead of a FileNotFoundError traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gateway.py"
+
+
+def test_missing_tools_are_named_with_how_to_install_them(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("gateway_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its sibling modules
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PGBOUNCER", "/nonexistent/pgbouncer")
+    monkeypatch.setattr(module, "PGBENCH", "/nonexistent/pgbench")
+    assert set(module.missing_tools(False)) == {"pgbench", "pgbouncer"}
+    assert set(module.missing_tools(True)) == {"pgbench"}
+    monkeypatch.setattr(sys, "argv", ["gateway.py", "--runs", "1", "--seconds", "1"])
+    assert module.main() == 2
+    out, err = capsys.readouterr()
+    said = json.loads(out)
+    assert said["error"] == "missing tools" and "pgbouncer" in said["missing"]
+    assert "apt-get install pgbouncer" in err and "--no-pgbouncer" in err
