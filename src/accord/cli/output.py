@@ -121,6 +121,14 @@ def age(value: str | None) -> str:
     return compact_span((datetime.now(UTC) - then).total_seconds())
 
 
+def age_until(value: str) -> str:
+    """How long until a timestamp, e.g. `45m` (`0s` once it passed)."""
+    try:
+        return compact_span((_parse_time(value) - datetime.now(UTC)).total_seconds())
+    except ValueError:
+        return value
+
+
 def until(value: str | None) -> str:
     """A future timestamp with the time left, e.g. `2026-11-27 17:00 UTC (in 45m)`."""
     if not value:

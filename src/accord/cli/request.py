@@ -21,6 +21,7 @@ from accord.cli.output import (
     JsonOpt,
     LimitOpt,
     age,
+    age_until,
     api,
     as_obj,
     cell,
@@ -87,24 +88,38 @@ def _requests_table(items: list[JSON]) -> Table:
     return table
 
 
+def _ago(value: str | None) -> str:
+    return "-" if not value else f"{age(value)} ago"
+
+
 def _grant_end(g: JSON) -> str:
+    """Compact, for a list on a narrow terminal (`grant show` has the timestamps)."""
     if g.get("ended_at"):
-        return when(g["ended_at"])
-    return until(g.get("ends_at"))
+        return f"ended {_ago(g['ended_at'])}"
+    if not g.get("ends_at"):
+        return "-"
+    return f"in {age_until(g['ends_at'])}"
 
 
 def _grants_table(items: list[JSON]) -> Table:
-    table = new_table("ID", "USER", "RESOURCE", "ROLE", "STATUS", "STARTED", "ENDS/ENDED",
-                      "REQUEST", "STATEMENTS", "LAST USED")
+    # Fits 80 columns: when it started and the timestamps are in `grant show`.
+    table = new_table("ID", "USER", "RESOURCE", "ROLE", "STATUS", "ENDS", "REQUEST", "USED")
     for g in items:
-        usage = g.get("usage") or {}
         table.add_row(
             cell(g.get("id")), cell(g.get("user")), cell(g.get("resource")),
-            cell(g.get("role")), _status(g.get("status")), cell(when(g.get("starts_at"))),
-            cell(_grant_end(g)), cell(g.get("request_id")),
-            cell(usage.get("statement_count", 0)), cell(when(usage.get("last_used_at"))),
+            cell(g.get("role")), _status(g.get("status")), cell(_grant_end(g)),
+            cell(g.get("request_id")), cell(_used(g.get("usage") or {})),
         )
     return table
+
+
+def _used(usage: JSON) -> str:
+    """Its use through the gateway: `82 statements, 5m ago`, or `-`."""
+    count = int(usage.get("statement_count") or 0)
+    if not count and not usage.get("last_used_at"):
+        return "-"
+    said = f"{count} statement{'' if count == 1 else 's'}"
+    return f"{said}, {_ago(usage['last_used_at'])}" if usage.get("last_used_at") else said
 
 
 def _usage_rows(g: JSON) -> list[tuple[str, Text]]:

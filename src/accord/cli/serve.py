@@ -178,7 +178,8 @@ def _print_demo(url: str, setup: Any, tokens: dict[str, str], data_dir: Path, ne
                 ) -> None:
     # Plain lines, not a table: tokens must survive narrow terminals and copy-paste whole.
     roles = {"alice": "engineer", "bob": "lead (approver)", "carol": "dba, admin",
-             "dave": "auditor", "erin": "engineer, dba", "frank": "admin, billing owner"}
+             "dave": "auditor", "erin": "engineer, dba, billing owner",
+             "frank": "admin, billing owner", "gina": "lead, admin"}
     config = setup.policy
     lines = [
         "",
