@@ -478,3 +478,16 @@ workflows:
     auto_approve: 'true'
     messages: {auto_deny: "say which ticket, and why"}
 """
+
+
+def test_policy_check_reads_accord_config_without_a_path(tmp_path: Path) -> None:
+    from accord.cli.main import app
+
+    config = tmp_path / "accord.yaml"
+    config.write_text(POLICY, encoding="utf-8")
+    ok = CliRunner().invoke(app, ["policy", "check", "--offline"],
+                            env={"ACCORD_CONFIG": str(config)})
+    assert ok.exit_code == 0 and "ok:" in ok.output, ok.output
+    missing = CliRunner().invoke(app, ["policy", "check"],
+                                 env={"ACCORD_CONFIG": str(tmp_path / "nope.yaml")})
+    assert missing.exit_code == 1 and "no such file" in missing.output

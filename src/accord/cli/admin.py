@@ -51,7 +51,9 @@ def db_upgrade() -> None:
 
 @policy_app.command("check")
 def policy_check(
-    path: Annotated[Path, typer.Argument(help="The accord.yaml to check.")],
+    path: Annotated[Path | None, typer.Argument(
+        help="The accord.yaml to check (default: $ACCORD_CONFIG, else ./accord.yaml).",
+        show_default=False)] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Exit 1 on warnings too.")] = False,
     warn: Annotated[bool, typer.Option(
@@ -76,6 +78,12 @@ def policy_check(
     """
     if strict and warn:
         raise typer.BadParameter("--strict and --warn contradict each other")
+    if path is None:
+        path = Settings.from_env().config_path
+    if not path.exists():
+        err.print(f"error: {path}: no such file (give the PATH, or set ACCORD_CONFIG)",
+                  markup=False, soft_wrap=True)
+        raise typer.Exit(1)
     try:
         loaded = load_policy_file(path)
     except PolicyError as exc:
