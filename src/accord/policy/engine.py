@@ -98,14 +98,20 @@ class Evaluation:
     error: str | None = None
 
 
-_TRACE: ContextVar[list[Evaluation] | None] = ContextVar("accord_policy_trace", default=None)
+class _Trace(list[Evaluation]):
+    errors_only = False
+
+
+_TRACE: ContextVar[_Trace | None] = ContextVar("accord_policy_trace", default=None)
 
 
 @contextmanager
-def tracing() -> Iterator[list[Evaluation]]:
+def tracing(*, errors_only: bool = False) -> Iterator[list[Evaluation]]:
     """Collect every check `decide` makes inside this block, in order: the routing's own
-    evaluations (explaining a decision), not a second reading of the policy beside it."""
-    trace: list[Evaluation] = []
+    evaluations (explaining a decision), not a second reading of the policy beside it.
+    `errors_only`: only the rules that could not be evaluated."""
+    trace = _Trace()
+    trace.errors_only = errors_only
     token = _TRACE.set(trace)
     try:
         yield trace
@@ -118,7 +124,7 @@ def _check(workflow: str, rule: str, expression: str, program: Any, ctx: Any
     """Evaluate one rule of `workflow`, noting it when a trace is being collected."""
     result, err = _eval_bool(program, ctx)
     trace = _TRACE.get()
-    if trace is not None:
+    if trace is not None and (err is not None or not trace.errors_only):
         trace.append(Evaluation(workflow, rule, expression, result, err))
     return result, err
 
@@ -126,7 +132,7 @@ def _check(workflow: str, rule: str, expression: str, program: Any, ctx: Any
 def _note_limits(spec: WorkflowSpec, duration: timedelta, reason: str) -> None:
     """The workflow's limits a request must be within, when a trace is being collected."""
     trace = _TRACE.get()
-    if trace is None:
+    if trace is None or trace.errors_only:
         return
     trace.append(Evaluation(
         spec.name, "max_duration",

@@ -177,14 +177,15 @@ def replay(session: Session, candidate: Policy, *, since: datetime | None, until
                     since=since, until=until)
     baseline = _Baseline(session, candidate.directory)
     errors: dict[tuple[str, str, str], list[int]] = {}
-    with tracing() as trace:
+    with tracing(errors_only=True) as trace:
         for rec in recorded_requests(session, since=since, until=until):
             routed = reroute(candidate, rec)
-            for e in trace:
-                if e.error is not None:
-                    seen = errors.setdefault((e.workflow, e.rule, e.error), [0, rec.request_id])
+            if trace:
+                for e in trace:
+                    seen = errors.setdefault((e.workflow, e.rule, str(e.error)),
+                                             [0, rec.request_id])
                     seen[0] += 1
-            trace.clear()
+                trace.clear()
             report.requests += 1
             report.versions[rec.version] += 1
             both_pending = rec.outcome == "pending" and routed.outcome == "pending"
