@@ -138,3 +138,34 @@ def test_replay_writes_nothing(env: Env) -> None:
         assert counts(s) == before
         s.rollback()
     assert before["ledger_entries"] > 6
+
+
+def test_the_replay_api_is_for_auditors_and_admins_and_writes_nothing(env: Env) -> None:
+    ids = file(env)
+    text = swap("    auto_approve: '\"engineers\" in request.requester.groups && "
+                "request.role == \"read\"'\n", "")
+    with env.st.sessions() as s:
+        before = counts(s)
+    for user in ("dave", "carol"):  # an auditor, an admin
+        r = env.post(user, "/api/v1/policy/replay", json={"candidate": text, "since": "1d"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["requests"], body["changed"]) == (6, 2)
+        assert body["counts"] == {"outcome": 2, "workflow": 0, "rule": 2, "approvers": 0}
+        assert [c["request_id"] for c in body["changes"]] == [ids["erin-staging"],
+                                                               ids["gina-staging"]]
+        assert body["candidate"] == "candidate.yaml" and body["errors"] == []
+    r = env.post("alice", "/api/v1/policy/replay", json={"candidate": text})
+    assert r.status_code == 403
+    assert r.json()["detail"] == "this needs the Accord auditor or admin role"
+
+    broken = swap("match: 'resource.labels.env == \"prod\"'", "match: 'resource.labels.env ='")
+    r = env.post("dave", "/api/v1/policy/replay", json={"candidate": broken, "name": "new.yaml"})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"].startswith("new.yaml does not load: workflows[1].match: "
+                                         "invalid CEL: ")
+    assert [e["loc"] for e in r.json()["errors"]] == ["workflows[1].match"]
+    r = env.post("dave", "/api/v1/policy/replay", json={"candidate": text, "since": "lately"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "since"
+    with env.st.sessions() as s:
+        assert counts(s) == before

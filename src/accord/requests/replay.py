@@ -161,7 +161,7 @@ def recorded_requests(session: Session, *, since: datetime | None, until: dateti
                       batch: int = BATCH) -> Any:
     """Every `request.created` event of the window, oldest first, as Recorded."""
     q = (select(LedgerEntry.leaf, LedgerEntry.idx)
-         .where(LedgerEntry.type == str(EventType.REQUEST_CREATED), LedgerEntry.time < until)
+         .where(LedgerEntry.type == str(EventType.REQUEST_CREATED), LedgerEntry.time <= until)
          .order_by(LedgerEntry.id))
     if since is not None:
         q = q.where(LedgerEntry.time >= since)
@@ -171,7 +171,7 @@ def recorded_requests(session: Session, *, since: datetime | None, until: dateti
 
 def replay(session: Session, candidate: Policy, *, since: datetime | None, until: datetime,
            progress: Callable[[int], None] | None = None) -> Report:
-    """Route every request filed in [since, until) again under `candidate` (compiled over
+    """Route every request filed in [since, until] again under `candidate` (compiled over
     the directory as it is now) and report those it would decide otherwise."""
     report = Report(candidate=candidate.loaded.source, version=candidate.version,
                     since=since, until=until)
