@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from accord.cli.output import JSON, JsonOpt, api, as_obj, console, dump, say
+from accord.cli.output import JSON, JsonOpt, api, as_obj, console, dump, say, when
 
 RequestId = Annotated[int, typer.Argument(help="ID of the access request.", min=1)]
 EXIT_MISMATCH = 1
@@ -55,7 +55,7 @@ def _print(data: JSON) -> None:
     policy = data.get("policy") or {}
     if req:
         say(f"Request {data['request_id']}: {req['requester']} asked for {req['role']} on "
-            f"{req['resource']} for {req['duration']} at {req['time']}"
+            f"{req['resource']} for {req['duration']} at {when(req['time'])}"
             + (f' ("{req["reason"]}")' if req.get("reason") else "")
             + (" (break-glass)" if req.get("emergency") else "")
             + (" (an extension)" if req.get("extension") else ""))

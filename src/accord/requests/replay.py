@@ -191,6 +191,8 @@ def replay(session: Session, candidate: Policy, *, since: datetime | None, until
             both_pending = rec.outcome == "pending" and routed.outcome == "pending"
             recorded_eligible = baseline.eligible(rec) if both_pending else None
             kinds = compare(rec, routed, recorded_eligible)
+            if kinds and rec.outcome == "pending" and recorded_eligible is None:
+                recorded_eligible = baseline.eligible(rec)  # who it waited for, to show
             if kinds:
                 report.changes.append(Change(
                     rec.request_id, rec.time, rec.requester, rec.resource, rec.role, kinds,
