@@ -12,11 +12,20 @@ sections asked for (all by default) and prints one JSON object.
   (`accord.policy.satisfiable.fill`) on a 10-step chain with 200 eligible people a step, in
   five shapes (one shared pool, overlapping pools, random pools, a tight fit, one short):
   target under 10 ms each, worst of 50.
+- **replay**: `accord policy replay` of 100,000 recorded requests under a candidate that
+  changes one workflow (target: under 30 s), against the same generated policy. The
+  requests are recorded as `request.created` events through the ledger's own `record`, in
+  transactions of 10,000, on a fresh SQLite file, with the data `service.create` records
+  (each routed by the policy first; the events' keys are checked against one request filed
+  through `service.create`); only the replay is timed (`replay.replay` over the database,
+  what the command runs after reading the candidate), and `cli_seconds` times the whole
+  command.
 
 Further sections add a function `section_<name>(args) -> dict` and an entry in SECTIONS.
 
     .venv/bin/python benchmarks/policy.py                       # every section, the issue's sizes
     .venv/bin/python benchmarks/policy.py --only test_cases --cases 1000 --repeat 5
+    .venv/bin/python benchmarks/policy.py --only replay --recorded 100000
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_TEST_CASES_S = 2.0
+TARGET_REPLAY_S = 30.0
 ADMINS = [f"adm{i}" for i in range(5)]
 MAX_DURATION_H = 8
 
@@ -173,6 +183,148 @@ def _cli_seconds(config: Path, tests: Path) -> float:
     return seconds
 
 
+def _recorded(session: Any, policy: Any, count: int, args: argparse.Namespace,
+              now: Any, seed: int = 11) -> None:
+    """Record `count` requests as their `request.created` events, as service.create writes
+    them (the routing's decision, its plan and inputs), spread over the last 20 days."""
+    from datetime import timedelta
+
+    from accord.durations import format_duration
+    from accord.errors import AccordError
+    from accord.ledger import service as ledger
+    from accord.ledger.events import Actor, EventType, PolicyRef, format_time
+    from accord.requests import service
+
+    rnd = random.Random(seed)
+    for n in range(count):
+        j, i = rnd.randrange(args.requesters), rnd.randrange(args.resources)
+        role = rnd.choice(["read", "read", "write", "admin"])
+        duration = timedelta(hours=rnd.choice([1, 2, 4]))
+        reason = rnd.choice(["short", "INC-1234: investigate the orders backlog"])
+        at = now - timedelta(seconds=rnd.randrange(20 * 86400))
+        requester, resource = f"u{j}", f"r{i}"
+        try:
+            decision, _eligible = service.route(policy, requester=requester, resource=resource,
+                                                role=role, duration=duration, reason=reason,
+                                                now=at)
+        except AccordError:  # refused: never filed, so never recorded
+            continue
+        rid = 1_000_000 + n
+        decided = decision.outcome != "steps"
+        steps = [s.as_dict() for s in decision.steps]
+        pending_until = at + decision.pending_timeout if decision.pending_timeout else None
+        ledger.record(
+            session, type=EventType.REQUEST_CREATED, actor=Actor("user", requester, "api"),
+            subject=f"request:{rid}", resource={"name": resource, "role": role}, time=at,
+            policy=PolicyRef(decision.workflow or "", policy.version, decision.rule),
+            data={"request_id": rid, "requester": requester,
+                  "duration_seconds": int(duration.total_seconds()),
+                  "duration": format_duration(duration), "reason": reason,
+                  "extends_grant_id": None,
+                  "routing": {"outcome": decision.outcome, "reason": decision.reason},
+                  "steps": steps,
+                  "pending_until": format_time(pending_until)
+                  if pending_until and not decided else None,
+                  "inputs": decision.inputs})
+
+
+def section_replay(args: argparse.Namespace) -> dict[str, Any]:
+    """`accord policy replay` of N recorded requests under a candidate changing one workflow."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from accord import migrations
+    from accord.db import make_engine, make_sessionmaker, readonly_sessions, transaction, utcnow
+    from accord.identity.caller import Caller
+    from accord.ledger.events import Actor
+    from accord.ledger.models import LedgerEntry
+    from accord.people import snapshot
+    from accord.policy import service as policies
+    from accord.policy.engine import Policy
+    from accord.requests import service
+    from accord.requests.explain import created_event
+    from accord.requests.replay import replay
+    from accord.spec.load import load_policy_file
+
+    text = policy_text(args.workflows, args.resources, args.requesters)
+    # The candidate: workflow w0 no longer approves engineers' reads by itself.
+    auto = ("    auto_approve: '\"engineers\" in request.requester.groups && "
+            "request.role == \"read\"'\n")
+    first = text.index("  - name: w0\n")
+    candidate_text = text[:first] + text[first:].replace(auto, "", 1)
+    with tempfile.TemporaryDirectory(prefix="accord-bench-replay-") as tmp:
+        config, candidate = Path(tmp) / "accord.yaml", Path(tmp) / "candidate.yaml"
+        config.write_text(text, encoding="utf-8")
+        candidate.write_text(candidate_text, encoding="utf-8")
+        url = f"sqlite:///{Path(tmp) / 'accord.db'}"
+        engine = make_engine(url)
+        migrations.upgrade(engine)
+        sessions = make_sessionmaker(engine)
+        policy = Policy(load_policy_file(config))
+        now = utcnow()
+        began = time.perf_counter()
+        with transaction(sessions) as session:
+            policies.announce(session, policy=policy, actor=Actor.system("cli"))
+            real = service.create(session, policy=policy, caller=Caller("u1", "api"),
+                                  resource="r1", role="write", duration=timedelta(hours=1),
+                                  reason="INC-1234: investigate the orders backlog", now=now)
+        per_tx = 10_000
+        for start in range(0, args.recorded, per_tx):
+            with transaction(sessions) as session:
+                _recorded(session, policy, min(per_tx, args.recorded - start), args, now,
+                          seed=start)
+        with sessions() as session:
+            filed = created_event(session, real.id)
+            made = created_event(session, 1_000_000)
+            assert filed is not None and made is not None
+            assert set(filed[0]["data"]) == set(made[0]["data"]), "the events' shape drifted"
+            recorded = session.execute(select(func.count()).select_from(LedgerEntry).where(
+                LedgerEntry.type == "request.created")).scalar_one()
+        seeded = time.perf_counter() - began
+        runs: list[float] = []
+        report = None
+        for _ in range(args.repeat):
+            began = time.perf_counter()
+            with readonly_sessions(sessions)() as session:
+                candidate_policy = Policy(load_policy_file(candidate), snapshot.load(session))
+                report = replay(session, candidate_policy, since=now - timedelta(days=30),
+                                until=utcnow())
+                session.rollback()
+            runs.append(time.perf_counter() - began)
+        assert report is not None
+        engine.dispose()
+        cli = _replay_cli_seconds(candidate, url, Path(tmp)) if args.cli else None
+    median = statistics.median(runs)
+    return {
+        "recorded": recorded, "replayed": report.requests, "changed": len(report.changes),
+        "counts": report.counts, "workflows": args.workflows, "resources": args.resources,
+        "seed_seconds": round(seeded, 2),
+        "seconds": round(median, 3), "best": round(min(runs), 3),
+        "us_per_request": round(min(runs) / max(report.requests, 1) * 1e6, 1),
+        "repeat": args.repeat,
+        "cli_seconds": round(cli, 2) if cli is not None else None,
+        "target_s": TARGET_REPLAY_S,
+        "met": median < TARGET_REPLAY_S and report.requests == recorded,
+    }
+
+
+def _replay_cli_seconds(candidate: Path, url: str, data_dir: Path) -> float:
+    """The whole command in a fresh interpreter, its JSON report included."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ACCORD_DATABASE_URL": url,
+           "ACCORD_DATA_DIR": str(data_dir)}
+    began = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "accord.cli.main", "policy", "replay",
+                           str(candidate), "--json"], env=env, capture_output=True,
+                          text=True, check=False)
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"accord policy replay exited {proc.returncode}:\n"
+                         f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return seconds
+
+
+
 # ---------------------------------------------------------------- satisfiable
 
 
@@ -227,6 +379,7 @@ def section_satisfiable(args: argparse.Namespace) -> dict[str, Any]:
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "test_cases": section_test_cases,
+    "replay": section_replay,
     "satisfiable": section_satisfiable,
 }
 
@@ -236,14 +389,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", action="append", choices=sorted(SECTIONS),
                    help="run this section (again for several); default: all")
     p.add_argument("--cases", type=int, default=1000, help="test_cases: cases (1000)")
-    p.add_argument("--workflows", type=int, default=50, help="test_cases: workflows (50)")
-    p.add_argument("--resources", type=int, default=500, help="test_cases: resources (500)")
+    p.add_argument("--workflows", type=int, default=50, help="test_cases, replay: workflows (50)")
+    p.add_argument("--resources", type=int, default=500, help="test_cases, replay: resources (500)")
     p.add_argument("--requesters", type=int, default=200,
                    help="test_cases: requesters, half of them engineers (200)")
     p.add_argument("--repeat", type=int, default=3,
-                   help="test_cases: timed runs; the median is reported (3)")
+                   help="timed runs of each section; the median is reported (3)")
     p.add_argument("--no-cli", dest="cli", action="store_false",
-                   help="test_cases: skip timing the whole command in a fresh interpreter")
+                   help="skip timing the whole commands in a fresh interpreter")
+    p.add_argument("--recorded", type=int, default=100_000,
+                   help="replay: recorded requests to replay (100000)")
     p.add_argument("--steps", type=int, default=10, help="satisfiable: steps a chain (10)")
     p.add_argument("--people", type=int, default=200,
                    help="satisfiable: eligible people a step (200)")

@@ -44,3 +44,13 @@ def test_a_tiny_replay_replays_every_recorded_request() -> None:
     assert replay["counts"]["workflow"] == 0
     assert replay["seconds"] > 0 and replay["cli_seconds"] > 0 and replay["met"] is True
     assert set(out["targets"]) == {"replay", "all_met"}
+
+
+def test_a_tiny_chain_check_gives_the_right_answer_for_every_shape() -> None:
+    module = bench()
+    out = module.run(module.parse_args(["--only", "satisfiable", "--steps", "4", "--people",
+                                        "20", "--sat-repeat", "2"]))
+    sat = out["satisfiable"]
+    assert sat["right"] and sat["shapes"]["impossible"]["ok"] is False
+    assert sat["shapes"]["tight"]["ok"] is True
+    assert set(out["targets"]) == {"satisfiable", "all_met"}

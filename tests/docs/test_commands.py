@@ -60,6 +60,10 @@ VERIFIED = r"OK: \d+ entries of \S+ verified against \d+ signed checkpoints"
 # (file, the command's start) -> (exit status, a regex its output must match).
 EXPECT = {
     ("README.md", "accord policy test"): (0, r"\n\d+ passed, 0 failed\n"),
+    ("README.md", "accord policy replay"): (0, r"Replayed \d+ requests filed since .*\n"
+                                               r"\d+ would change: outcome [1-9]"),
+    ("README.md", "accord policy explain"): (0, r"Reproduced: denied \(workflow prod, rule "
+                                                r"auto_deny\)  ✔ reproduced"),
     ("README.md", "curl -s -X POST"): (0, r'"version":\s*"[0-9a-f]{64}"'),  # the reload
     ("README.md", "accord request create"): (0, r"request \d+ \(alice: orders-db/read for "
                                                 r"1h30m\): pending"),

@@ -694,6 +694,29 @@ def test_no_page_scrolls_sideways_for_any_role(
         shot(page, f"{user}{path.replace('/', '-')}-{w}")
 
 
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_a_request_explains_its_decision_at_any_width(
+        browser: Browser, server: Server, provider: Provider, width: str) -> None:
+    ctx = WIDTHS[width]
+    alice = sign_in(browser, server, provider, "alice", **ctx)
+    rid = file_request(alice, server, "INC-14: why does this wait for two people?")
+    explanation = alice.locator("#explain")
+    expect(explanation.locator("#explain-state")).to_have_text("✔ reproduced")
+    expect(explanation.locator(".explain-workflows")).not_to_be_visible()  # collapsed
+    looks_right(alice, "explanation closed")
+    alice.get_by_text("Why this decision").click()
+    workflow = explanation.locator(".explain-workflows > li").first
+    expect(workflow).to_contain_text("prod matched")
+    expect(workflow).to_contain_text('resource.labels.env = "prod"')
+    expect(explanation).to_contain_text("owner: 1 of carol, erin (approvers: owners)")
+    looks_right(alice, "explanation open")
+    explanation.scroll_into_view_if_needed()
+    shot(alice, f"request-explain-{ctx['viewport']['width']}")
+    bob = sign_in(browser, server, provider, "bob", **ctx)  # an approver: not for him
+    visit(bob, f"{server.url}/requests/{rid}", "bob's request page")
+    expect(bob.locator("#explain")).to_have_count(0)
+
+
 def test_revoking_asks_why_and_works_without_javascript(
         browser: Browser, server: Server, provider: Provider) -> None:
     alice = sign_in(browser, server, provider, "alice")

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
@@ -30,6 +30,7 @@ from accord.identity.models import WebSession
 from accord.ledger import checkpoints
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.ledger.service import tree_size
+from accord.policy.models import PolicyVersion
 from accord.requests import service as request_service
 from accord.requests.models import AccessRequest, Approval
 from tests.conftest import POLICY, Env, make_env
@@ -647,6 +648,34 @@ def test_a_denial_reads_denied_on_the_request_page(env: Env) -> None:
     assert event["data"]["decision"] == "deny"
     detail = text_of(bob.get(f"/requests/{rid}"))
     assert "bob denied via web: “no”" in detail
+
+
+def test_the_request_page_explains_the_decision_to_those_allowed(env: Env) -> None:
+    rid = pending(env)
+    page = login(env, "alice").get(f"/requests/{rid}")
+    is_html_page(page, 200)
+    assert re.search(r'<details class="card explain" id="explain">', page.text)  # closed
+    said = text_of(page)
+    assert "Why this decision ✔ reproduced" in said
+    assert "pending (workflow prod, rule match): routed by workflow 'prod'." in said
+    assert "staging no match match resource.labels.env == \"staging\" → false " \
+           "resource.labels.env = \"prod\"" in said
+    assert "auto_deny size(request.reason) < 10 → false request.reason = " \
+           "\"INC-1 investigate orders\"" in said
+    assert "lead: 1 of bob, gina (approvers: leads)" in said
+    assert 'id="explain"' in login(env, "dave").get(f"/requests/{rid}").text  # an auditor
+    assert 'id="explain"' not in login(env, "bob").get(f"/requests/{rid}").text  # approver
+
+    with transaction(env.st.sessions) as s:  # the version that decided, changed since
+        s.execute(update(PolicyVersion).values(text=WEB_POLICY.replace("leads: [bob, gina]",
+                                                                       "leads: [gina]")))
+    page = login(env, "alice").get(f"/requests/{rid}")
+    assert '<details class="card explain" id="explain" open>' in page.text
+    said = text_of(page)
+    assert "Why this decision ✘ does not reproduce" in said
+    assert "This decision does not reproduce from what the ledger recorded: the stored " \
+           "text of policy version" in said
+    assert "lead: 1 of gina (approvers: leads)" in said
 
 
 @pytest.mark.parametrize("user, message", [

@@ -169,6 +169,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         app.include_router(module.router)
     app.include_router(slack_views.prefs_router)  # notification preferences
     app.include_router(report_views.router)  # reports (auditors and admins)
+    app.include_router(policy_views.replay_router)  # replaying a candidate (auditors, admins)
     app.include_router(review_views.router)  # access review campaigns
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)

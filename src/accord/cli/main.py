@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperOption
 
-from accord.cli import admin, policytest, serve
+from accord.cli import admin, policyexplain, policyreplay, policytest, serve
 from accord.cli.audit import audit_app
 from accord.cli.request import grant_app, request_app
 from accord.detect.cli import alert_app
@@ -41,6 +41,8 @@ app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.policy_app, name="policy")
 admin.policy_app.command("test")(policytest.policy_test)
+admin.policy_app.command("replay")(policyreplay.policy_replay)
+admin.policy_app.command("explain")(policyexplain.policy_explain)
 app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
 app.add_typer(audit_app, name="audit")

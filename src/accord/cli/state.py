@@ -36,6 +36,11 @@ def require_existing(settings: Settings, config: Path | None) -> None:
         err.print(f"error: {path}: no such file (give --config or set ACCORD_CONFIG)"
                   f"{_demo_hint()}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
+    require_database(settings)
+
+
+def require_database(settings: Settings) -> None:
+    """Say so when the SQLite database file is missing, creating nothing."""
     url = settings.database_url.get()
     if url.startswith("sqlite") and "///" in url:
         db = Path(url.split("///", 1)[1])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,7 +80,7 @@ class CompiledWorkflow:
     auto_deny: Any | None
 
 
-def _eval_bool(program: Any, ctx: dict[str, Any]) -> tuple[bool | None, str | None]:
+def _eval_bool(program: Any, ctx: Any) -> tuple[bool | None, str | None]:
     try:
         value = program.execute(ctx)
     except Exception as exc:  # the binding raises KeyError, IndexError, ZeroDivisionError, ...
@@ -87,6 +89,64 @@ def _eval_bool(program: Any, ctx: dict[str, Any]) -> tuple[bool | None, str | No
     if not isinstance(value, bool):
         return None, f"expression returned {type(value).__name__}, not bool"
     return value, None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One check `decide` made, in the order it made them: a CEL rule of a workflow
+    (`match`, `auto_deny`, `auto_approve`) or one of its limits (`max_duration`,
+    `require_reason`), and what came of it (None and `error`: it could not be evaluated)."""
+
+    workflow: str
+    rule: str
+    expression: str
+    result: bool | None
+    error: str | None = None
+
+
+class _Trace(list[Evaluation]):
+    errors_only = False
+
+
+_TRACE: ContextVar[_Trace | None] = ContextVar("accord_policy_trace", default=None)
+
+
+@contextmanager
+def tracing(*, errors_only: bool = False) -> Iterator[list[Evaluation]]:
+    """Collect every check `decide` makes inside this block, in order: the routing's own
+    evaluations (explaining a decision), not a second reading of the policy beside it.
+    `errors_only`: only the rules that could not be evaluated."""
+    trace = _Trace()
+    trace.errors_only = errors_only
+    token = _TRACE.set(trace)
+    try:
+        yield trace
+    finally:
+        _TRACE.reset(token)
+
+
+def _check(workflow: str, rule: str, expression: str, program: Any, ctx: Any
+           ) -> tuple[bool | None, str | None]:
+    """Evaluate one rule of `workflow`, noting it when a trace is being collected."""
+    result, err = _eval_bool(program, ctx)
+    trace = _TRACE.get()
+    if trace is not None and (err is not None or not trace.errors_only):
+        trace.append(Evaluation(workflow, rule, expression, result, err))
+    return result, err
+
+
+def _note_limits(spec: WorkflowSpec, duration: timedelta, reason: str) -> None:
+    """The workflow's limits a request must be within, when a trace is being collected."""
+    trace = _TRACE.get()
+    if trace is None or trace.errors_only:
+        return
+    trace.append(Evaluation(
+        spec.name, "max_duration",
+        f'request.duration <= duration("{format_duration(spec.max_duration)}")',
+        duration <= spec.max_duration))
+    if spec.require_reason:
+        trace.append(Evaluation(spec.name, "require_reason", "request.reason is not blank",
+                                bool(reason.strip())))
 
 
 class People(Mapping[str, UserSpec]):
@@ -383,13 +443,16 @@ class Policy:
             extension=extension,
         )
         inputs = _jsonable(ctx)
+        # One CEL context for every rule: converting the variables is most of an
+        # evaluation's cost (25 µs against 0.3 µs), and a request may evaluate 50 rules.
+        env = cel.Context(ctx)
         errors: list[str] = []
         for w in self.workflows:
-            matched, err = _eval_bool(w.match, ctx)
+            matched, err = _check(w.spec.name, "match", w.spec.match, w.match, env)
             if err:
                 errors.append(f"workflow {w.spec.name!r} match: {err}")
             if matched:
-                return self._decide_in(w, ctx, inputs, duration, reason, role)
+                return self._decide_in(w, env, inputs, duration, reason, role)
         why = f"no workflow matches {resource.name}/{role}"
         if errors:
             why += " (" + "; ".join(errors) + ")"
@@ -398,7 +461,7 @@ class Policy:
     def _decide_in(
         self,
         w: CompiledWorkflow,
-        ctx: dict[str, Any],
+        ctx: Any,
         inputs: dict[str, Any],
         duration: timedelta,
         reason: str,
@@ -407,6 +470,7 @@ class Policy:
         spec = w.spec
         planned = plan_of(spec, role)
         steps = list(planned)
+        _note_limits(spec, duration, reason)
         if duration > spec.max_duration:
             raise PolicyRefusal(
                 "duration",
@@ -418,7 +482,7 @@ class Policy:
             raise PolicyRefusal("reason", f"workflow {spec.name!r} requires a reason")
         timeout = spec.pending_timeout
         if w.auto_deny is not None:
-            denied, err = _eval_bool(w.auto_deny, ctx)
+            denied, err = _check(spec.name, "auto_deny", spec.auto_deny or "", w.auto_deny, ctx)
             if err:
                 return Decision(
                     "deny", spec.name, "auto_deny",
@@ -433,7 +497,8 @@ class Policy:
                     inputs=inputs, workflow_steps=planned,
                 )
         if w.auto_approve is not None:
-            approved, _err = _eval_bool(w.auto_approve, ctx)
+            approved, _err = _check(spec.name, "auto_approve", spec.auto_approve or "",
+                                    w.auto_approve, ctx)
             if approved:
                 return Decision(
                     "approve", spec.name, "auto_approve",

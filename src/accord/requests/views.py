@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from accord.api.deps import Principal, db, known_id, parse_cursor, principal, state
 from accord.detect import service as detect
 from accord.durations import parse_duration
-from accord.errors import AccordError, Invalid
+from accord.errors import AccordError, Forbidden, Invalid
 from accord.grants.models import Grant
+from accord.requests import explain as explaining
 from accord.requests import service
 from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import CommentIn, ExtendIn, RequestCreate, RequestOut, ReviewIn
@@ -113,6 +114,26 @@ def get_request(
     req = service.get_request(session, policy=who.policy, user=who.user,
                               request_id=known_id(request_id, "request"))
     return render(session, [req], now)[0]
+
+
+@router.get("/{request_id}/explain")
+def explain_request(
+    request_id: int,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> Any:
+    """Why the request was decided as it was: its decision reproduced under the policy
+    version that made it, from the inputs the ledger recorded, with each workflow's match,
+    each rule evaluated with its inputs, the steps and eligible people. `mismatch` lists
+    every way the reproduction differs from the record (empty: reproduced). For the
+    requester, admins and auditors."""
+    req = service.get_request(session, policy=who.policy, user=who.user,
+                              request_id=known_id(request_id, "request"))
+    if not explaining.may_explain(who.policy, who.user, req):
+        raise Forbidden("a request's explanation is for its requester, admins and auditors")
+    return explaining.explain(session, req=req, directory=st.policies.directory(session),
+                              in_force=who.policy.version)
 
 
 def _command(name: str, fn: service.Command, summary: str) -> None:

@@ -48,6 +48,7 @@ from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.reports import charts
+from accord.requests import explain as explaining
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
 from accord.requests.schemas import GrantOut
@@ -639,10 +640,15 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
             and viewer.user != req.requester \
             and viewer.user in requests.members(viewer.principal.policy, glass.reviewers):
         acts.append("review")
+    # Why it was decided so, reproduced from the ledger: for those the API shows it to.
+    policy = viewer.principal.policy
+    explanation = explaining.explain(
+        session, req=req, directory=st.policies.directory(session), in_force=policy.version,
+    ) if explaining.may_explain(policy, viewer.user, req) else None
     end_read(session)
     return page(request, "request_detail.html", viewer, r=out, events=events,
                 ledger=ledger_state, actions=acts, status=status, waiting=_waiting(out),
-                connect=_connectable(viewer, out))
+                connect=_connectable(viewer, out), explanation=explanation)
 
 
 def _request_id(value: str) -> int:
