@@ -152,7 +152,8 @@ def section_test_cases(args: argparse.Namespace) -> dict[str, Any]:
             runs.append({"total": done - began, "policy": loaded_at - began,
                          "cases": checked_at - loaded_at, "run": done - checked_at})
         assert report is not None
-        cli = _cli_seconds(config, tests) if args.cli else None
+        cli = _cli_seconds(["policy", "test", "-c", str(config), str(tests)]) \
+            if args.cli else None
     best = min(runs, key=lambda r: r["total"])
     median = statistics.median(r["total"] for r in runs)
     return {
@@ -169,16 +170,16 @@ def section_test_cases(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cli_seconds(config: Path, tests: Path) -> float:
-    """The whole command, in a fresh interpreter: what a CI job waits for."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def _cli_seconds(args: list[str], env: dict[str, str] | None = None) -> float:
+    """`accord ARGS...` whole, in a fresh interpreter: what a CI job or an operator waits
+    for. A failure ends the benchmark with what the command said."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "accord.cli.main", "policy", "test",
-                           "-c", str(config), str(tests)], env=env, capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "accord.cli.main", *args], env=full_env,
+                          capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - began
     if proc.returncode != 0:
-        raise SystemExit(f"accord policy test exited {proc.returncode}:\n"
+        raise SystemExit(f"accord {' '.join(args[:2])} exited {proc.returncode}:\n"
                          f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return seconds
 
@@ -294,7 +295,9 @@ def section_replay(args: argparse.Namespace) -> dict[str, Any]:
             runs.append(time.perf_counter() - began)
         assert report is not None
         engine.dispose()
-        cli = _replay_cli_seconds(candidate, url, Path(tmp)) if args.cli else None
+        cli = _cli_seconds(["policy", "replay", str(candidate), "--json"],
+                           {"ACCORD_DATABASE_URL": url, "ACCORD_DATA_DIR": tmp}) \
+            if args.cli else None
     median = statistics.median(runs)
     return {
         "recorded": recorded, "replayed": report.requests, "changed": len(report.changes),
@@ -308,20 +311,6 @@ def section_replay(args: argparse.Namespace) -> dict[str, Any]:
         "met": median < TARGET_REPLAY_S and report.requests == recorded,
     }
 
-
-def _replay_cli_seconds(candidate: Path, url: str, data_dir: Path) -> float:
-    """The whole command in a fresh interpreter, its JSON report included."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ACCORD_DATABASE_URL": url,
-           "ACCORD_DATA_DIR": str(data_dir)}
-    began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "accord.cli.main", "policy", "replay",
-                           str(candidate), "--json"], env=env, capture_output=True,
-                          text=True, check=False)
-    seconds = time.perf_counter() - began
-    if proc.returncode != 0:
-        raise SystemExit(f"accord policy replay exited {proc.returncode}:\n"
-                         f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return seconds
 
 
 

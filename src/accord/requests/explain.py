@@ -121,16 +121,10 @@ def reroute(policy: Policy, rec: Recorded) -> Routed:
         return Routed(REFUSED, None, None,
                       f'"{rec.requester}" is not a user under this policy')
     try:
-        if rec.emergency:
-            decision = service.break_glass(policy, requester=rec.requester,
-                                           resource=rec.resource, role=rec.role,
-                                           duration=rec.duration, reason=rec.reason)
-            eligible: list[frozenset[str]] = []
-        else:
-            decision, eligible = service.route(policy, requester=rec.requester,
-                                               resource=rec.resource, role=rec.role,
-                                               duration=rec.duration, reason=rec.reason,
-                                               now=rec.time, extension=rec.extension)
+        decision, eligible = service.decide(
+            policy, requester=rec.requester, resource=rec.resource, role=rec.role,
+            duration=rec.duration, reason=rec.reason, now=rec.time, emergency=rec.emergency,
+            extension=rec.extension)
     except AccordError as exc:
         return Routed(REFUSED, _matched(policy, rec), None,
                       f"{exc.field}: {exc.detail}" if exc.field else exc.detail)

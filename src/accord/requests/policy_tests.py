@@ -141,16 +141,9 @@ def decide(policy: Policy, case: Case, now: datetime) -> dict[str, Any]:
     req = case.request
     at = req.time or now
     try:
-        if req.emergency:
-            decision = service.break_glass(policy, requester=req.requester,
-                                           resource=req.resource, role=req.role,
-                                           duration=req.duration, reason=req.reason)
-            eligible: list[frozenset[str]] = []
-        else:
-            decision, eligible = service.route(policy, requester=req.requester,
-                                               resource=req.resource, role=req.role,
-                                               duration=req.duration, reason=req.reason,
-                                               now=at)
+        decision, eligible = service.decide(
+            policy, requester=req.requester, resource=req.resource, role=req.role,
+            duration=req.duration, reason=req.reason, now=at, emergency=bool(req.emergency))
     except AccordError as exc:  # what the API answers 4xx: over max_duration, no reason, ...
         workflow = None if req.emergency else _matched(policy, case, at)
         return {"outcome": "refused", "workflow": workflow, "rule": None, "steps": [],

@@ -299,6 +299,18 @@ def break_glass(policy: Policy, *, requester: str, resource: str, role: str,
                     inputs={"requester": requester, "resource": resource, "role": role})
 
 
+def decide(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
+           reason: str, now: datetime, emergency: bool = False, extension: bool = False,
+           ) -> tuple[Decision, list[frozenset[str]]]:
+    """What filing this request would decide: broken glass, or routed (`route`); raises
+    what the API refuses. Pure: policy tests, replay and explain decide as filing does."""
+    if emergency:
+        return break_glass(policy, requester=requester, resource=resource, role=role,
+                           duration=duration, reason=reason), []
+    return route(policy, requester=requester, resource=resource, role=role,
+                 duration=duration, reason=reason, now=now, extension=extension)
+
+
 def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
           reason: str, now: datetime, extension: bool = False,
           ) -> tuple[Decision, list[frozenset[str]]]:
@@ -406,14 +418,9 @@ def create(
     emergency: bool = False,
 ) -> AccessRequest:
     """File a request for oneself and route it through the policy (or break the glass)."""
-    if emergency:
-        decision = break_glass(policy, requester=caller.user, resource=resource, role=role,
-                               duration=duration, reason=reason)
-        eligible: list[frozenset[str]] = []
-    else:
-        decision, eligible = route(policy, requester=caller.user, resource=resource,
-                                    role=role, duration=duration, reason=reason, now=now,
-                                    extension=extends is not None)
+    decision, eligible = decide(policy, requester=caller.user, resource=resource, role=role,
+                                duration=duration, reason=reason, now=now,
+                                emergency=emergency, extension=extends is not None)
 
     # The request is written once with what the policy decided; only activation follows.
     decided = decision.outcome != "steps"
