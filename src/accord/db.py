@@ -50,6 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from accord import metrics
 from accord.errors import Busy
 
 log = logging.getLogger("accord.db")
@@ -159,6 +160,7 @@ class WriteGate:
                 return
             if bounded and len(self._queue) >= self.max_waiting:
                 self.refused += 1
+                metrics.get().sqlite_writes_refused.inc()
                 raise Busy(f"{len(self._queue)} writes are already waiting for the database "
                            "(SQLite takes one at a time); try again shortly")
             ticket = threading.Lock()
@@ -166,14 +168,19 @@ class WriteGate:
             entry = (time.monotonic() if arrived is None else arrived, next(self._sequence),
                      ticket)
             heapq.heappush(self._queue, entry)
+        waiting = metrics.get().sqlite_writes_waiting  # only a writer that waits pays
+        waiting.inc()
         limit = self.max_wait if bounded else self.background_wait
         if ticket.acquire(timeout=limit):
+            waiting.dec()
             return
+        waiting.dec()
         with self._mutex:
             if entry in self._queue:
                 self._queue.remove(entry)
                 heapq.heapify(self._queue)
                 self.refused += 1
+                metrics.get().sqlite_writes_refused.inc()
                 raise Busy(f"waited {limit:g} s for the database's write lock (SQLite takes "
                            "one writer at a time); try again shortly")
         # Handed over just as the wait ran out: the gate is ours after all.

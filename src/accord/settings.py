@@ -51,6 +51,10 @@ class Settings:
     header_timeout: float = 10.0  # seconds to send a request's headers, else 408
     timeout_keep_alive: int = 5  # seconds a kept-alive connection may idle between requests
     limit_concurrency: int = 1000  # open connections or running requests, then 503
+    # Logs (docs/operations.md): "text" lines or "json" objects, one a line; with
+    # access_log, a line per HTTP request
+    log_format: str = "text"
+    access_log: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -73,7 +77,17 @@ class Settings:
             header_timeout=_positive(env, "ACCORD_HEADER_TIMEOUT", 10.0, float),
             timeout_keep_alive=_positive(env, "ACCORD_TIMEOUT_KEEP_ALIVE", 5, int),
             limit_concurrency=_positive(env, "ACCORD_LIMIT_CONCURRENCY", 1000, int),
+            log_format=_choice(env, "ACCORD_LOG_FORMAT", ("text", "json")),
+            access_log=_choice(env, "ACCORD_ACCESS_LOG", ("0", "1")) == "1",
         )
+
+
+def _choice(env: dict[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed` (the first when unset)."""
+    raw = env.get(name) or allowed[0]
+    if raw.lower() not in allowed:
+        raise ValueError(f"{name} must be {' or '.join(allowed)}, not {raw!r}")
+    return raw.lower()
 
 
 def _positive(env: dict[str, str], name: str, default: _N, kind: type[_N]) -> _N:

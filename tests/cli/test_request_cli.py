@@ -77,7 +77,7 @@ def test_metrics_and_root(live: LiveServer) -> None:
 
     live.env.ask("alice")
     body = httpx.get(live.url + "/metrics", timeout=5).text
-    assert "accord_requests_pending 1" in body
+    assert "accord_requests_pending 1.0\n" in body
     assert "accord_ledger_size" in body
     r = httpx.get(live.url + "/", timeout=5)
     assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"

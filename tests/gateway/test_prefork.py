@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -54,7 +55,8 @@ class Prefork:
 
 
 @contextlib.contextmanager
-def running(world: World, tmp_path: Path, gateway: str = "") -> Iterator[Prefork]:
+def running(world: World, tmp_path: Path, gateway: str = "",
+            args: tuple[str, ...] = ()) -> Iterator[Prefork]:
     """`accord gateway --processes 2` on a free port, until SIGTERM (or already dead)."""
     port = free_port()
     config = tmp_path / "accord.yaml"
@@ -66,7 +68,8 @@ def running(world: World, tmp_path: Path, gateway: str = "") -> Iterator[Prefork
                "+psycopg", "")}
     with log.open("wb") as out:
         proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config), "--processes", "2",
-                                 "--log-level", "info"], env=env, stdout=out, stderr=out)
+                                 "--log-level", "info", *args], env=env, stdout=out,
+                                stderr=out)
     try:
         _wait_port(port, proc, log)
         gw = Prefork(proc, port, log)
@@ -238,3 +241,40 @@ def test_every_process_speaks_tls_and_can_require_it(world: World, tmp_path: Pat
         for _ in range(2):  # refused by both processes
             with pytest.raises(psycopg.OperationalError, match="requires TLS"):
                 world.connect(token, port=gw.port, sslmode="disable")
+
+
+def test_one_scrape_sums_every_gateway_process(world: World, tmp_path: Path) -> None:
+    """`--metrics-listen`: the parent answers scrapes with what both children counted
+    (multi-process mode in <data dir>/metrics/gateway-<port>), and a killed child's
+    sessions stop counting as open while its counts stay."""
+    from tests import scrape
+
+    mport = free_port()
+    with running(world, tmp_path, args=("--metrics-listen", f"127.0.0.1:{mport}")) as gw:
+        token = world.token(world.grant("alice", "read"))
+        conns = [world.connect(token, port=gw.port) for _ in range(4)]
+        assert sorted(c.info.backend_pid >> 24 for c in conns) == [1, 1, 2, 2]
+        for conn in conns:
+            for _ in range(3):
+                assert conn.execute("select 1").fetchone() == (1,)
+        conns.pop().close()
+
+        def page() -> str:
+            return str(httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text)
+
+        deadline = time.monotonic() + 30
+        while (scrape.value(text := page(), "accord_gateway_statements_total") < 12
+               or scrape.value(text, "accord_gateway_sessions_open") != 3):
+            assert time.monotonic() < deadline, text  # each child adds them every 0.5 s
+            time.sleep(0.1)
+        assert scrape.value(text, "accord_gateway_sessions_total", protocol="postgres") == 4
+        os.kill(gw.child(2), signal.SIGKILL)
+        gw.ready(child=2, times=2)
+        text = page()
+        assert scrape.value(text, "accord_gateway_sessions_total", protocol="postgres") == 4
+        assert scrape.value(text, "accord_gateway_statements_total") == 12
+        open_now = scrape.value(text, "accord_gateway_sessions_open", protocol="postgres")
+        assert open_now == sum(1 for c in conns if c.info.backend_pid >> 24 == 1)
+        for conn in conns:
+            conn.close()
+    assert (tmp_path / "data" / "metrics" / f"gateway-{gw.port}").is_dir()

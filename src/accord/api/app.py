@@ -7,33 +7,25 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import Engine, func, select, text
-from sqlalchemy.orm import Session
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
 
-from accord import __version__
-from accord.api import headers, problems
+from accord import __version__, metrics
+from accord.api import headers, observe, problems
 from accord.api.intent import DatabaseIntent
-from accord.db import write_gate
 from accord.detect import views as alert_views
 from accord.directory import views as directory_views
 from accord.directory.scim import views as scim_views
 from accord.gateway import views as gateway_views
 from accord.grants import views as grant_views
-from accord.grants.models import Grant, GrantStatus
 from accord.identity import views as identity_views
-from accord.jobs.models import Job
 from accord.ledger import views as ledger_views
-from accord.ledger.service import pending_count, tree_size
 from accord.notify import views as slack_views
 from accord.policy import views as policy_views
 from accord.reports import views as report_views
 from accord.requests import views as request_views
-from accord.requests.models import AccessRequest, Status
 from accord.reviews import views as review_views
 from accord.state import AppState
 from accord.web import directory_pages, report_pages
@@ -45,24 +37,6 @@ from accord.worker.ledger_jobs import LedgerWorker
 from accord.worker.sweeper import Sweeper
 
 log = logging.getLogger("accord.api")
-
-
-def gauge_values(session: Session, now: datetime) -> dict[str, tuple[str, int | float]]:
-    def count(q: Any) -> int:
-        return int(session.execute(q).scalar_one())
-
-    due = count(select(func.count()).select_from(Job)
-                .where(Job.done_at.is_(None), Job.run_at <= now))
-    return {
-        "accord_ledger_size": ("entries integrated into the audit ledger", tree_size(session)),
-        "accord_ledger_pending": ("events waiting for integration", pending_count(session)),
-        "accord_requests_pending": ("requests waiting for a decision", count(
-            select(func.count()).select_from(AccessRequest)
-            .where(AccessRequest.status == Status.PENDING))),
-        "accord_grants_active": ("active grants", count(
-            select(func.count()).select_from(Grant).where(Grant.status == GrantStatus.ACTIVE))),
-        "accord_jobs_due": ("jobs due and not yet done (provisioning, expiry, revocation)", due),
-    }
 
 
 # With SQLite, how long a thread waiting for the GIL waits before the running one must
@@ -144,6 +118,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         finally:
             if stop is not None:
                 stop()
+            metrics.process_exiting()  # a worker leaves: its live gauges stop counting
 
     app = FastAPI(
         title="Accord",
@@ -159,6 +134,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)
     headers.install_docs(app)
+    # Outside everything (500s too): request ids, log context, request metrics.
+    database_gauges = observe.DatabaseGauges(st)
+    observe.install(app, access_log=st.settings.access_log)
     app.add_middleware(DatabaseIntent)  # GET/HEAD read without waiting for SQLite's writers
     # /scim/v2 first: an identity provider's push is tens of thousands of calls, and each
     # one tried every other route before it (about 0.1 ms a call); its prefix shadows none.
@@ -191,27 +169,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         return JSONResponse({"status": "ready", "policy": st.policies.current.version})
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    def metrics() -> PlainTextResponse:
-        """Prometheus text format, computed at scrape time from the database."""
-        policy = st.policies.current.version[:12]
-        lines = [f'accord_info{{version="{__version__}",policy="{policy}"}} 1']
-        try:
-            with st.sessions() as s:
-                gauges = gauge_values(s, st.now())
-        except Exception:  # a scrape must not fail because the database is down
-            log.exception("metrics: database unavailable")
-            gauges = {}
-        for name, (help_text, value) in gauges.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
-        bind = st.sessions.kw.get("bind")
-        if isinstance(bind, Engine) and (gate := write_gate(bind)) is not None:
-            lines += ["# HELP accord_sqlite_writes_waiting writers queued for SQLite's write lock",
-                      "# TYPE accord_sqlite_writes_waiting gauge",
-                      f"accord_sqlite_writes_waiting {gate.waiting}",
-                      "# HELP accord_sqlite_writes_refused_total writers refused with 503 "
-                      "(queue full or waited too long)",
-                      "# TYPE accord_sqlite_writes_refused_total counter",
-                      f"accord_sqlite_writes_refused_total {gate.refused}"]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    def metrics_page() -> Response:
+        """Prometheus text format: every process's counters, and the database's gauges
+        read now (docs/operations.md)."""
+        return Response(metrics.exposition([database_gauges]), media_type=metrics.CONTENT_TYPE)
 
     return app

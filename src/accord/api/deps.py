@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from accord import logs
 from accord.db import end_read, reading
 from accord.errors import Forbidden, Invalid, NotFound, Unauthorized
 from accord.identity import service as identity
@@ -126,6 +127,7 @@ async def principal(request: Request, session: Session = Depends(db)) -> Princip
         token_id, user = hit.token_id, hit.user
     else:
         token_id, user = await run_in_threadpool(_check_token, session, st, token)
+    logs.set_user(user)  # on every line this call logs from now on
     # `via` says how the caller proved who they are, so it never comes from a header the
     # caller chose: a bearer token is the API, whichever program sent it.
     return Principal(user, frozenset(policy.roles_of(user)), Via.API, policy, token_id)

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from sqlalchemy import func, select
 
+from accord import logs, metrics
 from accord.cli.state import load_state
 from accord.errors import AccordError
 from accord.ledger.events import Actor
@@ -26,7 +27,6 @@ from accord.spec.load import PolicyError
 
 log = logging.getLogger("accord")
 err = Console(stderr=True)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 # Seconds a stopping server lets open calls finish; live pages' event streams reconnect.
 GRACE = 5
@@ -72,10 +72,9 @@ def serve(
     from accord import demo
     from accord.api.app import before_serving, create_app
 
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
+        log_config = logs.configure(settings.log_format, log_level)
         setup = None
         if demo_mode:
             base = settings.data_dir / "demo"
@@ -102,8 +101,11 @@ def serve(
         if seeded is not None and setup.gateway_listen and not no_worker:
             demo.show_gateway_use(st, seeded)  # once the worker provisioned its grant
     if not demo_mode:
-        err.print(f"Accord listening on {url} (API docs: {url}/docs)")
-    limits = _http_limits(settings)
+        if settings.log_format == "json":  # every line a JSON object
+            log.info("Accord listening on %s (API docs: %s/docs)", url, url)
+        else:
+            err.print(f"Accord listening on {url} (API docs: {url}/docs)")
+    limits = {**_http_limits(settings), "log_config": log_config}
     if workers > 1:
         _serve_processes(st, config, host, port, workers, log_level, limits,
                          background=not no_worker)
@@ -157,6 +159,9 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     os.environ["ACCORD_BACKGROUND"] = "0"
     # Each worker sets its header deadline from this (accord.api.asgi).
     os.environ["ACCORD_HEADER_TIMEOUT"] = str(st.settings.header_timeout)
+    # Each scrape lands on one worker: every process (the workers, and this one's jobs and
+    # gateway) keeps its values in files there, and a scrape sums them.
+    metrics.enable_multiprocess(metrics.multiprocess_dir(st.settings.data_dir, "serve", port))
     stop = start_background(st) if background else None
     before_serving(st)
     try:
@@ -241,6 +246,10 @@ def worker(
     ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to answer Prometheus scrapes on "
+                                 "(/metrics: notifications, provisioning; default: none).")
+    ] = None,
 ) -> None:
     """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
     from accord.ledger.upkeep import integrate_all, sign_if_due
@@ -249,8 +258,15 @@ def worker(
     from accord.worker.ledger_jobs import LedgerWorker
     from accord.worker.sweeper import sweep_once
 
-    logging.basicConfig(level="INFO", format=LOG_FORMAT)
+    try:
+        logs.configure(Settings.from_env().log_format, "info")
+        where = parse_listen(metrics_listen) if metrics_listen else None
+    except ValueError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
     st = load_state(config, upgrade="never")
+    if where is not None:
+        metrics.serve_http(*where)
     if once:
         n = sweep_once(st.sessions, st.now())
         n_ledger = integrate_all(st.sessions) if _is_postgres(st) else 0
@@ -280,6 +296,14 @@ def worker(
             monitor.stop()
         runner.stop()
         ledger.stop()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); ValueError if it is not."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def _is_postgres(st: Any) -> bool:

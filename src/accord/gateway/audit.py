@@ -110,6 +110,10 @@ class AuditWriter:
         self.stopping = False
         self.overloaded = False  # more than max_backlog facts not yet in the ledger
         self.shipper_nice: int | None = None  # the shipper's nice value (None: inherited)
+        # Statements answered and refused since the start: the server adds what is new to
+        # its counters now and then, the data path only to these ints.
+        self.statements = 0
+        self.violations = 0
 
     # -- lifecycle
 
@@ -331,6 +335,7 @@ class AuditWriter:
                                  OUTCOME_CODE[outcome]) + tail)
         self._rec = rec
         info.statements += len(finished)
+        self.statements += len(finished)
 
     def note(self, info: SessionInfo, started: list[Run], finished: list[Finished],
              violations: list[Violation]) -> None:
@@ -356,6 +361,7 @@ class AuditWriter:
                 data["reason"] = v.reason
             self._fact_record(R_VIOLATION, info, v.t0 + self.offset, data)
             info.violations += 1
+            self.violations += 1
         if started or violations:
             self._write()
 

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from accord import logs, metrics
 from accord.cli.output import api
 from accord.cli.state import load_state
+from accord.settings import Settings
 
 if TYPE_CHECKING:
     from accord.spec.gateway import GatewaySpec
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 # the commands that run them: every other `accord` command starts without them.
 
 err = Console(stderr=True, highlight=False)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def gateway(
@@ -39,13 +40,25 @@ def gateway(
                                 "per core, at most 4, on Linux with PostgreSQL; else 1).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to answer Prometheus scrapes on (/metrics: "
+                                 "sessions, statements, refusals of every gateway process; "
+                                 "default: none).")
+    ] = None,
 ) -> None:
     """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
+    from accord.cli.serve import parse_listen
     from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.prefork import auto_count
     from accord.gateway.server import run
 
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_format, log_level)
+        scrapes = parse_listen(metrics_listen) if metrics_listen else None
+    except ValueError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
     st = load_state(config, upgrade="never")
     spec = st.policies.current.loaded.spec.gateway
     if spec is None:
@@ -61,6 +74,11 @@ def gateway(
     engine = st.sessions.kw["bind"]
     wanted = processes or spec.processes
     count = auto_count(engine.dialect.name) if wanted == "auto" else int(wanted)
+    if count > 1:  # each process keeps its values in files there; a scrape sums them
+        metrics.enable_multiprocess(metrics.multiprocess_dir(st.settings.data_dir, "gateway",
+                                                             port))
+    if scrapes is not None:
+        metrics.serve_http(*scrapes)
     if count == 1:
         run(Gateway(st, spec, listen=(host, port)))
         return
@@ -142,8 +160,7 @@ def child_main(argv: list[str]) -> None:
     ap.add_argument("--config", type=Path)
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(Settings.from_env().log_format, args.log_level)
     inbox = socket.socket(fileno=args.fd)
     st = load_state(args.config, upgrade="never")
     spec = st.policies.current.loaded.spec.gateway

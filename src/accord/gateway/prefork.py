@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from accord import metrics
 from accord.gateway import prefork_msg as msg
 
 log = logging.getLogger("accord.gateway")
@@ -112,6 +113,7 @@ class Parent:
     def _ended(self, child: Child, why: str) -> None:
         """A child is gone: start another after a pause that grows while starts fail."""
         self._forget(child)
+        metrics.process_exiting(child.proc.pid)  # its open sessions no longer count
         if self.stopping:
             return
         failures = self.failures[child.index] = (

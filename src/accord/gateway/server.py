@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from accord import metrics
 from accord.db import transaction
 from accord.gateway import prefork_msg, tokens
 from accord.gateway.audit import AuditWriter
@@ -156,6 +157,8 @@ class RefusalBudget:
 class GatewayServer:
     """The listening server and its live sessions; a protocol implements `handle`."""
 
+    protocol = "unknown"  # the protocol's name, a label of the gateway's metrics
+
     def __init__(self, st: AppState, spec: GatewaySpec, *, env: dict[str, str] | None = None,
                  listen: tuple[str, int] | None = None, inbox: socket.socket | None = None,
                  index: int = 0) -> None:
@@ -188,6 +191,13 @@ class GatewayServer:
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.refusals = RefusalBudget(spec.max_refused_logins)
+        m = metrics.get()
+        self._opened = m.gateway_sessions.labels(self.protocol)
+        self._open = m.gateway_sessions_open.labels(self.protocol)
+        self._statements = m.gateway_statements.labels(self.protocol)
+        self._refused = {kind: m.gateway_refusals.labels(self.protocol, kind)
+                         for kind in ("login", "statement")}
+        self._reported = (0, 0)  # the audit writer's statements and violations counted
 
     def _tls_context(self) -> ssl.SSLContext | None:
         tls = self.spec.tls
@@ -212,14 +222,33 @@ class GatewayServer:
         self.sessions[session.info.number] = session
         if session.key is not None:
             self.keys[session.key] = session
+        self._opened.inc()
+        self._open.inc()
 
     def next_number(self) -> int:
         self._count += 1
         return self._count
 
     def forget(self, session: LiveSession) -> None:
-        self.sessions.pop(session.info.number, None)
+        if self.sessions.pop(session.info.number, None) is not None:
+            self._open.dec()
         self.keys.pop(session.key, None)
+        self.report()
+
+    def refused(self, kind: str = "login") -> None:
+        """Count a refusal on /metrics (a protocol's `handle` calls this for logins)."""
+        self._refused[kind].inc()
+
+    def report(self) -> None:
+        """Add the statements answered and refused since the last report to the counters
+        (the data path only counts in ints; this runs as sessions end and each watch)."""
+        statements, violations = self.audit.statements, self.audit.violations
+        done, refused = self._reported
+        if statements > done:
+            self._statements.inc(statements - done)
+        if violations > refused:
+            self._refused["statement"].inc(violations - refused)
+        self._reported = (statements, violations)
 
     # -- lifecycle
 
@@ -305,6 +334,7 @@ class GatewayServer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.audit.tick()
+        self.report()
         await self.db(self.audit.stop)
         self.executor.shutdown(wait=True)
 
@@ -354,6 +384,7 @@ class GatewayServer:
         interval = self.spec.watch_interval.total_seconds()
         while True:
             await asyncio.sleep(interval)
+            self.report()
             self.audit.ensure_shipper()
             self.audit.check()  # the backlog may have drained while no outcome came
             suppressed = self.refusals.due()

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from accord import logs
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway import recording
 from accord.gateway.spool import (
@@ -32,6 +33,7 @@ from accord.gateway.spool import (
     Reader,
     writer_alive,
 )
+from accord.settings import Settings
 
 log = logging.getLogger("accord.gateway")
 
@@ -164,8 +166,7 @@ def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_e
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
 
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(Settings.from_env().log_format, "warning")
     gc.freeze()  # rows and tuples by the thousand, none of them cyclic
     gc.set_threshold(50_000, 20, 20)
     engine = make_engine(db_url, pool_size=1)

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from accord import metrics
 from accord.jobs import service as jobs
 from accord.jobs.models import Job
 from accord.ledger import service as ledger
@@ -131,10 +132,13 @@ def send(session: Session, job: jobs.Claimed, now: datetime, *, policy: Policy,
         except DeliveryError as exc:
             if exc.retryable and job.attempts < max_attempts:
                 again.append(f"{channel}: {exc}")
+                metrics.get().notifications.labels(channel, "retry").inc()
                 continue
             log.error("digest %s via %s failed for good: %s", job.key, channel, exc)
+            metrics.get().notifications.labels(channel, "failed").inc()
             _finish(session, group, leaves, job, now, outcome="failed", error=str(exc))
             continue
+        metrics.get().notifications.labels(channel, "sent").inc()
         _finish(session, group, leaves, job, now, outcome="sent")
     if again:
         raise jobs.RetryLater("; ".join(again))

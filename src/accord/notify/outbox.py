@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from accord import metrics
 from accord.db import utcnow
 from accord.grants.models import Grant
 from accord.jobs import service as jobs
@@ -231,6 +232,11 @@ def pump(session: Session, *, policy: Policy, now: datetime, batch: int = 200) -
     return queued
 
 
+def counted(channel: str, outcome: str) -> None:
+    """One delivery's outcome (sent, retry, failed) on /metrics."""
+    metrics.get().notifications.labels(channel, outcome).inc()
+
+
 def deliver(session: Session, job: jobs.Claimed, now: datetime, *, policy: Policy) -> None:
     """Send one notification (or one user's daily digest); its outcome is a ledger event."""
     payload = job.payload
@@ -252,7 +258,9 @@ def deliver(session: Session, job: jobs.Claimed, now: datetime, *, policy: Polic
         send_once(spec, channel_name, address, message, idempotency_key=job.key)
     except DeliveryError as exc:
         if exc.retryable and job.attempts < MAX_ATTEMPTS:
+            counted(channel_name, "retry")
             raise jobs.RetryLater(str(exc)) from None
+        counted(channel_name, "failed")
         outcome["error"] = str(exc)
         log.error("notification %s to %s via %s failed for good: %s", job.key, user,
                   channel_name, exc)
@@ -262,5 +270,6 @@ def deliver(session: Session, job: jobs.Claimed, now: datetime, *, policy: Polic
     except ValueError as exc:  # nothing to render for this event
         log.info("notification %s skipped: %s", job.key, exc)
         return
+    counted(channel_name, "sent")
     ledger.record(session, type=EventType.NOTIFICATION_SENT, actor=Actor.system(),
                   subject=str(event.get("subject")), data=outcome, time=now or utcnow())

@@ -22,6 +22,12 @@ class Connectors:
         spec = self.resources.get(resource)
         return spec is not None and spec.provision is not None
 
+    def kind(self, resource: str) -> str:
+        """The kind of `resource`'s target (postgres, mariadb, webhook), or `none`."""
+        spec = self.resources.get(resource)
+        target = spec.provision if spec is not None else None
+        return str(getattr(target, "type", None) or "none")
+
     def get(self, resource: str) -> Connector:
         with self._lock:
             if resource not in self._made:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from accord import metrics
 from accord.grants import service as grants
 from accord.grants.models import Grant, GrantStatus
 from accord.jobs import service as jobs
@@ -26,6 +27,12 @@ from accord.provisioning.service import LOUD_AFTER, PROVISION_ATTEMPTS, spec_of
 log = logging.getLogger("accord.provisioning")
 
 
+def counted(connectors: Connectors, resource: str, action: str, outcome: str) -> None:
+    """One call to a target (grant or revoke: ok, retry, failed) on /metrics, by the kind
+    of its connector (`none` when there is none to build)."""
+    metrics.get().provisioning.labels(connectors.kind(resource), action, outcome).inc()
+
+
 def handlers(connectors: Connectors, box: SecretBox,
              warn_before: timedelta | None = None) -> dict[str, jobs.Handler]:
     def provision(session: Session, job: jobs.Claimed, now: datetime) -> None:
@@ -36,11 +43,14 @@ def handlers(connectors: Connectors, box: SecretBox,
             result = connectors.get(grant.resource).grant(spec_of(grant, "grant"))
         except ConnectorError as exc:
             if exc.retryable and job.attempts < PROVISION_ATTEMPTS:
+                counted(connectors, grant.resource, "grant", "retry")
                 raise
+            counted(connectors, grant.resource, "grant", "failed")
             log.error("provisioning grant %d on %s failed for good: %s", grant.id,
                       grant.resource, exc)
             grants.fail_provisioning(session, grant=grant, now=now, error=str(exc))
             return
+        counted(connectors, grant.resource, "grant", "ok")
         sealed = box.seal(result.secret) if result.secret else None
         grants.confirm(session, grant=grant, now=now, login=result.login,
                        connection=dict(result.connection), secret_box=sealed,
@@ -60,6 +70,7 @@ def handlers(connectors: Connectors, box: SecretBox,
         try:
             connectors.get(grant.resource).revoke(spec_of(grant, "revoke"))
         except ConnectorError as exc:
+            counted(connectors, grant.resource, "revoke", "retry")  # revoking never gives up
             if job.attempts >= LOUD_AFTER:
                 log.critical("ACCESS STILL OPEN: revoking grant %d (%s on %s) keeps failing "
                              "(attempt %d): %s", grant.id, grant.user, grant.resource,
@@ -71,6 +82,7 @@ def handlers(connectors: Connectors, box: SecretBox,
                     data={"grant_id": grant.id, "user": grant.user, "error": str(exc),
                           "attempts": job.attempts}, time=now)
             raise jobs.RetryLater(str(exc)) from None
+        counted(connectors, grant.resource, "revoke", "ok")
         grant.deprovisioned_at = now
         grant.secret_box = None
         ledger.record(

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from accord import logs
 from accord.api.deps import Principal
 from accord.db import end_read, on_sqlite
 from accord.identity import sessions as service
@@ -142,6 +143,7 @@ def viewer_of(request: Request, session: Session, st: AppState) -> Viewer | None
     policy = st.policies.current
     if not policy.is_user(hit.user):
         return None
+    logs.set_user(hit.user)  # on every line this call logs from now on
     who = Principal(hit.user, frozenset(policy.roles_of(hit.user)), Via.WEB, policy)
     return Viewer(who, hit.session_id, hit.csrf, hit.method)
 

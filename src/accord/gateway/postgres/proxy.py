@@ -170,6 +170,8 @@ class ProxySession:
 class PostgresGateway(GatewayServer):
     """The gateway for PostgreSQL clients (psql, drivers) in front of PostgreSQL servers."""
 
+    protocol = "postgres"
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.classifier = Classifier()
@@ -202,6 +204,7 @@ class PostgresGateway(GatewayServer):
                 auth = await self._authenticate(client, startup, tls, where)
                 server = await self._connect_upstream(auth, startup)
         except tokens.Refusal as exc:
+            self.refused("login")
             log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
             self._fatal(client, exc.code, exc.message, exc.hint)
             return
