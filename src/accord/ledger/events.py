@@ -79,6 +79,7 @@ class EventType(enum.StrEnum):
     SCIM_TOKEN_ISSUED = "scim.token_issued"
     SCIM_TOKEN_REVOKED = "scim.token_revoked"
     LEDGER_MENDED = "ledger.mended"
+    LEDGER_KEY_ROTATED = "ledger.key_rotated"
 
 
 class Via(enum.StrEnum):
