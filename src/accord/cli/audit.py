@@ -125,6 +125,43 @@ def checkpoint(config: ConfigOpt = None) -> None:
         print(cp.note, end="")
 
 
+@audit_app.command("accept-restore")
+def accept_restore(
+    reason: Annotated[str, typer.Option(
+        "--reason", help="Why the loss is accepted (recorded in the ledger event), e.g. "
+                         "'restored the 02:00 backup after the disk failed, INC-7'.")],
+    config: ConfigOpt = None,
+) -> None:
+    """After a restore from an older backup: record in the ledger that the entries after
+    it are lost, and let the signer continue from the restored tree. Refused unless the
+    restored ledger is whole (and matches the witness copies it covers)."""
+    from accord.ledger import recovery  # only this command needs it
+    from accord.ledger.events import Actor, Via
+
+    st = load_state(config, upgrade="never")
+    try:
+        done = recovery.accept_restore(st.sessions, st.ledger, now=st.now, reason=reason,
+                                       actor=Actor("system", "accord-cli", Via.CLI))
+    except recovery.NothingToAccept:
+        err.print("nothing to accept: the ledger extends the checkpoint kept beside the key",
+                  markup=False)
+        return
+    except LedgerCorruption as exc:
+        err.print(f"error: not accepted: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    lost = max(done.lost.size - done.restored_size, 0)
+    err.print(f"accepted: the checkpoint of size {done.lost.size} kept beside the key is "
+              f"not extended by the restored ledger of {done.restored_size} entries "
+              f"({lost} or more entries lost); recorded as ledger.restore_acknowledged; "
+              f"that checkpoint is kept at {done.moved_to}", markup=False, soft_wrap=True)
+    if done.witnessed_lost:
+        err.print(f"the witness copies of sizes {', '.join(map(str, done.witnessed_lost))} "
+                  f"belong to the lost history: move them out of the witness directory",
+                  markup=False, soft_wrap=True)
+    if done.checkpoint is not None:
+        print(done.checkpoint.note, end="")
+
+
 @audit_app.command("export")
 def export(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],

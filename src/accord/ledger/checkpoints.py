@@ -158,8 +158,13 @@ def _verified_root(session: Session, cfg: LedgerConfig, size: int, head_root: by
     if last is not None and last.size != size:
         _check_extends(session, size, root, last.size, last.root, "the latest checkpoint")
     if remembered is not None:
-        _check_extends(session, size, root, remembered.size, remembered.root,
-                       "the checkpoint remembered beside the signing key")
+        try:
+            _check_extends(session, size, root, remembered.size, remembered.root,
+                           "the checkpoint remembered beside the signing key")
+        except LedgerCorruption as exc:
+            raise LedgerCorruption(
+                f"{exc} (if the database was restored from an older backup, an admin "
+                f"accepts the loss with `accord audit accept-restore`)") from None
     return root
 
 

@@ -80,6 +80,7 @@ class EventType(enum.StrEnum):
     SCIM_TOKEN_REVOKED = "scim.token_revoked"
     LEDGER_MENDED = "ledger.mended"
     LEDGER_KEY_ROTATED = "ledger.key_rotated"
+    LEDGER_RESTORE_ACKNOWLEDGED = "ledger.restore_acknowledged"
 
 
 class Via(enum.StrEnum):

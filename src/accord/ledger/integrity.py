@@ -237,7 +237,8 @@ def finish(session: Session, scan: Scan, head: LedgerHead, *,
     if remembered is not None and remembered.size > now_size:
         return Damage(now_size, f"the checkpoint kept beside the signing key covers "
                                 f"{remembered.size} entries but the tree holds {now_size}: "
-                                f"entries were removed from the end")
+                                f"entries were removed from the end (restored from an older "
+                                f"backup? see `accord audit accept-restore`)")
     if extra is not None and int(extra) >= now_size:
         return Damage(now_size, "an entry lies beyond the head (the head was rewound?)")
     return None
