@@ -36,11 +36,12 @@ from accord.ledger.verify import Report, verify
 from accord.web import evidence
 from accord.worker.integrity import IntegrityMonitor
 from tests.conftest import Env
+from tests.ledger.test_crash import database
 from tests.ledger.test_proofs_api import real_env
 from tests.ledger.test_tamper import _append, _sign
 from tests.worker.test_integrity_monitor import EVERY_TIME, login
 
-__all__ = ["real_env"]
+__all__ = ["database", "real_env"]
 
 CLI = Actor("system", "accord-cli", Via.CLI)
 
@@ -453,3 +454,96 @@ def test_the_pages_say_the_cosigned_checkpoint_introduced_the_new_key(env: Env) 
     page = login(env, "dave").get("/audit")
     verdict = page.text.split('id="ledger-verdict">')[1].split("</dd>")[0]
     assert "✔ verified" in verdict and "introduced the new key" in verdict, verdict
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def test_a_running_server_signs_with_the_key_rotated_by_the_command(
+        database: str, tmp_path: Path) -> None:
+    """`accord serve` runs; `accord audit rotate-key` runs in another process; the server
+    then signs with the new key (no restart), and its integrity monitor finds nothing."""
+    import os
+    import subprocess
+    import time
+
+    import httpx
+
+    from accord.bootstrap import build_state
+    from accord.detect.models import Alert
+    from accord.identity import service as identity
+    from accord.settings import Settings
+    from tests.conftest import POLICY
+    from tests.serverproc import ACCORD, Server
+
+    config = tmp_path / "accord.yaml"
+    config.write_text(POLICY, encoding="utf-8")
+    env = {**os.environ, "ACCORD_DATABASE_URL": database, "ACCORD_DATA_DIR": str(tmp_path)}
+    st = build_state(Settings.from_env(env), config_path=config, upgrade="always")
+    with transaction(st.sessions) as session:
+        tokens = {u: identity.issue(session, policy=st.policies.current, user=u,
+                                    actor=Actor.system("cli"), now=st.now())[1]
+                  for u in ("alice", "dave")}
+    old = st.ledger.signer.verifier
+    st.sessions.kw["bind"].dispose()
+    server = Server(env, config, tmp_path / "server.log")
+    server.start()
+    try:
+        def ask() -> None:
+            r = httpx.post(server.url + "/api/v1/requests", json={
+                "resource": "staging-db", "role": "read", "duration": "1h"},
+                headers={"Authorization": f"Bearer {tokens['alice']}"}, timeout=10)
+            assert r.status_code == 201, r.text
+
+        def fresh() -> str:
+            r = httpx.get(server.url + "/api/v1/audit/checkpoint", params={"fresh": "true"},
+                          headers={"Authorization": f"Bearer {tokens['dave']}"}, timeout=10)
+            assert r.status_code == 200, r.text
+            return r.text
+
+        ask()
+        assert open_checkpoint(fresh(), [old])[1] == [old]
+        done = subprocess.run([ACCORD, "audit", "rotate-key", "--config", str(config),
+                               "--reason", "test"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert len(_sigs(done.stdout)) == 2
+        ask()
+        after = fresh()  # signed by the server process
+        new = Verifier.decode(httpx.get(
+            server.url + "/api/v1/audit/key", timeout=10,
+            headers={"Authorization": f"Bearer {tokens['dave']}"}).text)
+        assert new != old
+        assert open_checkpoint(after, [old, new])[1] == [new]
+        time.sleep(2.5)  # the server's integrity monitor looks every second
+    finally:
+        server.stop()
+    st = build_state(Settings.from_env(env), config_path=config, upgrade="never")
+    try:
+        with st.sessions() as s:
+            assert integrity.open_finding(s) is None
+            assert s.execute(select(Alert).where(
+                Alert.rule == "ledger_integrity")).first() is None
+        assert "NOT signing" not in (tmp_path / "server.log").read_text()
+        report = _verify(_export_state(st), key=old)
+        assert report.ok, report.problems
+        assert report.keys == [old.encode(), st.ledger.signer.verifier.encode()]
+    finally:
+        st.sessions.kw["bind"].dispose()
+
+
+def _export_state(st: object) -> bytes:
+    from accord.state import AppState
+
+    assert isinstance(st, AppState)
+    buf = io.BytesIO()
+    ring = st.ledger.ring()
+    if st.sessions.kw["bind"].dialect.name == "postgresql":
+        integrate_all(st.sessions)
+    with transaction(st.sessions) as session:
+        cp = checkpoints.sign(session, st.ledger, now=st.now(), force=True)
+    checkpoints.after_commit(st.ledger, cp)
+    with st.sessions() as session:
+        bundle.write(session, buf, origin=st.ledger.origin, key=ring.signer.verifier.encode(),
+                     exported_at=st.now(), keys=[v.encode() for v in ring.chain])
+    return buf.getvalue()
