@@ -293,6 +293,13 @@ def test_the_integrity_monitor_finds_nothing_wrong_with_a_rotation(
     _sign(env)
     assert m.check() is None
     assert len(env.st.ledger.ring().retired) == 2
+    # Offline, from any of the three keys: both rotations are followed, both ways.
+    data = _export(env)
+    chain = env.st.ledger.ring().chain
+    for pinned in chain:
+        report = _verify(data, key=pinned, witness=env.st.ledger.witness_dir)
+        assert report.ok, (pinned, report.problems)
+        assert report.keys == [v.encode() for v in chain] and len(report.rotations) == 2
     # The signer keeps signing: no finding stopped it.
     _append(env, 2, start=60)
     assert len(_sigs(_sign(env))) == 1
