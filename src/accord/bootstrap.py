@@ -7,9 +7,9 @@ from pathlib import Path
 
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
+from accord.ledger import keys
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor
-from accord.ledger.note import load_or_create_signer
 from accord.policy.engine import Policy
 from accord.policy.store import PolicyStore
 from accord.provisioning.secrets import SecretBox
@@ -52,9 +52,9 @@ def ledger_config(settings: Settings, policy: Policy) -> LedgerConfig:
     """The signing key (created on first start), origin, witness and interval."""
     spec = policy.loaded.spec.ledger
     origin = spec.origin or DEFAULT_ORIGIN
-    signer = load_or_create_signer(settings.ledger_key_file, origin.replace(" ", "_"))
+    keys.load_or_create(settings.ledger_key_file, origin.replace(" ", "_"))
     return LedgerConfig(
-        signer=signer, origin=origin, key_path=settings.ledger_key_file,
+        origin=origin, key_path=settings.ledger_key_file,
         witness_dir=Path(spec.witness_dir) if spec.witness_dir else None,
         interval=spec.checkpoint_interval,
     )

@@ -145,3 +145,34 @@ def test_a_long_report_shows_the_first_bad_index_first_and_counts_the_rest(
     assert lines[1].startswith("  - index 7:") and lines[2].startswith("  - index 12:")
     assert len([ln for ln in lines if ln.startswith("  - ")]) == 5
     assert "and 3 more problems" in " ".join(err.split())
+
+
+def test_rotate_key_then_verify_with_the_old_pinned_key(tmp_path: Path) -> None:
+    env, old_key, pin, _bundle = _signed_log(tmp_path)
+    r = runner.invoke(app, ["audit", "rotate-key", "--reason", "yearly"], env=env)
+    assert r.exit_code == 0, r.output
+    cosigned = r.stdout
+    assert cosigned.count("\u2014 accord.local/ledger ") == 2  # signed by both keys
+    assert "rotated the key" in " ".join(r.stderr.split())
+    new_key = runner.invoke(app, ["audit", "key"], env=env).stdout.strip()
+    assert new_key != old_key and new_key.startswith("accord.local/ledger+")
+    chain = runner.invoke(app, ["audit", "key", "--chain"], env=env)
+    assert chain.stdout.split() == [old_key, new_key]
+    size = cosigned.split("\n")[1]
+    assert f"retired by the checkpoint of size {size}" in chain.stderr
+    assert "in force" in chain.stderr
+    assert runner.invoke(app, ["token", "issue", "dave"], env=env).exit_code == 0
+    after = runner.invoke(app, ["audit", "checkpoint"], env=env).stdout
+    assert after.count("\u2014 accord.local/ledger ") == 1
+    bundle = tmp_path / "rotated.bundle"
+    assert runner.invoke(app, ["audit", "export", "--out", str(bundle)], env=env).exit_code == 0
+    (tmp_path / "pin.txt").write_text(pin)
+    r = runner.invoke(app, ["audit", "verify", "--bundle", str(bundle), "--key", old_key,
+                            "--pin", str(tmp_path / "pin.txt")], env=env)
+    assert r.exit_code == 0, r.output
+    assert f"key rotation at size {size}" in " ".join(r.stderr.split())
+    (tmp_path / "cosigned.txt").write_text(cosigned)
+    r = runner.invoke(app, ["audit", "verify", "--bundle", str(bundle), "--key", new_key,
+                            "--pin", str(tmp_path / "cosigned.txt"), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    assert '"rotations"' in r.stdout and new_key in r.stdout

@@ -52,6 +52,17 @@ SKIP = {
         "needs Slack configured (notify.slack); the demo sends no messages",
     ("docs/notifications.md", "accord notify prefs --channels slack"):
         "needs Slack configured (notify.slack); the demo sends no messages",
+    ("docs/ledger.md", "pg_dump "): "backs up a PostgreSQL installation; "
+                                     "tests/ledger/test_backup.py runs the procedure",
+    ("docs/ledger.md", "createdb "): "restores into a new database (Accord stopped); "
+                                     "tests/ledger/test_backup.py runs the procedure",
+    ("docs/ledger.md", "pg_restore "): "restores into a new database (Accord stopped); "
+                                       "tests/ledger/test_backup.py runs the procedure",
+    ("docs/ledger.md", "sqlite3 "): "backs up and restores a SQLite file (the restore with "
+                                    "Accord stopped); tests/ledger/test_backup.py runs it",
+    ("docs/ledger.md", "accord audit accept-restore"): "needs a restore that lost the "
+                                                       "ledger's tail; "
+                                                       "tests/ledger/test_backup.py makes one",
     ("docs/ledger.md", "accord audit verify --bundle ledger.bundle --key accord.pub --witness"):
         "needs a witness directory (ledger.witness_dir, another machine's disk); the demo "
         "keeps none",

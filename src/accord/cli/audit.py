@@ -58,10 +58,62 @@ def _sign_now(st: Any) -> Any:
 
 
 @audit_app.command("key")
-def key(config: ConfigOpt = None) -> None:
+def key(
+    config: ConfigOpt = None,
+    chain: Annotated[bool, typer.Option(
+        "--chain", help="Every key that signed checkpoints, oldest first (the last is the "
+                        "key in force); stderr says where each was retired.")] = False,
+) -> None:
     """Print the verifier key that signs checkpoints (give it to auditors to pin)."""
     st = load_state(config, upgrade="never")
-    print(st.ledger.signer.verifier.encode())
+    ring = st.ledger.ring()
+    if not chain:
+        print(ring.signer.verifier.encode())
+        return
+    for epoch in ring.epochs():
+        until = (f"retired by the checkpoint of size {epoch.until}" if epoch.until is not None
+                 else "rotation under way: cosigns the next checkpoint"
+                 if ring.previous is not None and epoch.verifier == ring.previous.verifier
+                 else "in force")
+        err.print(f"# {epoch.verifier.name} key {epoch.verifier.id.hex()}: {until}",
+                  markup=False)
+        print(epoch.verifier.encode())
+
+
+@audit_app.command("rotate-key")
+def rotate_key(
+    reason: Annotated[str, typer.Option(
+        "--reason", help="Why (recorded in the ledger event), e.g. 'yearly' or "
+                         "'suspected compromise, INC-42'.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Make a new checkpoint signing key. The next checkpoint is signed by the old and the
+    new key (printed: pin it), later ones by the new key; old keys stay in the key file.
+    Running processes pick the new key up by themselves. Run it again to finish a rotation
+    that was interrupted."""
+    from accord.ledger import rotation  # only this command needs it
+    from accord.ledger.events import Actor, Via
+
+    st = load_state(config, upgrade="never")
+    try:
+        done = rotation.rotate(st.sessions, st.ledger, now=st.now, reason=reason,
+                               actor=Actor("system", "accord-cli", Via.CLI))
+    except LedgerCorruption as exc:
+        err.print(f"error: not rotating: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    except NoteError as exc:
+        err.print(f"error: the key file {st.ledger.key_path}: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"error: cannot write the key file {st.ledger.key_path}: {exc}",
+                  markup=False)
+        raise typer.Exit(1) from None
+    what = "finished the rotation begun earlier" if done.resumed else "rotated the key"
+    err.print(f"{what}: the checkpoint of size {done.size} is signed by the old key "
+              f"{done.old.encode()} and the new key {done.new.encode()}; later checkpoints "
+              f"by the new key alone. Give auditors the new key (`accord audit key`) and "
+              f"this checkpoint to pin:", markup=False, soft_wrap=True)
+    print(done.checkpoint, end="")
 
 
 @audit_app.command("checkpoint")
@@ -71,6 +123,43 @@ def checkpoint(config: ConfigOpt = None) -> None:
     cp = _sign_now(st)
     if cp is not None:
         print(cp.note, end="")
+
+
+@audit_app.command("accept-restore")
+def accept_restore(
+    reason: Annotated[str, typer.Option(
+        "--reason", help="Why the loss is accepted (recorded in the ledger event), e.g. "
+                         "'restored the 02:00 backup after the disk failed, INC-7'.")],
+    config: ConfigOpt = None,
+) -> None:
+    """After a restore from an older backup: record in the ledger that the entries after
+    it are lost, and let the signer continue from the restored tree. Refused unless the
+    restored ledger is whole (and matches the witness copies it covers)."""
+    from accord.ledger import recovery  # only this command needs it
+    from accord.ledger.events import Actor, Via
+
+    st = load_state(config, upgrade="never")
+    try:
+        done = recovery.accept_restore(st.sessions, st.ledger, now=st.now, reason=reason,
+                                       actor=Actor("system", "accord-cli", Via.CLI))
+    except recovery.NothingToAccept:
+        err.print("nothing to accept: the ledger extends the checkpoint kept beside the key",
+                  markup=False)
+        return
+    except LedgerCorruption as exc:
+        err.print(f"error: not accepted: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    lost = max(done.lost.size - done.restored_size, 0)
+    err.print(f"accepted: the checkpoint of size {done.lost.size} kept beside the key is "
+              f"not extended by the restored ledger of {done.restored_size} entries "
+              f"({lost} or more entries lost); recorded as ledger.restore_acknowledged; "
+              f"that checkpoint is kept at {done.moved_to}", markup=False, soft_wrap=True)
+    if done.witnessed_lost:
+        err.print(f"the witness copies of sizes {', '.join(map(str, done.witnessed_lost))} "
+                  f"belong to the lost history: move them out of the witness directory",
+                  markup=False, soft_wrap=True)
+    if done.checkpoint is not None:
+        print(done.checkpoint.note, end="")
 
 
 @audit_app.command("export")
@@ -84,9 +173,10 @@ def export(
     tmp = out_path.with_name(out_path.name + ".partial")
     reader = readonly_sessions(st.sessions)
     with tmp.open("wb") as f, reader() as session, _progress("exporting") as progress:
+        ring = st.ledger.ring()
         n = bundle.write(session, f, origin=st.ledger.origin,
-                         key=st.ledger.signer.verifier.encode(), exported_at=st.now(),
-                         progress=progress)
+                         key=ring.signer.verifier.encode(), exported_at=st.now(),
+                         keys=[v.encode() for v in ring.chain], progress=progress)
     tmp.replace(out_path)
     err.print(f"wrote {n} entries to {out_path}")
 
@@ -175,11 +265,13 @@ def _print_report(report: Report, as_json: bool) -> None:
             "root": report.root.hex(), "checkpoints": report.checkpoints,
             "witnessed": report.witnessed, "pinned": report.pinned,
             "first_bad_index": report.first_bad_index, "problems": report.ordered(),
-            "warnings": report.warnings,
+            "warnings": report.warnings, "keys": report.keys, "rotations": report.rotations,
         }, indent=2))
         return
     for w in report.warnings:
         err.print(f"warning: {w}", markup=False)
+    for r in report.rotations:
+        err.print(f"key rotation {r}", markup=False)
     if report.ok:
         extra = f", pinned checkpoint of size {report.pinned}" if report.pinned is not None else ""
         wit = f", {report.witnessed} witness copies" if report.witnessed else ""

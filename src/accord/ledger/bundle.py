@@ -2,7 +2,9 @@
 
 Layout (all integers big-endian):
     b"ACCORD-LEDGER-BUNDLE/1\\n"
-    one JSON line: {"origin", "key" (verifier key), "size", "checkpoints": [signed notes], ...}
+    one JSON line: {"origin", "key" (the verifier key in force), "keys" (every key that
+    signed checkpoints, oldest first: see `keys.py`), "size", "checkpoints": [signed
+    notes], ...}
     per leaf: u64 index, u32 length n, 0x00, the n leaf bytes, 32-byte chain value
     end mark: u64 2**64-1, u32 0
     seek table: b"SEEK\n", u32 block size B, u64 count, count x u64 byte offsets (of
@@ -48,6 +50,7 @@ def write(
     origin: str,
     key: str,
     exported_at: Any,
+    keys: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 5000,
 ) -> int:
@@ -60,7 +63,8 @@ def write(
         ).scalars()
     ]
     header = {"format": "accord-ledger-bundle", "version": 1, "origin": origin, "key": key,
-              "size": size, "checkpoints": checkpoints, "exported_at": format_time(exported_at)}
+              "keys": keys or [key], "size": size, "checkpoints": checkpoints,
+              "exported_at": format_time(exported_at)}
     out.write(MAGIC)
     out.write(json.dumps(header, separators=(",", ":")).encode() + b"\n")
     done = 0
@@ -123,6 +127,15 @@ class Header:
     size: int
     checkpoints: list[str]
     raw: dict[str, Any]
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key the bundle says signed its checkpoints, oldest first (a bundle from
+        before key rotation names only `key`). Claims: a key counts only once a checkpoint
+        signed by the key in force introduced it."""
+        listed = self.raw.get("keys")
+        out = [str(k) for k in listed] if isinstance(listed, list) else []
+        return out if self.key in out else [*out, self.key]
 
 
 def read_header(f: IO[bytes]) -> Header:

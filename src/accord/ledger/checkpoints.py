@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from accord.ledger import integrity, merkle
+from accord.ledger import integrity, keys, merkle
+from accord.ledger.keys import KeyRing
 from accord.ledger.models import LedgerCheckpoint
 from accord.ledger.note import (
     Checkpoint,
@@ -26,7 +28,10 @@ from accord.ledger.note import (
     Signer,
     Verifier,
     checkpoint_body,
+    open_checkpoint,
     parse_checkpoint,
+    sign_note,
+    signature_keys,
 )
 from accord.ledger.service import LedgerCorruption, consistency_proof, load_head, root_at
 
@@ -34,13 +39,44 @@ log = logging.getLogger("accord.ledger")
 DEFAULT_INTERVAL = timedelta(seconds=2)
 
 
+class SigningKeyError(LedgerCorruption):
+    """The key file cannot be read, or does not hold the key the latest checkpoint is
+    signed by (rotated on another host): nothing is signed until it does."""
+
+
 @dataclass
 class LedgerConfig:
-    signer: Signer
     origin: str
     key_path: Path
     witness_dir: Path | None = None
     interval: timedelta = DEFAULT_INTERVAL
+    _ring: KeyRing | None = field(default=None, init=False, repr=False, compare=False)
+    _stamp: tuple[int, int, int, int] | None = field(default=None, init=False, repr=False,
+                                                     compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
+                                  compare=False)
+
+    def ring(self) -> KeyRing:
+        """The signing keys, read again whenever the key file changed (a rotation by
+        `accord audit rotate-key`, in this process or another)."""
+        with self._lock:
+            try:
+                now = keys.stamp(self.key_path)
+                if self._ring is None or now != self._stamp:
+                    self._ring, self._stamp = keys.read(self.key_path), now
+            except (OSError, NoteError) as exc:
+                raise SigningKeyError(f"the ledger key file {self.key_path}: {exc}") from None
+            return self._ring
+
+    @property
+    def signer(self) -> Signer:
+        """The key in force."""
+        return self.ring().signer
+
+    @property
+    def verifiers(self) -> list[Verifier]:
+        """Every key that signed checkpoints here, oldest first."""
+        return self.ring().chain
 
     @property
     def memory_path(self) -> Path:
@@ -52,12 +88,39 @@ class LedgerConfig:
             text = self.memory_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        return parse_checkpoint(text, [self.signer.verifier])
+        return self.ring().check(text)
 
     def remember(self, note: str) -> None:
         tmp = self.memory_path.with_suffix(".tmp")
         tmp.write_text(note, encoding="utf-8")
         tmp.replace(self.memory_path)
+
+    def rotate(self, new: Signer) -> KeyRing:
+        """Install `new` as the key in force; the current key cosigns the next checkpoint.
+        Raises NoteError when a rotation is already under way."""
+        with keys.locked(self.key_path):
+            ring = keys.read(self.key_path).rotated(new)
+            keys.write(self.key_path, ring)
+        return ring
+
+    def finish_rotation(self, note: str, size: int) -> bool:
+        """If `note` (stored, committed) is signed by both keys of a rotation under way, it
+        introduced the new key: the old one is retired at `size` (public part kept)."""
+        with keys.locked(self.key_path):
+            ring = keys.read(self.key_path)
+            if ring.previous is None:
+                return False
+            try:
+                _, by = open_checkpoint(note, [ring.previous.verifier, ring.signer.verifier])
+            except NoteError:
+                return False
+            if len(by) != 2:
+                return False
+            keys.write(self.key_path, ring.retire_previous(size))
+        log.warning("ledger key rotation complete: the checkpoint of size %d is signed by "
+                    "%s and %s; %s is retired", size, ring.previous.verifier.encode(),
+                    ring.signer.verifier.encode(), ring.previous.verifier.id.hex())
+        return True
 
 
 def latest(session: Session) -> LedgerCheckpoint | None:
@@ -95,24 +158,28 @@ def _verified_root(session: Session, cfg: LedgerConfig, size: int, head_root: by
     if last is not None and last.size != size:
         _check_extends(session, size, root, last.size, last.root, "the latest checkpoint")
     if remembered is not None:
-        _check_extends(session, size, root, remembered.size, remembered.root,
-                       "the checkpoint remembered beside the signing key")
+        try:
+            _check_extends(session, size, root, remembered.size, remembered.root,
+                           "the checkpoint remembered beside the signing key")
+        except LedgerCorruption as exc:
+            raise LedgerCorruption(
+                f"{exc} (if the database was restored from an older backup, an admin "
+                f"accepts the loss with `accord audit accept-restore`)") from None
     return root
 
 
-def _rehash_since(session: Session, cfg: LedgerConfig, size: int, root: bytes,
+def _rehash_since(session: Session, ring: KeyRing, size: int, root: bytes,
                   last: LedgerCheckpoint | None) -> None:
     """Never sign over entries that do not hash to the stored tree: re-hash what was
     appended since the last checkpoint (all of it the first time). Older entries are the
-    integrity monitor's (`_refuse_if_damaged`)."""
+    integrity monitor's (`refuse_if_damaged`)."""
     base = last if last is not None and last.size <= size else None
-    damage = integrity.verify_extension(session, cfg.signer.verifier, size=size, root=root,
-                                        base=base)
+    damage = integrity.verify_extension(session, ring, size=size, root=root, base=base)
     if damage is not None:
         raise LedgerCorruption(str(damage))
 
 
-def _refuse_if_damaged(session: Session) -> None:
+def refuse_if_damaged(session: Session) -> None:
     """While the integrity monitor has found an entry changed, nothing is signed and no
     checkpoint is handed out as evidence (a report's, an export's)."""
     found = integrity.open_finding(session)
@@ -122,7 +189,7 @@ def _refuse_if_damaged(session: Session) -> None:
             f"({found.what}); nothing is signed until a whole pass finds it mended")
 
 
-def _stored(session: Session, cfg: LedgerConfig, size: int, root: bytes
+def _stored(session: Session, ring: KeyRing, size: int, root: bytes
             ) -> LedgerCheckpoint | None:
     """The checkpoint stored for `size`, which must have `root` and a good signature."""
     existing = session.get(LedgerCheckpoint, size)
@@ -131,12 +198,59 @@ def _stored(session: Session, cfg: LedgerConfig, size: int, root: bytes
     if existing.root != root:
         raise LedgerCorruption(f"a checkpoint with another root exists for size {size}")
     try:
-        parsed = parse_checkpoint(existing.note, [cfg.signer.verifier])
+        parsed = ring.check(existing.note, size)
     except NoteError as exc:
         raise LedgerCorruption(f"the stored checkpoint for size {size}: {exc}") from None
     if (parsed.size, parsed.root) != (size, root):
         raise LedgerCorruption(f"the stored checkpoint for size {size} says otherwise")
     return existing
+
+
+def _signers(session: Session, cfg: LedgerConfig, ring: KeyRing,
+             last: LedgerCheckpoint | None) -> list[Signer]:
+    """Who signs the next checkpoint (both keys while a rotation is under way). Never a key
+    older than the one the latest checkpoint is signed by: a process whose key file lags
+    behind a rotation made elsewhere signs nothing until it has the new file."""
+    if last is None:
+        return ring.cosigners(None)
+    known = {(v.name, v.id) for v in ring.chain}
+    newer = [kid for name, kid in signature_keys(last.note)
+             if name == ring.signer.name and (name, kid) not in known]
+    if newer:
+        raise SigningKeyError(
+            f"the latest checkpoint (size {last.size}) is also signed by key "
+            f"{newer[0].hex()}, which {cfg.key_path} does not hold: the key was rotated "
+            f"on another host (install that host's key file here) or the checkpoint is "
+            f"forged; nothing is signed with an older key")
+    try:
+        ring.check(last.note, last.size)
+    except NoteError as exc:
+        raise SigningKeyError(
+            f"the latest checkpoint (size {last.size}) does not verify with the keys in "
+            f"{cfg.key_path}: {exc}; a forgery, or a key rotated on another host (then "
+            f"install that host's key file here)") from None
+    if ring.previous is not None and ring.signed_by_current(last.note):
+        settle(session, cfg, ring)  # the cosigned checkpoint is stored: note it
+    return ring.cosigners(last.note)
+
+
+def settle(session: Session, cfg: LedgerConfig, ring: KeyRing | None = None) -> bool:
+    """Finish a rotation whose cosigned checkpoint is stored but not yet noted in the key
+    file (the process that stored it stopped first): find the first checkpoint the new key
+    signed, newest first. True when a rotation was finished."""
+    ring = ring or cfg.ring()
+    if ring.previous is None:
+        return False
+    first: LedgerCheckpoint | None = None
+    rows = session.execute(select(LedgerCheckpoint).order_by(LedgerCheckpoint.size.desc())
+                           .execution_options(yield_per=100)).scalars()
+    for row in rows:
+        if not ring.signed_by_current(row.note):
+            break
+        first = row
+    if first is None:
+        return False
+    return cfg.finish_rotation(first.note, first.size)
 
 
 def sign(
@@ -151,13 +265,16 @@ def sign(
     last = latest(session)
     if not _due(cfg, head.size, last, now, force):
         return None
-    _refuse_if_damaged(session)
+    refuse_if_damaged(session)
     root = _verified_root(session, cfg, head.size, head.root, last, cfg.remembered())
-    existing = _stored(session, cfg, head.size, root)
+    # Read after the head lock: a rotation installs its key before it signs under this lock.
+    ring = cfg.ring()
+    signers = _signers(session, cfg, ring, last)
+    existing = _stored(session, ring, head.size, root)
     if existing is not None:
         return existing
-    _rehash_since(session, cfg, head.size, root, last)
-    note = cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root))
+    _rehash_since(session, ring, head.size, root, last)
+    note = sign_note(checkpoint_body(cfg.origin, head.size, root), signers)
     cp = LedgerCheckpoint(size=head.size, root=root, note=note, signed_at=now)
     session.add(cp)
     session.flush()
@@ -171,6 +288,7 @@ class Draft:
     size: int
     root: bytes
     note: str
+    signers: tuple[bytes, ...] = ()  # the ids of the keys that signed it
 
 
 def draft(session: Session, cfg: LedgerConfig, *, now: datetime
@@ -186,26 +304,34 @@ def draft(session: Session, cfg: LedgerConfig, *, now: datetime
     last = latest(session)
     if not _due(cfg, head.size, last, now, False):
         return None
-    _refuse_if_damaged(session)
+    refuse_if_damaged(session)
     root = _verified_root(session, cfg, head.size, head.root, last, remembered)
-    existing = _stored(session, cfg, head.size, root)
+    ring = cfg.ring()
+    signers = _signers(session, cfg, ring, last)
+    existing = _stored(session, ring, head.size, root)
     if existing is not None:
         return existing
-    _rehash_since(session, cfg, head.size, root, last)
-    return Draft(head.size, root, cfg.signer.sign(checkpoint_body(cfg.origin, head.size, root)))
+    _rehash_since(session, ring, head.size, root, last)
+    return Draft(head.size, root, sign_note(checkpoint_body(cfg.origin, head.size, root), signers),
+                 tuple(s.verifier.id for s in signers))
 
 
 def store(session: Session, cfg: LedgerConfig, drafted: Draft, *, now: datetime
-          ) -> LedgerCheckpoint:
+          ) -> LedgerCheckpoint | None:
     """Write a drafted checkpoint, unless one as large was stored meanwhile (that one is
     returned: each stored checkpoint was checked to extend the ones before it). One
-    stored for the same size must have the same root."""
+    stored for the same size must have the same root. A draft signed by other keys than
+    the next checkpoint needs now (a rotation began or ended meanwhile) is dropped."""
     last = latest(session)
     if last is not None and last.size > drafted.size:
         return last
-    existing = _stored(session, cfg, drafted.size, drafted.root)
+    ring = cfg.ring()
+    existing = _stored(session, ring, drafted.size, drafted.root)
     if existing is not None:
         return existing
+    wanted = tuple(s.verifier.id for s in _signers(session, cfg, ring, last))
+    if wanted != drafted.signers:
+        return last
     cp = LedgerCheckpoint(size=drafted.size, root=drafted.root, note=drafted.note,
                           signed_at=now)
     session.add(cp)
@@ -214,7 +340,8 @@ def store(session: Session, cfg: LedgerConfig, drafted: Draft, *, now: datetime
 
 
 def after_commit(cfg: LedgerConfig, cp: LedgerCheckpoint | None) -> None:
-    """Once a checkpoint is committed: remember it and publish it to the witness."""
+    """Once a checkpoint is committed: remember it and publish it to the witness; if it
+    is a rotation's cosigned checkpoint, retire the old key in the key file."""
     if cp is None:
         return
     remembered = cfg.remembered()
@@ -222,6 +349,8 @@ def after_commit(cfg: LedgerConfig, cp: LedgerCheckpoint | None) -> None:
         cfg.remember(cp.note)
     if cfg.witness_dir is not None:
         publish(cfg.witness_dir, cp.size, cp.note)
+    if cfg.ring().previous is not None:
+        cfg.finish_rotation(cp.note, cp.size)
 
 
 def publish(directory: Path, size: int, note: str) -> None:

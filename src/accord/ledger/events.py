@@ -79,6 +79,8 @@ class EventType(enum.StrEnum):
     SCIM_TOKEN_ISSUED = "scim.token_issued"
     SCIM_TOKEN_REVOKED = "scim.token_revoked"
     LEDGER_MENDED = "ledger.mended"
+    LEDGER_KEY_ROTATED = "ledger.key_rotated"
+    LEDGER_RESTORE_ACKNOWLEDGED = "ledger.restore_acknowledged"
 
 
 class Via(enum.StrEnum):

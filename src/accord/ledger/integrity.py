@@ -9,7 +9,8 @@ a stored hash on its own. Walking entries in index order, a `Scan` checks for ea
 * every perfect subtree the entry completes equals the stored `ledger_nodes` row (the
   rows inclusion and consistency proofs are built from);
 * at the size of each signed checkpoint, the root of the re-hashed tree equals the
-  checkpoint's root, whose Ed25519 signature is checked with the verifier key;
+  checkpoint's root, whose Ed25519 signature is checked with the key in force at that
+  size (`keys.KeyRing`: after a rotation, older checkpoints with the older keys);
 * at the head, the re-hashed root and chain equal the head row's, and no checkpoint (in
   the database or remembered beside the signing key) covers more entries than there are.
 
@@ -21,6 +22,7 @@ monitor (worker) runs a scan incrementally over new entries and a full pass ever
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,6 +30,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from accord.ledger import merkle
+from accord.ledger.keys import KeyRing
 from accord.ledger.models import (
     LedgerCheckpoint,
     LedgerEntry,
@@ -120,16 +123,33 @@ def _node_ranges(session: Session, expected: dict[merkle.Node, tuple[int, bytes]
     return out
 
 
-def signed_checkpoints(session: Session, verifier: Verifier, *, above: int = 0,
+Keys = Verifier | KeyRing | Callable[[], KeyRing]
+"""The keys checkpoints are checked with: one verifier key, or the key ring (a callable is
+asked only once the checkpoints are read, so that a key rotated meanwhile is known)."""
+
+
+def _opener(keys: Keys) -> Callable[[str, int], Checkpoint]:
+    if isinstance(keys, Verifier):
+        return lambda note, _size: parse_checkpoint(note, [keys])
+    ring = keys if isinstance(keys, KeyRing) else keys()
+    return ring.check
+
+
+def signed_checkpoints(session: Session, keys: Keys, *, above: int = 0,
                        upto: int | None = None) -> tuple[dict[int, bytes], Damage | None]:
-    """Sizes and roots of the stored checkpoints in (above, upto], each signature checked."""
+    """Sizes and roots of the stored checkpoints in (above, upto], each signature checked
+    (by a key in force at its size: a rotation's keys each sign their own range)."""
     q = select(LedgerCheckpoint).where(LedgerCheckpoint.size > above)
     if upto is not None:
         q = q.where(LedgerCheckpoint.size <= upto)
+    rows = list(session.execute(q.order_by(LedgerCheckpoint.size)).scalars())
     out: dict[int, bytes] = {}
-    for row in session.execute(q.order_by(LedgerCheckpoint.size)).scalars():
+    if not rows:
+        return out, None
+    check = _opener(keys)  # read after the rows: a key they need is in the file by then
+    for row in rows:
         try:
-            cp: Checkpoint = parse_checkpoint(row.note, [verifier])
+            cp: Checkpoint = check(row.note, row.size)
         except NoteError as exc:
             return out, Damage(max(row.size - 1, 0),
                                f"the checkpoint stored for size {row.size} does not verify: "
@@ -217,13 +237,14 @@ def finish(session: Session, scan: Scan, head: LedgerHead, *,
     if remembered is not None and remembered.size > now_size:
         return Damage(now_size, f"the checkpoint kept beside the signing key covers "
                                 f"{remembered.size} entries but the tree holds {now_size}: "
-                                f"entries were removed from the end")
+                                f"entries were removed from the end (restored from an older "
+                                f"backup? see `accord audit accept-restore`)")
     if extra is not None and int(extra) >= now_size:
         return Damage(now_size, "an entry lies beyond the head (the head was rewound?)")
     return None
 
 
-def verify(session: Session, verifier: Verifier, *, scan: Scan | None = None,
+def verify(session: Session, keys: Keys, *, scan: Scan | None = None,
            remembered: Checkpoint | None = None, limit: int | None = None
            ) -> tuple[Scan, Damage | None]:
     """Re-hash from `scan` (default: index 0) up to the head, or `limit` entries.
@@ -234,7 +255,7 @@ def verify(session: Session, verifier: Verifier, *, scan: Scan | None = None,
     scan = scan or Scan()
     head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
     end = head.size if limit is None else min(head.size, scan.position + limit)
-    checkpoints, damage = signed_checkpoints(session, verifier, above=scan.position, upto=end)
+    checkpoints, damage = signed_checkpoints(session, keys, above=scan.position, upto=end)
     if damage is not None:
         return scan, damage
     while scan.position < end:
@@ -244,12 +265,12 @@ def verify(session: Session, verifier: Verifier, *, scan: Scan | None = None,
     return scan, finish(session, scan, head, remembered=remembered)
 
 
-def verify_extension(session: Session, verifier: Verifier, *, size: int, root: bytes,
+def verify_extension(session: Session, keys: Keys, *, size: int, root: bytes,
                      base: LedgerCheckpoint | None) -> Damage | None:
     """For the signer: do entries [base.size, size) re-hash, with the stored subtrees, to
     `root` (the tree about to be signed)? Costs what was appended since `base`."""
     scan = Scan.at_checkpoint(session, base) if base is not None else Scan()
-    checkpoints, damage = signed_checkpoints(session, verifier, above=scan.position, upto=size)
+    checkpoints, damage = signed_checkpoints(session, keys, above=scan.position, upto=size)
     if damage is not None:
         return damage
     while scan.position < size:
@@ -262,9 +283,9 @@ def verify_extension(session: Session, verifier: Verifier, *, size: int, root: b
     return None
 
 
-def first_bad(session: Session, verifier: Verifier) -> Damage | None:
+def first_bad(session: Session, keys: Keys) -> Damage | None:
     """A whole pass from index 0."""
-    return verify(session, verifier)[1]
+    return verify(session, keys)[1]
 
 
 # ------------------------------------------------------------------ findings

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -108,25 +106,30 @@ class Signer:
     def __repr__(self) -> str:
         return f"Signer({self.name!r}, id={self.verifier.id.hex()})"
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Signer) and other.verifier == self.verifier
+
+    def __hash__(self) -> int:
+        return hash(self.verifier)
+
     def sign(self, body: str) -> str:
         """The signed note: body, blank line, one signature line."""
+        return sign_note(body, [self])
+
+    def signature_line(self, body: str) -> str:
         if not body.endswith("\n"):
             raise NoteError("a note body ends with a newline")
         sig = self._key.sign(body.encode())
-        line = base64.b64encode(self.verifier.id + sig).decode()
-        return f"{body}\n{SIG_PREFIX}{self.name} {line}\n"
+        return f"{SIG_PREFIX}{self.name} {base64.b64encode(self.verifier.id + sig).decode()}"
 
 
-def load_or_create_signer(path: Path, name: str) -> Signer:
-    """Read the signing key at `path`, or create it there (mode 0600) on first start."""
-    if path.exists():
-        return Signer.decode(path.read_text(encoding="utf-8"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    signer = Signer.generate(name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(signer.encode() + "\n")
-    return signer
+def sign_note(body: str, signers: list[Signer]) -> str:
+    """The signed note: body, blank line, one signature line per signer, in their order
+    (a key rotation's checkpoint carries the old key's signature, then the new key's)."""
+    if not signers:
+        raise NoteError("a note needs at least one signer")
+    lines = "".join(s.signature_line(body) + "\n" for s in signers)
+    return f"{body}\n{lines}"
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,34 @@ def tidy_note(text: str) -> str:
 
 def parse_checkpoint(text: str, verifiers: list[Verifier]) -> Checkpoint:
     """Parse a signed checkpoint; it must carry a valid signature by one of `verifiers`."""
+    cp, signed = open_checkpoint(text, verifiers)
+    if not signed:
+        raise NoteError("no signature by a trusted key")
+    return cp
+
+
+def signature_keys(text: str) -> list[tuple[str, bytes]]:
+    """The (key name, key id) of each signature line of a note, checked or not."""
+    _, sep, sigs = text.partition("\n\n")
+    out: list[tuple[str, bytes]] = []
+    for line in sigs.split("\n") if sep else []:
+        if not line.startswith(SIG_PREFIX):
+            continue
+        name, _, blob = line[len(SIG_PREFIX):].rpartition(" ")
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except ValueError:
+            continue
+        if len(raw) >= 5:
+            out.append((name, raw[:4]))
+    return out
+
+
+def open_checkpoint(text: str, verifiers: list[Verifier]) -> tuple[Checkpoint, list[Verifier]]:
+    """Parse a signed checkpoint and check each signature by a key among `verifiers`:
+    the checkpoint and the keys whose signatures are valid, in the note's order (possibly
+    none). Signatures by other keys are ignored, as C2SP says; a bad signature by a known
+    key is an error."""
     body, sep, sigs = text.partition("\n\n")
     if not sep or not sigs.endswith("\n"):
         raise NoteError("not a signed note: no blank line before the signatures")
@@ -188,7 +219,7 @@ def parse_checkpoint(text: str, verifiers: list[Verifier]) -> Checkpoint:
     if len(root) != 32:
         raise NoteError("checkpoint root hash is not 32 bytes")
     known = {(v.name, v.id): v for v in verifiers}
-    signed = False
+    signed: list[Verifier] = []
     for line in sigs[:-1].split("\n"):
         if not line.startswith(SIG_PREFIX):
             raise NoteError("malformed signature line")
@@ -203,8 +234,7 @@ def parse_checkpoint(text: str, verifiers: list[Verifier]) -> Checkpoint:
         if v is None:
             continue
         if not v.verify(body.encode(), raw[4:]):
-            raise NoteError(f"bad signature by {name}")
-        signed = True
-    if not signed:
-        raise NoteError("no signature by a trusted key")
-    return Checkpoint(origin, int(size_text), root, text)
+            raise NoteError(f"bad signature by {name} (key {raw[:4].hex()})")
+        if v not in signed:
+            signed.append(v)
+    return Checkpoint(origin, int(size_text), root, text), signed

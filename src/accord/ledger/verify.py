@@ -24,7 +24,7 @@ from typing import IO
 import rfc8785
 
 from accord.ledger import bundle, merkle
-from accord.ledger.note import NoteError, Verifier, parse_checkpoint, tidy_note
+from accord.ledger.note import NoteError, Verifier, open_checkpoint, tidy_note
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     first_bad_index: int | None = None
     indices: list[int | None] = field(default_factory=list)  # per problem, when it names one
+    keys: list[str] = field(default_factory=list)  # the signing keys followed, oldest first
+    rotations: list[str] = field(default_factory=list)  # where one key introduced the next
 
     @property
     def ok(self) -> bool:
@@ -102,10 +104,24 @@ def verify(
     return report
 
 
+@dataclass
+class _Note:
+    """A signed checkpoint from the bundle, the pin or the witness, and who signed it."""
+
+    what: str  # "signed checkpoint", "pinned checkpoint", "witnessed checkpoint"
+    label: str  # how to name it in a problem
+    size: int
+    root: bytes
+    origin: str
+    signed: list[Verifier]
+    accepted: bool = False
+
+
 def _targets(header: bundle.Header, report: Report, *, key: Verifier | None, pin: str | None,
              witness: Path | None) -> list[_Target]:
     try:
         log_key = Verifier.decode(header.key)
+        listed = [Verifier.decode(k) for k in header.keys]
     except NoteError as exc:
         report.fail(f"bundle key: {exc}")
         return []
@@ -113,29 +129,26 @@ def _targets(header: bundle.Header, report: Report, *, key: Verifier | None, pin
     if key is None:
         report.warnings.append("no --key given: trusting the key inside the bundle "
                                f"({log_key.encode()}); pin it for the next audit")
-    elif (key.name, key.public) != (log_key.name, log_key.public):
-        report.fail(f"the log is signed by {log_key.encode()}, not by the pinned key "
-                    f"{key.encode()}: the log was re-signed or replaced")
-    targets: list[_Target] = []
-    for n, note in enumerate(header.checkpoints):
+    candidates = _unique([*listed, trusted])
+    notes: list[_Note] = []
+    for n, text in enumerate(header.checkpoints):
+        label = f"checkpoint {n + 1} of {len(header.checkpoints)}"
         try:
-            cp = parse_checkpoint(note, [trusted])
+            cp, signed = open_checkpoint(text, candidates)
         except NoteError as exc:
-            report.fail(f"checkpoint {n + 1} of {len(header.checkpoints)}: {exc}")
+            report.fail(f"{label}: {exc}")
             continue
         if cp.origin != header.origin:
             report.fail(f"checkpoint of size {cp.size} has origin {cp.origin!r}, "
                         f"not {header.origin!r}")
-        targets.append(_Target(cp.size, cp.root, f"signed checkpoint of size {cp.size}"))
-        report.checkpoints += 1
+        notes.append(_Note("signed checkpoint", label, cp.size, cp.root, cp.origin, signed))
     if pin is not None:
         try:
-            pinned = parse_checkpoint(tidy_note(pin), [trusted])
-            targets.append(_Target(pinned.size, pinned.root,
-                                   f"pinned checkpoint of size {pinned.size}"))
-            report.pinned = pinned.size
+            cp, signed = open_checkpoint(tidy_note(pin), candidates)
+            notes.append(_Note("pinned checkpoint", "pinned checkpoint", cp.size, cp.root,
+                               cp.origin, signed))
         except NoteError as exc:
-            if "no signature by a trusted key" in str(exc) or "bad signature" in str(exc):
+            if "bad signature" in str(exc):
                 report.fail(f"pinned checkpoint: {exc}: it is not signed by the key you trust "
                             f"(was the log re-signed with another key, or is --key another "
                             f"log's?)")
@@ -148,14 +161,139 @@ def _targets(header: bundle.Header, report: Report, *, key: Verifier | None, pin
             if not path.name.isdigit():
                 continue
             try:
-                cp = parse_checkpoint(path.read_text(encoding="utf-8"), [trusted])
+                cp, signed = open_checkpoint(path.read_text(encoding="utf-8"), candidates)
             except NoteError as exc:
                 report.fail(f"witness copy {path.name}: {exc}")
                 continue
-            targets.append(_Target(cp.size, cp.root, f"witnessed checkpoint of size {cp.size}"))
-            report.witnessed += 1
+            notes.append(_Note("witnessed checkpoint", f"witness copy {path.name}", cp.size,
+                               cp.root, cp.origin, signed))
+    notes.sort(key=lambda nt: nt.size)
+    if (notes and not any(trusted in nt.signed for nt in notes) and key is not None
+            and (key.name, key.public) != (log_key.name, log_key.public)):
+        report.fail(f"the log is signed by {log_key.encode()}, not by the pinned key "
+                    f"{key.encode()}: the log was re-signed or replaced")
+    _follow(notes, trusted, listed, report)
+    targets: list[_Target] = []
+    for nt in notes:
+        if nt.accepted:
+            targets.append(_Target(nt.size, nt.root, f"{nt.what} of size {nt.size}"))
+            if nt.what == "signed checkpoint":
+                report.checkpoints += 1
+            elif nt.what == "pinned checkpoint":
+                report.pinned = nt.size
+            else:
+                report.witnessed += 1
+    if report.keys and report.keys[-1] != log_key.encode():
+        report.warnings.append(f"the bundle names {log_key.encode()} as its key, but no "
+                               f"checkpoint introduced it (the last key followed is "
+                               f"{report.keys[-1]})")
     targets.sort(key=lambda t: t.size)
     return targets
+
+
+def _unique(keys: list[Verifier]) -> list[Verifier]:
+    out: list[Verifier] = []
+    for v in keys:
+        if all((v.name, v.public) != (o.name, o.public) for o in out):
+            out.append(v)
+    return out
+
+
+def _label(v: Verifier) -> str:
+    return f"{v.name} key {v.id.hex()}"
+
+
+def _follow(notes: list[_Note], trusted: Verifier, listed: list[Verifier],
+            report: Report) -> None:
+    """Follow the signing keys through rotations, from the trusted key, both ways.
+
+    Each checkpoint (in size order) must be signed by the key in force at its size. One
+    signed by the key in force and by a key not seen before introduces that key: after it
+    (in size order) only the new key is accepted, and before it only the old one. So a
+    pinned old key accepts a log rotated since, a pinned new key accepts the history signed
+    before the rotation, and a checkpoint signed only by a key never introduced fails.
+    """
+    first = next((i for i, nt in enumerate(notes) if trusted in nt.signed), None)
+    if first is None:
+        for nt in notes:
+            _reject(nt, None, 0, report, notes)
+        return
+    start = notes[first]
+    others = [v for v in start.signed if v != trusted]
+    older: Verifier | None = None
+    forward = trusted
+    chain = [trusted]
+    if others:
+        # The first checkpoint the trusted key signed is also signed by another: the key
+        # it succeeded, unless nothing comes before it (then the bundle's order says).
+        before = [nt for nt in notes[:first] if others[0] in nt.signed]
+        order = {(v.name, v.public): i for i, v in enumerate(listed)}
+        rank = order.get((others[0].name, others[0].public), -1)
+        if before or rank < order.get((trusted.name, trusted.public), len(listed)):
+            older = others[0]
+        else:
+            forward = others[0]
+            chain.append(forward)
+            report.rotations.append(f"at size {start.size}: {_label(trusted)} introduced "
+                                    f"{_label(forward)}")
+    start.accepted = True
+    seen = {trusted, *start.signed}
+    # Forward: later checkpoints.
+    current, good = forward, start.size
+    for nt in notes[first + 1:]:
+        if current not in nt.signed:
+            _reject(nt, current, good, report, notes)
+            continue
+        new = [v for v in nt.signed if v not in seen]
+        if len(new) > 1:
+            _reject(nt, current, good, report, notes, why="it introduces several keys at once")
+            continue
+        if new:
+            report.rotations.append(f"at size {nt.size}: {_label(current)} introduced "
+                                    f"{_label(new[0])}")
+            current = new[0]
+            seen.add(current)
+            chain.append(current)
+        nt.accepted = True
+        good = nt.size
+    # Backward: earlier checkpoints, signed by the keys the trusted one succeeded.
+    current = older or trusted
+    if older is not None:
+        chain.insert(0, older)
+        report.rotations.insert(0, f"at size {start.size}: {_label(older)} introduced "
+                                   f"{_label(trusted)}")
+    for nt in reversed(notes[:first]):
+        if current not in nt.signed:
+            _reject(nt, current, 0, report, notes)
+            continue
+        new = [v for v in nt.signed if v not in seen]
+        if new:
+            report.rotations.insert(0, f"at size {nt.size}: {_label(new[0])} introduced "
+                                       f"{_label(current)}")
+            current = new[0]
+            seen.add(current)
+            chain.insert(0, current)
+        nt.accepted = True
+    report.keys = [v.encode() for v in chain]
+
+
+def _reject(nt: _Note, current: Verifier | None, good: int, report: Report,
+            notes: list[_Note], why: str | None = None) -> None:
+    below = [o.size for o in notes if o.accepted and o.size < nt.size]
+    good = max([good, *below])
+    by = ", ".join(_label(v) for v in nt.signed) or "no key this bundle or --key names"
+    if why is None:
+        want = (f"the key in force at that size, {_label(current)}" if current is not None
+                else "the trusted key")
+        why = (f"it is not signed by {want} (signed by: {by}); a new key counts only once "
+               f"a checkpoint signed by the key in force introduced it")
+    if nt.what == "pinned checkpoint":
+        report.fail(f"pinned checkpoint of size {nt.size}: {why}: it is not signed by the key "
+                    f"you trust (was the log re-signed with another key, or is --key another "
+                    f"log's?)", good if good < nt.size else None)
+    else:
+        report.fail(f"{nt.label}, of size {nt.size}: {why}; entries {good}..{nt.size - 1} "
+                    f"are not vouched for by a trusted signature", good)
 
 
 BLOCK = 1 << 14  # leaves per unit of work (a power of two: blocks are perfect subtrees)

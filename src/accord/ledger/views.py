@@ -125,6 +125,19 @@ def key(who: Principal = Depends(require_reader), st: AppState = Depends(state))
     return st.ledger.signer.verifier.encode() + "\n"
 
 
+@router.get("/keys")
+def keys(who: Principal = Depends(require_reader), st: AppState = Depends(state)
+         ) -> dict[str, Any]:
+    """Every key that signed checkpoints, oldest first: each signs the checkpoints from
+    `since` (the cosigned checkpoint that introduced it) to `until` (the one that
+    introduced its successor; null while in force)."""
+    ring = st.ledger.ring()
+    return {"key": ring.signer.verifier.encode(),
+            "rotating": ring.previous is not None,
+            "keys": [{"key": e.verifier.encode(), "since": e.since, "until": e.until}
+                     for e in ring.epochs()]}
+
+
 @router.get("/proof/inclusion", response_model=InclusionProof)
 def inclusion(
     index: int,
@@ -202,8 +215,10 @@ def _stream(st: AppState) -> Iterator[bytes]:
     def produce() -> None:
         try:
             with readonly_sessions(st.sessions)() as session:
+                ring = st.ledger.ring()
                 bundle.write(session, Pipe(), origin=st.ledger.origin,  # type: ignore[arg-type]
-                             key=st.ledger.signer.verifier.encode(), exported_at=st.now())
+                             key=ring.signer.verifier.encode(), exported_at=st.now(),
+                             keys=[v.encode() for v in ring.chain])
         except _Abandoned:
             return
         finally:

@@ -25,7 +25,6 @@ from accord.ledger import service as ledger
 from accord.ledger.checkpoints import LedgerConfig, latest
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
-from accord.ledger.note import parse_checkpoint
 from accord.policy.engine import Policy
 from accord.reports.schemas import (
     OUTCOMES,
@@ -574,8 +573,9 @@ def evidence(session: Session, *, cfg: LedgerConfig) -> Evidence | None:
     row = latest(session)
     if row is None:
         return None
-    cp = parse_checkpoint(row.note, [cfg.signer.verifier])
-    return Evidence(origin=cp.origin, key=cfg.signer.verifier.encode(),
+    ring = cfg.ring()
+    cp = ring.check(row.note, row.size)
+    return Evidence(origin=cp.origin, key=ring.signer.verifier.encode(),
                     checkpoint_size=cp.size, checkpoint_root=base64.b64encode(cp.root).decode(),
                     checkpoint_note=row.note, signed_at=row.signed_at)
 

@@ -27,7 +27,7 @@ from accord.ledger import integrity, merkle
 from accord.ledger import service as ledger
 from accord.ledger.checkpoints import LedgerConfig, latest
 from accord.ledger.models import LedgerEntry
-from accord.ledger.note import Checkpoint, NoteError, parse_checkpoint
+from accord.ledger.note import Checkpoint, NoteError
 
 REHASH_LIMIT = 20_000  # entries re-hashed on a page view (about a tenth of a second)
 
@@ -65,14 +65,16 @@ def state(session: Session, cfg: LedgerConfig, *, rehash_limit: int = REHASH_LIM
     if row is None:
         return LedgerState(size, None, None, problems, ["no checkpoint has been signed yet"])
     try:
-        cp = parse_checkpoint(row.note, [cfg.signer.verifier])
-        checks.append(f"signature by {cfg.signer.verifier.name} is valid")
-    except NoteError as exc:
+        cp, signed = cfg.ring().open(row.note, row.size)
+        by = " and ".join(f"{v.name} (key {v.id.hex()})" for v in signed)
+        checks.append(f"signature by {by} is valid" if len(signed) == 1 else
+                      f"signatures by {by} are valid: this checkpoint introduced the new key")
+    except (NoteError, ledger.LedgerCorruption) as exc:
         return LedgerState(size, None, row.signed_at.isoformat(),
                            [*problems, f"checkpoint: {exc}"], [])
     remembered = cfg.remembered()
     if size <= rehash_limit:
-        _, damage = integrity.verify(session, cfg.signer.verifier, remembered=remembered)
+        _, damage = integrity.verify(session, cfg.ring, remembered=remembered)
         if damage is not None:
             problems.append(f"re-hashing the stored entries: {damage}")
         else:

@@ -100,7 +100,9 @@ class IntegrityMonitor:
         with self.reader() as session:
             if scan.position == 0:
                 mark = integrity.last_finding_id(session)
-            out, damage = integrity.verify(session, self.cfg.signer.verifier, scan=scan,
+            # The key ring is asked for after the checkpoints are read (a rotation installs
+            # its key before the first checkpoint it signs), so a rotation is no damage.
+            out, damage = integrity.verify(session, self.cfg.ring, scan=scan,
                                            remembered=self.cfg.remembered(),
                                            limit=self.pace.chunk)
             at_head = damage is None and out.position >= integrity.head_size(session)
