@@ -36,10 +36,9 @@ from sqlalchemy import text
 
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction
-from accord.ledger import integrity
+from accord.ledger import integrity, keys
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor, EventType
-from accord.ledger.note import load_or_create_signer
 from accord.ledger.service import record
 from accord.ledger.upkeep import integrate_all, sign_if_due
 from accord.worker.integrity import IntegrityMonitor, Pace
@@ -70,8 +69,8 @@ def _event(session: Any, i: int) -> None:
 
 def ledger_config(tmp: Path) -> LedgerConfig:
     key = tmp / "ledger.key"
-    return LedgerConfig(signer=load_or_create_signer(key, "bench/ledger"),
-                        origin="bench/ledger", key_path=key)
+    keys.load_or_create(key, "bench/ledger")
+    return LedgerConfig(origin="bench/ledger", key_path=key)
 
 
 def monitor_cpu(url: str) -> float:

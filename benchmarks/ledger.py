@@ -32,11 +32,10 @@ from sqlalchemy import select
 
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
-from accord.ledger import bundle, merkle
+from accord.ledger import bundle, keys, merkle
 from accord.ledger.checkpoints import LedgerConfig, sign
 from accord.ledger.events import Actor, EventType
 from accord.ledger.models import LedgerEntry
-from accord.ledger.note import Signer
 from accord.ledger.service import consistency_proof, inclusion_proof, record, root_at, tree_size
 from accord.ledger.upkeep import integrate_all
 from accord.ledger.verify import verify
@@ -103,8 +102,9 @@ def bench_proofs(sessions: Any, samples: int = 2000) -> dict[str, Any]:
 
 
 def bench_verify(sessions: Any, tmp: Path) -> dict[str, Any]:
-    signer = Signer.generate("bench/ledger")
-    cfg = LedgerConfig(signer=signer, origin="bench/ledger", key_path=tmp / "key")
+    keys.load_or_create(tmp / "key", "bench/ledger")
+    cfg = LedgerConfig(origin="bench/ledger", key_path=tmp / "key")
+    signer = cfg.signer
     with transaction(sessions) as session:
         sign(session, cfg, now=utcnow(), force=True)
     path = tmp / "ledger.bundle"
