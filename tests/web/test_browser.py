@@ -417,8 +417,11 @@ def test_the_newcomers_path(browser: Browser, walk: Walk, provider: Provider,
                          "request.approved", "grant.provisioning", "grant.activated"], kinds
     assert {"gateway.token_issued", "gateway.session_opened", "gateway.statement",
             "gateway.session_closed"} <= set(kinds[6:]), kinds
-    # Badges turn verified live, once the next checkpoint covers the events.
-    expect(dave.locator("#timeline .badge.verified")).to_have_count(len(kinds))
+    # Badges turn verified live, once the next checkpoint covers the events: the gateway's
+    # shipper, the integrator and the signer each take their turn (seconds on a busy
+    # 2-core machine), so wait for them rather than for Playwright's default 5 s.
+    expect(dave.locator("#timeline .badge.verified")).to_have_count(len(kinds),
+                                                                      timeout=30_000)
     expect(dave.locator("#act")).to_have_count(0)  # an auditor acts on nothing
     fits(dave, "request detail")
     shot(dave, f"request-detail-{w}")
