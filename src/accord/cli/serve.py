@@ -252,7 +252,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run background jobs until stopped: expiries, ledger integration and checkpoints."""
-    from accord.ledger.upkeep import integrate_all, sign_if_due
+    from accord.ledger.upkeep import catch_up, sign_if_due
     from accord.worker.integrity import monitor_for
     from accord.worker.job_runner import JobRunner
     from accord.worker.ledger_jobs import LedgerWorker
@@ -269,7 +269,7 @@ def worker(
         metrics.serve_http(*where)
     if once:
         n = sweep_once(st.sessions, st.now())
-        n_ledger = integrate_all(st.sessions) if _is_postgres(st) else 0
+        n_ledger = catch_up(st.sessions)
         sign_if_due(st.sessions, st.ledger, st.now())
         log.info("recorded %d expiries, integrated %d ledger events", n, n_ledger)
         return
@@ -304,7 +304,3 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, not {value!r}")
     return host.strip("[]"), int(port)
-
-
-def _is_postgres(st: Any) -> bool:
-    return bool(st.sessions.kw["bind"].dialect.name == "postgresql")

@@ -8,6 +8,7 @@ and `policy` (`name`, `version`, `rule`) when an automation decided.
 from __future__ import annotations
 
 import enum
+import getpass
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,14 @@ class EventType(enum.StrEnum):
     LEDGER_MENDED = "ledger.mended"
     LEDGER_KEY_ROTATED = "ledger.key_rotated"
     LEDGER_RESTORE_ACKNOWLEDGED = "ledger.restore_acknowledged"
+
+
+def os_user() -> str:
+    """The operating-system user running an operator command (recorded beside its actor)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container): say so rather than guess
+        return "unknown"
 
 
 class Via(enum.StrEnum):

@@ -30,6 +30,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from accord.ledger import merkle
+from accord.ledger.events import Actor, EventType
 from accord.ledger.keys import KeyRing
 from accord.ledger.models import (
     LedgerCheckpoint,
@@ -39,6 +40,7 @@ from accord.ledger.models import (
     LedgerNode,
 )
 from accord.ledger.note import Checkpoint, NoteError, Verifier, parse_checkpoint
+from accord.ledger.service import record
 
 ZERO = bytes(32)
 BATCH = 5000
@@ -317,15 +319,19 @@ def last_finding_id(session: Session) -> int:
 
 def clear_findings(session: Session, *, upto: int, now: datetime) -> list[int]:
     """Close the findings up to id `upto`, recorded before a whole pass began that then
-    found every entry re-hashing: that pass saw the ledger mended. Returns their indices."""
+    found every entry re-hashing: that pass saw the ledger mended. Records `ledger.mended`
+    when it closes any (the signer resumes); returns their indices."""
     rows = list(session.execute(
         select(LedgerFinding).where(LedgerFinding.cleared_at.is_(None),
                                     LedgerFinding.id <= upto)
         .order_by(LedgerFinding.idx)).scalars())
     for row in rows:
         row.cleared_at = now
-    session.flush()
-    return [row.idx for row in rows]
+    closed = [row.idx for row in rows]
+    if closed:
+        record(session, type=EventType.LEDGER_MENDED, actor=Actor.system(), subject="ledger",
+               time=now, data={"indices": closed, "size": head_size(session)})
+    return closed
 
 
 def head_size(session: Session) -> int:

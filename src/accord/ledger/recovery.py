@@ -22,7 +22,6 @@ restored size) no longer match the log: the event says why.
 from __future__ import annotations
 
 import base64
-import getpass
 import json
 import socket
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.db import reading, readonly_sessions, transaction
 from accord.ledger import checkpoints, integrity, merkle
 from accord.ledger.checkpoints import LedgerConfig
-from accord.ledger.events import Actor, EventType
+from accord.ledger.events import Actor, EventType, os_user
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.ledger.note import Checkpoint, NoteError
 from accord.ledger.service import (
@@ -46,7 +45,7 @@ from accord.ledger.service import (
     root_at,
     tree_size,
 )
-from accord.ledger.upkeep import integrate_all
+from accord.ledger.upkeep import catch_up, sign_now
 
 
 class NothingToAccept(Exception):
@@ -113,18 +112,6 @@ def _acknowledged(session: Session, lost: Checkpoint) -> bool:
     return False
 
 
-def _postgres(sessions: sessionmaker[Session]) -> bool:
-    bind = sessions.kw.get("bind")
-    return bind is not None and bind.dialect.name == "postgresql"
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def _aside(path: Path, size: int) -> Path:
     target = path.with_name(f"{path.name}.lost-{size}")
     n = 1
@@ -144,12 +131,7 @@ def mend(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetime) -> l
     if damage is not None:
         raise LedgerCorruption(f"the restored ledger is damaged: {damage}")
     with transaction(sessions) as session:
-        closed = integrity.clear_findings(session, upto=mark, now=now)
-        if closed:
-            record(session, type=EventType.LEDGER_MENDED, actor=Actor.system(),
-                   subject="ledger", time=now,
-                   data={"indices": closed, "size": integrity.head_size(session)})
-    return closed
+        return integrity.clear_findings(session, upto=mark, now=now)
 
 
 def accept_restore(sessions: sessionmaker[Session], cfg: LedgerConfig, *, actor: Actor,
@@ -157,8 +139,7 @@ def accept_restore(sessions: sessionmaker[Session], cfg: LedgerConfig, *, actor:
     """Record that the ledger was restored without its tail, and let the signer continue.
     Raises NothingToAccept, or LedgerCorruption when the restored ledger is not a whole,
     older state of the same log."""
-    if _postgres(sessions):
-        integrate_all(sessions)  # rows the backup caught pending
+    catch_up(sessions)  # rows the backup caught pending
     with reading(), readonly_sessions(sessions)() as session:
         lost = lost_tail(session, cfg)
         if lost is None:
@@ -181,12 +162,9 @@ def accept_restore(sessions: sessionmaker[Session], cfg: LedgerConfig, *, actor:
                        "restored_size": size,
                        "restored_checkpoint": latest.size if latest is not None else None,
                        "witnessed_lost": beyond,
-                       "reason": reason, "os_user": _who(), "host": socket.gethostname()})
-        if _postgres(sessions):
-            integrate_all(sessions)
+                       "reason": reason, "os_user": os_user(), "host": socket.gethostname()})
+    catch_up(sessions)
     moved = _aside(cfg.memory_path, lost.size)
     mend(sessions, cfg, now())
-    with transaction(sessions) as session:
-        cp = checkpoints.sign(session, cfg, now=now(), force=True)
-    checkpoints.after_commit(cfg, cp)
+    cp = sign_now(sessions, cfg, now())
     return Accepted(lost, size, moved, beyond, cp)

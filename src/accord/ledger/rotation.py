@@ -18,7 +18,6 @@ missing, and makes no other key.
 
 from __future__ import annotations
 
-import getpass
 import json
 import socket
 from collections.abc import Callable
@@ -31,11 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.db import transaction
 from accord.ledger import checkpoints, keys
 from accord.ledger.checkpoints import LedgerConfig
-from accord.ledger.events import Actor, EventType
+from accord.ledger.events import Actor, EventType, os_user
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.ledger.note import Verifier
 from accord.ledger.service import LedgerCorruption, record
-from accord.ledger.upkeep import integrate_all
+from accord.ledger.upkeep import sign_now
 
 
 @dataclass(frozen=True)
@@ -45,28 +44,6 @@ class Rotation:
     checkpoint: str  # the cosigned checkpoint: pin it
     size: int
     resumed: bool  # a rotation begun earlier was finished
-
-
-def _sign_now(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetime
-              ) -> LedgerCheckpoint | None:
-    if _postgres(sessions):
-        integrate_all(sessions)
-    with transaction(sessions) as session:
-        cp = checkpoints.sign(session, cfg, now=now, force=True)
-    checkpoints.after_commit(cfg, cp)
-    return cp
-
-
-def _postgres(sessions: sessionmaker[Session]) -> bool:
-    bind = sessions.kw.get("bind")
-    return bind is not None and bind.dialect.name == "postgresql"
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container): say so rather than guess
-        return "unknown"
 
 
 def _has_event(session: Session, new: Verifier) -> bool:
@@ -89,7 +66,7 @@ def _record(sessions: sessionmaker[Session], *, old: Verifier, new: Verifier, ac
         data: dict[str, object] = {
             "old": {"name": old.name, "id": old.id.hex(), "key": old.encode()},
             "new": {"name": new.name, "id": new.id.hex(), "key": new.encode()},
-            "reason": reason, "os_user": _who(), "host": socket.gethostname()}
+            "reason": reason, "os_user": os_user(), "host": socket.gethostname()}
         if late:
             data["late"] = True  # the command that installed the key stopped before this
         record(session, type=EventType.LEDGER_KEY_ROTATED, actor=actor, subject="ledger",
@@ -112,20 +89,20 @@ def rotate(sessions: sessionmaker[Session], cfg: LedgerConfig, *, actor: Actor,
             last = ring.retired[-1]
             _record(sessions, old=last.verifier, new=ring.signer.verifier, actor=actor,
                     now=now(), reason=reason, late=True)
-            _sign_now(sessions, cfg, now())
+            sign_now(sessions, cfg, now())
             with sessions() as session:
                 row = session.get(LedgerCheckpoint, last.until)
                 note = row.note if row is not None else ""
             return Rotation(last.verifier, ring.signer.verifier, note, last.until, True)
     if ring.previous is None:
-        _sign_now(sessions, cfg, now())
+        sign_now(sessions, cfg, now())
         new = keys.generate(ring.signer.name, avoid=ring.chain)
         ring = cfg.rotate(new)
     assert ring.previous is not None
     old_v, new_v = ring.previous.verifier, ring.signer.verifier
     _record(sessions, old=old_v, new=new_v, actor=actor, now=now(), reason=reason,
             late=resumed)
-    _sign_now(sessions, cfg, now())
+    sign_now(sessions, cfg, now())
     with sessions() as session:
         checkpoints.settle(session, cfg)
     done = cfg.ring()

@@ -29,6 +29,27 @@ def integrate_all(sessions: sessionmaker[Session], batch: int = 5000) -> int:
             return total
 
 
+def catch_up(sessions: sessionmaker[Session]) -> int:
+    """Give every event committed so far its index before something counts or signs them:
+    on PostgreSQL the integrator does that moments after commit; SQLite integrates at
+    commit, so there is nothing to do. Returns how many were integrated."""
+    bind = sessions.kw.get("bind")
+    if bind is None or bind.dialect.name != "postgresql":
+        return 0
+    return integrate_all(sessions)
+
+
+def sign_now(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetime
+             ) -> LedgerCheckpoint | None:
+    """Sign the tree as it stands, every event committed so far included (raises
+    LedgerCorruption when the signer refuses)."""
+    catch_up(sessions)
+    with transaction(sessions) as session:
+        cp = checkpoints.sign(session, cfg, now=now, force=True)
+    checkpoints.after_commit(cfg, cp)
+    return cp
+
+
 def sign_if_due(sessions: sessionmaker[Session], cfg: LedgerConfig, now: datetime) -> None:
     """Sign a checkpoint when one is due. On SQLite the proofs that the tree extends the
     last checkpoint are read in a read transaction, without the write lock every writer

@@ -22,7 +22,7 @@ from accord.api.deps import Principal, db, parse_cursor, require_reader, state
 from accord.db import readonly_sessions, writing
 from accord.errors import AccordError, Conflict, Invalid, NotFound
 from accord.ledger import bundle, checkpoints, service
-from accord.ledger.upkeep import integrate_all
+from accord.ledger.upkeep import catch_up
 from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -112,10 +112,8 @@ def checkpoint(
     fresh: Annotated[bool, Query(description="sign the current tree first if it grew")] = False,
 ) -> PlainTextResponse:
     """The latest signed checkpoint (a C2SP signed note)."""
-    if fresh and session.get_bind().dialect.name == "postgresql":
-        # Events committed before this call are in it: on PostgreSQL the worker gives them
-        # their indices moments later, so integrate what waits first.
-        integrate_all(st.sessions)
+    if fresh:  # events committed before this call are in it
+        catch_up(st.sessions)
     try:
         with writing():  # it signs the grown tree when one is due
             note = _latest_note(session, st, sign_now=fresh)

@@ -24,7 +24,7 @@ from accord.ledger import checkpoints
 from accord.ledger.events import Actor
 from accord.ledger.note import NoteError
 from accord.ledger.service import LedgerCorruption
-from accord.ledger.upkeep import integrate_all
+from accord.ledger.upkeep import catch_up
 from accord.reports import render_csv, render_html, render_json, render_pdf, service
 from accord.reports.schemas import Params, Report
 from accord.reports.service import Progress
@@ -78,10 +78,7 @@ def generate(st: AppState, *, p: Params, fmt: str, out: BinaryIO, actor: Actor,
     """Build, sign, render into `out` and record the report; raises before recording if
     anything fails (the caller then discards what was written)."""
     now = st.now()
-    with st.sessions() as probe:
-        postgres = probe.get_bind().dialect.name == "postgresql"
-    if postgres:  # committed events still waiting for an index belong in the count
-        integrate_all(st.sessions)
+    catch_up(st.sessions)  # committed events still waiting for an index belong in the count
     with readonly_sessions(st.sessions)() as session:
         service.check_subject(session, policy=st.policies.current, p=p)
         report = service.build(session, p=p, policy=st.policies.current, now=now,

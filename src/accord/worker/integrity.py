@@ -34,8 +34,6 @@ from accord.detect.rules import Finding
 from accord.detect.service import raise_alert
 from accord.ledger import integrity
 from accord.ledger.checkpoints import LedgerConfig
-from accord.ledger.events import Actor, EventType
-from accord.ledger.service import record
 from accord.spec.ledger import IntegritySpec
 
 log = logging.getLogger("accord.ledger")
@@ -151,10 +149,6 @@ class IntegrityMonitor:
     def _mended(self, mark: int) -> None:
         with transaction(self.sessions) as session:
             closed = integrity.clear_findings(session, upto=mark, now=self.now())
-            if closed:
-                record(session, type=EventType.LEDGER_MENDED, actor=Actor.system(),
-                       subject="ledger", time=self.now(),
-                       data={"indices": closed, "size": integrity.head_size(session)})
         if closed:
             self.damage = None
             log.warning("the audit ledger re-hashes whole again (damage was at %s); "

@@ -26,7 +26,7 @@ from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption
 from accord.ledger.sinks import SinkState, pump
 from accord.ledger.sinks import build as build_sink
-from accord.ledger.upkeep import integrate_all, sign_if_due
+from accord.ledger.upkeep import integrate_all, sign_if_due, sign_now
 from accord.spec.ledger import SinkSpec
 
 log = logging.getLogger("accord.ledger")
@@ -80,11 +80,7 @@ class LedgerWorker:
         self._wake_w.close()
         # Leave nothing behind that could have been integrated and signed.
         try:
-            if self.postgres:
-                integrate_all(self.sessions)
-            with transaction(self.sessions) as session:
-                cp = checkpoints.sign(session, self.cfg, now=self.now(), force=True)
-            checkpoints.after_commit(self.cfg, cp)
+            sign_now(self.sessions, self.cfg, self.now())
         except LedgerCorruption as exc:  # said already, as the worker's signer says it
             log.critical("NOT signing the ledger: %s", exc)
         except Exception:  # shutting down: the next start catches up
