@@ -118,7 +118,8 @@ class Change:
         dialect = self.session.get_bind().dialect.name
         made = self.session.execute(
             (pg_insert if dialect == "postgresql" else sqlite_insert)(DirectoryUser)
-            .values(values).on_conflict_do_nothing().returning(DirectoryUser.id)
+            .values(values).on_conflict_do_nothing(index_elements=["name"])
+            .returning(DirectoryUser.id)
         ).scalar_one_or_none()
         if made is None:
             raise Conflict(f'a user named "{f.user_name}" already exists', field="userName")
