@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from scim2_models import (
@@ -26,6 +27,7 @@ from scim2_server.conditions import Conditions
 from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 
+from accord.directory.scim import render
 from accord.directory.scim.models import PROVIDER, AccordUser
 
 
@@ -59,6 +61,18 @@ class AccordService(ScimService):
         resource.meta = resource.meta.model_copy(update=update)
         self._publish_references(base_url, resource)
         return resource
+
+    def creation_response(self, base_url: str, created: Resource[Any]) -> ScimResponse:
+        """The 201 with the new resource, written out by `render` (no library publish and
+        dump: most of an identity provider's first push is these)."""
+        body = render.body(created, base_url)
+        if body is None:
+            return super().creation_response(base_url, created)
+        location = body["meta"]["location"]
+        headers = {"Location": location, "Content-Location": location}
+        if version := body["meta"].get("version"):
+            headers["ETag"] = version
+        return ScimResponse(HTTPStatus.CREATED, body, headers)
 
     def patch_response(self, base_url: str, resource: Resource[Any],
                        response_parameters: ResponseParameters[Any]) -> ScimResponse:
