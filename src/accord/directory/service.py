@@ -54,6 +54,18 @@ SELECT count(*) FROM logged
 """)
 
 
+# Add members (SCIM ids) to a group and name the people added, in one statement; ids that
+# name nobody are not inserted (the caller refuses the change).
+ADD_MEMBERS = text("""
+WITH added AS (
+  INSERT INTO directory_members (group_id, user_id, source, added_at)
+  SELECT :group_id, u.id, :source, :at FROM directory_users u
+  WHERE u.id = ANY(CAST(:ids AS text[]))
+  RETURNING user_id)
+SELECT u.id, u.name FROM directory_users u JOIN added ON added.user_id = u.id
+""")
+
+
 def _insert_user(postgres: bool) -> Any:
     """A new person's row, inserted unless the name is taken (the caller passes the values).
     Built once: a statement with `.values(...)` is compiled and cache-keyed anew each call
@@ -64,6 +76,7 @@ def _insert_user(postgres: bool) -> Any:
 
 
 _INSERT_USER = {True: _insert_user(True), False: _insert_user(False)}
+_INSERT_MEMBER = insert(DirectoryMember.__table__)  # Core: the ORM's bulk path costs more
 
 
 def key(name: str) -> str:
@@ -221,7 +234,8 @@ class Change:
 
     def create_group(self, display_name: str, *, external_id: str | None = None,
                      member_ids: Iterable[str] = ()) -> DirectoryGroup:
-        self._check_group_name(display_name, None)
+        # The name is checked by the insert (a taken one fails it): one statement less.
+        self._check_group_name(display_name, None, taken=False)
         row = DirectoryGroup(id=str(uuid.uuid4()), display_name=display_name,
                              name_key=key(display_name), external_id=external_id,
                              source=self.source, version=1, created_at=self.now,
@@ -278,7 +292,15 @@ class Change:
         add, remove = add - have, remove & have
         if not add and not remove:
             return False
-        names = self._names(add | remove)
+        if self.session.get_bind().dialect.name == "postgresql":
+            names = self._names(remove)
+            if add:  # checked, inserted and named in one statement
+                added = self.session.execute(ADD_MEMBERS, {
+                    "group_id": row.id, "source": self.source, "at": self.now,
+                    "ids": sorted(add)})
+                names.update((uid, name) for uid, name in added)
+        else:
+            names = self._names(add | remove)
         if missing := sorted(add - names.keys()):
             raise Invalid(f"no user has the id {missing[0]}"
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
@@ -286,8 +308,8 @@ class Change:
         if remove:
             self.session.execute(delete(DirectoryMember).where(
                 DirectoryMember.group_id == row.id, DirectoryMember.user_id.in_(list(remove))))
-        if add:  # one statement (psycopg pipelines the rows), not one ORM object a member
-            self.session.execute(insert(DirectoryMember), [
+        if add and self.session.get_bind().dialect.name != "postgresql":
+            self.session.execute(_INSERT_MEMBER, [
                 {"group_id": row.id, "user_id": u, "source": self.source, "added_at": self.now}
                 for u in sorted(add)])
         if bump:
@@ -416,13 +438,16 @@ class Change:
             raise Invalid(f'"{name}" cannot be an Accord user name: up to 64 letters, digits '
                           "and . _ @ + - (compared case-insensitively)", field="userName")
 
-    def _check_group_name(self, name: str, group_id: str | None) -> None:
+    def _check_group_name(self, name: str, group_id: str | None, *, taken: bool = True) -> None:
+        """`taken`: also look for another group of that name (the caller's insert does not)."""
         if not name.strip() or len(name) > 200 or not name.isprintable():
             raise Invalid(f"{name!r} cannot be a group name: 1 to 200 printable characters",
                           field="displayName")
         if name in self.store.current.file_groups or name in ("owners", "manager"):
             raise Conflict(f'accord.yaml defines a group "{name}": a group has one source; '
                            "rename one of them", field="displayName")
+        if not taken:
+            return
         other = self.session.execute(select(DirectoryGroup.id).where(
             DirectoryGroup.name_key == key(name))).scalar_one_or_none()
         if other is not None and other != group_id:

@@ -75,3 +75,33 @@ def test_the_creation_answer_carries_location_and_etag() -> None:
     assert response.headers["Content-Location"] == f"{BASE}/Users/u-1"
     assert response.headers["ETag"] == 'W/"3"'
     assert response.body == library(user_resource(row))
+
+
+member = st.fixed_dictionaries(
+    {"value": ids},
+    optional={"$ref": st.none() | ids.map(lambda i: f"Users/{i}"),
+              "type": st.sampled_from(["User", "Group", "weird"]), "display": text})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(member, max_size=30), st.none() | text)
+def test_a_groups_plain_members_read_as_the_library_reads_them(
+        members: list[dict[str, Any]], external_id: str | None) -> None:
+    """Creations with plain member ids skip the library's member validation
+    (`AccordService.read_creation`): the group read is the same."""
+    import orjson
+    from scim2_models import ResourceType
+
+    from accord.directory.scim.models import GROUPS, AccordGroup
+
+    body = orjson.dumps({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                         "displayName": "team", "externalId": external_id,
+                         "members": members})
+    kind: ResourceType = GROUPS
+    with SERVICE.provider:
+        fast = SERVICE.read_creation(kind, body, "application/scim+json")
+        slow = ScimService.read_creation(SERVICE, kind, body, "application/scim+json")
+    assert isinstance(fast, AccordGroup) and isinstance(slow, AccordGroup)
+    assert fast.member_ids == [m["value"] for m in members]
+    assert (fast.display_name, fast.external_id) == (slow.display_name, slow.external_id)
+    assert [m.value for m in slow.members or []] == fast.member_ids

@@ -154,6 +154,8 @@ def group_resource(row: DirectoryGroup, members: list[str] | None) -> AccordGrou
 
 def _member_ids(resource: Resource[Any]) -> set[str]:
     assert isinstance(resource, AccordGroup)
+    if resource.member_ids is not None:  # read as plain ids (protocol.read_creation)
+        return set(resource.member_ids)
     ids = set()
     for m in resource.members or []:
         if not m.value:
