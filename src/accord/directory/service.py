@@ -76,7 +76,8 @@ def _insert_user(postgres: bool) -> Any:
 
 
 _INSERT_USER = {True: _insert_user(True), False: _insert_user(False)}
-_INSERT_MEMBER = insert(DirectoryMember.__table__)  # Core: the ORM's bulk path costs more
+_MEMBERS: Any = DirectoryMember.__table__
+_INSERT_MEMBER = insert(_MEMBERS)  # Core: the ORM's bulk path costs more
 
 
 def key(name: str) -> str:
