@@ -4,10 +4,10 @@ provider deactivates or deletes loses their tokens, sessions, pending requests a
 people who join or leave a group gain or lose the approvals that group gives at once.
 
 A `Change` is one unit of work. The rows it changes are locked as it reads them (the storage
-reads a PUT's or PATCH's target FOR UPDATE); at `finish` it takes its change sequence
-numbers, which locks `directory_state` until commit, so numbers commit in order (processes
-catch up by sequence number). The caller commits, then calls `after_commit` to install the
-new directory in its process.
+reads a PUT's or PATCH's target FOR UPDATE); at `finish` it logs the names it changed
+(`directory_changes`, which every process catches up from) and, if the change moves access,
+locks `directory_state` to work out its consequences while no other such change runs. The
+caller commits, then calls `after_commit` to install the new directory in its process.
 """
 
 from __future__ import annotations
@@ -41,16 +41,23 @@ from accord.policy.store import PolicyStore
 
 SOURCES = ("scim", "oidc")
 
-# Take len(names) change numbers (locking the state row) and log the names under them.
+# PostgreSQL: log the changed names unnumbered (`number_changes` numbers them later).
 LOG_CHANGES = text("""
-WITH s AS (UPDATE directory_state SET seq = seq + :n WHERE id = 1 RETURNING seq),
-     logged AS (
-       INSERT INTO directory_changes (seq, kind, name, at)
-       SELECT s.seq - :n + v.i, v.kind, v.name, :at
-       FROM s, unnest(CAST(:kinds AS text[]), CAST(:names AS text[]))
-            WITH ORDINALITY AS v(kind, name, i)
-       RETURNING 1)
-SELECT count(*) FROM logged
+INSERT INTO directory_changes (kind, name, at)
+SELECT v.kind, v.name, :at FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[]))
+  AS v(kind, name)
+""")
+
+# Number the logged changes that have committed, in the order of their ids. Run with
+# directory_state locked: its seq is the last number given.
+NUMBER_CHANGES = text("""
+WITH todo AS (SELECT id, row_number() OVER (ORDER BY id) AS i
+              FROM directory_changes WHERE seq IS NULL),
+     s AS (UPDATE directory_state SET seq = seq + (SELECT count(*) FROM todo)
+           WHERE id = 1 RETURNING seq),
+     done AS (UPDATE directory_changes c SET seq = s.seq - (SELECT count(*) FROM todo) + todo.i
+              FROM todo, s WHERE c.id = todo.id RETURNING 1)
+SELECT count(*) FROM done
 """)
 
 
@@ -126,8 +133,9 @@ class Change:
         self.policy: Policy | None = None
 
     def lock(self) -> None:
-        """Take the directory's lock now rather than at `finish`: for a unit of work that
-        reads much of the directory before it writes (an OIDC sign-in's group sync)."""
+        """Take the directory's lock (held until commit): `finish` takes it for a change
+        with consequences; a unit of work that reads much of the directory before it
+        writes (an OIDC sign-in's group sync) takes it first."""
         self.session.execute(select(DirectoryState.id).where(DirectoryState.id == 1)
                              .with_for_update())
 
@@ -358,26 +366,29 @@ class Change:
             # skip re-reading the directory; every process, this one included, catches up
             # at its next follow(), batching a provider's burst into one refresh a second.
             return None
+        # Writes with consequences take turns, each working them out over a directory no
+        # other such write is changing (two people leaving one approver group at once must
+        # not each count the other as an approver still). The lock is taken last: writers
+        # of different people and groups work side by side until here.
+        self.lock()
         policy = self.store.current.with_directory(self.store.directory(self.session))
         self.policy = policy
         consequences.apply(self.session, policy=policy, change=self.effects)
         return policy
 
     def _log_changes(self, rows: list[tuple[str, str]]) -> None:
-        """Number the changed names and log them for every process to catch up from.
+        """Log the changed names for every process to catch up from.
 
-        Taking the numbers locks the directory's state row until commit, so numbers commit
-        in order and a process catching up never skips one. The lock is taken last (writers
-        of different people and groups work side by side until here) and the consequences
-        are worked out under it, over a directory no other writer is changing. On
-        PostgreSQL numbering and logging are one statement."""
+        On PostgreSQL they are logged unnumbered, without a lock: before, every writer took
+        the next numbers under `directory_state`'s lock and held it through its commit, so
+        a provider's push went one commit at a time (the database's own commit batching had
+        nothing to batch). The background jobs number them (`number_changes`). SQLite has
+        one writer at a time anyway: its writer numbers its own."""
         if self.session.get_bind().dialect.name == "postgresql":
-            logged = self.session.execute(LOG_CHANGES, {
-                "n": len(rows), "at": self.now, "kinds": [k for k, _ in rows],
-                "names": [n for _, n in rows]}).scalar()
-            if logged:
-                return
-        first = self._take_seqs(len(rows))  # SQLite, or the state row is missing
+            self.session.execute(LOG_CHANGES, {
+                "at": self.now, "kinds": [k for k, _ in rows], "names": [n for _, n in rows]})
+            return
+        first = self._take_seqs(len(rows))
         self.session.execute(insert(DirectoryChange), [
             {"seq": first + i, "kind": kind, "name": name, "at": self.now}
             for i, (kind, name) in enumerate(rows)])
@@ -494,6 +505,24 @@ class Change:
             select(DirectoryUser.name).join(
                 DirectoryMember, DirectoryMember.user_id == DirectoryUser.id)
             .where(DirectoryMember.group_id == group_id)).scalars())
+
+
+def number_changes(session: Session) -> int:
+    """PostgreSQL: number the directory changes writers logged unnumbered and that have
+    committed; returns how many. Skips (0) while another process numbers: it will number
+    these too, or the next pass will. Every process's snapshot re-reads unnumbered changes
+    meanwhile, so a slow numbering delays nothing; it keeps the re-reading short."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    if session.execute(select(DirectoryChange.id).where(DirectoryChange.seq.is_(None))
+                       .limit(1)).first() is None:
+        return 0
+    if session.execute(select(DirectoryState.seq).where(DirectoryState.id == 1)
+                       .with_for_update(skip_locked=True)).first() is None:
+        return 0
+    # A statement of its own, begun after the lock: it numbers whatever committed before
+    # it, and numbers become visible in order (numberers take turns on the lock).
+    return int(session.execute(NUMBER_CHANGES).scalar() or 0)
 
 
 # ------------------------------------------------------------------- reading
