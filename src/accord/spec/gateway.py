@@ -40,7 +40,7 @@ class GatewayMySQLSpec(Strict):
     public_port: int | None = Field(default=None, ge=1, le=65535)
     # What the handshake says before the upstream server is known (clients print it; the
     # real one is `SELECT VERSION()`).
-    server_version: str = Field(default="8.0.0-accord-gateway", min_length=1, max_length=60)
+    server_version: str = Field(default="5.7.0-accord-gateway", min_length=1, max_length=60)
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -100,6 +100,7 @@ class Conversation:
         self._last_prepared: int | None = None
         self._scont = False  # inside a server packet of 0xFFFFFF bytes and its continuations
         self._next_server_seq = 1
+        self._runs = 0  # statements numbered in the session (their `seq` in the ledger)
 
     # -- state
 
@@ -224,6 +225,10 @@ class Conversation:
         what = _REFUSED_COMMANDS.get(com, f"command 0x{com:02x}")
         return self._refuse(1047, "08S01", f"{what} is not available through the gateway")
 
+    def _next_run(self) -> int:
+        self._runs += 1
+        return self._runs
+
     def _expect(self, e: Expect) -> None:
         if not self.busy:
             self._next_server_seq = self.seq + 1
@@ -269,9 +274,9 @@ class Conversation:
             return self._violation(text, st, missing, reason, "text", t0)
         runs: list[Run] = []
         if len(statements) <= 1:
-            runs.append(Run(0, "text", text, None, t0))
+            runs.append(Run(self._next_run(), "text", text, None, t0))
         else:
-            runs.extend(Run(0, "text", st.text, None, t0) for st in statements)
+            runs.extend(Run(self._next_run(), "text", st.text, None, t0) for st in statements)
         for st in statements:
             if st.prepares is not None:
                 self.sql_prepared[st.prepares] = st.classes
@@ -314,7 +319,7 @@ class Conversation:
             return self._refuse(1243, "HY000", f"unknown prepared statement handler "
                                                f"({stmt_id}) given to EXECUTE")
         params: object = stmt.params if self.redact else self._params(stmt, payload)
-        run = Run(0, "binary", stmt.text, params, t0)
+        run = Run(self._next_run(), "binary", stmt.text, params, t0)
         self.started.append(run)
         self._expect(Expect(K_RESULT, [run], cursor=bool(flags & 0x0F)))
         return raw

@@ -179,7 +179,7 @@ class MySQLFront(Front):
     protocol = "mysql"
 
     def __init__(self, server: GatewayServer, listen: tuple[str, int],
-                 version: str = "8.0.0-accord-gateway") -> None:
+                 version: str = "5.7.0-accord-gateway") -> None:
         super().__init__(server, listen)
         self.version = version
         self.classifier = Classifier()
