@@ -76,13 +76,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def policy_text(resource: str, database: str, port: int, gateway: str = "") -> str:
+def policy_text(resource: str, database: str, port: int, mysql_port: int,
+                gateway: str = "") -> str:
     return f"""\
 users: [alice, bob, carol, dave, erin]
 groups: {{engineers: [alice, erin], leads: [bob, carol], admins: [carol], auditors: [dave]}}
 accord: {{admins: [admins], auditors: [auditors]}}
 gateway: {{listen: "127.0.0.1:{port}", token_ttl: 5m, flush_interval: 50ms,
-          startup_timeout: 3s, message_timeout: 2s, mysql: {{listen: "127.0.0.1:0"}}{gateway}}}
+          startup_timeout: 3s, message_timeout: 2s,
+          mysql: {{listen: "127.0.0.1:{mysql_port}"}}{gateway}}}
 resources:
   - name: {resource}
     kind: mariadb
@@ -225,7 +227,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     mp.setenv(DSN_ENV, MARIADB)
     tmp = tmp_path_factory.mktemp("gateway-mysql")
     env = make_env(make_sessionmaker(engine), tmp, policy_text(resource, target_db,
-                                                               free_port()))
+                                                               free_port(), free_port()))
     runner = JobRunner(env.st.sessions, env.st.policies, env.st.connectors, env.st.secrets,
                        env.clock)
     spec = env.st.policies.current.loaded.spec.gateway

@@ -7,8 +7,12 @@ gateway logs in upstream as its own login for the granted role.
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import mysql.connector
@@ -227,3 +231,64 @@ def test_garbage_closes_that_connection_and_others_keep_working(world: World) ->
         cur.execute("SELECT COUNT(*) FROM orders")
         assert cur.fetchone() == (100,)
     conn.close()
+
+
+# ------------------------------------------------------------------ TLS, accord connect
+
+
+def test_tls_is_offered_and_can_be_required(world: World, tmp_path: Path) -> None:
+    from accord.gateway.protocols import build
+    from accord.spec.gateway import GatewayMySQLSpec, GatewayTLSSpec
+    from tests.gateway.test_gateway import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    spec = world.env.st.policies.current.loaded.spec.gateway
+    assert spec is not None
+    tls_spec = spec.model_copy(update={
+        "tls": GatewayTLSSpec(cert=str(cert), key=str(key), required=True),
+        "mysql": GatewayMySQLSpec(listen="127.0.0.1:0"), "spool_dir": str(tmp_path / "spool")})
+    gateway = build(world.env.st, tls_spec, listen=("127.0.0.1", 0))
+    gateway.start_thread()
+    port = gateway.fronts[0].port
+    try:
+        grant = world.grant("erin", "read")
+        token = world.token(grant, "erin")
+        conn = world.connect(token, port=port, ssl={"check_hostname": False,
+                                                    "verify_mode": ssl.CERT_NONE})
+        with conn.cursor() as cur:
+            cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")  # the upstream's; the client's is ours
+            cur.execute("SELECT COUNT(*) FROM orders")
+            assert cur.fetchone() == (100,)
+        conn.close()
+        exc = refused(world, token=token, port=port, ssl_disabled=True)
+        assert exc.args[0] == 1045 and "requires TLS" in exc.args[1]
+        # the mariadb client: --ssl (no verification of the test's self-signed certificate)
+        r = subprocess.run(
+            ["mariadb", "--no-defaults", "--host=127.0.0.1", f"--port={port}", "--user=erin",
+             "--ssl", "--skip-ssl-verify-server-cert", "--batch", "-e",
+             "SELECT total FROM orders WHERE id = 9", world.resource],
+            env={**os.environ, "MYSQL_PWD": token["token"]}, capture_output=True, text=True,
+            timeout=30, check=False)
+        assert r.returncode == 0 and r.stdout.split() == ["total", "90"], r.stderr
+        assert gateway.audit.drain(timeout=20)
+        opened = world.events("gateway.session_opened", grant["id"])
+        assert [e["data"]["tls"] for e in opened][-2:] == [True, True]
+    finally:
+        gateway.stop_thread()
+
+
+def test_accord_connect_prints_a_ready_mariadb_command(world: World) -> None:
+    grant = world.grant("alice", "read")
+    r = world.env.post("alice", "/api/v1/connect", json={"resource": world.resource})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["protocol"] == "mysql" and out["psql"] == ""
+    assert out["command"].startswith(f"MYSQL_PWD='{out['token']}' mariadb --host=127.0.0.1 "
+                                     f"--port={world.port} --user=alice --skip-ssl ")
+    assert out["dsn"] == (f"mysql://alice:{out['token']}@127.0.0.1:{world.port}/"
+                          f"{world.resource}?ssl-mode=DISABLED")
+    command = out["command"] + " --batch -e 'SELECT total FROM orders WHERE id = 5'"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0 and done.stdout.split() == ["total", "50"], done.stderr
+    assert grant["id"] == out["grant_id"]

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from accord.gateway import tokens
 from accord.gateway.classes import role_classes
@@ -191,30 +191,31 @@ class MySQLFront(Front):
         srv = self.server
         peer = client.transport.get_extra_info("peername") if client.transport else None
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
-        seq = 0
+        read = [0]  # the sequence id of the client's last packet: an ERR answers it
         try:
             async with asyncio.timeout(srv.spec.startup_timeout.total_seconds()):
-                seq, hello, tls, token = await self._login(client)
+                hello, tls, token = await self._login(client, read)
                 auth_ = await self._authorize(hello, token, where)
                 server = await self._connect_upstream(auth_, hello)
         except tokens.Refusal as exc:
             srv.refused("login", self.protocol)
             log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
-            self._fatal(client, seq + 1, exc.code, exc.message + (f" ({exc.hint})"
+            self._fatal(client, read[0] + 1, exc.code, exc.message + (f" ({exc.hint})"
                                                                  if exc.hint else ""))
             return
         except LoginFailed as exc:
             srv.refused("login", self.protocol)
-            self._fatal(client, seq + 1, exc.code, f"Accord gateway: {exc.message}")
+            self._fatal(client, read[0] + 1, exc.code, f"Accord gateway: {exc.message}")
             return
         except upstream.UpstreamError as exc:
-            self._fatal(client, seq + 1, exc.code, f"Accord gateway: {exc.message}")
+            self._fatal(client, read[0] + 1, exc.code, f"Accord gateway: {exc.message}")
             return
         except my.ProtocolError as exc:
-            self._fatal(client, seq + 1, "08P01", f"Accord gateway: {exc}")
+            self._fatal(client, read[0] + 1, "08P01", f"Accord gateway: {exc}")
             return
         except TimeoutError:
-            self._fatal(client, seq + 1, "08P01", "Accord gateway: login did not finish in time")
+            self._fatal(client, read[0] + 1, "08P01",
+                        "Accord gateway: login did not finish in time")
             return
         except Closed:
             client.close()
@@ -234,7 +235,7 @@ class MySQLFront(Front):
         session = MySQLSession(self, client, server, conv, info, auth_.target)
         srv.register(session)
         srv.audit.opened(info, conv.in_flight)
-        client.write(my.ok_packet(seq + 1))
+        client.write(my.ok_packet(read[0] + 1))
         client.switch(session.from_client, session.client_lost)
         server.link.switch(session.from_server, session.server_lost)
         await session.done
@@ -243,9 +244,16 @@ class MySQLFront(Front):
         client.write(my.error_for(seq, code, message))
         client.close()
 
-    async def _login(self, client: Link) -> tuple[int, my.HandshakeResponse, bool, str]:
-        """Greet, take TLS when asked, and read the token (see `auth`): (the last sequence
-        id read, the handshake response, TLS or not, the token)."""
+    async def _login(self, client: Link, read: list[int]
+                     ) -> tuple[my.HandshakeResponse, bool, str]:
+        """Greet, take TLS when asked, and read the token (see `auth`): (the handshake
+        response, TLS or not, the token); `read[0]` follows the client's sequence ids."""
+
+        async def packet() -> bytes:
+            seq, payload = await my.read_packet(client, my.MAX_HANDSHAKE)
+            read[0] = seq
+            return payload
+
         srv = self.server
         self._ids = (self._ids + 1) & 0x7FFFFFFF
         salt = my.scramble()
@@ -253,20 +261,16 @@ class MySQLFront(Front):
         client.write(my.packet(0, my.greeting(version=self.version, connection_id=self._ids,
                                               salt=salt, capabilities=caps,
                                               plugin=my.CACHING_SHA2)))
-        seq, payload = await my.read_packet(client, my.MAX_HANDSHAKE)
+        payload = await packet()
         hello = my.parse_handshake_response(payload)
         tls = False
         if hello.ssl_request:
             if srv.tls is None:
                 raise my.ProtocolError("TLS asked for, but the gateway has no certificate")
-            if client.buffered:  # bytes sent before the handshake could be injected
-                raise my.ProtocolError("data received before the TLS handshake")
-            assert client.transport is not None
-            transport = await asyncio.get_running_loop().start_tls(
-                client.transport, client, srv.tls, server_side=True)
-            client.transport = cast(asyncio.Transport, transport)
+            # What the client sent right behind its request is its TLS hello: TLS reads it.
+            await client.start_tls(srv.tls, server_side=True)
             tls = True
-            seq, payload = await my.read_packet(client, my.MAX_HANDSHAKE)
+            payload = await packet()
             hello = my.parse_handshake_response(payload)
             if hello.ssl_request:
                 raise my.ProtocolError("a second SSL request")
@@ -275,28 +279,28 @@ class MySQLFront(Front):
                                  "connect with --ssl (mariadb) or ssl-mode=REQUIRED (mysql)")
         hello.capabilities &= caps
         if hello.plugin == my.CLEAR and tls:
-            return seq, hello, tls, _text(hello.auth.rstrip(b"\0"))
+            return hello, tls, _text(hello.auth.rstrip(b"\0"))
         if hello.plugin != my.CACHING_SHA2:
             if not hello.capabilities & my.CLIENT_PLUGIN_AUTH:
                 raise LoginFailed("28000", "the client cannot switch to "
                                            "caching_sha2_password, which the gateway needs")
-            client.write(my.packet(seq + 1, my.auth_switch(my.CACHING_SHA2, salt)))
-            seq, _ = await my.read_packet(client, my.MAX_HANDSHAKE)
-        client.write(my.packet(seq + 1, auth.PERFORM_FULL_AUTH))
-        seq, answer = await my.read_packet(client, my.MAX_HANDSHAKE)
+            client.write(my.packet(read[0] + 1, my.auth_switch(my.CACHING_SHA2, salt)))
+            await packet()
+        client.write(my.packet(read[0] + 1, auth.PERFORM_FULL_AUTH))
+        answer = await packet()
         if answer == auth.REQUEST_PUBLIC_KEY and not tls:
-            client.write(my.packet(seq + 1, b"\x01" + self.keys.public_pem))
-            seq, answer = await my.read_packet(client, my.MAX_HANDSHAKE)
+            client.write(my.packet(read[0] + 1, b"\x01" + self.keys.public_pem))
+            answer = await packet()
             try:
-                return seq, hello, tls, _text(self.keys.decrypt(answer, salt))
+                return hello, tls, _text(self.keys.decrypt(answer, salt))
             except ValueError:
-                return seq, hello, tls, ""
+                return hello, tls, ""
         if not tls and len(answer) == self.keys.size:
             try:
-                return seq, hello, tls, _text(self.keys.decrypt(answer, salt))
+                return hello, tls, _text(self.keys.decrypt(answer, salt))
             except ValueError:
-                return seq, hello, tls, ""
-        return seq, hello, tls, _text(answer.rstrip(b"\0"))
+                return hello, tls, ""
+        return hello, tls, _text(answer.rstrip(b"\0"))
 
     async def _authorize(self, hello: my.HandshakeResponse, token: str,
                          where: str) -> Authorized:
