@@ -34,8 +34,9 @@ from typing import Any
 
 import psycopg
 import pymysql
-from gateway import cpu_seconds, free_port, grant_token, log, start, stop, wait_port
 from psycopg import sql
+
+from gateway import cpu_seconds, free_port, grant_token, log, start, stop, wait_port
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 SYSBENCH = shutil.which("sysbench") or "/usr/bin/sysbench"

@@ -27,6 +27,7 @@ from accord.gateway.mysql.scope import Classifier, Statement
 from accord.gateway.records import Finished, Run, Violation
 
 _NONE: list[Any] = []
+_HDR = struct.Struct("<I")
 # Expected answers from the server.
 K_SIMPLE = 0  # one packet: OK, ERR, EOF or a string (PING, INIT_DB, STMT_RESET, ...)
 K_RESULT = 1  # OK/ERR, or result sets (COM_QUERY, COM_STMT_EXECUTE)
@@ -101,13 +102,14 @@ class Conversation:
         self._scont = False  # inside a server packet of 0xFFFFFF bytes and its continuations
         self._next_server_seq = 1
         self._runs = 0  # statements numbered in the session (their `seq` in the ledger)
+        self._outstanding = 0  # answers due from the server
 
     # -- state
 
     @property
     def busy(self) -> bool:
         """A command is upstream and not yet fully answered."""
-        return any(e.kind != K_LOCAL for e in self.pending)
+        return self._outstanding > 0
 
     def in_flight(self) -> list[Run]:
         return [run for e in self.pending for run in e.runs]
@@ -121,6 +123,17 @@ class Conversation:
     def client(self, data: bytes) -> bytes:
         """Bytes to send upstream for what the client sent (ProtocolError: end the session)."""
         buf = self.cbuf
+        if not buf and len(data) >= 5:  # the common case: one whole command, alone
+            word = _HDR.unpack_from(data)[0]
+            length = word & 0xFFFFFF
+            if len(data) == 4 + length and length < my.MAX_PAYLOAD:
+                if length > self.max_message:
+                    raise my.ProtocolError(f"a command longer than {self.max_message} bytes")
+                self.seq = word >> 24
+                out1 = self._command(data, data[4:])
+                if self.pending and self.pending[0].kind == K_LOCAL:
+                    self._flush_local()
+                return out1
         buf += data
         out = bytearray()
         pos = 0
@@ -230,8 +243,9 @@ class Conversation:
         return self._runs
 
     def _expect(self, e: Expect) -> None:
-        if not self.busy:
+        if not self._outstanding:
             self._next_server_seq = self.seq + 1
+        self._outstanding += 1
         self.pending.append(e)
 
     def _check(self, statements: tuple[Statement, ...], protocol: str, t0: int
@@ -352,18 +366,26 @@ class Conversation:
         out: list[bytes] = []
         start = 0
         pending = self.pending
+        unpack = _HDR.unpack_from
+        seq = -1
         while n - pos >= 4:
-            length, seq = my.header(data, pos)
+            word = unpack(data, pos)[0]
+            length = word & 0xFFFFFF
             end = pos + 4 + length
             if end > n:
                 break
-            self._next_server_seq = seq + 1
+            seq = word >> 24
             if self._scont:  # the rest of a long packet: data, not a header
                 self._scont = length == my.MAX_PAYLOAD
                 pos = end
                 continue
             head = pending[0] if pending else None
             first = data[pos + 4] if length else -1
+            if head is not None and head.state == S_ROWS and head.kind == K_RESULT and \
+                    first != 0xFE and first != 0xFF and length < my.MAX_PAYLOAD:
+                head.rows += 1  # a row: the commonest packet, nothing to read in it
+                pos = end
+                continue
             if head is None or head.kind == K_LOCAL:
                 if first == 0xFF:  # the server says why it is closing the connection
                     pos = end
@@ -374,13 +396,21 @@ class Conversation:
             pos = end
             if done:
                 pending.popleft()
+                self._outstanding -= 1
                 if pending and pending[0].kind == K_LOCAL:
                     out.append(data[start:pos])
                     start = pos
                     while pending and pending[0].kind == K_LOCAL:
                         out.append(pending.popleft().local)
+        if seq >= 0:
+            self._next_server_seq = seq + 1
         if pos < n:
             self.sbuf += data[pos:]
+        if start == 0 and pos == n:
+            if not out:
+                return data
+            out.append(data)
+            return b"".join(out)
         out.append(data[start:pos])
         return b"".join(out) if len(out) > 1 else out[0]
 
