@@ -292,3 +292,27 @@ def test_accord_connect_prints_a_ready_mariadb_command(world: World) -> None:
                           timeout=30, check=False)
     assert done.returncode == 0 and done.stdout.split() == ["total", "50"], done.stderr
     assert grant["id"] == out["grant_id"]
+
+
+def test_the_upstream_client_logs_in_with_caching_sha2_password(world: World) -> None:
+    """The gateway's upstream side against a caching_sha2_password server (its own front):
+    a scramble, then full authentication over plain TCP with the server's RSA key. Its
+    session setup then pins sql_mode, which the front refuses as `pinned` (a computed
+    mode): that refusal comes after a successful login."""
+    import asyncio
+
+    from accord.gateway.mysql import upstream
+
+    grant = world.grant("alice", "read")
+    token = world.token(grant)
+    target = upstream.Target(host="127.0.0.1", port=world.port, user="alice",
+                             password=token["token"], database=world.resource)
+    side = upstream.ClientSide(my.CLIENT_PROTOCOL_41 | my.CLIENT_DEPRECATE_EOF, 45)
+    with pytest.raises(upstream.UpstreamError) as info:
+        asyncio.run(upstream.connect(target, side))
+    assert "(1142)" in info.value.message and "pinned" in info.value.message
+    bad = upstream.Target(host="127.0.0.1", port=world.port, user="alice",
+                          password="acg_wrong", database=world.resource)
+    with pytest.raises(upstream.UpstreamError) as info:
+        asyncio.run(upstream.connect(bad, side))
+    assert info.value.server_errno == 1045
