@@ -1,4 +1,5 @@
-"""`accord gateway` (run the proxy) and `accord connect RESOURCE` (a token and a psql line)."""
+"""`accord gateway` (run the proxy) and `accord connect RESOURCE` (a token and a psql or
+mariadb line)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,11 @@ def gateway(
                                  "default: none).")
     ] = None,
 ) -> None:
-    """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
+    """Run the database gateway alone (PostgreSQL, and MySQL when `gateway.mysql` is set):
+    grants checked, every statement audited."""
     from accord.cli.serve import parse_listen
-    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.prefork import auto_count
+    from accord.gateway.protocols import build
     from accord.gateway.server import run
 
     try:
@@ -80,7 +82,7 @@ def gateway(
     if scrapes is not None:
         metrics.serve_http(*scrapes)
     if count == 1:
-        run(Gateway(st, spec, listen=(host, port)))
+        run(build(st, spec, listen=(host, port)))
         return
     if not sys.platform.startswith("linux"):  # the handover needs SOCK_SEQPACKET pairs
         err.print(f"error: {count} gateway processes need Linux; use --processes 1",
@@ -98,11 +100,12 @@ def gateway(
 def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, port: int,
              count: int, log_level: str) -> int:
     from accord.gateway import prefork
+    from accord.gateway.protocols import listeners as listen_all
     from accord.gateway.server import spool_root
     from accord.gateway.shipper import replay_dead
 
     try:
-        listeners = prefork.listen(host, port)
+        listeners = listen_all(spec, host, port)
     except OSError as exc:
         err.print(f"error: cannot listen on {host}:{port}: {exc.strerror}", markup=False)
         return 1
@@ -132,13 +135,14 @@ def connect(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
-    """A short-lived gateway password for your active grant, as a psql command and a DSN."""
+    """A short-lived gateway password for your active grant, as a psql or mariadb command
+    and a DSN."""
     with api() as client:
         out = client.post("/connect", {"resource": resource, "role": role})
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(out["psql"])
+    typer.echo(out.get("command") or out["psql"])
     typer.echo("")
     typer.echo(f"DSN:     {out['dsn']}")
     typer.echo(f"grant:   {out['grant_id']} ({out['role']}); connect before "
@@ -151,7 +155,7 @@ def child_main(argv: list[str]) -> None:
     import socket
 
     from accord.gateway import prefork_msg as msg
-    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
+    from accord.gateway.protocols import build
     from accord.gateway.server import run
 
     ap = argparse.ArgumentParser(prog="accord.gateway.cli")
@@ -166,7 +170,7 @@ def child_main(argv: list[str]) -> None:
     spec = st.policies.current.loaded.spec.gateway
     if spec is None:
         raise SystemExit("accord.yaml has no `gateway:` section")
-    gw = Gateway(st, spec, inbox=inbox, index=args.index)
+    gw = build(st, spec, inbox=inbox, index=args.index)
     run(gw, on_ready=lambda: inbox.send(msg.READY))
 
 

@@ -48,7 +48,9 @@ INTENT_REC = struct.Struct("<IBIIqIB")  # HEAD + INTENT in one pack
 DONE_REC = struct.Struct("<IBIIQqqB")  # HEAD + DONE_STRUCT in one pack
 OUTCOMES = ("ok", "error", "suspended", "skipped", "unknown")
 OUTCOME_CODE = {name: i for i, name in enumerate(OUTCOMES)}
-PROTOCOLS = ("simple", "extended", "function", "unknown")
+# PostgreSQL's simple and extended query protocols and fast-path calls; MySQL's text
+# (COM_QUERY) and binary (prepared statements) protocols.
+PROTOCOLS = ("simple", "extended", "function", "unknown", "text", "binary")
 PROTOCOL_CODE = {name: i for i, name in enumerate(PROTOCOLS)}
 RECOVERED = "gateway stopped (recovered from its spool)"
 TAG_TAILS: dict[str, bytes] = {}  # command tag → its bytes in an outcome record

@@ -62,6 +62,9 @@ class ResourceGatewaySpec(Strict):
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
 
 
+MYSQL_KINDS = ("mysql", "mariadb")  # resource kinds the gateway serves over MySQL's protocol
+
+
 class ResourceSpec(Strict):
     name: str
     kind: str = "generic"
@@ -77,9 +80,18 @@ class ResourceSpec(Strict):
 
     @property
     def gateway_reachable(self) -> bool:
-        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres
-        provision target (whose admin DSN makes the gateway's logins)."""
-        return self.gateway is not None or isinstance(self.provision, PostgresTarget)
+        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres or
+        mariadb provision target (whose admin DSN makes the gateway's logins)."""
+        return self.gateway is not None or isinstance(self.provision,
+                                                      PostgresTarget | MariaDBTarget)
+
+    @property
+    def gateway_protocol(self) -> str:
+        """The wire protocol its gateway sessions speak: `mysql` for a mariadb/mysql
+        provision target or a resource of kind mysql or mariadb, else `postgres`."""
+        if isinstance(self.provision, MariaDBTarget) or self.kind in MYSQL_KINDS:
+            return "mysql"
+        return "postgres"
 
     @field_validator("name")
     @classmethod

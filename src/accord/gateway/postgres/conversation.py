@@ -36,14 +36,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from accord.gateway.classes import ADMIN, DDL, IDENTITY, PINNED, UNKNOWN
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.scope import (
-    ADMIN,
-    DDL,
-    IDENTITY,
-    PINNED,
     PINNED_SETTINGS,
-    UNKNOWN,
     Classifier,
     Statement,
     Verdict,

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from accord.gateway import prefork_msg, tokens
+from accord.gateway.classes import role_classes
 from accord.gateway.link import Closed, Link
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres import upstream
 from accord.gateway.postgres.conversation import Conversation, PinnedSettingChanged
-from accord.gateway.postgres.scope import Classifier, role_classes
+from accord.gateway.postgres.scope import Classifier
 from accord.gateway.records import SessionInfo
 from accord.gateway.server import GatewayServer
 from accord.provisioning.base import ConnectorError
@@ -40,6 +41,8 @@ class Authorized:
 
 class ProxySession:
     """A live session: the conversation between one client and its upstream connection."""
+
+    protocol = "postgres"
 
     def __init__(self, gateway: PostgresGateway, client: Link, server: upstream.Upstream,
                  conversation: Conversation, info: SessionInfo, target: upstream.Target) -> None:
