@@ -1,8 +1,10 @@
 """Background ledger work: integrate pending events (PostgreSQL) and sign checkpoints.
 
 On PostgreSQL a dedicated connection LISTENs on the ledger channel, so an event is
-integrated moments after its transaction commits; a short poll covers missed notices
-and catches up after a restart. Replicas may all run this: the head row lock makes
+integrated moments after its transaction commits; while passes keep finding work the
+integrator looks every BUSY_SECONDS instead, and writers stop sending notices (`LedgerWake`:
+each one queued their commits on one lock); a short poll covers missed notices and catches
+up after a restart. Replicas may all run this: the head row lock makes
 them take turns, and no index is assigned twice.
 """
 
@@ -26,7 +28,7 @@ from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption
 from accord.ledger.sinks import SinkState, pump
 from accord.ledger.sinks import build as build_sink
-from accord.ledger.upkeep import integrate_all, sign_if_due, sign_now
+from accord.ledger.upkeep import announce, integrate_all, sign_if_due, sign_now
 from accord.spec.ledger import SinkSpec
 
 log = logging.getLogger("accord.ledger")
@@ -63,6 +65,7 @@ class LedgerWorker:
         self._thread = threading.Thread(target=self._run, name="accord-ledger", daemon=True)
         self._next_sign = 0.0
         self._busy = False  # the last pass integrated something
+        self._announced = 0.0  # when writers were last told (0: not yet by this process)
         bind = sessions.kw.get("bind")
         self.postgres = bind is not None and bind.dialect.name == "postgresql"
 
@@ -109,7 +112,7 @@ class LedgerWorker:
                     relisten = time.monotonic() + RELISTEN_SECONDS
                 try:
                     if self.postgres:
-                        self._busy = integrate_all(self.sessions) > 0
+                        self._integrate()
                     if time.monotonic() >= self._next_sign:  # no database trip until due
                         sign_if_due(self.sessions, self.cfg, self.now())
                         self._next_sign = time.monotonic() + self.cfg.interval.total_seconds()
@@ -130,6 +133,28 @@ class LedgerWorker:
             for sink in self.sinks:
                 sink.sink.close()
 
+    def _integrate(self) -> None:
+        """A pass, and what writers must know of it (`LedgerWake`): while passes find work
+        the integrator looks again every BUSY_SECONDS and writers need not NOTIFY (it would
+        make their commits queue on the cluster's notify lock); once one finds none, they
+        must again. A busy integrator says so once a second, so that another one going idle
+        beside it does not leave writers notifying for the rest of a burst."""
+        found = integrate_all(self.sessions) > 0
+        now = time.monotonic()
+        if found and (not self._busy or now - self._announced >= 1.0):
+            announce(self.sessions, idle=False)
+            self._announced = now
+        elif not found and (self._busy or self._announced == 0.0):
+            announce(self.sessions, idle=True)
+            self._announced = now
+            # A writer that read "busy" just before may commit after this pass: look once
+            # more, when its commit has had time to land (else the safety pass finds it).
+            self._stop.wait(COALESCE_SECONDS)
+            if integrate_all(self.sessions) > 0:
+                announce(self.sessions, idle=False)
+                found = True
+        self._busy = found
+
     def _wait(self, conn: psycopg.Connection[tuple[object, ...]] | None) -> bool:
         """Until the next pass is due; False when the LISTEN connection failed."""
         if conn is None:
@@ -141,11 +166,16 @@ class LedgerWorker:
         timeout = POLL_SECONDS if self.sinks else min(
             SAFETY_SECONDS, max(0.0, self._next_sign - time.monotonic()))
         try:
-            ready, _, _ = selectmod.select([conn.fileno(), self._wake_r.fileno()], [], [], timeout)
-            if conn.fileno() in ready:
-                self._stop.wait(BUSY_SECONDS if self._busy else COALESCE_SECONDS)
-                for _ in conn.notifies(timeout=0, stop_after=100000):
-                    pass
+            if self._busy:  # writers send no notices meanwhile (`_integrate`)
+                self._stop.wait(BUSY_SECONDS)
+            else:
+                ready, _, _ = selectmod.select([conn.fileno(), self._wake_r.fileno()], [], [],
+                                               timeout)
+                if conn.fileno() not in ready:
+                    return not conn.closed
+                self._stop.wait(COALESCE_SECONDS)
+            for _ in conn.notifies(timeout=0, stop_after=100000):
+                pass
         except (psycopg.Error, OSError, ValueError):
             return False
         return not conn.closed
