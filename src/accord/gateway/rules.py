@@ -174,3 +174,29 @@ def statement_hash(text: bytes, params: Sequence[str | None] | None = None) -> s
     if params:
         h.update(b"\0" + json.dumps(list(params), ensure_ascii=False).encode())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ReviewAsk:
+    """A statement a `review` rule holds until a decision is known: run it (an approval of
+    exactly it was claimed) or refuse it (naming the request that reviews it)."""
+
+    text: bytes
+    params: tuple[str | None, ...] | None
+    protocol: str
+    hash: str
+    rule: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    """What became of a `ReviewAsk`: `run` (request `request_id` approved it and this run
+    used it up) or not, with what to tell the client."""
+
+    run: bool
+    request_id: int | None
+    message: str
+    detail: str = ""
+    hint: str = ""
+    outcome: str = ""  # executed | filed | pending | refused_again | expired | denied | error

@@ -91,7 +91,7 @@ def _dropped(node: dict[str, Any]) -> frozenset[tuple[str | None, str]]:
         names = [str(n).lower() for n in names if n]
         if names:
             out.add((names[-2] if len(names) > 1 else None, names[-1]))
-    return out and frozenset(out) or _tables(node)
+    return frozenset(out) if out else _tables(node)
 
 
 def _has_column(node: Any) -> bool:
@@ -109,9 +109,7 @@ def _queries(top: str, node: dict[str, Any]) -> list[dict[str, Any]]:
     if top == "SelectStmt":
         return [node]
     inner = None
-    if top in _RUNS_QUERY:
-        inner = node.get("query")
-    elif top == "ExplainStmt" and _analyze(node):
+    if top in _RUNS_QUERY or (top == "ExplainStmt" and _analyze(node)):
         inner = node.get("query")
     if isinstance(inner, dict) and inner:
         sub_top, sub = next(iter(inner.items()))
