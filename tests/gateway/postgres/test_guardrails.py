@@ -173,6 +173,135 @@ def test_warn_sends_a_notice_and_the_statement_runs(gw: World, writer: dict[str,
 
 def test_rules_are_per_role(gw: World) -> None:
     """A read session cannot delete at all: the role's classes refuse it first."""
-    reader = gw.token(gw.grant("erin", "read"))
+    reader = gw.token(gw.grant("erin", "read"), "erin")
     r = gw.psql(reader, "DELETE FROM orders")
     assert r.returncode != 0 and "may not run write statements" in r.stderr
+
+
+# ------------------------------------------------------------------ one-statement reviews
+
+
+def _filed(stderr: str) -> int:
+    """The request id a review refusal names."""
+    import re
+
+    m = re.search(r"request (\d+)", stderr)
+    assert m, stderr
+    return int(m[1])
+
+
+def test_reviewed_statement_runs_once_after_another_person_approves(
+        gw: World, writer: dict[str, Any]) -> None:
+    sql = "DELETE FROM payments WHERE id = 1"
+    r = gw.psql(writer, sql)
+    assert r.returncode != 0
+    assert "this statement needs approval; filed request" in r.stderr
+    assert "(guardrail payments-writes: payments change with a second pair of eyes)" in r.stderr
+    assert "accord exec" in r.stderr  # how to run it once approved
+    rid = _filed(r.stderr)
+    assert count(gw, "payments") == 20
+    req = gw.env.get("alice", f"/api/v1/requests/{rid}").json()
+    assert req["kind"] == "statement" and req["status"] == "pending"
+    assert req["workflow"]["name"] == "statements"  # CEL saw request.kind and .statement
+    assert req["statement"]["sql"] == sql and req["grant"] is None
+    assert req["statement"]["rule"] == "payments-writes"
+    created = [e for e in gw.events("request.created") if e["data"]["request_id"] == rid][0]
+    assert created["data"]["kind"] == "statement"
+    assert created["data"]["statement"]["sql"] == sql
+    digest = created["data"]["statement"]["sha256"]
+
+    # Sent again before approval: refused, naming the same request (no second one).
+    r = gw.psql(writer, sql)
+    assert r.returncode != 0 and f"waits for approval in request {rid}" in r.stderr
+    # The requester cannot approve it; another person can.
+    assert gw.env.act("alice", rid, "approve").status_code == 403
+    assert gw.env.act("bob", rid, "approve").status_code == 200
+    approved = [e for e in gw.events("request.approved") if e["data"]["request_id"] == rid]
+    assert approved[0]["data"]["sha256"] == digest
+
+    # A modified statement is not the approved one: refused, and filed on its own.
+    r = gw.psql(writer, "DELETE FROM payments WHERE id = 1 OR id = 2")
+    assert r.returncode != 0 and "filed request" in r.stderr
+    assert _filed(r.stderr) != rid
+    assert count(gw, "payments") == 20
+
+    r = gw.psql(writer, sql)  # the identical text: runs, once
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "DELETE 1"
+    assert count(gw, "payments") == 19
+    executed = [e for e in gw.events("request.statement_executed")
+                if e["data"]["request_id"] == rid]
+    assert len(executed) == 1 and executed[0]["data"]["sha256"] == digest
+    assert executed[0]["data"]["grant_id"] == writer["grant_id"]
+    assert gw.env.get("alice", f"/api/v1/requests/{rid}").json()["status"] == "executed"
+
+    gw.target("INSERT INTO payments VALUES (1, 100) RETURNING id")
+    r = gw.psql(writer, sql)  # a second run: refused and recorded; a new request filed
+    assert r.returncode != 0
+    assert f"request {rid} approved this statement once and it already ran" in r.stderr
+    again = _filed(r.stderr.split("DETAIL")[0])
+    assert again != rid
+    assert count(gw, "payments") == 20
+    refused = [e for e in gw.events("request.statement_refused")
+               if e["data"]["request_id"] == rid]
+    assert refused and refused[-1]["data"]["reason"] == "already_executed"
+    review = [e for e in guardrail_events(gw) if e.get("request_id") == rid]
+    assert [e["detail"] for e in review] == ["filed", "pending", "executed"]
+    # The statement's run is in the ledger bound to the grant, as every statement is.
+    runs = [s for s in gw.statements(writer["grant_id"]) if s["text"] == sql]
+    assert len(runs) == 1 and runs[0]["tag"] == "DELETE 1"
+
+
+def test_approval_lapses_after_the_window(gw: World, writer: dict[str, Any]) -> None:
+    sql = "UPDATE payments SET amount = 0 WHERE id = 5"
+    r = gw.psql(writer, sql)
+    rid = _filed(r.stderr)
+    assert gw.env.act("carol", rid, "approve").status_code == 200
+    with gw.connect(writer) as conn:  # a session opened now lasts as long as the grant
+        gw.env.clock.advance(minutes=11)  # the window is 10m
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="filed request") as exc:
+                conn.execute(sql)
+        finally:
+            gw.env.clock.advance(minutes=-11)
+    assert "its window to run it ended" in (exc.value.diag.message_detail or "")
+    assert gw.target("SELECT amount FROM payments WHERE id = 5")[0][0] == 500
+    refused = [e for e in gw.events("request.statement_refused")
+               if e["data"]["request_id"] == rid]
+    assert refused[-1]["data"]["reason"] == "window_over"
+    assert gw.env.get("alice", f"/api/v1/requests/{rid}").json()["status"] == "expired"
+
+
+def test_review_binds_parameters_and_holds_for_prepared_statements(
+        gw: World, writer: dict[str, Any]) -> None:
+    with gw.connect(writer) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="filed request") as exc:
+            conn.execute("DELETE FROM payments WHERE id = %s", (7,), prepare=True)
+        rid = _filed(str(exc.value))
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+    assert gw.env.act("bob", rid, "approve").status_code == 200
+    with gw.connect(writer) as conn:
+        # The same text with another value is another statement.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="filed request"):
+            conn.execute("DELETE FROM payments WHERE id = %s", (8,), prepare=True)
+        cur = conn.execute("DELETE FROM payments WHERE id = %s", (7,), prepare=True)
+        assert cur.rowcount == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="already ran"):
+            conn.execute("DELETE FROM payments WHERE id = %s", (7,), prepare=True)
+    assert gw.target("SELECT count(*) FROM payments WHERE id IN (7, 8)")[0][0] == 1
+
+
+def test_statements_needing_review_cannot_be_prepared_or_hidden(
+        gw: World, writer: dict[str, Any]) -> None:
+    before = count(gw, "payments")
+    for sql in ["PREPARE p AS DELETE FROM payments WHERE id = 3",
+                "WITH d AS (DELETE FROM payments WHERE id = 3 RETURNING 1) SELECT * FROM d",
+                "EXPLAIN ANALYZE DELETE FROM payments WHERE id = 3",
+                "SELECT 1; DELETE FROM PUBLIC.\"payments\" WHERE id = 3",
+                "/* hi */ insert into payments values (99, 1)"]:
+        r = gw.psql(writer, sql)
+        assert r.returncode != 0, sql
+        assert "cannot be prepared" in r.stderr if sql.startswith("PREPARE") \
+            else "filed request" in r.stderr
+    assert count(gw, "payments") == before and gw.target("SELECT 1 FROM payments WHERE id = 3")
