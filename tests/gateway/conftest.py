@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -167,7 +167,7 @@ def _reachable_or_skip() -> None:
 
 @contextlib.contextmanager
 def open_world(tmp_path_factory: pytest.TempPathFactory, *, extra: str = "",
-               setup: tuple[str, ...] = (), workflows: str = "") -> Iterator[World]:
+               setup: tuple[LiteralString, ...] = (), workflows: str = "") -> Iterator[World]:
     """A world (see the module's docstring); `extra` goes into the resource's entry of
     accord.yaml, `setup` runs on the target database before anything is granted, and
     `workflows` come before the policy's own."""
@@ -183,7 +183,7 @@ def open_world(tmp_path_factory: pytest.TempPathFactory, *, extra: str = "",
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total int)")
         conn.execute("INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 100) g")
         for statement in setup:
-            conn.execute(statement)  # type: ignore[call-overload]
+            conn.execute(statement)
     engine = make_engine(f"{base}/{accord_db}", pool_size=8)
     migrations.upgrade(engine)
     mp = pytest.MonkeyPatch()

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from accord.spec.base import NAME, Strict, as_duration
+from accord.spec.base import NAME, Strict
 
 ACTIONS = ("block", "warn", "review")
 # Statement kinds a rule may name (each protocol's parser maps its statements to these).
@@ -73,7 +73,3 @@ class GuardrailSpec(Strict):
 
 
 DEFAULT_REVIEW_WINDOW = timedelta(hours=1)
-
-
-def as_window(value: object) -> timedelta:
-    return as_duration(value)

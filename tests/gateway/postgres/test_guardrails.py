@@ -28,7 +28,8 @@ RULES = """\
         - {name: orders-scan, action: warn, statements: [select], tables: [public.orders],
            without_limit: true, message: "add a LIMIT"}
         - {name: payments-writes, action: review, tables: [payments],
-           statements: [insert, update, delete], message: "payments change with a second pair of eyes"}
+           statements: [insert, update, delete],
+           message: "payments change with a second pair of eyes"}
         - {name: no-sleep, action: block, functions: [pg_sleep]}
 """
 WORKFLOWS = """\
@@ -140,7 +141,7 @@ def test_blocked_statements_are_not_bypassed_through_psycopg(gw: World,
             params = (True,) if "%s" in sql and "where" in sql else (0,) if "%s" in sql \
                 else None
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="guardrail"):
-                conn.execute(sql, params, prepare=prepare)  # type: ignore[arg-type]
+                conn.execute(sql, params, prepare=prepare)
         # The session goes on, and a statement with a WHERE runs (prepared too).
         for _ in range(3):
             conn.execute("UPDATE orders SET total = total WHERE id = %s", (1,), prepare=True)
@@ -205,7 +206,7 @@ def test_reviewed_statement_runs_once_after_another_person_approves(
     assert req["workflow"]["name"] == "statements"  # CEL saw request.kind and .statement
     assert req["statement"]["sql"] == sql and req["grant"] is None
     assert req["statement"]["rule"] == "payments-writes"
-    created = [e for e in gw.events("request.created") if e["data"]["request_id"] == rid][0]
+    created = next(e for e in gw.events("request.created") if e["data"]["request_id"] == rid)
     assert created["data"]["kind"] == "statement"
     assert created["data"]["statement"]["sql"] == sql
     digest = created["data"]["statement"]["sha256"]
