@@ -229,6 +229,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(scope="module")
 def live_url(world: World) -> Iterator[str]:
     """The world's API served by a real uvicorn (for the CLI's HTTP client)."""
+    with serve_api(world) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_api(world: World) -> Iterator[str]:
+    """`world`'s API served by a real uvicorn; yields its URL."""
     import socket
     import threading
 

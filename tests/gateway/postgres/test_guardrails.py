@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.gateway.conftest import World, open_world
+from tests.gateway.conftest import World, open_world, serve_api
 
 pytestmark = pytest.mark.postgres
 
@@ -306,3 +306,28 @@ def test_statements_needing_review_cannot_be_prepared_or_hidden(
         assert "cannot be prepared" in r.stderr if sql.startswith("PREPARE") \
             else "filed request" in r.stderr
     assert count(gw, "payments") == before and gw.target("SELECT 1 FROM payments WHERE id = 3")
+
+
+@pytest.fixture(scope="module")
+def live_url(gw: World) -> Iterator[str]:
+    with serve_api(gw) as url:
+        yield url
+
+
+def test_accord_exec_runs_the_approved_statement_once(gw: World, writer: dict[str, Any],
+                                                      live_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from accord.cli.main import app
+
+    sql = "UPDATE payments SET amount = amount + 1 WHERE id = 10 RETURNING amount"
+    r = gw.psql(writer, sql)
+    rid = _filed(r.stderr)
+    assert gw.env.act("carol", rid, "approve").status_code == 200
+    env = {"ACCORD_URL": live_url, "ACCORD_TOKEN": gw.env.tokens["alice"], "COLUMNS": "200"}
+    out = CliRunner().invoke(app, ["exec", str(rid)], env=env)
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == ["amount", "1001", "UPDATE 1"]
+    out = CliRunner().invoke(app, ["exec", str(rid)], env=env)
+    assert out.exit_code == 1 and "already ran" in out.output
+    assert gw.target("SELECT amount FROM payments WHERE id = 10")[0][0] == 1001
