@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -147,6 +147,41 @@ def connect(
     typer.echo(f"DSN:     {out['dsn']}")
     typer.echo(f"grant:   {out['grant_id']} ({out['role']}); connect before "
                f"{out['expires_at']}, the session then lasts as long as the grant")
+
+
+def exec_request(
+    request_id: Annotated[int, typer.Argument(help="A statement request, approved.")],
+) -> None:
+    """Run an approved statement request's statement once, through the gateway, on your
+    active grant, and print its result."""
+    import psycopg
+
+    with api() as client:
+        req = client.get(f"/requests/{request_id}")
+        st = req.get("statement")
+        if req.get("kind") != "statement" or not st:
+            raise typer.BadParameter(f"request {request_id} is not a statement request")
+        if st["param_count"] and st["params"] is None:
+            raise typer.BadParameter(
+                f"request {request_id}'s parameter values were not recorded "
+                "(redact_parameters); run it again from the client that sent it")
+        out = client.post("/connect", {"resource": req["resource"], "role": req["role"]})
+    try:
+        with psycopg.connect(out["dsn"], autocommit=True) as conn:
+            if st["params"]:
+                cur: psycopg.Cursor[Any] = psycopg.RawCursor(conn)
+                cur.execute(st["sql"], st["params"])
+            else:
+                cur = psycopg.ClientCursor(conn)
+                cur.execute(st["sql"])
+            if cur.description:
+                typer.echo("\t".join(c.name for c in cur.description))
+                for row in cur.fetchall():
+                    typer.echo("\t".join("" if v is None else str(v) for v in row))
+            typer.echo(cur.statusmessage or "")
+    except psycopg.Error as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def child_main(argv: list[str]) -> None:

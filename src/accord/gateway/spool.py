@@ -38,7 +38,7 @@ WRITER_LOCK = "writer.lock"
 DONE = 1 << 62  # a finished spool's mark: nothing in it is left to record
 
 # Record kinds in the spool.
-R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT = range(7)
+R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT, R_GUARDRAIL = range(8)
 FRAME = struct.Struct("<II")  # frame body length, CRC-32 of the body; records follow
 HEAD = struct.Struct("<IB")  # record length (after these 5 bytes), kind
 INTENT = struct.Struct("<IIqIB")  # session, seq, t0, text length, protocol; text, params json
@@ -58,7 +58,7 @@ NO_INTENT = ("unknown", "", None, 0)  # an outcome whose statement record was lo
 
 
 # One thing to record, as a plain tuple: (rec, kind, session, wall-clock ns, payload).
-# kind is "open", "statement", "violation" or "close"; the payload is a statement row
+# kind is "open", "statement", "violation", "guardrail" or "close"; the payload is a statement row
 # (`recording.COLUMNS`) for statements, else a dict of event data. `rec` numbers a
 # process's facts in spool order.
 Fact = tuple[int, str, SessionInfo, int, Any]
@@ -279,7 +279,7 @@ class Reader:
         """Records other than statements and outcomes."""
         if kind == R_CLOCK:
             self.offset = struct.unpack("<q", payload)[0]
-        elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION):
+        elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION, R_GUARDRAIL):
             number, rec = FACT.unpack_from(payload)
             body = json.loads(payload[FACT.size:])
             if kind in (R_OPEN, R_CONTEXT):
@@ -290,8 +290,9 @@ class Reader:
             elif number in self.infos:
                 if kind == R_CLOSE:
                     self.closed.add(number)
-                self.ready.append((rec, "close" if kind == R_CLOSE else "violation",
-                                   self.infos[number], int(body["at_ns"]), body["data"]))
+                name = {R_CLOSE: "close", R_GUARDRAIL: "guardrail"}.get(kind, "violation")
+                self.ready.append((rec, name, self.infos[number], int(body["at_ns"]),
+                                   body["data"]))
 
     def take(self) -> list[Fact]:
         out, self.ready = self.ready, []

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from accord.spec.base import NAME, Strict, as_duration
+from accord.spec.guardrails import DEFAULT_REVIEW_WINDOW, GuardrailSpec
 
 
 class RolePrivileges(Strict):
@@ -60,6 +61,12 @@ class ResourceGatewaySpec(Strict):
     database: str | None = None  # default: provision.database, else the DSN's
     set_role: bool | None = None  # SET ROLE accord_<resource>_<role> (default: when provisioned)
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
+    # Rules matched on each parsed statement, in order (docs/gateway.md, Guardrails).
+    guardrails: list[GuardrailSpec] = Field(default_factory=list)
+    # How long after its approval a reviewed statement may run (once).
+    review_window: timedelta = DEFAULT_REVIEW_WINDOW
+
+    _w = field_validator("review_window", mode="before")(lambda cls, v: as_duration(v))
 
 
 MYSQL_KINDS = ("mysql", "mariadb")  # resource kinds the gateway serves over MySQL's protocol
