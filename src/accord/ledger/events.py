@@ -101,17 +101,25 @@ class Via(enum.StrEnum):
     WORKER = "worker"
     POLICY = "policy"
     SCIM = "scim"
+    MCP = "mcp"
 
 
 @dataclass(frozen=True)
 class Actor:
-    kind: str  # user | policy | system | scim (an identity provider's client) | anonymous
+    # user | agent | policy | system | scim (an identity provider's client) | anonymous
+    kind: str
     id: str
     via: str
+    owner: str | None = None  # an agent's: the person it acts for
 
     @classmethod
     def user(cls, name: str, via: str) -> Actor:
         return cls("user", name, via)
+
+    @classmethod
+    def agent(cls, name: str, owner: str, via: str) -> Actor:
+        """An AI agent (or other program) acting for its owner."""
+        return cls("agent", name, via, owner)
 
     @classmethod
     def scim(cls, client: str) -> Actor:
@@ -123,7 +131,10 @@ class Actor:
         return cls("system", "accord", via)
 
     def as_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "id": self.id, "via": str(self.via)}
+        out = {"kind": self.kind, "id": self.id, "via": str(self.via)}
+        if self.owner is not None:
+            out["owner"] = self.owner
+        return out
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ def can_view(session: Session, policy: Policy, user: str, req: AccessRequest) ->
     glass = policy.loaded.spec.break_glass
     return (
         user == req.requester
+        or user == policy.owner_of(req.requester)
         or (req.emergency and glass is not None and user in members(policy, glass.reviewers))
         or user in policy.admins
         or user in policy.auditors
@@ -129,7 +130,7 @@ def visible_clause(policy: Policy, user: str) -> Any:
     glass = policy.loaded.spec.break_glass
     reviewer = glass is not None and user in members(policy, glass.reviewers)
     return or_(
-        AccessRequest.requester == user,
+        AccessRequest.requester.in_([user, *policy.agents_of(user)]),
         AccessRequest.emergency.is_(True) if reviewer else false(),
         AccessRequest.resource.in_(policy.owned_by(user)),
         _routed_by_clause(policy, user),
@@ -458,7 +459,8 @@ def create(
             routing={"outcome": decision.outcome, "reason": decision.reason},
             steps=req.plan["steps"],
             pending_until=format_time(pending_until) if pending_until and not decided else None,
-            inputs=decision.inputs, **({"emergency": True} if emergency else {}))
+            inputs=decision.inputs, **({"emergency": True} if emergency else {}),
+            **({"requester_kind": "agent", "owner": caller.owner} if caller.is_agent else {}))
     if decision.outcome == "deny":
         _record(session, req, EventType.REQUEST_DENIED, actor=_policy_actor(decision.workflow),
                 now=now, policy=ref, reason=decision.reason, inputs=decision.inputs)
@@ -704,14 +706,22 @@ def _add_approval(
     return approval
 
 
+def refuse_agent(caller: Caller, verb: str) -> None:
+    """An agent never decides anything: it only requests."""
+    if caller.is_agent:
+        raise Forbidden(f"an agent never {verb} a request; {caller.owner} (its owner) and the "
+                        "request's approvers decide")
+
+
 def approve(
     session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
     now: datetime,
 ) -> AccessRequest:
+    refuse_agent(caller, "approves")
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
     step = check_decide(session, req, caller.user, status, "approved")
-    if not policy.is_user(req.requester) or req.resource not in policy.resources:
+    if not policy.is_principal(req.requester) or req.resource not in policy.resources:
         raise Conflict(f"request {req.id} can no longer be approved: its requester or resource "
                        "is gone from accord.yaml")
     if status == Status.PENDING:
@@ -748,6 +758,7 @@ def deny(
     session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
     now: datetime,
 ) -> AccessRequest:
+    refuse_agent(caller, "denies")
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
     if status in (Status.APPROVED, Status.ACTIVE) and caller.user in policy.admins:
@@ -838,12 +849,14 @@ def check_relinquish(req: AccessRequest, grant: Grant | None, user: str, status:
 
 def check_revoke(policy: Policy, req: AccessRequest, grant: Grant | None, user: str,
                  status: str) -> None:
-    """May `user` end someone's access on `req`: admins, owners of the resource, and the
-    request's approvers under the policy in force now. Raises why not."""
+    """May `user` end someone's access on `req`: admins, owners of the resource, the
+    request's approvers under the policy in force now, and the owner of the agent that
+    holds it. Raises why not."""
     if not (
         user in policy.admins
         or user in policy.owners_of(req.resource)
         or user in current_approvers(policy, req)
+        or user == policy.owner_of(req.requester)
     ):
         raise Forbidden(
             f"only admins, owners of {req.resource} and approvers of this request can revoke it"
@@ -1006,7 +1019,7 @@ def settle(session: Session, *, policy: Policy, req: AccessRequest, actor: Actor
     requester or resource left the policy, or whose time ran out, are left to the
     cancellation and the expiry that await them."""
     if req.status != Status.PENDING or effective_status(req, None, now) != Status.PENDING \
-            or not policy.is_user(req.requester) or req.resource not in policy.resources:
+            or not policy.is_principal(req.requester) or req.resource not in policy.resources:
         return None
     steps = plan_steps(session, req, eligible)
     filled = sat.fill(steps, exclude={req.requester})
