@@ -238,6 +238,10 @@ def test_an_agent_request_is_routed_to_its_owner(env: Env) -> None:
     assert r.json()["status"] == "active"
     grants = env.get("buildbot", "/api/v1/grants").json()
     assert [g["user"] for g in grants["items"]] == ["buildbot"]
+    # Its owner sees it too; another person does not.
+    assert [g["user"] for g in env.get("alice", "/api/v1/grants").json()["items"]] == \
+        ["buildbot"]
+    assert env.get("bob", "/api/v1/grants").json()["items"] == []
 
 
 def test_cel_sees_the_owner(env: Env) -> None:
