@@ -20,6 +20,9 @@ from accord.detect import views as alert_views
 from accord.directory import views as directory_views
 from accord.directory.scim import views as scim_views
 from accord.gateway import views as gateway_views
+from accord.gateway.mcp import views as mcp_gateway_views
+from accord.gateway.mcp.proxy import PATH as MCP_GATEWAY_PATH
+from accord.gateway.mcp.proxy import McpGateway
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
@@ -111,13 +114,14 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     """Build the app around `st`. `background` runs the expiry sweeper in this process."""
 
     tools = mcp.Endpoint(st)  # /mcp: Accord's tools for agents (MCP, streamable HTTP)
+    mcp_gateway = McpGateway(st)  # /gateway/mcp/<resource>: MCP servers behind Accord
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         web_pages.end_streams_on_signals()  # the server's handlers are in place by now
         stop = start_background(st) if background else None
         try:
-            async with tools.running():
+            async with tools.running(), mcp_gateway.running():
                 yield
         finally:
             if stop is not None:
@@ -157,6 +161,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     # An ASGI app of its own (Starlette calls a route's non-function endpoint as one).
     app.router.routes.append(Route("/mcp", tools, methods=["GET", "POST", "DELETE"],
                                    include_in_schema=False))
+    app.router.routes.append(Route(MCP_GATEWAY_PATH, mcp_gateway,
+                                   methods=["GET", "POST", "DELETE"], include_in_schema=False))
+    app.include_router(mcp_gateway_views.router)
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)

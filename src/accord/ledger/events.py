@@ -50,6 +50,7 @@ class EventType(enum.StrEnum):
     GATEWAY_SESSION_CLOSED = "gateway.session_closed"
     GATEWAY_STATEMENT = "gateway.statement"
     GATEWAY_VIOLATION = "gateway.violation"
+    GATEWAY_TOOL_CALL = "gateway.tool_call"
     GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
     GATEWAY_LOGINS_SUPPRESSED = "gateway.logins_suppressed"
     APPROVAL_REFUSED = "approval.refused"

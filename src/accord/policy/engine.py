@@ -20,7 +20,7 @@ from typing import Any
 import cel
 
 from accord.durations import format_duration
-from accord.ledger.events import format_time
+from accord.ledger.events import Actor, format_time
 from accord.people.snapshot import EMPTY, Directory
 from accord.spec.agents import AgentSpec
 from accord.spec.load import LoadedPolicy
@@ -314,6 +314,11 @@ class Policy:
         """The agent's owner (None for a user, or an unknown name)."""
         agent = self.agents.get(name)
         return agent.owner if agent is not None else None
+
+    def actor(self, name: str, via: str) -> Actor:
+        """`name` acting through `via`, as events record them: an agent with its owner."""
+        owner = self.owner_of(name)
+        return Actor.agent(name, owner, via) if owner is not None else Actor.user(name, via)
 
     def agents_of(self, user: str) -> list[str]:
         """The agents `user` owns."""

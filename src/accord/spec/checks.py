@@ -135,6 +135,18 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             principal(f"resources[{i}].owners[{j}]", o, allow_owners=False)
         if r.gateway is not None:
             problems += _check_resource_gateway(f"resources[{i}].gateway", r)
+        if (r.kind == "mcp") != (r.mcp is not None):
+            problems.append(PolicyProblem(
+                f"resources[{i}]", "a resource of kind mcp needs an mcp: block (its upstream "
+                "and each role's tools), and only those have one"))
+        if r.mcp is not None:
+            if not r.mcp.url.startswith(("http://", "https://")):
+                problems.append(PolicyProblem(f"resources[{i}].mcp.url",
+                                              "must be an http:// or https:// URL"))
+            for role in r.mcp.roles:
+                if role not in r.roles:
+                    problems.append(PolicyProblem(f"resources[{i}].mcp.roles.{role}",
+                                                  f'unknown role "{role}"'))
 
     if spec.gateway is not None:
         problems += _check_gateway(spec.gateway)

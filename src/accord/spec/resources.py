@@ -62,6 +62,23 @@ class ResourceGatewaySpec(Strict):
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
 
 
+class McpTarget(Strict):
+    """An upstream MCP server behind the gateway (resource `kind: mcp`), and the tools each
+    Accord role may see and call there: name patterns (`*` and `?` as in a shell; `*` for
+    every tool). A tool no pattern of the grant's role matches is hidden from `tools/list`
+    and refused on `tools/call`."""
+
+    url: str = Field(description="the upstream's streamable HTTP endpoint",
+                     examples=["http://127.0.0.1:9000/mcp"])
+    headers_env: dict[str, str] = Field(
+        default_factory=dict, description="headers sent upstream, each from an env var "
+        "(a credential the agents never see)", examples=[{"Authorization": "TOOLS_AUTH"}])
+    timeout: timedelta = timedelta(seconds=60)  # for one upstream call
+    roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> tool patterns
+
+    _d = field_validator("timeout", mode="before")(lambda cls, v: as_duration(v))
+
+
 class ResourceSpec(Strict):
     name: str
     kind: str = "generic"
@@ -74,12 +91,15 @@ class ResourceSpec(Strict):
         default=None, discriminator="type")
     reconcile: Literal["off", "report", "enforce"] = "report"
     gateway: ResourceGatewaySpec | None = None  # reachable through `accord gateway`
+    mcp: McpTarget | None = None  # kind mcp: the MCP server the gateway stands in front of
 
     @property
     def gateway_reachable(self) -> bool:
-        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres
-        provision target (whose admin DSN makes the gateway's logins)."""
-        return self.gateway is not None or isinstance(self.provision, PostgresTarget)
+        """Whether the (database) gateway serves it: a `gateway:` block of its own, or a
+        postgres provision target (whose admin DSN makes the gateway's logins). An MCP
+        server (`mcp:`) is reached through the MCP gateway instead."""
+        return self.mcp is None and (
+            self.gateway is not None or isinstance(self.provision, PostgresTarget))
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,236 @@
+"""The MCP gateway: Accord in front of an MCP server (a resource of kind `mcp`).
+
+A client speaks MCP (streamable HTTP, stateless, JSON answers) to
+`/gateway/mcp/<resource>` with a connection token (`POST /api/v1/mcp/connect`) as its
+bearer. Every HTTP call is checked on its own, before the MCP layer reads it: the token,
+and that the grant it stands for is active now (`gateway.tokens.authenticate`, as the
+database gateway checks a login). So a grant that expires or is revoked ends the agent's
+access at its next call, without a session to find and kill.
+
+What passes:
+* `tools/list`: the upstream's tools that a pattern of the grant's role matches; the rest
+  are not shown.
+* `tools/call`: a tool the role matches is called upstream and recorded as a
+  `gateway.tool_call` event bound to the grant (tool, arguments or, with
+  `redact_parameters`, only their names and a sha256 of them, the result's size and sha256,
+  whether it failed, the duration); any other is refused with a JSON-RPC error and a
+  `gateway.violation` event, and never reaches the upstream.
+* Nothing else: resources and prompts are not served (method not found).
+
+Each tool call's event is written in a transaction of its own before the answer goes back
+(tool calls are few and slow next to SQL statements: a synchronous write costs little, and
+nothing waits in memory to be lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from sqlalchemy import select
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from accord.db import transaction
+from accord.gateway import tokens
+from accord.gateway.models import GatewayToken
+from accord.ledger import service as ledger
+from accord.ledger.events import EventType, Via
+from accord.spec.resources import McpTarget, ResourceSpec
+from accord.state import AppState
+
+PATH = "/gateway/mcp/{resource}"
+REFUSED = -32001  # JSON-RPC error code of a call the grant does not allow (server range)
+UPSTREAM_FAILED = -32002  # the upstream could not be reached or failed the call
+_VIA = str(Via.GATEWAY)
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The grant an HTTP call was let in on."""
+
+    grant_id: int
+    user: str
+    resource: str
+    role: str
+
+
+def allowed(target: McpTarget, role: str, tool: str) -> bool:
+    """Does a tool pattern of `role` match `tool`?"""
+    return any(fnmatch.fnmatchcase(tool, p) for p in target.roles.get(role, []))
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode()
+
+
+def arguments_record(arguments: dict[str, Any], *, redact: bool) -> dict[str, Any]:
+    """How a call's arguments go in the ledger: whole, or (redacted, as SQL parameters are)
+    only their names; their sha256 either way (what an approval of this exact call binds)."""
+    out: dict[str, Any] = {"arguments_sha256": hashlib.sha256(_canonical(arguments)).hexdigest()}
+    if redact:
+        out["argument_names"] = sorted(arguments)
+    else:
+        out["arguments"] = arguments
+    return out
+
+
+class McpGateway:
+    """`/gateway/mcp/<resource>`: an ASGI app. Its session manager runs in the app's
+    lifespan (`running`)."""
+
+    def __init__(self, st: AppState) -> None:
+        self.st = st
+        self.server: Server[Any] = Server("accord-gateway", on_list_tools=self._list_tools,
+                                          on_call_tool=self._call_tool)
+        self.manager = StreamableHTTPSessionManager(
+            app=self.server, json_response=True, stateless=True,
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.manager.run():
+            yield
+
+    # ------------------------------------------------------------ the door
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resource = str(scope.get("path_params", {}).get("resource", ""))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        client = scope.get("client") or ("?", 0)
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise tokens.Refusal("28000", "send the connection token as "
+                                              "'Authorization: Bearer acg_...' (POST "
+                                              "/api/v1/mcp/connect gives one)")
+            granted = await anyio.to_thread.run_sync(
+                self._admit, resource, token.strip(), f"{client[0]}")
+        except tokens.Refusal as refusal:
+            status = 403 if refusal.authenticated else 401
+            body = {"type": f"https://accord.dev/problems/{status}",
+                    "title": "Forbidden" if status == 403 else "Unauthorized",
+                    "status": status, "detail": refusal.message}
+            await JSONResponse(body, status_code=status, media_type="application/problem+json",
+                               headers={"WWW-Authenticate": 'Bearer realm="accord-gateway"'}
+                               )(scope, receive, send)
+            return
+        scope.setdefault("state", {})["accord_granted"] = granted
+        await self.manager.handle_request(scope, receive, send)
+
+    def _admit(self, resource: str, token: str, client: str) -> Granted:
+        policy = self.st.policies.current
+        now = self.st.now()
+        user = "unknown"
+        try:
+            with self.st.sessions() as session:
+                row = session.execute(select(GatewayToken).where(
+                    GatewayToken.token_hash == tokens.hash_token(token))).scalar_one_or_none() \
+                    if token.startswith(tokens.TOKEN_PREFIX) and len(token) < 200 else None
+                user = row.user if row is not None else user
+                grant = tokens.authenticate(session, policy=policy, user=user,
+                                            resource=resource, token=token, now=now, mcp=True)
+                return Granted(grant.id, grant.user, grant.resource, grant.role)
+        except tokens.Refusal as refusal:
+            with transaction(self.st.sessions) as session:
+                tokens.record_refusal(session, policy=policy, user=user, resource=resource[:64],
+                                      refusal=refusal, client=client, now=now)
+            raise
+
+    # ------------------------------------------------------------ MCP
+
+    def _context(self, ctx: ServerRequestContext[Any]) -> tuple[Granted, ResourceSpec]:
+        granted: Granted = ctx.request.state.accord_granted  # type: ignore[union-attr]
+        spec = self.st.policies.current.resources.get(granted.resource)
+        if spec is None or spec.mcp is None:
+            raise MCPError(REFUSED, f"resource {granted.resource} is no longer an MCP "
+                                    "resource in accord.yaml")
+        return granted, spec
+
+    @contextlib.asynccontextmanager
+    async def _upstream(self, target: McpTarget) -> AsyncIterator[Client]:
+        headers = {k: os.environ.get(env, "") for k, env in target.headers_env.items()}
+        timeout = target.timeout.total_seconds()
+        try:
+            async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
+                    Client(streamable_http_client(target.url, http_client=http),
+                           read_timeout_seconds=timeout) as client:
+                yield client
+        except MCPError:
+            raise
+        except Exception as exc:  # whatever the transport raised: the agent gets an error
+            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: "
+                                            f"{type(exc).__name__}") from None
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any],
+                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        granted, spec = self._context(ctx)
+        assert spec.mcp is not None
+        async with self._upstream(spec.mcp) as upstream:
+            listed = await upstream.list_tools()
+        return types.ListToolsResult(
+            tools=[t for t in listed.tools if allowed(spec.mcp, granted.role, t.name)])
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any],
+                         params: types.CallToolRequestParams) -> types.CallToolResult:
+        granted, spec = self._context(ctx)
+        target = spec.mcp
+        assert target is not None
+        arguments = dict(params.arguments or {})
+        gw = self.st.policies.current.loaded.spec.gateway
+        redact = gw.redact_parameters if gw is not None else True
+        facts = {"grant_id": granted.grant_id, "tool": params.name,
+                 **arguments_record(arguments, redact=redact)}
+        if not allowed(target, granted.role, params.name):
+            why = (f"tool {params.name!r} is not allowed for role {granted.role} on "
+                   f"{granted.resource}")
+            await anyio.to_thread.run_sync(lambda: self._record(
+                granted, EventType.GATEWAY_VIOLATION, {**facts, "reason": why}))
+            raise MCPError(REFUSED, f"Accord gateway: {why}")
+        t0 = time.perf_counter_ns()
+        error: str | None = None
+        result: types.CallToolResult | None = None
+        try:
+            async with self._upstream(target) as upstream:
+                result = await upstream.call_tool(params.name, arguments)
+        except MCPError as exc:
+            error = exc.error.message if hasattr(exc, "error") else str(exc)
+        duration_us = (time.perf_counter_ns() - t0) // 1000
+        body = result.model_dump_json(by_alias=True, exclude_none=True).encode() \
+            if result is not None else b""
+        await anyio.to_thread.run_sync(lambda: self._record(
+            granted, EventType.GATEWAY_TOOL_CALL,
+            {**facts, "result_bytes": len(body),
+             "result_sha256": hashlib.sha256(body).hexdigest() if result is not None else None,
+             "is_error": bool(result.is_error) if result is not None else True,
+             "error": error, "duration_us": duration_us}))
+        if result is None:
+            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
+        return result
+
+    def _record(self, granted: Granted, etype: EventType, data: dict[str, Any]) -> None:
+        policy = self.st.policies.current
+        with transaction(self.st.sessions) as session:
+            ledger.record(session, type=etype, actor=policy.actor(granted.user, _VIA),
+                          subject=f"grant:{granted.grant_id}",
+                          resource={"name": granted.resource, "role": granted.role},
+                          data=data, time=self.st.now())
