@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from sqlalchemy.orm import Session, sessionmaker
 
+from accord import migrations
+from accord.db import make_engine
+from accord.ledger.service import INLINE
 from tests.agents.mcpclient import connect, payload, serve
 from tests.agents.policies import AGENTS_POLICY
 from tests.agents.test_principals import agent_token
@@ -32,6 +37,8 @@ MCP_RESOURCE = """\
     mcp:
       url: UPSTREAM
       roles: {use: [echo, "get_*"], admin: ["*"]}
+      tools: {drop_table: {approval: each_call}}
+      approval_wait: WAIT
 """
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -43,10 +50,27 @@ def up() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def env(sessions: sessionmaker[Session], tmp_path: Path, up: Upstream) -> Iterator[Env]:
+def committed(backend: str, tmp_path: Path, request: pytest.FixtureRequest
+              ) -> Iterator[sessionmaker[Session]]:
+    """Sessions that really commit, on a database of this test's own: the gateway waits on
+    a held call in one thread while the API decides it in another (one shared connection,
+    as `sessions` gives, cannot serve both)."""
+    if backend == "postgresql":
+        engine = request.getfixturevalue("fresh_pg")
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'accord.db'}")
+        migrations.upgrade(engine)
+    yield sessionmaker(bind=engine, expire_on_commit=False, info={INLINE: True})
+    engine.dispose()
+
+
+@pytest.fixture
+def env(committed: sessionmaker[Session], tmp_path: Path, up: Upstream,
+        request: pytest.FixtureRequest) -> Iterator[Env]:
+    wait = getattr(request, "param", "30s")
     text = AGENTS_POLICY.replace("workflows:\n", MCP_RESOURCE.replace("UPSTREAM", up.url)
-                                 + "workflows:\n")
-    e = make_env(sessions, tmp_path, text)
+                                 .replace("WAIT", wait) + "workflows:\n")
+    e = make_env(committed, tmp_path, text)
     with e.client:
         yield e
 
@@ -118,10 +142,110 @@ def test_the_admin_role_sees_every_tool(env: Env, base: str, up: Upstream) -> No
         async with connect(gateway_url(base), conn["token"]) as client:
             names = sorted(t.name for t in (await client.list_tools()).tools)
             assert names == ["drop_table", "echo", "get_time"]
+            assert payload(await client.call_tool("echo", {"text": "x"})) == "echo: x"
+
+    anyio.run(agent)
+    assert up.calls == {"echo": 1}
+
+
+# ---------------------------------------------------------------- per-call approval
+
+
+def held_request(env: Env, approver: str = "alice") -> dict[str, Any]:
+    """The tool-call request waiting for `approver` (polled: the agent's call files it)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waiting = env.get(approver, "/api/v1/requests",
+                          params={"awaiting": "me"}).json()["items"]
+        if held := [r for r in waiting if r["kind"] == "tool_call"]:
+            return held[0]  # type: ignore[no-any-return]
+        threading.Event().wait(0.05)
+    raise AssertionError("no tool-call request was filed")
+
+
+def test_a_held_call_runs_once_its_owner_approves(env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+    seen: dict[str, Any] = {}
+
+    def owner() -> None:
+        seen["request"] = held_request(env)
+        assert up.calls["drop_table"] == 0  # held: nothing reached the upstream yet
+        r = env.act("alice", seen["request"]["id"], "approve", comment="ok, just that one")
+        assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+        assert r.json()["grant"] is None  # a tool call grants nothing
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            said = await client.call_tool("drop_table", {"table": "tmp_1"})
+            assert payload(said) == "dropped tmp_1"
+            # The approval was for one call: the same call again is held anew.
+            seen["again"] = await anyio.to_thread.run_sync(
+                lambda: env.get("alice", "/api/v1/requests").json()["items"])
+
+    anyio.run(agent)
+    assert up.calls == {"drop_table": 1}
+    rid = seen["request"]["id"]
+    assert seen["request"]["tool_call"]["tool"] == "drop_table"
+    assert seen["request"]["workflow"]["name"] == "agents"
+    # Approval and execution are bound in the ledger by the request and the arguments' hash.
+    [created] = env.events(type="request.created", subject=f"request:{rid}")
+    [approved] = env.events(type="request.approved", subject=f"request:{rid}")
+    [executed] = env.events(type="request.executed", subject=f"request:{rid}")
+    [call] = env.events(type="gateway.tool_call")
+    sha = created["data"]["tool_call"]["arguments_sha256"]
+    assert created["data"]["kind"] == "tool_call"
+    assert approved["data"]["tool_call"] == {"tool": "drop_table", "arguments_sha256": sha}
+    assert executed["data"]["arguments_sha256"] == sha
+    assert call["data"]["request_id"] == rid and call["data"]["arguments_sha256"] == sha
+    assert approved["actor"]["id"] == "alice" and call["actor"]["owner"] == "alice"
+
+
+def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+
+    def owner() -> None:
+        r = env.act("alice", held_request(env)["id"], "deny", comment="not today")
+        assert r.status_code == 200, r.text
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("drop_table", {"table": "orders"})
+            assert refused.value.error.code == -32001
+            assert "was denied" in refused.value.error.message
+
+    anyio.run(agent)
+    assert up.calls["drop_table"] == 0
+    assert env.events(type="gateway.tool_call") == []
+
+
+@pytest.mark.parametrize("env", ["0.3"], indirect=True)
+def test_a_call_waiting_too_long_names_its_request_and_runs_when_asked_again(
+        env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            with pytest.raises(MCPError) as waiting:
+                await client.call_tool("drop_table", {"table": "t"})
+            assert waiting.value.error.code == -32003
+            rid = waiting.value.error.data["request_id"]
+            assert f"request {rid} is waiting" in waiting.value.error.message
+            r = await anyio.to_thread.run_sync(lambda: env.act("alice", rid, "approve"))
+            assert r.status_code == 200, r.text
+            # Other arguments are another call: held anew, not run on this approval.
+            with pytest.raises(MCPError):
+                await client.call_tool("drop_table", {"table": "other"})
             assert payload(await client.call_tool("drop_table", {"table": "t"})) == "dropped t"
 
     anyio.run(agent)
     assert up.calls == {"drop_table": 1}
+    held = [e for e in env.events(type="request.created") if e["data"].get("kind")]
+    assert len(held) == 2
 
 
 def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstream) -> None:
@@ -193,7 +317,8 @@ def test_bad_messages_get_json_rpc_errors_and_hurt_nothing_else(
 def test_policy_check_checks_mcp_resources(change: tuple[str, str], expected: str) -> None:
     from accord.spec.load import PolicyError, parse_policy_text
 
-    text = AGENTS_POLICY.replace("workflows:\n", MCP_RESOURCE + "workflows:\n")
+    text = AGENTS_POLICY.replace("workflows:\n", MCP_RESOURCE.replace("WAIT", "1m")
+                                 + "workflows:\n")
     with pytest.raises(PolicyError) as exc:
         parse_policy_text(text.replace(*change))
     assert any(str(p).startswith(expected) for p in exc.value.problems), exc.value.problems

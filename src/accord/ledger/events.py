@@ -26,6 +26,7 @@ class EventType(enum.StrEnum):
     REQUEST_EXPIRED = "request.expired"
     REQUEST_REMINDED = "request.reminded"
     REQUEST_ESCALATED = "request.escalated"
+    REQUEST_EXECUTED = "request.executed"  # an approved tool call released to run, once
     APPROVAL_RECORDED = "approval.recorded"
     GRANT_PROVISIONING = "grant.provisioning"
     GRANT_PROVISION_FAILED = "grant.provision_failed"

@@ -425,11 +425,14 @@ class Policy:
         reason: str,
         now: datetime,
         extension: bool,
+        tool: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         spec = self.users.get(requester)
         owner = self.owner_of(requester)
         return {
             "request": {
+                "kind": "tool_call" if tool is not None else "access",
+                "tool": tool or {},
                 "role": role,
                 "duration": duration,
                 "reason": reason,
@@ -473,8 +476,10 @@ class Policy:
         reason: str,
         now: datetime,
         extension: bool = False,
+        tool: dict[str, Any] | None = None,
     ) -> Decision:
-        """Route a request. Raises PolicyRefusal for input the matched workflow rejects."""
+        """Route a request (`tool`: a tool call's name and arguments' sha256, for
+        `request.tool`). Raises PolicyRefusal for input the matched workflow rejects."""
         ctx = self.context(
             requester=requester,
             resource=resource,
@@ -483,6 +488,7 @@ class Policy:
             reason=reason,
             now=now,
             extension=extension,
+            tool=tool,
         )
         inputs = _jsonable(ctx)
         # One CEL context for every rule: converting the variables is most of an

@@ -64,6 +64,11 @@ class AccessRequest(Base):
     grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
     # Break-glass: granted at once under `break_glass` in accord.yaml, reviewed afterwards.
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    # access: a grant for a while; tool_call: one call of one tool with exactly these
+    # arguments, held by the MCP gateway until approved (`details`: tool, arguments_sha256,
+    # grant_id, and executed_at once it ran). An approved tool call makes no grant.
+    kind: Mapped[str] = mapped_column(String(16), default="access", server_default="access")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     review_verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -264,6 +264,52 @@ def _offered(policy: Policy, resource: str, role: str) -> ResourceSpec:
 
 
 BREAK_GLASS = "break_glass"  # the rule (and policy actor) of emergency grants
+ACCESS, TOOL_CALL = "access", "tool_call"  # AccessRequest.kind
+
+
+def _approved_call(req: AccessRequest) -> dict[str, Any]:
+    """What an approval of a tool call binds, in its event: the tool and its arguments'
+    sha256 (the gateway's `gateway.tool_call` names the same request and hash)."""
+    if req.kind != TOOL_CALL or req.details is None:
+        return {}
+    return {"tool_call": {"tool": req.details["tool"],
+                          "arguments_sha256": req.details["arguments_sha256"]}}
+
+
+def find_tool_call(session: Session, *, requester: str, grant_id: int, tool: str,
+                   sha256: str) -> AccessRequest | None:
+    """A pending or approved, not yet run, request for exactly this call on this grant."""
+    rows = session.execute(
+        select(AccessRequest).where(
+            AccessRequest.requester == requester, AccessRequest.kind == TOOL_CALL,
+            AccessRequest.status.in_([Status.PENDING, Status.APPROVED]))
+        .order_by(AccessRequest.id.desc()).limit(100)).scalars()
+    for req in rows:
+        d = req.details or {}
+        if d.get("grant_id") == grant_id and d.get("tool") == tool \
+                and d.get("arguments_sha256") == sha256 and not d.get("executed_at"):
+            return req
+    return None
+
+
+def claim_tool_call(session: Session, *, request_id: int, sha256: str, actor: Actor,
+                    now: datetime) -> AccessRequest | None:
+    """Take an approved tool call to run it, once, recorded (`request.executed`, with the
+    arguments' sha256 its approval bound): the row lock and `executed_at` make a second
+    claim (another call, another replica) find nothing. None: not approved (yet), already
+    run, or for other arguments."""
+    req = session.execute(select(AccessRequest).where(AccessRequest.id == request_id)
+                          .with_for_update()).scalar_one_or_none()
+    d = dict(req.details or {}) if req is not None else {}
+    if req is None or req.kind != TOOL_CALL or req.status != Status.APPROVED \
+            or d.get("arguments_sha256") != sha256 or d.get("executed_at"):
+        return None
+    d["executed_at"] = format_time(now)
+    req.details = d  # a new dict: the JSON column sees the change
+    _record(session, req, EventType.REQUEST_EXECUTED, actor=actor, now=now,
+            tool=d["tool"], arguments_sha256=sha256, grant_id=d.get("grant_id"))
+    session.flush()
+    return req
 REVIEW_REMIND = "request.review_remind"
 
 
@@ -302,6 +348,7 @@ def break_glass(policy: Policy, *, requester: str, resource: str, role: str,
 
 def decide(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
            reason: str, now: datetime, emergency: bool = False, extension: bool = False,
+           tool: dict[str, Any] | None = None,
            ) -> tuple[Decision, list[frozenset[str]]]:
     """What filing this request would decide: broken glass, or routed (`route`); raises
     what the API refuses. Pure: policy tests, replay and explain decide as filing does."""
@@ -309,11 +356,12 @@ def decide(policy: Policy, *, requester: str, resource: str, role: str, duration
         return break_glass(policy, requester=requester, resource=resource, role=role,
                            duration=duration, reason=reason), []
     return route(policy, requester=requester, resource=resource, role=role,
-                 duration=duration, reason=reason, now=now, extension=extension)
+                 duration=duration, reason=reason, now=now, extension=extension, tool=tool)
 
 
 def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
           reason: str, now: datetime, extension: bool = False,
+          tool: dict[str, Any] | None = None,
           ) -> tuple[Decision, list[frozenset[str]]]:
     """What the policy would decide for this request, and who is eligible at each step.
 
@@ -329,6 +377,7 @@ def route(policy: Policy, *, requester: str, resource: str, role: str, duration:
             reason=reason,
             now=now,
             extension=extension,
+            tool=tool,
         )
     except PolicyRefusal as exc:
         raise Invalid(str(exc), field=exc.field) from None
@@ -417,11 +466,16 @@ def create(
     now: datetime,
     extends: Grant | None = None,
     emergency: bool = False,
+    tool_call: dict[str, Any] | None = None,
 ) -> AccessRequest:
-    """File a request for oneself and route it through the policy (or break the glass)."""
+    """File a request for oneself and route it through the policy (or break the glass).
+    `tool_call` (the MCP gateway's: tool, arguments_sha256, grant_id, maybe arguments):
+    a request to run that one call, which makes no grant when approved."""
+    tool = {"name": tool_call["tool"], "arguments_sha256": tool_call["arguments_sha256"]} \
+        if tool_call is not None else None
     decision, eligible = decide(policy, requester=caller.user, resource=resource, role=role,
                                 duration=duration, reason=reason, now=now,
-                                emergency=emergency, extension=extends is not None)
+                                emergency=emergency, extension=extends is not None, tool=tool)
 
     # The request is written once with what the policy decided; only activation follows.
     decided = decision.outcome != "steps"
@@ -446,6 +500,8 @@ def create(
         decided_at=now if decided else None,
         decision_reason=decision.reason if decided else None,
         emergency=emergency,
+        kind=TOOL_CALL if tool_call is not None else ACCESS,
+        details=tool_call,
     )
     session.add(req)
     session.flush()
@@ -460,6 +516,7 @@ def create(
             steps=req.plan["steps"],
             pending_until=format_time(pending_until) if pending_until and not decided else None,
             inputs=decision.inputs, **({"emergency": True} if emergency else {}),
+            **({"kind": TOOL_CALL, "tool_call": tool_call} if tool_call is not None else {}),
             **({"requester_kind": "agent", "owner": caller.owner} if caller.is_agent else {}))
     if decision.outcome == "deny":
         _record(session, req, EventType.REQUEST_DENIED, actor=_policy_actor(decision.workflow),
@@ -467,10 +524,12 @@ def create(
     elif decision.outcome == "approve":
         actor = _policy_actor(BREAK_GLASS if emergency else decision.workflow)
         _record(session, req, EventType.REQUEST_APPROVED, actor=actor, now=now, policy=ref,
-                reason=decision.reason, inputs=decision.inputs)
-        grants.activate(session, request=req, actor=actor, now=now,
-                        provisioned=_provisioned(policy, req),
-                        warn_before=_warn_before(policy))
+                reason=decision.reason, inputs=decision.inputs,
+                **_approved_call(req))
+        if req.kind != TOOL_CALL:  # an approved tool call runs once; it grants nothing
+            grants.activate(session, request=req, actor=actor, now=now,
+                            provisioned=_provisioned(policy, req),
+                            warn_before=_warn_before(policy))
         glass = policy.loaded.spec.break_glass
         if emergency and glass is not None:
             jobs.enqueue(session, kind=REVIEW_REMIND, key=f"request:{req.id}:review:1",
@@ -746,10 +805,12 @@ def approve(
         req.decision_reason = f"approved by {caller.user} (step {step + 1} of {len(steps)})"
         _record(session, req, EventType.REQUEST_APPROVED, actor=caller.actor, now=now,
                 approvers=[{"user": a.approver, "step": a.step, "via": a.via}
-                           for a in req.approvals if a.decision == "approve"])
-        grants.activate(session, request=req, actor=caller.actor, now=now,
-                        provisioned=_provisioned(policy, req),
-                        warn_before=_warn_before(policy))
+                           for a in req.approvals if a.decision == "approve"],
+                **_approved_call(req))
+        if req.kind != TOOL_CALL:  # an approved tool call runs once; it grants nothing
+            grants.activate(session, request=req, actor=caller.actor, now=now,
+                            provisioned=_provisioned(policy, req),
+                            warn_before=_warn_before(policy))
     session.flush()
     return req
 

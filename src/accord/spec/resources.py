@@ -62,6 +62,21 @@ class ResourceGatewaySpec(Strict):
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
 
 
+def _short(value: object) -> timedelta:
+    """A duration, or seconds as a number (`0.5`)."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return timedelta(seconds=value)
+    return as_duration(value)
+
+
+class McpToolSpec(Strict):
+    """One upstream tool's rules beyond the role patterns."""
+
+    # each_call: every call is held and filed as a request of kind tool_call with its exact
+    # arguments, routed through the workflows; it runs once approved, never when denied.
+    approval: Literal["none", "each_call"] = "none"
+
+
 class McpTarget(Strict):
     """An upstream MCP server behind the gateway (resource `kind: mcp`), and the tools each
     Accord role may see and call there: name patterns (`*` and `?` as in a shell; `*` for
@@ -75,8 +90,17 @@ class McpTarget(Strict):
         "(a credential the agents never see)", examples=[{"Authorization": "TOOLS_AUTH"}])
     timeout: timedelta = timedelta(seconds=60)  # for one upstream call
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> tool patterns
+    tools: dict[str, McpToolSpec] = Field(default_factory=dict)  # by tool name
+    # How long a held call waits for its approval before the agent gets an error naming the
+    # request (calling again with the same arguments picks the approval up).
+    approval_wait: timedelta = timedelta(minutes=2)
 
-    _d = field_validator("timeout", mode="before")(lambda cls, v: as_duration(v))
+    _d = field_validator("timeout", "approval_wait", mode="before")(
+        lambda cls, v: _short(v))
+
+    def held(self, tool: str) -> bool:
+        spec = self.tools.get(tool)
+        return spec is not None and spec.approval == "each_call"
 
 
 class ResourceSpec(Strict):

@@ -15,6 +15,12 @@ What passes:
   `redact_parameters`, only their names and a sha256 of them, the result's size and sha256,
   whether it failed, the duration); any other is refused with a JSON-RPC error and a
   `gateway.violation` event, and never reaches the upstream.
+* A tool marked `approval: each_call` is held: its exact call (tool, arguments' sha256)
+  becomes a request of kind `tool_call`, routed through the workflows like any request,
+  and runs once approved (`request.executed` claims it under a row lock, so it runs once
+  however often it is asked for); denied, it is refused; still pending after
+  `approval_wait`, the agent gets an error naming the request, and the same call made
+  again waits on the same request.
 * Nothing else: resources and prompts are not served (method not found).
 
 Each tool call's event is written in a transaction of its own before the answer goes back
@@ -49,16 +55,22 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from accord.db import transaction
+from accord.errors import AccordError
 from accord.gateway import tokens
 from accord.gateway.models import GatewayToken
+from accord.identity.caller import Caller
 from accord.ledger import service as ledger
 from accord.ledger.events import EventType, Via
+from accord.requests import service as requests
+from accord.requests.models import AccessRequest, Status
 from accord.spec.resources import McpTarget, ResourceSpec
 from accord.state import AppState
 
 PATH = "/gateway/mcp/{resource}"
 REFUSED = -32001  # JSON-RPC error code of a call the grant does not allow (server range)
 UPSTREAM_FAILED = -32002  # the upstream could not be reached or failed the call
+HELD = -32003  # a call waiting for its approval past `approval_wait`
+POLL = 0.2  # how often a held call looks at its request
 _VIA = str(Via.GATEWAY)
 
 
@@ -206,6 +218,9 @@ class McpGateway:
             await anyio.to_thread.run_sync(lambda: self._record(
                 granted, EventType.GATEWAY_VIOLATION, {**facts, "reason": why}))
             raise MCPError(REFUSED, f"Accord gateway: {why}")
+        if target.held(params.name):  # file (or find) its request, wait for the decision
+            facts["request_id"] = await self._approved(granted, target, params.name,
+                                                       arguments, facts)
         t0 = time.perf_counter_ns()
         error: str | None = None
         result: types.CallToolResult | None = None
@@ -226,6 +241,69 @@ class McpGateway:
         if result is None:
             raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
         return result
+
+    # ------------------------------------------------------------ per-call approval
+
+    async def _approved(self, granted: Granted, target: McpTarget, tool: str,
+                        arguments: dict[str, Any], facts: dict[str, Any]) -> int:
+        """Hold a call of an `each_call` tool until a request for exactly it is approved and
+        claimed for this run; its id. Refused (a JSON-RPC error naming the request) when it
+        is denied, or when it is still pending after `approval_wait` (the same call made
+        again later waits on the same request)."""
+        rid = await anyio.to_thread.run_sync(self._file, granted, target, tool, arguments,
+                                             facts)
+        deadline = time.monotonic() + target.approval_wait.total_seconds()
+        while True:
+            status, claimed = await anyio.to_thread.run_sync(
+                self._claim, granted, rid, facts["arguments_sha256"])
+            if claimed:
+                return rid
+            if status not in (Status.PENDING, Status.APPROVED):
+                raise MCPError(REFUSED, f"Accord gateway: request {rid} to call {tool!r} was "
+                                        f"{status}; the call was not made")
+            if time.monotonic() >= deadline:
+                raise MCPError(HELD, f"Accord gateway: calling {tool!r} needs approval: "
+                                     f"request {rid} is waiting for it; make the same call "
+                                     "again once it is approved", data={"request_id": rid})
+            await anyio.sleep(POLL)
+
+    def _file(self, granted: Granted, target: McpTarget, tool: str,
+              arguments: dict[str, Any], facts: dict[str, Any]) -> int:
+        policy = self.st.policies.current
+        now = self.st.now()
+        caller = Caller(granted.user, _VIA, policy.owner_of(granted.user))
+        with transaction(self.st.sessions) as session:
+            found = requests.find_tool_call(session, requester=granted.user,
+                                            grant_id=granted.grant_id, tool=tool,
+                                            sha256=facts["arguments_sha256"])
+            if found is not None:
+                return found.id
+            details = {"tool": tool, "grant_id": granted.grant_id,
+                       **{k: v for k, v in facts.items() if k not in ("grant_id", "tool")}}
+            try:
+                req = requests.create(
+                    session, policy=policy, caller=caller, resource=granted.resource,
+                    role=granted.role, duration=target.approval_wait,
+                    reason=f"call {tool} through the MCP gateway (grant {granted.grant_id})",
+                    now=now, tool_call=details)
+            except AccordError as exc:
+                raise MCPError(REFUSED, f"Accord gateway: calling {tool!r} needs approval, "
+                                        f"but no request could be filed: {exc.detail}"
+                               ) from None
+            return req.id
+
+    def _claim(self, granted: Granted, rid: int, sha256: str) -> tuple[str, bool]:
+        policy = self.st.policies.current
+        now = self.st.now()
+        with transaction(self.st.sessions) as session:
+            req = session.get(AccessRequest, rid)
+            status = requests.effective_status(req, None, now) if req is not None else "gone"
+            if status != Status.APPROVED:
+                return status, False
+            claimed = requests.claim_tool_call(
+                session, request_id=rid, sha256=sha256, now=now,
+                actor=policy.actor(granted.user, _VIA))
+            return (status, True) if claimed is not None else ("already run", False)
 
     def _record(self, granted: Granted, etype: EventType, data: dict[str, Any]) -> None:
         policy = self.st.policies.current
