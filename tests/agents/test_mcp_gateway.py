@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord import migrations
 from accord.db import make_engine
 from accord.ledger.service import INLINE
+from accord.notify.message import render
 from tests.agents.mcpclient import connect, payload, serve
 from tests.agents.policies import AGENTS_POLICY
 from tests.agents.test_principals import agent_token
@@ -200,6 +201,11 @@ def test_a_held_call_runs_once_its_owner_approves(env: Env, base: str, up: Upstr
     assert executed["data"]["arguments_sha256"] == sha
     assert call["data"]["request_id"] == rid and call["data"]["arguments_sha256"] == sha
     assert approved["actor"]["id"] == "alice" and call["actor"]["owner"] == "alice"
+    # What alice reads in her inbox, email or Slack says what she lets run.
+    told = render(created, base_url="http://accord", recipient="alice", approver=True)
+    assert "buildbot is an AI agent acting for alice" in told.text
+    assert "one call of the tool drop_table" in told.text and "argument" in told.text
+    assert told.actions == ["approve", "deny"]
 
 
 def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
