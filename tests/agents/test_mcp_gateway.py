@@ -5,11 +5,13 @@ answered with errors that affect nothing else."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from accord import migrations
 from accord.db import make_engine
 from accord.ledger.service import INLINE
 from accord.notify.message import render
+from accord.worker.job_runner import detect_all
 from tests.agents.mcpclient import connect, payload, serve
 from tests.agents.policies import AGENTS_POLICY
 from tests.agents.test_principals import agent_token
@@ -41,6 +44,7 @@ MCP_RESOURCE = """\
       tools: {drop_table: {approval: each_call}}
       approval_wait: WAIT
 """
+DETECT = "detect: {agent_burst: {count: 5, window: 1m}}\n"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -70,7 +74,7 @@ def env(committed: sessionmaker[Session], tmp_path: Path, up: Upstream,
         request: pytest.FixtureRequest) -> Iterator[Env]:
     wait = getattr(request, "param", "30s")
     text = AGENTS_POLICY.replace("workflows:\n", MCP_RESOURCE.replace("UPSTREAM", up.url)
-                                 .replace("WAIT", wait) + "workflows:\n")
+                                 .replace("WAIT", wait) + "workflows:\n") + DETECT
     e = make_env(committed, tmp_path, text)
     with e.client:
         yield e
@@ -328,3 +332,65 @@ def test_policy_check_checks_mcp_resources(change: tuple[str, str], expected: st
     with pytest.raises(PolicyError) as exc:
         parse_policy_text(text.replace(*change))
     assert any(str(p).startswith(expected) for p in exc.value.problems), exc.value.problems
+
+
+# ---------------------------------------------------------------- agent-aware detectors
+
+WEDNESDAY_10 = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
+SUNDAY_3 = datetime(2026, 11, 29, 3, 0, 0, 123456, tzinfo=UTC)
+
+
+def calls(base: str, token: str, *made: tuple[str, dict[str, Any]]) -> None:
+    """Make these tool calls through the gateway; refusals are what some tests want."""
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), token) as client:
+            for name, arguments in made:
+                with contextlib.suppress(MCPError):
+                    await client.call_tool(name, arguments)
+
+    anyio.run(agent)
+
+
+def alerts(env: Env, rule: str) -> list[dict[str, Any]]:
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+    r = env.get("dave", "/api/v1/alerts", params={"rule": rule})
+    assert r.status_code == 200, r.text
+    return r.json()["items"]  # type: ignore[no-any-return]
+
+
+def test_an_agent_calling_refused_tools_again_and_again_is_an_alert(
+        env: Env, base: str) -> None:
+    env.clock.value = WEDNESDAY_10
+    _req, conn = granted(env)
+    calls(base, conn["token"], *[("drop_table", {"table": f"t{i}"}) for i in range(3)])
+    [alert] = alerts(env, "agent_refused_tools")
+    assert alert["user"] == "buildbot" and alert["severity"] == "high"
+    assert len(alert["evidence"]) == 3
+    assert "agent buildbot (of alice) called 3 refused tools" in alert["title"]
+    assert len(alerts(env, "scope_violation")) == 3  # each refusal is one as well
+
+
+def test_an_agent_at_work_while_its_owner_is_not_is_one_alert_an_hour(
+        env: Env, base: str) -> None:
+    env.clock.value = WEDNESDAY_10
+    _req, conn = granted(env)  # filed in working hours: nothing
+    calls(base, conn["token"], ("get_time", {}))
+    assert alerts(env, "agent_off_hours") == []
+    env.clock.value = SUNDAY_3  # a new grant (the first ended), its request and calls
+    _req, conn = granted(env)
+    calls(base, conn["token"], ("get_time", {}), ("echo", {"text": "x"}))
+    [alert] = alerts(env, "agent_off_hours")
+    assert alert["user"] == "buildbot"
+    assert "asked for access outside alice's working hours (Sun 03:00 UTC)" in alert["title"]
+    assert alerts(env, "off_hours") == []  # the people's rule leaves agents to this one
+
+
+def test_a_burst_of_tool_calls_is_an_alert(env: Env, base: str) -> None:
+    env.clock.value = WEDNESDAY_10
+    _req, conn = granted(env)
+    calls(base, conn["token"], *[("get_time", {})] * 4)
+    assert alerts(env, "agent_burst") == []
+    calls(base, conn["token"], ("get_time", {}))
+    [alert] = alerts(env, "agent_burst")
+    assert "agent buildbot (of alice) made 5 tool calls within 1m" in alert["title"]

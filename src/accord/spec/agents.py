@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from accord.spec.base import NAME, Strict
+from accord.spec.detect import WorkingHours
 
 
 class AgentSpec(Strict):
@@ -17,6 +18,8 @@ class AgentSpec(Strict):
     owner: str = Field(description="the user the agent acts for; approves steps naming owner")
     groups: list[str] = Field(default_factory=list, description="groups it requests as")
     description: str = ""
+    # When its owner works (the `agent_off_hours` detector); default: detect.off_hours's.
+    owner_hours: WorkingHours | None = None
 
     @field_validator("name")
     @classmethod
