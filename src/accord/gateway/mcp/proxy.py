@@ -34,6 +34,7 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx2
 import mcp_types as types
 from mcp import Client
@@ -66,6 +68,7 @@ from accord.requests.models import AccessRequest, Status
 from accord.spec.resources import McpTarget, ResourceSpec
 from accord.state import AppState
 
+log = logging.getLogger("accord.gateway")
 PATH = "/gateway/mcp/{resource}"
 REFUSED = -32001  # JSON-RPC error code of a call the grant does not allow (server range)
 UPSTREAM_FAILED = -32002  # the upstream could not be reached or failed the call
@@ -82,6 +85,11 @@ class Granted:
     user: str
     resource: str
     role: str
+
+
+def _key(target: McpTarget) -> tuple[Any, ...]:
+    """Which upstream connection serves `target` (its URL, headers and timeout)."""
+    return (target.url, tuple(sorted(target.headers_env.items())), target.timeout)
 
 
 def allowed(target: McpTarget, role: str, tool: str) -> bool:
@@ -113,14 +121,24 @@ class McpGateway:
         self.st = st
         self.server: Server[Any] = Server("accord-gateway", on_list_tools=self._list_tools,
                                           on_call_tool=self._call_tool)
+        # One connection to each upstream, shared by the calls (JSON-RPC ids keep them
+        # apart), held open by a task of `running`'s: a new one costs a handshake (~70 ms).
+        self._clients: dict[tuple[Any, ...], Client] = {}
+        self._connecting: dict[tuple[Any, ...], anyio.Event] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
         self.manager = StreamableHTTPSessionManager(
             app=self.server, json_response=True, stateless=True,
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.manager.run():
-            yield
+        async with self.manager.run(), anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()  # the upstream connections' tasks
 
     # ------------------------------------------------------------ the door
 
@@ -180,18 +198,65 @@ class McpGateway:
 
     @contextlib.asynccontextmanager
     async def _upstream(self, target: McpTarget) -> AsyncIterator[Client]:
+        """The upstream's shared client; a call that fails in transport drops it (the next
+        call connects again)."""
+        try:
+            client = await self._client(target)
+            yield client
+        except MCPError:
+            raise
+        except Exception as exc:  # whatever the transport raised: the agent gets an error
+            self._clients.pop(_key(target), None)
+            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: "
+                                            f"{type(exc).__name__}") from None
+
+    async def _client(self, target: McpTarget) -> Client:
+        key = _key(target)
+        while (client := self._clients.get(key)) is None:
+            pending = self._connecting.get(key)
+            if pending is not None:  # another call is connecting: wait for it
+                await pending.wait()
+                if key not in self._clients:
+                    raise ConnectionError("the upstream did not answer")
+                continue
+            if self._tg is None:
+                raise RuntimeError("the MCP gateway is not running")
+            self._connecting[key] = done = anyio.Event()
+            try:
+                await self._tg.start(self._hold, target)
+            finally:
+                del self._connecting[key]
+                done.set()
+        return client
+
+    async def _hold(self, target: McpTarget, *,
+                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Connect to the upstream and keep the connection until the gateway stops or a
+        call drops it."""
         headers = {k: os.environ.get(env, "") for k, env in target.headers_env.items()}
         timeout = target.timeout.total_seconds()
+        key = _key(target)
+        started = False
         try:
             async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
                     Client(streamable_http_client(target.url, http_client=http),
                            read_timeout_seconds=timeout) as client:
-                yield client
-        except MCPError:
-            raise
-        except Exception as exc:  # whatever the transport raised: the agent gets an error
-            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: "
-                                            f"{type(exc).__name__}") from None
+                self._clients[key] = client
+                started = True
+                task_status.started()
+                while self._clients.get(key) is client:
+                    await anyio.sleep(1)
+        except Exception:
+            if not started:
+                raise  # the call that asked for it fails
+            # A connection that broke later takes nothing else down: the next call connects.
+            log.warning("gateway: the connection to MCP upstream %s broke", target.url,
+                        exc_info=True)
+        finally:
+            if started and self._clients.get(key) is not None \
+                    and self._clients.get(key) is client:
+                del self._clients[key]
 
     async def _list_tools(self, ctx: ServerRequestContext[Any],
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
