@@ -233,6 +233,30 @@ def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
     assert env.events(type="gateway.tool_call") == []
 
 
+def test_a_held_call_ends_when_its_grant_is_revoked(env: Env, base: str, up: Upstream) -> None:
+    req, conn = granted(env, role="admin")
+
+    def owner() -> None:
+        held_request(env)
+        r = env.act("alice", req["id"], "revoke", comment="stop everything")
+        assert r.status_code == 200, r.text
+        seen["revoked"] = time.monotonic()
+
+    seen: dict[str, float] = {}
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            with pytest.raises(MCPError) as ended:
+                await client.call_tool("drop_table", {"table": "orders"})
+            assert "is revoked" in ended.value.error.message
+            assert time.monotonic() - seen["revoked"] < 2
+
+    anyio.run(agent)
+    assert up.calls["drop_table"] == 0
+
+
 @pytest.mark.parametrize("env", ["0.3"], indirect=True)
 def test_a_call_waiting_too_long_names_its_request_and_runs_when_asked_again(
         env: Env, base: str, up: Upstream) -> None:

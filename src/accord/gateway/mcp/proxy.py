@@ -60,6 +60,8 @@ from accord.db import transaction
 from accord.errors import AccordError
 from accord.gateway import tokens
 from accord.gateway.models import GatewayToken
+from accord.grants.models import Grant, GrantStatus
+from accord.grants.service import effective_status
 from accord.identity.caller import Caller
 from accord.ledger import service as ledger
 from accord.ledger.events import EventType, Via
@@ -361,6 +363,11 @@ class McpGateway:
         policy = self.st.policies.current
         now = self.st.now()
         with transaction(self.st.sessions) as session:
+            grant = session.get(Grant, granted.grant_id)
+            held = effective_status(grant, now) if grant is not None else "gone"
+            if held != GrantStatus.ACTIVE:  # the grant ended while the call waited
+                raise MCPError(REFUSED, f"Accord gateway: grant {granted.grant_id} is {held}; "
+                                        f"the call waiting on request {rid} was not made")
             req = session.get(AccessRequest, rid)
             status = requests.effective_status(req, None, now) if req is not None else "gone"
             if status != Status.APPROVED:
