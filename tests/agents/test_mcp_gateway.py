@@ -210,6 +210,15 @@ def test_a_held_call_runs_once_its_owner_approves(env: Env, base: str, up: Upstr
     assert "buildbot is an AI agent acting for alice" in told.text
     assert "one call of the tool drop_table" in told.text and "argument" in told.text
     assert told.actions == ["approve", "deny"]
+    # ... and so does the request's page.
+    from tests.web.test_pages import Browser, login_form
+
+    b = Browser(env)
+    assert b.post("/login/token", {"token": env.tokens["alice"],
+                                   "csrf": login_form(b)}).status_code == 303
+    page = b.get(f"/requests/{rid}").text
+    assert "one call of <code>drop_table</code> through the MCP gateway" in page
+    assert sha[:16] in page
 
 
 def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
