@@ -288,3 +288,23 @@ def test_the_agent_relinquishes_its_own_access(env: Env) -> None:
     assert r.status_code == 200 and r.json()["status"] == "relinquished", r.text
     [ended] = env.events(type="grant.relinquished")
     assert ended["actor"] == AGENT_ACTOR
+
+
+def test_an_agent_s_database_gateway_session_names_its_owner(env: Env) -> None:
+    """The database gateway's events (shipped from its spool) carry the agent's owner."""
+    import time
+
+    from accord.db import transaction
+    from accord.gateway import recording
+    from accord.gateway.records import SessionInfo
+
+    info = SessionInfo(id="t-1", number=1, grant_id=1, user="buildbot", resource="orders-db",
+                       role="read", client="127.0.0.1", application="psql", tls=False,
+                       upstream_role=None, owner="alice")
+    assert SessionInfo.of(info.as_dict()) == info
+    with transaction(env.st.sessions) as session:
+        recording.record_facts(session, facts=[(1, "open", info, time.time_ns(), {})],
+                               instance="t", per_event=10, max_text=100)
+    [opened] = env.events(type="gateway.session_opened")
+    assert opened["actor"] == {"kind": "agent", "id": "buildbot", "via": "gateway",
+                               "owner": "alice"}
