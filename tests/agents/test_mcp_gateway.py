@@ -427,3 +427,19 @@ def test_a_burst_of_tool_calls_is_an_alert(env: Env, base: str) -> None:
     calls(base, conn["token"], ("get_time", {}))
     [alert] = alerts(env, "agent_burst")
     assert "agent buildbot (of alice) made 5 tool calls within 1m" in alert["title"]
+
+
+def test_accord_connect_gives_the_mcp_url_and_token(env: Env, base: str, up: Upstream) -> None:
+    from typer.testing import CliRunner
+
+    from accord.cli.main import app
+
+    granted(env)
+    r = CliRunner().invoke(app, ["connect", "tools"],
+                           env={"ACCORD_URL": base, "ACCORD_TOKEN": env.tokens["buildbot"]})
+    assert r.exit_code == 0, r.output
+    url = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("URL:"))
+    token = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("token:"))
+    assert url == gateway_url(base) and token.startswith("acg_")
+    calls(base, token, ("echo", {"text": "via the CLI's token"}))
+    assert up.calls["echo"] == 1
