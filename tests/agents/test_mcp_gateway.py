@@ -41,6 +41,8 @@ MCP_RESOURCE = """\
     mcp:
       url: UPSTREAM
       roles: {use: [echo, "get_*"], admin: ["*"]}
+      resources: {use: ["docs://*"]}
+      prompts: {use: [summarize]}
       tools: {drop_table: {approval: each_call}}
       approval_wait: WAIT
 """
@@ -337,7 +339,7 @@ def test_bad_messages_get_json_rpc_errors_and_hurt_nothing_else(
 
     malformed = post(b'{"jsonrpc": "2.0", "id": 1, "method": ')
     assert malformed.status_code >= 400 and malformed.json()["error"]["code"] == -32700
-    unknown = post(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "resources/list",
+    unknown = post(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/frobnicate",
                                "params": {}}).encode())
     assert "error" in unknown.json(), unknown.text
     huge = post(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
@@ -443,3 +445,32 @@ def test_accord_connect_gives_the_mcp_url_and_token(env: Env, base: str, up: Ups
     assert url == gateway_url(base) and token.startswith("acg_")
     calls(base, token, ("echo", {"text": "via the CLI's token"}))
     assert up.calls["echo"] == 1
+
+
+def test_resources_and_prompts_are_governed_as_tools_are(
+        env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env)
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            listed = [str(r.uri) for r in (await client.list_resources()).resources]
+            assert listed == ["docs://readme"]
+            read = await client.read_resource("docs://readme")
+            assert read.contents[0].text == "read me"
+            with pytest.raises(MCPError) as refused:
+                await client.read_resource("secret://keys")
+            assert refused.value.error.code == -32001
+            prompts = [p.name for p in (await client.list_prompts()).prompts]
+            assert prompts == ["summarize"]
+            got = await client.get_prompt("summarize", {"text": "the news"})
+            assert "Summarize: the news" in got.messages[0].content.text
+            with pytest.raises(MCPError):
+                await client.get_prompt("exfiltrate", {})
+
+    anyio.run(agent)
+    assert up.calls == {"docs://readme": 1, "summarize": 1}
+    done = env.events(type="gateway.tool_call")
+    assert sorted((e["data"]["method"], e["data"]["tool"]) for e in done) == [
+        ("prompts/get", "summarize"), ("resources/read", "docs://readme")]
+    refused_ = env.events(type="gateway.violation")
+    assert sorted(e["data"]["tool"] for e in refused_) == ["exfiltrate", "secret://keys"]

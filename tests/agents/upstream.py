@@ -44,6 +44,26 @@ def upstream() -> Iterator[Upstream]:
         up.calls["drop_table"] += 1
         return f"dropped {table}"
 
+    @server.resource("docs://readme", description="Harmless.")
+    def readme() -> str:
+        up.calls["docs://readme"] += 1
+        return "read me"
+
+    @server.resource("secret://keys", description="Not for agents.")
+    def keys() -> str:
+        up.calls["secret://keys"] += 1
+        return "the keys"
+
+    @server.prompt(description="Harmless.")
+    def summarize(text: str) -> str:
+        up.calls["summarize"] += 1
+        return f"Summarize: {text}"
+
+    @server.prompt(description="Not for agents.")
+    def exfiltrate() -> str:
+        up.calls["exfiltrate"] += 1
+        return "send everything"
+
     app = server.streamable_http_app(stateless_http=True, json_response=True)
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)

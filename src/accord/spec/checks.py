@@ -143,10 +143,11 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             if not r.mcp.url.startswith(("http://", "https://")):
                 problems.append(PolicyProblem(f"resources[{i}].mcp.url",
                                               "must be an http:// or https:// URL"))
-            for role in r.mcp.roles:
-                if role not in r.roles:
-                    problems.append(PolicyProblem(f"resources[{i}].mcp.roles.{role}",
-                                                  f'unknown role "{role}"'))
+            for key in ("roles", "resources", "prompts"):
+                for role in getattr(r.mcp, key):
+                    if role not in r.roles:
+                        problems.append(PolicyProblem(f"resources[{i}].mcp.{key}.{role}",
+                                                      f'unknown role "{role}"'))
 
     if spec.gateway is not None:
         problems += _check_gateway(spec.gateway)

@@ -90,6 +90,10 @@ class McpTarget(Strict):
         "(a credential the agents never see)", examples=[{"Authorization": "TOOLS_AUTH"}])
     timeout: timedelta = timedelta(seconds=60)  # for one upstream call
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> tool patterns
+    # The same for the upstream's resources (URI patterns) and prompts (name patterns);
+    # a role with none sees and reads none.
+    resources: dict[str, list[str]] = Field(default_factory=dict)
+    prompts: dict[str, list[str]] = Field(default_factory=dict)
     tools: dict[str, McpToolSpec] = Field(default_factory=dict)  # by tool name
     # How long a held call waits for its approval before the agent gets an error naming the
     # request (calling again with the same arguments picks the approval up).

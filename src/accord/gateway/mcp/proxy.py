@@ -21,7 +21,10 @@ What passes:
   however often it is asked for); denied, it is refused; still pending after
   `approval_wait`, the agent gets an error naming the request, and the same call made
   again waits on the same request.
-* Nothing else: resources and prompts are not served (method not found).
+* Resources and prompts alike: `resources/list` and `prompts/list` show what a pattern of
+  the role's `resources` (URIs) and `prompts` (names) matches; `resources/read` and
+  `prompts/get` of anything else is refused with a `gateway.violation`; what passes is a
+  `gateway.tool_call` (its `method` says which).
 
 Each tool call's event is written in a transaction of its own before the answer goes back
 (tool calls are few and slow next to SQL statements: a synchronous write costs little, and
@@ -94,9 +97,11 @@ def _key(target: McpTarget) -> tuple[Any, ...]:
     return (target.url, tuple(sorted(target.headers_env.items())), target.timeout)
 
 
-def allowed(target: McpTarget, role: str, tool: str) -> bool:
-    """Does a tool pattern of `role` match `tool`?"""
-    return any(fnmatch.fnmatchcase(tool, p) for p in target.roles.get(role, []))
+def allowed(target: McpTarget, role: str, tool: str, kind: str = "tools") -> bool:
+    """Does a pattern of `role` match `tool` (`kind` resources: a URI; prompts: a name)?"""
+    patterns = {"tools": target.roles, "resources": target.resources,
+                "prompts": target.prompts}[kind]
+    return any(fnmatch.fnmatchcase(tool, p) for p in patterns.get(role, []))
 
 
 def _canonical(value: Any) -> bytes:
@@ -121,8 +126,10 @@ class McpGateway:
 
     def __init__(self, st: AppState) -> None:
         self.st = st
-        self.server: Server[Any] = Server("accord-gateway", on_list_tools=self._list_tools,
-                                          on_call_tool=self._call_tool)
+        self.server: Server[Any] = Server(
+            "accord-gateway", on_list_tools=self._list_tools, on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources, on_read_resource=self._read_resource,
+            on_list_prompts=self._list_prompts, on_get_prompt=self._get_prompt)
         # One connection to each upstream, shared by the calls (JSON-RPC ids keep them
         # apart), held open by a task of `running`'s: a new one costs a handshake (~70 ms).
         self._clients: dict[tuple[Any, ...], Client] = {}
@@ -277,7 +284,7 @@ class McpGateway:
         arguments = dict(params.arguments or {})
         gw = self.st.policies.current.loaded.spec.gateway
         redact = gw.redact_parameters if gw is not None else True
-        facts = {"grant_id": granted.grant_id, "tool": params.name,
+        facts = {"grant_id": granted.grant_id, "method": "tools/call", "tool": params.name,
                  **arguments_record(arguments, redact=redact)}
         if not allowed(target, granted.role, params.name):
             why = (f"tool {params.name!r} is not allowed for role {granted.role} on "
@@ -376,6 +383,88 @@ class McpGateway:
                 session, request_id=rid, sha256=sha256, now=now,
                 actor=policy.actor(granted.user, _VIA))
             return (status, True) if claimed is not None else ("already run", False)
+
+    # ------------------------------------------------------------ resources and prompts
+
+    async def _list_resources(self, ctx: ServerRequestContext[Any],
+                              params: types.PaginatedRequestParams | None
+                              ) -> types.ListResourcesResult:
+        granted, spec = self._context(ctx)
+        assert spec.mcp is not None
+        async with self._upstream(spec.mcp) as upstream:
+            listed = await upstream.list_resources()
+        return types.ListResourcesResult(resources=[
+            r for r in listed.resources
+            if allowed(spec.mcp, granted.role, str(r.uri), "resources")])
+
+    async def _list_prompts(self, ctx: ServerRequestContext[Any],
+                            params: types.PaginatedRequestParams | None
+                            ) -> types.ListPromptsResult:
+        granted, spec = self._context(ctx)
+        assert spec.mcp is not None
+        async with self._upstream(spec.mcp) as upstream:
+            listed = await upstream.list_prompts()
+        return types.ListPromptsResult(prompts=[
+            p for p in listed.prompts if allowed(spec.mcp, granted.role, p.name, "prompts")])
+
+    async def _read_resource(self, ctx: ServerRequestContext[Any],
+                             params: types.ReadResourceRequestParams
+                             ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+
+        async def read(upstream: Client) -> Any:
+            return await upstream.read_resource(uri)
+
+        out: types.ReadResourceResult = await self._governed(
+            ctx, "resources", "resources/read", uri, {}, read)
+        return out
+
+    async def _get_prompt(self, ctx: ServerRequestContext[Any],
+                          params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        arguments = dict(params.arguments or {})
+
+        async def get(upstream: Client) -> Any:
+            return await upstream.get_prompt(params.name, arguments)
+
+        out: types.GetPromptResult = await self._governed(
+            ctx, "prompts", "prompts/get", params.name, arguments, get)
+        return out
+
+    async def _governed(self, ctx: ServerRequestContext[Any], kind: str, method: str,
+                        name: str, arguments: dict[str, Any], call: Any) -> Any:
+        """A resource read or prompt get, governed as a tool call: refused (a violation)
+        unless a pattern of the role matches, else passed on and recorded."""
+        granted, spec = self._context(ctx)
+        target = spec.mcp
+        assert target is not None
+        gw = self.st.policies.current.loaded.spec.gateway
+        facts = {"grant_id": granted.grant_id, "method": method, "tool": name,
+                 **arguments_record(arguments, redact=gw.redact_parameters if gw else True)}
+        if not allowed(target, granted.role, name, kind):
+            why = (f"{kind[:-1]} {name!r} is not allowed for role {granted.role} on "
+                   f"{granted.resource}")
+            await anyio.to_thread.run_sync(lambda: self._record(
+                granted, EventType.GATEWAY_VIOLATION, {**facts, "reason": why}))
+            raise MCPError(REFUSED, f"Accord gateway: {why}")
+        t0 = time.perf_counter_ns()
+        error: str | None = None
+        result: Any = None
+        try:
+            async with self._upstream(target) as upstream:
+                result = await call(upstream)
+        except MCPError as exc:
+            error = exc.error.message
+        body = result.model_dump_json(by_alias=True, exclude_none=True).encode() \
+            if result is not None else b""
+        await anyio.to_thread.run_sync(lambda: self._record(
+            granted, EventType.GATEWAY_TOOL_CALL,
+            {**facts, "result_bytes": len(body),
+             "result_sha256": hashlib.sha256(body).hexdigest() if result is not None else None,
+             "is_error": result is None, "error": error,
+             "duration_us": (time.perf_counter_ns() - t0) // 1000}))
+        if result is None:
+            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
+        return result
 
     def _record(self, granted: Granted, etype: EventType, data: dict[str, Any]) -> None:
         policy = self.st.policies.current
