@@ -474,3 +474,46 @@ def test_resources_and_prompts_are_governed_as_tools_are(
         ("prompts/get", "summarize"), ("resources/read", "docs://readme")]
     refused_ = env.events(type="gateway.violation")
     assert sorted(e["data"]["tool"] for e in refused_) == ["exfiltrate", "secret://keys"]
+
+
+def test_an_upstream_started_as_a_command_speaks_stdio(
+        env: Env, base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setenv("UPSTREAM_SECRET", "s3")
+    monkeypatch.setenv("NOT_PASSED", "the gateway's own secret")
+    script = Path(__file__).with_name("stdio_upstream.py")
+    text = env.policy_path.read_text(encoding="utf-8").replace("workflows:\n", f"""\
+  - name: local-tools
+    kind: mcp
+    owners: [dba]
+    roles: [use]
+    mcp:
+      command: [{json.dumps(sys.executable)}, {json.dumps(str(script))}]
+      env: [UPSTREAM_SECRET]
+      roles: {{use: ["*"]}}
+workflows:
+""")
+    from accord.db import transaction
+    from accord.ledger.events import Actor
+    from accord.requests import reload as reloader
+
+    env.write_policy(text)
+    with transaction(env.st.sessions) as session:
+        result = reloader.reload(session, store=env.st.policies, actor=Actor.system("cli"))
+    reloader.install_after_commit(env.st.policies, result)
+    assert "local-tools" in env.st.policies.current.resources
+    agent_token(env)
+    req = env.ask("buildbot", resource="local-tools", role="use", reason="x")
+    assert env.act("alice", req["id"], "approve").status_code == 200
+    conn = env.post("buildbot", "/api/v1/mcp/connect", json={"resource": "local-tools"}).json()
+
+    async def agent() -> list[str]:
+        async with connect(f"{base}/gateway/mcp/local-tools", conn["token"]) as client:
+            return [payload(await client.call_tool("whoami", {})) for _ in range(2)]
+
+    first, second = anyio.run(agent)
+    assert first.startswith("stdio pid ") and "secret=s3" in first
+    assert "other=-" in first  # only the named variables (and the SDK's safe defaults)
+    assert first.split()[2] == second.split()[2]  # one process serves the calls
+    assert [e["data"]["tool"] for e in env.events(type="gateway.tool_call")] == ["whoami"] * 2

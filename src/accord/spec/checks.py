@@ -140,7 +140,10 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
                 f"resources[{i}]", "a resource of kind mcp needs an mcp: block (its upstream "
                 "and each role's tools), and only those have one"))
         if r.mcp is not None:
-            if not r.mcp.url.startswith(("http://", "https://")):
+            if (r.mcp.url is None) == (r.mcp.command is None):
+                problems.append(PolicyProblem(f"resources[{i}].mcp",
+                                              "give either url or command"))
+            elif r.mcp.url is not None and not r.mcp.url.startswith(("http://", "https://")):
                 problems.append(PolicyProblem(f"resources[{i}].mcp.url",
                                               "must be an http:// or https:// URL"))
             for key in ("roles", "resources", "prompts"):

@@ -83,8 +83,15 @@ class McpTarget(Strict):
     every tool). A tool no pattern of the grant's role matches is hidden from `tools/list`
     and refused on `tools/call`."""
 
-    url: str = Field(description="the upstream's streamable HTTP endpoint",
-                     examples=["http://127.0.0.1:9000/mcp"])
+    url: str | None = Field(default=None, description="the upstream's streamable HTTP "
+                            "endpoint", examples=["http://127.0.0.1:9000/mcp"])
+    # Or a program the gateway starts and speaks to over stdio (one per gateway process,
+    # started at the first call), with its arguments; `env` names variables passed on.
+    command: list[str] | None = Field(default=None, min_length=1,
+                                      examples=[["npx", "-y", "@acme/tools-mcp"]])
+    env: list[str] = Field(default_factory=list, description="variables the command gets "
+                           "from the gateway's environment (besides the SDK's safe defaults: "
+                           "HOME, PATH, ...; nothing else is passed)")
     headers_env: dict[str, str] = Field(
         default_factory=dict, description="headers sent upstream, each from an env var "
         "(a credential the agents never see)", examples=[{"Authorization": "TOOLS_AUTH"}])

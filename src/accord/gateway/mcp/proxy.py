@@ -1,6 +1,7 @@
 """The MCP gateway: Accord in front of an MCP server (a resource of kind `mcp`).
 
-A client speaks MCP (streamable HTTP, stateless, JSON answers) to
+The upstream is a streamable HTTP URL or a command the gateway starts (stdio). A client
+speaks MCP (streamable HTTP, stateless, JSON answers) to
 `/gateway/mcp/<resource>` with a connection token (`POST /api/v1/mcp/connect`) as its
 bearer. Every HTTP call is checked on its own, before the MCP layer reads it: the token,
 and that the grant it stands for is active now (`gateway.tokens.authenticate`, as the
@@ -48,7 +49,7 @@ import anyio
 import anyio.abc
 import httpx2
 import mcp_types as types
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -93,8 +94,19 @@ class Granted:
 
 
 def _key(target: McpTarget) -> tuple[Any, ...]:
-    """Which upstream connection serves `target` (its URL, headers and timeout)."""
-    return (target.url, tuple(sorted(target.headers_env.items())), target.timeout)
+    """Which upstream connection serves `target` (its URL or command, headers and timeout)."""
+    return (target.url, tuple(target.command or ()), tuple(target.env),
+            tuple(sorted(target.headers_env.items())), target.timeout)
+
+
+def _transport(target: McpTarget, http: httpx2.AsyncClient) -> Any:
+    """How to reach the upstream: its streamable HTTP URL, or the command's stdio."""
+    if target.command is not None:
+        return StdioServerParameters(
+            command=target.command[0], args=list(target.command[1:]),
+            env={k: os.environ[k] for k in target.env if k in os.environ})
+    assert target.url is not None
+    return streamable_http_client(target.url, http_client=http)
 
 
 def allowed(target: McpTarget, role: str, tool: str, kind: str = "tools") -> bool:
@@ -249,8 +261,7 @@ class McpGateway:
         started = False
         try:
             async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
-                    Client(streamable_http_client(target.url, http_client=http),
-                           read_timeout_seconds=timeout) as client:
+                    Client(_transport(target, http), read_timeout_seconds=timeout) as client:
                 self._clients[key] = client
                 started = True
                 task_status.started()
@@ -260,8 +271,8 @@ class McpGateway:
             if not started:
                 raise  # the call that asked for it fails
             # A connection that broke later takes nothing else down: the next call connects.
-            log.warning("gateway: the connection to MCP upstream %s broke", target.url,
-                        exc_info=True)
+            log.warning("gateway: the connection to MCP upstream %s broke",
+                        target.url or target.command, exc_info=True)
         finally:
             if started and self._clients.get(key) is not None \
                     and self._clients.get(key) is client:
