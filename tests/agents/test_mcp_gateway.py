@@ -110,7 +110,7 @@ def test_tools_are_hidden_and_refused_by_role_and_every_call_is_recorded(
     async def agent() -> None:
         async with connect(gateway_url(base), conn["token"]) as client:
             names = sorted(t.name for t in (await client.list_tools()).tools)
-            assert names == ["echo", "get_time"]
+            assert names == ["echo", "get_slowly", "get_time"]
             said = await client.call_tool("echo", {"text": "hello"})
             assert said.content[0].text == "echo: hello"
             assert payload(await client.call_tool("get_time", {})) == "12:00"
@@ -148,7 +148,7 @@ def test_the_admin_role_sees_every_tool(env: Env, base: str, up: Upstream) -> No
     async def agent() -> None:
         async with connect(gateway_url(base), conn["token"]) as client:
             names = sorted(t.name for t in (await client.list_tools()).tools)
-            assert names == ["drop_table", "echo", "get_time"]
+            assert names == ["drop_table", "echo", "get_slowly", "get_time"]
             assert payload(await client.call_tool("echo", {"text": "x"})) == "echo: x"
 
     anyio.run(agent)
@@ -312,6 +312,34 @@ def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstre
     [refused] = env.events(type="gateway.login_refused")
     assert "no active grant" in refused["data"]["reason"]
     assert refused["actor"]["id"] == "buildbot"
+
+
+def test_revocation_stops_a_running_call_within_two_seconds(
+        env: Env, base: str, up: Upstream) -> None:
+    req, conn = granted(env)
+    seen: dict[str, float] = {}
+
+    def owner() -> None:
+        deadline = time.monotonic() + 20
+        while up.calls["get_slowly"] == 0:  # the call reached the upstream
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.02)
+        r = env.act("alice", req["id"], "revoke", comment="stop it")
+        assert r.status_code == 200, r.text
+        seen["revoked"] = time.monotonic()
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            with pytest.raises(MCPError) as stopped:
+                await client.call_tool("get_slowly", {})
+            assert time.monotonic() - seen["revoked"] < 2
+            assert "is revoked; the call was stopped" in stopped.value.error.message
+
+    anyio.run(agent)
+    [call] = env.events(type="gateway.tool_call")
+    assert call["data"]["tool"] == "get_slowly" and "stopped" in call["data"]["error"]
 
 
 def test_no_valid_token_no_gateway(env: Env, base: str) -> None:

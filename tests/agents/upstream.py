@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 
@@ -43,6 +44,12 @@ def upstream() -> Iterator[Upstream]:
     def drop_table(table: str) -> str:
         up.calls["drop_table"] += 1
         return f"dropped {table}"
+
+    @server.tool(description="Take a long time (until the test is over).")
+    async def get_slowly() -> str:
+        up.calls["get_slowly"] += 1
+        await anyio.sleep(60)
+        return "finally"
 
     @server.resource("docs://readme", description="Harmless.")
     def readme() -> str:

@@ -80,6 +80,7 @@ REFUSED = -32001  # JSON-RPC error code of a call the grant does not allow (serv
 UPSTREAM_FAILED = -32002  # the upstream could not be reached or failed the call
 HELD = -32003  # a call waiting for its approval past `approval_wait`
 POLL = 0.2  # how often a held call looks at its request
+WATCH = 0.5  # how often a running call's grant is looked at
 _VIA = str(Via.GATEWAY)
 
 
@@ -308,12 +309,15 @@ class McpGateway:
                                                        arguments, facts)
         t0 = time.perf_counter_ns()
         error: str | None = None
+        stopped: MCPError | None = None  # the grant ended while the call ran
         result: types.CallToolResult | None = None
         try:
             async with self._upstream(target) as upstream:
-                result = await upstream.call_tool(params.name, arguments)
+                result = await self._while_granted(
+                    granted, lambda: upstream.call_tool(params.name, arguments))
         except MCPError as exc:
-            error = exc.error.message if hasattr(exc, "error") else str(exc)
+            error = exc.error.message
+            stopped = exc if exc.error.code == REFUSED else None
         duration_us = (time.perf_counter_ns() - t0) // 1000
         body = result.model_dump_json(by_alias=True, exclude_none=True).encode() \
             if result is not None else b""
@@ -323,9 +327,45 @@ class McpGateway:
              "result_sha256": hashlib.sha256(body).hexdigest() if result is not None else None,
              "is_error": bool(result.is_error) if result is not None else True,
              "error": error, "duration_us": duration_us}))
+        if stopped is not None:
+            raise stopped
         if result is None:
             raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
         return result
+
+    async def _while_granted(self, granted: Granted, call: Any) -> Any:
+        """Run an upstream call, stopping it when its grant ends (expiry, revocation)
+        while it runs: looked at every WATCH seconds, so within 2 s."""
+        result: Any = None
+        ended: str | None = None
+
+        async def run() -> None:
+            nonlocal result
+            result = await call()
+            tg.cancel_scope.cancel()
+
+        async def watch() -> None:
+            nonlocal ended
+            while True:
+                await anyio.sleep(WATCH)
+                status = await anyio.to_thread.run_sync(self._grant_status, granted.grant_id)
+                if status != GrantStatus.ACTIVE:
+                    ended = status
+                    tg.cancel_scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            tg.start_soon(watch)
+        if ended is not None:
+            raise MCPError(REFUSED, f"Accord gateway: grant {granted.grant_id} is {ended}; "
+                                    "the call was stopped")
+        return result
+
+    def _grant_status(self, grant_id: int) -> str:
+        with self.st.sessions() as session:
+            grant = session.get(Grant, grant_id)
+            return effective_status(grant, self.st.now()) if grant is not None else "gone"
 
     # ------------------------------------------------------------ per-call approval
 
@@ -459,12 +499,14 @@ class McpGateway:
             raise MCPError(REFUSED, f"Accord gateway: {why}")
         t0 = time.perf_counter_ns()
         error: str | None = None
+        stopped: MCPError | None = None
         result: Any = None
         try:
             async with self._upstream(target) as upstream:
-                result = await call(upstream)
+                result = await self._while_granted(granted, lambda: call(upstream))
         except MCPError as exc:
             error = exc.error.message
+            stopped = exc if exc.error.code == REFUSED else None
         body = result.model_dump_json(by_alias=True, exclude_none=True).encode() \
             if result is not None else b""
         await anyio.to_thread.run_sync(lambda: self._record(
@@ -473,6 +515,8 @@ class McpGateway:
              "result_sha256": hashlib.sha256(body).hexdigest() if result is not None else None,
              "is_error": result is None, "error": error,
              "duration_us": (time.perf_counter_ns() - t0) // 1000}))
+        if stopped is not None:
+            raise stopped
         if result is None:
             raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
         return result
