@@ -95,7 +95,7 @@ def check(policy: Policy, loaded: LoadedCases) -> list[str]:
     for place, case in zip(loaded.places, loaded.cases, strict=True):
         where = f"{loaded.path}: {case_label(place, case.name)}"
         req, expect = case.request, case.expect
-        if not policy.is_user(req.requester):
+        if not policy.is_principal(req.requester):
             problems.append(f'{where}: request.requester: unknown user "{req.requester}" '
                             "(not among accord.yaml's users and group members)")
         spec = policy.resources.get(req.resource)
