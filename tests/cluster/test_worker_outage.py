@@ -4,7 +4,6 @@ again once the server is back (its expiry sweep ended the process on the first e
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,8 +24,8 @@ workflows: [{name: all, match: 'true', require_reason: false, auto_approve: 'tru
 """
 
 
-def test_a_worker_survives_its_database_restarting(pg: PgServer) -> None:
-    base = Path(tempfile.mkdtemp(prefix="accord-outage-"))
+def test_a_worker_survives_its_database_restarting(pg: PgServer, tmp_path: Path) -> None:
+    base = tmp_path
     sql(pg.url(), "CREATE DATABASE outage")
     config = base / "accord.yaml"
     config.write_text(POLICY)
