@@ -224,7 +224,7 @@ class Load:
 
 def sql(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        cur = conn.execute(query, args)  # type: ignore[arg-type]
+        cur = conn.execute(query, args)
         return cur.fetchall() if cur.description is not None else []
 
 

@@ -19,7 +19,7 @@ import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -126,9 +126,9 @@ def cluster(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     port)
 
     replicas = []  # one with HTTP worker processes (background jobs in the parent), one without
-    for name, workers in (("replica-a", "2"), ("replica-b", "1")):
+    for name, http in (("replica-a", "2"), ("replica-b", "1")):
         port = free_port()
-        replicas.append(proc(name, ["serve", "--port", str(port), "--workers", workers,
+        replicas.append(proc(name, ["serve", "--port", str(port), "--workers", http,
                                     "--log-level", "warning"], port))
     workers = [proc(name, ["worker"]) for name in ("worker-1", "worker-2")]
     c = Cluster(pg, replicas, workers, tokens, env, key, iter(USERS))
@@ -318,6 +318,10 @@ def _readyz(p: Proc) -> int | None:
         return None
 
 
+def _answers(p: Proc, status: int) -> Callable[[], bool]:
+    return lambda: _readyz(p) == status
+
+
 def test_postgres_restarted_under_load(cluster: Cluster) -> None:
     c = cluster
     c.all_up()
@@ -330,14 +334,14 @@ def test_postgres_restarted_under_load(cluster: Cluster) -> None:
         down = time.monotonic()
         try:  # meanwhile every replica says it is not ready (a load balancer stops sending)
             for replica in c.replicas:
-                assert until(lambda r=replica: _readyz(r) == 503, 15), replica.tail()
+                assert until(_answers(replica, 503), 15), replica.tail()
         finally:
             c.pg.start()
         FIGURES["postgres_down_s"] = round(time.monotonic() - down, 2)
         back = time.monotonic()
         # They reconnect on their own: ready again, and serving writes again.
         for replica in c.replicas:
-            assert until(lambda r=replica: _readyz(r) == 200, 30), replica.tail()
+            assert until(_answers(replica, 200), 30), replica.tail()
         _progress(load, 8)
         FIGURES["postgres_recovery_s"] = round(time.monotonic() - back, 2)
     finally:
