@@ -11,7 +11,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from accord.grants.models import Grant, GrantStatus
@@ -36,10 +36,13 @@ def reconcile(session: Session, *, connectors: Connectors, resource: str, now: d
               enforce: bool) -> list[dict[str, Any]]:
     """Compare what the target grants with live grants; report (and maybe revoke) drift."""
     actual = connectors.get(resource).granted()
+    # Live, or ended with its deprovisioning job still to run (or retrying): access
+    # Accord knows of and is taking away is not drift.
     live = {(user, role) for user, role in session.execute(
         select(Grant.user, Grant.role).where(
             Grant.resource == resource,
-            Grant.status.in_([GrantStatus.ACTIVE, GrantStatus.PROVISIONING]))
+            or_(Grant.status.in_([GrantStatus.ACTIVE, GrantStatus.PROVISIONING]),
+                and_(Grant.provisioned_at.is_not(None), Grant.deprovisioned_at.is_(None))))
     )}
     drift = []
     for user, role in sorted(actual - live):
