@@ -33,6 +33,8 @@ TARGET = "target"  # the provisioned resource, and its database on the private s
 USERS = [f"u{i:03d}" for i in range(300)]  # one request each: one login each on the target
 LEADS = ["lead1", "lead2"]
 DURATION = "3s"  # every grant expires moments later, all through the run
+RECONCILE = 2  # seconds: how often the target is compared with the grants
+INTRUDER = "intruder"  # a role granted the group by hand: drift, reported each period
 
 POLICY = """\
 users: [{users}, lead1, lead2, audit]
@@ -45,7 +47,7 @@ resources:
   - name: {target}
     roles: [read]
     owners: [leads]
-    reconcile: "off"
+    reconcile: report
     provision:
       type: postgres
       dsn_env: ACCORD_TEST_TARGET_DSN
@@ -53,6 +55,9 @@ resources:
       port: {port}
       database: {target}
       roles: {{read: {{privileges: ["SELECT ON ALL TABLES IN SCHEMA public"]}}}}
+worker: {{reconcile_every: {reconcile}s}}
+ledger:
+  sinks: [{{name: audit, type: jsonl, path: "{sink}", max_bytes: 1000000000}}]
 workflows:
   - name: all
     match: 'true'
@@ -80,6 +85,7 @@ class Proc:
         self.name, self.args, self.env, self.log, self.port = name, args, env, log, port
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.kills = 0
 
     @property
     def url(self) -> str:
@@ -114,6 +120,7 @@ class Proc:
     def kill(self) -> None:
         """SIGKILL the process and its children at once."""
         assert self.proc is not None
+        self.kills += 1
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
@@ -151,7 +158,7 @@ class Load:
     Paced, not synchronised: `every` seconds between requests."""
 
     def __init__(self, replicas: list[Proc], tokens: dict[str, str], users: Iterator[str],
-                 every: float = 0.25) -> None:
+                 every: float = 0.3) -> None:
         self.replicas = replicas
         self.tokens = tokens
         self.every = every
@@ -159,6 +166,7 @@ class Load:
         self.lock = threading.Lock()
         self._users = users  # shared by every load of a cluster: a user files once
         self._turn = itertools.count()
+        self.stopped = 0.0  # when the load stopped (time.monotonic())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
         self.client = httpx.Client(timeout=10)
@@ -170,6 +178,7 @@ class Load:
         self._stop.set()
         self._thread.join(timeout=60)
         self.client.close()
+        self.stopped = time.monotonic()
 
     def count(self) -> int:
         with self.lock:

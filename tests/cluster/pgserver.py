@@ -47,6 +47,7 @@ class PgServer:
         self.data = base / "data"
         self.log = base / "server.log"
         self.port = _free_port()
+        self.stops = 0  # how often a test stopped it
         self._user = None
         if os.geteuid() == 0:
             self._user = pwd.getpwnam("postgres")
@@ -79,6 +80,7 @@ class PgServer:
                   "start")
 
     def stop(self) -> None:
+        self.stops += 1
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
     def ready(self) -> bool:
