@@ -24,12 +24,15 @@ from accord.settings import Settings
 
 log = logging.getLogger("accord.api")
 PARENT_CHECK = 1.0  # seconds between looks at whether the parent is still there
+SERVE_PID = "ACCORD_SERVE_PID"  # set by `accord serve --workers N` for its workers
 
 
 def watch_parent(every: float = PARENT_CHECK) -> threading.Thread:
     """A daemon thread that SIGTERMs this process (uvicorn then shuts down gracefully)
-    once the process that started it is gone (it is re-parented: its ppid changes)."""
-    parent = os.getppid()
+    once the `accord serve` that started it is gone (it is re-parented: its ppid is no
+    longer that process's, which says who it is in ACCORD_SERVE_PID, so a worker that
+    was still starting when its parent died notices too)."""
+    parent = int(os.environ.get(SERVE_PID, "0") or 0) or os.getppid()
 
     def run() -> None:
         while os.getppid() == parent:

@@ -157,6 +157,7 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
     os.environ["ACCORD_DATA_DIR"] = str(st.settings.data_dir)
     os.environ["ACCORD_BACKGROUND"] = "0"
+    os.environ["ACCORD_SERVE_PID"] = str(os.getpid())  # workers stop when it is gone
     # Each worker sets its header deadline from this (accord.api.asgi).
     os.environ["ACCORD_HEADER_TIMEOUT"] = str(st.settings.header_timeout)
     # Each scrape lands on one worker: every process (the workers, and this one's jobs and
