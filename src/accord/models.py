@@ -10,6 +10,7 @@ from accord.ledger.models import (
     LedgerEntry,
     LedgerHead,
     LedgerNode,
+    LedgerWake,
     SinkCursor,
 )
 from accord.notify.models import SlackSeen
@@ -44,6 +45,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerHead",
     "LedgerNode",
+    "LedgerWake",
     "PolicyState",
     "PolicyVersion",
     "RequestApprover",

@@ -9,13 +9,14 @@ Tests get grants through the real API and connect with psql and psycopg.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -164,8 +165,12 @@ def _reachable_or_skip() -> None:
         pytest.skip("PostgreSQL is not reachable")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@contextlib.contextmanager
+def open_world(tmp_path_factory: pytest.TempPathFactory, *, extra: str = "",
+               setup: tuple[LiteralString, ...] = (), workflows: str = "") -> Iterator[World]:
+    """A world (see the module's docstring); `extra` goes into the resource's entry of
+    accord.yaml, `setup` runs on the target database before anything is granted, and
+    `workflows` come before the policy's own."""
     _reachable_or_skip()
     suffix = uuid.uuid4().hex[:8]
     accord_db, target_db, resource = f"accord_gw_{suffix}", f"accord_gwt_{suffix}", f"gw{suffix}"
@@ -177,12 +182,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with psycopg.connect(target_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total int)")
         conn.execute("INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 100) g")
+        for statement in setup:
+            conn.execute(statement)
     engine = make_engine(f"{base}/{accord_db}", pool_size=8)
     migrations.upgrade(engine)
     mp = pytest.MonkeyPatch()
     mp.setenv(DSN_ENV, target_dsn)
     tmp = tmp_path_factory.mktemp("gateway")
-    text = policy_text(resource, target_db, port=free_port())
+    text = policy_text(resource, target_db, extra=extra, port=free_port())
+    if workflows:
+        text = text.replace("workflows:\n", "workflows:\n" + workflows, 1)
     env = make_env(make_sessionmaker(engine), tmp, text)
     runner = JobRunner(env.st.sessions, env.st.policies, env.st.connectors, env.st.secrets,
                        env.clock)
@@ -212,8 +221,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with open_world(tmp_path_factory) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
 def live_url(world: World) -> Iterator[str]:
     """The world's API served by a real uvicorn (for the CLI's HTTP client)."""
+    with serve_api(world) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_api(world: World) -> Iterator[str]:
+    """`world`'s API served by a real uvicorn; yields its URL."""
     import socket
     import threading
 

@@ -118,3 +118,45 @@ def test_one_integrator_at_a_time_and_a_standby_takes_over_when_it_goes(
     finally:
         first.stop()
         second.stop()
+
+
+def notices_after(engine: Engine, act: Callable[[], None]) -> int:
+    """How many ledger notices a listener gets for what `act` commits."""
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f"LISTEN {ledger_jobs.NOTIFY_CHANNEL}")
+        act()
+        c.execute("SELECT 1")  # notices committed before this arrive before its answer
+        return len(list(c.notifies(timeout=0, stop_after=1000)))
+
+
+def test_writers_notify_only_while_the_integrators_are_idle(fresh_pg: Engine,
+                                                             tmp_path: Path) -> None:
+    """A NOTIFY makes its commit queue on a lock of the whole cluster, held through the WAL
+    flush: while an integrator is busy, commits send none; idle again, they do."""
+    sessions = make_sessionmaker(fresh_pg)
+    settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
+    worker = LedgerWorker(sessions, ledger_config(settings, Policy(parse_policy_text(POLICY))),
+                          utcnow)  # not started: its passes are driven here
+
+    def add() -> None:
+        with transaction(sessions) as s:
+            record(s, type=EventType.POLICY_LOADED, actor=Actor.system(), subject="x")
+
+    def idle() -> bool:
+        with fresh_pg.connect() as c:
+            return bool(c.exec_driver_sql("SELECT idle FROM ledger_wake").scalar())
+
+    for end in (worker._wake_r, worker._wake_w):  # a stop's wake-up line: unused here
+        end.close()
+    assert idle() and notices_after(fresh_pg, add) == 1
+    worker._integrate()  # found the event: busy
+    assert worker._busy and not idle()
+    assert notices_after(fresh_pg, add) == 0
+    worker._integrate()  # found the second one: still busy
+    assert worker._busy and not idle()
+    worker._integrate()  # found none: idle, and writers notify again
+    assert not worker._busy and idle()
+    assert notices_after(fresh_pg, add) == 1
+    with sessions() as s:
+        assert pending_count(s) == 1  # the last one waits for the notice's pass

@@ -84,12 +84,12 @@ def start_background(st: AppState) -> Callable[[], None]:
     if spec is not None:
         # The gateway runs where the jobs run. Imported here: the proxy (and pglast, its
         # SQL parser) loads only when accord.yaml has a `gateway:` section.
-        from accord.gateway.postgres.proxy import PostgresGateway as Gateway
+        from accord.gateway.protocols import build
 
         if spec.processes != "auto" and spec.processes > 1:
             log.warning("gateway.processes is %d, but `accord serve` runs one gateway, in a "
                         "thread; run `accord gateway` for several processes", spec.processes)
-        gateway = Gateway(st, spec)
+        gateway = build(st, spec)
         try:
             gateway.start_thread()
         except BaseException:

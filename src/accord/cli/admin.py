@@ -172,7 +172,7 @@ def _shared_login_warnings(policy: Policy) -> list[str]:
     out: list[str] = []
     for spec in policy.resources.values():
         g = spec.gateway
-        if g is None or not (g.dsn_env or g.dsn_file):
+        if g is None or not (g.dsn_env or g.dsn_file) or spec.gateway_protocol != "postgres":
             continue  # per-role gateway logins (or an unserved role, an error above)
         try:
             out += shared_login_risks(spec)

@@ -4,10 +4,10 @@ provider deactivates or deletes loses their tokens, sessions, pending requests a
 people who join or leave a group gain or lose the approvals that group gives at once.
 
 A `Change` is one unit of work. The rows it changes are locked as it reads them (the storage
-reads a PUT's or PATCH's target FOR UPDATE); at `finish` it takes its change sequence
-numbers, which locks `directory_state` until commit, so numbers commit in order (processes
-catch up by sequence number). The caller commits, then calls `after_commit` to install the
-new directory in its process.
+reads a PUT's or PATCH's target FOR UPDATE); at `finish` it logs the names it changed
+(`directory_changes`, which every process catches up from) and, if the change moves access,
+locks `directory_state` to work out its consequences while no other such change runs. The
+caller commits, then calls `after_commit` to install the new directory in its process.
 """
 
 from __future__ import annotations
@@ -41,17 +41,50 @@ from accord.policy.store import PolicyStore
 
 SOURCES = ("scim", "oidc")
 
-# Take len(names) change numbers (locking the state row) and log the names under them.
+# PostgreSQL: log the changed names unnumbered (`number_changes` numbers them later).
 LOG_CHANGES = text("""
-WITH s AS (UPDATE directory_state SET seq = seq + :n WHERE id = 1 RETURNING seq),
-     logged AS (
-       INSERT INTO directory_changes (seq, kind, name, at)
-       SELECT s.seq - :n + v.i, v.kind, v.name, :at
-       FROM s, unnest(CAST(:kinds AS text[]), CAST(:names AS text[]))
-            WITH ORDINALITY AS v(kind, name, i)
-       RETURNING 1)
-SELECT count(*) FROM logged
+INSERT INTO directory_changes (kind, name, at)
+SELECT v.kind, v.name, :at FROM unnest(CAST(:kinds AS text[]), CAST(:names AS text[]))
+  AS v(kind, name)
 """)
+
+# Number the logged changes that have committed, in the order of their ids. Run with
+# directory_state locked: its seq is the last number given.
+NUMBER_CHANGES = text("""
+WITH todo AS (SELECT id, row_number() OVER (ORDER BY id) AS i
+              FROM directory_changes WHERE seq IS NULL),
+     s AS (UPDATE directory_state SET seq = seq + (SELECT count(*) FROM todo)
+           WHERE id = 1 RETURNING seq),
+     done AS (UPDATE directory_changes c SET seq = s.seq - (SELECT count(*) FROM todo) + todo.i
+              FROM todo, s WHERE c.id = todo.id RETURNING 1)
+SELECT count(*) FROM done
+""")
+
+
+# Add members (SCIM ids) to a group and name the people added, in one statement; ids that
+# name nobody are not inserted (the caller refuses the change).
+ADD_MEMBERS = text("""
+WITH added AS (
+  INSERT INTO directory_members (group_id, user_id, source, added_at)
+  SELECT :group_id, u.id, :source, :at FROM directory_users u
+  WHERE u.id = ANY(CAST(:ids AS text[]))
+  RETURNING user_id)
+SELECT u.id, u.name FROM directory_users u JOIN added ON added.user_id = u.id
+""")
+
+
+def _insert_user(postgres: bool) -> Any:
+    """A new person's row, inserted unless the name is taken (the caller passes the values).
+    Built once: a statement with `.values(...)` is compiled and cache-keyed anew each call
+    (half a millisecond of every SCIM user creation); one without is cached by its keys."""
+    table: Any = DirectoryUser.__table__
+    return ((pg_insert if postgres else sqlite_insert)(table)
+            .on_conflict_do_nothing(index_elements=["name"]).returning(table.c.id))
+
+
+_INSERT_USER = {True: _insert_user(True), False: _insert_user(False)}
+_MEMBERS: Any = DirectoryMember.__table__
+_INSERT_MEMBER = insert(_MEMBERS)  # Core: the ORM's bulk path costs more
 
 
 def key(name: str) -> str:
@@ -100,8 +133,9 @@ class Change:
         self.policy: Policy | None = None
 
     def lock(self) -> None:
-        """Take the directory's lock now rather than at `finish`: for a unit of work that
-        reads much of the directory before it writes (an OIDC sign-in's group sync)."""
+        """Take the directory's lock (held until commit): `finish` takes it for a change
+        with consequences; a unit of work that reads much of the directory before it
+        writes (an OIDC sign-in's group sync) takes it first."""
         self.session.execute(select(DirectoryState.id).where(DirectoryState.id == 1)
                              .with_for_update())
 
@@ -115,11 +149,8 @@ class Change:
                   **{k.name: getattr(f, k.name) for k in fields(UserFields)}}
         # One statement checks and inserts (an identity provider's first push is tens of
         # thousands of these): a name taken, also by a writer beside this one, is a 409.
-        dialect = self.session.get_bind().dialect.name
         made = self.session.execute(
-            (pg_insert if dialect == "postgresql" else sqlite_insert)(DirectoryUser)
-            .values(values).on_conflict_do_nothing(index_elements=["name"])
-            .returning(DirectoryUser.id)
+            _INSERT_USER[self.session.get_bind().dialect.name == "postgresql"], values
         ).scalar_one_or_none()
         if made is None:
             raise Conflict(f'a user named "{f.user_name}" already exists', field="userName")
@@ -212,7 +243,8 @@ class Change:
 
     def create_group(self, display_name: str, *, external_id: str | None = None,
                      member_ids: Iterable[str] = ()) -> DirectoryGroup:
-        self._check_group_name(display_name, None)
+        # The name is checked by the insert (a taken one fails it): one statement less.
+        self._check_group_name(display_name, None, taken=False)
         row = DirectoryGroup(id=str(uuid.uuid4()), display_name=display_name,
                              name_key=key(display_name), external_id=external_id,
                              source=self.source, version=1, created_at=self.now,
@@ -269,7 +301,15 @@ class Change:
         add, remove = add - have, remove & have
         if not add and not remove:
             return False
-        names = self._names(add | remove)
+        if self.session.get_bind().dialect.name == "postgresql":
+            names = self._names(remove)
+            if add:  # checked, inserted and named in one statement
+                added = self.session.execute(ADD_MEMBERS, {
+                    "group_id": row.id, "source": self.source, "at": self.now,
+                    "ids": sorted(add)})
+                names.update((uid, name) for uid, name in added)
+        else:
+            names = self._names(add | remove)
         if missing := sorted(add - names.keys()):
             raise Invalid(f"no user has the id {missing[0]}"
                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
@@ -277,8 +317,8 @@ class Change:
         if remove:
             self.session.execute(delete(DirectoryMember).where(
                 DirectoryMember.group_id == row.id, DirectoryMember.user_id.in_(list(remove))))
-        if add:  # one statement (psycopg pipelines the rows), not one ORM object a member
-            self.session.execute(insert(DirectoryMember), [
+        if add and self.session.get_bind().dialect.name != "postgresql":
+            self.session.execute(_INSERT_MEMBER, [
                 {"group_id": row.id, "user_id": u, "source": self.source, "added_at": self.now}
                 for u in sorted(add)])
         if bump:
@@ -326,26 +366,29 @@ class Change:
             # skip re-reading the directory; every process, this one included, catches up
             # at its next follow(), batching a provider's burst into one refresh a second.
             return None
+        # Writes with consequences take turns, each working them out over a directory no
+        # other such write is changing (two people leaving one approver group at once must
+        # not each count the other as an approver still). The lock is taken last: writers
+        # of different people and groups work side by side until here.
+        self.lock()
         policy = self.store.current.with_directory(self.store.directory(self.session))
         self.policy = policy
         consequences.apply(self.session, policy=policy, change=self.effects)
         return policy
 
     def _log_changes(self, rows: list[tuple[str, str]]) -> None:
-        """Number the changed names and log them for every process to catch up from.
+        """Log the changed names for every process to catch up from.
 
-        Taking the numbers locks the directory's state row until commit, so numbers commit
-        in order and a process catching up never skips one. The lock is taken last (writers
-        of different people and groups work side by side until here) and the consequences
-        are worked out under it, over a directory no other writer is changing. On
-        PostgreSQL numbering and logging are one statement."""
+        On PostgreSQL they are logged unnumbered, without a lock: before, every writer took
+        the next numbers under `directory_state`'s lock and held it through its commit, so
+        a provider's push went one commit at a time (the database's own commit batching had
+        nothing to batch). The background jobs number them (`number_changes`). SQLite has
+        one writer at a time anyway: its writer numbers its own."""
         if self.session.get_bind().dialect.name == "postgresql":
-            logged = self.session.execute(LOG_CHANGES, {
-                "n": len(rows), "at": self.now, "kinds": [k for k, _ in rows],
-                "names": [n for _, n in rows]}).scalar()
-            if logged:
-                return
-        first = self._take_seqs(len(rows))  # SQLite, or the state row is missing
+            self.session.execute(LOG_CHANGES, {
+                "at": self.now, "kinds": [k for k, _ in rows], "names": [n for _, n in rows]})
+            return
+        first = self._take_seqs(len(rows))
         self.session.execute(insert(DirectoryChange), [
             {"seq": first + i, "kind": kind, "name": name, "at": self.now}
             for i, (kind, name) in enumerate(rows)])
@@ -390,10 +433,11 @@ class Change:
         return self.effects.ended_sessions
 
     def after_commit(self) -> None:
+        # Without a policy (nothing moved access) the process follows at its next
+        # follow(), within a second, like every other process: a push of 50,000 people
+        # then costs one refresh a second, not ten.
         if self.policy is not None:
             self.store.fresh_install(self.policy)
-        else:
-            self.store.expire()  # the next call follows the change
 
     # ---------------------------------------------------------------- helpers
 
@@ -406,13 +450,16 @@ class Change:
             raise Invalid(f'"{name}" cannot be an Accord user name: up to 64 letters, digits '
                           "and . _ @ + - (compared case-insensitively)", field="userName")
 
-    def _check_group_name(self, name: str, group_id: str | None) -> None:
+    def _check_group_name(self, name: str, group_id: str | None, *, taken: bool = True) -> None:
+        """`taken`: also look for another group of that name (the caller's insert does not)."""
         if not name.strip() or len(name) > 200 or not name.isprintable():
             raise Invalid(f"{name!r} cannot be a group name: 1 to 200 printable characters",
                           field="displayName")
         if name in self.store.current.file_groups or name in ("owners", "manager"):
             raise Conflict(f'accord.yaml defines a group "{name}": a group has one source; '
                            "rename one of them", field="displayName")
+        if not taken:
+            return
         other = self.session.execute(select(DirectoryGroup.id).where(
             DirectoryGroup.name_key == key(name))).scalar_one_or_none()
         if other is not None and other != group_id:
@@ -458,6 +505,24 @@ class Change:
             select(DirectoryUser.name).join(
                 DirectoryMember, DirectoryMember.user_id == DirectoryUser.id)
             .where(DirectoryMember.group_id == group_id)).scalars())
+
+
+def number_changes(session: Session) -> int:
+    """PostgreSQL: number the directory changes writers logged unnumbered and that have
+    committed; returns how many. Skips (0) while another process numbers: it will number
+    these too, or the next pass will. Every process's snapshot re-reads unnumbered changes
+    meanwhile, so a slow numbering delays nothing; it keeps the re-reading short."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    if session.execute(select(DirectoryChange.id).where(DirectoryChange.seq.is_(None))
+                       .limit(1)).first() is None:
+        return 0
+    if session.execute(select(DirectoryState.seq).where(DirectoryState.id == 1)
+                       .with_for_update(skip_locked=True)).first() is None:
+        return 0
+    # A statement of its own, begun after the lock: it numbers whatever committed before
+    # it, and numbers become visible in order (numberers take turns on the lock).
+    return int(session.execute(NUMBER_CHANGES).scalar() or 0)
 
 
 # ------------------------------------------------------------------- reading

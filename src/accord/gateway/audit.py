@@ -46,7 +46,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord.gateway.records import Finished, Run, SessionInfo, Violation
+from accord.gateway.records import Finished, GuardrailHit, Run, SessionInfo, Violation
 from accord.gateway.shipper import replay_dead, shipper_main
 from accord.gateway.spool import (
     DONE_REC,
@@ -58,6 +58,7 @@ from accord.gateway.spool import (
     R_CLOSE,
     R_CONTEXT,
     R_DONE,
+    R_GUARDRAIL,
     R_OPEN,
     R_VIOLATION,
     SEGMENT_BYTES,
@@ -364,5 +365,20 @@ class AuditWriter:
             self.violations += 1
         if started or violations:
             self._write()
+
+    def guardrails(self, info: SessionInfo, hits: list[GuardrailHit]) -> None:
+        """Spool statements guardrail rules matched (`gateway.guardrail` events), before
+        the bytes that follow from them are forwarded."""
+        for hit in hits:
+            data: dict[str, Any] = {
+                "statement": hit.text.decode("utf-8", "replace")[:self.max_text],
+                "action": hit.action, "rule": hit.rule, "rules": list(hit.rules),
+                "protocol": hit.protocol}
+            if hit.request_id is not None:
+                data["request_id"] = hit.request_id
+            if hit.detail:
+                data["detail"] = hit.detail
+            self._fact_record(R_GUARDRAIL, info, hit.t0 + self.offset, data)
+        self._write()
 
 

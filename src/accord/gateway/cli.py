@@ -1,4 +1,5 @@
-"""`accord gateway` (run the proxy) and `accord connect RESOURCE` (a token and a psql line)."""
+"""`accord gateway` (run the proxy) and `accord connect RESOURCE` (a token and a psql or
+mariadb line)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -46,10 +47,11 @@ def gateway(
                                  "default: none).")
     ] = None,
 ) -> None:
-    """Run the PostgreSQL gateway alone: grants checked, every statement audited."""
+    """Run the database gateway alone (PostgreSQL, and MySQL when `gateway.mysql` is set):
+    grants checked, every statement audited."""
     from accord.cli.serve import parse_listen
-    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
     from accord.gateway.prefork import auto_count
+    from accord.gateway.protocols import build
     from accord.gateway.server import run
 
     try:
@@ -80,7 +82,7 @@ def gateway(
     if scrapes is not None:
         metrics.serve_http(*scrapes)
     if count == 1:
-        run(Gateway(st, spec, listen=(host, port)))
+        run(build(st, spec, listen=(host, port)))
         return
     if not sys.platform.startswith("linux"):  # the handover needs SOCK_SEQPACKET pairs
         err.print(f"error: {count} gateway processes need Linux; use --processes 1",
@@ -98,11 +100,12 @@ def gateway(
 def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, port: int,
              count: int, log_level: str) -> int:
     from accord.gateway import prefork
+    from accord.gateway.protocols import listeners as listen_all
     from accord.gateway.server import spool_root
     from accord.gateway.shipper import replay_dead
 
     try:
-        listeners = prefork.listen(host, port)
+        listeners = listen_all(spec, host, port)
     except OSError as exc:
         err.print(f"error: cannot listen on {host}:{port}: {exc.strerror}", markup=False)
         return 1
@@ -132,17 +135,53 @@ def connect(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
-    """A short-lived gateway password for your active grant, as a psql command and a DSN."""
+    """A short-lived gateway password for your active grant, as a psql or mariadb command
+    and a DSN."""
     with api() as client:
         out = client.post("/connect", {"resource": resource, "role": role})
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(out["psql"])
+    typer.echo(out.get("command") or out["psql"])
     typer.echo("")
     typer.echo(f"DSN:     {out['dsn']}")
     typer.echo(f"grant:   {out['grant_id']} ({out['role']}); connect before "
                f"{out['expires_at']}, the session then lasts as long as the grant")
+
+
+def exec_request(
+    request_id: Annotated[int, typer.Argument(help="A statement request, approved.")],
+) -> None:
+    """Run an approved statement request's statement once, through the gateway, on your
+    active grant, and print its result."""
+    import psycopg
+
+    with api() as client:
+        req = client.get(f"/requests/{request_id}")
+        st = req.get("statement")
+        if req.get("kind") != "statement" or not st:
+            raise typer.BadParameter(f"request {request_id} is not a statement request")
+        if st["param_count"] and st["params"] is None:
+            raise typer.BadParameter(
+                f"request {request_id}'s parameter values were not recorded "
+                "(redact_parameters); run it again from the client that sent it")
+        out = client.post("/connect", {"resource": req["resource"], "role": req["role"]})
+    try:
+        with psycopg.connect(out["dsn"], autocommit=True) as conn:
+            if st["params"]:
+                cur: psycopg.Cursor[Any] = psycopg.RawCursor(conn)
+                cur.execute(st["sql"], st["params"])
+            else:
+                cur = psycopg.ClientCursor(conn)
+                cur.execute(st["sql"])
+            if cur.description:
+                typer.echo("\t".join(c.name for c in cur.description))
+                for row in cur.fetchall():
+                    typer.echo("\t".join("" if v is None else str(v) for v in row))
+            typer.echo(cur.statusmessage or "")
+    except psycopg.Error as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def child_main(argv: list[str]) -> None:
@@ -151,7 +190,7 @@ def child_main(argv: list[str]) -> None:
     import socket
 
     from accord.gateway import prefork_msg as msg
-    from accord.gateway.postgres.proxy import PostgresGateway as Gateway
+    from accord.gateway.protocols import build
     from accord.gateway.server import run
 
     ap = argparse.ArgumentParser(prog="accord.gateway.cli")
@@ -166,7 +205,7 @@ def child_main(argv: list[str]) -> None:
     spec = st.policies.current.loaded.spec.gateway
     if spec is None:
         raise SystemExit("accord.yaml has no `gateway:` section")
-    gw = Gateway(st, spec, inbox=inbox, index=args.index)
+    gw = build(st, spec, inbox=inbox, index=args.index)
     run(gw, on_ready=lambda: inbox.send(msg.READY))
 
 

@@ -8,6 +8,7 @@ Protocol-neutral: a protocol reads its handshake's framing with `read_exactly`
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import cast
 
@@ -92,6 +93,29 @@ class Link(asyncio.Protocol):
     def buffered(self) -> int:
         return len(self._buf)
 
+    async def start_tls(self, ctx: ssl.SSLContext, *, server_side: bool,
+                        server_hostname: str | None = None) -> None:
+        """Switch this connection to TLS. Bytes already read go to TLS first: a MySQL client
+        sends its first TLS record right behind its SSL request, without waiting."""
+        loop = asyncio.get_running_loop()
+        assert self.transport is not None
+        raw = self.transport
+        early = bytes(self._buf)
+        self._buf.clear()
+        task = asyncio.ensure_future(loop.start_tls(raw, self, ctx, server_side=server_side,
+                                                    server_hostname=server_hostname))
+        if early:
+            def feed() -> None:
+                proto = raw.get_protocol()
+                if proto is self:  # start_tls has not put its TLS protocol in place yet
+                    loop.call_soon(feed)
+                    return
+                # Its connection_made was queued with it: run after that one.
+                loop.call_soon(_give, proto, early)
+
+            loop.call_soon(feed)
+        self.transport = cast(asyncio.Transport, await task)
+
     # -- writing and the data path
 
     def write(self, data: bytes) -> None:
@@ -117,3 +141,17 @@ class Link(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _give(proto: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand `data` to a protocol as if it had just been read."""
+    if isinstance(proto, asyncio.BufferedProtocol):
+        pos = 0
+        while pos < len(data):
+            buf = memoryview(proto.get_buffer(len(data) - pos))
+            n = min(len(buf), len(data) - pos)
+            buf[:n] = data[pos:pos + n]
+            proto.buffer_updated(n)
+            pos += n
+    elif isinstance(proto, asyncio.Protocol):
+        proto.data_received(data)

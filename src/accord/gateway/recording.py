@@ -127,6 +127,9 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             elif kind == "close":
                 data = {"grant_id": info.grant_id, "session": info.id, **payload}
                 etype = EventType.GATEWAY_SESSION_CLOSED
+            elif kind == "guardrail":
+                data = {"grant_id": info.grant_id, "session": info.id, **payload}
+                etype = EventType.GATEWAY_GUARDRAIL
             else:
                 data = {"grant_id": info.grant_id, "session": info.id, **payload}
                 etype = EventType.GATEWAY_VIOLATION

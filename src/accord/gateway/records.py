@@ -52,6 +52,26 @@ class Violation:
         self.reason = reason
 
 
+class GuardrailHit:
+    """A statement that matched guardrail rules: what was done (`block`, `warn`, `review`),
+    the rule that decided it and every rule it matched; for a review, the request and
+    whether this run executed the approved statement."""
+
+    __slots__ = ("action", "detail", "protocol", "request_id", "rule", "rules", "t0", "text")
+
+    def __init__(self, text: bytes, protocol: str, t0: int, action: str, rule: str,
+                 rules: tuple[str, ...], request_id: int | None = None,
+                 detail: str = "") -> None:
+        self.text = text
+        self.protocol = protocol
+        self.t0 = t0
+        self.action = action
+        self.rule = rule
+        self.rules = rules
+        self.request_id = request_id
+        self.detail = detail  # review: executed | filed | pending | refused_again | ...
+
+
 @dataclass
 class SessionInfo:
     """Who a gateway session is, for its events."""

@@ -4,7 +4,10 @@ and check connection tokens, whatever protocol the sessions speak.
 
 A protocol subclasses `GatewayServer` and implements `handle` (one connection, from the
 first byte to the end of its session), using `authorize` to check the client's connection
-token and registering each live session, which implements `LiveSession`. Everything runs on
+token and registering each live session, which implements `LiveSession`. Another protocol
+served by the same process, on a listener of its own, is a `Front` added to the server
+(`add_front`): it shares the server's audit writer (one spool, one shipper), session
+registry, grant watcher, refused-login budget and database threads. Everything runs on
 one event loop (uvloop when installed); database work (token checks, the grant watcher)
 goes to a small thread pool; audit facts go to the `AuditWriter`, which never makes the
 data path wait. `postgres.proxy.PostgresGateway` is the PostgreSQL protocol's server.
@@ -52,6 +55,7 @@ class LiveSession(Protocol):
 
     info: SessionInfo
     key: Any  # how a sibling's cancel request names it (None: cannot be cancelled)
+    protocol: str  # which protocol serves it (a label of the gateway's metrics)
 
     def terminate(self, reason: str, why: str) -> None:
         """End the session now, telling the client `why` the way its protocol can."""
@@ -154,6 +158,38 @@ class RefusalBudget:
         return out
 
 
+class Front:
+    """Another protocol on a gateway process, on a listener of its own: it serves each
+    connection accepted there (`handle`) with its server's core."""
+
+    protocol = "unknown"
+
+    def __init__(self, server: GatewayServer, listen: tuple[str, int]) -> None:
+        self.server = server
+        self.host, self.port = listen
+        self._listener: asyncio.base_events.Server | None = None
+
+    async def handle(self, client: Link) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Listen (a prefork child takes its connections from the parent instead)."""
+        srv = self.server
+        if srv.inbox is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(lambda: _Accepted(srv, self.handle),
+                                                  self.host, self.port, reuse_address=True,
+                                                  backlog=512)
+        if self.port == 0:
+            self.port = self._listener.sockets[0].getsockname()[1]
+        log.info("Accord gateway (%s) listening on %s:%d", self.protocol, self.host, self.port)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+
 class GatewayServer:
     """The listening server and its live sessions; a protocol implements `handle`."""
 
@@ -192,13 +228,21 @@ class GatewayServer:
         self.error: BaseException | None = None
         self.refusals = RefusalBudget(spec.max_refused_logins)
         m = metrics.get()
-        self._opened = m.gateway_sessions.labels(self.protocol)
-        self._open = m.gateway_sessions_open.labels(self.protocol)
         self._statements = m.gateway_statements.labels(self.protocol)
-        self._refused = {kind: m.gateway_refusals.labels(self.protocol, kind)
-                         for kind in ("login", "statement")}
+        self._refused_statements = m.gateway_refusals.labels(self.protocol, "statement")
         self._reported = (0, 0)  # the audit writer's statements and violations counted
+        self.fronts: list[Front] = []
 
+    def add_front(self, front: Front) -> None:
+        """Serve another protocol too, on its own listener (before `start`)."""
+        self.fronts.append(front)
+
+    def front_for(self, port: int) -> Callable[[Link], Any]:
+        """Who serves a connection accepted on local `port` (a prefork child's)."""
+        for front in self.fronts:
+            if front.port == port:
+                return front.handle
+        return self.handle
     def _tls_context(self) -> ssl.SSLContext | None:
         tls = self.spec.tls
         if not tls.cert or not tls.key:
@@ -222,8 +266,9 @@ class GatewayServer:
         self.sessions[session.info.number] = session
         if session.key is not None:
             self.keys[session.key] = session
-        self._opened.inc()
-        self._open.inc()
+        m = metrics.get()
+        m.gateway_sessions.labels(session.protocol).inc()
+        m.gateway_sessions_open.labels(session.protocol).inc()
 
     def next_number(self) -> int:
         self._count += 1
@@ -231,13 +276,13 @@ class GatewayServer:
 
     def forget(self, session: LiveSession) -> None:
         if self.sessions.pop(session.info.number, None) is not None:
-            self._open.dec()
+            metrics.get().gateway_sessions_open.labels(session.protocol).dec()
         self.keys.pop(session.key, None)
         self.report()
 
-    def refused(self, kind: str = "login") -> None:
+    def refused(self, kind: str = "login", protocol: str | None = None) -> None:
         """Count a refusal on /metrics (a protocol's `handle` calls this for logins)."""
-        self._refused[kind].inc()
+        metrics.get().gateway_refusals.labels(protocol or self.protocol, kind).inc()
 
     def report(self) -> None:
         """Add the statements answered and refused since the last report to the counters
@@ -247,7 +292,7 @@ class GatewayServer:
         if statements > done:
             self._statements.inc(statements - done)
         if violations > refused:
-            self._refused["statement"].inc(violations - refused)
+            self._refused_statements.inc(violations - refused)
         self._reported = (statements, violations)
 
     # -- lifecycle
@@ -266,10 +311,13 @@ class GatewayServer:
             self.inbox.setblocking(False)
             loop.add_reader(self.inbox.fileno(), self._from_parent)
         else:
-            self._server = await loop.create_server(lambda: _Accepted(self), self.host,
-                                                    self.port, reuse_address=True, backlog=512)
+            self._server = await loop.create_server(lambda: _Accepted(self, self.handle),
+                                                    self.host, self.port, reuse_address=True,
+                                                    backlog=512)
             if self.port == 0:
                 self.port = self._server.sockets[0].getsockname()[1]
+        for front in self.fronts:
+            await front.start()
         self._watcher = asyncio.ensure_future(self._watch())
         tls = "required" if self.spec.tls.required else ("offered" if self.tls else "off")
         if self.inbox is None:
@@ -312,12 +360,19 @@ class GatewayServer:
             os.set_inheritable(fd, False)  # recvmsg without MSG_CMSG_CLOEXEC
             conn = socket.socket(fileno=fd)
             conn.setblocking(False)
-            self.spawn(loop.connect_accepted_socket(lambda: _Accepted(self), conn))
+            try:
+                handler = self.front_for(conn.getsockname()[1])
+            except OSError:
+                handler = self.handle
+            self.spawn(loop.connect_accepted_socket(
+                functools.partial(_Accepted, self, handler), conn))
 
     async def close(self) -> None:
         """Stop listening, end every session, flush the audit trail."""
         if self._server is not None:
             self._server.close()
+        for front in self.fronts:
+            front.close()
         if self.inbox is not None:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self.inbox.fileno())
@@ -427,8 +482,8 @@ class GatewayServer:
         raise NotImplementedError
 
     def authorize(self, *, user: str, resource: str, token: str, where: str,
-                  problem: Callable[[], tokens.Refusal | None] = lambda: None
-                  ) -> tuple[Grant, ResourceSpec]:
+                  problem: Callable[[], tokens.Refusal | None] = lambda: None,
+                  protocol: str = "postgres") -> tuple[Grant, ResourceSpec]:
         """Check a client's connection token (on a database thread): the active grant it
         stands for and its resource, or a `tokens.Refusal`, recorded within the budget of
         refusals per client address. `problem`: the protocol's own reason to refuse a
@@ -443,7 +498,7 @@ class GatewayServer:
         try:
             with transaction(st.sessions) as s:
                 grant = tokens.authenticate(s, policy=policy, user=user, resource=resource,
-                                            token=token, now=st.now())
+                                            token=token, now=st.now(), protocol=protocol)
             refusal = problem()
             if refusal is not None:
                 raise refusal
@@ -458,9 +513,10 @@ class GatewayServer:
 
 
 class _Accepted(Link):
-    def __init__(self, gateway: GatewayServer) -> None:
+    def __init__(self, gateway: GatewayServer, handler: Callable[[Link], Any]) -> None:
         super().__init__()
         self.gateway = gateway
+        self.handler = handler
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -468,7 +524,7 @@ class _Accepted(Link):
 
     async def _run(self) -> None:
         try:
-            await self.gateway.handle(self)
+            await self.handler(self)
         except Exception:  # one connection's failure must not reach the server
             log.exception("gateway: session failed")
             self.close()

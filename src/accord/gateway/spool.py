@@ -38,7 +38,7 @@ WRITER_LOCK = "writer.lock"
 DONE = 1 << 62  # a finished spool's mark: nothing in it is left to record
 
 # Record kinds in the spool.
-R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT = range(7)
+R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT, R_GUARDRAIL = range(8)
 FRAME = struct.Struct("<II")  # frame body length, CRC-32 of the body; records follow
 HEAD = struct.Struct("<IB")  # record length (after these 5 bytes), kind
 INTENT = struct.Struct("<IIqIB")  # session, seq, t0, text length, protocol; text, params json
@@ -48,7 +48,9 @@ INTENT_REC = struct.Struct("<IBIIqIB")  # HEAD + INTENT in one pack
 DONE_REC = struct.Struct("<IBIIQqqB")  # HEAD + DONE_STRUCT in one pack
 OUTCOMES = ("ok", "error", "suspended", "skipped", "unknown")
 OUTCOME_CODE = {name: i for i, name in enumerate(OUTCOMES)}
-PROTOCOLS = ("simple", "extended", "function", "unknown")
+# PostgreSQL's simple and extended query protocols and fast-path calls; MySQL's text
+# (COM_QUERY) and binary (prepared statements) protocols.
+PROTOCOLS = ("simple", "extended", "function", "unknown", "text", "binary")
 PROTOCOL_CODE = {name: i for i, name in enumerate(PROTOCOLS)}
 RECOVERED = "gateway stopped (recovered from its spool)"
 TAG_TAILS: dict[str, bytes] = {}  # command tag → its bytes in an outcome record
@@ -56,7 +58,7 @@ NO_INTENT = ("unknown", "", None, 0)  # an outcome whose statement record was lo
 
 
 # One thing to record, as a plain tuple: (rec, kind, session, wall-clock ns, payload).
-# kind is "open", "statement", "violation" or "close"; the payload is a statement row
+# kind is "open", "statement", "violation", "guardrail" or "close"; the payload is a statement row
 # (`recording.COLUMNS`) for statements, else a dict of event data. `rec` numbers a
 # process's facts in spool order.
 Fact = tuple[int, str, SessionInfo, int, Any]
@@ -277,7 +279,7 @@ class Reader:
         """Records other than statements and outcomes."""
         if kind == R_CLOCK:
             self.offset = struct.unpack("<q", payload)[0]
-        elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION):
+        elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION, R_GUARDRAIL):
             number, rec = FACT.unpack_from(payload)
             body = json.loads(payload[FACT.size:])
             if kind in (R_OPEN, R_CONTEXT):
@@ -288,8 +290,9 @@ class Reader:
             elif number in self.infos:
                 if kind == R_CLOSE:
                     self.closed.add(number)
-                self.ready.append((rec, "close" if kind == R_CLOSE else "violation",
-                                   self.infos[number], int(body["at_ns"]), body["data"]))
+                name = {R_CLOSE: "close", R_GUARDRAIL: "guardrail"}.get(kind, "violation")
+                self.ready.append((rec, name, self.infos[number], int(body["at_ns"]),
+                                   body["data"]))
 
     def take(self) -> list[Fact]:
         out, self.ready = self.ready, []

@@ -73,8 +73,9 @@ def issue_token(session: Session, *, grant: Grant, actor: Actor, now: datetime,
 
 
 def authenticate(session: Session, *, policy: Policy, user: str, resource: str, token: str,
-                 now: datetime) -> Grant:
-    """The active grant a client's connection token stands for, or a Refusal saying why."""
+                 now: datetime, protocol: str = "postgres") -> Grant:
+    """The active grant a client's connection token stands for, or a Refusal saying why.
+    `protocol`: the one the client speaks, which must be the resource's."""
     spec = policy.resources.get(resource)
     if spec is None:
         raise Refusal("3D000", f'Accord gateway: resource "{resource}" does not exist',
@@ -82,6 +83,10 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
     if not spec.gateway_reachable:
         raise Refusal("3D000", f"Accord gateway: resource {resource} is not reachable "
                                f"through the gateway")
+    if spec.gateway_protocol != protocol:
+        raise Refusal("3D000", f"Accord gateway: resource {resource} speaks the "
+                               f"{spec.gateway_protocol} protocol, not {protocol}",
+                      f"`accord connect {resource}` says where to connect")
     row = None
     if token.startswith(TOKEN_PREFIX) and len(token) < 200:
         row = session.execute(select(GatewayToken).where(

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from accord.api.deps import Principal, db, known_id, principal, state
 from accord.errors import Conflict, Invalid, NotFound
 from accord.gateway import tokens
-from accord.gateway.postgres.connect import connection_info
+from accord.gateway.protocols import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
 from accord.ledger.events import Actor
@@ -40,13 +40,16 @@ class ConnectOut(BaseModel):
     port: int
     database: str
     sslmode: str
+    protocol: str = Field(description="postgres or mysql: what the resource speaks")
     dsn: str
-    psql: str
+    command: str = Field(description="a ready command line (psql or mariadb)")
+    psql: str = Field(description="the psql command line (empty for a MySQL resource)")
 
 
 def issue(session: Session, st: AppState, actor: Actor, grant: Grant) -> ConnectOut:
     """A connection token for `grant` (the caller checked it is the actor's own), with the
-    DSN and psql line; the API and the web page both hand it out this way. Never commits."""
+    DSN and a psql or mariadb line; the API and the web page both hand it out this way.
+    Never commits."""
     spec = st.policies.current.loaded.spec.gateway
     if spec is None:
         raise Conflict("the gateway is not configured (no `gateway:` in accord.yaml)")
@@ -57,13 +60,19 @@ def issue(session: Session, st: AppState, actor: Actor, grant: Grant) -> Connect
     status = effective_status(grant, now)
     if status != GrantStatus.ACTIVE:
         raise Conflict(f"grant {grant.id} is {status}")
+    protocol = resource.gateway_protocol
+    info = connection_info(spec, user=grant.user, resource=grant.resource, protocol=protocol)
+    if info is None:
+        raise Conflict(f"resource {grant.resource} speaks the {protocol} protocol, which the "
+                       f"gateway does not serve (no `gateway.{protocol}` in accord.yaml)")
     row, token = tokens.issue_token(session, grant=grant, actor=actor, now=now,
                                      ttl=spec.token_ttl)
-    info = connection_info(spec, user=grant.user, resource=grant.resource)
+    command = info.command(token)
     out = ConnectOut(token=token, expires_at=row.expires_at, grant_id=grant.id,
                      user=grant.user, resource=grant.resource, role=grant.role, host=info.host,
                      port=info.port, database=info.database, sslmode=info.sslmode,
-                     dsn=info.dsn(token), psql=info.psql(token))
+                     protocol=protocol, dsn=info.dsn(token), command=command,
+                     psql=command if info.client == "psql" else "")
     return out
 
 

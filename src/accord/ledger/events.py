@@ -26,6 +26,9 @@ class EventType(enum.StrEnum):
     REQUEST_EXPIRED = "request.expired"
     REQUEST_REMINDED = "request.reminded"
     REQUEST_ESCALATED = "request.escalated"
+    # A statement review's statement ran once through the gateway, or a run was refused.
+    REQUEST_STATEMENT_EXECUTED = "request.statement_executed"
+    REQUEST_STATEMENT_REFUSED = "request.statement_refused"
     APPROVAL_RECORDED = "approval.recorded"
     GRANT_PROVISIONING = "grant.provisioning"
     GRANT_PROVISION_FAILED = "grant.provision_failed"
@@ -50,6 +53,7 @@ class EventType(enum.StrEnum):
     GATEWAY_SESSION_CLOSED = "gateway.session_closed"
     GATEWAY_STATEMENT = "gateway.statement"
     GATEWAY_VIOLATION = "gateway.violation"
+    GATEWAY_GUARDRAIL = "gateway.guardrail"
     GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
     GATEWAY_LOGINS_SUPPRESSED = "gateway.logins_suppressed"
     APPROVAL_REFUSED = "approval.refused"

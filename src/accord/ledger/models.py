@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db import Base, UTCDateTime
@@ -70,6 +80,20 @@ class LedgerHead(Base):
     frontier: Mapped[bytes] = mapped_column(LargeBinary)
     chain: Mapped[bytes] = mapped_column(LargeBinary(32))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LedgerWake(Base):
+    """One row (PostgreSQL): whether the integrators wait for a NOTIFY to wake them.
+
+    A commit that NOTIFYs takes a lock every such commit in the cluster queues on, held
+    through its WAL flush: with one per event, concurrent writers committed one at a time.
+    So writers NOTIFY only while `idle` (the trigger reads it); a busy integrator (it found
+    work in its last pass) says so here and looks again every 0.2 s until it finds none."""
+
+    __tablename__ = "ledger_wake"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idle: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class LedgerCheckpoint(Base):

@@ -4,8 +4,9 @@
 session; the session's commit writes it in the same transaction as the change it
 describes. Integration (contiguous index, chain value, completed subtrees, head)
 happens inline on SQLite, whose writers are serialized anyway. On PostgreSQL the
-commit leaves a pending row and a NOTIFY; an integrator holding the head row lock
-assigns indices in batches, so concurrent writers never queue on one lock.
+commit leaves a pending row (and a NOTIFY while the integrators are idle: see
+`LedgerWake`); an integrator holding the head row lock assigns indices in batches, so
+concurrent writers never queue on one lock.
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import reading, transaction
 from accord.ledger import checkpoints
 from accord.ledger.checkpoints import LedgerConfig
-from accord.ledger.models import LedgerCheckpoint
+from accord.ledger.models import LedgerCheckpoint, LedgerWake
 from accord.ledger.service import LedgerCorruption, integrate_pending
 
 log = logging.getLogger("accord.ledger")
@@ -27,6 +28,12 @@ def integrate_all(sessions: sessionmaker[Session], batch: int = 5000) -> int:
         total += n
         if n < batch:
             return total
+
+
+def announce(sessions: sessionmaker[Session], *, idle: bool) -> None:
+    """Tell writers (PostgreSQL) whether the integrators wait for a NOTIFY (`LedgerWake`)."""
+    with transaction(sessions) as session:
+        session.execute(update(LedgerWake).where(LedgerWake.id == 1).values(idle=idle))
 
 
 def catch_up(sessions: sessionmaker[Session]) -> int:

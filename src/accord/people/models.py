@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db import Base, UTCDateTime, utcnow
@@ -66,12 +66,22 @@ class DirectoryMember(Base):
 
 
 class DirectoryChange(Base):
-    """One row per changed user or group name, in commit order per writer: every process's
-    snapshot re-reads only what changed since the last sequence number it saw."""
+    """One row per changed user or group name: every process's snapshot re-reads only the
+    names changed since the last sequence number it saw.
+
+    On PostgreSQL a writer logs its rows unnumbered (`seq` NULL, no lock: writers of
+    different people work side by side) and the background jobs number what has committed,
+    under `directory_state`'s lock, so numbers become visible in order; snapshots also
+    re-read what is not numbered yet (`snapshot.refresh`). On SQLite, whose writers take
+    turns anyway, a writer numbers its own rows."""
 
     __tablename__ = "directory_changes"
+    __table_args__ = (Index("ix_directory_changes_pending", "id",
+                            postgresql_where=text("seq IS NULL")),)
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
     kind: Mapped[str] = mapped_column(String(8))  # user | group
     name: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -93,8 +103,9 @@ class ScimClient(Base):
 
 
 class DirectoryState(Base):
-    """One row, locked by every directory write: writers take turns, so change sequence
-    numbers commit in order and a process catching up never skips one."""
+    """One row: the last change number given. Locked by whoever numbers changes (so
+    numbers commit in order and a process catching up never skips one) and by a write with
+    consequences while it works them out (so those writers take turns)."""
 
     __tablename__ = "directory_state"
 

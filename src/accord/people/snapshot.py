@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from accord.people.models import DirectoryChange, DirectoryGroup, DirectoryMember, DirectoryUser
@@ -38,16 +38,22 @@ class Directory:
     groups_of: dict[str, frozenset[str]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # group name -> scim | oidc
     loaded: bool = True  # False only for EMPTY: nothing was read yet
-    _inactive: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    # Unnumbered changes (ids) already read: re-read only once they get their number.
+    pending: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
+    # Worked out from `users` unless the caller (a refresh) already knows it: a scan of
+    # 50,000 people costs 4 ms, and a provider's push refreshes every second.
+    known_inactive: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def inactive(self) -> frozenset[str]:
         """People the provider deactivated (the file's groups drop them too)."""
-        return self._inactive
+        assert self.known_inactive is not None
+        return self.known_inactive
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_inactive", frozenset(
-            n for n, p in self.users.items() if not p.active))
+        if self.known_inactive is None:
+            object.__setattr__(self, "known_inactive", frozenset(
+                n for n, p in self.users.items() if not p.active))
 
     def active(self, name: str) -> bool | None:
         """True/False for a directory user, None for a name the directory does not know."""
@@ -63,9 +69,16 @@ def latest_seq(session: Session) -> int:
     return session.execute(select(func.max(DirectoryChange.seq))).scalar_one() or 0
 
 
+def _pending(session: Session) -> frozenset[int]:
+    return frozenset(session.execute(select(DirectoryChange.id)
+                                     .where(DirectoryChange.seq.is_(None))).scalars())
+
+
 def load(session: Session) -> Directory:
     """The whole directory (at start, or when the changes log was compacted past us)."""
+    # Read before the rows: a change logged after this is re-read by the next refresh.
     seq = latest_seq(session)
+    pending = _pending(session)
     names = dict(session.execute(select(DirectoryUser.id, DirectoryUser.name)).all())
     users: dict[str, Person] = {}
     for u in session.execute(select(DirectoryUser)).scalars():
@@ -79,20 +92,29 @@ def load(session: Session) -> Directory:
         if names[uid] in active:
             members[gnames[gid]].add(names[uid])
     groups = {g: frozenset(m) for g, m in members.items()}
-    return Directory(seq, users, groups, _invert(groups), sources)
+    return Directory(seq, users, groups, _invert(groups), sources, pending=pending)
 
 
 def refresh(session: Session, old: Directory) -> Directory:
     """`old` brought up to date with the changes committed since it was taken (itself if
-    nothing changed: one indexed query)."""
+    nothing changed: one indexed query).
+
+    It re-reads every name changed after `old.seq`, and every name logged but not yet
+    numbered (PostgreSQL's writers log unnumbered; see `DirectoryChange`). Re-reading a
+    name gives its state now, whatever the order of the changes, so a change read while
+    unnumbered and again once numbered costs a second read, never a wrong answer; and
+    numbers become visible in order, so none is skipped."""
     rows = session.execute(
-        select(DirectoryChange.seq, DirectoryChange.kind, DirectoryChange.name)
-        .where(DirectoryChange.seq > old.seq).order_by(DirectoryChange.seq)).all()
+        select(DirectoryChange.id, DirectoryChange.seq, DirectoryChange.kind,
+               DirectoryChange.name)
+        .where(or_(DirectoryChange.seq > old.seq, DirectoryChange.seq.is_(None)))).all()
+    pending = frozenset(i for i, s, _, _ in rows if s is None)
+    rows = [r for r in rows if r[1] is not None or r[0] not in old.pending]
     if not rows:
         return old
-    seq = rows[-1][0]
-    user_names = {n for _, k, n in rows if k == "user"}
-    group_names = {n for _, k, n in rows if k == "group"}
+    seq = max((s for _, s, _, _ in rows if s is not None), default=old.seq)
+    user_names = {n for _, _, k, n in rows if k == "user"}
+    group_names = {n for _, _, k, n in rows if k == "group"}
     users = dict(old.users)
     found = {u.name: u for u in session.execute(
         select(DirectoryUser).where(DirectoryUser.name.in_(user_names))).scalars()}
@@ -127,7 +149,10 @@ def refresh(session: Session, old: Directory) -> Directory:
             .where(DirectoryGroup.display_name.in_(list(present)))).all())
     touched = group_names | {g for n in user_names for g in old.groups_of.get(n, ())}
     groups_of = _reindex(old.groups_of, old.groups, groups, touched)
-    return Directory(seq, users, groups, groups_of, sources)
+    inactive = (old.inactive - user_names) | {
+        n for n in user_names if n in users and not users[n].active}
+    return Directory(seq, users, groups, groups_of, sources, known_inactive=inactive,
+                     pending=pending)
 
 
 def _person(u: DirectoryUser, names: dict[str, str]) -> Person:

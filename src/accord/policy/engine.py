@@ -386,10 +386,14 @@ class Policy:
         reason: str,
         now: datetime,
         extension: bool,
+        kind: str = "access",
+        statement: str = "",
     ) -> dict[str, Any]:
         spec = self.users.get(requester)
         return {
             "request": {
+                "kind": kind,  # access | statement (one exact statement, run once)
+                "statement": statement,  # the statement's SQL (kind statement), else ""
                 "role": role,
                 "duration": duration,
                 "reason": reason,
@@ -412,10 +416,12 @@ class Policy:
 
     def routing_workflow(self, *, requester: str, resource: ResourceSpec, role: str,
                          duration: timedelta, reason: str, now: datetime,
-                         extension: bool = False) -> CompiledWorkflow | None:
+                         extension: bool = False, kind: str = "access",
+                         statement: str = "") -> CompiledWorkflow | None:
         """The workflow that would route this request: the first whose `match` is true."""
         ctx = self.context(requester=requester, resource=resource, role=role,
-                           duration=duration, reason=reason, now=now, extension=extension)
+                           duration=duration, reason=reason, now=now, extension=extension,
+                           kind=kind, statement=statement)
         for w in self.workflows:
             if _eval_bool(w.match, ctx)[0]:
                 return w
@@ -431,6 +437,8 @@ class Policy:
         reason: str,
         now: datetime,
         extension: bool = False,
+        kind: str = "access",
+        statement: str = "",
     ) -> Decision:
         """Route a request. Raises PolicyRefusal for input the matched workflow rejects."""
         ctx = self.context(
@@ -441,6 +449,8 @@ class Policy:
             reason=reason,
             now=now,
             extension=extension,
+            kind=kind,
+            statement=statement,
         )
         inputs = _jsonable(ctx)
         # One CEL context for every rule: converting the variables is most of an

@@ -69,11 +69,6 @@ class PolicyStore:
                 self._policy = updated
         return updated
 
-    def expire(self, within: float = 0.1) -> None:
-        """Be due within `within` seconds: this process committed a change to follow. Not at
-        once: a provider's burst of writes then costs one refresh per `within`, not each."""
-        self._checked = min(self._checked, time.monotonic() - 1.0 + within)
-
     def due(self, every: float = 1.0) -> bool:
         return time.monotonic() - self._checked >= every
 

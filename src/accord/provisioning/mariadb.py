@@ -8,6 +8,10 @@ Names on the server (all deterministic, so any process can find what another mad
 - `accord_r_<resource>_<role>_<8 hex>` — holds the privileges the operator configured for
   that Accord role. The hash of the exact (resource, role) pair keeps `shop.db`/`shop_db`
   or (`a_b`, `c`)/(`a`, `b_c`) from ever sharing a role and so each other's privileges.
+- `accord_gw_<resource>_<role>_<8 hex>` — the gateway's own login for one Accord role of a
+  resource (`ensure_gateway_login`): it holds that resource role and nothing else, and is
+  not a grant (`granted()` leaves it out). Its password is derived from Accord's secrets
+  key, so every gateway process finds the same.
 - `accord_p_<user>` — the user's personal role, spelled with the exact Accord user name.
   Every resource role the user holds is granted to it, and it is the login's default
   role. MariaDB allows one default role per account, so granting resource roles straight
@@ -49,6 +53,7 @@ from accord.spec.resources import MariaDBTarget, ResourceSpec
 log = logging.getLogger("accord.provisioning.mariadb")
 
 USER_PREFIX = "accord_u_"
+GATEWAY_PREFIX = "accord_gw_"
 PERSONAL_PREFIX = "accord_p_"
 ROLE_PREFIX = "accord_r_"
 MAX_LOGIN = 32  # MySQL's limit; MariaDB allows 128
@@ -114,6 +119,13 @@ def role_name(resource: str, role: str) -> str:
     return base[: MAX_ROLE - len(suffix)] + suffix
 
 
+def gateway_login_name(resource: str, role: str) -> str:
+    """The gateway's MariaDB login for sessions of `role` on `resource` (at most 32
+    characters; the hash of the exact pair keeps look-alike names apart)."""
+    base = f"{GATEWAY_PREFIX}{_UNSAFE.sub('_', resource)}_{_UNSAFE.sub('_', role)}"
+    return base[: MAX_LOGIN - 9] + "_" + _digest("gateway", resource, role)
+
+
 def _user_of_login(login: str) -> str:
     """Best effort: the Accord user behind a login, or the login itself if unknowable."""
     if not login.startswith(USER_PREFIX) or len(login) >= MAX_LOGIN:
@@ -135,6 +147,8 @@ def _holder(user: str, host: str, admin: str, me: tuple[str, str]) -> str | None
     """
     if host == "":  # granted to a role: a personal role, or one made by hand
         return _user_of_personal(user) or user
+    if user.startswith(GATEWAY_PREFIX):  # the gateway's login for the role: no grant
+        return None
     if admin == "Y" and (user, host) == me:
         return None
     return _user_of_login(user)
@@ -178,7 +192,7 @@ def admin_dsn(target: MariaDBTarget, env: Mapping[str, str] | None = None) -> st
                          retryable=False)
 
 
-def _connect_args(dsn: str) -> dict[str, Any]:
+def connect_args(dsn: str) -> dict[str, Any]:
     """pymysql.connect() arguments from `mysql://user:password@host:port/database`."""
     bad = ConnectorError("the MariaDB admin DSN is not a valid mysql://user@host:port/ URL",
                          retryable=False)
@@ -220,7 +234,7 @@ class MariaDBConnector:
         self.resource = resource
         self.target = target
         self._name = resource.name
-        self._args = _connect_args(admin_dsn)
+        self._args = connect_args(admin_dsn)
         self._scrub = [s for s in (admin_dsn, self._args["password"]) if s]
         self._conn: Connection[Cursor] | None = None
         self._mutex = threading.Lock()
@@ -302,6 +316,35 @@ class MariaDBConnector:
                 killed += self._kill_sessions(cur, account)
         log.info("mariadb %s: revoked %s from %s (%d session(s) killed)",
                  self._name, spec.role, login, killed)
+
+    def ensure_gateway_login(self, role: str, password: str) -> str:
+        """Make the gateway's login for `role` exist with `password`, holding the role's
+        MariaDB role (its default) and nothing else: other roles and direct privileges,
+        added by hand, are revoked. Returns the login's name."""
+        if not NAME.match(role):
+            raise ConnectorError(f"mariadb {self._name}: invalid role name {role!r}",
+                                 retryable=False)
+        privileges = self._privileges(role)
+        mine = role_name(self._name, role)
+        login = gateway_login_name(self._name, role)
+        account = "%s@'%%'"
+        with self._cursor("preparing the gateway's login") as cur:
+            self._ensure_role(cur, mine, privileges)
+            with self._login_lock(cur, login):
+                verifier = native_password_hash(password)
+                self._run(cur, f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY PASSWORD %s",
+                          (login, verifier), quiet=True)
+                self._run(cur, f"ALTER USER {account} IDENTIFIED BY PASSWORD %s ACCOUNT UNLOCK",
+                          (login, verifier), quiet=True)
+                cur.execute("SELECT Role FROM mysql.roles_mapping WHERE User = %s AND "
+                            "Host = '%%'", (login,))
+                for (other,) in cur.fetchall():
+                    if other != mine:
+                        self._run(cur, f"REVOKE %s FROM {account}", (other, login))
+                self._run(cur, f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account}", (login,))
+                self._run(cur, f"GRANT %s TO {account}", (mine, login))
+                self._run(cur, f"SET DEFAULT ROLE %s FOR {account}", (mine, login))
+        return login
 
     def granted(self) -> set[tuple[str, str]]:
         """Holders of this resource's roles: Accord users, else raw account or role names."""

@@ -68,6 +68,8 @@ class Recorded:
     decided: str  # the decision in words
     steps: list[dict[str, Any]]  # the plan: name, approvers, min_approvals, elevated
     inputs: dict[str, Any]
+    kind: str = "access"  # statement: `statement` is its SQL
+    statement: str = ""
 
     @classmethod
     def of(cls, event: dict[str, Any], index: int | None = None) -> Recorded:
@@ -97,6 +99,8 @@ class Recorded:
             decided=str(routing.get("reason") or ""),
             steps=list(data.get("steps") or []),
             inputs=dict(data.get("inputs") or {}),
+            kind=str(data.get("kind") or "access"),
+            statement=str((data.get("statement") or {}).get("sql") or ""),
         )
 
 
@@ -124,7 +128,7 @@ def reroute(policy: Policy, rec: Recorded) -> Routed:
         decision, eligible = service.decide(
             policy, requester=rec.requester, resource=rec.resource, role=rec.role,
             duration=rec.duration, reason=rec.reason, now=rec.time, emergency=rec.emergency,
-            extension=rec.extension)
+            extension=rec.extension, kind=rec.kind, statement=rec.statement)
     except AccordError as exc:
         return Routed(REFUSED, _matched(policy, rec), None,
                       f"{exc.field}: {exc.detail}" if exc.field else exc.detail)
@@ -148,7 +152,8 @@ def _matched(policy: Policy, rec: Recorded) -> str | None:
     with tracing() as trace, suppress(AccordError):
         service.route(policy, requester=rec.requester, resource=rec.resource,
                       role=rec.role, duration=rec.duration, reason=rec.reason,
-                      now=rec.time, extension=rec.extension)
+                      now=rec.time, extension=rec.extension, kind=rec.kind,
+                      statement=rec.statement)
     return next((e.workflow for e in trace if e.rule == "match" and e.result), None)
 
 

@@ -25,12 +25,17 @@ class Status(enum.StrEnum):
     REVOKED = "revoked"
     RELINQUISHED = "relinquished"
     PROVISION_FAILED = "provision_failed"
+    EXECUTED = "executed"  # a statement review's statement ran (once)
 
 
 TERMINAL = frozenset(
     {Status.DENIED, Status.CANCELLED, Status.EXPIRED, Status.REVOKED, Status.RELINQUISHED,
-     Status.PROVISION_FAILED}
+     Status.PROVISION_FAILED, Status.EXECUTED}
 )
+
+ACCESS = "access"  # a request for a grant: a role on a resource for a while
+STATEMENT = "statement"  # one exact statement, run once through the gateway
+KINDS = (ACCESS, STATEMENT)
 
 
 class AccessRequest(Base):
@@ -41,6 +46,7 @@ class AccessRequest(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default=ACCESS, server_default=ACCESS)
     requester: Mapped[str] = mapped_column(String(64))
     resource: Mapped[str] = mapped_column(String(64), index=True)
     role: Mapped[str] = mapped_column(String(64))
@@ -73,6 +79,33 @@ class AccessRequest(Base):
         back_populates="request", order_by="Approval.id", lazy="selectin"
     )
     grant: Mapped[Grant | None] = relationship(foreign_keys=[grant_id])
+    statement: Mapped[StatementReview | None] = relationship(back_populates="request",
+                                                              uselist=False)
+
+
+class StatementReview(Base):
+    """What a request of kind `statement` is about: one exact statement (and its parameter
+    values), bound by its sha256 to the approval and to the one execution it allows."""
+
+    __tablename__ = "statement_reviews"
+    __table_args__ = (Index("ix_statement_reviews_sha256", "sha256"),)
+
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"),
+                                            primary_key=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"))  # the session's, at filing
+    session: Mapped[str] = mapped_column(String(64))  # the gateway session that sent it
+    protocol: Mapped[str] = mapped_column(String(16))
+    statement: Mapped[str] = mapped_column(Text)
+    params: Mapped[list[str | None] | None] = mapped_column(JSON, nullable=True)  # redacted: None
+    param_count: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64))
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    run_by: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # approved + window
+    executed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    executed_session: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    request: Mapped[AccessRequest] = relationship(back_populates="statement")
 
 
 class Approval(Base):

@@ -125,6 +125,23 @@ class GrantOut(BaseModel):
         )
 
 
+class StatementOut(BaseModel):
+    """What a request of kind `statement` is about, and whether it ran."""
+
+    sql: str
+    sha256: str
+    params: list[str | None] | None = Field(description="values; null when redacted")
+    param_count: int
+    protocol: str
+    grant_id: int
+    session: str
+    rule: str
+    window_seconds: int
+    run_by: datetime | None
+    executed_at: datetime | None
+    executed_session: str | None
+
+
 class RequestOut(BaseModel):
     id: int
     requester: str
@@ -147,6 +164,9 @@ class RequestOut(BaseModel):
     emergency: bool = False
     review: dict[str, Any] | None = Field(
         default=None, description="break-glass review: verdict, by, at, note")
+    kind: str = Field(default="access", description="access, or statement: one exact "
+                      "statement run once through the gateway")
+    statement: StatementOut | None = None
 
     @classmethod
     def of(
@@ -189,4 +209,12 @@ class RequestOut(BaseModel):
             emergency=bool(r.emergency),
             review={"verdict": r.review_verdict, "by": r.reviewed_by, "at": r.reviewed_at,
                     "note": r.review_note} if r.reviewed_at else None,
+            kind=r.kind,
+            statement=StatementOut(
+                sql=st.statement, sha256=st.sha256, params=st.params,
+                param_count=st.param_count, protocol=st.protocol, grant_id=st.grant_id,
+                session=st.session, rule=st.rule, window_seconds=st.window_seconds,
+                run_by=st.run_by, executed_at=st.executed_at,
+                executed_session=st.executed_session)
+            if r.kind == "statement" and (st := r.statement) is not None else None,
         )

@@ -33,7 +33,16 @@ from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, PolicyRef, format_time
 from accord.policy import satisfiable as sat
 from accord.policy.engine import Decision, Policy, PolicyRefusal
-from accord.requests.models import TERMINAL, AccessRequest, Approval, RequestApprover, Status
+from accord.requests.models import (
+    ACCESS,
+    STATEMENT,
+    TERMINAL,
+    AccessRequest,
+    Approval,
+    RequestApprover,
+    StatementReview,
+    Status,
+)
 from accord.spec.resources import ResourceSpec
 
 
@@ -60,6 +69,24 @@ def _warn_before(policy: Policy) -> timedelta | None:
     return spec.expiry_warning if (spec.email or spec.slack) else None
 
 
+def statement_data(review: StatementReview) -> dict[str, Any]:
+    """A statement review as its `request.created` event carries it: what approvers see
+    and what binds the approval to the one execution (`sha256`)."""
+    return {"sql": review.statement, "sha256": review.sha256, "params": review.params,
+            "param_count": review.param_count, "protocol": review.protocol,
+            "grant_id": review.grant_id, "session": review.session, "rule": review.rule,
+            "window_seconds": review.window_seconds}
+
+
+def _statement_approved(req: AccessRequest, now: datetime) -> dict[str, Any]:
+    """An approved statement review: the window to run it starts (the event's data)."""
+    review = req.statement if req.kind == STATEMENT else None
+    if review is None:
+        return {}
+    review.run_by = now + timedelta(seconds=review.window_seconds)
+    return {"sha256": review.sha256, "run_by": format_time(review.run_by)}
+
+
 def _policy_actor(decision_workflow: str | None) -> Actor:
     return Actor("policy", decision_workflow or "default-deny", "policy")
 
@@ -71,6 +98,9 @@ def effective_status(req: AccessRequest, grant: Grant | None, now: datetime) -> 
     """The status as of `now`: expiry holds on every read, before the sweeper records it."""
     if req.status == Status.PENDING and req.pending_until is not None and req.pending_until <= now:
         return Status.EXPIRED
+    if req.status == Status.APPROVED and req.kind == STATEMENT and req.statement is not None \
+            and req.statement.run_by is not None and req.statement.run_by <= now:
+        return Status.EXPIRED  # an approved statement not run within its window
     if req.status == Status.ACTIVE and grant is not None:
         g = grants.effective_status(grant, now)
         if g != GrantStatus.ACTIVE:
@@ -301,6 +331,7 @@ def break_glass(policy: Policy, *, requester: str, resource: str, role: str,
 
 def decide(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
            reason: str, now: datetime, emergency: bool = False, extension: bool = False,
+           kind: str = ACCESS, statement: str = "",
            ) -> tuple[Decision, list[frozenset[str]]]:
     """What filing this request would decide: broken glass, or routed (`route`); raises
     what the API refuses. Pure: policy tests, replay and explain decide as filing does."""
@@ -308,12 +339,13 @@ def decide(policy: Policy, *, requester: str, resource: str, role: str, duration
         return break_glass(policy, requester=requester, resource=resource, role=role,
                            duration=duration, reason=reason), []
     return route(policy, requester=requester, resource=resource, role=role,
-                 duration=duration, reason=reason, now=now, extension=extension)
+                 duration=duration, reason=reason, now=now, extension=extension, kind=kind,
+                 statement=statement)
 
 
 def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
-          reason: str, now: datetime, extension: bool = False,
-          ) -> tuple[Decision, list[frozenset[str]]]:
+          reason: str, now: datetime, extension: bool = False, kind: str = ACCESS,
+          statement: str = "") -> tuple[Decision, list[frozenset[str]]]:
     """What the policy would decide for this request, and who is eligible at each step.
 
     Pure: it writes nothing, so the web form can show it before anything is filed.
@@ -328,6 +360,8 @@ def route(policy: Policy, *, requester: str, resource: str, role: str, duration:
             reason=reason,
             now=now,
             extension=extension,
+            kind=kind,
+            statement=statement,
         )
     except PolicyRefusal as exc:
         raise Invalid(str(exc), field=exc.field) from None
@@ -416,15 +450,22 @@ def create(
     now: datetime,
     extends: Grant | None = None,
     emergency: bool = False,
+    statement: StatementReview | None = None,
 ) -> AccessRequest:
-    """File a request for oneself and route it through the policy (or break the glass)."""
+    """File a request for oneself and route it through the policy (or break the glass).
+    With `statement` (not yet added), a request of kind `statement`: one exact statement,
+    run once through the gateway once approved (never a grant of its own)."""
+    kind = STATEMENT if statement is not None else ACCESS
     decision, eligible = decide(policy, requester=caller.user, resource=resource, role=role,
                                 duration=duration, reason=reason, now=now,
-                                emergency=emergency, extension=extends is not None)
+                                emergency=emergency, extension=extends is not None,
+                                kind=kind,
+                                statement=statement.statement if statement else "")
 
     # The request is written once with what the policy decided; only activation follows.
     decided = decision.outcome != "steps"
     req = AccessRequest(
+        kind=kind,
         requester=caller.user,
         resource=resource,
         role=role,
@@ -448,6 +489,11 @@ def create(
     )
     session.add(req)
     session.flush()
+    if statement is not None:
+        statement.request_id = req.id
+        req.statement = statement
+        session.add(statement)
+        session.flush()
     ref = PolicyRef(decision.workflow or (BREAK_GLASS if emergency else ""), policy.version,
                     decision.rule)
     pending_until = now + decision.pending_timeout if decision.pending_timeout else None
@@ -458,17 +504,21 @@ def create(
             routing={"outcome": decision.outcome, "reason": decision.reason},
             steps=req.plan["steps"],
             pending_until=format_time(pending_until) if pending_until and not decided else None,
-            inputs=decision.inputs, **({"emergency": True} if emergency else {}))
+            inputs=decision.inputs, **({"emergency": True} if emergency else {}),
+            **({"kind": STATEMENT, "statement": statement_data(statement)}
+               if statement is not None else {}))
     if decision.outcome == "deny":
         _record(session, req, EventType.REQUEST_DENIED, actor=_policy_actor(decision.workflow),
                 now=now, policy=ref, reason=decision.reason, inputs=decision.inputs)
     elif decision.outcome == "approve":
         actor = _policy_actor(BREAK_GLASS if emergency else decision.workflow)
         _record(session, req, EventType.REQUEST_APPROVED, actor=actor, now=now, policy=ref,
-                reason=decision.reason, inputs=decision.inputs)
-        grants.activate(session, request=req, actor=actor, now=now,
-                        provisioned=_provisioned(policy, req),
-                        warn_before=_warn_before(policy))
+                reason=decision.reason, inputs=decision.inputs,
+                **_statement_approved(req, now))
+        if req.kind == ACCESS:
+            grants.activate(session, request=req, actor=actor, now=now,
+                            provisioned=_provisioned(policy, req),
+                            warn_before=_warn_before(policy))
         glass = policy.loaded.spec.break_glass
         if emergency and glass is not None:
             jobs.enqueue(session, kind=REVIEW_REMIND, key=f"request:{req.id}:review:1",
@@ -736,10 +786,12 @@ def approve(
         req.decision_reason = f"approved by {caller.user} (step {step + 1} of {len(steps)})"
         _record(session, req, EventType.REQUEST_APPROVED, actor=caller.actor, now=now,
                 approvers=[{"user": a.approver, "step": a.step, "via": a.via}
-                           for a in req.approvals if a.decision == "approve"])
-        grants.activate(session, request=req, actor=caller.actor, now=now,
-                        provisioned=_provisioned(policy, req),
-                        warn_before=_warn_before(policy))
+                           for a in req.approvals if a.decision == "approve"],
+                **_statement_approved(req, now))
+        if req.kind == ACCESS:
+            grants.activate(session, request=req, actor=caller.actor, now=now,
+                            provisioned=_provisioned(policy, req),
+                            warn_before=_warn_before(policy))
     session.flush()
     return req
 

@@ -12,6 +12,7 @@ import cel
 from accord.spec.base import NAME
 from accord.spec.file import PolicyFile
 from accord.spec.gateway import GatewaySpec
+from accord.spec.guardrails import FUNCTION, STATEMENT_KINDS, TABLE
 from accord.spec.resources import GATEWAY_CLASSES, ResourceSpec
 
 CEL_VARIABLES = frozenset({"request", "resource"})
@@ -223,6 +224,7 @@ def _check_resource_gateway(path: str, r: ResourceSpec) -> list[PolicyProblem]:
                                          and r.provision.type == "postgres")):
         problems.append(PolicyProblem(path, "needs dsn_env or dsn_file (or a postgres "
                                             "provision target whose DSN it uses)"))
+    problems += _check_guardrails(path, r)
     for role, classes in g.roles.items():
         if role not in r.roles:
             problems.append(PolicyProblem(f"{path}.roles.{role}", f'unknown role "{role}"'))
@@ -231,4 +233,45 @@ def _check_resource_gateway(path: str, r: ResourceSpec) -> list[PolicyProblem]:
                 problems.append(PolicyProblem(
                     f"{path}.roles.{role}[{k}]",
                     f'unknown statement class "{name}" (one of {", ".join(GATEWAY_CLASSES)})'))
+    return problems
+
+
+def _check_guardrails(path: str, r: ResourceSpec) -> list[PolicyProblem]:
+    """`gateway.guardrails`: unique names, known roles and statement kinds, names that
+    parse, and at least one condition (a rule without any would match every statement)."""
+    problems: list[PolicyProblem] = []
+    assert r.gateway is not None
+    seen: set[str] = set()
+    for i, rule in enumerate(r.gateway.guardrails):
+        base = f"{path}.guardrails[{i}]"
+        if rule.name in seen:
+            problems.append(PolicyProblem(f"{base}.name", f'duplicate guardrail "{rule.name}"'))
+        seen.add(rule.name)
+        if not rule.conditions:
+            problems.append(PolicyProblem(base, "give at least one condition (statements, "
+                                                "tables, schemas, functions, without_where, "
+                                                "without_limit)"))
+        for k, role in enumerate(rule.roles):
+            if role not in r.roles:
+                problems.append(PolicyProblem(f"{base}.roles[{k}]", f'unknown role "{role}"'))
+        for k, kind in enumerate(rule.statements):
+            if kind.lower() not in STATEMENT_KINDS:
+                problems.append(PolicyProblem(
+                    f"{base}.statements[{k}]",
+                    f'unknown statement kind "{kind}" (one of {", ".join(STATEMENT_KINDS)})'))
+        for field, pattern, names in (("tables", TABLE, rule.tables),
+                                      ("schemas", TABLE, rule.schemas),
+                                      ("functions", FUNCTION, rule.functions)):
+            for k, name in enumerate(names):
+                if not pattern.match(name) or (field == "schemas" and "." in name):
+                    problems.append(PolicyProblem(f"{base}.{field}[{k}]",
+                                                  f'"{name}" is not a valid name'))
+        if rule.without_where and rule.statements and not {
+                k.lower() for k in rule.statements} & {"update", "delete"}:
+            problems.append(PolicyProblem(f"{base}.without_where",
+                                          "only UPDATE and DELETE have a WHERE here"))
+        if rule.without_limit and rule.statements and "select" not in {
+                k.lower() for k in rule.statements}:
+            problems.append(PolicyProblem(f"{base}.without_limit",
+                                          "only queries (select) have a LIMIT"))
     return problems

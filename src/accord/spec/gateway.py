@@ -1,4 +1,5 @@
-"""`gateway:`: the PostgreSQL proxy's listener, TLS, limits and processes."""
+"""`gateway:`: the database gateway's listeners (PostgreSQL's, and MySQL's under
+`mysql:`), TLS, limits and processes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,27 @@ class GatewayTLSSpec(Strict):
     cert: str | None = None  # PEM certificate chain
     key: str | None = None  # PEM private key
     required: bool = False  # refuse clients that do not ask for TLS
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class GatewayMySQLSpec(Strict):
+    """`gateway.mysql`: the listener for MySQL-protocol clients (resources of kind mysql or
+    mariadb, or with a mariadb provision target). TLS, limits and processes are the
+    gateway's."""
+
+    listen: str = "127.0.0.1:3307"
+    public_port: int | None = Field(default=None, ge=1, le=65535)
+    # What the handshake says before the upstream server is known (clients print it; the
+    # real one is `SELECT VERSION()`).
+    server_version: str = Field(default="5.7.0-accord-gateway", min_length=1, max_length=60)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _host_port(self.listen)
 
 
 class GatewaySpec(Strict):
@@ -64,14 +86,14 @@ class GatewaySpec(Strict):
     # process relays every session, so each time a woken backend preempts it, every
     # session waits. Below 0 needs CAP_SYS_NICE. Unset: left as started.
     priority: int | None = Field(default=None, ge=-20, le=19)
+    mysql: GatewayMySQLSpec | None = None  # also serve MySQL-protocol clients
 
     _d = field_validator("token_ttl", "flush_interval", "startup_timeout", "message_timeout",
                          "watch_interval", mode="before")(lambda cls, v: _short_duration(v))
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return _host_port(self.listen)
 
     @field_validator("processes", mode="before")
     @classmethod

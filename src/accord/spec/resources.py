@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from accord.spec.base import NAME, Strict, as_duration
+from accord.spec.guardrails import DEFAULT_REVIEW_WINDOW, GuardrailSpec
 
 
 class RolePrivileges(Strict):
@@ -60,6 +61,15 @@ class ResourceGatewaySpec(Strict):
     database: str | None = None  # default: provision.database, else the DSN's
     set_role: bool | None = None  # SET ROLE accord_<resource>_<role> (default: when provisioned)
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> statement classes
+    # Rules matched on each parsed statement, in order (docs/gateway.md, Guardrails).
+    guardrails: list[GuardrailSpec] = Field(default_factory=list)
+    # How long after its approval a reviewed statement may run (once).
+    review_window: timedelta = DEFAULT_REVIEW_WINDOW
+
+    _w = field_validator("review_window", mode="before")(lambda cls, v: as_duration(v))
+
+
+MYSQL_KINDS = ("mysql", "mariadb")  # resource kinds the gateway serves over MySQL's protocol
 
 
 class ResourceSpec(Strict):
@@ -77,9 +87,18 @@ class ResourceSpec(Strict):
 
     @property
     def gateway_reachable(self) -> bool:
-        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres
-        provision target (whose admin DSN makes the gateway's logins)."""
-        return self.gateway is not None or isinstance(self.provision, PostgresTarget)
+        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres or
+        mariadb provision target (whose admin DSN makes the gateway's logins)."""
+        return self.gateway is not None or isinstance(self.provision,
+                                                      PostgresTarget | MariaDBTarget)
+
+    @property
+    def gateway_protocol(self) -> str:
+        """The wire protocol its gateway sessions speak: `mysql` for a mariadb/mysql
+        provision target or a resource of kind mysql or mariadb, else `postgres`."""
+        if isinstance(self.provision, MariaDBTarget) or self.kind in MYSQL_KINDS:
+            return "mysql"
+        return "postgres"
 
     @field_validator("name")
     @classmethod

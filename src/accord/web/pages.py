@@ -39,7 +39,7 @@ from accord.directory.service import Change, key
 from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.gateway import views as gateway_views
-from accord.gateway.postgres.connect import connection_info
+from accord.gateway.protocols import connection_info
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import visible_clause as visible_grants
 from accord.identity import service as identity
@@ -608,8 +608,11 @@ def _connectable(viewer: Viewer, out: Any) -> dict[str, Any] | None:
             or out.grant is None or out.grant.status != "active" \
             or out.grant.user != viewer.user:
         return None
-    info = connection_info(spec, user=viewer.user, resource=out.resource)
-    return {"host": info.host, "port": info.port, "database": info.database,
+    info = connection_info(spec, user=viewer.user, resource=out.resource,
+                           protocol=resource.gateway_protocol)
+    if info is None:
+        return None
+    return {"client": info.client, "host": info.host, "port": info.port, "database": info.database,
             "user": info.user, "sslmode": info.sslmode,
             "ttl": format_duration(spec.token_ttl)}
 
@@ -724,7 +727,7 @@ def connect(request: Request, request_id: str, csrf: str = Form(""),
     return back_to(request, viewer, f"/requests/{rid}#connect",
                    f"Connection token issued for Grant #{issued.grant_id}; it is shown once, "
                    "below.", form_name="connect",
-                   form={"psql": issued.psql, "dsn": issued.dsn,
+                   form={"psql": issued.command, "dsn": issued.dsn,
                          "expires": issued.expires_at.strftime("%H:%M UTC")})
 
 

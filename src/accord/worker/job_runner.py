@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.detect import service as detect
+from accord.directory import service as directory
 from accord.grants import scheduled as grant_jobs
 from accord.jobs import service as jobs
 from accord.notify import outbox
@@ -82,6 +83,8 @@ class JobRunner:
 
     def run_once(self) -> int:
         if self.policies.due():
+            with transaction(self.sessions) as session:  # what every process catches up by
+                directory.number_changes(session)
             with self.sessions() as session:
                 self.policies.follow(session)
         policy = self.policies.current

@@ -2,8 +2,10 @@
 
 On PostgreSQL one process at a time holds the integrator role: a session-level advisory
 lock (`INTEGRATOR_LOCK`) taken on a connection of its own, which then LISTENs on the
-ledger channel, so events are integrated moments after their transaction commits; a
-short poll covers missed notices and catches up after a restart. The holder also signs
+ledger channel, so events are integrated moments after their transaction commits; while
+passes keep finding work it looks every BUSY_SECONDS instead, and writers stop sending
+notices (`LedgerWake`: each one queued their commits on one lock); a short poll covers
+missed notices and catches up after a restart. The holder also signs
 checkpoints and feeds the sinks. Every other process stands by, trying the lock every
 `STANDBY_SECONDS`: when the holder dies its connection closes, PostgreSQL frees the lock,
 and a standby takes over within that time (for a host that vanished without closing its
@@ -37,7 +39,7 @@ from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.service import NOTIFY_CHANNEL, LedgerCorruption
 from accord.ledger.sinks import SinkState, pump
 from accord.ledger.sinks import build as build_sink
-from accord.ledger.upkeep import integrate_all, sign_if_due, sign_now
+from accord.ledger.upkeep import announce, integrate_all, sign_if_due, sign_now
 from accord.spec.ledger import SinkSpec
 
 log = logging.getLogger("accord.ledger")
@@ -86,6 +88,7 @@ class LedgerWorker:
         self._thread = threading.Thread(target=self._run, name="accord-ledger", daemon=True)
         self._next_sign = 0.0
         self._busy = False  # the last pass integrated something
+        self._announced = 0.0  # when writers were last told (0: not yet by this process)
         self.integrator = False  # this process holds the integrator role (PostgreSQL)
         bind = sessions.kw.get("bind")
         self.postgres = bind is not None and bind.dialect.name == "postgresql"
@@ -156,7 +159,7 @@ class LedgerWorker:
                     working = conn is None or self._lead(conn)
                     if working:
                         if self.postgres:
-                            self._busy = integrate_all(self.sessions) > 0
+                            self._integrate()
                         if time.monotonic() >= self._next_sign:  # no trip until due
                             sign_if_due(self.sessions, self.cfg, self.now())
                             self._next_sign = (time.monotonic()
@@ -182,6 +185,28 @@ class LedgerWorker:
             for sink in self.sinks:
                 sink.sink.close()
 
+    def _integrate(self) -> None:
+        """A pass, and what writers must know of it (`LedgerWake`): while passes find work
+        the integrator looks again every BUSY_SECONDS and writers need not NOTIFY (it would
+        make their commits queue on the cluster's notify lock); once one finds none, they
+        must again. A busy integrator says so once a second, so that another one going idle
+        beside it does not leave writers notifying for the rest of a burst."""
+        found = integrate_all(self.sessions) > 0
+        now = time.monotonic()
+        if found and (not self._busy or now - self._announced >= 1.0):
+            announce(self.sessions, idle=False)
+            self._announced = now
+        elif not found and (self._busy or self._announced == 0.0):
+            announce(self.sessions, idle=True)
+            self._announced = now
+            # A writer that read "busy" just before may commit after this pass: look once
+            # more, when its commit has had time to land (else the safety pass finds it).
+            self._stop.wait(COALESCE_SECONDS)
+            if integrate_all(self.sessions) > 0:
+                announce(self.sessions, idle=False)
+                found = True
+        self._busy = found
+
     def _wait(self, conn: psycopg.Connection[tuple[object, ...]] | None) -> bool:
         """Until the next pass is due; False when the LISTEN connection failed."""
         if conn is None:
@@ -199,11 +224,16 @@ class LedgerWorker:
         timeout = POLL_SECONDS if self.sinks else min(
             SAFETY_SECONDS, max(0.0, self._next_sign - time.monotonic()))
         try:
-            ready, _, _ = selectmod.select([conn.fileno(), self._wake_r.fileno()], [], [], timeout)
-            if conn.fileno() in ready:
-                self._stop.wait(BUSY_SECONDS if self._busy else COALESCE_SECONDS)
-                for _ in conn.notifies(timeout=0, stop_after=100000):
-                    pass
+            if self._busy:  # writers send no notices meanwhile (`_integrate`)
+                self._stop.wait(BUSY_SECONDS)
+            else:
+                ready, _, _ = selectmod.select([conn.fileno(), self._wake_r.fileno()], [], [],
+                                               timeout)
+                if conn.fileno() not in ready:
+                    return not conn.closed
+                self._stop.wait(COALESCE_SECONDS)
+            for _ in conn.notifies(timeout=0, stop_after=100000):
+                pass
         except (psycopg.Error, OSError, ValueError):
             return False
         return not conn.closed

@@ -10,7 +10,7 @@ schema URN) is accepted and dropped by the policy (`unknown=ignore`).
 # string pydantic must see as such, not a name to look up (nor ruff: noqa F821).
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 from scim2_models import (
     URN,
     AuthenticationScheme,
@@ -112,6 +112,17 @@ class AccordGroup(Resource[Any]):
 
     display_name: Annotated[str | None, Required.true] = None
     members: list[AccordMember] | None = None
+
+    # A group storage just created carries its members' ids instead of member objects:
+    # its answer (render.py) lists them without building and publishing one object each.
+    _member_ids: list[str] | None = PrivateAttr(default=None)
+
+    @property
+    def member_ids(self) -> list[str] | None:
+        return self._member_ids
+
+    def set_member_ids(self, ids: list[str]) -> None:
+        self._member_ids = ids
 
 
 ScimUser = AccordUser[AccordEnterprise]  # type: ignore[type-arg]

@@ -142,7 +142,7 @@ def _primary(email: AccordEmail) -> bool:
     return flag is True or (isinstance(flag, str) and flag.casefold() == "true")
 
 
-def group_resource(row: DirectoryGroup, members: list[str] | None) -> Resource[Any]:
+def group_resource(row: DirectoryGroup, members: list[str] | None) -> AccordGroup:
     """`members`: their ids, or None when the response leaves them out."""
     return AccordGroup(
         id=row.id, external_id=row.external_id, meta=_meta("Group", row),
@@ -154,6 +154,8 @@ def group_resource(row: DirectoryGroup, members: list[str] | None) -> Resource[A
 
 def _member_ids(resource: Resource[Any]) -> set[str]:
     assert isinstance(resource, AccordGroup)
+    if resource.member_ids is not None:  # read as plain ids (protocol.read_creation)
+        return set(resource.member_ids)
     ids = set()
     for m in resource.members or []:
         if not m.value:
@@ -297,8 +299,10 @@ class SqlStorage(ScimStorage):
             group = change.create_group(_check_group(resource),
                                         external_id=_text(resource.external_id),
                                         member_ids=members)
+            created = group_resource(group, None)
             # All added at once: the order a read gives them (added_at, then id).
-            return group_resource(group, sorted(members))
+            created.set_member_ids(sorted(members))
+            return created
 
     def _check(self, row: DirectoryUser | DirectoryGroup, expected: str | None) -> None:
         if expected is not None and version(row) != expected:

@@ -16,11 +16,15 @@ class ConnectionInfo:
     database: str
     user: str
     sslmode: str
+    client: str = "psql"
 
     def dsn(self, token: str) -> str:
         return (f"postgresql://{quote(self.user, safe='')}:{quote(token, safe='')}@"
                 f"{self.host}:{self.port}/{quote(self.database, safe='')}"
                 f"?sslmode={self.sslmode}")
+
+    def command(self, token: str) -> str:
+        return self.psql(token)
 
     def psql(self, token: str) -> str:
         return (f"PGPASSWORD='{token}' psql 'host={self.host} port={self.port} "

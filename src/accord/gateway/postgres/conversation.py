@@ -36,20 +36,18 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from accord.gateway.classes import ADMIN, DDL, IDENTITY, PINNED, UNKNOWN
 from accord.gateway.postgres import protocol as pq
+from accord.gateway.postgres.guard import Guard
 from accord.gateway.postgres.scope import (
-    ADMIN,
-    DDL,
-    IDENTITY,
-    PINNED,
     PINNED_SETTINGS,
-    UNKNOWN,
     Classifier,
     Statement,
     Verdict,
     escalation,
 )
-from accord.gateway.records import Finished, Run, Violation
+from accord.gateway.records import Finished, GuardrailHit, Run, Violation
+from accord.gateway.rules import BLOCK, REVIEW, Outcome, ReviewAsk, ReviewDecision, statement_hash
 
 REFUSED_SQL = b"ACCORD GATEWAY REFUSED THIS STATEMENT"
 MAX_PARAM_CHARS = 1024
@@ -92,18 +90,29 @@ class PinnedSettingChanged(pq.ProtocolError):
     see into): the gateway and the server may no longer read text alike."""
 
 
+def _prepares(verdict: Verdict) -> bool:
+    return any(st.prepares is not None for st in verdict.statements)
+
+
 def _violation(st: Statement, missing: frozenset[str], protocol: str, t0: int) -> Violation:
     # Refusals are rare: naming an escalation (a second parse) costs the data path nothing.
     return Violation(st.text, st.classes, missing, protocol, t0,
                      escalation(st, missing, protocol))
 
 
+class _Hold(Exception):
+    """A statement waits for a review decision (`Conversation.awaiting`): the message and
+    everything after it stay in the client buffer until `resolve`."""
+
+
 class _Entry:
-    __slots__ = ("error", "index", "kind", "prepare", "refused", "runs")
+    __slots__ = ("error", "index", "kind", "message", "prepare", "refused", "runs")
 
     def __init__(self, kind: int, runs: list[Run] | None = None,
-                 refused: Violation | None = None, prepare: list[Any] | None = None) -> None:
+                 refused: Violation | None = None, prepare: list[Any] | None = None,
+                 message: bytes | None = None) -> None:
         self.kind = kind
+        self.message = message  # refused by a guardrail: the error the client gets
         self.runs = runs  # QUERY: one per statement; EXECUTE/CALL: one
         self.index = 0  # QUERY: the statement whose result comes next
         self.refused = refused
@@ -214,13 +223,42 @@ def refusal_message(v: Violation, role: str, resource: str) -> bytes:
         hint=f"ask for a role that allows {missing}: accord request create {resource} ROLE")
 
 
+def _shown(text: bytes) -> str:
+    out = text.decode("utf-8", "replace")
+    return out if len(out) <= 200 else out[:200] + "…"
+
+
+def guard_refusal(rule: str, message: str, text: bytes) -> bytes:
+    """The error for a statement a `block` rule refused."""
+    return pq.error_response(
+        "42501", f"Accord gateway: {message or 'this statement is not allowed here'} "
+                 f"(guardrail {rule})",
+        detail=f"refused statement: {_shown(text)}",
+        hint="the resource's guardrails in accord.yaml refuse it whatever the role")
+
+
+def guard_notice(rule: str, message: str) -> bytes:
+    return pq.notice_response("01000", f"Accord gateway: {message or 'careful'} "
+                                       f"(guardrail {rule})", severity="WARNING")
+
+
 class Conversation:
     """The proxy phase of one session. Not thread-safe; one per connection."""
 
     def __init__(self, *, allowed: frozenset[str], classifier: Classifier, role: str,
                  resource: str, redact: bool = True, max_message: int = 8 << 20,
-                 auto_prepare: int = 0) -> None:
+                 auto_prepare: int = 0, guard: Guard | None = None) -> None:
         self.allowed = allowed
+        # Guardrails (None: the session has no rules). Statements a rule matched (`hits`);
+        # a statement a review rule holds (`awaiting`) until `resolve` gives its decision.
+        self.guard = guard if guard is not None and guard.rules else None
+        self.hits: list[GuardrailHit] = []
+        self.awaiting: ReviewAsk | None = None
+        self._decisions: dict[str, ReviewDecision] = {}
+        self._notices = b""  # warnings for the client, sent at the server stream's next boundary
+        self._reviewed: dict[bytes, Outcome] = {}  # Parse text → warn/review: at each Execute
+        self._review_params: dict[bytes, tuple[str | None, ...]] = {}  # portal → values
+        self._approved_portals: set[bytes] = set()  # ran with an approval (more Executes ok)
         self.classify = classifier
         self.role = role
         self.resource = resource
@@ -285,6 +323,69 @@ class Conversation:
                 self._sql_prepared[st.prepares] = st.classes
             if st.forgets or DDL in st.classes:  # DEALLOCATE, DISCARD ALL: ours may be
                 self._auto.clear()  # gone; after DDL, texts may mean other tables
+
+    # ------------------------------------------------------------------ guardrails
+
+    def _guarded(self, outcome: Outcome, text: bytes, params: tuple[str | None, ...] | None,
+                 protocol: str, t0: int, *, prepares: bool = False) -> bytes | None:
+        """A statement some rule matched: the error that refuses it, or None to run it
+        (warnings noted for the client). A review without a decision yet raises `_Hold`."""
+        deciding = outcome.deciding
+        assert deciding is not None
+        names = tuple(m.rule for m in outcome.matches)
+        action = outcome.action
+        if action == REVIEW and prepares:  # EXECUTE would run it again and again
+            self.hits.append(GuardrailHit(text, protocol, t0, BLOCK, deciding.rule, names,
+                                          detail="prepare"))
+            return guard_refusal(deciding.rule, "a statement that needs review cannot be "
+                                 "prepared; send the statement itself", text)
+        if action == BLOCK:
+            self.hits.append(GuardrailHit(text, protocol, t0, BLOCK, deciding.rule, names))
+            return guard_refusal(deciding.rule, deciding.message, text)
+        if action == REVIEW:
+            digest = statement_hash(text, params)
+            decision = self._decisions.pop(digest, None)
+            if decision is None:
+                self.awaiting = ReviewAsk(text, params, protocol, digest, deciding.rule,
+                                          deciding.message)
+                raise _Hold
+            self.hits.append(GuardrailHit(text, protocol, t0, REVIEW, deciding.rule, names,
+                                          decision.request_id, decision.outcome))
+            if not decision.run:
+                return pq.error_response("42501", decision.message, detail=decision.detail,
+                                         hint=decision.hint)
+        warnings = outcome.warnings
+        if warnings:
+            if action != REVIEW:
+                self.hits.append(GuardrailHit(text, protocol, t0, "warn", warnings[0].rule,
+                                              names))
+            self._notices += b"".join(guard_notice(m.rule, m.message) for m in warnings)
+        return None
+
+    def _review_execute(self, portal: bytes, text: bytes) -> bytes | None:
+        """An Execute of a statement a review rule matched: None to run it, or the error
+        that refuses it; `_Hold` until its decision is known."""
+        params = self._review_params.get(portal)
+        refusal = self._guarded(self._reviewed[text], text, params or None, "extended", _now())
+        if refusal is None:
+            self._approved_portals.add(portal)  # its further Executes (row limits) go on
+        return refusal
+
+    def _reviewed_bound(self) -> None:
+        if len(self._reviewed) > 256:  # texts parsed long ago: forget the oldest
+            self._reviewed.pop(next(iter(self._reviewed)))
+
+    def resolve(self, decision: ReviewDecision) -> None:
+        """The decision for `awaiting`: the held message is processed with it when the
+        client's buffer is processed next (`client(b"")`)."""
+        ask = self.awaiting
+        assert ask is not None
+        self.awaiting = None
+        self._decisions[ask.hash] = decision
+
+    def hold(self, data: bytes) -> None:
+        """Bytes from the client while a decision is awaited: kept behind the held ones."""
+        self.cbuf += data
 
     # ------------------------------------------------------------------ reuse
 
@@ -420,7 +521,8 @@ class Conversation:
                     and n <= self.max_message:
                 sql = data[5:-1]
                 classes = self.classify.shape(sql)
-                if classes is not None and classes <= self.allowed:
+                if classes is not None and classes <= self.allowed and (
+                        self.guard is None or self.guard.quiet(sql)):
                     self.seq += 1
                     run = Run(self.seq, "simple", sql.strip(), None, _now())
                     self.started.append(run)
@@ -487,7 +589,22 @@ class Conversation:
                 nul = data.find(b"\0", pos + 5, end)
                 if nul != end - 5:
                     raise pq.ProtocolError("Execute: bad length")
-                text, params = self._portals.get(data[pos + 5:nul], _NO_PORTAL)
+                portal = data[pos + 5:nul]
+                text, params = self._portals.get(portal, _NO_PORTAL)
+                if self._reviewed and text in self._reviewed \
+                        and portal not in self._approved_portals:
+                    try:
+                        refusal = self._review_execute(portal, text)
+                    except _Hold:
+                        break
+                    if refusal is not None:  # an Execute of a portal that does not exist
+                        pending.append(_Entry(K_EXECUTE, message=refusal))
+                        self._refusing = self._may_skip = True
+                        parts = parts or []
+                        parts += (data[last:pos], pq.message(b"E", self._gone + b"\0\0\0\0\0"))
+                        last = end
+                        pos = end
+                        continue
                 self.seq += 1
                 run = Run(self.seq, "extended", text, params, _now())
                 self.started.append(run)
@@ -537,7 +654,8 @@ class Conversation:
                 parts += (data[last:pos], self._refuse_bind(data[pos + 5:end], bad))
                 last = end
                 self._may_skip = True
-            elif kind == _B and self.redact and data[pos + 5] == 0 and data[pos + 6] == 0:
+            elif kind == _B and self.redact and data[pos + 5] == 0 and data[pos + 6] == 0 \
+                    and not self._reviewed:
                 # Unnamed portal of the unnamed statement, parameters redacted: the count.
                 nfmt = unpack(data, pos + 5)[0] & 0xFFFF  # i16 after the two NULs
                 at = pos + 9 + 2 * nfmt
@@ -557,7 +675,10 @@ class Conversation:
                     pending.append(_BIND_ENTRY)
                 self._may_skip = True
             elif kind in _FRONTEND_OK:
-                replacement = self._frontend(kind, data[pos + 5:end])
+                try:
+                    replacement = self._frontend(kind, data[pos + 5:end])
+                except _Hold:  # a review decision first: this message and the rest wait
+                    break
                 # A Query or a function call ends in ReadyForQuery, failed or not.
                 self._may_skip = kind not in (_Q, _F, _H, _X)
                 if replacement is not None:
@@ -600,7 +721,8 @@ class Conversation:
         if kind == _Q and body and body[-1] == 0:
             sql = body[:-1]
             classes = self.classify.shape(sql)
-            if classes is not None and classes <= self.allowed:  # the common case, fast
+            if classes is not None and classes <= self.allowed and (  # the common case, fast
+                    self.guard is None or self.guard.quiet(sql)):
                 self.seq += 1
                 run = Run(self.seq, "simple", sql.strip(), None, _now())
                 self.started.append(run)
@@ -611,6 +733,10 @@ class Conversation:
             text = self._statements.get(name)
             params: object = count if self.redact else render_params(body)
             self._portals[portal] = (text or b"", params)
+            if self._reviewed:
+                self._approved_portals.discard(portal)
+                if text in self._reviewed:  # its values are part of what is reviewed
+                    self._review_params[portal] = tuple(render_params(body))
             reused = self._unnamed_target() if not name else None
             if reused is not None:  # the statement prepared for reuse
                 pending.append(_REUSED_BIND_ENTRY)
@@ -633,9 +759,25 @@ class Conversation:
                 pending.append(_Entry(K_PARSE, refused=v))
                 self._refusing = True
                 return pq.parse_message(parsed.name, REFUSED_SQL)
+            guarded = False
+            if self.guard is not None and (outcome := self.guard(parsed.query)).matches:
+                guarded = True
+                if outcome.action != BLOCK and not _prepares(verdict):
+                    self._reviewed[parsed.query] = outcome  # warned or decided at each Execute
+                    self._reviewed_bound()
+                else:
+                    refusal = self._guarded(outcome, parsed.query, None, "extended", _now(),
+                                            prepares=_prepares(verdict))
+                    if refusal is not None:
+                        if not parsed.name:
+                            self._statements[b""] = None
+                        pending.append(_Entry(K_PARSE, message=refusal))
+                        self._refusing = True
+                        return pq.parse_message(parsed.name, REFUSED_SQL)
             self._note_prepares(verdict)
             self._statements[parsed.name] = parsed.query
-            if not any(st.prepares or st.executes or st.forgets for st in verdict.statements):
+            if not guarded and not any(st.prepares or st.executes or st.forgets
+                                       for st in verdict.statements):
                 if len(self._parsed) >= 256:
                     self._parsed.clear()
                 reusable = len(verdict.statements) == 1 and \
@@ -655,6 +797,12 @@ class Conversation:
                 self.violations.append(v)
                 pending.append(_Entry(K_QUERY, [], refused=v))
                 return pq.message(b"Q", REFUSED_SQL + b"\0")
+            if self.guard is not None and (outcome := self.guard(sql)).matches:
+                refusal = self._guarded(outcome, sql, None, "simple", t0,
+                                        prepares=_prepares(verdict))
+                if refusal is not None:
+                    pending.append(_Entry(K_QUERY, [], message=refusal))
+                    return pq.message(b"Q", REFUSED_SQL + b"\0")
             self._note_prepares(verdict)
             runs: list[Run] = []
             for st in verdict.statements or (Statement(b"", frozenset()),):
@@ -696,6 +844,9 @@ class Conversation:
 
     def server(self, data: bytes) -> bytes:
         """Bytes from the server; returns the bytes to send the client (maybe rewritten)."""
+        if self._notices and not self._srest:  # between two messages: warnings go first
+            notices, self._notices = self._notices, b""
+            return notices + self.server(data)
         if self._lead:
             lead, self._lead = self._lead, b""
             return lead + self.server(data)
@@ -954,8 +1105,9 @@ class Conversation:
                 or (error[0] == "26000" and self._auto_prefix.decode() in error[1]
                     and self._gone.decode() not in error[1])):
             self._forget_reuse()  # a table changed under one of ours, or one is gone
-        replacement = (refusal_message(head.refused, self.role, self.resource)
-                       if head.refused is not None else None)
+        replacement = head.message if head.message is not None else (
+            refusal_message(head.refused, self.role, self.resource)
+            if head.refused is not None else None)
         hk = head.kind
         if hk in (K_QUERY, K_CALL):
             if head.runs and head.index < len(head.runs):
@@ -968,7 +1120,7 @@ class Conversation:
         self._skipping = True  # the server discards what comes until the next Sync
         # Extended protocol: the server discards everything up to the next Sync. The
         # failing Execute, or the first one a failed Parse/Bind belonged to, carries it.
-        blamed = head.refused is not None
+        blamed = head.refused is not None or head.message is not None
         while pending and pending[0].kind != K_SYNC:
             entry = pending.popleft()
             self._reuse_failed(entry)

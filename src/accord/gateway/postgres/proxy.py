@@ -9,16 +9,19 @@ import contextlib
 import functools
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from accord.gateway import prefork_msg, tokens
+from accord.gateway import prefork_msg, reviews, tokens
+from accord.gateway.classes import role_classes
 from accord.gateway.link import Closed, Link
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres import upstream
 from accord.gateway.postgres.conversation import Conversation, PinnedSettingChanged
-from accord.gateway.postgres.scope import Classifier, role_classes
+from accord.gateway.postgres.guard import Guard
+from accord.gateway.postgres.scope import Classifier
 from accord.gateway.records import SessionInfo
+from accord.gateway.rules import ReviewAsk, ReviewDecision, RuleSet
 from accord.gateway.server import GatewayServer
 from accord.provisioning.base import ConnectorError
 from accord.provisioning.postgres import PostgresConnector
@@ -36,10 +39,13 @@ class Authorized:
     role: str
     allowed: frozenset[str]
     target: upstream.Target
+    guard: Guard | None = field(default=None)
 
 
 class ProxySession:
     """A live session: the conversation between one client and its upstream connection."""
+
+    protocol = "postgres"
 
     def __init__(self, gateway: PostgresGateway, client: Link, server: upstream.Upstream,
                  conversation: Conversation, info: SessionInfo, target: upstream.Target) -> None:
@@ -58,6 +64,7 @@ class ProxySession:
         self.ended = False
         self.audit = gateway.audit
         self._slow: asyncio.TimerHandle | None = None
+        self._asking = False  # a review decision is being looked up (client input waits)
         client.peer = self.server
         self.server.peer = client
         assert client.transport is not None and self.server.transport is not None
@@ -70,11 +77,17 @@ class ProxySession:
         if self.ended:
             return
         conv = self.conv
+        if self._asking:  # behind a held statement: waits for its decision
+            conv.hold(data)
+            return
         try:
             out = conv.client(data)
         except pq.ProtocolError as exc:
             self.end("protocol violation", "08P01", f"Accord gateway: {exc}")
             return
+        if conv.hits:  # guardrail matches: in the spool before what follows is forwarded
+            self.audit.guardrails(self.info, conv.hits)
+            conv.hits = []
         started = conv.started
         violations = conv.violations
         if started or violations:
@@ -93,7 +106,9 @@ class ProxySession:
                 audit.note(self.info, started, _NONE, _NONE)
         if out:
             self._to_server(out)
-        if conv.cbuf:  # a message left unfinished: a slow or stalled client
+        if conv.awaiting is not None:
+            self._ask(conv.awaiting)
+        elif conv.cbuf:  # a message left unfinished: a slow or stalled client
             if self._slow is None:
                 self._slow = asyncio.get_running_loop().call_later(
                     self.gateway.message_timeout, self._too_slow)
@@ -128,6 +143,35 @@ class ProxySession:
                 self.gateway.arm_tick()
         if out:
             self._to_client(out)
+
+    def _ask(self, ask: ReviewAsk) -> None:
+        """A review rule holds a statement: stop reading the client until the decision is
+        known (on a database thread), then carry on with the held bytes."""
+        self._asking = True
+        if self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+        self.gateway.spawn(self._review(ask))
+
+    async def _review(self, ask: ReviewAsk) -> None:
+        try:
+            decision = await self.gateway.db(functools.partial(
+                reviews.decide, self.gateway.st, self.info, ask,
+                redact=self.gateway.spec.redact_parameters))
+        except Exception:  # pragma: no cover - decide() catches what it can
+            log.exception("gateway: session %s: review lookup failed", self.info.id)
+            decision = ReviewDecision(False, None, "Accord gateway: the review of this "
+                                      "statement could not be checked; try again",
+                                      outcome="error")
+        if self.ended:
+            return
+        self.conv.resolve(decision)
+        self._asking = False
+        if self.client.transport is not None and not self.client.closed:
+            self.client.transport.resume_reading()
+        self.from_client(b"")
 
     def _too_slow(self) -> None:
         self._slow = None
@@ -176,6 +220,24 @@ class PostgresGateway(GatewayServer):
         super().__init__(*args, **kw)
         self.classifier = Classifier()
         self._logins: set[tuple[str, str, str]] = set()  # gateway logins made ready here
+        # (resource, role) → (the rules they came from, the guard and its caches)
+        self._guards: dict[tuple[str, str], tuple[Any, Guard]] = {}
+
+    def guard_for(self, spec: Any, role: str) -> Guard | None:
+        """The guardrails of a role of a resource (None: none); sessions with the same
+        rules share one guard and its caches, until the policy changes them."""
+        rules = spec.gateway.guardrails if spec.gateway is not None else []
+        if not rules:
+            return None
+        key = (spec.name, role)
+        known = self._guards.get(key)
+        if known is not None and known[0] == rules:
+            return known[1]
+        ruleset = RuleSet.of(rules, role)
+        guard = Guard(ruleset) if ruleset else None
+        if guard is not None:
+            self._guards[key] = (rules, guard)
+        return guard
 
     def from_sibling(self, msg: bytes) -> None:
         if msg[:1] == prefork_msg.CANCEL and len(msg) == prefork_msg.CANCEL_SIZE:
@@ -230,7 +292,7 @@ class PostgresGateway(GatewayServer):
         conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
                             resource=auth.resource, redact=self.spec.redact_parameters,
                             max_message=self.spec.max_message,
-                            auto_prepare=self.spec.auto_prepare)
+                            auto_prepare=self.spec.auto_prepare, guard=auth.guard)
         session = ProxySession(self, client, server, conv, info, auth.target)
         hello = [pq.auth_request(pq.AUTH_OK)]
         hello += [pq.parameter_status(k, v) for k, v in server.params.items()]
@@ -315,7 +377,8 @@ class PostgresGateway(GatewayServer):
             except upstream.UpstreamError as exc:
                 raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
             return Authorized(grant.id, user, resource, grant.role,
-                              role_classes(grant.role, configured), target)
+                              role_classes(grant.role, configured), target,
+                              self.guard_for(spec, grant.role))
 
         return await self.db(check)
 

@@ -53,30 +53,39 @@ from typing import Any, NamedTuple
 
 from pglast import parser as pgparser
 
-READ = "read"
-WRITE = "write"
-DDL = "ddl"
-ADMIN = "admin"
-TRANSACTION = "transaction"
-SESSION = "session"
-IDENTITY = "identity"
-PINNED = "pinned"
-UNKNOWN = "unknown"
-CLASSES = (READ, WRITE, DDL, ADMIN, TRANSACTION, SESSION, IDENTITY, PINNED, UNKNOWN)
-ALL = "all"  # in accord.yaml: every class except identity (and pinned, which none holds)
-# Settings that change how the server tokenizes statement text, and the values the gateway
-# pins them to at login (PostgreSQL's defaults; UTF8 is what the gateway parses).
+from accord.gateway.classes import (  # the names every protocol shares, re-exported here
+    ADMIN,
+    DDL,
+    IDENTITY,
+    PINNED,
+    READ,
+    SESSION,
+    TRANSACTION,
+    UNKNOWN,
+    WRITE,
+)
+from accord.gateway.classes import (
+    ALL as ALL,
+)
+from accord.gateway.classes import (
+    CLASSES as CLASSES,
+)
+from accord.gateway.classes import (
+    DEFAULT_ROLES as DEFAULT_ROLES,
+)
+from accord.gateway.classes import (
+    FALLBACK as FALLBACK,
+)
+from accord.gateway.classes import (
+    role_classes as role_classes,
+)
+
+# PostgreSQL settings that change how the server tokenizes statement text, and the values
+# the gateway pins them to at login (PostgreSQL's defaults; UTF8 is what the gateway parses).
 PINNED_SETTINGS: dict[str, str] = {
     "client_encoding": "UTF8", "standard_conforming_strings": "on",
     "backslash_quote": "safe_encoding", "escape_string_warning": "on",
 }
-
-DEFAULT_ROLES: dict[str, frozenset[str]] = {
-    "read": frozenset({READ, TRANSACTION, SESSION}),
-    "write": frozenset({READ, WRITE, TRANSACTION, SESSION}),
-    "admin": frozenset({READ, WRITE, DDL, ADMIN, TRANSACTION, SESSION, UNKNOWN}),
-}
-FALLBACK = DEFAULT_ROLES["read"]  # roles with another name and no configuration
 
 _READ_TOP = {
     "SelectStmt", "VariableShowStmt", "FetchStmt", "ClosePortalStmt", "ListenStmt",
@@ -194,22 +203,6 @@ class Verdict:
             if missing:
                 return st, frozenset(missing)
         return None
-
-
-def role_classes(role: str, configured: Mapping[str, Iterable[str]] | None = None
-                 ) -> frozenset[str]:
-    """The classes an Accord role may run: accord.yaml's, else the defaults (never
-    `pinned`: no configuration can let a session change how the server reads text)."""
-    if configured and role in configured:
-        out: set[str] = set()
-        for name in configured[role]:
-            if name == ALL:
-                out.update(c for c in CLASSES if c not in (IDENTITY, PINNED))
-            else:
-                out.add(name)
-        out.discard(PINNED)
-        return frozenset(out)
-    return DEFAULT_ROLES.get(role, FALLBACK)
 
 
 def escalation(statement: Statement, missing: frozenset[str], protocol: str) -> str | None:

@@ -1,0 +1,200 @@
+"""sysbench directly against MariaDB and through the Accord gateway's MySQL front (auditing every
+statement), in one run; prints one JSON object.
+
+One run does everything: a MariaDB database (`sysbench ... prepare`), an Accord database on
+PostgreSQL and a policy whose resource reaches MariaDB with shared credentials, an active grant
+and a connection token; starts `accord gateway` (and `accord worker`, which integrates the
+ledger as it grows). sysbench then runs each workload against each target, interleaved
+(direct, gateway, direct, ...), 8 threads, with its default server-side prepared statements
+(so the gateway follows COM_STMT_PREPARE/EXECUTE and records each execution with its text).
+
+    .venv/bin/python benchmarks/gateway_mysql.py                 # 3 runs x 10 s per cell
+    .venv/bin/python benchmarks/gateway_mysql.py --runs 1 --seconds 5 --json-only
+
+Workloads: `oltp_point_select` (target: at least 0.45 of direct) and `oltp_read_only` (0.6).
+CPU per transaction of the gateway (with its audit shipper), the Accord worker, MariaDB
+(`mariadbd`) and sysbench comes from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+from psycopg import sql
+
+from gateway import cpu_seconds, free_port, grant_token, log, start, stop, wait_port
+
+ACCORD = str(Path(sys.executable).parent / "accord")
+SYSBENCH = shutil.which("sysbench") or "/usr/bin/sysbench"
+WORKLOADS = {"oltp_point_select": 0.45, "oltp_read_only": 0.6}
+
+
+def policy(resource: str, port: int, mysql_port: int) -> str:
+    return f"""\
+users: [bench]
+groups: {{benchers: [bench]}}
+gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h, mysql: {{listen: "127.0.0.1:{mysql_port}"}}}}
+resources:
+  - name: {resource}
+    kind: mariadb
+    roles: [admin]
+    gateway: {{dsn_env: BENCH_MYSQL_DSN, set_role: false}}
+workflows:
+  - name: bench
+    match: 'true'
+    require_reason: false
+    max_duration: 8h
+    auto_approve: 'true'
+"""
+
+
+def pids_named(name: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if (entry / "comm").read_text().strip() == name:
+                    out.append(int(entry.name))
+    return out
+
+
+def sysbench(workload: str, conn: list[str], seconds: int, threads: int,
+             table_size: int) -> dict[str, float]:
+    cmd = [SYSBENCH, workload, "--db-driver=mysql", *conn, "--tables=1",
+           f"--table-size={table_size}", f"--threads={threads}", f"--time={seconds}",
+           "--report-interval=0", "--mysql-ssl=off", "run"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"sysbench failed:\n{done.stdout}\n{done.stderr}")
+    tx = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", done.stdout)
+    lat = re.search(r"avg:\s+([\d.]+)", done.stdout)
+    if tx is None:
+        raise SystemExit(f"cannot read sysbench's output:\n{done.stdout}")
+    return {"transactions": int(tx.group(1)), "tps": float(tx.group(2)),
+            "latency_ms": float(lat.group(1)) if lat else 0.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--table-size", type=int, default=10000)
+    ap.add_argument("--mariadb", default="mysql://root@127.0.0.1:3306/",
+                    help="an admin DSN of the MariaDB to benchmark")
+    ap.add_argument("--pg-admin-url", default=os.environ.get(
+        "ACCORD_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL for Accord's own database")
+    ap.add_argument("--json-only", action="store_true")
+    args = ap.parse_args()
+    quiet = args.json_only
+    if not Path(SYSBENCH).exists():
+        print(json.dumps({"error": "sysbench is not installed (apt-get install sysbench)"}))
+        return 2
+    suffix = secrets.token_hex(4)
+    accord_db, target_db = f"accord_mybench_{suffix}", f"accord_mybench_t_{suffix}"
+    dsn = args.mariadb.rstrip("/")
+    m = re.match(r"mysql://([^:@/]+)(?::([^@/]*))?@([^:/]+)(?::(\d+))?", dsn)
+    if m is None:
+        raise SystemExit("--mariadb must be mysql://user[:password]@host[:port]/")
+    my_user, my_password, my_host, my_port = m.group(1), m.group(2) or "", m.group(3), \
+        int(m.group(4) or 3306)
+    admin = pymysql.connect(host=my_host, port=my_port, user=my_user, password=my_password,
+                            autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{target_db}`")
+    base = args.pg_admin_url.rsplit("/", 1)[0]
+    with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(accord_db)))
+    tmp = Path(tempfile.mkdtemp(prefix="accord-mybench-"))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    direct = [f"--mysql-host={my_host}", f"--mysql-port={my_port}", f"--mysql-user={my_user}",
+              f"--mysql-password={my_password}", f"--mysql-db={target_db}"]
+    try:
+        log(f"sysbench prepare {target_db}", quiet)
+        subprocess.run([SYSBENCH, "oltp_read_only", "--db-driver=mysql", *direct, "--tables=1",
+                        f"--table-size={args.table_size}", "prepare"], check=True,
+                       capture_output=True)
+        resource = "bench"
+        gw_port, my_gw_port = free_port(), free_port()
+        config = tmp / "accord.yaml"
+        config.write_text(policy(resource, gw_port, my_gw_port))
+        data_dir = tmp / "data"
+        accord_url = f"{base}/{accord_db}"
+        env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
+               "ACCORD_DATA_DIR": str(data_dir), "BENCH_MYSQL_DSN": f"{dsn}/{target_db}"}
+        token = grant_token(accord_url, config, data_dir, resource)
+        procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning"], env,
+                                 tmp / "gateway.log")
+        wait_port(my_gw_port, procs["gateway"], tmp / "gateway.log")
+        procs["worker"] = start([ACCORD, "worker"], env, tmp / "worker.log")
+        targets = {"direct": direct,
+                   "gateway": ["--mysql-host=127.0.0.1", f"--mysql-port={my_gw_port}",
+                               "--mysql-user=bench", f"--mysql-password={token}",
+                               f"--mysql-db={resource}"]}
+        counted = {"gateway": procs["gateway"].pid, "accord_worker": procs["worker"].pid}
+        mariadbd = pids_named("mariadbd") or pids_named("mysqld")
+        results: dict[str, dict[str, list[dict[str, float]]]] = {
+            w: {t: [] for t in targets} for w in WORKLOADS}
+        for run in range(args.runs):
+            for workload in WORKLOADS:
+                for target, conn in targets.items():
+                    before = {k: cpu_seconds(p) for k, p in counted.items()}
+                    before_db = sum(cpu_seconds(p) for p in mariadbd)
+                    r = sysbench(workload, conn, args.seconds, args.threads, args.table_size)
+                    cpu = {k: cpu_seconds(p) - before[k] for k, p in counted.items()}
+                    cpu["mariadbd"] = sum(cpu_seconds(p) for p in mariadbd) - before_db
+                    r["cpu_us_per_tx"] = {  # type: ignore[assignment]
+                        k: round(v / max(r["transactions"], 1) * 1e6, 1)
+                        for k, v in cpu.items() if target == "gateway" or k == "mariadbd"}
+                    results[workload][target].append(r)
+                    log(f"run {run + 1} {workload} {target}: {r['tps']:.0f} tx/s "
+                        f"cpu/tx {r['cpu_us_per_tx']}", quiet)
+        out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
+                                           "loadavg": os.getloadavg()},
+                               "runs": args.runs, "seconds": args.seconds,
+                               "threads": args.threads, "workloads": {}}
+        for workload, target_ratio in WORKLOADS.items():
+            cell: dict[str, Any] = {}
+            for target, runs in results[workload].items():
+                cell[target] = {"tps": statistics.median(r["tps"] for r in runs),
+                                "latency_ms": statistics.median(r["latency_ms"] for r in runs),
+                                "cpu_us_per_tx": {
+                                    k: statistics.median(r["cpu_us_per_tx"][k]  # type: ignore[index]
+                                                         for r in runs)
+                                    for k in runs[0]["cpu_us_per_tx"]}}  # type: ignore[attr-defined]
+            ratio = cell["gateway"]["tps"] / cell["direct"]["tps"]
+            cell["ratio"] = round(ratio, 3)
+            cell["target"] = target_ratio
+            cell["meets_target"] = ratio >= target_ratio
+            out["workloads"][workload] = cell
+        print(json.dumps(out, indent=None if args.json_only else 2), flush=True)
+        return 0
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{target_db}`")
+        admin.close()
+        with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(accord_db)))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
