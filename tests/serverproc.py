@@ -32,12 +32,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [ACCORD, "serve", "--port", str(self.port), "--config", str(self.config),
                  "--log-level", "warning", *self.args], env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # waiting on another process: nothing to await
             assert self.proc.poll() is None, self.log.read_text()
             try:

@@ -34,6 +34,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import threading
 import time
 import warnings
@@ -44,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event, exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -121,9 +122,28 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # An in-memory database is private to its connection: nothing to queue for.
         _sqlite_setup(engine, None if memory else _gate_for(path))
         return engine
-    # No pre-ping: it costs a round trip per checkout; stale connections are recycled instead
-    # and a failed unit of work surfaces as an error the caller retries.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    # No pre-ping on every checkout (a round trip each): only a connection with something to
+    # read while idle is pinged (`_drop_dead_connections`).
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    _drop_dead_connections(engine)
+    return engine
+
+
+def _drop_dead_connections(engine: Engine) -> None:
+    """After the server restarted (or ended a backend), an idle pooled connection has the
+    server's goodbye, or the end of the stream, waiting to be read: a look at its socket,
+    which costs no round trip, finds it, and one ping decides. A dead one empties the pool
+    (everything older is as dead) and the checkout gets a fresh connection, so the first
+    calls after a restart do not fail with 500 after /readyz said ready."""
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        try:
+            readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+        except Exception:  # closed already, or no socket: let the ping decide
+            readable = [True]
+        if readable and not engine.dialect._do_ping_w_event(dbapi_conn):
+            raise exc.InvalidatePoolError("the server closed this connection")
 
 
 class WriteGate:

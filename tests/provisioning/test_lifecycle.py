@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord.db import transaction
 from accord.provisioning import postgres as pgconn
+from accord.provisioning import service as provisioning
 from accord.worker.job_runner import JobRunner
 from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, Env, _pg_reachable, make_env
 
@@ -175,7 +176,8 @@ def test_drift_is_reported_and_enforced(sessions: sessionmaker[Session], tmp_pat
         with psycopg.connect(target["dsn"], autocommit=True) as conn:
             login = pgconn.login_name("alice", target["resource"])
             conn.execute(f'GRANT "{group}" TO "{login}"')
-        runner.reconcile_all()
+        runner.reconcile_all()  # this period's reconciliation, as a job
+        assert runner.run_once() == 1
         drift = env.events(type="drift.detected")
         assert [(d["data"]["user"], d["data"]["role"]) for d in drift] == [("alice", "read")]
         assert [e["type"] for e in env.events(type="drift.revoked")] == ["drift.revoked"]
@@ -248,9 +250,62 @@ def test_drift_to_a_role_accord_never_made_is_found_and_removed(
             conn.execute(f'GRANT "{group}" TO "{outsider}"')
         try:
             runner.reconcile_all()
+            assert runner.run_once() == 1
             assert [d["data"]["user"] for d in env.events(type="drift.detected")] == [outsider]
             assert len(env.events(type="drift.revoked")) == 1
             assert env.st.connectors().get(target["resource"]).granted() == set()
         finally:
             with psycopg.connect(target["dsn"], autocommit=True) as conn:
                 conn.execute(f'DROP ROLE IF EXISTS "{outsider}"')
+
+
+def test_reconciliation_runs_once_a_period_however_many_processes_ask(
+    sessions: sessionmaker[Session], tmp_path: Path, target: dict[str, str]
+) -> None:
+    """Every process's runner enqueues each period's reconciliation; one runs it. (Each
+    used to reconcile on its own timer: N processes reported each drift N times.)"""
+    env, runner = _env(sessions, tmp_path, target)
+    other = JobRunner(env.st.sessions, env.st.policies, env.st.connectors, env.st.secrets,
+                      env.clock)
+    outsider = f"dba_friend_{target['resource']}"
+    with env.client:
+        req = _ask(env, target)
+        runner.run_once()  # creates the group role
+        env.act("bob", req["id"], "revoke")
+        runner.run_once()
+        group = pgconn.group_name(target["resource"], "read")
+        with psycopg.connect(target["dsn"], autocommit=True) as conn:
+            conn.execute(f'CREATE ROLE "{outsider}" LOGIN')
+            conn.execute(f'GRANT "{group}" TO "{outsider}"')
+        try:
+            runner.reconcile_all()
+            other.reconcile_all()
+            assert runner.run_once() + other.run_once() == 1
+            assert len(env.events(type="drift.detected")) == 1
+            env.clock.advance(minutes=1)  # the next period: reported again, once
+            other.reconcile_all()
+            runner.reconcile_all()
+            assert other.run_once() + runner.run_once() == 1
+            assert len(env.events(type="drift.detected")) == 2
+        finally:
+            with psycopg.connect(target["dsn"], autocommit=True) as conn:
+                conn.execute(f'DROP ROLE IF EXISTS "{outsider}"')
+
+
+def test_a_grant_ended_but_not_yet_taken_away_is_not_drift(
+    sessions: sessionmaker[Session], tmp_path: Path, target: dict[str, str]
+) -> None:
+    """Between a grant's end and its deprovisioning job the target still holds it: Accord
+    knows and is taking it away, which is no drift (reconciling reported it as drift)."""
+    env, runner = _env(sessions, tmp_path, target)
+    with env.client:
+        req = _ask(env, target)
+        runner.run_once()
+        assert env.act("bob", req["id"], "revoke").status_code == 200  # job not run yet
+        with transaction(env.st.sessions) as session:
+            drift = provisioning.reconcile(session, connectors=env.st.connectors(),
+                                           resource=target["resource"], now=env.clock(),
+                                           enforce=False)
+        assert drift == []
+        assert runner.run_once() == 1  # deprovisioned: the target holds nothing now
+        assert env.st.connectors().get(target["resource"]).granted() == set()

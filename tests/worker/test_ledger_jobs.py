@@ -37,12 +37,14 @@ def until(what: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def listeners(engine: Engine) -> list[int]:
+def listeners(engine: Engine, role: str = "integrator") -> list[int]:
+    """Backends of the ledger role's connections (`role`: integrator or standby)."""
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as c:
         return [pid for (pid,) in c.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()").fetchall()]
+            " AND application_name LIKE %s AND pid <> pg_backend_pid()",
+            (f"accord ledger {role} %",)).fetchall()]
 
 
 def test_integrates_on_notice_and_after_losing_its_listen_connection(
@@ -80,6 +82,42 @@ def test_integrates_on_notice_and_after_losing_its_listen_connection(
         worker.stop()
         stopped_in = time.monotonic() - started
     assert stopped_in < ledger_jobs.SAFETY_SECONDS / 2  # a wait for notices ends at once
+
+
+def test_one_integrator_at_a_time_and_a_standby_takes_over_when_it_goes(
+        fresh_pg: Engine, tmp_path: Path) -> None:
+    sessions = make_sessionmaker(fresh_pg)
+    settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
+    cfg = ledger_config(settings, Policy(parse_policy_text(POLICY)))
+    first, second = LedgerWorker(sessions, cfg, utcnow), LedgerWorker(sessions, cfg, utcnow)
+
+    def integrated() -> bool:
+        with sessions() as s:
+            return pending_count(s) == 0
+
+    def add(subject: str) -> None:
+        with transaction(sessions) as s:
+            record(s, type=EventType.POLICY_LOADED, actor=Actor.system(), subject=subject)
+
+    first.start()
+    second.start()
+    try:
+        assert until(lambda: len(listeners(fresh_pg)) == 1
+                     and len(listeners(fresh_pg, "standby")) == 1)
+        assert first.integrator != second.integrator  # the advisory lock elected one
+        holder, standby = (first, second) if first.integrator else (second, first)
+        add("a")
+        assert until(integrated, timeout=2)
+
+        holder.stop()  # its role connection closes: the lock is free at once
+        started = time.monotonic()
+        assert until(lambda: standby.integrator, timeout=5)
+        assert time.monotonic() - started < ledger_jobs.STANDBY_SECONDS + 1.0
+        add("b")
+        assert until(integrated, timeout=2)
+    finally:
+        first.stop()
+        second.stop()
 
 
 def notices_after(engine: Engine, act: Callable[[], None]) -> int:

@@ -89,11 +89,11 @@ def until(what: Callable[[], bool], timeout: float) -> bool:
 
 
 def listeners(engine: Engine) -> int:
-    """Ledger LISTEN connections: one per `accord worker` that is up."""
+    """Ledger role connections (integrator or standby): one per `accord worker` up."""
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as c:
-        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                        "current_database() AND query LIKE 'LISTEN %%'").fetchone()
+        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name LIKE 'accord ledger %%'").fetchone()
         return int(row[0]) if row else 0
 
 

@@ -162,6 +162,7 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
     os.environ["ACCORD_DATABASE_URL"] = st.settings.database_url.get()
     os.environ["ACCORD_DATA_DIR"] = str(st.settings.data_dir)
     os.environ["ACCORD_BACKGROUND"] = "0"
+    os.environ["ACCORD_SERVE_PID"] = str(os.getpid())  # workers stop when it is gone
     # Each worker sets its header deadline from this (accord.api.asgi).
     os.environ["ACCORD_HEADER_TIMEOUT"] = str(st.settings.header_timeout)
     # Each scrape lands on one worker: every process (the workers, and this one's jobs and
@@ -262,7 +263,7 @@ def worker(
     from accord.worker.integrity import monitor_for
     from accord.worker.job_runner import JobRunner
     from accord.worker.ledger_jobs import LedgerWorker
-    from accord.worker.sweeper import sweep_once
+    from accord.worker.sweeper import Sweeper, sweep_once
 
     try:
         logs.configure(Settings.from_env().log_format, "info")
@@ -287,19 +288,21 @@ def worker(
     runner = JobRunner(st.sessions, st.policies, st.connectors, st.secrets, st.now)
     monitor = monitor_for(st.sessions, st.ledger, st.now,
                           st.policies.current.loaded.spec.ledger.integrity)
+    # The sweeper is a thread like the others, which keeps going when a pass fails: the
+    # database restarting must not end the worker (this loop once did, on the first error).
+    sweeper = Sweeper(st.sessions, now=st.now, interval=interval)
     ledger.start()
     runner.start()
+    sweeper.start()
     if monitor is not None:
         monitor.start()
     try:
-        while not stop.is_set():
-            n = sweep_once(st.sessions, st.now())
-            if n:
-                log.info("recorded %d expiries", n)
-            stop.wait(interval)
+        while not stop.wait(1.0):  # signals are handled between waits
+            pass
     finally:
         if monitor is not None:
             monitor.stop()
+        sweeper.stop()
         runner.stop()
         ledger.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -91,9 +92,16 @@ class LedgerConfig:
         return self.ring().check(text)
 
     def remember(self, note: str) -> None:
-        tmp = self.memory_path.with_suffix(".tmp")
-        tmp.write_text(note, encoding="utf-8")
-        tmp.replace(self.memory_path)
+        # A temporary file of this writer's own: replicas sharing the key's directory (a
+        # mounted secret) may remember at the same moment, and one shared name made one
+        # writer's rename fail or publish the other's half-written note.
+        tmp = self.memory_path.with_name(
+            f"{self.memory_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.write_text(note, encoding="utf-8")
+            tmp.replace(self.memory_path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def rotate(self, new: Signer) -> KeyRing:
         """Install `new` as the key in force; the current key cosigns the next checkpoint.
@@ -357,16 +365,24 @@ def publish(directory: Path, size: int, note: str) -> None:
     """Write `<dir>/<size>` once; an existing copy is never overwritten."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / str(size)
+    # Written whole under a name of its own, then linked into place: the link fails if the
+    # size is there already, and nobody ever reads a copy half written (another process
+    # publishing the same checkpoint read an empty file and cried "different checkpoint").
+    tmp = directory / f".{size}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    except FileExistsError:
-        if path.read_text(encoding="utf-8") != note:
-            log.critical("witness %s holds a different checkpoint for size %d", directory, size)
-        return
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(note)
-        f.flush()
-        os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(note)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if path.read_text(encoding="utf-8") != note:
+                log.critical("witness %s holds a different checkpoint for size %d",
+                             directory, size)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def publish_missing(session: Session, cfg: LedgerConfig) -> int:

@@ -19,6 +19,7 @@ from accord.grants.models import Grant, GrantStatus
 from accord.jobs import service as jobs
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType
+from accord.provisioning import service
 from accord.provisioning.base import ConnectorError
 from accord.provisioning.registry import Connectors
 from accord.provisioning.secrets import SecretBox
@@ -91,5 +92,13 @@ def handlers(connectors: Connectors, box: SecretBox,
             data={"grant_id": grant.id, "user": grant.user, "login": grant.login},
             time=now)
 
+    def reconcile(session: Session, job: jobs.Claimed, now: datetime) -> None:
+        resource = job.payload["resource"]
+        try:
+            service.reconcile(session, connectors=connectors, resource=resource, now=now,
+                              enforce=bool(job.payload.get("enforce")))
+        except ConnectorError as exc:  # the target is down: the next period looks again
+            log.warning("reconciling %s failed: %s", resource, exc)
+
     return {grants.PROVISION: provision, grants.EXPIRE: expire,
-            grants.DEPROVISION: deprovision}
+            grants.DEPROVISION: deprovision, service.RECONCILE: reconcile}

@@ -11,7 +11,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from accord.grants.models import Grant, GrantStatus
@@ -32,15 +32,27 @@ def spec_of(grant: Grant, action: str) -> GrantSpec:
                      idempotency_key=f"grant-{grant.id}-{action}")
 
 
+def _known(session: Session, resource: str) -> set[tuple[str, str]]:
+    """(user, role) of the grants on `resource` the target may hold: live, or ended with
+    their deprovisioning job still to run (or retrying): access Accord knows of and is
+    taking away is not drift."""
+    return {(user, role) for user, role in session.execute(
+        select(Grant.user, Grant.role).where(
+            Grant.resource == resource,
+            or_(Grant.status.in_([GrantStatus.ACTIVE, GrantStatus.PROVISIONING]),
+                and_(Grant.provisioned_at.is_not(None), Grant.deprovisioned_at.is_(None))))
+    )}
+
+
 def reconcile(session: Session, *, connectors: Connectors, resource: str, now: datetime,
               enforce: bool) -> list[dict[str, Any]]:
     """Compare what the target grants with live grants; report (and maybe revoke) drift."""
+    # What Accord knows of is read before and after the target: a grant that ended and was
+    # taken away, or was approved and provisioned, while the target was being read is
+    # known to one of the two reads (read once, either order reported it as drift).
+    before = _known(session, resource)
     actual = connectors.get(resource).granted()
-    live = {(user, role) for user, role in session.execute(
-        select(Grant.user, Grant.role).where(
-            Grant.resource == resource,
-            Grant.status.in_([GrantStatus.ACTIVE, GrantStatus.PROVISIONING]))
-    )}
+    live = before | _known(session, resource)
     drift = []
     for user, role in sorted(actual - live):
         found = {"user": user, "role": role, "resource": resource, "enforced": enforce}

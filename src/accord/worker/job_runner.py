@@ -105,16 +105,21 @@ class JobRunner:
                             leases=self.leases)
 
     def reconcile_all(self) -> None:
-        connectors = self.connectors()
-        for name, spec in self.policies.current.resources.items():
-            if spec.provision is None or spec.reconcile == "off":
-                continue
-            try:
-                with transaction(self.sessions) as session:
-                    provisioning.reconcile(session, connectors=connectors, resource=name,
-                                           now=self.now(), enforce=spec.reconcile == "enforce")
-            except Exception:  # a target that is down is retried next round
-                log.exception("reconciling %s failed", name)
+        """Enqueue this period's reconciliation of each resource that asks for it: one job
+        per resource and period (`reconcile_every`), keyed by both, so however many
+        processes enqueue it, one of them runs it once."""
+        policy = self.policies.current
+        every = policy.loaded.spec.worker.reconcile_every.total_seconds()
+        now = self.now()
+        period = int(now.timestamp() // max(every, 1.0))
+        with transaction(self.sessions) as session:
+            for name, spec in policy.resources.items():
+                if spec.provision is None or spec.reconcile == "off":
+                    continue
+                jobs.enqueue(session, kind=provisioning.RECONCILE,
+                             key=f"{provisioning.RECONCILE}:{name}:{period}", run_at=now,
+                             now=now, payload={"resource": name,
+                                               "enforce": spec.reconcile == "enforce"})
 
     def _run(self) -> None:
         while not self._stop.is_set():

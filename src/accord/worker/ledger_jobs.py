@@ -1,17 +1,28 @@
 """Background ledger work: integrate pending events (PostgreSQL) and sign checkpoints.
 
-On PostgreSQL a dedicated connection LISTENs on the ledger channel, so an event is
-integrated moments after its transaction commits; while passes keep finding work the
-integrator looks every BUSY_SECONDS instead, and writers stop sending notices (`LedgerWake`:
-each one queued their commits on one lock); a short poll covers missed notices and catches
-up after a restart. Replicas may all run this: the head row lock makes
-them take turns, and no index is assigned twice.
+On PostgreSQL one process at a time holds the integrator role: a session-level advisory
+lock (`INTEGRATOR_LOCK`) taken on a connection of its own, which then LISTENs on the
+ledger channel, so events are integrated moments after their transaction commits; while
+passes keep finding work it looks every BUSY_SECONDS instead, and writers stop sending
+notices (`LedgerWake`: each one queued their commits on one lock); a short poll covers
+missed notices and catches up after a restart. The holder also signs
+checkpoints and feeds the sinks. Every other process stands by, trying the lock every
+`STANDBY_SECONDS`: when the holder dies its connection closes, PostgreSQL frees the lock,
+and a standby takes over within that time (for a host that vanished without closing its
+connection, once the server's TCP keepalives, set short on that connection, give up).
+
+The lock only elects who does the work; it is not what keeps the ledger right. Index
+assignment and signing run under the head row lock (`ledger.service.integrate_pending`,
+`checkpoints.sign`), so two integrators at once (a holder the server has not yet given
+up on, `catch_up` before a report or a fresh checkpoint, a process that could not reach
+the lock and integrates on a poll instead) take turns and no index is assigned twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select as selectmod
 import socket
 import threading
@@ -44,6 +55,18 @@ COALESCE_SECONDS = 0.02  # after a wake-up, let a few more commits arrive: bigge
 # Under a gateway's steady stream this halved the worker's CPU; an event after a quiet
 # spell is still integrated within COALESCE_SECONDS.
 BUSY_SECONDS = 0.2
+# The integrator role: pg_try_advisory_lock(classid, objid), ("acd1" as an int, 1).
+INTEGRATOR_LOCK = (0x61636431, 1)
+STANDBY_SECONDS = 0.5  # how often a standby tries to take the role over
+# Server-side TCP keepalives on the role's connection: a holder whose host vanished (no
+# FIN, no RST) loses the lock after about idle + interval * count seconds, not two hours.
+KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+             "tcp_keepalives_count": "3", "tcp_user_timeout": "10000"}
+
+
+def _app_name(role: str) -> str:
+    """The role connection's application_name (pg_stat_activity shows who holds it)."""
+    return f"accord ledger {role} {socket.gethostname()[:24]}:{os.getpid()}"
 
 
 class LedgerWorker:
@@ -66,6 +89,7 @@ class LedgerWorker:
         self._next_sign = 0.0
         self._busy = False  # the last pass integrated something
         self._announced = 0.0  # when writers were last told (0: not yet by this process)
+        self.integrator = False  # this process holds the integrator role (PostgreSQL)
         bind = sessions.kw.get("bind")
         self.postgres = bind is not None and bind.dialect.name == "postgresql"
 
@@ -89,47 +113,75 @@ class LedgerWorker:
         except Exception:  # shutting down: the next start catches up
             log.exception("final ledger pass failed")
 
-    def _listen(self) -> psycopg.Connection[tuple[object, ...]] | None:
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]] | None:
+        """The role's connection (PostgreSQL): standing by until `_lead` takes the role."""
         if not self.postgres:
             return None
         bind = self.sessions.kw["bind"]
         url = bind.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
-            conn = psycopg.connect(url, autocommit=True)
-            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            return conn
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
+                                   application_name=_app_name("standby"))
         except psycopg.Error:
-            log.exception("cannot LISTEN for ledger events; polling instead")
+            log.exception("cannot reach the database for the ledger integrator role; "
+                          "integrating on a poll instead")
             return None
+        for name, value in KEEPALIVE.items():
+            with contextlib.suppress(psycopg.Error):  # tcp_user_timeout: PostgreSQL 12+
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        return conn
+
+    def _lead(self, conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+        """Whether this process holds the integrator role, taking it if it is free."""
+        if self.integrator:
+            return True
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", INTEGRATOR_LOCK).fetchone()
+        if row is None or not row[0]:
+            return False
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        conn.execute("SELECT set_config('application_name', %s, false)",
+                     (_app_name("integrator"),))
+        self.integrator = True
+        log.info("this process holds the ledger integrator role now")
+        return True
 
     def _run(self) -> None:
-        conn = self._listen()
-        relisten = time.monotonic() + RELISTEN_SECONDS
+        conn = self._connect()
+        reconnect = time.monotonic() + RELISTEN_SECONDS
         try:
             while not self._stop.is_set():
-                if conn is None and self.postgres and time.monotonic() >= relisten:
-                    conn = self._listen()  # the server restarted, say: back to notices
-                    relisten = time.monotonic() + RELISTEN_SECONDS
+                if conn is None and self.postgres and time.monotonic() >= reconnect:
+                    conn = self._connect()  # the server restarted, say: back to the role
+                    reconnect = time.monotonic() + RELISTEN_SECONDS
                 try:
-                    if self.postgres:
-                        self._integrate()
-                    if time.monotonic() >= self._next_sign:  # no database trip until due
-                        sign_if_due(self.sessions, self.cfg, self.now())
-                        self._next_sign = time.monotonic() + self.cfg.interval.total_seconds()
-                    for sink in self.sinks:
-                        pump(self.sessions, sink)
+                    # Without the role's connection, integrate on a poll (taking turns
+                    # under the head row lock); with it, only as the holder.
+                    working = conn is None or self._lead(conn)
+                    if working:
+                        if self.postgres:
+                            self._integrate()
+                        if time.monotonic() >= self._next_sign:  # no trip until due
+                            sign_if_due(self.sessions, self.cfg, self.now())
+                            self._next_sign = (time.monotonic()
+                                               + self.cfg.interval.total_seconds())
+                        for sink in self.sinks:
+                            pump(self.sessions, sink)
+                except psycopg.Error:
+                    pass  # the role's connection failed: _wait says so
                 except Exception:  # keep going; the next pass retries
                     log.exception("ledger pass failed")
                 if not self._wait(conn):
-                    log.warning("the ledger's LISTEN connection failed; polling every "
-                                "%.2fs until it is back", POLL_SECONDS)
+                    if self.integrator:
+                        log.warning("the ledger integrator role's connection failed; "
+                                    "polling until it is back")
+                    self.integrator = False  # the lock went with the connection
                     with contextlib.suppress(psycopg.Error):
                         conn.close()  # type: ignore[union-attr]
                     conn = None
-                    relisten = time.monotonic() + RELISTEN_SECONDS
+                    reconnect = time.monotonic() + RELISTEN_SECONDS
         finally:
             if conn is not None:
-                conn.close()
+                conn.close()  # gives the role up at once
             for sink in self.sinks:
                 sink.sink.close()
 
@@ -162,6 +214,12 @@ class LedgerWorker:
             wait = POLL_SECONDS if self.postgres else self.cfg.interval.total_seconds()
             self._stop.wait(max(POLL_SECONDS, wait))
             return True
+        if not self.integrator:  # standing by: try the role again shortly
+            try:
+                selectmod.select([self._wake_r.fileno()], [], [], STANDBY_SECONDS)
+            except (OSError, ValueError):
+                return False
+            return not (conn.closed or conn.broken)
         # Sinks are pumped every pass: they keep the old pace. Checkpoints are signed on time.
         timeout = POLL_SECONDS if self.sinks else min(
             SAFETY_SECONDS, max(0.0, self._next_sign - time.monotonic()))
