@@ -37,6 +37,9 @@ from accord.settings import Settings
 from accord.spec.load import parse_policy_text
 from accord.state import AppState
 
+# The secret leak check of the whole run (tests/leakcheck/plugin.py); pytester for its tests
+pytest_plugins = ["tests.leakcheck.plugin", "pytester"]
+
 PG_ADMIN_URL = os.environ.get(
     "ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
