@@ -138,3 +138,14 @@ def test_the_example_policy_loads() -> None:
     path = DEPLOY / "accord.yaml"
     policy = parse_policy_text(path.read_text(encoding="utf-8"), str(path))
     assert policy is not None
+
+
+def test_every_metric_docs_operations_names_exists() -> None:
+    """What to monitor and alert on names only metrics Accord exports."""
+    defined = set(re.findall(r'"(accord_[a-z_]+)"', SOURCE))
+    text = (ROOT / "docs/operations.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\baccord_[a-z_]+[a-z](?![a-z_]*\*)", text))  # not accord_jobs_*
+    assert len(named) > 20
+    for name in named:
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert name in defined or base in defined, f"docs/operations.md: no metric {name}"
