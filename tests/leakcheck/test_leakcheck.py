@@ -59,6 +59,15 @@ def test_leaks_into_a_subprocess_log(tmp_path):
         subprocess.run([sys.executable, "-c", "import sys; print(sys.argv[1], file=sys.stderr)",
                         password], stdout=log, stderr=log, check=True)
 
+def test_a_banner_shown_on_purpose_is_not_a_leak(tmp_path):
+    from tests.leakcheck.plugin import intended_output
+    password = SecretBox(Fernet.generate_key()).derive("a demo login")
+    banner = f"Demo logins:\\n  alice {password}\\n"
+    with (tmp_path / "demo.log").open("wb") as log:
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write(sys.argv[1])",
+                        banner], stdout=log, stderr=log, check=True)
+    intended_output(tmp_path / "demo.log", banner)
+
 def test_a_subprocess_secret_in_its_own_stderr(tmp_path):
     code = ("import sys; from accord.settings import Secret; Secret('xoxb-minted-in-the-child');"
             " print('xoxb-minted-in-the-child', file=sys.stderr)")
@@ -93,7 +102,7 @@ def test_a_run_that_logs_a_secret_fails_and_names_it_without_showing_it(
         "test_inner.py::test_leaks_into_a_subprocess_log",
         "secret setting (created by test_inner.py::test_a_subprocess_secret_in_its_own_stderr "
         "(a subprocess),*) appeared in *child.log (stderr of `python* -c*`) during*",
-        "*4 passed*",
+        "*5 passed*",
     ]:
         result.stdout.fnmatch_lines([line])
     assert "3 leak(s)" in out
