@@ -16,6 +16,10 @@ Any hit fails the run: the summary names the secret's kind, the test that create
 where it appeared (log record, file, captured stderr) and the test during which it did,
 never the secret (a fingerprint at most).
 
+Left out, each for a stated reason: the loggers of the tests' own HTTP client
+(TEST_CLIENT_LOGGERS), and text a harness marks as shown on purpose (`intended_output`: the
+demo's banner of its users' tokens).
+
 Cheap: one dictionary probe per 8 characters of output (scanner.py). `--no-leak-check`
 turns it off. With xdist each worker checks its own tests and the controller gathers.
 """
