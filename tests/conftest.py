@@ -8,6 +8,7 @@ Set ACCORD_REQUIRE_POSTGRES=1 to turn "PostgreSQL unreachable" from a skip into 
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from accord import migrations
+from accord import logs, migrations
 from accord.api.app import create_app
 from accord.bootstrap import ledger_config
 from accord.db import make_engine, transaction
@@ -36,6 +37,9 @@ from accord.requests import reload as reloader
 from accord.settings import Settings
 from accord.spec.load import parse_policy_text
 from accord.state import AppState
+
+# The secret leak check of the whole run (tests/leakcheck/plugin.py); pytester for its tests
+pytest_plugins = ["tests.leakcheck.plugin", "pytester"]
 
 PG_ADMIN_URL = os.environ.get(
     "ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -77,6 +81,22 @@ workflows:
 """
 
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina"]
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler() -> Iterator[None]:
+    """A command run in-process (CliRunner: `serve`, `gateway`) configures logging to the
+    stderr it had, which CliRunner closes after it: take that handler off the root logger,
+    or a later test's error line goes to a closed file ("--- Logging error ---")."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    stale = [h for h in root.handlers if h not in before
+             and isinstance(h.formatter, logs.TextFormatter | logs.JsonFormatter)]
+    for handler in stale:
+        root.removeHandler(handler)
+    if stale:
+        root.setLevel(level)
 
 
 def _pg_reachable() -> bool:

@@ -22,6 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 FORMATS = ("text", "json")
+# Libraries held at WARNING whatever the level: alembic's INFO is noise, and httpx's (and
+# httpcore's DEBUG) print the full URL of every outgoing call: a Slack or webhook URL is a
+# credential (its path is the secret), so those lines would leak it.
+QUIET = {"alembic": "WARNING", "httpx": "WARNING", "httpcore": "WARNING"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 # acc_ (API tokens), acg_ (gateway connection tokens), accscim_ (SCIM bearer tokens): 256
@@ -155,7 +159,7 @@ def config(fmt: str = "text", level: str = "info") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "propagate": True, **quiet},
             "uvicorn.error": {"handlers": [], "propagate": True, **quiet},
             "uvicorn.access": {"handlers": [], "propagate": True, **quiet},
-            "alembic": {"level": "WARNING"},
+            **{name: {"level": level} for name, level in QUIET.items()},
         },
     }
 

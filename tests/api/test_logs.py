@@ -97,3 +97,14 @@ def test_the_format_is_checked() -> None:
         Settings.from_env({"ACCORD_LOG_FORMAT": "xml"})
     assert Settings.from_env({"ACCORD_LOG_FORMAT": "JSON"}).log_format == "json"
     assert Settings.from_env({}).log_format == "text"
+
+
+def test_outgoing_urls_are_never_logged_at_any_level() -> None:
+    """httpx logs each call's full URL at INFO (httpcore at DEBUG); a Slack or webhook URL
+    is a credential, so every Accord process holds both at WARNING, even at debug."""
+    from accord import logs as accord_logs
+
+    for fmt in accord_logs.FORMATS:
+        loggers = accord_logs.config(fmt, "debug")["loggers"]
+        assert loggers["httpx"]["level"] == "WARNING"
+        assert loggers["httpcore"]["level"] == "WARNING"

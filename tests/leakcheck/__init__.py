@@ -1,0 +1,1 @@
+"""The secret leak check of the whole test run (issue 24, item 4): see plugin.py."""
