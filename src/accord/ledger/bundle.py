@@ -53,9 +53,14 @@ def write(
     keys: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 5000,
+    upto: int | None = None,
 ) -> int:
-    """Stream every integrated leaf and checkpoint up to the current head. Constant memory."""
+    """Stream every integrated leaf and checkpoint up to the current head, or up to `upto`
+    leaves (a checkpoint's size: what the caller just signed, so events integrated since
+    do not leave the bundle a tail no checkpoint covers). Constant memory."""
     size = load_head(session, lock=False).size
+    if upto is not None:
+        size = min(size, upto)
     checkpoints = [
         cp.note for cp in session.execute(
             select(LedgerCheckpoint).where(LedgerCheckpoint.size <= size)

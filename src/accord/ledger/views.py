@@ -219,9 +219,13 @@ def _stream(st: AppState) -> Iterator[bytes]:
         try:
             with readonly_sessions(st.sessions)() as session:
                 ring = st.ledger.ring()
+                # Up to the checkpoint just signed: an event integrated meanwhile (the
+                # server's own jobs write some) would be a tail no checkpoint covers.
+                signed = checkpoints.latest(session)
                 bundle.write(session, Pipe(), origin=st.ledger.origin,  # type: ignore[arg-type]
                              key=ring.signer.verifier.encode(), exported_at=st.now(),
-                             keys=[v.encode() for v in ring.chain])
+                             keys=[v.encode() for v in ring.chain],
+                             upto=signed.size if signed is not None else 0)
         except _Abandoned:
             return
         finally:
