@@ -185,6 +185,13 @@ class Front:
             self.port = self._listener.sockets[0].getsockname()[1]
         log.info("Accord gateway (%s) listening on %s:%d", self.protocol, self.host, self.port)
 
+    def accept(self, conn: socket.socket) -> None:
+        """Serve a connection a prefork parent accepted (a protocol with a library of its
+        own for the connection, such as SSH's, takes the socket instead)."""
+        loop = asyncio.get_running_loop()
+        self.server.spawn(loop.connect_accepted_socket(
+            functools.partial(_Accepted, self.server, self.handle), conn))
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -361,11 +368,15 @@ class GatewayServer:
             conn = socket.socket(fileno=fd)
             conn.setblocking(False)
             try:
-                handler = self.front_for(conn.getsockname()[1])
+                port = conn.getsockname()[1]
             except OSError:
-                handler = self.handle
-            self.spawn(loop.connect_accepted_socket(
-                functools.partial(_Accepted, self, handler), conn))
+                port = -1
+            front = next((f for f in self.fronts if f.port == port), None)
+            if front is not None:
+                front.accept(conn)
+            else:
+                self.spawn(loop.connect_accepted_socket(
+                    functools.partial(_Accepted, self, self.handle), conn))
 
     async def close(self) -> None:
         """Stop listening, end every session, flush the audit trail."""

@@ -56,6 +56,8 @@ class EventType(enum.StrEnum):
     GATEWAY_GUARDRAIL = "gateway.guardrail"
     GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
     GATEWAY_LOGINS_SUPPRESSED = "gateway.logins_suppressed"
+    GATEWAY_SSH_CHUNK = "gateway.ssh_chunk"  # a piece of an SSH channel's recording
+    GATEWAY_SSH_EXEC = "gateway.ssh_exec"  # a command run over SSH, with its exit status
     APPROVAL_REFUSED = "approval.refused"
     REQUEST_REVIEWED = "request.reviewed"
     REQUEST_REVIEW_REMINDED = "request.review_reminded"

@@ -1,0 +1,31 @@
+"""gateway recordings: the bytes of SSH session recording chunks, by sha256
+
+Revision ID: 0018
+Revises: 0017
+Create Date: 2026-12-09 10:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0018'
+down_revision = '0017'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        'gateway_recordings',
+        sa.Column('sha256', sa.String(length=64), nullable=False),
+        sa.Column('size', sa.Integer(), nullable=False),
+        sa.Column('data', sa.LargeBinary(), nullable=False),
+        sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('sha256', name=op.f('pk_gateway_recordings')),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('gateway_recordings')
