@@ -116,6 +116,8 @@ LogLevel ERROR
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def policy_text(resource: str, port: int, ssh_port: int, target_port: int,
@@ -190,7 +192,7 @@ class World:
         cmd = [SSH, "-F", "/dev/null", "-p", str(self.port),
                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
-               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+               "-o", "LogLevel=INFO", "-o", "ConnectTimeout=10",
                *args, f"{login or token['user'] + '+' + token['resource']}@127.0.0.1"]
         return cmd, env
 

@@ -122,7 +122,7 @@ def test_port_forwarding_is_refused_and_recorded(world: World) -> None:
             try:
                 await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 1)
                 remote = True
-            except asyncssh.Error:
+            except asyncssh.ChannelListenError:
                 remote = False
             return info.value.reason, remote
 
@@ -151,7 +151,7 @@ def test_revocation_ends_a_live_shell_with_a_message(world: World) -> None:
             out = await proc.stdout.readuntil("ready-2")
             loop = asyncio.get_running_loop()
             r = await loop.run_in_executor(None, lambda: world.env.act(
-                "bob", grant["request_id"], "revoke", reason="done here"))
+                "bob", grant["request_id"], "revoke", comment="done here"))
             assert r.status_code == 200, r.text
             t0 = loop.time()
             out += await asyncio.wait_for(proc.stdout.read(), 10)
