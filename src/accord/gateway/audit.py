@@ -49,12 +49,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.gateway.records import Finished, GuardrailHit, Run, SessionInfo, Violation
 from accord.gateway.shipper import replay_dead, shipper_main
 from accord.gateway.spool import (
+    BLOB_HEAD,
     DONE_REC,
     DONE_STRUCT,
     FACT,
     FRAME,
     OUTCOME_CODE,
-    BLOB_HEAD,
     R_BLOB,
     R_CLOCK,
     R_CLOSE,

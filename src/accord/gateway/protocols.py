@@ -1,6 +1,6 @@
 """The gateway a process runs: the PostgreSQL server, with the MySQL front beside it when
-`gateway.mysql` is configured and the SSH front when `gateway.ssh` is. Imported by the entry points only (the protocols' parsers load
-with it)."""
+`gateway.mysql` is configured and the SSH front when `gateway.ssh` is. Imported by the
+entry points only (the protocols' parsers load with it)."""
 
 from __future__ import annotations
 

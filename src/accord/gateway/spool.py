@@ -63,9 +63,9 @@ NO_INTENT = ("unknown", "", None, 0)  # an outcome whose statement record was lo
 
 # One thing to record, as a plain tuple: (rec, kind, session, wall-clock ns, payload).
 # kind is "open", "statement", "violation", "guardrail" or "close", or a protocol's own
-# (`R_BLOB`: "ssh_chunk", "ssh_exec"); the payload is a statement row (`recording.COLUMNS`)
-# for statements, else a dict of event data (a protocol's: with its bytes under "blob"). `rec` numbers a
-# process's facts in spool order.
+# (`R_BLOB`: "ssh_chunk", "ssh_exec"); the payload is a statement row
+# (`recording.COLUMNS`) for statements, else a dict of event data (a protocol's: with its
+# bytes under "blob"). `rec` numbers a process's facts in spool order.
 Fact = tuple[int, str, SessionInfo, int, Any]
 STATEMENT = "statement"
 

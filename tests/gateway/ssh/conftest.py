@@ -71,7 +71,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            said = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"sshd exited: {said}")
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -88,7 +89,7 @@ def sshd(tmp: Path) -> Iterator[tuple[int, str, str]]:
     host_pub = keygen(tmp / "host_key")
     client_pub = keygen(tmp / "upstream_key")
     (tmp / "authorized_keys").write_text(client_pub + "\n")
-    os.chmod(tmp / "authorized_keys", 0o600)
+    (tmp / "authorized_keys").chmod(0o600)
     port = free_port()
     (tmp / "sshd_config").write_text(f"""\
 Port {port}
@@ -199,8 +200,8 @@ class World:
     def ssh(self, token: dict[str, Any], command: str, *args: str, login: str | None = None,
             stdin: str = "") -> subprocess.CompletedProcess[str]:
         cmd, env = self.ssh_args(token, *args, login=login)
-        return subprocess.run([*cmd, command] if command else cmd, env=env, input=stdin, capture_output=True,
-                              text=True, timeout=60, check=False)
+        return subprocess.run([*cmd, command] if command else cmd, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=60, check=False)
 
     def flush(self) -> None:
         assert self.gateway.audit.drain(timeout=20), "the audit writer did not catch up"
