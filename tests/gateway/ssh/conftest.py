@@ -148,6 +148,7 @@ workflows:
     require_reason: false
     auto_approve: '"engineers" in request.requester.groups'
     steps: [{{approvers: [leads]}}]
+web: {{local_login: true}}
 """
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from accord.db import transaction
 from accord.gateway.models import GatewayRecording
-from accord.gateway.ssh import asyncssh
+from accord.gateway.ssh.lib import asyncssh
 from accord.gateway.ssh.cast import parse
 from tests.gateway.ssh.conftest import World
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from accord.gateway.ssh import asyncssh
+from accord.gateway.ssh.lib import asyncssh
 from accord.spec.resources import ResourceSSHSpec
 
 

@@ -1,0 +1,55 @@
+"""`accord session play ID`: replay a recorded SSH session in this terminal (ACCORD_URL,
+ACCORD_TOKEN), each channel in turn, saying whether its recording verified against the
+ledger."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from accord.cli.output import api
+from accord.gateway.ssh.cast import frames, parse
+
+
+def play(
+    session_id: Annotated[str, typer.Argument(help="A recorded SSH session (the request page "
+                                                   "and GET /grants/ID/ssh-sessions list them).")],
+    channel: Annotated[int | None, typer.Option("--channel", help="Only this channel.")] = None,
+    speed: Annotated[float, typer.Option(min=0.01, help="Replay this many times faster.")]
+    = 1.0,
+    max_idle: Annotated[float, typer.Option(min=0.0, help="Cut pauses to this many seconds.")]
+    = 2.0,
+    instant: Annotated[bool, typer.Option("--instant", help="Print it all without waiting.")]
+    = False,
+) -> None:
+    """Replay a recorded SSH session (output as it was shown, at its pace)."""
+    out = sys.stdout
+    with api() as client:
+        info = client.get(f"/ssh-sessions/{session_id}")
+        channels = [c for c in info["channels"] if channel is None or c["channel"] == channel]
+        if not channels:
+            raise typer.BadParameter(f"session {session_id} has no channel {channel}")
+        for ch in channels:
+            buf = io.BytesIO()
+            headers: dict[str, str] = {}
+            client.download(f"/ssh-sessions/{session_id}/channels/{ch['channel']}/cast", buf,
+                            headers_out=headers)
+            verified = headers.get("x-accord-verified") == "true"
+            what = ch["command"] if ch["command"] else ch["kind"]
+            typer.echo(f"── {info['user']} on {info['resource']}, session {info['session']} "
+                       f"channel {ch['channel']}: {what} "
+                       f"({'verified' if verified else 'NOT VERIFIED'}) ──", err=True)
+            for problem in ch["problems"]:
+                typer.echo(f"   {problem}", err=True)
+            _, events = parse(buf.getvalue())
+            for wait, text in frames(events, speed=speed, max_idle=max_idle):
+                if wait and not instant:
+                    out.flush()
+                    time.sleep(wait)
+                out.write(text)
+            out.flush()
+            typer.echo("", err=True)

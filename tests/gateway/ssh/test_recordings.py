@@ -1,0 +1,89 @@
+"""SSH recordings read back: the API's listing with the verified badge, `accord session
+play`, the web page and its player, and `accord audit verify` catching an edited chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from accord.cli.main import app
+from accord.db import transaction
+from tests.gateway.conftest import serve_api
+from tests.gateway.ssh.conftest import World
+from tests.web.test_pages import login
+
+pytestmark = pytest.mark.ssh
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def url(world: World) -> Iterator[str]:
+    with serve_api(world) as u:  # type: ignore[arg-type]
+        yield u
+
+
+def recorded(world: World, user: str = "alice") -> tuple[dict, str]:  # type: ignore[type-arg]
+    grant = world.grant(user)
+    r = world.ssh(world.token(grant, user), "echo recorded-$((20+1)); exit 4")
+    assert r.returncode == 4 and "recorded-21" in r.stdout, r.stderr
+    world.flush()
+    listed = world.env.get(user, f"/api/v1/grants/{grant['id']}/ssh-sessions").json()
+    assert len(listed) == 1
+    return grant, listed[0]["session"]
+
+
+def test_listing_play_and_the_web_page(world: World, url: str) -> None:
+    grant, sid = recorded(world)
+    listed = world.env.get("alice", f"/api/v1/grants/{grant['id']}/ssh-sessions").json()
+    (ch,) = listed[0]["channels"]
+    assert ch["command"] == "echo recorded-$((20+1)); exit 4" and ch["exit_status"] == 4
+    assert ch["verified"] is True and ch["chunks"] >= 2
+    # Not erin's business: an engineer who neither holds, owns nor approved the grant.
+    assert world.env.get("erin", f"/api/v1/ssh-sessions/{sid}").status_code == 404
+    r = runner.invoke(app, ["session", "play", sid, "--instant"],
+                      env={"ACCORD_URL": url, "ACCORD_TOKEN": world.env.tokens["alice"]})
+    assert r.exit_code == 0, r.output
+    assert "recorded-21" in r.stdout
+    assert "(verified)" in r.stderr
+    browser = login(world.env, "alice")
+    page = browser.get(f"/requests/{grant['request_id']}")
+    assert page.status_code == 200 and f"/ssh-sessions/{sid}" in page.text
+    player = browser.get(f"/ssh-sessions/{sid}")
+    assert player.status_code == 200 and "verified" in player.text
+    assert "/static/player.js" in player.text
+    cast = browser.get(f"/ssh-sessions/{sid}/channels/1.cast")
+    assert cast.headers["x-accord-verified"] == "true" and "recorded-21" in cast.text
+    assert browser.get("/static/player.js").status_code == 200
+
+
+def test_an_edited_chunk_fails_verification(world: World, url: str) -> None:
+    grant, sid = recorded(world, "erin")
+    env = {"ACCORD_TOKEN": world.env.tokens["dave"]}
+    key = world.env.st.ledger.signer.verifier.encode()
+    r = runner.invoke(app, ["audit", "verify", "--url", url, "--key", key,
+                            "--allow-unsigned-tail"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "SSH recording chunks checked" in r.stderr
+    listed = world.env.get("erin", f"/api/v1/grants/{grant['id']}/ssh-sessions").json()
+    digest = None
+    with transaction(world.env.st.sessions) as s:  # an edit of the stored bytes
+        rows = s.execute(text("SELECT sha256 FROM gateway_recordings WHERE "
+                              "convert_from(data, 'UTF8') LIKE '%recorded-21%'")).scalars()
+        digest = next(iter(rows))
+        s.execute(text("UPDATE gateway_recordings SET data = replace(data, "
+                       "convert_to('recorded-21', 'UTF8'), convert_to('recorded-99', 'UTF8')) "
+                       "WHERE sha256 = :d"), {"d": digest})
+    r = runner.invoke(app, ["audit", "verify", "--url", url, "--key", key,
+                            "--allow-unsigned-tail"], env=env)
+    assert r.exit_code == 1
+    assert "do not match the ledger" in r.stderr
+    listed = world.env.get("erin", f"/api/v1/grants/{grant['id']}/ssh-sessions").json()
+    (ch,) = listed[0]["channels"]
+    assert ch["verified"] is False
+    cast = world.env.get("erin", f"/api/v1/ssh-sessions/{sid}/channels/1/cast")
+    assert cast.headers["x-accord-verified"] == "false"
+    with transaction(world.env.st.sessions) as s:  # the next tests see a sound store
+        s.execute(text("DELETE FROM gateway_recordings WHERE sha256 = :d"), {"d": digest})
