@@ -11,8 +11,8 @@ import pytest
 
 from accord.db import transaction
 from accord.gateway.models import GatewayRecording
-from accord.gateway.ssh.lib import asyncssh
 from accord.gateway.ssh.cast import parse
+from accord.gateway.ssh.lib import asyncssh
 from tests.gateway.ssh.conftest import World
 
 pytestmark = pytest.mark.ssh
@@ -94,7 +94,7 @@ def test_a_shell_with_a_pty_is_recorded_with_input_and_resizes(world: World) -> 
             proc.stdin.write("stty size; exit\n")
             out += await proc.stdout.read()
             await proc.wait()
-            return out
+            return str(out)
 
     out = asyncio.run(run())
     assert "40 120" in out

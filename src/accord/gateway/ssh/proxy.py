@@ -36,8 +36,8 @@ from accord.gateway import tokens
 from accord.gateway.records import SessionInfo, Violation
 from accord.gateway.server import Front, GatewayServer
 from accord.gateway.ssh import upstream
-from accord.gateway.ssh.lib import asyncssh
 from accord.gateway.ssh.cast import Recorder
+from accord.gateway.ssh.lib import asyncssh
 from accord.spec.gateway import GatewaySSHSpec
 
 log = logging.getLogger("accord.gateway")

@@ -54,8 +54,8 @@ def _events(session: Session, types: Sequence[str], *, grant_id: int | None = No
     if grant_id is not None:
         q = q.where(LedgerEntry.subject == f"grant:{grant_id}")
     if session_id is not None:  # canonical JSON: the pair appears exactly so
-        q = q.where(LedgerEntry.leaf.contains(json.dumps({"session": session_id})[1:-1]
-                                              .replace(": ", ":")))
+        pair = json.dumps({"session": session_id}, separators=(",", ":"))[1:-1]
+        q = q.where(LedgerEntry.leaf.contains(pair.encode()))
     for leaf in session.execute(q.order_by(LedgerEntry.id)).scalars():
         yield json.loads(leaf)
 
