@@ -175,3 +175,58 @@ def test_the_real_client_runs_a_shell_in_a_pty(world: World) -> None:
     assert "pty-5" in "".join(t for _, c, t in events if c == "o")
 
 
+
+
+def test_malformed_and_silent_clients_do_not_stop_others(world: World) -> None:
+    import socket
+
+    grant = world.grant("erin")
+    token = world.token(grant, "erin")
+    silent = socket.create_connection(("127.0.0.1", world.port), timeout=5)
+    junk = socket.create_connection(("127.0.0.1", world.port), timeout=5)
+    try:
+        junk.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 64)
+        r = world.ssh(token, "echo still-served")
+        assert r.returncode == 0 and r.stdout == "still-served\n", r.stderr
+        junk.settimeout(10)
+        rest = b""
+        while chunk := junk.recv(4096):  # the gateway drops the malformed one
+            rest += chunk
+        assert rest.startswith(b"SSH-2.0-")
+    finally:
+        silent.close()
+        junk.close()
+
+
+def test_an_idle_shell_is_closed_when_the_resource_says_so(world: World) -> None:
+    """`ssh.idle_timeout` (0.3 s here, set on the live session: the world's other sessions
+    keep none)."""
+    import dataclasses
+
+    from accord.gateway.ssh.proxy import LiveSSH
+
+    grant = world.grant("alice")
+    token = world.token(grant)
+
+    async def run() -> str:
+        async with asyncssh.connect(
+                "127.0.0.1", world.port, username=f"alice+{world.resource}",
+                password=token["token"], known_hosts=None, client_keys=None,
+                agent_path=None, config=None, preferred_auth="password") as conn:
+            proc = await conn.create_process(term_type="xterm")
+            proc.stdin.write("echo idle-$((3+3))\n")
+            out = await proc.stdout.readuntil("idle-6")
+            live = next(s for s in world.gateway.sessions.values()
+                        if isinstance(s, LiveSSH) and s.info.grant_id == grant["id"])
+            loop = world.gateway._loop
+            assert loop is not None
+            live.target = dataclasses.replace(live.target, idle_timeout=0.3)
+            loop.call_soon_threadsafe(live._check_idle)
+            out += await asyncio.wait_for(proc.stdout.read(), 10)
+            await asyncio.wait_for(proc.wait(), 10)
+            return str(out)
+
+    out = asyncio.run(run())
+    assert "this session ends: no input for 0.3s" in out
+    closed = world.events("gateway.session_closed", grant["id"])
+    assert closed[-1]["data"]["reason"] == "idle"

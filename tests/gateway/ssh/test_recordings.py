@@ -88,3 +88,16 @@ def test_an_edited_chunk_fails_verification(world: World, url: str) -> None:
     assert cast.headers["x-accord-verified"] == "false"
     with transaction(world.env.st.sessions) as s:  # the next tests see a sound store
         s.execute(text("DELETE FROM gateway_recordings WHERE sha256 = :d"), {"d": digest})
+
+
+def test_accord_connect_prints_a_ready_ssh_command(world: World, url: str) -> None:
+    world.grant("alice")
+    r = runner.invoke(app, ["connect", world.resource],
+                      env={"ACCORD_URL": url, "ACCORD_TOKEN": world.env.tokens["alice"]})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == (f"ssh -p {world.port} -o PreferredAuthentications=password "
+                        f"alice+{world.resource}@127.0.0.1")
+    password = next(line for line in lines if line.startswith("password: "))
+    token = {"user": "alice", "resource": world.resource, "token": password.split(": ")[1]}
+    assert world.ssh(token, "true").returncode == 0

@@ -258,7 +258,7 @@ class LiveSSH:
             self._idle = asyncio.get_running_loop().call_later(left, self._check_idle)
             return
         self._idle = None
-        self.terminate("idle", f"no input for {self.target.idle_timeout:.0f}s")
+        self.terminate("idle", f"no input for {self.target.idle_timeout:g}s")
 
     def terminate(self, reason: str, why: str) -> None:
         """Tell each channel why (on its terminal), close them, then the connection."""
