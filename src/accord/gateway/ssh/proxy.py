@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -236,6 +237,11 @@ class LiveSSH:
         self._count = 0
         self.ended = False
         self.last_input = time.monotonic()
+        rule = front.server.st.policies.current.loaded.spec.detect.ssh_commands
+        # Lines typed at a shell matching these are flagged in their chunk's event (the
+        # detectors alert on them); nothing else typed goes into the ledger.
+        self.patterns = [(name, re.compile(p)) for name, p in rule.patterns.items()] \
+            if rule.enabled else []
         self._idle: asyncio.TimerHandle | None = None
         if target.idle_timeout:
             self._idle = asyncio.get_running_loop().call_later(target.idle_timeout,
@@ -304,6 +310,9 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.done = False
         self.exited = False  # the client's channel was told to close
         self._tick: asyncio.TimerHandle | None = None
+        self._line: list[str] = []  # what is being typed at a shell (for `_typed`)
+        self._escape = False
+        self.flags: list[dict[str, str]] = []  # typed lines matching a pattern, not yet spooled
 
     # -- the client's side
 
@@ -359,6 +368,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.live.last_input = time.monotonic()
+        if self.command is None and self.live.patterns:
+            self._typed(data)  # before the recorder may cut the chunk holding this input
         if self.rec is not None:
             self.rec.input(data)
             self._arm()
@@ -436,12 +447,39 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         else:
             self.chan.close()
 
+    def _typed(self, data: bytes) -> None:
+        """Follow the line being typed (backspace, ^U and ^C understood, escape sequences
+        such as arrow keys skipped) and flag a finished line matching a pattern."""
+        line = self._line
+        for c in data.decode("utf-8", "replace"):
+            if self._escape:
+                if c.isalpha() or c == "~":
+                    self._escape = False
+            elif c == "\x1b":
+                self._escape = True
+            elif c in "\r\n":
+                text = "".join(line).strip()
+                line.clear()
+                for name, pattern in self.live.patterns if text else ():
+                    if pattern.search(text):
+                        self.flags.append({"pattern": name, "line": text[:500]})
+                        break
+            elif c in "\x7f\b":
+                if line:
+                    line.pop()
+            elif c in "\x15\x03":
+                line.clear()
+            elif c >= " " and len(line) < 4096:
+                line.append(c)
+
     # -- recording and ending
 
     def _emit(self, index: int, data: bytes, final: bool) -> None:
-        self.live.audit.blob(self.live.info, "ssh_chunk", {
-            "channel": self.number, "index": index, "final": final,
-            "kind": "exec" if self.command is not None else "shell"}, data)
+        meta: dict[str, Any] = {"channel": self.number, "index": index, "final": final,
+                                "kind": "exec" if self.command is not None else "shell"}
+        if self.flags:
+            meta["flagged"], self.flags = self.flags, []
+        self.live.audit.blob(self.live.info, "ssh_chunk", meta, data)
 
     def _arm(self) -> None:
         if self._tick is None and self.rec is not None and self.rec.pending:
