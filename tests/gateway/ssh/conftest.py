@@ -160,6 +160,7 @@ class World:
     engine: Engine
     resource: str
     tmp: Path
+    policy: Any = None  # (target_port, host_key, private_key, upstream user) for other configs
 
     @property
     def port(self) -> int:
@@ -183,15 +184,15 @@ class World:
         body: dict[str, Any] = r.json()
         return body
 
-    def ssh_args(self, token: dict[str, Any], *args: str, login: str | None = None
-                 ) -> tuple[list[str], dict[str, str]]:
+    def ssh_args(self, token: dict[str, Any], *args: str, login: str | None = None,
+                 port: int | None = None) -> tuple[list[str], dict[str, str]]:
         """The real `ssh` client's command line and environment (the token via askpass)."""
         askpass = self.tmp / f"askpass-{uuid.uuid4().hex[:8]}"
         askpass.write_text(f"#!/bin/sh\necho '{token['token']}'\n")
         askpass.chmod(0o700)
         env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
                "DISPLAY": ":0"}
-        cmd = [SSH, "-F", "/dev/null", "-p", str(self.port),
+        cmd = [SSH, "-F", "/dev/null", "-p", str(port or self.port),
                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
                "-o", "LogLevel=INFO", "-o", "ConnectTimeout=10",
@@ -199,8 +200,8 @@ class World:
         return cmd, env
 
     def ssh(self, token: dict[str, Any], command: str, *args: str, login: str | None = None,
-            stdin: str = "") -> subprocess.CompletedProcess[str]:
-        cmd, env = self.ssh_args(token, *args, login=login)
+            stdin: str = "", port: int | None = None) -> subprocess.CompletedProcess[str]:
+        cmd, env = self.ssh_args(token, *args, login=login, port=port)
         return subprocess.run([*cmd, command] if command else cmd, env=env, input=stdin,
                               capture_output=True, text=True, timeout=60, check=False)
 
@@ -241,7 +242,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             gateway = build(env.st, spec)
             gateway.start_thread()
             with env.client:
-                yield World(env, runner, gateway, engine, resource, tmp)
+                yield World(env, runner, gateway, engine, resource, tmp,
+                            (target_port, host_key, private_key, getpass.getuser()))
     finally:
         if gateway is not None:
             gateway.stop_thread()
