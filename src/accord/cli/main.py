@@ -55,6 +55,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(review_app, name="review")
 session_app.command("play")(ssh_cli.play)  # a recorded SSH session
 app.add_typer(session_app, name="session")
+app.add_typer(ssh_cli.ssh_key_app, name="ssh-key")
 app.add_typer(scim_app, name="scim")
 
 if __name__ == "__main__":

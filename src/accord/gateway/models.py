@@ -63,3 +63,17 @@ class GatewayRecording(Base):
     size: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GatewaySSHKey(Base):
+    """A public key a user registered (`accord ssh-key add`) to log in to the SSH gateway
+    without a connection token; the active grant is still checked at each login."""
+
+    __tablename__ = "gateway_ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(128), unique=True)  # SHA256:...
+    public_key: Mapped[str] = mapped_column(String(16384))
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -101,3 +101,39 @@ def test_accord_connect_prints_a_ready_ssh_command(world: World, url: str) -> No
     password = next(line for line in lines if line.startswith("password: "))
     token = {"user": "alice", "resource": world.resource, "token": password.split(": ")[1]}
     assert world.ssh(token, "true").returncode == 0
+
+
+def test_a_registered_public_key_logs_in_while_the_grant_is_active(world: World,
+                                                                   url: str) -> None:
+    import subprocess
+
+    from tests.gateway.ssh.conftest import SSH, keygen
+
+    key = world.tmp / "carol_key"
+    keygen(key)
+    added = runner.invoke(app, ["ssh-key", "add", f"{key}.pub", "--name", "laptop"],
+                          env={"ACCORD_URL": url, "ACCORD_TOKEN": world.env.tokens["carol"]})
+    assert added.exit_code == 0 and "registered SHA256:" in added.stdout, added.output
+    keys = world.env.get("carol", "/api/v1/ssh-keys").json()
+    assert [k["name"] for k in keys] == ["laptop"]
+    assert world.events("gateway.ssh_key_added")[-1]["data"]["user"] == "carol"
+
+    def ssh(login: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SSH, "-F", "/dev/null", "-p", str(world.port), "-i", str(key),
+             "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+             "-o", "PreferredAuthentications=publickey", f"{login}@127.0.0.1",
+             "echo key-login-$((1+6))"], capture_output=True, text=True, timeout=60,
+            check=False)
+
+    r = ssh(f"carol+{world.resource}")  # no grant yet
+    assert r.returncode == 255 and "no active grant" in r.stderr, r.stderr
+    assert ssh(f"alice+{world.resource}").returncode == 255  # not alice's key
+    grant = world.grant("carol", "admin")
+    r = ssh(f"carol+{world.resource}")
+    assert r.returncode == 0 and r.stdout == "key-login-7\n", r.stderr
+    r = ssh(f"carol+{world.resource}+admin")
+    assert r.returncode == 0, r.stderr
+    execs = world.events("gateway.ssh_exec", grant["id"])
+    assert len(execs) == 2 and execs[0]["data"]["exit_status"] == 0

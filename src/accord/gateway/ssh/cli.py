@@ -1,12 +1,14 @@
 """`accord session play ID`: replay a recorded SSH session in this terminal (ACCORD_URL,
 ACCORD_TOKEN), each channel in turn, saying whether its recording verified against the
-ledger."""
+ledger; `accord ssh-key add`: register a public key for the SSH gateway."""
 
 from __future__ import annotations
 
 import io
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,3 +55,33 @@ def play(
                 out.write(text)
             out.flush()
             typer.echo("", err=True)
+
+
+ssh_key_app = typer.Typer(help="Your public keys for the SSH gateway (ACCORD_URL).",
+                          no_args_is_help=True)
+
+
+@ssh_key_app.command("add")
+def add_key(
+    path: Annotated[Path, typer.Argument(help="An OpenSSH public key file.")] =
+    Path("~/.ssh/id_ed25519.pub"),
+    name: Annotated[str, typer.Option(help="A name for it (default: its comment).")] = "",
+) -> None:
+    """Register a public key: then `ssh -p PORT USER+RESOURCE@GATEWAY` logs in with it, no
+    connection token needed (an active grant still is)."""
+    text = path.expanduser().read_text(encoding="utf-8").strip()
+    with api() as client:
+        out = client.post("/ssh-keys", {"public_key": text, "name": name})
+    typer.echo(f"registered {out['fingerprint']} ({out['name'] or 'no name'}) for {out['user']}")
+
+
+@ssh_key_app.command("list")
+def list_keys(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Your registered public keys."""
+    with api() as client:
+        keys = client.get("/ssh-keys")
+    if as_json:
+        typer.echo(json.dumps(keys, indent=2))
+        return
+    for k in keys:
+        typer.echo(f"{k['id']}\t{k['fingerprint']}\t{k['name']}\t{k['created_at']}")

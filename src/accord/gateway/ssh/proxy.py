@@ -127,6 +127,13 @@ class SSHFront(Front):
         if server.gone:
             up.close()
             return False
+        self._open(server, auth, up)
+        return True
+
+    def _open(self, server: _Server, auth: Authorized,
+              up: asyncssh.SSHClientConnection | None) -> LiveSSH:
+        """Register a logged-in connection as a live session (its upstream may follow)."""
+        srv = self.server
         number = srv.next_number()
         assert server.conn is not None
         info = SessionInfo(
@@ -138,11 +145,55 @@ class SSHFront(Front):
         server.live = live
         srv.register(live)
         srv.audit.opened(info, list)
-        return True
+        return live
 
-    def _check(self, user: str, resource: str, token: str, where: str) -> Authorized:
+    async def check_key(self, server: _Server, username: str, key: asyncssh.SSHKey) -> bool:
+        """Whether a public key the client offers may log in (`accord ssh-key add`, and an
+        active grant); the session starts once the client proved it holds the key."""
+        user, _, rest = username.partition("+")
+        resource, _, role = rest.partition("+")
+        if not user or not resource:
+            return False
+        fingerprint = key.get_fingerprint("sha256")
+        if (username, fingerprint) in server.checked:  # asked once, then signed
+            server.pending = server.checked[(username, fingerprint)]
+            return server.pending is not None
+        try:
+            auth: Authorized | None = await self.server.db(functools.partial(
+                self._check, user, resource, "", server.where, (role or None, fingerprint)))
+        except tokens.Refusal as exc:
+            auth = None
+            if exc.authenticated:
+                self.server.refused("login", self.protocol)
+                server.banner(exc.message.removeprefix("Accord gateway: ")
+                              + (f" ({exc.hint})" if exc.hint else ""))
+        server.checked[(username, fingerprint)] = server.pending = auth
+        return auth is not None
+
+    def start_key_session(self, server: _Server) -> None:
+        """After a public-key login: the session now, its upstream as soon as it answers."""
+        auth = server.pending
+        assert auth is not None
+        live = self._open(server, auth, None)
+
+        async def connect() -> None:
+            try:
+                up = await upstream.connect(
+                    auth.target, self.server.spec.startup_timeout.total_seconds())
+            except upstream.UpstreamError as exc:
+                log.error("gateway: %s on %s: %s", auth.user, auth.resource, exc)
+                live.connected(None)
+                live.terminate("upstream unreachable",
+                               f"the gateway cannot reach {auth.resource}")
+                return
+            live.connected(up)
+
+        self.server.spawn(connect())
+
+    def _check(self, user: str, resource: str, token: str, where: str,
+               key: tuple[str | None, str] | None = None) -> Authorized:
         grant, spec = self.server.authorize(user=user, resource=resource, token=token,
-                                            where=where, protocol=self.protocol)
+                                            where=where, protocol=self.protocol, key=key)
         assert spec.ssh is not None
         try:
             target = upstream.target_for(spec.ssh, grant.role, self.server.env)
@@ -161,6 +212,8 @@ class _Server(asyncssh.SSHServer):
         self.where = "unknown"
         self.live: LiveSSH | None = None
         self.gone = False
+        self.pending: Authorized | None = None  # a public-key login, checked
+        self.checked: dict[tuple[str, str], Authorized | None] = {}
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -186,6 +239,16 @@ class _Server(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         return await self.front.login(self, username, password)
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return await self.front.check_key(self, username, key)
+
+    def auth_completed(self) -> None:
+        if self.live is None and self.pending is not None and not self.gone:
+            self.front.start_key_session(self)
 
     def session_requested(self) -> Any:
         if self.live is None or self.live.ended or self.conn is None:
@@ -224,13 +287,19 @@ class LiveSSH:
     key = None  # nothing cancels an SSH session from outside but the grant's end
 
     def __init__(self, front: SSHFront, conn: asyncssh.SSHServerConnection,
-                 up: asyncssh.SSHClientConnection, info: SessionInfo,
+                 up: asyncssh.SSHClientConnection | None, info: SessionInfo,
                  target: upstream.Target) -> None:
         self.front = front
         self.gateway = front.server
         self.audit = front.server.audit
         self.conn = conn
         self.upstream = up
+        # The upstream connection (None: it failed), which a public-key login opens after
+        # the session is registered: channels wait for it.
+        self.ready: asyncio.Future[asyncssh.SSHClientConnection | None] = \
+            asyncio.get_running_loop().create_future()
+        if up is not None:
+            self.ready.set_result(up)
         self.info = info
         self.target = target
         self.channels: dict[int, Channel] = {}
@@ -246,6 +315,14 @@ class LiveSSH:
         if target.idle_timeout:
             self._idle = asyncio.get_running_loop().call_later(target.idle_timeout,
                                                                self._check_idle)
+
+    def connected(self, up: asyncssh.SSHClientConnection | None) -> None:
+        if self.ended and up is not None:
+            up.close()
+            up = None
+        self.upstream = up
+        if not self.ready.done():
+            self.ready.set_result(up)
 
     def channel(self) -> Channel:
         self._count += 1
@@ -282,7 +359,10 @@ class LiveSSH:
             self._idle.cancel()
         for ch in list(self.channels.values()):
             ch.finish()
-        self.upstream.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if not self.ready.done():
+            self.ready.set_result(None)
         if grace:
             asyncio.get_running_loop().call_later(grace, self.conn.close)
         else:
@@ -354,9 +434,13 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                       term_modes=self.modes or {})
         else:
             kw["request_pty"] = False
+        up = await self.live.ready
+        if up is None:
+            self.close_with("Accord gateway: the server behind this resource is not "
+                            "reachable\r\n")
+            return
         try:
-            self.up, _ = await self.live.upstream.create_session(
-                functools.partial(_Upstream, self), **kw)
+            self.up, _ = await up.create_session(functools.partial(_Upstream, self), **kw)
         except (asyncssh.Error, OSError) as exc:
             self.close_with(f"Accord gateway: the server refused the channel: {exc}\r\n")
             return

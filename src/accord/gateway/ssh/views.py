@@ -1,6 +1,7 @@
-"""HTTP API and web pages for SSH recordings: a grant's recorded sessions, one channel's
+"""HTTP API and web pages for the SSH gateway: a grant's recorded sessions, one channel's
 recording (asciicast v2, with whether it verified against the ledger), the stored bytes of
-a chunk by sha256 (for `accord audit verify`), and the browser player."""
+a chunk by sha256 (for `accord audit verify`), the browser player, and users' public keys
+(`accord ssh-key add`)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from accord.api.deps import Principal, db, known_id, principal, require_reader, state
-from accord.errors import NotFound
-from accord.gateway.models import GatewayRecording
+from accord.errors import Conflict, Invalid, NotFound
+from accord.gateway.models import GatewayRecording, GatewaySSHKey
 from accord.gateway.ssh import recordings
 from accord.grants.models import Grant
 from accord.grants.service import visible_clause
+from accord.ledger import service as ledger
+from accord.ledger.events import EventType, format_time
 from accord.policy.engine import Policy
 from accord.state import AppState
 from accord.web.auth import require_viewer
@@ -125,3 +129,54 @@ def player_cast(request: Request, session_id: str, channel: int,
     viewer = require_viewer(request, session, st)
     p = viewer.principal
     return _cast(session, _session(session, p.policy, p.user, session_id), channel)
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    public_key: str = Field(min_length=16, max_length=16384,
+                            examples=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop"])
+    name: str = Field(default="", max_length=128, description="default: the key's comment")
+
+
+def _key_out(row: GatewaySSHKey) -> dict[str, Any]:
+    return {"id": row.id, "user": row.user, "fingerprint": row.fingerprint, "name": row.name,
+            "created_at": format_time(row.created_at)}
+
+
+@router.post("/ssh-keys", status_code=201)
+def add_key(body: KeyIn, who: Principal = Depends(principal), session: Session = Depends(db),
+            st: AppState = Depends(state)) -> dict[str, Any]:
+    """Register a public key of yours for the SSH gateway: log in as USER+RESOURCE with it
+    instead of a connection token (an active grant is still needed)."""
+    from accord.gateway.ssh.lib import asyncssh
+
+    try:
+        key = asyncssh.import_public_key(body.public_key)
+    except (asyncssh.KeyImportError, ValueError):
+        raise Invalid("not an OpenSSH public key", field="public_key") from None
+    fingerprint = key.get_fingerprint("sha256")
+    if session.execute(select(GatewaySSHKey.id).where(
+            GatewaySSHKey.fingerprint == fingerprint)).first() is not None:
+        raise Conflict(f"the key {fingerprint} is already registered")
+    now = st.now()
+    row = GatewaySSHKey(user=who.user, fingerprint=fingerprint,
+                        public_key=key.export_public_key().decode().strip(),
+                        name=(body.name or key.get_comment() or "")[:128], created_at=now)
+    session.add(row)
+    session.flush()
+    ledger.record(session, type=EventType.GATEWAY_SSH_KEY_ADDED, actor=who.caller.actor,
+                  subject=f"user:{who.user}", resource=None,
+                  data={"user": who.user, "key_id": row.id, "fingerprint": fingerprint,
+                        "name": row.name}, time=now)
+    out = _key_out(row)
+    session.commit()
+    return out
+
+
+@router.get("/ssh-keys")
+def list_keys(who: Principal = Depends(principal),
+              session: Session = Depends(db)) -> list[dict[str, Any]]:
+    """Your public keys for the SSH gateway."""
+    rows = session.execute(select(GatewaySSHKey).where(GatewaySSHKey.user == who.user)
+                           .order_by(GatewaySSHKey.id)).scalars()
+    return [_key_out(r) for r in rows]
