@@ -69,13 +69,10 @@ class ResourceGatewaySpec(Strict):
     _w = field_validator("review_window", mode="before")(lambda cls, v: as_duration(v))
 
 
-SSH_ALLOWANCES = ("port_forwarding", "agent_forwarding", "x11_forwarding")
-
-
 class ResourceSSHSpec(Strict):
     """`ssh:` of a resource of kind ssh: the server behind the gateway's SSH front, the
     login the gateway uses there for each Accord role, and what each role may do beyond a
-    shell and commands (forwarding is refused unless listed)."""
+    shell and commands (local port forwarding, `-L`, is refused unless listed)."""
 
     host: str
     port: int = Field(default=22, ge=1, le=65535)
@@ -83,8 +80,9 @@ class ResourceSSHSpec(Strict):
     key_env: str | None = None  # env var holding the upstream private key (OpenSSH or PEM)
     key_file: str | None = None  # or a file holding it
     host_key: str  # the upstream's public host key, pinned ("ssh-ed25519 AAAA...")
-    allow: dict[str, list[Literal["port_forwarding", "agent_forwarding", "x11_forwarding"]]] = \
-        Field(default_factory=dict)  # Accord role -> what it may do beyond shell and exec
+    # Accord role -> what it may do beyond shell and exec: `port_forwarding` (local, `-L`,
+    # through the upstream server; each forward a `gateway.ssh_forward` event).
+    allow: dict[str, list[Literal["port_forwarding"]]] = Field(default_factory=dict)
     idle_timeout: timedelta | None = None  # a session with no input this long is closed
 
     _i = field_validator("idle_timeout", mode="before")(

@@ -141,7 +141,8 @@ resources:
       port: {target_port}
       users: {{user: {user}, admin: {user}}}
       key_env: {KEY_ENV}
-      host_key: "{host_key}"{extra}
+      host_key: "{host_key}"
+      allow: {{admin: [port_forwarding]}}{extra}
 workflows:
   - name: lab
     match: 'true'

@@ -136,6 +136,26 @@ def test_port_forwarding_is_refused_and_recorded(world: World) -> None:
     assert any(s.startswith("tcpip-forward") for s in statements)
 
 
+def test_a_role_may_forward_ports_through_the_server(world: World) -> None:
+    grant = world.grant("alice", "admin")  # ssh.allow: {admin: [port_forwarding]}
+    token = world.token(grant)
+    target_port = world.policy[0]
+
+    async def run() -> bytes:
+        async with asyncssh.connect(
+                "127.0.0.1", world.port, username=f"alice+{world.resource}",
+                password=token["token"], known_hosts=None, client_keys=None,
+                agent_path=None, config=None, preferred_auth="password") as conn:
+            reader, writer = await conn.open_connection("127.0.0.1", target_port)
+            banner: bytes = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            return banner
+
+    assert asyncio.run(run()).startswith(b"SSH-2.0-OpenSSH")  # the server's own sshd
+    forwards = world.events("gateway.ssh_forward", grant["id"])
+    assert [f["data"]["destination"] for f in forwards] == [f"127.0.0.1:{target_port}"]
+
+
 def test_revocation_ends_a_live_shell_with_a_message(world: World) -> None:
     grant = world.grant("alice")
     token = world.token(grant)

@@ -14,8 +14,10 @@ What holds:
   chunk, which names an exec's command, is spooled before the channel is opened upstream.
   An exec ends with a `gateway.ssh_exec` event (exit status or signal). A gateway killed
   mid-session loses the chunk being filled (at most `chunk_interval` of it).
-* Port forwarding (local and remote), agent and X11 forwarding and subsystems (SFTP) are
-  refused; the forwarding attempts are `gateway.violation` events.
+* Remote port forwarding, agent and X11 forwarding and subsystems (SFTP) are refused, and
+  local port forwarding unless the role's `ssh.allow` lists `port_forwarding` (then each
+  forward goes through the upstream server and is a `gateway.ssh_forward` event); refused
+  attempts are `gateway.violation` events.
 * When the grant ends (the core's watcher) each channel is told why on the terminal and
   closed, then the connection; a connection left open by the client is closed a second
   later.
@@ -257,6 +259,13 @@ class _Server(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Any:
+        live = self.live
+        if live is not None and "port_forwarding" in live.target.allow \
+                and live.upstream is not None and not live.ended:
+            # Tunnelled through the upstream server: the destination is as seen from there.
+            live.audit.blob(live.info, "ssh_forward", {
+                "direction": "local", "destination": f"{dest_host}:{dest_port}"[:300]})
+            return live.upstream
         self._refuse("port_forwarding", f"direct-tcpip {dest_host}:{dest_port}")
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                         "Accord gateway: port forwarding is not allowed")
