@@ -5,8 +5,9 @@ the current user with its own keys in a temp dir), an Accord database on Postgre
 with one resource of kind ssh, an active grant and a connection token, and `accord gateway`
 with `gateway.ssh` (recording every channel). Then, with asyncssh as the client:
 
-* throughput: `cat` of a file of --megabytes over exec, direct and through the gateway
-  (runs interleaved; target: the gateway at least 0.5 of direct);
+* throughput: `cat` of a file of --megabytes (log-like text; random bytes with --binary,
+  the worst case for asciicast) over exec, direct and through the gateway (runs
+  interleaved; target: the gateway at least 0.5 of direct);
 * keystroke latency: one byte written to an interactive `cat` in a pty, until its echo
   comes back, --keys times; p50/p99 direct and through the gateway, and what the gateway
   adds (target: p99 under 5 ms on 2 cores).
@@ -122,6 +123,8 @@ def main() -> int:
     ap.add_argument("--megabytes", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--keys", type=int, default=2000)
+    ap.add_argument("--binary", action="store_true",
+                    help="cat random bytes (the worst case for asciicast) instead of text")
     ap.add_argument("--pg-admin-url", default=os.environ.get(
         "ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = ap.parse_args()
@@ -143,8 +146,10 @@ def main() -> int:
             target, target_port, host_key, private_key = sshd(tmp, logfile)
             procs.append(target)
             data = tmp / "data.bin"
-            with data.open("wb") as f:
-                block = os.urandom(1 << 20)
+            with data.open("wb") as f:  # log-like text (a terminal's), or random bytes
+                line = b"2026-12-06T01:42:15Z web-1 nginx[812]: GET /api/v1/orders 200 1532\n"
+                block = os.urandom(1 << 20) if args.binary else \
+                    (line * ((1 << 20) // len(line) + 1))[:1 << 20]
                 for _ in range(args.megabytes):
                     f.write(block)
             size = args.megabytes << 20
@@ -184,7 +189,8 @@ def main() -> int:
                 return {
                     "throughput_mb_s": {"direct": round(d, 1), "gateway": round(g, 1),
                                         "ratio": round(g / d, 3), "target_ratio": 0.5,
-                                        "megabytes": args.megabytes, "runs": args.runs},
+                                        "megabytes": args.megabytes, "runs": args.runs,
+                                        "content": "binary" if args.binary else "text"},
                     "keystroke_ms": {
                         "direct": {"p50": pct(lat["direct"], 50), "p99": pct(lat["direct"], 99)},
                         "gateway": {"p50": pct(lat["gateway"], 50),

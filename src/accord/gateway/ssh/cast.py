@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
+
 Emit = Callable[[int, bytes, bool], None]  # chunk index, bytes, whether it is the last
 
 
@@ -50,9 +52,8 @@ class Recorder:
     def _event(self, code: str, text: str) -> None:
         if not text or self.done:
             return
-        line = json.dumps([round(time.monotonic() - self.t0, 6), code, text],
-                          ensure_ascii=False)
-        self.buf += line.encode() + b"\n"
+        # orjson: the same JSON as json.dumps(ensure_ascii=False), several times faster
+        self.buf += orjson.dumps([round(time.monotonic() - self.t0, 6), code, text]) + b"\n"
         if len(self.buf) >= self.chunk_bytes:
             self.flush()
 
