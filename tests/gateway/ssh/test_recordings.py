@@ -137,3 +137,8 @@ def test_a_registered_public_key_logs_in_while_the_grant_is_active(world: World,
     assert r.returncode == 0, r.stderr
     execs = world.events("gateway.ssh_exec", grant["id"])
     assert len(execs) == 2 and execs[0]["data"]["exit_status"] == 0
+    removed = runner.invoke(app, ["ssh-key", "remove", str(keys[0]["id"])],
+                            env={"ACCORD_URL": url, "ACCORD_TOKEN": world.env.tokens["carol"]})
+    assert removed.exit_code == 0, removed.output
+    assert ssh(f"carol+{world.resource}").returncode == 255
+    assert world.events("gateway.ssh_key_removed")[-1]["data"]["key_id"] == keys[0]["id"]

@@ -85,3 +85,12 @@ def list_keys(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     for k in keys:
         typer.echo(f"{k['id']}\t{k['fingerprint']}\t{k['name']}\t{k['created_at']}")
+
+
+@ssh_key_app.command("remove")
+def remove_key(key_id: Annotated[int, typer.Argument(help="From `accord ssh-key list`.")]
+               ) -> None:
+    """Remove a registered public key (logins with it stop at once)."""
+    with api() as client:
+        out = client.call("DELETE", f"/ssh-keys/{key_id}")
+    typer.echo(f"removed {out['fingerprint']} of {out['user']}")

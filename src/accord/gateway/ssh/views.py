@@ -180,3 +180,20 @@ def list_keys(who: Principal = Depends(principal),
     rows = session.execute(select(GatewaySSHKey).where(GatewaySSHKey.user == who.user)
                            .order_by(GatewaySSHKey.id)).scalars()
     return [_key_out(r) for r in rows]
+
+
+@router.delete("/ssh-keys/{key_id}")
+def remove_key(key_id: int, who: Principal = Depends(principal), session: Session = Depends(db),
+               st: AppState = Depends(state)) -> dict[str, Any]:
+    """Remove one of your public keys (admins: anyone's); logins with it stop at once."""
+    row = session.get(GatewaySSHKey, known_id(key_id, "ssh key"))
+    if row is None or (row.user != who.user and not who.is_admin):
+        raise NotFound(f"ssh key {key_id} does not exist or is not yours")
+    out = _key_out(row)
+    session.delete(row)
+    ledger.record(session, type=EventType.GATEWAY_SSH_KEY_REMOVED, actor=who.caller.actor,
+                  subject=f"user:{row.user}", resource=None,
+                  data={"user": row.user, "key_id": row.id, "fingerprint": row.fingerprint,
+                        "name": row.name}, time=st.now())
+    session.commit()
+    return out
