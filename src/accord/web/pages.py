@@ -731,6 +731,8 @@ def connect(request: Request, request_id: str, csrf: str = Form(""),
                    f"Connection token issued for Grant #{issued.grant_id}; it is shown once, "
                    "below.", form_name="connect",
                    form={"psql": issued.command, "dsn": issued.dsn,
+                         # ssh asks for the token as the password: no DSN carries it
+                         "password": issued.token if issued.protocol == "ssh" else "",
                          "expires": issued.expires_at.strftime("%H:%M UTC")})
 
 

@@ -142,3 +142,22 @@ def test_a_registered_public_key_logs_in_while_the_grant_is_active(world: World,
     assert removed.exit_code == 0, removed.output
     assert ssh(f"carol+{world.resource}").returncode == 255
     assert world.events("gateway.ssh_key_removed")[-1]["data"]["key_id"] == keys[0]["id"]
+
+
+def test_the_request_page_hands_out_an_ssh_command_and_password(world: World) -> None:
+    import re
+    from html import unescape
+
+    grant = world.grant("erin")
+    browser = login(world.env, "erin")
+    page = browser.get(f"/requests/{grant['request_id']}")
+    assert f"erin+{world.resource}" in page.text and "with SSH" in page.text
+    r = browser.post(f"/requests/{grant['request_id']}/connect")
+    assert r.status_code == 303, r.text
+    page = browser.get(r.headers["location"])
+    command = re.search(r'id="connect-psql">([^<]*)<', page.text)
+    password = re.search(r'id="connect-password">([^<]*)<', page.text)
+    assert command and password, page.text
+    assert unescape(command.group(1)).startswith(f"ssh -p {world.port} ")
+    token = {"user": "erin", "resource": world.resource, "token": password.group(1)}
+    assert world.ssh(token, "true").returncode == 0
