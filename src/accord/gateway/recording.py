@@ -42,7 +42,8 @@ def _wall(ns: int) -> datetime:
 # A protocol's own facts (`AuditWriter.blob`) and the events they become. A chunk's bytes
 # go into content-addressed storage (`GatewayRecording`), its sha256 and size into the event.
 BLOB_FACTS = {"ssh_chunk": EventType.GATEWAY_SSH_CHUNK, "ssh_exec": EventType.GATEWAY_SSH_EXEC,
-              "ssh_forward": EventType.GATEWAY_SSH_FORWARD}
+              "ssh_forward": EventType.GATEWAY_SSH_FORWARD,
+              "ssh_file": EventType.GATEWAY_SSH_FILE}
 
 
 @functools.cache

@@ -61,6 +61,7 @@ class EventType(enum.StrEnum):
     GATEWAY_SSH_KEY_ADDED = "gateway.ssh_key_added"  # a public key for the SSH gateway
     GATEWAY_SSH_KEY_REMOVED = "gateway.ssh_key_removed"
     GATEWAY_SSH_FORWARD = "gateway.ssh_forward"  # a port forwarded through the SSH gateway
+    GATEWAY_SSH_FILE = "gateway.ssh_file"  # a file transferred over SFTP: path, size, sha256
     APPROVAL_REFUSED = "approval.refused"
     REQUEST_REVIEWED = "request.reviewed"
     REQUEST_REVIEW_REMINDED = "request.review_reminded"

@@ -72,7 +72,7 @@ class ResourceGatewaySpec(Strict):
 class ResourceSSHSpec(Strict):
     """`ssh:` of a resource of kind ssh: the server behind the gateway's SSH front, the
     login the gateway uses there for each Accord role, and what each role may do beyond a
-    shell and commands (local port forwarding, `-L`, is refused unless listed)."""
+    shell and commands (local port forwarding, `-L`, and SFTP are refused unless listed)."""
 
     host: str
     port: int = Field(default=22, ge=1, le=65535)
@@ -81,8 +81,9 @@ class ResourceSSHSpec(Strict):
     key_file: str | None = None  # or a file holding it
     host_key: str  # the upstream's public host key, pinned ("ssh-ed25519 AAAA...")
     # Accord role -> what it may do beyond shell and exec: `port_forwarding` (local, `-L`,
-    # through the upstream server; each forward a `gateway.ssh_forward` event).
-    allow: dict[str, list[Literal["port_forwarding"]]] = Field(default_factory=dict)
+    # through the upstream server; each forward a `gateway.ssh_forward` event), `sftp` (each
+    # file transfer a `gateway.ssh_file` event with its sha256).
+    allow: dict[str, list[Literal["port_forwarding", "sftp"]]] = Field(default_factory=dict)
     idle_timeout: timedelta | None = None  # a session with no input this long is closed
 
     _i = field_validator("idle_timeout", mode="before")(

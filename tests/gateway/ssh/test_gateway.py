@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+from typing import Any
 
 import pytest
 
@@ -250,3 +252,35 @@ def test_an_idle_shell_is_closed_when_the_resource_says_so(world: World) -> None
     assert "this session ends: no input for 0.3s" in out
     closed = world.events("gateway.session_closed", grant["id"])
     assert closed[-1]["data"]["reason"] == "idle"
+
+
+def test_sftp_only_for_roles_that_allow_it_each_transfer_recorded(world: World) -> None:
+    payload = os.urandom(300_000)
+    upload = world.tmp / "sftp-in.bin"
+    upload.write_bytes(payload)
+    back = world.tmp / "sftp-back.bin"
+    remote = str(world.tmp / "sftp-remote.bin")
+
+    async def run(token: dict[str, Any]) -> None:
+        async with asyncssh.connect(
+                "127.0.0.1", world.port, username=f"alice+{world.resource}",
+                password=token["token"], known_hosts=None, client_keys=None,
+                agent_path=None, config=None, preferred_auth="password") as conn:
+            async with conn.start_sftp_client() as sftp:
+                await sftp.put(str(upload), remote)
+                await sftp.get(remote, str(back))
+
+    user = world.grant("alice", "user")
+    with pytest.raises(asyncssh.Error):
+        asyncio.run(run(world.token(user)))
+    refused = world.events("gateway.violation", user["id"])
+    assert "subsystem sftp" in [v["data"]["statement"] for v in refused]
+    admin = world.grant("alice", "admin")
+    asyncio.run(run(world.token(admin)))
+    assert back.read_bytes() == payload
+    files = [e["data"] for e in world.events("gateway.ssh_file", admin["id"])]
+    digest = hashlib.sha256(payload).hexdigest()
+    assert [(f["path"], f["direction"], f["size"]) for f in files] == [
+        (remote, "upload", len(payload)), (remote, "download", len(payload))]
+    assert files[0]["sha256"] == digest  # asyncssh writes in order
+    assert files[1]["sha256"] in (digest, None)  # parallel reads arrive out of order

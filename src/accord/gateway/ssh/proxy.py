@@ -14,10 +14,11 @@ What holds:
   chunk, which names an exec's command, is spooled before the channel is opened upstream.
   An exec ends with a `gateway.ssh_exec` event (exit status or signal). A gateway killed
   mid-session loses the chunk being filled (at most `chunk_interval` of it).
-* Remote port forwarding, agent and X11 forwarding and subsystems (SFTP) are refused, and
-  local port forwarding unless the role's `ssh.allow` lists `port_forwarding` (then each
-  forward goes through the upstream server and is a `gateway.ssh_forward` event); refused
-  attempts are `gateway.violation` events.
+* Remote port forwarding, agent and X11 forwarding and subsystems are refused, local port
+  forwarding unless the role's `ssh.allow` lists `port_forwarding` (then each forward goes
+  through the upstream server and is a `gateway.ssh_forward` event), and SFTP unless it
+  lists `sftp` (then each file transfer is a `gateway.ssh_file` event: path, direction,
+  size, sha256, from `sftp.Follower`); refused attempts are `gateway.violation` events.
 * When the grant ends (the core's watcher) each channel is told why on the terminal and
   closed, then the connection; a connection left open by the client is closed a second
   later.
@@ -41,6 +42,7 @@ from accord.gateway.server import Front, GatewayServer
 from accord.gateway.ssh import upstream
 from accord.gateway.ssh.cast import Recorder
 from accord.gateway.ssh.lib import asyncssh
+from accord.gateway.ssh.sftp import Follower
 from accord.spec.gateway import GatewaySSHSpec
 
 log = logging.getLogger("accord.gateway")
@@ -402,6 +404,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._line: list[str] = []  # what is being typed at a shell (for `_typed`)
         self._escape = False
         self.flags: list[dict[str, str]] = []  # typed lines matching a pattern, not yet spooled
+        self.sftp: Follower | None = None  # an SFTP subsystem's file transfers, followed
 
     # -- the client's side
 
@@ -421,13 +424,22 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem == "sftp" and "sftp" in self.live.target.allow:
+            self.sftp = Follower(self._file)
+            return True
         self.live.refuse("subsystem", f"subsystem {subsystem}")
         return False
+
+    def _file(self, data: dict[str, Any]) -> None:
+        self.live.audit.blob(self.live.info, "ssh_file", {"channel": self.number, **data})
 
     def session_started(self) -> None:
         live = self.live
         info = live.info
         self.started_ns = time.perf_counter_ns()
+        if self.sftp is not None:  # binary: its file transfers are recorded instead
+            live.gateway.spawn(self._open_upstream())
+            return
         self.rec = Recorder(self._emit, width=self.size[0], height=self.size[1],
                             term=self.term, command=self.command,
                             title=f"{info.user} on {info.resource} ({info.role})",
@@ -436,7 +448,9 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     async def _open_upstream(self) -> None:
         kw: dict[str, Any] = {"encoding": None}
-        if self.command is not None:
+        if self.sftp is not None:
+            kw["subsystem"] = "sftp"
+        elif self.command is not None:
             kw["command"] = self.command
         if self.term is not None:
             kw.update(request_pty="force", term_type=self.term, term_size=self.size,
@@ -461,7 +475,9 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.live.last_input = time.monotonic()
-        if self.command is None and self.live.patterns:
+        if self.sftp is not None:
+            self.sftp.client(data)
+        elif self.command is None and self.live.patterns:
             self._typed(data)  # before the recorder may cut the chunk holding this input
         if self.rec is not None:
             self.rec.input(data)
@@ -511,6 +527,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     # -- the server's side (`_Upstream` calls these)
 
     def output(self, data: bytes, stderr: bool) -> None:
+        if self.sftp is not None and not stderr:
+            self.sftp.server(data)
         if self.rec is not None:  # spooled when a chunk is cut, before it is forwarded
             self.rec.output(data)
             self._arm()
@@ -609,6 +627,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._tick = None
         if self.rec is not None:
             self.rec.flush(final=True)
+        if self.sftp is not None:
+            self.sftp.finish()
         self.live.channels.pop(self.number, None)
 
 
