@@ -265,10 +265,10 @@ def test_sftp_only_for_roles_that_allow_it_each_transfer_recorded(world: World) 
         async with asyncssh.connect(
                 "127.0.0.1", world.port, username=f"alice+{world.resource}",
                 password=token["token"], known_hosts=None, client_keys=None,
-                agent_path=None, config=None, preferred_auth="password") as conn:
-            async with conn.start_sftp_client() as sftp:
-                await sftp.put(str(upload), remote)
-                await sftp.get(remote, str(back))
+                agent_path=None, config=None, preferred_auth="password") as conn, \
+                conn.start_sftp_client() as sftp:
+            await sftp.put(str(upload), remote)
+            await sftp.get(remote, str(back))
 
     user = world.grant("alice", "user")
     with pytest.raises(asyncssh.Error):
