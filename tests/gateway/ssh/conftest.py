@@ -108,7 +108,8 @@ AcceptEnv LANG
 Subsystem sftp internal-sftp
 LogLevel ERROR
 """)
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation's chroot (root only)
+    if os.geteuid() == 0:  # privilege separation's chroot (sshd started as root needs it)
+        Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")],
                             stderr=subprocess.PIPE)
     try:
