@@ -23,6 +23,7 @@ from accord.gateway import views as gateway_views
 from accord.gateway.mcp import views as mcp_gateway_views
 from accord.gateway.mcp.proxy import PATH as MCP_GATEWAY_PATH
 from accord.gateway.mcp.proxy import McpGateway
+from accord.gateway.ssh import views as ssh_views
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
@@ -151,8 +152,9 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.include_router(scim_views.router)
     for module in (request_views, grant_views, identity_views, ledger_views, policy_views,
                    alert_views, directory_views,
-                   slack_views, gateway_views):
+                   slack_views, gateway_views, ssh_views):
         app.include_router(module.router)
+    app.include_router(ssh_views.web)  # the SSH recordings' player pages
     app.include_router(slack_views.prefs_router)  # notification preferences
     app.include_router(report_views.router)  # reports (auditors and admins)
     app.include_router(policy_views.replay_router)  # replaying a candidate (auditors, admins)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import tempfile
 import time
@@ -205,6 +206,13 @@ def verify_cmd(
         bool, typer.Option(help="Accept entries newer than the last signed checkpoint.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    check_recordings: Annotated[
+        bool | None, typer.Option(
+            "--recordings/--no-recordings",
+            help="Also check the bytes of every SSH recording chunk against its "
+                 "gateway.ssh_chunk event (fetched from --url, or from ACCORD_URL with "
+                 "--bundle). Default: on with --url.")
+    ] = None,
 ) -> None:
     """Recompute the ledger offline and check every signature; exit 1 on any damage."""
     if (bundle_path is None) == (url is None):
@@ -219,9 +227,44 @@ def verify_cmd(
     with _source(bundle_path, url) as (opener, path), _progress("verifying") as progress:
         report = verify(opener, key=pinned_key, pin=pin_text, witness=witness,
                         allow_unsigned_tail=allow_unsigned_tail, progress=progress, path=path)
+        if check_recordings if check_recordings is not None else url is not None:
+            _verify_recordings(opener, url, report)
     _print_report(report, as_json)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _verify_recordings(opener: Callable[[], IO[bytes]], url: str | None,
+                       report: Report) -> None:
+    """Each SSH recording chunk's stored bytes against the sha256 and size in its event."""
+    from accord.gateway.ssh.recordings import CHUNK, check_chunk
+
+    settings = Settings.from_env()
+    if url is not None:
+        settings = dataclasses.replace(settings, url=str(url).rstrip("/"))
+    marker = f'"type":"{CHUNK}"'.encode()
+    checked = 0
+    with opener() as f, AccordClient(settings) as client:
+        bundle.read_header(f)
+        for index, leaf, _ in bundle.records(f):
+            if marker not in leaf:
+                continue
+            data = json.loads(leaf)["data"]
+            buf = io.BytesIO()
+            try:
+                client.download(f"/recordings/{data['sha256']}", buf)
+                blob: bytes | None = buf.getvalue()
+            except ClientError as exc:
+                if exc.status != 404:
+                    err.print(f"error: recordings: {exc.detail}", markup=False)
+                    raise typer.Exit(1) from None
+                blob = None
+            problem = check_chunk(data, blob)
+            if problem is not None:
+                report.fail(f"index {index}: {problem}", index)
+            checked += 1
+    err.print(f"recordings: {checked} SSH recording chunks checked against the ledger",
+              markup=False)
 
 
 def _read_key(text: str) -> Verifier:

@@ -12,6 +12,7 @@ from accord.cli.request import grant_app, request_app
 from accord.detect.cli import alert_app
 from accord.directory.cli import directory_app, scim_app
 from accord.gateway import cli as gateway_cli
+from accord.gateway.ssh import cli as ssh_cli
 from accord.notify.cli import notify_app
 from accord.reports.cli import report_app
 from accord.reviews.cli import review_app
@@ -54,7 +55,9 @@ app.add_typer(directory_app, name="directory")
 app.add_typer(notify_app, name="notify")
 app.add_typer(report_app, name="report")
 app.add_typer(review_app, name="review")
+session_app.command("play")(ssh_cli.play)  # a recorded SSH session
 app.add_typer(session_app, name="session")
+app.add_typer(ssh_cli.ssh_key_app, name="ssh-key")
 app.add_typer(scim_app, name="scim")
 
 if __name__ == "__main__":

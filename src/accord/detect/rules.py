@@ -7,6 +7,7 @@ so a restart resumes exactly where the last committed batch ended.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -354,6 +355,32 @@ def policy_change(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]
             subject=ev.get("subject"), data={"changes": data.get("changes")})
 
 
+def ssh_command(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
+    """An SSH command matching `detect.ssh_commands.patterns`: an exec's command line (matched
+    here), or lines typed at a shell that the gateway flagged in a recording chunk's event
+    (`flagged`: the gateway sees the keystrokes; the ledger keeps only the matching lines)."""
+    rule = scan.spec.ssh_commands
+    if not rule.enabled:
+        return
+    data = ev.get("data") or {}
+    if ev["type"] == "gateway.ssh_exec":
+        command = str(data.get("command") or "")
+        hits = [{"pattern": name, "line": command} for name, pattern in rule.patterns.items()
+                if re.search(pattern, command)][:1]
+    else:
+        hits = [h for h in data.get("flagged") or [] if isinstance(h, dict)]
+    who = ev["actor"]["id"]
+    for n, hit in enumerate(hits):
+        line = str(hit.get("line", ""))[:200]
+        yield Finding(
+            "ssh_commands", rule.severity,
+            f"{who} ran `{line[:80]}` on {_resource(ev) or '?'} (matches {hit.get('pattern')})",
+            f"ssh_commands:{idx}:{n}", [idx], user=who, resource=_resource(ev),
+            subject=ev.get("subject"),
+            data={"pattern": hit.get("pattern"), "line": line, "session": data.get("session"),
+                  "channel": data.get("channel"), "chunk": data.get("index")})
+
+
 Detector = Callable[[Scan, int, dict[str, Any]], Iterator[Finding]]
 BY_TYPE: dict[str, list[Detector]] = {
     "request.denied": [repeated_denials],
@@ -370,6 +397,8 @@ BY_TYPE: dict[str, list[Detector]] = {
                           agent_refused_tools],
     "drift.detected": [_each("drift", "access on {resource} differs from Accord's grants")],
     "policy.loaded": [policy_change],
+    "gateway.ssh_exec": [ssh_command],
+    "gateway.ssh_chunk": [ssh_command],
     **{t: [unused_grant] for t in GRANT_ENDS},
 }
 # Events whose request the detectors need (requester, creation time): fetched per batch.

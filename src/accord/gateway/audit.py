@@ -49,11 +49,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord.gateway.records import Finished, GuardrailHit, Run, SessionInfo, Violation
 from accord.gateway.shipper import replay_dead, shipper_main
 from accord.gateway.spool import (
+    BLOB_HEAD,
     DONE_REC,
     DONE_STRUCT,
     FACT,
     FRAME,
     OUTCOME_CODE,
+    R_BLOB,
     R_CLOCK,
     R_CLOSE,
     R_CONTEXT,
@@ -284,6 +286,17 @@ class AuditWriter:
         self._rec += 1
         self._deferred.append(record_bytes(kind, FACT.pack(info.number, self._rec)
                                            + json.dumps({"data": data, "at_ns": at_ns}).encode()))
+
+    def blob(self, info: SessionInfo, name: str, data: dict[str, Any], blob: bytes = b"",
+             at_ns: int | None = None) -> None:
+        """Spool a protocol's own fact `name` (`recording.BLOB_FACTS`) with its bytes, at
+        once (an SSH recording chunk: its bytes reach the ledger's storage with its event)."""
+        self._rec += 1
+        head = json.dumps({"name": name, "data": data,
+                           "at_ns": at_ns if at_ns is not None else time.time_ns()}).encode()
+        self._deferred.append(record_bytes(R_BLOB, BLOB_HEAD.pack(info.number, self._rec,
+                                                                  len(head)) + head + blob))
+        self._write()
 
     def opened(self, info: SessionInfo, in_flight: Callable[[], list[Run]]) -> None:
         info.opened_ns = time.perf_counter_ns()

@@ -1,5 +1,5 @@
-"""`accord gateway` (run the proxy) and `accord connect RESOURCE` (a token and a psql or
-mariadb line)."""
+"""`accord gateway` (run the proxy) and `accord connect RESOURCE` (a token and a psql,
+mariadb or ssh line)."""
 
 from __future__ import annotations
 
@@ -155,7 +155,10 @@ def connect(
         return
     typer.echo(out.get("command") or out["psql"])
     typer.echo("")
-    typer.echo(f"DSN:     {out['dsn']}")
+    if out.get("protocol") == "ssh":  # ssh asks for the token as the password
+        typer.echo(f"password: {out['token']}")
+    else:
+        typer.echo(f"DSN:     {out['dsn']}")
     typer.echo(f"grant:   {out['grant_id']} ({out['role']}); connect before "
                f"{out['expires_at']}, the session then lasts as long as the grant")
 

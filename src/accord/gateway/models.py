@@ -1,10 +1,11 @@
-"""The gateway's tables: connection tokens, per-grant usage, and spool flush marks."""
+"""The gateway's tables: connection tokens, per-grant usage, spool flush marks, and the
+bytes of session recordings."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Integer, String
+from sqlalchemy import BigInteger, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from accord.db import Base, UTCDateTime
@@ -49,3 +50,30 @@ class GatewaySpoolMark(Base):
     instance: Mapped[str] = mapped_column(String(64), primary_key=True)
     committed: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GatewayRecording(Base):
+    """The bytes of one recording chunk, named by their sha256 (content-addressed: the same
+    bytes are kept once). The ledger's `gateway.ssh_chunk` events carry each chunk's sha256
+    and size, so replaced or edited bytes fail verification."""
+
+    __tablename__ = "gateway_recordings"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GatewaySSHKey(Base):
+    """A public key a user registered (`accord ssh-key add`) to log in to the SSH gateway
+    without a connection token; the active grant is still checked at each login."""
+
+    __tablename__ = "gateway_ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(128), unique=True)  # SHA256:...
+    public_key: Mapped[str] = mapped_column(String(16384))
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

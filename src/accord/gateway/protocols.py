@@ -1,6 +1,6 @@
 """The gateway a process runs: the PostgreSQL server, with the MySQL front beside it when
-`gateway.mysql` is configured. Imported by the entry points only (the protocols' parsers load
-with it)."""
+`gateway.mysql` is configured and the SSH front when `gateway.ssh` is. Imported by the
+entry points only (the protocols' parsers load with it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from accord.state import AppState
 
 
 def build(st: AppState, spec: GatewaySpec, *, mysql_listen: tuple[str, int] | None = None,
-          **kw: Any) -> GatewayServer:
+          ssh_listen: tuple[str, int] | None = None, **kw: Any) -> GatewayServer:
     """One gateway process's server with every protocol `spec` configures (`kw`: the
     server's own arguments, `listen`, `inbox`, `index`, `env`)."""
     from accord.gateway.postgres.proxy import PostgresGateway
@@ -24,6 +24,10 @@ def build(st: AppState, spec: GatewaySpec, *, mysql_listen: tuple[str, int] | No
 
         gw.add_front(MySQLFront(gw, mysql_listen or spec.mysql.host_port,
                                 spec.mysql.server_version))
+    if spec.ssh is not None:
+        from accord.gateway.ssh.proxy import SSHFront
+
+        gw.add_front(SSHFront(gw, ssh_listen or spec.ssh.host_port, spec.ssh))
     return gw
 
 
@@ -34,6 +38,8 @@ def listeners(spec: GatewaySpec, host: str, port: int) -> list[socket.socket]:
     out = prefork.listen(host, port)
     if spec.mysql is not None:
         out += prefork.listen(*spec.mysql.host_port)
+    if spec.ssh is not None:
+        out += prefork.listen(*spec.ssh.host_port)
     return out
 
 
@@ -61,7 +67,13 @@ class ConnectionInfo(Protocol):
 def connection_info(spec: GatewaySpec, *, user: str, resource: str,
                     protocol: str = "postgres") -> ConnectionInfo | None:
     """How `user` reaches `resource` over its protocol; None when the gateway does not serve
-    that protocol (`gateway.mysql` unset for a MySQL resource)."""
+    that protocol (`gateway.mysql` unset for a MySQL resource, `gateway.ssh` for SSH)."""
+    if protocol == "ssh":
+        if spec.ssh is None:
+            return None
+        from accord.gateway.ssh import connect as ssh_connect
+
+        return ssh_connect.connection_info(spec, user=user, resource=resource)
     if protocol == "mysql":
         if spec.mysql is None:
             return None

@@ -5,6 +5,7 @@ spool's mark, in the caller's transaction. Never commits."""
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from accord.gateway.models import GatewaySpoolMark
+from accord.gateway.models import GatewayRecording, GatewaySpoolMark
 from accord.gateway.usage import usage_upsert
 from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, Via
@@ -36,6 +37,20 @@ def forget_mark(session: Session, *, instance: str) -> None:
 
 def _wall(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+# A protocol's own facts (`AuditWriter.blob`) and the events they become. A chunk's bytes
+# go into content-addressed storage (`GatewayRecording`), its sha256 and size into the event.
+BLOB_FACTS = {"ssh_chunk": EventType.GATEWAY_SSH_CHUNK, "ssh_exec": EventType.GATEWAY_SSH_EXEC,
+              "ssh_forward": EventType.GATEWAY_SSH_FORWARD,
+              "ssh_file": EventType.GATEWAY_SSH_FILE}
+
+
+@functools.cache
+def blob_insert(dialect: str) -> Any:
+    """Store a chunk's bytes once (the same bytes under the same name: nothing to do)."""
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    return ins(GatewayRecording).on_conflict_do_nothing(index_elements=["sha256"])
 
 
 @functools.cache
@@ -102,6 +117,8 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             continue
         if at_ns > use[1]:
             use[1] = at_ns
+        if kind == "ssh_exec":
+            use[2] += 1  # a command counts as a statement does
         if kind == "violation":
             use[3] += 1
         elif kind == "open":
@@ -127,6 +144,16 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             elif kind == "close":
                 data = {"grant_id": info.grant_id, "session": info.id, **payload}
                 etype = EventType.GATEWAY_SESSION_CLOSED
+            elif kind in BLOB_FACTS:
+                data = {"grant_id": info.grant_id, "session": info.id, **payload}
+                etype = BLOB_FACTS[kind]
+                blob = data.pop("blob", b"")
+                if kind == "ssh_chunk":
+                    digest = hashlib.sha256(blob).hexdigest()
+                    data["sha256"], data["size"] = digest, len(blob)
+                    session.execute(blob_insert(session.get_bind().dialect.name), {
+                        "sha256": digest, "size": len(blob), "data": blob,
+                        "created_at": datetime.now(UTC)})
             elif kind == "guardrail":
                 data = {"grant_id": info.grant_id, "session": info.id, **payload}
                 etype = EventType.GATEWAY_GUARDRAIL

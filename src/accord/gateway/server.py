@@ -185,6 +185,13 @@ class Front:
             self.port = self._listener.sockets[0].getsockname()[1]
         log.info("Accord gateway (%s) listening on %s:%d", self.protocol, self.host, self.port)
 
+    def accept(self, conn: socket.socket) -> None:
+        """Serve a connection a prefork parent accepted (a protocol with a library of its
+        own for the connection, such as SSH's, takes the socket instead)."""
+        loop = asyncio.get_running_loop()
+        self.server.spawn(loop.connect_accepted_socket(
+            functools.partial(_Accepted, self.server, self.handle), conn))
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -361,11 +368,15 @@ class GatewayServer:
             conn = socket.socket(fileno=fd)
             conn.setblocking(False)
             try:
-                handler = self.front_for(conn.getsockname()[1])
+                port = conn.getsockname()[1]
             except OSError:
-                handler = self.handle
-            self.spawn(loop.connect_accepted_socket(
-                functools.partial(_Accepted, self, handler), conn))
+                port = -1
+            front = next((f for f in self.fronts if f.port == port), None)
+            if front is not None:
+                front.accept(conn)
+            else:
+                self.spawn(loop.connect_accepted_socket(
+                    functools.partial(_Accepted, self, self.handle), conn))
 
     async def close(self) -> None:
         """Stop listening, end every session, flush the audit trail."""
@@ -483,11 +494,14 @@ class GatewayServer:
 
     def authorize(self, *, user: str, resource: str, token: str, where: str,
                   problem: Callable[[], tokens.Refusal | None] = lambda: None,
-                  protocol: str = "postgres") -> tuple[Grant, ResourceSpec]:
+                  protocol: str = "postgres", key: tuple[str | None, str] | None = None,
+                  ) -> tuple[Grant, ResourceSpec]:
         """Check a client's connection token (on a database thread): the active grant it
         stands for and its resource, or a `tokens.Refusal`, recorded within the budget of
         refusals per client address. `problem`: the protocol's own reason to refuse a
-        client that proved who it is (a startup parameter, say)."""
+        client that proved who it is (a startup parameter, say). `key`: (role or None, the
+        fingerprint of a public key the client holds) instead of a token (SSH); a key that is
+        not the user's is refused without a record (clients offer every key they have)."""
         st = self.st
         address = where.rsplit(":", 1)[0] if ":" in where else where
         if st.policies.due():
@@ -497,12 +511,20 @@ class GatewayServer:
         grant: Grant | None = None
         try:
             with transaction(st.sessions) as s:
-                grant = tokens.authenticate(s, policy=policy, user=user, resource=resource,
-                                            token=token, now=st.now(), protocol=protocol)
+                if key is not None:
+                    grant = tokens.authenticate_key(
+                        s, policy=policy, user=user, resource=resource, role=key[0],
+                        fingerprint=key[1], now=st.now(), protocol=protocol)
+                else:
+                    grant = tokens.authenticate(s, policy=policy, user=user,
+                                                resource=resource, token=token, now=st.now(),
+                                                protocol=protocol)
             refusal = problem()
             if refusal is not None:
                 raise refusal
         except tokens.Refusal as refusal:
+            if key is not None and not refusal.authenticated:
+                raise
             if self.refusals.admit(address, st.now()):
                 with transaction(st.sessions) as s:
                     tokens.record_refusal(s, policy=policy, user=user, resource=resource,

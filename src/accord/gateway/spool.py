@@ -39,6 +39,10 @@ DONE = 1 << 62  # a finished spool's mark: nothing in it is left to record
 
 # Record kinds in the spool.
 R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT, R_GUARDRAIL = range(8)
+# A protocol's own facts (SSH: a recording chunk with its bytes, a command's exit): FACT,
+# the length of a JSON object, the object ({"name", "data", "at_ns"}), then raw bytes.
+R_BLOB = 8
+BLOB_HEAD = struct.Struct("<IQI")  # session, rec, JSON length
 FRAME = struct.Struct("<II")  # frame body length, CRC-32 of the body; records follow
 HEAD = struct.Struct("<IB")  # record length (after these 5 bytes), kind
 INTENT = struct.Struct("<IIqIB")  # session, seq, t0, text length, protocol; text, params json
@@ -58,9 +62,10 @@ NO_INTENT = ("unknown", "", None, 0)  # an outcome whose statement record was lo
 
 
 # One thing to record, as a plain tuple: (rec, kind, session, wall-clock ns, payload).
-# kind is "open", "statement", "violation", "guardrail" or "close"; the payload is a statement row
-# (`recording.COLUMNS`) for statements, else a dict of event data. `rec` numbers a
-# process's facts in spool order.
+# kind is "open", "statement", "violation", "guardrail" or "close", or a protocol's own
+# (`R_BLOB`: "ssh_chunk", "ssh_exec"); the payload is a statement row
+# (`recording.COLUMNS`) for statements, else a dict of event data (a protocol's: with its
+# bytes under "blob"). `rec` numbers a process's facts in spool order.
 Fact = tuple[int, str, SessionInfo, int, Any]
 STATEMENT = "statement"
 
@@ -279,6 +284,14 @@ class Reader:
         """Records other than statements and outcomes."""
         if kind == R_CLOCK:
             self.offset = struct.unpack("<q", payload)[0]
+        elif kind == R_BLOB:
+            number, rec, size = BLOB_HEAD.unpack_from(payload)
+            head = json.loads(payload[BLOB_HEAD.size:BLOB_HEAD.size + size])
+            info = self.infos.get(number)
+            if info is not None:
+                data = dict(head["data"])
+                data["blob"] = payload[BLOB_HEAD.size + size:]
+                self.ready.append((rec, str(head["name"]), info, int(head["at_ns"]), data))
         elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION, R_GUARDRAIL):
             number, rec = FACT.unpack_from(payload)
             body = json.loads(payload[FACT.size:])

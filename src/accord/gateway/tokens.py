@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from accord.gateway.models import GatewayToken
+from accord.gateway.models import GatewaySSHKey, GatewayToken
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
 from accord.ledger import service as ledger
@@ -72,11 +72,7 @@ def issue_token(session: Session, *, grant: Grant, actor: Actor, now: datetime,
     return row, secret
 
 
-def authenticate(session: Session, *, policy: Policy, user: str, resource: str, token: str,
-                 now: datetime, protocol: str = "postgres", mcp: bool = False) -> Grant:
-    """The active grant a client's connection token stands for, or a Refusal saying why.
-    `protocol`: the one the client speaks, which must be the resource's; `mcp`: for the MCP
-    gateway, which serves the resources with an `mcp:` upstream."""
+def _reachable(policy: Policy, resource: str, protocol: str, *, mcp: bool = False) -> None:
     spec = policy.resources.get(resource)
     if spec is None:
         raise Refusal("3D000", f'Accord gateway: resource "{resource}" does not exist',
@@ -88,6 +84,14 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
         raise Refusal("3D000", f"Accord gateway: resource {resource} speaks the "
                                f"{spec.gateway_protocol} protocol, not {protocol}",
                       f"`accord connect {resource}` says where to connect")
+
+
+def authenticate(session: Session, *, policy: Policy, user: str, resource: str, token: str,
+                 now: datetime, protocol: str = "postgres", mcp: bool = False) -> Grant:
+    """The active grant a client's connection token stands for, or a Refusal saying why.
+    `protocol`: the one the client speaks, which must be the resource's; `mcp`: for the MCP
+    gateway, which serves the resources with an `mcp:` upstream."""
+    _reachable(policy, resource, protocol, mcp=mcp)
     row = None
     if token.startswith(TOKEN_PREFIX) and len(token) < 200:
         row = session.execute(select(GatewayToken).where(
@@ -111,6 +115,37 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
                       f"ask for access with `accord request create {resource} ROLE`",
                       authenticated=True)
     return grant
+
+
+def authenticate_key(session: Session, *, policy: Policy, user: str, resource: str,
+                     role: str | None, fingerprint: str, now: datetime, protocol: str) -> Grant:
+    """The active grant of `user` on `resource` (of `role`, needed when they hold several)
+    for a login with a public key the user registered, or a Refusal saying why (one with
+    `authenticated` false when the key is not theirs)."""
+    _reachable(policy, resource, protocol)
+    key = session.execute(select(GatewaySSHKey).where(
+        GatewaySSHKey.fingerprint == fingerprint)).scalar_one_or_none()
+    if key is None or key.user != user:
+        raise Refusal("28P01", f'public key authentication failed for user "{user}": the key '
+                               f"is not registered to {user}",
+                      "register it with `accord ssh-key add`")
+    if not policy.is_user(user):
+        raise Refusal("28000", f'user "{user}" is no longer in accord.yaml', authenticated=True)
+    q = select(Grant).where(Grant.user == user, Grant.resource == resource,
+                            Grant.status == GrantStatus.ACTIVE, Grant.ends_at > now)
+    if role:
+        q = q.where(Grant.role == role)
+    grants = list(session.execute(q.order_by(Grant.ends_at.desc())).scalars())
+    if not grants:
+        raise Refusal("28000", f"no active grant of {user} on {resource}"
+                               + (f" as {role}" if role else ""),
+                      f"ask for access with `accord request create {resource} ROLE`",
+                      authenticated=True)
+    roles = sorted({g.role for g in grants})
+    if len(roles) > 1:
+        raise Refusal("28000", f"{user} holds several roles on {resource} ({', '.join(roles)})",
+                      f"log in as {user}+{resource}+ROLE", authenticated=True)
+    return grants[0]
 
 
 def record_refusal(session: Session, *, policy: Policy, user: str, resource: str,

@@ -58,6 +58,12 @@ class EventType(enum.StrEnum):
     GATEWAY_TOOL_CALL = "gateway.tool_call"
     GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
     GATEWAY_LOGINS_SUPPRESSED = "gateway.logins_suppressed"
+    GATEWAY_SSH_CHUNK = "gateway.ssh_chunk"  # a piece of an SSH channel's recording
+    GATEWAY_SSH_EXEC = "gateway.ssh_exec"  # a command run over SSH, with its exit status
+    GATEWAY_SSH_KEY_ADDED = "gateway.ssh_key_added"  # a public key for the SSH gateway
+    GATEWAY_SSH_KEY_REMOVED = "gateway.ssh_key_removed"
+    GATEWAY_SSH_FORWARD = "gateway.ssh_forward"  # a port forwarded through the SSH gateway
+    GATEWAY_SSH_FILE = "gateway.ssh_file"  # a file transferred over SFTP: path, size, sha256
     APPROVAL_REFUSED = "approval.refused"
     REQUEST_REVIEWED = "request.reviewed"
     REQUEST_REVIEW_REMINDED = "request.review_reminded"

@@ -59,6 +59,36 @@ class WorkingHours(_Rule):
         return v
 
 
+# Commands run over the SSH gateway that raise an alert: name -> regular expression (Python's
+# `re`, searched in an exec's command line and in each line typed at a shell).
+DEFAULT_SSH_PATTERNS = {
+    "sudo": r"(^|[;&|(`\s])sudo\b",
+    "rm_rf": r"\brm\s+(-\w*r\w*f|-\w*f\w*r|-r\s+-f|-f\s+-r|--recursive\s+--force)",
+    "secrets": r"/etc/shadow|/etc/sudoers|\.ssh/id_|\.aws/credentials|\.kube/config"
+               r"|\bprintenv\b|(^|/)\.env\b",
+}
+
+
+class SSHCommandRule(_Rule):
+    """Commands over the SSH gateway matching `patterns`: an alert each, the recording chunk
+    (or exec event) as evidence."""
+
+    severity: Sev = "high"
+    patterns: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SSH_PATTERNS))
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, pattern in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: not a regular expression: {exc}") from None
+        return v
+
+
 class DetectSpec(Strict):
     """Detectors over the ledger; each raises alerts with its severity."""
 
@@ -86,5 +116,6 @@ class DetectSpec(Strict):
     agent_burst: CountRule = Field(
         default_factory=lambda: CountRule(count=100, window=timedelta(minutes=1),
                                           severity="medium"))
+    ssh_commands: SSHCommandRule = Field(default_factory=SSHCommandRule)
     notify: list[str] = Field(default_factory=list)  # groups told of alerts (default: admins)
     notify_severity: Sev = "high"  # alerts at least this severe are sent; all are listed

@@ -47,6 +47,23 @@ class GatewayMySQLSpec(Strict):
         return _host_port(self.listen)
 
 
+class GatewaySSHSpec(Strict):
+    """`gateway.ssh`: the listener for SSH clients (resources of kind ssh), the gateway's own
+    host key, and how recordings are cut into chunks."""
+
+    listen: str = "127.0.0.1:2222"
+    public_port: int | None = Field(default=None, ge=1, le=65535)
+    host_key_file: str | None = None  # default: $ACCORD_DATA_DIR/gateway-ssh-host-key (made)
+    chunk_bytes: int = Field(default=64 << 10, ge=1024, le=8 << 20)  # a recording chunk's size
+    chunk_interval: timedelta = timedelta(seconds=5)  # and its age, at most
+
+    _d = field_validator("chunk_interval", mode="before")(lambda cls, v: _short_duration(v))
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _host_port(self.listen)
+
+
 class GatewaySpec(Strict):
     """`accord gateway`: the PostgreSQL proxy that checks grants and audits statements."""
 
@@ -87,6 +104,7 @@ class GatewaySpec(Strict):
     # session waits. Below 0 needs CAP_SYS_NICE. Unset: left as started.
     priority: int | None = Field(default=None, ge=-20, le=19)
     mysql: GatewayMySQLSpec | None = None  # also serve MySQL-protocol clients
+    ssh: GatewaySSHSpec | None = None  # also serve SSH clients
 
     _d = field_validator("token_ttl", "flush_interval", "startup_timeout", "message_timeout",
                          "watch_interval", mode="before")(lambda cls, v: _short_duration(v))

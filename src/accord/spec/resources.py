@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from accord.spec.base import NAME, Strict, as_duration
 from accord.spec.guardrails import DEFAULT_REVIEW_WINDOW, GuardrailSpec
@@ -67,6 +67,33 @@ class ResourceGatewaySpec(Strict):
     review_window: timedelta = DEFAULT_REVIEW_WINDOW
 
     _w = field_validator("review_window", mode="before")(lambda cls, v: as_duration(v))
+
+
+class ResourceSSHSpec(Strict):
+    """`ssh:` of a resource of kind ssh: the server behind the gateway's SSH front, the
+    login the gateway uses there for each Accord role, and what each role may do beyond a
+    shell and commands (local port forwarding, `-L`, and SFTP are refused unless listed)."""
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    users: dict[str, str] = Field(min_length=1)  # Accord role -> upstream login
+    key_env: str | None = None  # env var holding the upstream private key (OpenSSH or PEM)
+    key_file: str | None = None  # or a file holding it
+    host_key: str  # the upstream's public host key, pinned ("ssh-ed25519 AAAA...")
+    # Accord role -> what it may do beyond shell and exec: `port_forwarding` (local, `-L`,
+    # through the upstream server; each forward a `gateway.ssh_forward` event), `sftp` (each
+    # file transfer a `gateway.ssh_file` event with its sha256).
+    allow: dict[str, list[Literal["port_forwarding", "sftp"]]] = Field(default_factory=dict)
+    idle_timeout: timedelta | None = None  # a session with no input this long is closed
+
+    _i = field_validator("idle_timeout", mode="before")(
+        lambda cls, v: None if v is None else as_duration(v))
+
+    @model_validator(mode="after")
+    def _key(self) -> ResourceSSHSpec:
+        if (self.key_env is None) == (self.key_file is None):
+            raise ValueError("give exactly one of key_env or key_file (the upstream key)")
+        return self
 
 
 MYSQL_KINDS = ("mysql", "mariadb")  # resource kinds the gateway serves over MySQL's protocol
@@ -137,22 +164,39 @@ class ResourceSpec(Strict):
     reconcile: Literal["off", "report", "enforce"] = "report"
     gateway: ResourceGatewaySpec | None = None  # reachable through `accord gateway`
     mcp: McpTarget | None = None  # kind mcp: the MCP server the gateway stands in front of
+    ssh: ResourceSSHSpec | None = None  # kind ssh: the server behind the gateway's SSH front
 
     @property
     def gateway_reachable(self) -> bool:
-        """Whether the (database) gateway serves it: a `gateway:` block of its own, or a
-        postgres or mariadb provision target (whose admin DSN makes the gateway's logins).
-        An MCP server (`mcp:`) is reached through the MCP gateway instead."""
-        return self.mcp is None and (self.gateway is not None or isinstance(
-            self.provision, PostgresTarget | MariaDBTarget))
+        """Whether the (database or SSH) gateway serves it: a `gateway:` block of its own,
+        an `ssh:` server, or a postgres or mariadb provision target (whose admin DSN makes
+        the gateway's logins). An MCP server (`mcp:`) is reached through the MCP gateway
+        instead."""
+        return self.mcp is None and (
+            self.gateway is not None or self.ssh is not None
+            or isinstance(self.provision, PostgresTarget | MariaDBTarget))
 
     @property
     def gateway_protocol(self) -> str:
-        """The wire protocol its gateway sessions speak: `mysql` for a mariadb/mysql
-        provision target or a resource of kind mysql or mariadb, else `postgres`."""
+        """The wire protocol its gateway sessions speak: `ssh` for a resource of kind ssh,
+        `mysql` for a mariadb/mysql provision target or a resource of kind mysql or mariadb,
+        else `postgres`."""
+        if self.kind == "ssh" or self.ssh is not None:
+            return "ssh"
         if isinstance(self.provision, MariaDBTarget) or self.kind in MYSQL_KINDS:
             return "mysql"
         return "postgres"
+
+    @model_validator(mode="after")
+    def _ssh(self) -> ResourceSpec:
+        if (self.kind == "ssh") != (self.ssh is not None):
+            raise ValueError("a resource of kind ssh needs an `ssh:` block, and only it has one")
+        if self.ssh is not None:
+            unknown = sorted(set(self.ssh.users) - set(self.roles))
+            if unknown:
+                raise ValueError(f"ssh.users names roles the resource does not have: "
+                                 f"{', '.join(unknown)}")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -22,7 +22,8 @@ from accord.cli.output import (
 )
 
 session_app = typer.Typer(
-    help="Browser sessions of the web dashboard: list, end (admins; ACCORD_URL).",
+    help="Browser sessions of the web dashboard: list, end (admins); recorded SSH sessions: "
+         "play (ACCORD_URL).",
     no_args_is_help=True,
 )
 SessionId = Annotated[int, typer.Argument(help="ID of the session (see `accord session list`).",

@@ -40,6 +40,7 @@ from accord.durations import DurationError, format_duration, parse_duration
 from accord.errors import AccordError, Conflict, Forbidden, Invalid, NotFound
 from accord.gateway import views as gateway_views
 from accord.gateway.protocols import connection_info
+from accord.gateway.ssh import views as ssh_views
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import visible_clause as visible_grants
 from accord.identity import service as identity
@@ -651,10 +652,12 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
     explanation = explaining.explain(
         session, req=req, directory=st.policies.directory(session), in_force=policy.version,
     ) if explaining.may_explain(policy, viewer.user, req) else None
+    recorded = ssh_views.listing(session, grant.id) if grant is not None else []
     end_read(session)
     return page(request, "request_detail.html", viewer, r=out, events=events,
                 ledger=ledger_state, actions=acts, status=status, waiting=_waiting(out),
-                connect=_connectable(viewer, out), explanation=explanation)
+                connect=_connectable(viewer, out), explanation=explanation,
+                ssh_sessions=recorded)
 
 
 def _request_id(value: str) -> int:
@@ -731,6 +734,8 @@ def connect(request: Request, request_id: str, csrf: str = Form(""),
                    f"Connection token issued for Grant #{issued.grant_id}; it is shown once, "
                    "below.", form_name="connect",
                    form={"psql": issued.command, "dsn": issued.dsn,
+                         # ssh asks for the token as the password: no DSN carries it
+                         "password": issued.token if issued.protocol == "ssh" else "",
                          "expires": issued.expires_at.strftime("%H:%M UTC")})
 
 
