@@ -23,7 +23,7 @@ IBAN = b"DE89 3704 0044 0532 0130 00"
 
 
 def masker(**kw: object) -> Masker:
-    m = Masker.of([MaskingSpec(name="pii", **kw)], "read")  # type: ignore[arg-type]
+    m = Masker.of([MaskingSpec.model_validate({"name": "pii", **kw})], "read")
     assert m is not None
     return m
 
@@ -171,7 +171,8 @@ def data_row(values: list[bytes | None]) -> bytes:
 def read_row(msg: bytes) -> list[bytes | None]:
     assert msg[:1] == b"D" and int.from_bytes(msg[1:5], "big") == len(msg) - 1
     count = int.from_bytes(msg[5:7], "big")
-    pos, out = 7, []
+    pos = 7
+    out: list[bytes | None] = []
     for _ in range(count):
         n = int.from_bytes(msg[pos:pos + 4], "big", signed=True)
         pos += 4
