@@ -39,7 +39,7 @@ from typing import Any
 from accord.gateway.classes import ADMIN, DDL, IDENTITY, PINNED, UNKNOWN
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.guard import Guard
-from accord.gateway.postgres.mask import RowPlan, SessionMask, rewrite_row
+from accord.gateway.postgres.mask import RowPlan, SessionMask, rewrite_rows
 from accord.gateway.postgres.scope import (
     PINNED_SETTINGS,
     Classifier,
@@ -939,7 +939,7 @@ class Conversation:
                     raise pq.ProtocolError("invalid DataRow from the server")
                 if end > n:
                     break  # masked: only whole rows pass
-                replacement = self._masked_row(data, pos, end)
+                end, replacement = self._masked_rows(data, pos, n)
                 if replacement is not None:
                     if parts is None:
                         parts = []
@@ -1065,8 +1065,9 @@ class Conversation:
             self._plan = plan
         return plan.description if plan is not None else None
 
-    def _masked_row(self, data: bytes, pos: int, end: int) -> bytes | None:
-        """A whole DataRow in a masked session: counted, and masked (None: unchanged)."""
+    def _masked_rows(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
+        """The whole DataRows from `pos` in a masked session: counted and masked. Returns
+        where they end and what the client gets instead (None: the same bytes)."""
         pending = self._pending
         head = pending[0] if pending else None
         plan: RowPlan | None = None
@@ -1081,15 +1082,14 @@ class Conversation:
                 run = head.runs[0]
         if plan is None:  # rows the gateway cannot tell the columns of: never passed on
             raise pq.ProtocolError("a DataRow the gateway cannot match to a RowDescription")
-        if run is not None:
-            run.rows += 1
-        if not plan.targets:
-            return None
         assert self.mask is not None
-        if run is not None and run.masked is None:
+        if run is not None and run.masked is None and plan.targets:
             run.masked = set()
-        return rewrite_row(data, pos + 5, end, plan, self.mask.masker,
-                           run.masked if run is not None else None)
+        end, rows, out = rewrite_rows(data, pos, n, plan, self.mask.masker,
+                                      run.masked if run is not None else None)
+        if run is not None:
+            run.rows += rows
+        return end, out
 
     @staticmethod
     def _check_pins(body: bytes) -> None:

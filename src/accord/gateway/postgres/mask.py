@@ -44,13 +44,18 @@ NO_PLAN = Plan({}, (), ())
 class RowPlan:
     """A result's plan and its RowDescription as the client gets it (None: unchanged)."""
 
-    __slots__ = ("description", "last", "plan", "targets")
+    __slots__ = ("description", "last", "plan", "replacements", "targets")
 
     def __init__(self, plan: Plan, description: bytes | None) -> None:
         self.plan = plan
         self.description = description
         self.targets = frozenset(plan.whole) | frozenset(plan.scan)
         self.last = max(self.targets) if self.targets else -1
+        # Columns up to the last masked one: a whole column's replacement as a field
+        # (its length first), else None. Only when no detector reads a column.
+        self.replacements: tuple[bytes | None, ...] | None = None if plan.scan else tuple(
+            None if i not in plan.whole else _pack_i32(len(plan.whole[i])) + plan.whole[i]
+            for i in range(self.last + 1))
 
 
 class SessionMask:
@@ -171,6 +176,86 @@ def rewrite_row(data: bytes, start: int, end: int, plan: RowPlan, masker: Masker
     parts.append(data[at:end])
     body = b"".join(parts)
     return b"D" + _pack_i32(len(body) + 4) + body
+
+
+def rewrite_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
+                 masked: set[str] | None) -> tuple[int, int, bytes | None]:
+    """The whole DataRows from `pos` on (up to the first other message or a cut one),
+    masked: (where they end, how many, the bytes the client gets or None when no value
+    changed). One call for a read's rows: per row, only the fields up to the last masked
+    column are looked at. Names of the columns changed are added to `masked`."""
+    replacements = plan.replacements
+    if replacements is None:  # detectors read values: one row at a time
+        return _rows_one_by_one(data, pos, n, plan, masker, masked)
+    unpack = _unpack_i32
+    pack = _pack_i32
+    last = plan.last
+    names = plan.plan.names
+    out: list[bytes] = []
+    copied = pos  # bytes from here to the current row pass as they are
+    rows = 0
+    changed: set[int] = set()
+    while n - pos >= 5 and data[pos] == 0x44:
+        length = unpack(data, pos + 1)[0]
+        end = pos + 1 + length
+        if end > n:
+            break
+        if length < 6 or int.from_bytes(data[pos + 5:pos + 7], "big") <= last:
+            raise pq.ProtocolError("DataRow: fewer columns than its RowDescription")
+        rows += 1
+        p = pos + 7
+        seg = pos + 5
+        pieces: list[bytes] | None = None
+        delta = 0
+        for i in range(last + 1):
+            size = unpack(data, p)[0]
+            q = p + 4 + size if size > 0 else p + 4
+            field = replacements[i]
+            if field is not None and size >= 0:
+                if pieces is None:
+                    pieces = [data[copied:pos], b""]
+                pieces += (data[seg:p], field)
+                delta += len(field) - 4 - size
+                seg = q
+                changed.add(i)
+            p = q
+        if p > end:
+            raise pq.ProtocolError("DataRow: bad length")
+        if pieces is not None:
+            pieces[1] = b"D" + pack(length + delta)
+            pieces.append(data[seg:end])
+            out += pieces
+            copied = end
+        pos = end
+    if masked is not None:
+        masked.update(names[i] for i in changed)
+    if not out:
+        return pos, rows, None
+    out.append(data[copied:pos])
+    return pos, rows, b"".join(out)
+
+
+def _rows_one_by_one(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
+                     masked: set[str] | None) -> tuple[int, int, bytes | None]:
+    out: list[bytes] = []
+    copied = pos
+    rows = 0
+    while n - pos >= 5 and data[pos] == 0x44:
+        end = pos + 1 + _unpack_i32(data, pos + 1)[0]
+        if end > n or end < pos + 7:
+            if end < pos + 7:
+                raise pq.ProtocolError("DataRow: bad length")
+            break
+        rows += 1
+        new = rewrite_row(data, pos + 5, end, plan, masker, masked)
+        if new is not None:
+            out += (data[copied:pos], new)
+            copied = end
+        pos = end
+    if not out:
+        return pos, rows, None
+    out.append(data[copied:pos])
+    return pos, rows, b"".join(out)
 
 
 def _like(part: str) -> str:
