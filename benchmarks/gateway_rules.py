@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
 from gateway import (
     ACCORD,
     PGBENCH,
@@ -43,11 +44,14 @@ from gateway import (
 
 GUARDRAILS = """\
       guardrails:
-        - {name: no-unbounded-writes, action: block, statements: [delete, update], without_where: true}
+        - {name: no-unbounded-writes, action: block, statements: [delete, update],
+           without_where: true}
         - {name: no-drop, action: block, statements: [drop, truncate]}
         - {name: no-sleep, action: block, functions: [pg_sleep]}
-        - {name: audit-scan, action: warn, statements: [select], tables: [public.audit_log], without_limit: true}
-        - {name: payments-writes, action: review, statements: [insert, update, delete], tables: [payments]}
+        - {name: audit-scan, action: warn, statements: [select], tables: [public.audit_log],
+           without_limit: true}
+        - {name: payments-writes, action: review, statements: [insert, update, delete],
+           tables: [payments]}
         - {name: no-grants, action: block, statements: [grant, revoke]}
         - {name: no-ddl-on-billing, action: block, statements: [alter, create], schemas: [billing]}
         - {name: no-copy-out, action: block, statements: [copy], tables: [public.customers]}
