@@ -187,52 +187,101 @@ def rewrite_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
     replacements = plan.replacements
     if replacements is None:  # detectors read values: one row at a time
         return _rows_one_by_one(data, pos, n, plan, masker, masked)
-    unpack = _unpack_i32
-    pack = _pack_i32
-    last = plan.last
-    names = plan.plan.names
-    out: list[bytes] = []
-    copied = pos  # bytes from here to the current row pass as they are
-    rows = 0
-    changed: set[int] = set()
-    while n - pos >= 5 and data[pos] == 0x44:
-        length = unpack(data, pos + 1)[0]
-        end = pos + 1 + length
-        if end > n:
-            break
-        if length < 6 or int.from_bytes(data[pos + 5:pos + 7], "big") <= last:
-            raise pq.ProtocolError("DataRow: fewer columns than its RowDescription")
-        rows += 1
-        p = pos + 7
-        seg = pos + 5
-        pieces: list[bytes] | None = None
-        delta = 0
-        for i in range(last + 1):
-            size = unpack(data, p)[0]
-            q = p + 4 + size if size > 0 else p + 4
-            field = replacements[i]
-            if field is not None and size >= 0:
-                if pieces is None:
-                    pieces = [data[copied:pos], b""]
-                pieces += (data[seg:p], field)
-                delta += len(field) - 4 - size
-                seg = q
-                changed.add(i)
-            p = q
-        if p > end:
-            raise pq.ProtocolError("DataRow: bad length")
-        if pieces is not None:
-            pieces[1] = b"D" + pack(length + delta)
-            pieces.append(data[seg:end])
-            out += pieces
-            copied = end
-        pos = end
+    if not plan.targets:  # nothing to mask in this result: rows counted
+        count = 0
+        while n - pos >= 5 and data[pos] == 0x44:
+            end = pos + 1 + _unpack_i32(data, pos + 1)[0]
+            if end > n:
+                break
+            count += 1
+            pos = end
+        return pos, count, None
+    rows = _whole_rows(replacements)
+    changed: set[str] = set()
+
+    def one(data: bytes, pos: int, end: int) -> bytes:  # a row with a masked column NULL
+        return rewrite_row(data, pos + 5, end, plan, masker, changed) or data[pos:end]
+
+    end, count, out, whole = rows(data, pos, n, one)
     if masked is not None:
-        masked.update(names[i] for i in changed)
+        if whole:
+            masked.update(plan.plan.names[i] for i in plan.plan.whole)
+        masked.update(changed)
     if not out:
-        return pos, rows, None
-    out.append(data[copied:pos])
-    return pos, rows, b"".join(out)
+        return end, count, None
+    out.append(data[out.pop():end])  # the last row's rest, as it was
+    return end, count, b"".join(out)
+
+
+_ROW_HEAD = struct.Struct("!ih").unpack_from  # DataRow length, column count
+_COMPILED: dict[tuple[bytes | None, ...], Any] = {}
+
+
+def _whole_rows(replacements: tuple[bytes | None, ...]) -> Any:
+    """A function masking the DataRows of a buffer for these columns (`RowPlan.
+    replacements`), written for them: each row's fields up to the last masked one are read
+    in straight-line code, without a loop over columns or a lookup per field (a masked
+    session's rows all pass here: this is its cost). Rows with a masked column NULL go
+    to `one` (the general `rewrite_row`). Returns (end, rows, parts, whether some row was
+    masked): `parts` ends with where the last part stops being rewritten (an int)."""
+    known = _COMPILED.get(replacements)
+    if known is not None:
+        return known
+    last = len(replacements) - 1
+    masked = [i for i, r in enumerate(replacements) if r is not None]
+    lines = [
+        "def rows(data, pos, n, one):",
+        "    out = []",
+        "    copied = pos",
+        "    count = 0",
+        "    whole = False",
+        "    while n - pos >= 7 and data[pos] == 68:",
+        "        length, columns = head(data, pos + 1)",
+        "        end = pos + 1 + length",
+        "        if end > n:",
+        "            break",
+        f"        if columns <= {last}:",
+        "            raise Bad('DataRow: fewer columns than its RowDescription')",
+        "        count += 1",
+        "        p = pos + 7",
+    ]
+    for i in range(last + 1):
+        lines.append("        s = unpack(data, p)[0]")
+        if i in masked:
+            lines += [f"        a{i} = p", f"        n{i} = s"]
+        lines.append("        p += 4 + s if s > 0 else 4")
+        if i in masked:
+            lines.append(f"        b{i} = p")
+    delta = sum(len(replacements[i] or b"") - 4 for i in masked)
+    pieces = []
+    prev = "pos + 5"
+    for i in masked:
+        pieces += [f"data[{prev}:a{i}]", f"R{i}"]
+        prev = f"b{i}"
+    lines += [
+        "        if p > end:",
+        "            raise Bad('DataRow: bad length')",
+        f"        if {' and '.join(f'n{i} >= 0' for i in masked)}:",
+        f"            out += (data[copied:pos], b'D' + pack(length + {delta} - "
+        f"{' - '.join(f'n{i}' for i in masked)}), {', '.join(pieces)})",
+        f"            copied = {prev}",
+        "            whole = True",
+        "        else:",
+        "            out += (data[copied:pos], one(data, pos, end))",
+        "            copied = end",
+        "        pos = end",
+        "    if out:",
+        "        out.append(copied)",
+        "    return pos, count, out, whole",
+    ]
+    scope: dict[str, Any] = {"head": _ROW_HEAD, "unpack": _unpack_i32, "pack": _pack_i32,
+                             "Bad": pq.ProtocolError}
+    scope.update({f"R{i}": replacements[i] for i in masked})
+    exec("\n".join(lines), scope)  # noqa: S102 - our own text: names and numbers only
+    if len(_COMPILED) >= MAX_PLANS:
+        _COMPILED.clear()
+    _COMPILED[replacements] = scope["rows"]
+    return scope["rows"]
 
 
 def _rows_one_by_one(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
