@@ -90,6 +90,7 @@ def session(spool: Path) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
     sink: list[bytes] = []
     s = object.__new__(ProxySession)  # the data path only: no sockets, no gateway
     s.ended, s.conv, s.audit, s.info, s._slow = False, conv, writer, info, None
+    s._asking = False  # no statement held for review
     s._to_server = s._to_client = sink.append
     s.gateway = _Gateway()  # type: ignore[assignment]
     return s, writer, sink

@@ -94,12 +94,15 @@ def utc() -> datetime:
     return datetime.now(UTC)
 
 
-def appender(url: str, rate: int, seconds: float, tmp: str, out: Any, n: int = 0) -> None:
+def appender(url: str, rate: int, seconds: float, tmp: str, out: Any, n: int = 0,
+             go: Any = None) -> None:
     """Write `rate` events a second, integrating (and the first one signing every 2 s) as
-    the worker does."""
+    the worker does. Sets `go` as it starts: the monitor's measured window starts then."""
     sessions = make_sessionmaker(make_engine(url))
     cfg = ledger_config(Path(tmp))
     batch = 500
+    if go is not None:
+        go.set()
     started = time.monotonic()
     done = 0
     next_sign = started if n == 0 else float("inf")
@@ -118,14 +121,18 @@ def appender(url: str, rate: int, seconds: float, tmp: str, out: Any, n: int = 0
     out.put({"appended": done, "seconds": time.monotonic() - started})
 
 
-def watcher(url: str, tmp: str, seconds: float, ready: Any, out: Any) -> None:
-    """The monitor with its default pace (as `accord worker` runs it), on what is appended."""
+def watcher(url: str, tmp: str, seconds: float, ready: Any, out: Any, go: Any = None) -> None:
+    """The monitor with its default pace (as `accord worker` runs it), on what is appended
+    (from when the appenders start: a spawned process takes seconds to import on a busy
+    machine, longer than a short window)."""
     sessions = make_sessionmaker(make_engine(f"{url}?application_name={APP}"))
     m = IntegrityMonitor(sessions, ledger_config(Path(tmp)), utc, Pace())
     m.full = None  # the full pass is measured on its own: here, the incremental walk
     with sessions() as s:
         m.incremental, _ = integrity.verify(s, m.cfg.signer.verifier)  # up to the start
     ready.set()
+    if go is not None:
+        go.wait(120)
     cpu0, wall0 = monitor_cpu(url), time.monotonic()
     m.start()
     lags = []
@@ -208,12 +215,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"full pass: {full}", file=sys.stderr)
         # -- live: an appender and a monitor, each a process of its own
         ctx = mp.get_context("spawn")
-        q_app, q_mon, ready = ctx.Queue(), ctx.Queue(), ctx.Event()
-        mon = ctx.Process(target=watcher, args=(url, tmp, args.seconds, ready, q_mon))
+        q_app, q_mon, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+        mon = ctx.Process(target=watcher, args=(url, tmp, args.seconds, ready, q_mon, go))
         mon.start()
         ready.wait(120)
         apps = [ctx.Process(target=appender, args=(url, args.rate // args.appenders,
-                                                   args.seconds, tmp, q_app, n))
+                                                   args.seconds, tmp, q_app, n, go))
                 for n in range(args.appenders)]
         for app in apps:
             app.start()

@@ -289,12 +289,18 @@ class RawClient:
         if not status_line:
             raise ConnectionError("server closed the connection")
         status = int(status_line.split()[1])
-        length = 0
+        length, close = 0, False
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
-        return status, await self.reader.readexactly(length)
+            elif name.strip().lower() == b"connection":
+                close = value.strip().lower() == b"close"
+        answer = await self.reader.readexactly(length)
+        if close:  # the server ends kept-alive connections after a number of requests
+            await self.__aexit__()
+            await self.__aenter__()
+        return status, answer
 
 
 async def post(

@@ -217,3 +217,37 @@ def test_the_deadline_holds_on_h11_and_httptools(protocol: str) -> None:
         thread.join(timeout=10)
         sock.close()
         connections.configure(header_timeout=before)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_kept_alive_connection_closes_after_max_requests(
+        protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that with --workers N a client's long-lived connections are spread again: each
+    reconnect goes to the worker first to accept it."""
+    monkeypatch.setattr(connections.HeaderDeadline, "max_requests", 3)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(_ok, http=protocol, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):  # bounded: uvicorn sets `started` once it accepts connections
+            if server.started:
+                break
+            threading.Event().wait(0.01)
+        assert server.started
+        conn = _open(port)
+        heads = []
+        for _ in range(2):
+            conn.sendall(FULL)
+            heads.append(_response(conn).lower())
+        assert all(b"connection: close" not in h for h in heads), heads
+        conn.sendall(FULL)
+        data, _ = _until_closed(conn)  # the third answer, then the server closes
+        assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data.lower()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

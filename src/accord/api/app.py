@@ -11,14 +11,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
+from starlette.routing import Route
 
 from accord import __version__, metrics
-from accord.api import headers, observe, problems
+from accord.api import headers, mcp, observe, problems
 from accord.api.intent import DatabaseIntent
 from accord.detect import views as alert_views
 from accord.directory import views as directory_views
 from accord.directory.scim import views as scim_views
 from accord.gateway import views as gateway_views
+from accord.gateway.mcp import views as mcp_gateway_views
+from accord.gateway.mcp.proxy import PATH as MCP_GATEWAY_PATH
+from accord.gateway.mcp.proxy import McpGateway
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
 from accord.ledger import views as ledger_views
@@ -109,12 +113,16 @@ def start_background(st: AppState) -> Callable[[], None]:
 def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     """Build the app around `st`. `background` runs the expiry sweeper in this process."""
 
+    tools = mcp.Endpoint(st)  # /mcp: Accord's tools for agents (MCP, streamable HTTP)
+    mcp_gateway = McpGateway(st)  # /gateway/mcp/<resource>: MCP servers behind Accord
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         web_pages.end_streams_on_signals()  # the server's handlers are in place by now
         stop = start_background(st) if background else None
         try:
-            yield
+            async with tools.running(), mcp_gateway.running():
+                yield
         finally:
             if stop is not None:
                 stop()
@@ -149,6 +157,13 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.include_router(report_views.router)  # reports (auditors and admins)
     app.include_router(policy_views.replay_router)  # replaying a candidate (auditors, admins)
     app.include_router(review_views.router)  # access review campaigns
+
+    # An ASGI app of its own (Starlette calls a route's non-function endpoint as one).
+    app.router.routes.append(Route("/mcp", tools, methods=["GET", "POST", "DELETE"],
+                                   include_in_schema=False))
+    app.router.routes.append(Route(MCP_GATEWAY_PATH, mcp_gateway,
+                                   methods=["GET", "POST", "DELETE"], include_in_schema=False))
+    app.include_router(mcp_gateway_views.router)
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)
     app.include_router(report_pages.router)

@@ -16,7 +16,16 @@ client has `header_timeout` seconds to complete the request line and headers, an
 after the headers (the body, the response, a live page's event stream) is not limited
 here: the app limits bodies to 64 KiB and answers promptly.
 
-`configure()` sets both limits for the process; `accord serve` calls it, and in
+**Requests per connection.** After `max_requests` requests (100, as Apache's
+MaxKeepAliveRequests; nginx's keepalive_requests is 1000) a kept-alive connection's answer
+says `Connection: close`, and the client opens another. With `--workers N`, connections are
+accepted by whichever worker is first to look: without this, a client's few long-lived
+connections (an identity provider's push, a load balancer's pool) stayed on the worker that
+happened to accept them, and one process's GIL served all of them while the other idled
+(seen in a SCIM push: 1,261 samples of work in one worker, 1 in the other). A reconnect is
+accepted first by the worker with time to look: the idle one.
+
+`configure()` sets these limits for the process; `accord serve` calls it, and in
 `--workers N` mode each HTTP worker calls it from its settings (ACCORD_HEADER_TIMEOUT).
 """
 
@@ -32,6 +41,7 @@ log = logging.getLogger("accord.api")
 
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds (nginx's client_header_timeout is 60, Go's often 5-10)
 MAX_HEADER_BYTES = 64 * 1024  # the request line and headers; the body limit is 64 KiB too
+MAX_REQUESTS = 100  # on one kept-alive connection (see the module docstring)
 
 
 def _reply(status: bytes) -> bytes:
@@ -47,6 +57,7 @@ class HeaderDeadline(asyncio.Protocol):
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_header_bytes: int = MAX_HEADER_BYTES
+    max_requests: int = MAX_REQUESTS
 
     # Set by the uvicorn protocol this is mixed into.
     transport: asyncio.Transport
@@ -58,6 +69,7 @@ class HeaderDeadline(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_after: Any = None  # the cycle before the request we wait on
         self._header_bytes = 0
+        self._requests = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -73,8 +85,16 @@ class HeaderDeadline(asyncio.Protocol):
             return
         if self.cycle is not self._waiting_after:  # its headers are in: no deadline now
             self._disarm()
+            self._requests += 1
+            if self._requests >= self.max_requests:
+                self._last_request(self.cycle)
         elif self._header_bytes > self.max_header_bytes:
             self._close(TOO_LARGE, "request headers over %d bytes", self.max_header_bytes)
+
+    def _last_request(self, cycle: Any) -> None:
+        """The answer to `cycle` says `Connection: close`, and the connection closes after
+        it (httptools' cycle adds the header itself when it will not keep the connection)."""
+        cycle.keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -108,6 +128,19 @@ class HeaderDeadline(asyncio.Protocol):
 
 class H11WithDeadline(HeaderDeadline, H11Protocol):
     """uvicorn's pure-Python HTTP/1.1 protocol, with the header deadline."""
+
+    def _last_request(self, cycle: Any) -> None:
+        # h11's cycle closes without saying so; with the header in the answer, h11 itself
+        # closes after it. The cycle's task has not started: it will call this `send`.
+        send = cycle.send
+
+        async def closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"connection", b"close")]}
+            await send(message)
+
+        cycle.send = closing
 
 
 try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -50,6 +50,11 @@ class Principal:
     via: str
     policy: Policy
     token_id: int | None = None
+    owner: str | None = None  # set: `user` is an agent acting for `owner`
+
+    @property
+    def is_agent(self) -> bool:
+        return self.owner is not None
 
     @property
     def is_admin(self) -> bool:
@@ -61,7 +66,11 @@ class Principal:
 
     @property
     def caller(self) -> Caller:
-        return Caller(self.user, self.via)
+        return Caller(self.user, self.via, self.owner)
+
+    def using(self, via: str) -> Principal:
+        """The same caller through another channel (MCP)."""
+        return replace(self, via=via)
 
 
 # Dependencies that do no I/O are `async def`: FastAPI runs sync ones in its thread pool,
@@ -97,40 +106,67 @@ def _follow_policy(session: Session, st: AppState) -> None:
         end_read(session)
 
 
-def _check_token(session: Session, st: AppState, token: str) -> tuple[int, str]:
+def _check_token(session: Session, st: AppState, token: str) -> tuple[int, str, str]:
     with reading():
         row = identity.authenticate(session, policy=st.policies.current, token=token,
                                     now=st.now())
         end_read(session)
     st.tokens.put(identity.hash_token(token), row)
-    return row.id, row.user
+    return row.id, row.user, row.kind
 
 
-async def principal(request: Request, session: Session = Depends(db)) -> Principal:
-    header = request.headers.get("authorization", "")
+def bearer_token(header: str) -> str:
+    """The token of an `Authorization: Bearer` header, or Unauthorized saying what is wrong."""
     scheme, _, token = header.partition(" ")
     if not header:
         raise Unauthorized("missing bearer token; send 'Authorization: Bearer <token>'")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+    return token.strip()
+
+
+def _cached(st: AppState, token: str) -> tuple[int, str, str] | None:
+    """A token verified a moment ago (its expiry and holder checked again now), or None."""
+    hit = st.tokens.get(identity.hash_token(token))
+    if hit is None:
+        return None
+    if hit.expires_at is not None and hit.expires_at <= st.now():
+        raise Unauthorized("token has expired")
+    if why := identity.gone(st.policies.current, hit.user, hit.kind):
+        raise Unauthorized(why)
+    return hit.token_id, hit.user, hit.kind
+
+
+def principal_of(policy: Policy, token_id: int, name: str, kind: str, via: str) -> Principal:
+    """The caller a verified token stands for: a user with their roles, or an agent (only
+    ever a requester) with its owner."""
+    owner = policy.owner_of(name) if kind == identity.AGENT else None
+    return Principal(name, frozenset(policy.roles_of(name)), via, policy, token_id, owner)
+
+
+def authenticate(session: Session, st: AppState, token: str, *, via: str) -> Principal:
+    """The caller behind a bearer token, outside a FastAPI call (MCP): same checks."""
+    if st.policies.due():
+        _follow_policy(session, st)
+    found = _cached(st, token)
+    if found is None:
+        found = _check_token(session, st, token)
+    return principal_of(st.policies.current, *found, via)
+
+
+async def principal(request: Request, session: Session = Depends(db)) -> Principal:
+    token = bearer_token(request.headers.get("authorization", ""))
     st: AppState = request.app.state.accord
     if st.policies.due():
         await run_in_threadpool(_follow_policy, session, st)
     policy = st.policies.current
-    token = token.strip()
-    hit = st.tokens.get(identity.hash_token(token))
-    if hit is not None:
-        if hit.expires_at is not None and hit.expires_at <= st.now():
-            raise Unauthorized("token has expired")
-        if not policy.is_user(hit.user):
-            raise Unauthorized(f'user "{hit.user}" is no longer in accord.yaml')
-        token_id, user = hit.token_id, hit.user
-    else:
-        token_id, user = await run_in_threadpool(_check_token, session, st, token)
-    logs.set_user(user)  # on every line this call logs from now on
+    found = _cached(st, token)
+    if found is None:
+        found = await run_in_threadpool(_check_token, session, st, token)
+    logs.set_user(found[1])  # on every line this call logs from now on
     # `via` says how the caller proved who they are, so it never comes from a header the
     # caller chose: a bearer token is the API, whichever program sent it.
-    return Principal(user, frozenset(policy.roles_of(user)), Via.API, policy, token_id)
+    return principal_of(policy, *found, Via.API)
 
 
 async def require_admin(who: Principal = Depends(principal)) -> Principal:

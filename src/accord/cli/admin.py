@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from accord.cli.state import load_state
 from accord.db import make_engine, transaction, utcnow
 from accord.durations import DurationError, format_duration, parse_duration
-from accord.errors import AccordError
+from accord.errors import AccordError, NotFound
 from accord.identity import service as identity
 from accord.ledger.events import Actor, Via
 from accord.people import snapshot
@@ -110,7 +110,8 @@ def policy_check(
                   soft_wrap=True)
     out.print(
         f"{path}: ok: {len(policy.users)} users, {len(policy.groups)} groups, "
-        f"{len(policy.resources)} resources, {len(policy.workflows)} workflows; "
+        f"{len(policy.resources)} resources, {len(policy.workflows)} workflows"
+        + (f", {len(policy.agents)} agents" if policy.agents else "") + "; "
         f"version {policy.version}" + (f"; {len(warnings)} warning(s)" if warnings else ""),
         markup=False, highlight=False, soft_wrap=True,  # one line each, however long the path
     )
@@ -183,31 +184,45 @@ def _shared_login_warnings(policy: Policy) -> list[str]:
 
 @token_app.command("issue")
 def token_issue(
-    user: Annotated[str, typer.Argument(help="A user from accord.yaml.")],
+    user: Annotated[str, typer.Argument(help="A user from accord.yaml (with --agent: the "
+                                              "agent's owner or an admin, who issues it).")],
     expires: Annotated[
         str | None, typer.Option(help="Lifetime such as 30d or 12h; default: never expires.")
     ] = None,
     name: Annotated[str, typer.Option(help="A label to recognise the token by.")] = "",
+    agent: Annotated[str | None, typer.Option(
+        help="Issue the token to this agent (accord.yaml agents:) instead, on USER's "
+             "authority: USER must be its owner or an admin.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Issue an API token for USER and print it once; only its hash is stored."""
+    """Issue an API token for USER (or, with --agent, for USER's agent) and print it once;
+    only its hash is stored."""
     try:
         lifetime = parse_duration(expires) if expires else None
     except DurationError as exc:
         err.print(f"error: --expires: {exc}")
         raise typer.Exit(1) from None
     st = load_state(config, upgrade="never")
+    policy = st.policies.current
     try:
         with transaction(st.sessions) as session:
-            row, secret = identity.issue(
-                session, policy=st.policies.current, user=user, now=st.now(),
-                actor=Actor("system", "accord-cli", Via.CLI), expires_in=lifetime, name=name,
-            )
+            if agent is None:
+                row, secret = identity.issue(
+                    session, policy=policy, user=user, now=st.now(),
+                    actor=Actor("system", "accord-cli", Via.CLI), expires_in=lifetime,
+                    name=name)
+            else:
+                if not policy.is_user(user):
+                    raise NotFound(f'unknown user "{user}"; users come from accord.yaml')
+                row, secret = identity.issue_for_agent(
+                    session, policy=policy, agent=agent, issuer=user, now=st.now(),
+                    actor=Actor.user(user, Via.CLI), expires_in=lifetime, name=name)
     except AccordError as exc:
         err.print(f"error: {exc.detail}")
         raise typer.Exit(1) from None
     life = f"expires in {format_duration(lifetime)}" if lifetime else "does not expire"
-    err.print(f"token {row.id} for {user} ({life}); it is shown only this once:")
+    whom = f"agent {agent} (owner {policy.owner_of(agent)})" if agent else user
+    err.print(f"token {row.id} for {whom} ({life}); it is shown only this once:")
     print(secret)
 
 
@@ -224,18 +239,18 @@ def token_list(
     now = st.now()
     if as_json:
         print(json.dumps([
-            {"id": t.id, "user": t.user, "name": t.name, "prefix": t.prefix,
+            {"id": t.id, "user": t.user, "kind": t.kind, "name": t.name, "prefix": t.prefix,
              "created_at": t.created_at.isoformat(),
              "expires_at": t.expires_at.isoformat() if t.expires_at else None,
              "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}
             for t in rows
         ], indent=2))
         return
-    table = Table("ID", "USER", "NAME", "PREFIX", "CREATED", "STATE")
+    table = Table("ID", "USER", "KIND", "NAME", "PREFIX", "CREATED", "STATE")
     for t in rows:
         state = ("revoked" if t.revoked_at else
                  "expired" if t.expires_at and t.expires_at <= now else "live")
-        table.add_row(str(t.id), t.user, t.name, t.prefix + "…",
+        table.add_row(str(t.id), t.user, t.kind, t.name, t.prefix + "…",
                       t.created_at.strftime("%Y-%m-%d %H:%M"), state)
     out.print(table)
 

@@ -7,6 +7,7 @@ from typer.core import TyperOption
 
 from accord.cli import admin, policyexplain, policyreplay, policytest, serve
 from accord.cli.audit import audit_app
+from accord.cli.mcp import mcp
 from accord.cli.request import grant_app, request_app
 from accord.detect.cli import alert_app
 from accord.directory.cli import directory_app, scim_app
@@ -38,6 +39,7 @@ app.command("worker")(serve.worker)
 app.command("gateway")(gateway_cli.gateway)
 app.command("connect")(gateway_cli.connect)
 app.command("exec")(gateway_cli.exec_request)
+app.command("mcp")(mcp)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.policy_app, name="policy")

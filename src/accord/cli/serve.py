@@ -30,6 +30,11 @@ err = Console(stderr=True)
 
 # Seconds a stopping server lets open calls finish; live pages' event streams reconnect.
 GRACE = 5
+# uvicorn's process manager kills a worker that does not answer its ping within this many
+# seconds (its default, 5, killed workers still importing on a loaded 2-core machine, and
+# would kill one whose GIL is busy with requests): a worker that is really hung waits a
+# little longer to be replaced, one that is only busy is not killed with its requests.
+WORKER_HEALTHCHECK = 30
 
 
 def serve(
@@ -168,6 +173,7 @@ def _serve_processes(st: Any, config: Path | None, host: str, port: int, workers
         # SIGHUP makes uvicorn's manager restart the workers, which re-read accord.yaml.
         uvicorn.run("accord.api.asgi:create", factory=True, host=host, port=port,
                     timeout_graceful_shutdown=GRACE,
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK,
                     workers=workers, log_level=log_level.lower(), access_log=False, **limits)
     finally:
         if stop is not None:

@@ -179,7 +179,7 @@ def rubber_stamp(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
 
 def off_hours(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
     rule = scan.spec.off_hours
-    if not rule.enabled:
+    if not rule.enabled or ev["actor"]["kind"] == "agent":  # agents: agent_off_hours
         return
     local = _time(ev).astimezone(ZoneInfo(rule.timezone))
     working = WEEKDAYS[local.weekday()] in rule.weekdays and rule.start <= local.hour < rule.end
@@ -192,6 +192,74 @@ def off_hours(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
         f"{who} {what} outside working hours ({local.strftime('%a %H:%M')} {rule.timezone})",
         f"off_hours:{idx}", [idx], user=who, resource=_resource(ev), subject=ev.get("subject"),
         data={"local_time": local.isoformat()})
+
+
+def _agent(ev: dict[str, Any]) -> tuple[str, str] | None:
+    """(agent, owner) when an agent did what `ev` records."""
+    actor = ev["actor"]
+    if actor.get("kind") != "agent":
+        return None
+    return str(actor["id"]), str(actor.get("owner") or "?")
+
+
+def agent_refused_tools(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
+    """An agent calling tools its role does not allow, again and again (probing)."""
+    rule = scan.spec.agent_refused_tools
+    data = ev.get("data") or {}
+    who = _agent(ev)
+    if not rule.enabled or who is None or "tool" not in data:
+        return
+    agent, owner = who
+    hits = _count_in_window(scan, rule, "agent_refused_tools", agent, idx, _time(ev))
+    if hits:
+        yield Finding(
+            "agent_refused_tools", rule.severity,
+            f"agent {agent} (of {owner}) called {len(hits)} refused tools on "
+            f"{_resource(ev) or '?'} within {format_duration(rule.window)}",
+            f"agent_refused_tools:{agent}:{idx}", hits, user=agent, resource=_resource(ev),
+            subject=ev.get("subject"),
+            data={"owner": owner, "count": len(hits), "last_tool": data.get("tool")})
+
+
+def agent_off_hours(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
+    """An agent at work while its owner is not (at most one alert per agent and hour)."""
+    rule = scan.spec.agent_off_hours
+    who = _agent(ev)
+    if not rule.enabled or who is None:
+        return
+    agent, owner = who
+    spec = scan.policy.agents.get(agent)
+    hours = (spec.owner_hours if spec is not None else None) or scan.spec.off_hours
+    local = _time(ev).astimezone(ZoneInfo(hours.timezone))
+    if WEEKDAYS[local.weekday()] in hours.weekdays and hours.start <= local.hour < hours.end:
+        return
+    what = {"request.created": "asked for access",
+            "gateway.tool_call": "called a tool"}.get(ev["type"], "was active")
+    yield Finding(
+        "agent_off_hours", rule.severity,
+        f"agent {agent} {what} outside {owner}'s working hours "
+        f"({local.strftime('%a %H:%M')} {hours.timezone})",
+        f"agent_off_hours:{agent}:{local.strftime('%Y-%m-%dT%H')}", [idx], user=agent,
+        resource=_resource(ev), subject=ev.get("subject"),
+        data={"owner": owner, "local_time": local.isoformat()})
+
+
+def agent_burst(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
+    """More tool calls by one agent within the window than the configured rate."""
+    rule = scan.spec.agent_burst
+    who = _agent(ev)
+    if not rule.enabled or who is None:
+        return
+    agent, owner = who
+    hits = _count_in_window(scan, rule, "agent_burst", agent, idx, _time(ev))
+    if hits:
+        yield Finding(
+            "agent_burst", rule.severity,
+            f"agent {agent} (of {owner}) made {len(hits)} tool calls within "
+            f"{format_duration(rule.window)}", f"agent_burst:{agent}:{idx}",
+            [hits[0], hits[-1]], user=agent, resource=_resource(ev),
+            data={"owner": owner, "count": len(hits),
+                  "window_seconds": rule.window.total_seconds()})
 
 
 def unused_grant(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
@@ -224,16 +292,18 @@ def _each(rule_name: str, title: str) -> Callable[[Scan, int, dict[str, Any]], I
         if not rule.enabled:
             return
         who = ev["actor"]["id"]
+        person = ev["actor"]["kind"] in ("user", "agent")
         yield Finding(rule_name, rule.severity, title.format(who=who, ev=ev, **_fields(ev)),
-                      f"{rule_name}:{idx}", [idx], user=who if ev["actor"]["kind"] == "user"
-                      else None, resource=_resource(ev), subject=ev.get("subject"))
+                      f"{rule_name}:{idx}", [idx], user=who if person else None,
+                      resource=_resource(ev), subject=ev.get("subject"))
 
     return detect
 
 
 def _fields(ev: dict[str, Any]) -> dict[str, Any]:
     data = ev.get("data") or {}
-    return {"resource": _resource(ev) or "?", "statement": str(data.get("statement", ""))[:80],
+    return {"resource": _resource(ev) or "?",
+            "statement": str(data.get("statement") or data.get("tool") or "")[:80],
             "request_id": data.get("request_id", "?")}
 
 
@@ -291,11 +361,13 @@ BY_TYPE: dict[str, list[Detector]] = {
     "approval.refused": [self_decision],
     "review.refused": [self_decision],
     "approval.recorded": [rubber_stamp],
-    "request.created": [off_hours, break_glass],
+    "request.created": [off_hours, agent_off_hours, break_glass],
     "gateway.session_opened": [off_hours],
+    "gateway.tool_call": [agent_off_hours, agent_burst],
     "gateway.violation": [_each("scope_violation",
                                 "{who} ran a statement their role does not allow on "
-                                "{resource}: {statement}"), gateway_escalation],
+                                "{resource}: {statement}"), gateway_escalation,
+                          agent_refused_tools],
     "drift.detected": [_each("drift", "access on {resource} differs from Accord's grants")],
     "policy.loaded": [policy_change],
     **{t: [unused_grant] for t in GRANT_ENDS},

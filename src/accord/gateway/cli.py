@@ -136,8 +136,19 @@ def connect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
     """A short-lived gateway password for your active grant, as a psql or mariadb command
-    and a DSN."""
+    and a DSN; for an MCP resource (kind mcp), the gateway's MCP URL and its bearer token."""
     with api() as client:
+        kinds = {r["name"]: r["kind"] for r in client.get("/resources")}
+        if kinds.get(resource) == "mcp":
+            out = client.post("/mcp/connect", {"resource": resource, "role": role})
+            if as_json:
+                typer.echo(json.dumps(out, indent=2))
+                return
+            typer.echo(f"URL:     {out['url']}")
+            typer.echo(f"token:   {out['token']}")
+            typer.echo(f"grant:   {out['grant_id']} ({out['role']}); send the token as "
+                       f"'Authorization: Bearer', valid until {out['expires_at']}")
+            return
         out = client.post("/connect", {"resource": resource, "role": role})
     if as_json:
         typer.echo(json.dumps(out, indent=2))

@@ -153,7 +153,9 @@ def _emit(session: Session, etype: EventType, info: Any, at_ns: int,
           data: dict[str, Any], plain: bool = False) -> None:
     # plain: statement rows hold only str, None and ints below 2**53 (the spool reader
     # makes sure), so the ledger need not walk every value before encoding.
-    ledger.record(session, type=etype, actor=Actor.user(info.user, _VIA),
+    actor = Actor.agent(info.user, info.owner, _VIA) if info.owner is not None \
+        else Actor.user(info.user, _VIA)  # an agent's session: with its owner
+    ledger.record(session, type=etype, actor=actor,
                   subject=f"grant:{info.grant_id}",
                   resource={"name": info.resource, "role": info.role}, data=data,
                   time=_wall(at_ns), plain=plain)

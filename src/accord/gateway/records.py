@@ -88,17 +88,21 @@ class SessionInfo:
     tls: bool
     upstream_role: str | None
     opened_ns: int = 0  # perf_counter_ns
+    owner: str | None = None  # set: `user` is an agent acting for `owner`
     statements: int = 0
     violations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "number": self.number, "grant_id": self.grant_id,
-                "user": self.user, "resource": self.resource, "role": self.role,
-                "client": self.client, "application": self.application, "tls": self.tls,
-                "upstream_role": self.upstream_role}
+        out = {"id": self.id, "number": self.number, "grant_id": self.grant_id,
+               "user": self.user, "resource": self.resource, "role": self.role,
+               "client": self.client, "application": self.application, "tls": self.tls,
+               "upstream_role": self.upstream_role}
+        if self.owner is not None:
+            out["owner"] = self.owner
+        return out
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> SessionInfo:
         return cls(**{k: data[k] for k in ("id", "number", "grant_id", "user", "resource",
                                             "role", "client", "application", "tls",
-                                            "upstream_role")})
+                                            "upstream_role")}, owner=data.get("owner"))

@@ -73,17 +73,18 @@ def issue_token(session: Session, *, grant: Grant, actor: Actor, now: datetime,
 
 
 def authenticate(session: Session, *, policy: Policy, user: str, resource: str, token: str,
-                 now: datetime, protocol: str = "postgres") -> Grant:
+                 now: datetime, protocol: str = "postgres", mcp: bool = False) -> Grant:
     """The active grant a client's connection token stands for, or a Refusal saying why.
-    `protocol`: the one the client speaks, which must be the resource's."""
+    `protocol`: the one the client speaks, which must be the resource's; `mcp`: for the MCP
+    gateway, which serves the resources with an `mcp:` upstream."""
     spec = policy.resources.get(resource)
     if spec is None:
         raise Refusal("3D000", f'Accord gateway: resource "{resource}" does not exist',
                       "the database name is the Accord resource name")
-    if not spec.gateway_reachable:
+    if not (spec.mcp is not None if mcp else spec.gateway_reachable):
         raise Refusal("3D000", f"Accord gateway: resource {resource} is not reachable "
                                f"through the gateway")
-    if spec.gateway_protocol != protocol:
+    if not mcp and spec.gateway_protocol != protocol:
         raise Refusal("3D000", f"Accord gateway: resource {resource} speaks the "
                                f"{spec.gateway_protocol} protocol, not {protocol}",
                       f"`accord connect {resource}` says where to connect")
@@ -100,7 +101,7 @@ def authenticate(session: Session, *, policy: Policy, user: str, resource: str, 
         raise Refusal("28P01", f"Accord connection token expired at "
                                f"{format_time(row.expires_at)}",
                       f"get a new one with `accord connect {resource}`", authenticated=True)
-    if not policy.is_user(user):
+    if not policy.is_principal(user):
         raise Refusal("28000", f'user "{user}" is no longer in accord.yaml', authenticated=True)
     grant = session.get(Grant, row.grant_id)
     status = effective_status(grant, now) if grant is not None else "missing"
@@ -122,7 +123,7 @@ def record_refusal(session: Session, *, policy: Policy, user: str, resource: str
     real user's name.
     """
     user, resource = user[:64], resource[:64]
-    actor = Actor("user", user, _VIA) if refusal.authenticated and policy.is_user(user) \
+    actor = policy.actor(user, _VIA) if refusal.authenticated and policy.is_principal(user) \
         else Actor("anonymous", "unauthenticated", _VIA)
     data: dict[str, Any] = {"user": user, "database": resource, "code": refusal.code,
                             "reason": refusal.message[:500], "client": client}

@@ -35,12 +35,12 @@ def effective_status(grant: Grant, now: datetime) -> str:
 
 
 def visible_clause(policy: Policy, user: str) -> Any:
-    """Grants `user` may see, as SQL (None: all, for admins and auditors): their own, those
-    on resources they own, and those of requests they could approve."""
+    """Grants `user` may see, as SQL (None: all, for admins and auditors): their own and
+    their agents', those on resources they own, and those of requests they could approve."""
     if user in policy.admins or user in policy.auditors:
         return None
     return or_(
-        Grant.user == user,
+        Grant.user.in_([user, *policy.agents_of(user)]),  # an agent's owner sees its grants
         Grant.resource.in_(policy.owned_by(user)),
         exists().where(
             AccessRequest.grant_id == Grant.id,

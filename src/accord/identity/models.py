@@ -15,7 +15,10 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)  # the user's or agent's name
+    # user | agent: a token says what it was issued to, so that a name moving from an
+    # agent to a person (or back) in accord.yaml does not carry the token across.
+    kind: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
     name: Mapped[str] = mapped_column(String(200), default="")
     # sha256 of the whole token: tokens carry 256 random bits, so a fast hash is enough
     # and lets each API call find its token with one indexed lookup.

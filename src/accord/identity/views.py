@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from accord.api.deps import Principal, db, known_id, parse_cursor, principal, require_admin, state
-from accord.errors import Forbidden
+from accord.durations import DurationError, parse_duration
+from accord.errors import Forbidden, Invalid
 from accord.identity import service
 from accord.identity import sessions as web_sessions
 from accord.identity.models import ApiToken, WebSession
@@ -22,8 +23,23 @@ router = APIRouter(prefix="/api/v1", tags=["identity"])
 
 class MeOut(BaseModel):
     user: str
+    kind: Literal["user", "agent"] = "user"
+    owner: str | None = Field(default=None, description="an agent's: the person it acts for")
     groups: list[str]
     roles: list[str]
+
+
+class AgentOut(BaseModel):
+    name: str
+    owner: str
+    groups: list[str]
+    description: str
+
+
+class AgentTokenIn(BaseModel):
+    name: str = Field(default="", max_length=200, description="a label to recognise it by")
+    expires: str | None = Field(default=None, description="lifetime such as 30d; none: never",
+                                examples=["30d"])
 
 
 class ResourceOut(BaseModel):
@@ -44,18 +60,59 @@ class TokenOut(BaseModel):
     created_by: str
     expires_at: datetime | None
     revoked_at: datetime | None
+    kind: Literal["user", "agent"] = Field(default="user", description="issued to a user or "
+                                           "to an agent (accord.yaml agents:)")
 
     @classmethod
     def of(cls, t: ApiToken) -> TokenOut:
         return cls(id=t.id, user=t.user, name=t.name, prefix=t.prefix, created_at=t.created_at,
-                   created_by=t.created_by, expires_at=t.expires_at, revoked_at=t.revoked_at)
+                   created_by=t.created_by, expires_at=t.expires_at, revoked_at=t.revoked_at,
+                   kind="agent" if t.kind == service.AGENT else "user")
+
+
+class IssuedTokenOut(BaseModel):
+    token: TokenOut
+    secret: str = Field(description="shown only this once; only its sha256 is stored")
 
 
 @router.get("/me", response_model=MeOut)
 def me(who: Principal = Depends(principal)) -> MeOut:
     """Who the token belongs to, their groups and Accord roles."""
-    groups = sorted(who.policy.groups_of.get(who.user, frozenset()))
-    return MeOut(user=who.user, groups=groups, roles=who.policy.roles_of(who.user))
+    groups = sorted(who.policy.requester_groups(who.user))
+    return MeOut(user=who.user, kind="agent" if who.is_agent else "user", owner=who.owner,
+                 groups=groups, roles=who.policy.roles_of(who.user))
+
+
+@router.get("/agents", response_model=list[AgentOut], tags=["agents"])
+def agents(who: Principal = Depends(principal)) -> list[AgentOut]:
+    """The agents accord.yaml defines, with the person each acts for."""
+    return [AgentOut(name=a.name, owner=a.owner, groups=list(a.groups),
+                     description=a.description)
+            for a in who.policy.agents.values() if who.policy.is_agent(a.name)]
+
+
+@router.post("/agents/{agent}/tokens", status_code=201, response_model=IssuedTokenOut,
+             tags=["agents"])
+def issue_agent_token(
+    agent: str,
+    body: AgentTokenIn | None = None,
+    who: Principal = Depends(principal),
+    session: Session = Depends(db),
+    st: AppState = Depends(state),
+) -> IssuedTokenOut:
+    """Issue a token for an agent: its owner or an admin. The secret is in this response
+    only."""
+    body = body or AgentTokenIn()
+    try:
+        lifetime = parse_duration(body.expires) if body.expires else None
+    except DurationError as exc:
+        raise Invalid(str(exc), field="expires") from None
+    row, secret = service.issue_for_agent(
+        session, policy=who.policy, agent=agent, issuer=who.user, actor=who.caller.actor,
+        now=st.now(), expires_in=lifetime, name=body.name)
+    out = IssuedTokenOut(token=TokenOut.of(row), secret=secret)
+    session.commit()
+    return out
 
 
 @router.get("/resources", response_model=list[ResourceOut], tags=["catalog"])
@@ -75,10 +132,12 @@ def list_tokens(
     session: Session = Depends(db),
 ) -> list[TokenOut]:
     """Your tokens (admins: anyone's, with ?user=). Secrets are never shown again."""
-    if user is not None and user != who.user and not who.can_read_all:
+    mine = who.policy.agents_of(who.user)
+    if user is not None and user != who.user and not who.can_read_all and user not in mine:
         raise Forbidden("only admins and auditors list other users' tokens")
     target = user if user is not None else (None if who.can_read_all else who.user)
-    return [TokenOut.of(t) for t in service.list_tokens(session, user=target)]
+    also = mine if user is None and target == who.user else []
+    return [TokenOut.of(t) for t in service.list_tokens(session, user=target, also=also)]
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
@@ -88,10 +147,9 @@ def revoke_token(
     session: Session = Depends(db),
     st: AppState = Depends(state),
 ) -> TokenOut:
-    """Revoke a token: your own, or anyone's as an admin."""
+    """Revoke a token: your own or your agents', or anyone's as an admin."""
     row = service.revoke(session, token_id=known_id(token_id, "token"), actor=who.caller.actor,
-                         now=st.now(),
-                         admin=who.is_admin)
+                         now=st.now(), admin=who.is_admin, owner_of=who.policy.owner_of)
     out = TokenOut.of(row)
     session.commit()
     st.tokens.forget(row.id)

@@ -29,6 +29,7 @@ class EventType(enum.StrEnum):
     # A statement review's statement ran once through the gateway, or a run was refused.
     REQUEST_STATEMENT_EXECUTED = "request.statement_executed"
     REQUEST_STATEMENT_REFUSED = "request.statement_refused"
+    REQUEST_EXECUTED = "request.executed"  # an approved tool call released to run, once
     APPROVAL_RECORDED = "approval.recorded"
     GRANT_PROVISIONING = "grant.provisioning"
     GRANT_PROVISION_FAILED = "grant.provision_failed"
@@ -54,6 +55,7 @@ class EventType(enum.StrEnum):
     GATEWAY_STATEMENT = "gateway.statement"
     GATEWAY_VIOLATION = "gateway.violation"
     GATEWAY_GUARDRAIL = "gateway.guardrail"
+    GATEWAY_TOOL_CALL = "gateway.tool_call"
     GATEWAY_LOGIN_REFUSED = "gateway.login_refused"
     GATEWAY_LOGINS_SUPPRESSED = "gateway.logins_suppressed"
     APPROVAL_REFUSED = "approval.refused"
@@ -105,17 +107,25 @@ class Via(enum.StrEnum):
     WORKER = "worker"
     POLICY = "policy"
     SCIM = "scim"
+    MCP = "mcp"
 
 
 @dataclass(frozen=True)
 class Actor:
-    kind: str  # user | policy | system | scim (an identity provider's client) | anonymous
+    # user | agent | policy | system | scim (an identity provider's client) | anonymous
+    kind: str
     id: str
     via: str
+    owner: str | None = None  # an agent's: the person it acts for
 
     @classmethod
     def user(cls, name: str, via: str) -> Actor:
         return cls("user", name, via)
+
+    @classmethod
+    def agent(cls, name: str, owner: str, via: str) -> Actor:
+        """An AI agent (or other program) acting for its owner."""
+        return cls("agent", name, via, owner)
 
     @classmethod
     def scim(cls, client: str) -> Actor:
@@ -127,7 +137,10 @@ class Actor:
         return cls("system", "accord", via)
 
     def as_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "id": self.id, "via": str(self.via)}
+        out = {"kind": self.kind, "id": self.id, "via": str(self.via)}
+        if self.owner is not None:
+            out["owner"] = self.owner
+        return out
 
 
 @dataclass(frozen=True)

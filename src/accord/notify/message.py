@@ -12,6 +12,7 @@ say "Request #7" and `Message.requester` is None; the caller may know better.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,6 +219,19 @@ def _created(c: _Ctx) -> _Draft:
     else:
         headline = f"{asker} asks for {c.target} for {duration}"
     paragraphs = [headline + (f": {reason}" if reason else ".")]
+    owner = _str(d.get("owner"))
+    if owner:
+        paragraphs.append(f"{asker} is an AI agent acting for {owner}.")
+    call = d.get("tool_call")
+    if d.get("kind") == "tool_call" and isinstance(call, dict):
+        shown = call.get("arguments")
+        paragraphs.append(
+            f"It asks to run one call of the tool {_str(call.get('tool'))} through the MCP "
+            "gateway, with " + (f"these arguments: {_one_line(json.dumps(shown))}"
+                                if isinstance(shown, dict) else
+                                f"arguments {', '.join(map(str, call.get('argument_names') or []))}"
+                                f" (sha256 {(_str(call.get('arguments_sha256')) or '?')[:16]}…)")
+            + "; approving it lets that call run once.")
     until = _when(d.get("pending_until"))
     if not pending:
         verdict = "approved" if outcome == "approve" else "denied"

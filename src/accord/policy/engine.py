@@ -20,8 +20,9 @@ from typing import Any
 import cel
 
 from accord.durations import format_duration
-from accord.ledger.events import format_time
+from accord.ledger.events import Actor, format_time
 from accord.people.snapshot import EMPTY, Directory
+from accord.spec.agents import AgentSpec
 from accord.spec.load import LoadedPolicy
 from accord.spec.people import UserSpec
 from accord.spec.resources import ResourceSpec
@@ -240,6 +241,8 @@ class Policy:
         self.groups_of: Mapping[str, frozenset[str]] = _GroupsOf(
             {u: frozenset(gs) for u, gs in groups_of.items()}, directory)
         self.resources: dict[str, ResourceSpec] = {r.name: r for r in spec.resources}
+        # Agents are in no group's members: whatever a step names, none of them approves.
+        self.agents: dict[str, AgentSpec] = {a.name: a for a in spec.agents}
         self.workflows = compiled if compiled is not None else [
             CompiledWorkflow(
                 spec=w,
@@ -298,8 +301,40 @@ class Policy:
     def is_user(self, name: str) -> bool:
         return name in self.users
 
+    def is_agent(self, name: str) -> bool:
+        """An agent of this policy whose owner is still a user (an agent outlives no owner)."""
+        agent = self.agents.get(name)
+        return agent is not None and agent.owner in self.users
+
+    def is_principal(self, name: str) -> bool:
+        """Someone who may hold a token and request access: a user or a live agent."""
+        return name in self.users or self.is_agent(name)
+
+    def owner_of(self, name: str) -> str | None:
+        """The agent's owner (None for a user, or an unknown name)."""
+        agent = self.agents.get(name)
+        return agent.owner if agent is not None else None
+
+    def actor(self, name: str, via: str) -> Actor:
+        """`name` acting through `via`, as events record them: an agent with its owner."""
+        owner = self.owner_of(name)
+        return Actor.agent(name, owner, via) if owner is not None else Actor.user(name, via)
+
+    def agents_of(self, user: str) -> list[str]:
+        """The agents `user` owns."""
+        return sorted(a.name for a in self.agents.values() if a.owner == user)
+
+    def requester_groups(self, name: str) -> frozenset[str]:
+        """The groups a requester asks as: a user's, or those the agent is listed with."""
+        agent = self.agents.get(name)
+        if agent is not None:
+            return frozenset(agent.groups)
+        return self.groups_of.get(name, frozenset())
+
     def roles_of(self, user: str) -> list[str]:
         roles = ["requester"]
+        if user in self.agents:
+            return roles
         if user in self.all_approvers:
             roles.append("approver")
         if user in self.admins:
@@ -319,7 +354,11 @@ class Policy:
     def resolve(self, ref: str, resource: ResourceSpec | None,
                 requester: str | None = None) -> frozenset[str]:
         """The users a principal reference stands for: `owners`, `manager` (the requester's),
-        `group:x`, `user:x`, or a name."""
+        `owner` (the requesting agent's), `group:x`, `user:x`, or a name. Never an agent."""
+        if ref == "owner":
+            owner = self.owner_of(requester) if requester else None
+            return frozenset({owner}) if owner is not None and owner in self.users \
+                else frozenset()
         if ref == "manager":
             boss = self.manager_of(requester) if requester else None
             return frozenset({boss}) if boss is not None and boss in self.users else frozenset()
@@ -388,12 +427,16 @@ class Policy:
         extension: bool,
         kind: str = "access",
         statement: str = "",
+        tool: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         spec = self.users.get(requester)
+        owner = self.owner_of(requester)
         return {
             "request": {
-                "kind": kind,  # access | statement (one exact statement, run once)
+                "kind": "tool_call" if tool is not None else kind,
+                # access | statement (one exact statement, run once) | tool_call
                 "statement": statement,  # the statement's SQL (kind statement), else ""
+                "tool": tool or {},  # the tool call's name and arguments' sha256, else {}
                 "role": role,
                 "duration": duration,
                 "reason": reason,
@@ -401,8 +444,10 @@ class Policy:
                 "extension": extension,
                 "requester": {
                     "name": requester,
+                    "kind": "agent" if owner is not None else "user",
+                    "owner": owner or "",
                     "email": (spec.email if spec else None) or "",
-                    "groups": sorted(self.groups_of.get(requester, frozenset())),
+                    "groups": sorted(self.requester_groups(requester)),
                 },
             },
             "resource": {
@@ -439,8 +484,10 @@ class Policy:
         extension: bool = False,
         kind: str = "access",
         statement: str = "",
+        tool: dict[str, Any] | None = None,
     ) -> Decision:
-        """Route a request. Raises PolicyRefusal for input the matched workflow rejects."""
+        """Route a request (`tool`: a tool call's name and arguments' sha256, for
+        `request.tool`). Raises PolicyRefusal for input the matched workflow rejects."""
         ctx = self.context(
             requester=requester,
             resource=resource,
@@ -451,6 +498,7 @@ class Policy:
             extension=extension,
             kind=kind,
             statement=statement,
+            tool=tool,
         )
         inputs = _jsonable(ctx)
         # One CEL context for every rule: converting the variables is most of an

@@ -8,7 +8,8 @@ its own approvers asks. A finding is reported only when the workflow would route
 person's request (the first `match` that is true, over a few representative durations with
 and without `request.extension`); `auto_approve` and `auto_deny` are not consulted, since a
 request they let through reaches the steps. Only the people an answer can differ for are
-tried one by one: the plan's own approvers, and everyone when a step names `manager`.
+tried one by one: the plan's own approvers, and everyone (agents too) when a step names
+`manager` or `owner` (an agent's owner; nobody for a person's request).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def unfillable(policy: Policy, *, now: datetime) -> list[Unfillable]:
     """Every (workflow, resource, roles, requesters) whose steps cannot be filled jointly,
     in the file's order of workflows and resources."""
     router = _Router(policy, now)
-    users = sorted(policy.users)
+    # Agents ask too (a step naming `owner` is theirs to fill), and are tried by name.
+    users = sorted(policy.users) + sorted(a for a in policy.agents if policy.is_agent(a))
     found: dict[tuple[str, str, tuple[str, ...], str], list[str] | None] = {}
     for w in policy.workflows:
         for resource in policy.resources.values():
@@ -102,7 +104,8 @@ def _plan(policy: Policy, router: _Router, w: CompiledWorkflow, resource: Resour
         return describe(replace(f, shortfall=replace(f.shortfall, excluded=())))
 
     out: list[tuple[str | None, tuple[str, ...], str]] = []
-    if any("manager" in s.approvers for s in plan):  # whose manager: each requester's own
+    # whose manager, whose owner: each requester's own
+    if any(ref in s.approvers for s in plan for ref in ("manager", "owner")):
         for user in users:
             f = fill(steps(user), exclude={user})
             on = () if f.ok else tuple(r for r in roles if router(user, resource, r, w))

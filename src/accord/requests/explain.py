@@ -121,7 +121,7 @@ class Routed:
 def reroute(policy: Policy, rec: Recorded) -> Routed:
     """Route a recorded request again under `policy`, as `service.create` routes a filed one
     (its caller must be one of the policy's users, as the API's authentication demands)."""
-    if not policy.is_user(rec.requester):
+    if not policy.is_principal(rec.requester):
         return Routed(REFUSED, None, None,
                       f'"{rec.requester}" is not a user under this policy')
     try:

@@ -35,7 +35,8 @@ TERMINAL = frozenset(
 
 ACCESS = "access"  # a request for a grant: a role on a resource for a while
 STATEMENT = "statement"  # one exact statement, run once through the gateway
-KINDS = (ACCESS, STATEMENT)
+TOOL_CALL = "tool_call"  # one MCP tool call with exact arguments, run once (`details`)
+KINDS = (ACCESS, STATEMENT, TOOL_CALL)
 
 
 class AccessRequest(Base):
@@ -70,6 +71,10 @@ class AccessRequest(Base):
     grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
     # Break-glass: granted at once under `break_glass` in accord.yaml, reviewed afterwards.
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Of a tool_call (`kind`): one call of one tool with exactly these arguments, held by the
+    # MCP gateway until approved (tool, arguments_sha256, grant_id, and executed_at once it
+    # ran). An approved tool call makes no grant.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     review_verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -100,7 +100,7 @@ def check(policy: Policy, loaded: LoadedCases) -> list[str]:
             continue
         req, expect = case.request, case.expect
         assert req is not None
-        if not policy.is_user(req.requester):
+        if not policy.is_principal(req.requester):
             problems.append(f'{where}: request.requester: unknown user "{req.requester}" '
                             "(not among accord.yaml's users and group members)")
         spec = policy.resources.get(req.resource)

@@ -62,7 +62,7 @@ def revoke_removed_users(session: Session, *, policy: Policy, actor: Actor,
     ).scalars().all()
     ended = []
     for grant in live:
-        if not policy.is_user(grant.user):
+        if not policy.is_principal(grant.user):
             grants.end(session, grant=grant, status=GrantStatus.REVOKED, actor=actor,
                        now=now, comment=f'user "{grant.user}" was removed from accord.yaml')
             ended.append(grant.id)
@@ -71,7 +71,7 @@ def revoke_removed_users(session: Session, *, policy: Policy, actor: Actor,
         select(AccessRequest).where(AccessRequest.status == Status.PENDING).with_for_update()
     ).scalars().all()
     for req in pending:
-        if not policy.is_user(req.requester) or req.resource not in policy.resources:
+        if not policy.is_principal(req.requester) or req.resource not in policy.resources:
             requests.cancel_orphaned(session, req=req, actor=actor, now=now)
     return ended
 

@@ -162,10 +162,14 @@ class RequestOut(BaseModel):
     grant: GrantOut | None
     extends_grant_id: int | None
     emergency: bool = False
+    kind: str = Field(default="access", description="access (a grant for a while); statement: "
+                      "one exact statement run once through the gateway; tool_call: one "
+                      "call of one tool through the MCP gateway, held until approved")
+    tool_call: dict[str, Any] | None = Field(
+        default=None, description="a tool_call's tool, arguments (unless redacted), their "
+        "sha256 and the grant it runs under")
     review: dict[str, Any] | None = Field(
         default=None, description="break-glass review: verdict, by, at, note")
-    kind: str = Field(default="access", description="access, or statement: one exact "
-                      "statement run once through the gateway")
     statement: StatementOut | None = None
 
     @classmethod
@@ -206,10 +210,9 @@ class RequestOut(BaseModel):
             current_step=r.current_step if status == "pending" else None,
             steps=steps, grant=GrantOut.of(grant, now) if grant else None,
             extends_grant_id=r.extends_grant_id,
-            emergency=bool(r.emergency),
+            emergency=bool(r.emergency), kind=r.kind or "access", tool_call=r.details,
             review={"verdict": r.review_verdict, "by": r.reviewed_by, "at": r.reviewed_at,
                     "note": r.review_note} if r.reviewed_at else None,
-            kind=r.kind,
             statement=StatementOut(
                 sql=st.statement, sha256=st.sha256, params=st.params,
                 param_count=st.param_count, protocol=st.protocol, grant_id=st.grant_id,

@@ -37,6 +37,7 @@ from accord.requests.models import (
     ACCESS,
     STATEMENT,
     TERMINAL,
+    TOOL_CALL,
     AccessRequest,
     Approval,
     RequestApprover,
@@ -127,6 +128,7 @@ def can_view(session: Session, policy: Policy, user: str, req: AccessRequest) ->
     glass = policy.loaded.spec.break_glass
     return (
         user == req.requester
+        or user == policy.owner_of(req.requester)
         or (req.emergency and glass is not None and user in members(policy, glass.reviewers))
         or user in policy.admins
         or user in policy.auditors
@@ -159,7 +161,7 @@ def visible_clause(policy: Policy, user: str) -> Any:
     glass = policy.loaded.spec.break_glass
     reviewer = glass is not None and user in members(policy, glass.reviewers)
     return or_(
-        AccessRequest.requester == user,
+        AccessRequest.requester.in_([user, *policy.agents_of(user)]),
         AccessRequest.emergency.is_(True) if reviewer else false(),
         AccessRequest.resource.in_(policy.owned_by(user)),
         _routed_by_clause(policy, user),
@@ -293,6 +295,51 @@ def _offered(policy: Policy, resource: str, role: str) -> ResourceSpec:
 
 
 BREAK_GLASS = "break_glass"  # the rule (and policy actor) of emergency grants
+
+
+def _approved_call(req: AccessRequest) -> dict[str, Any]:
+    """What an approval of a tool call binds, in its event: the tool and its arguments'
+    sha256 (the gateway's `gateway.tool_call` names the same request and hash)."""
+    if req.kind != TOOL_CALL or req.details is None:
+        return {}
+    return {"tool_call": {"tool": req.details["tool"],
+                          "arguments_sha256": req.details["arguments_sha256"]}}
+
+
+def find_tool_call(session: Session, *, requester: str, grant_id: int, tool: str,
+                   sha256: str) -> AccessRequest | None:
+    """A pending or approved, not yet run, request for exactly this call on this grant."""
+    rows = session.execute(
+        select(AccessRequest).where(
+            AccessRequest.requester == requester, AccessRequest.kind == TOOL_CALL,
+            AccessRequest.status.in_([Status.PENDING, Status.APPROVED]))
+        .order_by(AccessRequest.id.desc()).limit(100)).scalars()
+    for req in rows:
+        d = req.details or {}
+        if d.get("grant_id") == grant_id and d.get("tool") == tool \
+                and d.get("arguments_sha256") == sha256 and not d.get("executed_at"):
+            return req
+    return None
+
+
+def claim_tool_call(session: Session, *, request_id: int, sha256: str, actor: Actor,
+                    now: datetime) -> AccessRequest | None:
+    """Take an approved tool call to run it, once, recorded (`request.executed`, with the
+    arguments' sha256 its approval bound): the row lock and `executed_at` make a second
+    claim (another call, another replica) find nothing. None: not approved (yet), already
+    run, or for other arguments."""
+    req = session.execute(select(AccessRequest).where(AccessRequest.id == request_id)
+                          .with_for_update()).scalar_one_or_none()
+    d = dict(req.details or {}) if req is not None else {}
+    if req is None or req.kind != TOOL_CALL or req.status != Status.APPROVED \
+            or d.get("arguments_sha256") != sha256 or d.get("executed_at"):
+        return None
+    d["executed_at"] = format_time(now)
+    req.details = d  # a new dict: the JSON column sees the change
+    _record(session, req, EventType.REQUEST_EXECUTED, actor=actor, now=now,
+            tool=d["tool"], arguments_sha256=sha256, grant_id=d.get("grant_id"))
+    session.flush()
+    return req
 REVIEW_REMIND = "request.review_remind"
 
 
@@ -331,7 +378,7 @@ def break_glass(policy: Policy, *, requester: str, resource: str, role: str,
 
 def decide(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
            reason: str, now: datetime, emergency: bool = False, extension: bool = False,
-           kind: str = ACCESS, statement: str = "",
+           kind: str = ACCESS, statement: str = "", tool: dict[str, Any] | None = None,
            ) -> tuple[Decision, list[frozenset[str]]]:
     """What filing this request would decide: broken glass, or routed (`route`); raises
     what the API refuses. Pure: policy tests, replay and explain decide as filing does."""
@@ -340,12 +387,13 @@ def decide(policy: Policy, *, requester: str, resource: str, role: str, duration
                            duration=duration, reason=reason), []
     return route(policy, requester=requester, resource=resource, role=role,
                  duration=duration, reason=reason, now=now, extension=extension, kind=kind,
-                 statement=statement)
+                 statement=statement, tool=tool)
 
 
 def route(policy: Policy, *, requester: str, resource: str, role: str, duration: timedelta,
           reason: str, now: datetime, extension: bool = False, kind: str = ACCESS,
-          statement: str = "") -> tuple[Decision, list[frozenset[str]]]:
+          statement: str = "", tool: dict[str, Any] | None = None,
+          ) -> tuple[Decision, list[frozenset[str]]]:
     """What the policy would decide for this request, and who is eligible at each step.
 
     Pure: it writes nothing, so the web form can show it before anything is filed.
@@ -362,6 +410,7 @@ def route(policy: Policy, *, requester: str, resource: str, role: str, duration:
             extension=extension,
             kind=kind,
             statement=statement,
+            tool=tool,
         )
     except PolicyRefusal as exc:
         raise Invalid(str(exc), field=exc.field) from None
@@ -451,16 +500,23 @@ def create(
     extends: Grant | None = None,
     emergency: bool = False,
     statement: StatementReview | None = None,
+    tool_call: dict[str, Any] | None = None,
 ) -> AccessRequest:
     """File a request for oneself and route it through the policy (or break the glass).
     With `statement` (not yet added), a request of kind `statement`: one exact statement,
-    run once through the gateway once approved (never a grant of its own)."""
-    kind = STATEMENT if statement is not None else ACCESS
+    run once through the gateway once approved (never a grant of its own). With
+    `tool_call` (the MCP gateway's: tool, arguments_sha256, grant_id, maybe arguments), a
+    request of kind `tool_call`: that one call, run once, which makes no grant either."""
+    kind = STATEMENT if statement is not None else TOOL_CALL if tool_call is not None \
+        else ACCESS
+    tool = {"name": tool_call["tool"], "arguments_sha256": tool_call["arguments_sha256"]} \
+        if tool_call is not None else None
     decision, eligible = decide(policy, requester=caller.user, resource=resource, role=role,
                                 duration=duration, reason=reason, now=now,
                                 emergency=emergency, extension=extends is not None,
                                 kind=kind,
-                                statement=statement.statement if statement else "")
+                                statement=statement.statement if statement else "",
+                                tool=tool)
 
     # The request is written once with what the policy decided; only activation follows.
     decided = decision.outcome != "steps"
@@ -486,6 +542,7 @@ def create(
         decided_at=now if decided else None,
         decision_reason=decision.reason if decided else None,
         emergency=emergency,
+        details=tool_call,
     )
     session.add(req)
     session.flush()
@@ -506,7 +563,9 @@ def create(
             pending_until=format_time(pending_until) if pending_until and not decided else None,
             inputs=decision.inputs, **({"emergency": True} if emergency else {}),
             **({"kind": STATEMENT, "statement": statement_data(statement)}
-               if statement is not None else {}))
+               if statement is not None else {}),
+            **({"kind": TOOL_CALL, "tool_call": tool_call} if tool_call is not None else {}),
+            **({"requester_kind": "agent", "owner": caller.owner} if caller.is_agent else {}))
     if decision.outcome == "deny":
         _record(session, req, EventType.REQUEST_DENIED, actor=_policy_actor(decision.workflow),
                 now=now, policy=ref, reason=decision.reason, inputs=decision.inputs)
@@ -514,8 +573,8 @@ def create(
         actor = _policy_actor(BREAK_GLASS if emergency else decision.workflow)
         _record(session, req, EventType.REQUEST_APPROVED, actor=actor, now=now, policy=ref,
                 reason=decision.reason, inputs=decision.inputs,
-                **_statement_approved(req, now))
-        if req.kind == ACCESS:
+                **_statement_approved(req, now), **_approved_call(req))
+        if req.kind == ACCESS:  # a statement or tool call runs once; it grants nothing
             grants.activate(session, request=req, actor=actor, now=now,
                             provisioned=_provisioned(policy, req),
                             warn_before=_warn_before(policy))
@@ -754,14 +813,22 @@ def _add_approval(
     return approval
 
 
+def refuse_agent(caller: Caller, verb: str) -> None:
+    """An agent never decides anything: it only requests."""
+    if caller.is_agent:
+        raise Forbidden(f"an agent never {verb} a request; {caller.owner} (its owner) and the "
+                        "request's approvers decide")
+
+
 def approve(
     session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
     now: datetime,
 ) -> AccessRequest:
+    refuse_agent(caller, "approves")
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
     step = check_decide(session, req, caller.user, status, "approved")
-    if not policy.is_user(req.requester) or req.resource not in policy.resources:
+    if not policy.is_principal(req.requester) or req.resource not in policy.resources:
         raise Conflict(f"request {req.id} can no longer be approved: its requester or resource "
                        "is gone from accord.yaml")
     if status == Status.PENDING:
@@ -787,8 +854,8 @@ def approve(
         _record(session, req, EventType.REQUEST_APPROVED, actor=caller.actor, now=now,
                 approvers=[{"user": a.approver, "step": a.step, "via": a.via}
                            for a in req.approvals if a.decision == "approve"],
-                **_statement_approved(req, now))
-        if req.kind == ACCESS:
+                **_statement_approved(req, now), **_approved_call(req))
+        if req.kind == ACCESS:  # a statement or tool call runs once; it grants nothing
             grants.activate(session, request=req, actor=caller.actor, now=now,
                             provisioned=_provisioned(policy, req),
                             warn_before=_warn_before(policy))
@@ -800,6 +867,7 @@ def deny(
     session: Session, *, policy: Policy, caller: Caller, request_id: int, comment: str,
     now: datetime,
 ) -> AccessRequest:
+    refuse_agent(caller, "denies")
     req = get_request(session, policy=policy, user=caller.user, request_id=request_id, lock=True)
     status = effective_status(req, _grant(session, req), now)
     if status in (Status.APPROVED, Status.ACTIVE) and caller.user in policy.admins:
@@ -890,12 +958,14 @@ def check_relinquish(req: AccessRequest, grant: Grant | None, user: str, status:
 
 def check_revoke(policy: Policy, req: AccessRequest, grant: Grant | None, user: str,
                  status: str) -> None:
-    """May `user` end someone's access on `req`: admins, owners of the resource, and the
-    request's approvers under the policy in force now. Raises why not."""
+    """May `user` end someone's access on `req`: admins, owners of the resource, the
+    request's approvers under the policy in force now, and the owner of the agent that
+    holds it. Raises why not."""
     if not (
         user in policy.admins
         or user in policy.owners_of(req.resource)
         or user in current_approvers(policy, req)
+        or user == policy.owner_of(req.requester)
     ):
         raise Forbidden(
             f"only admins, owners of {req.resource} and approvers of this request can revoke it"
@@ -1058,7 +1128,7 @@ def settle(session: Session, *, policy: Policy, req: AccessRequest, actor: Actor
     requester or resource left the policy, or whose time ran out, are left to the
     cancellation and the expiry that await them."""
     if req.status != Status.PENDING or effective_status(req, None, now) != Status.PENDING \
-            or not policy.is_user(req.requester) or req.resource not in policy.resources:
+            or not policy.is_principal(req.requester) or req.resource not in policy.resources:
         return None
     steps = plan_steps(session, req, eligible)
     filled = sat.fill(steps, exclude={req.requester})

@@ -17,6 +17,10 @@ from accord.spec.masking import COLUMN, PATTERN
 from accord.spec.resources import GATEWAY_CLASSES, ResourceSpec
 
 CEL_VARIABLES = frozenset({"request", "resource"})
+# Names a step's approvers may use for someone relative to the request: the resource's
+# owners, the requester's manager, the requesting agent's owner.
+RELATIVE = ("owners", "manager", "owner")
+RESERVED = RELATIVE
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             problems.append(PolicyProblem(f"groups.{g}", "invalid group name"))
         if g in users:
             problems.append(PolicyProblem(f"groups.{g}", f'"{g}" is both a user and a group'))
-        if g in ("owners", "manager"):
+        if g in RESERVED:
             problems.append(PolicyProblem(f"groups.{g}", f'"{g}" is reserved'))
         if isinstance(spec.users, dict | list) and spec.users:
             listed = set(spec.users)
@@ -75,9 +79,14 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             if g not in groups and not provided:
                 problems.append(PolicyProblem(f"accord.{field_name}[{i}]", f'unknown group "{g}"'))
 
+    agents = {a.name for a in spec.agents}
+
     def principal(path: str, ref: str, *, allow_owners: bool) -> None:
         name = ref.split(":", 1)[1] if ref.startswith(("group:", "user:")) else ref
-        if ref in ("owners", "manager"):
+        if name in agents and not ref.startswith("group:"):
+            problems.append(PolicyProblem(path, f'"{name}" is an agent, and an agent never '
+                                                "approves, reviews or administers"))
+        elif ref in RELATIVE:
             if not allow_owners:
                 problems.append(PolicyProblem(path, f'"{ref}" is only meaningful in steps'))
         elif provided:
@@ -91,6 +100,7 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
         elif name not in groups and name not in users:
             problems.append(PolicyProblem(path, f'unknown group "{name}"'))
 
+    problems += _check_agents(spec)
     if spec.break_glass is not None:
         for key in ("groups", "reviewers"):
             for i, g in enumerate(getattr(spec.break_glass, key)):
@@ -127,6 +137,22 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             principal(f"resources[{i}].owners[{j}]", o, allow_owners=False)
         if r.gateway is not None:
             problems += _check_resource_gateway(f"resources[{i}].gateway", r)
+        if (r.kind == "mcp") != (r.mcp is not None):
+            problems.append(PolicyProblem(
+                f"resources[{i}]", "a resource of kind mcp needs an mcp: block (its upstream "
+                "and each role's tools), and only those have one"))
+        if r.mcp is not None:
+            if (r.mcp.url is None) == (r.mcp.command is None):
+                problems.append(PolicyProblem(f"resources[{i}].mcp",
+                                              "give either url or command"))
+            elif r.mcp.url is not None and not r.mcp.url.startswith(("http://", "https://")):
+                problems.append(PolicyProblem(f"resources[{i}].mcp.url",
+                                              "must be an http:// or https:// URL"))
+            for key in ("roles", "resources", "prompts"):
+                for role in getattr(r.mcp, key):
+                    if role not in r.roles:
+                        problems.append(PolicyProblem(f"resources[{i}].mcp.{key}.{role}",
+                                                      f'unknown role "{role}"'))
 
     if spec.gateway is not None:
         problems += _check_gateway(spec.gateway)
@@ -163,6 +189,39 @@ def check_references(spec: PolicyFile) -> list[PolicyProblem]:
             elif getattr(spec.notify, channel) is None:
                 problems.append(PolicyProblem(
                     where, f"{channel} is not configured (add notify.{channel})"))
+    return problems
+
+
+def _check_agents(spec: PolicyFile) -> list[PolicyProblem]:
+    """`agents`: unique names that are nobody's user or group name, an owner who is a user
+    (not another agent), known groups."""
+    problems: list[PolicyProblem] = []
+    users = spec.user_specs()
+    provided = spec.identity.from_provider
+    seen: set[str] = set()
+    for i, a in enumerate(spec.agents):
+        base = f"agents[{i}]"
+        if a.name in seen:
+            problems.append(PolicyProblem(f"{base}.name", f'duplicate agent "{a.name}"'))
+        seen.add(a.name)
+        if a.name in users:
+            problems.append(PolicyProblem(f"{base}.name", f'"{a.name}" is both a user and an '
+                                                          "agent"))
+        if a.name in spec.groups or a.name in RESERVED:
+            problems.append(PolicyProblem(f"{base}.name", f'"{a.name}" is a group name'
+                                          if a.name in spec.groups else f'"{a.name}" is reserved'))
+        if a.owner in {b.name for b in spec.agents}:
+            problems.append(PolicyProblem(f"{base}.owner", f'"{a.owner}" is an agent; an '
+                                                           "agent's owner is a person"))
+        elif a.owner not in users and not provided:
+            problems.append(PolicyProblem(f"{base}.owner", f'unknown user "{a.owner}"'))
+        for j, g in enumerate(a.groups):
+            if g not in spec.groups and not provided:
+                problems.append(PolicyProblem(f"{base}.groups[{j}]", f'unknown group "{g}"'))
+            if g in spec.accord.admins or g in spec.accord.auditors:
+                problems.append(PolicyProblem(
+                    f"{base}.groups[{j}]", f'group "{g}" holds an Accord role (accord.admins '
+                    "or accord.auditors); an agent only ever requests"))
     return problems
 
 

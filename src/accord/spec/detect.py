@@ -76,5 +76,15 @@ class DetectSpec(Strict):
     drift: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
     break_glass: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="high"))
     policy_change: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="low"))
+    # AI agents (accord.yaml `agents:`): tools refused again and again through the MCP
+    # gateway; activity outside the owner's working hours (the agent's `owner_hours`, else
+    # `off_hours`'s); more tool calls in a window than a person would make.
+    agent_refused_tools: CountRule = Field(
+        default_factory=lambda: CountRule(count=3, window=timedelta(minutes=10),
+                                          severity="high"))
+    agent_off_hours: SimpleRule = Field(default_factory=lambda: SimpleRule(severity="medium"))
+    agent_burst: CountRule = Field(
+        default_factory=lambda: CountRule(count=100, window=timedelta(minutes=1),
+                                          severity="medium"))
     notify: list[str] = Field(default_factory=list)  # groups told of alerts (default: admins)
     notify_severity: Sev = "high"  # alerts at least this severe are sent; all are listed

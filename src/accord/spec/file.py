@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from accord.spec.agents import AgentSpec
 from accord.spec.base import Strict
 from accord.spec.detect import DetectSpec
 from accord.spec.gateway import GatewaySpec
@@ -33,6 +34,7 @@ class PolicyFile(Strict):
     groups: dict[str, list[str]] = Field(default_factory=dict)
     resources: list[ResourceSpec] = Field(default_factory=list)
     workflows: list[WorkflowSpec] = Field(default_factory=list)
+    agents: list[AgentSpec] = Field(default_factory=list)
 
     def user_specs(self) -> dict[str, UserSpec]:
         """Every known user: those listed under `users` and every group member."""

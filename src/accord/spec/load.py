@@ -99,7 +99,7 @@ def _drop(raw: Any, loc: tuple[int | str, ...]) -> bool:
         except (KeyError, IndexError, TypeError):
             return False
     key = loc[-1] if loc else None
-    required = {"name", "roles", "approvers"}
+    required = {"name", "roles", "approvers", "owner"}
     if isinstance(node, dict) and key in node and key not in required:
         del node[key]
         return True

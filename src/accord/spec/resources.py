@@ -75,6 +75,58 @@ class ResourceGatewaySpec(Strict):
 MYSQL_KINDS = ("mysql", "mariadb")  # resource kinds the gateway serves over MySQL's protocol
 
 
+def _short(value: object) -> timedelta:
+    """A duration, or seconds as a number (`0.5`)."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+        return timedelta(seconds=value)
+    return as_duration(value)
+
+
+class McpToolSpec(Strict):
+    """One upstream tool's rules beyond the role patterns."""
+
+    # each_call: every call is held and filed as a request of kind tool_call with its exact
+    # arguments, routed through the workflows; it runs once approved, never when denied.
+    approval: Literal["none", "each_call"] = "none"
+
+
+class McpTarget(Strict):
+    """An upstream MCP server behind the gateway (resource `kind: mcp`), and the tools each
+    Accord role may see and call there: name patterns (`*` and `?` as in a shell; `*` for
+    every tool). A tool no pattern of the grant's role matches is hidden from `tools/list`
+    and refused on `tools/call`."""
+
+    url: str | None = Field(default=None, description="the upstream's streamable HTTP "
+                            "endpoint", examples=["http://127.0.0.1:9000/mcp"])
+    # Or a program the gateway starts and speaks to over stdio (one per gateway process,
+    # started at the first call), with its arguments; `env` names variables passed on.
+    command: list[str] | None = Field(default=None, min_length=1,
+                                      examples=[["npx", "-y", "@acme/tools-mcp"]])
+    env: list[str] = Field(default_factory=list, description="variables the command gets "
+                           "from the gateway's environment (besides the SDK's safe defaults: "
+                           "HOME, PATH, ...; nothing else is passed)")
+    headers_env: dict[str, str] = Field(
+        default_factory=dict, description="headers sent upstream, each from an env var "
+        "(a credential the agents never see)", examples=[{"Authorization": "TOOLS_AUTH"}])
+    timeout: timedelta = timedelta(seconds=60)  # for one upstream call
+    roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> tool patterns
+    # The same for the upstream's resources (URI patterns) and prompts (name patterns);
+    # a role with none sees and reads none.
+    resources: dict[str, list[str]] = Field(default_factory=dict)
+    prompts: dict[str, list[str]] = Field(default_factory=dict)
+    tools: dict[str, McpToolSpec] = Field(default_factory=dict)  # by tool name
+    # How long a held call waits for its approval before the agent gets an error naming the
+    # request (calling again with the same arguments picks the approval up).
+    approval_wait: timedelta = timedelta(minutes=2)
+
+    _d = field_validator("timeout", "approval_wait", mode="before")(
+        lambda cls, v: _short(v))
+
+    def held(self, tool: str) -> bool:
+        spec = self.tools.get(tool)
+        return spec is not None and spec.approval == "each_call"
+
+
 class ResourceSpec(Strict):
     name: str
     kind: str = "generic"
@@ -87,13 +139,15 @@ class ResourceSpec(Strict):
         default=None, discriminator="type")
     reconcile: Literal["off", "report", "enforce"] = "report"
     gateway: ResourceGatewaySpec | None = None  # reachable through `accord gateway`
+    mcp: McpTarget | None = None  # kind mcp: the MCP server the gateway stands in front of
 
     @property
     def gateway_reachable(self) -> bool:
-        """Whether the gateway serves it: a `gateway:` block of its own, or a postgres or
-        mariadb provision target (whose admin DSN makes the gateway's logins)."""
-        return self.gateway is not None or isinstance(self.provision,
-                                                      PostgresTarget | MariaDBTarget)
+        """Whether the (database) gateway serves it: a `gateway:` block of its own, or a
+        postgres or mariadb provision target (whose admin DSN makes the gateway's logins).
+        An MCP server (`mcp:`) is reached through the MCP gateway instead."""
+        return self.mcp is None and (self.gateway is not None or isinstance(
+            self.provision, PostgresTarget | MariaDBTarget))
 
     @property
     def gateway_protocol(self) -> str:

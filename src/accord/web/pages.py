@@ -167,6 +167,9 @@ def login_token(request: Request, token: str = Form(""), csrf: str = Form(""),
     try:
         row = identity.authenticate(session, policy=st.policies.current, token=token.strip(),
                                     now=st.now())
+        if row.kind == identity.AGENT:  # an agent acts through the API and MCP, never here
+            raise Forbidden(f'that is a token of agent "{row.user}"; agents do not sign in '
+                            "to the web")
     except AccordError as exc:
         session.rollback()
         sessions.refuse(session, user=None, method="token", reason=exc.detail, now=st.now())

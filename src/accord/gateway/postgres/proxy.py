@@ -313,7 +313,8 @@ class PostgresGateway(GatewayServer):
             user=auth.user, resource=auth.resource, role=auth.role, client=where,
             application=startup.params.get("application_name", "")[:64], tls=tls,
             upstream_role=auth.target.role or (
-                auth.target.user if auth.target.gateway_login else None))
+                auth.target.user if auth.target.gateway_login else None),
+            owner=self.st.policies.current.owner_of(auth.user))
         conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
                             resource=auth.resource, redact=self.spec.redact_parameters,
                             max_message=self.spec.max_message,

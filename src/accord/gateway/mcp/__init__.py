@@ -1,0 +1,1 @@
+"""The MCP gateway: agents (and people) reach an upstream MCP server through Accord."""

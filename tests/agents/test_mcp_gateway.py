@@ -1,0 +1,547 @@
+"""The MCP gateway (`/gateway/mcp/<resource>`), driven by the `mcp` SDK's own client in front
+of the tests' own upstream MCP server: tools hidden and refused by role, every call in the
+ledger bound to the grant, revocation ending access at the next call, and bad input
+answered with errors that affect nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+from sqlalchemy.orm import Session, sessionmaker
+
+from accord import migrations
+from accord.db import make_engine
+from accord.ledger.service import INLINE
+from accord.notify.message import render
+from accord.worker.job_runner import detect_all
+from tests.agents.mcpclient import connect, payload, serve
+from tests.agents.policies import AGENTS_POLICY
+from tests.agents.test_principals import agent_token
+from tests.agents.upstream import Upstream, upstream
+from tests.conftest import Env, make_env
+
+MCP_RESOURCE = """\
+  - name: tools
+    kind: mcp
+    labels: {env: prod}
+    owners: [dba]
+    roles: [use, admin]
+    mcp:
+      url: UPSTREAM
+      roles: {use: [echo, "get_*"], admin: ["*"]}
+      resources: {use: ["docs://*"]}
+      prompts: {use: [summarize]}
+      tools: {drop_table: {approval: each_call}}
+      approval_wait: WAIT
+"""
+DETECT = "detect: {agent_burst: {count: 5, window: 1m}}\n"
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+def up() -> Iterator[Upstream]:
+    with upstream() as u:
+        yield u
+
+
+@pytest.fixture
+def committed(backend: str, tmp_path: Path, request: pytest.FixtureRequest
+              ) -> Iterator[sessionmaker[Session]]:
+    """Sessions that really commit, on a database of this test's own: the gateway waits on
+    a held call in one thread while the API decides it in another (one shared connection,
+    as `sessions` gives, cannot serve both)."""
+    if backend == "postgresql":
+        engine = request.getfixturevalue("fresh_pg")
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path / 'accord.db'}")
+        migrations.upgrade(engine)
+    yield sessionmaker(bind=engine, expire_on_commit=False, info={INLINE: True})
+    engine.dispose()
+
+
+@pytest.fixture
+def env(committed: sessionmaker[Session], tmp_path: Path, up: Upstream,
+        request: pytest.FixtureRequest) -> Iterator[Env]:
+    wait = getattr(request, "param", "30s")
+    text = AGENTS_POLICY.replace("workflows:\n", MCP_RESOURCE.replace("UPSTREAM", up.url)
+                                 .replace("WAIT", wait) + "workflows:\n") + DETECT
+    e = make_env(committed, tmp_path, text)
+    with e.client:
+        yield e
+
+
+@pytest.fixture
+def base(env: Env) -> Iterator[str]:
+    with serve(env.st) as url:
+        yield url
+
+
+def granted(env: Env, role: str = "use") -> tuple[dict[str, Any], dict[str, Any]]:
+    """buildbot asks for `role` on tools, alice approves; the request and the connection."""
+    agent_token(env)
+    req = env.ask("buildbot", resource="tools", role=role, reason="nightly checks")
+    assert env.act("alice", req["id"], "approve").json()["status"] == "active"
+    r = env.post("buildbot", "/api/v1/mcp/connect", json={"resource": "tools"})
+    assert r.status_code == 200, r.text
+    conn: dict[str, Any] = r.json()
+    return req, conn
+
+
+def gateway_url(base: str) -> str:
+    return f"{base}/gateway/mcp/tools"
+
+
+def test_tools_are_hidden_and_refused_by_role_and_every_call_is_recorded(
+        env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env)
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            assert names == ["echo", "get_slowly", "get_time"]
+            said = await client.call_tool("echo", {"text": "hello"})
+            assert said.content[0].text == "echo: hello"
+            assert payload(await client.call_tool("get_time", {})) == "12:00"
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("drop_table", {"table": "orders"})
+            assert refused.value.error.code == -32001
+            assert "not allowed for role use" in refused.value.error.message
+
+    anyio.run(agent)
+    assert up.calls == {"echo": 1, "get_time": 1}  # drop_table never reached the upstream
+    calls = env.events(type="gateway.tool_call")
+    assert [c["data"]["tool"] for c in calls] == ["echo", "get_time"]
+    echo = calls[0]
+    assert echo["subject"] == f"grant:{conn['grant_id']}"
+    assert echo["resource"] == {"name": "tools", "role": "use"}
+    assert echo["actor"] == {"kind": "agent", "id": "buildbot", "via": "gateway",
+                             "owner": "alice"}
+    data = echo["data"]
+    assert data["grant_id"] == conn["grant_id"]
+    assert data["argument_names"] == ["text"] and "arguments" not in data  # redacted
+    assert data["arguments_sha256"] == hashlib.sha256(
+        json.dumps({"text": "hello"}, separators=(",", ":")).encode()).hexdigest()
+    assert data["result_bytes"] > 0 and len(data["result_sha256"]) == 64
+    assert data["is_error"] is False and data["error"] is None
+    assert data["duration_us"] >= 0
+    [violation] = env.events(type="gateway.violation")
+    assert violation["data"]["tool"] == "drop_table"
+    assert violation["subject"] == f"grant:{conn['grant_id']}"
+    assert violation["actor"]["owner"] == "alice"
+
+
+def test_the_admin_role_sees_every_tool(env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            assert names == ["drop_table", "echo", "get_slowly", "get_time"]
+            assert payload(await client.call_tool("echo", {"text": "x"})) == "echo: x"
+
+    anyio.run(agent)
+    assert up.calls == {"echo": 1}
+
+
+# ---------------------------------------------------------------- per-call approval
+
+
+def held_request(env: Env, approver: str = "alice") -> dict[str, Any]:
+    """The tool-call request waiting for `approver` (polled: the agent's call files it)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waiting = env.get(approver, "/api/v1/requests",
+                          params={"awaiting": "me"}).json()["items"]
+        if held := [r for r in waiting if r["kind"] == "tool_call"]:
+            return held[0]  # type: ignore[no-any-return]
+        threading.Event().wait(0.05)
+    raise AssertionError("no tool-call request was filed")
+
+
+def test_a_held_call_runs_once_its_owner_approves(env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+    seen: dict[str, Any] = {}
+
+    def owner() -> None:
+        seen["request"] = held_request(env)
+        assert up.calls["drop_table"] == 0  # held: nothing reached the upstream yet
+        r = env.act("alice", seen["request"]["id"], "approve", comment="ok, just that one")
+        assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+        assert r.json()["grant"] is None  # a tool call grants nothing
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            said = await client.call_tool("drop_table", {"table": "tmp_1"})
+            assert payload(said) == "dropped tmp_1"
+            # The approval was for one call: the same call again is held anew.
+            seen["again"] = await anyio.to_thread.run_sync(
+                lambda: env.get("alice", "/api/v1/requests").json()["items"])
+
+    anyio.run(agent)
+    assert up.calls == {"drop_table": 1}
+    rid = seen["request"]["id"]
+    assert seen["request"]["tool_call"]["tool"] == "drop_table"
+    assert seen["request"]["workflow"]["name"] == "agents"
+    # Approval and execution are bound in the ledger by the request and the arguments' hash.
+    [created] = env.events(type="request.created", subject=f"request:{rid}")
+    [approved] = env.events(type="request.approved", subject=f"request:{rid}")
+    [executed] = env.events(type="request.executed", subject=f"request:{rid}")
+    [call] = env.events(type="gateway.tool_call")
+    sha = created["data"]["tool_call"]["arguments_sha256"]
+    assert created["data"]["kind"] == "tool_call"
+    assert approved["data"]["tool_call"] == {"tool": "drop_table", "arguments_sha256": sha}
+    assert executed["data"]["arguments_sha256"] == sha
+    assert call["data"]["request_id"] == rid and call["data"]["arguments_sha256"] == sha
+    assert approved["actor"]["id"] == "alice" and call["actor"]["owner"] == "alice"
+    # What alice reads in her inbox, email or Slack says what she lets run.
+    told = render(created, base_url="http://accord", recipient="alice", approver=True)
+    assert "buildbot is an AI agent acting for alice" in told.text
+    assert "one call of the tool drop_table" in told.text and "argument" in told.text
+    assert told.actions == ["approve", "deny"]
+    # ... and so does the request's page.
+    from tests.web.test_pages import Browser, login_form
+
+    b = Browser(env)
+    assert b.post("/login/token", {"token": env.tokens["alice"],
+                                   "csrf": login_form(b)}).status_code == 303
+    page = b.get(f"/requests/{rid}").text
+    assert "one call of <code>drop_table</code> through the MCP gateway" in page
+    assert sha[:16] in page
+
+
+def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+
+    def owner() -> None:
+        r = env.act("alice", held_request(env)["id"], "deny", comment="not today")
+        assert r.status_code == 200, r.text
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("drop_table", {"table": "orders"})
+            assert refused.value.error.code == -32001
+            assert "was denied" in refused.value.error.message
+
+    anyio.run(agent)
+    assert up.calls["drop_table"] == 0
+    assert env.events(type="gateway.tool_call") == []
+
+
+def test_a_held_call_ends_when_its_grant_is_revoked(env: Env, base: str, up: Upstream) -> None:
+    req, conn = granted(env, role="admin")
+
+    def owner() -> None:
+        held_request(env)
+        r = env.act("alice", req["id"], "revoke", comment="stop everything")
+        assert r.status_code == 200, r.text
+        seen["revoked"] = time.monotonic()
+
+    seen: dict[str, float] = {}
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            with pytest.raises(MCPError) as ended:
+                await client.call_tool("drop_table", {"table": "orders"})
+            assert "is revoked" in ended.value.error.message
+            assert time.monotonic() - seen["revoked"] < 2
+
+    anyio.run(agent)
+    assert up.calls["drop_table"] == 0
+
+
+@pytest.mark.parametrize("env", ["0.3"], indirect=True)
+def test_a_call_waiting_too_long_names_its_request_and_runs_when_asked_again(
+        env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env, role="admin")
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            with pytest.raises(MCPError) as waiting:
+                await client.call_tool("drop_table", {"table": "t"})
+            assert waiting.value.error.code == -32003
+            rid = waiting.value.error.data["request_id"]
+            assert f"request {rid} is waiting" in waiting.value.error.message
+            r = await anyio.to_thread.run_sync(lambda: env.act("alice", rid, "approve"))
+            assert r.status_code == 200, r.text
+            # Other arguments are another call: held anew, not run on this approval.
+            with pytest.raises(MCPError):
+                await client.call_tool("drop_table", {"table": "other"})
+            assert payload(await client.call_tool("drop_table", {"table": "t"})) == "dropped t"
+
+    anyio.run(agent)
+    assert up.calls == {"drop_table": 1}
+    held = [e for e in env.events(type="request.created") if e["data"].get("kind")]
+    assert len(held) == 2
+
+
+def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstream) -> None:
+    req, conn = granted(env)
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            assert payload(await client.call_tool("get_time", {})) == "12:00"
+            r = await anyio.to_thread.run_sync(
+                lambda: env.act("alice", req["id"], "revoke", comment="done"))
+            assert r.status_code == 200, r.text
+            t0 = anyio.current_time()
+            with pytest.raises(Exception):  # noqa: B017 - the transport's 403, whatever its type
+                await client.call_tool("get_time", {})
+            assert anyio.current_time() - t0 < 2
+
+    anyio.run(agent)
+    assert up.calls == {"get_time": 1}
+    [refused] = env.events(type="gateway.login_refused")
+    assert "no active grant" in refused["data"]["reason"]
+    assert refused["actor"]["id"] == "buildbot"
+
+
+def test_revocation_stops_a_running_call_within_two_seconds(
+        env: Env, base: str, up: Upstream) -> None:
+    req, conn = granted(env)
+    seen: dict[str, float] = {}
+
+    def owner() -> None:
+        deadline = time.monotonic() + 20
+        while up.calls["get_slowly"] == 0:  # the call reached the upstream
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.02)
+        r = env.act("alice", req["id"], "revoke", comment="stop it")
+        assert r.status_code == 200, r.text
+        seen["revoked"] = time.monotonic()
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client, \
+                anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, owner)
+            with pytest.raises(MCPError) as stopped:
+                await client.call_tool("get_slowly", {})
+            assert time.monotonic() - seen["revoked"] < 2
+            assert "is revoked; the call was stopped" in stopped.value.error.message
+
+    anyio.run(agent)
+    [call] = env.events(type="gateway.tool_call")
+    assert call["data"]["tool"] == "get_slowly" and "stopped" in call["data"]["error"]
+
+
+def test_no_valid_token_no_gateway(env: Env, base: str) -> None:
+    _req, conn = granted(env)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for path, token in ((gateway_url(base), None), (gateway_url(base), "acg_nonsense"),
+                        (f"{base}/gateway/mcp/orders-db", conn["token"]),
+                        (f"{base}/gateway/mcp/nothing", conn["token"])):
+        headers = {**ACCEPT, **({"Authorization": f"Bearer {token}"} if token else {})}
+        r = httpx.post(path, headers=headers, json=body)
+        assert r.status_code in (401, 403), (path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    # Each token shown is recorded; a call with no credentials at all is only answered.
+    assert len(env.events(type="gateway.login_refused")) == 3
+
+
+def test_bad_messages_get_json_rpc_errors_and_hurt_nothing_else(
+        env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env)
+    headers = {**ACCEPT, "Authorization": f"Bearer {conn['token']}"}
+    url = gateway_url(base)
+
+    def post(content: bytes) -> httpx.Response:
+        return httpx.post(url, headers=headers, content=content, timeout=30)
+
+    malformed = post(b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    assert malformed.status_code >= 400 and malformed.json()["error"]["code"] == -32700
+    unknown = post(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/frobnicate",
+                               "params": {}}).encode())
+    assert "error" in unknown.json(), unknown.text
+    huge = post(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"text": "x" * (5 << 20)}}}).encode())
+    assert huge.status_code == 413 or "error" in huge.json(), huge.text[:200]
+    assert up.calls["echo"] == 0
+
+    async def agent() -> None:  # the same grant still works for a well-behaved client
+        async with connect(url, conn["token"]) as client:
+            assert payload(await client.call_tool("get_time", {})) == "12:00"
+
+    anyio.run(agent)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("kind: mcp", "kind: generic"), "resources[1]: a resource of kind mcp"),
+    (("url: UPSTREAM", "url: ftp://x"), "resources[1].mcp.url: must be an http"),
+    (("admin: [\"*\"]", "root: [\"*\"]"), 'resources[1].mcp.roles.root: unknown role "root"'),
+])
+def test_policy_check_checks_mcp_resources(change: tuple[str, str], expected: str) -> None:
+    from accord.spec.load import PolicyError, parse_policy_text
+
+    text = AGENTS_POLICY.replace("workflows:\n", MCP_RESOURCE.replace("WAIT", "1m")
+                                 + "workflows:\n")
+    with pytest.raises(PolicyError) as exc:
+        parse_policy_text(text.replace(*change))
+    assert any(str(p).startswith(expected) for p in exc.value.problems), exc.value.problems
+
+
+# ---------------------------------------------------------------- agent-aware detectors
+
+WEDNESDAY_10 = datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
+SUNDAY_3 = datetime(2026, 11, 29, 3, 0, 0, 123456, tzinfo=UTC)
+
+
+def calls(base: str, token: str, *made: tuple[str, dict[str, Any]]) -> None:
+    """Make these tool calls through the gateway; refusals are what some tests want."""
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), token) as client:
+            for name, arguments in made:
+                with contextlib.suppress(MCPError):
+                    await client.call_tool(name, arguments)
+
+    anyio.run(agent)
+
+
+def alerts(env: Env, rule: str) -> list[dict[str, Any]]:
+    detect_all(env.st.sessions, env.st.policies.current, env.st.now)
+    r = env.get("dave", "/api/v1/alerts", params={"rule": rule})
+    assert r.status_code == 200, r.text
+    return r.json()["items"]  # type: ignore[no-any-return]
+
+
+def test_an_agent_calling_refused_tools_again_and_again_is_an_alert(
+        env: Env, base: str) -> None:
+    env.clock.value = WEDNESDAY_10
+    _req, conn = granted(env)
+    calls(base, conn["token"], *[("drop_table", {"table": f"t{i}"}) for i in range(3)])
+    [alert] = alerts(env, "agent_refused_tools")
+    assert alert["user"] == "buildbot" and alert["severity"] == "high"
+    assert len(alert["evidence"]) == 3
+    assert "agent buildbot (of alice) called 3 refused tools" in alert["title"]
+    assert len(alerts(env, "scope_violation")) == 3  # each refusal is one as well
+
+
+def test_an_agent_at_work_while_its_owner_is_not_is_one_alert_an_hour(
+        env: Env, base: str) -> None:
+    env.clock.value = WEDNESDAY_10
+    _req, conn = granted(env)  # filed in working hours: nothing
+    calls(base, conn["token"], ("get_time", {}))
+    assert alerts(env, "agent_off_hours") == []
+    env.clock.value = SUNDAY_3  # a new grant (the first ended), its request and calls
+    _req, conn = granted(env)
+    calls(base, conn["token"], ("get_time", {}), ("echo", {"text": "x"}))
+    [alert] = alerts(env, "agent_off_hours")
+    assert alert["user"] == "buildbot"
+    assert "asked for access outside alice's working hours (Sun 03:00 UTC)" in alert["title"]
+    assert alerts(env, "off_hours") == []  # the people's rule leaves agents to this one
+
+
+def test_a_burst_of_tool_calls_is_an_alert(env: Env, base: str) -> None:
+    env.clock.value = WEDNESDAY_10
+    _req, conn = granted(env)
+    calls(base, conn["token"], *[("get_time", {})] * 4)
+    assert alerts(env, "agent_burst") == []
+    calls(base, conn["token"], ("get_time", {}))
+    [alert] = alerts(env, "agent_burst")
+    assert "agent buildbot (of alice) made 5 tool calls within 1m" in alert["title"]
+
+
+def test_accord_connect_gives_the_mcp_url_and_token(env: Env, base: str, up: Upstream) -> None:
+    from typer.testing import CliRunner
+
+    from accord.cli.main import app
+
+    granted(env)
+    r = CliRunner().invoke(app, ["connect", "tools"],
+                           env={"ACCORD_URL": base, "ACCORD_TOKEN": env.tokens["buildbot"]})
+    assert r.exit_code == 0, r.output
+    url = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("URL:"))
+    token = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("token:"))
+    assert url == gateway_url(base) and token.startswith("acg_")
+    calls(base, token, ("echo", {"text": "via the CLI's token"}))
+    assert up.calls["echo"] == 1
+
+
+def test_resources_and_prompts_are_governed_as_tools_are(
+        env: Env, base: str, up: Upstream) -> None:
+    _req, conn = granted(env)
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            listed = [str(r.uri) for r in (await client.list_resources()).resources]
+            assert listed == ["docs://readme"]
+            read = await client.read_resource("docs://readme")
+            assert read.contents[0].text == "read me"
+            with pytest.raises(MCPError) as refused:
+                await client.read_resource("secret://keys")
+            assert refused.value.error.code == -32001
+            prompts = [p.name for p in (await client.list_prompts()).prompts]
+            assert prompts == ["summarize"]
+            got = await client.get_prompt("summarize", {"text": "the news"})
+            assert "Summarize: the news" in got.messages[0].content.text
+            with pytest.raises(MCPError):
+                await client.get_prompt("exfiltrate", {})
+
+    anyio.run(agent)
+    assert up.calls == {"docs://readme": 1, "summarize": 1}
+    done = env.events(type="gateway.tool_call")
+    assert sorted((e["data"]["method"], e["data"]["tool"]) for e in done) == [
+        ("prompts/get", "summarize"), ("resources/read", "docs://readme")]
+    refused_ = env.events(type="gateway.violation")
+    assert sorted(e["data"]["tool"] for e in refused_) == ["exfiltrate", "secret://keys"]
+
+
+def test_an_upstream_started_as_a_command_speaks_stdio(
+        env: Env, base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setenv("UPSTREAM_SECRET", "s3")
+    monkeypatch.setenv("NOT_PASSED", "the gateway's own secret")
+    script = Path(__file__).with_name("stdio_upstream.py")
+    text = env.policy_path.read_text(encoding="utf-8").replace("workflows:\n", f"""\
+  - name: local-tools
+    kind: mcp
+    owners: [dba]
+    roles: [use]
+    mcp:
+      command: [{json.dumps(sys.executable)}, {json.dumps(str(script))}]
+      env: [UPSTREAM_SECRET]
+      roles: {{use: ["*"]}}
+workflows:
+""")
+    from accord.db import transaction
+    from accord.ledger.events import Actor
+    from accord.requests import reload as reloader
+
+    env.write_policy(text)
+    with transaction(env.st.sessions) as session:
+        result = reloader.reload(session, store=env.st.policies, actor=Actor.system("cli"))
+    reloader.install_after_commit(env.st.policies, result)
+    assert "local-tools" in env.st.policies.current.resources
+    agent_token(env)
+    req = env.ask("buildbot", resource="local-tools", role="use", reason="x")
+    assert env.act("alice", req["id"], "approve").status_code == 200
+    conn = env.post("buildbot", "/api/v1/mcp/connect", json={"resource": "local-tools"}).json()
+
+    async def agent() -> list[str]:
+        async with connect(f"{base}/gateway/mcp/local-tools", conn["token"]) as client:
+            return [payload(await client.call_tool("whoami", {})) for _ in range(2)]
+
+    first, second = anyio.run(agent)
+    assert first.startswith("stdio pid ") and "secret=s3" in first
+    assert "other=-" in first  # only the named variables (and the SDK's safe defaults)
+    assert first.split()[2] == second.split()[2]  # one process serves the calls
+    assert [e["data"]["tool"] for e in env.events(type="gateway.tool_call")] == ["whoami"] * 2
