@@ -74,6 +74,8 @@ def test_statement_cases_pass_and_fail_with_what_the_rules_did() -> None:
     ("{name: x, request: {requester: alice, resource: orders-db, role: read, duration: 1h},\n"
      "     expect: {action: block}}", "action: only statement cases expect it"),
     ("{name: x, expect: {action: block}}", "give either request or statement"),
+    ("{name: x, statement: {resource: orders-db, role: write, sql: 'select 1'}, expect: {}}",
+     "expect: give at least one of action, rule, rules"),
     ("{name: x, statement: {resource: orders-db, role: write, sql: 'select 1'},\n"
      "     expect: {action: stop}}", "expect.action: Input should be"),
 ])

@@ -29,6 +29,7 @@ EXPECTABLE = ("outcome", "workflow", "rule", "steps", "emergency", "elevated", "
               "rules")
 # What a statement case may assert (`rule`: the guardrail that decided, or none).
 STATEMENT_EXPECTABLE = ("action", "rule", "rules")
+REQUEST_EXPECTABLE = tuple(k for k in EXPECTABLE if k not in ("action", "rules"))
 GUARDRAIL_ACTIONS = ("block", "warn", "review", "none")
 # How statement cases are decided: (resource spec, role, SQL) → `action`, `rule`, `rules`
 # and `reason`. The gateway's parser does it; the outer layer hands it in.
@@ -198,7 +199,8 @@ def parse_cases(text: str, source: str) -> LoadedCases:
                                 else f"{where}: {_message(err)}")
             continue
         if not case.expect.given():
-            problems.append(f"{where}: expect: give at least one of {', '.join(EXPECTABLE)}")
+            fields = STATEMENT_EXPECTABLE if case.statement is not None else REQUEST_EXPECTABLE
+            problems.append(f"{where}: expect: give at least one of {', '.join(fields)}")
         cases.append(case)
         places.append(i)
     loaded = LoadedCases(path=source, cases=cases, text=text, places=places)
