@@ -27,6 +27,7 @@ from accord import logs, migrations
 from accord.api.app import create_app
 from accord.bootstrap import ledger_config
 from accord.db import make_engine, transaction
+from accord.gateway.postgres.cases import guardrail_case
 from accord.identity import service as identity
 from accord.ledger.events import Actor
 from accord.ledger.service import INLINE
@@ -248,6 +249,7 @@ def make_env(sessions: sessionmaker[Session], tmp_path: Path, policy_text: str =
     path.write_text(policy_text, encoding="utf-8")
     clock = Clock()
     store = PolicyStore(path, Policy(parse_policy_text(policy_text, str(path))))
+    store.statements = guardrail_case  # as bootstrap wires it
     settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
     settings = Settings.from_env({"ACCORD_DATA_DIR": str(tmp_path)})
     st = AppState(settings=settings, sessions=sessions, policies=store, now=clock,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from accord import migrations
 from accord.db import make_engine, make_sessionmaker, transaction, utcnow
+from accord.gateway.postgres.cases import guardrail_case
 from accord.ledger import keys
 from accord.ledger.checkpoints import LedgerConfig
 from accord.ledger.events import Actor
@@ -40,6 +41,7 @@ def build_state(
         )
     sessions = make_sessionmaker(engine)
     store = PolicyStore.from_file(config_path or settings.config_path)
+    store.statements = guardrail_case  # the policy's statement test cases: the gateway's parser
     st = AppState(settings=settings, sessions=sessions, policies=store, now=utcnow,
                   ledger=ledger_config(settings, store.current),
                   secrets=SecretBox.load_or_create(settings.secrets_key_file))

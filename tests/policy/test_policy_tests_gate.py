@@ -158,3 +158,25 @@ def test_start_and_sighup_refuse_a_policy_whose_tests_fail(
             assert [decode(row)["actor"]["id"] for row in rows] == ["sighup", "accord"]
     finally:
         st.sessions.kw["bind"].dispose()
+
+
+def test_reload_runs_statement_cases_with_the_gateways_parser(env: Env) -> None:
+    """Statement cases gate a load too: the entry point hands the server the gateway's
+    parser (without it, they would all fail)."""
+    cases = """\
+cases:
+  - name: orders-db has no guardrails
+    statement: {resource: orders-db, role: read, sql: "DELETE FROM orders"}
+    expect: {action: EXPECTED, rules: []}
+"""
+    tests = env.policy_path.parent / "accord.tests.yaml"
+    tests.write_text(cases.replace("EXPECTED", "block"), encoding="utf-8")
+    env.write_policy(NEW)
+    r = env.post("carol", RELOAD)
+    assert r.status_code == 409, r.text
+    assert r.json()["failed_cases"] == ["orders-db has no guardrails"]
+    assert refused(env)[-1]["data"]["failed"][0]["fields"] == ["action"]
+    tests.write_text(cases.replace("EXPECTED", "none"), encoding="utf-8")
+    r = env.post("carol", RELOAD)
+    assert r.status_code == 200, r.text
+    assert env.st.policies.current.version == sha(NEW)

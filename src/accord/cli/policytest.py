@@ -35,7 +35,9 @@ def policy_test(
     reason, optional time and emergency) and what the policy must decide (outcome
     approved/denied/pending/refused, workflow, rule, the eligible people per step,
     emergency, elevated). Routing is the server's own, without a database, over the
-    file's users and groups.
+    file's users and groups. A case may instead give a statement (resource, role, sql)
+    and what the resource's guardrails do with it (action block/warn/review/none, the
+    deciding rule, every rule matched), read by the gateway's own SQL parser.
 
     Prints one line per case, a diff for each failure and `N passed, M failed`. Exit 1
     when a case fails, 2 when the tests cannot run (a malformed tests file, a case naming
@@ -43,6 +45,7 @@ def policy_test(
     own tests fail is not loaded by the server (start, SIGHUP, POST /api/v1/admin/reload).
     """
     # The routing code (requests, grants, the ORM): only for this command, not at every start.
+    from accord.gateway.postgres.cases import guardrail_case
     from accord.policy.engine import Policy
     from accord.requests import policy_tests
     from accord.spec.policytests import CasesError
@@ -66,7 +69,7 @@ def policy_test(
         loaded = policy_tests.load(policy, paths)
     except CasesError as exc:
         _error(*exc.problems)
-    report = policy_tests.run(policy, loaded)
+    report = policy_tests.run(policy, loaded, statements=guardrail_case)
     if junit_xml is not None:
         _junit(report).write(junit_xml, encoding="utf-8", xml_declaration=True)
     if as_json:

@@ -344,6 +344,8 @@ class AuditWriter:
                 tail = b"\0"
             if error is not None:
                 tail += json.dumps(error).encode()
+            if run.masked:  # after a record separator (never in JSON): old readers stop
+                tail += b"\x1e" + json.dumps(sorted(run.masked)).encode()
             out.append(pack_done(DONE_STRUCT.size + len(tail), R_DONE, number, run.seq, rec,
                                  duration, -1 if rows is None else rows,
                                  OUTCOME_CODE[outcome]) + tail)

@@ -63,19 +63,21 @@ def mark_upsert(dialect: str) -> Any:
 
 
 # A statement in a `gateway.statement` event: one row of these columns (compact, and
-# cheap to encode: no keys to sort per statement).
+# cheap to encode: no keys to sort per statement). New columns go at the end (`masked`:
+# the result columns whose values masking rewrote; events without it are older).
 COLUMNS = ("seq", "offset_us", "protocol", "text", "param_count", "params", "tag", "rows",
-           "duration_us", "outcome", "error")
+           "duration_us", "outcome", "error", "masked")
 
 
 def statement_row(seq: int, protocol: str, text: str, params: object, tag: str | None,
                   rows: int | None, duration_ns: int, outcome: str,
-                  error: tuple[str, str] | list[str] | None) -> list[Any]:
+                  error: tuple[str, str] | list[str] | None,
+                  masked: list[str] | None = None) -> list[Any]:
     """A statement's row with `offset_us` still 0 (set when it joins an event)."""
     count = params if type(params) is int else (len(params) if isinstance(params, list) else 0)
     return [seq, 0, protocol, text, count, params if isinstance(params, list) else None, tag,
             rows, duration_ns // 1000, outcome,
-            [error[0], error[1][:2000]] if error else None]
+            [error[0], error[1][:2000]] if error else None, masked]
 
 
 def as_dicts(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -223,14 +223,22 @@ class Reader:
                 protocol, text, params, t0 = intents.pop(number << 32 | seq, NO_INTENT)
                 info = infos.get(number)
                 if info is not None:  # a row of recording.COLUMNS (offset_us set when shipped)
-                    # The tail: the tag, a NUL, and the error as JSON when there was one.
+                    # The tail: the tag, a NUL, and the error as JSON when there was one;
+                    # then, when values were masked, a record separator and their columns.
                     error: list[str] | None = None
+                    masked: list[str] | None = None
                     if body[end - 1] == 0:
                         nul = end - 1
                     else:
                         nul = body.index(b"\0", pos + dsize, end)
-                        code, message = json.loads(body[nul + 1:end])
-                        error = [str(code), str(message)[:2000]]
+                        rest = end
+                        sep = body.find(b"\x1e", nul + 1, end)
+                        if sep >= 0:
+                            masked = [str(c) for c in json.loads(body[sep + 1:end])]
+                            rest = sep
+                        if rest > nul + 1:
+                            code, message = json.loads(body[nul + 1:rest])
+                            error = [str(code), str(message)[:2000]]
                     tag: str | None = None
                     if nul > pos + dsize:
                         raw = body[pos + dsize:nul]
@@ -251,7 +259,7 @@ class Reader:
                         seq, 0, protocol, text, count, values, tag,
                         None if rows < 0 else rows if rows < SAFE_INT else SAFE_INT - 1,
                         duration // 1000 if duration < SAFE_NS else SAFE_INT - 1,
-                        OUTCOMES[outcome], error]))
+                        OUTCOMES[outcome], error, masked]))
             elif kind == R_INTENT:
                 length, _, number, seq, t0, size, protocol = intent(body, pos)
                 end = pos + 5 + length

@@ -14,6 +14,7 @@ from accord.people.snapshot import Directory
 from accord.policy.engine import Policy
 from accord.policy.models import PolicyState, PolicyVersion
 from accord.spec.load import LoadedPolicy, PolicyError, load_policy_file, parse_policy_text
+from accord.spec.policytests import StatementJudge
 
 
 class PolicyStore:
@@ -24,6 +25,9 @@ class PolicyStore:
         self._policy = policy
         self.lock = threading.Lock()
         self._checked = 0.0
+        # How the policy's statement test cases are decided (the gateway's SQL parser, set
+        # by the entry point: this layer does not know it); None: they fail saying so.
+        self.statements: StatementJudge | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> PolicyStore:

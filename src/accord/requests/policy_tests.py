@@ -30,6 +30,7 @@ from accord.spec.policytests import (
     Case,
     CasesError,
     LoadedCases,
+    StatementJudge,
     case_label,
     declared_tests,
     load_cases,
@@ -94,7 +95,11 @@ def check(policy: Policy, loaded: LoadedCases) -> list[str]:
     workflows = [w.spec.name for w in policy.workflows]
     for place, case in zip(loaded.places, loaded.cases, strict=True):
         where = f"{loaded.path}: {case_label(place, case.name)}"
+        if case.statement is not None:
+            problems += _check_statement(policy, case, where)
+            continue
         req, expect = case.request, case.expect
+        assert req is not None
         if not policy.is_principal(req.requester):
             problems.append(f'{where}: request.requester: unknown user "{req.requester}" '
                             "(not among accord.yaml's users and group members)")
@@ -117,10 +122,46 @@ def check(policy: Policy, loaded: LoadedCases) -> list[str]:
     return problems
 
 
+def _check_statement(policy: Policy, case: Case, where: str) -> list[str]:
+    """A statement case naming what the policy does not have: the resource, the role, the
+    guardrails it expects."""
+    st, expect = case.statement, case.expect
+    assert st is not None
+    spec = policy.resources.get(st.resource)
+    if spec is None:
+        return [f'{where}: statement.resource: unknown resource "{st.resource}" '
+                f"(known: {_known(policy.resources)})"]
+    problems = []
+    if st.role not in spec.roles:
+        problems.append(f'{where}: statement.role: {st.resource} offers no role "{st.role}" '
+                        f'(offers: {", ".join(spec.roles)})')
+    names = [g.name for g in spec.gateway.guardrails] if spec.gateway is not None else []
+    expected = list(expect.rules or []) + ([expect.rule] if expect.rule else [])
+    for name in expected:
+        if name not in names:
+            problems.append(f'{where}: expect: {st.resource} has no guardrail "{name}" '
+                            f"(guardrails: {_known(names)})")
+    return problems
+
+
+def decide_statement(policy: Policy, case: Case, statements: StatementJudge | None
+                     ) -> dict[str, Any]:
+    """What the resource's guardrails do with the case's statement, for the role."""
+    st = case.statement
+    assert st is not None
+    got: dict[str, Any] = dict.fromkeys(EXPECTABLE)
+    if statements is None:
+        got["reason"] = "statement cases need the gateway's SQL parser, which was not given"
+        return got
+    got.update(statements(policy.resources[st.resource], st.role, st.sql))
+    return got
+
+
 def _matched(policy: Policy, case: Case, now: datetime) -> str | None:
     """The workflow that matched a refused request (decide's order: the first that
     matches; one whose `match` errors does not)."""
     req = case.request
+    assert req is not None
     resource = policy.resources.get(req.resource)
     if resource is None:  # refused as unknown (`check` reports it before anything runs)
         return None
@@ -139,6 +180,7 @@ def _matched(policy: Policy, case: Case, now: datetime) -> str | None:
 def decide(policy: Policy, case: Case, now: datetime) -> dict[str, Any]:
     """What the policy makes of the case's request: every field a case may expect."""
     req = case.request
+    assert req is not None
     at = req.time or now
     try:
         decision, eligible = service.decide(
@@ -148,6 +190,7 @@ def decide(policy: Policy, case: Case, now: datetime) -> dict[str, Any]:
         workflow = None if req.emergency else _matched(policy, case, at)
         return {"outcome": "refused", "workflow": workflow, "rule": None, "steps": [],
                 "emergency": False, "elevated": _elevated(policy, workflow, req.role),
+                "action": None, "rules": None,
                 "reason": f"{exc.field}: {exc.detail}" if exc.field else exc.detail}
     pending = decision.outcome == "steps"
     return {
@@ -157,6 +200,7 @@ def decide(policy: Policy, case: Case, now: datetime) -> dict[str, Any]:
         "steps": [sorted(people) for people in eligible] if pending else [],
         "emergency": decision.rule == service.BREAK_GLASS,
         "elevated": _elevated(policy, decision.workflow, req.role),
+        "action": None, "rules": None,
         "reason": decision.reason,
     }
 
@@ -173,10 +217,12 @@ def _differs(key: str, expected: Any, got: Any) -> bool:
     return bool(expected != got)
 
 
-def run_case(policy: Policy, loaded: LoadedCases, index: int, now: datetime) -> CaseResult:
+def run_case(policy: Policy, loaded: LoadedCases, index: int, now: datetime,
+             statements: StatementJudge | None = None) -> CaseResult:
     case = loaded.cases[index]
     began = time.perf_counter()
-    got = decide(policy, case, now)
+    got = decide(policy, case, now) if case.statement is None else \
+        decide_statement(policy, case, statements)
     expected = case.expect.given()
     if "steps" in expected:
         expected["steps"] = [sorted(set(people)) for people in expected["steps"]]
@@ -185,14 +231,18 @@ def run_case(policy: Policy, loaded: LoadedCases, index: int, now: datetime) -> 
                       time.perf_counter() - began)
 
 
-def run(policy: Policy, files: list[LoadedCases], *, now: datetime | None = None) -> Report:
+def run(policy: Policy, files: list[LoadedCases], *, now: datetime | None = None,
+        statements: StatementJudge | None = None) -> Report:
     """Run every case of `files` against `policy` (the file alone: its own people). Check
-    the files first (`check`): a case naming an unknown user or resource does not run."""
+    the files first (`check`): a case naming an unknown user or resource does not run.
+    Statement cases are decided by `statements` (the gateway's parser; without it, they
+    fail saying so)."""
     policy = policy.with_directory(EMPTY)
     at = now or utcnow()
     report = Report(files=[f.path for f in files])
     for loaded in files:
-        report.results += [run_case(policy, loaded, i, at) for i in range(len(loaded.cases))]
+        report.results += [run_case(policy, loaded, i, at, statements)
+                           for i in range(len(loaded.cases))]
     return report
 
 
@@ -239,7 +289,8 @@ class PolicyTestsFailed(Conflict):
             "policy is unchanged; `accord policy test` shows why")
 
 
-def check_before_loading(policy: Policy) -> Report | None:
+def check_before_loading(policy: Policy, statements: StatementJudge | None = None
+                         ) -> Report | None:
     """Run the policy's own tests, if it declares any. Raises Invalid when they cannot run
     (a malformed tests file, a case naming an unknown user) and PolicyTestsFailed when one
     fails; returns the report (None: no tests declared)."""
@@ -252,7 +303,7 @@ def check_before_loading(policy: Policy) -> Report | None:
         raise Invalid(f"{policy.loaded.source}: its tests cannot run, so it was not loaded "
                       "and the running policy is unchanged: " + "; ".join(exc.problems)
                       ) from None
-    report = run(policy, files)
+    report = run(policy, files, statements=statements)
     if report.failed:
         raise PolicyTestsFailed(policy, report)
     return report

@@ -39,7 +39,8 @@ def reload(session: Session, *, store: PolicyStore, actor: Actor,
         raise Invalid("accord.yaml has errors; the running policy is unchanged: groups "
                       f"{', '.join(clash)} also come from the identity provider's directory; "
                       "rename one of them (a group has one source)")
-    policy_tests.check_before_loading(policy)  # raises when its own tests fail
+    # raises when its own tests fail (statement cases: the parser the entry point gave)
+    policy_tests.check_before_loading(policy, store.statements)
     result = service.announce(session, policy=policy, actor=actor)
     if result["changed"]:
         now = now or utcnow()

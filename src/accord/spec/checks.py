@@ -13,6 +13,7 @@ from accord.spec.base import NAME
 from accord.spec.file import PolicyFile
 from accord.spec.gateway import GatewaySpec
 from accord.spec.guardrails import FUNCTION, STATEMENT_KINDS, TABLE
+from accord.spec.masking import COLUMN, PATTERN
 from accord.spec.resources import GATEWAY_CLASSES, ResourceSpec
 
 CEL_VARIABLES = frozenset({"request", "resource"})
@@ -284,6 +285,7 @@ def _check_resource_gateway(path: str, r: ResourceSpec) -> list[PolicyProblem]:
         problems.append(PolicyProblem(path, "needs dsn_env or dsn_file (or a postgres "
                                             "provision target whose DSN it uses)"))
     problems += _check_guardrails(path, r)
+    problems += _check_masking(path, r)
     for role, classes in g.roles.items():
         if role not in r.roles:
             problems.append(PolicyProblem(f"{path}.roles.{role}", f'unknown role "{role}"'))
@@ -333,4 +335,42 @@ def _check_guardrails(path: str, r: ResourceSpec) -> list[PolicyProblem]:
                 k.lower() for k in rule.statements}:
             problems.append(PolicyProblem(f"{base}.without_limit",
                                           "only queries (select) have a LIMIT"))
+    return problems
+
+
+def _check_masking(path: str, r: ResourceSpec) -> list[PolicyProblem]:
+    """`gateway.masking`: unique names, known roles, column names and patterns that parse,
+    something to mask, and a protocol whose gateway masks (PostgreSQL's, so far: a rule
+    the data path would not apply must not pass for one it does)."""
+    problems: list[PolicyProblem] = []
+    assert r.gateway is not None
+    if r.gateway.masking and r.gateway_protocol != "postgres":
+        problems.append(PolicyProblem(f"{path}.masking", "masking is applied by the "
+                                      "PostgreSQL gateway only; this resource is served "
+                                      f"over {r.gateway_protocol}"))
+    seen: set[str] = set()
+    for i, rule in enumerate(r.gateway.masking):
+        base = f"{path}.masking[{i}]"
+        if rule.name in seen:
+            problems.append(PolicyProblem(f"{base}.name", f'duplicate masking rule "{rule.name}"'))
+        seen.add(rule.name)
+        if not rule.conditions:
+            problems.append(PolicyProblem(base, "give at least one of columns, "
+                                                "column_patterns, detectors"))
+        if not rule.replacement:
+            problems.append(PolicyProblem(f"{base}.replacement", "must not be empty (a masked "
+                                                                 "value never looks unmasked)"))
+        for k, role in enumerate(rule.roles):
+            if role not in r.roles:
+                problems.append(PolicyProblem(f"{base}.roles[{k}]", f'unknown role "{role}"'))
+        for k, column in enumerate(rule.columns):
+            if not COLUMN.match(column):
+                problems.append(PolicyProblem(f"{base}.columns[{k}]",
+                                              f'"{column}" is not schema.table.column'))
+        for k, pattern in enumerate(rule.column_patterns):
+            if not PATTERN.match(pattern) or pattern.strip("*?") == "":
+                problems.append(PolicyProblem(
+                    f"{base}.column_patterns[{k}]",
+                    f'"{pattern}" is not a column-name pattern (letters, digits, _, $, '
+                    f'* and ?, with at least one letter or digit)'))
     return problems

@@ -9,13 +9,14 @@ duration ...`), as `load.py` does for `accord.yaml`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AwareDatetime, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, Field, ValidationError, field_validator, model_validator
 
 from accord.spec.base import Strict, as_duration
 
@@ -24,7 +25,15 @@ DEFAULT_TESTS = "accord.tests.yaml"  # beside accord.yaml, when `policy.tests` i
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 OUTCOMES = ("approved", "denied", "pending", "refused")
 # What a case's `expect` may assert, in the order failures are shown.
-EXPECTABLE = ("outcome", "workflow", "rule", "steps", "emergency", "elevated")
+EXPECTABLE = ("outcome", "workflow", "rule", "steps", "emergency", "elevated", "action",
+              "rules")
+# What a statement case may assert (`rule`: the guardrail that decided, or none).
+STATEMENT_EXPECTABLE = ("action", "rule", "rules")
+REQUEST_EXPECTABLE = tuple(k for k in EXPECTABLE if k not in ("action", "rules"))
+GUARDRAIL_ACTIONS = ("block", "warn", "review", "none")
+# How statement cases are decided: (resource spec, role, SQL) → `action`, `rule`, `rules`
+# and `reason`. The gateway's parser does it; the outer layer hands it in.
+StatementJudge = Callable[[Any, str, str], dict[str, Any]]
 
 
 class PolicySection(Strict):
@@ -49,6 +58,14 @@ class CaseRequest(Strict):
     _d = field_validator("duration", mode="before")(lambda cls, v: as_duration(v))
 
 
+class CaseStatement(Strict):
+    """A statement as a gateway session of `role` on `resource` would send it."""
+
+    resource: str
+    role: str
+    sql: str = Field(min_length=1)
+
+
 class CaseExpect(Strict):
     """What the policy must decide; only the fields given are checked."""
 
@@ -58,8 +75,13 @@ class CaseExpect(Strict):
     steps: list[list[str]] | None = None  # eligible people per step, after exclusions
     emergency: bool | None = None
     elevated: bool | None = None
+    # Statement cases: what the resource's guardrails do with it (`none`: no rule matched)
+    # and every rule it matched, in file order.
+    action: Literal["block", "warn", "review", "none"] | None = None
+    rules: list[str] | None = None
 
-    @field_validator("outcome", "steps", "emergency", "elevated", mode="before")
+    @field_validator("outcome", "steps", "emergency", "elevated", "action", "rules",
+                     mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:  # only `workflow` and `rule` may be asserted to be none
@@ -72,9 +94,24 @@ class CaseExpect(Strict):
 
 
 class Case(Strict):
+    """A request and what the policy decides, or a statement and what the guardrails do."""
+
     name: str = Field(min_length=1)
-    request: CaseRequest
+    request: CaseRequest | None = None
+    statement: CaseStatement | None = None
     expect: CaseExpect
+
+    @model_validator(mode="after")
+    def _one(self) -> Case:
+        if (self.request is None) == (self.statement is None):
+            raise ValueError("give either request or statement")
+        given = set(self.expect.given())
+        if self.statement is not None and (wrong := given - set(STATEMENT_EXPECTABLE)):
+            raise ValueError(f"a statement case expects only {', '.join(STATEMENT_EXPECTABLE)}"
+                             f" (not {', '.join(sorted(wrong))})")
+        if self.request is not None and (wrong := given & {"action", "rules"}):
+            raise ValueError(f"{', '.join(sorted(wrong))}: only statement cases expect it")
+        return self
 
 
 @dataclass(frozen=True)
@@ -162,7 +199,8 @@ def parse_cases(text: str, source: str) -> LoadedCases:
                                 else f"{where}: {_message(err)}")
             continue
         if not case.expect.given():
-            problems.append(f"{where}: expect: give at least one of {', '.join(EXPECTABLE)}")
+            fields = STATEMENT_EXPECTABLE if case.statement is not None else REQUEST_EXPECTABLE
+            problems.append(f"{where}: expect: give at least one of {', '.join(fields)}")
         cases.append(case)
         places.append(i)
     loaded = LoadedCases(path=source, cases=cases, text=text, places=places)

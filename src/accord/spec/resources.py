@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from accord.spec.base import NAME, Strict, as_duration
 from accord.spec.guardrails import DEFAULT_REVIEW_WINDOW, GuardrailSpec
+from accord.spec.masking import MaskingSpec
 
 
 class RolePrivileges(Strict):
@@ -65,6 +66,8 @@ class ResourceGatewaySpec(Strict):
     guardrails: list[GuardrailSpec] = Field(default_factory=list)
     # How long after its approval a reviewed statement may run (once).
     review_window: timedelta = DEFAULT_REVIEW_WINDOW
+    # Values rewritten in query results, per role (docs/gateway.md, Masking).
+    masking: list[MaskingSpec] = Field(default_factory=list)
 
     _w = field_validator("review_window", mode="before")(lambda cls, v: as_duration(v))
 

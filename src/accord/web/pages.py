@@ -47,6 +47,7 @@ from accord.identity import service as identity
 from accord.identity import sessions
 from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
+from accord.ledger.events import EventType
 from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.reports import charts
 from accord.requests import explain as explaining
@@ -654,10 +655,14 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
     ) if explaining.may_explain(policy, viewer.user, req) else None
     recorded = ssh_views.listing(session, grant.id) if grant is not None else []
     end_read(session)
+    # A statement review's execution, as the ledger holds it (binds the run to the hash).
+    executed = next((e for e in events
+                     if e.event.get("type") == str(EventType.REQUEST_STATEMENT_EXECUTED)), None)
     return page(request, "request_detail.html", viewer, r=out, events=events,
                 ledger=ledger_state, actions=acts, status=status, waiting=_waiting(out),
                 connect=_connectable(viewer, out), explanation=explanation,
-                ssh_sessions=recorded)
+                ssh_sessions=recorded,
+                executed=executed)
 
 
 def _request_id(value: str) -> int:

@@ -8,13 +8,17 @@ multi-statement strings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from accord.db import transaction
+from accord.ledger import service as ledger
 from tests.gateway.conftest import World, open_world, serve_api
+from tests.web.test_pages import login, text_of
 
 pytestmark = pytest.mark.postgres
 
@@ -31,6 +35,7 @@ RULES = """\
            statements: [insert, update, delete],
            message: "payments change with a second pair of eyes"}
         - {name: no-sleep, action: block, functions: [pg_sleep]}
+web: {local_login: true}
 """
 WORKFLOWS = """\
   - name: statements
@@ -235,6 +240,15 @@ def test_reviewed_statement_runs_once_after_another_person_approves(
     assert len(executed) == 1 and executed[0]["data"]["sha256"] == digest
     assert executed[0]["data"]["grant_id"] == writer["grant_id"]
     assert gw.env.get("alice", f"/api/v1/requests/{rid}").json()["status"] == "executed"
+    # The request page shows the SQL, and its execution as the ledger holds it.
+    with transaction(gw.env.st.sessions) as s:  # the ledger integrates what was written
+        ledger.integrate_pending(s)
+    page = text_of(login(gw.env, "bob").get(f"/requests/{rid}"))
+    assert f"Statement to run once {sql} " in page and f"sha256 {digest}" in page
+    assert "guardrail payments-writes" in page
+    assert re.search(r"executed \S+ \S+ UTC in session \S+ \(ledger #\d+: "
+                     r"request\.statement_executed by alice, grant #" +
+                     str(writer["grant_id"]) + r"\)", page), page
 
     gw.target("INSERT INTO payments VALUES (1, 100) RETURNING id")
     r = gw.psql(writer, sql)  # a second run: refused and recorded; a new request filed

@@ -39,6 +39,7 @@ from typing import Any
 from accord.gateway.classes import ADMIN, DDL, IDENTITY, PINNED, UNKNOWN
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.guard import Guard
+from accord.gateway.postgres.mask import RowPlan, SessionMask, rewrite_rows
 from accord.gateway.postgres.scope import (
     PINNED_SETTINGS,
     Classifier,
@@ -71,6 +72,7 @@ _FUNC_RESULT, _NOTICE, _NOTIFY, _PARAM_STATUS = b"VNAS"
 _FRONTEND_OK = frozenset(b"QPBEDCSHFXdcf")
 _PASSIVE = frozenset(b"tNASGHWc")  # backend messages the tracker has nothing to do with
 _BACKEND_OK = frozenset(b"123tTnDCIsEZGHWVNASdc")
+_MASK_META = frozenset(b"TnHW")  # what a masked session reads besides DataRows
 
 # Pending-entry kinds (what the server will answer, in order).
 K_QUERY, K_PARSE, K_BIND, K_EXECUTE, K_DESCRIBE, K_CLOSE, K_SYNC, K_CALL = range(8)
@@ -106,12 +108,18 @@ class _Hold(Exception):
 
 
 class _Entry:
-    __slots__ = ("error", "index", "kind", "message", "prepare", "refused", "runs")
+    __slots__ = ("error", "hidden", "index", "kind", "message", "portal", "prepare", "refused",
+                 "runs")
 
     def __init__(self, kind: int, runs: list[Run] | None = None,
                  refused: Violation | None = None, prepare: list[Any] | None = None,
-                 message: bytes | None = None) -> None:
+                 message: bytes | None = None, portal: bytes | None = None,
+                 hidden: bool = False) -> None:
         self.kind = kind
+        # Masking: the portal an Execute runs or a Describe describes (None: a statement),
+        # and whether the gateway sent the Describe itself (its answer is not passed on).
+        self.portal = portal
+        self.hidden = hidden
         self.message = message  # refused by a guardrail: the error the client gets
         self.runs = runs  # QUERY: one per statement; EXECUTE/CALL: one
         self.index = 0  # QUERY: the statement whose result comes next
@@ -237,6 +245,14 @@ def guard_refusal(rule: str, message: str, text: bytes) -> bytes:
         hint="the resource's guardrails in accord.yaml refuse it whatever the role")
 
 
+def copy_refusal(text: bytes) -> bytes:
+    """The error for a `COPY ... TO` in a session whose results are masked."""
+    return pq.error_response(
+        "42501", "Accord gateway: COPY ... TO is refused for a role whose results are masked",
+        detail=f"refused statement: {_shown(text)}",
+        hint="select the rows instead: masking rewrites query results, not copy streams")
+
+
 def guard_notice(rule: str, message: str) -> bytes:
     return pq.notice_response("01000", f"Accord gateway: {message or 'careful'} "
                                        f"(guardrail {rule})", severity="WARNING")
@@ -247,8 +263,18 @@ class Conversation:
 
     def __init__(self, *, allowed: frozenset[str], classifier: Classifier, role: str,
                  resource: str, redact: bool = True, max_message: int = 8 << 20,
-                 auto_prepare: int = 0, guard: Guard | None = None) -> None:
+                 auto_prepare: int = 0, guard: Guard | None = None,
+                 mask: SessionMask | None = None) -> None:
         self.allowed = allowed
+        # Masking (None: the session's results pass as they are). The rows of a simple
+        # query follow its RowDescription (`_plan`); an Execute's, its portal's Describe
+        # (`_portal_plans`), which the gateway sends itself when the client did not.
+        self.mask = mask
+        self._plan: RowPlan | None = None
+        self._portal_plans: dict[bytes, RowPlan | None] = {}
+        self._described: set[bytes] = set()  # portals described since their Bind
+        if mask is not None:
+            auto_prepare = 0  # statements stay the client's: Describes answer in order
         # Guardrails (None: the session has no rules). Statements a rule matched (`hits`);
         # a statement a review rule holds (`awaiting`) until `resolve` gives its decision.
         self.guard = guard if guard is not None and guard.rules else None
@@ -522,7 +548,8 @@ class Conversation:
                 sql = data[5:-1]
                 classes = self.classify.shape(sql)
                 if classes is not None and classes <= self.allowed and (
-                        self.guard is None or self.guard.quiet(sql)):
+                        self.guard is None or self.guard.quiet(sql)) and (
+                        self.mask is None or not self.mask.copies_out(sql)):
                     self.seq += 1
                     run = Run(self.seq, "simple", sql.strip(), None, _now())
                     self.started.append(run)
@@ -605,10 +632,17 @@ class Conversation:
                         last = end
                         pos = end
                         continue
+                if self.mask is not None and portal not in self._described:
+                    # Which columns its rows have: asked first, the answer kept here.
+                    pending.append(_Entry(K_DESCRIBE, portal=portal, hidden=True))
+                    self._described.add(portal)
+                    parts = parts or []
+                    parts += (data[last:pos], pq.message(b"D", b"P" + portal + b"\0"))
+                    last = pos
                 self.seq += 1
                 run = Run(self.seq, "extended", text, params, _now())
                 self.started.append(run)
-                pending.append(_Entry(K_EXECUTE, [run]))
+                pending.append(_Entry(K_EXECUTE, [run], portal=portal))
                 self._may_skip = True
             elif kind == _D:
                 if length < 6 or data[pos + 5] not in (0x53, 0x50) or \
@@ -620,6 +654,13 @@ class Conversation:
                     parts = parts or []  # statement prepared for reuse
                     parts += (data[last:pos], pq.message(b"D", b"S" + target + b"\0"))
                     last = end
+                elif self.mask is not None:
+                    described = data[pos + 6:end - 1]
+                    if data[pos + 5] == 0x50:
+                        self._described.add(described)
+                        pending.append(_Entry(K_DESCRIBE, portal=described))
+                    else:
+                        pending.append(_Entry(K_DESCRIBE))
                 else:
                     pending.append(_DESCRIBE_ENTRY)
                 self._may_skip = True
@@ -665,6 +706,7 @@ class Conversation:
                 if count < 0:
                     raise pq.ProtocolError("Bind: bad parameter count")
                 self._portals[b""] = (self._statements.get(b"") or b"", count)
+                self._described.discard(b"")
                 target = self._unnamed if not self._unsure else self._unnamed_target()
                 if target is not None:  # bind the statement prepared for reuse
                     pending.append(_REUSED_BIND_ENTRY)
@@ -722,7 +764,8 @@ class Conversation:
             sql = body[:-1]
             classes = self.classify.shape(sql)
             if classes is not None and classes <= self.allowed and (  # the common case, fast
-                    self.guard is None or self.guard.quiet(sql)):
+                    self.guard is None or self.guard.quiet(sql)) and (
+                    self.mask is None or not self.mask.copies_out(sql)):
                 self.seq += 1
                 run = Run(self.seq, "simple", sql.strip(), None, _now())
                 self.started.append(run)
@@ -733,6 +776,7 @@ class Conversation:
             text = self._statements.get(name)
             params: object = count if self.redact else render_params(body)
             self._portals[portal] = (text or b"", params)
+            self._described.discard(portal)
             if self._reviewed:
                 self._approved_portals.discard(portal)
                 if text in self._reviewed:  # its values are part of what is reviewed
@@ -757,6 +801,14 @@ class Conversation:
                 if not parsed.name:  # the server drops its unnamed statement before parsing;
                     self._statements[b""] = None  # a named one it keeps: Binds run that
                 pending.append(_Entry(K_PARSE, refused=v))
+                self._refusing = True
+                return pq.parse_message(parsed.name, REFUSED_SQL)
+            if self.mask is not None and self.mask.copies_out(parsed.query):
+                self.hits.append(GuardrailHit(parsed.query, "extended", _now(), BLOCK,
+                                              "masking", ("masking",), detail="copy_out"))
+                if not parsed.name:
+                    self._statements[b""] = None
+                pending.append(_Entry(K_PARSE, message=copy_refusal(parsed.query)))
                 self._refusing = True
                 return pq.parse_message(parsed.name, REFUSED_SQL)
             guarded = False
@@ -797,6 +849,11 @@ class Conversation:
                 self.violations.append(v)
                 pending.append(_Entry(K_QUERY, [], refused=v))
                 return pq.message(b"Q", REFUSED_SQL + b"\0")
+            if self.mask is not None and self.mask.copies_out(sql):
+                self.hits.append(GuardrailHit(sql, "simple", t0, BLOCK, "masking",
+                                              ("masking",), detail="copy_out"))
+                pending.append(_Entry(K_QUERY, [], message=copy_refusal(sql)))
+                return pq.message(b"Q", REFUSED_SQL + b"\0")
             if self.guard is not None and (outcome := self.guard(sql)).matches:
                 refusal = self._guarded(outcome, sql, None, "simple", t0,
                                         prepares=_prepares(verdict))
@@ -819,6 +876,7 @@ class Conversation:
                     self._unnamed_to(None)
             else:
                 self._portals.pop(name, None)
+                self._described.discard(name)
             pending.append(_CLOSE_ENTRY)
             return None
         if kind == _F:
@@ -851,12 +909,13 @@ class Conversation:
             lead, self._lead = self._lead, b""
             return lead + self.server(data)
         pending = self._pending
-        if len(pending) == 1 and not self._sbuf and not self._srest \
-                and self._one_result(pending[0], data):
-            return data
-        if 4 <= len(pending) <= 5 and not self._sbuf and not self._srest \
-                and self._one_execution(data):
-            return data
+        if self.mask is None:
+            if len(pending) == 1 and not self._sbuf and not self._srest \
+                    and self._one_result(pending[0], data):
+                return data
+            if 4 <= len(pending) <= 5 and not self._sbuf and not self._srest \
+                    and self._one_execution(data):
+                return data
         if self._sbuf:
             data = self._sbuf + data
             self._sbuf = b""
@@ -875,6 +934,19 @@ class Conversation:
             kind = data[pos]
             length = unpack(data, pos + 1)[0]
             end = pos + 1 + length
+            if kind == _DATA_ROW and self.mask is not None:
+                if length < 6 or length > limit:
+                    raise pq.ProtocolError("invalid DataRow from the server")
+                if end > n:
+                    break  # masked: only whole rows pass
+                end, replacement = self._masked_rows(data, pos, n)
+                if replacement is not None:
+                    if parts is None:
+                        parts = []
+                    parts += (data[last:pos], replacement)
+                    last = end
+                pos = end
+                continue
             if kind == _DATA_ROW or kind == _COPY_DATA:  # noqa: SIM109 - the hot path
                 if length < 4:
                     raise pq.ProtocolError("invalid message length from the server")
@@ -896,6 +968,17 @@ class Conversation:
                     raise pq.ProtocolError(f"unexpected message {chr(kind)!r} ({length} "
                                            f"bytes) from the server")
                 break
+            if self.mask is not None and kind in _MASK_META:
+                if length < 4:
+                    raise pq.ProtocolError("invalid message length from the server")
+                replacement = self._masked_meta(kind, data[pos + 5:end])
+                if replacement is not None:
+                    if parts is None:
+                        parts = []
+                    parts += (data[last:pos], replacement)
+                    last = end
+                pos = end
+                continue
             expect = _ACKS.get(kind)
             if expect is not None:  # an acknowledgement: the entry it answers is done
                 if length < 4:
@@ -961,6 +1044,52 @@ class Conversation:
             return data if pos == n else data[:pos]
         parts.append(data[last:pos])
         return b"".join(parts)
+
+    def _masked_meta(self, kind: int, body: bytes) -> bytes | None:
+        """A RowDescription, NoData or copy response in a masked session: notes which
+        columns the rows that follow have; returns what the client gets instead (b"":
+        nothing, for a Describe the gateway sent itself), or None for the message as is."""
+        if kind == _COPY_OUT or kind == _COPY_BOTH:  # noqa: SIM109
+            raise pq.ProtocolError("the server streams copy data to a session whose "
+                                   "results are masked")
+        pending = self._pending
+        head = pending[0] if pending else None
+        plan = self.mask.describe(body) if kind == _ROW_DESC and self.mask else None
+        if head is not None and head.kind == K_DESCRIBE:
+            pending.popleft()
+            if head.portal is not None:
+                self._portal_plans[head.portal] = plan
+            if head.hidden:
+                return b""
+        elif plan is not None:  # a simple query's result
+            self._plan = plan
+        return plan.description if plan is not None else None
+
+    def _masked_rows(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
+        """The whole DataRows from `pos` in a masked session: counted and masked. Returns
+        where they end and what the client gets instead (None: the same bytes)."""
+        pending = self._pending
+        head = pending[0] if pending else None
+        plan: RowPlan | None = None
+        run: Run | None = None
+        if head is not None and head.runs:
+            if head.kind == K_QUERY:
+                plan = self._plan
+                if head.index < len(head.runs):
+                    run = head.runs[head.index]
+            elif head.kind == K_EXECUTE:
+                plan = self._portal_plans.get(head.portal or b"")
+                run = head.runs[0]
+        if plan is None:  # rows the gateway cannot tell the columns of: never passed on
+            raise pq.ProtocolError("a DataRow the gateway cannot match to a RowDescription")
+        assert self.mask is not None
+        if run is not None and run.masked is None and plan.targets:
+            run.masked = set()
+        end, rows, out = rewrite_rows(data, pos, n, plan, self.mask.masker,
+                                      run.masked if run is not None else None)
+        if run is not None:
+            run.rows += rows
+        return end, out
 
     @staticmethod
     def _check_pins(body: bytes) -> None:

@@ -15,10 +15,12 @@ from typing import Any, cast
 from accord.gateway import prefork_msg, reviews, tokens
 from accord.gateway.classes import role_classes
 from accord.gateway.link import Closed, Link
+from accord.gateway.masking import Masker
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres import upstream
 from accord.gateway.postgres.conversation import Conversation, PinnedSettingChanged
 from accord.gateway.postgres.guard import Guard
+from accord.gateway.postgres.mask import SessionMask, lookup
 from accord.gateway.postgres.scope import Classifier
 from accord.gateway.records import SessionInfo
 from accord.gateway.rules import ReviewAsk, ReviewDecision, RuleSet
@@ -40,6 +42,7 @@ class Authorized:
     allowed: frozenset[str]
     target: upstream.Target
     guard: Guard | None = field(default=None)
+    masker: Masker | None = field(default=None)
 
 
 class ProxySession:
@@ -222,6 +225,7 @@ class PostgresGateway(GatewayServer):
         self._logins: set[tuple[str, str, str]] = set()  # gateway logins made ready here
         # (resource, role) → (the rules they came from, the guard and its caches)
         self._guards: dict[tuple[str, str], tuple[Any, Guard]] = {}
+        self._maskers: dict[tuple[str, str], tuple[Any, Masker | None]] = {}
 
     def guard_for(self, spec: Any, role: str) -> Guard | None:
         """The guardrails of a role of a resource (None: none); sessions with the same
@@ -238,6 +242,20 @@ class PostgresGateway(GatewayServer):
         if guard is not None:
             self._guards[key] = (rules, guard)
         return guard
+
+    def masker_for(self, spec: Any, role: str) -> Masker | None:
+        """The masking rules of a role of a resource (None: none), compiled once per
+        policy."""
+        rules = spec.gateway.masking if spec.gateway is not None else []
+        if not rules:
+            return None
+        key = (spec.name, role)
+        known = self._maskers.get(key)
+        if known is not None and known[0] == rules:
+            return known[1]
+        masker = Masker.of(rules, role)
+        self._maskers[key] = (rules, masker)
+        return masker
 
     def from_sibling(self, msg: bytes) -> None:
         if msg[:1] == prefork_msg.CANCEL and len(msg) == prefork_msg.CANCEL_SIZE:
@@ -265,6 +283,13 @@ class PostgresGateway(GatewayServer):
                 startup, tls = started
                 auth = await self._authenticate(client, startup, tls, where)
                 server = await self._connect_upstream(auth, startup)
+                mask = None
+                if auth.masker is not None:  # which stored columns the rules name
+                    try:
+                        mask = SessionMask(auth.masker, await lookup(server.link, auth.masker))
+                    except BaseException:
+                        server.link.close()
+                        raise
         except tokens.Refusal as exc:
             self.refused("login")
             log.info("gateway: refused %s from %s: %s", exc.code, where, exc.message)
@@ -293,7 +318,8 @@ class PostgresGateway(GatewayServer):
         conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
                             resource=auth.resource, redact=self.spec.redact_parameters,
                             max_message=self.spec.max_message,
-                            auto_prepare=self.spec.auto_prepare, guard=auth.guard)
+                            auto_prepare=self.spec.auto_prepare, guard=auth.guard,
+                            mask=mask)
         session = ProxySession(self, client, server, conv, info, auth.target)
         hello = [pq.auth_request(pq.AUTH_OK)]
         hello += [pq.parameter_status(k, v) for k, v in server.params.items()]
@@ -379,7 +405,7 @@ class PostgresGateway(GatewayServer):
                 raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
             return Authorized(grant.id, user, resource, grant.role,
                               role_classes(grant.role, configured), target,
-                              self.guard_for(spec, grant.role))
+                              self.guard_for(spec, grant.role), self.masker_for(spec, grant.role))
 
         return await self.db(check)
 
