@@ -27,11 +27,21 @@
       fetch(location.href, { headers: { "X-Accord-Live": "1" }, credentials: "same-origin" })
         .then(function (r) {
           if (r.status === 401) { location.reload(); return null; }
-          return r.ok ? r.text() : null;
+          if (!r.ok) { retry(); return null; }
+          return r.text();
         })
-        .then(function (html) { if (html) swapLive(html); })
-        .catch(function () { /* the next change event retries */ });
+        .then(function (html) { if (html) { failures = 0; swapLive(html); } })
+        .catch(retry);
     }, 200);
+  }
+
+  // A refresh that failed (a busy server's 503, a dropped connection) is tried again: the
+  // change it was for may be the last one for a while (a checkpoint turning badges green).
+  let failures = 0;
+  function retry() {
+    if (failures >= 5) return;
+    failures += 1;
+    setTimeout(refresh, 1000 * failures);
   }
 
   function startLive() {
