@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -185,13 +186,11 @@ PROTOCOLS = ["accord.api.connections:H11WithDeadline",
              "accord.api.connections:HttpToolsWithDeadline"]
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_the_deadline_holds_on_h11_and_httptools(protocol: str) -> None:
-    before = connections.HeaderDeadline.header_timeout
-    connections.configure(header_timeout=0.5)
+@contextmanager
+def _serving(protocol: str) -> Iterator[int]:
+    """uvicorn with `protocol` in a thread, serving `_ok`; yields its port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(_ok, http=protocol, log_level="warning",
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -202,20 +201,30 @@ def test_the_deadline_holds_on_h11_and_httptools(protocol: str) -> None:
                 break
             threading.Event().wait(0.01)
         assert server.started
-        # a complete request is answered, however near the deadline it ends
-        fast = _open(port, FULL)
-        assert _response(fast).startswith(b"HTTP/1.1 200 ")
-        fast.close()
-        start = time.monotonic()
-        data, closed = _until_closed(_open(port, PARTIAL))
-        assert data.startswith(b"HTTP/1.1 408 "), data
-        assert 0.45 <= closed - start <= 3
-        data, _ = _until_closed(_open(port, PARTIAL + b"a" * (70 * 1024)))
-        assert data.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), data
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_deadline_holds_on_h11_and_httptools(protocol: str) -> None:
+    before = connections.HeaderDeadline.header_timeout
+    connections.configure(header_timeout=0.5)
+    try:
+        with _serving(protocol) as port:
+            # a complete request is answered, however near the deadline it ends
+            fast = _open(port, FULL)
+            assert _response(fast).startswith(b"HTTP/1.1 200 ")
+            fast.close()
+            start = time.monotonic()
+            data, closed = _until_closed(_open(port, PARTIAL))
+            assert data.startswith(b"HTTP/1.1 408 "), data
+            assert 0.45 <= closed - start <= 3
+            data, _ = _until_closed(_open(port, PARTIAL + b"a" * (70 * 1024)))
+            assert data.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), data
+    finally:
         connections.configure(header_timeout=before)
 
 
@@ -225,19 +234,7 @@ def test_a_kept_alive_connection_closes_after_max_requests(
     """So that with --workers N a client's long-lived connections are spread again: each
     reconnect goes to the worker first to accept it."""
     monkeypatch.setattr(connections.HeaderDeadline, "max_requests", 3)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_ok, http=protocol, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):  # bounded: uvicorn sets `started` once it accepts connections
-            if server.started:
-                break
-            threading.Event().wait(0.01)
-        assert server.started
+    with _serving(protocol) as port:
         conn = _open(port)
         heads = []
         for _ in range(2):
@@ -247,7 +244,3 @@ def test_a_kept_alive_connection_closes_after_max_requests(
         conn.sendall(FULL)
         data, _ = _until_closed(conn)  # the third answer, then the server closes
         assert data.startswith(b"HTTP/1.1 200 ") and b"connection: close" in data.lower()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
