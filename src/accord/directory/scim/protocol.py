@@ -64,8 +64,9 @@ class AccordService(ScimService):
         except orjson.JSONDecodeError:
             data = None
         ids = _plain_members(data.get("members")) if isinstance(data, dict) else None
-        if ids is None or not isinstance(data, dict):
+        if ids is None:
             return super().read_creation(resource_type, body, content_type)
+        assert isinstance(data, dict)
         rest = orjson.dumps({k: v for k, v in data.items() if k != "members"})
         group = super().read_creation(resource_type, rest, content_type)
         assert isinstance(group, AccordGroup)

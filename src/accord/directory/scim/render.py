@@ -19,6 +19,7 @@ from scim2_models import Meta, Resource
 
 from accord.directory.scim.models import (
     ENTERPRISE_SCHEMA,
+    AccordEmail,
     AccordEnterprise,
     AccordGroup,
     AccordUser,
@@ -51,6 +52,12 @@ def _meta(meta: Meta | None, kind: str, location: str) -> dict[str, Any] | None:
                      "location": meta.location or location, "version": meta.version})
 
 
+def _email(email: AccordEmail) -> dict[str, Any]:
+    kind = email.type
+    return _compact({"value": email.value,
+                     "type": None if kind is None else str(getattr(kind, "value", kind))})
+
+
 def user(resource: AccordUser, base_url: str) -> dict[str, Any]:
     assert resource.id is not None
     name = resource.name
@@ -65,9 +72,7 @@ def user(resource: AccordUser, base_url: str) -> dict[str, Any]:
                  or None) if name is not None else None,
         "displayName": resource.display_name,
         "active": resource.active,
-        "emails": [_compact({"value": e.value, "type": None if e.type is None else str(
-            e.type.value if hasattr(e.type, "value") else e.type)})
-            for e in resource.emails] or None if resource.emails else None,
+        "emails": [_email(e) for e in resource.emails or []] or None,
     })
     if ext is not None:
         if ENTERPRISE_SCHEMA not in body["schemas"]:
