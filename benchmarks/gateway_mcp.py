@@ -8,7 +8,7 @@ MCP resource the policy approves at once; then each run drives --sessions client
 calls per second and latency percentiles of each, the throughput ratio (target >= 0.5)
 and the p99 latency the gateway adds (target < 10 ms on 2 cores).
 
-Run: .venv/bin/python benchmarks/mcp.py [--sessions 8] [--seconds 10]
+Run: .venv/bin/python benchmarks/gateway_mcp.py [--sessions 8] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-# This file is named like the SDK it drives: its own directory (sys.path[0] when run as a
-# script) must not shadow the `mcp` package.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 POLICY = """\
 users: [alice, frank]
