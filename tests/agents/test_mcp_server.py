@@ -3,7 +3,9 @@ the five tools, the agent's token, the API's permission checks and ledger events
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +193,16 @@ def test_accord_mcp_local_serves_from_the_database(tmp_path: Path) -> None:
     anyio.run(agent)
     refused = runner.invoke(app, ["mcp", "--local"], env={**cli_env, "ACCORD_TOKEN": "acc_x"})
     assert refused.exit_code == 1 and "invalid token" in refused.stderr
+
+
+def test_building_the_mcp_server_leaves_the_root_logger_alone() -> None:
+    """The SDK's constructor configures the root logger (a rich handler at INFO) when nothing
+    did yet: a benchmark building the app then printed every httpx request."""
+    script = ("import logging\n"
+              "from accord.api import mcp\n"
+              "mcp.build(None, None)  # type: ignore[arg-type]\n"
+              "root = logging.getLogger()\n"
+              "print(len(root.handlers), root.level)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}, check=True, timeout=60)
+    assert out.stdout.split() == ["0", str(logging.WARNING)]

@@ -11,6 +11,7 @@ the permission checks, the routing and the ledger events are the API's; only `vi
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -72,8 +73,15 @@ def token_caller(st: AppState, token: str) -> Authenticator:
 
 def build(st: AppState, caller: Authenticator) -> MCPServer:
     """The MCP server with Accord's tools, for one way of knowing the caller."""
+    # The SDK's constructor calls logging.basicConfig (a rich handler at INFO on the root
+    # logger) when nothing configured logging yet: an app built without `accord serve`'s
+    # logging (a benchmark, an embedding) then printed every httpx request. accord.logs owns
+    # the root logger; undo the SDK's setup.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     server: MCPServer = MCPServer("accord", version=__version__, instructions=INSTRUCTIONS,
                                   warn_on_duplicate_tools=False)
+    root.handlers[:], root.level = handlers, level
 
     async def run(ctx: Context, fn: Callable[[Session, Principal], T], *,
                   command: bool = False) -> T:
