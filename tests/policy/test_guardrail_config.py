@@ -13,10 +13,10 @@ ORDERS = """  - {name: orders-db, kind: postgres, labels: {env: prod}, owners: [
 """
 
 
-def with_rules(rules: str) -> str:
-    return swap(ORDERS, """  - name: orders-db
-    kind: postgres
-    labels: {env: prod}
+def with_rules(rules: str, kind: str = "postgres") -> str:
+    return swap(ORDERS, f"""  - name: orders-db
+    kind: {kind}
+    labels: {{env: prod}}
     owners: [dba]
     roles: [read, write, admin]
     gateway:
@@ -55,6 +55,15 @@ def test_rule_problems_carry_their_paths() -> None:
     assert f"{base}[2].without_where: only UPDATE and DELETE have a WHERE here" in found
     assert f'{base}[3].schemas[0]: "a.b" is not a valid name' in found
     assert f"{base}[3].without_limit: only queries (select) have a LIMIT" in found
+
+
+def test_mysql_resources_cannot_have_guardrails() -> None:
+    """The MySQL gateway does not match guardrails: a rule it would not apply must not load
+    as if it did."""
+    found = problems(with_rules("        - {name: a, action: block, statements: [DELETE]}\n",
+                                kind="mysql"))
+    assert "resources[1].gateway.guardrails: guardrails are applied by the PostgreSQL " \
+           "gateway only; this resource is served over mysql" in found
 
 
 def test_unknown_action_is_refused() -> None:

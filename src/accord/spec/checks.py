@@ -299,9 +299,14 @@ def _check_resource_gateway(path: str, r: ResourceSpec) -> list[PolicyProblem]:
 
 def _check_guardrails(path: str, r: ResourceSpec) -> list[PolicyProblem]:
     """`gateway.guardrails`: unique names, known roles and statement kinds, names that
-    parse, and at least one condition (a rule without any would match every statement)."""
+    parse, at least one condition (a rule without any would match every statement), and
+    the PostgreSQL gateway (the one that matches them, on pglast's tree)."""
     problems: list[PolicyProblem] = []
     assert r.gateway is not None
+    if r.gateway.guardrails and r.gateway_protocol != "postgres":
+        problems.append(PolicyProblem(f"{path}.guardrails", "guardrails are applied by the "
+                                      "PostgreSQL gateway only; this resource is served "
+                                      f"over {r.gateway_protocol}"))
     seen: set[str] = set()
     for i, rule in enumerate(r.gateway.guardrails):
         base = f"{path}.guardrails[{i}]"
