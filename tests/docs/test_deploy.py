@@ -1,6 +1,7 @@
 """deploy/: what the compose file and the Dockerfile ask of Accord exists.
 
-No Docker engine runs here, so the image is not built: these check, without one, that
+No Docker engine runs here: `deploy/check-image` builds and runs the image by hand
+(buildah, minutes, Debian and PyPI). These check, in every run, that
 every `accord` command and option they run is in the CLI, every ACCORD_* variable they
 or the env file examples set is one Accord reads, the healthcheck's route is served,
 volumes, env files and dependencies are declared, and the example policy loads.
@@ -8,8 +9,10 @@ volumes, env files and dependencies are declared, and the example policy loads.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,16 @@ def test_every_metric_docs_operations_names_exists() -> None:
     for name in named:
         base = re.sub(r"_(total|bucket|sum|count)$", "", name)
         assert name in defined or base in defined, f"docs/operations.md: no metric {name}"
+
+
+def test_check_image_is_a_working_script() -> None:
+    """deploy/check-image (the image built and run without a Docker engine) parses and
+    answers --help; it is run by hand (a build takes minutes and reaches Debian and PyPI),
+    its last result is in deploy/README.md."""
+    script = DEPLOY / "check-image"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    assert "buildah" in out.stdout and "--no-build" in out.stdout
+    bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument: --bogus" in bad.stderr
