@@ -56,13 +56,13 @@ EARLIER_POLICIES = frozenset({
     "bd49e1722d287dbabb842ceac708f7159dc0ec8b6136d19aa17e87d1cd6a2fb3",
 })
 
-ORDERS = [  # id, customer, total, status
-    (1001, "ACME Corp", "1299.00", "shipped"),
-    (1002, "Globex", "89.50", "shipped"),
-    (1003, "Initech", "450.00", "refund_pending"),
-    (1004, "Umbrella", "2310.75", "processing"),
-    (1005, "Stark Industries", "15.99", "refund_pending"),
-    (1006, "Wayne Enterprises", "780.00", "processing"),
+ORDERS = [  # id, customer, total, status, contact (masked for readers by the gateway)
+    (1001, "ACME Corp", "1299.00", "shipped", "billing@acme.example"),
+    (1002, "Globex", "89.50", "shipped", "ap@globex.example"),
+    (1003, "Initech", "450.00", "refund_pending", "peter@initech.example"),
+    (1004, "Umbrella", "2310.75", "processing", "orders@umbrella.example"),
+    (1005, "Stark Industries", "15.99", "refund_pending", "pepper@stark.example"),
+    (1006, "Wayne Enterprises", "780.00", "processing", "lucius@wayne.example"),
 ]
 
 DEMO_POLICY = """\
@@ -108,6 +108,11 @@ detect:
   off_hours: {enabled: false}
   rubber_stamp: {enabled: false}
 {gateway}
+# An AI agent acting for alice: it asks for access like a person (the API, `accord mcp`),
+# never approves; `accord token issue alice --agent report-bot` gives it a token.
+agents:
+  - {name: report-bot, owner: alice, description: drafts the weekly orders report}
+
 resources:
   - name: staging-db
     kind: postgres
@@ -196,6 +201,18 @@ cases:
               reason: "SEV2: checkout failing on row locks", emergency: true}
     expect: {outcome: approved, emergency: true}
 """
+# With the gateway (a PostgreSQL answered): what orders-db's guardrails do with statements.
+DEMO_STATEMENT_TESTS = """\
+  - name: a DELETE without WHERE never runs, whatever the role
+    statement: {resource: orders-db, role: write, sql: "DELETE FROM orders"}
+    expect: {action: block, rule: no-unbounded-change}
+  - name: a DELETE that names its rows runs
+    statement: {resource: orders-db, role: write, sql: "DELETE FROM orders WHERE id = 1003"}
+    expect: {action: none}
+  - name: a TRUNCATE, however it is spelled, waits for a review
+    statement: {resource: orders-db, role: admin, sql: "/* tidy */ truncate ORDERS"}
+    expect: {action: review, rule: destructive-needs-review}
+"""
 TESTS_FILE = "accord.tests.yaml"
 TESTS_HASH_FILE = ".accord.tests.yaml.sha256"
 
@@ -219,6 +236,18 @@ PROVISION_BLOCK = """\
         read: {{privileges: ["SELECT ON ALL TABLES IN SCHEMA public"]}}
         write: {{privileges: ["SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"]}}
         admin: {{privileges: ["ALL ON ALL TABLES IN SCHEMA public"]}}
+    # What the gateway does with statements and results (docs/gateway.md): an UPDATE or
+    # DELETE without WHERE never runs; DROP and TRUNCATE wait until a second person
+    # approves that exact statement, which then runs once; readers see contacts masked.
+    gateway:
+      review_window: 1h
+      guardrails:
+        - {{name: no-unbounded-change, action: block, statements: [update, delete],
+           without_where: true, message: "UPDATE and DELETE need a WHERE clause"}}
+        - {{name: destructive-needs-review, action: review, statements: [drop, truncate],
+           message: "DROP and TRUNCATE run once someone else approves them"}}
+      masking:
+        - {{name: customer-contacts, roles: [read], columns: [public.orders.contact]}}
 """
 
 
@@ -293,15 +322,21 @@ def _prepare_database(conninfo: str, database: str) -> None:
         conn = psycopg.connect(conninfo, connect_timeout=3, autocommit=True)
     with conn:
         row = conn.execute("SELECT to_regclass('public.orders')").fetchone()
-        if row is not None and row[0] is not None:
-            return
         with conn.transaction():
-            conn.execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer text NOT "
-                         "NULL, total numeric(10, 2) NOT NULL, status text NOT NULL, "
-                         "placed_at timestamptz NOT NULL DEFAULT now())")
-            conn.cursor().executemany(
-                "INSERT INTO public.orders (id, customer, total, status) VALUES (%s, %s, %s, %s)",
-                ORDERS)
+            if row is None or row[0] is None:
+                conn.execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer text "
+                             "NOT NULL, total numeric(10, 2) NOT NULL, status text NOT NULL, "
+                             "placed_at timestamptz NOT NULL DEFAULT now(), contact text)")
+                conn.cursor().executemany(
+                    "INSERT INTO public.orders (id, customer, total, status, contact) "
+                    "VALUES (%s, %s, %s, %s, %s)", ORDERS)
+            elif conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                              "'public' AND table_name = 'orders' AND column_name = 'contact'"
+                              ).fetchone() is None:
+                # an earlier demo's table: the column the masking rule shows off
+                conn.execute("ALTER TABLE public.orders ADD COLUMN contact text")
+                conn.cursor().executemany("UPDATE public.orders SET contact = %s WHERE id = %s",
+                                          [(o[4], o[0]) for o in ORDERS])
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -367,7 +402,7 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
     if text != current:
         path.write_text(text, encoding="utf-8")
     marker.write_text(_sha256(text) + "\n")
-    _write_tests(directory)
+    _write_tests(directory, DEMO_TESTS + (DEMO_STATEMENT_TESTS if pg is not None else ""))
     if pg is None:
         note = (f"No PostgreSQL for the gateway ({tried}): start one (Debian: apt-get "
                 "install postgresql) or set ACCORD_DEMO_PG to an admin URL, and restart the "
@@ -377,15 +412,15 @@ def write_policy(directory: Path, env: dict[str, str] | None = None) -> DemoSetu
     return DemoSetup(path, pg, f"127.0.0.1:{port}" if port is not None else None, note)
 
 
-def _write_tests(directory: Path) -> None:
+def _write_tests(directory: Path, tests: str) -> None:
     """The policy's tests beside it, unless someone edited the ones there."""
     path, marker = directory / TESTS_FILE, directory / TESTS_HASH_FILE
     if path.exists() and not (marker.exists() and marker.read_text().strip()
                               == _sha256(path.read_text(encoding="utf-8"))):
         return
-    if not path.exists() or path.read_text(encoding="utf-8") != DEMO_TESTS:
-        path.write_text(DEMO_TESTS, encoding="utf-8")
-    marker.write_text(_sha256(DEMO_TESTS) + "\n")
+    if not path.exists() or path.read_text(encoding="utf-8") != tests:
+        path.write_text(tests, encoding="utf-8")
+    marker.write_text(_sha256(tests) + "\n")
 
 
 def seed(st: AppState) -> int | None:
@@ -520,8 +555,8 @@ def _gateway_use(st: AppState, request_id: int, timeout: float) -> None:
                 return
             stop.wait(0.2)
     with conn:
-        conn.execute("SELECT id, customer, total FROM orders WHERE status = 'refund_pending'"
-                     ).fetchall()
+        conn.execute("SELECT id, customer, total, contact FROM orders "
+                     "WHERE status = 'refund_pending'").fetchall()  # contact: masked
         # What the demo shows: refused by the gateway, recorded, alerted.
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute("UPDATE orders SET status = 'refunded' WHERE id = 1003")

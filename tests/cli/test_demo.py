@@ -133,6 +133,10 @@ def test_the_demo_with_postgres_serves_orders_db_through_the_gateway(
              "ORDER BY id'"], capture_output=True, text=True, timeout=30, check=False)
         assert rows.returncode == 0, rows.stderr
         assert rows.stdout.splitlines()[:2] == ["1001|ACME Corp", "1002|Globex"]
+        masked = subprocess.run(  # the demo's masking rule: readers see no contacts
+            ["bash", "-c", psql_line + " -X -A -t -c 'SELECT id, contact FROM orders "
+             "ORDER BY id LIMIT 2'"], capture_output=True, text=True, timeout=30, check=False)
+        assert masked.stdout.splitlines() == ["1001|****", "1002|****"], masked.stderr
         dsn = re.search(r"^DSN:\s+(\S+)$", out.stdout, re.M).group(1)  # type: ignore[union-attr]
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (6,)

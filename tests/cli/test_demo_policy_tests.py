@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from accord import demo
 from accord.cli.main import app
+from accord.gateway.postgres.cases import guardrail_case
 from accord.policy.engine import Policy
 from accord.requests import policy_tests
 from accord.spec.load import parse_policy_text
@@ -21,11 +22,13 @@ from tests.serverproc import _free_port
 def test_the_demo_policy_passes_its_tests(tmp_path: Path, pg: demo.DemoPostgres | None) -> None:
     text = demo.render_policy(tmp_path, pg, 6432 if pg else None)
     policy = Policy(parse_policy_text(text, str(tmp_path / "accord.yaml")))
-    cases = parse_cases(demo.DEMO_TESTS, "accord.tests.yaml")
+    # with a PostgreSQL, orders-db has the gateway's guardrails and the statement cases
+    text = demo.DEMO_TESTS + (demo.DEMO_STATEMENT_TESTS if pg else "")
+    cases = parse_cases(text, "accord.tests.yaml")
     assert policy_tests.check(policy, cases) == []
-    report = policy_tests.run(policy, [cases])
+    report = policy_tests.run(policy, [cases], statements=guardrail_case)
     assert report.failed == [], [(r.name, r.expected, r.got) for r in report.failed]
-    assert report.passed == len(cases.cases) >= 8
+    assert report.passed == len(cases.cases) >= (11 if pg else 8)
 
 
 def test_the_demo_writes_its_tests_beside_the_policy_and_keeps_edited_ones(
