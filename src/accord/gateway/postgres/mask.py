@@ -219,7 +219,19 @@ def rewrite_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
     return end, count, b"".join(out)
 
 
+def _row_end(data: bytes, pos: int, n: int) -> int:
+    """Where the DataRow at `pos` ends; -1: no whole DataRow there (another message, or
+    one cut by the end of the read)."""
+    if n - pos < 5 or data[pos] != 0x44:
+        return -1
+    end = pos + 1 + _unpack_i32(data, pos + 1)[0]
+    if end < pos + 7:
+        raise pq.ProtocolError("DataRow: bad length")
+    return end if end <= n else -1
+
+
 def _count_rows(data: bytes, pos: int, n: int) -> tuple[int, int, None]:
+    """The whole DataRows from `pos` on, counted (a result nothing is masked in)."""
     count = 0
     while n - pos >= 5 and data[pos] == 0x44:
         end = pos + 1 + _unpack_i32(data, pos + 1)[0]
@@ -329,12 +341,7 @@ def _rows_one_by_one(data: bytes, pos: int, n: int, plan: RowPlan, masker: Maske
     out: list[bytes] = []
     copied = pos
     rows = 0
-    while n - pos >= 5 and data[pos] == 0x44:
-        end = pos + 1 + _unpack_i32(data, pos + 1)[0]
-        if end > n or end < pos + 7:
-            if end < pos + 7:
-                raise pq.ProtocolError("DataRow: bad length")
-            break
+    while (end := _row_end(data, pos, n)) >= 0:
         rows += 1
         new = rewrite_row(data, pos + 5, end, plan, masker, masked)
         if new is not None:
