@@ -76,6 +76,22 @@ log = logging.getLogger("accord.gateway")
 # ---------------------------------------------------------------------- writing
 
 
+
+_MASKED_TAILS: dict[frozenset[str], bytes] = {}  # masked columns → their bytes in a record
+
+
+def _masked_tail(columns: set[str]) -> bytes:
+    """The masked columns of an outcome record (a masked session's every statement: its
+    result's columns repeat, and `json.dumps` costs more than the rest of the record)."""
+    key = frozenset(columns)
+    tail = _MASKED_TAILS.get(key)
+    if tail is None:
+        tail = b"\x1e" + json.dumps(sorted(columns)).encode()
+        if len(_MASKED_TAILS) >= 1024:
+            _MASKED_TAILS.clear()
+        _MASKED_TAILS[key] = tail
+    return tail
+
 class AuditWriter:
     """The gateway's side: spool records on the event loop's thread; a shipper ships them."""
 
@@ -345,7 +361,7 @@ class AuditWriter:
             if error is not None:
                 tail += json.dumps(error).encode()
             if run.masked:  # after a record separator (never in JSON): old readers stop
-                tail += b"\x1e" + json.dumps(sorted(run.masked)).encode()
+                tail += _masked_tail(run.masked)
             out.append(pack_done(DONE_STRUCT.size + len(tail), R_DONE, number, run.seq, rec,
                                  duration, -1 if rows is None else rows,
                                  OUTCOME_CODE[outcome]) + tail)

@@ -35,6 +35,7 @@ TEXT_OID = 25
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})
 _FIELD = struct.Struct("!IhIhih")  # table OID, attnum, type OID, typlen, typmod, format
 _I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
 _unpack_i32 = _I32.unpack_from
 _pack_i32 = _I32.pack
 MAX_PLANS = 256
@@ -44,18 +45,23 @@ NO_PLAN = Plan({}, (), ())
 class RowPlan:
     """A result's plan and its RowDescription as the client gets it (None: unchanged)."""
 
-    __slots__ = ("description", "last", "plan", "replacements", "targets")
+    __slots__ = ("description", "fast", "last", "plan", "replacements", "targets",
+                 "whole_names")
 
     def __init__(self, plan: Plan, description: bytes | None) -> None:
         self.plan = plan
         self.description = description
         self.targets = frozenset(plan.whole) | frozenset(plan.scan)
         self.last = max(self.targets) if self.targets else -1
+        self.whole_names = tuple(plan.names[i] for i in plan.whole)
         # Columns up to the last masked one: a whole column's replacement as a field
         # (its length first), else None. Only when no detector reads a column.
         self.replacements: tuple[bytes | None, ...] | None = None if plan.scan else tuple(
             None if i not in plan.whole else _pack_i32(len(plan.whole[i])) + plan.whole[i]
             for i in range(self.last + 1))
+        # The row loop written for these replacements (None: detectors, or nothing masked)
+        self.fast = _whole_rows(self.replacements) \
+            if self.replacements is not None and self.targets else None
 
 
 class SessionMask:
@@ -141,7 +147,11 @@ def copies_out(sql: bytes) -> bool:
 def rewrite_row(data: bytes, start: int, end: int, plan: RowPlan, masker: Masker,
                 masked: set[str] | None) -> bytes | None:
     """The DataRow whose body is `data[start:end]`, masked by `plan` (the whole message),
-    or None when no value changed. Names of the columns changed are added to `masked`."""
+    or None when no value changed. Names of the columns changed are added to `masked`.
+    The careful path (rows read by detectors, rows with a NULL where a column is masked
+    whole, malformed rows): every length is checked against the row's end."""
+    if end - start < 2:
+        raise pq.ProtocolError("DataRow: bad length")
     count = int.from_bytes(data[start:start + 2], "big", signed=True)
     targets = plan.targets
     whole = plan.plan.whole
@@ -151,6 +161,8 @@ def rewrite_row(data: bytes, start: int, end: int, plan: RowPlan, masker: Masker
     parts: list[bytes] | None = None
     unpack = _unpack_i32
     for i in range(last + 1):
+        if pos + 4 > end:
+            raise pq.ProtocolError("DataRow: bad length")
         length = unpack(data, pos)[0]
         begin = pos + 4
         stop = begin + length if length > 0 else begin
@@ -184,99 +196,139 @@ def rewrite_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
     masked: (where they end, how many, the bytes the client gets or None when no value
     changed). One call for a read's rows: per row, only the fields up to the last masked
     column are looked at. Names of the columns changed are added to `masked`."""
-    replacements = plan.replacements
-    if replacements is None:  # detectors read values: one row at a time
-        return _rows_one_by_one(data, pos, n, plan, masker, masked)
-    if not plan.targets:  # nothing to mask in this result: rows counted
-        count = 0
-        while n - pos >= 5 and data[pos] == 0x44:
-            end = pos + 1 + _unpack_i32(data, pos + 1)[0]
-            if end > n:
-                break
-            count += 1
-            pos = end
-        return pos, count, None
-    rows = _whole_rows(replacements)
+    fast = plan.fast
+    if fast is None:
+        if plan.replacements is None:  # detectors read values: one row at a time
+            return _rows_one_by_one(data, pos, n, plan, masker, masked)
+        return _count_rows(data, pos, n)  # nothing to mask in this result
     changed: set[str] = set()
-
-    def one(data: bytes, pos: int, end: int) -> bytes:  # a row with a masked column NULL
-        return rewrite_row(data, pos + 5, end, plan, masker, changed) or data[pos:end]
-
-    end, count, out, whole = rows(data, pos, n, one)
+    end, count, out, whole = fast(data, pos, n, plan, masker, changed)
+    if end < n and count == 0 and n - end < _HEAD.size and data[end] == 0x44:
+        # a DataRow too short for the fast loop's first read, at the buffer's end
+        stop = end + 1 + _unpack_i32(data, end + 1)[0] if n - end >= 5 else n + 1
+        if stop <= n:
+            row = rewrite_row(data, end + 5, stop, plan, masker, changed)
+            out, end, count = [row or data[end:stop], stop], stop, 1
     if masked is not None:
         if whole:
-            masked.update(plan.plan.names[i] for i in plan.plan.whole)
+            masked.update(plan.whole_names)
         masked.update(changed)
-    if not out:
+    if not whole and not changed:
         return end, count, None
     out.append(data[out.pop():end])  # the last row's rest, as it was
     return end, count, b"".join(out)
 
 
-_ROW_HEAD = struct.Struct("!ih").unpack_from  # DataRow length, column count
+def _row_end(data: bytes, pos: int, n: int) -> int:
+    """Where the DataRow at `pos` ends; -1: no whole DataRow there (another message, or
+    one cut by the end of the read)."""
+    if n - pos < 5 or data[pos] != 0x44:
+        return -1
+    end = pos + 1 + _unpack_i32(data, pos + 1)[0]
+    if end < pos + 7:
+        raise pq.ProtocolError("DataRow: bad length")
+    return end if end <= n else -1
+
+
+def _count_rows(data: bytes, pos: int, n: int) -> tuple[int, int, None]:
+    """The whole DataRows from `pos` on, counted (a result nothing is masked in)."""
+    count = 0
+    while n - pos >= 5 and data[pos] == 0x44:
+        end = pos + 1 + _unpack_i32(data, pos + 1)[0]
+        if end > n or end < pos + 7:
+            if end < pos + 7:
+                raise pq.ProtocolError("DataRow: bad length")
+            break
+        count += 1
+        pos = end
+    return pos, count, None
+
+
+# A DataRow's kind, length and first field's length, read as unsigned: a NULL (-1) there
+# or in a later field read the same way sends the walk past the row's end.
+_HEAD = struct.Struct("!BI2xI")
 _COMPILED: dict[tuple[bytes | None, ...], Any] = {}
 
 
 def _whole_rows(replacements: tuple[bytes | None, ...]) -> Any:
     """A function masking the DataRows of a buffer for these columns (`RowPlan.
-    replacements`), written for them: each row's fields up to the last masked one are read
-    in straight-line code, without a loop over columns or a lookup per field (a masked
-    session's rows all pass here: this is its cost). Rows with a masked column NULL go
-    to `one` (the general `rewrite_row`). Returns (end, rows, parts, whether some row was
-    masked): `parts` ends with where the last part stops being rewritten (an int)."""
+    replacements`, for a result no detector reads), written for them: each row's field
+    lengths up to the last masked column are read in straight-line code (one `unpack_from`
+    each, no loop over columns, no test per field), and the row is passed on as slices of
+    the buffer around the replacements (adjacent masked columns: one constant). A row
+    with a NULL up to the last masked column (or anything irregular) takes the careful
+    path (`rewrite_row`). Returns (end, rows, parts, whether some row was masked here):
+    `parts` ends with where the last part stops being rewritten (an int)."""
     known = _COMPILED.get(replacements)
     if known is not None:
         return known
     last = len(replacements) - 1
-    masked = [i for i, r in enumerate(replacements) if r is not None]
+    spans: list[list[int]] = []  # runs of adjacent masked columns: [first, last]
+    for i, r in enumerate(replacements):
+        if r is not None:
+            if spans and spans[-1][1] == i - 1:
+                spans[-1][1] = i
+            else:
+                spans.append([i, i])
+    constants = {f"R{a}": b"".join(replacements[i] or b"" for i in range(a, b + 1))
+                 for a, b in spans}
+    delta = sum(len(c) for c in constants.values())
+    starts = {a for a, _ in spans}
+    ends = {b for _, b in spans}
+    # f{i}: where field i starts (its length); the row's fields start at pos + 7.
+    walk = []
+    if 0 in starts:
+        walk.append("                f0 = pos + 7")
+    walk.append("                p = pos + 11 + s")
+    if 0 in ends:
+        walk.append("                g0 = p")
+    for i in range(1, last + 1):
+        if i in starts:
+            walk.append(f"                f{i} = p")
+        walk.append("                p += 4 + unpack(data, p)[0]")
+        if i in ends:
+            walk.append(f"                g{i} = p")
+    removed = " - ".join(f"(g{b} - f{a})" for a, b in spans)
+    pieces = ["data[copied:pos + 1]", f"pack(length - {removed} + {delta})"]
+    prev = "pos + 5"
+    for a, b in spans:
+        pieces += [f"data[{prev}:f{a}]", f"R{a}"]
+        prev = f"g{b}"
     lines = [
-        "def rows(data, pos, n, one):",
+        "def rows(data, pos, n, plan, masker, changed):",
         "    out = []",
         "    copied = pos",
         "    count = 0",
         "    whole = False",
-        "    while n - pos >= 7 and data[pos] == 68:",
-        "        length, columns = head(data, pos + 1)",
-        "        end = pos + 1 + length",
-        "        if end > n:",
-        "            break",
-        f"        if columns <= {last}:",
-        "            raise Bad('DataRow: fewer columns than its RowDescription')",
-        "        count += 1",
-        "        p = pos + 7",
-    ]
-    for i in range(last + 1):
-        lines.append("        s = unpack(data, p)[0]")
-        if i in masked:
-            lines += [f"        a{i} = p", f"        n{i} = s"]
-        lines.append("        p += 4 + s if s > 0 else 4")
-        if i in masked:
-            lines.append(f"        b{i} = p")
-    delta = sum(len(replacements[i] or b"") - 4 for i in masked)
-    pieces = []
-    prev = "pos + 5"
-    for i in masked:
-        pieces += [f"data[{prev}:a{i}]", f"R{i}"]
-        prev = f"b{i}"
-    lines += [
-        "        if p > end:",
-        "            raise Bad('DataRow: bad length')",
-        f"        if {' and '.join(f'n{i} >= 0' for i in masked)}:",
-        f"            out += (data[copied:pos], b'D' + pack(length + {delta} - "
-        f"{' - '.join(f'n{i}' for i in masked)}), {', '.join(pieces)})",
-        f"            copied = {prev}",
-        "            whole = True",
-        "        else:",
-        "            out += (data[copied:pos], one(data, pos, end))",
-        "            copied = end",
-        "        pos = end",
-        "    if out:",
-        "        out.append(copied)",
+        "    try:",
+        "        while True:",
+        "            kind, length, s = head(data, pos)",
+        "            end = pos + 1 + length",
+        "            if kind != 68 or end > n:",
+        "                break",
+        "            try:",
+        *walk,
+        "            except StructError:",
+        "                p = end + 1",
+        "            if p > end:",
+        "                out += (data[copied:pos],",
+        "                        careful(data, pos + 5, end, plan, masker, changed)"
+        " or data[pos:end])",
+        "                copied = end",
+        "            else:",
+        f"                out += ({', '.join(pieces)})",
+        f"                copied = {prev}",
+        "                whole = True",
+        "            count += 1",
+        "            pos = end",
+        "    except StructError:",
+        "        pass",
+        "    out.append(copied)",
         "    return pos, count, out, whole",
     ]
-    scope: dict[str, Any] = {"head": _ROW_HEAD, "unpack": _unpack_i32, "pack": _pack_i32,
-                             "Bad": pq.ProtocolError}
-    scope.update({f"R{i}": replacements[i] for i in masked})
+    scope: dict[str, Any] = {"head": _HEAD.unpack_from, "unpack": _U32.unpack_from,
+                             "pack": _U32.pack, "careful": rewrite_row,
+                             "StructError": struct.error, **constants}
     exec("\n".join(lines), scope)  # noqa: S102 - our own text: names and numbers only
     if len(_COMPILED) >= MAX_PLANS:
         _COMPILED.clear()
@@ -289,12 +341,7 @@ def _rows_one_by_one(data: bytes, pos: int, n: int, plan: RowPlan, masker: Maske
     out: list[bytes] = []
     copied = pos
     rows = 0
-    while n - pos >= 5 and data[pos] == 0x44:
-        end = pos + 1 + _unpack_i32(data, pos + 1)[0]
-        if end > n or end < pos + 7:
-            if end < pos + 7:
-                raise pq.ProtocolError("DataRow: bad length")
-            break
+    while (end := _row_end(data, pos, n)) >= 0:
         rows += 1
         new = rewrite_row(data, pos + 5, end, plan, masker, masked)
         if new is not None:
