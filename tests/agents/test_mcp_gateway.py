@@ -26,7 +26,7 @@ from accord.db import make_engine
 from accord.ledger.service import INLINE
 from accord.notify.message import render
 from accord.worker.job_runner import detect_all
-from tests.agents.mcpclient import connect, payload, serve
+from tests.agents.mcpclient import connect, payload, serve, shipped
 from tests.agents.policies import AGENTS_POLICY
 from tests.agents.test_principals import agent_token
 from tests.agents.upstream import Upstream, upstream
@@ -121,6 +121,7 @@ def test_tools_are_hidden_and_refused_by_role_and_every_call_is_recorded(
 
     anyio.run(agent)
     assert up.calls == {"echo": 1, "get_time": 1}  # drop_table never reached the upstream
+    shipped(base)
     calls = env.events(type="gateway.tool_call")
     assert [c["data"]["tool"] for c in calls] == ["echo", "get_time"]
     echo = calls[0]
@@ -200,6 +201,7 @@ def test_a_held_call_runs_once_its_owner_approves(env: Env, base: str, up: Upstr
     [created] = env.events(type="request.created", subject=f"request:{rid}")
     [approved] = env.events(type="request.approved", subject=f"request:{rid}")
     [executed] = env.events(type="request.executed", subject=f"request:{rid}")
+    shipped(base)
     [call] = env.events(type="gateway.tool_call")
     sha = created["data"]["tool_call"]["arguments_sha256"]
     assert created["data"]["kind"] == "tool_call"
@@ -241,6 +243,7 @@ def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
 
     anyio.run(agent)
     assert up.calls["drop_table"] == 0
+    shipped(base)
     assert env.events(type="gateway.tool_call") == []
 
 
@@ -293,8 +296,10 @@ def test_a_call_waiting_too_long_names_its_request_and_runs_when_asked_again(
     assert len(held) == 2
 
 
-def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstream) -> None:
+def test_revocation_ends_the_session_within_two_seconds(
+        env: Env, base: str, up: Upstream) -> None:
     req, conn = granted(env)
+    seen: dict[str, float] = {}
 
     async def agent() -> None:
         async with connect(gateway_url(base), conn["token"]) as client:
@@ -303,15 +308,26 @@ def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstre
                 lambda: env.act("alice", req["id"], "revoke", comment="done"))
             assert r.status_code == 200, r.text
             t0 = anyio.current_time()
+            # The grant watch (every watch_interval, 0.5 s) closes the session: calls made
+            # before it looks may pass, none after.
             with pytest.raises(Exception):  # noqa: B017 - the transport's 403, whatever its type
-                await client.call_tool("get_time", {})
-            assert anyio.current_time() - t0 < 2
+                while anyio.current_time() - t0 < 5:
+                    await client.call_tool("get_time", {})
+                    await anyio.sleep(0.05)
+            seen["ended"] = anyio.current_time() - t0
 
     anyio.run(agent)
-    assert up.calls == {"get_time": 1}
+    assert seen["ended"] < 2
+    shipped(base)
     [refused] = env.events(type="gateway.login_refused")
     assert "no active grant" in refused["data"]["reason"]
     assert refused["actor"]["id"] == "buildbot"
+    [opened] = env.events(type="gateway.session_opened")
+    [closed] = env.events(type="gateway.session_closed")
+    assert opened["data"]["session"] == closed["data"]["session"]
+    assert closed["data"]["reason"] == "grant revoked"
+    assert closed["data"]["statements"] == up.calls["get_time"]
+    assert len(env.events(type="gateway.tool_call")) == up.calls["get_time"]
 
 
 def test_revocation_stops_a_running_call_within_two_seconds(
@@ -338,6 +354,7 @@ def test_revocation_stops_a_running_call_within_two_seconds(
             assert "is revoked; the call was stopped" in stopped.value.error.message
 
     anyio.run(agent)
+    shipped(base)
     [call] = env.events(type="gateway.tool_call")
     assert call["data"]["tool"] == "get_slowly" and "stopped" in call["data"]["error"]
 
@@ -413,6 +430,7 @@ def calls(base: str, token: str, *made: tuple[str, dict[str, Any]]) -> None:
                     await client.call_tool(name, arguments)
 
     anyio.run(agent)
+    shipped(base)
 
 
 def alerts(env: Env, rule: str) -> list[dict[str, Any]]:
@@ -497,6 +515,7 @@ def test_resources_and_prompts_are_governed_as_tools_are(
 
     anyio.run(agent)
     assert up.calls == {"docs://readme": 1, "summarize": 1}
+    shipped(base)
     done = env.events(type="gateway.tool_call")
     assert sorted((e["data"]["method"], e["data"]["tool"]) for e in done) == [
         ("prompts/get", "summarize"), ("resources/read", "docs://readme")]
@@ -544,4 +563,5 @@ workflows:
     assert first.startswith("stdio pid ") and "secret=s3" in first
     assert "other=-" in first  # only the named variables (and the SDK's safe defaults)
     assert first.split()[2] == second.split()[2]  # one process serves the calls
+    shipped(base)
     assert [e["data"]["tool"] for e in env.events(type="gateway.tool_call")] == ["whoami"] * 2
