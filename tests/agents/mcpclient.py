@@ -55,8 +55,12 @@ def shipped(base: str) -> None:
     events go through the gateway's spool and shipper)."""
     app = SERVED[base]
     assert app.state.mcp_gateway.live.drain(30), "the gateway's shipper lags"
-    st = app.state.accord
-    if st.sessions.kw["bind"].dialect.name == "postgresql":  # the ledger worker's job
+    integrated(app.state.accord)
+
+
+def integrated(st: AppState) -> None:
+    """On PostgreSQL, integrate the events a shipper wrote (the ledger worker's job)."""
+    if st.sessions.kw["bind"].dialect.name == "postgresql":
         with transaction(st.sessions) as session:
             ledger.integrate_pending(session)
 

@@ -49,6 +49,7 @@ IDLE = 600.0  # seconds without a call before a session closes
 # Spool fact names (`recording.BLOB_FACTS`) of a call that passed and of one refused.
 TOOL_CALL = "mcp_tool_call"
 VIOLATION = "mcp_violation"
+DEFAULTS = GatewaySpec()  # the `gateway:` section's, when accord.yaml has none
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Sessions:
     @property
     def spec(self) -> GatewaySpec:
         """The `gateway:` section (its defaults when accord.yaml has none)."""
-        return self.st.policies.current.loaded.spec.gateway or GatewaySpec()
+        return self.st.policies.current.loaded.spec.gateway or DEFAULTS
 
     # ------------------------------------------------------------ lifecycle
 
@@ -153,11 +154,12 @@ class Sessions:
 
     async def open(self, token_hash: str, granted: Granted, until: datetime,
                    client: str) -> Live:
-        """A session for a token the database just accepted."""
+        """The session of a token the database just accepted (a new one unless another
+        call with it opened one meanwhile)."""
         writer = await self._writer()
         old = self.by_token.get(token_hash)
-        if old is not None:
-            self.end(old, "reopened")
+        if old is not None:  # opened by a call that came at the same time
+            return old
         self._count += 1
         info = SessionInfo(
             id=f"{self._instance}-{self._count}", number=self._count,

@@ -35,10 +35,17 @@ class _Response:
         self.headers: dict[bytes, bytes] = {}
         self.chunks: list[bytes] = []
         self.done = False
-        self.keep_alive = True
+        self.keep_alive = False
+        self.status = 0
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        # Asked now: once the message is complete the parser is reset for the next one.
+        self.keep_alive = self.parser.should_keep_alive()
+        self.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -85,14 +92,12 @@ class HttpUpstream:
                 writer.write(self._head + headers + b"Content-Length: %d\r\n\r\n" % len(body)
                              + body)
                 response = _Response()
-                parser = httptools.HttpResponseParser(response)
                 while not response.done:
                     data = await reader.read(65536)
                     if not data:
                         raise UpstreamError("the upstream closed the connection")
-                    parser.feed_data(data)
-                status = parser.get_status_code()
-                kept = parser.should_keep_alive()
+                    response.parser.feed_data(data)
+                kept = response.keep_alive
             except (OSError, httptools.HttpParserError) as exc:
                 raise UpstreamError(f"{type(exc).__name__}: {exc}") from None
             finally:
@@ -101,7 +106,7 @@ class HttpUpstream:
                 else:  # cancelled or failed half-way: what is left on it is unknown
                     writer.close()
         content_type = response.headers.get(b"content-type", b"").split(b";")[0].strip()
-        return status, content_type, b"".join(response.chunks)
+        return response.status, content_type, b"".join(response.chunks)
 
     def close(self) -> None:
         for _, writer, _ in self._idle:
