@@ -37,7 +37,7 @@ from tests.agents.policies import AGENTS_POLICY
 from tests.agents.test_principals import agent_token
 from tests.agents.upstream import Upstream, upstream
 from tests.conftest import Env, make_env
-from tests.gateway.conftest import free_port, gone
+from tests.gateway.conftest import children, free_port, gone
 
 MCP_RESOURCE = """\
   - name: tools
@@ -626,14 +626,6 @@ def killed(env: Env, tmp_path: Path, up: Upstream) -> Iterator[tuple[str, subpro
         proc.wait(timeout=30)
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
 @pytest.mark.parametrize("shipper_too", [False, True], ids=["serve", "serve-and-shipper"])
 def test_a_killed_gateway_loses_no_answered_call(
         env: Env, up: Upstream, killed: tuple[str, subprocess.Popen[bytes], Path],
@@ -649,7 +641,7 @@ def test_a_killed_gateway_loses_no_answered_call(
                 await client.call_tool("drop_table", {"table": "orders"})
 
     anyio.run(agent)  # every call answered: now the gateway dies
-    victims = [*_children(proc.pid), proc.pid] if shipper_too else [proc.pid]
+    victims = [*children(proc.pid), proc.pid] if shipper_too else [proc.pid]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
