@@ -16,7 +16,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from accord.api.app import create_app
+from accord.db import transaction
+from accord.ledger import service as ledger
 from accord.state import AppState
+
+SERVED: dict[str, Any] = {}  # base URL → the app serving it
 
 
 @contextlib.contextmanager
@@ -25,7 +29,8 @@ def serve(st: AppState) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(st), log_level="warning", lifespan="on"))
+    app = create_app(st)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     ready = threading.Event()
@@ -34,12 +39,30 @@ def serve(st: AppState) -> Iterator[str]:
             break
         ready.wait(0.01)
     assert server.started, "uvicorn did not start"
+    base = f"http://127.0.0.1:{port}"
+    SERVED[base] = app
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield base
     finally:
+        del SERVED[base]
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def shipped(base: str) -> None:
+    """Wait until every call the MCP gateway at `base` answered is in the ledger (its
+    events go through the gateway's spool and shipper)."""
+    app = SERVED[base]
+    assert app.state.mcp_gateway.live.drain(30), "the gateway's shipper lags"
+    integrated(app.state.accord)
+
+
+def integrated(st: AppState) -> None:
+    """On PostgreSQL, integrate the events a shipper wrote (the ledger worker's job)."""
+    if st.sessions.kw["bind"].dialect.name == "postgresql":
+        with transaction(st.sessions) as session:
+            ledger.integrate_pending(session)
 
 
 @contextlib.asynccontextmanager

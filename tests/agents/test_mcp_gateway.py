@@ -1,13 +1,18 @@
 """The MCP gateway (`/gateway/mcp/<resource>`), driven by the `mcp` SDK's own client in front
 of the tests' own upstream MCP server: tools hidden and refused by role, every call in the
-ledger bound to the grant, revocation ending access at the next call, and bad input
-answered with errors that affect nothing else."""
+ledger bound to the grant, revocation ending the session within 2 s, bad input answered
+with errors that affect nothing else, and no answered call's event lost when the gateway
+is killed."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,15 +27,17 @@ from mcp.shared.exceptions import MCPError
 from sqlalchemy.orm import Session, sessionmaker
 
 from accord import migrations
-from accord.db import make_engine
+from accord.db import make_engine, transaction
+from accord.gateway import shipper, spool
 from accord.ledger.service import INLINE
 from accord.notify.message import render
 from accord.worker.job_runner import detect_all
-from tests.agents.mcpclient import connect, payload, serve
+from tests.agents.mcpclient import connect, integrated, payload, serve, shipped
 from tests.agents.policies import AGENTS_POLICY
 from tests.agents.test_principals import agent_token
 from tests.agents.upstream import Upstream, upstream
 from tests.conftest import Env, make_env
+from tests.gateway.conftest import children, free_port, gone
 
 MCP_RESOURCE = """\
   - name: tools
@@ -121,6 +128,7 @@ def test_tools_are_hidden_and_refused_by_role_and_every_call_is_recorded(
 
     anyio.run(agent)
     assert up.calls == {"echo": 1, "get_time": 1}  # drop_table never reached the upstream
+    shipped(base)
     calls = env.events(type="gateway.tool_call")
     assert [c["data"]["tool"] for c in calls] == ["echo", "get_time"]
     echo = calls[0]
@@ -200,6 +208,7 @@ def test_a_held_call_runs_once_its_owner_approves(env: Env, base: str, up: Upstr
     [created] = env.events(type="request.created", subject=f"request:{rid}")
     [approved] = env.events(type="request.approved", subject=f"request:{rid}")
     [executed] = env.events(type="request.executed", subject=f"request:{rid}")
+    shipped(base)
     [call] = env.events(type="gateway.tool_call")
     sha = created["data"]["tool_call"]["arguments_sha256"]
     assert created["data"]["kind"] == "tool_call"
@@ -241,6 +250,7 @@ def test_a_denied_call_is_refused(env: Env, base: str, up: Upstream) -> None:
 
     anyio.run(agent)
     assert up.calls["drop_table"] == 0
+    shipped(base)
     assert env.events(type="gateway.tool_call") == []
 
 
@@ -293,8 +303,10 @@ def test_a_call_waiting_too_long_names_its_request_and_runs_when_asked_again(
     assert len(held) == 2
 
 
-def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstream) -> None:
+def test_revocation_ends_the_session_within_two_seconds(
+        env: Env, base: str, up: Upstream) -> None:
     req, conn = granted(env)
+    seen: dict[str, float] = {}
 
     async def agent() -> None:
         async with connect(gateway_url(base), conn["token"]) as client:
@@ -303,15 +315,26 @@ def test_revocation_ends_access_at_the_next_call(env: Env, base: str, up: Upstre
                 lambda: env.act("alice", req["id"], "revoke", comment="done"))
             assert r.status_code == 200, r.text
             t0 = anyio.current_time()
+            # The grant watch (every watch_interval, 0.5 s) closes the session: calls made
+            # before it looks may pass, none after.
             with pytest.raises(Exception):  # noqa: B017 - the transport's 403, whatever its type
-                await client.call_tool("get_time", {})
-            assert anyio.current_time() - t0 < 2
+                while anyio.current_time() - t0 < 5:
+                    await client.call_tool("get_time", {})
+                    await anyio.sleep(0.05)
+            seen["ended"] = anyio.current_time() - t0
 
     anyio.run(agent)
-    assert up.calls == {"get_time": 1}
+    assert seen["ended"] < 2
+    shipped(base)
     [refused] = env.events(type="gateway.login_refused")
     assert "no active grant" in refused["data"]["reason"]
     assert refused["actor"]["id"] == "buildbot"
+    [opened] = env.events(type="gateway.session_opened")
+    [closed] = env.events(type="gateway.session_closed")
+    assert opened["data"]["session"] == closed["data"]["session"]
+    assert closed["data"]["reason"] == "grant revoked"
+    assert closed["data"]["statements"] == up.calls["get_time"]
+    assert len(env.events(type="gateway.tool_call")) == up.calls["get_time"]
 
 
 def test_revocation_stops_a_running_call_within_two_seconds(
@@ -338,6 +361,7 @@ def test_revocation_stops_a_running_call_within_two_seconds(
             assert "is revoked; the call was stopped" in stopped.value.error.message
 
     anyio.run(agent)
+    shipped(base)
     [call] = env.events(type="gateway.tool_call")
     assert call["data"]["tool"] == "get_slowly" and "stopped" in call["data"]["error"]
 
@@ -365,15 +389,25 @@ def test_bad_messages_get_json_rpc_errors_and_hurt_nothing_else(
     def post(content: bytes) -> httpx.Response:
         return httpx.post(url, headers=headers, content=content, timeout=30)
 
+    def echo(rid: int, size: int) -> bytes:
+        return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {
+            "name": "echo", "arguments": {"text": "x" * size}}}).encode()
+
     malformed = post(b'{"jsonrpc": "2.0", "id": 1, "method": ')
     assert malformed.status_code >= 400 and malformed.json()["error"]["code"] == -32700
     unknown = post(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/frobnicate",
                                "params": {}}).encode())
-    assert "error" in unknown.json(), unknown.text
-    huge = post(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-        "name": "echo", "arguments": {"text": "x" * (5 << 20)}}}).encode())
-    assert huge.status_code == 413 or "error" in huge.json(), huge.text[:200]
+    assert unknown.json()["error"]["code"] == -32601, unknown.text
+    not_a_call = post(b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": 7}')
+    assert "error" in not_a_call.json(), not_a_call.text
+    huge = post(echo(4, 5 << 20))  # over the resource's mcp.max_body (64 KiB by default)
+    assert huge.status_code == 413, huge.text[:200]
+    assert huge.json()["error"] == {"code": -32600,
+                                    "message": "the message is over the 64 KiB limit"}
     assert up.calls["echo"] == 0
+    fits = post(echo(5, 60_000))  # under it: a call like any other
+    assert fits.json()["result"]["content"][0]["text"] == "echo: " + "x" * 60_000
+    assert up.calls["echo"] == 1
 
     async def agent() -> None:  # the same grant still works for a well-behaved client
         async with connect(url, conn["token"]) as client:
@@ -413,6 +447,7 @@ def calls(base: str, token: str, *made: tuple[str, dict[str, Any]]) -> None:
                     await client.call_tool(name, arguments)
 
     anyio.run(agent)
+    shipped(base)
 
 
 def alerts(env: Env, rule: str) -> list[dict[str, Any]]:
@@ -497,6 +532,7 @@ def test_resources_and_prompts_are_governed_as_tools_are(
 
     anyio.run(agent)
     assert up.calls == {"docs://readme": 1, "summarize": 1}
+    shipped(base)
     done = env.events(type="gateway.tool_call")
     assert sorted((e["data"]["method"], e["data"]["tool"]) for e in done) == [
         ("prompts/get", "summarize"), ("resources/read", "docs://readme")]
@@ -522,7 +558,6 @@ def test_an_upstream_started_as_a_command_speaks_stdio(
       roles: {{use: ["*"]}}
 workflows:
 """)
-    from accord.db import transaction
     from accord.ledger.events import Actor
     from accord.requests import reload as reloader
 
@@ -544,4 +579,95 @@ workflows:
     assert first.startswith("stdio pid ") and "secret=s3" in first
     assert "other=-" in first  # only the named variables (and the SDK's safe defaults)
     assert first.split()[2] == second.split()[2]  # one process serves the calls
+    shipped(base)
     assert [e["data"]["tool"] for e in env.events(type="gateway.tool_call")] == ["whoami"] * 2
+
+
+# ---------------------------------------------------------------- a gateway killed
+# An `accord serve` killed (SIGKILL) after its MCP gateway answered calls loses none of
+# their events: they were in its spool before the answers went back, and its shipper (or,
+# killed too, the next start) puts them in the ledger, once.
+
+ACCORD = [sys.executable, "-m", "accord.cli.main"]
+
+
+@pytest.fixture
+def killed(env: Env, tmp_path: Path, up: Upstream) -> Iterator[tuple[str, subprocess.Popen[bytes],
+                                                                       Path]]:
+    """`accord serve` in a process of its own on the tests' database, its shipper shipping
+    only once an hour (so what is in the ledger after the kill came from the spool)."""
+    port = free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(env.policy_path.read_text(encoding="utf-8")
+                      + "gateway: {flush_interval: 1h}\n", encoding="utf-8")
+    url = env.st.sessions.kw["bind"].url.render_as_string(hide_password=False)
+    data = tmp_path / "serve-data"
+    environ = {**os.environ, "ACCORD_CONFIG": str(config), "ACCORD_DATA_DIR": str(data),
+               "ACCORD_DATABASE_URL": url.replace("+psycopg", "")}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*ACCORD, "serve", "--no-worker", "--port", str(port),
+                                 "--log-level", "warning"], env=environ, stdout=out,
+                                stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a loaded machine starts Python slowly
+        while True:  # another process: nothing to await but its port
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "accord serve did not start: " + log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield base, proc, data / "gateway-spool"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("shipper_too", [False, True], ids=["serve", "serve-and-shipper"])
+def test_a_killed_gateway_loses_no_answered_call(
+        env: Env, up: Upstream, killed: tuple[str, subprocess.Popen[bytes], Path],
+        shipper_too: bool) -> None:
+    base, proc, spooled = killed
+    _req, conn = granted(env)
+
+    async def agent() -> None:
+        async with connect(f"{base}/gateway/mcp/tools", conn["token"]) as client:
+            for i in range(3):
+                assert payload(await client.call_tool("echo", {"text": f"{i}"})) == f"echo: {i}"
+            with pytest.raises(MCPError):
+                await client.call_tool("drop_table", {"table": "orders"})
+
+    anyio.run(agent)  # every call answered: now the gateway dies
+    victims = [*children(proc.pid), proc.pid] if shipper_too else [proc.pid]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in victims):  # init reaps the orphaned shipper
+        assert time.monotonic() < deadline, "a killed process lived on"
+        time.sleep(0.02)
+    if shipper_too:  # nothing shipped it: the next start does
+        assert env.events(type="gateway.tool_call") == []
+        assert shipper.replay_dead(env.st.sessions, spooled, per_event=1000,
+                                   max_text=16384) > 0
+    else:  # the orphaned shipper saw its gateway gone and shipped the rest
+        deadline = time.monotonic() + 30
+        while any(spooled.iterdir()):
+            assert time.monotonic() < deadline, "the shipper did not finish the spool"
+            time.sleep(0.05)
+    assert not any(spooled.iterdir())
+    integrated(env.st)
+    calls = env.events(type="gateway.tool_call")
+    assert sorted(c["data"]["argument_names"] == ["text"] and c["data"]["tool"]
+                  for c in calls) == ["echo"] * 3
+    assert all(c["subject"] == f"grant:{conn['grant_id']}" for c in calls)
+    assert len({c["data"]["session"] for c in calls}) == 1
+    [refused] = env.events(type="gateway.violation")
+    assert refused["data"]["tool"] == "drop_table"
+    [closed] = env.events(type="gateway.session_closed")
+    assert closed["data"]["reason"] == spool.RECOVERED and closed["data"]["grant_id"] == \
+        conn["grant_id"]
+    assert shipper.replay_dead(env.st.sessions, spooled, per_event=1000, max_text=16384) == 0

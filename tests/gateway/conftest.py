@@ -45,6 +45,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of `pid`, whichever of its threads started them."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
 def gone(pid: int) -> bool:
     """Whether process `pid` has exited (a zombie counts: it holds no locks)."""
     try:

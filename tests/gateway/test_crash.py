@@ -28,7 +28,7 @@ from accord.db import transaction
 from accord.gateway import audit, recording, records, shipper, spool
 from accord.gateway.models import GatewaySpoolMark, GatewayUsage
 from accord.ledger.models import LedgerEntry
-from tests.gateway.conftest import DSN_ENV, World, free_port, gone, policy_text
+from tests.gateway.conftest import DSN_ENV, World, children, free_port, gone, policy_text
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 
@@ -81,15 +81,6 @@ def _in_ledger(world: World, grant_id: int) -> list[dict[str, Any]]:
         return out
 
 
-def _children(pid: int) -> list[int]:
-    """Child processes of `pid`, whichever of its threads started them."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
 def _workload_then_kill(world: World, port: int, proc: subprocess.Popen[bytes],
                         *, shipper_too: bool) -> dict[str, Any]:
     """20 statements (10 surely in the ledger first), one still running, then SIGKILL."""
@@ -112,7 +103,7 @@ def _workload_then_kill(world: World, port: int, proc: subprocess.Popen[bytes],
                                "'select pg_sleep(3)' and state = 'active'"):
             assert time.monotonic() < deadline, "the sleeper never started"
             time.sleep(0.02)
-        victims = ([*_children(proc.pid), proc.pid] if shipper_too else [proc.pid])
+        victims = ([*children(proc.pid), proc.pid] if shipper_too else [proc.pid])
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -20,9 +20,8 @@ from accord.detect import views as alert_views
 from accord.directory import views as directory_views
 from accord.directory.scim import views as scim_views
 from accord.gateway import views as gateway_views
+from accord.gateway.mcp import proxy as mcp_gateway_proxy
 from accord.gateway.mcp import views as mcp_gateway_views
-from accord.gateway.mcp.proxy import PATH as MCP_GATEWAY_PATH
-from accord.gateway.mcp.proxy import McpGateway
 from accord.gateway.ssh import views as ssh_views
 from accord.grants import views as grant_views
 from accord.identity import views as identity_views
@@ -115,7 +114,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     """Build the app around `st`. `background` runs the expiry sweeper in this process."""
 
     tools = mcp.Endpoint(st)  # /mcp: Accord's tools for agents (MCP, streamable HTTP)
-    mcp_gateway = McpGateway(st)  # /gateway/mcp/<resource>: MCP servers behind Accord
+    mcp_gateway = mcp_gateway_proxy.McpGateway(st)  # /gateway/mcp/<resource>: MCP servers
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -137,9 +136,12 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
         docs_url=None, redoc_url=None,  # /docs is headers.install_docs: no CDN
     )
     app.state.accord = st
+    app.state.mcp_gateway = mcp_gateway
     problems.install(app, html=web_render.error_page)
     # An identity provider's SCIM calls may carry hundreds of group members.
     app.add_middleware(problems.BodyLimit, larger={scim_views.ROOT + "/": scim_views.MAX_BODY})
+    # MCP clients' calls to the gateway skip what follows (inside request metrics and ids).
+    mcp_gateway_proxy.install(app, mcp_gateway)
     # Security headers on every response (500s too); Swagger UI from installed files.
     headers.secure_everything(app)
     headers.install_docs(app)
@@ -163,8 +165,6 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     # An ASGI app of its own (Starlette calls a route's non-function endpoint as one).
     app.router.routes.append(Route("/mcp", tools, methods=["GET", "POST", "DELETE"],
                                    include_in_schema=False))
-    app.router.routes.append(Route(MCP_GATEWAY_PATH, mcp_gateway,
-                                   methods=["GET", "POST", "DELETE"], include_in_schema=False))
     app.include_router(mcp_gateway_views.router)
 
     web_pages.install(app)  # the dashboard: "/", /login, /requests, ... (HTML)

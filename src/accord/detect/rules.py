@@ -234,13 +234,18 @@ def agent_off_hours(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Findin
     local = _time(ev).astimezone(ZoneInfo(hours.timezone))
     if WEEKDAYS[local.weekday()] in hours.weekdays and hours.start <= local.hour < hours.end:
         return
+    hour = local.strftime("%Y-%m-%dT%H")
+    raised: dict[str, str] = scan.state.setdefault("agent_off_hours", {})
+    if raised.get(agent) == hour:  # its alert for this hour is found already (a busy agent
+        return  # makes thousands of calls an hour: one finding, not one per call)
+    raised[agent] = hour
     what = {"request.created": "asked for access",
             "gateway.tool_call": "called a tool"}.get(ev["type"], "was active")
     yield Finding(
         "agent_off_hours", rule.severity,
         f"agent {agent} {what} outside {owner}'s working hours "
         f"({local.strftime('%a %H:%M')} {hours.timezone})",
-        f"agent_off_hours:{agent}:{local.strftime('%Y-%m-%dT%H')}", [idx], user=agent,
+        f"agent_off_hours:{agent}:{hour}", [idx], user=agent,
         resource=_resource(ev), subject=ev.get("subject"),
         data={"owner": owner, "local_time": local.isoformat()})
 

@@ -43,7 +43,10 @@ def _wall(ns: int) -> datetime:
 # go into content-addressed storage (`GatewayRecording`), its sha256 and size into the event.
 BLOB_FACTS = {"ssh_chunk": EventType.GATEWAY_SSH_CHUNK, "ssh_exec": EventType.GATEWAY_SSH_EXEC,
               "ssh_forward": EventType.GATEWAY_SSH_FORWARD,
-              "ssh_file": EventType.GATEWAY_SSH_FILE}
+              "ssh_file": EventType.GATEWAY_SSH_FILE,
+              # The MCP gateway's: a call that passed, and one refused.
+              "mcp_tool_call": EventType.GATEWAY_TOOL_CALL,
+              "mcp_violation": EventType.GATEWAY_VIOLATION}
 
 
 @functools.cache
@@ -119,9 +122,9 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             continue
         if at_ns > use[1]:
             use[1] = at_ns
-        if kind == "ssh_exec":
-            use[2] += 1  # a command counts as a statement does
-        if kind == "violation":
+        if kind in ("ssh_exec", "mcp_tool_call"):
+            use[2] += 1  # a command or a tool call counts as a statement does
+        if kind in ("violation", "mcp_violation"):
             use[3] += 1
         elif kind == "open":
             use[4] += 1

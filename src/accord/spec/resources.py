@@ -136,6 +136,9 @@ class McpTarget(Strict):
         default_factory=dict, description="headers sent upstream, each from an env var "
         "(a credential the agents never see)", examples=[{"Authorization": "TOOLS_AUTH"}])
     timeout: timedelta = timedelta(seconds=60)  # for one upstream call
+    # The largest message (HTTP body) an MCP client may send the gateway for this resource;
+    # a larger one is answered with a JSON-RPC error, unread.
+    max_body: int = Field(default=64 << 10, ge=1 << 10, le=64 << 20)
     roles: dict[str, list[str]] = Field(default_factory=dict)  # Accord role -> tool patterns
     # The same for the upstream's resources (URI patterns) and prompts (name patterns);
     # a role with none sees and reads none.

@@ -3,10 +3,11 @@
 The upstream is a streamable HTTP URL or a command the gateway starts (stdio). A client
 speaks MCP (streamable HTTP, stateless, JSON answers) to
 `/gateway/mcp/<resource>` with a connection token (`POST /api/v1/mcp/connect`) as its
-bearer. Every HTTP call is checked on its own, before the MCP layer reads it: the token,
-and that the grant it stands for is active now (`gateway.tokens.authenticate`, as the
-database gateway checks a login). So a grant that expires or is revoked ends the agent's
-access at its next call, without a session to find and kill.
+bearer. Every HTTP call is checked before the MCP layer reads it: the token, and that the
+grant it stands for is active (`live.Sessions`: the first call with a token checks it in
+the database and opens a session; later ones check that session in memory, and the grant
+watch closes it, stopping its running calls, when the grant ends). A body over the
+resource's `max_body` is answered with a JSON-RPC error, unread.
 
 What passes:
 * `tools/list`: the upstream's tools that a pattern of the grant's role matches; the rest
@@ -27,9 +28,12 @@ What passes:
   `prompts/get` of anything else is refused with a `gateway.violation`; what passes is a
   `gateway.tool_call` (its `method` says which).
 
-Each tool call's event is written in a transaction of its own before the answer goes back
-(tool calls are few and slow next to SQL statements: a synchronous write costs little, and
-nothing waits in memory to be lost).
+A call's event goes through the gateway's spool and shipper (`live`), in the spool before
+the answer goes back. Everything but `tools/call` is served by the SDK's server; a
+`tools/call` (the one method an agent makes by the thousand) is read and answered here,
+and, when the upstream speaks the per-request protocol over HTTP, sent on as it came
+(`upstream.HttpUpstream`): the SDK's models both ways cost more CPU than everything else
+a call does.
 """
 
 from __future__ import annotations
@@ -41,14 +45,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
 import httpx2
 import mcp_types as types
+import orjson
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
@@ -56,48 +60,53 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from sqlalchemy import select
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from accord.db import transaction
 from accord.errors import AccordError
 from accord.gateway import tokens
+from accord.gateway.mcp.live import TOOL_CALL, VIOLATION, Granted, Live, Sessions
+from accord.gateway.mcp.upstream import HttpUpstream, UpstreamError, sse_message
 from accord.gateway.models import GatewayToken
 from accord.grants.models import Grant, GrantStatus
 from accord.grants.service import effective_status
 from accord.identity.caller import Caller
-from accord.ledger import service as ledger
-from accord.ledger.events import EventType, Via
+from accord.ledger.events import Via
 from accord.requests import service as requests
 from accord.requests.models import AccessRequest, Status
-from accord.spec.resources import McpTarget, ResourceSpec
+from accord.spec.resources import McpTarget
 from accord.state import AppState
 
 log = logging.getLogger("accord.gateway")
-PATH = "/gateway/mcp/{resource}"
+PREFIX = "/gateway/mcp/"
+PATH = PREFIX + "{resource}"
 REFUSED = -32001  # JSON-RPC error code of a call the grant does not allow (server range)
 UPSTREAM_FAILED = -32002  # the upstream could not be reached or failed the call
 HELD = -32003  # a call waiting for its approval past `approval_wait`
+INVALID_REQUEST = -32600
 POLL = 0.2  # how often a held call looks at its request
-WATCH = 0.5  # how often a running call's grant is looked at
 _VIA = str(Via.GATEWAY)
-
-
-@dataclass(frozen=True)
-class Granted:
-    """The grant an HTTP call was let in on."""
-
-    grant_id: int
-    user: str
-    resource: str
-    role: str
+# What the gateway says of itself in a request it sends on (the per-request protocol's
+# `_meta`, as the SDK's client sends it).
+_CLIENT_META = {types.PROTOCOL_VERSION_META_KEY: MODERN_PROTOCOL_VERSIONS[-1],
+                types.CLIENT_INFO_META_KEY: {"name": "accord-gateway", "version": "1"},
+                types.CLIENT_CAPABILITIES_META_KEY: {}}
+JSON = [(b"content-type", b"application/json")]
+# Calls answered as the SDK's server would, straight from the gateway's bytes.
+Answer = tuple[Any, bytes, bool]  # (what the caller returns, the result's JSON, is_error)
 
 
 def _key(target: McpTarget) -> tuple[Any, ...]:
     """Which upstream connection serves `target` (its URL or command, headers and timeout)."""
     return (target.url, tuple(target.command or ()), tuple(target.env),
             tuple(sorted(target.headers_env.items())), target.timeout)
+
+
+def _headers(target: McpTarget) -> dict[str, str]:
+    return {k: os.environ.get(env, "") for k, env in target.headers_env.items()}
 
 
 def _transport(target: McpTarget, http: httpx2.AsyncClient) -> Any:
@@ -133,9 +142,67 @@ def arguments_record(arguments: dict[str, Any], *, redact: bool) -> dict[str, An
     return out
 
 
+def _header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's body, or None when it is over `limit` bytes (read no further)."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body = message.get("body", b"")
+        seen += len(body)
+        if seen > limit:
+            return None
+        chunks.append(body)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send_json(send: Send, body: bytes, status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON, (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(rid: Any, code: int, message: str, data: Any = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": error})
+
+
+def install(app: Any, gateway: McpGateway) -> None:
+    """Serve `/gateway/mcp/<resource>` before the app's middleware and routing: an MCP
+    client's call needs none of the API's (problem pages, body limit, database intent),
+    and they cost more than the call itself (outside them: request metrics and ids, and
+    the security headers)."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: _First(build(), gateway)
+
+
+class _First:
+    def __init__(self, app: ASGIApp, gateway: McpGateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(PREFIX) and "/" not in path[len(PREFIX):] and path != PREFIX:
+            scope["path_params"] = {"resource": path[len(PREFIX):]}
+            await self.gateway(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class McpGateway:
-    """`/gateway/mcp/<resource>`: an ASGI app. Its session manager runs in the app's
-    lifespan (`running`)."""
+    """`/gateway/mcp/<resource>`: an ASGI app. Its session manager, upstream connections
+    and live sessions run in the app's lifespan (`running`)."""
 
     def __init__(self, st: AppState) -> None:
         self.st = st
@@ -147,20 +214,26 @@ class McpGateway:
         # apart), held open by a task of `running`'s: a new one costs a handshake (~70 ms).
         self._clients: dict[tuple[Any, ...], Client] = {}
         self._connecting: dict[tuple[Any, ...], anyio.Event] = {}
+        self._http: dict[tuple[Any, ...], HttpUpstream] = {}  # tools/call sent as it came
+        self._ids = 0  # JSON-RPC ids of the requests sent on
         self._tg: anyio.abc.TaskGroup | None = None
+        self.live = Sessions(st)
         self.manager = StreamableHTTPSessionManager(
             app=self.server, json_response=True, stateless=True,
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.manager.run(), anyio.create_task_group() as tg:
+        async with self.manager.run(), self.live.running(), \
+                anyio.create_task_group() as tg:
             self._tg = tg
             try:
                 yield
             finally:
                 self._tg = None
                 tg.cancel_scope.cancel()  # the upstream connections' tasks
+                for http in self._http.values():
+                    http.close()
 
     # ------------------------------------------------------------ the door
 
@@ -169,27 +242,45 @@ class McpGateway:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = token.strip()
         client = scope.get("client") or ("?", 0)
         try:
-            if scheme.lower() != "bearer" or not token.strip():
+            if scheme.lower() != "bearer" or not token:
                 raise tokens.Refusal("28000", "send the connection token as "
                                               "'Authorization: Bearer acg_...' (POST "
                                               "/api/v1/mcp/connect gives one)")
-            granted = await anyio.to_thread.run_sync(
-                self._admit, resource, token.strip(), f"{client[0]}")
+            token_hash = tokens.hash_token(token)
+            live = self.live.find(token_hash, resource)
+            if live is None:
+                granted, until = await anyio.to_thread.run_sync(
+                    self._admit, resource, token, f"{client[0]}")
+                live = await self.live.open(token_hash, granted, until, f"{client[0]}")
         except tokens.Refusal as refusal:
             status = 403 if refusal.authenticated else 401
-            body = {"type": f"https://accord.dev/problems/{status}",
-                    "title": "Forbidden" if status == 403 else "Unauthorized",
-                    "status": status, "detail": refusal.message}
-            await JSONResponse(body, status_code=status, media_type="application/problem+json",
+            problem = {"type": f"https://accord.dev/problems/{status}",
+                       "title": "Forbidden" if status == 403 else "Unauthorized",
+                       "status": status, "detail": refusal.message}
+            await JSONResponse(problem, status_code=status, media_type="application/problem+json",
                                headers={"WWW-Authenticate": 'Bearer realm="accord-gateway"'}
                                )(scope, receive, send)
             return
-        scope.setdefault("state", {})["accord_granted"] = granted
+        if scope.get("method") == "POST":
+            spec = self.st.policies.current.resources.get(resource)
+            limit = spec.mcp.max_body if spec is not None and spec.mcp is not None \
+                else 64 << 10
+            body = await _read_body(receive, limit)
+            if body is None:
+                await _send_json(send, _error(None, INVALID_REQUEST, f"the message is over "
+                                              f"the {limit // 1024} KiB limit"), 413)
+                return
+            if await self._fast(live, headers, body, send):
+                return
+            receive = _replay(body, receive)
+        scope.setdefault("state", {})["accord_granted"] = live
         await self.manager.handle_request(scope, receive, send)
 
-    def _admit(self, resource: str, token: str, client: str) -> Granted:
+    def _admit(self, resource: str, token: str, client: str) -> tuple[Granted, Any]:
+        """Check a token the process has no live session for (a database thread)."""
         policy = self.st.policies.current
         now = self.st.now()
         user = "unknown"
@@ -201,22 +292,165 @@ class McpGateway:
                 user = row.user if row is not None else user
                 grant = tokens.authenticate(session, policy=policy, user=user,
                                             resource=resource, token=token, now=now, mcp=True)
-                return Granted(grant.id, grant.user, grant.resource, grant.role)
+                assert row is not None
+                return (Granted(grant.id, grant.user, grant.resource, grant.role),
+                        min(row.expires_at, grant.ends_at))
         except tokens.Refusal as refusal:
-            with transaction(self.st.sessions) as session:
-                tokens.record_refusal(session, policy=policy, user=user, resource=resource[:64],
-                                      refusal=refusal, client=client, now=now)
+            self.live.refused(user=user, resource=resource, refusal=refusal, client=client)
             raise
 
-    # ------------------------------------------------------------ MCP
+    # ------------------------------------------------------------ tools/call, read here
 
-    def _context(self, ctx: ServerRequestContext[Any]) -> tuple[Granted, ResourceSpec]:
-        granted: Granted = ctx.request.state.accord_granted  # type: ignore[union-attr]
+    async def _fast(self, live: Live, headers: dict[str, str], body: bytes,
+                    send: Send) -> bool:
+        """Answer a `tools/call` here; False for anything else (the SDK's server answers
+        it, errors included)."""
+        try:
+            msg = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        if type(msg) is not dict or msg.get("method") != "tools/call" \
+                or msg.get("jsonrpc") != "2.0":
+            return False
+        rid = msg.get("id")
+        params = msg.get("params")
+        if type(rid) not in (int, str) or type(params) is not dict:
+            return False
+        name = params.get("name")
+        arguments = params.get("arguments")
+        if type(name) is not str or not (arguments is None or type(arguments) is dict) \
+                or headers.get("mcp-method", "tools/call") != "tools/call" \
+                or headers.get("mcp-name", name) != name \
+                or not headers.get("content-type", "").startswith("application/json") \
+                or "application/json" not in headers.get("accept", "application/json"):
+            return False  # the SDK's server says what is wrong
+        forwarded = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()
+                             if k.startswith("mcp-param-"))
+
+        async def call(target: McpTarget) -> Answer:
+            return await self._send_tool_call(target, name, arguments or {}, params,
+                                              forwarded, raw=True)
+
+        try:
+            result = await self._govern(live, "tools", "tools/call", name, arguments or {},
+                                        call)
+            out = b'{"jsonrpc":"2.0","id":%b,"result":%b}' % (orjson.dumps(rid), result)
+        except MCPError as exc:
+            out = _error(rid, exc.error.code, exc.error.message, exc.error.data)
+        await _send_json(send, out)
+        return True
+
+    async def _send_tool_call(self, target: McpTarget, name: str, arguments: dict[str, Any],
+                              params: dict[str, Any], headers: bytes, *, raw: bool) -> Answer:
+        """Call a tool upstream: sent as it came when the upstream speaks the per-request
+        protocol over HTTP, else through the SDK's client. `raw`: answer the result's JSON
+        (else the SDK's model of it)."""
+        async with self._upstream(target) as upstream:
+            if target.url is None or upstream.protocol_version not in MODERN_PROTOCOL_VERSIONS \
+                    or not _header_safe(name):
+                result = await upstream.call_tool(name, arguments)
+                body = result.model_dump_json(by_alias=True, exclude_none=True).encode()
+                return (body if raw else result), body, bool(result.is_error)
+            self._ids += 1
+            rid = self._ids
+            request = orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                                    "params": {**params, "arguments": arguments,
+                                               "_meta": _CLIENT_META}})
+            head = (f"mcp-protocol-version: {upstream.protocol_version}\r\n"
+                    f"mcp-method: tools/call\r\nmcp-name: {name}\r\n").encode() + headers
+            status, kind, answer = await self._http_upstream(target).post(request, head)
+            if kind == b"text/event-stream":
+                answer = sse_message(answer) or b""
+            try:
+                reply = orjson.loads(answer)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"HTTP {status}, not a JSON-RPC answer") from None
+            if type(reply) is not dict or reply.get("id") != rid:
+                raise UpstreamError(f"HTTP {status}, not the answer to its request")
+            if "error" in reply:
+                error = reply["error"] if type(reply["error"]) is dict else {}
+                raise MCPError(int(error.get("code", UPSTREAM_FAILED)),
+                               str(error.get("message", "error")), error.get("data"))
+            value = reply.get("result")
+            if type(value) is not dict:
+                raise UpstreamError("an answer without a result")
+            body = orjson.dumps(value)
+            is_error = value.get("isError") is True
+            if raw:
+                return body, body, is_error
+            return types.CallToolResult.model_validate(value), body, is_error
+
+    def _http_upstream(self, target: McpTarget) -> HttpUpstream:
+        key = _key(target)
+        http = self._http.get(key)
+        if http is None:
+            assert target.url is not None
+            http = self._http[key] = HttpUpstream(target.url, _headers(target),
+                                                  target.timeout.total_seconds())
+        return http
+
+    # ------------------------------------------------------------ governing a call
+
+    async def _govern(self, live: Live, kind: str, method: str, name: str,
+                      arguments: dict[str, Any],
+                      call: Callable[[McpTarget], Awaitable[Answer]]) -> Any:
+        """A tool call, resource read or prompt get: refused (a violation) unless a pattern
+        of the role matches, held for approval when its tool says so, else passed on and
+        recorded; what `call` answered, or an MCPError."""
+        granted = live.granted
+        target = self._target(granted)
+        facts = {"grant_id": granted.grant_id, "method": method, "tool": name,
+                 **arguments_record(arguments, redact=self.live.spec.redact_parameters)}
+        if not allowed(target, granted.role, name, kind):
+            why = (f"{kind[:-1]} {name!r} is not allowed for role {granted.role} on "
+                   f"{granted.resource}")
+            self.live.fact(live, VIOLATION, {**facts, "reason": why}, self.st.now())
+            raise MCPError(REFUSED, f"Accord gateway: {why}")
+        if kind == "tools" and target.held(name):  # file (or find) its request, and wait
+            facts["request_id"] = await self._approved(granted, target, name, arguments,
+                                                       facts)
+        t0 = time.perf_counter_ns()
+        error: str | None = None
+        stopped: MCPError | None = None  # the grant ended while the call ran
+        answer: Answer | None = None
+        try:
+            with self.live.call(live) as scope:
+                answer = await call(target)
+            if scope.cancelled_caught:
+                ended = (live.ended or "ended").removeprefix("grant ")
+                stopped = MCPError(REFUSED, f"Accord gateway: grant {granted.grant_id} is "
+                                            f"{ended}; the call was stopped")
+                error = stopped.error.message
+        except MCPError as exc:
+            error = exc.error.message
+        except (UpstreamError, TimeoutError, OSError) as exc:
+            self._clients.pop(_key(target), None)
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        body = answer[1] if answer is not None else b""
+        self.live.fact(live, TOOL_CALL, {
+            **facts, "result_bytes": len(body),
+            "result_sha256": hashlib.sha256(body).hexdigest() if answer is not None else None,
+            "is_error": answer[2] if answer is not None else True,
+            "error": error, "duration_us": (time.perf_counter_ns() - t0) // 1000},
+            self.st.now())
+        if stopped is not None:
+            raise stopped
+        if answer is None:
+            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
+        return answer[0]
+
+    def _target(self, granted: Granted) -> McpTarget:
         spec = self.st.policies.current.resources.get(granted.resource)
         if spec is None or spec.mcp is None:
             raise MCPError(REFUSED, f"resource {granted.resource} is no longer an MCP "
                                     "resource in accord.yaml")
-        return granted, spec
+        return spec.mcp
+
+    # ------------------------------------------------------------ MCP (the SDK's server)
+
+    def _context(self, ctx: ServerRequestContext[Any]) -> tuple[Live, McpTarget]:
+        live: Live = ctx.request.state.accord_granted  # type: ignore[union-attr]
+        return live, self._target(live.granted)
 
     @contextlib.asynccontextmanager
     async def _upstream(self, target: McpTarget) -> AsyncIterator[Client]:
@@ -225,7 +459,7 @@ class McpGateway:
         try:
             client = await self._client(target)
             yield client
-        except MCPError:
+        except (MCPError, UpstreamError):
             raise
         except Exception as exc:  # whatever the transport raised: the agent gets an error
             self._clients.pop(_key(target), None)
@@ -256,12 +490,11 @@ class McpGateway:
                     ) -> None:
         """Connect to the upstream and keep the connection until the gateway stops or a
         call drops it."""
-        headers = {k: os.environ.get(env, "") for k, env in target.headers_env.items()}
         timeout = target.timeout.total_seconds()
         key = _key(target)
         started = False
         try:
-            async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
+            async with httpx2.AsyncClient(headers=_headers(target), timeout=timeout) as http, \
                     Client(_transport(target, http), read_timeout_seconds=timeout) as client:
                 self._clients[key] = client
                 started = True
@@ -281,91 +514,25 @@ class McpGateway:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any],
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        granted, spec = self._context(ctx)
-        assert spec.mcp is not None
-        async with self._upstream(spec.mcp) as upstream:
+        live, target = self._context(ctx)
+        async with self._upstream(target) as upstream:
             listed = await upstream.list_tools()
         return types.ListToolsResult(
-            tools=[t for t in listed.tools if allowed(spec.mcp, granted.role, t.name)])
+            tools=[t for t in listed.tools if allowed(target, live.granted.role, t.name)])
 
     async def _call_tool(self, ctx: ServerRequestContext[Any],
                          params: types.CallToolRequestParams) -> types.CallToolResult:
-        granted, spec = self._context(ctx)
-        target = spec.mcp
-        assert target is not None
+        """A `tools/call` the gateway did not read itself (`_fast`)."""
+        live, _ = self._context(ctx)
         arguments = dict(params.arguments or {})
-        gw = self.st.policies.current.loaded.spec.gateway
-        redact = gw.redact_parameters if gw is not None else True
-        facts = {"grant_id": granted.grant_id, "method": "tools/call", "tool": params.name,
-                 **arguments_record(arguments, redact=redact)}
-        if not allowed(target, granted.role, params.name):
-            why = (f"tool {params.name!r} is not allowed for role {granted.role} on "
-                   f"{granted.resource}")
-            await anyio.to_thread.run_sync(lambda: self._record(
-                granted, EventType.GATEWAY_VIOLATION, {**facts, "reason": why}))
-            raise MCPError(REFUSED, f"Accord gateway: {why}")
-        if target.held(params.name):  # file (or find) its request, wait for the decision
-            facts["request_id"] = await self._approved(granted, target, params.name,
-                                                       arguments, facts)
-        t0 = time.perf_counter_ns()
-        error: str | None = None
-        stopped: MCPError | None = None  # the grant ended while the call ran
-        result: types.CallToolResult | None = None
-        try:
-            async with self._upstream(target) as upstream:
-                result = await self._while_granted(
-                    granted, lambda: upstream.call_tool(params.name, arguments))
-        except MCPError as exc:
-            error = exc.error.message
-            stopped = exc if exc.error.code == REFUSED else None
-        duration_us = (time.perf_counter_ns() - t0) // 1000
-        body = result.model_dump_json(by_alias=True, exclude_none=True).encode() \
-            if result is not None else b""
-        await anyio.to_thread.run_sync(lambda: self._record(
-            granted, EventType.GATEWAY_TOOL_CALL,
-            {**facts, "result_bytes": len(body),
-             "result_sha256": hashlib.sha256(body).hexdigest() if result is not None else None,
-             "is_error": bool(result.is_error) if result is not None else True,
-             "error": error, "duration_us": duration_us}))
-        if stopped is not None:
-            raise stopped
-        if result is None:
-            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
-        return result
 
-    async def _while_granted(self, granted: Granted, call: Any) -> Any:
-        """Run an upstream call, stopping it when its grant ends (expiry, revocation)
-        while it runs: looked at every WATCH seconds, so within 2 s."""
-        result: Any = None
-        ended: str | None = None
+        async def call(target: McpTarget) -> Answer:
+            return await self._send_tool_call(target, params.name, arguments, {
+                "name": params.name}, b"", raw=False)
 
-        async def run() -> None:
-            nonlocal result
-            result = await call()
-            tg.cancel_scope.cancel()
-
-        async def watch() -> None:
-            nonlocal ended
-            while True:
-                await anyio.sleep(WATCH)
-                status = await anyio.to_thread.run_sync(self._grant_status, granted.grant_id)
-                if status != GrantStatus.ACTIVE:
-                    ended = status
-                    tg.cancel_scope.cancel()
-                    return
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            tg.start_soon(watch)
-        if ended is not None:
-            raise MCPError(REFUSED, f"Accord gateway: grant {granted.grant_id} is {ended}; "
-                                    "the call was stopped")
-        return result
-
-    def _grant_status(self, grant_id: int) -> str:
-        with self.st.sessions() as session:
-            grant = session.get(Grant, grant_id)
-            return effective_status(grant, self.st.now()) if grant is not None else "gone"
+        out: types.CallToolResult = await self._govern(live, "tools", "tools/call",
+                                                       params.name, arguments, call)
+        return out
 
     # ------------------------------------------------------------ per-call approval
 
@@ -440,91 +607,64 @@ class McpGateway:
     async def _list_resources(self, ctx: ServerRequestContext[Any],
                               params: types.PaginatedRequestParams | None
                               ) -> types.ListResourcesResult:
-        granted, spec = self._context(ctx)
-        assert spec.mcp is not None
-        async with self._upstream(spec.mcp) as upstream:
+        live, target = self._context(ctx)
+        async with self._upstream(target) as upstream:
             listed = await upstream.list_resources()
         return types.ListResourcesResult(resources=[
             r for r in listed.resources
-            if allowed(spec.mcp, granted.role, str(r.uri), "resources")])
+            if allowed(target, live.granted.role, str(r.uri), "resources")])
 
     async def _list_prompts(self, ctx: ServerRequestContext[Any],
                             params: types.PaginatedRequestParams | None
                             ) -> types.ListPromptsResult:
-        granted, spec = self._context(ctx)
-        assert spec.mcp is not None
-        async with self._upstream(spec.mcp) as upstream:
+        live, target = self._context(ctx)
+        async with self._upstream(target) as upstream:
             listed = await upstream.list_prompts()
         return types.ListPromptsResult(prompts=[
-            p for p in listed.prompts if allowed(spec.mcp, granted.role, p.name, "prompts")])
+            p for p in listed.prompts if allowed(target, live.granted.role, p.name, "prompts")])
 
     async def _read_resource(self, ctx: ServerRequestContext[Any],
                              params: types.ReadResourceRequestParams
                              ) -> types.ReadResourceResult:
         uri = str(params.uri)
 
-        async def read(upstream: Client) -> Any:
-            return await upstream.read_resource(uri)
+        async def read(target: McpTarget) -> Answer:
+            async with self._upstream(target) as upstream:
+                return _answer(await upstream.read_resource(uri))
 
-        out: types.ReadResourceResult = await self._governed(
-            ctx, "resources", "resources/read", uri, {}, read)
+        live, _ = self._context(ctx)
+        out: types.ReadResourceResult = await self._govern(
+            live, "resources", "resources/read", uri, {}, read)
         return out
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any],
                           params: types.GetPromptRequestParams) -> types.GetPromptResult:
         arguments = dict(params.arguments or {})
 
-        async def get(upstream: Client) -> Any:
-            return await upstream.get_prompt(params.name, arguments)
+        async def get(target: McpTarget) -> Answer:
+            async with self._upstream(target) as upstream:
+                return _answer(await upstream.get_prompt(params.name, arguments))
 
-        out: types.GetPromptResult = await self._governed(
-            ctx, "prompts", "prompts/get", params.name, arguments, get)
+        live, _ = self._context(ctx)
+        out: types.GetPromptResult = await self._govern(
+            live, "prompts", "prompts/get", params.name, arguments, get)
         return out
 
-    async def _governed(self, ctx: ServerRequestContext[Any], kind: str, method: str,
-                        name: str, arguments: dict[str, Any], call: Any) -> Any:
-        """A resource read or prompt get, governed as a tool call: refused (a violation)
-        unless a pattern of the role matches, else passed on and recorded."""
-        granted, spec = self._context(ctx)
-        target = spec.mcp
-        assert target is not None
-        gw = self.st.policies.current.loaded.spec.gateway
-        facts = {"grant_id": granted.grant_id, "method": method, "tool": name,
-                 **arguments_record(arguments, redact=gw.redact_parameters if gw else True)}
-        if not allowed(target, granted.role, name, kind):
-            why = (f"{kind[:-1]} {name!r} is not allowed for role {granted.role} on "
-                   f"{granted.resource}")
-            await anyio.to_thread.run_sync(lambda: self._record(
-                granted, EventType.GATEWAY_VIOLATION, {**facts, "reason": why}))
-            raise MCPError(REFUSED, f"Accord gateway: {why}")
-        t0 = time.perf_counter_ns()
-        error: str | None = None
-        stopped: MCPError | None = None
-        result: Any = None
-        try:
-            async with self._upstream(target) as upstream:
-                result = await self._while_granted(granted, lambda: call(upstream))
-        except MCPError as exc:
-            error = exc.error.message
-            stopped = exc if exc.error.code == REFUSED else None
-        body = result.model_dump_json(by_alias=True, exclude_none=True).encode() \
-            if result is not None else b""
-        await anyio.to_thread.run_sync(lambda: self._record(
-            granted, EventType.GATEWAY_TOOL_CALL,
-            {**facts, "result_bytes": len(body),
-             "result_sha256": hashlib.sha256(body).hexdigest() if result is not None else None,
-             "is_error": result is None, "error": error,
-             "duration_us": (time.perf_counter_ns() - t0) // 1000}))
-        if stopped is not None:
-            raise stopped
-        if result is None:
-            raise MCPError(UPSTREAM_FAILED, f"the upstream MCP server failed: {error}")
-        return result
 
-    def _record(self, granted: Granted, etype: EventType, data: dict[str, Any]) -> None:
-        policy = self.st.policies.current
-        with transaction(self.st.sessions) as session:
-            ledger.record(session, type=etype, actor=policy.actor(granted.user, _VIA),
-                          subject=f"grant:{granted.grant_id}",
-                          resource={"name": granted.resource, "role": granted.role},
-                          data=data, time=self.st.now())
+def _answer(result: Any) -> Answer:
+    """An SDK model's answer: itself, its JSON (what the agent gets), and no error."""
+    return result, result.model_dump_json(by_alias=True, exclude_none=True).encode(), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` with the body already read given again first."""
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
