@@ -286,32 +286,55 @@ def pending_count(session: Session) -> int:
 # One statement, one round trip, for every hash a proof or root needs: leaves by index,
 # completed subtrees by their (level, idx) key. Text, not an expression built per call:
 # building the OR of IN lists took more CPU than PostgreSQL took to answer (2-3 ms a proof).
-_PG_FETCH = text(
+_PG_NODES = (  # constant text; the values are bound parameters
     "SELECT 0, idx, leaf_hash FROM ledger_entries WHERE idx = ANY(CAST(:leaves AS bigint[]))"
     " UNION ALL SELECT n.level, n.idx, n.hash FROM ledger_nodes AS n"
     " JOIN unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[])) AS w(level, idx)"
     " ON n.level = w.level AND n.idx = w.idx"
 )
+_PG_FETCH = text(_PG_NODES)
+# A proof's nodes and the tree size in one round trip (level -1: the head's size). The nodes
+# are read whatever the size says; the caller checks the size before it uses them.
+_PG_FETCH_SIZED = text("SELECT -1, size, NULL FROM ledger_head WHERE id = 1 UNION ALL "  # noqa: S608
+                       + _PG_NODES)
 
 
 def fetch_nodes(session: Session, needed: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]:
     """Hashes of the perfect subtrees `needed`: one query on PostgreSQL, two on SQLite."""
     needed = set(needed)
+    return _complete(needed, _fetch(session, needed, sized=False)[1])
+
+
+def _fetch(session: Session, needed: set[merkle.Node], *, sized: bool
+           ) -> tuple[int | None, dict[merkle.Node, bytes]]:
+    """(the tree size when `sized`, the nodes `needed`). On PostgreSQL the size comes in
+    the nodes' query; a caller that asked for nodes beyond it gets what is there and must
+    check the size first (missing nodes raise only when `sized` is false)."""
     leaves = [i for level, i in needed if level == 0]
     upper = [(level, i) for level, i in needed if level > 0]
     out: dict[merkle.Node, bytes] = {}
+    size: int | None = None
     if session.get_bind().dialect.name == "postgresql":
-        if needed:
-            for level, idx, h in session.execute(_PG_FETCH, {
+        if needed or sized:
+            for level, idx, h in session.execute(_PG_FETCH_SIZED if sized else _PG_FETCH, {
                     "leaves": leaves, "levels": [lv for lv, _ in upper],
                     "idxs": [i for _, i in upper]}):
-                out[(level, idx)] = h
+                if level == -1:
+                    size = int(idx)
+                else:
+                    out[(level, idx)] = h
     else:
+        size = tree_size(session) if sized else None
         out = _fetch_nodes_sqlite(session, leaves, upper)
-    missing = needed - out.keys()
+    return size, out
+
+
+def _complete(needed: set[merkle.Node], got: dict[merkle.Node, bytes]
+              ) -> dict[merkle.Node, bytes]:
+    missing = needed - got.keys()
     if missing:
         raise LedgerCorruption(f"stored tree is missing subtrees {sorted(missing)[:5]}")
-    return out
+    return got
 
 
 def _fetch_nodes_sqlite(session: Session, leaves: list[int], upper: list[merkle.Node]
@@ -356,23 +379,33 @@ def root_at(session: Session, size: int) -> bytes:
 
 
 def inclusion_proof(session: Session, index: int, size: int) -> list[bytes]:
-    current = tree_size(session)
+    """The audit path of leaf `index` in the tree of `size` leaves: one round trip on
+    PostgreSQL (the tree size and the nodes together)."""
+    valid = 0 <= index < size
+    ranges = merkle.inclusion_plan(index, size) if valid else []
+    needed = set(merkle.plan(ranges))
+    current, got = _fetch(session, needed, sized=True)
+    assert current is not None
     if not 0 < size <= current:
         raise ProofRangeError(f"size must be between 1 and the tree size {current}")
-    if not 0 <= index < size:
+    if not valid:
         raise ProofRangeError(f"index must be between 0 and size - 1 ({size - 1})")
-    ranges = merkle.inclusion_plan(index, size)
-    return merkle.build(ranges, fetch_nodes(session, merkle.plan(ranges)))
+    return merkle.build(ranges, _complete(needed, got))
 
 
 def consistency_proof(session: Session, old: int, new: int) -> list[bytes]:
-    current = tree_size(session)
+    """The proof that the tree of `new` leaves extends the one of `old`: one round trip on
+    PostgreSQL, as `inclusion_proof`."""
+    valid = 0 <= old <= new
+    ranges = merkle.consistency_plan(old, new) if valid else []
+    needed = set(merkle.plan(ranges))
+    current, got = _fetch(session, needed, sized=True)
+    assert current is not None
     if not 0 <= new <= current:
         raise ProofRangeError(f"to must be between 0 and the tree size {current}")
-    if not 0 <= old <= new:
+    if not valid:
         raise ProofRangeError("from must be between 0 and to")
-    ranges = merkle.consistency_plan(old, new)
-    return merkle.build(ranges, fetch_nodes(session, merkle.plan(ranges)))
+    return merkle.build(ranges, _complete(needed, got))
 
 
 # ---------------------------------------------------------------- event reads
