@@ -99,6 +99,10 @@ def main() -> int:
     ap.add_argument("--pg-admin-url", default=os.environ.get(
         "ACCORD_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL for Accord's own database")
+    ap.add_argument("--upstream", choices=("tcp", "unix"), default="tcp",
+                    help="how the gateway reaches MariaDB: as sysbench does (TCP), or over the "
+                         "server's Unix socket (as gateway.py --upstream unix)")
+    ap.add_argument("--unix-socket", default="/run/mysqld/mysqld.sock")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     quiet = args.json_only
@@ -136,7 +140,8 @@ def main() -> int:
         data_dir = tmp / "data"
         accord_url = f"{base}/{accord_db}"
         env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
-               "ACCORD_DATA_DIR": str(data_dir), "BENCH_MYSQL_DSN": f"{dsn}/{target_db}"}
+               "ACCORD_DATA_DIR": str(data_dir), "BENCH_MYSQL_DSN": f"{dsn}/{target_db}" + (
+                   f"?unix_socket={args.unix_socket}" if args.upstream == "unix" else "")}
         token = grant_token(accord_url, config, data_dir, resource)
         procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning"], env,
                                  tmp / "gateway.log")
@@ -167,7 +172,8 @@ def main() -> int:
         out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
                                            "loadavg": os.getloadavg()},
                                "runs": args.runs, "seconds": args.seconds,
-                               "threads": args.threads, "workloads": {}}
+                               "threads": args.threads, "upstream": args.upstream,
+                               "workloads": {}}
         for workload, target_ratio in WORKLOADS.items():
             cell: dict[str, Any] = {}
             for target, runs in results[workload].items():
