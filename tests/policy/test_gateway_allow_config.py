@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from accord.spec.load import parse_policy_text
-from tests.policy.test_config import problems, swap
-from tests.policy.test_guardrail_config import ORDERS
+from tests.policy.test_config import problems
+from tests.policy.test_masking_config import with_masking
 
 
 def with_allow(allow: str, kind: str = "mariadb") -> str:
-    return swap(ORDERS, f"""  - name: orders-db
-    kind: {kind}
-    labels: {{env: prod}}
-    owners: [dba]
-    roles: [read, write, admin]
-    gateway:
-      dsn_env: ORDERS_DSN
-      allow: {allow}
-""")
+    """The masking tests' resource, with no masking rules and `gateway.allow`."""
+    return with_masking(f"        []\n      allow: {allow}\n", kind=kind)
 
 
 def test_a_role_may_be_allowed_local_infile() -> None:
