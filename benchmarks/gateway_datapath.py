@@ -10,6 +10,9 @@ code every proxied message runs, and only that, so such a change shows:
   RowDescription, DataRow, CommandComplete and ReadyForQuery.
 * `extended`: the same in the extended protocol (`-M extended`) with statement reuse on:
   Parse, Bind, Describe, Execute, Sync, and the answer.
+* `mysql`: a MySQLSession (the same core, `gateway.session`) handed sysbench's
+  `oltp_point_select` transaction: a COM_STMT_EXECUTE of a prepared statement, then the
+  server's binary result (column count, definition, one row, OK).
 * `spool_read`: the shipper's side, the spool read back into statement rows
   (`spool.Reader.poll`), per statement.
 
@@ -32,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from accord.gateway import audit, records, spool
+from accord.gateway.mysql import conversation as mysql_conversation
+from accord.gateway.mysql import protocol as my
+from accord.gateway.mysql.proxy import MySQLSession
+from accord.gateway.mysql.scope import Classifier as MySQLClassifier
 from accord.gateway.postgres.conversation import Conversation
 from accord.gateway.postgres.proxy import ProxySession
 from accord.gateway.postgres.scope import DEFAULT_ROLES, Classifier
@@ -52,9 +59,24 @@ def aid(i: int) -> bytes:
     return b"%d" % (i * 7919 % 800_000 + 1)
 
 
+def mysql_execute(i: int) -> bytes:
+    """sysbench's point select: COM_STMT_EXECUTE of statement 1, one INT parameter."""
+    return my.packet(0, bytes((my.COM_STMT_EXECUTE,)) + (1).to_bytes(4, "little")
+                     + b"\0\x01\0\0\0\0\x01\x03\0" + (i * 7919 % 10_000).to_bytes(4, "little"))
+
+
+MYSQL_PREPARED = (my.packet(1, b"\0" + (1).to_bytes(4, "little") + b"\x01\0\x01\0\0\0\0")
+                  + my.packet(2, b"\x03def" + b"p" * 24) + my.packet(3, b"\x03def" + b"c" * 30))
+MYSQL_ANSWER = (my.packet(1, b"\x01") + my.packet(2, b"\x03def" + b"c" * 30)
+                + my.packet(3, b"\0\0\x78" + b"c" * 120)
+                + my.packet(4, b"\xfe\0\0\x02\0\0\0"))
+
+
 def workload(kind: str) -> tuple[list[bytes], list[bytes]]:
     """What the client sends (1,000 variants) and what the server answers (warm-up first,
     then the steady state)."""
+    if kind == "mysql":
+        return [mysql_execute(i) for i in range(1000)], [MYSQL_ANSWER]
     if kind == "simple":
         return [message(b"Q", QUERY + aid(i) + b";\0") for i in range(1000)], [ANSWER]
     sql = QUERY + b"$1;"
@@ -77,9 +99,16 @@ class _Gateway:
         self.ticker = True
 
 
-def session(spool: Path) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
-    conv = Conversation(allowed=DEFAULT_ROLES["admin"], classifier=Classifier(),
-                        role="admin", resource="bench", auto_prepare=5)
+def session(spool: Path, kind: str) -> tuple[Any, audit.AuditWriter, list[bytes]]:
+    conv: Any = Conversation(allowed=DEFAULT_ROLES["admin"], classifier=Classifier(),
+                             role="admin", resource="bench", auto_prepare=5)
+    cls: Any = ProxySession
+    if kind == "mysql":
+        conv = mysql_conversation.Conversation(
+            allowed=DEFAULT_ROLES["admin"], classifier=MySQLClassifier(), role="admin",
+            resource="bench", database="bench",
+            capabilities=my.CLIENT_PROTOCOL_41 | my.CLIENT_DEPRECATE_EOF)
+        cls = MySQLSession
     writer = audit.AuditWriter(None, spool)  # type: ignore[arg-type]  # no shipper here
     writer.dir.mkdir(parents=True)
     writer._open_next()
@@ -88,7 +117,7 @@ def session(spool: Path) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
                              application="pgbench", tls=False, upstream_role=None)
     writer.opened(info, conv.in_flight)
     sink: list[bytes] = []
-    s = object.__new__(ProxySession)  # the data path only: no sockets, no gateway
+    s = object.__new__(cls)  # the data path only: no sockets, no gateway
     s.ended, s.conv, s.audit, s.info, s._slow = False, conv, writer, info, None
     s._asking = False  # no statement held for review
     s._to_server = s._to_client = sink.append
@@ -97,10 +126,14 @@ def session(spool: Path) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
 
 
 def run(kind: str, n: int, spool: Path) -> tuple[float, audit.AuditWriter]:
-    s, writer, sink = session(spool)
+    s, writer, sink = session(spool, kind)
     sent, answers = workload(kind)
     from_client, from_server = s.from_client, s.from_server
     gateway = s.gateway
+    if kind == "mysql":  # sysbench prepares its statement once per connection
+        from_client(my.packet(0, bytes((my.COM_STMT_PREPARE,))
+                              + b"SELECT c FROM sbtest1 WHERE id=?"))
+        from_server(MYSQL_PREPARED)
     for i in range(50):  # reuse starts at the 5th Parse
         from_client(sent[i])
         from_server(answers[0] if i < 5 else answers[-1])
@@ -129,7 +162,7 @@ def main() -> None:
     gc.freeze()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("simple", "extended"):
+        for kind in ("simple", "extended", "mysql"):
             gc.set_threshold(20_000, 20, 20)  # as accord gateway
             runs = []
             for r in range(args.repeat):
