@@ -29,6 +29,7 @@ from accord.gateway.records import Finished, Run, Violation
 
 _NONE: list[Any] = []
 _HDR = struct.Struct("<I")
+MAX_PAYLOAD = my.MAX_PAYLOAD
 # Expected answers from the server.
 K_SIMPLE = 0  # one packet: OK, ERR, EOF or a string (PING, INIT_DB, STMT_RESET, ...)
 K_RESULT = 1  # OK/ERR, or result sets (COM_QUERY, COM_STMT_EXECUTE)
@@ -432,8 +433,23 @@ class Conversation:
             first = data[pos + 4] if length else -1
             if head is not None and head.state == S_ROWS and head.kind == K_RESULT and \
                     first != 0xFE and first != 0xFF and length < my.MAX_PAYLOAD:
-                head.rows += 1  # a row: the commonest packet, nothing to read in it
+                # Rows, the commonest packets, with nothing to read in them: counted in a
+                # loop of their own up to what is not plainly a row (the outer loop's).
+                rows = 1
                 pos = end
+                while n - pos >= 4:
+                    word = unpack(data, pos)[0]
+                    length = word & 0xFFFFFF
+                    end = pos + 4 + length
+                    if end > n or not length or length >= MAX_PAYLOAD:
+                        break
+                    first = data[pos + 4]
+                    if first == 0xFE or first == 0xFF:
+                        break
+                    seq = word >> 24
+                    rows += 1
+                    pos = end
+                head.rows += rows
                 continue
             if head is None or head.kind == K_LOCAL:
                 if first == 0xFF:  # the server says why it is closing the connection
