@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from accord.gateway import tokens
 from accord.gateway.link import Closed, Link
 from accord.gateway.records import Finished, Run, SessionInfo, Violation
 from accord.provisioning.base import ConnectorError
+from accord.provisioning.secrets import SecretBox
 from accord.spec.resources import ResourceSpec
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("accord.gateway")
 T = TypeVar("T")
+L = TypeVar("L", bound="Target")
 _NONE: list[Any] = []  # nothing (never appended to)
 TERMINATING = "57P01"  # admin_shutdown: the SQLSTATE of a session the gateway ends
 
@@ -167,6 +170,19 @@ class Logins:
                     "08001", "the gateway cannot prepare its login to the database behind "
                              "this resource (see the gateway's log)") from None
         self._ready.add(key)
+
+    def target_for(self, spec: ResourceSpec, role: str,
+                   target_for: Callable[[ResourceSpec, str, Mapping[str, str], SecretBox], L]
+                   ) -> L:
+        """The protocol's `target_for` the grant's role, its gateway login made ready (on a
+        database thread); a `tokens.Refusal` when the gateway has no login to serve it."""
+        try:
+            target = target_for(spec, role, self.srv.env, self.srv.st.secrets)
+            if target.gateway_login is not None:
+                self.ready(spec.name, target)
+        except UpstreamError as exc:
+            raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
+        return target
 
     async def connect(self, resource: str, target: Target,
                       connect: Callable[[], Awaitable[T]]) -> T:

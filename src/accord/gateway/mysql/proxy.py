@@ -228,12 +228,7 @@ class MySQLFront(Front):
             grant, spec = srv.authorize(user=user, resource=resource, token=token,
                                         where=where, problem=problem, protocol=self.protocol)
             configured = spec.gateway.roles if spec.gateway is not None else None
-            try:
-                target = upstream.target_for(spec, grant.role, srv.env, srv.st.secrets)
-                if target.gateway_login is not None:
-                    self.logins.ready(resource, target)
-            except upstream.UpstreamError as exc:
-                raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
+            target = self.logins.target_for(spec, grant.role, upstream.target_for)
             allow = spec.gateway.allow.get(grant.role, []) if spec.gateway is not None else []
             return Authorized(grant.id, user, resource, grant.role,
                               role_classes(grant.role, configured), target,

@@ -310,12 +310,7 @@ class PostgresGateway(GatewayServer):
             grant, spec = self.authorize(user=user, resource=resource, token=token,
                                          where=where, problem=problem)
             configured = spec.gateway.roles if spec.gateway is not None else None
-            try:
-                target = upstream.target_for(spec, grant.role, self.env, self.st.secrets)
-                if target.gateway_login is not None:
-                    self.logins.ready(resource, target)
-            except upstream.UpstreamError as exc:
-                raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
+            target = self.logins.target_for(spec, grant.role, upstream.target_for)
             return Authorized(grant.id, user, resource, grant.role,
                               role_classes(grant.role, configured), target,
                               self.guard_for(spec, grant.role), self.masker_for(spec, grant.role))
