@@ -15,6 +15,9 @@ code every proxied message runs, and only that, so such a change shows:
   without masking and with two of the columns masked whole (`email`, `card`: every row
   rewritten). A tenth of `--transactions`; `wide_masked_vs_wide` is the ratio of their
   costs (what masking leaves of the data path's own throughput).
+* `mysql`: a MySQLSession (the same core, `gateway.session`) handed sysbench's
+  `oltp_point_select` transaction: a COM_STMT_EXECUTE of a prepared statement, then the
+  server's binary result (column count, definition, one row, OK).
 * `spool_read`: the shipper's side, the spool read back into statement rows
   (`spool.Reader.poll`), per statement.
 
@@ -40,6 +43,10 @@ from typing import Any
 
 from accord.gateway import audit, records, spool
 from accord.gateway.masking import Masker
+from accord.gateway.mysql import conversation as mysql_conversation
+from accord.gateway.mysql import protocol as my
+from accord.gateway.mysql.proxy import MySQLSession
+from accord.gateway.mysql.scope import Classifier as MySQLClassifier
 from accord.gateway.postgres.conversation import Conversation
 from accord.gateway.postgres.mask import SessionMask
 from accord.gateway.postgres.proxy import ProxySession
@@ -92,9 +99,24 @@ def aid(i: int) -> bytes:
     return b"%d" % (i * 7919 % 800_000 + 1)
 
 
+def mysql_execute(i: int) -> bytes:
+    """sysbench's point select: COM_STMT_EXECUTE of statement 1, one INT parameter."""
+    return my.packet(0, bytes((my.COM_STMT_EXECUTE,)) + (1).to_bytes(4, "little")
+                     + b"\0\x01\0\0\0\0\x01\x03\0" + (i * 7919 % 10_000).to_bytes(4, "little"))
+
+
+MYSQL_PREPARED = (my.packet(1, b"\0" + (1).to_bytes(4, "little") + b"\x01\0\x01\0\0\0\0")
+                  + my.packet(2, b"\x03def" + b"p" * 24) + my.packet(3, b"\x03def" + b"c" * 30))
+MYSQL_ANSWER = (my.packet(1, b"\x01") + my.packet(2, b"\x03def" + b"c" * 30)
+                + my.packet(3, b"\0\0\x78" + b"c" * 120)
+                + my.packet(4, b"\xfe\0\0\x02\0\0\0"))
+
+
 def workload(kind: str) -> tuple[list[bytes], list[bytes]]:
     """What the client sends (1,000 variants) and what the server answers (warm-up first,
     then the steady state)."""
+    if kind == "mysql":
+        return [mysql_execute(i) for i in range(1000)], [MYSQL_ANSWER]
     if kind == "simple":
         return [message(b"Q", QUERY + aid(i) + b";\0") for i in range(1000)], [ANSWER]
     if kind.startswith("wide"):
@@ -120,10 +142,17 @@ class _Gateway:
         self.ticker = True
 
 
-def session(spool: Path, mask: SessionMask | None = None
-            ) -> tuple[ProxySession, audit.AuditWriter, list[bytes]]:
-    conv = Conversation(allowed=DEFAULT_ROLES["admin"], classifier=Classifier(),
-                        role="admin", resource="bench", auto_prepare=5, mask=mask)
+def session(spool: Path, kind: str, mask: SessionMask | None = None
+            ) -> tuple[Any, audit.AuditWriter, list[bytes]]:
+    conv: Any = Conversation(allowed=DEFAULT_ROLES["admin"], classifier=Classifier(),
+                             role="admin", resource="bench", auto_prepare=5, mask=mask)
+    cls: Any = ProxySession
+    if kind == "mysql":
+        conv = mysql_conversation.Conversation(
+            allowed=DEFAULT_ROLES["admin"], classifier=MySQLClassifier(), role="admin",
+            resource="bench", database="bench",
+            capabilities=my.CLIENT_PROTOCOL_41 | my.CLIENT_DEPRECATE_EOF)
+        cls = MySQLSession
     writer = audit.AuditWriter(None, spool)  # type: ignore[arg-type]  # no shipper here
     writer.dir.mkdir(parents=True)
     writer._open_next()
@@ -132,7 +161,7 @@ def session(spool: Path, mask: SessionMask | None = None
                              application="pgbench", tls=False, upstream_role=None)
     writer.opened(info, conv.in_flight)
     sink: list[bytes] = []
-    s = object.__new__(ProxySession)  # the data path only: no sockets, no gateway
+    s = object.__new__(cls)  # the data path only: no sockets, no gateway
     s.ended, s.conv, s.audit, s.info, s._slow = False, conv, writer, info, None
     s._asking = False  # no statement held for review
     s._to_server = s._to_client = sink.append
@@ -141,10 +170,14 @@ def session(spool: Path, mask: SessionMask | None = None
 
 
 def run(kind: str, n: int, spool: Path) -> tuple[float, audit.AuditWriter]:
-    s, writer, sink = session(spool, wide_mask() if kind == "wide_masked" else None)
+    s, writer, sink = session(spool, kind, wide_mask() if kind == "wide_masked" else None)
     sent, answers = workload(kind)
     from_client, from_server = s.from_client, s.from_server
     gateway = s.gateway
+    if kind == "mysql":  # sysbench prepares its statement once per connection
+        from_client(my.packet(0, bytes((my.COM_STMT_PREPARE,))
+                              + b"SELECT c FROM sbtest1 WHERE id=?"))
+        from_server(MYSQL_PREPARED)
     for i in range(50):  # reuse starts at the 5th Parse
         from_client(sent[i % len(sent)])
         from_server(answers[0] if i < 5 else answers[-1])
@@ -173,7 +206,7 @@ def main() -> None:
     gc.freeze()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("simple", "extended"):
+        for kind in ("simple", "extended", "mysql"):
             gc.set_threshold(20_000, 20, 20)  # as accord gateway
             runs = []
             for r in range(args.repeat):

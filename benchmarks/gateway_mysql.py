@@ -6,7 +6,9 @@ PostgreSQL and a policy whose resource reaches MariaDB with shared credentials, 
 and a connection token; starts `accord gateway` (and `accord worker`, which integrates the
 ledger as it grows). sysbench then runs each workload against each target, interleaved
 (direct, gateway, direct, ...), 8 threads, with its default server-side prepared statements
-(so the gateway follows COM_STMT_PREPARE/EXECUTE and records each execution with its text).
+(so the gateway follows COM_STMT_PREPARE/EXECUTE and records each execution with its text),
+and through `benchmarks/forwarder.py` (a bare uvloop byte forwarder, as in gateway.py: the
+floor for any proxy in Python; `gateway_to_forwarder` is what the gateway's own work costs).
 
     .venv/bin/python benchmarks/gateway_mysql.py                 # 3 runs x 10 s per cell
     .venv/bin/python benchmarks/gateway_mysql.py --runs 1 --seconds 5 --json-only
@@ -36,7 +38,7 @@ import psycopg
 import pymysql
 from psycopg import sql
 
-from gateway import cpu_seconds, free_port, grant_token, log, start, stop, wait_port
+from gateway import FORWARDER, cpu_seconds, free_port, grant_token, log, start, stop, wait_port
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 SYSBENCH = shutil.which("sysbench") or "/usr/bin/sysbench"
@@ -99,6 +101,15 @@ def main() -> int:
     ap.add_argument("--pg-admin-url", default=os.environ.get(
         "ACCORD_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL for Accord's own database")
+    ap.add_argument("--upstream", choices=("tcp", "unix"), default="tcp",
+                    help="how the gateway reaches MariaDB: as sysbench does (TCP), or over the "
+                         "server's Unix socket (as gateway.py --upstream unix)")
+    ap.add_argument("--unix-socket", default="/run/mysqld/mysqld.sock")
+    ap.add_argument("--gateway-processes", type=int, default=None,
+                    help="`accord gateway --processes N` (default: gateway.processes, `auto`: "
+                         "one per core, at most 4), as gateway.py")
+    ap.add_argument("--no-forwarder", action="store_true",
+                    help="leave out the bare uvloop byte forwarder (benchmarks/forwarder.py)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     quiet = args.json_only
@@ -136,9 +147,11 @@ def main() -> int:
         data_dir = tmp / "data"
         accord_url = f"{base}/{accord_db}"
         env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
-               "ACCORD_DATA_DIR": str(data_dir), "BENCH_MYSQL_DSN": f"{dsn}/{target_db}"}
+               "ACCORD_DATA_DIR": str(data_dir), "BENCH_MYSQL_DSN": f"{dsn}/{target_db}" + (
+                   f"?unix_socket={args.unix_socket}" if args.upstream == "unix" else "")}
         token = grant_token(accord_url, config, data_dir, resource)
-        procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning"], env,
+        count = ["--processes", str(args.gateway_processes)] if args.gateway_processes else []
+        procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning", *count], env,
                                  tmp / "gateway.log")
         wait_port(my_gw_port, procs["gateway"], tmp / "gateway.log")
         procs["worker"] = start([ACCORD, "worker"], env, tmp / "worker.log")
@@ -147,6 +160,16 @@ def main() -> int:
                                "--mysql-user=bench", f"--mysql-password={token}",
                                f"--mysql-db={resource}"]}
         counted = {"gateway": procs["gateway"].pid, "accord_worker": procs["worker"].pid}
+        if not args.no_forwarder:  # relays bytes only: sysbench logs in to MariaDB itself
+            fw_port = free_port()
+            procs["forwarder"] = start(
+                [sys.executable, FORWARDER, str(fw_port), args.unix_socket
+                 if args.upstream == "unix" else f"{my_host}:{my_port}"],
+                env, tmp / "forwarder.out")
+            wait_port(fw_port, procs["forwarder"], tmp / "forwarder.out")
+            targets["forwarder"] = ["--mysql-host=127.0.0.1", f"--mysql-port={fw_port}",
+                                    *direct[2:]]
+            counted["forwarder"] = procs["forwarder"].pid
         mariadbd = pids_named("mariadbd") or pids_named("mysqld")
         results: dict[str, dict[str, list[dict[str, float]]]] = {
             w: {t: [] for t in targets} for w in WORKLOADS}
@@ -160,14 +183,18 @@ def main() -> int:
                     cpu["mariadbd"] = sum(cpu_seconds(p) for p in mariadbd) - before_db
                     r["cpu_us_per_tx"] = {  # type: ignore[assignment]
                         k: round(v / max(r["transactions"], 1) * 1e6, 1)
-                        for k, v in cpu.items() if target == "gateway" or k == "mariadbd"}
+                        for k, v in cpu.items()
+                        if k == "mariadbd" or k == target or (
+                            target == "gateway" and k == "accord_worker")}
                     results[workload][target].append(r)
                     log(f"run {run + 1} {workload} {target}: {r['tps']:.0f} tx/s "
                         f"cpu/tx {r['cpu_us_per_tx']}", quiet)
         out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
                                            "loadavg": os.getloadavg()},
                                "runs": args.runs, "seconds": args.seconds,
-                               "threads": args.threads, "workloads": {}}
+                               "threads": args.threads, "upstream": args.upstream,
+                               "gateway_processes": args.gateway_processes or "auto",
+                               "workloads": {}}
         for workload, target_ratio in WORKLOADS.items():
             cell: dict[str, Any] = {}
             for target, runs in results[workload].items():
@@ -179,6 +206,11 @@ def main() -> int:
                                     for k in runs[0]["cpu_us_per_tx"]}}  # type: ignore[attr-defined]
             ratio = cell["gateway"]["tps"] / cell["direct"]["tps"]
             cell["ratio"] = round(ratio, 3)
+            if "forwarder" in cell:
+                cell["forwarder_ratio"] = round(
+                    cell["forwarder"]["tps"] / cell["direct"]["tps"], 3)
+                cell["gateway_to_forwarder"] = round(
+                    cell["gateway"]["tps"] / cell["forwarder"]["tps"], 3)
             cell["target"] = target_ratio
             cell["meets_target"] = ratio >= target_ratio
             out["workloads"][workload] = cell

@@ -362,6 +362,8 @@ class AuditWriter:
                 tail += json.dumps(error).encode()
             if run.masked:  # after a record separator (never in JSON): old readers stop
                 tail += _masked_tail(run.masked)
+            if run.infile:  # after a group separator, likewise
+                tail += b"\x1d" + json.dumps(run.infile).encode()
             out.append(pack_done(DONE_STRUCT.size + len(tail), R_DONE, number, run.seq, rec,
                                  duration, -1 if rows is None else rows,
                                  OUTCOME_CODE[outcome]) + tail)

@@ -9,7 +9,8 @@ fall in it differ.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Generic, Protocol, TypeVar
 
 READ = "read"
 WRITE = "write"
@@ -50,3 +51,45 @@ def role_classes(role: str, configured: Mapping[str, Iterable[str]] | None = Non
         out.discard(PINNED)
         return frozenset(out)
     return DEFAULT_ROLES.get(role, FALLBACK)
+
+
+class _Statement(Protocol):
+    @property
+    def classes(self) -> frozenset[str]: ...
+
+
+class _Verdict(Protocol):
+    @property
+    def plain(self) -> bool: ...
+    @property
+    def statements(self) -> Sequence[_Statement]: ...
+
+
+V = TypeVar("V", bound=_Verdict)
+DIGITS = bytes.maketrans(b"123456789", b"000000000")  # a statement's shape: digits as 0
+MAX_CACHED = 8192  # longer text is parsed each time (it is rarely sent again)
+
+
+class VerdictCache(Generic[V]):
+    """A protocol parser's verdicts, kept in two bounded maps: by exact text (prepared and
+    repeated statements), and for plain statements, whose classes depend only on keywords
+    and which kinds of node occur, by shape (`DIGITS`), so `WHERE id = 123` is parsed once.
+    What counts as plain, and which text may be looked up by shape, is the protocol's."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._exact: dict[bytes, V] = {}
+        self._shape: dict[bytes, frozenset[str]] = {}
+
+    def remember(self, sql: bytes, key: bytes | None, verdict: V) -> V:
+        """Keep `verdict` of `sql` (`key`: its shape, None when it may not be looked up by
+        shape) and return it."""
+        if verdict.plain and key is not None:
+            if len(self._shape) >= self.size:
+                self._shape.clear()
+            self._shape[key] = verdict.statements[0].classes
+        elif len(sql) <= MAX_CACHED:
+            if len(self._exact) >= self.size:
+                self._exact.clear()
+            self._exact[sql] = verdict
+        return verdict

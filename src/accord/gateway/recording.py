@@ -67,20 +67,22 @@ def mark_upsert(dialect: str) -> Any:
 
 # A statement in a `gateway.statement` event: one row of these columns (compact, and
 # cheap to encode: no keys to sort per statement). New columns go at the end (`masked`:
-# the result columns whose values masking rewrote; events without it are older).
+# the result columns whose values masking rewrote; `infile`: the size and sha256 of a file
+# the client sent with the statement, MySQL's LOAD DATA LOCAL; events without them are older).
 COLUMNS = ("seq", "offset_us", "protocol", "text", "param_count", "params", "tag", "rows",
-           "duration_us", "outcome", "error", "masked")
+           "duration_us", "outcome", "error", "masked", "infile")
 
 
 def statement_row(seq: int, protocol: str, text: str, params: object, tag: str | None,
                   rows: int | None, duration_ns: int, outcome: str,
                   error: tuple[str, str] | list[str] | None,
-                  masked: list[str] | None = None) -> list[Any]:
+                  masked: list[str] | None = None,
+                  infile: dict[str, Any] | None = None) -> list[Any]:
     """A statement's row with `offset_us` still 0 (set when it joins an event)."""
     count = params if type(params) is int else (len(params) if isinstance(params, list) else 0)
     return [seq, 0, protocol, text, count, params if isinstance(params, list) else None, tag,
             rows, duration_ns // 1000, outcome,
-            [error[0], error[1][:2000]] if error else None, masked]
+            [error[0], error[1][:2000]] if error else None, masked, infile]
 
 
 def as_dicts(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 class Run:
     """One statement sent upstream: its text, parameters and how it ended."""
 
-    __slots__ = ("masked", "params", "protocol", "rows", "seq", "t0", "text")
+    __slots__ = ("infile", "masked", "params", "protocol", "rows", "seq", "t0", "text")
 
     def __init__(self, seq: int, protocol: str, text: bytes, params: object, t0: int) -> None:
         self.seq = seq
@@ -25,6 +25,8 @@ class Run:
         self.t0 = t0  # perf_counter_ns when sent
         self.rows = 0  # rows seen (the command tag's count wins when it has one)
         self.masked: set[str] | None = None  # result columns whose values were masked
+        # A file the client sent with it (MySQL's LOAD DATA LOCAL): {"bytes", "sha256"}.
+        self.infile: dict[str, object] | None = None
 
 
 # (run, command tag or None, rows or None, duration ns, (code, message) or None, outcome)

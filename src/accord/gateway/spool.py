@@ -224,17 +224,25 @@ class Reader:
                 info = infos.get(number)
                 if info is not None:  # a row of recording.COLUMNS (offset_us set when shipped)
                     # The tail: the tag, a NUL, and the error as JSON when there was one;
-                    # then, when values were masked, a record separator and their columns.
+                    # then, when values were masked, a record separator and their columns;
+                    # then, when the client sent a file, a group separator and its digest.
                     error: list[str] | None = None
                     masked: list[str] | None = None
+                    infile: dict[str, Any] | None = None
                     if body[end - 1] == 0:
                         nul = end - 1
                     else:
                         nul = body.index(b"\0", pos + dsize, end)
                         rest = end
-                        sep = body.find(b"\x1e", nul + 1, end)
+                        sep = body.find(b"\x1d", nul + 1, end)
                         if sep >= 0:
-                            masked = [str(c) for c in json.loads(body[sep + 1:end])]
+                            sent = json.loads(body[sep + 1:end])
+                            infile = {"bytes": int(sent["bytes"]),
+                                      "sha256": str(sent["sha256"])}
+                            rest = sep
+                        sep = body.find(b"\x1e", nul + 1, rest)
+                        if sep >= 0:
+                            masked = [str(c) for c in json.loads(body[sep + 1:rest])]
                             rest = sep
                         if rest > nul + 1:
                             code, message = json.loads(body[nul + 1:rest])
@@ -259,7 +267,7 @@ class Reader:
                         seq, 0, protocol, text, count, values, tag,
                         None if rows < 0 else rows if rows < SAFE_INT else SAFE_INT - 1,
                         duration // 1000 if duration < SAFE_NS else SAFE_INT - 1,
-                        OUTCOMES[outcome], error, masked]))
+                        OUTCOMES[outcome], error, masked, infile]))
             elif kind == R_INTENT:
                 length, _, number, seq, t0, size, protocol = intent(body, pos)
                 end = pos + 5 + length

@@ -281,11 +281,18 @@ def _check_resource_gateway(path: str, r: ResourceSpec) -> list[PolicyProblem]:
     g = r.gateway
     assert g is not None
     if not (g.dsn_env or g.dsn_file or (r.provision is not None
-                                         and r.provision.type == "postgres")):
-        problems.append(PolicyProblem(path, "needs dsn_env or dsn_file (or a postgres "
-                                            "provision target whose DSN it uses)"))
+                                         and r.provision.type in ("postgres", "mariadb"))):
+        problems.append(PolicyProblem(path, "needs dsn_env or dsn_file (or a postgres or "
+                                            "mariadb provision target whose DSN it uses)"))
     problems += _check_guardrails(path, r)
     problems += _check_masking(path, r)
+    for role, allowed in g.allow.items():
+        if role not in r.roles:
+            problems.append(PolicyProblem(f"{path}.allow.{role}", f'unknown role "{role}"'))
+        if "local_infile" in allowed and r.gateway_protocol != "mysql":
+            problems.append(PolicyProblem(
+                f"{path}.allow.{role}", "local_infile (LOAD DATA LOCAL INFILE) is MySQL's; "
+                                        f"this resource is served over {r.gateway_protocol}"))
     for role, classes in g.roles.items():
         if role not in r.roles:
             problems.append(PolicyProblem(f"{path}.roles.{role}", f'unknown role "{role}"'))

@@ -68,6 +68,10 @@ class ResourceGatewaySpec(Strict):
     review_window: timedelta = DEFAULT_REVIEW_WINDOW
     # Values rewritten in query results, per role (docs/gateway.md, Masking).
     masking: list[MaskingSpec] = Field(default_factory=list)
+    # Accord role -> what its sessions may do beyond statement classes: `local_infile`
+    # (MySQL's LOAD DATA LOCAL INFILE: the client sends a file of its machine; each transfer's
+    # size and sha256 are on the statement's row). Refused unless listed.
+    allow: dict[str, list[Literal["local_infile"]]] = Field(default_factory=dict)
 
     _w = field_validator("review_window", mode="before")(lambda cls, v: as_duration(v))
 

@@ -91,6 +91,7 @@ resources:
     labels: {{env: lab}}
     owners: [leads]
     roles: [read, write, admin]
+    gateway: {{allow: {{write: [local_infile]}}}}
     provision:
       type: mariadb
       dsn_env: {DSN_ENV}

@@ -7,6 +7,7 @@ gateway logs in upstream as its own login for the granted role.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import ssl
@@ -175,6 +176,35 @@ def _until_closed(conn: pymysql.connections.Connection[Any]) -> bytes:
         data += chunk
 
 
+def test_load_data_local_infile_when_the_role_allows_it(world: World, tmp_path: Path) -> None:
+    """`gateway.allow: {write: [local_infile]}`: the mariadb client sends a file of its
+    machine through the gateway; the statement's row has the file's size and sha256."""
+    data = b"".join(f"{i}\t{i * 7}\n".encode() for i in range(5001, 25001))
+    path = tmp_path / "orders.tsv"
+    path.write_bytes(data)
+    load = f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE orders"
+    grant = world.grant("erin", "write")
+    token = world.token(grant, "erin")
+    try:
+        r = world.cli(token, f"{load}; SELECT COUNT(*) FROM orders WHERE id > 5000",
+                      "--local-infile=1")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["COUNT(*)", "20000"]
+        assert world.target("SELECT SUM(total) FROM orders WHERE id > 5000") == (
+            (sum(i * 7 for i in range(5001, 25001)),),)
+        rows = [x for x in world.statements(grant["id"]) if x["text"] == load]
+        assert [(x["outcome"], x["rows"], x["infile"]) for x in rows] == [
+            ("ok", 20000, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})]
+        # A role without it: refused before the server hears of it, and audited.
+        other = world.grant("alice", "read")
+        r = world.cli(world.token(other), load, "--local-infile=1")
+        assert r.returncode != 0 and "1148" in r.stderr, r.stderr
+        refused = world.events("gateway.violation", other["id"])
+        assert refused[-1]["data"]["statement"] == load
+    finally:
+        world.target("DELETE FROM orders WHERE id > 5000")
+
+
 def test_revoking_the_grant_kills_the_session_within_2s(world: World) -> None:
     grant = world.grant("alice", "read")
     token = world.token(grant)
@@ -315,4 +345,4 @@ def test_the_upstream_client_logs_in_with_caching_sha2_password(world: World) ->
                           password="acg_wrong", database=world.resource)
     with pytest.raises(upstream.UpstreamError) as info:
         asyncio.run(upstream.connect(bad, side))
-    assert info.value.server_errno == 1045
+    assert info.value.server_code == 1045

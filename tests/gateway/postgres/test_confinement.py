@@ -585,7 +585,7 @@ def test_the_gateway_login_holds_nothing_but_its_group(confined: World) -> None:
     with psycopg.connect(world.target_dsn, autocommit=True) as conn:
         conn.execute(f'GRANT pg_read_server_files TO "{login_}"')
     proc = world.gateway
-    proc._logins.clear()  # as after a restart: the login is made ready again
+    proc.logins._ready.clear()  # as after a restart: the login is made ready again
     token = world.token(world.grant("alice", "read"))
     with world.connect(token) as conn:
         assert conn.execute("select current_user").fetchone() == (login_,)

@@ -16,6 +16,7 @@ its bytes go upstream; how each ended is in `finished`; refusals in `violations`
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from accord.gateway.records import Finished, Run, Violation
 
 _NONE: list[Any] = []
 _HDR = struct.Struct("<I")
+MAX_PAYLOAD = my.MAX_PAYLOAD
 # Expected answers from the server.
 K_SIMPLE = 0  # one packet: OK, ERR, EOF or a string (PING, INIT_DB, STMT_RESET, ...)
 K_RESULT = 1  # OK/ERR, or result sets (COM_QUERY, COM_STMT_EXECUTE)
@@ -74,11 +76,27 @@ class Prepared:
         self.long_data = False
 
 
+class Infile:
+    """A file the client sends for a LOAD DATA LOCAL statement: followed packet by packet
+    (relayed as it comes, never held) up to the empty packet that ends it."""
+
+    __slots__ = ("hash", "head", "left", "run", "size")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.left = 0  # bytes of the current packet's payload still to come
+        self.head = b""  # a packet header cut short
+
+
 class Conversation:
     def __init__(self, *, allowed: frozenset[str], classifier: Classifier, role: str,
                  resource: str, database: str, capabilities: int, redact: bool = True,
-                 max_message: int = 8 << 20) -> None:
+                 max_message: int = 8 << 20, local_infile: bool = False) -> None:
         self.allowed = allowed
+        self.local_infile = local_infile  # the role may send files (gateway.allow)
+        self._infile: Infile | None = None  # the file being sent now
         self.classifier = classifier
         self.role = role
         self.resource = resource
@@ -122,6 +140,9 @@ class Conversation:
 
     def client(self, data: bytes) -> bytes:
         """Bytes to send upstream for what the client sent (ProtocolError: end the session)."""
+        if self._infile is not None:
+            used = self._file(data)
+            return data if used == len(data) else data[:used] + self.client(data[used:])
         buf = self.cbuf
         if not buf and len(data) >= 5:  # the common case: one whole command, alone
             word = _HDR.unpack_from(data)[0]
@@ -171,6 +192,34 @@ class Conversation:
         del buf[:pos]
         self._flush_local()
         return bytes(out)
+
+    def _file(self, data: bytes) -> int:
+        """Follow the file being sent (hashing it as it passes); how many bytes of `data`
+        belong to it (what follows its last, empty, packet is commands again)."""
+        f = self._infile
+        assert f is not None
+        view = memoryview(data)
+        pos, n = 0, len(data)
+        while pos < n:
+            if f.left:
+                take = min(f.left, n - pos)
+                f.hash.update(view[pos:pos + take])
+                f.size += take
+                f.left -= take
+                pos += take
+                continue
+            take = min(4 - len(f.head), n - pos)
+            f.head += data[pos:pos + take]
+            pos += take
+            if len(f.head) < 4:
+                break
+            f.left = int.from_bytes(f.head[:3], "little")
+            f.head = b""
+            if not f.left:
+                f.run.infile = {"bytes": f.size, "sha256": f.hash.hexdigest()}
+                self._infile = None
+                break
+        return pos
 
     def _refuse(self, errno: int, sqlstate: str, message: str) -> bytes:
         """The gateway's own ERR answer to the command just read."""
@@ -252,8 +301,9 @@ class Conversation:
                ) -> tuple[Statement, frozenset[str], str | None] | None:
         """The first statement the role may not run: (it, missing classes, reason)."""
         for st in statements:
-            if st.local_infile:
-                return st, frozenset(), "LOAD DATA LOCAL is refused by the gateway"
+            if st.local_infile and not self.local_infile:
+                return st, frozenset(), (f"LOAD DATA LOCAL is not allowed for role "
+                                         f"{self.role} on {self.resource}")
             classes = st.classes
             if st.executes is not None:
                 classes = classes | self.sql_prepared.get(st.executes, frozenset({UNKNOWN}))
@@ -383,8 +433,23 @@ class Conversation:
             first = data[pos + 4] if length else -1
             if head is not None and head.state == S_ROWS and head.kind == K_RESULT and \
                     first != 0xFE and first != 0xFF and length < my.MAX_PAYLOAD:
-                head.rows += 1  # a row: the commonest packet, nothing to read in it
+                # Rows, the commonest packets, with nothing to read in them: counted in a
+                # loop of their own up to what is not plainly a row (the outer loop's).
+                rows = 1
                 pos = end
+                while n - pos >= 4:
+                    word = unpack(data, pos)[0]
+                    length = word & 0xFFFFFF
+                    end = pos + 4 + length
+                    if end > n or not length or length >= MAX_PAYLOAD:
+                        break
+                    first = data[pos + 4]
+                    if first == 0xFE or first == 0xFF:
+                        break
+                    seq = word >> 24
+                    rows += 1
+                    pos = end
+                head.rows += rows
                 continue
             if head is None or head.kind == K_LOCAL:
                 if first == 0xFF:  # the server says why it is closing the connection
@@ -433,8 +498,11 @@ class Conversation:
                     return self._result_done(e, "OK", affected, status)
                 if first == 0xFF:
                     return self._result_error(e, data[at:at + length])
-                if first == 0xFB:
-                    raise my.ProtocolError("the server asked for a LOCAL INFILE")
+                if first == 0xFB:  # the server asks for the file LOAD DATA LOCAL names
+                    if not self.local_infile or not e.runs:
+                        raise my.ProtocolError("the server asked for a LOCAL INFILE")
+                    self._infile = Infile(e.runs[0])
+                    return False  # then OK or ERR, once the file is sent
                 if length == 0:
                     raise my.ProtocolError("an empty result packet")
                 e.left, _ = my.read_lenenc(data[at:at + length], 0)

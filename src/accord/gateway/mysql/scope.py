@@ -53,13 +53,16 @@ from sqlglot.tokenizer_core import Token, TokenType
 from accord.gateway.classes import (
     ADMIN,
     DDL,
+    DIGITS,
     IDENTITY,
+    MAX_CACHED,
     PINNED,
     READ,
     SESSION,
     TRANSACTION,
     UNKNOWN,
     WRITE,
+    VerdictCache,
 )
 
 _DIALECT = MySQL()
@@ -523,36 +526,19 @@ def classify(sql: bytes) -> Verdict:
     return classify_text(text)
 
 
-_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-
-
-class Classifier:
-    """`classify` with two bounded caches: by exact text, and for plain SELECT/DML (their
-    classes depend only on keywords and function names, none of which holds a digit) by
-    shape, the text with every digit turned into 0, so `WHERE id = 123` is parsed once."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._exact: dict[bytes, Verdict] = {}
-        self._shape: dict[bytes, frozenset[str]] = {}
+class Classifier(VerdictCache[Verdict]):
+    """`classify` with the core's two bounded caches (`VerdictCache`): plain SELECT/DML
+    (their classes depend only on keywords and function names, none of which holds a
+    digit) by shape."""
 
     def __call__(self, sql: bytes) -> Verdict:
         hit = self._exact.get(sql)
         if hit is not None:
             return hit
         key = None
-        if len(sql) <= 8192:
-            key = sql.translate(_DIGITS)
+        if len(sql) <= MAX_CACHED:
+            key = sql.translate(DIGITS)
             classes = self._shape.get(key)
             if classes is not None:
                 return Verdict((Statement(sql, classes),), plain=True)
-        verdict = classify(sql)
-        if verdict.plain and key is not None:
-            if len(self._shape) >= self.size:
-                self._shape.clear()
-            self._shape[key] = verdict.statements[0].classes
-        elif len(sql) <= 8192:
-            if len(self._exact) >= self.size:
-                self._exact.clear()
-            self._exact[sql] = verdict
-        return verdict
+        return self.remember(sql, key, classify(sql))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
+from accord.gateway import session
 from accord.gateway.link import Closed, Link
 from accord.gateway.mysql import auth
 from accord.gateway.mysql import protocol as my
@@ -41,8 +42,9 @@ from accord.provisioning.mariadb import (
 from accord.provisioning.secrets import SecretBox
 from accord.spec.resources import MariaDBTarget, ResourceSpec
 
+UpstreamError = session.UpstreamError
 log = logging.getLogger("accord.gateway")
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = session.CONNECT_TIMEOUT
 MAX_LOGIN_PACKET = 1 << 20
 # Clear the sql_mode flags that change tokenizing (NO_BACKSLASH_ESCAPES, ANSI_QUOTES and the
 # modes that include it), whatever the server's default: the gateway parses text the way a
@@ -54,28 +56,11 @@ PIN_SQL_MODE = (
     "',POSTGRESQL,', ','), ',MAXDB,', ','), ',ANSI,', ',')")
 
 
-class UpstreamError(Exception):
-    """The upstream database could not be reached or refused the gateway."""
-
-    def __init__(self, code: str, message: str, server_errno: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.server_errno = server_errno  # the server's error, when it refused the login
-
-
 @dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    database: str
+class Target(session.Target):
     unix_socket: str | None = None
     ssl_ca: str | None = None  # verify the server with it (else TLS when offered, unverified)
     ssl_required: bool = False
-    role: str | None = None  # SET ROLE to this after login (shared credentials)
-    gateway_login: str | None = None  # the Accord role whose gateway login this is
 
 
 @dataclass
@@ -99,10 +84,7 @@ def _dsn_target(dsn: str, database: str | None) -> Target:
 
 
 def uses_gateway_login(spec: ResourceSpec, role: str) -> bool:
-    g = spec.gateway
-    shared = g is not None and bool(g.dsn_env or g.dsn_file)
-    return not shared and isinstance(spec.provision, MariaDBTarget) \
-        and role in spec.provision.roles
+    return session.uses_gateway_login(spec, role, MariaDBTarget)
 
 
 def target_for(spec: ResourceSpec, role: str, env: Mapping[str, str] | None = None,
@@ -173,20 +155,12 @@ class ClientSide:
     capabilities: int
     charset: int
     attrs: dict[str, str] = field(default_factory=dict)
+    local_files: bool = False  # the role may send files (LOAD DATA LOCAL, gateway.allow)
 
 
 async def connect(target: Target, client: ClientSide) -> Upstream:
     """Log in upstream (and SET ROLE, pin sql_mode); returns the ready connection."""
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            return await _connect(target, client)
-    except (OSError, Closed, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (
-            "connection closed" if isinstance(exc, Closed) else exc.strerror or str(exc))
-        raise UpstreamError("08006", f"the database behind this resource is unavailable "
-                                     f"({reason})") from None
-    except (my.ProtocolError, ValueError) as exc:
-        raise UpstreamError("08P01", f"upstream protocol error: {exc}") from None
+    return await session.log_in(_connect(target, client), (my.ProtocolError, ValueError))
 
 
 async def _connect(target: Target, client: ClientSide) -> Upstream:
@@ -205,6 +179,8 @@ async def _connect(target: Target, client: ClientSide) -> Upstream:
         caps = (client.capabilities & my.GATEWAY_CAPABILITIES & server) \
             | my.CLIENT_PROTOCOL_41 | my.CLIENT_SECURE_CONNECTION | my.CLIENT_LONG_PASSWORD
         caps &= ~(my.CLIENT_SSL | my.CLIENT_LOCAL_FILES | my.CLIENT_COMPRESS)
+        if client.local_files:
+            caps |= client.capabilities & server & my.CLIENT_LOCAL_FILES
         caps |= server & (my.CLIENT_PLUGIN_AUTH | my.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
                           | my.CLIENT_CONNECT_ATTRS)
         if target.database:
@@ -243,7 +219,7 @@ async def _connect(target: Target, client: ClientSide) -> Upstream:
                             target.host, target.port, target.user, err.errno, err.message)
                 raise UpstreamError("08004", "the database behind this resource refused the "
                                              "gateway's login (see the gateway's log)",
-                                    server_errno=err.errno)
+                                    server_code=err.errno)
             if first == b"\xfe":  # AuthSwitchRequest
                 name, pos = my.read_nul(payload, 1)
                 plugin, salt = name.decode("ascii", "replace"), payload[pos:].rstrip(b"\0")

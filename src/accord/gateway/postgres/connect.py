@@ -6,16 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from accord.gateway.address import Address, reach
 from accord.spec.gateway import GatewaySpec
 
 
 @dataclass(frozen=True)
-class ConnectionInfo:
-    host: str
-    port: int
-    database: str
-    user: str
-    sslmode: str
+class ConnectionInfo(Address):
     client: str = "psql"
 
     def dsn(self, token: str) -> str:
@@ -32,10 +28,5 @@ class ConnectionInfo:
 
 
 def connection_info(spec: GatewaySpec, *, user: str, resource: str) -> ConnectionInfo:
-    host, port = spec.host_port
-    if spec.public_host:
-        host = spec.public_host
-    elif host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listen address is no host
-        host = "127.0.0.1"
-    sslmode = "require" if spec.tls.required else ("prefer" if spec.tls.cert else "disable")
-    return ConnectionInfo(host, spec.public_port or port, resource, user, sslmode)
+    host, port, sslmode = reach(spec, spec.host_port, spec.public_port)
+    return ConnectionInfo(host, port, resource, user, sslmode)

@@ -20,8 +20,8 @@ from typing import Any
 
 from pglast import parser as pgparser
 
+from accord.gateway.classes import DIGITS
 from accord.gateway.postgres.scope import (
-    _DIGITS,
     _MAX_NESTING,
     _NOT_A_PARAM,
     _SQL_TEXT_ARGS,
@@ -206,7 +206,7 @@ class Guard:
         if self.rules.digits or len(sql) > 8192 or b"&" in sql or (
                 b"$" in sql and _NOT_A_PARAM.search(sql)):
             return None
-        return sql.translate(_DIGITS)
+        return sql.translate(DIGITS)
 
     def quiet(self, sql: bytes) -> bool:
         """Whether `sql` is known to match no rule (the data path's fast check)."""

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -25,135 +26,82 @@ from accord.gateway.postgres.scope import Classifier
 from accord.gateway.records import SessionInfo
 from accord.gateway.rules import ReviewAsk, ReviewDecision, RuleSet
 from accord.gateway.server import GatewayServer
-from accord.provisioning.base import ConnectorError
+from accord.gateway.session import (
+    DatabaseSession,
+    Grantee,
+    Logins,
+    client_address,
+    session_info,
+)
 from accord.provisioning.postgres import PostgresConnector
 
 log = logging.getLogger("accord.gateway")
-_NONE: list[Any] = []  # nothing (never appended to)
-TERMINATING = "57P01"  # admin_shutdown: what PostgreSQL says when it ends a session
 
 
 @dataclass
-class Authorized:
-    grant_id: int
-    user: str
-    resource: str
-    role: str
+class Authorized(Grantee):
     allowed: frozenset[str]
     target: upstream.Target
     guard: Guard | None = field(default=None)
     masker: Masker | None = field(default=None)
 
 
-class ProxySession:
-    """A live session: the conversation between one client and its upstream connection."""
+class ProxySession(DatabaseSession):
+    """A PostgreSQL session on the core's lifecycle; a review rule can hold a statement."""
 
     protocol = "postgres"
+    ProtocolError = pq.ProtocolError
+    GOODBYE = pq.TERMINATE
 
     def __init__(self, gateway: PostgresGateway, client: Link, server: upstream.Upstream,
                  conversation: Conversation, info: SessionInfo, target: upstream.Target) -> None:
-        self.gateway = gateway
-        self.client = client
-        self.server = server.link
+        super().__init__(gateway, client, server.link, conversation, info)
+        self.gateway: PostgresGateway = gateway
+        self.conv: Conversation = conversation
         self.upstream = server
-        self.conv = conversation
-        self.info = info
         self.target = target
         # In a prefork child the key's top bits say which child holds the session, so a
         # sibling that gets the cancel request can pass it on.
         self.key = (prefork_msg.key_pid(gateway.index), secrets.token_bytes(4))
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.reason = ""
-        self.ended = False
-        self.audit = gateway.audit
-        self._slow: asyncio.TimerHandle | None = None
         self._asking = False  # a review decision is being looked up (client input waits)
-        client.peer = self.server
-        self.server.peer = client
-        assert client.transport is not None and self.server.transport is not None
-        self._to_client = client.transport.write
-        self._to_server = self.server.transport.write
 
     # -- data path
 
     def from_client(self, data: bytes) -> None:
-        if self.ended:
+        if self._asking and not self.ended:  # behind a held statement: waits for its decision
+            self.conv.hold(data)
             return
-        conv = self.conv
-        if self._asking:  # behind a held statement: waits for its decision
-            conv.hold(data)
-            return
-        try:
-            out = conv.client(data)
-        except pq.ProtocolError as exc:
-            self.end("protocol violation", "08P01", f"Accord gateway: {exc}")
-            return
+        super().from_client(data)
+
+    def spool(self, conv: Any) -> bool:
         if conv.hits:  # guardrail matches: in the spool before what follows is forwarded
             self.audit.guardrails(self.info, conv.hits)
             conv.hits = []
-        started = conv.started
-        violations = conv.violations
-        if started or violations:
-            audit = self.audit
-            if audit.overloaded and audit.check():
-                self.end("audit backlog full", "53000",
-                         "Accord gateway: the audit ledger is behind; try again shortly")
-                return
-            conv.started = []
-            if violations:
-                conv.violations = []
-                audit.note(self.info, started, _NONE, violations)
-            elif len(started) == 1:
-                audit.sent(self.info.number, started[0])
-            else:
-                audit.note(self.info, started, _NONE, _NONE)
-        if out:
-            self._to_server(out)
+        return super().spool(conv)
+
+    def client_read(self, conv: Any) -> None:
         if conv.awaiting is not None:
             self._ask(conv.awaiting)
-        elif conv.cbuf:  # a message left unfinished: a slow or stalled client
-            if self._slow is None:
-                self._slow = asyncio.get_running_loop().call_later(
-                    self.gateway.message_timeout, self._too_slow)
-        elif self._slow is not None:
-            self._slow.cancel()
-            self._slow = None
+        else:
+            self.pace(bool(conv.cbuf))
 
-    def from_server(self, data: bytes) -> None:
-        if self.ended:
+    def upstream_broke(self, exc: Exception) -> None:
+        if not isinstance(exc, PinnedSettingChanged):
+            super().upstream_broke(exc)
             return
+        log.error("gateway: session %s: %s", self.info.id, exc)
         conv = self.conv
-        try:
-            out = conv.server(data)
-        except PinnedSettingChanged as exc:
-            log.error("gateway: session %s: %s", self.info.id, exc)
-            if conv.finished:  # what completed before the report (the SET itself)
-                self.audit.answered(self.info, conv.finished)
-                conv.finished = []
-            self.end("pinned setting changed upstream", "08P01",
-                     f"Accord gateway: terminating connection: {exc}")
-            return
-        except pq.ProtocolError as exc:
-            log.error("gateway: session %s: upstream broke the protocol: %s", self.info.id, exc)
-            self.end("upstream protocol error", "08P01",
-                     "Accord gateway: the upstream server broke the protocol")
-            return
-        finished = conv.finished
-        if finished:
+        if conv.finished:  # what completed before the report (the SET itself)
+            self.audit.answered(self.info, conv.finished)
             conv.finished = []
-            self.audit.answered(self.info, finished)
-            if self.gateway.ticker is None:  # the outcomes reach the spool within TICK
-                self.gateway.arm_tick()
-        if out:
-            self._to_client(out)
+        self.end("pinned setting changed upstream", "08P01",
+                 f"Accord gateway: terminating connection: {exc}")
 
     def _ask(self, ask: ReviewAsk) -> None:
         """A review rule holds a statement: stop reading the client until the decision is
         known (on a database thread), then carry on with the held bytes."""
         self._asking = True
-        if self._slow is not None:
-            self._slow.cancel()
-            self._slow = None
+        self.pace(False)
         if self.client.transport is not None:
             self.client.transport.pause_reading()
         self.gateway.spawn(self._review(ask))
@@ -176,42 +124,17 @@ class ProxySession:
             self.client.transport.resume_reading()
         self.from_client(b"")
 
-    def _too_slow(self) -> None:
-        self._slow = None
-        self.end("slow client", "08P01", "Accord gateway: a message was not completed within "
-                                          f"{self.gateway.message_timeout:.0f}s")
-
-    def client_lost(self) -> None:
-        self.end("client terminated" if self.conv.terminated else "client disconnected")
-
-    def server_lost(self) -> None:
-        self.end("server closed the connection")
-
     # -- ending
 
-    def terminate(self, reason: str, why: str) -> None:
-        self.end(reason, TERMINATING, f"Accord gateway: terminating connection because {why}")
+    def farewell(self, code: str, message: str) -> bytes | None:
+        if not self.conv.at_boundary:  # inside a message the client would misread it
+            return None
+        return pq.error_response(code, message, severity="FATAL")
 
-    def end(self, reason: str, code: str | None = None, message: str = "") -> None:
-        """Close both sides once; with `code`, tell the client why (when it can be told)."""
-        if self.ended:
-            return
-        self.ended = True
-        self.reason = reason
-        if self._slow is not None:
-            self._slow.cancel()
-        if code is not None and not self.client.closed and self.conv.at_boundary:
-            self.client.write(pq.error_response(code, message, severity="FATAL"))
-        if self.conv.busy and not self.server.closed and self.upstream.pid:
-            self.gateway.spawn(upstream.cancel(self.target, self.upstream.pid,
-                                               self.upstream.secret))
-        if not self.server.closed:
-            self.server.write(pq.TERMINATE)
-        self.server.close()
-        self.client.close()
-        self.gateway.audit.closed(self.info, reason, self.conv.in_flight())
-        self.gateway.forget(self)
-        self.done.set_result(None)
+    def interrupt(self) -> Coroutine[Any, Any, None] | None:
+        if not self.upstream.pid:
+            return None
+        return upstream.cancel(self.target, self.upstream.pid, self.upstream.secret)
 
 
 class PostgresGateway(GatewayServer):
@@ -222,7 +145,7 @@ class PostgresGateway(GatewayServer):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.classifier = Classifier()
-        self._logins: set[tuple[str, str, str]] = set()  # gateway logins made ready here
+        self.logins = Logins(self, PostgresConnector, "postgres", frozenset({"28P01", "28000"}))
         # (resource, role) → (the rules they came from, the guard and its caches)
         self._guards: dict[tuple[str, str], tuple[Any, Guard]] = {}
         self._maskers: dict[tuple[str, str], tuple[Any, Masker | None]] = {}
@@ -273,8 +196,7 @@ class PostgresGateway(GatewayServer):
     # -- one connection
 
     async def handle(self, client: Link) -> None:
-        peer = client.transport.get_extra_info("peername") if client.transport else None
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        where = client_address(client)
         try:
             async with asyncio.timeout(self.spec.startup_timeout.total_seconds()):
                 started = await self._startup(client)
@@ -307,14 +229,10 @@ class PostgresGateway(GatewayServer):
         except Closed:
             client.close()
             return
-        number = self.next_number()
-        info = SessionInfo(
-            id=f"{self.audit.instance}-{number}", number=number, grant_id=auth.grant_id,
-            user=auth.user, resource=auth.resource, role=auth.role, client=where,
-            application=startup.params.get("application_name", "")[:64], tls=tls,
-            upstream_role=auth.target.role or (
-                auth.target.user if auth.target.gateway_login else None),
-            owner=self.st.policies.current.owner_of(auth.user))
+        info = session_info(self, auth, where=where, tls=tls,
+                            application=startup.params.get("application_name", ""),
+                            upstream_role=auth.target.role or (
+                                auth.target.user if auth.target.gateway_login else None))
         conv = Conversation(allowed=auth.allowed, classifier=self.classifier, role=auth.role,
                             resource=auth.resource, redact=self.spec.redact_parameters,
                             max_message=self.spec.max_message,
@@ -324,12 +242,7 @@ class PostgresGateway(GatewayServer):
         hello = [pq.auth_request(pq.AUTH_OK)]
         hello += [pq.parameter_status(k, v) for k, v in server.params.items()]
         hello += [pq.backend_key_data(*session.key), pq.ready_for_query(b"I")]
-        self.register(session)
-        self.audit.opened(info, conv.in_flight)
-        client.write(b"".join(hello))
-        client.switch(session.from_client, session.client_lost)
-        server.link.switch(session.from_server, session.server_lost)
-        await session.done
+        await session.serve(b"".join(hello))
 
     def _fatal(self, client: Link, code: str, message: str, hint: str = "") -> None:
         client.write(pq.error_response(code, message, severity="FATAL", hint=hint))
@@ -397,57 +310,14 @@ class PostgresGateway(GatewayServer):
             grant, spec = self.authorize(user=user, resource=resource, token=token,
                                          where=where, problem=problem)
             configured = spec.gateway.roles if spec.gateway is not None else None
-            try:
-                target = upstream.target_for(spec, grant.role, self.env, self.st.secrets)
-                if target.gateway_login is not None:
-                    self._ready_login(resource, target)
-            except upstream.UpstreamError as exc:
-                raise tokens.Refusal(exc.code, f"Accord gateway: {exc.message}") from None
+            target = self.logins.target_for(spec, grant.role, upstream.target_for)
             return Authorized(grant.id, user, resource, grant.role,
                               role_classes(grant.role, configured), target,
                               self.guard_for(spec, grant.role), self.masker_for(spec, grant.role))
 
         return await self.db(check)
 
-    def _ready_login(self, resource: str, target: upstream.Target, *,
-                     again: bool = False) -> None:
-        """Make the gateway's login for the target's role exist (once per process; `again`
-        after the server refused it, e.g. its password was changed by hand)."""
-        assert target.gateway_login is not None
-        key = (resource, target.gateway_login, target.password)
-        if key in self._logins and not again:
-            return
-        for attempt in range(3):
-            try:
-                connector = self.st.connectors().get(resource)
-                if not isinstance(connector, PostgresConnector):
-                    raise ConnectorError(f"resource {resource} has no postgres provision "
-                                         f"target", retryable=False)
-                connector.ensure_gateway_login(target.gateway_login, target.password)
-                break
-            except ConnectorError as exc:
-                # Sibling processes making the same login ready at once may collide
-                # ("tuple concurrently updated"): retryable, and the next try finds it.
-                if exc.retryable and attempt < 2:
-                    continue
-                log.error("gateway: the upstream login for %s on %s is not ready: %s",
-                          target.gateway_login, resource, exc)
-                raise upstream.UpstreamError(
-                    "08001", "the gateway cannot prepare its login to the database behind "
-                             "this resource (see the gateway's log)") from None
-        self._logins.add(key)
-
     async def _connect_upstream(self, auth: Authorized, startup: pq.Startup
                                 ) -> upstream.Upstream:
-        try:
-            return await upstream.connect(auth.target, startup.params)
-        except upstream.UpstreamError as exc:
-            # The gateway's own login refused (its password changed, or it was dropped by
-            # hand since this process made it ready): make it ready again, once.
-            if auth.target.gateway_login is None or exc.server_code not in ("28P01", "28000"):
-                raise
-        await self.db(functools.partial(self._ready_login, auth.resource, auth.target,
-                                        again=True))
-        return await upstream.connect(auth.target, startup.params)
-
-
+        return await self.logins.connect(auth.resource, auth.target, functools.partial(
+            upstream.connect, auth.target, startup.params))

@@ -56,13 +56,16 @@ from pglast import parser as pgparser
 from accord.gateway.classes import (  # the names every protocol shares, re-exported here
     ADMIN,
     DDL,
+    DIGITS,
     IDENTITY,
+    MAX_CACHED,
     PINNED,
     READ,
     SESSION,
     TRANSACTION,
     UNKNOWN,
     WRITE,
+    VerdictCache,
 )
 from accord.gateway.classes import (
     ALL as ALL,
@@ -583,12 +586,11 @@ def classify(sql: bytes) -> Verdict:
     return Verdict(tuple(out))
 
 
-_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 _NOT_A_PARAM = re.compile(rb"\$(?![0-9])")
 
 
-class Classifier:
-    """`classify` with two bounded caches.
+class Classifier(VerdictCache[Verdict]):
+    """`classify` with the core's two bounded caches (`VerdictCache`).
 
     * By exact text: prepared statements (the same text parsed again and again) and
       repeated queries.
@@ -599,11 +601,6 @@ class Classifier:
       statements' classes never depend on. So `... WHERE aid = 12345` is parsed once.
     """
 
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._exact: dict[bytes, Verdict] = {}
-        self._shape: dict[bytes, frozenset[str]] = {}
-
     def shape(self, sql: bytes) -> frozenset[str] | None:
         """The classes of a plain statement of a shape seen before, else None (the data
         path's fast check; `__call__` does the rest).
@@ -612,7 +609,7 @@ class Classifier:
         shape: turning digits into 0 keeps every `$`, `&` and whether a digit follows a
         `$`, and the text's length, so text whose shape was stored passes those checks too.
         """
-        return self._shape.get(sql.translate(_DIGITS))
+        return self._shape.get(sql.translate(DIGITS))
 
     def __call__(self, sql: bytes) -> Verdict:
         hit = self._exact.get(sql)
@@ -620,18 +617,9 @@ class Classifier:
             return hit
         key = None
         if (b"$" not in sql or not _NOT_A_PARAM.search(sql)) and b"&" not in sql \
-                and len(sql) <= 8192:
-            key = sql.translate(_DIGITS)
+                and len(sql) <= MAX_CACHED:
+            key = sql.translate(DIGITS)
             classes = self._shape.get(key)
             if classes is not None:
                 return Verdict((Statement(sql.strip(), classes),), plain=True)
-        verdict = classify(sql)
-        if verdict.plain and key is not None:
-            if len(self._shape) >= self.size:
-                self._shape.clear()
-            self._shape[key] = verdict.statements[0].classes
-        elif len(sql) <= 8192:
-            if len(self._exact) >= self.size:
-                self._exact.clear()
-            self._exact[sql] = verdict
-        return verdict
+        return self.remember(sql, key, classify(sql))

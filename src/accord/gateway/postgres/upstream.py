@@ -28,12 +28,13 @@ import logging
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from accord.gateway import session
 from accord.gateway.link import Closed, Link
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.scope import PINNED_SETTINGS
@@ -43,8 +44,9 @@ from accord.provisioning.postgres import admin_dsn, gateway_login_name, group_na
 from accord.provisioning.secrets import SecretBox
 from accord.spec.resources import PostgresTarget, ResourceSpec
 
+UpstreamError = session.UpstreamError
 log = logging.getLogger("accord.gateway")
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = session.CONNECT_TIMEOUT
 # Client startup parameters passed upstream; anything else (notably `options`, which can
 # set `role`) is dropped, and the pinned settings are the gateway's (`startup_problem`).
 PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone",
@@ -54,16 +56,6 @@ PASSED_PARAMS = ("application_name", "DateStyle", "TimeZone",
 # SQL_ASCII (libpq's "auto" in the C locale), which the gateway answers with UTF8.
 _CLIENT_ENCODINGS = frozenset({"utf8", "unicode", "sqlascii"})
 _IDENTITY_PARAMS = frozenset({"role", "session_authorization"})
-
-
-class UpstreamError(Exception):
-    """The upstream database could not be reached or refused the gateway."""
-
-    def __init__(self, code: str, message: str, server_code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.server_code = server_code  # the server's SQLSTATE, when it refused the login
 
 
 def _encoding_key(name: str) -> str:
@@ -138,18 +130,9 @@ def startup_problem(params: Mapping[str, str]) -> tuple[str, str, str] | None:
 
 
 @dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    database: str
+class Target(session.Target):
     sslmode: str = "prefer"
     sslrootcert: str | None = None
-    role: str | None = None  # SET ROLE to this after login
-    # The Accord role whose gateway login this is (see the module docstring): the gateway
-    # makes the login exist before connecting. None: shared credentials.
-    gateway_login: str | None = None
 
     @property
     def unix_socket(self) -> str | None:
@@ -157,12 +140,7 @@ class Target:
 
 
 def uses_gateway_login(spec: ResourceSpec, role: str) -> bool:
-    """Whether sessions of `role` log in as the gateway's own login for that role (else as
-    the shared credentials, the ceiling of every grant on the resource)."""
-    g = spec.gateway
-    shared = g is not None and bool(g.dsn_env or g.dsn_file)
-    return not shared and isinstance(spec.provision, PostgresTarget) \
-        and role in spec.provision.roles
+    return session.uses_gateway_login(spec, role, PostgresTarget)
 
 
 def unserved_role(resource: str, role: str) -> str:
@@ -355,16 +333,7 @@ async def _open(target: Target) -> Link:
 
 async def connect(target: Target, startup: Mapping[str, str]) -> Upstream:
     """Log in upstream and SET ROLE; returns the ready connection (raises UpstreamError)."""
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            return await _connect(target, startup)
-    except (OSError, Closed, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (
-            "connection closed" if isinstance(exc, Closed) else exc.strerror or str(exc))
-        raise UpstreamError("08006", f"the database behind this resource is unavailable "
-                                     f"({reason})") from None
-    except pq.ProtocolError as exc:
-        raise UpstreamError("08P01", f"upstream protocol error: {exc}") from None
+    return await session.log_in(_connect(target, startup), pq.ProtocolError)
 
 
 async def _connect(target: Target, startup: Mapping[str, str]) -> Upstream:

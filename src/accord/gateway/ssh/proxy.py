@@ -39,6 +39,7 @@ from typing import Any
 from accord.gateway import tokens
 from accord.gateway.records import SessionInfo, Violation
 from accord.gateway.server import Front, GatewayServer
+from accord.gateway.session import Grantee
 from accord.gateway.ssh import upstream
 from accord.gateway.ssh.cast import Recorder
 from accord.gateway.ssh.lib import asyncssh
@@ -50,11 +51,7 @@ GRACE = 1.0  # after telling the client its session ends, how long before closin
 
 
 @dataclass
-class Authorized:
-    grant_id: int
-    user: str
-    resource: str
-    role: str
+class Authorized(Grantee):
     target: upstream.Target
 
 
