@@ -54,7 +54,10 @@ from accord.gateway.spool import (
     DONE_STRUCT,
     FACT,
     FRAME,
+    HEAD,
     OUTCOME_CODE,
+    PIECE,
+    PIECE_FRAME,
     R_BLOB,
     R_CLOCK,
     R_CLOSE,
@@ -62,6 +65,7 @@ from accord.gateway.spool import (
     R_DONE,
     R_GUARDRAIL,
     R_OPEN,
+    R_PIECE,
     R_VIOLATION,
     SEGMENT_BYTES,
     TAG_TAILS,
@@ -93,6 +97,8 @@ class AuditWriter:
         self.dir = spool_root / self.instance
         self.offset = time.time_ns() - time.perf_counter_ns()  # perf_counter_ns → wall ns
         self.live: dict[int, tuple[SessionInfo, Callable[[], list[Run]]]] = {}
+        # A session's streams (`piece`) restated in each new segment (`spool.R_STREAM`).
+        self.carry: dict[int, Callable[[], list[bytes]]] = {}
         self._rec = 0
         self._deferred: list[bytes] = []  # records not yet written (outcomes wait a little)
         self._mm: mmap.mmap | None = None
@@ -276,6 +282,9 @@ class AuditWriter:
             parts.append(record_bytes(R_CONTEXT, FACT.pack(info.number, 0)
                                       + json.dumps({"info": info.as_dict()}).encode()))
             parts += (intent_record(info.number, run) for run in in_flight())
+            carry = self.carry.get(info.number)
+            if carry is not None:
+                parts += carry()
         context = b"".join(parts)
         self._open_next(need + FRAME.size + len(context))
         if context:
@@ -298,6 +307,26 @@ class AuditWriter:
                                                                   len(head)) + head + blob))
         self._write()
 
+    def piece(self, number: int, stream: int, data: bytes) -> None:
+        """Append `data` to stream `stream` of session `number` in the spool, at once and
+        copied once (a recording as it is made: its bytes are then forwarded; a `blob` fact
+        naming the stream takes them, `spool.R_PIECE`)."""
+        if self._deferred:
+            self._write()  # in order
+        body = HEAD.size + PIECE.size + len(data)
+        need = FRAME.size + body
+        if self._pos + need > self._size:
+            self._rotate(need)
+        mm = self._mm
+        assert mm is not None
+        pos = self._pos
+        head = PIECE_FRAME.pack(body, 0, PIECE.size + len(data), R_PIECE, number, stream)
+        crc = zlib.crc32(data, zlib.crc32(memoryview(head)[FRAME.size:]))
+        PIECE_FRAME.pack_into(mm, pos, body, crc, PIECE.size + len(data), R_PIECE, number,
+                              stream)
+        mm[pos + PIECE_FRAME.size:pos + need] = data
+        self._pos = pos + need
+
     def opened(self, info: SessionInfo, in_flight: Callable[[], list[Run]]) -> None:
         info.opened_ns = time.perf_counter_ns()
         self.live[info.number] = (info, in_flight)
@@ -309,6 +338,7 @@ class AuditWriter:
 
     def closed(self, info: SessionInfo, reason: str, in_flight: list[Run]) -> None:
         self.live.pop(info.number, None)
+        self.carry.pop(info.number, None)
         now = time.perf_counter_ns()
         if in_flight:  # sent, never answered: the session died under them
             self.note(info, [], [(run, None, None, now - run.t0, None, "unknown")

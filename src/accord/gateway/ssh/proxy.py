@@ -12,8 +12,10 @@ What holds:
   when the channel ends; the shipper puts its bytes in content-addressed storage and a
   `gateway.ssh_chunk` event (sha256, size) in the ledger, in one transaction. The header
   chunk, which names an exec's command, is spooled before the channel is opened upstream.
-  An exec ends with a `gateway.ssh_exec` event (exit status or signal). A gateway killed
-  mid-session loses the chunk being filled (at most `chunk_interval` of it).
+  An exec ends with a `gateway.ssh_exec` event (exit status or signal). Each event is in
+  the spool before its bytes are forwarded (`AuditWriter.piece`): a gateway killed
+  mid-session loses none of what the client received; its shipper ends each channel's
+  recording with a last chunk of what was not yet cut (`recovered`).
 * Remote port forwarding, agent and X11 forwarding and subsystems are refused, local port
   forwarding unless the role's `ssh.allow` lists `port_forwarding` (then each forward goes
   through the upstream server and is a `gateway.ssh_forward` event), and SFTP unless it
@@ -39,6 +41,7 @@ from typing import Any
 from accord.gateway import tokens
 from accord.gateway.records import SessionInfo, Violation
 from accord.gateway.server import Front, GatewayServer
+from accord.gateway.spool import stream_record
 from accord.gateway.ssh import upstream
 from accord.gateway.ssh.cast import Recorder
 from accord.gateway.ssh.lib import asyncssh
@@ -322,6 +325,7 @@ class LiveSSH:
         # detectors alert on them); nothing else typed goes into the ledger.
         self.patterns = [(name, re.compile(p)) for name, p in rule.patterns.items()] \
             if rule.enabled else []
+        self.audit.carry[info.number] = self._carry
         self._idle: asyncio.TimerHandle | None = None
         if target.idle_timeout:
             self._idle = asyncio.get_running_loop().call_later(target.idle_timeout,
@@ -339,6 +343,14 @@ class LiveSSH:
         self._count += 1
         ch = self.channels[self._count] = Channel(self, self._count)
         return ch
+
+    def _carry(self) -> list[bytes]:
+        """Each recording's last chunk event and what it holds since, for a new spool
+        segment."""
+        return [stream_record(self.info.number, ch.number,
+                              {"name": "ssh_chunk", "data": ch.last} if ch.last else None,
+                              b"".join(ch.rec.parts))
+                for ch in self.channels.values() if ch.rec is not None and not ch.rec.done]
 
     def refuse(self, what: str, text: str) -> None:
         self.audit.note(self.info, [], [], [Violation(
@@ -395,6 +407,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.modes: Any = None
         self.command: str | None = None
         self.rec: Recorder | None = None
+        self.last: dict[str, Any] | None = None  # its recording's last chunk event
         self.pending: list[bytes] = []
         self.eof = False
         self.started_ns = 0
@@ -440,7 +453,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self.sftp is not None:  # binary: its file transfers are recorded instead
             live.gateway.spawn(self._open_upstream())
             return
-        self.rec = Recorder(self._emit, width=self.size[0], height=self.size[1],
+        self.rec = Recorder(self._piece, self._emit, width=self.size[0], height=self.size[1],
                             term=self.term, command=self.command,
                             title=f"{info.user} on {info.resource} ({info.role})",
                             chunk_bytes=live.front.spec.chunk_bytes)
@@ -585,12 +598,17 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     # -- recording and ending
 
-    def _emit(self, index: int, data: bytes, final: bool) -> None:
+    def _piece(self, line: bytes) -> None:
+        self.live.audit.piece(self.live.info.number, self.number, line)
+
+    def _emit(self, index: int, final: bool) -> None:
+        """A chunk ends: its event takes the lines spooled since the last (`spool.R_PIECE`)."""
         meta: dict[str, Any] = {"channel": self.number, "index": index, "final": final,
                                 "kind": "exec" if self.command is not None else "shell"}
         if self.flags:
             meta["flagged"], self.flags = self.flags, []
-        self.live.audit.blob(self.live.info, "ssh_chunk", meta, data)
+        self.live.audit.blob(self.live.info, "ssh_chunk", {**meta, "stream": self.number})
+        self.last = meta
 
     def _arm(self) -> None:
         if self._tick is None and self.rec is not None and self.rec.pending:
