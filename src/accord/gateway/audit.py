@@ -307,25 +307,29 @@ class AuditWriter:
                                                                   len(head)) + head + blob))
         self._write()
 
-    def piece(self, number: int, stream: int, data: bytes) -> None:
-        """Append `data` to stream `stream` of session `number` in the spool, at once and
-        copied once (a recording as it is made: its bytes are then forwarded; a `blob` fact
-        naming the stream takes them, `spool.R_PIECE`)."""
+    def piece(self, number: int, stream: int, *parts: bytes) -> None:
+        """Append `parts` to stream `stream` of session `number` in the spool, at once and
+        each copied once (a recording as it is made, before its bytes are forwarded; a
+        `blob` fact naming the stream takes them: `spool.R_PIECE`)."""
         if self._deferred:
             self._write()  # in order
-        body = HEAD.size + PIECE.size + len(data)
-        need = FRAME.size + body
+        size = PIECE.size + sum(map(len, parts))
+        need = FRAME.size + HEAD.size + size
         if self._pos + need > self._size:
             self._rotate(need)
         mm = self._mm
         assert mm is not None
         pos = self._pos
-        head = PIECE_FRAME.pack(body, 0, PIECE.size + len(data), R_PIECE, number, stream)
-        crc = zlib.crc32(data, zlib.crc32(memoryview(head)[FRAME.size:]))
-        PIECE_FRAME.pack_into(mm, pos, body, crc, PIECE.size + len(data), R_PIECE, number,
-                              stream)
-        mm[pos + PIECE_FRAME.size:pos + need] = data
-        self._pos = pos + need
+        head = PIECE_FRAME.pack(need - FRAME.size, 0, size, R_PIECE, number, stream)
+        crc = zlib.crc32(memoryview(head)[FRAME.size:])
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        PIECE_FRAME.pack_into(mm, pos, need - FRAME.size, crc, size, R_PIECE, number, stream)
+        at = pos + PIECE_FRAME.size
+        for part in parts:
+            mm[at:at + len(part)] = part
+            at += len(part)
+        self._pos = at
 
     def opened(self, info: SessionInfo, in_flight: Callable[[], list[Run]]) -> None:
         info.opened_ns = time.perf_counter_ns()

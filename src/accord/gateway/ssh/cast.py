@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-Write = Callable[[bytes], None]  # an event's line, to spool before the bytes go on
+Write = Callable[..., None]  # an event's line (in parts), to spool before the bytes go on
 Cut = Callable[[int, bool], None]  # a chunk ends: its index, whether it is the last
 RAW = {"o": "ob", "i": "ib"}
 _LINE = orjson.OPT_APPEND_NEWLINE
@@ -88,17 +88,21 @@ class Recorder:
             text = (data[:-keep] if keep else data).decode("utf-8")
         except UnicodeDecodeError:
             self._tails[code] = b""
-            self._line(b'[%b,"%b","%b"]\n' % (orjson.dumps(self._now()), RAW[code].encode(),
-                                              binascii.b2a_base64(data, newline=False)))
+            self._raw(code, data)
             return
         self._tails[code] = data[-keep:] if keep else b""
         if text:
             self._line(orjson.dumps([self._now(), code, text], option=_LINE))
 
-    def _line(self, line: bytes) -> None:
-        self.write(line)
-        self.parts.append(line)
-        self.size += len(line)
+    def _raw(self, code: str, data: bytes) -> None:
+        """An `ob`/`ib` event (its base64 goes to the spool as it is, not copied into a line)."""
+        self._line(b'[%b,"%b","' % (orjson.dumps(self._now()), RAW[code].encode()),
+                   binascii.b2a_base64(data, newline=False), b'"]\n')
+
+    def _line(self, *parts: bytes) -> None:
+        self.write(*parts)
+        self.parts += parts
+        self.size += sum(map(len, parts))
         if self.size >= self.chunk_bytes:
             self.flush()
 
@@ -111,9 +115,7 @@ class Recorder:
             for code, tail in self._tails.items():
                 if tail:
                     self._tails[code] = b""
-                    self._line(b'[%b,"%b","%b"]\n' % (
-                        orjson.dumps(self._now()), RAW[code].encode(),
-                        binascii.b2a_base64(tail, newline=False)))
+                    self._raw(code, tail)
         self.done = final
         index, self.index = self.index, self.index + 1
         self.cut(index, final)  # `parts` still the chunk's: a segment started now carries it

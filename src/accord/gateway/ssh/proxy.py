@@ -598,8 +598,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     # -- recording and ending
 
-    def _piece(self, line: bytes) -> None:
-        self.live.audit.piece(self.live.info.number, self.number, line)
+    def _piece(self, *parts: bytes) -> None:
+        self.live.audit.piece(self.live.info.number, self.number, *parts)
 
     def _emit(self, index: int, final: bool) -> None:
         """A chunk ends: its event takes the lines spooled since the last (`spool.R_PIECE`)."""
