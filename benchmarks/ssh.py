@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -81,6 +82,34 @@ workflows:
     max_duration: 8h
     auto_approve: 'true'
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (the gateway's shipper), from
+    /proc: what the gateway costs whatever else the machine runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def shipped(url: str, execs: int) -> None:
+    """Until the ledger has `execs` commands (the last event of an exec's recording)."""
+    deadline = time.monotonic() + 120
+    with psycopg.connect(url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            row = c.execute("SELECT count(*) FROM ledger_entries "
+                            "WHERE type = 'gateway.ssh_exec'").fetchone()
+            if row and row[0] >= execs:
+                return
+            time.sleep(0.1)
+    raise RuntimeError("the gateway's shipper did not catch up")
 
 
 async def throughput(connect: Any, path: Path, size: int) -> float:
@@ -180,9 +209,14 @@ def main() -> int:
 
             async def run() -> dict[str, Any]:
                 rates: dict[str, list[float]] = {"direct": [], "gateway": []}
+                cpu: list[float] = []
                 for _ in range(args.runs):
                     rates["direct"].append(await throughput(direct, data, size))
+                    before = cpu_seconds(gw.pid)
                     rates["gateway"].append(await throughput(gateway, data, size))
+                    assert gw.pid is not None
+                    await asyncio.to_thread(shipped, accord_url, len(cpu) + 1)
+                    cpu.append(cpu_seconds(gw.pid) - before)
                 lat = {"direct": await keystrokes(direct, args.keys),
                        "gateway": await keystrokes(gateway, args.keys)}
                 d, g = statistics.median(rates["direct"]), statistics.median(rates["gateway"])
@@ -191,6 +225,9 @@ def main() -> int:
                                         "ratio": round(g / d, 3), "target_ratio": 0.5,
                                         "megabytes": args.megabytes, "runs": args.runs,
                                         "content": "binary" if args.binary else "text"},
+                    # the gateway's and its shipper's CPU for one run, until it was shipped
+                    "gateway_cpu_s_per_100mb": round(
+                        statistics.median(cpu) * 100 / args.megabytes, 2),
                     "keystroke_ms": {
                         "direct": {"p50": pct(lat["direct"], 50), "p99": pct(lat["direct"], 99)},
                         "gateway": {"p50": pct(lat["gateway"], 50),
