@@ -143,7 +143,7 @@ resources:
       users: {{user: {user}, admin: {user}}}
       key_env: {KEY_ENV}
       host_key: "{host_key}"
-      allow: {{admin: [port_forwarding, sftp]}}{extra}
+      allow: {{admin: [port_forwarding, remote_forwarding, agent_forwarding, sftp]}}{extra}
 workflows:
   - name: lab
     match: 'true'

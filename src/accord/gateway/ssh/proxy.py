@@ -32,7 +32,9 @@ import asyncio
 import functools
 import logging
 import re
+import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +78,9 @@ class SSHFront(Front):
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return asyncssh.SSHServerConnectionOptions(
             server_host_keys=[self.key], server_factory=lambda: _Server(self),
-            line_editor=False, agent_forwarding=False, x11_forwarding=False,
+            # agent_forwarding: the gateway answers agent requests per role itself
+            # (`LiveSSH.agent_requested`); asyncssh's own listener gates agent channels.
+            line_editor=False, agent_forwarding=True, x11_forwarding=False,
             allow_scp=False, login_timeout=self.server.spec.startup_timeout.total_seconds(),
             server_version="AccordGateway")
 
@@ -124,21 +128,24 @@ class SSHFront(Front):
             server.banner(exc.message.removeprefix("Accord gateway: ")
                           + (f" ({exc.hint})" if exc.hint else ""))
             return False
+        agent = _agent_socket(auth)
         try:
             up = await upstream.connect(auth.target,
-                                        srv.spec.startup_timeout.total_seconds())
+                                        srv.spec.startup_timeout.total_seconds(), agent)
         except upstream.UpstreamError as exc:
             log.error("gateway: %s on %s: %s", auth.user, auth.resource, exc)
             server.banner(f"the gateway cannot reach {auth.resource}: {exc}")
+            _forget_socket(agent)
             return False
         if server.gone:
             up.close()
+            _forget_socket(agent)
             return False
-        self._open(server, auth, up)
+        self._open(server, auth, up, agent)
         return True
 
     def _open(self, server: _Server, auth: Authorized,
-              up: asyncssh.SSHClientConnection | None) -> LiveSSH:
+              up: asyncssh.SSHClientConnection | None, agent: str | None) -> LiveSSH:
         """Register a logged-in connection as a live session (its upstream may follow)."""
         srv = self.server
         number = srv.next_number()
@@ -148,7 +155,7 @@ class SSHFront(Front):
             user=auth.user, resource=auth.resource, role=auth.role, client=server.where,
             application=str(server.conn.get_extra_info("client_version") or "")[:64],
             tls=False, upstream_role=auth.target.user)
-        live = LiveSSH(self, server.conn, up, info, auth.target)
+        live = LiveSSH(self, server.conn, up, info, auth.target, agent)
         server.live = live
         srv.register(live)
         srv.audit.opened(info, list)
@@ -181,12 +188,12 @@ class SSHFront(Front):
         """After a public-key login: the session now, its upstream as soon as it answers."""
         auth = server.pending
         assert auth is not None
-        live = self._open(server, auth, None)
+        live = self._open(server, auth, None, _agent_socket(auth))
 
         async def connect() -> None:
             try:
                 up = await upstream.connect(
-                    auth.target, self.server.spec.startup_timeout.total_seconds())
+                    auth.target, self.server.spec.startup_timeout.total_seconds(), live.agent)
             except upstream.UpstreamError as exc:
                 log.error("gateway: %s on %s: %s", auth.user, auth.resource, exc)
                 live.connected(None)
@@ -260,7 +267,13 @@ class _Server(asyncssh.SSHServer):
     def session_requested(self) -> Any:
         if self.live is None or self.live.ended or self.conn is None:
             return False
-        return self.conn.create_server_channel(encoding=None), self.live.channel()
+        chan: Any = self.conn.create_server_channel(encoding=None)
+        # asyncssh decides agent and X11 requests for the whole listener; the gateway
+        # decides them per role, so it answers them on each channel itself (asyncssh looks
+        # up `_process_<request>_request` on the channel).
+        chan._process_auth_agent_req_at_openssh_dot_com_request = self.live.agent_requested
+        chan._process_x11_req_request = self.live.x11_requested
+        return chan, self.live.channel()
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Any:
@@ -275,8 +288,11 @@ class _Server(asyncssh.SSHServer):
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                         "Accord gateway: port forwarding is not allowed")
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self._refuse("port_forwarding", f"tcpip-forward {listen_host}:{listen_port}")
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        live = self.live
+        if live is not None and "remote_forwarding" in live.target.allow and not live.ended:
+            return live.forward_remote(listen_host, listen_port)
+        self._refuse("remote_forwarding", f"tcpip-forward {listen_host}:{listen_port}")
         return False
 
     def unix_connection_requested(self, dest_path: str) -> Any:
@@ -302,8 +318,12 @@ class LiveSSH:
 
     def __init__(self, front: SSHFront, conn: asyncssh.SSHServerConnection,
                  up: asyncssh.SSHClientConnection | None, info: SessionInfo,
-                 target: upstream.Target) -> None:
+                 target: upstream.Target, agent: str | None = None) -> None:
         self.front = front
+        self.agent = agent  # the socket upstream sessions reach the client's agent through
+        self._agent_server: asyncio.AbstractServer | None = None
+        self._agent_started = False
+        self._listeners: list[asyncssh.SSHListener] = []  # remote forwards, upstream
         self.gateway = front.server
         self.audit = front.server.audit
         self.conn = conn
@@ -344,6 +364,82 @@ class LiveSSH:
         ch = self.channels[self._count] = Channel(self, self._count)
         return ch
 
+    # -- forwarding, for roles whose `ssh.allow` lists it (each use a `gateway.ssh_forward`)
+
+    def _forward(self, data: dict[str, Any]) -> None:
+        self.audit.blob(self.info, "ssh_forward", data)
+
+    def agent_requested(self, packet: Any) -> bool:
+        """`ssh -A` on a channel: the client's agent answers upstream programs (through
+        `agent`, which every upstream session of the role was offered), each connection to
+        it relayed to the client."""
+        if self.agent is None or self.ended:
+            self.refuse("agent_forwarding", "auth-agent-req@openssh.com")
+            return False
+        if not self._agent_started:
+            self._agent_started = True
+            self.gateway.spawn(self._serve_agent())
+            self._forward({"direction": "agent", "destination": "the client's agent"})
+        return True
+
+    async def _serve_agent(self) -> None:
+        assert self.agent is not None
+        if not await self.conn.create_agent_listener():  # lets agent channels be opened
+            return
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._forward({"direction": "agent", "destination": "agent connection"})
+            try:
+                creader, cwriter = await self.conn.open_agent_connection()
+            except (asyncssh.Error, OSError):
+                writer.close()
+                return
+            await _splice(reader, writer, creader, cwriter)
+
+        server = await asyncio.start_unix_server(relay, self.agent)
+        if self.ended:
+            server.close()
+        else:
+            self._agent_server = server
+
+    def x11_requested(self, packet: Any) -> bool:
+        self.refuse("x11_forwarding", "x11-req")
+        return False
+
+    async def forward_remote(self, host: str, port: int) -> Any:
+        """`ssh -R`: the upstream server listens; each connection it accepts is relayed to
+        the client as a forwarded-tcpip channel (the bytes are not recorded)."""
+        up = await self.ready
+        if up is None or self.ended:
+            return False
+        bound = port
+
+        def accept(orig_host: str, orig_port: int) -> Any:
+            async def relay(reader: Any, writer: Any) -> None:
+                self._forward({"direction": "remote", "listen": f"{host}:{bound}"[:300],
+                               "origin": f"{orig_host}:{orig_port}"[:300]})
+                try:
+                    creader, cwriter = await self.conn.open_connection(
+                        host, bound, orig_host, orig_port)
+                except (asyncssh.Error, OSError):
+                    writer.close()
+                    return
+                await _splice(reader, writer, creader, cwriter)
+            return relay
+
+        try:
+            listener = await up.start_server(accept, host, port)
+        except (asyncssh.Error, OSError) as exc:
+            log.info("gateway: remote forward %s:%d refused upstream: %s", host, port, exc)
+            return False
+        if self.ended:
+            listener.close()
+            return False
+        bound = listener.get_port()
+        self._listeners.append(listener)
+        self._forward({"direction": "remote", "listen": f"{host}:{bound}"[:300]})
+        return listener
+
     def _carry(self) -> list[bytes]:
         """Each recording's last chunk event and what it holds since, for a new spool
         segment."""
@@ -382,6 +478,11 @@ class LiveSSH:
             self._idle.cancel()
         for ch in list(self.channels.values()):
             ch.finish()
+        for listener in self._listeners:
+            listener.close()
+        if self._agent_server is not None:
+            self._agent_server.close()
+        _forget_socket(self.agent)
         if self.upstream is not None:
             self.upstream.close()
         if not self.ready.done():
@@ -677,3 +778,36 @@ class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.channel.upstream_closed()
+
+
+def _agent_socket(auth: Authorized) -> str | None:
+    """A private path for the socket that stands for a session's forwarded agent, when its
+    role may forward one."""
+    if "agent_forwarding" not in auth.target.allow:
+        return None
+    return str(Path(tempfile.mkdtemp(prefix="accord-agent-")) / "agent.sock")
+
+
+def _forget_socket(path: str | None) -> None:
+    if path is not None:
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+async def _pipe(reader: Any, writer: Any) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (asyncssh.Error, OSError):
+        pass
+
+
+async def _splice(reader: Any, writer: Any, creader: Any, cwriter: Any) -> None:
+    """Relay two streams both ways until both ends are done, then close them."""
+    try:
+        await asyncio.gather(_pipe(reader, cwriter), _pipe(creader, writer))
+    finally:
+        writer.close()
+        cwriter.close()

@@ -56,11 +56,15 @@ CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
            "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 
 
-async def connect(target: Target, timeout: float) -> asyncssh.SSHClientConnection:
-    """Log in upstream with the resource's key, trusting only the pinned host key."""
+async def connect(target: Target, timeout: float, agent: str | None = None
+                  ) -> asyncssh.SSHClientConnection:
+    """Log in upstream with the resource's key, trusting only the pinned host key; `agent`:
+    the socket that answers for the client's forwarded agent (its sessions ask upstream to
+    forward it)."""
     try:
         return await asyncssh.connect(
             target.host, target.port, username=target.user, client_keys=[target.key],
+            agent_forwarding=agent or False,
             known_hosts=([target.host_key], [], []), agent_path=None, config=None,
             preferred_auth="publickey", connect_timeout=timeout, login_timeout=timeout,
             encryption_algs=CIPHERS)
