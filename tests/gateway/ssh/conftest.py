@@ -104,6 +104,7 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin prohibit-password
 AllowTcpForwarding yes
+X11Forwarding yes
 AcceptEnv LANG
 Subsystem sftp internal-sftp
 LogLevel ERROR
@@ -143,7 +144,8 @@ resources:
       users: {{user: {user}, admin: {user}}}
       key_env: {KEY_ENV}
       host_key: "{host_key}"
-      allow: {{admin: [port_forwarding, remote_forwarding, agent_forwarding, sftp]}}{extra}
+      allow: {{admin: [port_forwarding, remote_forwarding, agent_forwarding, x11_forwarding,
+                      sftp]}}{extra}
 workflows:
   - name: lab
     match: 'true'

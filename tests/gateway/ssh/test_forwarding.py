@@ -1,7 +1,8 @@
 """Remote port forwarding (`ssh -R`), agent forwarding (`ssh -A`) and X11 (`ssh -X`) with
 the real OpenSSH client: refused by default, each refusal a `gateway.violation`; remote and
-agent forwarding allowed for a role whose `ssh.allow` lists them (the admin role here), each
-use a `gateway.ssh_forward` event. X11 is always refused."""
+agent and X11 forwarding allowed for a role whose `ssh.allow` lists them (the admin role
+here), each use a `gateway.ssh_forward` event. The X11 test's display is a stand-in that
+answers the connection setup (no X server here)."""
 
 from __future__ import annotations
 
@@ -104,14 +105,73 @@ def test_agent_forwarding_for_a_role_that_allows_it_and_refused_otherwise(world:
         subprocess.run(["ssh-agent", "-k"], env=agent, capture_output=True, check=False)
 
 
-def test_x11_forwarding_is_refused_and_recorded(world: World) -> None:
+@contextlib.contextmanager
+def x_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A stand-in X server on the client's side (display number, what it was sent): it
+    answers an X11 connection's setup with a few bytes."""
+    for number in range(150, 250):
+        try:
+            srv = socket.create_server(("127.0.0.1", 6000 + number))
+            break
+        except OSError:
+            continue
+    else:
+        pytest.fail("no free X11 display number")
+    srv.settimeout(30)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            with conn:
+                got.append(conn.recv(1024))
+                conn.sendall(b"X11-SETUP-REPLY")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield number, got
+    finally:
+        srv.close()
+        thread.join(30)
+
+
+# Upstream: an X11 client's connection setup to $DISPLAY with the cookie sshd gave it.
+X_CLIENT = """python3 -c '
+import os, socket, struct, subprocess
+display = os.environ["DISPLAY"]
+number = int(display.rpartition(":")[2].split(".")[0])
+entries = subprocess.run(["xauth", "list"], capture_output=True, text=True).stdout.splitlines()
+cookie = bytes.fromhex([e for e in entries if e.split()[0].endswith(f":{number}")][-1].split()[2])
+name = b"MIT-MAGIC-COOKIE-1"
+pad = lambda b: b + bytes(-len(b) % 4)
+s = socket.create_connection(("127.0.0.1", 6000 + number))
+s.sendall(struct.pack("<cxHHHHxx", b"l", 11, 0, len(name), len(cookie)) + pad(name) + pad(cookie))
+print("display", display, "answered", s.recv(100).decode())
+'"""
+
+
+def test_x11_forwarding_for_a_role_that_allows_it(world: World) -> None:
     grant = world.grant("alice", "admin")
-    r = _ssh_with(world, world.token(grant), {"DISPLAY": "127.0.0.1:93"},
-                  'echo "display=[$DISPLAY]"', "-X")
+    with x_server() as (number, got):  # -Y: no X server to make an untrusted cookie with
+        r = _ssh_with(world, world.token(grant), {"DISPLAY": f"127.0.0.1:{number}"},
+                      X_CLIENT, "-Y")
+    assert r.returncode == 0, r.stderr
+    assert "answered X11-SETUP-REPLY" in r.stdout
+    assert got and got[0].startswith(b"l\0\x0b\0")  # the setup reached the client's display
+    forwards = [f["data"] for f in world.events("gateway.ssh_forward", grant["id"])]
+    assert [f["direction"] for f in forwards] == ["x11", "x11"]  # allowed, a connection
+
+
+def test_x11_forwarding_is_refused_by_default(world: World) -> None:
+    grant = world.grant("erin")
+    r = _ssh_with(world, world.token(grant, "erin"), {"DISPLAY": "127.0.0.1:93"},
+                  'echo "display=[$DISPLAY]"', "-Y")
     assert r.returncode == 0, r.stderr
     assert "display=[]" in r.stdout
     violations = world.events("gateway.violation", grant["id"])
     assert "x11-req" in [v["data"]["statement"] for v in violations]
+    assert not world.events("gateway.ssh_forward", grant["id"])
 
 
 def test_remote_forwarding_is_refused_by_default(world: World, tmp_path: Path) -> None:

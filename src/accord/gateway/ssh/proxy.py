@@ -74,13 +74,17 @@ class SSHFront(Front):
         self.spec = spec
         self.key: asyncssh.SSHKey | None = None
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        # The cookies of the X11 displays forwarded through the gateway (asyncssh writes
+        # the client's; the upstream side reads them there), instead of ~/.Xauthority.
+        self.x11_auth = str(server.st.settings.data_dir / "gateway-x11-auth")
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return asyncssh.SSHServerConnectionOptions(
             server_host_keys=[self.key], server_factory=lambda: _Server(self),
-            # agent_forwarding: the gateway answers agent requests per role itself
-            # (`LiveSSH.agent_requested`); asyncssh's own listener gates agent channels.
-            line_editor=False, agent_forwarding=True, x11_forwarding=False,
+            # Agent and X11 requests: the gateway answers them per role itself
+            # (`LiveSSH.agent_requested`, `x11_requested`), then lets asyncssh do its part.
+            line_editor=False, agent_forwarding=True, x11_forwarding=True,
+            x11_auth_path=self.x11_auth,
             allow_scp=False, login_timeout=self.server.spec.startup_timeout.total_seconds(),
             server_version="AccordGateway")
 
@@ -272,7 +276,7 @@ class _Server(asyncssh.SSHServer):
         # decides them per role, so it answers them on each channel itself (asyncssh looks
         # up `_process_<request>_request` on the channel).
         chan._process_auth_agent_req_at_openssh_dot_com_request = self.live.agent_requested
-        chan._process_x11_req_request = self.live.x11_requested
+        chan._process_x11_req_request = functools.partial(self.live.x11_requested, chan)
         return chan, self.live.channel()
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
@@ -323,6 +327,7 @@ class LiveSSH:
         self.agent = agent  # the socket upstream sessions reach the client's agent through
         self._agent_server: asyncio.AbstractServer | None = None
         self._agent_started = False
+        self._x11_followed = False
         self._listeners: list[asyncssh.SSHListener] = []  # remote forwards, upstream
         self.gateway = front.server
         self.audit = front.server.audit
@@ -402,9 +407,25 @@ class LiveSSH:
         else:
             self._agent_server = server
 
-    def x11_requested(self, packet: Any) -> bool:
-        self.refuse("x11_forwarding", "x11-req")
-        return False
+    def x11_requested(self, chan: Any, packet: Any) -> bool | None:
+        """`ssh -X` on a channel: asyncssh listens for X11 clients on a display of the
+        gateway's and relays each to the client; the upstream session forwards its X11
+        connections to that display (`Channel._open_upstream`)."""
+        if "x11_forwarding" not in self.target.allow or self.ended:
+            self.refuse("x11_forwarding", "x11-req")
+            return False
+        if not self._x11_followed:  # each X11 connection to the client is a use
+            self._x11_followed = True
+            opener = self.conn.create_x11_connection
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                self._forward({"direction": "x11", "destination": "the client's display"})
+                return await opener(*args, **kwargs)
+
+            self.conn.create_x11_connection = counted  # type: ignore[method-assign]
+        self._forward({"direction": "x11", "destination": "the client's display"})
+        result: bool | None = type(chan)._process_x11_req_request(chan, packet)
+        return result
 
     async def forward_remote(self, host: str, port: int) -> Any:
         """`ssh -R`: the upstream server listens; each connection it accepts is relayed to
@@ -571,6 +592,10 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             kw["subsystem"] = "sftp"
         elif self.command is not None:
             kw["command"] = self.command
+        display = self.chan.get_x11_display() if self.chan is not None else None
+        if display:  # `ssh -X`, allowed and set up (`LiveSSH.x11_requested`)
+            kw.update(x11_forwarding=True, x11_display=display,
+                      x11_auth_path=self.live.front.x11_auth)
         if self.term is not None:
             kw.update(request_pty="force", term_type=self.term, term_size=self.size,
                       term_modes=self.modes or {})
