@@ -84,7 +84,7 @@ class SSHFront(Front):
             # Agent and X11 requests: the gateway answers them per role itself
             # (`LiveSSH.agent_requested`, `x11_requested`), then lets asyncssh do its part.
             line_editor=False, agent_forwarding=True, x11_forwarding=True,
-            x11_auth_path=self.x11_auth,
+            x11_auth_path=self.x11_auth, encryption_algs=list(self.spec.ciphers),
             allow_scp=False, login_timeout=self.server.spec.startup_timeout.total_seconds(),
             server_version="AccordGateway")
 
