@@ -16,11 +16,12 @@ What holds:
   the spool before its bytes are forwarded (`AuditWriter.piece`): a gateway killed
   mid-session loses none of what the client received; its shipper ends each channel's
   recording with a last chunk of what was not yet cut (`recovered`).
-* Remote port forwarding, agent and X11 forwarding and subsystems are refused, local port
-  forwarding unless the role's `ssh.allow` lists `port_forwarding` (then each forward goes
-  through the upstream server and is a `gateway.ssh_forward` event), and SFTP unless it
-  lists `sftp` (then each file transfer is a `gateway.ssh_file` event: path, direction,
-  size, sha256, from `sftp.Follower`); refused attempts are `gateway.violation` events.
+* Local (`port_forwarding`) and remote (`remote_forwarding`) port forwarding, agent
+  (`agent_forwarding`) and X11 (`x11_forwarding`) forwarding are refused unless the role's
+  `ssh.allow` lists them (then they go through the upstream server and each use is a
+  `gateway.ssh_forward` event), SFTP unless it lists `sftp` (then each file transfer is a
+  `gateway.ssh_file` event: path, direction, size, sha256, from `sftp.Follower`), other
+  subsystems always; refused attempts are `gateway.violation` events.
 * When the grant ends (the core's watcher) each channel is told why on the terminal and
   closed, then the connection; a connection left open by the client is closed a second
   later.
