@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,8 +23,8 @@ from accord.gateway import shipper, spool
 from accord.gateway.ssh import recordings
 from accord.gateway.ssh.cast import output, parse
 from accord.gateway.ssh.lib import asyncssh
-from tests.gateway.ssh.conftest import KEY_ENV, World, free_port, policy_text
-from tests.gateway.test_crash import ACCORD, _children, _wait_port, gone
+from tests.gateway.ssh.conftest import World, gateway_process
+from tests.gateway.test_crash import kill_gateway
 
 pytestmark = pytest.mark.ssh
 MEGABYTES = 20  # base64 in the spool: more than one 16 MiB segment
@@ -34,27 +34,9 @@ MEGABYTES = 20  # base64 in the spool: more than one 16 MiB segment
 def gateway(world: World, tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
     """`accord gateway` in a process of its own that cuts no chunk before the channel ends
     (8 MiB chunks, an hour apart)."""
-    target_port, host_key, private_key, user = world.policy
-    ssh_port = free_port()
-    config = tmp_path / "accord.yaml"
-    config.write_text(policy_text(world.resource, free_port(), ssh_port, target_port, host_key,
-                                  user).replace("chunk_interval: 200ms",
-                                                "chunk_interval: 1h, chunk_bytes: 8388608"),
-                      encoding="utf-8")
-    log = tmp_path / "gateway.log"
-    env = {**os.environ, "ACCORD_DATA_DIR": str(tmp_path / "data"), KEY_ENV: private_key,
-           "ACCORD_DATABASE_URL": world.engine.url.render_as_string(False).replace(
-               "+psycopg", "")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config), "--processes",
-                                 "1"], env=env, stdout=out, stderr=out)
-    try:
-        _wait_port(ssh_port, proc, log)
-        yield ssh_port, proc, tmp_path / "data" / "gateway-spool"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
+    with gateway_process(world, tmp_path, "--processes", "1",
+                         ssh="chunk_interval: 1h, chunk_bytes: 8388608") as (port, proc, _):
+        yield port, proc, tmp_path / "data" / "gateway-spool"
 
 
 async def _session_then_kill(world: World, port: int, token: dict[str, Any], data: Path,
@@ -97,16 +79,7 @@ def _check(world: World, grant_id: int, echoed: bytes, received: bytes) -> None:
 
 
 def _kill(proc: subprocess.Popen[bytes], shipper_too: bool) -> Any:
-    def victims() -> None:
-        pids = ([*_children(proc.pid), proc.pid] if shipper_too else [proc.pid])
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while not all(gone(pid) for pid in pids):  # init reaps the orphan
-            assert time.monotonic() < deadline, "a killed process lived on"
-            time.sleep(0.02)
-    return victims
+    return functools.partial(kill_gateway, proc, shipper_too=shipper_too)
 
 
 @pytest.mark.parametrize("shipper_too", [False, True], ids=["gateway", "gateway-and-shipper"])
