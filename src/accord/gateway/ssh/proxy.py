@@ -517,9 +517,6 @@ class LiveSSH:
         self.gateway.forget(self)
 
 
-UP_WINDOW, UP_PACKET = 8 << 20, 256 << 10
-
-
 class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     """A client's session channel and its twin upstream, recorded."""
 
@@ -586,9 +583,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         live.gateway.spawn(self._open_upstream())
 
     async def _open_upstream(self) -> None:
-        # Larger packets from upstream than the 32 KiB clients take: fewer to decrypt, record
-        # and spool per byte (OpenSSH's sshd sends what it has read, up to this).
-        kw: dict[str, Any] = {"encoding": None, "window": UP_WINDOW, "max_pktsize": UP_PACKET}
+        kw: dict[str, Any] = {"encoding": None}
         if self.sftp is not None:
             kw["subsystem"] = "sftp"
         elif self.command is not None:
