@@ -7,7 +7,9 @@ with `gateway.ssh` (recording every channel). Then, with asyncssh as the client:
 
 * throughput: `cat` of a file of --megabytes (log-like text; random bytes with --binary,
   the worst case for asciicast) over exec, direct and through the gateway (runs
-  interleaved; target: the gateway at least 0.5 of direct);
+  interleaved; target: the gateway at least 0.5 of direct), the client with the same
+  --cipher on both paths; and the CPU time the gateway and its shipper spent on a run
+  until it was in the ledger (per 100 MB: what the machine's load does not change);
 * keystroke latency: one byte written to an interactive `cat` in a pty, until its echo
   comes back, --keys times; p50/p99 direct and through the gateway, and what the gateway
   adds (target: p99 under 5 ms on 2 cores).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -83,6 +86,34 @@ workflows:
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (the gateway's shipper), from
+    /proc: what the gateway costs whatever else the machine runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def shipped(url: str, execs: int) -> None:
+    """Until the ledger has `execs` commands (the last event of an exec's recording)."""
+    deadline = time.monotonic() + 120
+    with psycopg.connect(url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            row = c.execute("SELECT count(*) FROM ledger_entries "
+                            "WHERE type = 'gateway.ssh_exec'").fetchone()
+            if row and row[0] >= execs:
+                return
+            time.sleep(0.1)
+    raise RuntimeError("the gateway's shipper did not catch up")
+
+
 async def throughput(connect: Any, path: Path, size: int) -> float:
     """MB/s of `cat path` over exec."""
     async with connect() as conn:
@@ -123,6 +154,9 @@ def main() -> int:
     ap.add_argument("--megabytes", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--keys", type=int, default=2000)
+    ap.add_argument("--cipher", default="aes128-gcm@openssh.com",
+                    help="the client's cipher on both paths (\"default\": asyncssh's own "
+                         "list, chacha20-poly1305 first, which the gateway does not offer)")
     ap.add_argument("--binary", action="store_true",
                     help="cat random bytes (the worst case for asciicast) instead of text")
     ap.add_argument("--pg-admin-url", default=os.environ.get(
@@ -167,22 +201,29 @@ def main() -> int:
             wait_port(ssh_port, gw, logfile)
             key = asyncssh.import_private_key(private_key)
 
+            ciphers = () if args.cipher == "default" else [args.cipher]
+
             def direct() -> Any:
                 return asyncssh.connect("127.0.0.1", target_port, username=getpass.getuser(),
                                         client_keys=[key], known_hosts=None, agent_path=None,
-                                        config=None)
+                                        config=None, encryption_algs=ciphers)
 
             def gateway() -> Any:
                 return asyncssh.connect("127.0.0.1", ssh_port, username=f"bench+{resource}",
                                         password=token, client_keys=None, known_hosts=None,
                                         agent_path=None, config=None,
-                                        preferred_auth="password")
+                                        preferred_auth="password", encryption_algs=ciphers)
 
             async def run() -> dict[str, Any]:
                 rates: dict[str, list[float]] = {"direct": [], "gateway": []}
+                cpu: list[float] = []
                 for _ in range(args.runs):
                     rates["direct"].append(await throughput(direct, data, size))
+                    before = cpu_seconds(gw.pid)
                     rates["gateway"].append(await throughput(gateway, data, size))
+                    assert gw.pid is not None
+                    await asyncio.to_thread(shipped, accord_url, len(cpu) + 1)
+                    cpu.append(cpu_seconds(gw.pid) - before)
                 lat = {"direct": await keystrokes(direct, args.keys),
                        "gateway": await keystrokes(gateway, args.keys)}
                 d, g = statistics.median(rates["direct"]), statistics.median(rates["gateway"])
@@ -190,7 +231,11 @@ def main() -> int:
                     "throughput_mb_s": {"direct": round(d, 1), "gateway": round(g, 1),
                                         "ratio": round(g / d, 3), "target_ratio": 0.5,
                                         "megabytes": args.megabytes, "runs": args.runs,
-                                        "content": "binary" if args.binary else "text"},
+                                        "content": "binary" if args.binary else "text",
+                                        "cipher": args.cipher},
+                    # the gateway's and its shipper's CPU for one run, until it was shipped
+                    "gateway_cpu_s_per_100mb": round(
+                        statistics.median(cpu) * 100 / args.megabytes, 2),
                     "keystroke_ms": {
                         "direct": {"p50": pct(lat["direct"], 50), "p99": pct(lat["direct"], 99)},
                         "gateway": {"p50": pct(lat["gateway"], 50),

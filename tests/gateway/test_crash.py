@@ -103,17 +103,22 @@ def _workload_then_kill(world: World, port: int, proc: subprocess.Popen[bytes],
                                "'select pg_sleep(3)' and state = 'active'"):
             assert time.monotonic() < deadline, "the sleeper never started"
             time.sleep(0.02)
-        victims = ([*children(proc.pid), proc.pid] if shipper_too else [proc.pid])
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        # A SIGKILLed shipper in an fdatasync lives on until the sync ends, holding its
-        # spool's lock: whoever replays must find it dead, as after a real crash.
-        deadline = time.monotonic() + 30
-        while not all(gone(pid) for pid in victims):  # init reaps the orphan
-            assert time.monotonic() < deadline, "a killed process lived on"
-            time.sleep(0.02)
+        kill_gateway(proc, shipper_too=shipper_too)
     return grant
+
+
+def kill_gateway(proc: subprocess.Popen[bytes], *, shipper_too: bool) -> None:
+    """SIGKILL a gateway process (and its shipper), until they are gone."""
+    victims = ([*children(proc.pid), proc.pid] if shipper_too else [proc.pid])
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # A SIGKILLed shipper in an fdatasync lives on until the sync ends, holding its
+    # spool's lock: whoever replays must find it dead, as after a real crash.
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in victims):  # init reaps the orphan
+        assert time.monotonic() < deadline, "a killed process lived on"
+        time.sleep(0.02)
 
 
 def _check_recovered(world: World, grant: dict[str, Any]) -> None:

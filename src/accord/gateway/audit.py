@@ -54,7 +54,10 @@ from accord.gateway.spool import (
     DONE_STRUCT,
     FACT,
     FRAME,
+    HEAD,
     OUTCOME_CODE,
+    PIECE,
+    PIECE_FRAME,
     R_BLOB,
     R_CLOCK,
     R_CLOSE,
@@ -62,6 +65,7 @@ from accord.gateway.spool import (
     R_DONE,
     R_GUARDRAIL,
     R_OPEN,
+    R_PIECE,
     R_VIOLATION,
     SEGMENT_BYTES,
     TAG_TAILS,
@@ -109,6 +113,8 @@ class AuditWriter:
         self.dir = spool_root / self.instance
         self.offset = time.time_ns() - time.perf_counter_ns()  # perf_counter_ns → wall ns
         self.live: dict[int, tuple[SessionInfo, Callable[[], list[Run]]]] = {}
+        # A session's streams (`piece`) restated in each new segment (`spool.R_STREAM`).
+        self.carry: dict[int, Callable[[], list[bytes]]] = {}
         self._rec = 0
         self._deferred: list[bytes] = []  # records not yet written (outcomes wait a little)
         self._mm: mmap.mmap | None = None
@@ -292,6 +298,9 @@ class AuditWriter:
             parts.append(record_bytes(R_CONTEXT, FACT.pack(info.number, 0)
                                       + json.dumps({"info": info.as_dict()}).encode()))
             parts += (intent_record(info.number, run) for run in in_flight())
+            carry = self.carry.get(info.number)
+            if carry is not None:
+                parts += carry()
         context = b"".join(parts)
         self._open_next(need + FRAME.size + len(context))
         if context:
@@ -314,6 +323,30 @@ class AuditWriter:
                                                                   len(head)) + head + blob))
         self._write()
 
+    def piece(self, number: int, stream: int, *parts: bytes) -> None:
+        """Append `parts` to stream `stream` of session `number` in the spool, at once and
+        each copied once (a recording as it is made, before its bytes are forwarded; a
+        `blob` fact naming the stream takes them: `spool.R_PIECE`)."""
+        if self._deferred:
+            self._write()  # in order
+        size = PIECE.size + sum(map(len, parts))
+        need = FRAME.size + HEAD.size + size
+        if self._pos + need > self._size:
+            self._rotate(need)
+        mm = self._mm
+        assert mm is not None
+        pos = self._pos
+        head = PIECE_FRAME.pack(need - FRAME.size, 0, size, R_PIECE, number, stream)
+        crc = zlib.crc32(memoryview(head)[FRAME.size:])
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        PIECE_FRAME.pack_into(mm, pos, need - FRAME.size, crc, size, R_PIECE, number, stream)
+        at = pos + PIECE_FRAME.size
+        for part in parts:
+            mm[at:at + len(part)] = part
+            at += len(part)
+        self._pos = at
+
     def opened(self, info: SessionInfo, in_flight: Callable[[], list[Run]]) -> None:
         info.opened_ns = time.perf_counter_ns()
         self.live[info.number] = (info, in_flight)
@@ -325,6 +358,7 @@ class AuditWriter:
 
     def closed(self, info: SessionInfo, reason: str, in_flight: list[Run]) -> None:
         self.live.pop(info.number, None)
+        self.carry.pop(info.number, None)
         now = time.perf_counter_ns()
         if in_flight:  # sent, never answered: the session died under them
             self.note(info, [], [(run, None, None, now - run.t0, None, "unknown")

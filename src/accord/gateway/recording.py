@@ -103,6 +103,7 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
     open_groups: dict[str, list[Any]] = {}  # session id → [first fact, statements]
     order: list[tuple[str, Any]] = []
     usage: dict[int, list[Any]] = {}
+    stored: dict[str, bytes] = {}  # chunks' bytes by sha256
     for fact in facts:
         _, kind, info, at_ns, payload = fact
         use = usage.get(info.grant_id)
@@ -158,9 +159,7 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
                 if kind == "ssh_chunk":
                     digest = hashlib.sha256(blob).hexdigest()
                     data["sha256"], data["size"] = digest, len(blob)
-                    session.execute(blob_insert(session.get_bind().dialect.name), {
-                        "sha256": digest, "size": len(blob), "data": blob,
-                        "created_at": datetime.now(UTC)})
+                    stored[digest] = blob
             elif kind == "guardrail":
                 data = {"grant_id": info.grant_id, "session": info.id, **payload}
                 etype = EventType.GATEWAY_GUARDRAIL
@@ -170,6 +169,11 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
             _emit(session, etype, info, at_ns, data)
         events += 1
     dialect = session.get_bind().dialect.name
+    if stored:  # one statement for the round's chunks, not a round trip each
+        now = datetime.now(UTC)
+        session.execute(blob_insert(dialect), [
+            {"sha256": digest, "size": len(blob), "data": blob, "created_at": now}
+            for digest, blob in stored.items()])
     if usage:
         session.execute(usage_upsert(dialect), [
             {"grant_id": gid, "first_used_at": _wall(u[0]), "last_used_at": _wall(u[1]),

@@ -43,6 +43,17 @@ R_CLOCK, R_INTENT, R_DONE, R_OPEN, R_CLOSE, R_VIOLATION, R_CONTEXT, R_GUARDRAIL 
 # the length of a JSON object, the object ({"name", "data", "at_ns"}), then raw bytes.
 R_BLOB = 8
 BLOB_HEAD = struct.Struct("<IQI")  # session, rec, JSON length
+# A protocol's recording as it is made (SSH: each event of a channel, spooled before its
+# bytes are forwarded): R_PIECE appends bytes to a *stream* of a session; an R_BLOB fact
+# whose data names that `stream` takes what was appended since the last one as its bytes.
+# Such a stream's facts are numbered chunks (`index`, `final`): when the writer dies, the
+# reader ends each stream left open with a last chunk of what it holds (`recovered`).
+# R_STREAM restates a stream at the start of a new segment (its last fact, what it holds),
+# so a shipper restarted there loses nothing once the old segment is deleted.
+R_PIECE, R_STREAM = 9, 10
+PIECE = struct.Struct("<II")  # session, stream; the bytes follow
+PIECE_FRAME = struct.Struct("<IIIBII")  # FRAME + HEAD + PIECE in one pack
+STREAM = struct.Struct("<III")  # session, stream, JSON length; the JSON, then the bytes
 FRAME = struct.Struct("<II")  # frame body length, CRC-32 of the body; records follow
 HEAD = struct.Struct("<IB")  # record length (after these 5 bytes), kind
 INTENT = struct.Struct("<IIqIB")  # session, seq, t0, text length, protocol; text, params json
@@ -92,6 +103,13 @@ def intent_record(number: int, run: Run) -> bytes:
                                        else json.dumps(params).encode())
     return INTENT_REC.pack(INTENT.size + len(text) + len(tail), R_INTENT, number, run.seq,
                             run.t0, len(text), PROTOCOL_CODE[run.protocol]) + text + tail
+
+
+def stream_record(number: int, stream: int, last: dict[str, Any] | None,
+                  held: bytes) -> bytes:
+    """A stream restated: its last fact ({"name", "data"}) and the bytes appended since."""
+    head = json.dumps(last).encode()
+    return record_bytes(R_STREAM, STREAM.pack(number, stream, len(head)) + head + held)
 
 
 def claim(root: Path, instance: str) -> int:
@@ -145,6 +163,8 @@ class Reader:
         self.done_segments: list[Path] = []  # read to their end, with a newer one after
         self._tags: dict[bytes, str] = {}  # command tags repeat: decode each once
         self.last_ns = 0
+        # session << 32 | stream → [its last fact's (name, data) or None, bytes appended]
+        self.streams: dict[int, list[Any]] = {}
 
     def _segments(self) -> list[int]:
         return sorted(int(p.name[4:12]) for p in self.dir.glob("seg-*.log"))
@@ -298,16 +318,37 @@ class Reader:
 
     def _apply(self, kind: int, payload: bytes) -> None:
         """Records other than statements and outcomes."""
-        if kind == R_CLOCK:
+        if kind == R_PIECE:
+            number, stream = PIECE.unpack_from(payload)
+            state = self.streams.get(number << 32 | stream)
+            if state is None:
+                state = self.streams[number << 32 | stream] = [None, []]
+            state[1].append(payload[PIECE.size:])
+        elif kind == R_CLOCK:
             self.offset = struct.unpack("<q", payload)[0]
         elif kind == R_BLOB:
             number, rec, size = BLOB_HEAD.unpack_from(payload)
             head = json.loads(payload[BLOB_HEAD.size:BLOB_HEAD.size + size])
+            data = dict(head["data"])
+            blob = payload[BLOB_HEAD.size + size:]
+            stream = data.pop("stream", None)
+            if stream is not None:  # its bytes: the stream's since its last fact
+                key = number << 32 | int(stream)
+                state = self.streams.pop(key, None)
+                if state is not None and state[1]:
+                    blob = blob + b"".join(state[1])
+                if not data.get("final"):
+                    self.streams[key] = [(str(head["name"]), dict(data)), []]
             info = self.infos.get(number)
             if info is not None:
-                data = dict(head["data"])
-                data["blob"] = payload[BLOB_HEAD.size + size:]
+                data["blob"] = blob
                 self.ready.append((rec, str(head["name"]), info, int(head["at_ns"]), data))
+        elif kind == R_STREAM:
+            number, stream, size = STREAM.unpack_from(payload)
+            last = json.loads(payload[STREAM.size:STREAM.size + size])
+            self.streams[number << 32 | stream] = [
+                (str(last["name"]), dict(last["data"])) if last else None,
+                [payload[STREAM.size + size:]]]
         elif kind in (R_OPEN, R_CONTEXT, R_CLOSE, R_VIOLATION, R_GUARDRAIL):
             number, rec = FACT.unpack_from(payload)
             body = json.loads(payload[FACT.size:])
@@ -339,6 +380,17 @@ class Reader:
                 out.append((number, STATEMENT, info, t0 + self.offset, recording.statement_row(
                     seq, protocol, text, params, None, None, 0, "unknown", None)))
         self.intents.clear()
+        for key, (last, held) in sorted(self.streams.items()):
+            info = self.infos.get(key >> 32)
+            if info is None or last is None:
+                continue
+            name, data = last
+            number += 1
+            data = {k: v for k, v in data.items() if k != "flagged"}
+            data.update(index=int(data.get("index", -1)) + 1, final=True, recovered=True,
+                        blob=b"".join(held))
+            out.append((number, name, info, self.last_ns or time.time_ns(), data))
+        self.streams.clear()
         for session, info in self.infos.items():
             if session not in self.closed:
                 number += 1

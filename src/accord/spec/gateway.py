@@ -47,6 +47,13 @@ class GatewayMySQLSpec(Strict):
         return _host_port(self.listen)
 
 
+SSHCipher = Literal["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                   "chacha20-poly1305@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"]
+
+SSH_CIPHERS: tuple[SSHCipher, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                                      "aes128-ctr", "aes192-ctr", "aes256-ctr")
+
+
 class GatewaySSHSpec(Strict):
     """`gateway.ssh`: the listener for SSH clients (resources of kind ssh), the gateway's own
     host key, and how recordings are cut into chunks."""
@@ -56,6 +63,10 @@ class GatewaySSHSpec(Strict):
     host_key_file: str | None = None  # default: $ACCORD_DATA_DIR/gateway-ssh-host-key (made)
     chunk_bytes: int = Field(default=64 << 10, ge=1024, le=8 << 20)  # a recording chunk's size
     chunk_interval: timedelta = timedelta(seconds=5)  # and its age, at most
+    # The ciphers offered to clients. The client's first choice that is offered wins, and
+    # OpenSSH's is chacha20-poly1305, which costs the gateway (asyncssh) 13 times what
+    # AES-GCM does per packet, for every byte of every session: not offered unless listed.
+    ciphers: list[SSHCipher] = Field(default_factory=lambda: list(SSH_CIPHERS), min_length=1)
 
     _d = field_validator("chunk_interval", mode="before")(lambda cls, v: _short_duration(v))
 

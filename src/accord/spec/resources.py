@@ -88,9 +88,12 @@ class ResourceSSHSpec(Strict):
     key_file: str | None = None  # or a file holding it
     host_key: str  # the upstream's public host key, pinned ("ssh-ed25519 AAAA...")
     # Accord role -> what it may do beyond shell and exec: `port_forwarding` (local, `-L`,
-    # through the upstream server; each forward a `gateway.ssh_forward` event), `sftp` (each
+    # through the upstream server), `remote_forwarding` (`-R`: the upstream server listens),
+    # `agent_forwarding` (`-A`: the client's agent, for programs on the server),
+    # `x11_forwarding` (`-X`/`-Y`) — each use a `gateway.ssh_forward` event —, `sftp` (each
     # file transfer a `gateway.ssh_file` event with its sha256).
-    allow: dict[str, list[Literal["port_forwarding", "sftp"]]] = Field(default_factory=dict)
+    allow: dict[str, list[Literal["port_forwarding", "remote_forwarding", "agent_forwarding",
+                                  "x11_forwarding", "sftp"]]] = Field(default_factory=dict)
     idle_timeout: timedelta | None = None  # a session with no input this long is closed
 
     _i = field_validator("idle_timeout", mode="before")(

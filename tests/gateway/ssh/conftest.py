@@ -104,6 +104,7 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin prohibit-password
 AllowTcpForwarding yes
+X11Forwarding yes
 AcceptEnv LANG
 Subsystem sftp internal-sftp
 LogLevel ERROR
@@ -143,7 +144,8 @@ resources:
       users: {{user: {user}, admin: {user}}}
       key_env: {KEY_ENV}
       host_key: "{host_key}"
-      allow: {{admin: [port_forwarding, sftp]}}{extra}
+      allow: {{admin: [port_forwarding, remote_forwarding, agent_forwarding, x11_forwarding,
+                      sftp]}}{extra}
 workflows:
   - name: lab
     match: 'true'
@@ -254,3 +256,32 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(accord_db)))
+
+
+@contextlib.contextmanager
+def gateway_process(world: World, tmp: Path, *args: str, ssh: str = ""
+                    ) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
+    """`accord gateway ARGS` in a process of its own before the world's sshd (`ssh`: more
+    of `gateway.ssh`): yields its SSH port, the process and its log, once it listens."""
+    from tests.gateway.test_crash import ACCORD, _wait_port
+
+    target_port, host_key, private_key, user = world.policy
+    ssh_port = free_port()
+    config = tmp / "accord.yaml"
+    text = policy_text(world.resource, free_port(), ssh_port, target_port, host_key, user)
+    config.write_text(text.replace("chunk_interval: 200ms", ssh or "chunk_interval: 200ms"),
+                      encoding="utf-8")
+    log = tmp / "gateway.log"
+    env = {**os.environ, "ACCORD_DATA_DIR": str(tmp / "data"), KEY_ENV: private_key,
+           "ACCORD_DATABASE_URL": world.engine.url.render_as_string(False).replace(
+               "+psycopg", "")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config), *args], env=env,
+                                stdout=out, stderr=out)
+    try:
+        _wait_port(ssh_port, proc, log)
+        yield ssh_port, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)

@@ -4,40 +4,23 @@ and each child serves the SSH connections handed to it (asyncssh on the accepted
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from accord.ledger.models import LedgerEntry
-from tests.gateway.ssh.conftest import KEY_ENV, World, free_port, policy_text
-from tests.gateway.test_crash import ACCORD, _wait_port
+from tests.gateway.ssh.conftest import World, gateway_process
 
 pytestmark = pytest.mark.ssh
 
 
-def test_two_processes_serve_ssh(world: World, tmp_path: os.PathLike[str]) -> None:
-    from pathlib import Path
-
-    tmp = Path(tmp_path)
-    target_port, host_key, private_key, user = world.policy
-    ssh_port = free_port()
-    config = tmp / "accord.yaml"
-    config.write_text(policy_text(world.resource, free_port(), ssh_port, target_port, host_key,
-                                  user), encoding="utf-8")
-    log = tmp / "gateway.log"
-    env = {**os.environ, "ACCORD_DATA_DIR": str(tmp / "data"), KEY_ENV: private_key,
-           "ACCORD_DATABASE_URL": world.engine.url.render_as_string(False).replace(
-               "+psycopg", "")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([ACCORD, "gateway", "--config", str(config), "--processes",
-                                 "2", "--log-level", "info"], env=env, stdout=out, stderr=out)
-    try:
-        _wait_port(ssh_port, proc, log)
+def test_two_processes_serve_ssh(world: World, tmp_path: Path) -> None:
+    with gateway_process(world, tmp_path, "--processes", "2", "--log-level", "info") as (
+            ssh_port, proc, log):
         deadline = time.monotonic() + 60
         while len(re.findall(r"gateway process \d \(pid \d+\) is ready", log.read_text())) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -59,7 +42,5 @@ def test_two_processes_serve_ssh(world: World, tmp_path: os.PathLike[str]) -> No
             time.sleep(0.05)
         assert sorted(e["command"] for e in execs) == [f"echo child-call-{n}" for n in range(3)]
         assert len({e["session"].rsplit("-", 1)[0] for e in execs}) == 2  # both children
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # and it stops cleanly
         assert proc.wait(60) == 0, log.read_text()

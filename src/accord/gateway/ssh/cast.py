@@ -1,10 +1,15 @@
 """Recordings in asciicast v2: a header line, then one JSON line per event
-(`[seconds, "o" | "i" | "r", text]`: output, input, a window resize). A channel's recording
-is cut into chunks as it grows; the chunks, in order, are the whole `.cast` file."""
+(`[seconds, code, text]`): `"o"` output and `"i"` input as text, `"r"` a window resize, and,
+for output or input that is not UTF-8 (a binary file sent to a terminal or a command's
+stdin), `"ob"` and `"ib"`: the same stream's bytes in base64. Replaying `o`/`ob` events in
+order gives back exactly the bytes the client received (an `"o"` text is never cut inside a
+UTF-8 sequence: an incomplete one at the end of a read waits for the next). A channel's
+recording is cut into chunks as it grows; the chunks, in order, are the whole `.cast` file."""
 
 from __future__ import annotations
 
-import codecs
+import base64
+import binascii
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -12,59 +17,110 @@ from typing import Any
 
 import orjson
 
-Emit = Callable[[int, bytes, bool], None]  # chunk index, bytes, whether it is the last
+Write = Callable[..., None]  # an event's line (in parts), to spool before the bytes go on
+Cut = Callable[[int, bool], None]  # a chunk ends: its index, whether it is the last
+RAW = {"o": "ob", "i": "ib"}
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+
+def _held(data: bytes) -> int:
+    """How many bytes at the end of `data` start a UTF-8 sequence that is not complete."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return 0
+        if byte >= 0xC0:  # a lead byte: complete when its sequence fits
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if need > back else 0
+    return 0
 
 
 class Recorder:
-    """One channel's recording; `emit` gets each chunk as it is cut (the header at once, so
-    what a channel is for is in the spool before anything runs)."""
+    """One channel's recording. Each event's line goes to `write` at once (the caller puts
+    it in the spool before forwarding the bytes, so a killed gateway loses none of it);
+    `cut` ends a chunk at `chunk_bytes` (and when asked). The header is chunk 0, cut at
+    once, so what a channel is for is in the spool before anything runs."""
 
-    def __init__(self, emit: Emit, *, width: int, height: int, term: str | None,
-                 command: str | None, title: str, chunk_bytes: int) -> None:
-        self.emit = emit
+    def __init__(self, write: Write, cut: Cut, *, width: int, height: int,
+                 term: str | None, command: str | None, title: str, chunk_bytes: int) -> None:
+        self.write = write
+        self.cut = cut
         self.chunk_bytes = chunk_bytes
         self.t0 = time.monotonic()
         self.index = 0
         self.done = False
-        self._out = codecs.getincrementaldecoder("utf-8")("replace")
-        self._in = codecs.getincrementaldecoder("utf-8")("replace")
+        self.size = 0  # of the chunk being filled
+        self.parts: list[bytes] = []  # its lines (`carry` re-spools them in a new segment)
+        self._tails = {"o": b"", "i": b""}  # an incomplete UTF-8 sequence, held back
         header: dict[str, Any] = {"version": 2, "width": width or 80, "height": height or 24,
                                   "timestamp": int(time.time()), "title": title,
                                   "env": {"TERM": term or ""}}
         if command is not None:
             header["command"] = command
-        self.buf = bytearray(json.dumps(header, ensure_ascii=False).encode() + b"\n")
+        self._line(json.dumps(header, ensure_ascii=False).encode() + b"\n")
         self.flush()
 
     @property
     def pending(self) -> bool:
-        return bool(self.buf)
+        return self.size > 0
 
     def output(self, data: bytes) -> None:
-        self._event("o", self._out.decode(data))
+        self._bytes("o", data)
 
     def input(self, data: bytes) -> None:
-        self._event("i", self._in.decode(data))
+        self._bytes("i", data)
 
     def resize(self, width: int, height: int) -> None:
-        self._event("r", f"{width}x{height}")
+        if not self.done:
+            self._line(orjson.dumps([self._now(), "r", f"{width}x{height}"], option=_LINE))
 
-    def _event(self, code: str, text: str) -> None:
-        if not text or self.done:
+    def _now(self) -> float:
+        return round(time.monotonic() - self.t0, 6)
+
+    def _bytes(self, code: str, data: bytes) -> None:
+        if self.done or not data:
             return
-        # orjson: the same JSON as json.dumps(ensure_ascii=False), several times faster
-        self.buf += orjson.dumps([round(time.monotonic() - self.t0, 6), code, text]) + b"\n"
-        if len(self.buf) >= self.chunk_bytes:
+        tail = self._tails[code]
+        if tail:
+            data = tail + data
+        keep = _held(data)
+        try:  # the common case: text (one pass in C, no copy when nothing is held back)
+            text = (data[:-keep] if keep else data).decode("utf-8")
+        except UnicodeDecodeError:
+            self._tails[code] = b""
+            self._raw(code, data)
+            return
+        self._tails[code] = data[-keep:] if keep else b""
+        if text:
+            self._line(orjson.dumps([self._now(), code, text], option=_LINE))
+
+    def _raw(self, code: str, data: bytes) -> None:
+        """An `ob`/`ib` event (its base64 goes to the spool as it is, not copied into a line)."""
+        self._line(b'[%b,"%b","' % (orjson.dumps(self._now()), RAW[code].encode()),
+                   binascii.b2a_base64(data, newline=False), b'"]\n')
+
+    def _line(self, *parts: bytes) -> None:
+        self.write(*parts)
+        self.parts += parts
+        self.size += sum(map(len, parts))
+        if self.size >= self.chunk_bytes:
             self.flush()
 
     def flush(self, final: bool = False) -> None:
-        """Cut a chunk of what is buffered (the last one, even empty, when `final`)."""
-        if self.done or not (self.buf or final):
+        """Cut a chunk of what was written since the last (the last one, even empty, and
+        with any bytes still held back, when `final`)."""
+        if self.done or not (self.size or final):
             return
-        self.emit(self.index, bytes(self.buf), final)
-        self.index += 1
-        self.buf.clear()
+        if final:
+            for code, tail in self._tails.items():
+                if tail:
+                    self._tails[code] = b""
+                    self._raw(code, tail)
         self.done = final
+        index, self.index = self.index, self.index + 1
+        self.cut(index, final)  # `parts` still the chunk's: a segment started now carries it
+        self.parts.clear()
+        self.size = 0
 
 
 def parse(data: bytes) -> tuple[dict[str, Any], list[tuple[float, str, str]]]:
@@ -81,12 +137,23 @@ def parse(data: bytes) -> tuple[dict[str, Any], list[tuple[float, str, str]]]:
     return header, events
 
 
+def event_bytes(code: str, text: str) -> bytes:
+    """An output or input event's bytes, as they went by."""
+    return base64.b64decode(text) if code in ("ob", "ib") else text.encode()
+
+
+def output(events: list[tuple[float, str, str]]) -> bytes:
+    """Every byte of output, as the client received it."""
+    return b"".join(event_bytes(c, text) for _, c, text in events if c in ("o", "ob"))
+
+
 def frames(events: list[tuple[float, str, str]], *, speed: float = 1.0,
-           max_idle: float = 2.0) -> Iterator[tuple[float, str]]:
-    """Output to show and how long to wait before it (pauses cut to `max_idle`)."""
+           max_idle: float = 2.0) -> Iterator[tuple[float, bytes]]:
+    """Output to show (bytes, as they were) and how long to wait before it (pauses cut to
+    `max_idle`)."""
     last = 0.0
     for t, code, text in events:
-        if code != "o":
+        if code not in ("o", "ob"):
             continue
-        yield min(max(t - last, 0.0), max_idle) / speed, text
+        yield min(max(t - last, 0.0), max_idle) / speed, event_bytes(code, text)
         last = t

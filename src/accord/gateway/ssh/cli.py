@@ -29,7 +29,7 @@ def play(
     = False,
 ) -> None:
     """Replay a recorded SSH session (output as it was shown, at its pace)."""
-    out = sys.stdout
+    out = sys.stdout.buffer  # the bytes as they were (a binary file's too)
     with api() as client:
         info = client.get(f"/ssh-sessions/{session_id}")
         channels = [c for c in info["channels"] if channel is None or c["channel"] == channel]
@@ -48,11 +48,11 @@ def play(
             for problem in ch["problems"]:
                 typer.echo(f"   {problem}", err=True)
             _, events = parse(buf.getvalue())
-            for wait, text in frames(events, speed=speed, max_idle=max_idle):
+            for wait, data in frames(events, speed=speed, max_idle=max_idle):
                 if wait and not instant:
                     out.flush()
                     time.sleep(wait)
-                out.write(text)
+                out.write(data)
             out.flush()
             typer.echo("", err=True)
 

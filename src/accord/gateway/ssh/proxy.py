@@ -12,13 +12,16 @@ What holds:
   when the channel ends; the shipper puts its bytes in content-addressed storage and a
   `gateway.ssh_chunk` event (sha256, size) in the ledger, in one transaction. The header
   chunk, which names an exec's command, is spooled before the channel is opened upstream.
-  An exec ends with a `gateway.ssh_exec` event (exit status or signal). A gateway killed
-  mid-session loses the chunk being filled (at most `chunk_interval` of it).
-* Remote port forwarding, agent and X11 forwarding and subsystems are refused, local port
-  forwarding unless the role's `ssh.allow` lists `port_forwarding` (then each forward goes
-  through the upstream server and is a `gateway.ssh_forward` event), and SFTP unless it
-  lists `sftp` (then each file transfer is a `gateway.ssh_file` event: path, direction,
-  size, sha256, from `sftp.Follower`); refused attempts are `gateway.violation` events.
+  An exec ends with a `gateway.ssh_exec` event (exit status or signal). Each event is in
+  the spool before its bytes are forwarded (`AuditWriter.piece`): a gateway killed
+  mid-session loses none of what the client received; its shipper ends each channel's
+  recording with a last chunk of what was not yet cut (`recovered`).
+* Local (`port_forwarding`) and remote (`remote_forwarding`) port forwarding, agent
+  (`agent_forwarding`) and X11 (`x11_forwarding`) forwarding are refused unless the role's
+  `ssh.allow` lists them (then they go through the upstream server and each use is a
+  `gateway.ssh_forward` event), SFTP unless it lists `sftp` (then each file transfer is a
+  `gateway.ssh_file` event: path, direction, size, sha256, from `sftp.Follower`), other
+  subsystems always; refused attempts are `gateway.violation` events.
 * When the grant ends (the core's watcher) each channel is told why on the terminal and
   closed, then the connection; a connection left open by the client is closed a second
   later.
@@ -30,7 +33,9 @@ import asyncio
 import functools
 import logging
 import re
+import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,7 @@ from accord.gateway import tokens
 from accord.gateway.records import SessionInfo, Violation
 from accord.gateway.server import Front, GatewayServer
 from accord.gateway.session import Grantee
+from accord.gateway.spool import stream_record
 from accord.gateway.ssh import upstream
 from accord.gateway.ssh.cast import Recorder
 from accord.gateway.ssh.lib import asyncssh
@@ -66,11 +72,17 @@ class SSHFront(Front):
         self.spec = spec
         self.key: asyncssh.SSHKey | None = None
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        # The cookies of the X11 displays forwarded through the gateway (asyncssh writes
+        # the client's; the upstream side reads them there), instead of ~/.Xauthority.
+        self.x11_auth = str(server.st.settings.data_dir / "gateway-x11-auth")
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return asyncssh.SSHServerConnectionOptions(
             server_host_keys=[self.key], server_factory=lambda: _Server(self),
-            line_editor=False, agent_forwarding=False, x11_forwarding=False,
+            # Agent and X11 requests: the gateway answers them per role itself
+            # (`LiveSSH.agent_requested`, `x11_requested`), then lets asyncssh do its part.
+            line_editor=False, agent_forwarding=True, x11_forwarding=True,
+            x11_auth_path=self.x11_auth, encryption_algs=list(self.spec.ciphers),
             allow_scp=False, login_timeout=self.server.spec.startup_timeout.total_seconds(),
             server_version="AccordGateway")
 
@@ -118,21 +130,24 @@ class SSHFront(Front):
             server.banner(exc.message.removeprefix("Accord gateway: ")
                           + (f" ({exc.hint})" if exc.hint else ""))
             return False
+        agent = _agent_socket(auth)
         try:
             up = await upstream.connect(auth.target,
-                                        srv.spec.startup_timeout.total_seconds())
+                                        srv.spec.startup_timeout.total_seconds(), agent)
         except upstream.UpstreamError as exc:
             log.error("gateway: %s on %s: %s", auth.user, auth.resource, exc)
             server.banner(f"the gateway cannot reach {auth.resource}: {exc}")
+            _forget_socket(agent)
             return False
         if server.gone:
             up.close()
+            _forget_socket(agent)
             return False
-        self._open(server, auth, up)
+        self._open(server, auth, up, agent)
         return True
 
     def _open(self, server: _Server, auth: Authorized,
-              up: asyncssh.SSHClientConnection | None) -> LiveSSH:
+              up: asyncssh.SSHClientConnection | None, agent: str | None) -> LiveSSH:
         """Register a logged-in connection as a live session (its upstream may follow)."""
         srv = self.server
         number = srv.next_number()
@@ -142,7 +157,7 @@ class SSHFront(Front):
             user=auth.user, resource=auth.resource, role=auth.role, client=server.where,
             application=str(server.conn.get_extra_info("client_version") or "")[:64],
             tls=False, upstream_role=auth.target.user)
-        live = LiveSSH(self, server.conn, up, info, auth.target)
+        live = LiveSSH(self, server.conn, up, info, auth.target, agent)
         server.live = live
         srv.register(live)
         srv.audit.opened(info, list)
@@ -175,12 +190,12 @@ class SSHFront(Front):
         """After a public-key login: the session now, its upstream as soon as it answers."""
         auth = server.pending
         assert auth is not None
-        live = self._open(server, auth, None)
+        live = self._open(server, auth, None, _agent_socket(auth))
 
         async def connect() -> None:
             try:
                 up = await upstream.connect(
-                    auth.target, self.server.spec.startup_timeout.total_seconds())
+                    auth.target, self.server.spec.startup_timeout.total_seconds(), live.agent)
             except upstream.UpstreamError as exc:
                 log.error("gateway: %s on %s: %s", auth.user, auth.resource, exc)
                 live.connected(None)
@@ -254,7 +269,13 @@ class _Server(asyncssh.SSHServer):
     def session_requested(self) -> Any:
         if self.live is None or self.live.ended or self.conn is None:
             return False
-        return self.conn.create_server_channel(encoding=None), self.live.channel()
+        chan: Any = self.conn.create_server_channel(encoding=None)
+        # asyncssh decides agent and X11 requests for the whole listener; the gateway
+        # decides them per role, so it answers them on each channel itself (asyncssh looks
+        # up `_process_<request>_request` on the channel).
+        chan._process_auth_agent_req_at_openssh_dot_com_request = self.live.agent_requested
+        chan._process_x11_req_request = functools.partial(self.live.x11_requested, chan)
+        return chan, self.live.channel()
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Any:
@@ -269,8 +290,11 @@ class _Server(asyncssh.SSHServer):
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                         "Accord gateway: port forwarding is not allowed")
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self._refuse("port_forwarding", f"tcpip-forward {listen_host}:{listen_port}")
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        live = self.live
+        if live is not None and "remote_forwarding" in live.target.allow and not live.ended:
+            return live.forward_remote(listen_host, listen_port)
+        self._refuse("remote_forwarding", f"tcpip-forward {listen_host}:{listen_port}")
         return False
 
     def unix_connection_requested(self, dest_path: str) -> Any:
@@ -296,8 +320,13 @@ class LiveSSH:
 
     def __init__(self, front: SSHFront, conn: asyncssh.SSHServerConnection,
                  up: asyncssh.SSHClientConnection | None, info: SessionInfo,
-                 target: upstream.Target) -> None:
+                 target: upstream.Target, agent: str | None = None) -> None:
         self.front = front
+        self.agent = agent  # the socket upstream sessions reach the client's agent through
+        self._agent_server: asyncio.AbstractServer | None = None
+        self._agent_started = False
+        self._x11_followed = False
+        self._listeners: list[asyncssh.SSHListener] = []  # remote forwards, upstream
         self.gateway = front.server
         self.audit = front.server.audit
         self.conn = conn
@@ -319,6 +348,7 @@ class LiveSSH:
         # detectors alert on them); nothing else typed goes into the ledger.
         self.patterns = [(name, re.compile(p)) for name, p in rule.patterns.items()] \
             if rule.enabled else []
+        self.audit.carry[info.number] = self._carry
         self._idle: asyncio.TimerHandle | None = None
         if target.idle_timeout:
             self._idle = asyncio.get_running_loop().call_later(target.idle_timeout,
@@ -336,6 +366,106 @@ class LiveSSH:
         self._count += 1
         ch = self.channels[self._count] = Channel(self, self._count)
         return ch
+
+    # -- forwarding, for roles whose `ssh.allow` lists it (each use a `gateway.ssh_forward`)
+
+    def _forward(self, data: dict[str, Any]) -> None:
+        self.audit.blob(self.info, "ssh_forward", data)
+
+    def agent_requested(self, packet: Any) -> bool:
+        """`ssh -A` on a channel: the client's agent answers upstream programs (through
+        `agent`, which every upstream session of the role was offered), each connection to
+        it relayed to the client."""
+        if self.agent is None or self.ended:
+            self.refuse("agent_forwarding", "auth-agent-req@openssh.com")
+            return False
+        if not self._agent_started:
+            self._agent_started = True
+            self.gateway.spawn(self._serve_agent())
+            self._forward({"direction": "agent", "destination": "the client's agent"})
+        return True
+
+    async def _serve_agent(self) -> None:
+        assert self.agent is not None
+        if not await self.conn.create_agent_listener():  # lets agent channels be opened
+            return
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._forward({"direction": "agent", "destination": "agent connection"})
+            try:
+                creader, cwriter = await self.conn.open_agent_connection()
+            except (asyncssh.Error, OSError):
+                writer.close()
+                return
+            await _splice(reader, writer, creader, cwriter)
+
+        server = await asyncio.start_unix_server(relay, self.agent)
+        if self.ended:
+            server.close()
+        else:
+            self._agent_server = server
+
+    def x11_requested(self, chan: Any, packet: Any) -> bool | None:
+        """`ssh -X` on a channel: asyncssh listens for X11 clients on a display of the
+        gateway's and relays each to the client; the upstream session forwards its X11
+        connections to that display (`Channel._open_upstream`)."""
+        if "x11_forwarding" not in self.target.allow or self.ended:
+            self.refuse("x11_forwarding", "x11-req")
+            return False
+        if not self._x11_followed:  # each X11 connection to the client is a use
+            self._x11_followed = True
+            opener = self.conn.create_x11_connection
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                self._forward({"direction": "x11", "destination": "the client's display"})
+                return await opener(*args, **kwargs)
+
+            self.conn.create_x11_connection = counted  # type: ignore[method-assign]
+        self._forward({"direction": "x11", "destination": "the client's display"})
+        result: bool | None = type(chan)._process_x11_req_request(chan, packet)
+        return result
+
+    async def forward_remote(self, host: str, port: int) -> Any:
+        """`ssh -R`: the upstream server listens; each connection it accepts is relayed to
+        the client as a forwarded-tcpip channel (the bytes are not recorded)."""
+        up = await self.ready
+        if up is None or self.ended:
+            return False
+        bound = port
+
+        def accept(orig_host: str, orig_port: int) -> Any:
+            async def relay(reader: Any, writer: Any) -> None:
+                self._forward({"direction": "remote", "listen": f"{host}:{bound}"[:300],
+                               "origin": f"{orig_host}:{orig_port}"[:300]})
+                try:
+                    creader, cwriter = await self.conn.open_connection(
+                        host, bound, orig_host, orig_port)
+                except (asyncssh.Error, OSError):
+                    writer.close()
+                    return
+                await _splice(reader, writer, creader, cwriter)
+            return relay
+
+        try:
+            listener = await up.start_server(accept, host, port)
+        except (asyncssh.Error, OSError) as exc:
+            log.info("gateway: remote forward %s:%d refused upstream: %s", host, port, exc)
+            return False
+        if self.ended:
+            listener.close()
+            return False
+        bound = listener.get_port()
+        self._listeners.append(listener)
+        self._forward({"direction": "remote", "listen": f"{host}:{bound}"[:300]})
+        return listener
+
+    def _carry(self) -> list[bytes]:
+        """Each recording's last chunk event and what it holds since, for a new spool
+        segment."""
+        return [stream_record(self.info.number, ch.number,
+                              {"name": "ssh_chunk", "data": ch.last} if ch.last else None,
+                              b"".join(ch.rec.parts))
+                for ch in self.channels.values() if ch.rec is not None and not ch.rec.done]
 
     def refuse(self, what: str, text: str) -> None:
         self.audit.note(self.info, [], [], [Violation(
@@ -367,6 +497,11 @@ class LiveSSH:
             self._idle.cancel()
         for ch in list(self.channels.values()):
             ch.finish()
+        for listener in self._listeners:
+            listener.close()
+        if self._agent_server is not None:
+            self._agent_server.close()
+        _forget_socket(self.agent)
         if self.upstream is not None:
             self.upstream.close()
         if not self.ready.done():
@@ -392,6 +527,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.modes: Any = None
         self.command: str | None = None
         self.rec: Recorder | None = None
+        self.last: dict[str, Any] | None = None  # its recording's last chunk event
         self.pending: list[bytes] = []
         self.eof = False
         self.started_ns = 0
@@ -437,7 +573,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self.sftp is not None:  # binary: its file transfers are recorded instead
             live.gateway.spawn(self._open_upstream())
             return
-        self.rec = Recorder(self._emit, width=self.size[0], height=self.size[1],
+        self.rec = Recorder(self._piece, self._emit, width=self.size[0], height=self.size[1],
                             term=self.term, command=self.command,
                             title=f"{info.user} on {info.resource} ({info.role})",
                             chunk_bytes=live.front.spec.chunk_bytes)
@@ -449,6 +585,10 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             kw["subsystem"] = "sftp"
         elif self.command is not None:
             kw["command"] = self.command
+        display = self.chan.get_x11_display() if self.chan is not None else None
+        if display:  # `ssh -X`, allowed and set up (`LiveSSH.x11_requested`)
+            kw.update(x11_forwarding=True, x11_display=display,
+                      x11_auth_path=self.live.front.x11_auth)
         if self.term is not None:
             kw.update(request_pty="force", term_type=self.term, term_size=self.size,
                       term_modes=self.modes or {})
@@ -582,12 +722,17 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     # -- recording and ending
 
-    def _emit(self, index: int, data: bytes, final: bool) -> None:
+    def _piece(self, *parts: bytes) -> None:
+        self.live.audit.piece(self.live.info.number, self.number, *parts)
+
+    def _emit(self, index: int, final: bool) -> None:
+        """A chunk ends: its event takes the lines spooled since the last (`spool.R_PIECE`)."""
         meta: dict[str, Any] = {"channel": self.number, "index": index, "final": final,
                                 "kind": "exec" if self.command is not None else "shell"}
         if self.flags:
             meta["flagged"], self.flags = self.flags, []
-        self.live.audit.blob(self.live.info, "ssh_chunk", meta, data)
+        self.live.audit.blob(self.live.info, "ssh_chunk", {**meta, "stream": self.number})
+        self.last = meta
 
     def _arm(self) -> None:
         if self._tick is None and self.rec is not None and self.rec.pending:
@@ -651,3 +796,36 @@ class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.channel.upstream_closed()
+
+
+def _agent_socket(auth: Authorized) -> str | None:
+    """A private path for the socket that stands for a session's forwarded agent, when its
+    role may forward one."""
+    if "agent_forwarding" not in auth.target.allow:
+        return None
+    return str(Path(tempfile.mkdtemp(prefix="accord-agent-")) / "agent.sock")
+
+
+def _forget_socket(path: str | None) -> None:
+    if path is not None:
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+async def _pipe(reader: Any, writer: Any) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (asyncssh.Error, OSError):
+        pass
+
+
+async def _splice(reader: Any, writer: Any, creader: Any, cwriter: Any) -> None:
+    """Relay two streams both ways until both ends are done, then close them."""
+    try:
+        await asyncio.gather(_pipe(reader, cwriter), _pipe(creader, writer))
+    finally:
+        writer.close()
+        cwriter.close()

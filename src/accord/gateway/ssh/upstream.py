@@ -49,13 +49,25 @@ def target_for(spec: ResourceSSHSpec, role: str, env: dict[str, str]) -> Target:
                   spec.idle_timeout.total_seconds() if spec.idle_timeout else None)
 
 
-async def connect(target: Target, timeout: float) -> asyncssh.SSHClientConnection:
-    """Log in upstream with the resource's key, trusting only the pinned host key."""
+# The gateway's own choice upstream: AES-GCM first. asyncssh's chacha20-poly1305 (its
+# default first, as OpenSSH's) costs 225 µs per 32 KiB packet here against 17 for
+# aes128-gcm (AES-NI), and every byte of a session is decrypted from upstream.
+CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+           "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+
+
+async def connect(target: Target, timeout: float, agent: str | None = None
+                  ) -> asyncssh.SSHClientConnection:
+    """Log in upstream with the resource's key, trusting only the pinned host key; `agent`:
+    the socket that answers for the client's forwarded agent (its sessions ask upstream to
+    forward it)."""
     try:
         return await asyncssh.connect(
             target.host, target.port, username=target.user, client_keys=[target.key],
+            agent_forwarding=agent or False,
             known_hosts=([target.host_key], [], []), agent_path=None, config=None,
-            preferred_auth="publickey", connect_timeout=timeout, login_timeout=timeout)
+            preferred_auth="publickey", connect_timeout=timeout, login_timeout=timeout,
+            encryption_algs=CIPHERS)
     except asyncssh.HostKeyNotVerifiable:
         raise UpstreamError("the server's host key is not the one pinned in accord.yaml "
                             "(ssh.host_key)") from None

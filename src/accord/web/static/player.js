@@ -3,6 +3,13 @@
 // escape sequences (colours, cursor moves) are dropped. No dependencies, nothing from a CDN.
 (function () {
   "use strict";
+  // "ob": output that was not UTF-8, its bytes in base64 (Accord's own event code); shown
+  // as a terminal would, with replacement characters.
+  function bytesText(b64) {
+    var raw = atob(b64), bytes = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    return new TextDecoder("utf-8").decode(bytes);
+  }
   function parse(text) {
     var lines = text.split("\n").filter(function (l) { return l.trim(); });
     var header = JSON.parse(lines[0]);
@@ -10,6 +17,7 @@
     for (var i = 1; i < lines.length; i++) {
       var e = JSON.parse(lines[i]);
       if (e[1] === "o") events.push(e);
+      else if (e[1] === "ob") events.push([e[0], "o", bytesText(e[2])]);
     }
     return { header: header, events: events };
   }

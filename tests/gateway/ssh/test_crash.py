@@ -1,0 +1,105 @@
+"""A real `accord gateway` process SIGKILLed mid-session: the recording that reaches the
+ledger holds every byte the client received (each event is in the spool before it is
+forwarded), each channel ends with a `recovered` final chunk, and it verifies. Once with the
+gateway's shipper finishing the spool, once with the shipper killed too and the spool
+replayed by the next start; enough binary output that the spool moves to a new segment
+(`spool.R_STREAM`) inside an uncut chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accord.gateway import shipper, spool
+from accord.gateway.ssh import recordings
+from accord.gateway.ssh.cast import output, parse
+from accord.gateway.ssh.lib import asyncssh
+from tests.gateway.ssh.conftest import World, gateway_process
+from tests.gateway.test_crash import kill_gateway
+
+pytestmark = pytest.mark.ssh
+MEGABYTES = 20  # base64 in the spool: more than one 16 MiB segment
+
+
+@pytest.fixture
+def gateway(world: World, tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
+    """`accord gateway` in a process of its own that cuts no chunk before the channel ends
+    (8 MiB chunks, an hour apart)."""
+    with gateway_process(world, tmp_path, "--processes", "1",
+                         ssh="chunk_interval: 1h, chunk_bytes: 8388608") as (port, proc, _):
+        yield port, proc, tmp_path / "data" / "gateway-spool"
+
+
+async def _session_then_kill(world: World, port: int, token: dict[str, Any], data: Path,
+                             victims: Any) -> tuple[bytes, bytes]:
+    """A pty `cat` typed at and a binary `cat` read in full, both left open; then SIGKILL.
+    Returns what the client received on each."""
+    async with asyncssh.connect("127.0.0.1", port, username=f"erin+{world.resource}",
+                                password=token["token"], client_keys=None, known_hosts=None,
+                                agent_path=None, config=None,
+                                preferred_auth="password") as conn:
+        typed = await conn.create_process("cat", term_type="xterm", encoding=None)
+        echoed = b""
+        for line in (b"first line\r", "zweite Zeile ✓\r".encode(), b"third\r"):
+            typed.stdin.write(line)
+            want = line.replace(b"\r", b"\r\n")
+            while echoed.count(want) < 2:  # the terminal's echo, then cat's line
+                echoed += await typed.stdout.read(4096)
+        binary = await conn.create_process(f"cat {data}; sleep 600", encoding=None)
+        got = b""
+        size = data.stat().st_size
+        while len(got) < size:
+            got += await binary.stdout.read(1 << 20)
+        victims()  # everything above reached this client: the ledger must have it all
+    return echoed, got
+
+
+def _check(world: World, grant_id: int, echoed: bytes, received: bytes) -> None:
+    with world.env.st.sessions() as s:
+        (session,) = recordings.sessions_of(s, grant_id=grant_id)
+        blobs = recordings.blobs(s, [d["sha256"] for ch in session.channels for d in ch.chunks])
+    shell, exe = session.channels
+    for channel, want in ((shell, echoed), (exe, received)):
+        data, problems = recordings.assemble(channel, blobs.get)
+        assert problems == []
+        assert channel.chunks[-1]["recovered"] is True and channel.chunks[-1]["final"]
+        assert output(parse(data)[1]) == want  # every byte, exactly
+    assert len(exe.chunks) > 2  # cut at 8 MiB, the rest recovered
+    closed = world.events("gateway.session_closed", grant_id)
+    assert [e["data"]["reason"] for e in closed] == [spool.RECOVERED]
+
+
+def _kill(proc: subprocess.Popen[bytes], shipper_too: bool) -> Any:
+    return functools.partial(kill_gateway, proc, shipper_too=shipper_too)
+
+
+@pytest.mark.parametrize("shipper_too", [False, True], ids=["gateway", "gateway-and-shipper"])
+def test_sigkill_mid_session_loses_no_output(
+        world: World, gateway: tuple[int, subprocess.Popen[bytes], Path], tmp_path: Path,
+        shipper_too: bool) -> None:
+    port, proc, spooled = gateway
+    data = tmp_path / "random.bin"
+    data.write_bytes(os.urandom(MEGABYTES << 20))
+    grant = world.grant("erin")
+    token = world.token(grant, "erin")
+    with contextlib.suppress(asyncssh.Error, OSError):
+        echoed, received = asyncio.run(_session_then_kill(
+            world, port, token, data, _kill(proc, shipper_too)))
+    assert len(received) == data.stat().st_size
+    if shipper_too:
+        assert shipper.replay_dead(world.env.st.sessions, spooled, per_event=1000,
+                                   max_text=16384) > 0
+    deadline = time.monotonic() + 60
+    while any(spooled.iterdir()):  # the orphaned shipper finishing, in its own process
+        assert time.monotonic() < deadline, "the shipper did not finish the spool"
+        time.sleep(0.05)
+    _check(world, grant["id"], echoed, received)
