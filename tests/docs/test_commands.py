@@ -80,7 +80,8 @@ EXPECT = {
                                                 r"1h30m\): pending"),
     ("README.md", "accord grant reveal"): (0, r"password: \S+"),
     ("README.md", "accord policy check"): (0, r"accord\.yaml: ok: 7 users, 6 groups, 3 "
-                                              r"resources, 2 workflows; version [0-9a-f]{64}"),
+                                              r"resources, 2 workflows, 1 agent; version "
+                                              r"[0-9a-f]{64}"),
     ("README.md", "accord audit verify --bundle"): (0, VERIFIED),
     ("README.md", "accord audit verify --url"): (0, VERIFIED),
     ("README.md", "curl "): (0, r'"status":\s*"pending"'),

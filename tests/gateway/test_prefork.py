@@ -23,8 +23,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.gateway.conftest import DSN_ENV, World, free_port, gone, policy_text
-from tests.gateway.test_crash import ACCORD, _children, _in_ledger, _wait_port
+from tests.gateway.conftest import DSN_ENV, World, children, free_port, gone, policy_text
+from tests.gateway.test_crash import ACCORD, _in_ledger, _wait_port
 
 pytestmark = pytest.mark.postgres
 
@@ -48,7 +48,7 @@ class Prefork:
             time.sleep(0.05)
 
     def child(self, index: int) -> int:
-        for pid in _children(self.proc.pid):
+        for pid in children(self.proc.pid):
             if f"--index\0{index}\0" in Path(f"/proc/{pid}/cmdline").read_text():
                 return pid
         raise AssertionError(f"no child {index}")
@@ -180,7 +180,7 @@ def test_a_child_killed_with_its_shipper_is_shipped_by_the_parent(
         assert first.info.backend_pid >> 24 == 1
         first.execute("select 1")
         victim = prefork.child(1)
-        (shipper,) = [pid for pid in _children(victim)
+        (shipper,) = [pid for pid in children(victim)
                       if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         # Stopped first, the child cannot start another shipper in between; the shipper
         # goes before the child, else it would ship on its parent's death.
@@ -207,11 +207,11 @@ def test_children_stop_cleanly_when_the_parent_dies(world: World, prefork: Prefo
     conns = [world.connect(token, port=prefork.port) for _ in range(2)]
     for i, conn in enumerate(conns):
         conn.execute(f"select {i}")
-    children = [prefork.child(1), prefork.child(2)]
+    workers = [prefork.child(1), prefork.child(2)]
     prefork.proc.kill()
     prefork.proc.wait()
     deadline = time.monotonic() + 60
-    while not all(gone(pid) for pid in children):  # other processes: nothing to await
+    while not all(gone(pid) for pid in workers):  # other processes: nothing to await
         assert time.monotonic() < deadline, "the children kept running without their parent"
         time.sleep(0.05)
     for conn in conns:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from accord.asgi import read_body
 from accord.errors import AccordError, Busy
 
 HtmlErrors = Callable[[Request, int, str, str], Response]
@@ -207,27 +208,17 @@ class BodyLimit:
                     await self._refuse(scope, receive, send, limit)
                     return
         # Buffer the body (at most `limit` bytes) so chunked uploads are capped as well.
-        chunks: list[bytes] = []
-        seen = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > limit:
-                await self._refuse(scope, receive, send, limit)
-                return
-            chunks.append(body)
-            more = message.get("more_body", False)
+        body = await read_body(receive, limit)
+        if body is None:
+            await self._refuse(scope, receive, send, limit)
+            return
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)

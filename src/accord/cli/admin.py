@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sized
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +48,11 @@ def db_upgrade() -> None:
     after = migrations.current(engine)
     where = redact_url(settings.database_url.get())
     out.print(f"database {where}: {before or 'empty'} → {after}")
+
+
+def _many(items: Sized, noun: str) -> str:
+    """`1 agent`, `2 agents`."""
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
 
 
 @policy_app.command("check")
@@ -109,9 +115,9 @@ def policy_check(
         err.print(f"{path}: warning: {warning}", markup=False, highlight=False,
                   soft_wrap=True)
     out.print(
-        f"{path}: ok: {len(policy.users)} users, {len(policy.groups)} groups, "
-        f"{len(policy.resources)} resources, {len(policy.workflows)} workflows"
-        + (f", {len(policy.agents)} agents" if policy.agents else "") + "; "
+        f"{path}: ok: {_many(policy.users, 'user')}, {_many(policy.groups, 'group')}, "
+        f"{_many(policy.resources, 'resource')}, {_many(policy.workflows, 'workflow')}"
+        + (f", {_many(policy.agents, 'agent')}" if policy.agents else "") + "; "
         f"version {policy.version}" + (f"; {len(warnings)} warning(s)" if warnings else ""),
         markup=False, highlight=False, soft_wrap=True,  # one line each, however long the path
     )

@@ -65,6 +65,7 @@ from sqlalchemy import select
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from accord.asgi import read_body
 from accord.db import transaction
 from accord.errors import AccordError
 from accord.gateway import tokens
@@ -146,22 +147,6 @@ def _header_safe(value: str) -> bool:
     return value.isascii() and value.isprintable()
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request's body, or None when it is over `limit` bytes (read no further)."""
-    chunks: list[bytes] = []
-    seen = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        body = message.get("body", b"")
-        seen += len(body)
-        if seen > limit:
-            return None
-        chunks.append(body)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _send_json(send: Send, body: bytes, status: int = 200) -> None:
@@ -268,7 +253,7 @@ class McpGateway:
             spec = self.st.policies.current.resources.get(resource)
             limit = spec.mcp.max_body if spec is not None and spec.mcp is not None \
                 else 64 << 10
-            body = await _read_body(receive, limit)
+            body = await read_body(receive, limit)
             if body is None:
                 await _send_json(send, _error(None, INVALID_REQUEST, f"the message is over "
                                               f"the {limit // 1024} KiB limit"), 413)
