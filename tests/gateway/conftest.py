@@ -93,23 +93,19 @@ resources:
 """
 
 
-@dataclass
-class World:
+class Granting:
+    """What every gateway test world does alike (PostgreSQL, MySQL, SSH): an active grant,
+    then a connection token for it, through the real API and job runner."""
+
     env: Env
     runner: JobRunner
-    gateway: Gateway
-    engine: Engine
     resource: str
-    database: str
-    target_dsn: str
+    default_role = "read"
 
-    @property
-    def port(self) -> int:
-        return self.gateway.port
-
-    def grant(self, user: str = "alice", role: str = "read") -> dict[str, Any]:
+    def grant(self, user: str = "alice", role: str | None = None) -> dict[str, Any]:
         """An active, provisioned grant (auto-approved for engineers, else bob approves)."""
-        req = self.env.ask(user, resource=self.resource, role=role, duration="1h")
+        req = self.env.ask(user, resource=self.resource, role=role or self.default_role,
+                           duration="1h")
         if req["status"] == "pending":
             assert self.env.act("bob", req["id"], "approve").status_code == 200
         while self.runner.run_once():
@@ -125,6 +121,22 @@ class World:
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
         return body
+
+
+@dataclass
+class World(Granting):
+    env: Env
+    runner: JobRunner
+    gateway: Gateway
+    engine: Engine
+    resource: str
+    database: str
+    target_dsn: str
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
 
     def connect(self, token: dict[str, Any], **kw: Any) -> psycopg.Connection[Any]:
         params: dict[str, Any] = {"host": "127.0.0.1", "port": self.port,

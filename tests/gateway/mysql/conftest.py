@@ -36,6 +36,7 @@ from accord.ledger.models import LedgerEntry
 from accord.provisioning.mariadb import gateway_login_name, login_for, personal_role
 from accord.worker.job_runner import JobRunner
 from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, Env, _pg_reachable, make_env
+from tests.gateway.conftest import Granting
 
 MARIADB = os.environ.get("ACCORD_TEST_MARIADB", "mysql://root@127.0.0.1:3306/")
 REQUIRE_MARIADB = os.environ.get("ACCORD_REQUIRE_MARIADB") == "1"
@@ -110,7 +111,7 @@ workflows:
 
 
 @dataclass
-class World:
+class World(Granting):
     env: Env
     runner: JobRunner
     gateway: GatewayServer
@@ -122,23 +123,6 @@ class World:
     def port(self) -> int:
         return self.gateway.fronts[0].port
 
-    def grant(self, user: str = "alice", role: str = "read") -> dict[str, Any]:
-        req = self.env.ask(user, resource=self.resource, role=role, duration="1h")
-        if req["status"] == "pending":
-            assert self.env.act("bob", req["id"], "approve").status_code == 200
-        while self.runner.run_once():
-            pass
-        req = self.env.get(user, f"/api/v1/requests/{req['id']}").json()
-        assert req["grant"]["status"] == "active", req
-        grant: dict[str, Any] = req["grant"]
-        grant["request_id"] = req["id"]
-        return grant
-
-    def token(self, grant: dict[str, Any], user: str = "alice") -> dict[str, Any]:
-        r = self.env.post(user, f"/api/v1/grants/{grant['id']}/connect")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
 
     def connect(self, token: dict[str, Any], **kw: Any) -> pymysql.connections.Connection[Any]:
         params: dict[str, Any] = {"host": "127.0.0.1", "port": self.port,

@@ -33,6 +33,7 @@ from accord.gateway.server import GatewayServer
 from accord.ledger.models import LedgerEntry
 from accord.worker.job_runner import JobRunner
 from tests.conftest import PG_ADMIN_URL, REQUIRE_PG, Env, _pg_reachable, make_env
+from tests.gateway.conftest import Granting
 
 SSHD = os.environ.get("ACCORD_TEST_SSHD", "/usr/sbin/sshd")
 SSH = "/usr/bin/ssh"
@@ -157,7 +158,7 @@ web: {{local_login: true}}
 
 
 @dataclass
-class World:
+class World(Granting):
     env: Env
     runner: JobRunner
     gateway: GatewayServer
@@ -165,28 +166,12 @@ class World:
     resource: str
     tmp: Path
     policy: Any = None  # (target_port, host_key, private_key, upstream user) for other configs
+    default_role = "user"
 
     @property
     def port(self) -> int:
         return self.gateway.fronts[0].port
 
-    def grant(self, user: str = "alice", role: str = "user") -> dict[str, Any]:
-        req = self.env.ask(user, resource=self.resource, role=role, duration="1h")
-        if req["status"] == "pending":
-            assert self.env.act("bob", req["id"], "approve").status_code == 200
-        while self.runner.run_once():
-            pass
-        req = self.env.get(user, f"/api/v1/requests/{req['id']}").json()
-        assert req["grant"]["status"] == "active", req
-        grant: dict[str, Any] = req["grant"]
-        grant["request_id"] = req["id"]
-        return grant
-
-    def token(self, grant: dict[str, Any], user: str = "alice") -> dict[str, Any]:
-        r = self.env.post(user, f"/api/v1/grants/{grant['id']}/connect")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
 
     def ssh_args(self, token: dict[str, Any], *args: str, login: str | None = None,
                  port: int | None = None) -> tuple[list[str], dict[str, str]]:
