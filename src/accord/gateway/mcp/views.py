@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -13,17 +13,11 @@ from accord.api.deps import Principal, db, principal, state
 from accord.errors import Invalid, NotFound
 from accord.gateway import tokens
 from accord.gateway.mcp.proxy import PATH
+from accord.gateway.views import ConnectIn
 from accord.grants.models import Grant, GrantStatus
 from accord.state import AppState
 
 router = APIRouter(prefix="/api/v1/mcp", tags=["gateway"])
-
-
-class McpConnectIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    resource: str = Field(min_length=1, max_length=64, examples=["tools"])
-    role: str | None = Field(default=None, max_length=64,
-                             description="which grant, when you hold several on the resource")
 
 
 class McpConnectOut(BaseModel):
@@ -38,7 +32,7 @@ class McpConnectOut(BaseModel):
 
 @router.post("/connect", response_model=McpConnectOut)
 def connect(
-    body: McpConnectIn,
+    body: ConnectIn,  # the same question as a database's: which grant
     request: Request,
     who: Principal = Depends(principal),
     session: Session = Depends(db),
