@@ -708,6 +708,7 @@ BAD_PROOF_ARGUMENTS = [
     ("/proof/inclusion", {"index": -1, "size": "N"}, 400, "index"),
     ("/proof/inclusion", {"index": 0, "size": -1}, 400, "size"),
     ("/proof/inclusion", {"index": 0, "size": 2**64}, 400, "size"),
+    ("/proof/inclusion", {"index": 2**64 - 1, "size": 2**64}, 400, "size"),  # past bigint
     ("/proof/inclusion", {"index": 2**64, "size": "N"}, 400, "index"),
     ("/proof/inclusion", {"index": "abc", "size": "N"}, 422, "index"),
     ("/proof/inclusion", {"index": 0, "size": "1.5"}, 422, "size"),
@@ -718,6 +719,7 @@ BAD_PROOF_ARGUMENTS = [
     ("/proof/consistency", {"from": -1, "to": "N"}, 400, "from"),
     ("/proof/consistency", {"from": 0, "to": -1}, 400, "to"),
     ("/proof/consistency", {"from": 0, "to": 2**64}, 400, "to"),
+    ("/proof/consistency", {"from": 2**64 - 3, "to": 2**64}, 400, "to"),
     ("/proof/consistency", {"from": 2**64, "to": "N"}, 400, "from"),
     ("/proof/consistency", {"from": "x", "to": "N"}, 422, "from"),
     ("/proof/consistency", {"from": 0, "to": "1e3"}, 422, "to"),

@@ -378,17 +378,22 @@ def root_at(session: Session, size: int) -> bytes:
     return merkle.root_of(size, fetch_nodes(session, merkle.CompactRange.nodes_for(size)))
 
 
+# No tree is larger than a bigint index: a size past it is refused by the size check, not
+# planned (its node indices would not fit the query's parameters).
+_MAX_SIZE = 2**63 - 1
+
+
 def inclusion_proof(session: Session, index: int, size: int) -> list[bytes]:
     """The audit path of leaf `index` in the tree of `size` leaves: one round trip on
     PostgreSQL (the tree size and the nodes together)."""
-    valid = 0 <= index < size
+    valid = 0 <= index < size <= _MAX_SIZE
     ranges = merkle.inclusion_plan(index, size) if valid else []
     needed = set(merkle.plan(ranges))
     current, got = _fetch(session, needed, sized=True)
     assert current is not None
     if not 0 < size <= current:
         raise ProofRangeError(f"size must be between 1 and the tree size {current}")
-    if not valid:
+    if not 0 <= index < size:
         raise ProofRangeError(f"index must be between 0 and size - 1 ({size - 1})")
     return merkle.build(ranges, _complete(needed, got))
 
@@ -396,14 +401,14 @@ def inclusion_proof(session: Session, index: int, size: int) -> list[bytes]:
 def consistency_proof(session: Session, old: int, new: int) -> list[bytes]:
     """The proof that the tree of `new` leaves extends the one of `old`: one round trip on
     PostgreSQL, as `inclusion_proof`."""
-    valid = 0 <= old <= new
+    valid = 0 <= old <= new <= _MAX_SIZE
     ranges = merkle.consistency_plan(old, new) if valid else []
     needed = set(merkle.plan(ranges))
     current, got = _fetch(session, needed, sized=True)
     assert current is not None
     if not 0 <= new <= current:
         raise ProofRangeError(f"to must be between 0 and the tree size {current}")
-    if not valid:
+    if not 0 <= old <= new:
         raise ProofRangeError("from must be between 0 and to")
     return merkle.build(ranges, _complete(needed, got))
 
