@@ -84,7 +84,7 @@ users: [alice, bob, carol, dave, erin]
 groups: {{engineers: [alice, erin], leads: [bob, carol], admins: [carol], auditors: [dave]}}
 accord: {{admins: [admins], auditors: [auditors]}}
 gateway: {{listen: "127.0.0.1:{port}", token_ttl: 5m, flush_interval: 50ms,
-          startup_timeout: 3s, message_timeout: 2s,
+          startup_timeout: 10s, message_timeout: 2s,
           mysql: {{listen: "127.0.0.1:{mysql_port}"}}{gateway}}}
 resources:
   - name: {resource}
