@@ -4,7 +4,13 @@ RowDescription plans (property tests), and the sans-IO conversation of a masked 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import struct
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +18,7 @@ from hypothesis import strategies as st
 
 from accord.gateway import masking
 from accord.gateway.masking import Masker, Plan, find, iban_valid, luhn, rewrite
+from accord.gateway.postgres import mask as pgmask
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.conversation import Conversation
 from accord.gateway.postgres.mask import (
@@ -33,6 +40,23 @@ def masker(**kw: object) -> Masker:
     m = Masker.of([MaskingSpec.model_validate({"name": "pii", **kw})], "read")
     assert m is not None
     return m
+
+
+# The row loop for columns masked whole, both ways: compiled (_rows.c, where it was built)
+# and the Python one it falls back to. Each test below holds both to the same answers.
+ROW_LOOPS = [pytest.param(False, id="python"),
+             pytest.param(True, id="compiled", marks=pytest.mark.skipif(
+                 pgmask._rows is None, reason="the compiled row loop was not built"))]
+
+
+@contextlib.contextmanager
+def row_loop(compiled: bool) -> Iterator[None]:
+    saved = pgmask.COMPILED
+    pgmask.COMPILED = compiled
+    try:
+        yield
+    finally:
+        pgmask.COMPILED = saved
 
 
 # ------------------------------------------------------------------ detectors
@@ -242,9 +266,10 @@ def test_datarow_rewriting(values: list[bytes | None], data: st.DataObject) -> N
     assert (out is None) == (not seen)
 
 
+@pytest.mark.parametrize("compiled", ROW_LOOPS)
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 8), st.data())
-def test_a_buffer_of_datarows(width: int, data: st.DataObject) -> None:
+def test_a_buffer_of_datarows(compiled: bool, width: int, data: st.DataObject) -> None:
     """Many rows in one buffer, cut anywhere, with columns masked whole (the code written
     for the plan) or read by detectors: each row as `rewrite_row` makes it, rows after a
     cut left for the next read, other messages never touched."""
@@ -258,7 +283,8 @@ def test_a_buffer_of_datarows(width: int, data: st.DataObject) -> None:
     buffer = b"".join(data_row(r) for r in rows) + COMPLETE
     cut = data.draw(st.integers(0, len(buffer)))
     seen: set[str] = set()
-    end, count, out = rewrite_rows(buffer[:cut], 0, cut, plan, m, seen)
+    with row_loop(compiled):
+        end, count, out = rewrite_rows(buffer[:cut], 0, cut, plan, m, seen)
     whole_rows = []
     at = 0
     for r in rows:
@@ -274,6 +300,16 @@ def test_a_buffer_of_datarows(width: int, data: st.DataObject) -> None:
     assert seen == expected
     assert out is not None or not expected  # None: nothing changed (not the other way)
 
+
+
+def test_the_row_loop_is_compiled_where_it_can_be() -> None:
+    """Where a C compiler and Python's headers are at hand, the install built the row
+    loop: a build that failed there would otherwise fall back to Python unnoticed."""
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if os.environ.get("ACCORD_PURE_PYTHON") == "1" or not shutil.which("cc") \
+            or not headers.exists():
+        pytest.skip("no C compiler or Python headers here: the Python loop is used")
+    assert pgmask.COMPILED and pgmask._rows is not None
 
 
 def reference_rows(buffer: bytes, plan: Plan, m: Masker) -> tuple[int, int, bytes, set[str]]:
@@ -301,10 +337,11 @@ def reference_rows(buffer: bytes, plan: Plan, m: Masker) -> tuple[int, int, byte
 ANY_VALUE = st.one_of(VALUE, st.just(b""), st.binary(min_size=250, max_size=300))
 
 
+@pytest.mark.parametrize("compiled", ROW_LOOPS)
 @settings(max_examples=400, deadline=None)
 @given(st.integers(1, 10), st.data())
-def test_the_fast_row_loop_gives_the_bytes_of_a_simple_reference(width: int,
-                                                                  data: st.DataObject) -> None:
+def test_the_fast_row_loop_gives_the_bytes_of_a_simple_reference(
+        compiled: bool, width: int, data: st.DataObject) -> None:
     """`rewrite_rows` (the loop written per plan, rows with a NULL up to the last masked
     column on the careful path, detectors one row at a time) against `reference_rows` on
     random rows, masked columns anywhere (first, last, adjacent or not), cut anywhere:
@@ -321,14 +358,16 @@ def test_the_fast_row_loop_gives_the_bytes_of_a_simple_reference(width: int,
     buffer = b"".join(data_row(r) for r in rows) + COMPLETE + READY
     cut = data.draw(st.integers(0, len(buffer)))
     seen: set[str] = set()
-    end, count, out = rewrite_rows(buffer[:cut], 0, cut, RowPlan(plan, None), m, seen)
+    with row_loop(compiled):
+        end, count, out = rewrite_rows(buffer[:cut], 0, cut, RowPlan(plan, None), m, seen)
     want_end, want_count, want, changed = reference_rows(buffer[:cut], plan, m)
     assert (end, count) == (want_end, want_count)
     assert (out if out is not None else buffer[:end]) == want
     assert seen == changed
 
 
-def test_malformed_rows_are_protocol_errors() -> None:
+@pytest.mark.parametrize("compiled", ROW_LOOPS)
+def test_malformed_rows_are_protocol_errors(compiled: bool) -> None:
     """A DataRow whose fields run past its length, fast path or careful one, is the
     upstream breaking the protocol (never a struct error, never passed on)."""
     m = masker(detectors=["email"])
@@ -336,14 +375,67 @@ def test_malformed_rows_are_protocol_errors() -> None:
     scanned = RowPlan(Plan({}, (0, 1), ("a", "b")), None)
     good = data_row([b"1", b"x@y.org"])
     short = b"D" + (len(good) - 3).to_bytes(4, "big") + good[5:-2]  # its last 2 bytes cut
-    for p in (plan, scanned):
-        for buffer in (short + COMPLETE, good + short + COMPLETE, short):
-            with pytest.raises(pq.ProtocolError):
-                rewrite_rows(buffer, 0, len(buffer), p, m, set())
-    tiny = data_row([])  # no columns: at the buffer's end, shorter than the first read
-    assert rewrite_rows(tiny, 0, len(tiny), plan, m, set()) == (len(tiny), 1, None)
-    assert rewrite_rows(good + tiny, 0, len(good + tiny), plan, m, set())[:2] == \
-        (len(good), 1)  # the next call starts at the short row
+    with row_loop(compiled):
+        for p in (plan, scanned):
+            for buffer in (short + COMPLETE, good + short + COMPLETE, short):
+                with pytest.raises(pq.ProtocolError):
+                    rewrite_rows(buffer, 0, len(buffer), p, m, set())
+        tiny = data_row([])  # no columns: at the buffer's end, shorter than the first read
+        assert rewrite_rows(tiny, 0, len(tiny), plan, m, set()) == (len(tiny), 1, None)
+        both = good + tiny
+        end, count, out = rewrite_rows(both, 0, len(both), plan, m, set())
+        if end < len(both):  # the Python loop stops at the short row; the next call takes it
+            assert (end, count) == (len(good), 1)
+            assert rewrite_rows(both, end, len(both), plan, m, set()) == (len(both), 1, None)
+        else:
+            assert count == 2 and out == data_row([b"1", b"****"]) + tiny
+
+
+@pytest.mark.skipif(pgmask._rows is None, reason="the compiled row loop was not built")
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 6), st.data())
+def test_the_compiled_loop_takes_any_bytes(width: int, data: st.DataObject) -> None:
+    """Rows from an upstream are untrusted: random bytes after a DataRow's kind byte,
+    lengths that lie, counts that are negative or short, buffers cut anywhere. The
+    compiled loop and the Python one agree: the same rows masked the same way, or the
+    same protocol error; nothing read outside the buffer (under ASan, nothing crashes)."""
+    m = masker(detectors=["email"])
+    whole = data.draw(st.sets(st.integers(0, width - 1), min_size=1))
+    names = tuple(f"c{i}" for i in range(width))
+    plan = RowPlan(Plan(dict.fromkeys(whole, b"**"), (), names), None)
+    pieces = data.draw(st.lists(st.one_of(
+        st.lists(ANY_VALUE, min_size=0, max_size=width + 1).map(data_row),
+        st.binary(max_size=40).map(lambda b: b"D" + b),
+        st.tuples(st.integers(-2**31, 2**31 - 1), st.integers(-2**15, 2**15 - 1),
+                  st.binary(max_size=30)).map(
+            lambda t: b"D" + struct.pack("!ih", t[0], t[1]) + t[2])), max_size=5))
+    buffer = b"".join(pieces) + COMPLETE
+    buffer = buffer[:data.draw(st.integers(0, len(buffer)))]  # a read ends anywhere
+    cut = len(buffer)
+    pos = data.draw(st.integers(0, cut))
+
+    def drain(compiled: bool) -> tuple[int, int, bytes, set[str]] | str:
+        """Rows taken as the conversation takes them: a call only where a whole DataRow
+        of a plausible length starts (the conversation refuses any other first)."""
+        at, rows, out = pos, 0, b""
+        seen: set[str] = set()
+        with row_loop(compiled):
+            try:
+                while cut - at >= 5 and buffer[at] == 0x44:
+                    length = int.from_bytes(buffer[at + 1:at + 5], "big", signed=True)
+                    if length < 6:
+                        return "refused"
+                    if at + 1 + length > cut:
+                        break
+                    end, count, got = rewrite_rows(buffer, at, cut, plan, m, seen)
+                    assert end > at and count >= 1
+                    out += got if got is not None else buffer[at:end]
+                    at, rows = end, rows + count
+            except pq.ProtocolError:
+                return "refused"
+        return at, rows, out, seen
+
+    assert drain(True) == drain(False)
 
 
 def test_row_description_plan_turns_masked_columns_into_text() -> None:

@@ -30,6 +30,11 @@ from accord.gateway.link import Link
 from accord.gateway.masking import Masker, Plan
 from accord.gateway.postgres import protocol as pq
 
+try:  # the compiled row loop (_rows.c), built at install where a C compiler is at hand
+    from accord.gateway.postgres import _rows
+except ImportError:  # pragma: no cover - exercised where Accord was built without one
+    _rows = None  # type: ignore[assignment]
+
 TEXT_OID = 25
 # text, varchar, char(n), name, unknown: their values are UTF-8 text in both formats.
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})
@@ -37,6 +42,7 @@ _FIELD = struct.Struct("!IhIhih")  # table OID, attnum, type OID, typlen, typmod
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _unpack_i32 = _I32.unpack_from
+_unpack_u32 = _U32.unpack_from
 _pack_i32 = _I32.pack
 MAX_PLANS = 256
 NO_PLAN = Plan({}, (), ())
@@ -201,6 +207,60 @@ def rewrite_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
         if plan.replacements is None:  # detectors read values: one row at a time
             return _rows_one_by_one(data, pos, n, plan, masker, masked)
         return _count_rows(data, pos, n)  # nothing to mask in this result
+    if COMPILED:
+        return _compiled_rows(data, pos, n, plan, masker, masked)
+    return python_rows(data, pos, n, plan, masker, masked)
+
+
+COMPILED = _rows is not None
+
+
+def _compiled_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
+                   masked: set[str] | None) -> tuple[int, int, bytes | None]:
+    """`rewrite_rows` with the compiled loop: it stops at a row that is not a whole,
+    regular DataRow; a whole one it stopped at (malformed, or fewer fields than the plan)
+    goes through the careful `rewrite_row`, which raises or rewrites it, and the walk
+    goes on after it."""
+    assert plan.replacements is not None
+    parts: list[bytes] = []
+    changed = False
+    count = 0
+    names = plan.plan.names
+    while True:
+        end, rows, out, hits = _rows.mask_rows(data, pos, n, plan.replacements)
+        count += rows
+        if out is not None:
+            changed = True
+            parts.append(out)
+            if masked is not None:
+                masked.update(names[i] for i in hits)
+        elif end > pos:
+            parts.append(data[pos:end])
+        pos = end
+        if n - pos < 5 or data[pos] != 0x44:
+            break
+        stop = pos + 1 + _unpack_u32(data, pos + 1)[0]  # read as the Python loop reads it
+        if stop > n:  # cut by the end of the read: the next read brings the rest
+            break
+        if stop < pos + 7:
+            raise pq.ProtocolError("DataRow: bad length")
+        row = rewrite_row(data, pos + 5, stop, plan, masker, masked)
+        if row is not None:
+            changed = True
+        parts.append(row if row is not None else data[pos:stop])
+        count += 1
+        pos = stop
+    if not changed:
+        return pos, count, None
+    return pos, count, b"".join(parts) if len(parts) > 1 else parts[0]
+
+
+def python_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
+                masked: set[str] | None) -> tuple[int, int, bytes | None]:
+    """`rewrite_rows` in Python, with the loop written for the plan (`RowPlan.fast`): the
+    fallback where the compiled loop was not built, and its property tests' other side."""
+    fast = plan.fast
+    assert fast is not None
     changed: set[str] = set()
     end, count, out, whole = fast(data, pos, n, plan, masker, changed)
     if end < n and count == 0 and n - end < _HEAD.size and data[end] == 0x44:
