@@ -5,16 +5,23 @@ It starts an upstream MCP server (this script with --upstream, a tool that retur
 and Accord on SQLite in a temporary directory (`accord serve --no-worker` and an `accord
 worker`, the production layout; --embedded: `accord serve` alone, its jobs in its own
 process), with an agent whose grant on the MCP resource the policy approves at once.
-The same --sessions SDK clients (in this process, each warmed by a call) call the tool
-back to back: --warmup seconds on each side first (not measured), then --rounds times for
---seconds straight at the upstream, then through the gateway, interleaved so that both
-sides see the same machine load. Prints each round to stderr and one JSON object: per
+--sessions clients call the tool back to back: --warmup seconds on each side first (not
+measured), then --rounds times for --seconds straight at the upstream, then through the
+gateway, interleaved so that both sides see the same machine load. The clients are wrk
+(`--client wrk`, the default when it is installed: Debian's `wrk`, C, one thread, one
+keep-alive connection per session, each answer checked to be the tool's result), or the
+`mcp` SDK's own `Client` (`--client sdk`: in this process, each warmed by a call). The
+SDK's client costs about 1.1 ms of CPU per call, more than the upstream and the gateway
+together, so on 2 cores it takes the CPU both measured paths need and the latency it
+reports is mostly its own queueing; wrk costs a few µs a call, as a load generator
+should. Prints each round to stderr and one JSON object: per
 round, calls/s and latency percentiles of each side, CPU microseconds per call of each
 process (`procstat`), the throughput ratio and the latency the gateway adds; and the
 medians of those over the rounds (targets: ratio >= 0.5, p99 added < 10 ms on 2 cores).
 
 Run: .venv/bin/python benchmarks/gateway_mcp.py [--sessions 8] [--seconds 10]
-     [--rounds 3] [--embedded]
+     [--rounds 3] [--embedded] [--client wrk|sdk]
+(wrk: `apt-get install wrk`; without it the SDK's client is used, and the JSON says so.)
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -33,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from procstat import Breakdown, descendants  # beside this file (sys.path[0])
+from procstat import Breakdown, cmdline, descendants  # beside this file (sys.path[0])
 
 POLICY = """\
 users: [alice, frank]
@@ -124,6 +132,63 @@ async def drive(url: str, token: str | None, sessions: int, seconds: float) -> d
             "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2)}
 
 
+# One tools/call of `ping` as the SDK's client sends it over the per-request protocol.
+CALL = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "ping", "arguments": {}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}}}}, separators=(",", ":"))
+
+# wrk's script: the call, each answer checked (an HTTP 200 carrying a JSON-RPC error, or
+# a tool's error, counts as an error), and the figures printed as one JSON line.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [==[BODY]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+wrk.headers["Mcp-Method"] = "tools/call"
+wrk.headers["Mcp-Name"] = "ping"
+AUTH
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+bad = 0
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '"isError":false', 1, true) then
+    bad = bad + 1
+  end
+end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  for _, t in ipairs(threads) do errors = errors + t:get("bad") end
+  io.write(string.format(
+    '{"calls": %d, "errors": %d, "seconds": %.6f, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, errors, summary.duration / 1e6, latency:percentile(50),
+    latency:percentile(99)))
+end
+"""
+
+
+def drive_wrk(url: str, token: str | None, sessions: int, seconds: float,
+              tmp: str) -> dict[str, Any]:
+    """wrk: `sessions` keep-alive connections calling `ping` back to back for `seconds`."""
+    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    script = Path(tmp) / f"wrk-{os.getpid()}.lua"
+    script.write_text(WRK_SCRIPT.replace("BODY", CALL).replace("AUTH", auth),
+                      encoding="utf-8")
+    out = subprocess.run(["wrk", "-t1", f"-c{sessions}", f"-d{max(1, round(seconds))}s",
+                          "--timeout", "30s", "-s", str(script), url],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout}")
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"calls": figures["calls"], "errors": figures["errors"],
+            "calls_per_s": round(figures["calls"] / figures["seconds"], 1),
+            "p50_ms": round(figures["p50_us"] / 1000, 2),
+            "p99_ms": round(figures["p99_us"] / 1000, 2)}
+
+
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 3) if values else 0.0
 
@@ -137,8 +202,17 @@ def main() -> int:
     ap.add_argument("--embedded", action="store_true",
                     help="run the background jobs inside `accord serve` (its default) "
                          "instead of in an `accord worker` process of their own")
+    ap.add_argument("--client", choices=["wrk", "sdk"],
+                    help="the load generator (default: wrk when installed, else sdk)")
     ap.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client is None:
+        args.client = "wrk" if shutil.which("wrk") else "sdk"
+        if args.client == "sdk":
+            print("wrk is not installed (apt-get install wrk): the mcp SDK's client drives "
+                  "the calls, and its own CPU takes much of 2 cores", file=sys.stderr)
+    elif args.client == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--client wrk: wrk is not installed (apt-get install wrk)")
     if args.upstream:
         upstream(args.upstream)
         return 0
@@ -175,17 +249,23 @@ def main() -> int:
             conn = httpx.post(f"{base}/api/v1/mcp/connect", headers=auth, timeout=30,
                               json={"resource": "tools"}).json()
             roles = _roles(os.getpid(), procs)
+
+            def run(url: str, bearer: str | None, seconds: float) -> dict[str, Any]:
+                if args.client == "wrk":
+                    return drive_wrk(url, bearer, args.sessions, seconds, tmp)
+                return asyncio.run(drive(url, bearer, args.sessions, seconds))
+
             for url, bearer in ((up_url, None), (conn["url"], conn["token"])):
                 # Not measured: the shipper starts with the gateway's first call, and the
                 # worker's first rounds over the new events are slower than its later ones.
-                asyncio.run(drive(url, bearer, args.sessions, args.warmup))
+                run(url, bearer, args.warmup)
             for _ in range(args.rounds):  # interleaved: the machine's load changes
                 one: dict[str, Any] = {"load": round(os.getloadavg()[0], 1)}
                 for side, url, bearer in (("direct", up_url, None),
                                           ("gateway", conn["url"], conn["token"])):
                     sampler = Breakdown(roles)
                     sampler.start()
-                    one[side] = asyncio.run(drive(url, bearer, args.sessions, args.seconds))
+                    one[side] = run(url, bearer, args.seconds)
                     one[side]["cpu_us_per_call"] = sampler.stop(max(one[side]["calls"], 1))
                 one["throughput_ratio"] = round(
                     one["gateway"]["calls_per_s"] / one["direct"]["calls_per_s"], 3) \
@@ -203,6 +283,7 @@ def main() -> int:
     print(json.dumps({
         "sessions": args.sessions, "seconds": args.seconds,
         "layout": "embedded" if args.embedded else "serve --no-worker + worker",
+        "client": args.client,
         "rounds": rounds,
         "throughput_ratio": median([r["throughput_ratio"] for r in rounds]),
         "added_p99_ms": median([r["added_p99_ms"] for r in rounds]),
@@ -218,7 +299,7 @@ def _roles(me: int, procs: dict[str, subprocess.Popen[bytes]]) -> Any:
     pids = {p.pid: name for name, p in procs.items()}
 
     def role(pid: int) -> str | None:
-        if pid == me:
+        if pid == me or cmdline(pid).startswith("wrk"):
             return "clients"
         if pid in pids:
             return pids[pid]

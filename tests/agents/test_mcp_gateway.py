@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -492,6 +492,13 @@ def test_a_burst_of_tool_calls_is_an_alert(env: Env, base: str) -> None:
     calls(base, conn["token"], ("get_time", {}))
     [alert] = alerts(env, "agent_burst")
     assert "agent buildbot (of alice) made 5 tool calls within 1m" in alert["title"]
+    calls(base, conn["token"], *[("get_time", {})] * 7)  # the burst goes on: the same alert
+    assert len(alerts(env, "agent_burst")) == 1
+    env.clock.value = WEDNESDAY_10 + timedelta(minutes=1, seconds=1)  # a window later
+    calls(base, conn["token"], *[("get_time", {})] * 4)
+    assert len(alerts(env, "agent_burst")) == 1  # 4 in this window so far
+    calls(base, conn["token"], ("get_time", {}))
+    assert len(alerts(env, "agent_burst")) == 2
 
 
 def test_accord_connect_gives_the_mcp_url_and_token(env: Env, base: str, up: Upstream) -> None:

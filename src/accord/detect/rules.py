@@ -77,7 +77,13 @@ def _count_in_window(scan: Scan, rule: CountRule, bucket: str, who: str, idx: in
     seen: list[list[Any]] = scan.state.setdefault(bucket, {}).setdefault(who, [])
     seen.append([when.isoformat(), idx])
     horizon = when - rule.window
-    seen[:] = [s for s in seen if datetime.fromisoformat(s[0]) > horizon]
+    # Events come in ledger order, so the oldest are first: drop from the front only (a
+    # busy agent's every call would otherwise re-read the whole window).
+    old = 0
+    while old < len(seen) and datetime.fromisoformat(seen[old][0]) <= horizon:
+        old += 1
+    if old:
+        del seen[:old]
     if len(seen) >= rule.count:
         out = [int(s[1]) for s in seen]
         seen.clear()
@@ -251,14 +257,22 @@ def agent_off_hours(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Findin
 
 
 def agent_burst(scan: Scan, idx: int, ev: dict[str, Any]) -> Iterator[Finding]:
-    """More tool calls by one agent within the window than the configured rate."""
+    """More tool calls by one agent within the window than the configured rate; then no
+    other such alert for that agent until a window has passed (a burst that goes on is
+    one alert a window, not one every `count` calls)."""
     rule = scan.spec.agent_burst
     who = _agent(ev)
     if not rule.enabled or who is None:
         return
     agent, owner = who
-    hits = _count_in_window(scan, rule, "agent_burst", agent, idx, _time(ev))
+    when = _time(ev)
+    quiet: dict[str, str] = scan.state.setdefault("agent_burst_quiet", {})
+    until = quiet.get(agent)
+    if until is not None and when < datetime.fromisoformat(until):
+        return
+    hits = _count_in_window(scan, rule, "agent_burst", agent, idx, when)
     if hits:
+        quiet[agent] = (when + rule.window).isoformat()
         yield Finding(
             "agent_burst", rule.severity,
             f"agent {agent} (of {owner}) made {len(hits)} tool calls within "
