@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from accord.gateway.postgres import conversation as conversation_module
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.conversation import REFUSED_SQL, Conversation
 from accord.gateway.postgres.scope import CLASSES, DEFAULT_ROLES, IDENTITY, Classifier
@@ -470,3 +473,52 @@ def test_a_partial_message_is_held_until_complete() -> None:
     q = pq.query("select 1")
     assert c.client(q[:7]) == b"" and c.cbuf
     assert c.client(q[7:]) == q and not c.cbuf
+
+
+# ------------------------------------------------------------------ the rows walk, two ways
+
+@contextlib.contextmanager
+def rows_walk(compiled: bool) -> Iterator[None]:
+    saved = conversation_module.WALK
+    conversation_module.WALK = saved if compiled else None
+    try:
+        yield
+    finally:
+        conversation_module.WALK = saved
+
+
+SERVER_PIECE = st.one_of(
+    st.lists(st.binary(max_size=40), max_size=3).map(lambda vs: row(*vs)),
+    st.binary(max_size=60).map(lambda b: pq.message(b"d", b)),  # CopyData
+    st.sampled_from([ROWDESC, complete("SELECT 2"), complete("COPY 1"), READY,
+                     pq.message(b"D", b"\0"), pq.message(b"D", b""), error("42501")]),
+    st.binary(min_size=1, max_size=12).map(lambda b: b"D" + b))  # lengths that lie
+
+
+@pytest.mark.skipif(conversation_module.WALK is None,
+                    reason="the compiled row walk was not built")
+@FAST
+@given(st.lists(SERVER_PIECE, max_size=12), st.lists(st.integers(0, 4000), max_size=6))
+def test_the_row_walk_answers_as_the_python_loop(pieces: list[bytes], cuts: list[int]) -> None:
+    """Rows only counted (an unmasked session) are walked in C where it was built: against
+    the Python loop on the same server bytes, cut anywhere, the client gets the same bytes,
+    the statements finish with the same row counts, and the same bytes are refused."""
+    data = b"".join(pieces)
+
+    def run(walk: bool) -> tuple[list[bytes], list[tuple[Any, ...]], str | None]:
+        c = conv()
+        c.client(pq.query("select 1; select 2") + parse(b"", b"select $1")
+                 + bind(b"", b"", [b"1"]) + execute() + SYNC)
+        out: list[bytes] = []
+        failure = None
+        with rows_walk(walk):
+            try:
+                for piece in chunks(data, cuts):
+                    out.append(c.server(piece))
+            except pq.ProtocolError as e:
+                failure = str(e)
+        finished = [(r.text, r.rows, tag, rows, error, outcome)
+                    for r, tag, rows, _, error, outcome in c.finished]
+        return out, finished, failure
+
+    assert run(True) == run(False)

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from accord.gateway.classes import ADMIN, DDL, IDENTITY, PINNED, UNKNOWN
+from accord.gateway.postgres import mask as _mask
 from accord.gateway.postgres import protocol as pq
 from accord.gateway.postgres.guard import Guard
 from accord.gateway.postgres.mask import RowPlan, SessionMask, rewrite_rows
@@ -59,6 +60,8 @@ EMPTY_PARSE = b"P\0\0\0\x08\0\0\0\0"  # Parse of the unnamed statement, empty te
 PARSE_COMPLETE = b"1\0\0\0\x04"
 
 _unpack_i32 = struct.Struct("!i").unpack_from
+# The compiled walk over rows only counted (None: this module's Python loop does it).
+WALK = _mask.walk_rows
 _now = time.perf_counter_ns
 
 # Message type bytes, as ints (what indexing bytes gives).
@@ -930,6 +933,7 @@ class Conversation:
         last = 0
         limit = self.max_message
         unpack = _unpack_i32
+        walk = WALK
         while n - pos >= 5:
             kind = data[pos]
             length = unpack(data, pos + 1)[0]
@@ -950,13 +954,20 @@ class Conversation:
             if kind == _DATA_ROW or kind == _COPY_DATA:  # noqa: SIM109 - the hot path
                 if length < 4:
                     raise pq.ProtocolError("invalid message length from the server")
+                count = 1
+                if walk is not None and self.mask is None:  # the run of rows, in C
+                    after, count, rest = walk(data, pos, n, True, False)
+                    if count:
+                        end = after + rest
+                    else:  # a short DataRow: counted here, as the Python loop does
+                        count = 1
                 if pending:
                     head = pending[0]
                     runs = head.runs
                     if runs:
                         i = head.index if head.kind == K_QUERY else 0
                         if i < len(runs):
-                            runs[i].rows += 1
+                            runs[i].rows += count
                 if end > n:
                     self._srest = end - n
                     pos = n
@@ -1142,6 +1153,7 @@ class Conversation:
         rows = 0
         tag_at = -1
         unpack = _unpack_i32
+        walk = WALK
         while n - pos >= 5:
             kind = data[pos]
             end = pos + 1 + unpack(data, pos + 1)[0]
@@ -1150,6 +1162,12 @@ class Conversation:
             if kind == _DATA_ROW:
                 if tag_at >= 0:
                     return False
+                if walk is not None:  # the run of rows, in C (whole ones only)
+                    after, count, _ = walk(data, pos, n, False, True)
+                    if count:
+                        rows += count
+                        pos = after
+                        continue
                 rows += 1
             elif kind == _COMPLETE:
                 if tag_at >= 0 or end < pos + 6 or data[end - 1] != 0:

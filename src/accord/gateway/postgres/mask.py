@@ -206,13 +206,21 @@ def rewrite_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
     if fast is None:
         if plan.replacements is None:  # detectors read values: one row at a time
             return _rows_one_by_one(data, pos, n, plan, masker, masked)
-        return _count_rows(data, pos, n)  # nothing to mask in this result
+        if COMPILED:  # nothing to mask in this result: whole rows counted
+            end, count, _ = _rows.walk_rows(data, pos, n, False, True)
+            if n - end >= 5 and data[end] == 0x44:  # one it would not judge: Python's checks
+                end, more, _ = _count_rows(data, end, n)
+                count += more
+            return end, count, None
+        return _count_rows(data, pos, n)
     if COMPILED:
         return _compiled_rows(data, pos, n, plan, masker, masked)
     return python_rows(data, pos, n, plan, masker, masked)
 
 
 COMPILED = _rows is not None
+# The walk over rows the gateway only counts (`_rows.walk_rows`), for the conversation.
+walk_rows = _rows.walk_rows if _rows is not None else None
 
 
 def _compiled_rows(data: bytes, pos: int, n: int, plan: RowPlan, masker: Masker,
