@@ -954,20 +954,20 @@ class Conversation:
             if kind == _DATA_ROW or kind == _COPY_DATA:  # noqa: SIM109 - the hot path
                 if length < 4:
                     raise pq.ProtocolError("invalid message length from the server")
-                count = 1
+                passed = 1
                 if walk is not None and self.mask is None:  # the run of rows, in C
-                    after, count, rest = walk(data, pos, n, True, False)
-                    if count:
+                    after, passed, rest = walk(data, pos, n, True, False)
+                    if passed:
                         end = after + rest
                     else:  # a short DataRow: counted here, as the Python loop does
-                        count = 1
+                        passed = 1
                 if pending:
                     head = pending[0]
                     runs = head.runs
                     if runs:
                         i = head.index if head.kind == K_QUERY else 0
                         if i < len(runs):
-                            runs[i].rows += count
+                            runs[i].rows += passed
                 if end > n:
                     self._srest = end - n
                     pos = n
@@ -1163,9 +1163,9 @@ class Conversation:
                 if tag_at >= 0:
                     return False
                 if walk is not None:  # the run of rows, in C (whole ones only)
-                    after, count, _ = walk(data, pos, n, False, True)
-                    if count:
-                        rows += count
+                    after, passed, _ = walk(data, pos, n, False, True)
+                    if passed:
+                        rows += passed
                         pos = after
                         continue
                 rows += 1
