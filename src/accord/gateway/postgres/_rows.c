@@ -37,10 +37,10 @@ put_be32(unsigned char *p, uint32_t v)
 
 /* The length of the DataRow at `p` once masked, or -1 when the walk stops there (not a
  * whole, regular DataRow with at least `ncols` fields). `hits[i]` is set for each column
- * replaced. */
+ * replaced, by the caller once the row proved regular (`row_hits` holds them until then). */
 static Py_ssize_t
 masked_length(const unsigned char *d, Py_ssize_t p, Py_ssize_t n, Py_ssize_t ncols,
-              const Py_ssize_t *rlen, char *hits)
+              const Py_ssize_t *rlen, char *row_hits)
 {
     if (n - p < 7 || d[p] != 'D')
         return -1;
@@ -64,10 +64,9 @@ masked_length(const unsigned char *d, Py_ssize_t p, Py_ssize_t n, Py_ssize_t nco
             return -1;
         else
             next = f + 4 + fl;
-        if (rlen[i] >= 0 && fl != -1) {
+        row_hits[i] = rlen[i] >= 0 && fl != -1;
+        if (row_hits[i])
             out += rlen[i] - (next - f);
-            hits[i] = 1;
-        }
         f = next;
     }
     if (out > INT32_MAX)
@@ -95,7 +94,7 @@ mask_rows(PyObject *self, PyObject *args)
     Py_ssize_t ncols = PyTuple_GET_SIZE(repl);
     const char **rptr = NULL;
     Py_ssize_t *rlen = NULL;
-    char *hits = NULL;
+    char *hits = NULL, *row_hits = NULL;
     if (pos < 0 || n > buf.len || pos > n) {
         PyErr_SetString(PyExc_ValueError, "mask_rows: pos and n must lie within data");
         goto done;
@@ -107,7 +106,8 @@ mask_rows(PyObject *self, PyObject *args)
     rptr = PyMem_Malloc(ncols * sizeof(*rptr));
     rlen = PyMem_Malloc(ncols * sizeof(*rlen));
     hits = PyMem_Calloc(ncols, 1);
-    if (rptr == NULL || rlen == NULL || hits == NULL) {
+    row_hits = PyMem_Calloc(ncols, 1);
+    if (rptr == NULL || rlen == NULL || hits == NULL || row_hits == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -129,9 +129,11 @@ mask_rows(PyObject *self, PyObject *args)
     /* First pass: how far the rows are regular, and the size of their masked form. */
     Py_ssize_t p = pos, total = 0, rows = 0;
     for (;;) {
-        Py_ssize_t length = masked_length(d, p, n, ncols, rlen, hits);
+        Py_ssize_t length = masked_length(d, p, n, ncols, rlen, row_hits);
         if (length < 0)
             break;
+        for (Py_ssize_t i = 0; i < ncols; i++)
+            hits[i] |= row_hits[i];
         total += 1 + length;
         rows++;
         p += 1 + (Py_ssize_t)be32(d + p + 1);
@@ -204,6 +206,7 @@ done:
     PyMem_Free(rptr);
     PyMem_Free(rlen);
     PyMem_Free(hits);
+    PyMem_Free(row_hits);
     PyBuffer_Release(&buf);
     return result;
 }
