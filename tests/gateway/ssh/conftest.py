@@ -92,6 +92,11 @@ def sshd(tmp: Path) -> Iterator[tuple[int, str, str]]:
     (tmp / "authorized_keys").write_text(client_pub + "\n")
     (tmp / "authorized_keys").chmod(0o600)
     port = free_port()
+    # The sessions' HOME is a directory of the test's own: a shell sshd starts reads
+    # $HOME/.bashrc (Debian's bash does under sshd), and the machine's user may have a slow
+    # one there (pyenv's init rehashes under a lock, which a test killing a shell can leave
+    # behind, stalling every later session).
+    (tmp / "home").mkdir(exist_ok=True)
     (tmp / "sshd_config").write_text(f"""\
 Port {port}
 ListenAddress 127.0.0.1
@@ -107,6 +112,7 @@ PermitRootLogin prohibit-password
 AllowTcpForwarding yes
 X11Forwarding yes
 AcceptEnv LANG
+SetEnv HOME={tmp / 'home'}
 Subsystem sftp internal-sftp
 LogLevel ERROR
 """)
