@@ -247,6 +247,20 @@ def test_recording_pieces_read_back_exactly(writer: AuditWriter,
     assert [f["blob"] for f in again] == [recovered[0]["blob"]]
 
 
+def test_a_last_chunk_read_with_its_pieces(writer: AuditWriter) -> None:
+    """A channel's whole recording in one read: its pieces, views of the mapping, are taken
+    by its final chunk, and none is left when the mapping closes."""
+    s = Session(writer)
+    data = os.urandom(3 * audit.PWRITE_BYTES)
+    writer.piece(s.info.number, 3, b"small ")
+    writer.piece(s.info.number, 3, data)
+    writer.blob(s.info, "ssh_chunk", {"channel": 3, "index": 0, "final": True, "stream": 3})
+    reader = Reader(writer.dir)
+    reader.poll()
+    assert [f[4]["blob"] for f in reader.take() if f[1] == "ssh_chunk"] == [b"small " + data]
+    assert reader.streams == {}
+
+
 def test_a_spool_is_locked_by_its_writer_from_the_moment_it_appears(tmp_path: Path) -> None:
     fd = spool.claim(tmp_path, "abc")
     made = tmp_path / "abc"

@@ -197,11 +197,13 @@ class Reader:
             size = os.fstat(fd).st_size
             if size <= self.position + FRAME.size:
                 return
-            bodies: list[memoryview] = []
+            bodies: list[memoryview] = []  # frames of other records, applied together
+            piece = PIECE_FRAME.unpack_from
+            taken = False
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
                 pos = self.position
                 frame = FRAME.unpack_from
-                try:  # each frame checked in place, and the bodies copied out once
+                try:  # each frame checked in place
                     while pos + FRAME.size <= size:
                         length, crc = frame(mm, pos)
                         end = pos + FRAME.size + length
@@ -209,16 +211,33 @@ class Reader:
                             break  # the end of what was written
                         if crc32(view[pos + FRAME.size:end]) != crc:
                             break  # being written, or torn by a crash
+                        if mm[pos + FRAME.size + 4] == R_PIECE and length > PIECE_REC.size:
+                            # A recording's bytes (`AuditWriter.piece`: one record, its own
+                            # frame): kept as a view of the mapping, so the chunk fact that
+                            # takes them copies them once (`_apply`, R_BLOB).
+                            _, _, record, _, number, stream = piece(mm, pos)
+                            if record + HEAD.size == length:
+                                if bodies:  # in order: what came before first
+                                    self._records(b"".join(bodies))
+                                    bodies.clear()
+                                self._piece(number << 32 | stream,
+                                            view[pos + PIECE_FRAME.size:end])
+                                taken = True
+                                pos = end
+                                continue
                         bodies.append(view[pos + FRAME.size:end])
                         pos = end
-                    body = b"".join(bodies)
-                finally:
-                    bodies.clear()  # no view left when the mapping closes
-            if body:
-                self._records(body)
-                if pos > self.position:  # bound what a machine crash can take: one round
-                    with contextlib.suppress(OSError):
-                        os.fdatasync(fd)
+                    if bodies:
+                        self._records(b"".join(bodies))
+                finally:  # no view of the mapping left when it closes
+                    bodies.clear()
+                    if taken:  # bytes no fact took yet: copied out
+                        for state in self.streams.values():
+                            if any(type(b) is memoryview and b.obj is mm for b in state[1]):
+                                state[1] = [b"".join(state[1])]
+            if pos > self.position:
+                with contextlib.suppress(OSError):  # bound what a machine crash can take
+                    os.fdatasync(fd)
                 self.position = pos
         finally:
             os.close(fd)
@@ -313,13 +332,9 @@ class Reader:
                 # once, when the fact that takes them joins them (`_apply`, R_BLOB)
                 length, _, number, stream = PIECE_REC.unpack_from(body, pos)
                 end = pos + 5 + length
-                key = number << 32 | stream
-                state = self.streams.get(key)
-                if state is None:
-                    state = self.streams[key] = [None, []]
                 if view is None:
                     view = memoryview(body)
-                state[1].append(view[pos + PIECE_REC.size:end])
+                self._piece(number << 32 | stream, view[pos + PIECE_REC.size:end])
             else:
                 length = head(body, pos)[0]
                 end = pos + 5 + length
@@ -331,6 +346,14 @@ class Reader:
             pos = end
         if last_t0 and last_t0 + offset > self.last_ns:
             self.last_ns = last_t0 + offset
+
+    def _piece(self, key: int, data: memoryview) -> None:
+        """Bytes appended to a stream (kept in no local: `_read` closes the mapping they
+        may be a view of once the streams no longer hold it)."""
+        state = self.streams.get(key)
+        if state is None:
+            state = self.streams[key] = [None, []]
+        state[1].append(data)
 
     def _apply(self, kind: int, payload: bytes) -> None:
         """Records other than statements and outcomes."""
