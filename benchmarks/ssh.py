@@ -88,12 +88,14 @@ workflows:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its children (the gateway's shipper), from
-    /proc: what the gateway costs whatever else the machine runs."""
+    /proc: what the gateway costs whatever else the machine runs. A child is listed under
+    the thread that started it (the shipper: a thread of the gateway's, not its main one)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
     for p in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()

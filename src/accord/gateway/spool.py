@@ -22,9 +22,10 @@ import mmap
 import os
 import struct
 import time
-import zlib
 from pathlib import Path
 from typing import Any
+
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, with SIMD: the same checksums
 
 from accord.gateway import recording
 from accord.gateway.records import Run, SessionInfo
@@ -52,6 +53,7 @@ BLOB_HEAD = struct.Struct("<IQI")  # session, rec, JSON length
 # so a shipper restarted there loses nothing once the old segment is deleted.
 R_PIECE, R_STREAM = 9, 10
 PIECE = struct.Struct("<II")  # session, stream; the bytes follow
+PIECE_REC = struct.Struct("<IBII")  # HEAD + PIECE in one unpack
 PIECE_FRAME = struct.Struct("<IIIBII")  # FRAME + HEAD + PIECE in one pack
 STREAM = struct.Struct("<III")  # session, stream, JSON length; the JSON, then the bytes
 FRAME = struct.Struct("<II")  # frame body length, CRC-32 of the body; records follow
@@ -195,26 +197,47 @@ class Reader:
             size = os.fstat(fd).st_size
             if size <= self.position + FRAME.size:
                 return
-            bodies: list[bytes] = []
-            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+            bodies: list[memoryview] = []  # frames of other records, applied together
+            piece = PIECE_FRAME.unpack_from
+            taken = False
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
                 pos = self.position
                 frame = FRAME.unpack_from
-                crc32 = zlib.crc32
-                while pos + FRAME.size <= size:
-                    length, crc = frame(mm, pos)
-                    end = pos + FRAME.size + length
-                    if length == 0 or end > size:
-                        break  # the end of what was written
-                    body = mm[pos + FRAME.size:end]
-                    if crc32(body) != crc:
-                        break  # being written, or torn by a crash
-                    bodies.append(body)
-                    pos = end
-            if bodies:
-                self._records(b"".join(bodies))
-                if pos > self.position:  # bound what a machine crash can take: one round
-                    with contextlib.suppress(OSError):
-                        os.fdatasync(fd)
+                try:  # each frame checked in place
+                    while pos + FRAME.size <= size:
+                        length, crc = frame(mm, pos)
+                        end = pos + FRAME.size + length
+                        if length == 0 or end > size:
+                            break  # the end of what was written
+                        if crc32(view[pos + FRAME.size:end]) != crc:
+                            break  # being written, or torn by a crash
+                        if mm[pos + FRAME.size + 4] == R_PIECE and length > PIECE_REC.size:
+                            # A recording's bytes (`AuditWriter.piece`: one record, its own
+                            # frame): kept as a view of the mapping, so the chunk fact that
+                            # takes them copies them once (`_apply`, R_BLOB).
+                            _, _, record, _, number, stream = piece(mm, pos)
+                            if record + HEAD.size == length:
+                                if bodies:  # in order: what came before first
+                                    self._records(b"".join(bodies))
+                                    bodies.clear()
+                                self._piece(number << 32 | stream,
+                                            view[pos + PIECE_FRAME.size:end])
+                                taken = True
+                                pos = end
+                                continue
+                        bodies.append(view[pos + FRAME.size:end])
+                        pos = end
+                    if bodies:
+                        self._records(b"".join(bodies))
+                finally:  # no view of the mapping left when it closes
+                    bodies.clear()
+                    if taken:  # bytes no fact took yet: copied out
+                        for state in self.streams.values():
+                            if any(type(b) is memoryview and b.obj is mm for b in state[1]):
+                                state[1] = [b"".join(state[1])]
+            if pos > self.position:
+                with contextlib.suppress(OSError):  # bound what a machine crash can take
+                    os.fdatasync(fd)
                 self.position = pos
         finally:
             os.close(fd)
@@ -235,6 +258,7 @@ class Reader:
         tags = self._tags
         last_t0 = 0
         params: object
+        view: memoryview | None = None
         while pos < n:
             kind = body[pos + 4]
             if kind == R_DONE:
@@ -304,6 +328,13 @@ class Reader:
                 intents[number << 32 | seq] = (PROTOCOLS[protocol], text, params, t0)
                 if t0 > last_t0:
                     last_t0 = t0
+            elif kind == R_PIECE:  # a recording's bytes, kept as a view of `body`: copied
+                # once, when the fact that takes them joins them (`_apply`, R_BLOB)
+                length, _, number, stream = PIECE_REC.unpack_from(body, pos)
+                end = pos + 5 + length
+                if view is None:
+                    view = memoryview(body)
+                self._piece(number << 32 | stream, view[pos + PIECE_REC.size:end])
             else:
                 length = head(body, pos)[0]
                 end = pos + 5 + length
@@ -316,15 +347,17 @@ class Reader:
         if last_t0 and last_t0 + offset > self.last_ns:
             self.last_ns = last_t0 + offset
 
+    def _piece(self, key: int, data: memoryview) -> None:
+        """Bytes appended to a stream (kept in no local: `_read` closes the mapping they
+        may be a view of once the streams no longer hold it)."""
+        state = self.streams.get(key)
+        if state is None:
+            state = self.streams[key] = [None, []]
+        state[1].append(data)
+
     def _apply(self, kind: int, payload: bytes) -> None:
         """Records other than statements and outcomes."""
-        if kind == R_PIECE:
-            number, stream = PIECE.unpack_from(payload)
-            state = self.streams.get(number << 32 | stream)
-            if state is None:
-                state = self.streams[number << 32 | stream] = [None, []]
-            state[1].append(payload[PIECE.size:])
-        elif kind == R_CLOCK:
+        if kind == R_CLOCK:
             self.offset = struct.unpack("<q", payload)[0]
         elif kind == R_BLOB:
             number, rec, size = BLOB_HEAD.unpack_from(payload)

@@ -8,14 +8,13 @@ recording is cut into chunks as it grows; the chunks, in order, are the whole `.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+import pybase64
 
 Write = Callable[..., None]  # an event's line (in parts), to spool before the bytes go on
 Cut = Callable[[int, bool], None]  # a chunk ends: its index, whether it is the last
@@ -97,7 +96,7 @@ class Recorder:
     def _raw(self, code: str, data: bytes) -> None:
         """An `ob`/`ib` event (its base64 goes to the spool as it is, not copied into a line)."""
         self._line(b'[%b,"%b","' % (orjson.dumps(self._now()), RAW[code].encode()),
-                   binascii.b2a_base64(data, newline=False), b'"]\n')
+                   pybase64.b64encode(data), b'"]\n')
 
     def _line(self, *parts: bytes) -> None:
         self.write(*parts)
@@ -139,7 +138,7 @@ def parse(data: bytes) -> tuple[dict[str, Any], list[tuple[float, str, str]]]:
 
 def event_bytes(code: str, text: str) -> bytes:
     """An output or input event's bytes, as they went by."""
-    return base64.b64decode(text) if code in ("ob", "ib") else text.encode()
+    return pybase64.b64decode(text) if code in ("ob", "ib") else text.encode()
 
 
 def output(events: list[tuple[float, str, str]]) -> bytes:
