@@ -391,6 +391,46 @@ def test_malformed_rows_are_protocol_errors(compiled: bool) -> None:
             assert count == 2 and out == data_row([b"1", b"****"]) + tiny
 
 
+def lying_row(values: list[bytes | None], count: int) -> bytes:
+    """A DataRow whose field count says `count` whatever fields it carries."""
+    row = data_row(values)
+    return row[:5] + struct.pack("!h", count) + row[7:]
+
+
+@pytest.mark.parametrize("compiled", ROW_LOOPS)
+@pytest.mark.parametrize("detectors", [False, True])
+@pytest.mark.parametrize("values,count", [
+    ([b"1", b"alice@example.org", b"n"], 1),    # the masked column past the count
+    ([b"1", b"alice@example.org", b"n"], -1),   # a negative count
+    ([None, b"alice@example.org", b"n"], 1),    # a NULL first, then the same
+    ([b"1", b"alice@example.org", b"n"], 0),
+])
+def test_a_row_whose_count_hides_a_masked_value_is_refused(
+        compiled: bool, detectors: bool, values: list[bytes | None], count: int) -> None:
+    """An upstream that lies in a DataRow's field count (fewer fields than the row holds)
+    must not get a value past the count to the client unmasked: the row is refused (the
+    careful path, which the compiled loop and detectors use for such a row), or masked by
+    place (the Python loop for columns masked whole, which reads fields whatever the
+    count says); never passed on."""
+    plan = RowPlan(Plan({} if detectors else {2: b"****", 1: b"****"},
+                        (1, 2) if detectors else (), ("id", "email", "note")), None)
+    m = masker(detectors=["email"])
+    row = lying_row(values, count)
+    conv = conversation(detectors=["email"]) if detectors else \
+        conversation(columns=["public.people.email"])
+    conv.client(pq.query("SELECT id, email, note FROM people"))
+    with row_loop(compiled):
+        for attempt in (
+                lambda: rewrite_rows(row + COMPLETE, 0, len(row) + len(COMPLETE), plan, m,
+                                     set())[2] or row,
+                lambda: conv.server(DESC + row + COMPLETE + READY)):
+            try:
+                out = attempt()
+            except pq.ProtocolError:
+                continue
+            assert b"alice@example.org" not in out
+
+
 @pytest.mark.skipif(pgmask._rows is None, reason="the compiled row loop was not built")
 @settings(max_examples=500, deadline=None)
 @given(st.integers(1, 6), st.data())

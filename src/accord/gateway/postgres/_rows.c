@@ -45,8 +45,8 @@ masked_length(const unsigned char *d, Py_ssize_t p, Py_ssize_t n, Py_ssize_t nco
     if (n - p < 7 || d[p] != 'D')
         return -1;
     uint32_t length = be32(d + p + 1);
-    if (length < 6 || (Py_ssize_t)length > n - p - 1)
-        return -1;
+    if (length < 6 || length > INT32_MAX || (Py_ssize_t)length > n - p - 1)
+        return -1; /* malformed (a negative length read signed), or cut by the read */
     Py_ssize_t end = p + 1 + (Py_ssize_t)length;
     int16_t count = (int16_t)((d[p + 5] << 8) | d[p + 6]);
     if (count < ncols)
@@ -130,7 +130,7 @@ mask_rows(PyObject *self, PyObject *args)
     Py_ssize_t p = pos, total = 0, rows = 0;
     for (;;) {
         Py_ssize_t length = masked_length(d, p, n, ncols, rlen, row_hits);
-        if (length < 0)
+        if (length < 0 || length > PY_SSIZE_T_MAX - 1 - total)
             break;
         for (Py_ssize_t i = 0; i < ncols; i++)
             hits[i] |= row_hits[i];

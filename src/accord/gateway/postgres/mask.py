@@ -159,6 +159,8 @@ def rewrite_row(data: bytes, start: int, end: int, plan: RowPlan, masker: Masker
     if end - start < 2:
         raise pq.ProtocolError("DataRow: bad length")
     count = int.from_bytes(data[start:start + 2], "big", signed=True)
+    if count < 0:
+        raise pq.ProtocolError("DataRow: a negative field count")
     targets = plan.targets
     whole = plan.plan.whole
     last = min(plan.last, count - 1)
@@ -172,7 +174,7 @@ def rewrite_row(data: bytes, start: int, end: int, plan: RowPlan, masker: Masker
         length = unpack(data, pos)[0]
         begin = pos + 4
         stop = begin + length if length > 0 else begin
-        if stop > end:
+        if stop > end or length < -1:
             raise pq.ProtocolError("DataRow: bad length")
         if length >= 0 and i in targets:
             new = whole.get(i)
@@ -189,6 +191,10 @@ def rewrite_row(data: bytes, start: int, end: int, plan: RowPlan, masker: Masker
             if masked is not None:
                 masked.add(plan.plan.names[i])
         pos = stop
+    if last < plan.last and pos != end:
+        # Fewer fields than a masked column's place, yet bytes after them: a client reading
+        # past the count would find a value no rule looked at. Not passed on.
+        raise pq.ProtocolError("DataRow: its field count and its length disagree")
     if parts is None:
         return None
     parts.append(data[at:end])
