@@ -6,13 +6,21 @@ are at hand, the build warns and Accord runs the same loop in Python (slower, sa
 output). ACCORD_PURE_PYTHON=1 skips it on purpose.
 """
 
+import hashlib
 import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 
+ROWS = "src/accord/gateway/postgres/_rows.c"
+# The source's sha256 goes into the module: a test finds an editable install's stale build.
+source = hashlib.sha256((Path(__file__).parent / ROWS).read_bytes()).hexdigest() \
+    if (Path(__file__).parent / ROWS).exists() else "unknown"
+
 ext_modules = [] if os.environ.get("ACCORD_PURE_PYTHON") == "1" else [
-    Extension("accord.gateway.postgres._rows", ["src/accord/gateway/postgres/_rows.c"],
-              optional=True, extra_compile_args=["-O2", "-Wall"]),
+    Extension("accord.gateway.postgres._rows", [ROWS], optional=True,
+              define_macros=[("ROWS_SOURCE_SHA256", f'"{source}"')],
+              extra_compile_args=["-O2", "-Wall"]),
 ]
 
 setup(ext_modules=ext_modules)

@@ -5,6 +5,7 @@ RowDescription plans (property tests), and the sans-IO conversation of a masked 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import struct
@@ -310,6 +311,10 @@ def test_the_row_loop_is_compiled_where_it_can_be() -> None:
             or not headers.exists():
         pytest.skip("no C compiler or Python headers here: the Python loop is used")
     assert pgmask.COMPILED and pgmask._rows is not None
+    source = Path(pgmask.__file__).with_name("_rows.c")
+    if source.exists():  # a checkout: the module was built from this very source
+        assert hashlib.sha256(source.read_bytes()).hexdigest() == pgmask._rows.SOURCE_SHA256, \
+            "the compiled row loop is older than _rows.c: run pip install -e . again"
 
 
 def reference_rows(buffer: bytes, plan: Plan, m: Masker) -> tuple[int, int, bytes, set[str]]:

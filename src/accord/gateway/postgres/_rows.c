@@ -267,8 +267,17 @@ static struct PyModuleDef module = {
     "Masking's row loop, compiled (see mask.py).", -1, methods,
 };
 
+#ifndef ROWS_SOURCE_SHA256
+#define ROWS_SOURCE_SHA256 "unknown"
+#endif
+
 PyMODINIT_FUNC
 PyInit__rows(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", ROWS_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

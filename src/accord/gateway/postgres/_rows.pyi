@@ -1,3 +1,5 @@
+SOURCE_SHA256: str
+
 def mask_rows(data: bytes, pos: int, n: int, replacements: tuple[bytes | None, ...],
               /) -> tuple[int, int, bytes | None, list[int]]: ...
 def walk_rows(data: bytes, pos: int, n: int, copy: bool, whole: bool,
