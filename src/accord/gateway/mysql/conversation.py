@@ -30,6 +30,8 @@ from accord.gateway.records import Finished, Run, Violation
 _NONE: list[Any] = []
 _HDR = struct.Struct("<I")
 _EXECUTE = struct.Struct("<IB")  # COM_STMT_EXECUTE: statement id, flags
+_OK_HEAD = struct.Struct("<BBH")  # OK: affected rows, insert id (when a byte each), status
+_EOF_STATUS = struct.Struct("<H")
 COM_STMT_EXECUTE = my.COM_STMT_EXECUTE
 SERVER_MORE_RESULTS_EXISTS = my.SERVER_MORE_RESULTS_EXISTS
 perf_counter_ns = time.perf_counter_ns
@@ -433,19 +435,44 @@ class Conversation:
 
     def server(self, data: bytes) -> bytes:
         """Bytes for the client (the server's, with the gateway's own answers in order)."""
+        pending = self.pending
+        if pending and not self.sbuf and not self._scont:
+            head = pending[0]
+            if head.kind == K_RESULT:  # the common case: an answer's end, alone
+                n = len(data)
+                pos = self._result(head, data, 0, n)
+                if pos == n and head.state == S_DONE and len(pending) == 1:
+                    pending.popleft()
+                    self._outstanding -= 1
+                    return data
+                return self._server(data, pos, head.state == S_DONE)
+        return self._server(data, 0, False)
+
+    def _server(self, data: bytes, pos: int, done: bool | None) -> bytes:
+        """`server` from `pos`, where the answer at the head of `pending` is `done` or not
+        (the packets before were followed)."""
         buf = self.sbuf
         if buf:
             buf += data
             data = bytes(buf)
             buf.clear()
         n = len(data)
-        pos = 0
         out: list[bytes] = []
         start = 0
         pending = self.pending
+        if done:
+            done = None
+            pending.popleft()
+            self._outstanding -= 1
+            if self._locals and pending[0].kind == K_LOCAL:
+                out.append(data[:pos])
+                start = pos
+                while pending and pending[0].kind == K_LOCAL:
+                    out.append(pending.popleft().local)
+                    self._locals -= 1
         while n - pos >= 4:
             head = pending[0] if pending else None
-            done: bool | None = None
+            done = None
             if head is not None and head.kind == K_RESULT and not self._scont:
                 # A result (every query's and execution's answer): its whole packets in a
                 # walk of their own, up to its end, the data's, or a long packet.
@@ -570,13 +597,14 @@ class Conversation:
                     self._result_error(e, data[last + 4:end])
                     state = S_DONE
                     break
-                if self.deprecate_eof:  # an OK packet: affected rows, insert id, status
-                    if length >= 5 and data[last + 5] < 251 and data[last + 6] < 251:
-                        status = data[last + 7] | data[last + 8] << 8
-                    else:
+                if length < 5:
+                    status = my.eof_status(data[last + 4:end], self.deprecate_eof)
+                elif self.deprecate_eof:  # an OK packet: affected rows, insert id, status
+                    affected, insert_id, status = _OK_HEAD.unpack_from(data, last + 5)
+                    if affected >= 251 or insert_id >= 251:  # longer than a byte
                         status = my.eof_status(data[last + 4:end], True)
-                else:
-                    status = data[last + 7] | data[last + 8] << 8 if length >= 5 else 0
+                else:  # EOF: warnings, status
+                    status = _EOF_STATUS.unpack_from(data, last + 7)[0]
                 todo = e.runs
                 if len(todo) == 1 and not status & SERVER_MORE_RESULTS_EXISTS:
                     run = todo.pop()
