@@ -322,7 +322,7 @@ def test_a_prepared_statement_executed_again_and_again_is_followed_each_time(
         [(done, tag, rows, _, error, outcome)] = c.finished
         c.finished.clear()
         *before, (last_tag, last_count, _) = found
-        assert done is run
+        assert done is run and (error is None) == (outcome == "ok")
         if last_tag is None:
             assert (tag, rows, outcome) == (None, None, "error")
         else:  # the results of one statement (a CALL's): their rows together
