@@ -7,7 +7,10 @@ gateway answers itself (a refusal, a command it does not relay) is queued in ord
 the answers still due from the server and reaches the client (`reply`) right after them.
 `server()` relays the server's bytes unchanged and reads only packet headers and first
 bytes: OK, ERR, EOF, a result set's column count and row packets, a prepared statement's
-counts.
+counts. Two shortcuts keep that cheap without reading less: a prepared statement's answer
+that starts with the same bytes as its last result set (column count, definitions,
+sequence ids) skips them at once, and rows of one length are checked a run at a time
+(`_same_rows`: each header byte and first byte of the run, with strided slices).
 
 Audit: each statement of a COM_QUERY (multi-statements are split) and each
 COM_STMT_EXECUTE (with the text its COM_STMT_PREPARE had) is a `Run`, in `started` before
