@@ -195,30 +195,23 @@ class Reader:
             size = os.fstat(fd).st_size
             if size <= self.position + FRAME.size:
                 return
-            bodies: list[memoryview] = []
+            bodies: list[bytes] = []
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
                 pos = self.position
                 frame = FRAME.unpack_from
                 crc32 = zlib.crc32
-                view = memoryview(mm)  # frames checked in place, copied once (joined)
-                try:
-                    while pos + 8 <= size:
-                        length, crc = frame(mm, pos)
-                        end = pos + 8 + length
-                        if length == 0 or end > size:
-                            break  # the end of what was written
-                        body = view[pos + 8:end]
-                        if crc32(body) != crc:
-                            break  # being written, or torn by a crash
-                        bodies.append(body)
-                        pos = end
-                    records = b"".join(bodies) if bodies else b""
-                finally:
-                    for body in bodies:
-                        body.release()
-                    view.release()
-            if records:
-                self._records(records)
+                while pos + FRAME.size <= size:
+                    length, crc = frame(mm, pos)
+                    end = pos + FRAME.size + length
+                    if length == 0 or end > size:
+                        break  # the end of what was written
+                    body = mm[pos + FRAME.size:end]
+                    if crc32(body) != crc:
+                        break  # being written, or torn by a crash
+                    bodies.append(body)
+                    pos = end
+            if bodies:
+                self._records(b"".join(bodies))
                 if pos > self.position:  # bound what a machine crash can take: one round
                     with contextlib.suppress(OSError):
                         os.fdatasync(fd)
