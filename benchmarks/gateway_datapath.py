@@ -18,6 +18,9 @@ code every proxied message runs, and only that, so such a change shows:
 * `mysql`: a MySQLSession (the same core, `gateway.session`) handed sysbench's
   `oltp_point_select` transaction: a COM_STMT_EXECUTE of a prepared statement, then the
   server's binary result (column count, definition, one row, OK).
+* `mysql_read_only`: sysbench's `oltp_read_only` transaction through the same session:
+  BEGIN, ten point selects, a range of 100 rows, a sum, the range ordered and distinct,
+  COMMIT (16 prepared statements, about 300 row packets). A fiftieth of `--transactions`.
 * `spool_read`: the shipper's side, the spool read back into statement rows
   (`spool.Reader.poll`), per statement.
 
@@ -112,6 +115,43 @@ MYSQL_ANSWER = (my.packet(1, b"\x01") + my.packet(2, b"\x03def" + b"c" * 30)
                 + my.packet(4, b"\xfe\0\0\x02\0\0\0"))
 
 
+def mysql_rows(count: int, seq: int = 3) -> bytes:
+    """`count` binary-protocol rows of sysbench's `c` (a CHAR(120) value of 119 characters),
+    then the OK that ends them (CLIENT_DEPRECATE_EOF)."""
+    value = b"68487932199-96439406143-93774651418-41631865787-96406072701-" \
+        b"20604855487-25459966574-28203206787-41238978918-19503783441"
+    out = [my.packet(seq + i, b"\0\0" + bytes((len(value),)) + value) for i in range(count)]
+    return b"".join(out) + my.packet(seq + count, b"\xfe\0\0\x02\0\0\0")
+
+
+MYSQL_OK = my.packet(1, b"\0\0\0\x02\0\0\0")
+# sysbench's oltp_read_only, prepared: BEGIN, 10 point selects, a range of 100 rows, a sum,
+# the range ordered, its distinct values, COMMIT (statement ids 1..7), and the answers.
+MYSQL_READ_ONLY_STATEMENTS = (
+    "BEGIN", "SELECT c FROM sbtest1 WHERE id=?",
+    "SELECT c FROM sbtest1 WHERE id BETWEEN ? AND ?",
+    "SELECT SUM(k) FROM sbtest1 WHERE id BETWEEN ? AND ?",
+    "SELECT c FROM sbtest1 WHERE id BETWEEN ? AND ? ORDER BY c",
+    "SELECT DISTINCT c FROM sbtest1 WHERE id BETWEEN ? AND ? ORDER BY c", "COMMIT")
+
+
+def mysql_read_only() -> list[tuple[bytes, bytes]]:
+    """One oltp_read_only transaction: (what the client sends, what the server answers)."""
+    def execute(stmt: int, params: int) -> bytes:
+        head = b"\0" + (1).to_bytes(4, "little")
+        if params:
+            head += b"\0" + b"\x01" + b"\x03\0" * params + b"\x07\0\0\0" * params
+        return my.packet(0, bytes((my.COM_STMT_EXECUTE,)) + stmt.to_bytes(4, "little") + head)
+
+    result = my.packet(1, b"\x01") + my.packet(2, b"\x03def" + b"c" * 30)
+    point = result + mysql_rows(1)
+    rows = result + mysql_rows(100)
+    total = result + my.packet(3, b"\0\0\x06505050") + my.packet(4, b"\xfe\0\0\x02\0\0\0")
+    return ([(execute(1, 0), MYSQL_OK)] + [(execute(2, 1), point)] * 10
+            + [(execute(3, 2), rows), (execute(4, 2), total), (execute(5, 2), rows),
+               (execute(6, 2), rows), (execute(7, 0), MYSQL_OK)])
+
+
 def workload(kind: str) -> tuple[list[bytes], list[bytes]]:
     """What the client sends (1,000 variants) and what the server answers (warm-up first,
     then the steady state)."""
@@ -147,7 +187,7 @@ def session(spool: Path, kind: str, mask: SessionMask | None = None
     conv: Any = Conversation(allowed=DEFAULT_ROLES["admin"], classifier=Classifier(),
                              role="admin", resource="bench", auto_prepare=5, mask=mask)
     cls: Any = ProxySession
-    if kind == "mysql":
+    if kind.startswith("mysql"):
         conv = mysql_conversation.Conversation(
             allowed=DEFAULT_ROLES["admin"], classifier=MySQLClassifier(), role="admin",
             resource="bench", database="bench",
@@ -169,7 +209,45 @@ def session(spool: Path, kind: str, mask: SessionMask | None = None
     return s, writer, sink
 
 
+def run_mysql_read_only(n: int, spool: Path) -> tuple[float, audit.AuditWriter]:
+    """`run` for sysbench's oltp_read_only: `n` transactions of 16 statements."""
+    s, writer, sink = session(spool, "mysql")
+    from_client, from_server = s.from_client, s.from_server
+    gateway = s.gateway
+    for i, text in enumerate(MYSQL_READ_ONLY_STATEMENTS, 1):
+        params = text.count("?")
+        from_client(my.packet(0, bytes((my.COM_STMT_PREPARE,)) + text.encode()))
+        from_server(my.packet(1, b"\0" + i.to_bytes(4, "little")
+                              + (0 if text in ("BEGIN", "COMMIT") else 1).to_bytes(2, "little")
+                              + params.to_bytes(2, "little") + b"\0\0\0")
+                    + b"".join(my.packet(2 + j, b"\x03def" + b"p" * 24) for j in range(params))
+                    + (my.packet(2 + params, b"\x03def" + b"c" * 30)
+                       if text not in ("BEGIN", "COMMIT") else b""))
+    pairs = mysql_read_only()
+    for _ in range(5):
+        for sent, answer in pairs:
+            from_client(sent)
+            from_server(answer)
+    tick = writer.tick
+    start = time.process_time()
+    for i in range(n):
+        for sent, answer in pairs:
+            from_client(sent)
+            from_server(answer)
+        if i % 4 == 0:  # the loop's timer, every few milliseconds
+            gateway.ticker = None
+            tick()
+            sink.clear()
+    elapsed = time.process_time() - start
+    if s.ended:
+        raise SystemExit(f"mysql_read_only: the session ended ({s.reason})")
+    tick()
+    return elapsed / n * 1e6, writer
+
+
 def run(kind: str, n: int, spool: Path) -> tuple[float, audit.AuditWriter]:
+    if kind == "mysql_read_only":
+        return run_mysql_read_only(n, spool)
     s, writer, sink = session(spool, kind, wide_mask() if kind == "wide_masked" else None)
     sent, answers = workload(kind)
     from_client, from_server = s.from_client, s.from_server
@@ -224,6 +302,9 @@ def main() -> None:
             results[f"spool_read_{kind}"] = {"us_per_statement": min(reads), "runs": reads,
                                              "statements": len(facts) - 1}
         gc.set_threshold(20_000, 20, 20)
+        runs = [round(run("mysql_read_only", max(args.transactions // 50, 1),
+                          Path(tmp) / f"mysql_read_only{r}")[0], 3) for r in range(args.repeat)]
+        results["mysql_read_only"] = {"us_per_transaction": min(runs), "runs": runs}
         for kind in ("wide", "wide_masked"):  # 100 rows a transaction: a tenth as many
             runs = [round(run(kind, max(args.transactions // 10, 1),
                               Path(tmp) / f"{kind}{r}")[0], 3) for r in range(args.repeat)]

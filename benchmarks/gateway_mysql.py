@@ -14,8 +14,12 @@ floor for any proxy in Python; `gateway_to_forwarder` is what the gateway's own 
     .venv/bin/python benchmarks/gateway_mysql.py --runs 1 --seconds 5 --json-only
 
 Workloads: `oltp_point_select` (target: at least 0.45 of direct) and `oltp_read_only` (0.6).
-CPU per transaction of the gateway (with its audit shipper), the Accord worker, MariaDB
-(`mariadbd`) and sysbench comes from /proc.
+CPU per transaction of the gateway (with its audit shippers; `gateway_shipper`: theirs
+alone), the Accord worker, MariaDB (`mariadbd`) and sysbench comes from /proc.
+
+    --workloads oltp_point_select --targets gateway     # one cell, e.g. to profile it:
+    ACCORD_BENCH_GATEWAY_PREFIX="py-spy record -o gw.svg --subprocesses --" \
+        .venv/bin/python benchmarks/gateway_mysql.py --targets gateway
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 import psycopg
 import pymysql
+from procstat import cmdline, descendants
 from psycopg import sql
 
 from gateway import FORWARDER, cpu_seconds, free_port, grant_token, log, start, stop, wait_port
@@ -74,6 +79,11 @@ def pids_named(name: str) -> list[int]:
     return out
 
 
+def shipper_seconds(gateway: int) -> float:
+    """CPU seconds of the gateway's audit shippers (children started by multiprocessing)."""
+    return sum(cpu_seconds(p) for p in descendants(gateway) if "multiprocessing" in cmdline(p))
+
+
 def sysbench(workload: str, conn: list[str], seconds: int, threads: int,
              table_size: int) -> dict[str, float]:
     cmd = [SYSBENCH, workload, "--db-driver=mysql", *conn, "--tables=1",
@@ -110,6 +120,11 @@ def main() -> int:
                          "one per core, at most 4), as gateway.py")
     ap.add_argument("--no-forwarder", action="store_true",
                     help="leave out the bare uvloop byte forwarder (benchmarks/forwarder.py)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help="comma-separated: which of oltp_point_select, oltp_read_only")
+    ap.add_argument("--targets", default="direct,gateway,forwarder",
+                    help="comma-separated: which of direct, gateway, forwarder (ratios need "
+                         "direct and gateway)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     quiet = args.json_only
@@ -151,8 +166,9 @@ def main() -> int:
                    f"?unix_socket={args.unix_socket}" if args.upstream == "unix" else "")}
         token = grant_token(accord_url, config, data_dir, resource)
         count = ["--processes", str(args.gateway_processes)] if args.gateway_processes else []
-        procs["gateway"] = start([ACCORD, "gateway", "--log-level", "warning", *count], env,
-                                 tmp / "gateway.log")
+        prefix = os.environ.get("ACCORD_BENCH_GATEWAY_PREFIX", "").split()  # a profiler
+        procs["gateway"] = start([*prefix, ACCORD, "gateway", "--log-level", "warning",
+                                  *count], env, tmp / "gateway.log")
         wait_port(my_gw_port, procs["gateway"], tmp / "gateway.log")
         procs["worker"] = start([ACCORD, "worker"], env, tmp / "worker.log")
         targets = {"direct": direct,
@@ -160,7 +176,9 @@ def main() -> int:
                                "--mysql-user=bench", f"--mysql-password={token}",
                                f"--mysql-db={resource}"]}
         counted = {"gateway": procs["gateway"].pid, "accord_worker": procs["worker"].pid}
-        if not args.no_forwarder:  # relays bytes only: sysbench logs in to MariaDB itself
+        wanted = args.targets.split(",")
+        # The forwarder relays bytes only: sysbench logs in to MariaDB itself.
+        if not args.no_forwarder and "forwarder" in wanted:
             fw_port = free_port()
             procs["forwarder"] = start(
                 [sys.executable, FORWARDER, str(fw_port), args.unix_socket
@@ -170,22 +188,28 @@ def main() -> int:
             targets["forwarder"] = ["--mysql-host=127.0.0.1", f"--mysql-port={fw_port}",
                                     *direct[2:]]
             counted["forwarder"] = procs["forwarder"].pid
+        targets = {t: c for t, c in targets.items() if t in wanted}
+        workloads = {w: WORKLOADS[w] for w in args.workloads.split(",")}
         mariadbd = pids_named("mariadbd") or pids_named("mysqld")
         results: dict[str, dict[str, list[dict[str, float]]]] = {
-            w: {t: [] for t in targets} for w in WORKLOADS}
+            w: {t: [] for t in targets} for w in workloads}
+        gateway_pid = procs["gateway"].pid
         for run in range(args.runs):
-            for workload in WORKLOADS:
+            for workload in workloads:
                 for target, conn in targets.items():
                     before = {k: cpu_seconds(p) for k, p in counted.items()}
                     before_db = sum(cpu_seconds(p) for p in mariadbd)
+                    before_ship = shipper_seconds(gateway_pid)
                     r = sysbench(workload, conn, args.seconds, args.threads, args.table_size)
                     cpu = {k: cpu_seconds(p) - before[k] for k, p in counted.items()}
                     cpu["mariadbd"] = sum(cpu_seconds(p) for p in mariadbd) - before_db
+                    # Of the gateway's (which counts its shippers): the shippers' part.
+                    cpu["gateway_shipper"] = shipper_seconds(gateway_pid) - before_ship
                     r["cpu_us_per_tx"] = {  # type: ignore[assignment]
                         k: round(v / max(r["transactions"], 1) * 1e6, 1)
                         for k, v in cpu.items()
                         if k == "mariadbd" or k == target or (
-                            target == "gateway" and k == "accord_worker")}
+                            target == "gateway" and k in ("accord_worker", "gateway_shipper"))}
                     results[workload][target].append(r)
                     log(f"run {run + 1} {workload} {target}: {r['tps']:.0f} tx/s "
                         f"cpu/tx {r['cpu_us_per_tx']}", quiet)
@@ -195,7 +219,7 @@ def main() -> int:
                                "threads": args.threads, "upstream": args.upstream,
                                "gateway_processes": args.gateway_processes or "auto",
                                "workloads": {}}
-        for workload, target_ratio in WORKLOADS.items():
+        for workload, target_ratio in workloads.items():
             cell: dict[str, Any] = {}
             for target, runs in results[workload].items():
                 cell[target] = {"tps": statistics.median(r["tps"] for r in runs),
@@ -204,6 +228,9 @@ def main() -> int:
                                     k: statistics.median(r["cpu_us_per_tx"][k]  # type: ignore[index]
                                                          for r in runs)
                                     for k in runs[0]["cpu_us_per_tx"]}}  # type: ignore[attr-defined]
+            if "gateway" not in cell or "direct" not in cell:
+                out["workloads"][workload] = cell
+                continue
             ratio = cell["gateway"]["tps"] / cell["direct"]["tps"]
             cell["ratio"] = round(ratio, 3)
             if "forwarder" in cell:

@@ -40,3 +40,18 @@ def test_the_loop_runs_every_statement_through_the_spool(datapath, kind: str,  #
         assert len(texts) == 300 and all(t.startswith("SELECT abalance") for t in texts)
     else:  # the client's text, though the server ran the statement prepared for reuse
         assert texts == {"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"}
+
+
+def test_the_read_only_loop_records_each_statement_with_its_rows(datapath,  # type: ignore[no-untyped-def]
+                                                                tmp_path: Path) -> None:
+    us, writer = datapath.run("mysql_read_only", 3, tmp_path)
+    assert us > 0
+    reader = spool.Reader(writer.dir)
+    reader.poll()
+    statements = [f[4] for f in reader.take() if f[1] == spool.STATEMENT]
+    assert len(statements) == 8 * 16  # 5 warm-up transactions, then 3
+    rows = {(row[3], row[6], row[7]) for row in statements if row[9] == "ok"}
+    assert len(rows) == 7 and len(statements) == sum(1 for row in statements if row[9] == "ok")
+    assert ("SELECT c FROM sbtest1 WHERE id BETWEEN ? AND ?", "ROWS", 100) in rows
+    assert ("SELECT c FROM sbtest1 WHERE id=?", "ROWS", 1) in rows
+    assert ("COMMIT", "OK", 0) in rows

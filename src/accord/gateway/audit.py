@@ -55,15 +55,19 @@ from accord.gateway.spool import (
     FACT,
     FRAME,
     HEAD,
+    INTENT,
+    INTENT_REC,
     OUTCOME_CODE,
     PIECE,
     PIECE_FRAME,
+    PROTOCOL_CODE,
     R_BLOB,
     R_CLOCK,
     R_CLOSE,
     R_CONTEXT,
     R_DONE,
     R_GUARDRAIL,
+    R_INTENT,
     R_OPEN,
     R_PIECE,
     R_VIOLATION,
@@ -77,6 +81,9 @@ from accord.gateway.spool import (
 
 log = logging.getLogger("accord.gateway")
 PWRITE_BYTES = 16 << 10  # `piece`: from this size, a write instead of a copy into the mapping
+INTENT_SIZE = INTENT.size
+FRAME_SIZE = FRAME.size
+pack_frame = FRAME.pack_into
 
 # ---------------------------------------------------------------------- writing
 
@@ -388,9 +395,31 @@ class AuditWriter:
 
     def sent(self, number: int, run: Run) -> None:
         """`note` of one statement sent upstream and nothing else (the data path's common
-        case): spooled at once."""
-        self._deferred.append(intent_record(number, run))
-        self._write()
+        case): spooled at once, in one frame with the outcomes waiting (`intent_record`
+        and `_write` inline: this runs for every statement)."""
+        text = run.text
+        params = run.params
+        tail = b"" if params is None else (b"%d" % params if type(params) is int
+                                           else json.dumps(params).encode())
+        out = self._deferred
+        out.append(INTENT_REC.pack(INTENT_SIZE + len(text) + len(tail), R_INTENT, number,
+                                   run.seq, run.t0, len(text), PROTOCOL_CODE[run.protocol]))
+        out.append(text)
+        if tail:
+            out.append(tail)
+        mm = self._mm
+        if mm is None:  # stopped: kept, as `_write` keeps them
+            return
+        body = b"".join(out)
+        out.clear()
+        pos = self._pos
+        end = pos + FRAME_SIZE + len(body)
+        if end > self._size:
+            self._frame(body)
+            return
+        pack_frame(mm, pos, len(body), crc32(body))
+        mm[pos + FRAME_SIZE:end] = body
+        self._pos = end
 
     def answered(self, info: SessionInfo, finished: list[Finished]) -> None:
         """`note` of outcomes only (the data path's common case: they wait for the next
@@ -400,6 +429,8 @@ class AuditWriter:
         rec = self._rec
         pack_done = DONE_REC.pack
         tails = TAG_TAILS
+        codes = OUTCOME_CODE
+        size = DONE_STRUCT.size
         for run, tag, rows, duration, error, outcome in finished:
             rec += 1
             if tag:  # the tag, a NUL, and the error as JSON when there was one
@@ -416,9 +447,8 @@ class AuditWriter:
                 tail += _masked_tail(run.masked)
             if run.infile:  # after a group separator, likewise
                 tail += b"\x1d" + json.dumps(run.infile).encode()
-            out.append(pack_done(DONE_STRUCT.size + len(tail), R_DONE, number, run.seq, rec,
-                                 duration, -1 if rows is None else rows,
-                                 OUTCOME_CODE[outcome]) + tail)
+            out.append(pack_done(size + len(tail), R_DONE, number, run.seq, rec, duration,
+                                 -1 if rows is None else rows, codes[outcome]) + tail)
         self._rec = rec
         info.statements += len(finished)
         self.statements += len(finished)

@@ -176,3 +176,155 @@ def test_handshake_response_round_trip_and_truncation() -> None:
     for n in range(len(payload)):
         with contextlib.suppress(my.ProtocolError):
             my.parse_handshake_response(payload[:n])
+
+
+@st.composite
+def results(draw: st.DrawFn, deprecate: bool, count: int, varied: bool = True
+            ) -> tuple[bytes, list[tuple[str | None, int, bool]]]:
+    """A server's answer of `count` results as MariaDB sends it: each an OK, an ERR, or a
+    result set (column definitions, rows of lengths that vary or repeat, sometimes an ERR
+    among them), with old-style EOF packets or without; and what each was (its tag, None
+    for an error; its rows or affected rows; whether it ended the answer). `varied` false:
+    result sets from a few shapes only (a prepared statement's, executed again)."""
+    out: list[bytes] = []
+    found: list[tuple[str | None, int, bool]] = []
+    seq = 1
+
+    def add(payload: bytes) -> None:
+        nonlocal seq
+        out.append(my.packet(seq, payload))
+        seq += 1
+
+    for i in range(count):
+        status = my.SERVER_STATUS_AUTOCOMMIT | (
+            my.SERVER_MORE_RESULTS_EXISTS if i < count - 1 else 0)
+        kind = draw(st.sampled_from(["ok", "err", "rows", "rows", "rows_err"]))
+        if kind == "ok":
+            affected = draw(st.sampled_from([0, 1, 250, 251, 70000]))
+            add(my.ok_packet(0, affected=affected, status=status)[4:])
+            found.append(("OK", affected, i == count - 1))
+            continue
+        if kind == "err":
+            add(my.err_packet(0, 1146, "42S02", "no such table")[4:])
+            found.append((None, 0, True))
+            break
+        columns = draw(st.sampled_from([1, 2, 3, 251] if varied else [1, 2]))
+        add(my.lenenc_int(columns))
+        for _ in range(columns):
+            add(b"\x03def" + b"c" * draw(st.integers(0, 40) if varied else st.integers(5, 6))
+                + draw(st.sampled_from([b"x", b"y"])))  # as a column's name or type
+        if not deprecate:
+            add(b"\xfe\x00\x00" + struct.pack("<H", status | draw(st.sampled_from([0, 1]))))
+        rows = 0
+        for length, repeat in draw(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 30)),
+                                            max_size=5)):
+            for _ in range(repeat):
+                first = bytes((draw(st.integers(0, 0xFD)),)) if length else b""
+                add(first + b"r" * (length - 1 if length else 0))
+                rows += 1
+        if kind == "rows_err":
+            add(my.err_packet(0, 1317, "70100", "interrupted")[4:])
+            found.append((None, 0, True))
+            break
+        if deprecate:
+            affected = draw(st.sampled_from([0, 300]))  # 300: a length-encoded count
+            add(b"\xfe" + my.lenenc_int(affected) + b"\x00" + struct.pack("<HH", status, 0))
+        else:
+            add(b"\xfe\x00\x00" + struct.pack("<H", status))
+        found.append(("ROWS", rows, i == count - 1))
+    return b"".join(out), found
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> tuple[bool, int, bytes, list[tuple[str | None, int | None, str]]]:
+    """A multi-statement query's answer (a result per statement) and the outcomes the
+    conversation must find in it."""
+    deprecate = draw(st.booleans())
+    statements = draw(st.integers(1, 3))
+    data, found = draw(results(deprecate, statements))
+    expected: list[tuple[str | None, int | None, str]] = [
+        (tag, count, "ok") if tag else (None, None, "error") for tag, count, _ in found]
+    expected += [(None, None, "skipped")] * (statements - len(expected))
+    return deprecate, statements, data, expected
+
+
+def last_whole_seq(data: bytes) -> int | None:
+    """The sequence id of the last whole packet in `data`."""
+    pos, seq = 0, None
+    while len(data) - pos >= 4:
+        length, s = my.header(data, pos)
+        if pos + 4 + length > len(data):
+            break
+        pos, seq = pos + 4 + length, s
+    return seq
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answers(), st.lists(st.integers(0, 1 << 16), max_size=8))
+def test_any_answer_cut_anywhere_is_relayed_whole_and_each_outcome_found(
+        answer: tuple[bool, int, bytes, list[tuple[str | None, int | None, str]]],
+        cuts: list[int]) -> None:
+    deprecate, statements, data, expected = answer
+    c = conv("admin", caps=EOF_CAPS if deprecate else 0)
+    c.client(query("; ".join(f"SELECT {i}" for i in range(statements))))
+    runs = list(c.started)
+    out, fed = b"", b""
+    for part in chunks(data, cuts):
+        out += c.server(part)
+        fed += part
+        if c.busy:  # an ERR ending the session now follows the last packet relayed
+            seq = last_whole_seq(fed)
+            assert c.error_seq() == (seq + 1 if seq is not None else 1)
+    assert out == data
+    assert not c.busy and not c.sbuf
+    assert [(f[1], f[2], f[5]) for f in c.finished] == expected
+    assert [f[0] for f in c.finished] == runs
+
+
+def test_a_long_row_among_rows_of_one_length_is_counted_once() -> None:
+    c = conv()
+    c.client(query("SELECT c FROM t"))
+    row = my.packet(0, b"\x05hello")
+    head = my.packet(1, b"\x01") + my.packet(2, b"\x03def")
+    long_row = my.packet(3, b"\x00" + b"x" * my.MAX_PAYLOAD)  # a packet and its continuation
+    answer = head + row * 20 + long_row + row * 20 \
+        + my.packet(5, b"\xfe\x00\x00" + struct.pack("<HH", my.SERVER_STATUS_AUTOCOMMIT, 0))
+    out = b"".join(c.server(answer[i:i + 70000]) for i in range(0, len(answer), 70000))
+    assert out == answer
+    assert [(f[1], f[2], f[5]) for f in c.finished] == [("ROWS", 41, "ok")]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), st.data(), st.lists(st.integers(0, 1 << 16), max_size=4))
+def test_a_prepared_statement_executed_again_and_again_is_followed_each_time(
+        deprecate: bool, data: st.DataObject, cuts: list[int]) -> None:
+    """Each execution's answer is followed whole, whatever the last one was: the same
+    columns (their bytes kept and skipped at once), others, an OK, several results."""
+    c = conv("admin", caps=EOF_CAPS if deprecate else 0)
+    c.client(my.packet(0, b"\x16CALL p(?)"))
+    c.server(my.packet(1, b"\x00" + struct.pack("<IHHBH", 7, 0, 1, 0, 0))
+             + my.packet(2, b"\x03def") + (b"" if deprecate else my.packet(3, b"\xfe\0\0\2\0")))
+    for _ in range(data.draw(st.integers(1, 6))):
+        answer, found = data.draw(results(deprecate, data.draw(st.sampled_from([1, 1, 1, 2])),
+                                          varied=False))
+        c.client(my.packet(0, b"\x17" + struct.pack("<IBI", 7, 0, 1) + b"\x00\x01\x08\x00"
+                           + struct.pack("<q", 42)))
+        [run] = c.started
+        c.started.clear()
+        out, fed = b"", b""
+        for part in chunks(answer, cuts):
+            out += c.server(part)
+            fed += part
+            if c.busy:
+                seq = last_whole_seq(fed)
+                assert c.error_seq() == (seq + 1 if seq is not None else 1)
+        assert out == answer and not c.busy and not c.sbuf
+        [(done, tag, rows, _, error, outcome)] = c.finished
+        c.finished.clear()
+        *before, (last_tag, last_count, _) = found
+        assert done is run and (error is None) == (outcome == "ok")
+        if last_tag is None:
+            assert (tag, rows, outcome) == (None, None, "error")
+        else:  # the results of one statement (a CALL's): their rows together
+            assert (tag, rows, outcome) == (last_tag, last_count + sum(
+                n for _, n, _ in before), "ok")

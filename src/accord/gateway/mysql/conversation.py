@@ -7,7 +7,10 @@ gateway answers itself (a refusal, a command it does not relay) is queued in ord
 the answers still due from the server and reaches the client (`reply`) right after them.
 `server()` relays the server's bytes unchanged and reads only packet headers and first
 bytes: OK, ERR, EOF, a result set's column count and row packets, a prepared statement's
-counts.
+counts. Two shortcuts keep that cheap without reading less: a prepared statement's answer
+that starts with the same bytes as its last result set (column count, definitions,
+sequence ids) skips them at once, and rows of one length are checked a run at a time
+(`_same_rows`: each header byte and first byte of the run, with strided slices).
 
 Audit: each statement of a COM_QUERY (multi-statements are split) and each
 COM_STMT_EXECUTE (with the text its COM_STMT_PREPARE had) is a `Run`, in `started` before
@@ -29,6 +32,12 @@ from accord.gateway.records import Finished, Run, Violation
 
 _NONE: list[Any] = []
 _HDR = struct.Struct("<I")
+_EXECUTE = struct.Struct("<IB")  # COM_STMT_EXECUTE: statement id, flags
+_OK_HEAD = struct.Struct("<BBH")  # OK: affected rows, insert id (when a byte each), status
+_EOF_STATUS = struct.Struct("<H")
+COM_STMT_EXECUTE = my.COM_STMT_EXECUTE
+SERVER_MORE_RESULTS_EXISTS = my.SERVER_MORE_RESULTS_EXISTS
+perf_counter_ns = time.perf_counter_ns
 MAX_PAYLOAD = my.MAX_PAYLOAD
 # Expected answers from the server.
 K_SIMPLE = 0  # one packet: OK, ERR, EOF or a string (PING, INIT_DB, STMT_RESET, ...)
@@ -38,7 +47,7 @@ K_LIST = 3  # packets up to an EOF or ERR (COM_FIELD_LIST, COM_STMT_FETCH)
 K_LOCAL = 4  # the gateway's own answer, bytes ready
 
 # Parser states within K_RESULT / K_PREPARE.
-S_FIRST, S_COLUMNS, S_COLUMNS_EOF, S_ROWS, S_PARAMS, S_PARAMS_EOF = range(6)
+S_FIRST, S_COLUMNS, S_COLUMNS_EOF, S_ROWS, S_PARAMS, S_PARAMS_EOF, S_DONE = range(7)
 _REFUSED_COMMANDS = {
     my.COM_CHANGE_USER: "COM_CHANGE_USER (a session is its grant's; connect again instead)",
     0x08: "COM_SHUTDOWN", 0x0A: "COM_PROCESS_INFO", 0x0C: "COM_PROCESS_KILL",
@@ -46,6 +55,7 @@ _REFUSED_COMMANDS = {
     0x1E: "COM_BINLOG_DUMP_GTID", 0xFA: "COM_STMT_BULK_EXECUTE",
 }
 MAX_PREPARED = 4096  # prepared statements a session keeps track of
+MAX_HEAD = 2048  # the longest start of a prepared statement's answer kept (Prepared.head)
 
 
 class Expect:
@@ -56,9 +66,9 @@ class Expect:
     def __init__(self, kind: int, runs: list[Run] | None = None, local: bytes = b"",
                  stmt: Any = None, cursor: bool = False) -> None:
         self.kind = kind
-        self.runs = runs or []
+        self.runs = runs if runs is not None else []
         self.local = local
-        self.stmt = stmt  # K_PREPARE: the Prepared it will name
+        self.stmt = stmt  # K_PREPARE: the Prepared it will name; K_RESULT: the one executed
         self.cursor = cursor
         self.state = S_FIRST
         self.left = 0
@@ -66,7 +76,7 @@ class Expect:
 
 
 class Prepared:
-    __slots__ = ("classes", "long_data", "params", "text", "types")
+    __slots__ = ("classes", "head", "head_last", "long_data", "params", "text", "types")
 
     def __init__(self, text: bytes, classes: frozenset[str]) -> None:
         self.text = text
@@ -74,6 +84,11 @@ class Prepared:
         self.params = 0
         self.types: bytes = b""
         self.long_data = False
+        # The start of its last answer up to its rows, when that was a result set: the
+        # column count and definitions (and EOF), the same bytes at every execution while
+        # the columns stay the same (see `Conversation._result`); where its last packet is.
+        self.head: bytes | None = None
+        self.head_last = 0
 
 
 class Infile:
@@ -121,6 +136,7 @@ class Conversation:
         self._next_server_seq = 1
         self._runs = 0  # statements numbered in the session (their `seq` in the ledger)
         self._outstanding = 0  # answers due from the server
+        self._locals = 0  # the gateway's own answers in `pending`
 
     # -- state
 
@@ -151,8 +167,11 @@ class Conversation:
                 if length > self.max_message:
                     raise my.ProtocolError(f"a command longer than {self.max_message} bytes")
                 self.seq = word >> 24
-                out1 = self._command(data, data[4:])
-                if self.pending and self.pending[0].kind == K_LOCAL:
+                if data[4] == COM_STMT_EXECUTE:  # sysbench's every statement: no copy
+                    out1 = self._execute(data, data, 4)
+                else:
+                    out1 = self._command(data, data[4:])
+                if self._locals:
                     self._flush_local()
                 return out1
         buf += data
@@ -228,12 +247,14 @@ class Conversation:
         return b""
 
     def _queue_local(self, data: bytes) -> None:
-        self.pending.append(Expect(K_LOCAL, local=data))
+        self.pending.append(Expect(K_LOCAL, None, data))
+        self._locals += 1
 
     def _flush_local(self) -> None:
         pending = self.pending
         while pending and pending[0].kind == K_LOCAL:
             self.reply += pending.popleft().local
+            self._locals -= 1
 
     def _command(self, raw: bytes, payload: bytes) -> bytes:
         if not payload:
@@ -241,8 +262,8 @@ class Conversation:
         com = payload[0]
         if com == my.COM_QUERY:
             return self._query(raw, payload[1:])
-        if com == my.COM_STMT_EXECUTE:
-            return self._execute(raw, payload)
+        if com == COM_STMT_EXECUTE:
+            return self._execute(raw, payload, 0)
         if com == my.COM_STMT_PREPARE:
             return self._prepare(raw, payload[1:])
         if com in (my.COM_PING, my.COM_STMT_RESET, my.COM_SET_OPTION, my.COM_STATISTICS,
@@ -368,24 +389,35 @@ class Conversation:
         self._expect(Expect(K_PREPARE, stmt=stmt))
         return raw
 
-    def _execute(self, raw: bytes, payload: bytes) -> bytes:
-        t0 = time.perf_counter_ns()
-        if len(payload) < 10:
+    def _execute(self, raw: bytes, payload: bytes, at: int) -> bytes:
+        """COM_STMT_EXECUTE, its payload in `payload` from `at` (the command byte)."""
+        t0 = perf_counter_ns()
+        if len(payload) - at < 10:
             raise my.ProtocolError("COM_STMT_EXECUTE cut short")
-        stmt_id, flags = struct.unpack_from("<IB", payload, 1)
-        if stmt_id == 0xFFFFFFFF and self._last_prepared is not None:
-            stmt = self.prepared.get(self._last_prepared)  # MariaDB: the last one prepared
-        elif stmt_id == 0xFFFFFFFF:
-            stmt = self._preparing  # pipelined behind its prepare
+        stmt_id, flags = _EXECUTE.unpack_from(payload, at + 1)
+        if stmt_id == 0xFFFFFFFF:
+            if self._last_prepared is not None:
+                stmt = self.prepared.get(self._last_prepared)  # MariaDB: the last one prepared
+            else:
+                stmt = self._preparing  # pipelined behind its prepare
         else:
             stmt = self.prepared.get(stmt_id)
         if stmt is None:
             return self._refuse(1243, "HY000", f"unknown prepared statement handler "
                                                f"({stmt_id}) given to EXECUTE")
-        params: object = stmt.params if self.redact else self._params(stmt, payload)
-        run = Run(self._next_run(), "binary", stmt.text, params, t0)
+        params: object = stmt.params if self.redact else self._params(stmt, payload[at:])
+        self._runs = number = self._runs + 1
+        run = Run(number, "binary", stmt.text, params, t0)
         self.started.append(run)
-        self._expect(Expect(K_RESULT, [run], cursor=bool(flags & 0x0F)))
+        e = Expect(K_RESULT, [run])
+        if flags & 0x0F:
+            e.cursor = True
+        else:
+            e.stmt = stmt
+        if not self._outstanding:
+            self._next_server_seq = self.seq + 1
+        self._outstanding += 1
+        self.pending.append(e)
         return raw
 
     def _params(self, stmt: Prepared, payload: bytes) -> object:
@@ -406,69 +438,68 @@ class Conversation:
 
     def server(self, data: bytes) -> bytes:
         """Bytes for the client (the server's, with the gateway's own answers in order)."""
+        pending = self.pending
+        if pending and not self.sbuf and not self._scont:
+            head = pending[0]
+            if head.kind == K_RESULT:  # the common case: an answer's end, alone
+                n = len(data)
+                pos = self._result(head, data, 0, n)
+                if pos == n and head.state == S_DONE and len(pending) == 1:
+                    pending.popleft()
+                    self._outstanding -= 1
+                    return data
+                return self._server(data, pos, head.state == S_DONE)
+        return self._server(data, 0, False)
+
+    def _server(self, data: bytes, pos: int, done: bool | None) -> bytes:
+        """`server` from `pos`, where the answer at the head of `pending` is `done` or not
+        (the packets before were followed)."""
         buf = self.sbuf
         if buf:
             buf += data
             data = bytes(buf)
             buf.clear()
         n = len(data)
-        pos = 0
         out: list[bytes] = []
         start = 0
         pending = self.pending
-        unpack = _HDR.unpack_from
-        seq = -1
+        if done:
+            done = None
+            pending.popleft()
+            self._outstanding -= 1
+            if self._locals and pending[0].kind == K_LOCAL:
+                out.append(data[:pos])
+                start = pos
+                while pending and pending[0].kind == K_LOCAL:
+                    out.append(pending.popleft().local)
+                    self._locals -= 1
         while n - pos >= 4:
-            word = unpack(data, pos)[0]
-            length = word & 0xFFFFFF
-            end = pos + 4 + length
-            if end > n:
-                break
-            seq = word >> 24
-            if self._scont:  # the rest of a long packet: data, not a header
-                self._scont = length == my.MAX_PAYLOAD
-                pos = end
-                continue
             head = pending[0] if pending else None
-            first = data[pos + 4] if length else -1
-            if head is not None and head.state == S_ROWS and head.kind == K_RESULT and \
-                    first != 0xFE and first != 0xFF and length < my.MAX_PAYLOAD:
-                # Rows, the commonest packets, with nothing to read in them: counted in a
-                # loop of their own up to what is not plainly a row (the outer loop's).
-                rows = 1
-                pos = end
-                while n - pos >= 4:
-                    word = unpack(data, pos)[0]
-                    length = word & 0xFFFFFF
-                    end = pos + 4 + length
-                    if end > n or not length or length >= MAX_PAYLOAD:
-                        break
-                    first = data[pos + 4]
-                    if first == 0xFE or first == 0xFF:
-                        break
-                    seq = word >> 24
-                    rows += 1
-                    pos = end
-                head.rows += rows
-                continue
-            if head is None or head.kind == K_LOCAL:
-                if first == 0xFF:  # the server says why it is closing the connection
-                    pos = end
+            done = None
+            if head is not None and head.kind == K_RESULT and not self._scont:
+                # A result (every query's and execution's answer): its whole packets in a
+                # walk of their own, up to its end, the data's, or a long packet.
+                at = pos
+                pos = self._result(head, data, pos, n)
+                if head.state == S_DONE:
+                    done = True
+                elif pos != at:
                     continue
-                raise my.ProtocolError("the server sent a packet nobody asked for")
-            done = self._answer(head, data, pos + 4, length, first)
-            self._scont = length == my.MAX_PAYLOAD
-            pos = end
-            if done:
-                pending.popleft()
-                self._outstanding -= 1
-                if pending and pending[0].kind == K_LOCAL:
-                    out.append(data[start:pos])
-                    start = pos
-                    while pending and pending[0].kind == K_LOCAL:
-                        out.append(pending.popleft().local)
-        if seq >= 0:
-            self._next_server_seq = seq + 1
+            if done is None:  # one packet of any answer, of any length
+                done = self._packet(head, data, pos, n)
+                if done is None:  # cut short: wait for its rest
+                    break
+                pos += 4 + (_HDR.unpack_from(data, pos)[0] & 0xFFFFFF)
+            if not done:
+                continue
+            pending.popleft()
+            self._outstanding -= 1
+            if self._locals and pending[0].kind == K_LOCAL:
+                out.append(data[start:pos])
+                start = pos
+                while pending and pending[0].kind == K_LOCAL:
+                    out.append(pending.popleft().local)
+                    self._locals -= 1
         if pos < n:
             self.sbuf += data[pos:]
         if start == 0 and pos == n:
@@ -478,6 +509,192 @@ class Conversation:
             return b"".join(out)
         out.append(data[start:pos])
         return b"".join(out) if len(out) > 1 else out[0]
+
+    def _packet(self, head: Expect | None, data: bytes, pos: int, n: int) -> bool | None:
+        """Follow the one server packet at `pos` (any answer, any length): whether it
+        completed the answer `head`; None when it is not whole yet."""
+        word = _HDR.unpack_from(data, pos)[0]
+        length = word & 0xFFFFFF
+        if pos + 4 + length > n:
+            return None
+        self._next_server_seq = (word >> 24) + 1
+        if self._scont:  # the rest of a long packet: data, not a header
+            self._scont = length == MAX_PAYLOAD
+            return False
+        first = data[pos + 4] if length else -1
+        if head is None or head.kind == K_LOCAL:
+            if first == 0xFF:  # the server says why it is closing the connection
+                return False
+            raise my.ProtocolError("the server sent a packet nobody asked for")
+        done = self._answer(head, data, pos + 4, length, first)
+        self._scont = length == MAX_PAYLOAD
+        return done
+
+    def _result(self, e: Expect, data: bytes, pos: int, n: int) -> int:
+        """Follow a K_RESULT answer through the whole packets of `data` from `pos`; where it
+        stopped: at the answer's end (`e.state` S_DONE), the data's, a packet cut short, or
+        a long packet (left to `_packet`). The server's every answer to a query or
+        execution comes through here.
+
+        Only what ends the answer is read: column definitions and rows are counted. A
+        prepared statement's result set starts with the same bytes at each execution
+        (its column count, definitions and sequence ids), kept from the last one
+        (`Prepared.head`): when the answer starts with them, they are skipped at once;
+        rows of one length are counted a run at a time (`_same_rows`)."""
+        unpack = _HDR.unpack_from
+        state = e.state
+        rows = e.rows
+        left = e.left
+        last = -1  # the last packet followed (its sequence id is the client's last)
+        begin = -1  # where the result set of a prepared statement's answer began
+        stride = True  # rows of one length may be counted a run at a time
+        stmt = e.stmt
+        if stmt is not None and state == S_FIRST:
+            head = stmt.head
+            if head is not None and data.startswith(head, pos):
+                last = pos + stmt.head_last
+                pos += len(head)
+                state = S_ROWS
+            else:
+                begin = pos
+        while n - pos >= 4:
+            length = unpack(data, pos)[0] & 0xFFFFFF
+            end = pos + 4 + length
+            if end > n or length >= MAX_PAYLOAD:
+                break
+            first = data[pos + 4] if length else -1
+            if state == S_ROWS:
+                if first != 0xFE and first != 0xFF:
+                    # Rows, the commonest packets: counted in a loop of their own up to
+                    # what is not plainly a row (read here, and followed below when it is
+                    # the result's end).
+                    while True:
+                        rows += 1
+                        last = pos
+                        pos = end
+                        if n - pos < 4:
+                            break
+                        size = length
+                        length = unpack(data, pos)[0] & 0xFFFFFF
+                        end = pos + 4 + length
+                        if end > n or length >= MAX_PAYLOAD:
+                            break
+                        first = data[pos + 4] if length else -1
+                        if first == 0xFE or first == 0xFF:
+                            break
+                        if length == size and length and stride:
+                            # Two rows of one length (fixed-width columns): the rest of
+                            # the run counted at once, then on one by one.
+                            same = _same_rows(data, pos, n, length + 4)
+                            if same > 1:
+                                pos += (same - 1) * (length + 4)
+                                end = pos + 4 + length
+                                rows += same - 1
+                            if same < 8:  # lengths that vary: not tried again here
+                                stride = False
+                    if first != 0xFE and first != 0xFF:
+                        break  # the data ends, or a long packet
+                last = pos
+                pos = end
+                if first == 0xFF:
+                    self._result_error(e, data[last + 4:end])
+                    state = S_DONE
+                    break
+                if length < 5:
+                    status = my.eof_status(data[last + 4:end], self.deprecate_eof)
+                elif self.deprecate_eof:  # an OK packet: affected rows, insert id, status
+                    affected, insert_id, status = _OK_HEAD.unpack_from(data, last + 5)
+                    if affected >= 251 or insert_id >= 251:  # longer than a byte
+                        status = my.eof_status(data[last + 4:end], True)
+                else:  # EOF: warnings, status
+                    status = _EOF_STATUS.unpack_from(data, last + 7)[0]
+                todo = e.runs
+                if len(todo) == 1 and not status & SERVER_MORE_RESULTS_EXISTS:
+                    run = todo.pop()
+                    self.finished.append((run, "ROWS", run.rows + rows,
+                                          perf_counter_ns() - run.t0, None, "ok"))
+                    state = S_DONE
+                    break
+                state = self._rows_done(e, rows, status)
+                rows = 0
+                e.stmt = stmt = None  # more results: a head is the first result's only
+                if state == S_DONE:
+                    break
+                continue
+            if state == S_COLUMNS:  # column definitions: counted
+                left -= 1
+                last = pos
+                pos = end
+                while left and n - pos >= 4:
+                    length = unpack(data, pos)[0] & 0xFFFFFF
+                    end = pos + 4 + length
+                    if end > n or length >= MAX_PAYLOAD:
+                        break
+                    left -= 1
+                    last = pos
+                    pos = end
+                if not left:
+                    if self.deprecate_eof and not e.cursor:
+                        state = S_ROWS
+                        if begin >= 0 and stmt is not None:
+                            self._keep_head(stmt, data, begin, last, pos)
+                    else:
+                        state = S_COLUMNS_EOF
+                continue
+            if state == S_FIRST and 0 < first < 0xFB:  # a column count: a result set
+                left = first
+                rows = 0
+                state = S_COLUMNS
+                last = pos
+                pos = end
+                continue
+            # OK, ERR, a file asked for, a long column count, the EOF after the columns
+            e.state, e.rows, e.left = state, rows, left
+            done = self._answer(e, data, pos + 4, length, first)
+            last = pos
+            pos = end
+            if done:
+                state = S_DONE
+                break
+            if state == S_COLUMNS_EOF and e.state == S_ROWS and begin >= 0 and \
+                    stmt is not None and not e.cursor:
+                self._keep_head(stmt, data, begin, last, pos)
+            state, rows, left = e.state, e.rows, e.left
+            if state == S_FIRST:  # more results: a head is the first result's only
+                e.stmt = stmt = None
+            if self._infile is not None:  # the client sends a file now
+                break
+        if last >= 0:
+            self._next_server_seq = data[last + 3] + 1
+        e.state, e.rows, e.left = state, rows, left
+        return pos
+
+    @staticmethod
+    def _keep_head(stmt: Prepared, data: bytes, begin: int, last: int, end: int) -> None:
+        """Keep the start of a prepared statement's answer up to its rows (when short)."""
+        if end - begin <= MAX_HEAD:
+            stmt.head = data[begin:end]
+            stmt.head_last = last - begin
+
+    def _rows_done(self, e: Expect, rows: int, status: int) -> int:
+        """A result set ended well: the state its answer is in now (S_DONE: the last)."""
+        runs = e.runs
+        if status & SERVER_MORE_RESULTS_EXISTS:
+            if runs:
+                if len(runs) == 1:  # more results for the same statement (CALL)
+                    runs[0].rows += rows
+                else:
+                    run = runs.pop(0)
+                    self.finished.append((run, "ROWS", run.rows + rows,
+                                          perf_counter_ns() - run.t0, None, "ok"))
+            return S_FIRST
+        if runs:
+            run = runs.pop(0)
+            self.finished.append((run, "ROWS", run.rows + rows, perf_counter_ns() - run.t0,
+                                  None, "ok"))
+            if runs:
+                self._skip_rest(e)
+        return S_DONE
 
     def _answer(self, e: Expect, data: bytes, at: int, length: int, first: int) -> bool:
         """Follow one server packet; True when it completed the expected answer."""
@@ -494,7 +711,10 @@ class Conversation:
                 return False
             if state == S_FIRST:
                 if first == 0x00:
-                    affected, status = my.ok_status(data[at:at + length])
+                    if length >= 5 and data[at + 1] < 251 and data[at + 2] < 251:
+                        affected, status = data[at + 1], data[at + 3] | data[at + 4] << 8
+                    else:
+                        affected, status = my.ok_status(data[at:at + length])
                     return self._result_done(e, "OK", affected, status)
                 if first == 0xFF:
                     return self._result_error(e, data[at:at + length])
@@ -591,7 +811,8 @@ class Conversation:
         if more:
             e.state = S_FIRST
             return False
-        self._skip_rest(e)
+        if e.runs:
+            self._skip_rest(e)
         return True
 
     def _result_error(self, e: Expect, payload: bytes) -> bool:
@@ -608,6 +829,24 @@ class Conversation:
         for run in e.runs:
             self.finished.append((run, None, None, now - run.t0, None, "skipped"))
         e.runs = []
+
+
+def _same_rows(data: bytes, pos: int, n: int, step: int) -> int:
+    """How many packets from `pos` on are rows of the same length as the one there (`step`
+    bytes with its header, at least 5): whole, with the same three length bytes, and a
+    first byte that is neither 0xFE (EOF, OK) nor 0xFF (ERR). Read a byte column at a time
+    with strided slices: a few C calls for a run of any length."""
+    stop = pos + (n - pos) // step * step
+    for i in range(3):  # each length byte of each header: all as the first's
+        column = data[pos + i:stop:step]
+        same = len(column) - len(column.lstrip(column[:1]))
+        stop = pos + same * step
+    firsts = data[pos + 4:stop:step]
+    end = firsts.find(b"\xfe")
+    if end >= 0:
+        firsts = firsts[:end]
+    end = firsts.find(b"\xff")
+    return end if end >= 0 else len(firsts)
 
 
 def _packet_starts(raw: bytes) -> list[int]:
