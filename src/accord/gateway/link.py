@@ -100,6 +100,11 @@ class Link(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         assert self.transport is not None
         raw = self.transport
+        # Nothing more reaches this (plain) protocol: a TLS hello arriving before start_tls
+        # has put its own protocol in place would land in our buffer, behind `early`, and the
+        # handshake would wait for it until the login's time ran out. start_tls resumes
+        # reading once its protocol is connected.
+        raw.pause_reading()
         early = bytes(self._buf)
         self._buf.clear()
         task = asyncio.ensure_future(loop.start_tls(raw, self, ctx, server_side=server_side,
@@ -144,8 +149,11 @@ class Link(asyncio.Protocol):
 
 
 def _give(proto: asyncio.BaseProtocol, data: bytes) -> None:
-    """Hand `data` to a protocol as if it had just been read."""
-    if isinstance(proto, asyncio.BufferedProtocol):
+    """Hand `data` to a protocol as if it had just been read. By what it implements, not
+    its class: uvloop's TLS protocol buffers reads but subclasses neither asyncio class (an
+    isinstance test dropped a MySQL client's TLS hello read with its SSL request, and the
+    handshake waited until the login's time ran out)."""
+    if hasattr(proto, "get_buffer") and hasattr(proto, "buffer_updated"):
         pos = 0
         while pos < len(data):
             buf = memoryview(proto.get_buffer(len(data) - pos))
@@ -153,5 +161,7 @@ def _give(proto: asyncio.BaseProtocol, data: bytes) -> None:
             buf[:n] = data[pos:pos + n]
             proto.buffer_updated(n)
             pos += n
-    elif isinstance(proto, asyncio.Protocol):
+    elif hasattr(proto, "data_received"):
         proto.data_received(data)
+    else:
+        raise TypeError(f"cannot hand bytes to {type(proto).__name__}")
