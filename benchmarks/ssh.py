@@ -103,6 +103,21 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def backends_cpu(url: str, database: str) -> float:
+    """CPU time of the PostgreSQL backends serving `database` (the shipper's inserts: the
+    recordings' bytes into their table, and the ledger), from /proc: this machine's server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with psycopg.connect(url, autocommit=True) as c:
+        pids = [r[0] for r in c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                                        "AND pid <> pg_backend_pid()", (database,))]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def shipped(url: str, execs: int) -> None:
     """Until the ledger has `execs` commands (the last event of an exec's recording)."""
     deadline = time.monotonic() + 120
@@ -161,6 +176,8 @@ def main() -> int:
                          "list, chacha20-poly1305 first, which the gateway does not offer)")
     ap.add_argument("--binary", action="store_true",
                     help="cat random bytes (the worst case for asciicast) instead of text")
+    ap.add_argument("--no-relay", action="store_true",
+                    help="leave out the bare asyncssh relay (benchmarks/ssh_relay.py)")
     ap.add_argument("--pg-admin-url", default=os.environ.get(
         "ACCORD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = ap.parse_args()
@@ -202,6 +219,13 @@ def main() -> int:
             procs.append(gw)
             wait_port(ssh_port, gw, logfile)
             key = asyncssh.import_private_key(private_key)
+            relay_port = free_port()
+            if not args.no_relay:  # the floor: SSH terminated twice by asyncssh, nothing else
+                relay = start([sys.executable, str(Path(__file__).with_name("ssh_relay.py")),
+                               str(relay_port), str(target_port), getpass.getuser(),
+                               str(tmp / "client_key")], dict(os.environ), logfile)
+                procs.append(relay)
+                wait_port(relay_port, relay, logfile)
 
             ciphers = () if args.cipher == "default" else [args.cipher]
 
@@ -216,28 +240,48 @@ def main() -> int:
                                         agent_path=None, config=None,
                                         preferred_auth="password", encryption_algs=ciphers)
 
+            def relayed() -> Any:
+                return asyncssh.connect("127.0.0.1", relay_port, username="bench",
+                                        password="-",  # noqa: S106 - the relay takes any
+                                        client_keys=None, known_hosts=None,
+                                        agent_path=None, config=None,
+                                        preferred_auth="password", encryption_algs=ciphers)
+
             async def run() -> dict[str, Any]:
-                rates: dict[str, list[float]] = {"direct": [], "gateway": []}
+                rates: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                 cpu: list[float] = []
+                store: list[float] = []
                 for _ in range(args.runs):
                     rates["direct"].append(await throughput(direct, data, size))
                     before = cpu_seconds(gw.pid)
+                    pg_before = backends_cpu(args.pg_admin_url, accord_db)
                     rates["gateway"].append(await throughput(gateway, data, size))
                     assert gw.pid is not None
                     await asyncio.to_thread(shipped, accord_url, len(cpu) + 1)
                     cpu.append(cpu_seconds(gw.pid) - before)
+                    store.append(backends_cpu(args.pg_admin_url, accord_db) - pg_before)
+                    if not args.no_relay:
+                        rates["relay"].append(await throughput(relayed, data, size))
                 lat = {"direct": await keystrokes(direct, args.keys),
                        "gateway": await keystrokes(gateway, args.keys)}
                 d, g = statistics.median(rates["direct"]), statistics.median(rates["gateway"])
+                relay = {} if args.no_relay else {
+                    "relay": round(statistics.median(rates["relay"]), 1),
+                    "relay_ratio": round(statistics.median(rates["relay"]) / d, 3),
+                    "gateway_to_relay": round(g / statistics.median(rates["relay"]), 3)}
                 return {
                     "throughput_mb_s": {"direct": round(d, 1), "gateway": round(g, 1),
-                                        "ratio": round(g / d, 3), "target_ratio": 0.5,
+                                        "ratio": round(g / d, 3), "target_ratio": 0.5, **relay,
                                         "megabytes": args.megabytes, "runs": args.runs,
                                         "content": "binary" if args.binary else "text",
                                         "cipher": args.cipher},
                     # the gateway's and its shipper's CPU for one run, until it was shipped
                     "gateway_cpu_s_per_100mb": round(
                         statistics.median(cpu) * 100 / args.megabytes, 2),
+                    # PostgreSQL's, storing the recording and the events (not the gateway's
+                    # own, but on the same cores here)
+                    "store_cpu_s_per_100mb": round(
+                        statistics.median(store) * 100 / args.megabytes, 2),
                     "keystroke_ms": {
                         "direct": {"p50": pct(lat["direct"], 50), "p99": pct(lat["direct"], 99)},
                         "gateway": {"p50": pct(lat["gateway"], 50),

@@ -83,8 +83,8 @@ class Recorder:
         if tail:
             data = tail + data
         keep = _held(data)
-        try:  # the common case: text (one pass in C, no copy when nothing is held back)
-            text = (data[:-keep] if keep else data).decode("utf-8")
+        try:  # the common case: text (one pass in C, no copy of the bytes first)
+            text = str(memoryview(data)[:-keep], "utf-8") if keep else data.decode("utf-8")
         except UnicodeDecodeError:
             self._tails[code] = b""
             self._raw(code, data)
