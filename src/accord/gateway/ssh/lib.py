@@ -10,6 +10,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="DSA is deprecated")
     import asyncssh
     from asyncssh.connection import SSHConnection
+    from asyncssh.constants import MSG_IGNORE
 
 # asyncssh keeps the input it has not parsed yet as one bytes object and slices off each
 # packet (and each packet's header) as it goes: the rest of a read is copied twice per
@@ -29,9 +30,30 @@ def _in_steps(self: Any, data: bytes, datatype: Any = None) -> None:
     for start in range(0, len(data), FEED_BYTES):
         if start and not self._transport:  # it closed (a protocol error): as asyncssh would
             return
-        _data_received(self, view[start:start + FEED_BYTES], datatype)
+        # a view: asyncssh appends it to what it holds (bytes + a buffer makes bytes)
+        _data_received(self, view[start:start + FEED_BYTES], datatype)  # type: ignore[arg-type]
 
 
 SSHConnection.data_received = _in_steps  # type: ignore[method-assign]
+
+# asyncssh sends an empty MSG_IGNORE ahead of every packet once encrypting: RFC 4251's
+# defence (9.3.1) against predicting CBC's next IV. The gateway's ciphers are AES-GCM, CTR
+# and ChaCha20-Poly1305, which it does nothing for (OpenSSH does not send them); each cost
+# the sender an encryption and a write, and the receiver a decryption, per packet: half of
+# the packets of a session. Sent as asyncssh does where a CBC cipher was negotiated.
+NOT_CBC = frozenset(("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr",
+                     "aes192-ctr", "aes256-ctr", "chacha20-poly1305@openssh.com"))
+_EMPTY = (b"\0\0\0\0",)  # the ignore's one field, an empty string
+_send_packet = SSHConnection.send_packet
+
+
+def _no_empty_ignore(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+    if pkttype == MSG_IGNORE and args == _EMPTY and \
+            self.get_extra_info("send_cipher") in NOT_CBC:
+        return
+    _send_packet(self, pkttype, *args, handler=handler)
+
+
+SSHConnection.send_packet = _no_empty_ignore  # type: ignore[method-assign]
 
 __all__ = ["asyncssh"]

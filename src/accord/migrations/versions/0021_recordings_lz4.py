@@ -28,7 +28,7 @@ def _has_lz4() -> bool:
     values = bind.execute(sa.text(
         "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
     )).scalar()
-    return bool(values) and "lz4" in values
+    return "lz4" in (values or [])
 
 
 def upgrade() -> None:
