@@ -9,7 +9,11 @@ with `gateway.ssh` (recording every channel). Then, with asyncssh as the client:
   the worst case for asciicast) over exec, direct and through the gateway (runs
   interleaved; target: the gateway at least 0.5 of direct), the client with the same
   --cipher on both paths; and the CPU time the gateway and its shipper spent on a run
-  until it was in the ledger (per 100 MB: what the machine's load does not change);
+  until it was in the ledger (per 100 MB: what the machine's load changes least), and
+  PostgreSQL's for storing it (`store_cpu_s_per_100mb`: on the same cores here);
+* the same `cat` through benchmarks/ssh_relay.py (unless --no-relay): a bare relay on
+  asyncssh, SSH terminated twice and nothing else, the floor for any gateway built on
+  asyncssh (`relay_ratio`, `gateway_to_relay`, `relay_cpu_s_per_100mb`);
 * keystroke latency: one byte written to an interactive `cat` in a pty, until its echo
   comes back, --keys times; p50/p99 direct and through the gateway, and what the gateway
   adds (target: p99 under 5 ms on 2 cores).
@@ -219,13 +223,14 @@ def main() -> int:
             procs.append(gw)
             wait_port(ssh_port, gw, logfile)
             key = asyncssh.import_private_key(private_key)
-            relay_port = free_port()
+            relay_port, relay_pid = free_port(), 0
             if not args.no_relay:  # the floor: SSH terminated twice by asyncssh, nothing else
-                relay = start([sys.executable, str(Path(__file__).with_name("ssh_relay.py")),
+                relay_proc = start([sys.executable, str(Path(__file__).with_name("ssh_relay.py")),
                                str(relay_port), str(target_port), getpass.getuser(),
                                str(tmp / "client_key")], dict(os.environ), logfile)
-                procs.append(relay)
-                wait_port(relay_port, relay, logfile)
+                procs.append(relay_proc)
+                wait_port(relay_port, relay_proc, logfile)
+                relay_pid = relay_proc.pid
 
             ciphers = () if args.cipher == "default" else [args.cipher]
 
@@ -251,6 +256,7 @@ def main() -> int:
                 rates: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                 cpu: list[float] = []
                 store: list[float] = []
+                relay_cpu: list[float] = []
                 for _ in range(args.runs):
                     rates["direct"].append(await throughput(direct, data, size))
                     before = cpu_seconds(gw.pid)
@@ -261,14 +267,18 @@ def main() -> int:
                     cpu.append(cpu_seconds(gw.pid) - before)
                     store.append(backends_cpu(args.pg_admin_url, accord_db) - pg_before)
                     if not args.no_relay:
+                        before = cpu_seconds(relay_pid)
                         rates["relay"].append(await throughput(relayed, data, size))
+                        relay_cpu.append(cpu_seconds(relay_pid) - before)
                 lat = {"direct": await keystrokes(direct, args.keys),
                        "gateway": await keystrokes(gateway, args.keys)}
                 d, g = statistics.median(rates["direct"]), statistics.median(rates["gateway"])
                 relay = {} if args.no_relay else {
                     "relay": round(statistics.median(rates["relay"]), 1),
                     "relay_ratio": round(statistics.median(rates["relay"]) / d, 3),
-                    "gateway_to_relay": round(g / statistics.median(rates["relay"]), 3)}
+                    "gateway_to_relay": round(g / statistics.median(rates["relay"]), 3),
+                    "relay_cpu_s_per_100mb": round(
+                        statistics.median(relay_cpu) * 100 / args.megabytes, 2)}
                 return {
                     "throughput_mb_s": {"direct": round(d, 1), "gateway": round(g, 1),
                                         "ratio": round(g / d, 3), "target_ratio": 0.5, **relay,
