@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 from accord import metrics
 from accord.db import transaction
-from accord.gateway import prefork_msg, tokens
+from accord.gateway import memory, prefork_msg, tokens
 from accord.gateway.audit import AuditWriter
 from accord.gateway.link import Link
 from accord.gateway.records import SessionInfo
@@ -82,6 +82,7 @@ def run(gw: GatewayServer, on_ready: Callable[[], object] | None = None) -> None
     # and over is wasted work in a process that does nothing else.
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    memory.keep_freed_memory()
     loop = new_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from accord import logs
 from accord.db import make_engine, make_sessionmaker, transaction
-from accord.gateway import recording
+from accord.gateway import memory, recording
 from accord.gateway.spool import (
     DONE,
     Fact,
@@ -161,6 +161,7 @@ def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_e
     stops it in order (`stop` reads "stop"), or its death shows as EOF on `stop`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    memory.keep_freed_memory()  # a chunk's bytes are joined, hashed and sent: large buffers
 
     if nice is not None:  # background work: not the data path's `gateway.priority`
         with contextlib.suppress(OSError):
