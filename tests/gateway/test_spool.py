@@ -296,3 +296,22 @@ def test_replay_reports_a_dead_writers_spool_its_shipper_still_holds(tmp_path: P
         assert waiting == [tmp_path / "dead"]
     finally:
         os.close(held)
+
+
+def test_the_spool_is_full_past_max_spool_bytes_until_shipped(
+        writer: AuditWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded bytes are not facts: `spool_full` counts the bytes of the segments not yet
+    shipped (deleted), looked at when a segment fills and by `spool_check`."""
+    monkeypatch.setattr(audit, "SEGMENT_BYTES", 64 << 10)
+    writer.max_spool_bytes = 300 << 10
+    writer._open_next()
+    piece = b"o" * (20 << 10)
+    while not writer.spool_full:
+        writer.piece(1, 1, piece)
+        assert writer._segment < 20, "never full"
+    segments = sorted(writer.dir.glob("seg-*.log"))
+    assert sum(p.stat().st_size for p in segments) > 300 << 10
+    assert writer.spool_check()  # nothing shipped: still full
+    for path in segments[:-1]:  # what the shipper does once a segment is in the ledger
+        path.unlink()
+    assert not writer.spool_check() and not writer.spool_full

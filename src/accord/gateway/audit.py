@@ -109,7 +109,8 @@ class AuditWriter:
 
     def __init__(self, sessions: sessionmaker[Session], spool_root: Path, *,
                  interval: float = 0.1, batch: int = 500, max_backlog: int = 200_000,
-                 statements_per_event: int = 1000, max_statement_bytes: int = 16384) -> None:
+                 statements_per_event: int = 1000, max_statement_bytes: int = 16384,
+                 max_spool_bytes: int = 1 << 30) -> None:
         self.sessions = sessions
         self.interval = interval
         self.batch = batch
@@ -143,6 +144,8 @@ class AuditWriter:
         self._proc: Any = None
         self.stopping = False
         self.overloaded = False  # more than max_backlog facts not yet in the ledger
+        self.max_spool_bytes = max_spool_bytes
+        self.spool_full = False  # more than max_spool_bytes not yet shipped (`spool_check`)
         self.shipper_nice: int | None = None  # the shipper's nice value (None: inherited)
         # Statements answered and refused since the start: the server adds what is new to
         # its counters now and then, the data path only to these ints.
@@ -308,6 +311,22 @@ class AuditWriter:
         self.overloaded = self.backlog >= self.max_backlog
         return self.overloaded
 
+    def spool_check(self) -> bool:
+        """Whether the segments not yet shipped (the shipper deletes a segment once all of
+        it is in the ledger) hold more than `max_spool_bytes` (kept in `spool_full`): a
+        recording's bytes are not facts, so `overloaded` does not see them. Looked at when
+        a segment is full, and by whoever waits for it to clear."""
+        held = self._pos
+        current = segment_path(self.dir, self._segment).name
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.dir):
+                name = entry.name
+                if name.startswith("seg-") and name.endswith(".log") and name != current:
+                    with contextlib.suppress(OSError):  # shipped meanwhile
+                        held += entry.stat().st_size
+        self.spool_full = held > self.max_spool_bytes
+        return self.spool_full
+
     def _rotate(self, need: int) -> None:
         """A new segment carrying the live sessions and their unanswered statements, so the
         shipper can delete the old one once it is in the ledger."""
@@ -323,6 +342,7 @@ class AuditWriter:
         self._open_next(need + FRAME.size + len(context))
         if context:
             self._frame(context)
+        self.spool_check()
 
     def _fact_record(self, kind: int, info: SessionInfo, at_ns: int,
                      data: dict[str, Any]) -> None:

@@ -218,7 +218,8 @@ class GatewayServer:
             st.sessions, spool_root(st, spec), interval=spec.flush_interval.total_seconds(),
             batch=spec.flush_batch, max_backlog=spec.max_backlog,
             statements_per_event=spec.statements_per_event,
-            max_statement_bytes=spec.max_statement_bytes)
+            max_statement_bytes=spec.max_statement_bytes,
+            max_spool_bytes=spec.max_spool_bytes)
         self.message_timeout = spec.message_timeout.total_seconds()
         self.sessions: dict[int, LiveSession] = {}
         self.keys: dict[Any, LiveSession] = {}

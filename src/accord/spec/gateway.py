@@ -95,6 +95,9 @@ class GatewaySpec(Strict):
     # round's fixed cost is paid once (10,000 is 20,000 statements a second per process).
     flush_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     max_backlog: int = Field(default=200_000, ge=1000)  # statements queued before refusing
+    # Spooled bytes not yet in the ledger (an SSH recording's output: its bytes are not
+    # statements) before recorded sessions pause their output until the shipper catches up.
+    max_spool_bytes: int = Field(default=1 << 30, ge=64 << 20)
     max_message: int = Field(default=8 << 20, ge=64 << 10, le=1 << 30)
     max_statement_bytes: int = Field(default=16384, ge=256)  # statement text kept per event
     statements_per_event: int = Field(default=1000, ge=1, le=10_000)  # 1: an event each

@@ -54,6 +54,7 @@ from accord.spec.gateway import GatewaySSHSpec
 
 log = logging.getLogger("accord.gateway")
 GRACE = 1.0  # after telling the client its session ends, how long before closing it
+SPOOL_WAIT = 0.1  # how often a session paused for a full spool looks whether it cleared
 
 
 @dataclass
@@ -538,6 +539,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._escape = False
         self.flags: list[dict[str, str]] = []  # typed lines matching a pattern, not yet spooled
         self.sftp: Follower | None = None  # an SFTP subsystem's file transfers, followed
+        self.client_slow = False  # the client's window is full: upstream paused for it
+        self._spool_wait: asyncio.TimerHandle | None = None  # paused for the spool
 
     # -- the client's side
 
@@ -649,11 +652,13 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.up.send_signal(signal)
 
     def pause_writing(self) -> None:  # the client reads slower than the server writes
+        self.client_slow = True
         if self.up is not None:
             self.up.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.up is not None:
+        self.client_slow = False
+        if self.up is not None and self._spool_wait is None:
             self.up.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -673,6 +678,23 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.chan.write_stderr(data)
         else:
             self.chan.write(data)
+        if self.live.audit.spool_full and self._spool_wait is None and self.up is not None:
+            # The shipper is far behind (a long burst of output): no more output until it
+            # has caught up, rather than a spool that fills the disk.
+            self.up.pause_reading()
+            self._spool_wait = asyncio.get_running_loop().call_later(SPOOL_WAIT,
+                                                                     self.spool_waited)
+
+    def spool_waited(self) -> None:
+        """Output resumes once the spool is below `max_spool_bytes` (and the client reads)."""
+        self._spool_wait = None
+        if self.done or self.up is None:
+            return
+        if self.live.audit.spool_check():
+            self._spool_wait = asyncio.get_running_loop().call_later(SPOOL_WAIT,
+                                                                     self.spool_waited)
+        elif not self.client_slow:
+            self.up.resume_reading()
 
     def upstream_closed(self) -> None:
         up = self.up
@@ -767,6 +789,9 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        if self._spool_wait is not None:
+            self._spool_wait.cancel()
+            self._spool_wait = None
         if self.rec is not None:
             self.rec.flush(final=True)
         if self.sftp is not None:
