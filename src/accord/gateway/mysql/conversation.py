@@ -67,6 +67,7 @@ MAX_HEAD = 2048  # the longest start of a prepared statement's answer kept (Prep
 # Whether `Conversation._result` walks in C (tests turn it off to hold the Python walk, the
 # fallback, to the same output).
 COMPILED = _walk is not None
+_WALK = _walk.walk if _walk is not None else None
 EV_STOP, EV_END, EV_ERROR, EV_HEAD, EV_OTHER, EV_PYTHON = range(6)  # what the walk stops at
 
 
@@ -421,11 +422,8 @@ class Conversation:
         self._runs = number = self._runs + 1
         run = Run(number, "binary", stmt.text, params, t0)
         self.started.append(run)
-        e = Expect(K_RESULT, [run])
-        if flags & 0x0F:
-            e.cursor = True
-        else:
-            e.stmt = stmt
+        e = Expect(K_RESULT, [run], b"", stmt) if not flags & 0x0F else \
+            Expect(K_RESULT, [run], b"", None, True)  # a cursor: its head is not kept
         if not self._outstanding:
             self._next_server_seq = self.seq + 1
         self._outstanding += 1
@@ -554,14 +552,10 @@ class Conversation:
         (`Prepared.head`): when the answer starts with them, they are skipped at once;
         then `_walk.walk` (C) counts the packets up to what Python must act on, or, without
         it, the loop below does, rows of one length a run at a time (`_same_rows`)."""
-        unpack = _HDR.unpack_from
         state = e.state
-        rows = e.rows
-        left = e.left
         last = -1  # the last packet followed (its sequence id is the client's last)
-        begin = -1  # where the result set of a prepared statement's answer began
-        stride = True  # rows of one length may be counted a run at a time
-        stmt = e.stmt
+        begin = -1  # where the result set of a prepared statement's answer began (its head
+        stmt = e.stmt  # is kept when its column definitions end)
         if stmt is not None and state == S_FIRST:
             head = stmt.head
             if head is not None and data.startswith(head, pos):
@@ -570,14 +564,16 @@ class Conversation:
                 state = S_ROWS
             else:
                 begin = pos
+        rows = e.rows
+        left = e.left
+        unpack = _HDR.unpack_from
         if COMPILED:  # the walk in C (_walk.c): Python acts on what it stops at
-            walk = _walk.walk
+            walk: Any = _WALK
             deprecate_eof = self.deprecate_eof
             cursor = e.cursor
             while True:
                 event, pos, at, state, rows, left, status = walk(
-                    data, pos, n, state, rows, left, deprecate_eof, cursor,
-                    begin >= 0 and stmt is not None)
+                    data, pos, n, state, rows, left, deprecate_eof, cursor, begin >= 0)
                 if at >= 0:
                     last = at
                 if event == EV_END:  # a result set ended: the packet from `last` to `pos`
@@ -593,6 +589,7 @@ class Conversation:
                     state = self._rows_done(e, rows, status)
                     rows = 0
                     e.stmt = stmt = None  # more results: a head is the first result's only
+                    begin = -1
                     if state == S_DONE:
                         break
                     continue
@@ -617,11 +614,12 @@ class Conversation:
                     state = S_DONE
                     break
                 if state == S_COLUMNS_EOF and e.state == S_ROWS and begin >= 0 and \
-                        stmt is not None and not cursor:
+                        not cursor:
                     self._keep_head(stmt, data, begin, last, pos)
                 state, rows, left = e.state, e.rows, e.left
                 if state == S_FIRST:  # more results: a head is the first result's only
                     e.stmt = stmt = None
+                    begin = -1
                 if self._infile is not None:  # the client sends a file now
                     break
             if event != EV_PYTHON:
@@ -629,6 +627,7 @@ class Conversation:
                     self._next_server_seq = data[last + 3] + 1
                 e.state, e.rows, e.left = state, rows, left
                 return pos
+        stride = True  # rows of one length may be counted a run at a time
         while n - pos >= 4:
             length = unpack(data, pos)[0] & 0xFFFFFF
             end = pos + 4 + length
