@@ -176,7 +176,7 @@ class Conversation:
         if not buf and len(data) >= 5:  # the common case: one whole command, alone
             word = _HDR.unpack_from(data)[0]
             length = word & 0xFFFFFF
-            if len(data) == 4 + length and length < my.MAX_PAYLOAD:
+            if len(data) == 4 + length and length < MAX_PAYLOAD:
                 if length > self.max_message:
                     raise my.ProtocolError(f"a command longer than {self.max_message} bytes")
                 self.seq = word >> 24
