@@ -7,15 +7,18 @@ and a connection token; starts `accord gateway` (and `accord worker`, which inte
 ledger as it grows). sysbench then runs each workload against each target, interleaved
 (direct, gateway, direct, ...), 8 threads, with its default server-side prepared statements
 (so the gateway follows COM_STMT_PREPARE/EXECUTE and records each execution with its text),
-and through `benchmarks/forwarder.py` (a bare uvloop byte forwarder, as in gateway.py: the
-floor for any proxy in Python; `gateway_to_forwarder` is what the gateway's own work costs).
+through `benchmarks/forwarder.py` (a bare uvloop byte forwarder, as in gateway.py: the
+floor for any proxy in Python; `gateway_to_forwarder` is what the gateway's own work costs),
+and through HAProxy (`mode tcp`, `nbthread` = the gateway's process count: a C proxy that
+only relays, the peer a Python gateway is compared with; `gateway_to_haproxy`). HAProxy is
+left out, with a note, where it is not installed (`apt-get install haproxy`).
 
     .venv/bin/python benchmarks/gateway_mysql.py                 # 3 runs x 10 s per cell
     .venv/bin/python benchmarks/gateway_mysql.py --runs 1 --seconds 5 --json-only
 
 Workloads: `oltp_point_select` (target: at least 0.45 of direct) and `oltp_read_only` (0.6).
 CPU per transaction of the gateway (with its audit shippers; `gateway_shipper`: theirs
-alone), the Accord worker, MariaDB (`mariadbd`) and sysbench comes from /proc.
+alone), the Accord worker, the forwarder, HAProxy and MariaDB (`mariadbd`) comes from /proc.
 
     --workloads oltp_point_select --targets gateway     # one cell, e.g. to profile it:
     ACCORD_BENCH_GATEWAY_PREFIX="py-spy record -o gw.svg --subprocesses --" \
@@ -43,10 +46,14 @@ import pymysql
 from procstat import cmdline, descendants
 from psycopg import sql
 
+from accord.gateway.prefork import auto_count
 from gateway import FORWARDER, cpu_seconds, free_port, grant_token, log, start, stop, wait_port
 
 ACCORD = str(Path(sys.executable).parent / "accord")
 SYSBENCH = shutil.which("sysbench") or "/usr/bin/sysbench"
+HAPROXY = shutil.which("haproxy") or next(
+    (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(p).exists()), None)
+TARGETS = ("direct", "gateway", "forwarder", "haproxy")
 WORKLOADS = {"oltp_point_select": 0.45, "oltp_read_only": 0.6}
 
 
@@ -67,6 +74,34 @@ workflows:
     max_duration: 8h
     auto_approve: 'true'
 """
+
+
+def haproxy_config(tmp: Path, port: int, threads: int, upstream: str) -> Path:
+    """A foreground HAProxy relaying TCP (no protocol of its own) to `upstream` (HOST:PORT,
+    or a Unix socket's path): sysbench logs in to MariaDB through it as through the
+    forwarder."""
+    server = f"unix@{upstream}" if upstream.startswith("/") else upstream
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(f"""\
+global
+    nbthread {threads}
+    maxconn 4096
+    log stderr format short local0 notice
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend mysql
+    bind 127.0.0.1:{port}
+    default_backend mariadb
+
+backend mariadb
+    server mariadb {server}
+""")
+    return cfg
 
 
 def pids_named(name: str) -> list[int]:
@@ -122,15 +157,35 @@ def main() -> int:
                     help="leave out the bare uvloop byte forwarder (benchmarks/forwarder.py)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help="comma-separated: which of oltp_point_select, oltp_read_only")
-    ap.add_argument("--targets", default="direct,gateway,forwarder",
-                    help="comma-separated: which of direct, gateway, forwarder (ratios need "
-                         "direct and gateway)")
+    ap.add_argument("--no-haproxy", action="store_true",
+                    help="leave out HAProxy (on by default where it is installed)")
+    ap.add_argument("--targets", default=None,
+                    help="comma-separated: which of direct, gateway, forwarder, haproxy "
+                         "(default: all; ratios need direct and gateway)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     quiet = args.json_only
     if not Path(SYSBENCH).exists():
         print(json.dumps({"error": "sysbench is not installed (apt-get install sysbench)"}))
         return 2
+    wanted = args.targets.split(",") if args.targets else list(TARGETS)
+    unknown = [t for t in wanted if t not in TARGETS]
+    if unknown:
+        ap.error(f"unknown targets {', '.join(unknown)} (choose from {', '.join(TARGETS)})")
+    skipped: dict[str, str] = {}
+    if args.no_forwarder and "forwarder" in wanted:
+        wanted.remove("forwarder")
+    if args.no_haproxy and "haproxy" in wanted:
+        wanted.remove("haproxy")
+    if "haproxy" in wanted and HAPROXY is None:
+        why = "haproxy is not installed (apt-get install haproxy), or run with --no-haproxy"
+        if args.targets:  # asked for by name: say so rather than run without it
+            print(json.dumps({"error": why}))
+            return 2
+        wanted.remove("haproxy")
+        skipped["haproxy"] = "not installed (apt-get install haproxy)"
+        log(f"left out: {why}", quiet)
+    processes = args.gateway_processes or auto_count("postgresql")
     suffix = secrets.token_hex(4)
     accord_db, target_db = f"accord_mybench_{suffix}", f"accord_mybench_t_{suffix}"
     dsn = args.mariadb.rstrip("/")
@@ -176,18 +231,26 @@ def main() -> int:
                                "--mysql-user=bench", f"--mysql-password={token}",
                                f"--mysql-db={resource}"]}
         counted = {"gateway": procs["gateway"].pid, "accord_worker": procs["worker"].pid}
-        wanted = args.targets.split(",")
-        # The forwarder relays bytes only: sysbench logs in to MariaDB itself.
-        if not args.no_forwarder and "forwarder" in wanted:
+        upstream = args.unix_socket if args.upstream == "unix" else f"{my_host}:{my_port}"
+        # The forwarder and HAProxy relay bytes only: sysbench logs in to MariaDB itself.
+        if "forwarder" in wanted:
             fw_port = free_port()
             procs["forwarder"] = start(
-                [sys.executable, FORWARDER, str(fw_port), args.unix_socket
-                 if args.upstream == "unix" else f"{my_host}:{my_port}"],
-                env, tmp / "forwarder.out")
+                [sys.executable, FORWARDER, str(fw_port), upstream], env, tmp / "forwarder.out")
             wait_port(fw_port, procs["forwarder"], tmp / "forwarder.out")
             targets["forwarder"] = ["--mysql-host=127.0.0.1", f"--mysql-port={fw_port}",
                                     *direct[2:]]
             counted["forwarder"] = procs["forwarder"].pid
+        if "haproxy" in wanted:
+            assert HAPROXY is not None
+            ha_port = free_port()
+            cfg = haproxy_config(tmp, ha_port, processes, upstream)
+            procs["haproxy"] = start([HAPROXY, "-db", "-f", str(cfg)], env,
+                                     tmp / "haproxy.out")
+            wait_port(ha_port, procs["haproxy"], tmp / "haproxy.out")
+            targets["haproxy"] = ["--mysql-host=127.0.0.1", f"--mysql-port={ha_port}",
+                                  *direct[2:]]
+            counted["haproxy"] = procs["haproxy"].pid
         targets = {t: c for t, c in targets.items() if t in wanted}
         workloads = {w: WORKLOADS[w] for w in args.workloads.split(",")}
         mariadbd = pids_named("mariadbd") or pids_named("mysqld")
@@ -217,8 +280,11 @@ def main() -> int:
                                            "loadavg": os.getloadavg()},
                                "runs": args.runs, "seconds": args.seconds,
                                "threads": args.threads, "upstream": args.upstream,
-                               "gateway_processes": args.gateway_processes or "auto",
+                               "gateway_processes": processes,
+                               "haproxy_nbthread": processes if "haproxy" in targets else None,
                                "workloads": {}}
+        if skipped:
+            out["skipped"] = skipped
         for workload, target_ratio in workloads.items():
             cell: dict[str, Any] = {}
             for target, runs in results[workload].items():
@@ -238,6 +304,10 @@ def main() -> int:
                     cell["forwarder"]["tps"] / cell["direct"]["tps"], 3)
                 cell["gateway_to_forwarder"] = round(
                     cell["gateway"]["tps"] / cell["forwarder"]["tps"], 3)
+            if "haproxy" in cell:
+                cell["haproxy_ratio"] = round(cell["haproxy"]["tps"] / cell["direct"]["tps"], 3)
+                cell["gateway_to_haproxy"] = round(
+                    cell["gateway"]["tps"] / cell["haproxy"]["tps"], 3)
             cell["target"] = target_ratio
             cell["meets_target"] = ratio >= target_ratio
             out["workloads"][workload] = cell

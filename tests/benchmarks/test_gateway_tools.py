@@ -30,3 +30,21 @@ def test_missing_tools_are_named_with_how_to_install_them(
     said = json.loads(out)
     assert said["error"] == "missing tools" and "pgbouncer" in said["missing"]
     assert "apt-get install pgbouncer" in err and "--no-pgbouncer" in err
+
+
+def test_gateway_mysql_names_haproxy_when_it_is_asked_for_and_missing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway_mysql.py --targets ...,haproxy` where HAProxy is not installed says how to
+    install it and exits 2 (by default the run goes on without it)."""
+    script = SCRIPT.with_name("gateway_mysql.py")
+    spec = importlib.util.spec_from_file_location("gateway_mysql_bench", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "SYSBENCH", sys.executable)  # present: not the one missing
+    monkeypatch.setattr(module, "HAPROXY", None)
+    monkeypatch.setattr(sys, "argv", ["gateway_mysql.py", "--targets", "direct,haproxy"])
+    assert module.main() == 2
+    said = json.loads(capsys.readouterr().out)
+    assert "apt-get install haproxy" in said["error"]

@@ -5,18 +5,41 @@ else; results are followed to the right statement."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import shutil
 import struct
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accord.gateway.classes import DEFAULT_ROLES
+from accord.gateway.mysql import conversation as myconv
 from accord.gateway.mysql import protocol as my
 from accord.gateway.mysql.conversation import Conversation, decode_params
 from accord.gateway.mysql.scope import Classifier
 
 CLASSIFIER = Classifier()
 EOF_CAPS = my.CLIENT_DEPRECATE_EOF
+# The result walk both ways: compiled (_walk.c, where it was built) and the Python one it
+# falls back to. The tests that follow answers run with each.
+WALKS = [pytest.param(False, id="python"),
+         pytest.param(True, id="compiled", marks=pytest.mark.skipif(
+             myconv._walk is None, reason="the compiled walk was not built"))]
+
+
+@contextlib.contextmanager
+def result_walk(compiled: bool) -> Iterator[None]:
+    saved = myconv.COMPILED
+    myconv.COMPILED = compiled
+    try:
+        yield
+    finally:
+        myconv.COMPILED = saved
 
 
 def conv(role: str = "read", caps: int = EOF_CAPS, max_message: int = 1 << 16) -> Conversation:
@@ -56,29 +79,34 @@ def result_set(rows: int, seq: int = 1, status: int = my.SERVER_STATUS_AUTOCOMMI
     return b"".join(out)
 
 
-def test_a_query_and_its_result_set_are_followed_cut_anywhere() -> None:
-    for cut in range(1, 40):
-        c = conv()
-        sent = query("SELECT id FROM orders")
-        assert c.client(sent[:cut]) + c.client(sent[cut:]) == sent
-        [run] = c.started
-        answer = result_set(3)
-        out = b"".join(c.server(part) for part in (answer[:cut], answer[cut:]))
-        assert out == answer
-        [(done, tag, rows, _, error, outcome)] = c.finished
-        assert (done is run, tag, rows, error, outcome) == (True, "ROWS", 3, None, "ok")
-        assert not c.busy
+@pytest.mark.parametrize("compiled", WALKS)
+def test_a_query_and_its_result_set_are_followed_cut_anywhere(compiled: bool) -> None:
+    with result_walk(compiled):
+        for cut in range(1, 40):
+            c = conv()
+            sent = query("SELECT id FROM orders")
+            assert c.client(sent[:cut]) + c.client(sent[cut:]) == sent
+            [run] = c.started
+            answer = result_set(3)
+            out = b"".join(c.server(part) for part in (answer[:cut], answer[cut:]))
+            assert out == answer
+            [(done, tag, rows, _, error, outcome)] = c.finished
+            assert (done is run, tag, rows, error, outcome) == (True, "ROWS", 3, None, "ok")
+            assert not c.busy
 
 
-def test_old_style_eof_packets_and_multi_results() -> None:
-    c = conv(caps=0)
-    c.client(query("SELECT 1; SELECT 2"))
-    assert [r.text for r in c.started] == [b"SELECT 1", b"SELECT 2"]
-    more = my.SERVER_STATUS_AUTOCOMMIT | my.SERVER_MORE_RESULTS_EXISTS
-    answer = result_set(1, status=more, deprecate_eof=False)
-    answer += result_set(2, seq=6, deprecate_eof=False)
-    assert c.server(answer) == answer
-    assert [(f[1], f[2], f[5]) for f in c.finished] == [("ROWS", 1, "ok"), ("ROWS", 2, "ok")]
+@pytest.mark.parametrize("compiled", WALKS)
+def test_old_style_eof_packets_and_multi_results(compiled: bool) -> None:
+    with result_walk(compiled):
+        c = conv(caps=0)
+        c.client(query("SELECT 1; SELECT 2"))
+        assert [r.text for r in c.started] == [b"SELECT 1", b"SELECT 2"]
+        more = my.SERVER_STATUS_AUTOCOMMIT | my.SERVER_MORE_RESULTS_EXISTS
+        answer = result_set(1, status=more, deprecate_eof=False)
+        answer += result_set(2, seq=6, deprecate_eof=False)
+        assert c.server(answer) == answer
+        assert [(f[1], f[2], f[5]) for f in c.finished] == [("ROWS", 1, "ok"),
+                                                            ("ROWS", 2, "ok")]
 
 
 def test_an_error_skips_the_rest_of_a_multi_statement() -> None:
@@ -133,21 +161,23 @@ def test_arbitrary_client_bytes_relay_or_raise_protocol_error(data: bytes, cuts:
     assert len(c.cbuf) < 4 + 128 + 4  # never more than one unfinished command buffered
 
 
+@pytest.mark.parametrize("compiled", WALKS)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=6),
        st.sampled_from(["SELECT 1", "SELECT 1; SELECT 2", "PREPARE"]))
-def test_arbitrary_server_bytes_relay_or_raise_protocol_error(data: bytes, cuts: list[int],
-                                                               command: str) -> None:
-    c = conv()
-    if command == "PREPARE":
-        c.client(my.packet(0, b"\x16SELECT ?"))
-    else:
-        c.client(query(command))
-    try:
-        for part in chunks(data, cuts):
-            c.server(part)
-    except my.ProtocolError:
-        return
+def test_arbitrary_server_bytes_relay_or_raise_protocol_error(
+        compiled: bool, data: bytes, cuts: list[int], command: str) -> None:
+    with result_walk(compiled):
+        c = conv()
+        if command == "PREPARE":
+            c.client(my.packet(0, b"\x16SELECT ?"))
+        else:
+            c.client(query(command))
+        try:
+            for part in chunks(data, cuts):
+                c.server(part)
+        except my.ProtocolError:
+            return
 
 
 @settings(max_examples=100, deadline=None)
@@ -259,72 +289,167 @@ def last_whole_seq(data: bytes) -> int | None:
     return seq
 
 
+@pytest.mark.parametrize("compiled", WALKS)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(answers(), st.lists(st.integers(0, 1 << 16), max_size=8))
 def test_any_answer_cut_anywhere_is_relayed_whole_and_each_outcome_found(
-        answer: tuple[bool, int, bytes, list[tuple[str | None, int | None, str]]],
+        compiled: bool, answer: tuple[bool, int, bytes, list[tuple[str | None, int | None, str]]],
         cuts: list[int]) -> None:
-    deprecate, statements, data, expected = answer
-    c = conv("admin", caps=EOF_CAPS if deprecate else 0)
-    c.client(query("; ".join(f"SELECT {i}" for i in range(statements))))
-    runs = list(c.started)
-    out, fed = b"", b""
-    for part in chunks(data, cuts):
-        out += c.server(part)
-        fed += part
-        if c.busy:  # an ERR ending the session now follows the last packet relayed
-            seq = last_whole_seq(fed)
-            assert c.error_seq() == (seq + 1 if seq is not None else 1)
-    assert out == data
-    assert not c.busy and not c.sbuf
-    assert [(f[1], f[2], f[5]) for f in c.finished] == expected
-    assert [f[0] for f in c.finished] == runs
+    with result_walk(compiled):
+        deprecate, statements, data, expected = answer
+        c = conv("admin", caps=EOF_CAPS if deprecate else 0)
+        c.client(query("; ".join(f"SELECT {i}" for i in range(statements))))
+        runs = list(c.started)
+        out, fed = b"", b""
+        for part in chunks(data, cuts):
+            out += c.server(part)
+            fed += part
+            if c.busy:  # an ERR ending the session now follows the last packet relayed
+                seq = last_whole_seq(fed)
+                assert c.error_seq() == (seq + 1 if seq is not None else 1)
+        assert out == data
+        assert not c.busy and not c.sbuf
+        assert [(f[1], f[2], f[5]) for f in c.finished] == expected
+        assert [f[0] for f in c.finished] == runs
 
 
-def test_a_long_row_among_rows_of_one_length_is_counted_once() -> None:
-    c = conv()
-    c.client(query("SELECT c FROM t"))
-    row = my.packet(0, b"\x05hello")
-    head = my.packet(1, b"\x01") + my.packet(2, b"\x03def")
-    long_row = my.packet(3, b"\x00" + b"x" * my.MAX_PAYLOAD)  # a packet and its continuation
-    answer = head + row * 20 + long_row + row * 20 \
-        + my.packet(5, b"\xfe\x00\x00" + struct.pack("<HH", my.SERVER_STATUS_AUTOCOMMIT, 0))
-    out = b"".join(c.server(answer[i:i + 70000]) for i in range(0, len(answer), 70000))
-    assert out == answer
-    assert [(f[1], f[2], f[5]) for f in c.finished] == [("ROWS", 41, "ok")]
+@pytest.mark.parametrize("compiled", WALKS)
+def test_a_long_row_among_rows_of_one_length_is_counted_once(compiled: bool) -> None:
+    with result_walk(compiled):
+        c = conv()
+        c.client(query("SELECT c FROM t"))
+        row = my.packet(0, b"\x05hello")
+        head = my.packet(1, b"\x01") + my.packet(2, b"\x03def")
+        long_row = my.packet(3, b"\x00" + b"x" * my.MAX_PAYLOAD)  # a packet and its continuation
+        answer = head + row * 20 + long_row + row * 20 \
+            + my.packet(5, b"\xfe\x00\x00" + struct.pack("<HH", my.SERVER_STATUS_AUTOCOMMIT, 0))
+        out = b"".join(c.server(answer[i:i + 70000]) for i in range(0, len(answer), 70000))
+        assert out == answer
+        assert [(f[1], f[2], f[5]) for f in c.finished] == [("ROWS", 41, "ok")]
 
 
+@pytest.mark.parametrize("compiled", WALKS)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.data(), st.lists(st.integers(0, 1 << 16), max_size=4))
 def test_a_prepared_statement_executed_again_and_again_is_followed_each_time(
-        deprecate: bool, data: st.DataObject, cuts: list[int]) -> None:
+        compiled: bool, deprecate: bool, data: st.DataObject, cuts: list[int]) -> None:
     """Each execution's answer is followed whole, whatever the last one was: the same
     columns (their bytes kept and skipped at once), others, an OK, several results."""
-    c = conv("admin", caps=EOF_CAPS if deprecate else 0)
-    c.client(my.packet(0, b"\x16CALL p(?)"))
-    c.server(my.packet(1, b"\x00" + struct.pack("<IHHBH", 7, 0, 1, 0, 0))
-             + my.packet(2, b"\x03def") + (b"" if deprecate else my.packet(3, b"\xfe\0\0\2\0")))
-    for _ in range(data.draw(st.integers(1, 6))):
-        answer, found = data.draw(results(deprecate, data.draw(st.sampled_from([1, 1, 1, 2])),
-                                          varied=False))
-        c.client(my.packet(0, b"\x17" + struct.pack("<IBI", 7, 0, 1) + b"\x00\x01\x08\x00"
-                           + struct.pack("<q", 42)))
-        [run] = c.started
-        c.started.clear()
-        out, fed = b"", b""
+    with result_walk(compiled):
+        c = conv("admin", caps=EOF_CAPS if deprecate else 0)
+        c.client(my.packet(0, b"\x16CALL p(?)"))
+        c.server(my.packet(1, b"\x00" + struct.pack("<IHHBH", 7, 0, 1, 0, 0))
+                 + my.packet(2, b"\x03def") + (b"" if deprecate else my.packet(3, b"\xfe\0\0\2\0")))
+        for _ in range(data.draw(st.integers(1, 6))):
+            answer, found = data.draw(results(deprecate, data.draw(st.sampled_from([1, 1, 1, 2])),
+                                              varied=False))
+            c.client(my.packet(0, b"\x17" + struct.pack("<IBI", 7, 0, 1) + b"\x00\x01\x08\x00"
+                               + struct.pack("<q", 42)))
+            [run] = c.started
+            c.started.clear()
+            out, fed = b"", b""
+            for part in chunks(answer, cuts):
+                out += c.server(part)
+                fed += part
+                if c.busy:
+                    seq = last_whole_seq(fed)
+                    assert c.error_seq() == (seq + 1 if seq is not None else 1)
+            assert out == answer and not c.busy and not c.sbuf
+            [(done, tag, rows, _, error, outcome)] = c.finished
+            c.finished.clear()
+            *before, (last_tag, last_count, _) = found
+            assert done is run and (error is None) == (outcome == "ok")
+            if last_tag is None:
+                assert (tag, rows, outcome) == (None, None, "error")
+            else:  # the results of one statement (a CALL's): their rows together
+                assert (tag, rows, outcome) == (last_tag, last_count + sum(
+                    n for _, n, _ in before), "ok")
+
+
+def test_the_result_walk_is_compiled_where_it_can_be() -> None:
+    """Where a C compiler and Python's headers are at hand, the install built the walk: a
+    build that failed there would otherwise fall back to Python unnoticed."""
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if os.environ.get("ACCORD_PURE_PYTHON") == "1" or not shutil.which("cc") \
+            or not headers.exists():
+        pytest.skip("no C compiler or Python headers here: the Python walk is used")
+    walk = myconv._walk
+    assert myconv.COMPILED and walk is not None
+    assert (walk.EV_STOP, walk.EV_END, walk.EV_ERROR, walk.EV_HEAD, walk.EV_OTHER,
+            walk.EV_PYTHON) == (myconv.EV_STOP, myconv.EV_END, myconv.EV_ERROR,
+                                myconv.EV_HEAD, myconv.EV_OTHER, myconv.EV_PYTHON)
+    source = Path(myconv.__file__).with_name("_walk.c")
+    if source.exists():  # a checkout: the module was built from this very source
+        assert hashlib.sha256(source.read_bytes()).hexdigest() == walk.SOURCE_SHA256, \
+            "the compiled walk is older than _walk.c: run pip install -e . again"
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> tuple[bool, list[tuple[bytes, bytes]], list[int]]:
+    """A session's commands, each with the server's answer: text queries of one statement
+    or several, a prepared statement executed again and again (with a cursor or not), the
+    answers as MariaDB sends them or damaged (bytes changed, cut, garbage after)."""
+    deprecate = draw(st.booleans())
+    prepare = my.packet(0, b"\x16CALL p(?)")
+    prepared = my.packet(1, b"\x00" + struct.pack("<IHHBH", 7, 0, 1, 0, 0)) \
+        + my.packet(2, b"\x03def") + (b"" if deprecate else my.packet(3, b"\xfe\0\0\2\0"))
+    steps = [(prepare, prepared)]
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["query", "queries", "execute", "execute", "cursor"]))
+        if kind.startswith("query"):
+            count = 1 if kind == "query" else draw(st.integers(2, 3))
+            command = query("; ".join(f"SELECT {i}" for i in range(count)))
+        else:
+            count = draw(st.sampled_from([1, 1, 2]))
+            command = my.packet(0, b"\x17" + struct.pack("<IBI", 7, 1 if kind == "cursor"
+                                                         else 0, 1)
+                                + b"\x00\x01\x08\x00" + struct.pack("<q", 42))
+        answer, _ = draw(results(deprecate, count, varied=draw(st.booleans())))
+        damage = draw(st.sampled_from(["none", "none", "none", "bytes", "cut", "garbage"]))
+        if damage == "bytes" and answer:
+            at = draw(st.integers(0, len(answer) - 1))
+            answer = answer[:at] + draw(st.binary(min_size=1, max_size=4)) + answer[at + 1:]
+        elif damage == "cut":
+            answer = answer[:draw(st.integers(0, len(answer)))]
+        elif damage == "garbage":
+            answer += draw(st.binary(max_size=40))
+        steps.append((command, answer))
+    return deprecate, steps, draw(st.lists(st.integers(0, 1 << 12), max_size=6))
+
+
+def conversation_state(c: Conversation) -> tuple[object, ...]:
+    stmt = c.prepared.get(7)
+    return ([(run.seq, tag, rows, error, outcome)
+             for run, tag, rows, _, error, outcome in c.finished],
+            [(e.kind, e.state, e.rows, e.left, [r.seq for r in e.runs]) for e in c.pending],
+            c.busy, c.error_seq(), bytes(c.sbuf), c._scont, c._next_server_seq,
+            None if stmt is None else (stmt.head, stmt.head_last))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions())
+def test_the_compiled_walk_and_the_python_walk_agree_on_any_answer(
+        session: tuple[bool, list[tuple[bytes, bytes]], list[int]]) -> None:
+    """The same session through the compiled walk and the Python one, the server's bytes
+    cut anywhere, whole or damaged: the same bytes relayed, the same outcomes, the same
+    state after every read, the same protocol error where one ends the session."""
+    if myconv._walk is None:
+        pytest.skip("the compiled walk was not built")
+    deprecate, steps, cuts = session
+    convs = {compiled: conv("admin", caps=EOF_CAPS if deprecate else 0)
+             for compiled in (False, True)}
+    for command, answer in steps:
+        for compiled, c in convs.items():
+            with result_walk(compiled):
+                c.client(command)
         for part in chunks(answer, cuts):
-            out += c.server(part)
-            fed += part
-            if c.busy:
-                seq = last_whole_seq(fed)
-                assert c.error_seq() == (seq + 1 if seq is not None else 1)
-        assert out == answer and not c.busy and not c.sbuf
-        [(done, tag, rows, _, error, outcome)] = c.finished
-        c.finished.clear()
-        *before, (last_tag, last_count, _) = found
-        assert done is run and (error is None) == (outcome == "ok")
-        if last_tag is None:
-            assert (tag, rows, outcome) == (None, None, "error")
-        else:  # the results of one statement (a CALL's): their rows together
-            assert (tag, rows, outcome) == (last_tag, last_count + sum(
-                n for _, n, _ in before), "ok")
+            seen = {}
+            for compiled, c in convs.items():
+                with result_walk(compiled):
+                    try:
+                        seen[compiled] = (c.server(part), conversation_state(c))
+                    except my.ProtocolError as exc:
+                        seen[compiled] = (str(exc), None)
+            assert seen[True] == seen[False]
+            if seen[True][1] is None:
+                return  # that session ends

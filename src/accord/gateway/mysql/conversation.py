@@ -10,7 +10,10 @@ bytes: OK, ERR, EOF, a result set's column count and row packets, a prepared sta
 counts. Two shortcuts keep that cheap without reading less: a prepared statement's answer
 that starts with the same bytes as its last result set (column count, definitions,
 sequence ids) skips them at once, and rows of one length are checked a run at a time
-(`_same_rows`: each header byte and first byte of the run, with strided slices).
+(`_same_rows`: each header byte and first byte of the run, with strided slices). Where the
+optional extension `_walk` (_walk.c) was built, the packets are walked in C and Python acts
+only on what ends a result; the Python walk is the fallback, held to the same output by the
+property tests.
 
 Audit: each statement of a COM_QUERY (multi-statements are split) and each
 COM_STMT_EXECUTE (with the text its COM_STMT_PREPARE had) is a `Run`, in `started` before
@@ -29,6 +32,11 @@ from accord.gateway.classes import READ, UNKNOWN
 from accord.gateway.mysql import protocol as my
 from accord.gateway.mysql.scope import Classifier, Statement
 from accord.gateway.records import Finished, Run, Violation
+
+try:  # the result walk compiled (_walk.c), built at install where a C compiler is at hand
+    from accord.gateway.mysql import _walk
+except ImportError:  # pragma: no cover - exercised where Accord was built without one
+    _walk = None  # type: ignore[assignment]
 
 _NONE: list[Any] = []
 _HDR = struct.Struct("<I")
@@ -56,6 +64,11 @@ _REFUSED_COMMANDS = {
 }
 MAX_PREPARED = 4096  # prepared statements a session keeps track of
 MAX_HEAD = 2048  # the longest start of a prepared statement's answer kept (Prepared.head)
+# Whether `Conversation._result` walks in C (tests turn it off to hold the Python walk, the
+# fallback, to the same output).
+COMPILED = _walk is not None
+_WALK = _walk.walk if _walk is not None else None
+EV_STOP, EV_END, EV_ERROR, EV_HEAD, EV_OTHER, EV_PYTHON = range(6)  # what the walk stops at
 
 
 class Expect:
@@ -163,7 +176,7 @@ class Conversation:
         if not buf and len(data) >= 5:  # the common case: one whole command, alone
             word = _HDR.unpack_from(data)[0]
             length = word & 0xFFFFFF
-            if len(data) == 4 + length and length < my.MAX_PAYLOAD:
+            if len(data) == 4 + length and length < MAX_PAYLOAD:
                 if length > self.max_message:
                     raise my.ProtocolError(f"a command longer than {self.max_message} bytes")
                 self.seq = word >> 24
@@ -409,11 +422,8 @@ class Conversation:
         self._runs = number = self._runs + 1
         run = Run(number, "binary", stmt.text, params, t0)
         self.started.append(run)
-        e = Expect(K_RESULT, [run])
-        if flags & 0x0F:
-            e.cursor = True
-        else:
-            e.stmt = stmt
+        e = Expect(K_RESULT, [run], b"", stmt) if not flags & 0x0F else \
+            Expect(K_RESULT, [run], b"", None, True)  # a cursor: its head is not kept
         if not self._outstanding:
             self._next_server_seq = self.seq + 1
         self._outstanding += 1
@@ -540,15 +550,12 @@ class Conversation:
         prepared statement's result set starts with the same bytes at each execution
         (its column count, definitions and sequence ids), kept from the last one
         (`Prepared.head`): when the answer starts with them, they are skipped at once;
-        rows of one length are counted a run at a time (`_same_rows`)."""
-        unpack = _HDR.unpack_from
+        then `_walk.walk` (C) counts the packets up to what Python must act on, or, without
+        it, the loop below does, rows of one length a run at a time (`_same_rows`)."""
         state = e.state
-        rows = e.rows
-        left = e.left
         last = -1  # the last packet followed (its sequence id is the client's last)
-        begin = -1  # where the result set of a prepared statement's answer began
-        stride = True  # rows of one length may be counted a run at a time
-        stmt = e.stmt
+        begin = -1  # where the result set of a prepared statement's answer began (its head
+        stmt = e.stmt  # is kept when its column definitions end)
         if stmt is not None and state == S_FIRST:
             head = stmt.head
             if head is not None and data.startswith(head, pos):
@@ -557,6 +564,70 @@ class Conversation:
                 state = S_ROWS
             else:
                 begin = pos
+        rows = e.rows
+        left = e.left
+        unpack = _HDR.unpack_from
+        if COMPILED:  # the walk in C (_walk.c): Python acts on what it stops at
+            walk: Any = _WALK
+            deprecate_eof = self.deprecate_eof
+            cursor = e.cursor
+            while True:
+                event, pos, at, state, rows, left, status = walk(
+                    data, pos, n, state, rows, left, deprecate_eof, cursor, begin >= 0)
+                if at >= 0:
+                    last = at
+                if event == EV_END:  # a result set ended: the packet from `last` to `pos`
+                    if status < 0:
+                        status = my.eof_status(data[last + 4:pos], deprecate_eof)
+                    todo = e.runs
+                    if len(todo) == 1 and not status & SERVER_MORE_RESULTS_EXISTS:
+                        run = todo.pop()
+                        self.finished.append((run, "ROWS", run.rows + rows,
+                                              perf_counter_ns() - run.t0, None, "ok"))
+                        state = S_DONE
+                        break
+                    state = self._rows_done(e, rows, status)
+                    rows = 0
+                    e.stmt = stmt = None  # more results: a head is the first result's only
+                    begin = -1
+                    if state == S_DONE:
+                        break
+                    continue
+                if event == EV_STOP:
+                    break
+                if event == EV_ERROR:
+                    self._result_error(e, data[last + 4:pos])
+                    state = S_DONE
+                    break
+                if event == EV_HEAD:
+                    self._keep_head(stmt, data, begin, last, pos)
+                    continue
+                if event == EV_PYTHON:  # counts beyond 64 bits: the loop below takes them
+                    break
+                # EV_OTHER: OK, ERR, a file asked for, a long column count, a cursor's EOF
+                length = unpack(data, pos)[0] & 0xFFFFFF
+                e.state, e.rows, e.left = state, rows, left
+                done = self._answer(e, data, pos + 4, length, data[pos + 4] if length else -1)
+                last = pos
+                pos += 4 + length
+                if done:
+                    state = S_DONE
+                    break
+                if state == S_COLUMNS_EOF and e.state == S_ROWS and begin >= 0 and \
+                        not cursor:
+                    self._keep_head(stmt, data, begin, last, pos)
+                state, rows, left = e.state, e.rows, e.left
+                if state == S_FIRST:  # more results: a head is the first result's only
+                    e.stmt = stmt = None
+                    begin = -1
+                if self._infile is not None:  # the client sends a file now
+                    break
+            if event != EV_PYTHON:
+                if last >= 0:
+                    self._next_server_seq = data[last + 3] + 1
+                e.state, e.rows, e.left = state, rows, left
+                return pos
+        stride = True  # rows of one length may be counted a run at a time
         while n - pos >= 4:
             length = unpack(data, pos)[0] & 0xFFFFFF
             end = pos + 4 + length

@@ -73,7 +73,8 @@ class MySQLSession(DatabaseSession):
         if conv.reply:  # the gateway's own answers, in order behind the server's
             self._to_client(bytes(conv.reply))
             conv.reply.clear()
-        self.pace(bool(conv.cbuf))
+        if conv.cbuf or self._slow is not None:  # else `pace` has nothing to do
+            self.pace(bool(conv.cbuf))
 
     def farewell(self, code: str, message: str) -> bytes | None:
         return my.error_for(self.conv.error_seq(), code, message)
