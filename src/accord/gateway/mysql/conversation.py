@@ -579,13 +579,6 @@ class Conversation:
                 if event == EV_END:  # a result set ended: the packet from `last` to `pos`
                     if status < 0:
                         status = my.eof_status(data[last + 4:pos], deprecate_eof)
-                    todo = e.runs
-                    if len(todo) == 1 and not status & SERVER_MORE_RESULTS_EXISTS:
-                        run = todo.pop()
-                        self.finished.append((run, "ROWS", run.rows + rows,
-                                              perf_counter_ns() - run.t0, None, "ok"))
-                        state = S_DONE
-                        break
                     state = self._rows_done(e, rows, status)
                     rows = 0
                     e.stmt = stmt = None  # more results: a head is the first result's only
@@ -679,13 +672,6 @@ class Conversation:
                         status = my.eof_status(data[last + 4:end], True)
                 else:  # EOF: warnings, status
                     status = _EOF_STATUS.unpack_from(data, last + 7)[0]
-                todo = e.runs
-                if len(todo) == 1 and not status & SERVER_MORE_RESULTS_EXISTS:
-                    run = todo.pop()
-                    self.finished.append((run, "ROWS", run.rows + rows,
-                                          perf_counter_ns() - run.t0, None, "ok"))
-                    state = S_DONE
-                    break
                 state = self._rows_done(e, rows, status)
                 rows = 0
                 e.stmt = stmt = None  # more results: a head is the first result's only
