@@ -90,21 +90,26 @@ workflows:
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children (the gateway's shipper), from
-    /proc: what the gateway costs whatever else the machine runs. A child is listed under
-    the thread that started it (the shipper: a thread of the gateway's, not its main one)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of a process and of its children (the gateway's shipper),
+    from /proc: what the gateway costs whatever else the machine runs. A child is listed
+    under the thread that started it (the shipper: a thread of the gateway's, not its main
+    one)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
+    children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
-            pids += [int(p) for p in (task / "children").read_text().split()]
-    for p in pids:
+            children += [int(p) for p in (task / "children").read_text().split()]
+    own = children_total = 0.0
+    for p in [pid, *children]:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            used = (int(fields[11]) + int(fields[12])) / tick
+            if p == pid:
+                own = used
+            else:
+                children_total += used
+    return own, children_total
 
 
 def backends_cpu(url: str, database: str) -> float:
@@ -255,6 +260,7 @@ def main() -> int:
             async def run() -> dict[str, Any]:
                 rates: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                 cpu: list[float] = []
+                shipper_cpu: list[float] = []
                 store: list[float] = []
                 relay_cpu: list[float] = []
                 for _ in range(args.runs):
@@ -264,12 +270,14 @@ def main() -> int:
                     rates["gateway"].append(await throughput(gateway, data, size))
                     assert gw.pid is not None
                     await asyncio.to_thread(shipped, accord_url, len(cpu) + 1)
-                    cpu.append(cpu_seconds(gw.pid) - before)
+                    after = cpu_seconds(gw.pid)
+                    cpu.append(sum(after) - sum(before))
+                    shipper_cpu.append(after[1] - before[1])
                     store.append(backends_cpu(args.pg_admin_url, accord_db) - pg_before)
                     if not args.no_relay:
                         before = cpu_seconds(relay_pid)
                         rates["relay"].append(await throughput(relayed, data, size))
-                        relay_cpu.append(cpu_seconds(relay_pid) - before)
+                        relay_cpu.append(sum(cpu_seconds(relay_pid)) - sum(before))
                 lat = {"direct": await keystrokes(direct, args.keys),
                        "gateway": await keystrokes(gateway, args.keys)}
                 d, g = statistics.median(rates["direct"]), statistics.median(rates["gateway"])
@@ -288,6 +296,9 @@ def main() -> int:
                     # the gateway's and its shipper's CPU for one run, until it was shipped
                     "gateway_cpu_s_per_100mb": round(
                         statistics.median(cpu) * 100 / args.megabytes, 2),
+                    # of which the shipper's (reading the spool, hashing, inserting)
+                    "shipper_cpu_s_per_100mb": round(
+                        statistics.median(shipper_cpu) * 100 / args.megabytes, 2),
                     # PostgreSQL's, storing the recording and the events (not the gateway's
                     # own, but on the same cores here)
                     "store_cpu_s_per_100mb": round(

@@ -1,10 +1,12 @@
 """What the gateway changes in how asyncssh is driven: input handed over in steps (the
-same bytes in the same order), and no empty MSG_IGNORE before each packet unless a CBC
-cipher was negotiated."""
+same bytes in the same order), what a read makes it send held until the read is handled
+(then one writev per connection, in order), and no empty MSG_IGNORE before each packet
+unless a CBC cipher was negotiated."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -13,14 +15,29 @@ from accord.gateway.ssh import lib
 from accord.gateway.ssh.lib import asyncssh
 
 
+class Transport:
+    def __init__(self) -> None:
+        self.writes: list[list[bytes]] = []  # each write or writelines: one system call
+
+    def write(self, data: bytes) -> None:
+        self.writes.append([data])
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(list(data))
+
+
 class Conn:
     def __init__(self, cipher: str = "aes128-gcm@openssh.com") -> None:
-        self._transport: object | None = object()
+        self._transport: Any = Transport()
         self.cipher = cipher
         self.got: list[bytes] = []
+        self.errors: list[BaseException | None] = []
 
     def get_extra_info(self, name: str) -> str | None:
         return self.cipher if name == "send_cipher" else None
+
+    def internal_error(self) -> None:
+        self.errors.append(sys.exc_info()[1])
 
 
 def test_a_large_read_is_handed_over_in_steps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +80,71 @@ def test_the_empty_ignore_is_sent_only_with_cbc(monkeypatch: pytest.MonkeyPatch)
     assert [p for p, _ in sent] == [data, ignore, ignore]
 
 
+def test_what_a_read_sends_goes_out_once_it_is_handled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    reader, other = Conn(), Conn()
+    a, b = reader._transport, other._transport
+    seen: list[str] = []
+
+    def later() -> None:  # a deferred callback: it sends too, still before the flush
+        assert a.writes == [] and b.writes == []
+        seen.append("later")
+        lib._send(other, b"4")
+
+    def received(conn: Conn, data: Any, datatype: Any = None) -> None:
+        lib._send(other, b"1")  # a relayed packet to the other side
+        lib._send(reader, b"2")  # a window adjust back
+        assert lib.defer(later)
+        if conn is reader:
+            lib._in_steps(other, b"nested")  # a read within a read: it does not flush
+        lib._send(other, b"3")
+        assert a.writes == [] and b.writes == []
+
+    monkeypatch.setattr(lib, "_data_received", received)
+    lib._in_steps(reader, b"x" * 100)
+    # the nested read's packets in their place; the deferred callbacks after both reads
+    assert b.writes == [[b"1", b"1", b"3", b"3", b"4", b"4"]] and a.writes == [[b"2", b"2"]]
+    assert seen == ["later", "later"]
+    # Outside a read, a packet goes at once and nothing is deferred.
+    lib._send(other, b"5")
+    assert b.writes[-1] == [b"5"] and not lib.defer(later)
+
+
+def test_a_packet_goes_to_the_transport_it_was_sent_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = Conn()
+    transport = conn._transport
+
+    def received(conn: Conn, data: Any, datatype: Any = None) -> None:
+        lib._send(conn, b"disconnect")
+        conn._transport = None  # asyncssh's _force_close: the abort comes on the next turn
+        lib._send(conn, b"after")  # as asyncssh: nothing once the transport is gone
+
+    monkeypatch.setattr(lib, "_data_received", received)
+    lib._in_steps(conn, b"x")
+    assert transport.writes == [[b"disconnect"]]
+
+
+def test_an_error_in_a_deferred_callback_closes_the_connection_and_loses_nothing_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = Conn()
+
+    def broken() -> None:
+        raise OSError("no space left on the spool's disk")
+
+    def received(conn: Conn, data: Any, datatype: Any = None) -> None:
+        lib._send(conn, b"1")
+        lib.defer(broken)
+
+    monkeypatch.setattr(lib, "_data_received", received)
+    lib._in_steps(conn, b"x")
+    assert [type(e) for e in conn.errors] == [OSError]
+    assert conn._transport.writes == [[b"1"]]
+    assert not lib.defer(broken)  # nothing left over for the next read
+
+
 def test_the_wrappers_are_what_asyncssh_calls() -> None:
     from asyncssh.connection import SSHConnection
     assert SSHConnection.data_received is lib._in_steps
     assert SSHConnection.send_packet is lib._no_empty_ignore
+    assert SSHConnection._send is lib._send

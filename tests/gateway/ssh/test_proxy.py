@@ -1,7 +1,7 @@
 """A recorded channel's output waits while the spool is full (`gateway.max_spool_bytes`):
 upstream reading paused until the shipper has caught up, and resumed only when the client
-reads too. The channel's parts are stand-ins; the real session's flow is in
-test_gateway.py."""
+reads too. The packets of one read are recorded together, before they go on. The
+channel's parts are stand-ins; the real session's flow is in test_gateway.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from accord.gateway.ssh import proxy
+import orjson
+import pytest
+
+from accord.gateway.ssh import lib, proxy
+from accord.gateway.ssh.cast import Recorder
 
 
 class Up:
@@ -91,3 +95,34 @@ def test_a_finished_channel_stops_waiting() -> None:
         assert chan._spool_wait is None and wait.cancelled()
 
     asyncio.run(run())
+
+
+def test_the_packets_of_one_read_are_recorded_once_before_they_go_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    chan, _up, _audit, _sent = channel()
+    seen: list[tuple[str, Any]] = []  # what was spooled and what was sent, in order
+    chan.chan = SimpleNamespace(write=lambda d: seen.append(("out", d)),
+                                write_stderr=lambda d: seen.append(("err", d)))
+    chan.rec = Recorder(lambda *parts: seen.append(("spool", orjson.loads(b"".join(parts)))),
+                        lambda index, final: None, width=80, height=24, term=None,
+                        command="cat", title="t", chunk_bytes=1 << 20)
+    chan._arm = lambda: None  # type: ignore[method-assign]
+    seen.clear()  # the header
+
+    def read(conn: Any, data: Any, datatype: Any = None) -> None:  # one read of upstream
+        for packet in (b"a" * 10, b"b" * 10, b"c" * 10):
+            chan.output(packet, False)
+        assert seen == []  # held until the read is handled
+        chan.output(b"oops", True)  # stderr: what stdout held goes first
+        chan.output(b"d", False)
+
+    monkeypatch.setattr(lib, "_data_received", read)
+    lib._in_steps(SimpleNamespace(_transport=None), b"x")
+    abc = "a" * 10 + "b" * 10 + "c" * 10
+    assert [(kind, what[1:] if kind == "spool" else what) for kind, what in seen] == [
+        ("spool", ["o", abc]), ("out", abc.encode()),
+        ("spool", ["o", "oops"]), ("err", b"oops"),
+        ("spool", ["o", "d"]), ("out", b"d")]
+    # Outside a read (nothing to wait for), output goes at once.
+    chan.output(b"e", False)
+    assert seen[-1] == ("out", b"e") and chan.held == []

@@ -1,9 +1,12 @@
 """asyncssh, imported without its warning about DSA (cryptography warns on import; the
-gateway never offers or accepts DSA keys), and fed its input a packet's worth at a time."""
+gateway never offers or accepts DSA keys), fed its input a packet's worth at a time, and
+sending what a read made in one write per connection once the read is handled."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 with warnings.catch_warnings():
@@ -23,6 +26,27 @@ _data_received = SSHConnection.data_received
 
 
 def _in_steps(self: Any, data: bytes, datatype: Any = None) -> None:
+    global _corked
+    if _corked is not None:  # within another connection's read: that one sends
+        _fed(self, data, datatype)
+        return
+    corked: dict[int, tuple[Any, list[bytes]]] = {}
+    _corked = corked
+    try:
+        _fed(self, data, datatype)
+        while _deferred:
+            _deferred.pop(0)()
+    except Exception:  # as asyncssh treats a session's error: this connection closes
+        self.internal_error()
+    finally:
+        _corked = None
+        _deferred.clear()
+        for transport, packets in corked.values():
+            with contextlib.suppress(ConnectionError, RuntimeError):  # closed meanwhile
+                transport.writelines(packets)
+
+
+def _fed(self: Any, data: bytes, datatype: Any) -> None:
     if len(data) <= FEED_BYTES:
         _data_received(self, data, datatype)
         return
@@ -35,6 +59,42 @@ def _in_steps(self: Any, data: bytes, datatype: Any = None) -> None:
 
 
 SSHConnection.data_received = _in_steps  # type: ignore[method-assign]
+
+# What a read makes connections send (a relayed read is a few packets to the other side,
+# and window adjusts back) goes out in one writev per connection once the read is handled,
+# not in one write per packet: each write to a socket wakes its reader. A packet is held
+# with the transport it was for (after a disconnect asyncssh drops its reference at once
+# and aborts the transport on the next turn of the loop: the disconnect still goes first).
+_corked: dict[int, tuple[Any, list[bytes]]] | None = None
+_deferred: list[Callable[[], None]] = []
+
+
+def defer(callback: Callable[[], None]) -> bool:
+    """Call `callback` once the read being handled is, before anything it made is sent
+    (and before anything `callback` sends); False outside a read: the caller acts now."""
+    if _corked is None:
+        return False
+    _deferred.append(callback)
+    return True
+
+
+def _send(self: Any, data: bytes) -> None:
+    transport = self._transport
+    if not transport:
+        return
+    corked = _corked
+    if corked is None:
+        with contextlib.suppress(ConnectionError):
+            transport.write(data)
+        return
+    held = corked.get(id(self))
+    if held is None:
+        corked[id(self)] = (transport, [data])
+    else:
+        held[1].append(data)
+
+
+SSHConnection._send = _send  # type: ignore[method-assign]
 
 # asyncssh sends an empty MSG_IGNORE ahead of every packet once encrypting: RFC 4251's
 # defence (9.3.1) against predicting CBC's next IV. The gateway's ciphers are AES-GCM, CTR
@@ -56,4 +116,4 @@ def _no_empty_ignore(self: Any, pkttype: int, *args: bytes, handler: Any = None)
 
 SSHConnection.send_packet = _no_empty_ignore  # type: ignore[method-assign]
 
-__all__ = ["asyncssh"]
+__all__ = ["asyncssh", "defer"]

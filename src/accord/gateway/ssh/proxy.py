@@ -30,6 +30,7 @@ What holds:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -46,7 +47,7 @@ from accord.gateway.records import SessionInfo, Violation
 from accord.gateway.server import Front, GatewayServer
 from accord.gateway.session import Grantee
 from accord.gateway.spool import stream_record
-from accord.gateway.ssh import upstream
+from accord.gateway.ssh import lib, upstream
 from accord.gateway.ssh.cast import Recorder
 from accord.gateway.ssh.lib import asyncssh
 from accord.gateway.ssh.sftp import Follower
@@ -530,6 +531,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.rec: Recorder | None = None
         self.last: dict[str, Any] | None = None  # its recording's last chunk event
         self.pending: list[bytes] = []
+        self.held: list[bytes] = []  # the server's output in the read being handled
         self.eof = False
         self.started_ns = 0
         self.done = False
@@ -669,15 +671,40 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     # -- the server's side (`_Upstream` calls these)
 
     def output(self, data: bytes, stderr: bool) -> None:
+        if self.sftp is None and not stderr:
+            # The packets of one read of the server's connection (up to eight of 32 KiB)
+            # are recorded and forwarded together once it is handled: one event, one write
+            # to the spool, before the packets go on (`lib.defer`).
+            if self.held:
+                self.held.append(data)
+                return
+            self.held = [data]
+            if lib.defer(self.release):
+                return
+            self.release()
+            return
+        self.release()
         if self.sftp is not None and not stderr:
             self.sftp.server(data)
-        if self.rec is not None:  # spooled when a chunk is cut, before it is forwarded
+        self._relay(data, stderr)
+
+    def release(self) -> None:
+        """Record and forward the output held back (`output`)."""
+        held = self.held
+        if not held:
+            return
+        self.held = []
+        self._relay(held[0] if len(held) == 1 else b"".join(held), False)
+
+    def _relay(self, data: bytes, stderr: bool) -> None:
+        if self.rec is not None:  # spooled before it is forwarded
             self.rec.output(data)
             self._arm()
-        if stderr:
-            self.chan.write_stderr(data)
-        else:
-            self.chan.write(data)
+        with contextlib.suppress(BrokenPipeError):  # the client left: recorded all the same
+            if stderr:
+                self.chan.write_stderr(data)
+            else:
+                self.chan.write(data)
         if self.live.audit.spool_full and self._spool_wait is None and self.up is not None:
             # The shipper is far behind (a long burst of output): no more output until it
             # has caught up, rather than a spool that fills the disk.
@@ -697,6 +724,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.up.resume_reading()
 
     def upstream_closed(self) -> None:
+        self.release()
         up = self.up
         status = up.get_exit_status() if up is not None else None
         signal = up.get_exit_signal() if up is not None else None
@@ -770,6 +798,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         """Tell the client `message` on its terminal (stderr without one), then close."""
         if self.chan is None or self.exited:
             return
+        self.release()
         self.exited = True
         data = message.encode()
         if self.rec is not None:
@@ -785,6 +814,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         """The recording's last chunk (once)."""
         if self.done:
             return
+        self.release()
         self.done = True
         if self._tick is not None:
             self._tick.cancel()
@@ -807,6 +837,7 @@ class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.channel.output(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
 
     def eof_received(self) -> bool:
+        self.channel.release()
         if self.channel.chan is not None and not self.channel.done:
             self.channel.chan.write_eof()
         return True
