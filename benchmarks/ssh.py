@@ -18,7 +18,7 @@ with `gateway.ssh` (recording every channel). Then, with asyncssh as the client:
   comes back, --keys times; p50/p99 direct and through the gateway, and what the gateway
   adds (target: p99 under 5 ms on 2 cores).
 
-    .venv/bin/python benchmarks/ssh.py                  # 200 MB, 3 runs, 2000 keystrokes
+    .venv/bin/python benchmarks/ssh.py                  # 200 MB, 5 runs, 2000 keystrokes
     .venv/bin/python benchmarks/ssh.py --megabytes 20 --runs 1 --keys 200
 """
 
@@ -178,7 +178,7 @@ def pct(values: list[float], p: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--megabytes", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--keys", type=int, default=2000)
     ap.add_argument("--cipher", default="aes128-gcm@openssh.com",
                     help="the client's cipher on both paths (\"default\": asyncssh's own "
