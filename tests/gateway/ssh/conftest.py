@@ -8,6 +8,7 @@ a failure). Clients are OpenSSH's `ssh` (the token given through SSH_ASKPASS) an
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import json
@@ -201,6 +202,12 @@ class World(Granting):
                               capture_output=True, text=True, timeout=60, check=False)
 
     def flush(self) -> None:
+        loop = self.gateway._loop
+        if loop is not None and loop.is_running():
+            # A turn of the gateway's loop first: what it was doing when the client saw
+            # the end (a session closed after telling the client why) is done, its facts
+            # are in the writer's hands.
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(10)
         assert self.gateway.audit.drain(timeout=20), "the audit writer did not catch up"
 
     def events(self, type_: str, grant_id: int | None = None) -> list[dict[str, Any]]:

@@ -132,15 +132,28 @@ def test_an_error_in_a_deferred_callback_closes_the_connection_and_loses_nothing
     def broken() -> None:
         raise OSError("no space left on the spool's disk")
 
+    def other() -> None:  # another channel's output, deferred after the broken one
+        lib._send(conn, b"2")
+
     def received(conn: Conn, data: Any, datatype: Any = None) -> None:
         lib._send(conn, b"1")
         lib.defer(broken)
+        lib.defer(other)
 
     monkeypatch.setattr(lib, "_data_received", received)
     lib._in_steps(conn, b"x")
     assert [type(e) for e in conn.errors] == [OSError]
-    assert conn._transport.writes == [[b"1"]]
+    assert conn._transport.writes == [[b"1", b"2"]]
     assert not lib.defer(broken)  # nothing left over for the next read
+
+    def raising(conn: Conn, data: Any, datatype: Any = None) -> None:
+        lib.defer(other)
+        raise ValueError("a bug in a handler")
+
+    monkeypatch.setattr(lib, "_data_received", raising)
+    lib._in_steps(conn, b"x")  # the connection closes; what was deferred still runs
+    assert [type(e) for e in conn.errors] == [OSError, ValueError]
+    assert conn._transport.writes[-1] == [b"2"]
 
 
 def test_the_wrappers_are_what_asyncssh_calls() -> None:

@@ -34,13 +34,15 @@ def _in_steps(self: Any, data: bytes, datatype: Any = None) -> None:
     _corked = corked
     try:
         _fed(self, data, datatype)
-        while _deferred:
-            _deferred.pop(0)()
-    except Exception:  # as asyncssh treats a session's error: this connection closes
+    except Exception:  # as asyncssh treats an error in its handlers: this connection closes
         self.internal_error()
     finally:
+        while _deferred:  # every one, whatever another raised: each holds a channel's output
+            try:
+                _deferred.pop(0)()
+            except Exception:
+                self.internal_error()
         _corked = None
-        _deferred.clear()
         for transport, packets in corked.values():
             with contextlib.suppress(ConnectionError, RuntimeError):  # closed meanwhile
                 transport.writelines(packets)

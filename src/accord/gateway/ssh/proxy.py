@@ -532,6 +532,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.last: dict[str, Any] | None = None  # its recording's last chunk event
         self.pending: list[bytes] = []
         self.held: list[bytes] = []  # the server's output in the read being handled
+        self.releasing = False  # `release` is to be called when that read is handled
         self.eof = False
         self.started_ns = 0
         self.done = False
@@ -675,13 +676,11 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             # The packets of one read of the server's connection (up to eight of 32 KiB)
             # are recorded and forwarded together once it is handled: one event, one write
             # to the spool, before the packets go on (`lib.defer`).
-            if self.held:
-                self.held.append(data)
-                return
-            self.held = [data]
-            if lib.defer(self.release):
-                return
-            self.release()
+            self.held.append(data)
+            if not self.releasing:
+                self.releasing = lib.defer(self.release)
+                if not self.releasing:  # not within a read (nothing else will come with it)
+                    self.release()
             return
         self.release()
         if self.sftp is not None and not stderr:
@@ -690,6 +689,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def release(self) -> None:
         """Record and forward the output held back (`output`)."""
+        self.releasing = False
         held = self.held
         if not held:
             return
