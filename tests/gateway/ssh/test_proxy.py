@@ -30,8 +30,11 @@ class Up:
 class Audit:
     def __init__(self) -> None:
         self.spool_full = False
+        self.shipped: bool | None = None  # what a look at the spool finds (None: as set)
 
     def spool_check(self) -> bool:
+        if self.shipped is not None:
+            self.spool_full = not self.shipped
         return self.spool_full
 
 
@@ -93,6 +96,18 @@ def test_a_finished_channel_stops_waiting() -> None:
         assert wait is not None
         chan.finish()
         assert chan._spool_wait is None and wait.cancelled()
+
+    asyncio.run(run())
+
+
+def test_a_full_spool_left_from_an_ended_episode_does_not_pause_the_next_burst() -> None:
+    async def run() -> None:
+        chan, up, audit, sent = channel()
+        audit.spool_full = True  # the channel that waited for it ended before it cleared
+        audit.shipped = True
+        chan.output(b"burst", False)
+        assert sent == [b"burst"] and up.reading and chan._spool_wait is None
+        assert not audit.spool_full
 
     asyncio.run(run())
 

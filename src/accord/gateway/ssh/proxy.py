@@ -705,7 +705,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 self.chan.write_stderr(data)
             else:
                 self.chan.write(data)
-        if self.live.audit.spool_full and self._spool_wait is None and self.up is not None:
+        if self.live.audit.spool_full and self._spool_wait is None and self.up is not None \
+                and self.live.audit.spool_check():  # not what an ended episode left
             # The shipper is far behind (a long burst of output): no more output until it
             # has caught up, rather than a spool that fills the disk.
             self.up.pause_reading()
