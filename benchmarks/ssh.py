@@ -8,7 +8,8 @@ with `gateway.ssh` (recording every channel). Then, with asyncssh as the client:
 * throughput: `cat` of a file of --megabytes (log-like text; random bytes with --binary,
   the worst case for asciicast) over exec, direct and through the gateway (runs
   interleaved; target: the gateway at least 0.5 of direct), the client with the same
-  --cipher on both paths; and the CPU time the gateway and its shipper spent on a run
+  --cipher on both paths, the recordings' bytes in the database (or pack files, --store
+  packs); and the CPU time the gateway and its shipper spent on a run
   until it was in the ledger (per 100 MB: what the machine's load changes least), and
   PostgreSQL's for storing it (`store_cpu_s_per_100mb`: on the same cores here);
 * the same `cat` through benchmarks/ssh_relay.py (unless --no-relay): a bare relay on
@@ -70,11 +71,13 @@ def sshd(tmp: Path, logfile: Path) -> tuple[subprocess.Popen[bytes], int, str, s
     return proc, port, host_pub, (tmp / "client_key").read_text()
 
 
-def policy(resource: str, port: int, ssh_port: int, target_port: int, host_key: str) -> str:
+def policy(resource: str, port: int, ssh_port: int, target_port: int, host_key: str,
+           packs: Path | None = None) -> str:
+    ssh = f'listen: "127.0.0.1:{ssh_port}"' + (f', recordings_dir: "{packs}"' if packs else "")
     return f"""\
 users: [bench]
 groups: {{benchers: [bench]}}
-gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h, ssh: {{listen: "127.0.0.1:{ssh_port}"}}}}
+gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h, ssh: {{{ssh}}}}}
 resources:
   - name: {resource}
     kind: ssh
@@ -185,6 +188,9 @@ def main() -> int:
                          "list, chacha20-poly1305 first, which the gateway does not offer)")
     ap.add_argument("--binary", action="store_true",
                     help="cat random bytes (the worst case for asciicast) instead of text")
+    ap.add_argument("--store", choices=("database", "packs"), default="database",
+                    help="where the recordings' bytes go: the Accord database, or pack files "
+                         "(gateway.ssh.recordings_dir)")
     ap.add_argument("--no-relay", action="store_true",
                     help="leave out the bare asyncssh relay (benchmarks/ssh_relay.py)")
     ap.add_argument("--pg-admin-url", default=os.environ.get(
@@ -217,7 +223,8 @@ def main() -> int:
             size = args.megabytes << 20
             port, ssh_port = free_port(), free_port()
             config = tmp / "accord.yaml"
-            config.write_text(policy(resource, port, ssh_port, target_port, host_key))
+            config.write_text(policy(resource, port, ssh_port, target_port, host_key,
+                                     tmp / "packs" if args.store == "packs" else None))
             accord_url = f"{base}/{accord_db}"
             token = grant_token(accord_url, config, tmp / "accord-data", resource)
             env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, KEY_ENV: private_key,
@@ -292,6 +299,7 @@ def main() -> int:
                                         "ratio": round(g / d, 3), "target_ratio": 0.5, **relay,
                                         "megabytes": args.megabytes, "runs": args.runs,
                                         "content": "binary" if args.binary else "text",
+                                        "store": args.store,
                                         "cipher": args.cipher},
                     # the gateway's and its shipper's CPU for one run, until it was shipped
                     "gateway_cpu_s_per_100mb": round(

@@ -110,8 +110,9 @@ class AuditWriter:
     def __init__(self, sessions: sessionmaker[Session], spool_root: Path, *,
                  interval: float = 0.1, batch: int = 500, max_backlog: int = 200_000,
                  statements_per_event: int = 1000, max_statement_bytes: int = 16384,
-                 max_spool_bytes: int = 1 << 30) -> None:
+                 max_spool_bytes: int = 1 << 30, recordings_dir: Path | None = None) -> None:
         self.sessions = sessions
+        self.recordings_dir = recordings_dir  # pack files for recordings (None: database)
         self.interval = interval
         self.batch = batch
         self.max_backlog = max_backlog
@@ -160,7 +161,7 @@ class AuditWriter:
         self.spool_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if replay:
             replay_dead(self.sessions, self.spool_root, per_event=self.per_event,
-                        max_text=self.max_text)
+                        max_text=self.max_text, recordings_dir=self.recordings_dir)
         self._writer_lock = claim(self.spool_root, self.instance)
         self._open_next()
         self._start_shipper()
@@ -172,7 +173,8 @@ class AuditWriter:
             target=shipper_main, name="accord-gateway-shipper", daemon=True,
             args=(bind.url.render_as_string(hide_password=False), str(self.dir),
                   self.interval, self.batch, self.per_event, self.max_text, self._shipped,
-                  self._stop_r, ready_w, os.getpid(), self.shipper_nice))
+                  self._stop_r, ready_w, os.getpid(), self.shipper_nice,
+                  str(self.recordings_dir) if self.recordings_dir is not None else None))
         self._proc.start()
         ready_w.close()  # the child's copy is the only writer: its death reads as EOF
         try:

@@ -99,7 +99,7 @@ def gateway(
 
 def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, port: int,
              count: int, log_level: str) -> int:
-    from accord.gateway import prefork
+    from accord.gateway import packs, prefork
     from accord.gateway.protocols import listeners as listen_all
     from accord.gateway.server import spool_root
     from accord.gateway.shipper import replay_dead
@@ -116,7 +116,8 @@ def _prefork(st: AppState, spec: GatewaySpec, config: Path | None, host: str, po
         """Ship the spools of dead processes; whether some were still held."""
         held: list[Path] = []
         replay_dead(st.sessions, root, per_event=spec.statements_per_event,
-                    max_text=spec.max_statement_bytes, waiting=held)
+                    max_text=spec.max_statement_bytes, waiting=held,
+                    recordings_dir=packs.root(st.settings.data_dir, spec))
         return bool(held)
 
     rescue()

@@ -61,7 +61,10 @@ class GatewayRecording(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # The bytes, or null when they are in a pack file (`gateway.ssh.recordings_dir`):
+    # `location` says where (`name@offset`, `accord.gateway.packs`).
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    location: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -21,6 +21,7 @@ from accord.ledger import service as ledger
 from accord.ledger.events import Actor, EventType, Via
 
 if TYPE_CHECKING:  # spool imports this module: a type only, at run time no cycle
+    from accord.gateway.packs import PackWriter
     from accord.gateway.spool import Fact
 
 _VIA = str(Via.GATEWAY)  # a plain str: the ledger's fast canonical encoder takes only those
@@ -92,7 +93,8 @@ def as_dicts(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_event: int,
-                 max_text: int, mark: int | None = None) -> int:
+                 max_text: int, mark: int | None = None,
+                 packs: PackWriter | None = None) -> int:
     """Ledger events for a batch of audit facts, the grants' usage, and the spool mark.
 
     A session's statements in one batch share an event (at most `per_event` statements
@@ -171,9 +173,17 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
     dialect = session.get_bind().dialect.name
     if stored:  # one statement for the round's chunks, not a round trip each
         now = datetime.now(UTC)
-        session.execute(blob_insert(dialect), [
-            {"sha256": digest, "size": len(blob), "data": blob, "created_at": now}
-            for digest, blob in stored.items()])
+        if packs is not None:  # on disk (fsynced) before the events can commit
+            where = packs.append(stored)
+            session.execute(blob_insert(dialect), [
+                {"sha256": digest, "size": len(blob), "data": None,
+                 "location": where[digest], "created_at": now}
+                for digest, blob in stored.items()])
+        else:
+            session.execute(blob_insert(dialect), [
+                {"sha256": digest, "size": len(blob), "data": blob, "location": None,
+                 "created_at": now}
+                for digest, blob in stored.items()])
     if usage:
         session.execute(usage_upsert(dialect), [
             {"grant_id": gid, "first_used_at": _wall(u[0]), "last_used_at": _wall(u[1]),

@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 from accord import metrics
 from accord.db import transaction
-from accord.gateway import memory, prefork_msg, tokens
+from accord.gateway import memory, packs, prefork_msg, tokens
 from accord.gateway.audit import AuditWriter
 from accord.gateway.link import Link
 from accord.gateway.records import SessionInfo
@@ -219,7 +219,8 @@ class GatewayServer:
             batch=spec.flush_batch, max_backlog=spec.max_backlog,
             statements_per_event=spec.statements_per_event,
             max_statement_bytes=spec.max_statement_bytes,
-            max_spool_bytes=spec.max_spool_bytes)
+            max_spool_bytes=spec.max_spool_bytes,
+            recordings_dir=packs.root(st.settings.data_dir, spec))
         self.message_timeout = spec.message_timeout.total_seconds()
         self.sessions: dict[int, LiveSession] = {}
         self.keys: dict[Any, LiveSession] = {}

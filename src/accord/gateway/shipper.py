@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord import logs
 from accord.db import make_engine, make_sessionmaker, transaction
 from accord.gateway import memory, recording
+from accord.gateway.packs import PackWriter
 from accord.gateway.spool import (
     DONE,
     Fact,
@@ -57,7 +58,7 @@ def ship_lock(directory: Path) -> int | None:
 def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, max_text: int,
          interval: float = 0.5, batch: int = 10_000, gone: Callable[[], bool] = lambda: True,
          shipped: Any = None, ready: Any = None, wait: Callable[[float], Any] = time.sleep,
-         ) -> int | None:
+         recordings_dir: Path | None = None) -> int | None:
     """Put one spool directory in the ledger; with `gone` false, keep following it.
 
     Returns how many facts it recorded, or None when another live process ships it.
@@ -73,6 +74,7 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
         ready.set()
     instance = directory.name
     total = 0
+    packs = PackWriter(recordings_dir, instance) if recordings_dir is not None else None
     try:
         with sessions() as s:
             mark = recording.spool_mark(s, instance=instance)
@@ -96,7 +98,8 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
                     with transaction(sessions) as s:
                         recording.record_facts(s, facts=chunk, instance=instance,
                                              per_event=per_event, max_text=max_text,
-                                             mark=DONE if last else chunk[-1][0])
+                                             mark=DONE if last else chunk[-1][0],
+                                             packs=packs)
                     mark = DONE if last else chunk[-1][0]
                     total += len(chunk)
                     pending = rest
@@ -123,11 +126,14 @@ def ship(sessions: sessionmaker[Session], directory: Path, *, per_event: int, ma
                 return total
             wait(interval)
     finally:
+        if packs is not None:
+            packs.close()
         os.close(fd)
 
 
 def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
-                max_text: int, waiting: list[Path] | None = None) -> int:
+                max_text: int, waiting: list[Path] | None = None,
+                recordings_dir: Path | None = None) -> int:
     """Ship what dead gateway processes left when their shippers died too (a live
     process's spool, or a dead one's that its shipper is shipping, is left alone); returns
     facts recorded. Safe beside running gateways (the prefork parent runs it now and then).
@@ -141,7 +147,8 @@ def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
                 if time.time() - path.stat().st_mtime > 60:  # the latter: nothing in it
                     shutil.rmtree(path, ignore_errors=True)
             continue
-        recorded = ship(sessions, path, per_event=per_event, max_text=max_text)
+        recorded = ship(sessions, path, per_event=per_event, max_text=max_text,
+                        recordings_dir=recordings_dir)
         if recorded is None and waiting is not None:
             waiting.append(path)  # its shipper is at it (or dying: a SIGKILL waits for I/O)
         if recorded:
@@ -153,7 +160,7 @@ def replay_dead(sessions: sessionmaker[Session], root: Path, *, per_event: int,
 
 def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_event: int,
                   max_text: int, shipped: Any, stop: Any, ready: Any, parent: int,
-                  nice: int | None = None) -> None:
+                  nice: int | None = None, recordings_dir: str | None = None) -> None:
     """The shipper process: follow the spool until the gateway stops or dies.
 
     It ignores SIGINT and SIGTERM: a terminal's Ctrl-C or an init system signals the whole
@@ -187,7 +194,8 @@ def shipper_main(db_url: str, directory: str, interval: float, batch: int, per_e
     try:
         result = ship(make_sessionmaker(engine), path, per_event=per_event, max_text=max_text,
                       interval=interval, batch=batch, gone=gone, shipped=shipped,
-                      ready=Ready(), wait=wait)
+                      ready=Ready(), wait=wait,
+                      recordings_dir=Path(recordings_dir) if recordings_dir else None)
     finally:
         engine.dispose()
     if result is None or path.exists():

@@ -70,6 +70,10 @@ class GatewaySSHSpec(Strict):
     # OpenSSH's is chacha20-poly1305, which costs the gateway (asyncssh) 13 times what
     # AES-GCM does per packet, for every byte of every session: not offered unless listed.
     ciphers: list[SSHCipher] = Field(default_factory=lambda: list(SSH_CIPHERS), min_length=1)
+    # Where recordings' bytes are kept: in the database (null), or in pack files under this
+    # directory (relative: to $ACCORD_DATA_DIR), which every process that ships, shows or
+    # verifies recordings must see (`accord.gateway.packs`).
+    recordings_dir: str | None = Field(default=None, min_length=1)
 
     _d = field_validator("chunk_interval", mode="before")(lambda cls, v: _short_duration(v))
 

@@ -653,7 +653,7 @@ def _detail(request: Request, session: Session, st: AppState, viewer: Viewer, re
     explanation = explaining.explain(
         session, req=req, directory=st.policies.directory(session), in_force=policy.version,
     ) if explaining.may_explain(policy, viewer.user, req) else None
-    recorded = ssh_views.listing(session, grant.id) if grant is not None else []
+    recorded = ssh_views.listing(session, st, grant.id) if grant is not None else []
     end_read(session)
     # A statement review's execution, as the ledger holds it (binds the run to the hash).
     executed = next((e for e in events

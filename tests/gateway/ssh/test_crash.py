@@ -2,7 +2,8 @@
 ledger holds every byte the client received (each event is in the spool before it is
 forwarded), each channel ends with a `recovered` final chunk, and it verifies. Once with the
 gateway's shipper finishing the spool, once with the shipper killed too and the spool
-replayed by the next start; enough binary output that the spool moves to a new segment
+replayed by the next start; with the bytes in the database and in pack files
+(`gateway.ssh.recordings_dir`); enough binary output that the spool moves to a new segment
 (`spool.R_STREAM`) inside an uncut chunk."""
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from accord.gateway import shipper, spool
+from accord.gateway.models import GatewayRecording
 from accord.gateway.ssh import recordings
 from accord.gateway.ssh.cast import output, parse
 from accord.gateway.ssh.lib import asyncssh
@@ -30,13 +33,19 @@ pytestmark = pytest.mark.ssh
 MEGABYTES = 20  # base64 in the spool: more than one 16 MiB segment
 
 
-@pytest.fixture
-def gateway(world: World, tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes], Path]]:
+Gateway = tuple[int, subprocess.Popen[bytes], Path, Path | None]
+
+
+@pytest.fixture(params=["database", "packs"])
+def gateway(world: World, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """`accord gateway` in a process of its own that cuts no chunk before the channel ends
-    (8 MiB chunks, an hour apart)."""
-    with gateway_process(world, tmp_path, "--processes", "1",
-                         ssh="chunk_interval: 1h, chunk_bytes: 8388608") as (port, proc, _):
-        yield port, proc, tmp_path / "data" / "gateway-spool"
+    (8 MiB chunks, an hour apart); recordings' bytes in the database, or in pack files
+    (`gateway.ssh.recordings_dir`)."""
+    packs = tmp_path / "packs" if request.param == "packs" else None
+    ssh = "chunk_interval: 1h, chunk_bytes: 8388608" + (
+        f", recordings_dir: {packs}" if packs is not None else "")
+    with gateway_process(world, tmp_path, "--processes", "1", ssh=ssh) as (port, proc, _):
+        yield port, proc, tmp_path / "data" / "gateway-spool", packs
 
 
 async def _session_then_kill(world: World, port: int, token: dict[str, Any], data: Path,
@@ -63,10 +72,16 @@ async def _session_then_kill(world: World, port: int, token: dict[str, Any], dat
     return echoed, got
 
 
-def _check(world: World, grant_id: int, echoed: bytes, received: bytes) -> None:
+def _check(world: World, grant_id: int, echoed: bytes, received: bytes,
+           packs: Path | None) -> None:
     with world.env.st.sessions() as s:
         (session,) = recordings.sessions_of(s, grant_id=grant_id)
-        blobs = recordings.blobs(s, [d["sha256"] for ch in session.channels for d in ch.chunks])
+        digests = [d["sha256"] for ch in session.channels for d in ch.chunks]
+        blobs = recordings.blobs(s, digests, packs)
+        stored = s.execute(select(GatewayRecording.data, GatewayRecording.location)
+                           .where(GatewayRecording.sha256.in_(digests))).all()
+    assert all((data is None) == (packs is not None) == (location is not None)
+               for data, location in stored)
     shell, exe = session.channels
     for channel, want in ((shell, echoed), (exe, received)):
         data, problems = recordings.assemble(channel, blobs.get)
@@ -84,9 +99,8 @@ def _kill(proc: subprocess.Popen[bytes], shipper_too: bool) -> Any:
 
 @pytest.mark.parametrize("shipper_too", [False, True], ids=["gateway", "gateway-and-shipper"])
 def test_sigkill_mid_session_loses_no_output(
-        world: World, gateway: tuple[int, subprocess.Popen[bytes], Path], tmp_path: Path,
-        shipper_too: bool) -> None:
-    port, proc, spooled = gateway
+        world: World, gateway: Gateway, tmp_path: Path, shipper_too: bool) -> None:
+    port, proc, spooled, packs = gateway
     data = tmp_path / "random.bin"
     data.write_bytes(os.urandom(MEGABYTES << 20))
     grant = world.grant("erin")
@@ -97,9 +111,9 @@ def test_sigkill_mid_session_loses_no_output(
     assert len(received) == data.stat().st_size
     if shipper_too:
         assert shipper.replay_dead(world.env.st.sessions, spooled, per_event=1000,
-                                   max_text=16384) > 0
+                                   max_text=16384, recordings_dir=packs) > 0
     deadline = time.monotonic() + 60
     while any(spooled.iterdir()):  # the orphaned shipper finishing, in its own process
         assert time.monotonic() < deadline, "the shipper did not finish the spool"
         time.sleep(0.05)
-    _check(world, grant["id"], echoed, received)
+    _check(world, grant["id"], echoed, received, packs)

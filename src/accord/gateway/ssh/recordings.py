@@ -9,11 +9,13 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from accord.gateway import packs
 from accord.gateway.models import GatewayRecording
 from accord.ledger.events import EventType
 from accord.ledger.models import LedgerEntry
@@ -92,10 +94,21 @@ def sessions_of(session: Session, *, grant_id: int | None = None,
     return list(out.values())
 
 
-def blobs(session: Session, digests: Iterable[str]) -> dict[str, bytes]:
-    rows = session.execute(select(GatewayRecording.sha256, GatewayRecording.data)
+def blobs(session: Session, digests: Iterable[str], packs_root: Path | None = None
+          ) -> dict[str, bytes]:
+    """The stored bytes of these chunks: from their rows, or from pack files under
+    `packs_root` (`gateway.ssh.recordings_dir`); a chunk whose bytes are not there is left
+    out (verification then says they are missing)."""
+    rows = session.execute(select(GatewayRecording.sha256, GatewayRecording.size,
+                                  GatewayRecording.data, GatewayRecording.location)
                            .where(GatewayRecording.sha256.in_(list(digests)))).all()
-    return {digest: bytes(data) for digest, data in rows}
+    out: dict[str, bytes] = {}
+    for digest, size, data, location in rows:
+        blob = bytes(data) if data is not None else \
+            packs.read(packs_root, location, size) if location else None
+        if blob is not None:
+            out[digest] = blob
+    return out
 
 
 def check_chunk(data: dict[str, Any], blob: bytes | None) -> str | None:

@@ -5,6 +5,7 @@ a chunk by sha256 (for `accord audit verify`), the browser player, and users' pu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from accord.api.deps import Principal, db, known_id, principal, require_reader, state
 from accord.errors import Conflict, Invalid, NotFound
+from accord.gateway import packs
 from accord.gateway.models import GatewayRecording, GatewaySSHKey
 from accord.gateway.ssh import recordings
 from accord.grants.models import Grant
@@ -51,12 +53,17 @@ def _session(session: Session, policy: Policy, user: str, session_id: str
     return found[0]
 
 
-def listing(session: Session, grant_id: int) -> list[dict[str, Any]]:
+def packs_root(st: AppState) -> Path | None:
+    """Where recordings' pack files are (None: in the database)."""
+    return packs.root(st.settings.data_dir, st.policies.current.loaded.spec.gateway)
+
+
+def listing(session: Session, st: AppState, grant_id: int) -> list[dict[str, Any]]:
     """A grant's recorded sessions and channels, each channel checked."""
     out = []
     for s in recordings.sessions_of(session, grant_id=grant_id):
         digests = [d["sha256"] for ch in s.channels for d in ch.chunks]
-        stored = recordings.blobs(session, digests)
+        stored = recordings.blobs(session, digests, packs_root(st))
         channels = []
         for ch in s.channels:
             _, problems = recordings.assemble(ch, stored.get)
@@ -69,11 +76,12 @@ def listing(session: Session, grant_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def _cast(session: Session, rec: recordings.Session_, channel: int) -> Response:
+def _cast(session: Session, st: AppState, rec: recordings.Session_, channel: int
+          ) -> Response:
     ch = next((c for c in rec.channels if c.channel == channel), None)
     if ch is None:
         raise NotFound(f"session {rec.id} has no channel {channel}")
-    stored = recordings.blobs(session, [d["sha256"] for d in ch.chunks])
+    stored = recordings.blobs(session, [d["sha256"] for d in ch.chunks], packs_root(st))
     data, problems = recordings.assemble(ch, stored.get)
     return Response(data, media_type=CAST, headers={
         "X-Accord-Verified": "false" if problems else "true",
@@ -82,35 +90,41 @@ def _cast(session: Session, rec: recordings.Session_, channel: int) -> Response:
 
 @router.get("/grants/{grant_id}/ssh-sessions")
 def grant_sessions(grant_id: int, who: Principal = Depends(principal),
-                   session: Session = Depends(db)) -> list[dict[str, Any]]:
+                   session: Session = Depends(db), st: AppState = Depends(state)
+                   ) -> list[dict[str, Any]]:
     """A grant's recorded SSH sessions, each channel with whether its recording verified."""
     grant = _grant(session, who.policy, who.user, known_id(grant_id, "grant"))
-    return listing(session, grant.id)
+    return listing(session, st, grant.id)
 
 
 @router.get("/ssh-sessions/{session_id}")
 def session_detail(session_id: str, who: Principal = Depends(principal),
-                   session: Session = Depends(db)) -> dict[str, Any]:
+                   session: Session = Depends(db), st: AppState = Depends(state)
+                   ) -> dict[str, Any]:
     rec = _session(session, who.policy, who.user, session_id)
-    return next(s for s in listing(session, rec.grant_id) if s["session"] == rec.id)
+    return next(s for s in listing(session, st, rec.grant_id) if s["session"] == rec.id)
 
 
 @router.get("/ssh-sessions/{session_id}/channels/{channel}/cast")
 def session_cast(session_id: str, channel: int, who: Principal = Depends(principal),
-                 session: Session = Depends(db)) -> Response:
+                 session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
     """One channel's recording (asciicast v2); `X-Accord-Verified` says whether every chunk
     matched the ledger."""
-    return _cast(session, _session(session, who.policy, who.user, session_id), channel)
+    return _cast(session, st, _session(session, who.policy, who.user, session_id), channel)
 
 
 @router.get("/recordings/{sha256}")
 def recording_bytes(sha256: str, who: Principal = Depends(require_reader),
-                    session: Session = Depends(db)) -> Response:
+                    session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
     """The stored bytes of one recording chunk (auditors and admins: `audit verify`)."""
-    row = session.get(GatewayRecording, sha256.lower()[:64])
-    if row is None:
-        raise NotFound(f"no recording chunk {sha256}")
-    return Response(bytes(row.data), media_type="application/octet-stream")
+    digest = sha256.lower()[:64]
+    found = recordings.blobs(session, [digest], packs_root(st)).get(digest)
+    if found is None:
+        exists = session.get(GatewayRecording, digest) is not None
+        raise NotFound(f"recording chunk {sha256}: its pack file is missing or short "
+                       f"under gateway.ssh.recordings_dir" if exists else
+                       f"no recording chunk {sha256}")
+    return Response(found, media_type="application/octet-stream")
 
 
 @web.get("/ssh-sessions/{session_id}", response_class=HTMLResponse)
@@ -119,7 +133,7 @@ def player_page(request: Request, session_id: str, session: Session = Depends(db
     viewer = require_viewer(request, session, st)
     p = viewer.principal
     rec = _session(session, p.policy, p.user, session_id)
-    info = next(s for s in listing(session, rec.grant_id) if s["session"] == rec.id)
+    info = next(s for s in listing(session, st, rec.grant_id) if s["session"] == rec.id)
     return page(request, "ssh_session.html", viewer, s=info)
 
 
@@ -128,7 +142,7 @@ def player_cast(request: Request, session_id: str, channel: int,
                 session: Session = Depends(db), st: AppState = Depends(state)) -> Response:
     viewer = require_viewer(request, session, st)
     p = viewer.principal
-    return _cast(session, _session(session, p.policy, p.user, session_id), channel)
+    return _cast(session, st, _session(session, p.policy, p.user, session_id), channel)
 
 
 class KeyIn(BaseModel):
