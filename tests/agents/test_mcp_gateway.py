@@ -338,8 +338,13 @@ def test_revocation_ends_the_session_within_two_seconds(
     [closed] = env.events(type="gateway.session_closed")
     assert opened["data"]["session"] == closed["data"]["session"]
     assert closed["data"]["reason"] == "grant revoked"
-    assert closed["data"]["statements"] == up.calls["get_time"]
-    assert len(env.events(type="gateway.tool_call")) == up.calls["get_time"]
+    # Every call that reached the upstream is recorded; one still running when the watch
+    # closed the session was stopped (its event says so) and is not in the close's count.
+    calls = env.events(type="gateway.tool_call")
+    assert len(calls) == up.calls["get_time"]
+    stopped = [c for c in calls if "the call was stopped" in (c["data"]["error"] or "")]
+    assert len(stopped) <= 1
+    assert closed["data"]["statements"] == len(calls) - len(stopped)
 
 
 def test_revocation_stops_a_running_call_within_two_seconds(
