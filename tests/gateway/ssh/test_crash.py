@@ -63,7 +63,7 @@ async def _session_then_kill(world: World, port: int, token: dict[str, Any], dat
             want = line.replace(b"\r", b"\r\n")
             while echoed.count(want) < 2:  # the terminal's echo, then cat's line
                 echoed += await typed.stdout.read(4096)
-        binary = await conn.create_process(f"cat {data}; sleep 600", encoding=None)
+        binary = await conn.create_process(f"cat {data}; sleep 120", encoding=None)
         got = b""
         size = data.stat().st_size
         while len(got) < size:
