@@ -338,13 +338,14 @@ def test_revocation_ends_the_session_within_two_seconds(
     [closed] = env.events(type="gateway.session_closed")
     assert opened["data"]["session"] == closed["data"]["session"]
     assert closed["data"]["reason"] == "grant revoked"
-    # Every call that reached the upstream is recorded; one still running when the watch
-    # closed the session was stopped (its event says so) and is not in the close's count.
+    # Every call is recorded. One the watch's close caught (running, or let in but not yet
+    # sent) was stopped, its event says so, and it is not in the close's count; only a
+    # running one can have reached the upstream.
     calls = env.events(type="gateway.tool_call")
-    assert len(calls) == up.calls["get_time"]
     stopped = [c for c in calls if "the call was stopped" in (c["data"]["error"] or "")]
     assert len(stopped) <= 1
     assert closed["data"]["statements"] == len(calls) - len(stopped)
+    assert len(calls) - len(stopped) <= up.calls["get_time"] <= len(calls)
 
 
 def test_revocation_stops_a_running_call_within_two_seconds(

@@ -420,8 +420,14 @@ def test_the_newcomers_path(browser: Browser, walk: Walk, provider: Provider,
     # Badges turn verified live, once the next checkpoint covers the events: the gateway's
     # shipper, the integrator and the signer each take their turn (seconds on a busy
     # 2-core machine), so wait for them rather than for Playwright's default 5 s.
-    expect(dave.locator("#timeline .badge.verified")).to_have_count(len(kinds),
-                                                                      timeout=30_000)
+    try:
+        expect(dave.locator("#timeline .badge.verified")).to_have_count(len(kinds),
+                                                                          timeout=45_000)
+    except AssertionError as exc:  # say what the page and the server said instead
+        hint = dave.locator("#timeline-title + p").inner_text()
+        badges = dave.locator("#timeline .badge").all_inner_texts()
+        raise AssertionError(f"{exc}\npage: {hint}\nbadges: {badges}\nserver log (end): "
+                             f"{server.log.read_text(errors='replace')[-3000:]}") from None
     expect(dave.locator("#act")).to_have_count(0)  # an auditor acts on nothing
     fits(dave, "request detail")
     shot(dave, f"request-detail-{w}")

@@ -396,12 +396,17 @@ class McpGateway:
                                                        facts)
         t0 = time.perf_counter_ns()
         error: str | None = None
-        stopped: MCPError | None = None  # the grant ended while the call ran
+        stopped: MCPError | None = None  # the grant ended while the call ran (or before)
         answer: Answer | None = None
         try:
-            with self.live.call(live) as scope:
-                answer = await call(target)
-            if scope.cancelled_caught:
+            # A call that was let in before its session ended (the watch closed it while
+            # the call was read or waited for approval) does not go upstream.
+            cut = live.ended is not None
+            if not cut:
+                with self.live.call(live) as scope:
+                    answer = await call(target)
+                cut = scope.cancelled_caught
+            if cut:
                 ended = (live.ended or "ended").removeprefix("grant ")
                 stopped = MCPError(REFUSED, f"Accord gateway: grant {granted.grant_id} is "
                                             f"{ended}; the call was stopped")
