@@ -182,7 +182,17 @@ def check(c: Cluster, load: Load, phase: str) -> None:
     # Every acknowledged request and approval, with its events.
     requests = {rid: (user, status, grant) for rid, user, status, grant in sql(
         c.url, "SELECT id, requester, status, grant_id FROM access_requests")}
-    events = sql(c.url, "SELECT idx, type, subject, time FROM ledger_entries ORDER BY idx")
+    # A job may still append an event after the settle (a grant's last step, say): read
+    # the ledger once everything in it is integrated.
+    snapshot: list[list[Any]] = []
+
+    def integrated() -> bool:
+        snapshot[:] = [sql(c.url, "SELECT idx, type, subject, time FROM ledger_entries "
+                                  "ORDER BY idx")]
+        return all(row[0] is not None for row in snapshot[0])
+
+    assert until(integrated, 30, every=0.2), "the ledger's last entries were not integrated"
+    events = snapshot[0]
     by_subject = Counter((t, s) for _i, t, s, _w in events)
     for rid, user in acked.requests.items():
         assert rid in requests and requests[rid][0] == user, rid
