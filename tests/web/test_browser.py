@@ -754,3 +754,26 @@ def test_revoking_asks_why_and_works_without_javascript(
     expect(frank.get_by_role("status")).to_have_text(
         f"Access revoked. Grant #{grant} (alice, read on orders-db) has ended.")
     expect(frank.locator("tbody tr", has_text=f"Request #{rid}")).to_have_count(0)
+
+
+def test_a_page_whose_live_stream_dropped_catches_up_when_it_is_back(
+        browser: Browser, server: Server, provider: Provider) -> None:
+    alice = sign_in(browser, server, provider, "alice")
+    rid = file_request(alice, server, "INC-14: a change while the stream is down")
+    down = {"on": True}
+
+    def stream(route: Any) -> None:  # the live stream refused while `down`
+        if down["on"]:
+            route.abort()
+        else:
+            route.continue_()
+
+    alice.route("**/live", stream)
+    alice.goto(f"{server.url}/requests/{rid}")
+    expect(alice.locator(".summary .status")).to_have_text("pending")
+    bob = sign_in(browser, server, provider, "bob")
+    approve_in_inbox(bob, rid)  # a change no stream of alice's page was there to hear
+    expect(bob.get_by_role("status")).to_contain_text("Approved.")
+    down["on"] = False  # the browser's own retry gets through now
+    expect(alice.locator("#timeline .event code", has_text="approval.recorded")
+           ).to_have_count(1, timeout=20_000)

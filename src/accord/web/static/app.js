@@ -51,6 +51,13 @@
     const events = new EventSource(source);
     events.addEventListener("change", refresh);
     events.addEventListener("logout", function () { location.reload(); });
+    // The browser reconnects a dropped stream by itself, but a change made meanwhile was
+    // never sent: look once the stream is back.
+    let dropped = false;
+    events.addEventListener("error", function () { dropped = true; });
+    events.addEventListener("open", function () {
+      if (dropped) { dropped = false; failures = 0; refresh(); }
+    });
     document.documentElement.dataset.live = "on";
   }
 
