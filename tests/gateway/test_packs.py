@@ -31,6 +31,9 @@ def test_chunks_are_read_back_from_where_they_were_appended(tmp_path: Path) -> N
         assert packs.read(tmp_path / "packs", where[digest], len(blob)) == blob
     (pack,) = (tmp_path / "packs").iterdir()
     assert pack.name.startswith("abc123-") and pack.name.endswith(".pack")
+    # What was typed and shown: readable by the gateway's user only.
+    assert pack.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "packs").stat().st_mode & 0o777 == 0o700
     assert pack.stat().st_size == sum(map(len, (first | second).values()))
 
 
@@ -48,7 +51,7 @@ def test_a_new_pack_is_begun_past_its_size(tmp_path: Path,
 
 @pytest.mark.parametrize("location", [
     "../secret.pack@0", "/etc/passwd@0", "gw-1.pack@-1", "gw-1.pack@x", "gw-1.pack",
-    "gw-1.txt@0", "missing.pack@0", "gw-1.pack@4000"])
+    "gw-1.txt@0", "missing.pack@0", "gw-1.pack@4000", "gw-1.pack@\u00b2", "gw-1.pack@1@2"])
 def test_nothing_is_read_from_outside_the_directory_or_past_a_pack(
         tmp_path: Path, location: str) -> None:
     (tmp_path / "gw-1.pack").write_bytes(b"x" * 4000)

@@ -22,7 +22,7 @@ from accord.spec.gateway import GatewaySpec
 
 PACK_BYTES = 256 << 20  # a pack file is closed past this size (and a new one begun)
 IOV_MAX = 512  # buffers per writev (Linux takes 1024)
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}\.pack")
+_LOCATION = re.compile(r"([A-Za-z0-9_.-]{1,200}\.pack)@([0-9]{1,19})")
 
 
 def root(data_dir: Path, spec: GatewaySpec | None) -> Path | None:
@@ -42,10 +42,11 @@ class PackWriter:
         self._size = 0
 
     def _open(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        # What people typed (passwords among it) and saw: for this user only, as the spool.
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._name = f"{self.prefix}-{secrets.token_hex(6)}.pack"
         self._fd = os.open(self.root / self._name,
-                           os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+                           os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._size = 0
         dir_fd = os.open(self.root, os.O_RDONLY)
         try:  # the new file's name survives a machine crash with its first round
@@ -91,9 +92,10 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
 def read(root: Path | None, location: str, size: int) -> bytes | None:
     """A chunk's bytes at `location` (`name@offset`), or None when they are not there (no
     directory configured, a missing or short pack: what verification reports as missing)."""
-    name, _, offset = location.rpartition("@")
-    if root is None or not _NAME.fullmatch(name) or not offset.isdigit():
+    found = _LOCATION.fullmatch(location)
+    if root is None or found is None:
         return None
+    name, offset = found.groups()
     try:
         fd = os.open(root / name, os.O_RDONLY)
     except OSError:

@@ -173,17 +173,12 @@ def record_facts(session: Session, *, facts: Sequence[Fact], instance: str, per_
     dialect = session.get_bind().dialect.name
     if stored:  # one statement for the round's chunks, not a round trip each
         now = datetime.now(UTC)
-        if packs is not None:  # on disk (fsynced) before the events can commit
-            where = packs.append(stored)
-            session.execute(blob_insert(dialect), [
-                {"sha256": digest, "size": len(blob), "data": None,
-                 "location": where[digest], "created_at": now}
-                for digest, blob in stored.items()])
-        else:
-            session.execute(blob_insert(dialect), [
-                {"sha256": digest, "size": len(blob), "data": blob, "location": None,
-                 "created_at": now}
-                for digest, blob in stored.items()])
+        # In pack files (fsynced before the events can commit), or in the rows.
+        where = packs.append(stored) if packs is not None else {}
+        session.execute(blob_insert(dialect), [
+            {"sha256": digest, "size": len(blob), "location": where.get(digest),
+             "data": None if digest in where else blob, "created_at": now}
+            for digest, blob in stored.items()])
     if usage:
         session.execute(usage_upsert(dialect), [
             {"grant_id": gid, "first_used_at": _wall(u[0]), "last_used_at": _wall(u[1]),

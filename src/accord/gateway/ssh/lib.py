@@ -30,7 +30,7 @@ def _in_steps(self: Any, data: bytes, datatype: Any = None) -> None:
     if _corked is not None:  # within another connection's read: that one sends
         _fed(self, data, datatype)
         return
-    corked: dict[int, tuple[Any, list[bytes]]] = {}
+    corked: dict[Any, tuple[Any, list[bytes]]] = {}
     _corked = corked
     try:
         _fed(self, data, datatype)
@@ -67,7 +67,7 @@ SSHConnection.data_received = _in_steps  # type: ignore[method-assign]
 # not in one write per packet: each write to a socket wakes its reader. A packet is held
 # with the transport it was for (after a disconnect asyncssh drops its reference at once
 # and aborts the transport on the next turn of the loop: the disconnect still goes first).
-_corked: dict[int, tuple[Any, list[bytes]]] | None = None
+_corked: dict[Any, tuple[Any, list[bytes]]] | None = None  # connection: transport, packets
 _deferred: list[Callable[[], None]] = []
 
 
@@ -89,9 +89,9 @@ def _send(self: Any, data: bytes) -> None:
         with contextlib.suppress(ConnectionError):
             transport.write(data)
         return
-    held = corked.get(id(self))
+    held = corked.get(self)
     if held is None:
-        corked[id(self)] = (transport, [data])
+        corked[self] = (transport, [data])
     else:
         held[1].append(data)
 
