@@ -18,7 +18,13 @@ left out, with a note, where it is not installed (`apt-get install haproxy`).
 
 Workloads: `oltp_point_select` (target: at least 0.45 of direct) and `oltp_read_only` (0.6).
 CPU per transaction of the gateway (with its audit shippers; `gateway_shipper`: theirs
-alone), the Accord worker, the forwarder, HAProxy and MariaDB (`mariadbd`) comes from /proc.
+alone), the Accord worker, the forwarder, HAProxy, MariaDB (`mariadbd`) and PostgreSQL (the
+ledger's store) comes from /proc, sysbench's own from its rusage: every process on the
+machine that does the work, so a proxy's cost to the others shows too.
+
+    --pin     # sysbench and MariaDB on CPU 0, everything else on the other CPUs: a proxy
+              # on a host of its own, as in production, one gateway process (HAProxy
+              # thread) per CPU it has; without it all share every core
 
     --workloads oltp_point_select --targets gateway     # one cell, e.g. to profile it:
     ACCORD_BENCH_GATEWAY_PREFIX="py-spy record -o gw.svg --subprocesses --" \
@@ -31,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -57,11 +64,13 @@ TARGETS = ("direct", "gateway", "forwarder", "haproxy")
 WORKLOADS = {"oltp_point_select": 0.45, "oltp_read_only": 0.6}
 
 
-def policy(resource: str, port: int, mysql_port: int) -> str:
+def policy(resource: str, port: int, mysql_port: int, priority: int | None = None) -> str:
+    mysql = f'mysql: {{listen: "127.0.0.1:{mysql_port}"}}'
+    nice = "" if priority is None else f", priority: {priority}"
     return f"""\
 users: [bench]
 groups: {{benchers: [bench]}}
-gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h, mysql: {{listen: "127.0.0.1:{mysql_port}"}}}}
+gateway: {{listen: "127.0.0.1:{port}", token_ttl: 2h, {mysql}{nice}}}
 resources:
   - name: {resource}
     kind: mariadb
@@ -114,17 +123,51 @@ def pids_named(name: str) -> list[int]:
     return out
 
 
+def pin(saved: dict[int, set[int]], pids: list[int], cpus: set[int]) -> None:
+    """Every thread of `pids` on `cpus`, its affinity before kept in `saved` (restored at the
+    end); threads and processes started later by them inherit it."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            tid = int(task.name)
+            with suppress(OSError):
+                saved.setdefault(tid, os.sched_getaffinity(tid))
+                os.sched_setaffinity(tid, cpus)
+
+
+def renice(pid: int, priority: int | None) -> None:
+    """Every thread of a relay at the gateway's `priority` (HAProxy 2.6 has no `nice`)."""
+    if priority is not None:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.setpriority(os.PRIO_PROCESS, int(task.name), priority)
+
+
+def postgres_seconds() -> float:
+    """CPU seconds of PostgreSQL's processes (the ledger's inserts, the worker's reads);
+    a backend that ended between two readings is not counted."""
+    ticks = 0
+    for pid in pids_named("postgres"):  # each process once: not with its descendants
+        with suppress(FileNotFoundError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def shipper_seconds(gateway: int) -> float:
     """CPU seconds of the gateway's audit shippers (children started by multiprocessing)."""
     return sum(cpu_seconds(p) for p in descendants(gateway) if "multiprocessing" in cmdline(p))
 
 
 def sysbench(workload: str, conn: list[str], seconds: int, threads: int,
-             table_size: int) -> dict[str, float]:
+             table_size: int, cpus: set[int] | None = None) -> dict[str, float]:
+    """One sysbench run: its transactions, tx/s, mean latency and its own CPU seconds."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [SYSBENCH, workload, "--db-driver=mysql", *conn, "--tables=1",
            f"--table-size={table_size}", f"--threads={threads}", f"--time={seconds}",
            "--report-interval=0", "--mysql-ssl=off", "run"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          preexec_fn=None if cpus is None else
+                          lambda: os.sched_setaffinity(0, cpus))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"sysbench failed:\n{done.stdout}\n{done.stderr}")
     tx = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", done.stdout)
@@ -132,7 +175,8 @@ def sysbench(workload: str, conn: list[str], seconds: int, threads: int,
     if tx is None:
         raise SystemExit(f"cannot read sysbench's output:\n{done.stdout}")
     return {"transactions": int(tx.group(1)), "tps": float(tx.group(2)),
-            "latency_ms": float(lat.group(1)) if lat else 0.0}
+            "latency_ms": float(lat.group(1)) if lat else 0.0,
+            "cpu_s": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime}
 
 
 def main() -> int:
@@ -162,6 +206,14 @@ def main() -> int:
     ap.add_argument("--targets", default=None,
                     help="comma-separated: which of direct, gateway, forwarder, haproxy "
                          "(default: all; ratios need direct and gateway)")
+    ap.add_argument("--gateway-priority", type=int, default=None,
+                    help="gateway.priority, the data path's nice value (as gateway.py's); "
+                         "HAProxy's threads and the forwarder get the same")
+    ap.add_argument("--pin", action="store_true",
+                    help="sysbench and MariaDB on CPU 0, the rest (the gateway and its "
+                         "shippers, the Accord worker, PostgreSQL, the forwarder, HAProxy) on "
+                         "the other CPUs: a proxy on a host of its own, as in production, "
+                         "instead of sharing the cores with its load generator and database")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args()
     quiet = args.json_only
@@ -185,7 +237,14 @@ def main() -> int:
         wanted.remove("haproxy")
         skipped["haproxy"] = "not installed (apt-get install haproxy)"
         log(f"left out: {why}", quiet)
-    processes = args.gateway_processes or auto_count("postgresql")
+    pinned: dict[int, set[int]] = {}  # thread -> its affinity before the run
+    if args.pin and (os.cpu_count() or 1) < 2:
+        print(json.dumps({"error": "--pin needs two CPUs or more"}))
+        return 2
+    near = {0} if args.pin else None
+    far = set(range(1, os.cpu_count() or 2))
+    # Pinned, the gateway (and HAProxy) get one process (thread) per CPU they are given.
+    processes = args.gateway_processes or (len(far) if args.pin else auto_count("postgresql"))
     suffix = secrets.token_hex(4)
     accord_db, target_db = f"accord_mybench_{suffix}", f"accord_mybench_t_{suffix}"
     dsn = args.mariadb.rstrip("/")
@@ -199,10 +258,14 @@ def main() -> int:
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{target_db}`")
     base = args.pg_admin_url.rsplit("/", 1)[0]
-    with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(accord_db)))
+    with psycopg.connect(args.pg_admin_url, autocommit=True) as pg:
+        pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(accord_db)))
     tmp = Path(tempfile.mkdtemp(prefix="accord-mybench-"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    if args.pin:  # what this script starts inherits `far`; sysbench is given `near`
+        pin(pinned, [os.getpid()], far)
+        pin(pinned, pids_named("mariadbd") or pids_named("mysqld"), near or {0})
+        pin(pinned, pids_named("postgres"), far)  # new backends inherit the postmaster's
     direct = [f"--mysql-host={my_host}", f"--mysql-port={my_port}", f"--mysql-user={my_user}",
               f"--mysql-password={my_password}", f"--mysql-db={target_db}"]
     try:
@@ -213,14 +276,14 @@ def main() -> int:
         resource = "bench"
         gw_port, my_gw_port = free_port(), free_port()
         config = tmp / "accord.yaml"
-        config.write_text(policy(resource, gw_port, my_gw_port))
+        config.write_text(policy(resource, gw_port, my_gw_port, args.gateway_priority))
         data_dir = tmp / "data"
         accord_url = f"{base}/{accord_db}"
         env = {**os.environ, "ACCORD_DATABASE_URL": accord_url, "ACCORD_CONFIG": str(config),
                "ACCORD_DATA_DIR": str(data_dir), "BENCH_MYSQL_DSN": f"{dsn}/{target_db}" + (
                    f"?unix_socket={args.unix_socket}" if args.upstream == "unix" else "")}
         token = grant_token(accord_url, config, data_dir, resource)
-        count = ["--processes", str(args.gateway_processes)] if args.gateway_processes else []
+        count = ["--processes", str(processes)] if args.gateway_processes or args.pin else []
         prefix = os.environ.get("ACCORD_BENCH_GATEWAY_PREFIX", "").split()  # a profiler
         procs["gateway"] = start([*prefix, ACCORD, "gateway", "--log-level", "warning",
                                   *count], env, tmp / "gateway.log")
@@ -238,6 +301,7 @@ def main() -> int:
             procs["forwarder"] = start(
                 [sys.executable, FORWARDER, str(fw_port), upstream], env, tmp / "forwarder.out")
             wait_port(fw_port, procs["forwarder"], tmp / "forwarder.out")
+            renice(procs["forwarder"].pid, args.gateway_priority)
             targets["forwarder"] = ["--mysql-host=127.0.0.1", f"--mysql-port={fw_port}",
                                     *direct[2:]]
             counted["forwarder"] = procs["forwarder"].pid
@@ -251,6 +315,7 @@ def main() -> int:
             targets["haproxy"] = ["--mysql-host=127.0.0.1", f"--mysql-port={ha_port}",
                                   *direct[2:]]
             counted["haproxy"] = procs["haproxy"].pid
+            renice(procs["haproxy"].pid, args.gateway_priority)
         targets = {t: c for t, c in targets.items() if t in wanted}
         workloads = {w: WORKLOADS[w] for w in args.workloads.split(",")}
         mariadbd = pids_named("mariadbd") or pids_named("mysqld")
@@ -262,16 +327,21 @@ def main() -> int:
                 for target, conn in targets.items():
                     before = {k: cpu_seconds(p) for k, p in counted.items()}
                     before_db = sum(cpu_seconds(p) for p in mariadbd)
+                    before_pg = postgres_seconds()
                     before_ship = shipper_seconds(gateway_pid)
-                    r = sysbench(workload, conn, args.seconds, args.threads, args.table_size)
+                    r = sysbench(workload, conn, args.seconds, args.threads, args.table_size,
+                                 near)
                     cpu = {k: cpu_seconds(p) - before[k] for k, p in counted.items()}
                     cpu["mariadbd"] = sum(cpu_seconds(p) for p in mariadbd) - before_db
+                    cpu["sysbench"] = r.pop("cpu_s")
+                    # PostgreSQL stores the ledger: direct runs show what else it does.
+                    cpu["postgres"] = postgres_seconds() - before_pg
                     # Of the gateway's (which counts its shippers): the shippers' part.
                     cpu["gateway_shipper"] = shipper_seconds(gateway_pid) - before_ship
                     r["cpu_us_per_tx"] = {  # type: ignore[assignment]
                         k: round(v / max(r["transactions"], 1) * 1e6, 1)
                         for k, v in cpu.items()
-                        if k == "mariadbd" or k == target or (
+                        if k in ("mariadbd", "sysbench", "postgres") or k == target or (
                             target == "gateway" and k in ("accord_worker", "gateway_shipper"))}
                     results[workload][target].append(r)
                     log(f"run {run + 1} {workload} {target}: {r['tps']:.0f} tx/s "
@@ -280,7 +350,10 @@ def main() -> int:
                                            "loadavg": os.getloadavg()},
                                "runs": args.runs, "seconds": args.seconds,
                                "threads": args.threads, "upstream": args.upstream,
+                               "pinned": {"sysbench_mariadbd": sorted(near), "proxies": sorted(
+                                   far)} if near else None,
                                "gateway_processes": processes,
+                               "gateway_priority": args.gateway_priority,
                                "haproxy_nbthread": processes if "haproxy" in targets else None,
                                "workloads": {}}
         if skipped:
@@ -319,10 +392,13 @@ def main() -> int:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{target_db}`")
         admin.close()
-        with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+        with psycopg.connect(args.pg_admin_url, autocommit=True) as pg:
+            pg.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(accord_db)))
         shutil.rmtree(tmp, ignore_errors=True)
+        for tid, cpus in pinned.items():
+            with suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
 
 
 if __name__ == "__main__":
