@@ -72,16 +72,29 @@ async def _session_then_kill(world: World, port: int, token: dict[str, Any], dat
     return echoed, got
 
 
+def _known(world: World) -> set[str]:
+    """The chunks the module's database holds already (by sha256)."""
+    with world.env.st.sessions() as s:
+        return set(s.execute(select(GatewayRecording.sha256)).scalars())
+
+
 def _check(world: World, grant_id: int, echoed: bytes, received: bytes,
-           packs: Path | None) -> None:
+           packs: Path | None, known: set[str]) -> None:
     with world.env.st.sessions() as s:
         (session,) = recordings.sessions_of(s, grant_id=grant_id)
         digests = [d["sha256"] for ch in session.channels for d in ch.chunks]
         blobs = recordings.blobs(s, digests, packs)
-        stored = s.execute(select(GatewayRecording.data, GatewayRecording.location)
+        stored = s.execute(select(GatewayRecording.sha256, GatewayRecording.size,
+                                  GatewayRecording.data, GatewayRecording.location)
                            .where(GatewayRecording.sha256.in_(digests))).all()
-    assert all((data is None) == (packs is not None) == (location is not None)
-               for data, location in stored)
+    # Chunks are stored by content: one the database held before this session (an earlier
+    # test's, in the other store) keeps its row. Each row is in one store; this session's
+    # own in the one configured.
+    assert all((data is None) != (location is None) for _, _, data, location in stored)
+    new = [(data, location) for digest, _, data, location in stored if digest not in known]
+    assert len(new) > 2
+    assert all((data is None) == (packs is not None) for data, _ in new), [
+        (size, data is None, location) for _, size, data, location in stored]
     shell, exe = session.channels
     for channel, want in ((shell, echoed), (exe, received)):
         data, problems = recordings.assemble(channel, blobs.get)
@@ -105,6 +118,7 @@ def test_sigkill_mid_session_loses_no_output(
     data.write_bytes(os.urandom(MEGABYTES << 20))
     grant = world.grant("erin")
     token = world.token(grant, "erin")
+    known = _known(world)
     with contextlib.suppress(asyncssh.Error, OSError):
         echoed, received = asyncio.run(_session_then_kill(
             world, port, token, data, _kill(proc, shipper_too)))
@@ -116,4 +130,4 @@ def test_sigkill_mid_session_loses_no_output(
     while any(spooled.iterdir()):  # the orphaned shipper finishing, in its own process
         assert time.monotonic() < deadline, "the shipper did not finish the spool"
         time.sleep(0.05)
-    _check(world, grant["id"], echoed, received, packs)
+    _check(world, grant["id"], echoed, received, packs, known)
