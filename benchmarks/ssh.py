@@ -11,7 +11,8 @@ with `gateway.ssh` (recording every channel). Then, with asyncssh as the client:
   --cipher on both paths, the recordings' bytes in the database (or pack files, --store
   packs); and the CPU time the gateway and its shipper spent on a run
   until it was in the ledger (per 100 MB: what the machine's load changes least), and
-  PostgreSQL's for storing it (`store_cpu_s_per_100mb`: on the same cores here);
+  PostgreSQL's for storing it (`store_cpu_s_per_100mb`: on the same cores here); with
+  --upload the other way: the file written to `cat > /dev/null` (the client's input);
 * the same `cat` through benchmarks/ssh_relay.py (unless --no-relay): a bare relay on
   asyncssh, SSH terminated twice and nothing else, the floor for any gateway built on
   asyncssh (`relay_ratio`, `gateway_to_relay`, `relay_cpu_s_per_100mb`);
@@ -157,6 +158,22 @@ async def throughput(connect: Any, path: Path, size: int) -> float:
     return size / took / 1e6
 
 
+async def upload(connect: Any, path: Path, size: int) -> float:
+    """MB/s of the file written to `cat > /dev/null` over exec (the client's input: an
+    upload, recorded as input)."""
+    async with connect() as conn:
+        t0 = time.perf_counter()
+        proc = await conn.create_process("cat > /dev/null", encoding=None)
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+        proc.stdin.write_eof()
+        await proc.wait()
+        took = time.perf_counter() - t0
+    return size / took / 1e6
+
+
 async def keystrokes(connect: Any, keys: int) -> list[float]:
     """Milliseconds from writing one byte to an interactive `cat` until its echo."""
     async with connect() as conn:
@@ -188,6 +205,9 @@ def main() -> int:
                          "list, chacha20-poly1305 first, which the gateway does not offer)")
     ap.add_argument("--binary", action="store_true",
                     help="cat random bytes (the worst case for asciicast) instead of text")
+    ap.add_argument("--upload", action="store_true",
+                    help="send the file to `cat > /dev/null` (the client's input) instead of "
+                         "`cat` of it (the server's output)")
     ap.add_argument("--store", choices=("database", "packs"), default="database",
                     help="where the recordings' bytes go: the Accord database, or pack files "
                          "(gateway.ssh.recordings_dir)")
@@ -264,6 +284,8 @@ def main() -> int:
                                         agent_path=None, config=None,
                                         preferred_auth="password", encryption_algs=ciphers)
 
+            moved = upload if args.upload else throughput
+
             async def run() -> dict[str, Any]:
                 rates: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                 cpu: list[float] = []
@@ -271,10 +293,10 @@ def main() -> int:
                 store: list[float] = []
                 relay_cpu: list[float] = []
                 for _ in range(args.runs):
-                    rates["direct"].append(await throughput(direct, data, size))
+                    rates["direct"].append(await moved(direct, data, size))
                     before = cpu_seconds(gw.pid)
                     pg_before = backends_cpu(args.pg_admin_url, accord_db)
-                    rates["gateway"].append(await throughput(gateway, data, size))
+                    rates["gateway"].append(await moved(gateway, data, size))
                     assert gw.pid is not None
                     await asyncio.to_thread(shipped, accord_url, len(cpu) + 1)
                     after = cpu_seconds(gw.pid)
@@ -283,7 +305,7 @@ def main() -> int:
                     store.append(backends_cpu(args.pg_admin_url, accord_db) - pg_before)
                     if not args.no_relay:
                         before = cpu_seconds(relay_pid)
-                        rates["relay"].append(await throughput(relayed, data, size))
+                        rates["relay"].append(await moved(relayed, data, size))
                         relay_cpu.append(sum(cpu_seconds(relay_pid)) - sum(before))
                 lat = {"direct": await keystrokes(direct, args.keys),
                        "gateway": await keystrokes(gateway, args.keys)}
@@ -300,6 +322,7 @@ def main() -> int:
                                         "megabytes": args.megabytes, "runs": args.runs,
                                         "content": "binary" if args.binary else "text",
                                         "store": args.store,
+                                        "direction": "upload" if args.upload else "download",
                                         "cipher": args.cipher},
                     # the gateway's and its shipper's CPU for one run, until it was shipped
                     "gateway_cpu_s_per_100mb": round(

@@ -30,3 +30,13 @@ def test_a_small_run_prints_every_figure() -> None:
                                                       rel=0.02)  # of rounded figures
     assert out["gateway_cpu_s_per_100mb"] > 0 and out["store_cpu_s_per_100mb"] >= 0
     assert out["keystroke_ms"]["gateway"]["p50"] > 0
+
+
+def test_an_upload_run_sends_the_file_the_other_way() -> None:
+    require_services()
+    done = subprocess.run([sys.executable, str(SCRIPT), "--megabytes", "2", "--runs", "1",
+                           "--keys", "5", "--upload", "--no-relay"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    speed = json.loads(done.stdout)["throughput_mb_s"]
+    assert speed["direction"] == "upload" and speed["direct"] > 0 and speed["gateway"] > 0

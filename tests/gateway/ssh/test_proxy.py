@@ -6,6 +6,7 @@ channel's parts are stand-ins; the real session's flow is in test_gateway.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,7 +40,7 @@ class Audit:
 
 
 def channel() -> tuple[proxy.Channel, Up, Audit, list[bytes]]:
-    audit, sent = Audit(), []
+    audit, sent = Audit(), list[bytes]()
     live: Any = SimpleNamespace(audit=audit, channels={})
     chan = proxy.Channel(live, 1)
     chan.chan = SimpleNamespace(write=sent.append, write_stderr=sent.append)
@@ -141,3 +142,39 @@ def test_the_packets_of_one_read_are_recorded_once_before_they_go_on(
     # Outside a read (nothing to wait for), output goes at once.
     chan.output(b"e", False)
     assert seen[-1] == ("out", b"e") and chan.held == []
+
+
+def test_the_input_of_one_read_is_recorded_once_before_it_goes_upstream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    chan, _up, _audit, _sent = channel()
+    seen: list[tuple[str, Any]] = []  # what was spooled and what went upstream, in order
+    chan.up = SimpleNamespace(write=lambda d: seen.append(("up", d)),
+                              write_eof=lambda: seen.append(("eof", None)),
+                              change_terminal_size=lambda *size: seen.append(("size", size)))
+    chan.rec = Recorder(lambda *parts: seen.append(("spool", orjson.loads(b"".join(parts)))),
+                        lambda index, final: None, width=80, height=24, term=None,
+                        command=None, title="t", chunk_bytes=1 << 20)
+    chan._arm = lambda: None  # type: ignore[method-assign]
+    chan.live.patterns = [("rm", re.compile(r"rm -rf"))]
+    seen.clear()  # the header
+
+    def read(conn: Any, data: Any, datatype: Any = None) -> None:  # one read of the client
+        for packet in (b"a" * 10, b"rm -", b"rf /\r"):
+            chan.data_received(packet, None)
+        assert seen == []  # held until the read is handled
+        chan.terminal_size_changed(100, 30, 0, 0)  # what was typed before goes first
+        chan.data_received(b"d", None)
+        chan.eof_received()  # so does what came before the end of input
+
+    monkeypatch.setattr(lib, "_data_received", read)
+    lib._in_steps(SimpleNamespace(_transport=None), b"x")
+    typed = "a" * 10 + "rm -rf /\r"
+    assert [(kind, what[1:] if kind == "spool" else what) for kind, what in seen] == [
+        ("spool", ["i", typed]), ("up", typed.encode()),
+        ("spool", ["r", "100x30"]), ("size", (100, 30, 0, 0)),
+        ("spool", ["i", "d"]), ("up", b"d"), ("eof", None)]
+    # The line split over two packets was seen whole by the typed-command patterns.
+    assert chan.flags == [{"pattern": "rm", "line": "a" * 10 + "rm -rf /"}]
+    # Outside a read (nothing to wait for), input goes at once.
+    chan.data_received(b"e", None)
+    assert seen[-1] == ("up", b"e") and chan.typed_in == []

@@ -533,6 +533,8 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.pending: list[bytes] = []
         self.held: list[bytes] = []  # the server's output in the read being handled
         self.releasing = False  # `release` is to be called when that read is handled
+        self.typed_in: list[bytes] = []  # the client's input in the read being handled
+        self.taking = False  # `take` is to be called when that read is handled
         self.eof = False
         self.started_ns = 0
         self.done = False
@@ -618,19 +620,43 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.live.last_input = time.monotonic()
-        if self.sftp is not None:
-            self.sftp.client(data)
-        elif self.command is None and self.live.patterns:
+        if self.sftp is None:
+            # As the server's output (`output`): the packets of one read of the client's
+            # connection (an upload, a paste) are recorded as one event and go upstream
+            # together once the read is handled. A keystroke is a read of its own.
+            self.typed_in.append(data)
+            if not self.taking:
+                self.taking = lib.defer(self.take)
+                if not self.taking:
+                    self.take()
+            return
+        self.sftp.client(data)
+        self._input(data)
+
+    def take(self) -> None:
+        """Record and forward the input held back (`data_received`)."""
+        self.taking = False
+        held = self.typed_in
+        if not held:
+            return
+        self.typed_in = []
+        data = held[0] if len(held) == 1 else b"".join(held)
+        if self.command is None and self.live.patterns:
             self._typed(data)  # before the recorder may cut the chunk holding this input
+        self._input(data)
+
+    def _input(self, data: bytes) -> None:
         if self.rec is not None:
             self.rec.input(data)
             self._arm()
         if self.up is not None:
-            self.up.write(data)
+            with contextlib.suppress(BrokenPipeError):  # the server's side closed meanwhile
+                self.up.write(data)
         else:
             self.pending.append(data)
 
     def eof_received(self) -> bool:
+        self.take()
         if self.up is not None:
             self.up.write_eof()
         else:
@@ -639,6 +665,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:
+        self.take()  # what was typed before the resize is recorded before it
         self.size = (width, height, pixwidth, pixheight)
         if self.rec is not None:
             self.rec.resize(width, height)
@@ -646,11 +673,13 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.up.change_terminal_size(width, height, pixwidth, pixheight)
 
     def break_received(self, msec: int) -> bool:
+        self.take()
         if self.up is not None:
             self.up.send_break(msec)
         return True
 
     def signal_received(self, signal: str) -> None:
+        self.take()
         if self.up is not None:
             self.up.send_signal(signal)
 
@@ -665,6 +694,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.up.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.take()  # what came with the close goes upstream first
         if self.up is not None:
             self.up.close()
         self.finish()
@@ -815,6 +845,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         """The recording's last chunk (once)."""
         if self.done:
             return
+        self.take()
         self.release()
         self.done = True
         if self._tick is not None:
