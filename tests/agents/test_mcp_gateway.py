@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from accord import migrations
 from accord.db import make_engine, transaction
 from accord.gateway import shipper, spool
+from accord.gateway.mcp import live as mcp_live
 from accord.ledger.service import INLINE
 from accord.notify.message import render
 from accord.worker.job_runner import detect_all
@@ -346,6 +347,41 @@ def test_revocation_ends_the_session_within_two_seconds(
     assert len(stopped) <= 1
     assert closed["data"]["statements"] == len(calls) - len(stopped)
     assert len(calls) - len(stopped) <= up.calls["get_time"] <= len(calls)
+
+
+def test_an_answer_that_came_in_as_its_session_closed_is_withheld(
+        env: Env, base: str, up: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch's close can land after a call's answer is in but before its task resumed
+    (the cancellation finds nothing to cancel): the close and its count are spooled then,
+    so the call is recorded as stopped and its answer withheld, as one cut off."""
+    _req, conn = granted(env)
+    running = mcp_live.Sessions.call
+
+    @contextlib.contextmanager
+    def closed_as_it_answers(self: mcp_live.Sessions, live: mcp_live.Live) -> Iterator[Any]:
+        with running(self, live) as scope:
+            yield scope
+            if up.calls["echo"]:  # echo's answer is in, its task not yet on: the watch closes
+                self.end(live, "grant revoked")
+
+    monkeypatch.setattr(mcp_live.Sessions, "call", closed_as_it_answers)
+
+    async def agent() -> None:
+        async with connect(gateway_url(base), conn["token"]) as client:
+            assert payload(await client.call_tool("get_time", {})) == "12:00"
+            with pytest.raises(MCPError) as stopped:
+                await client.call_tool("echo", {"text": "late"})
+            assert "is revoked; the call was stopped" in stopped.value.error.message
+
+    anyio.run(agent)
+    shipped(base)
+    [closed] = env.events(type="gateway.session_closed")
+    calls = env.events(type="gateway.tool_call")
+    assert [c["data"]["tool"] for c in calls] == ["get_time", "echo"]
+    assert closed["data"]["statements"] == 1  # the close counted what had been answered
+    late = calls[1]["data"]
+    assert "the call was stopped" in late["error"] and late["result_bytes"] > 0
+    assert up.calls["echo"] == 1  # it ran upstream: its answer is recorded, not returned
 
 
 def test_revocation_stops_a_running_call_within_two_seconds(

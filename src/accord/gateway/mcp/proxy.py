@@ -405,7 +405,10 @@ class McpGateway:
             if not cut:
                 with self.live.call(live) as scope:
                     answer = await call(target)
-                cut = scope.cancelled_caught
+                # Also when the answer was in before the close's cancellation reached the
+                # call: the session's close (and its count of calls) is spooled already, so
+                # the answer is withheld and the call recorded as stopped, as one cut off.
+                cut = scope.cancelled_caught or live.ended is not None
             if cut:
                 ended = (live.ended or "ended").removeprefix("grant ")
                 stopped = MCPError(REFUSED, f"Accord gateway: grant {granted.grant_id} is "
