@@ -141,7 +141,7 @@ def test_the_packets_of_one_read_are_recorded_once_before_they_go_on(
         ("spool", ["o", "d"]), ("out", b"d")]
     # Outside a read (nothing to wait for), output goes at once.
     chan.output(b"e", False)
-    assert seen[-1] == ("out", b"e") and chan.held == []
+    assert seen[-1] == ("out", b"e") and chan.out_held.parts == []
 
 
 def test_the_input_of_one_read_is_recorded_once_before_it_goes_upstream(
@@ -177,4 +177,4 @@ def test_the_input_of_one_read_is_recorded_once_before_it_goes_upstream(
     assert chan.flags == [{"pattern": "rm", "line": "a" * 10 + "rm -rf /"}]
     # Outside a read (nothing to wait for), input goes at once.
     chan.data_received(b"e", None)
-    assert seen[-1] == ("up", b"e") and chan.typed_in == []
+    assert seen[-1] == ("up", b"e") and chan.in_held.parts == []

@@ -80,6 +80,33 @@ def defer(callback: Callable[[], None]) -> bool:
     return True
 
 
+class Held:
+    """The data one read brings for one stream, passed to `then` in one piece once the read
+    is handled (at once outside a read): recorded as one event, sent on together."""
+
+    __slots__ = ("armed", "parts", "then")
+
+    def __init__(self, then: Callable[[bytes], None]) -> None:
+        self.parts: list[bytes] = []
+        self.armed = False  # `flush` is to be called when the read is handled
+        self.then = then
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        if not self.armed:
+            self.armed = defer(self.flush)
+            if not self.armed:  # not within a read: nothing else will come with it
+                self.flush()
+
+    def flush(self) -> None:
+        """Pass on what is held now (what must not overtake it calls this first)."""
+        self.armed = False
+        parts = self.parts
+        if parts:
+            self.parts = []
+            self.then(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
 def _send(self: Any, data: bytes) -> None:
     transport = self._transport
     if not transport:
@@ -118,4 +145,4 @@ def _no_empty_ignore(self: Any, pkttype: int, *args: bytes, handler: Any = None)
 
 SSHConnection.send_packet = _no_empty_ignore  # type: ignore[method-assign]
 
-__all__ = ["asyncssh", "defer"]
+__all__ = ["Held", "asyncssh", "defer"]

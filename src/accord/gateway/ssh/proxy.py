@@ -531,10 +531,9 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.rec: Recorder | None = None
         self.last: dict[str, Any] | None = None  # its recording's last chunk event
         self.pending: list[bytes] = []
-        self.held: list[bytes] = []  # the server's output in the read being handled
-        self.releasing = False  # `release` is to be called when that read is handled
-        self.typed_in: list[bytes] = []  # the client's input in the read being handled
-        self.taking = False  # `take` is to be called when that read is handled
+        # What one read of either connection brings, recorded and sent on in one piece:
+        self.out_held = lib.Held(self._output)  # the server's output
+        self.in_held = lib.Held(self._typed_in)  # the client's input
         self.eof = False
         self.started_ns = 0
         self.done = False
@@ -624,23 +623,16 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             # As the server's output (`output`): the packets of one read of the client's
             # connection (an upload, a paste) are recorded as one event and go upstream
             # together once the read is handled. A keystroke is a read of its own.
-            self.typed_in.append(data)
-            if not self.taking:
-                self.taking = lib.defer(self.take)
-                if not self.taking:
-                    self.take()
+            self.in_held.add(data)
             return
         self.sftp.client(data)
         self._input(data)
 
     def take(self) -> None:
         """Record and forward the input held back (`data_received`)."""
-        self.taking = False
-        held = self.typed_in
-        if not held:
-            return
-        self.typed_in = []
-        data = held[0] if len(held) == 1 else b"".join(held)
+        self.in_held.flush()
+
+    def _typed_in(self, data: bytes) -> None:
         if self.command is None and self.live.patterns:
             self._typed(data)  # before the recorder may cut the chunk holding this input
         self._input(data)
@@ -706,11 +698,7 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             # The packets of one read of the server's connection (up to eight of 32 KiB)
             # are recorded and forwarded together once it is handled: one event, one write
             # to the spool, before the packets go on (`lib.defer`).
-            self.held.append(data)
-            if not self.releasing:
-                self.releasing = lib.defer(self.release)
-                if not self.releasing:  # not within a read (nothing else will come with it)
-                    self.release()
+            self.out_held.add(data)
             return
         self.release()
         if self.sftp is not None and not stderr:
@@ -719,12 +707,10 @@ class Channel(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def release(self) -> None:
         """Record and forward the output held back (`output`)."""
-        self.releasing = False
-        held = self.held
-        if not held:
-            return
-        self.held = []
-        self._relay(held[0] if len(held) == 1 else b"".join(held), False)
+        self.out_held.flush()
+
+    def _output(self, data: bytes) -> None:
+        self._relay(data, False)
 
     def _relay(self, data: bytes, stderr: bool) -> None:
         if self.rec is not None:  # spooled before it is forwarded
