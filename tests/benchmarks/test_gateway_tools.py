@@ -48,3 +48,21 @@ def test_gateway_mysql_names_haproxy_when_it_is_asked_for_and_missing(
     assert module.main() == 2
     said = json.loads(capsys.readouterr().out)
     assert "apt-get install haproxy" in said["error"]
+
+
+def test_gateway_mysql_pin_needs_two_cpus(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway_mysql.py --pin` on one CPU says so and exits 2 (there is no core to give
+    the proxies), before it touches MariaDB or PostgreSQL."""
+    script = SCRIPT.with_name("gateway_mysql.py")
+    spec = importlib.util.spec_from_file_location("gateway_mysql_pin", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "SYSBENCH", sys.executable)
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(sys, "argv", ["gateway_mysql.py", "--pin", "--targets",
+                                      "direct,gateway", "--mariadb", "mysql://x@192.0.2.1/"])
+    assert module.main() == 2
+    assert "two CPUs" in json.loads(capsys.readouterr().out)["error"]
