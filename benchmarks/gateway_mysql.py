@@ -124,14 +124,26 @@ def pids_named(name: str) -> list[int]:
 
 
 def pin(saved: dict[int, set[int]], pids: list[int], cpus: set[int]) -> None:
-    """Every thread of `pids` on `cpus`, its affinity before kept in `saved` (restored at the
-    end); threads and processes started later by them inherit it."""
+    """Every thread of `pids` on `cpus`, the process's affinity before kept in `saved`
+    (`unpin` restores it); threads and processes started later by them inherit it."""
     for pid in pids:
+        with suppress(OSError):
+            saved.setdefault(pid, os.sched_getaffinity(pid))
+        _set_threads(pid, cpus)
+
+
+def unpin(saved: dict[int, set[int]]) -> None:
+    """Every thread the pinned processes have now (MariaDB keeps the threads it started
+    during the run for later connections) back on its process's affinity before."""
+    for pid, cpus in saved.items():
+        _set_threads(pid, cpus)
+
+
+def _set_threads(pid: int, cpus: set[int]) -> None:
+    with suppress(OSError):  # a process or thread that ended meanwhile
         for task in Path(f"/proc/{pid}/task").iterdir():
-            tid = int(task.name)
             with suppress(OSError):
-                saved.setdefault(tid, os.sched_getaffinity(tid))
-                os.sched_setaffinity(tid, cpus)
+                os.sched_setaffinity(int(task.name), cpus)
 
 
 def renice(pid: int, priority: int | None) -> None:
@@ -237,7 +249,7 @@ def main() -> int:
         wanted.remove("haproxy")
         skipped["haproxy"] = "not installed (apt-get install haproxy)"
         log(f"left out: {why}", quiet)
-    pinned: dict[int, set[int]] = {}  # thread -> its affinity before the run
+    pinned: dict[int, set[int]] = {}  # process -> its affinity before the run
     if args.pin and (os.cpu_count() or 1) < 2:
         print(json.dumps({"error": "--pin needs two CPUs or more"}))
         return 2
@@ -396,9 +408,7 @@ def main() -> int:
             pg.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(accord_db)))
         shutil.rmtree(tmp, ignore_errors=True)
-        for tid, cpus in pinned.items():
-            with suppress(OSError):
-                os.sched_setaffinity(tid, cpus)
+        unpin(pinned)
 
 
 if __name__ == "__main__":
