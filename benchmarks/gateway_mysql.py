@@ -25,6 +25,8 @@ machine that does the work, so a proxy's cost to the others shows too.
     --pin     # sysbench and MariaDB on CPU 0, everything else on the other CPUs: a proxy
               # on a host of its own, as in production, one gateway process (HAProxy
               # thread) per CPU it has; without it all share every core
+    --gateway-priority -5   # gateway.priority (the data path's nice value); HAProxy's
+                            # threads and the forwarder get the same
 
     --workloads oltp_point_select --targets gateway     # one cell, e.g. to profile it:
     ACCORD_BENCH_GATEWAY_PREFIX="py-spy record -o gw.svg --subprocesses --" \
