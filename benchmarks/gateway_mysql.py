@@ -52,7 +52,7 @@ from typing import Any
 
 import psycopg
 import pymysql
-from procstat import cmdline, descendants
+from procstat import cmdline, descendants, own_seconds, threads
 from psycopg import sql
 
 from accord.gateway.prefork import auto_count
@@ -142,28 +142,23 @@ def unpin(saved: dict[int, set[int]]) -> None:
 
 
 def _set_threads(pid: int, cpus: set[int]) -> None:
-    with suppress(OSError):  # a process or thread that ended meanwhile
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with suppress(OSError):
-                os.sched_setaffinity(int(task.name), cpus)
+    for tid in threads(pid):
+        with suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
 
 
 def renice(pid: int, priority: int | None) -> None:
     """Every thread of a relay at the gateway's `priority` (HAProxy 2.6 has no `nice`)."""
     if priority is not None:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            os.setpriority(os.PRIO_PROCESS, int(task.name), priority)
+        for tid in threads(pid):
+            os.setpriority(os.PRIO_PROCESS, tid, priority)
 
 
 def postgres_seconds() -> float:
-    """CPU seconds of PostgreSQL's processes (the ledger's inserts, the worker's reads);
-    a backend that ended between two readings is not counted."""
-    ticks = 0
-    for pid in pids_named("postgres"):  # each process once: not with its descendants
-        with suppress(FileNotFoundError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of PostgreSQL's processes (the ledger's inserts, the worker's reads),
+    each once (not with its children); a backend that ended between two readings is not
+    counted."""
+    return sum(own_seconds(pid) for pid in pids_named("postgres"))
 
 
 def shipper_seconds(gateway: int) -> float:
@@ -403,6 +398,7 @@ def main() -> int:
     finally:
         for proc in procs.values():
             stop(proc)
+        unpin(pinned)  # first: MariaDB serves other work once this script is done
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{target_db}`")
         admin.close()
@@ -410,7 +406,6 @@ def main() -> int:
             pg.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(accord_db)))
         shutil.rmtree(tmp, ignore_errors=True)
-        unpin(pinned)
 
 
 if __name__ == "__main__":

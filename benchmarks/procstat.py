@@ -27,6 +27,20 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[19]), int(fields[11]) + int(fields[12])
 
 
+def own_seconds(pid: int) -> float:
+    """utime + stime of one process, without its children (0 once it has exited)."""
+    stat = _stat(pid)
+    return 0.0 if stat is None else stat[1] / TICK
+
+
+def threads(pid: int) -> list[int]:
+    """The thread ids of a process (none once it has exited)."""
+    try:
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return []
+
+
 def _machine() -> dict[str, int]:
     lines = Path("/proc/stat").read_text().splitlines()
     v = [int(x) for x in lines[0].split()[1:]]

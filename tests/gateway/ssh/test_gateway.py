@@ -66,6 +66,19 @@ def test_stdin_reaches_the_command(world: World) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "12", r.stderr
 
 
+def test_an_upload_is_recorded_whole(world: World) -> None:
+    """About 1 MB on stdin through the real `ssh` client: the command gets every byte, and
+    the recording holds them all as input, in order (how many packets one read brings, and
+    so how many events, depends on timing: `test_proxy.py` checks that one read is one)."""
+    grant = world.grant("erin")
+    lines = "".join(f"line {i:06d} of an upload\n" for i in range(40_000))
+    r = world.ssh(world.token(grant, "erin"), "wc -c", stdin=lines)
+    assert r.returncode == 0 and r.stdout.strip() == str(len(lines)), r.stderr
+    _, events = parse(cast_of(world, grant["id"]))
+    sent = [t for _, c, t in events if c == "i"]
+    assert "".join(sent) == lines
+
+
 def test_no_grant_or_a_bad_token_is_refused(world: World) -> None:
     grant = world.grant("alice")
     token = world.token(grant)
