@@ -1107,7 +1107,7 @@ def test_an_unknown_page_is_an_html_404_and_the_api_keeps_problem_json(env: Env)
 
 
 def live_stream(app: Any, cookie: str | None, *, chunks: int = 1,
-                last_event_id: str | None = None) -> list[dict[str, Any]]:
+                last_event_id: str | None = None, query: str = "") -> list[dict[str, Any]]:
     """Run GET /live on the ASGI app until `chunks` body chunks were sent, then hang up.
 
     TestClient waits for a response to end and this one runs for a minute, so the test
@@ -1139,7 +1139,7 @@ def live_stream(app: Any, cookie: str | None, *, chunks: int = 1,
             headers.append((b"last-event-id", last_event_id.encode()))
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
                  "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/live",
-                 "raw_path": b"/live", "root_path": "", "query_string": b"",
+                 "raw_path": b"/live", "root_path": "", "query_string": query.encode(),
                  "headers": headers, "client": ("127.0.0.1", 50000),
                  "server": ("testserver", 80), "state": {}}
         await asyncio.wait_for(app(scope, receive, send), timeout=20)
@@ -1185,6 +1185,24 @@ def test_live_updates_stream_server_sent_events(env: Env) -> None:
     bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m["body"]]
     assert bodies[:2] == [f"retry: 2000\nid: {mark}\n\n".encode(),
                           f"event: change\nid: {mark}\ndata: {mark}\n\n".encode()]
+
+
+def test_a_page_tells_its_live_stream_what_it_showed(env: Env) -> None:
+    """A change between the page's render and its stream's first connect (a checkpoint
+    signed while a busy browser loaded the page) is reported as soon as the stream opens."""
+    alice = login(env, "alice")
+    assert alice.session_cookie
+    mark = ledger_mark(env)
+    shown = alice.get("/my")
+    assert f'data-live-source="/live?seen={mark}"' in shown.text
+    pending(env)
+    sign_now(env)
+    now = ledger_mark(env)
+    assert now != mark
+    sent = live_stream(env.client.app, alice.session_cookie, chunks=2, query=f"seen={mark}")
+    bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m["body"]]
+    assert bodies[:2] == [f"retry: 2000\nid: {now}\n\n".encode(),
+                          f"event: change\nid: {now}\ndata: {now}\n\n".encode()]
 
 
 # ---------------------------------------------------------------- alerts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import secrets
 import signal
 import threading
@@ -48,7 +49,7 @@ from accord.identity import sessions
 from accord.identity.models import ApiToken
 from accord.ledger import service as ledger
 from accord.ledger.events import EventType
-from accord.ledger.models import LedgerCheckpoint, LedgerEntry
+from accord.ledger.models import LedgerEntry
 from accord.reports import charts
 from accord.requests import explain as explaining
 from accord.requests import service as requests
@@ -69,10 +70,12 @@ from accord.web.auth import (
     safe_next,
     viewer_of,
 )
-from accord.web.render import MESSAGES, back_to, error_page, page
+from accord.web.render import MESSAGES, back_to, error_page, ledger_stamp, page, stamp_page
 
 HERE = Path(__file__).parent
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(stamp_page)])
+streams = APIRouter(include_in_schema=False)  # /live: it reads the stamp every second itself
+STAMP = re.compile(r"\d{1,19}\.\d{1,19}")  # a ledger stamp as `ledger_stamp` writes it
 PAGE = 25
 STREAM_SECONDS = 60
 # Set when this process is asked to stop (SIGINT, SIGTERM): open live streams end within a
@@ -975,29 +978,31 @@ def audit(request: Request, session: Session = Depends(db),
 # ---------------------------------------------------------------- live updates
 
 
-@router.get("/live")
+@streams.get("/live")
 async def live(request: Request) -> Response:
     """Server-sent events: `change` whenever the ledger grows (every page shows something
     the ledger records), so open pages refresh their live parts without a reload."""
     st: AppState = request.app.state.accord
 
     def check() -> tuple[Viewer | None, str]:
-        # Entries (pending ones included) and the newest checkpoint: a new signature turns
-        # "awaiting checkpoint" badges into "verified" ones.
         with st.sessions() as s:
             v = viewer_of(request, s, st)
-            entries = s.execute(select(func.max(LedgerEntry.id))).scalar_one()  # O(1)
-            signed = s.execute(select(func.max(LedgerCheckpoint.size))).scalar_one()
+            size = ledger_stamp(s)
             s.commit()
-            return v, f"{entries or 0}.{signed or 0}"
+            return v, size
 
     viewer, size = await run_in_threadpool(check)
     if viewer is None:
         return Response(status_code=401)
+    # What the browser last saw: on a reconnect the last event's id; on the first connect
+    # the stamp of the page it rendered (`stamp_page`). A change in between is reported at
+    # once: the checkpoint signed while the page loaded must not wait for the next change.
+    seen = request.headers.get("last-event-id") or request.query_params.get("seen", "")
+    if not STAMP.fullmatch(seen):
+        seen = size
 
     async def stream() -> AsyncIterator[bytes]:
-        # A reconnecting browser says what it last saw: report what changed in between.
-        last, quiet = request.headers.get("last-event-id") or size, 0
+        last, quiet = seen, 0
         yield f"retry: 2000\nid: {size}\n\n".encode()
         if last != size:
             last = size
@@ -1049,6 +1054,7 @@ def end_streams_on_signals() -> None:
 def install(app: Any) -> None:
     """Routes, static files and the two exceptions only pages raise."""
     app.include_router(router)
+    app.include_router(streams)
     app.include_router(review_pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

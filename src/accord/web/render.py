@@ -15,11 +15,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from accord.db import readonly_sessions
 from accord.detect import service as detect
 from accord.durations import format_duration, span
 from accord.identity import sessions
+from accord.ledger.models import LedgerCheckpoint, LedgerEntry
 from accord.state import AppState
 from accord.web import flash
 from accord.web.auth import PRE_COOKIE, Viewer, viewer_of
@@ -53,6 +57,28 @@ def _ago(value: datetime | None, now: datetime) -> str:
     return span(timedelta(seconds=seconds)) + " ago"
 
 
+def ledger_stamp(session: Session) -> str:
+    """Where the ledger stands: its newest entry (pending ones included) and the size of
+    its newest checkpoint (a new signature turns "awaiting checkpoint" badges into
+    "verified" ones). Both are index lookups."""
+    entries = session.execute(select(func.max(LedgerEntry.id))).scalar_one()
+    signed = session.execute(select(func.max(LedgerCheckpoint.size))).scalar_one()
+    return f"{entries or 0}.{signed or 0}"
+
+
+def _stamp(st: AppState) -> str:
+    with readonly_sessions(st.sessions)() as s:
+        return ledger_stamp(s)
+
+
+async def stamp_page(request: Request) -> None:
+    """Dependency of the page routers: the ledger's stamp, read before the handler reads
+    what the page shows. The page hands it to its live stream (`/live?seen=`), which
+    reports any change made after it, also one made before the browser connected."""
+    if request.method == "GET":
+        request.state.ledger_seen = await run_in_threadpool(_stamp, request.app.state.accord)
+
+
 def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 200,
          **ctx: Any) -> HTMLResponse:
     """Render template `name` with what every page shows (who, the flash, alarms)."""
@@ -66,6 +92,7 @@ def page(request: Request, name: str, viewer: Viewer | None, *, status: int = 20
                       for a in detect.unresolved(s, rule="ledger_integrity")]
     said = flash.take(request, st.secrets, binding=_binding(request, viewer))
     ctx.update(request=request, viewer=viewer, now=now, ago=lambda v: _ago(v, now),
+               ledger_seen=getattr(request.state, "ledger_seen", ""),
                integrity_alarms=alarms,
                csrf=viewer.csrf if viewer else "",
                roles=sorted(viewer.principal.roles - {"requester"}) if viewer else [],

@@ -22,9 +22,9 @@ from accord.reviews.schemas import CampaignOut
 from accord.reviews.views import detail
 from accord.state import AppState
 from accord.web.auth import Viewer, check_csrf, require_viewer
-from accord.web.render import back_to, page
+from accord.web.render import back_to, page, stamp_page
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(stamp_page)])
 PAGE = 25
 FLASH = {"review-certify": "Access certified.",
          "review-revoke": "Access revoked; its grants are ended and the target deprovisioned.",

@@ -19,11 +19,15 @@
     document.dispatchEvent(new CustomEvent("accord:refreshed"));
   }
 
-  let pending = null;
+  // One fetch at a time: a change heard while one is out is fetched after it. Two at once
+  // could answer out of order, and the older page would stay until the next change.
+  let pending = null, inflight = false, again = false;
   function refresh() {
+    if (inflight) { again = true; return; }
     if (pending) return;
     pending = setTimeout(function () {
       pending = null;
+      inflight = true;
       fetch(location.href, { headers: { "X-Accord-Live": "1" }, credentials: "same-origin" })
         .then(function (r) {
           if (r.status === 401) { location.reload(); return null; }
@@ -31,7 +35,11 @@
           return r.text();
         })
         .then(function (html) { if (html) { failures = 0; swapLive(html); } })
-        .catch(retry);
+        .catch(retry)
+        .finally(function () {
+          inflight = false;
+          if (again) { again = false; refresh(); }
+        });
     }, 200);
   }
 
