@@ -1203,6 +1203,15 @@ def test_a_page_tells_its_live_stream_what_it_showed(env: Env) -> None:
     bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m["body"]]
     assert bodies[:2] == [f"retry: 2000\nid: {now}\n\n".encode(),
                           f"event: change\nid: {now}\ndata: {now}\n\n".encode()]
+    # Whatever a client says it saw is only compared, never echoed, and odd values are
+    # taken as "what there is now": a stream, not an error.
+    for odd in ("seen=" + "9" * 5000, "seen=%FF%FE", "seen=-1.2", "seen=1.2.3"):
+        start, first = live_stream(env.client.app, alice.session_cookie, query=odd)[:2]
+        assert start["status"] == 200 and first["body"] == f"retry: 2000\nid: {now}\n\n".encode()
+    # A line break (an attempt to add an event of its own) is refused before, as in any URL.
+    start = live_stream(env.client.app, alice.session_cookie,
+                        query="seen=1.1%0Aevent:%20logout%0A")[0]
+    assert start["status"] == 422
 
 
 # ---------------------------------------------------------------- alerts

@@ -74,8 +74,9 @@ def _stamp(st: AppState) -> str:
 async def stamp_page(request: Request) -> None:
     """Dependency of the page routers: the ledger's stamp, read before the handler reads
     what the page shows. The page hands it to its live stream (`/live?seen=`), which
-    reports any change made after it, also one made before the browser connected."""
-    if request.method == "GET":
+    reports any change made after it, also one made before the browser connected. A live
+    refresh (`X-Accord-Live`) swaps regions only, not the stream's source: it needs none."""
+    if request.method == "GET" and not request.headers.get("x-accord-live"):
         request.state.ledger_seen = await run_in_threadpool(_stamp, request.app.state.accord)
 
 
