@@ -14,7 +14,7 @@ from sqlalchemy import text
 from starlette.routing import Route
 
 from accord import __version__, metrics
-from accord.api import headers, mcp, observe, problems
+from accord.api import headers, mcp, observe, openapi, problems
 from accord.api.intent import DatabaseIntent
 from accord.detect import views as alert_views
 from accord.directory import views as directory_views
@@ -138,6 +138,7 @@ def create_app(st: AppState, *, background: bool = False) -> FastAPI:
     app.state.accord = st
     app.state.mcp_gateway = mcp_gateway
     problems.install(app, html=web_render.error_page)
+    openapi.install(app)  # errors, tokens and URL rules in /openapi.json
     # An identity provider's SCIM calls may carry hundreds of group members.
     app.add_middleware(problems.BodyLimit, larger={scim_views.ROOT + "/": scim_views.MAX_BODY})
     # MCP clients' calls to the gateway skip what follows (inside request metrics and ids).

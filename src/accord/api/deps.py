@@ -6,7 +6,8 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -154,7 +155,15 @@ def authenticate(session: Session, st: AppState, token: str, *, via: str) -> Pri
     return principal_of(st.policies.current, *found, via)
 
 
-async def principal(request: Request, session: Session = Depends(db)) -> Principal:
+# For the OpenAPI document only (its security scheme, and Swagger UI's "Authorize"):
+# `principal` reads the header itself, to say what is wrong with it.
+BEARER = HTTPBearer(scheme_name="bearer", auto_error=False,
+                    description="An Accord API token (`accord token issue USER`, or the demo's "
+                                "logins).")
+
+
+async def principal(request: Request, session: Session = Depends(db),
+                    _documented: object = Security(BEARER)) -> Principal:
     token = bearer_token(request.headers.get("authorization", ""))
     st: AppState = request.app.state.accord
     if st.policies.due():

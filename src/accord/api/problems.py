@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from accord.asgi import read_body
@@ -29,6 +30,7 @@ _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
            503: "Service busy"}
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Paths that only ever answer machines; everything else is a page a browser may ask for.
 _MACHINE = ("/api/", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz", "/metrics")
 
@@ -40,7 +42,8 @@ def wants_html(request: Request) -> bool:
 
 
 def problem(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
-            instance: str | None = None, **extra: Any) -> JSONResponse:
+            instance: str | None = None, headers: Mapping[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"https://accord.dev/problems/{slug or status}",
         "title": title or _TITLES.get(status, "Error"),
@@ -50,8 +53,10 @@ def problem(status: int, detail: str, *, slug: str | None = None, title: str | N
     if instance:
         body["instance"] = instance
     body.update(extra)
-    headers = {"WWW-Authenticate": 'Bearer realm="accord"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    out = dict(headers or {})  # an exception's own (a 405's Allow, RFC 9110 15.5.6)
+    if status == 401:
+        out["WWW-Authenticate"] = 'Bearer realm="accord"'
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=out or None)
 
 
 def lock_contention(exc: BaseException) -> Busy | None:
@@ -137,15 +142,20 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers["Allow"] = _allowed(request)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}"
-            if (shown := await page(request, 404, "Not found",
-                                    f"There is no page at {request.url.path}.")) is not None:
-                return shown
-        elif (shown := await page(request, exc.status_code,
-                                  _TITLES.get(exc.status_code, "Error"), detail)) is not None:
-            return shown
-        return problem(exc.status_code, detail, instance=request.url.path)
+            shown = await page(request, 404, "Not found",
+                               f"There is no page at {request.url.path}.")
+        else:
+            shown = await page(request, exc.status_code, _TITLES.get(exc.status_code, "Error"),
+                               detail)
+        if shown is None:
+            return problem(exc.status_code, detail, instance=request.url.path, headers=headers)
+        shown.headers.update(headers)
+        return shown
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -161,6 +171,15 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
             return shown
         return problem(500, "internal error; the operator can find it in the server log",
                        instance=request.url.path)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes at this path (RFC 9110: a 405 says which). Each is
+    tried against the routes: Starlette names only the first matching route's methods."""
+    routes = request.app.router.routes
+    return ", ".join(method for method in _METHODS if any(
+        route.matches({**request.scope, "method": method})[0] == Match.FULL
+        for route in routes))
 
 
 def _control_characters(scope: Scope) -> str | None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from sqlalchemy.orm import Session
 
 from accord.api.deps import Principal, db, parse_cursor, require_reader, state
@@ -25,6 +25,15 @@ from accord.ledger import bundle, checkpoints, service
 from accord.ledger.upkeep import catch_up
 from accord.state import AppState
 
+
+def _rfc3339(value: object) -> object:
+    # pydantic reads a bare number as seconds since 1970: a time here is written out.
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("not an RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+When = Annotated[datetime | None, BeforeValidator(_rfc3339)]
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
@@ -64,8 +73,8 @@ def events(
     subject: str | None = None,
     resource: str | None = None,
     actor: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: When = None,
+    until: When = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> EventPage:
@@ -171,7 +180,8 @@ def consistency(
     return {"from": from_, "to": to, "hashes": _b64(hashes)}
 
 
-@router.get("/bundle")
+@router.get("/bundle", responses={200: {"description": "The export bundle",
+                                        "content": {"application/octet-stream": {}}}})
 def export_bundle(
     who: Principal = Depends(require_reader),
     session: Session = Depends(db),

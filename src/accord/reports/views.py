@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -31,7 +31,12 @@ FromQ = Annotated[str | None, Query(alias="from", description="2026-07-01 or an 
                                     max_length=40)]
 ToQ = Annotated[str | None, Query(alias="to", description="exclusive end of the period",
                                   max_length=40)]
-FormatQ = Annotated[str, Query(alias="format", description="pdf | csv | json | html")]
+FormatQ = Annotated[str, Query(alias="format", description="pdf | csv | json | html",
+                                json_schema_extra={"enum": list(FORMATS)})]
+# What a report answers, by format (the OpenAPI document's 200).
+REPORT: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The report, in the format asked for",
+    "content": {t.split(";")[0]: {} for t in MEDIA_TYPES.values()}}}
 
 
 def check_format(fmt: str) -> str:
@@ -73,7 +78,7 @@ def respond(st: AppState, who: Principal, session: Session, kind: Kind, *, start
     return StreamingResponse(_chunks(f), media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-@router.get("/access")
+@router.get("/access", responses=REPORT)
 async def access_report(
     who: Principal = Depends(require_reader),
     st: AppState = Depends(state),
@@ -89,7 +94,7 @@ async def access_report(
                                    end=end, fmt=fmt, resource=resource)
 
 
-@router.get("/user/{user}")
+@router.get("/user/{user}", responses=REPORT)
 async def user_report(
     user: str,
     who: Principal = Depends(require_reader),
@@ -104,7 +109,7 @@ async def user_report(
                                    end=end, fmt=fmt, user=user)
 
 
-@router.get("/resource/{name}")
+@router.get("/resource/{name}", responses=REPORT)
 async def resource_report(
     name: str,
     who: Principal = Depends(require_reader),

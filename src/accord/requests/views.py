@@ -82,7 +82,8 @@ def list_requests(
     resource: str | None = None,
     requester: str | None = None,
     role: str | None = None,
-    awaiting: Annotated[str | None, Query(description="'me': pending on my decision")] = None,
+    awaiting: Annotated[str | None, Query(description="'me': pending on my decision",
+                                          json_schema_extra={"enum": ["me"]})] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> RequestPage:

@@ -169,13 +169,16 @@ _decision("certify")
 _decision("revoke")
 
 
-@router.get("/{campaign_id}/report")
+@router.get("/{campaign_id}/report", responses={200: {
+    "description": "The completion report, in the format asked for",
+    "content": {t.split(";")[0]: {} for t in report.MEDIA_TYPES.values()}}})
 def review_report(
     campaign_id: int,
     who: Principal = Depends(require_reader),
     session: Session = Depends(db),
     st: AppState = Depends(state),
-    fmt: Annotated[str, Query(alias="format", description="json | csv | html")] = "json",
+    fmt: Annotated[str, Query(alias="format", description="json | csv | html",
+                              json_schema_extra={"enum": list(report.FORMATS)})] = "json",
 ) -> Response:
     """The completion report: every entry, its decision (who, when, note), revocations,
     expired entries and the ledger index range, checked against the ledger (auditors and
