@@ -101,6 +101,9 @@ def test_a_method_not_allowed_names_the_methods_that_are(env: Env) -> None:
         assert r.headers["allow"] == allowed
         assert r.headers["content-type"].startswith("application/problem+json")
         assert all(m in METHODS for m in allowed.split(", "))
+    # Static files say what they take themselves; a mount is not asked for the rest.
+    r = env.client.request("POST", "/static/app.js")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
     # A dashboard page says so too, on its HTML error page.
     r = env.client.request("PUT", "/requests", headers={"accept": "text/html"})
     assert r.status_code == 405

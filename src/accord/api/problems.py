@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from accord.asgi import read_body
@@ -143,8 +143,8 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
         headers = dict(exc.headers or {})
-        if exc.status_code == 405:  # Starlette names the first matching route's methods only
-            headers["Allow"] = _allowed(request)
+        if exc.status_code == 405 and (allowed := _allowed(request)):
+            headers["Allow"] = allowed  # Starlette names the first matching route's only
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}"
             shown = await page(request, 404, "Not found",
@@ -175,8 +175,9 @@ def install(app: FastAPI, html: HtmlErrors | None = None) -> None:
 
 def _allowed(request: Request) -> str:
     """Every method some route takes at this path (RFC 9110: a 405 says which). Each is
-    tried against the routes: Starlette names only the first matching route's methods."""
-    routes = request.app.router.routes
+    tried against the routes: Starlette names only the first matching route's methods.
+    A mount (static files) matches whatever the method: it is not asked."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
     return ", ".join(method for method in _METHODS if any(
         route.matches({**request.scope, "method": method})[0] == Match.FULL
         for route in routes))
