@@ -32,7 +32,6 @@ from tests.conftest import Env
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 EXAMPLES = 6  # per operation and mode: 65 operations, about 800 calls per backend
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _operations(env: Env) -> list[Any]:
@@ -100,7 +99,6 @@ def test_a_method_not_allowed_names_the_methods_that_are(env: Env) -> None:
         assert r.status_code == 405, r.text
         assert r.headers["allow"] == allowed
         assert r.headers["content-type"].startswith("application/problem+json")
-        assert all(m in METHODS for m in allowed.split(", "))
     # Static files say what they take themselves; a mount is not asked for the rest.
     r = env.client.request("POST", "/static/app.js")
     assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from accord.api.problems import PROBLEM
 
@@ -62,10 +61,15 @@ def _no_control(schema: dict[str, Any]) -> None:
         _no_control(branch)
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document, rewritten as the module docstring says."""
-    doc = get_openapi(title=app.title, version=app.version, description=app.description,
-                      routes=app.routes)
+def files(description: str, media_types: Any) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that answers a file in one of `media_types` (a report, a
+    bundle): the OpenAPI document lists them instead of FastAPI's JSON."""
+    return {200: {"description": description,
+                  "content": {str(t).split(";")[0]: {} for t in media_types}}}
+
+
+def rewrite(doc: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's document of the app, rewritten in place as the module docstring says."""
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
@@ -84,10 +88,13 @@ def document(app: FastAPI) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    """Serve `document(app)` at /openapi.json (built once, on the first call)."""
+    """Serve FastAPI's document, `rewrite`n once, at /openapi.json."""
+    generate = app.openapi  # FastAPI's own: builds the document once and keeps it
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document(app)
+            rewrite(generate())
+        assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

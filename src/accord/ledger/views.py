@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy.orm import Session
 
+from accord.api import openapi
 from accord.api.deps import Principal, db, parse_cursor, require_reader, state
 from accord.db import readonly_sessions, writing
 from accord.errors import AccordError, Conflict, Invalid, NotFound
@@ -180,8 +181,8 @@ def consistency(
     return {"from": from_, "to": to, "hashes": _b64(hashes)}
 
 
-@router.get("/bundle", responses={200: {"description": "The export bundle",
-                                        "content": {"application/octet-stream": {}}}})
+@router.get("/bundle", response_class=StreamingResponse,  # never JSON
+            responses=openapi.files("The export bundle", ["application/octet-stream"]))
 def export_bundle(
     who: Principal = Depends(require_reader),
     session: Session = Depends(db),

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Annotated, Any
+from typing import IO, Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from accord.api import openapi
 from accord.api.deps import Principal, db, require_reader, state
 from accord.api.headers import DOCUMENT_POLICY
 from accord.errors import Invalid
@@ -33,10 +34,7 @@ ToQ = Annotated[str | None, Query(alias="to", description="exclusive end of the 
                                   max_length=40)]
 FormatQ = Annotated[str, Query(alias="format", description="pdf | csv | json | html",
                                 json_schema_extra={"enum": list(FORMATS)})]
-# What a report answers, by format (the OpenAPI document's 200).
-REPORT: dict[int | str, dict[str, Any]] = {200: {
-    "description": "The report, in the format asked for",
-    "content": {t.split(";")[0]: {} for t in MEDIA_TYPES.values()}}}
+REPORT = openapi.files("The report, in the format asked for", MEDIA_TYPES.values())
 
 
 def check_format(fmt: str) -> str:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from accord.api import openapi
 from accord.api.deps import (
     Principal,
     db,
@@ -169,9 +170,8 @@ _decision("certify")
 _decision("revoke")
 
 
-@router.get("/{campaign_id}/report", responses={200: {
-    "description": "The completion report, in the format asked for",
-    "content": {t.split(";")[0]: {} for t in report.MEDIA_TYPES.values()}}})
+@router.get("/{campaign_id}/report", responses=openapi.files(
+    "The completion report, in the format asked for", report.MEDIA_TYPES.values()))
 def review_report(
     campaign_id: int,
     who: Principal = Depends(require_reader),
