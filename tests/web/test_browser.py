@@ -277,6 +277,9 @@ def fits(page: Page, what: str) -> None:
 def on_screen(page: Page, locator: Any, what: str) -> None:
     """`locator` is drawn wholly inside the screen's width (not cut, not off to the side)."""
     box = locator.bounding_box()
+    if box is None:  # a live refresh swapped it between finding and measuring: once more
+        expect(locator).to_be_visible()
+        box = locator.bounding_box()
     assert box is not None, what
     assert box["x"] >= 0 and box["x"] + box["width"] <= width_of(page) + 0.5, (what, box)
 
